@@ -1,0 +1,102 @@
+// Package testenv gives tests one way to ask for what they need from the
+// machine: root, a freshly built program of this repository, the base assets
+// built by `make assets`, or a tool installed by scripts/install-deps.sh.
+//
+// A test that lacks root skips loudly (the project cannot grant root). A test
+// that lacks something the project installs or builds fails, naming the make
+// target that provides it: a missing dependency must never pass silently.
+package testenv
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+// RequireRoot skips the test, loudly, when not running as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skipf("SKIPPED: %s needs root (network namespaces, mounts, nftables); run `make test` as root", t.Name())
+	}
+}
+
+// RepoRoot is the directory holding go.mod.
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatal("testenv: cannot locate source file")
+	}
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+var (
+	buildMu  sync.Mutex
+	built    = map[string]string{}
+	buildDir string
+)
+
+// Build compiles the package at pkg (relative to the repository root, e.g.
+// "./cmd/mergen-init") as a static binary once per test process and returns
+// its path. The binary is named after the last path element.
+func Build(t testing.TB, pkg string) string {
+	t.Helper()
+	buildMu.Lock()
+	defer buildMu.Unlock()
+	if p, ok := built[pkg]; ok {
+		return p
+	}
+	if buildDir == "" {
+		d, err := os.MkdirTemp("", "mergen-testbin-")
+		if err != nil {
+			t.Fatalf("testenv: %v", err)
+		}
+		buildDir = d
+	}
+	out := filepath.Join(buildDir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = RepoRoot(t)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("testenv: go build %s: %v\n%s", pkg, err, stderr.String())
+	}
+	built[pkg] = out
+	return out
+}
+
+// Assets is the directory of base assets built by `make assets` (kernel,
+// initramfs, golden rootfs, agent disk). MERGEN_TEST_ASSETS overrides it.
+func Assets(t testing.TB) string {
+	t.Helper()
+	dir := os.Getenv("MERGEN_TEST_ASSETS")
+	if dir == "" {
+		dir = filepath.Join(RepoRoot(t), ".build", "assets")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "vmlinuz")); err != nil {
+		t.Fatalf("testenv: base assets missing in %s (%v): run `make assets`", dir, err)
+	}
+	return dir
+}
+
+// Tool returns the path of an external program, failing with the make target
+// that installs it when it is absent.
+func Tool(t testing.TB, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		// Tools built by the project live in .build/tools.
+		local := filepath.Join(RepoRoot(t), ".build", "tools", name)
+		if _, serr := os.Stat(local); serr == nil {
+			return local
+		}
+		t.Fatalf("testenv: %s not found: run `make deps` (scripts/install-deps.sh) as root", name)
+	}
+	return p
+}
