@@ -1,0 +1,407 @@
+// Package store keeps every VM as a directory of files under the config root:
+// the only state mergen has. The daemon can be killed at any instant; what it
+// finds on disk afterwards is always whole.
+//
+// Guarantees:
+//   - A VM directory appears whole or not at all: Create writes every file
+//     into a hidden temporary directory and renames it into place.
+//   - A VM directory disappears whole: Delete renames it to a hidden trash
+//     name before removing it. Hidden entries (".tmp-*", ".trash-*") are never
+//     VMs and are swept by Sweep at start-up.
+//   - Single files are replaced atomically (temp + fsync + rename).
+//   - Lock serialises lifecycle operations on one VM across processes (flock
+//     on a file under the run root); LockAlloc does the same for allocation of
+//     guest IPs and host ports, which are derived from the stored metadata.
+package store
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gofrs/flock"
+	"github.com/google/uuid"
+
+	"github.com/mergenhq/mergen/internal/atomicfile"
+	"github.com/mergenhq/mergen/internal/errdefs"
+)
+
+// Store is rooted at the three directories of the on-disk layout.
+type Store struct {
+	ConfigRoot string // one directory per VM
+	RunRoot    string // sockets, pid files, locks
+	DataRoot   string // per-VM writable data and logs under vms/<id>
+}
+
+const (
+	tmpPrefix      = ".tmp-"
+	trashPrefix    = ".trash-"
+	generationFile = ".generation"
+	allocLockFile  = ".alloc.lock"
+	lockPoll       = 10 * time.Millisecond
+)
+
+// Open creates the roots when missing and returns the store.
+func Open(configRoot, runRoot, dataRoot string) (*Store, error) {
+	for _, d := range []string{configRoot, filepath.Join(runRoot, "locks"), dataRoot} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, errdefs.Unavailable("open store: %v", err)
+		}
+	}
+	return &Store{ConfigRoot: configRoot, RunRoot: runRoot, DataRoot: dataRoot}, nil
+}
+
+// ValidateID accepts only canonical lowercase UUIDs: ids become directory and
+// unit names, so nothing else (no "..", no "/") may pass.
+func ValidateID(id string) error {
+	u, err := uuid.Parse(id)
+	if err != nil || u.String() != id {
+		return errdefs.Invalid("id %q is not a lowercase UUID", id)
+	}
+	return nil
+}
+
+// NewID returns a fresh random VM id.
+func NewID() string { return uuid.NewString() }
+
+// PathsFor computes every host path that belongs to the VM id.
+func (s *Store) PathsFor(id string) Paths {
+	dir := filepath.Join(s.ConfigRoot, id)
+	run := filepath.Join(s.RunRoot, id)
+	data := filepath.Join(s.DataRoot, "vms", id)
+	return Paths{
+		ConfigDir:  dir,
+		VMConfig:   filepath.Join(dir, FileVMConfig),
+		Meta:       filepath.Join(dir, FileMeta),
+		Hooks:      filepath.Join(dir, FileHooks),
+		Env:        filepath.Join(dir, FileEnv),
+		RunDir:     run,
+		Socket:     filepath.Join(run, "vmm.sock"),
+		PIDFile:    filepath.Join(run, "vmm.pid"),
+		Lock:       filepath.Join(s.RunRoot, "locks", id+".lock"),
+		DataDir:    data,
+		ConsoleLog: filepath.Join(data, "console.log"),
+		VMMLog:     filepath.Join(data, "vmm.log"),
+	}
+}
+
+// Create writes the VM's files (name → content) as one new directory. It
+// fails with a conflict when the VM already exists. meta.json must be among
+// the files.
+func (s *Store) Create(id string, files map[string][]byte) error {
+	if err := ValidateID(id); err != nil {
+		return err
+	}
+	if _, ok := files[FileMeta]; !ok {
+		return fmt.Errorf("create vm %s: %s missing", id, FileMeta)
+	}
+	final := filepath.Join(s.ConfigRoot, id)
+	if _, err := os.Lstat(final); err == nil {
+		return errdefs.Conflict("vm %s already exists", id)
+	}
+	tmp, err := os.MkdirTemp(s.ConfigRoot, tmpPrefix+id+"-")
+	if err != nil {
+		return fmt.Errorf("create vm %s: %w", id, err)
+	}
+	defer os.RemoveAll(tmp) // no-op after a successful rename
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return fmt.Errorf("create vm %s: %w", id, err)
+	}
+	names := make([]string, 0, len(files))
+	for name := range files {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if err := writeSynced(filepath.Join(tmp, name), files[name], filePerm(name)); err != nil {
+			return fmt.Errorf("create vm %s: %w", id, err)
+		}
+	}
+	if err := atomicfile.SyncDir(tmp); err != nil {
+		return fmt.Errorf("create vm %s: %w", id, err)
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		if errors.Is(err, fs.ErrExist) || errors.Is(err, errNotEmpty) {
+			return errdefs.Conflict("vm %s already exists", id)
+		}
+		return fmt.Errorf("create vm %s: %w", id, err)
+	}
+	return atomicfile.SyncDir(s.ConfigRoot)
+}
+
+// filePerm keeps files that may carry secrets (the env file, hook headers,
+// the VMM config with extraEnv on its kernel command line) private to root.
+func filePerm(name string) os.FileMode {
+	switch name {
+	case FileMeta:
+		return 0o644 // read by the forwarder, which may run unprivileged
+	}
+	return 0o600
+}
+
+func writeSynced(path string, data []byte, perm os.FileMode) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// Exists reports whether the VM directory exists.
+func (s *Store) Exists(id string) bool {
+	if ValidateID(id) != nil {
+		return false
+	}
+	st, err := os.Stat(filepath.Join(s.ConfigRoot, id, FileMeta))
+	return err == nil && st.Mode().IsRegular()
+}
+
+// ReadFile returns one of the VM's stored files.
+func (s *Store) ReadFile(id, name string) ([]byte, error) {
+	if err := ValidateID(id); err != nil {
+		return nil, err
+	}
+	if !storedFile(name) {
+		return nil, errdefs.Invalid("vm %s: %q is not a stored file", id, name)
+	}
+	b, err := os.ReadFile(filepath.Join(s.ConfigRoot, id, name))
+	if errors.Is(err, fs.ErrNotExist) {
+		if !s.Exists(id) {
+			return nil, errdefs.NotFound("vm %s not found", id)
+		}
+		return nil, errdefs.NotFound("vm %s has no %s", id, name)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read %s of vm %s: %w", name, id, err)
+	}
+	return b, nil
+}
+
+func storedFile(name string) bool {
+	switch name {
+	case FileVMConfig, FileMeta, FileHooks, FileLifecycleHooks, FileEnv:
+		return true
+	}
+	return false
+}
+
+// WriteFile atomically replaces one of the VM's files.
+func (s *Store) WriteFile(id, name string, data []byte) error {
+	if err := ValidateID(id); err != nil {
+		return err
+	}
+	if !storedFile(name) {
+		return errdefs.Invalid("vm %s: %q is not a stored file", id, name)
+	}
+	if !s.Exists(id) {
+		return errdefs.NotFound("vm %s not found", id)
+	}
+	return atomicfile.WriteFile(filepath.Join(s.ConfigRoot, id, name), data, filePerm(name))
+}
+
+// ReadMeta loads meta.json of the VM.
+func (s *Store) ReadMeta(id string) (Meta, error) {
+	b, err := s.ReadFile(id, FileMeta)
+	if err != nil {
+		return Meta{}, err
+	}
+	var m Meta
+	if err := json.Unmarshal(b, &m); err != nil {
+		return Meta{}, fmt.Errorf("read meta of vm %s: %w", id, err)
+	}
+	return m, nil
+}
+
+// WriteMeta atomically replaces meta.json of an existing VM.
+func (s *Store) WriteMeta(m Meta) error {
+	b, err := MarshalMeta(m)
+	if err != nil {
+		return err
+	}
+	return s.WriteFile(m.ID, FileMeta, b)
+}
+
+// MarshalMeta renders meta.json.
+func MarshalMeta(m Meta) ([]byte, error) {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode meta of vm %s: %w", m.ID, err)
+	}
+	return append(b, '\n'), nil
+}
+
+// IDs lists the ids of all stored VMs, sorted.
+func (s *Store) IDs() ([]string, error) {
+	entries, err := os.ReadDir(s.ConfigRoot)
+	if err != nil {
+		return nil, fmt.Errorf("list vms: %w", err)
+	}
+	ids := make([]string, 0, len(entries))
+	for _, e := range entries {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") || ValidateID(e.Name()) != nil {
+			continue
+		}
+		ids = append(ids, e.Name())
+	}
+	return ids, nil
+}
+
+// List loads meta.json of every VM. A VM deleted while listing is skipped; a
+// VM whose meta.json cannot be read is reported in the error but does not
+// hide the others.
+func (s *Store) List() ([]Meta, error) {
+	ids, err := s.IDs()
+	if err != nil {
+		return nil, err
+	}
+	metas := make([]Meta, 0, len(ids))
+	var errs []error
+	for _, id := range ids {
+		m, err := s.ReadMeta(id)
+		if errdefs.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		metas = append(metas, m)
+	}
+	return metas, errors.Join(errs...)
+}
+
+// Delete removes the VM's config directory, run directory and data directory.
+// The config directory vanishes in one rename, so no reader sees half a VM.
+func (s *Store) Delete(id string) error {
+	if err := ValidateID(id); err != nil {
+		return err
+	}
+	dir := filepath.Join(s.ConfigRoot, id)
+	trash := filepath.Join(s.ConfigRoot, trashPrefix+id+"-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+	if err := os.Rename(dir, trash); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return errdefs.NotFound("vm %s not found", id)
+		}
+		return fmt.Errorf("delete vm %s: %w", id, err)
+	}
+	if err := atomicfile.SyncDir(s.ConfigRoot); err != nil {
+		return fmt.Errorf("delete vm %s: %w", id, err)
+	}
+	p := s.PathsFor(id)
+	var errs []error
+	for _, d := range []string{trash, p.RunDir, p.DataDir} {
+		if err := os.RemoveAll(d); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("delete vm %s: %w", id, err)
+	}
+	return nil
+}
+
+// RemoveLock deletes the VM's lock file. Call it while holding the lock, as
+// the last step of a delete: a waiter that then acquires the orphaned lock
+// finds the VM gone.
+func (s *Store) RemoveLock(id string) error {
+	err := os.Remove(s.PathsFor(id).Lock)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("remove lock of vm %s: %w", id, err)
+	}
+	return nil
+}
+
+// Sweep removes what interrupted creates and deletes left behind.
+func (s *Store) Sweep() error {
+	entries, err := os.ReadDir(s.ConfigRoot)
+	if err != nil {
+		return fmt.Errorf("sweep store: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		n := e.Name()
+		if strings.HasPrefix(n, tmpPrefix) || strings.HasPrefix(n, trashPrefix) {
+			if err := os.RemoveAll(filepath.Join(s.ConfigRoot, n)); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Unlock releases a lock taken with Lock or LockAlloc.
+type Unlock func()
+
+// Lock takes the VM's lifecycle lock, waiting until ctx is done.
+func (s *Store) Lock(ctx context.Context, id string) (Unlock, error) {
+	if err := ValidateID(id); err != nil {
+		return nil, err
+	}
+	return lockFile(ctx, s.PathsFor(id).Lock, "vm "+id)
+}
+
+// LockAlloc takes the host-wide allocation lock.
+func (s *Store) LockAlloc(ctx context.Context) (Unlock, error) {
+	return lockFile(ctx, filepath.Join(s.ConfigRoot, allocLockFile), "allocation")
+}
+
+func lockFile(ctx context.Context, path, what string) (Unlock, error) {
+	l := flock.New(path)
+	ok, err := l.TryLockContext(ctx, lockPoll)
+	if err != nil || !ok {
+		if err == nil {
+			err = ctx.Err()
+		}
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			return nil, errdefs.Conflict("%s is busy: another operation holds its lock", what)
+		}
+		return nil, fmt.Errorf("lock %s: %w", what, err)
+	}
+	return func() { l.Unlock() }, nil
+}
+
+// Generation is a counter bumped before every change to the set of VMs. A
+// cache derived from the store is valid while the generation is unchanged.
+func (s *Store) Generation() (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(s.ConfigRoot, generationFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read generation: %w", err)
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil {
+		return 0, nil // a torn or foreign file: treat as unknown, caches rebuild
+	}
+	return n, nil
+}
+
+// BumpGeneration advances the generation. Hold the allocation lock.
+func (s *Store) BumpGeneration() (uint64, error) {
+	g, err := s.Generation()
+	if err != nil {
+		return 0, err
+	}
+	g++
+	if err := atomicfile.WriteFile(filepath.Join(s.ConfigRoot, generationFile), []byte(strconv.FormatUint(g, 10)), 0o644); err != nil {
+		return 0, err
+	}
+	return g, nil
+}
