@@ -316,13 +316,15 @@ func (s *Store) Delete(id string) error {
 	return nil
 }
 
-// RemoveLock deletes the VM's lock file. Call it while holding the lock, as
+// RemoveLock deletes the VM's lock files. Call it while holding the lock, as
 // the last step of a delete: a waiter that then acquires the orphaned lock
 // finds the VM gone.
 func (s *Store) RemoveLock(id string) error {
-	err := os.Remove(s.PathsFor(id).Lock)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("remove lock of vm %s: %w", id, err)
+	lock := s.PathsFor(id).Lock
+	for _, p := range []string{stageLockPath(lock), lock} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("remove lock of vm %s: %w", id, err)
+		}
 	}
 	return nil
 }
@@ -355,6 +357,20 @@ func (s *Store) Lock(ctx context.Context, id string) (Unlock, error) {
 	}
 	return lockFile(ctx, s.PathsFor(id).Lock, "vm "+id)
 }
+
+// LockStage takes the VM's stage lock. Lifecycle stages run by the service
+// manager hold it while they change the VM's network and runtime files, and
+// the daemon holds it while it removes the VM, so the two never interleave.
+// It is distinct from Lock because the daemon holds Lock for a whole start or
+// stop, during which the service manager runs the stages.
+func (s *Store) LockStage(ctx context.Context, id string) (Unlock, error) {
+	if err := ValidateID(id); err != nil {
+		return nil, err
+	}
+	return lockFile(ctx, stageLockPath(s.PathsFor(id).Lock), "stages of vm "+id)
+}
+
+func stageLockPath(lock string) string { return strings.TrimSuffix(lock, ".lock") + ".stage.lock" }
 
 // LockAlloc takes the host-wide allocation lock.
 func (s *Store) LockAlloc(ctx context.Context) (Unlock, error) {

@@ -1,0 +1,296 @@
+// Package api is the daemon's HTTP surface: the /v1 REST API, the earlier
+// generation's /machines endpoints, health and the OpenAPI document. Handlers
+// only decode, call the manager and encode; errors are mapped to status codes
+// in one place (writeError) from their class (internal/errdefs).
+package api
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/manager"
+	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/version"
+)
+
+// MaxBodyBytes bounds request bodies.
+const MaxBodyBytes = 1 << 20
+
+//go:embed openapi.json
+var openAPI []byte
+
+// OpenAPI returns the OpenAPI 3 document the server serves at /openapi.json.
+func OpenAPI() []byte { return openAPI }
+
+// ImageLister lists local base assets and converted images for GET /v1/images.
+type ImageLister func() (any, error)
+
+// Server holds the handlers' collaborators.
+type Server struct {
+	mgr    *manager.Manager
+	log    *slog.Logger
+	images ImageLister
+	health func() map[string]any
+}
+
+// New returns the HTTP handler of the daemon. health, when set, adds
+// dependency details to /healthz.
+func New(mgr *manager.Manager, log *slog.Logger, images ImageLister, health func() map[string]any) http.Handler {
+	s := &Server{mgr: mgr, log: log, images: images, health: health}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("GET /openapi.json", s.openapi)
+	mux.HandleFunc("POST /v1/vms", s.createVM)
+	mux.HandleFunc("GET /v1/vms", s.listVMs)
+	mux.HandleFunc("GET /v1/vms/{id}", s.getVM)
+	mux.HandleFunc("DELETE /v1/vms/{id}", s.deleteVM)
+	mux.HandleFunc("POST /v1/vms/{id}/start", s.startVM)
+	mux.HandleFunc("POST /v1/vms/{id}/stop", s.stopVM)
+	mux.HandleFunc("GET /v1/vms/{id}/{file}", s.vmFile)
+	mux.HandleFunc("GET /v1/images", s.listImages)
+
+	// The earlier generation's surface.
+	mux.HandleFunc("GET /health", s.legacyHealth)
+	mux.HandleFunc("POST /machines", s.legacyCreate)
+	mux.HandleFunc("GET /machines/{id}", s.legacyGet)
+	mux.HandleFunc("DELETE /machines/{id}", s.legacyDelete)
+
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, errorBody{Error: fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path)})
+	})
+	return s.logged(mux)
+}
+
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+// statusRecorder captures the status for the access log.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (s *Server) logged(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(rec, r)
+		s.log.Debug("http request", "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", time.Since(start))
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// writeError maps an error's class to its status code.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	status := http.StatusInternalServerError
+	var maxErr *http.MaxBytesError
+	switch {
+	case errors.As(err, &maxErr):
+		status = http.StatusRequestEntityTooLarge
+		err = fmt.Errorf("request body larger than %d bytes", maxErr.Limit)
+	case errdefs.IsInvalid(err):
+		status = http.StatusBadRequest
+	case errdefs.IsNotFound(err):
+		status = http.StatusNotFound
+	case errdefs.IsConflict(err):
+		status = http.StatusConflict
+	case errdefs.IsUnavailable(err):
+		status = http.StatusServiceUnavailable
+	}
+	if status == http.StatusInternalServerError {
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	writeJSON(w, status, errorBody{Error: err.Error()})
+}
+
+// decode reads one JSON object, rejecting unknown fields, trailing data and
+// oversized bodies.
+func decode(w http.ResponseWriter, r *http.Request, v any) error {
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var maxErr *http.MaxBytesError
+		var syntax *json.SyntaxError
+		var typeErr *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &maxErr):
+			return err
+		case errors.Is(err, io.EOF):
+			return errdefs.Invalid("request body is empty (want a JSON object)")
+		case errors.As(err, &syntax):
+			return errdefs.Invalid("request body is not valid JSON at byte %d: %v", syntax.Offset, err)
+		case errors.As(err, &typeErr):
+			return errdefs.Invalid("%s: want %s, got JSON %s", typeErr.Field, typeErr.Type, typeErr.Value)
+		case strings.HasPrefix(err.Error(), "json: unknown field "):
+			return errdefs.Invalid("unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+		}
+		return errdefs.Invalid("request body: %v", err)
+	}
+	if dec.More() {
+		return errdefs.Invalid("request body has data after the JSON object")
+	}
+	if _, err := io.Copy(io.Discard, r.Body); err != nil {
+		return err
+	}
+	return nil
+}
+
+func pathID(r *http.Request) (string, error) {
+	id := r.PathValue("id")
+	if err := store.ValidateID(id); err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
+	body := map[string]any{"status": "ok", "version": version.Version}
+	if s.health != nil {
+		for k, v := range s.health() {
+			body[k] = v
+		}
+	}
+	writeJSON(w, http.StatusOK, body)
+}
+
+func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(openAPI)
+}
+
+func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
+	var req manager.CreateRequest
+	if err := decode(w, r, &req); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	vm, err := s.mgr.Create(r.Context(), req)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/vms/"+vm.ID)
+	writeJSON(w, http.StatusCreated, vm)
+}
+
+// VMList is the body of GET /v1/vms.
+type VMList struct {
+	VMs   []manager.VM `json:"vms"`
+	Count int          `json:"count"`
+}
+
+func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
+	vms, err := s.mgr.List(r.Context())
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, VMList{VMs: vms, Count: len(vms)})
+}
+
+func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
+	id, err := pathID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	vm, err := s.mgr.Get(r.Context(), id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, vm)
+}
+
+func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
+	id, err := pathID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.mgr.Delete(r.Context(), id); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"id": id, "status": "deleted"})
+}
+
+func (s *Server) startVM(w http.ResponseWriter, r *http.Request) { s.transition(w, r, s.mgr.Start) }
+func (s *Server) stopVM(w http.ResponseWriter, r *http.Request)  { s.transition(w, r, s.mgr.Stop) }
+
+func (s *Server) transition(w http.ResponseWriter, r *http.Request, op func(ctx context.Context, id string) error) {
+	id, err := pathID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := op(r.Context(), id); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	vm, err := s.mgr.Get(r.Context(), id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, vm)
+}
+
+// vmFile serves the stored meta.json, vm.json and hooks.json as they are.
+func (s *Server) vmFile(w http.ResponseWriter, r *http.Request) {
+	id, err := pathID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	name := r.PathValue("file")
+	switch name {
+	case store.FileMeta, store.FileVMConfig, store.FileHooks:
+	default:
+		s.writeError(w, r, errdefs.NotFound("vm %s has no file %q (want meta.json, vm.json or hooks.json)", id, name))
+		return
+	}
+	b, err := s.mgr.Store().ReadFile(id, name)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(b)
+}
+
+func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
+	if s.images == nil {
+		s.writeError(w, r, errdefs.Unavailable("image listing is not configured"))
+		return
+	}
+	v, err := s.images()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, v)
+}

@@ -1,0 +1,450 @@
+package lifecycle
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/hooks"
+	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/vmm"
+	"github.com/mergenhq/mergen/internal/vmnet"
+)
+
+// Stage names, as the service manager calls them.
+const (
+	PreStart   = "pre-start"
+	Start      = "start"
+	PostStart  = "post-start"
+	Stop       = "stop"
+	PostStop   = "post-stop"
+	OnFailure  = "on-failure"
+	Status     = "status"
+	Restart    = "restart"
+	PreDelete  = "pre-delete"
+	DeleteStg  = "delete"
+	PostDelete = "post-delete"
+)
+
+// Stages lists every stage and toolkit command, for usage messages.
+var Stages = []string{PreStart, Start, PostStart, Stop, PostStop, OnFailure, Status, Restart, PreDelete, DeleteStg, PostDelete}
+
+// Runner runs stages for one host configuration.
+type Runner struct {
+	Config config.Config
+	Store  *store.Store
+	Log    *slog.Logger
+	Out    io.Writer // where status prints
+}
+
+// vm loads the VM, failing clearly for an unknown id.
+func (r *Runner) vm(stage, id string) (store.Meta, error) {
+	if err := store.ValidateID(id); err != nil {
+		return store.Meta{}, fmt.Errorf("%s: %w", stage, err)
+	}
+	m, err := r.Store.ReadMeta(id)
+	if err != nil {
+		return store.Meta{}, fmt.Errorf("%s vm %s: %w", stage, id, err)
+	}
+	return m, nil
+}
+
+// stageLock serialises stages of one VM with each other and with the
+// daemon's removal of the VM.
+func (r *Runner) stageLock(ctx context.Context, stage, id string) (store.Unlock, error) {
+	lctx, cancel := context.WithTimeout(ctx, r.Config.CommandTimeout+r.Config.StopTimeout)
+	defer cancel()
+	unlock, err := r.Store.LockStage(lctx, id)
+	if err != nil {
+		return nil, fmt.Errorf("%s vm %s: %w", stage, id, err)
+	}
+	return unlock, nil
+}
+
+// Run executes one stage for the VM id. Start does not return on success: it
+// replaces the process with the VMM.
+func (r *Runner) Run(ctx context.Context, stage, id string) (err error) {
+	startT := time.Now()
+	defer func() {
+		if stage != Start || err != nil {
+			r.event(id, stage, "", err, time.Since(startT))
+		}
+	}()
+	switch stage {
+	case PreStart:
+		return r.preStart(ctx, id)
+	case Start:
+		return r.start(ctx, id)
+	case PostStart:
+		return r.postStart(ctx, id)
+	case Stop:
+		return r.stop(ctx, id)
+	case PostStop:
+		return r.postStop(ctx, id)
+	case OnFailure:
+		return r.onFailure(ctx, id)
+	case Status:
+		return r.status(ctx, id)
+	case PreDelete, DeleteStg, PostDelete:
+		m, err := r.vm(stage, id)
+		if err != nil {
+			return err
+		}
+		return r.stageHooks(ctx, m, stage)
+	}
+	return errdefs.Invalid("unknown stage %q (want one of %v)", stage, Stages)
+}
+
+func (r *Runner) event(id, stage, hook string, err error, d time.Duration) {
+	ev := hooks.Event{Time: time.Now().UTC(), VMID: id, Stage: stage, Hook: hook, Duration: d}
+	if err != nil {
+		ev.Result, ev.Error = "error", err.Error()
+	} else {
+		ev.Result = "ok"
+	}
+	if werr := hooks.AppendEvent(r.Config.DaemonLogFile, ev); werr != nil {
+		r.Log.Warn("stage event log", "file", r.Config.DaemonLogFile, "err", werr)
+	}
+}
+
+// stageHooks runs the lifecycle-hooks.json and MGN_LIFECYCLE_* extensions of
+// a stage, each waited for, in order.
+func (r *Runner) stageHooks(ctx context.Context, m store.Meta, stage string) error {
+	list, err := hooks.StageHooks(m.Paths.ConfigDir, stage, os.Environ())
+	if err != nil {
+		return fmt.Errorf("%s vm %s: %w", stage, m.ID, err)
+	}
+	return hooks.RunStage(ctx, r.Log, m.ID, stage, list, r.Config.DaemonLogFile)
+}
+
+func netConfig(m store.Meta) (vmnet.Config, error) {
+	c := vmnet.Config{ID: m.ID, Netns: m.Netns, Tap: m.TapName, Veth: store.VethName(m.ID), PrefixLen: m.PrefixLen, MAC: m.MAC, Ports: m.Ports, Bridge: m.Bridge}
+	var err error
+	if c.GuestIP, err = netip.ParseAddr(m.GuestIP); err != nil {
+		return c, fmt.Errorf("vm %s: guestIP %q: %w", m.ID, m.GuestIP, err)
+	}
+	if c.Gateway, err = netip.ParseAddr(m.Gateway); err != nil {
+		return c, fmt.Errorf("vm %s: gateway %q: %w", m.ID, m.Gateway, err)
+	}
+	return c, nil
+}
+
+func (r *Runner) preStart(ctx context.Context, id string) error {
+	unlock, err := r.stageLock(ctx, PreStart, id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	m, err := r.vm(PreStart, id)
+	if err != nil {
+		return err
+	}
+	driver, err := vmm.New(m.VMM)
+	if err != nil {
+		return fmt.Errorf("pre-start vm %s: %w", id, err)
+	}
+	if err := driver.Check(); err != nil {
+		return fmt.Errorf("pre-start vm %s: %w", id, err)
+	}
+	for _, d := range []string{m.Paths.RunDir, m.Paths.DataDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("pre-start vm %s: %w", id, err)
+		}
+	}
+	// A socket left by a VMM that died without cleaning up would make the
+	// next VMM fail to bind.
+	for _, p := range []string{m.Paths.Socket, m.Paths.PIDFile} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("pre-start vm %s: %w", id, err)
+		}
+	}
+	nc, err := netConfig(m)
+	if err != nil {
+		return fmt.Errorf("pre-start vm %s: %w", id, err)
+	}
+	if err := vmnet.Setup(ctx, nc); err != nil {
+		return fmt.Errorf("pre-start vm %s: network: %w", id, err)
+	}
+	if err := r.stageHooks(ctx, m, "preStart"); err != nil {
+		return err
+	}
+	return nil
+}
+
+// start replaces this process with the VMM, inside the VM's network
+// namespace, with the serial console appended to the console log. The
+// service manager thus supervises the VMM itself.
+func (r *Runner) start(ctx context.Context, id string) error {
+	m, err := r.vm(Start, id)
+	if err != nil {
+		return err
+	}
+	driver, err := vmm.New(m.VMM)
+	if err != nil {
+		return fmt.Errorf("start vm %s: %w", id, err)
+	}
+	argv, err := driver.Command(Spec(m), m.Paths.VMConfig)
+	if err != nil {
+		return fmt.Errorf("start vm %s: %w", id, err)
+	}
+	bin, err := lookPath(argv[0])
+	if err != nil {
+		return fmt.Errorf("start vm %s: %w", id, err)
+	}
+	console, err := os.OpenFile(m.Paths.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("start vm %s: console log: %w", id, err)
+	}
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return fmt.Errorf("start vm %s: %w", id, err)
+	}
+	if err := os.WriteFile(m.Paths.PIDFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
+		return fmt.Errorf("start vm %s: pid file: %w", id, err)
+	}
+	r.event(id, Start, "", nil, 0)
+
+	// From here on only this thread matters: enter the namespace on it and
+	// exec from it.
+	runtime.LockOSThread()
+	if m.Netns != "" {
+		h, err := netns.GetFromName(m.Netns)
+		if err != nil {
+			return fmt.Errorf("start vm %s: network namespace %s: %w (did pre-start run?)", id, m.Netns, err)
+		}
+		if err := netns.Set(h); err != nil {
+			return fmt.Errorf("start vm %s: enter network namespace %s: %w", id, m.Netns, err)
+		}
+	}
+	for fd, f := range map[int]*os.File{0: devnull, 1: console, 2: console} {
+		if err := syscall.Dup3(int(f.Fd()), fd, 0); err != nil {
+			return fmt.Errorf("start vm %s: redirect fd %d: %w", id, fd, err)
+		}
+	}
+	err = syscall.Exec(bin, argv, os.Environ())
+	return fmt.Errorf("start vm %s: exec %s: %w", id, bin, err)
+}
+
+func (r *Runner) postStart(ctx context.Context, id string) error {
+	m, err := r.vm(PostStart, id)
+	if err != nil {
+		return err
+	}
+	driver, err := vmm.New(m.VMM)
+	if err != nil {
+		return fmt.Errorf("post-start vm %s: %w", id, err)
+	}
+	// Wait until the VMM answers on its socket and reports the guest running.
+	wctx, cancel := context.WithTimeout(ctx, r.Config.CommandTimeout)
+	defer cancel()
+	var last error
+	for {
+		st, err := driver.Status(wctx, m.Paths.Socket)
+		if err == nil && st.Running {
+			break
+		}
+		if err == nil {
+			err = fmt.Errorf("vmm reports state %q", st.State)
+		}
+		last = err
+		select {
+		case <-wctx.Done():
+			return fmt.Errorf("post-start vm %s: vmm did not report running within %s: %v", id, r.Config.CommandTimeout, last)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return r.stageHooks(ctx, m, "postStart")
+}
+
+// stop asks the guest to power off and waits for the VMM to exit; the
+// service manager kills it when the stop timeout runs out.
+func (r *Runner) stop(ctx context.Context, id string) error {
+	m, err := r.vm(Stop, id)
+	if err != nil {
+		return err
+	}
+	if err := r.stageHooks(ctx, m, "preStop"); err != nil {
+		r.Log.Warn("preStop hooks failed", "vm", id, "err", err)
+	}
+	pid := readPID(m.Paths.PIDFile)
+	if pid == 0 || !alive(pid) {
+		return nil
+	}
+	driver, err := vmm.New(m.VMM)
+	if err != nil {
+		return fmt.Errorf("stop vm %s: %w", id, err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, r.Config.CommandTimeout)
+	err = driver.Shutdown(sctx, m.Paths.Socket)
+	cancel()
+	if err != nil {
+		r.Log.Warn("graceful shutdown request failed; the VMM will be terminated", "vm", id, "err", err)
+		return nil
+	}
+	deadline := time.Now().Add(r.Config.StopTimeout)
+	for alive(pid) && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if alive(pid) {
+		r.Log.Warn("guest did not power off in time; the VMM will be terminated", "vm", id, "timeout", r.Config.StopTimeout)
+	}
+	return nil
+}
+
+// postStop removes the network and runtime files; it runs after every stop
+// and after a failed start, so it tolerates anything being already gone.
+func (r *Runner) postStop(ctx context.Context, id string) error {
+	unlock, err := r.stageLock(ctx, PostStop, id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	m, err := r.vm(PostStop, id)
+	if err != nil {
+		return err
+	}
+	if err := r.teardown(ctx, m); err != nil {
+		return fmt.Errorf("post-stop vm %s: %w", id, err)
+	}
+	return r.stageHooks(ctx, m, "postStop")
+}
+
+func (r *Runner) teardown(ctx context.Context, m store.Meta) error {
+	nc, err := netConfig(m)
+	if err != nil {
+		return err
+	}
+	if err := vmnet.Teardown(ctx, nc); err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	for _, p := range []string{m.Paths.Socket, m.Paths.PIDFile} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *Runner) onFailure(ctx context.Context, id string) error {
+	m, err := r.vm(OnFailure, id)
+	if err != nil {
+		return err
+	}
+	r.Log.Error("vm failed", "vm", id, "console", m.Paths.ConsoleLog)
+	return nil
+}
+
+// StatusReport is what `mergen-lifecycle status` prints.
+type StatusReport struct {
+	ID      string `json:"id"`
+	VMM     string `json:"vmm"`
+	PID     int    `json:"pid"`
+	Alive   bool   `json:"alive"`
+	Running bool   `json:"running"`
+	State   string `json:"state"`
+	Error   string `json:"error,omitempty"`
+}
+
+func (r *Runner) status(ctx context.Context, id string) error {
+	m, err := r.vm(Status, id)
+	if err != nil {
+		return err
+	}
+	rep := StatusReport{ID: id, VMM: m.VMM, PID: readPID(m.Paths.PIDFile)}
+	rep.Alive = rep.PID != 0 && alive(rep.PID)
+	if driver, err := vmm.New(m.VMM); err != nil {
+		rep.Error = err.Error()
+	} else if st, err := driver.Status(ctx, m.Paths.Socket); err != nil {
+		rep.Error = err.Error()
+	} else {
+		rep.Running, rep.State = st.Running, st.State
+	}
+	enc := json.NewEncoder(r.Out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+// Delete runs the delete stages of a VM that is already stopped: preDelete
+// and delete hooks, network and runtime clean-up, postDelete hooks. The
+// daemon calls it before removing the VM's files.
+func Delete(ctx context.Context, c config.Config, s *store.Store, log *slog.Logger, m store.Meta) error {
+	r := &Runner{Config: c, Store: s, Log: log, Out: io.Discard}
+	unlock, err := r.stageLock(ctx, DeleteStg, m.ID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	for _, st := range []string{"preDelete", "delete"} {
+		if err := r.stageHooks(ctx, m, st); err != nil {
+			return err
+		}
+	}
+	if err := r.teardown(ctx, m); err != nil {
+		return err
+	}
+	if err := r.stageHooks(ctx, m, "postDelete"); err != nil {
+		log.Warn("postDelete hooks failed", "vm", m.ID, "err", err)
+	}
+	return nil
+}
+
+// MaybeRunning reports whether a VMM process of the VM may be alive.
+func MaybeRunning(m store.Meta) bool {
+	pid := readPID(m.Paths.PIDFile)
+	return pid != 0 && alive(pid)
+}
+
+func readPID(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.Atoi(string(trimSpace(b)))
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+func alive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	if err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	// A zombie is not alive for our purposes.
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	for i := len(b) - 1; i > 0; i-- {
+		if b[i] == ')' && i+2 < len(b) {
+			return b[i+2] != 'Z' && b[i+2] != 'X'
+		}
+	}
+	return true
+}

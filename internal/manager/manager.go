@@ -1,0 +1,346 @@
+// Package manager is the orchestration layer between the API and the parts
+// that do the work: it validates requests, allocates addresses and ports,
+// writes VMs into the store, runs manager hooks, and starts and stops VMs
+// through the supervisor. It holds no state that is not derived from the
+// store: a daemon killed at any point restarts into a consistent view.
+package manager
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/alloc"
+	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/hooks"
+	"github.com/mergenhq/mergen/internal/lifecycle"
+	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/supervisor"
+	"github.com/mergenhq/mergen/internal/vmm"
+	"github.com/mergenhq/mergen/internal/vmnet"
+)
+
+// Manager runs the VM operations. It is safe for concurrent use.
+type Manager struct {
+	cfg   config.Config
+	store *store.Store
+	log   *slog.Logger
+	probe alloc.Probe
+
+	// sup is nil when no supervisor can run on this host; supErr says why.
+	sup    supervisor.Supervisor
+	supErr error
+
+	// The allocation index, derived from the store and valid while the
+	// store's generation equals indexGen. Guarded by allocMu.
+	allocMu   sync.Mutex
+	index     *alloc.Index
+	names     map[string]string
+	dataDisks map[string]string
+	indexGen  uint64
+}
+
+// Options are the manager's collaborators.
+type Options struct {
+	Config        config.Config
+	Store         *store.Store
+	Log           *slog.Logger
+	Supervisor    supervisor.Supervisor // nil: start/stop answer unavailable with SupervisorErr
+	SupervisorErr error
+	// Probe checks that a host port is free on the host; nil means the real
+	// bind probe.
+	Probe alloc.Probe
+}
+
+// New returns a manager over the store.
+func New(o Options) *Manager {
+	m := &Manager{cfg: o.Config, store: o.Store, log: o.Log, probe: o.Probe, sup: o.Supervisor, supErr: o.SupervisorErr}
+	if m.probe == nil {
+		m.probe = alloc.BindProbe
+	}
+	if m.log == nil {
+		m.log = slog.New(slog.DiscardHandler)
+	}
+	if m.sup == nil && m.supErr == nil {
+		m.supErr = errors.New("no supervisor configured")
+	}
+	return m
+}
+
+// Store exposes the store (read-only use by the API for stored files).
+func (m *Manager) Store() *store.Store { return m.store }
+
+// Create validates the request, allocates, writes the VM and runs onCreate
+// hooks; with autoStart it also starts the VM. Nothing is left behind when it
+// fails.
+func (m *Manager) Create(ctx context.Context, req CreateRequest) (VM, error) {
+	if err := req.normalize(); err != nil {
+		return VM{}, err
+	}
+	vmHooks, err := hooks.Parse(req.Hooks)
+	if err != nil {
+		return VM{}, errdefs.Invalid("%v", err)
+	}
+	disks, kernel, initrd, err := m.resolveDisks(req)
+	if err != nil {
+		return VM{}, err
+	}
+	driverName := req.VMM
+	if driverName == "" {
+		driverName = m.cfg.VMM
+	}
+	if driverName == "" {
+		driverName = vmm.DefaultName()
+	}
+	driver, err := vmm.New(driverName)
+	if err != nil {
+		return VM{}, errdefs.Invalid("vmm: %v", err)
+	}
+
+	id := store.NewID()
+	meta := store.Meta{
+		ID:        id,
+		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
+		VMM:       driver.Name(),
+		VCPU:      req.VCPU,
+		MemMiB:    req.MemMiB,
+		Kernel:    kernel,
+		Initrd:    initrd,
+		Disks:     disks,
+		HTTPPort:  req.HTTPPort,
+		Tags:      req.Tags,
+		Metadata:  req.Metadata,
+		ExtraEnv:  req.ExtraEnv,
+		AutoStart: req.AutoStart,
+		Paths:     m.store.PathsFor(id),
+		MAC:       vmnet.MACFor(id),
+		TapName:   store.TapName(id),
+	}
+	if req.Bridge != nil {
+		meta.Bridge = &store.Bridge{Name: req.Bridge.Name, Netmask: req.Bridge.Netmask}
+		meta.GuestIP = req.Bridge.GuestIP
+		meta.Gateway = req.Bridge.GatewayIP
+		meta.PrefixLen, _ = maskBits(req.Bridge.Netmask)
+		if req.Bridge.MAC != "" {
+			meta.MAC = req.Bridge.MAC
+		}
+	} else {
+		meta.Netns = store.NetnsName(id)
+		meta.Gateway = alloc.Gateway(m.cfg.GuestCIDR).String()
+		meta.PrefixLen = m.cfg.GuestCIDR.Bits()
+	}
+
+	if err := m.allocateAndWrite(ctx, &meta, req, driver, vmHooks); err != nil {
+		return VM{}, err
+	}
+	log := m.log.With("vm", id)
+	log.Info("vm created", "guestIP", meta.GuestIP, "vmm", meta.VMM, "ports", len(meta.Ports))
+
+	if err := m.runHooks(ctx, hooks.OnCreate, meta, vmHooks); err != nil {
+		log.Warn("strict onCreate hook failed, rolling back", "err", err)
+		if derr := m.remove(context.WithoutCancel(ctx), meta); derr != nil {
+			log.Error("roll back of create failed", "err", derr)
+		}
+		return VM{}, fmt.Errorf("create vm %s: %w", id, err)
+	}
+	if req.AutoStart {
+		if err := m.Start(ctx, id); err != nil {
+			log.Warn("autoStart failed, deleting the VM", "err", err)
+			if derr := m.Delete(context.WithoutCancel(ctx), id); derr != nil && !errdefs.IsNotFound(derr) {
+				log.Error("roll back of create failed", "err", derr)
+			}
+			return VM{}, err
+		}
+	}
+	return m.Get(ctx, id)
+}
+
+// resolveDisks applies the MGR_DEFAULT_* fallbacks and checks every path.
+// Paths from the request must lie inside the allowed disk roots; defaults come
+// from the operator's configuration and are trusted, but must exist — except
+// the optional ones (initrd, agent and env disks), which are simply left out
+// when absent.
+func (m *Manager) resolveDisks(req CreateRequest) (d store.Disks, kernel, initrd string, err error) {
+	roots := m.cfg.AllowedDiskRoots()
+	fields := []struct {
+		name, given, def, env string
+		required              bool
+		dst                   *string
+	}{
+		{"kernel", req.Kernel, m.cfg.DefaultKernel, "MGR_DEFAULT_KERNEL", true, &kernel},
+		{"initrd", req.Initrd, m.cfg.DefaultInitrd, "MGR_DEFAULT_INITRD", false, &initrd},
+		{"rootfs", req.Rootfs, m.cfg.DefaultRootfs, "MGR_DEFAULT_ROOTFS", true, &d.Rootfs},
+		{"agentDisk", req.AgentDisk, m.cfg.DefaultAgent, "MGR_DEFAULT_AGENT_DISK", false, &d.Agent},
+		{"payloadDisk", req.PayloadDisk, "", "", false, &d.Payload},
+		{"envDisk", req.EnvDisk, m.cfg.DefaultEnvDisk, "MGR_DEFAULT_ENV_DISK", false, &d.Env},
+		{"dataDisk", req.DataDisk, "", "", false, &d.Data},
+	}
+	for _, f := range fields {
+		if f.given != "" {
+			p, err := resolveDisk(f.name, f.given, roots)
+			if err != nil {
+				return d, "", "", err
+			}
+			*f.dst = p
+			continue
+		}
+		if f.def == "" {
+			if f.required {
+				return d, "", "", errdefs.Invalid("%s: required (no default: set %s)", f.name, f.env)
+			}
+			continue
+		}
+		st, err := os.Stat(f.def)
+		switch {
+		case err == nil && st.Mode().IsRegular():
+			*f.dst = f.def
+		case f.required:
+			return d, "", "", errdefs.Invalid("%s: not given and the default %s (%s) is not usable; build the base assets (`make assets`) or pass %s", f.name, f.def, f.env, f.name)
+		}
+	}
+	return d, kernel, initrd, nil
+}
+
+// allocateAndWrite allocates the guest IP and host ports under the
+// allocation lock and writes the VM directory before releasing it, so that
+// the next allocation sees this VM.
+func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req CreateRequest, driver vmm.Driver, vmHooks hooks.Set) error {
+	m.allocMu.Lock()
+	defer m.allocMu.Unlock()
+	unlock, err := m.store.LockAlloc(ctx)
+	if err != nil {
+		return fmt.Errorf("create vm %s: %w", meta.ID, err)
+	}
+	defer unlock()
+	ix, err := m.indexLocked()
+	if err != nil {
+		return fmt.Errorf("create vm %s: %w", meta.ID, err)
+	}
+	if name := req.Tags[NameTag]; name != "" {
+		if owner := ix.Names[name]; owner != "" {
+			return errdefs.Conflict("tags.name: %q is already the name of vm %s", name, owner)
+		}
+	}
+	if meta.Disks.Data != "" {
+		if owner := ix.DataDisks[meta.Disks.Data]; owner != "" {
+			return errdefs.Conflict("dataDisk: %s is already attached to vm %s", meta.Disks.Data, owner)
+		}
+	}
+	if meta.Bridge == nil {
+		ip, err := ix.GuestIP(m.cfg.GuestCIDR)
+		if err != nil {
+			return err
+		}
+		meta.GuestIP = ip.String()
+	}
+	ports, err := ix.HostPorts(req.Ports, alloc.Range{Start: m.cfg.PortStart, End: m.cfg.PortEnd}, m.probe)
+	if err != nil {
+		return err
+	}
+	meta.Ports = ports
+	if meta.Ports == nil {
+		meta.Ports = []store.Port{}
+	}
+	meta.BootArgs = lifecycle.BootArgs(*meta, req.BootArgs)
+
+	files, err := m.renderFiles(*meta, driver, vmHooks)
+	if err != nil {
+		return err
+	}
+	// Bump first: a crash between the two leaves only a spurious rebuild.
+	gen, err := m.store.BumpGeneration()
+	if err != nil {
+		return fmt.Errorf("create vm %s: %w", meta.ID, err)
+	}
+	if err := m.store.Create(meta.ID, files); err != nil {
+		return err
+	}
+	ix.Add(*meta)
+	m.indexGen = gen
+	return nil
+}
+
+// renderFiles produces the VM directory's files.
+func (m *Manager) renderFiles(meta store.Meta, driver vmm.Driver, vmHooks hooks.Set) (map[string][]byte, error) {
+	metaJSON, err := store.MarshalMeta(meta)
+	if err != nil {
+		return nil, err
+	}
+	vmConfig, err := driver.Config(lifecycle.Spec(meta))
+	if err != nil {
+		return nil, errdefs.Invalid("render %s config for vm %s: %v", driver.Name(), meta.ID, err)
+	}
+	hooksJSON, err := json.MarshalIndent(vmHooks, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode hooks of vm %s: %w", meta.ID, err)
+	}
+	return map[string][]byte{
+		store.FileMeta:     metaJSON,
+		store.FileVMConfig: vmConfig,
+		store.FileHooks:    append(hooksJSON, '\n'),
+		store.FileEnv:      lifecycle.EnvFile(m.cfg, meta),
+	}, nil
+}
+
+// index is the allocation index with lookups the create path needs.
+type index struct {
+	*alloc.Index
+	Names     map[string]string // name tag → id
+	DataDisks map[string]string // data disk path → id
+}
+
+func (ix index) Add(meta store.Meta) {
+	ix.Index.Add(meta)
+	if n := meta.Tags[NameTag]; n != "" {
+		ix.Names[n] = meta.ID
+	}
+	if meta.Disks.Data != "" {
+		ix.DataDisks[meta.Disks.Data] = meta.ID
+	}
+}
+
+func (ix index) Remove(meta store.Meta) {
+	ix.Index.Remove(meta)
+	if n := meta.Tags[NameTag]; n != "" && ix.Names[n] == meta.ID {
+		delete(ix.Names, n)
+	}
+	if ix.DataDisks[meta.Disks.Data] == meta.ID {
+		delete(ix.DataDisks, meta.Disks.Data)
+	}
+}
+
+// indexLocked returns the allocation index, rebuilding it from the store
+// when another process changed the set of VMs. Hold allocMu and the store's
+// allocation lock.
+func (m *Manager) indexLocked() (index, error) {
+	gen, err := m.store.Generation()
+	if err != nil {
+		return index{}, err
+	}
+	if m.index != nil && gen == m.indexGen && m.names != nil {
+		return index{m.index, m.names, m.dataDisks}, nil
+	}
+	metas, err := m.store.List()
+	if err != nil {
+		// One unreadable VM must not let its IP be handed out twice.
+		return index{}, fmt.Errorf("rebuild allocation index: %w", err)
+	}
+	m.index = alloc.NewIndex(metas)
+	m.names = map[string]string{}
+	m.dataDisks = map[string]string{}
+	ix := index{m.index, m.names, m.dataDisks}
+	for _, meta := range metas {
+		ix.Add(meta)
+	}
+	m.indexGen = gen
+	return ix, nil
+}

@@ -1,0 +1,304 @@
+package manager
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/hooks"
+	"github.com/mergenhq/mergen/internal/lifecycle"
+	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/supervisor"
+	"github.com/mergenhq/mergen/internal/vmm"
+)
+
+// VM is the document the API returns for one VM.
+type VM struct {
+	ID        string            `json:"id"`
+	CreatedAt time.Time         `json:"createdAt"`
+	Name      string            `json:"name,omitempty"`
+	VMM       string            `json:"vmm"`
+	VCPU      int               `json:"vcpu"`
+	MemMiB    int               `json:"memMiB"`
+	HTTPPort  int               `json:"httpPort,omitempty"`
+	AutoStart bool              `json:"autoStart"`
+	Kernel    string            `json:"kernel"`
+	Initrd    string            `json:"initrd,omitempty"`
+	Disks     store.Disks       `json:"disks"`
+	Service   supervisor.State  `json:"service"`
+	VMMState  VMMState          `json:"vmmState"`
+	Network   Network           `json:"network"`
+	Paths     store.Paths       `json:"paths"`
+	Metadata  json.RawMessage   `json:"metadata,omitempty"`
+	Tags      map[string]string `json:"tags,omitempty"`
+}
+
+// VMMState is what the VMM's socket says.
+type VMMState struct {
+	SocketPath    string `json:"socketPath"`
+	SocketPresent bool   `json:"socketPresent"`
+}
+
+// Network is the VM's addressing.
+type Network struct {
+	GuestIP   string        `json:"guestIP"`
+	Gateway   string        `json:"gateway"`
+	PrefixLen int           `json:"prefixLen"`
+	MAC       string        `json:"mac"`
+	Ports     []store.Port  `json:"ports"`
+	TapName   string        `json:"tapName"`
+	Netns     string        `json:"netns,omitempty"`
+	Bridge    *store.Bridge `json:"bridge,omitempty"`
+}
+
+func (m *Manager) document(ctx context.Context, meta store.Meta) VM {
+	v := VM{
+		ID: meta.ID, CreatedAt: meta.CreatedAt, Name: meta.Tags[NameTag], VMM: meta.VMM,
+		VCPU: meta.VCPU, MemMiB: meta.MemMiB, HTTPPort: meta.HTTPPort, AutoStart: meta.AutoStart,
+		Kernel: meta.Kernel, Initrd: meta.Initrd, Disks: meta.Disks,
+		Network: Network{
+			GuestIP: meta.GuestIP, Gateway: meta.Gateway, PrefixLen: meta.PrefixLen, MAC: meta.MAC,
+			Ports: meta.Ports, TapName: meta.TapName, Netns: meta.Netns, Bridge: meta.Bridge,
+		},
+		Paths: meta.Paths, Metadata: meta.Metadata, Tags: meta.Tags,
+		VMMState: VMMState{SocketPath: meta.Paths.Socket},
+	}
+	if st, err := os.Stat(meta.Paths.Socket); err == nil && st.Mode()&os.ModeSocket != 0 {
+		v.VMMState.SocketPresent = true
+	}
+	v.Service = m.serviceState(ctx, meta.ID)
+	return v
+}
+
+func (m *Manager) serviceState(ctx context.Context, id string) supervisor.State {
+	if m.sup == nil {
+		return supervisor.State{Available: false}
+	}
+	st, err := m.sup.State(ctx, id)
+	if err != nil {
+		m.log.Debug("service state unavailable", "vm", id, "err", err)
+		return supervisor.State{Available: false}
+	}
+	return st
+}
+
+// Get returns one VM.
+func (m *Manager) Get(ctx context.Context, id string) (VM, error) {
+	meta, err := m.store.ReadMeta(id)
+	if err != nil {
+		return VM{}, err
+	}
+	return m.document(ctx, meta), nil
+}
+
+// List returns all VMs, oldest first.
+func (m *Manager) List(ctx context.Context) ([]VM, error) {
+	metas, err := m.store.List()
+	if err != nil {
+		m.log.Warn("some VMs could not be read", "err", err)
+	}
+	sort.Slice(metas, func(i, j int) bool {
+		if !metas[i].CreatedAt.Equal(metas[j].CreatedAt) {
+			return metas[i].CreatedAt.Before(metas[j].CreatedAt)
+		}
+		return metas[i].ID < metas[j].ID
+	})
+	out := make([]VM, 0, len(metas))
+	for _, meta := range metas {
+		out = append(out, m.document(ctx, meta))
+	}
+	return out, nil
+}
+
+// ready checks that the VM can be started on this host.
+func (m *Manager) ready(ctx context.Context, meta store.Meta) error {
+	if m.sup == nil {
+		return errdefs.Unavailable("no service manager to run VMs: %v", m.supErr)
+	}
+	if err := m.sup.Check(ctx); err != nil {
+		return errdefs.Unavailable("service manager %s: %v", m.sup.Name(), err)
+	}
+	driver, err := vmm.New(meta.VMM)
+	if err != nil {
+		return errdefs.Unavailable("vmm %s: %v", meta.VMM, err)
+	}
+	if err := driver.Check(); err != nil {
+		return errdefs.Unavailable("vmm %s: %v", meta.VMM, err)
+	}
+	return nil
+}
+
+// lockVM takes the VM's lifecycle lock and loads its metadata; the VM may
+// have been deleted while we waited.
+func (m *Manager) lockVM(ctx context.Context, op, id string) (store.Meta, func(), error) {
+	if err := store.ValidateID(id); err != nil {
+		return store.Meta{}, nil, err
+	}
+	if !m.store.Exists(id) {
+		return store.Meta{}, nil, errdefs.NotFound("vm %s not found", id)
+	}
+	lctx, cancel := context.WithTimeout(ctx, m.cfg.CommandTimeout+m.cfg.StopTimeout)
+	defer cancel()
+	unlock, err := m.store.Lock(lctx, id)
+	if err != nil {
+		return store.Meta{}, nil, fmt.Errorf("%s vm %s: %w", op, id, err)
+	}
+	meta, err := m.store.ReadMeta(id)
+	if err != nil {
+		unlock()
+		return store.Meta{}, nil, err
+	}
+	return meta, unlock, nil
+}
+
+// Start starts the VM; starting a running VM succeeds.
+func (m *Manager) Start(ctx context.Context, id string) error {
+	meta, unlock, err := m.lockVM(ctx, "start", id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := m.ready(ctx, meta); err != nil {
+		return fmt.Errorf("start vm %s: %w", id, err)
+	}
+	if err := m.sup.Start(ctx, id); err != nil {
+		return fmt.Errorf("start vm %s: %w", id, err)
+	}
+	if err := m.runHooks(ctx, hooks.OnStart, meta, nil); err != nil {
+		m.log.Warn("strict onStart hook failed, stopping the VM again", "vm", id, "err", err)
+		if serr := m.sup.Stop(context.WithoutCancel(ctx), id); serr != nil {
+			m.log.Error("stop after failed onStart hook", "vm", id, "err", serr)
+		}
+		return fmt.Errorf("start vm %s: %w", id, err)
+	}
+	m.log.Info("vm started", "vm", id)
+	return nil
+}
+
+// Stop stops the VM gracefully; stopping a stopped VM succeeds. A strict
+// onStop hook runs first and can veto the stop.
+func (m *Manager) Stop(ctx context.Context, id string) error {
+	meta, unlock, err := m.lockVM(ctx, "stop", id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if m.sup == nil {
+		return fmt.Errorf("stop vm %s: %w", id, errdefs.Unavailable("no service manager to run VMs: %v", m.supErr))
+	}
+	if err := m.runHooks(ctx, hooks.OnStop, meta, nil); err != nil {
+		return fmt.Errorf("stop vm %s: %w", id, err)
+	}
+	if err := m.sup.Stop(ctx, id); err != nil {
+		return fmt.Errorf("stop vm %s: %w", id, err)
+	}
+	m.log.Info("vm stopped", "vm", id)
+	return nil
+}
+
+// Delete stops the VM, runs onDelete hooks (a strict one can veto), tears
+// down its network and removes its files, allocations and unit state.
+func (m *Manager) Delete(ctx context.Context, id string) error {
+	meta, unlock, err := m.lockVM(ctx, "delete", id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := m.runHooks(ctx, hooks.OnDelete, meta, nil); err != nil {
+		return fmt.Errorf("delete vm %s: %w", id, err)
+	}
+	if m.sup != nil {
+		if err := m.sup.Stop(ctx, id); err != nil {
+			return fmt.Errorf("delete vm %s: stop: %w", id, err)
+		}
+	} else if lifecycle.MaybeRunning(meta) {
+		return fmt.Errorf("delete vm %s: %w", id, errdefs.Unavailable("cannot stop it: no service manager: %v", m.supErr))
+	}
+	if err := m.remove(ctx, meta); err != nil {
+		return err
+	}
+	m.log.Info("vm deleted", "vm", id)
+	return nil
+}
+
+// remove undoes a create: delete stages, network, files, allocations.
+func (m *Manager) remove(ctx context.Context, meta store.Meta) error {
+	id := meta.ID
+	if err := lifecycle.Delete(ctx, m.cfg, m.store, m.log, meta); err != nil {
+		return fmt.Errorf("delete vm %s: %w", id, err)
+	}
+	if m.sup != nil {
+		if err := m.sup.Forget(ctx, id); err != nil {
+			m.log.Warn("forget unit state", "vm", id, "err", err)
+		}
+	}
+	m.allocMu.Lock()
+	defer m.allocMu.Unlock()
+	unlock, err := m.store.LockAlloc(ctx)
+	if err != nil {
+		return fmt.Errorf("delete vm %s: %w", id, err)
+	}
+	defer unlock()
+	ix, ixErr := m.indexLocked()
+	gen, err := m.store.BumpGeneration()
+	if err != nil {
+		return fmt.Errorf("delete vm %s: %w", id, err)
+	}
+	if err := m.store.Delete(id); err != nil {
+		return err
+	}
+	if ixErr == nil {
+		ix.Remove(meta)
+		m.indexGen = gen
+	}
+	return m.store.RemoveLock(id)
+}
+
+// runHooks runs global hooks, then the VM's own, for one event. vmHooks nil
+// means "read hooks.json".
+func (m *Manager) runHooks(ctx context.Context, event hooks.Event, meta store.Meta, vmHooks *hooks.Set) error {
+	global, err := hooks.LoadDir(m.cfg.GlobalHooksDir)
+	if err != nil {
+		m.log.Warn("global hooks unreadable, skipping them", "dir", m.cfg.GlobalHooksDir, "err", err)
+	}
+	var own hooks.Set
+	if vmHooks != nil {
+		own = *vmHooks
+	} else if b, err := m.store.ReadFile(meta.ID, store.FileHooks); err == nil {
+		if own, err = hooks.Parse(b); err != nil {
+			m.log.Warn("hooks.json unreadable, skipping", "vm", meta.ID, "err", err)
+		}
+	} else if !errors.Is(err, errdefs.ErrNotFound) {
+		m.log.Warn("hooks.json unreadable, skipping", "vm", meta.ID, "err", err)
+	}
+	data := hooks.Data{
+		Event: event, VMID: meta.ID, GuestIP: meta.GuestIP, Ports: meta.Ports,
+		HTTPPort: meta.HTTPPort, Tags: meta.Tags, Metadata: meta.Metadata,
+	}
+	sets := append(global, own)
+	for _, set := range sets {
+		if err := hooks.Run(ctx, m.log, set, data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// FindByName returns the VM whose name tag is name.
+func (m *Manager) FindByName(ctx context.Context, name string) (VM, error) {
+	metas, err := m.store.List()
+	if err != nil {
+		m.log.Warn("some VMs could not be read", "err", err)
+	}
+	for _, meta := range metas {
+		if meta.Tags[NameTag] == name {
+			return m.document(ctx, meta), nil
+		}
+	}
+	return VM{}, errdefs.NotFound("no vm named %q", name)
+}

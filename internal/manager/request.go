@@ -1,0 +1,232 @@
+package manager
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strings"
+
+	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/lifecycle"
+	"github.com/mergenhq/mergen/internal/store"
+)
+
+// CreateRequest is the body of POST /v1/vms.
+type CreateRequest struct {
+	// VMM overrides the host's driver for this VM: "firecracker" or "qemu".
+	VMM string `json:"vmm,omitempty"`
+
+	Kernel      string `json:"kernel,omitempty"`
+	Initrd      string `json:"initrd,omitempty"`
+	Rootfs      string `json:"rootfs,omitempty"`
+	AgentDisk   string `json:"agentDisk,omitempty"`
+	PayloadDisk string `json:"payloadDisk,omitempty"`
+	EnvDisk     string `json:"envDisk,omitempty"`
+	DataDisk    string `json:"dataDisk,omitempty"`
+
+	VCPU   int `json:"vcpu,omitempty"`
+	MemMiB int `json:"memMiB,omitempty"`
+
+	Ports    []store.Port `json:"ports,omitempty"`
+	HTTPPort int          `json:"httpPort,omitempty"`
+
+	Tags     map[string]string `json:"tags,omitempty"`
+	Metadata json.RawMessage   `json:"metadata,omitempty"`
+
+	AutoStart bool              `json:"autoStart,omitempty"`
+	BootArgs  string            `json:"bootArgs,omitempty"`
+	ExtraEnv  map[string]string `json:"extraEnv,omitempty"`
+	Hooks     json.RawMessage   `json:"hooks,omitempty"`
+
+	// Bridge selects the earlier generation's network mode: the tap joins an
+	// existing host bridge and the guest gets a static address.
+	Bridge *BridgeRequest `json:"bridge,omitempty"`
+}
+
+// BridgeRequest configures bridge mode.
+type BridgeRequest struct {
+	Name      string `json:"name"`
+	GuestIP   string `json:"guestIP"`
+	GatewayIP string `json:"gatewayIP"`
+	Netmask   string `json:"netmask"`
+	MAC       string `json:"mac,omitempty"` // generated from the id when empty
+}
+
+// Limits of a create request.
+const (
+	DefaultVCPU   = 1
+	MaxVCPU       = 32
+	DefaultMemMiB = 512
+	MinMemMiB     = 128
+	MaxMemMiB     = 256 * 1024
+	maxBootArgs   = 1024
+	maxExtraEnv   = 1024 // bytes of the encoded mergen.env= kernel argument
+	maxMetadata   = 64 << 10
+	maxTags       = 64
+	maxTagKey     = 63
+	maxTagValue   = 253
+	NameTag       = "name" // the tag the CLI resolves VM names with
+)
+
+var (
+	envKeyRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	tagKeyRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]*$`)
+	nameRe   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+	bridgeRe = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+	macRe    = regexp.MustCompile(`^[0-9a-f]{2}(:[0-9a-f]{2}){5}$`)
+)
+
+// normalize fills defaults and checks every field that needs no I/O. Errors
+// name the field as it appears in the JSON body.
+func (r *CreateRequest) normalize() error {
+	if r.VMM != "" && r.VMM != "firecracker" && r.VMM != "qemu" {
+		return errdefs.Invalid("vmm: %q is not a known VMM (want firecracker or qemu)", r.VMM)
+	}
+	if r.VCPU == 0 {
+		r.VCPU = DefaultVCPU
+	}
+	if r.VCPU < 1 || r.VCPU > MaxVCPU {
+		return errdefs.Invalid("vcpu: %d is out of range 1..%d", r.VCPU, MaxVCPU)
+	}
+	if r.MemMiB == 0 {
+		r.MemMiB = DefaultMemMiB
+	}
+	if r.MemMiB < MinMemMiB || r.MemMiB > MaxMemMiB {
+		return errdefs.Invalid("memMiB: %d is out of range %d..%d", r.MemMiB, MinMemMiB, MaxMemMiB)
+	}
+	if err := normalizePorts(r.Ports); err != nil {
+		return err
+	}
+	if r.HTTPPort < 0 || r.HTTPPort > 65535 {
+		return errdefs.Invalid("httpPort: %d is out of range 1..65535", r.HTTPPort)
+	}
+	if len(r.Tags) > maxTags {
+		return errdefs.Invalid("tags: %d tags, at most %d allowed", len(r.Tags), maxTags)
+	}
+	for k, v := range r.Tags {
+		if len(k) > maxTagKey || !tagKeyRe.MatchString(k) {
+			return errdefs.Invalid("tags: key %q must be 1..%d characters of letters, digits, '.', '_', '-', '/'", k, maxTagKey)
+		}
+		if len(v) > maxTagValue || strings.ContainsFunc(v, isControl) {
+			return errdefs.Invalid("tags.%s: value must be at most %d printable characters", k, maxTagValue)
+		}
+	}
+	if name, ok := r.Tags[NameTag]; ok && !nameRe.MatchString(name) {
+		return errdefs.Invalid("tags.name: %q must be a DNS label: lowercase letters, digits and '-', 1..63 characters", name)
+	}
+	if len(r.Metadata) > maxMetadata {
+		return errdefs.Invalid("metadata: %d bytes, at most %d allowed", len(r.Metadata), maxMetadata)
+	}
+	if len(r.Metadata) > 0 && !json.Valid(r.Metadata) {
+		return errdefs.Invalid("metadata: not valid JSON")
+	}
+	if len(r.BootArgs) > maxBootArgs || strings.ContainsFunc(r.BootArgs, isControl) {
+		return errdefs.Invalid("bootArgs: must be at most %d printable characters on one line", maxBootArgs)
+	}
+	for k, v := range r.ExtraEnv {
+		if !envKeyRe.MatchString(k) {
+			return errdefs.Invalid("extraEnv: %q is not a valid variable name", k)
+		}
+		if strings.ContainsAny(v, "\x00\n") {
+			return errdefs.Invalid("extraEnv.%s: value must not contain NUL or newline", k)
+		}
+	}
+	if enc := lifecycle.EncodeEnv(r.ExtraEnv); len(enc) > maxExtraEnv {
+		return errdefs.Invalid("extraEnv: %d bytes once encoded for the kernel command line, at most %d (put large configuration on an env disk)", len(enc), maxExtraEnv)
+	}
+	if r.Bridge != nil {
+		if err := r.Bridge.normalize(); err != nil {
+			return err
+		}
+		if len(r.Ports) > 0 {
+			return errdefs.Invalid("ports: published ports need the namespace network mode; in bridge mode the guest is reachable at its own address")
+		}
+	}
+	return nil
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+func normalizePorts(ports []store.Port) error {
+	seenGuest := map[string]int{}
+	seenHost := map[string]int{}
+	for i := range ports {
+		p := &ports[i]
+		if p.Protocol == "" {
+			p.Protocol = "tcp"
+		}
+		p.Protocol = strings.ToLower(p.Protocol)
+		if p.Protocol != "tcp" && p.Protocol != "udp" {
+			return errdefs.Invalid("ports[%d].protocol: %q is not tcp or udp", i, p.Protocol)
+		}
+		if p.Guest < 1 || p.Guest > 65535 {
+			return errdefs.Invalid("ports[%d].guest: %d is out of range 1..65535", i, p.Guest)
+		}
+		if p.Host < 0 || p.Host > 65535 {
+			return errdefs.Invalid("ports[%d].host: %d is out of range 1..65535 (0 picks a free port)", i, p.Host)
+		}
+		g := fmt.Sprintf("%d/%s", p.Guest, p.Protocol)
+		if j, dup := seenGuest[g]; dup {
+			return errdefs.Invalid("ports[%d].guest: %s is already published by ports[%d]", i, g, j)
+		}
+		seenGuest[g] = i
+		if p.Host != 0 {
+			h := fmt.Sprintf("%d/%s", p.Host, p.Protocol)
+			if j, dup := seenHost[h]; dup {
+				return errdefs.Invalid("ports[%d].host: %s is already used by ports[%d]", i, h, j)
+			}
+			seenHost[h] = i
+		}
+	}
+	return nil
+}
+
+func (b *BridgeRequest) normalize() error {
+	if !bridgeRe.MatchString(b.Name) {
+		return errdefs.Invalid("bridge.name: %q is not a valid interface name", b.Name)
+	}
+	ip, err := netip.ParseAddr(b.GuestIP)
+	if err != nil || !ip.Is4() {
+		return errdefs.Invalid("bridge.guestIP: %q is not an IPv4 address", b.GuestIP)
+	}
+	gw, err := netip.ParseAddr(b.GatewayIP)
+	if err != nil || !gw.Is4() {
+		return errdefs.Invalid("bridge.gatewayIP: %q is not an IPv4 address", b.GatewayIP)
+	}
+	bits, err := maskBits(b.Netmask)
+	if err != nil {
+		return errdefs.Invalid("bridge.netmask: %v", err)
+	}
+	pfx := netip.PrefixFrom(ip, bits).Masked()
+	if !pfx.Contains(gw) {
+		return errdefs.Invalid("bridge.gatewayIP: %s is not in the guest's network %s", gw, pfx)
+	}
+	if ip == gw {
+		return errdefs.Invalid("bridge.guestIP: %s equals the gateway", ip)
+	}
+	b.MAC = strings.ToLower(b.MAC)
+	if b.MAC != "" && !macRe.MatchString(b.MAC) {
+		return errdefs.Invalid("bridge.mac: %q is not a MAC address like 02:00:00:00:00:01", b.MAC)
+	}
+	return nil
+}
+
+// maskBits converts a dotted netmask to a prefix length.
+func maskBits(mask string) (int, error) {
+	a, err := netip.ParseAddr(mask)
+	if err != nil || !a.Is4() {
+		return 0, fmt.Errorf("%q is not a dotted IPv4 netmask", mask)
+	}
+	b := a.As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	bits := 0
+	for v&0x80000000 != 0 {
+		bits++
+		v <<= 1
+	}
+	if v != 0 || bits == 0 || bits > 30 {
+		return 0, fmt.Errorf("%q is not a contiguous netmask between /1 and /30", mask)
+	}
+	return bits, nil
+}
