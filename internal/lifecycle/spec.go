@@ -82,33 +82,40 @@ func Spec(m store.Meta) vmm.Spec {
 	return s
 }
 
-// EnvFile renders the service-manager environment file of the VM: the roots
-// and settings the lifecycle stages need, so that a stage run by systemd sees
-// the same configuration as the daemon that created the VM.
-func EnvFile(c config.Config, m store.Meta) []byte {
-	vars := [][2]string{
-		{"MGN_VM_ID", m.ID},
-		{"MGR_CONFIG_ROOT", c.ConfigRoot},
-		{"MGR_RUN_ROOT", c.RunRoot},
-		{"MGR_DATA_ROOT", c.DataRoot},
-		{"MGR_GUEST_CIDR", c.GuestCIDR.String()},
-		{"MGR_COMMAND_TIMEOUT_SECONDS", fmt.Sprint(int(c.CommandTimeout.Seconds()))},
-		{"MGR_STOP_TIMEOUT_SECONDS", fmt.Sprint(int(c.StopTimeout.Seconds()))},
-		{"MGN_DAEMON_LOG_FILE", c.DaemonLogFile},
-		{"MGR_LOG_LEVEL", c.LogLevel},
-		{"MGR_LOG_FORMAT", c.LogFormat},
+// Env is the configuration the lifecycle stages need, as KEY=VALUE pairs:
+// written into each VM's service-manager environment file, and passed by the
+// detached supervisor to the stages it runs, so that a stage sees the same
+// configuration as the daemon that created the VM.
+func Env(c config.Config) []string {
+	env := []string{
+		"MGR_CONFIG_ROOT=" + c.ConfigRoot,
+		"MGR_RUN_ROOT=" + c.RunRoot,
+		"MGR_DATA_ROOT=" + c.DataRoot,
+		"MGR_GUEST_CIDR=" + c.GuestCIDR.String(),
+		fmt.Sprintf("MGR_COMMAND_TIMEOUT_SECONDS=%d", int(c.CommandTimeout.Seconds())),
+		fmt.Sprintf("MGR_STOP_TIMEOUT_SECONDS=%d", int(c.StopTimeout.Seconds())),
+		"MGN_DAEMON_LOG_FILE=" + c.DaemonLogFile,
+		"MGR_LOG_LEVEL=" + c.LogLevel,
+		"MGR_LOG_FORMAT=" + c.LogFormat,
 	}
-	// Driver settings the stages need to find binaries.
-	for _, k := range []string{"MGR_FIRECRACKER_BIN", "MGR_JAILER", "MGR_JAILER_BIN", "MGR_JAILER_UID", "MGR_JAILER_GID",
+	// Driver settings the stages need to find and run the VMM.
+	for _, k := range []string{"PATH", "MGR_FIRECRACKER_BIN", "MGR_JAILER", "MGR_JAILER_BIN", "MGR_JAILER_UID", "MGR_JAILER_GID",
 		"MGR_QEMU_BIN", "MGR_QEMU_MACHINE", "MGR_QEMU_ACCEL", "MGN_ENABLE_ENTROPY_DEVICE"} {
-		if v := os.Getenv(k); v != "" {
-			vars = append(vars, [2]string{k, v})
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
 		}
 	}
+	return env
+}
+
+// EnvFile renders the VM's service-manager environment file (systemd
+// EnvironmentFile= syntax).
+func EnvFile(c config.Config, m store.Meta) []byte {
 	var b strings.Builder
-	b.WriteString("# Environment of mergen@" + m.ID + ".service, written by mergen.\n")
-	for _, kv := range vars {
-		fmt.Fprintf(&b, "%s=%s\n", kv[0], quoteEnv(kv[1]))
+	b.WriteString("# Environment of the lifecycle stages of VM " + m.ID + ", written by mergen.\n")
+	for _, kv := range append([]string{"MGN_VM_ID=" + m.ID}, Env(c)...) {
+		k, v, _ := strings.Cut(kv, "=")
+		fmt.Fprintf(&b, "%s=%s\n", k, quoteEnv(v))
 	}
 	return []byte(b.String())
 }

@@ -1,0 +1,353 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mergenhq/mergen/internal/client"
+	"github.com/mergenhq/mergen/internal/manager"
+	"github.com/mergenhq/mergen/internal/store"
+)
+
+// apiFlags is shared by every command that talks to the daemon.
+type apiFlags struct {
+	addr   string
+	output string
+}
+
+func (f *apiFlags) register(cmd *cobra.Command) {
+	cmd.PersistentFlags().StringVar(&f.addr, "api", envOr("MERGEN_API", client.DefaultAddr), "daemon address (env MERGEN_API)")
+	cmd.PersistentFlags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
+}
+
+func (f *apiFlags) client() (*client.Client, error) {
+	if f.output != "table" && f.output != "json" {
+		return nil, fmt.Errorf("--output %q: want table or json", f.output)
+	}
+	return client.New(f.addr)
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func newVMCmd() *cobra.Command {
+	f := &apiFlags{}
+	cmd := &cobra.Command{
+		Use:     "vm",
+		Aliases: []string{"vms"},
+		Short:   "Create, list, inspect, start, stop and remove VMs through the daemon",
+		Long: `VM commands talk to the daemon. Wherever a VM is expected you may give its
+full id, a unique prefix of it, or its name (the "name" tag).`,
+	}
+	f.register(cmd)
+	cmd.AddCommand(newVMCreateCmd(f), newVMListCmd(f), newVMInspectCmd(f),
+		newVMStartStopCmd(f, "start"), newVMStartStopCmd(f, "stop"), newVMRemoveCmd(f))
+	return cmd
+}
+
+func newVMCreateCmd(f *apiFlags) *cobra.Command {
+	var (
+		req                              manager.CreateRequest
+		ports, tags, env                 []string
+		bridge, guestIP, gatewayIP, mask string
+		metadata                         string
+		start                            bool
+	)
+	cmd := &cobra.Command{
+		Use:   "create [NAME]",
+		Short: "Create a VM (kernel, rootfs and agent disk default to the base assets)",
+		Example: `  mergen vm create web --payload-disk /var/lib/mergen/images/nginx:alpine/payload-rootfs.ext4 -p 0:80 --http-port 80 --start
+  mergen vm create demo --bridge docker0 --guest-ip 172.17.0.35 --gateway-ip 172.17.0.1 --netmask 255.255.255.0`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			if req.Tags, err = parseKV("--tag", tags); err != nil {
+				return err
+			}
+			if len(args) == 1 {
+				if req.Tags == nil {
+					req.Tags = map[string]string{}
+				}
+				req.Tags[manager.NameTag] = args[0]
+			}
+			if req.ExtraEnv, err = parseKV("--env", env); err != nil {
+				return err
+			}
+			if req.Ports, err = parsePorts(ports); err != nil {
+				return err
+			}
+			if metadata != "" {
+				if !json.Valid([]byte(metadata)) {
+					return fmt.Errorf("--metadata: not valid JSON")
+				}
+				req.Metadata = json.RawMessage(metadata)
+			}
+			if bridge != "" {
+				req.Bridge = &manager.BridgeRequest{Name: bridge, GuestIP: guestIP, GatewayIP: gatewayIP, Netmask: mask}
+			} else if guestIP != "" || gatewayIP != "" || mask != "" {
+				return fmt.Errorf("--guest-ip, --gateway-ip and --netmask need --bridge (in the default mode the guest IP is allocated)")
+			}
+			req.AutoStart = start
+			vm, err := c.Create(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			return printVMs(cmd.OutOrStdout(), f.output, []manager.VM{vm}, false)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&req.Kernel, "kernel", "", "kernel image (default MGR_DEFAULT_KERNEL)")
+	fl.StringVar(&req.Initrd, "initrd", "", "initramfs (default MGR_DEFAULT_INITRD when present)")
+	fl.StringVar(&req.Rootfs, "rootfs", "", "root disk (default MGR_DEFAULT_ROOTFS)")
+	fl.StringVar(&req.AgentDisk, "agent-disk", "", "agent disk (default MGR_DEFAULT_AGENT_DISK)")
+	fl.StringVar(&req.PayloadDisk, "payload-disk", "", "payload disk made by mergen-converter")
+	fl.StringVar(&req.EnvDisk, "env-disk", "", "env disk (default MGR_DEFAULT_ENV_DISK)")
+	fl.StringVar(&req.DataDisk, "data-disk", "", "writable per-VM disk")
+	fl.StringVar(&req.VMM, "vmm", "", "VMM for this VM: firecracker or qemu (default: the host's)")
+	fl.IntVar(&req.VCPU, "vcpu", 0, "virtual CPUs (default 1)")
+	fl.IntVar(&req.MemMiB, "mem", 0, "memory in MiB (default 512)")
+	fl.IntVar(&req.HTTPPort, "http-port", 0, "guest HTTP port the forwarder routes to")
+	fl.StringArrayVarP(&ports, "publish", "p", nil, "publish HOST:GUEST[/tcp|udp] (HOST 0 picks a free port); repeatable")
+	fl.StringArrayVar(&tags, "tag", nil, "tag KEY=VALUE; repeatable")
+	fl.StringArrayVarP(&env, "env", "e", nil, "extra guest environment KEY=VALUE; repeatable")
+	fl.StringVar(&req.BootArgs, "boot-args", "", "extra kernel command line arguments")
+	fl.StringVar(&metadata, "metadata", "", "free JSON stored with the VM")
+	fl.BoolVar(&start, "start", false, "start the VM after creating it")
+	fl.StringVar(&bridge, "bridge", "", "attach the tap to this existing host bridge (e.g. docker0) instead of a namespace")
+	fl.StringVar(&guestIP, "guest-ip", "", "static guest IP (bridge mode)")
+	fl.StringVar(&gatewayIP, "gateway-ip", "", "gateway IP (bridge mode)")
+	fl.StringVar(&mask, "netmask", "", "netmask, e.g. 255.255.255.0 (bridge mode)")
+	return cmd
+}
+
+func parseKV(flag string, items []string) (map[string]string, error) {
+	if len(items) == 0 {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, it := range items {
+		k, v, ok := strings.Cut(it, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("%s %q: want KEY=VALUE", flag, it)
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+// parsePorts reads HOST:GUEST[/proto] (or just GUEST, publishing on a free
+// host port).
+func parsePorts(items []string) ([]store.Port, error) {
+	var out []store.Port
+	for _, it := range items {
+		spec, proto, _ := strings.Cut(it, "/")
+		hostS, guestS, ok := strings.Cut(spec, ":")
+		if !ok {
+			hostS, guestS = "0", spec
+		}
+		host, err1 := strconv.Atoi(hostS)
+		guest, err2 := strconv.Atoi(guestS)
+		if err1 != nil || err2 != nil {
+			return nil, fmt.Errorf("--publish %q: want HOST:GUEST[/tcp|udp] with numeric ports", it)
+		}
+		out = append(out, store.Port{Host: host, Guest: guest, Protocol: proto})
+	}
+	return out, nil
+}
+
+func newVMListCmd(f *apiFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List VMs",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			vms, err := c.List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return printVMs(cmd.OutOrStdout(), f.output, vms, true)
+		},
+	}
+}
+
+func newVMInspectCmd(f *apiFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect VM",
+		Short: "Show everything about one VM (JSON)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			vm, err := c.Resolve(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if vm, err = c.Get(cmd.Context(), vm.ID); err != nil {
+				return err
+			}
+			return printJSON(cmd.OutOrStdout(), vm)
+		},
+	}
+}
+
+func newVMStartStopCmd(f *apiFlags, op string) *cobra.Command {
+	return &cobra.Command{
+		Use:   op + " VM...",
+		Short: strings.ToUpper(op[:1]) + op[1:] + " VMs (already " + map[string]string{"start": "running", "stop": "stopped"}[op] + " is fine)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			var done []manager.VM
+			for _, ref := range args {
+				vm, err := c.Resolve(cmd.Context(), ref)
+				if err != nil {
+					return err
+				}
+				if op == "start" {
+					vm, err = c.Start(cmd.Context(), vm.ID)
+				} else {
+					vm, err = c.Stop(cmd.Context(), vm.ID)
+				}
+				if err != nil {
+					return fmt.Errorf("%s %s: %w", op, ref, err)
+				}
+				done = append(done, vm)
+			}
+			return printVMs(cmd.OutOrStdout(), f.output, done, false)
+		},
+	}
+}
+
+func newVMRemoveCmd(f *apiFlags) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:     "rm VM...",
+		Aliases: []string{"delete", "remove"},
+		Short:   "Delete VMs (running ones need --force)",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := f.client()
+			if err != nil {
+				return err
+			}
+			for _, ref := range args {
+				vm, err := c.Resolve(cmd.Context(), ref)
+				if err != nil {
+					return err
+				}
+				if vm.Service.Active && !force {
+					return fmt.Errorf("rm %s: VM is running; stop it first or pass --force", ref)
+				}
+				if err := c.Delete(cmd.Context(), vm.ID); err != nil {
+					return fmt.Errorf("rm %s: %w", ref, err)
+				}
+				if f.output == "json" {
+					if err := printJSON(cmd.OutOrStdout(), map[string]string{"id": vm.ID, "status": "deleted"}); err != nil {
+						return err
+					}
+				} else {
+					fmt.Fprintln(cmd.OutOrStdout(), vm.ID)
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "stop running VMs before deleting them")
+	return cmd
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func printVMs(w io.Writer, format string, vms []manager.VM, asList bool) error {
+	if format == "json" {
+		if asList {
+			return printJSON(w, vms)
+		}
+		if len(vms) == 1 {
+			return printJSON(w, vms[0])
+		}
+		return printJSON(w, vms)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tNAME\tSTATE\tVMM\tGUEST IP\tPORTS\tAGE")
+	for _, vm := range vms {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", store.ShortID(vm.ID), dash(vm.Name), stateWord(vm),
+			vm.VMM, dash(vm.Network.GuestIP), portsText(vm.Network.Ports), age(vm.CreatedAt))
+	}
+	return tw.Flush()
+}
+
+func stateWord(vm manager.VM) string {
+	s := vm.Service
+	switch {
+	case !s.Available:
+		return "unknown"
+	case s.ActiveState != "":
+		return s.ActiveState
+	case s.Active:
+		return "active"
+	}
+	return "inactive"
+}
+
+func portsText(ps []store.Port) string {
+	if len(ps) == 0 {
+		return "-"
+	}
+	parts := make([]string, len(ps))
+	for i, p := range ps {
+		parts[i] = fmt.Sprintf("%d->%d/%s", p.Host, p.Guest, p.Protocol)
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ",")
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func age(t time.Time) string {
+	d := time.Since(t).Round(time.Second)
+	switch {
+	case d < time.Minute:
+		return d.String()
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}

@@ -1,0 +1,196 @@
+// Package client is the Go client of the daemon's REST API, used by the CLI.
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/manager"
+)
+
+// DefaultAddr is where the CLI finds the daemon unless --api or MERGEN_API
+// says otherwise.
+const DefaultAddr = "http://127.0.0.1:8080"
+
+// Client talks to one daemon.
+type Client struct {
+	base string
+	http *http.Client
+}
+
+// New returns a client for the daemon at addr ("host:port" or a URL).
+func New(addr string) (*Client, error) {
+	if addr == "" {
+		addr = DefaultAddr
+	}
+	if !strings.Contains(addr, "://") {
+		addr = "http://" + addr
+	}
+	u, err := url.Parse(addr)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("api address %q is not a URL like %s", addr, DefaultAddr)
+	}
+	return &Client{base: strings.TrimRight(u.String(), "/"), http: &http.Client{Timeout: 10 * time.Minute}}, nil
+}
+
+// APIError is an error answer of the daemon.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+func (e *APIError) Error() string { return fmt.Sprintf("%s (HTTP %d)", e.Message, e.Status) }
+
+func (c *Client) do(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the mergen daemon at %s: %w (is `mergen server` running? set --api or MERGEN_API)", c.base, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(data, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(data))
+		}
+		return &APIError{Status: resp.StatusCode, Message: e.Error}
+	}
+	if out != nil {
+		if raw, ok := out.(*json.RawMessage); ok {
+			*raw = append((*raw)[:0], data...)
+			return nil
+		}
+		if err := json.Unmarshal(data, out); err != nil {
+			return fmt.Errorf("decode %s %s: %w", method, path, err)
+		}
+	}
+	return nil
+}
+
+// Create creates a VM.
+func (c *Client) Create(ctx context.Context, req manager.CreateRequest) (manager.VM, error) {
+	var vm manager.VM
+	err := c.do(ctx, http.MethodPost, "/v1/vms", req, &vm)
+	return vm, err
+}
+
+// List lists all VMs.
+func (c *Client) List(ctx context.Context) ([]manager.VM, error) {
+	var l struct {
+		VMs []manager.VM `json:"vms"`
+	}
+	err := c.do(ctx, http.MethodGet, "/v1/vms", nil, &l)
+	return l.VMs, err
+}
+
+// Get returns one VM by its full id.
+func (c *Client) Get(ctx context.Context, id string) (manager.VM, error) {
+	var vm manager.VM
+	err := c.do(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(id), nil, &vm)
+	return vm, err
+}
+
+// Start starts a VM.
+func (c *Client) Start(ctx context.Context, id string) (manager.VM, error) {
+	var vm manager.VM
+	err := c.do(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(id)+"/start", nil, &vm)
+	return vm, err
+}
+
+// Stop stops a VM.
+func (c *Client) Stop(ctx context.Context, id string) (manager.VM, error) {
+	var vm manager.VM
+	err := c.do(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(id)+"/stop", nil, &vm)
+	return vm, err
+}
+
+// Delete deletes a VM.
+func (c *Client) Delete(ctx context.Context, id string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/vms/"+url.PathEscape(id), nil, nil)
+}
+
+// File returns one of the VM's stored files (meta.json, vm.json, hooks.json).
+func (c *Client) File(ctx context.Context, id, name string) (json.RawMessage, error) {
+	var raw json.RawMessage
+	err := c.do(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(id)+"/"+name, nil, &raw)
+	return raw, err
+}
+
+// Images returns the daemon's image inventory as JSON.
+func (c *Client) Images(ctx context.Context) (json.RawMessage, error) {
+	var raw json.RawMessage
+	err := c.do(ctx, http.MethodGet, "/v1/images", nil, &raw)
+	return raw, err
+}
+
+// Resolve turns what a user typed — a full id, a unique id prefix, or a VM's
+// name tag — into the VM. A name wins over a prefix; ambiguity is an error
+// that lists the candidates.
+func (c *Client) Resolve(ctx context.Context, ref string) (manager.VM, error) {
+	if ref == "" {
+		return manager.VM{}, fmt.Errorf("no VM given")
+	}
+	vms, err := c.List(ctx)
+	if err != nil {
+		return manager.VM{}, err
+	}
+	return Match(vms, ref)
+}
+
+// Match picks the VM ref names among vms (see Resolve).
+func Match(vms []manager.VM, ref string) (manager.VM, error) {
+	for _, vm := range vms {
+		if vm.ID == ref {
+			return vm, nil
+		}
+	}
+	for _, vm := range vms {
+		if vm.Name == ref {
+			return vm, nil
+		}
+	}
+	var hits []manager.VM
+	for _, vm := range vms {
+		if strings.HasPrefix(vm.ID, ref) {
+			hits = append(hits, vm)
+		}
+	}
+	switch len(hits) {
+	case 1:
+		return hits[0], nil
+	case 0:
+		return manager.VM{}, fmt.Errorf("no VM with id, id prefix or name %q", ref)
+	}
+	ids := make([]string, len(hits))
+	for i, vm := range hits {
+		ids[i] = vm.ID
+	}
+	return manager.VM{}, fmt.Errorf("%q matches %d VMs (%s): give more of the id", ref, len(hits), strings.Join(ids, ", "))
+}
