@@ -103,6 +103,11 @@ func (s *Store) Create(id string, files map[string][]byte) error {
 	if _, ok := files[FileMeta]; !ok {
 		return fmt.Errorf("create vm %s: %s missing", id, FileMeta)
 	}
+	for name := range files {
+		if !storedFile(name) {
+			return errdefs.Invalid("create vm %s: %q is not a stored file", id, name)
+		}
+	}
 	final := filepath.Join(s.ConfigRoot, id)
 	if _, err := os.Lstat(final); err == nil {
 		return errdefs.Conflict("vm %s already exists", id)

@@ -1,0 +1,92 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestDefaultsFollowTheDocumentedLayout(t *testing.T) {
+	c, err := FromEnv(env(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := map[string][2]string{
+		"HTTPAddr":      {c.HTTPAddr, ":8080"},
+		"ConfigRoot":    {c.ConfigRoot, "/var/lib/mergen/vm.d"},
+		"RunRoot":       {c.RunRoot, "/run/mergen"},
+		"DataRoot":      {c.DataRoot, "/var/lib/mergen"},
+		"GlobalHooks":   {c.GlobalHooksDir, "/var/lib/mergen/hooks.d"},
+		"BaseAssetsDir": {c.BaseAssetsDir, "/var/lib/mergen/base/current"},
+		"ImagesRoot":    {c.ImagesRoot, "/var/lib/mergen/images"},
+		"DefaultKernel": {c.DefaultKernel, "/var/lib/mergen/base/current/vmlinux"},
+		"DefaultRootfs": {c.DefaultRootfs, "/var/lib/mergen/base/current/golden-rootfs.ext4"},
+		"DefaultAgent":  {c.DefaultAgent, "/var/lib/mergen/base/current/agent-rootfs.ext4"},
+		"DefaultEnv":    {c.DefaultEnvDisk, ""},
+		"GuestCIDR":     {c.GuestCIDR.String(), "172.30.0.0/24"},
+		"UnitPrefix":    {c.UnitPrefix, "mergen"},
+		"LogLevel":      {c.LogLevel, "info"},
+		"LogFormat":     {c.LogFormat, "console"},
+		"DaemonLog":     {c.DaemonLogFile, "/var/lib/mergen/daemon.log"},
+	}
+	for name, got := range checks {
+		if got[0] != got[1] {
+			t.Errorf("%s = %q, want %q", name, got[0], got[1])
+		}
+	}
+	if c.PortStart != 20000 || c.PortEnd != 40000 {
+		t.Errorf("port range %d..%d, want 20000..40000", c.PortStart, c.PortEnd)
+	}
+	if c.CommandTimeout != 10*time.Second || c.ShutdownTimeout != 15*time.Second {
+		t.Errorf("timeouts %v/%v, want 10s/15s", c.CommandTimeout, c.ShutdownTimeout)
+	}
+}
+
+func TestDerivedDefaultsFollowTheirRoots(t *testing.T) {
+	c, err := FromEnv(env(map[string]string{"MGR_DATA_ROOT": "/srv/m", "MGR_BASE_ASSETS_DIR": "/srv/base"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ImagesRoot != "/srv/m/images" || c.DefaultKernel != "/srv/base/vmlinux" || c.GlobalHooksDir != "/srv/m/hooks.d" {
+		t.Fatalf("derived paths not under their roots: %+v", c)
+	}
+}
+
+func TestInvalidSettingsNameTheVariable(t *testing.T) {
+	cases := []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"MGR_PORT_START": "abc"}, `MGR_PORT_START: "abc" is not an integer`},
+		{map[string]string{"MGR_PORT_END": "70000"}, "MGR_PORT_END: 70000 is out of range 1..65535"},
+		{map[string]string{"MGR_PORT_START": "30000", "MGR_PORT_END": "20000"}, "MGR_PORT_START: 30000 is above MGR_PORT_END 20000"},
+		{map[string]string{"MGR_GUEST_CIDR": "10.0.0.1/24"}, "MGR_GUEST_CIDR: \"10.0.0.1/24\" has host bits set"},
+		{map[string]string{"MGR_GUEST_CIDR": "nope"}, "MGR_GUEST_CIDR: \"nope\" is not a CIDR"},
+		{map[string]string{"MGR_GUEST_CIDR": "fd00::/64"}, "only IPv4"},
+		{map[string]string{"MGR_GUEST_CIDR": "10.0.0.0/30"}, "between /8 and /29"},
+		{map[string]string{"MGR_CONFIG_ROOT": "relative/dir"}, "MGR_CONFIG_ROOT: \"relative/dir\" must be an absolute path"},
+		{map[string]string{"MGR_LOG_LEVEL": "chatty"}, "MGR_LOG_LEVEL: \"chatty\" is not one of debug|info|warn|error"},
+		{map[string]string{"MGR_LOG_FORMAT": "xml"}, "MGR_LOG_FORMAT"},
+		{map[string]string{"MGR_VMM": "kvmtool"}, "MGR_VMM: \"kvmtool\" is not one of firecracker|qemu"},
+		{map[string]string{"MGR_SUPERVISOR": "runit"}, "MGR_SUPERVISOR"},
+		{map[string]string{"MGR_COMMAND_TIMEOUT_SECONDS": "0"}, "MGR_COMMAND_TIMEOUT_SECONDS: 0 is out of range"},
+		{map[string]string{"MGR_HTTP_ADDR": "8080"}, "MGR_HTTP_ADDR"},
+		{map[string]string{"MGR_UNIT_PREFIX": "a@b"}, "MGR_UNIT_PREFIX"},
+		{map[string]string{"MGR_DISK_ROOTS": "/ok:rel"}, "MGR_DISK_ROOTS: \"rel\" must be an absolute path"},
+	}
+	for _, tc := range cases {
+		_, err := FromEnv(env(tc.env))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("env %v: error %v, want it to contain %q", tc.env, err, tc.want)
+		}
+	}
+}
+
+func TestAllErrorsAreReportedAtOnce(t *testing.T) {
+	_, err := FromEnv(env(map[string]string{"MGR_PORT_START": "x", "MGR_LOG_LEVEL": "y"}))
+	if err == nil || !strings.Contains(err.Error(), "MGR_PORT_START") || !strings.Contains(err.Error(), "MGR_LOG_LEVEL") {
+		t.Fatalf("want both variables named, got %v", err)
+	}
+}
