@@ -1,0 +1,376 @@
+package supervisor
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// detachedSupervisor runs each VM under `<lifecycle> supervise <id>`, a
+// process in its own session that the daemon does not wait on: it survives
+// the daemon and is found again through RunRoot/<id>/supervisor.pid.
+type detachedSupervisor struct{ o Options }
+
+func newDetached(o Options) *detachedSupervisor { return &detachedSupervisor{o: o} }
+
+func (d *detachedSupervisor) Name() string { return "detached" }
+
+const pollEvery = 20 * time.Millisecond
+
+func (d *detachedSupervisor) Check(ctx context.Context) error {
+	if err := checkExecutable(d.o.LifecycleBin); err != nil {
+		return fmt.Errorf("detached supervisor: lifecycle binary: %w", err)
+	}
+	if err := os.MkdirAll(d.o.RunRoot, 0o755); err != nil {
+		return fmt.Errorf("%w: detached supervisor: run root: %w", ErrUnavailable, err)
+	}
+	return nil
+}
+
+func (d *detachedSupervisor) dir(id string) string { return filepath.Join(d.o.RunRoot, id) }
+
+// opLock serialises Start, Stop and Forget on one VM across processes.
+func (d *detachedSupervisor) opLock(ctx context.Context, op, id string) (*os.File, error) {
+	if err := os.MkdirAll(d.dir(id), 0o755); err != nil {
+		return nil, fmt.Errorf("%s vm %s: %w", op, id, err)
+	}
+	f, err := lockFile(ctx, filepath.Join(d.dir(id), fileOp), time.Duration(1<<62))
+	if err != nil {
+		return nil, fmt.Errorf("%s vm %s: lock: %w", op, id, err)
+	}
+	return f, nil
+}
+
+// supervisorPID returns the pid of the live supervising process of id, or 0.
+// The pid file alone could name a recycled pid: the process must also be
+// `<anything> supervise <id>` and not a zombie.
+func (d *detachedSupervisor) supervisorPID(id string) int {
+	b, err := os.ReadFile(filepath.Join(d.dir(id), filePID))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	if isSupervisor(pid, id) {
+		return pid
+	}
+	return 0
+}
+
+func isSupervisor(pid int, id string) bool {
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	return len(args) >= 3 && args[1] == "supervise" && args[2] == id && procState(pid) != 'Z'
+}
+
+// mainAlive reports whether the main process recorded in st still runs
+// (same pid and same start time).
+func mainAlive(st detachedState) bool {
+	if st.MainPID <= 0 {
+		return false
+	}
+	start, err := procStartTime(st.MainPID)
+	return err == nil && start == st.MainStart && procState(st.MainPID) != 'Z'
+}
+
+func (d *detachedSupervisor) Start(ctx context.Context, id string) error {
+	if err := checkID("start", id); err != nil {
+		return err
+	}
+	if err := d.Check(ctx); err != nil {
+		return fmt.Errorf("start vm %s: %w", id, err)
+	}
+	lock, err := d.opLock(ctx, "start", id)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+
+	// A supervisor already there: wait for it to settle.
+	for {
+		pid := d.supervisorPID(id)
+		if pid == 0 {
+			break
+		}
+		st, _ := readState(d.dir(id))
+		switch st.ActiveState {
+		case "active":
+			return nil
+		case "deactivating":
+			// Let the stop finish, then start afresh.
+			if err := d.waitGone(ctx, id, pid); err != nil {
+				return fmt.Errorf("start vm %s: waiting for the previous run to stop: %w", id, err)
+			}
+			continue
+		}
+		return d.waitStarted(ctx, id, pid, false)
+	}
+	if st, _ := readState(d.dir(id)); st.ActiveState != "failed" && mainAlive(st) {
+		// The supervisor was killed but the VMM still runs: it is started.
+		return nil
+	}
+
+	pid, err := d.spawn(id)
+	if err != nil {
+		return fmt.Errorf("start vm %s: %w", id, err)
+	}
+	return d.waitStarted(ctx, id, pid, true)
+}
+
+// spawn starts `<lifecycle> supervise <id>` in a session of its own, with
+// its output appended to RunRoot/<id>/supervisor.log.
+func (d *detachedSupervisor) spawn(id string) (int, error) {
+	dir := d.dir(id)
+	// The outcome of a previous run must not pass for this one's.
+	if err := os.Remove(filepath.Join(dir, fileState)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return 0, err
+	}
+	logf, err := os.OpenFile(filepath.Join(dir, fileLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return 0, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(d.o.LifecycleBin, "supervise", id)
+	// The supervising process builds its Options from the same variables
+	// the daemon was configured with.
+	cmd.Env = append(append(os.Environ(), d.o.Env...),
+		"MGR_RUN_ROOT="+d.o.RunRoot,
+		"MGR_CONFIG_ROOT="+d.o.ConfigRoot,
+		"MGR_UNIT_PREFIX="+d.o.UnitPrefix,
+		"MGR_LIFECYCLE_BIN="+d.o.LifecycleBin,
+		"MGR_SHUTDOWN_TIMEOUT_SECONDS="+strconv.FormatInt(int64((d.o.StopTimeout+time.Second-1)/time.Second), 10),
+	)
+	cmd.Dir = "/"
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Setsid: no terminal, no process group shared with the daemon, so
+	// signals aimed at the daemon's group do not reach the VM.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	// Reap it when it ends while this process lives; after the daemon's
+	// death init does.
+	go cmd.Wait()
+	return cmd.Process.Pid, nil
+}
+
+// waitStarted waits until supervisor pid has finished the start stages.
+// spawned says pid was just forked here: until it has exec'd, its command
+// line is still this process's, so only its existence counts.
+func (d *detachedSupervisor) waitStarted(ctx context.Context, id string, pid int, spawned bool) error {
+	for {
+		st, err := readState(d.dir(id))
+		if err == nil && st.SupervisorPID == pid {
+			switch st.ActiveState {
+			case "active":
+				return nil
+			case "failed", "inactive", "deactivating":
+				return fmt.Errorf("start vm %s: start stages failed (%s/%s, result %s); see %s",
+					id, st.ActiveState, st.SubState, orNone(st.Result), filepath.Join(d.dir(id), fileLog))
+			}
+		}
+		alive := isSupervisor(pid, id)
+		if spawned {
+			alive = procState(pid) != 0 && procState(pid) != 'Z'
+		}
+		if !alive {
+			// Re-read once: the process may have ended after writing.
+			if st, err := readState(d.dir(id)); err == nil && st.SupervisorPID == pid && st.ActiveState == "active" {
+				return nil
+			}
+			return fmt.Errorf("start vm %s: supervising process %d exited before the VM ran; see %s:\n%s",
+				id, pid, filepath.Join(d.dir(id), fileLog), tail(filepath.Join(d.dir(id), fileLog), 10))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("start vm %s: waiting for the start stages: %w", id, ctx.Err())
+		case <-time.After(pollEvery):
+		}
+	}
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// tail returns the last n lines of a file, for error messages.
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return string(bytes.Join(lines, []byte("\n")))
+}
+
+func (d *detachedSupervisor) waitGone(ctx context.Context, id string, pid int) error {
+	for isSupervisor(pid, id) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pollEvery):
+		}
+	}
+	return nil
+}
+
+func (d *detachedSupervisor) Stop(ctx context.Context, id string) error {
+	if err := checkID("stop", id); err != nil {
+		return err
+	}
+	if _, err := os.Stat(d.dir(id)); errors.Is(err, fs.ErrNotExist) {
+		return nil // never started here
+	}
+	lock, err := d.opLock(ctx, "stop", id)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+
+	if pid := d.supervisorPID(id); pid != 0 {
+		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return fmt.Errorf("stop vm %s: signal supervisor %d: %w", id, pid, err)
+		}
+		if err := d.waitGone(ctx, id, pid); err != nil {
+			return fmt.Errorf("stop vm %s: waiting for supervisor %d: %w", id, pid, err)
+		}
+		return nil
+	}
+	st, err := readState(d.dir(id))
+	if err != nil {
+		return fmt.Errorf("stop vm %s: %w", id, err)
+	}
+	if mainAlive(st) {
+		return d.stopAbandoned(ctx, id, st)
+	}
+	return nil
+}
+
+// stopAbandoned stops a VM whose supervising process was killed while the
+// main process lived on: the same stop sequence, run from here.
+func (d *detachedSupervisor) stopAbandoned(ctx context.Context, id string, st detachedState) error {
+	fileEnv, err := readEnvFile(filepath.Join(d.o.ConfigRoot, id, "env"))
+	if err != nil {
+		return fmt.Errorf("stop vm %s: %w", id, err)
+	}
+	env := append(append(append(os.Environ(), d.o.Env...), "MERGEN_VM_ID="+id), fileEnv...)
+	run := func(stage string, extra ...string) {
+		sctx, cancel := context.WithTimeout(ctx, d.o.StopTimeout)
+		defer cancel()
+		cmd := exec.CommandContext(sctx, d.o.LifecycleBin, stage, id)
+		cmd.Env = append(append([]string{}, env...), extra...)
+		cmd.Run() // best effort, as in the supervising process
+	}
+	run("stop", "MAINPID="+strconv.Itoa(st.MainPID), "SERVICE_RESULT=success")
+	result := "success"
+	if mainAlive(st) {
+		syscall.Kill(st.MainPID, syscall.SIGTERM)
+		deadline := time.Now().Add(d.o.StopTimeout)
+		for mainAlive(st) && time.Now().Before(deadline) {
+			time.Sleep(pollEvery)
+		}
+		if mainAlive(st) {
+			syscall.Kill(-st.MainPID, syscall.SIGKILL)
+			result = "timeout"
+		}
+	}
+	run("post-stop", "SERVICE_RESULT="+result)
+	st.MainPID, st.MainStart, st.SupervisorPID = 0, 0, 0
+	st.ActiveState, st.SubState, st.Result = "inactive", "dead", result
+	if result != "success" {
+		st.ActiveState, st.SubState = "failed", "failed"
+	}
+	st.Updated = time.Now().UTC()
+	return d.writeState(id, st)
+}
+
+func (d *detachedSupervisor) writeState(id string, st detachedState) error {
+	b, err := jsonMarshal(st)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(filepath.Join(d.dir(id), fileState), b, 0o644)
+}
+
+func (d *detachedSupervisor) State(ctx context.Context, id string) (State, error) {
+	s := State{Unit: UnitName(d.o.UnitPrefix, id)}
+	if err := checkID("state", id); err != nil {
+		return s, err
+	}
+	s.Available = true
+	st, err := readState(d.dir(id))
+	if err != nil {
+		return s, fmt.Errorf("state vm %s: %w", id, err)
+	}
+	s.ActiveState, s.SubState = st.ActiveState, st.SubState
+	if d.supervisorPID(id) == 0 {
+		switch st.ActiveState {
+		case "activating", "active", "deactivating":
+			// The supervising process died without recording an end.
+			if mainAlive(st) {
+				s.ActiveState, s.SubState = "active", "abandoned"
+			} else {
+				s.ActiveState, s.SubState = "failed", "failed"
+			}
+		}
+	}
+	if s.ActiveState == "active" || s.ActiveState == "activating" || s.ActiveState == "deactivating" {
+		if mainAlive(st) {
+			s.MainPID = st.MainPID
+		}
+	}
+	s.Active = s.ActiveState == "active"
+	return s, nil
+}
+
+// Forget removes the supervisor's files of a VM that is not running, and
+// RunRoot/<id> itself when nothing else is left in it.
+func (d *detachedSupervisor) Forget(ctx context.Context, id string) error {
+	if err := checkID("forget", id); err != nil {
+		return err
+	}
+	if _, err := os.Stat(d.dir(id)); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	lock, err := d.opLock(ctx, "forget", id)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if pid := d.supervisorPID(id); pid != 0 {
+		return fmt.Errorf("forget vm %s: still supervised by process %d; stop it first", id, pid)
+	}
+	if st, _ := readState(d.dir(id)); mainAlive(st) {
+		return fmt.Errorf("forget vm %s: main process %d still runs; stop it first", id, st.MainPID)
+	}
+	for _, f := range []string{filePID, fileState, fileLog, fileLock, fileOp} {
+		if err := os.Remove(filepath.Join(d.dir(id), f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("forget vm %s: %w", id, err)
+		}
+	}
+	// Other parts of mergen may keep files here (sockets); leave them.
+	if err := os.Remove(d.dir(id)); err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, syscall.EEXIST) {
+		return fmt.Errorf("forget vm %s: %w", id, err)
+	}
+	return nil
+}

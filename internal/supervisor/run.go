@@ -1,0 +1,425 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Files the detached supervisor keeps in RunRoot/<id>/.
+const (
+	filePID   = "supervisor.pid"        // pid of the supervising process while it lives
+	fileState = "supervisor.state.json" // detachedState, rewritten atomically at each transition
+	fileLog   = "supervisor.log"        // the supervisor's and the stages' output
+	fileLock  = "supervisor.lock"       // held by the supervising process for its whole life
+	fileOp    = "supervisor.op.lock"    // serialises Start/Stop/Forget callers
+)
+
+// detachedState is the detached supervisor's record of a VM, in systemd's
+// vocabulary.
+type detachedState struct {
+	ActiveState string `json:"activeState"`
+	SubState    string `json:"subState"`
+	// Result is systemd's: success, exit-code, signal, core-dump, timeout.
+	Result  string `json:"result,omitempty"`
+	MainPID int    `json:"mainPID,omitempty"`
+	// MainStart is the main process's start time (/proc/<pid>/stat field
+	// 22): with it a recycled pid is not mistaken for the VMM.
+	MainStart     uint64    `json:"mainStart,omitempty"`
+	SupervisorPID int       `json:"supervisorPID,omitempty"`
+	Updated       time.Time `json:"updated"`
+}
+
+// RunDetached is the body of `<lifecycle> supervise <id>`: it runs the VM's
+// stages the way systemd runs the unit <prefix>@<id>.service and returns
+// when the VM has stopped. Start spawns it in a session of its own; SIGTERM
+// (or SIGINT) asks it to stop the VM.
+//
+// Sequence: pre-start; start (the main process); post-start; then wait. On a
+// stop request: the stop stage, SIGTERM to the main process, SIGKILL to its
+// process group after StopTimeout, post-stop. When the main process ends by
+// itself: stop, post-stop, and on-failure unless it exited cleanly. A failed
+// start stage fails the unit the same way. The outcome stays in the state
+// file for State to report.
+func RunDetached(ctx context.Context, o Options, id string) error {
+	o, err := o.withDefaults()
+	if err != nil {
+		return err
+	}
+	if err := checkID("supervise", id); err != nil {
+		return err
+	}
+	dir := filepath.Join(o.RunRoot, id)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("supervise vm %s: %w", id, err)
+	}
+	lock, err := lockFile(ctx, filepath.Join(dir, fileLock), 2*time.Second)
+	if err != nil {
+		return fmt.Errorf("supervise vm %s: another supervisor holds %s: %w", id, fileLock, err)
+	}
+	defer lock.Close()
+
+	fileEnv, err := readEnvFile(filepath.Join(o.ConfigRoot, id, "env"))
+	if err != nil {
+		return fmt.Errorf("supervise vm %s: %w", id, err)
+	}
+	r := &runner{
+		o:   o,
+		id:  id,
+		dir: dir,
+		log: slog.New(slog.NewTextHandler(os.Stderr, nil)).With("vm", id),
+		// Like systemd: Environment= first, EnvironmentFile= overrides it.
+		env: append(append(append(os.Environ(), o.Env...), "MERGEN_VM_ID="+id), fileEnv...),
+	}
+	if err := writeFileAtomic(filepath.Join(dir, filePID), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+		return fmt.Errorf("supervise vm %s: %w", id, err)
+	}
+	defer os.Remove(filepath.Join(dir, filePID))
+
+	stopReq := make(chan os.Signal, 1)
+	signal.Notify(stopReq, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(stopReq)
+	// The daemon that started us may close its end of anything; a lost
+	// terminal is not a reason to stop a VM.
+	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+
+	// stopping is cancelled on the first stop request: a start stage still
+	// running is then interrupted, as systemd cancels a start job.
+	stopping, requestStop := context.WithCancel(ctx)
+	defer requestStop()
+	go func() {
+		select {
+		case <-stopReq:
+			r.log.Info("stop requested")
+			requestStop()
+		case <-stopping.Done():
+		}
+	}()
+
+	r.log.Info("starting", "lifecycle", o.LifecycleBin)
+	result := r.run(stopping)
+	r.finish(ctx, result)
+	return nil
+}
+
+type runner struct {
+	o   Options
+	id  string
+	dir string
+	log *slog.Logger
+	env []string
+
+	st       detachedState
+	main     *exec.Cmd
+	mainDone chan struct{} // closed when the main process has been waited for
+	exitCode string        // systemd's EXIT_CODE: exited, killed, dumped
+	exitStat string        // systemd's EXIT_STATUS: number or signal name
+}
+
+func (r *runner) setState(active, sub string) {
+	r.st.ActiveState, r.st.SubState = active, sub
+	r.st.SupervisorPID = os.Getpid()
+	r.st.Updated = time.Now().UTC()
+	b, _ := json.Marshal(r.st)
+	if err := writeFileAtomic(filepath.Join(r.dir, fileState), append(b, '\n'), 0o644); err != nil {
+		r.log.Error("write state", "err", err)
+	}
+}
+
+// run takes the VM from nothing to running and back to stopped and returns
+// the systemd-style result.
+func (r *runner) run(stopping context.Context) string {
+	r.setState("activating", "start-pre")
+	if err := r.stage(stopping, "pre-start", nil); err != nil {
+		if stopping.Err() != nil {
+			return r.stopAfterStart(stopping, "success")
+		}
+		return r.stopAfterStart(stopping, "exit-code")
+	}
+	if err := r.startMain(); err != nil {
+		r.log.Error("start stage", "err", err)
+		return r.stopAfterStart(stopping, "exit-code")
+	}
+	r.setState("activating", "start-post")
+	if err := r.stage(stopping, "post-start", []string{"MAINPID=" + strconv.Itoa(r.st.MainPID)}); err != nil {
+		if stopping.Err() != nil {
+			return r.stop("success")
+		}
+		return r.stop("exit-code")
+	}
+	r.setState("active", "running")
+	r.log.Info("running", "mainPID", r.st.MainPID)
+
+	select {
+	case <-stopping.Done():
+		return r.stop("success")
+	case <-r.mainDone:
+		res := r.mainResult()
+		r.log.Info("main process ended by itself", "code", r.exitCode, "status", r.exitStat, "result", res)
+		return r.stop(res)
+	}
+}
+
+// stopAfterStart ends a start that failed before the main process existed:
+// systemd skips the stop stage then but still runs post-stop.
+func (r *runner) stopAfterStart(ctx context.Context, result string) string {
+	r.setState("deactivating", "stop-post")
+	r.stage(context.WithoutCancel(ctx), "post-stop", r.resultEnv(result))
+	return result
+}
+
+func (r *runner) startMain() error {
+	cmd := exec.Command(r.o.LifecycleBin, "start", r.id)
+	cmd.Env = r.env
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	// Its own process group: at the end the VMM and whatever it spawned are
+	// killed together, like the rest of a unit's control group.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	r.main = cmd
+	r.mainDone = make(chan struct{})
+	r.st.MainPID = cmd.Process.Pid
+	r.st.MainStart, _ = procStartTime(cmd.Process.Pid)
+	go func() {
+		cmd.Wait()
+		close(r.mainDone)
+	}()
+	return nil
+}
+
+func (r *runner) mainExited() bool {
+	select {
+	case <-r.mainDone:
+		return true
+	default:
+		return false
+	}
+}
+
+// mainResult classifies the main process's end like systemd does for a
+// service that was not asked to stop.
+func (r *runner) mainResult() string {
+	ws, _ := r.main.ProcessState.Sys().(syscall.WaitStatus)
+	switch {
+	case ws.Exited():
+		r.exitCode, r.exitStat = "exited", strconv.Itoa(ws.ExitStatus())
+		if ws.ExitStatus() == 0 {
+			return "success"
+		}
+		return "exit-code"
+	case ws.Signaled():
+		sig := ws.Signal()
+		r.exitCode, r.exitStat = "killed", signalName(sig)
+		if ws.CoreDump() {
+			r.exitCode = "dumped"
+			return "core-dump"
+		}
+		// systemd's default SuccessExitStatus for these signals.
+		switch sig {
+		case syscall.SIGHUP, syscall.SIGINT, syscall.SIGTERM, syscall.SIGPIPE:
+			return "success"
+		}
+		return "signal"
+	}
+	return "exit-code"
+}
+
+// stop runs the stop stage, makes sure the main process is gone and runs
+// post-stop. result is the outcome so far; a kill after the timeout turns
+// it into "timeout".
+func (r *runner) stop(result string) string {
+	ctx := context.Background()
+	pid := r.st.MainPID
+	r.setState("deactivating", "stop")
+	var mainEnv []string
+	if !r.mainExited() {
+		mainEnv = []string{"MAINPID=" + strconv.Itoa(pid)}
+	}
+	stopCtx, cancel := context.WithTimeout(ctx, r.o.StopTimeout)
+	r.stage(stopCtx, "stop", append(mainEnv, r.resultEnv(result)...))
+	cancel()
+
+	if !r.mainExited() {
+		// KillMode=mixed: SIGTERM to the main process only.
+		r.setState("deactivating", "stop-sigterm")
+		syscall.Kill(pid, syscall.SIGTERM)
+		select {
+		case <-r.mainDone:
+		case <-time.After(r.o.StopTimeout):
+			r.log.Warn("main process ignored SIGTERM, killing it", "timeout", r.o.StopTimeout)
+			r.setState("deactivating", "final-sigkill")
+			syscall.Kill(-pid, syscall.SIGKILL)
+			<-r.mainDone
+			result = "timeout"
+		}
+	}
+	// Whatever the main process left in its group goes with it.
+	syscall.Kill(-pid, syscall.SIGKILL)
+	r.st.MainPID, r.st.MainStart = 0, 0
+
+	r.setState("deactivating", "stop-post")
+	r.stage(ctx, "post-stop", r.resultEnv(result))
+	return result
+}
+
+// finish records the final state and runs on-failure when the unit failed,
+// as OnFailure= would.
+func (r *runner) finish(ctx context.Context, result string) {
+	r.st.Result = result
+	if result == "success" {
+		r.setState("inactive", "dead")
+		r.log.Info("stopped")
+		return
+	}
+	r.setState("failed", "failed")
+	r.log.Warn("failed", "result", result)
+	r.stage(context.WithoutCancel(ctx), "on-failure", []string{
+		"MONITOR_SERVICE_RESULT=" + result,
+		"MONITOR_EXIT_CODE=" + r.exitCode,
+		"MONITOR_EXIT_STATUS=" + r.exitStat,
+		"MONITOR_UNIT=" + UnitName(r.o.UnitPrefix, r.id),
+	})
+}
+
+// resultEnv is what systemd tells ExecStop= and ExecStopPost= about how the
+// service went.
+func (r *runner) resultEnv(result string) []string {
+	env := []string{"SERVICE_RESULT=" + result}
+	if r.exitCode != "" {
+		env = append(env, "EXIT_CODE="+r.exitCode, "EXIT_STATUS="+r.exitStat)
+	}
+	return env
+}
+
+// stage runs `<lifecycle> <stage> <id>` and waits for it. Cancelling ctx
+// sends it SIGTERM, then SIGKILL after StopTimeout.
+func (r *runner) stage(ctx context.Context, stage string, extra []string) error {
+	cmd := exec.CommandContext(ctx, r.o.LifecycleBin, stage, r.id)
+	cmd.Env = append(append([]string{}, r.env...), extra...)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = r.o.StopTimeout
+	start := time.Now()
+	err := cmd.Run()
+	if err != nil {
+		r.log.Error("stage failed", "stage", stage, "err", err, "took", time.Since(start).Round(time.Millisecond))
+		return fmt.Errorf("%s vm %s: %w", stage, r.id, err)
+	}
+	r.log.Info("stage done", "stage", stage, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func signalName(s syscall.Signal) string {
+	names := map[syscall.Signal]string{
+		syscall.SIGHUP: "HUP", syscall.SIGINT: "INT", syscall.SIGQUIT: "QUIT", syscall.SIGILL: "ILL",
+		syscall.SIGABRT: "ABRT", syscall.SIGFPE: "FPE", syscall.SIGKILL: "KILL", syscall.SIGSEGV: "SEGV",
+		syscall.SIGPIPE: "PIPE", syscall.SIGALRM: "ALRM", syscall.SIGTERM: "TERM", syscall.SIGUSR1: "USR1",
+		syscall.SIGUSR2: "USR2", syscall.SIGBUS: "BUS",
+	}
+	if n, ok := names[s]; ok {
+		return n
+	}
+	return strconv.Itoa(int(s))
+}
+
+// procStartTime is field 22 of /proc/<pid>/stat, the process's start time
+// in clock ticks since boot.
+func procStartTime(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces and parentheses; fields
+	// after the last ')' are plain.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	// f[0] is field 3 (state); field 22 is f[19].
+	if len(f) < 20 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// procState is field 3 of /proc/<pid>/stat ('Z' for a zombie).
+func procState(pid int) byte {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 || i+2 >= len(s) {
+		return 0
+	}
+	return s[i+2]
+}
+
+// lockFile takes an exclusive flock on path, retrying until wait has passed
+// or ctx ends. Closing the file releases it; so does the process's death.
+func lockFile(ctx context.Context, path string, wait time.Duration) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, err
+		}
+		if time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("%s: still locked after %s", path, wait)
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func readState(dir string) (detachedState, error) {
+	var st detachedState
+	b, err := os.ReadFile(filepath.Join(dir, fileState))
+	if errors.Is(err, fs.ErrNotExist) {
+		return detachedState{ActiveState: "inactive", SubState: "dead"}, nil
+	}
+	if err != nil {
+		return st, err
+	}
+	if err := json.Unmarshal(b, &st); err != nil {
+		return st, fmt.Errorf("%s: %w", fileState, err)
+	}
+	return st, nil
+}
+
+func jsonMarshal(v any) ([]byte, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return append(b, '\n'), nil
+}

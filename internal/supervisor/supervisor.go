@@ -1,0 +1,188 @@
+// Package supervisor keeps each VM's lifecycle under a service manager so
+// that the VM outlives the daemon that asked for it.
+//
+// A VM's stages are run by the lifecycle program (`mergen-lifecycle <stage>
+// <id>`): pre-start, start (the long-running main process, which execs the
+// VMM), post-start, stop, post-stop and on-failure. A Supervisor only
+// orchestrates those stages, the way a systemd service unit does:
+//
+//   - systemd drives the template unit <prefix>@<id>.service over D-Bus; the
+//     unit's OnFailure= starts <prefix>-failure@<id>.service.
+//   - detached runs the same sequence in a supervising process of its own
+//     session (`<lifecycle> supervise <id>`), which is not the daemon's child
+//     to wait on, survives the daemon's death and is re-adopted through its
+//     pid file.
+//
+// Both report State in systemd's vocabulary (ActiveState, SubState, MainPID)
+// so callers need not care which one runs a VM.
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// ErrUnavailable marks errors saying that a supervisor cannot work on this
+// host (no service manager, no lifecycle binary, units not installed).
+var ErrUnavailable = errors.New("unavailable")
+
+// State is what the service manager knows about one VM's unit.
+type State struct {
+	Available   bool   `json:"available"`   // the service manager answers
+	Unit        string `json:"unit"`        // <prefix>@<id>.service (also for detached, for uniformity)
+	Active      bool   `json:"active"`      // ActiveState == "active"
+	ActiveState string `json:"activeState"` // active|inactive|failed|activating|deactivating
+	SubState    string `json:"subState"`    // e.g. running, dead, failed, start-pre, stop
+	MainPID     int    `json:"mainPID"`     // the start stage's process (the VMM), 0 when not running
+}
+
+// Supervisor runs VMs' lifecycle stages under a service manager.
+type Supervisor interface {
+	// Name is "systemd" or "detached".
+	Name() string
+	// Check says why this supervisor cannot work here (wrapping ErrUnavailable).
+	Check(ctx context.Context) error
+	// Start is idempotent; it returns once the start stages completed
+	// (post-start done) or failed.
+	Start(ctx context.Context, id string) error
+	// Stop is idempotent; it returns once the VM's unit is stopped.
+	Stop(ctx context.Context, id string) error
+	// State reports the unit's state. When the service manager does not
+	// answer, it returns a State with Available false and an error wrapping
+	// ErrUnavailable.
+	State(ctx context.Context, id string) (State, error)
+	// Forget drops what the service manager remembers about a deleted VM
+	// (failed state, pid and state files).
+	Forget(ctx context.Context, id string) error
+}
+
+// Options configure both supervisors. Zero values take the defaults below.
+type Options struct {
+	UnitPrefix   string        // MGR_UNIT_PREFIX, default "mergen"
+	LifecycleBin string        // absolute path of the lifecycle program
+	RunRoot      string        // MGR_RUN_ROOT, default /run/mergen
+	ConfigRoot   string        // MGR_CONFIG_ROOT, default /var/lib/mergen/vm.d; <ConfigRoot>/<id>/env is the stages' environment file
+	StopTimeout  time.Duration // how long stop may take before the VMM is killed, default 15s
+	Env          []string      // KEY=VALUE given to every stage
+}
+
+// Defaults.
+const (
+	DefaultUnitPrefix   = "mergen"
+	DefaultLifecycleBin = "/usr/local/bin/mergen-lifecycle"
+	DefaultRunRoot      = "/run/mergen"
+	DefaultConfigRoot   = "/var/lib/mergen/vm.d"
+	DefaultStopTimeout  = 15 * time.Second
+	DefaultUnitDir      = "/etc/systemd/system"
+)
+
+// withDefaults fills zero fields and validates the result. It does not look
+// at the file system: a unit may be rendered for another root.
+func (o Options) withDefaults() (Options, error) {
+	if o.UnitPrefix == "" {
+		o.UnitPrefix = DefaultUnitPrefix
+	}
+	if o.LifecycleBin == "" {
+		o.LifecycleBin = DefaultLifecycleBin
+	}
+	if o.RunRoot == "" {
+		o.RunRoot = DefaultRunRoot
+	}
+	if o.ConfigRoot == "" {
+		o.ConfigRoot = DefaultConfigRoot
+	}
+	if o.StopTimeout == 0 {
+		o.StopTimeout = DefaultStopTimeout
+	}
+	if !unitPrefixRe.MatchString(o.UnitPrefix) {
+		return o, fmt.Errorf("supervisor options: UnitPrefix %q: want letters, digits, '-', '_', '.' only", o.UnitPrefix)
+	}
+	for _, p := range []struct{ field, path string }{
+		{"LifecycleBin", o.LifecycleBin}, {"RunRoot", o.RunRoot}, {"ConfigRoot", o.ConfigRoot},
+	} {
+		if !filepath.IsAbs(p.path) {
+			return o, fmt.Errorf("supervisor options: %s %q is not an absolute path", p.field, p.path)
+		}
+		// Paths end up unquoted on unit file lines, where blanks, quotes,
+		// '%' (specifiers) and '$' (variables) would change their meaning.
+		if !unitPathRe.MatchString(p.path) {
+			return o, fmt.Errorf("supervisor options: %s %q: only letters, digits and /._+-@: are allowed", p.field, p.path)
+		}
+	}
+	if o.StopTimeout < time.Second {
+		return o, fmt.Errorf("supervisor options: StopTimeout %s is below one second", o.StopTimeout)
+	}
+	for _, kv := range o.Env {
+		k, _, ok := strings.Cut(kv, "=")
+		if !ok || !envKeyRe.MatchString(k) {
+			return o, fmt.Errorf("supervisor options: Env entry %q is not KEY=VALUE", kv)
+		}
+		if strings.ContainsAny(kv, "\n\r\x00") {
+			return o, fmt.Errorf("supervisor options: Env entry for %s contains a control character", k)
+		}
+	}
+	return o, nil
+}
+
+var (
+	unitPrefixRe = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+	envKeyRe     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	unitPathRe   = regexp.MustCompile(`^[A-Za-z0-9/._+@:-]+$`)
+	// VM ids are UUIDs; anything that is safe both as a systemd instance
+	// name and as a single path element is accepted.
+	idRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
+)
+
+func checkID(op, id string) error {
+	if !idRe.MatchString(id) || strings.Contains(id, "..") {
+		return fmt.Errorf("%s vm %q: invalid id: want letters, digits, '-', '_', '.'", op, id)
+	}
+	return nil
+}
+
+// UnitName is the service unit of VM id: <prefix>@<id>.service.
+func UnitName(prefix, id string) string { return prefix + "@" + id + ".service" }
+
+// FailureUnitName is the unit started by OnFailure=: <prefix>-failure@<id>.service.
+func FailureUnitName(prefix, id string) string { return prefix + "-failure@" + id + ".service" }
+
+// New returns the supervisor called name: "systemd", "detached", or "" for
+// automatic choice. Automatic honours MGR_SUPERVISOR when set and otherwise
+// picks systemd when PID 1 is systemd (/run/systemd/system exists), else
+// detached.
+func New(name string, o Options) (Supervisor, error) {
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if name == "" {
+		name = strings.TrimSpace(os.Getenv("MGR_SUPERVISOR"))
+	}
+	if name == "" {
+		name = Detect()
+	}
+	switch name {
+	case "systemd":
+		return newSystemd(o), nil
+	case "detached":
+		return newDetached(o), nil
+	default:
+		return nil, fmt.Errorf("supervisor: unknown supervisor %q (want systemd, detached, or empty for automatic)", name)
+	}
+}
+
+// Detect names the supervisor that fits this host: "systemd" when PID 1 is
+// systemd, else "detached".
+func Detect() string {
+	// sd_booted(3)'s test: this directory exists only when systemd is PID 1.
+	if fi, err := os.Stat("/run/systemd/system"); err == nil && fi.IsDir() {
+		return "systemd"
+	}
+	return "detached"
+}

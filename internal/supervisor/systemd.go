@@ -1,0 +1,203 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	sddbus "github.com/coreos/go-systemd/v22/dbus"
+	godbus "github.com/godbus/dbus/v5"
+)
+
+// systemdSupervisor drives <prefix>@<id>.service over the system D-Bus
+// (DBUS_SYSTEM_BUS_ADDRESS, default /run/dbus/system_bus_socket).
+type systemdSupervisor struct {
+	o Options
+
+	mu   sync.Mutex
+	conn *sddbus.Conn // opened on first use, reopened when the bus drops it
+}
+
+func newSystemd(o Options) *systemdSupervisor { return &systemdSupervisor{o: o} }
+
+func (s *systemdSupervisor) Name() string { return "systemd" }
+
+func dialSystemd(ctx context.Context) (*sddbus.Conn, error) {
+	conn, err := sddbus.NewSystemConnectionContext(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: systemd over D-Bus: %w", ErrUnavailable, err)
+	}
+	return conn, nil
+}
+
+func (s *systemdSupervisor) connect(ctx context.Context) (*sddbus.Conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn != nil && s.conn.Connected() {
+		return s.conn, nil
+	}
+	if s.conn != nil {
+		s.conn.Close()
+		s.conn = nil
+	}
+	conn, err := dialSystemd(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.conn = conn
+	return conn, nil
+}
+
+// Check verifies that systemd answers and that both unit templates are
+// installed.
+func (s *systemdSupervisor) Check(ctx context.Context) error {
+	conn, err := s.connect(ctx)
+	if err != nil {
+		return err
+	}
+	want := []string{s.o.UnitPrefix + "@.service", s.o.UnitPrefix + "-failure@.service"}
+	files, err := conn.ListUnitFilesByPatternsContext(ctx, nil, want)
+	if err != nil {
+		return fmt.Errorf("%w: systemd: list unit files: %w", ErrUnavailable, err)
+	}
+	found := map[string]bool{}
+	for _, f := range files {
+		found[baseName(f.Path)] = true
+	}
+	for _, w := range want {
+		if !found[w] {
+			return fmt.Errorf("%w: systemd: unit template %s is not installed", ErrUnavailable, w)
+		}
+	}
+	return nil
+}
+
+func baseName(p string) string {
+	for i := len(p) - 1; i >= 0; i-- {
+		if p[i] == '/' {
+			return p[i+1:]
+		}
+	}
+	return p
+}
+
+// Start queues a start job for the VM's unit and waits for its result. An
+// active unit makes the job finish at once: Start is idempotent.
+func (s *systemdSupervisor) Start(ctx context.Context, id string) error {
+	return s.job(ctx, "start", id)
+}
+
+// Stop queues a stop job and waits for it; stopping a stopped or unknown
+// unit succeeds.
+func (s *systemdSupervisor) Stop(ctx context.Context, id string) error {
+	return s.job(ctx, "stop", id)
+}
+
+func (s *systemdSupervisor) job(ctx context.Context, op, id string) error {
+	if err := checkID(op, id); err != nil {
+		return err
+	}
+	conn, err := s.connect(ctx)
+	if err != nil {
+		return fmt.Errorf("%s vm %s: %w", op, id, err)
+	}
+	unit := UnitName(s.o.UnitPrefix, id)
+	// Buffered: go-systemd delivers the result while holding its job lock.
+	done := make(chan string, 1)
+	if op == "start" {
+		_, err = conn.StartUnitContext(ctx, unit, "replace", done)
+	} else {
+		_, err = conn.StopUnitContext(ctx, unit, "replace", done)
+	}
+	if err != nil {
+		if op == "stop" && isNoSuchUnit(err) {
+			return nil
+		}
+		return fmt.Errorf("%s vm %s: %s %s: %w", op, id, op, unit, err)
+	}
+	select {
+	case result := <-done:
+		if result == "done" {
+			return nil
+		}
+		st, _ := s.state(ctx, conn, unit)
+		return fmt.Errorf("%s vm %s: %s job %s (unit %s/%s; see journalctl -u %s)",
+			op, id, op, result, st.ActiveState, st.SubState, unit)
+	case <-ctx.Done():
+		// The job goes on in systemd; only the wait ends.
+		return fmt.Errorf("%s vm %s: waiting for %s: %w", op, id, unit, ctx.Err())
+	}
+}
+
+func isNoSuchUnit(err error) bool {
+	var de godbus.Error
+	if errors.As(err, &de) {
+		return de.Name == "org.freedesktop.systemd1.NoSuchUnit"
+	}
+	var dep *godbus.Error
+	return errors.As(err, &dep) && dep.Name == "org.freedesktop.systemd1.NoSuchUnit"
+}
+
+func (s *systemdSupervisor) State(ctx context.Context, id string) (State, error) {
+	unit := UnitName(s.o.UnitPrefix, id)
+	if err := checkID("state", id); err != nil {
+		return State{Unit: unit}, err
+	}
+	conn, err := s.connect(ctx)
+	if err != nil {
+		return State{Unit: unit}, fmt.Errorf("state vm %s: %w", id, err)
+	}
+	st, err := s.state(ctx, conn, unit)
+	if err != nil {
+		return st, fmt.Errorf("state vm %s: %w", id, err)
+	}
+	return st, nil
+}
+
+func (s *systemdSupervisor) state(ctx context.Context, conn *sddbus.Conn, unit string) (State, error) {
+	st := State{Unit: unit}
+	props, err := conn.GetUnitPropertiesContext(ctx, unit)
+	if err != nil {
+		return st, fmt.Errorf("%w: systemd: properties of %s: %w", ErrUnavailable, unit, err)
+	}
+	st.Available = true
+	st.ActiveState, _ = props["ActiveState"].(string)
+	st.SubState, _ = props["SubState"].(string)
+	st.Active = st.ActiveState == "active"
+	// MainPID (not ExecMainPID) is 0 once the main process is gone, which
+	// is what a caller asking "is the VMM running" wants.
+	if p, err := conn.GetServicePropertyContext(ctx, unit, "MainPID"); err == nil {
+		if pid, ok := p.Value.Value().(uint32); ok {
+			st.MainPID = int(pid)
+		}
+	}
+	return st, nil
+}
+
+// Forget clears a failed state left by the VM's units so that systemd holds
+// nothing about a deleted VM.
+func (s *systemdSupervisor) Forget(ctx context.Context, id string) error {
+	if err := checkID("forget", id); err != nil {
+		return err
+	}
+	conn, err := s.connect(ctx)
+	if err != nil {
+		return fmt.Errorf("forget vm %s: %w", id, err)
+	}
+	for _, unit := range []string{UnitName(s.o.UnitPrefix, id), FailureUnitName(s.o.UnitPrefix, id)} {
+		// A unit that is not loaded or not failed has nothing to reset.
+		if err := conn.ResetFailedUnitContext(ctx, unit); err != nil && !isNoSuchUnit(err) && !isNotFailed(err) {
+			return fmt.Errorf("forget vm %s: reset-failed %s: %w", id, unit, err)
+		}
+	}
+	return nil
+}
+
+func isNotFailed(err error) bool {
+	var de godbus.Error
+	if errors.As(err, &de) {
+		return de.Name == "org.freedesktop.systemd1.UnitNotFailed" || de.Name == "org.freedesktop.DBus.Error.UnknownObject"
+	}
+	return false
+}
