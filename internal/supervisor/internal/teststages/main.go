@@ -40,7 +40,12 @@ func main() {
 		}
 		return
 	case "starter":
-		s, err := supervisor.New("detached", options())
+		// TEST_SUPERVISOR picks the supervisor; detached by default.
+		name := os.Getenv("TEST_SUPERVISOR")
+		if name == "" {
+			name = "detached"
+		}
+		s, err := supervisor.New(name, options())
 		if err == nil {
 			err = s.Start(context.Background(), id)
 		}
