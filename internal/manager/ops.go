@@ -115,13 +115,21 @@ func (m *Manager) List(ctx context.Context) ([]VM, error) {
 	return out, nil
 }
 
-// ready checks that the VM can be started on this host.
-func (m *Manager) ready(ctx context.Context, meta store.Meta) error {
+// supervisorReady checks that the service manager can run VMs here.
+func (m *Manager) supervisorReady(ctx context.Context) error {
 	if m.sup == nil {
 		return errdefs.Unavailable("no service manager to run VMs: %v", m.supErr)
 	}
 	if err := m.sup.Check(ctx); err != nil {
 		return errdefs.Unavailable("service manager %s: %v", m.sup.Name(), err)
+	}
+	return nil
+}
+
+// ready checks that the VM can be started on this host.
+func (m *Manager) ready(ctx context.Context, meta store.Meta) error {
+	if err := m.supervisorReady(ctx); err != nil {
+		return err
 	}
 	driver, err := vmm.New(meta.VMM)
 	if err != nil {
@@ -188,8 +196,8 @@ func (m *Manager) Stop(ctx context.Context, id string) error {
 		return err
 	}
 	defer unlock()
-	if m.sup == nil {
-		return fmt.Errorf("stop vm %s: %w", id, errdefs.Unavailable("no service manager to run VMs: %v", m.supErr))
+	if err := m.supervisorReady(ctx); err != nil {
+		return fmt.Errorf("stop vm %s: %w", id, err)
 	}
 	if err := m.runHooks(ctx, hooks.OnStop, meta, nil); err != nil {
 		return fmt.Errorf("stop vm %s: %w", id, err)
@@ -212,12 +220,14 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	if err := m.runHooks(ctx, hooks.OnDelete, meta, nil); err != nil {
 		return fmt.Errorf("delete vm %s: %w", id, err)
 	}
-	if m.sup != nil {
+	// A VM that was never started (or whose VMM is gone) can be deleted even
+	// when no service manager is usable; a possibly running one cannot.
+	if err := m.supervisorReady(ctx); err == nil {
 		if err := m.sup.Stop(ctx, id); err != nil {
 			return fmt.Errorf("delete vm %s: stop: %w", id, err)
 		}
 	} else if lifecycle.MaybeRunning(meta) {
-		return fmt.Errorf("delete vm %s: %w", id, errdefs.Unavailable("cannot stop it: no service manager: %v", m.supErr))
+		return fmt.Errorf("delete vm %s: cannot stop it: %w", id, err)
 	}
 	if err := m.remove(ctx, meta); err != nil {
 		return err

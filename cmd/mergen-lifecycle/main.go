@@ -1,0 +1,89 @@
+// Command mergen-lifecycle runs one stage of a VM's life. The service
+// manager calls it from the mergen@<id> unit (pre-start, start, post-start,
+// stop, post-stop; on-failure from mergen-failure@<id>); operators call the
+// toolkit commands (status, restart, pre-delete, delete, post-delete) by hand.
+//
+//	mergen-lifecycle <stage> <vm-id>
+//
+// Configuration comes from the MGR_* environment, which the unit loads from
+// the VM's env file.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"golang.org/x/term"
+
+	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/daemon"
+	"github.com/mergenhq/mergen/internal/lifecycle"
+	"github.com/mergenhq/mergen/internal/logging"
+	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/supervisor"
+)
+
+func usage() {
+	fmt.Fprintf(os.Stderr, "usage: mergen-lifecycle <stage> <vm-id>\nstages: %s\n", strings.Join(lifecycle.Stages, ", "))
+}
+
+func main() {
+	if len(os.Args) == 2 && (os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help") {
+		usage()
+		return
+	}
+	if len(os.Args) != 3 {
+		usage()
+		os.Exit(2)
+	}
+	stage, id := os.Args[1], os.Args[2]
+	if err := run(stage, id); err != nil {
+		fmt.Fprintln(os.Stderr, "mergen-lifecycle:", err)
+		os.Exit(1)
+	}
+}
+
+func run(stage, id string) error {
+	cfg, err := config.Load()
+	if err != nil {
+		return fmt.Errorf("configuration: %w", err)
+	}
+	log, err := logging.New(os.Stderr, cfg.LogLevel, cfg.LogFormat, term.IsTerminal(int(os.Stderr.Fd())))
+	if err != nil {
+		return err
+	}
+	log = log.With("stage", stage, "vm", id)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	switch stage {
+	case "supervise":
+		// Hidden: the body of the detached supervisor's per-VM process.
+		return supervisor.RunDetached(ctx, daemon.SupervisorOptions(cfg), id)
+	case lifecycle.Restart:
+		sup, err := supervisor.New(cfg.Supervisor, daemon.SupervisorOptions(cfg))
+		if err != nil {
+			return err
+		}
+		if err := store.ValidateID(id); err != nil {
+			return err
+		}
+		if err := sup.Stop(ctx, id); err != nil {
+			return fmt.Errorf("restart vm %s: %w", id, err)
+		}
+		if err := sup.Start(ctx, id); err != nil {
+			return fmt.Errorf("restart vm %s: %w", id, err)
+		}
+		return nil
+	}
+	st, err := store.Open(cfg.ConfigRoot, cfg.RunRoot, cfg.DataRoot)
+	if err != nil {
+		return err
+	}
+	r := &lifecycle.Runner{Config: cfg, Store: st, Log: log, Out: os.Stdout}
+	return r.Run(ctx, stage, id)
+}

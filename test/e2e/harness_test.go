@@ -1,0 +1,186 @@
+// Package e2e holds end-to-end tests: they run the real daemon (in process
+// or as the built binary) on a loopback port against a temporary root, and,
+// for the VM runtime, real service managers, namespaces and QEMU guests.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/daemon"
+	"github.com/mergenhq/mergen/internal/store"
+)
+
+// host is one temporary mergen host: its roots and base assets.
+type host struct {
+	root string
+	env  map[string]string
+}
+
+// newHost lays out a temporary data root with placeholder base assets. The
+// control-plane tests never boot them; the runtime tests replace them with
+// real ones.
+func newHost(t testing.TB, extra map[string]string) *host {
+	t.Helper()
+	root := t.TempDir()
+	h := &host{root: root, env: map[string]string{
+		"MGR_CONFIG_ROOT": filepath.Join(root, "vm.d"),
+		"MGR_RUN_ROOT":    filepath.Join(root, "run"),
+		"MGR_DATA_ROOT":   filepath.Join(root, "data"),
+		"MGR_HTTP_ADDR":   "127.0.0.1:0",
+		"MGR_VMM":         "qemu",
+		"MGR_LOG_LEVEL":   "warn",
+		"MGR_LOG_FORMAT":  "text",
+	}}
+	for k, v := range extra {
+		h.env[k] = v
+	}
+	base := filepath.Join(root, "data", "base", "current")
+	if err := os.MkdirAll(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"vmlinux", "vmlinuz", "golden-rootfs.ext4", "agent-rootfs.ext4"} {
+		if err := os.WriteFile(filepath.Join(base, f), []byte("placeholder "+f), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return h
+}
+
+func (h *host) path(parts ...string) string {
+	return filepath.Join(append([]string{h.root}, parts...)...)
+}
+
+func (h *host) config(t testing.TB) config.Config {
+	t.Helper()
+	c, err := config.FromEnv(func(k string) string { return h.env[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (h *host) store(t testing.TB) *store.Store {
+	t.Helper()
+	c := h.config(t)
+	s, err := store.Open(c.ConfigRoot, c.RunRoot, c.DataRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// serve runs the daemon in this process until the test ends and returns
+// its base URL.
+func (h *host) serve(t testing.TB) string {
+	t.Helper()
+	cfg := h.config(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	go func() {
+		done <- daemon.Serve(ctx, cfg, log, daemon.Options{Ready: func(a string) { ready <- a }})
+	}()
+	select {
+	case addr := <-ready:
+		t.Cleanup(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("daemon: %v", err)
+			}
+		})
+		return "http://" + addr
+	case err := <-done:
+		cancel()
+		t.Fatalf("daemon did not start: %v", err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		t.Fatal("daemon did not start within 30s")
+	}
+	return ""
+}
+
+// call makes one API request and decodes a JSON answer into out (when not
+// nil). It returns the status and the raw body.
+func call(t testing.TB, method, url string, body any, out any) (int, []byte) {
+	t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		enc, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(enc)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if out != nil && resp.StatusCode < 300 {
+		if err := json.Unmarshal(data, out); err != nil {
+			t.Fatalf("%s %s: decode %q: %v", method, url, data, err)
+		}
+	}
+	return resp.StatusCode, data
+}
+
+// vmDirs lists what is in the config root, hidden entries included.
+func vmDirs(t testing.TB, h *host) []string {
+	t.Helper()
+	entries, err := os.ReadDir(h.env["MGR_CONFIG_ROOT"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		if e.Name() == ".generation" || e.Name() == ".alloc.lock" {
+			continue
+		}
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func mustStatus(t testing.TB, got int, body []byte, want int) {
+	t.Helper()
+	if got != want {
+		t.Fatalf("status %d, want %d; body: %s", got, want, body)
+	}
+}
+
+func errMessage(body []byte) string {
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(body, &e) != nil {
+		return fmt.Sprintf("<not an error document: %q>", body)
+	}
+	return e.Error
+}

@@ -1,0 +1,120 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers/legacy"
+
+	"github.com/mergenhq/mergen/internal/api"
+	"github.com/mergenhq/mergen/internal/manager"
+	"github.com/mergenhq/mergen/internal/store"
+)
+
+// TestResponsesMatchTheOpenAPIDocument sends real requests to a real daemon
+// and validates every request and response against /openapi.json.
+func TestResponsesMatchTheOpenAPIDocument(t *testing.T) {
+	ctx := context.Background()
+	doc, err := openapi3.NewLoader().LoadFromData(api.OpenAPI())
+	if err != nil {
+		t.Fatalf("load openapi.json: %v", err)
+	}
+	if err := doc.Validate(ctx); err != nil {
+		t.Fatalf("openapi.json is not a valid OpenAPI 3 document: %v", err)
+	}
+	h := newHost(t, noServiceManager)
+	base := h.serve(t)
+	doc.Servers = openapi3.Servers{{URL: base}}
+	router, err := legacy.NewRouter(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	covered := map[string]bool{}
+	check := func(method, path, body string, wantStatus int) []byte {
+		t.Helper()
+		var rd io.Reader
+		if body != "" {
+			rd = strings.NewReader(body)
+		}
+		req, _ := http.NewRequest(method, base+path, rd)
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
+		route, params, err := router.FindRoute(req)
+		if err != nil {
+			t.Fatalf("%s %s is not in the OpenAPI document: %v", method, path, err)
+		}
+		in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route,
+			Options: &openapi3filter.Options{ExcludeRequestBody: wantStatus >= 400}}
+		if wantStatus < 400 {
+			if err := openapi3filter.ValidateRequest(ctx, in); err != nil {
+				t.Fatalf("%s %s: request does not match the document: %v", method, path, err)
+			}
+			if body != "" {
+				req.Body = io.NopCloser(strings.NewReader(body))
+			}
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != wantStatus {
+			t.Fatalf("%s %s: status %d, want %d: %s", method, path, resp.StatusCode, wantStatus, data)
+		}
+		out := &openapi3filter.ResponseValidationInput{RequestValidationInput: in, Status: resp.StatusCode, Header: resp.Header,
+			Options: &openapi3filter.Options{IncludeResponseStatus: true}}
+		out.SetBodyBytes(data)
+		if err := openapi3filter.ValidateResponse(ctx, out); err != nil {
+			t.Fatalf("%s %s → %d: response does not match the document: %v\n%s", method, path, resp.StatusCode, err, data)
+		}
+		covered[route.Method+" "+route.Path] = true
+		return data
+	}
+
+	check("GET", "/healthz", "", 200)
+	check("GET", "/health", "", 200)
+	check("GET", "/openapi.json", "", 200)
+	created := check("POST", "/v1/vms", `{"vcpu":1,"memMiB":256,"ports":[{"guest":80,"host":0}],"httpPort":80,"tags":{"name":"doc","app":"x"},"metadata":{"a":[1,2]},"extraEnv":{"A":"b"}}`, 201)
+	var vm manager.VM
+	if err := json.Unmarshal(created, &vm); err != nil {
+		t.Fatal(err)
+	}
+	check("GET", "/v1/vms", "", 200)
+	check("GET", "/v1/vms/"+vm.ID, "", 200)
+	check("GET", "/v1/vms/"+vm.ID+"/meta.json", "", 200)
+	check("GET", "/v1/vms/"+vm.ID+"/vm.json", "", 200)
+	check("GET", "/v1/vms/"+vm.ID+"/hooks.json", "", 200)
+	check("POST", "/v1/vms/"+vm.ID+"/start", "", 503)
+	check("POST", "/v1/vms/"+vm.ID+"/stop", "", 503)
+	check("GET", "/v1/images", "", 200)
+	check("POST", "/v1/vms", `{"vcpu":99}`, 400)
+	check("POST", "/v1/vms", `{"tags":{"name":"doc"}}`, 409)
+	check("GET", "/v1/vms/"+store.NewID(), "", 404)
+	check("GET", "/machines/doc", "", 200)
+	check("POST", "/machines", `{"id":"legacy1","mem_size_mb":256}`, 503)
+	check("DELETE", "/machines/doc", "", 200)
+	check("DELETE", "/machines/doc", "", 404)
+	created = check("POST", "/v1/vms", `{}`, 201)
+	if err := json.Unmarshal(created, &vm); err != nil {
+		t.Fatal(err)
+	}
+	check("DELETE", "/v1/vms/"+vm.ID, "", 200)
+
+	// Every operation in the document was exercised.
+	for path, item := range doc.Paths.Map() {
+		for method := range item.Operations() {
+			if !covered[method+" "+path] {
+				t.Errorf("%s %s is documented but not exercised by this test", method, path)
+			}
+		}
+	}
+}

@@ -1,0 +1,57 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/mergenhq/mergen/internal/imagemeta"
+	"github.com/mergenhq/mergen/internal/testenv"
+)
+
+// webPayload builds a payload disk as the converter would: a tiny image
+// whose entrypoint is busybox httpd serving page on port, run as an
+// unprivileged user of the image.
+func webPayload(t testing.TB, dir, page string, port string) string {
+	t.Helper()
+	busybox := "/bin/busybox"
+	if _, err := os.Stat(busybox); err != nil {
+		t.Fatalf("busybox-static is required (%v): run `make deps`", err)
+	}
+	root := filepath.Join(dir, "payload-root")
+	for _, d := range []string{"bin", "etc", "www", imagemeta.MetaDir, "tmp"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := os.ReadFile(busybox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(rel string, data []byte, mode os.FileMode) {
+		if err := os.WriteFile(filepath.Join(root, rel), data, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("bin/busybox", b, 0o755)
+	os.Symlink("busybox", filepath.Join(root, "bin", "sh"))
+	write("etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\nweb:x:1000:1000:web:/www:/bin/sh\n"), 0o644)
+	write("etc/group", []byte("root:x:0:\nweb:x:1000:\n"), 0o644)
+	write("www/index.html", []byte(page), 0o644)
+	argv := []string{"/bin/busybox", "httpd", "-f", "-v", "-p", port, "-h", "/www"}
+	meta := imagemeta.ImageMeta{Image: "test/web:1", Entrypoint: argv[:2], Cmd: argv[2:], Env: []string{"PATH=/bin"}, WorkingDir: "/www", User: "web"}
+	rt := imagemeta.Runtime{Version: 1, Image: meta.Image, Argv: argv, Env: meta.Env, WorkingDir: "/www", User: "web"}
+	for name, v := range map[string]any{imagemeta.ImageMetaFile: meta, imagemeta.RuntimeFile: rt} {
+		j, _ := json.MarshalIndent(v, "", "  ")
+		write(filepath.Join(imagemeta.MetaDir, name), j, 0o644)
+	}
+	out := filepath.Join(dir, imagemeta.PayloadExt4)
+	mkfs := testenv.Tool(t, "mkfs.ext4")
+	cmd := exec.Command(mkfs, "-q", "-F", "-L", imagemeta.LabelPayload, "-d", root, out, "16M")
+	if o, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, o)
+	}
+	return out
+}

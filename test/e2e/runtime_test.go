@@ -1,0 +1,236 @@
+package e2e
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/manager"
+	"github.com/mergenhq/mergen/internal/testenv"
+)
+
+// vmHost is where a runtime scenario runs: the bare host with the detached
+// supervisor, or a systemd container.
+type vmHost interface {
+	// api calls the daemon's API.
+	api(t *testing.T, method, path string, body any, out any) (int, []byte)
+	// get fetches http://127.0.0.1:port/path from the host's network view.
+	get(port int, path string) (string, error)
+	// run executes a command on the host and returns its output.
+	run(t *testing.T, args ...string) string
+	// killDaemon SIGKILLs the daemon; restartDaemon starts it again.
+	killDaemon(t *testing.T)
+	restartDaemon(t *testing.T)
+	// files lists every file left under the host's mergen roots.
+	files(t *testing.T) []string
+}
+
+// runtimeScenario is the VM runtime's contract, end to end: create through
+// the API, start, the guest's HTTP port answers on its published host port;
+// stop and start again; the VM survives a SIGKILL of the daemon and the
+// restarted daemon reports it running; delete leaves nothing behind.
+func runtimeScenario(t *testing.T, h vmHost, payload string) {
+	page := "hello from a mergen guest\n"
+	var vm manager.VM
+	code, body := h.api(t, "POST", "/v1/vms", map[string]any{
+		"payloadDisk": payload, "memMiB": 256,
+		"ports":    []map[string]any{{"guest": 8080, "host": 0}},
+		"httpPort": 8080, "tags": map[string]string{"name": "e2e"},
+	}, &vm)
+	mustStatus(t, code, body, 201)
+	short := vm.ID[:8]
+	hostPort := vm.Network.Ports[0].Host
+	t.Logf("vm %s: guest %s, published on 127.0.0.1:%d", vm.ID, vm.Network.GuestIP, hostPort)
+
+	start := func() {
+		t.Helper()
+		t0 := time.Now()
+		code, body := h.api(t, "POST", "/v1/vms/"+vm.ID+"/start", nil, &vm)
+		mustStatus(t, code, body, 200)
+		if !vm.Service.Active {
+			t.Fatalf("after start the service is not active: %+v", vm.Service)
+		}
+		got := waitHTTP(t, h, hostPort, "/index.html", 90*time.Second)
+		if got != page {
+			t.Fatalf("guest answered %q, want %q", got, page)
+		}
+		t.Logf("start → guest HTTP answering: %s", time.Since(t0).Round(time.Millisecond))
+	}
+	start()
+	// Start is idempotent.
+	code, body = h.api(t, "POST", "/v1/vms/"+vm.ID+"/start", nil, nil)
+	mustStatus(t, code, body, 200)
+
+	code, body = h.api(t, "POST", "/v1/vms/"+vm.ID+"/stop", nil, &vm)
+	mustStatus(t, code, body, 200)
+	if vm.Service.Active {
+		t.Fatalf("after stop the service is still active: %+v", vm.Service)
+	}
+	if _, err := h.get(hostPort, "/index.html"); err == nil {
+		t.Fatal("the guest still answers after stop")
+	}
+	if out := h.run(t, "ip", "netns", "list"); strings.Contains(out, "mergen-"+short) {
+		t.Fatalf("namespace mergen-%s survived stop:\n%s", short, out)
+	}
+	code, body = h.api(t, "POST", "/v1/vms/"+vm.ID+"/stop", nil, nil)
+	mustStatus(t, code, body, 200)
+
+	start()
+	h.killDaemon(t)
+	if got, err := h.get(hostPort, "/index.html"); err != nil || got != page {
+		t.Fatalf("VM stopped answering when the daemon was killed: %q %v", got, err)
+	}
+	h.restartDaemon(t)
+	code, body = h.api(t, "GET", "/v1/vms/"+vm.ID, nil, &vm)
+	mustStatus(t, code, body, 200)
+	if !vm.Service.Active || vm.Service.MainPID == 0 {
+		t.Fatalf("restarted daemon does not report the VM running: %+v", vm.Service)
+	}
+
+	code, body = h.api(t, "DELETE", "/v1/vms/"+vm.ID, nil, nil)
+	mustStatus(t, code, body, 200)
+	if _, err := h.get(hostPort, "/index.html"); err == nil {
+		t.Fatal("the guest still answers after delete")
+	}
+	for _, check := range []struct {
+		args []string
+		not  string
+	}{
+		{[]string{"ip", "netns", "list"}, "mergen-" + short},
+		{[]string{"ip", "-o", "link", "show"}, short},
+		{[]string{"nft", "list", "ruleset"}, short},
+		{[]string{"nft", "list", "ruleset"}, vm.Network.GuestIP + " "},
+		{[]string{"ps", "-eo", "args"}, vm.ID},
+	} {
+		if out := h.run(t, check.args...); strings.Contains(out, check.not) {
+			t.Fatalf("%v still shows %q after delete:\n%s", check.args, check.not, out)
+		}
+	}
+	for _, f := range h.files(t) {
+		if strings.Contains(f, vm.ID) {
+			t.Fatalf("file left after delete: %s", f)
+		}
+	}
+}
+
+func waitHTTP(t *testing.T, h vmHost, port int, path string, limit time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	var last error
+	for time.Now().Before(deadline) {
+		got, err := h.get(port, path)
+		if err == nil {
+			return got
+		}
+		last = err
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("guest HTTP on 127.0.0.1:%d did not answer within %s: %v", port, limit, last)
+	return ""
+}
+
+func httpGet(port int, path string) (string, error) {
+	c := &http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get(fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return "", fmt.Errorf("status %d: %s", resp.StatusCode, b)
+	}
+	return string(b), err
+}
+
+// bareHost runs the daemon binary on this host with the detached supervisor.
+type bareHost struct {
+	h    *host
+	bin  string
+	port int
+	d    *daemonProc
+}
+
+func (b *bareHost) api(t *testing.T, method, path string, body any, out any) (int, []byte) {
+	return call(t, method, b.d.base+path, body, out)
+}
+func (b *bareHost) get(port int, path string) (string, error) { return httpGet(port, path) }
+func (b *bareHost) run(t *testing.T, args ...string) string {
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+func (b *bareHost) killDaemon(t *testing.T) {
+	if err := b.d.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	b.d.cmd.Wait()
+}
+func (b *bareHost) restartDaemon(t *testing.T) { b.d = b.h.startBinary(t, b.bin, b.port) }
+func (b *bareHost) files(t *testing.T) []string {
+	var out []string
+	for _, root := range []string{b.h.env["MGR_CONFIG_ROOT"], b.h.env["MGR_RUN_ROOT"], b.h.env["MGR_DATA_ROOT"]} {
+		filepath.Walk(root, func(p string, _ os.FileInfo, err error) error {
+			if err == nil {
+				out = append(out, p)
+			}
+			return nil
+		})
+	}
+	return out
+}
+
+// TestVMRuntimeDetached boots a real guest under QEMU with the detached
+// supervisor on this host (whose PID 1 is not systemd).
+func TestVMRuntimeDetached(t *testing.T) {
+	testenv.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("SKIPPED in -short mode: boots a QEMU guest")
+	}
+	assets := testenv.Assets(t)
+	mergen := testenv.Build(t, "./cmd/mergen")
+	lifecycleBin := testenv.Build(t, "./cmd/mergen-lifecycle")
+	h := newHost(t, map[string]string{
+		"MGR_SUPERVISOR":           "detached",
+		"MGR_VMM":                  "qemu",
+		"MGR_QEMU_ACCEL":           "tcg",
+		"MGR_LIFECYCLE_BIN":        lifecycleBin,
+		"MGR_BASE_ASSETS_DIR":      assets,
+		"MGR_GUEST_CIDR":           "172.31.250.0/24",
+		"MGR_STOP_TIMEOUT_SECONDS": "20",
+	})
+	payload := webPayload(t, h.path("data", "images", "web"), "hello from a mergen guest\n", "8080")
+	b := &bareHost{h: h, bin: mergen, port: freePort(t)}
+	b.d = h.startBinary(t, mergen, b.port)
+	t.Cleanup(func() { dumpConsoles(t, h) })
+	runtimeScenario(t, b, payload)
+}
+
+// dumpConsoles prints guest consoles when a test failed, for diagnosis.
+func dumpConsoles(t *testing.T, h *host) {
+	if !t.Failed() {
+		return
+	}
+	matches, _ := filepath.Glob(h.path("data", "vms", "*", "*.log"))
+	for _, m := range matches {
+		b, _ := os.ReadFile(m)
+		if len(b) > 8000 {
+			b = b[len(b)-8000:]
+		}
+		t.Logf("==== %s\n%s", m, b)
+	}
+	logs, _ := filepath.Glob(h.path("daemon-*.log"))
+	for _, m := range logs {
+		b, _ := os.ReadFile(m)
+		t.Logf("==== %s\n%s", m, b)
+	}
+}
