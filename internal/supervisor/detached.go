@@ -152,7 +152,7 @@ func (d *detachedSupervisor) spawn(id string) (int, error) {
 		"MGR_CONFIG_ROOT="+d.o.ConfigRoot,
 		"MGR_UNIT_PREFIX="+d.o.UnitPrefix,
 		"MGR_LIFECYCLE_BIN="+d.o.LifecycleBin,
-		"MGR_SHUTDOWN_TIMEOUT_SECONDS="+strconv.FormatInt(int64((d.o.StopTimeout+time.Second-1)/time.Second), 10),
+		"MGR_STOP_TIMEOUT_SECONDS="+strconv.FormatInt(int64((d.o.StopTimeout+time.Second-1)/time.Second), 10),
 	)
 	cmd.Dir = "/"
 	cmd.Stdout, cmd.Stderr = logf, logf

@@ -130,7 +130,7 @@ func TestDetachedSurvivesSIGKILLOfStarter(t *testing.T) {
 
 	starter := exec.Command(bin, "starter", f.id)
 	starter.Env = append(os.Environ(),
-		"MGR_RUN_ROOT="+f.runRoot, "MGR_CONFIG_ROOT="+f.configRoot, "MGR_SHUTDOWN_TIMEOUT_SECONDS=5",
+		"MGR_RUN_ROOT="+f.runRoot, "MGR_CONFIG_ROOT="+f.configRoot, "MGR_STOP_TIMEOUT_SECONDS=5",
 		"TEST_STAGE_LOG="+f.stageLog)
 	out, err := starter.StdoutPipe()
 	if err != nil {

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -65,7 +66,7 @@ type Supervisor interface {
 // Options configure both supervisors. Zero values take the defaults below.
 type Options struct {
 	UnitPrefix   string        // MGR_UNIT_PREFIX, default "mergen"
-	LifecycleBin string        // absolute path of the lifecycle program
+	LifecycleBin string        // the lifecycle program: an absolute path, or a name looked up in PATH
 	RunRoot      string        // MGR_RUN_ROOT, default /run/mergen
 	ConfigRoot   string        // MGR_CONFIG_ROOT, default /var/lib/mergen/vm.d; <ConfigRoot>/<id>/env is the stages' environment file
 	StopTimeout  time.Duration // how long stop may take before the VMM is killed, default 15s
@@ -90,6 +91,17 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.LifecycleBin == "" {
 		o.LifecycleBin = DefaultLifecycleBin
+	}
+	if !strings.Contains(o.LifecycleBin, "/") {
+		// A bare name is looked up once, here: unit files and the detached
+		// supervisor's pid checks want the absolute path.
+		p, err := exec.LookPath(o.LifecycleBin)
+		if err != nil {
+			return o, fmt.Errorf("supervisor options: LifecycleBin %q: %w", o.LifecycleBin, err)
+		}
+		if p, err = filepath.Abs(p); err == nil {
+			o.LifecycleBin = p
+		}
 	}
 	if o.RunRoot == "" {
 		o.RunRoot = DefaultRunRoot

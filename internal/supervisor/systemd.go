@@ -111,8 +111,11 @@ func (s *systemdSupervisor) job(ctx context.Context, op, id string) error {
 		_, err = conn.StopUnitContext(ctx, unit, "replace", done)
 	}
 	if err != nil {
-		if op == "stop" && isNoSuchUnit(err) {
-			return nil
+		if isNoSuchUnit(err) {
+			if op == "stop" {
+				return nil // nothing loaded, nothing running
+			}
+			return fmt.Errorf("%s vm %s: %w: unit %s cannot be loaded; are the unit templates installed? %w", op, id, ErrUnavailable, unit, err)
 		}
 		return fmt.Errorf("%s vm %s: %s %s: %w", op, id, op, unit, err)
 	}

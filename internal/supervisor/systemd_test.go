@@ -51,6 +51,11 @@ func TestSystemdSupervisesUnitsInContainer(t *testing.T) {
 	if err := s.Check(ctx); !errors.Is(err, supervisor.ErrUnavailable) || !strings.Contains(err.Error(), "mergen@.service") {
 		t.Fatalf("Check before install = %v, want unavailable naming mergen@.service", err)
 	}
+	if err := s.Start(ctx, vm.id); !errors.Is(err, supervisor.ErrUnavailable) {
+		t.Fatalf("Start before install = %v, want unavailable", err)
+	} else {
+		t.Logf("Start before install: %v", err)
+	}
 	if err := supervisor.InstallUnits(ctx, o, filepath.Join(c.Root, "etc/systemd/system")); err != nil {
 		t.Fatalf("InstallUnits: %v", err)
 	}
@@ -107,7 +112,7 @@ func TestSystemdSupervisesUnitsInContainer(t *testing.T) {
 		other := newVM(t, shared, "5d0c1a7e-bbbb-4b1c-8f00-000000000002")
 		starter := exec.Command(bin, "starter", other.id)
 		starter.Env = append(os.Environ(), "TEST_SUPERVISOR=systemd",
-			"MGR_RUN_ROOT="+o.RunRoot, "MGR_CONFIG_ROOT="+o.ConfigRoot, "MGR_SHUTDOWN_TIMEOUT_SECONDS=5")
+			"MGR_RUN_ROOT="+o.RunRoot, "MGR_CONFIG_ROOT="+o.ConfigRoot, "MGR_STOP_TIMEOUT_SECONDS=5")
 		out, err := starter.StdoutPipe()
 		if err != nil {
 			t.Fatal(err)

@@ -96,7 +96,8 @@ func TestOptionsAreValidated(t *testing.T) {
 	}{
 		{"prefix with @", supervisor.Options{UnitPrefix: "a@b"}, "UnitPrefix"},
 		{"prefix with slash", supervisor.Options{UnitPrefix: "a/b"}, "UnitPrefix"},
-		{"relative lifecycle", supervisor.Options{LifecycleBin: "mergen-lifecycle"}, "LifecycleBin"},
+		{"relative lifecycle", supervisor.Options{LifecycleBin: "bin/mergen-lifecycle"}, "LifecycleBin"},
+		{"lifecycle not in PATH", supervisor.Options{LifecycleBin: "mergen-no-such-program"}, "LifecycleBin"},
 		{"blank in run root", supervisor.Options{RunRoot: "/run/my mergen"}, "RunRoot"},
 		{"specifier in config root", supervisor.Options{ConfigRoot: "/var/lib/%i"}, "ConfigRoot"},
 		{"short stop timeout", supervisor.Options{StopTimeout: time.Millisecond}, "StopTimeout"},
@@ -166,6 +167,18 @@ func TestBadIDsAreRefused(t *testing.T) {
 		if err := s.Forget(t.Context(), id); err == nil {
 			t.Errorf("Forget(%q) succeeded", id)
 		}
+	}
+}
+
+// A bare lifecycle name is resolved in PATH once, so that units and pid
+// checks see an absolute path.
+func TestLifecycleBinLookedUpInPath(t *testing.T) {
+	units, err := supervisor.RenderUnits(supervisor.Options{LifecycleBin: "sh"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(units[0].Content), "\nExecStart=/") {
+		t.Fatalf("ExecStart is not an absolute path:\n%s", units[0].Content)
 	}
 }
 

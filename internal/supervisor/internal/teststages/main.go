@@ -70,7 +70,7 @@ func main() {
 // supervisor passes on, as mergen-lifecycle does.
 func options() supervisor.Options {
 	exe, _ := os.Executable()
-	secs, _ := strconv.Atoi(os.Getenv("MGR_SHUTDOWN_TIMEOUT_SECONDS"))
+	secs, _ := strconv.Atoi(os.Getenv("MGR_STOP_TIMEOUT_SECONDS"))
 	return supervisor.Options{
 		UnitPrefix:   os.Getenv("MGR_UNIT_PREFIX"),
 		LifecycleBin: exe,
