@@ -25,7 +25,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCmd(), newServerCmd(), newVMCmd())
+	root.AddCommand(newVersionCmd(), newServerCmd(), newVMCmd(), newLogsCmd())
 	return root
 }
 

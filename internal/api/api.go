@@ -55,6 +55,7 @@ func New(mgr *manager.Manager, log *slog.Logger, images ImageLister, health func
 	mux.HandleFunc("DELETE /v1/vms/{id}", s.deleteVM)
 	mux.HandleFunc("POST /v1/vms/{id}/start", s.startVM)
 	mux.HandleFunc("POST /v1/vms/{id}/stop", s.stopVM)
+	mux.HandleFunc("GET /v1/vms/{id}/console", s.console)
 	mux.HandleFunc("GET /v1/vms/{id}/{file}", s.vmFile)
 	mux.HandleFunc("GET /v1/images", s.listImages)
 

@@ -194,3 +194,41 @@ func Match(vms []manager.VM, ref string) (manager.VM, error) {
 	}
 	return manager.VM{}, fmt.Errorf("%q matches %d VMs (%s): give more of the id", ref, len(hits), strings.Join(ids, ", "))
 }
+
+// Console copies the VM's serial console to w; with follow it keeps
+// streaming until ctx is done or the VM is deleted.
+func (c *Client) Console(ctx context.Context, id string, tail int64, follow bool, w io.Writer) error {
+	q := url.Values{}
+	if tail > 0 {
+		q.Set("tail", fmt.Sprint(tail))
+	}
+	if follow {
+		q.Set("follow", "true")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/vms/"+url.PathEscape(id)+"/console?"+q.Encode(), nil)
+	if err != nil {
+		return err
+	}
+	hc := *c.http
+	hc.Timeout = 0 // following has no natural end
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the mergen daemon at %s: %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(data, &e) != nil || e.Error == "" {
+			e.Error = strings.TrimSpace(string(data))
+		}
+		return &APIError{Status: resp.StatusCode, Message: e.Error}
+	}
+	_, err = io.Copy(w, resp.Body)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}

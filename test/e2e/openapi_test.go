@@ -93,6 +93,7 @@ func TestResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	check("GET", "/v1/vms/"+vm.ID+"/meta.json", "", 200)
 	check("GET", "/v1/vms/"+vm.ID+"/vm.json", "", 200)
 	check("GET", "/v1/vms/"+vm.ID+"/hooks.json", "", 200)
+	check("GET", "/v1/vms/"+vm.ID+"/console?tail=100", "", 200)
 	check("POST", "/v1/vms/"+vm.ID+"/start", "", 503)
 	check("POST", "/v1/vms/"+vm.ID+"/stop", "", 503)
 	check("GET", "/v1/images", "", 200)
