@@ -19,7 +19,6 @@ package supervisor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -27,11 +26,14 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/mergenhq/mergen/internal/errdefs"
 )
 
 // ErrUnavailable marks errors saying that a supervisor cannot work on this
-// host (no service manager, no lifecycle binary, units not installed).
-var ErrUnavailable = errors.New("unavailable")
+// host (no service manager, no lifecycle binary, units not installed). It is
+// the project's error class, so the API answers such errors with 503.
+var ErrUnavailable = errdefs.ErrUnavailable
 
 // State is what the service manager knows about one VM's unit.
 type State struct {
