@@ -90,9 +90,16 @@ func RunDetached(ctx context.Context, o Options, id string) error {
 	stopReq := make(chan os.Signal, 1)
 	signal.Notify(stopReq, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(stopReq)
-	// The daemon that started us may close its end of anything; a lost
-	// terminal is not a reason to stop a VM.
-	signal.Ignore(syscall.SIGHUP, syscall.SIGPIPE)
+	// A lost terminal is not a reason to stop a VM. Caught rather than
+	// ignored: an ignored signal would stay ignored in the stages and the
+	// VMM, which systemd would not do.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer func() { signal.Stop(hup); close(hup) }()
+	go func() {
+		for range hup {
+		}
+	}()
 
 	// stopping is cancelled on the first stop request: a start stage still
 	// running is then interrupted, as systemd cancels a start job.

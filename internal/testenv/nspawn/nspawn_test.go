@@ -2,6 +2,9 @@ package nspawn_test
 
 import (
 	"context"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -34,5 +37,38 @@ func TestBootRunsSystemd(t *testing.T) {
 	}
 	if _, err := os.Stat(strings.TrimPrefix(c.BusAddress, "unix:path=")); err != nil {
 		t.Fatalf("bus socket: %v", err)
+	}
+}
+
+// The test process can serve and connect inside the container's private
+// network namespace, and what it serves there is not on the host's
+// loopback.
+func TestNetworkNamespaceHelpers(t *testing.T) {
+	c := nspawn.Boot(t, nspawn.Config{})
+	l, err := c.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "inside\n")
+	})}
+	go srv.Serve(l)
+	defer srv.Close()
+
+	url := "http://" + l.Addr().String() + "/"
+	resp, err := c.HTTPClient().Get(url)
+	if err != nil {
+		t.Fatalf("GET %s inside the container: %v", url, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "inside\n" {
+		t.Fatalf("body = %q", body)
+	}
+	// The same loopback address on the host is another namespace's.
+	if conn, err := net.DialTimeout("tcp", l.Addr().String(), 5*time.Second); err == nil {
+		conn.Close()
+		t.Fatalf("%s answered on the host's loopback", l.Addr())
 	}
 }
