@@ -52,7 +52,7 @@ func (d *detachedSupervisor) opLock(ctx context.Context, op, id string) (*os.Fil
 
 // supervisorPID returns the pid of the live supervising process of id, or 0.
 // The pid file alone could name a recycled pid: the process must also be
-// `<anything> supervise <id>` and not a zombie.
+// `… supervise <id>` and not a zombie.
 func (d *detachedSupervisor) supervisorPID(id string) int {
 	b, err := os.ReadFile(filepath.Join(d.dir(id), filePID))
 	if err != nil {
@@ -74,7 +74,14 @@ func isSupervisor(pid int, id string) bool {
 		return false
 	}
 	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
-	return len(args) >= 3 && args[1] == "supervise" && args[2] == id && procState(pid) != 'Z'
+	// Anywhere in the command line: a lifecycle that is a script runs as
+	// `<interpreter> <script> supervise <id>`.
+	for i := 1; i+1 < len(args); i++ {
+		if args[i] == "supervise" && args[i+1] == id {
+			return procState(pid) != 'Z'
+		}
+	}
+	return false
 }
 
 // mainAlive reports whether the main process recorded in st still runs

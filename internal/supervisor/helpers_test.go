@@ -133,7 +133,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func testStages(t *testing.T) string {
+func testStages(t testing.TB) string {
 	t.Helper()
 	return testenv.Build(t, "./internal/supervisor/internal/teststages")
 }
