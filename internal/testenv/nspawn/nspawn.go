@@ -141,8 +141,9 @@ func Boot(t testing.TB, cfg Config) *Container {
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Its own process group: a signal for the test process is not one for
-	// the container.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// the container. Pdeathsig: a test binary killed before its clean-up
+	// (go test's timeout) still takes the container down with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		t.Fatalf("nspawn: start: %v", err)
