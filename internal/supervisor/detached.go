@@ -280,13 +280,22 @@ func (d *detachedSupervisor) stopAbandoned(ctx context.Context, id string, st de
 	if err != nil {
 		return fmt.Errorf("stop vm %s: %w", id, err)
 	}
-	env := append(append(append(os.Environ(), d.o.Env...), "MERGEN_VM_ID="+id), fileEnv...)
+	env := append(append(os.Environ(), d.o.Env...), fileEnv...)
+	logf, err := os.OpenFile(filepath.Join(d.dir(id), fileLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("stop vm %s: %w", id, err)
+	}
+	defer logf.Close()
+	fmt.Fprintf(logf, "supervising process gone, stopping main process %d from process %d\n", st.MainPID, os.Getpid())
 	run := func(stage string, extra ...string) {
 		sctx, cancel := context.WithTimeout(ctx, d.o.StopTimeout)
 		defer cancel()
 		cmd := exec.CommandContext(sctx, d.o.LifecycleBin, stage, id)
 		cmd.Env = append(append([]string{}, env...), extra...)
-		cmd.Run() // best effort, as in the supervising process
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Run(); err != nil { // best effort, as in the supervising process
+			fmt.Fprintf(logf, "stage %s: %v\n", stage, err)
+		}
 	}
 	run("stop", "MAINPID="+strconv.Itoa(st.MainPID), "SERVICE_RESULT=success")
 	result := "success"

@@ -80,7 +80,7 @@ func RunDetached(ctx context.Context, o Options, id string) error {
 		dir: dir,
 		log: slog.New(slog.NewTextHandler(os.Stderr, nil)).With("vm", id),
 		// Like systemd: Environment= first, EnvironmentFile= overrides it.
-		env: append(append(append(os.Environ(), o.Env...), "MERGEN_VM_ID="+id), fileEnv...),
+		env: append(append(os.Environ(), o.Env...), fileEnv...),
 	}
 	if err := writeFileAtomic(filepath.Join(dir, filePID), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 		return fmt.Errorf("supervise vm %s: %w", id, err)
