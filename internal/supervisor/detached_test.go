@@ -292,3 +292,81 @@ func TestDetachedSupervisorKilled(t *testing.T) {
 		t.Fatalf("stages = %s", got)
 	}
 }
+
+// Two callers starting the same VM at once (two goroutines here, two
+// daemons or a daemon and an operator in life) start it once.
+func TestDetachedConcurrentStartsStartOnce(t *testing.T) {
+	ctx := context.Background()
+	f := newVM(t, t.TempDir(), "0b6f3c2e-7777-4d6a-9c1e-000000000007")
+	a, b := detached(t, f, 5*time.Second), detached(t, f, 5*time.Second)
+
+	errs := make(chan error, 2)
+	for _, s := range []supervisor.Supervisor{a, b} {
+		go func() { errs <- s.Start(ctx, f.id) }()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Fatalf("Start: %v", err)
+		}
+	}
+	f.waitStage(t, "start")
+	if got := stageNames(f.stages(t)); got != "pre-start,start,post-start" && got != "pre-start,post-start,start" {
+		t.Fatalf("stages = %s, want one start", got)
+	}
+	if sa, sb := mustState(t, a, f.id), mustState(t, b, f.id); !sa.Active || sa.MainPID != sb.MainPID {
+		t.Fatalf("states differ: %+v %+v", sa, sb)
+	}
+}
+
+// A pid file naming a process that is not this VM's supervisor (a recycled
+// pid) is not believed: State does not report it, and Stop does not signal
+// it.
+func TestDetachedIgnoresRecycledPIDs(t *testing.T) {
+	ctx := context.Background()
+	f := newVM(t, t.TempDir(), "0b6f3c2e-8888-4d6a-9c1e-000000000008")
+	s := detached(t, f, 5*time.Second)
+
+	stranger := exec.Command("sleep", "300")
+	if err := stranger.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stranger.Process.Kill(); stranger.Wait() }()
+	pid := strconv.Itoa(stranger.Process.Pid)
+
+	dir := filepath.Join(f.runRoot, f.id)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// What a supervisor killed long ago would have left, its pid (and its
+	// main process's) since given to the stranger.
+	files := map[string]string{
+		"supervisor.pid":        pid + "\n",
+		"supervisor.state.json": `{"activeState":"active","subState":"running","mainPID":` + pid + `,"mainStart":1,"supervisorPID":` + pid + `}`,
+	}
+	for name, content := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	st := mustState(t, s, f.id)
+	if st.Active || st.MainPID != 0 || st.ActiveState != "failed" {
+		t.Fatalf("state = %+v, want failed without MainPID", st)
+	}
+	if err := s.Stop(ctx, f.id); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	if !processAlive(stranger.Process.Pid) {
+		t.Fatal("Stop killed a process that was not the VM's")
+	}
+	if n := len(f.stages(t)); n != 0 {
+		t.Fatalf("stages ran: %s", stageNames(f.stages(t)))
+	}
+	// Starting works: the stale files are replaced.
+	if err := s.Start(ctx, f.id); err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if st := mustState(t, s, f.id); !st.Active || st.MainPID == stranger.Process.Pid {
+		t.Fatalf("state after Start = %+v", st)
+	}
+}
