@@ -1,0 +1,104 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+)
+
+// fcClient speaks Firecracker's HTTP API over its unix socket: the two calls
+// the driver needs after boot, typed by hand rather than through the SDK
+// (which pulls in hundreds of modules for the same two requests).
+type fcClient struct {
+	socket string
+	http   *http.Client
+}
+
+func newFCClient(socket string) *fcClient {
+	return &fcClient{
+		socket: socket,
+		http: &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "unix", socket)
+			},
+			// One short exchange per client; keeping the connection
+			// would only leave it to Firecracker to close.
+			DisableKeepAlives: true,
+		}},
+	}
+}
+
+// fcInstanceInfo is the body of GET /.
+type fcInstanceInfo struct {
+	ID         string `json:"id"`
+	State      string `json:"state"` // "Not started", "Running", "Paused"
+	VMMVersion string `json:"vmm_version"`
+	AppName    string `json:"app_name"`
+}
+
+// fcError is the body of every error answer.
+type fcError struct {
+	FaultMessage string `json:"fault_message"`
+}
+
+func (c *fcClient) instanceInfo(ctx context.Context) (fcInstanceInfo, error) {
+	var info fcInstanceInfo
+	err := c.do(ctx, http.MethodGet, "/", nil, &info)
+	return info, err
+}
+
+// action sends PUT /actions; action_type is InstanceStart, SendCtrlAltDel or
+// FlushMetrics.
+func (c *fcClient) action(ctx context.Context, actionType string) error {
+	return c.do(ctx, http.MethodPut, "/actions", map[string]string{"action_type": actionType}, nil)
+}
+
+func (c *fcClient) do(ctx context.Context, method, path string, in, out any) error {
+	op := fmt.Sprintf("firecracker %s %s on %s", method, path, c.socket)
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("%s: %w", op, err)
+		}
+		// A bytes.Reader gives the request a Content-Length; Firecracker's
+		// HTTP server does not take chunked bodies.
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://localhost"+path, body)
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	req.Header.Set("Accept", "application/json")
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("%s: read answer: %w", op, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		var fe fcError
+		if json.Unmarshal(b, &fe) == nil && fe.FaultMessage != "" {
+			return fmt.Errorf("%s: %s: %s", op, resp.Status, fe.FaultMessage)
+		}
+		return fmt.Errorf("%s: %s: %s", op, resp.Status, strings.TrimSpace(string(b)))
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("%s: decode answer: %w", op, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,412 @@
+package vmm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"syscall"
+)
+
+// firecracker runs VMs with Firecracker, configured through its
+// --config-file document and watched through its API socket. With the jailer
+// on, Firecracker runs chrooted under an unprivileged uid/gid and vm.json
+// names files by their path inside the chroot.
+type firecracker struct {
+	bin     string // MGR_FIRECRACKER_BIN; empty: "firecracker" on PATH
+	entropy bool   // MGN_ENABLE_ENTROPY_DEVICE=1: a virtio-rng device (Firecracker v1.4+)
+	vsock   bool   // MGR_VSOCK=1: a hybrid vsock device backed by a unix socket
+
+	jailer     bool   // MGR_JAILER=1
+	jailerBin  string // MGR_JAILER_BIN; empty: "jailer" on PATH
+	jailerUID  string // MGR_JAILER_UID
+	jailerGID  string // MGR_JAILER_GID
+	chrootBase string // MGR_JAILER_CHROOT_BASE; empty: <WorkDir>/jail
+}
+
+func newFirecracker(getenv func(string) string) *firecracker {
+	return &firecracker{
+		bin:        getenv("MGR_FIRECRACKER_BIN"),
+		entropy:    envBool(getenv("MGN_ENABLE_ENTROPY_DEVICE")),
+		vsock:      envBool(getenv("MGR_VSOCK")),
+		jailer:     envBool(getenv("MGR_JAILER")),
+		jailerBin:  getenv("MGR_JAILER_BIN"),
+		jailerUID:  getenv("MGR_JAILER_UID"),
+		jailerGID:  getenv("MGR_JAILER_GID"),
+		chrootBase: getenv("MGR_JAILER_CHROOT_BASE"),
+	}
+}
+
+func (f *firecracker) Name() string { return "firecracker" }
+
+// Check needs the binary and a /dev/kvm this process can open read-write:
+// Firecracker has no software fallback.
+func (f *firecracker) Check() error {
+	if _, err := findBinary(f.bin, "firecracker"); err != nil {
+		return err
+	}
+	if err := openKVM(); err != nil {
+		return fmt.Errorf("%w: firecracker needs /dev/kvm: %v", ErrUnavailable, err)
+	}
+	if f.jailer {
+		if _, err := findBinary(f.jailerBin, "jailer"); err != nil {
+			return err
+		}
+		if _, _, err := f.ids(); err != nil {
+			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+	}
+	return nil
+}
+
+// fcConfig is Firecracker's --config-file document: the bodies of the
+// pre-boot API calls (PUT /boot-source, /drives/{id}, /machine-config,
+// /network-interfaces/{id}, /vsock, /entropy) keyed by resource name.
+type fcConfig struct {
+	BootSource        fcBootSource     `json:"boot-source"`
+	Drives            []fcDrive        `json:"drives"`
+	MachineConfig     fcMachineConfig  `json:"machine-config"`
+	NetworkInterfaces []fcNetInterface `json:"network-interfaces"`
+	Vsock             *fcVsock         `json:"vsock,omitempty"`
+	Entropy           *fcEntropy       `json:"entropy,omitempty"`
+}
+
+type fcBootSource struct {
+	KernelImagePath string `json:"kernel_image_path"`
+	BootArgs        string `json:"boot_args"`
+	InitrdPath      string `json:"initrd_path,omitempty"`
+}
+
+type fcDrive struct {
+	DriveID      string `json:"drive_id"`
+	PathOnHost   string `json:"path_on_host"`
+	IsRootDevice bool   `json:"is_root_device"`
+	IsReadOnly   bool   `json:"is_read_only"`
+}
+
+type fcMachineConfig struct {
+	VCPUCount  int  `json:"vcpu_count"`
+	MemSizeMiB int  `json:"mem_size_mib"`
+	SMT        bool `json:"smt"`
+}
+
+type fcNetInterface struct {
+	IfaceID     string `json:"iface_id"`
+	HostDevName string `json:"host_dev_name"`
+	GuestMAC    string `json:"guest_mac"`
+}
+
+type fcVsock struct {
+	// VsockID is required by the v1.0 API and ignored (deprecated) by
+	// later versions; sending it keeps both working.
+	VsockID  string `json:"vsock_id"`
+	GuestCID uint32 `json:"guest_cid"`
+	UDSPath  string `json:"uds_path"`
+}
+
+// fcEntropy is the virtio-rng device; an empty object takes the defaults.
+type fcEntropy struct{}
+
+// Paths inside the jailer's chroot. Files are named by role rather than by
+// their host name: two images may well both be called rootfs.ext4.
+const (
+	jailKernel = "/kernel"
+	jailInitrd = "/initrd"
+	jailConfig = "/vm.json"
+	jailRunDir = "/run" // owned by the jail uid: Firecracker creates its sockets here
+	jailSocket = "/run/firecracker.socket"
+	jailVsock  = "/run/vsock.sock"
+)
+
+func jailDrive(id string) string { return "/drive-" + id }
+
+// guestCID is the guest's vsock context id. Firecracker's vsock is hybrid
+// (a unix socket on the host side), so every VM may use the same CID.
+const guestCID = 3
+
+func (f *firecracker) Config(s Spec) ([]byte, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	cfg, err := f.config(s)
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: encode firecracker config: %w", s.ID, err)
+	}
+	return append(b, '\n'), nil
+}
+
+func (f *firecracker) config(s Spec) (fcConfig, error) {
+	path := func(host, inJail string) string {
+		if f.jailer {
+			return inJail
+		}
+		return host
+	}
+	cfg := fcConfig{
+		BootSource: fcBootSource{
+			KernelImagePath: path(s.Kernel, jailKernel),
+			// Firecracker has no PCI bus; probing for one only costs time.
+			// It appends root= and the virtio-mmio devices itself.
+			BootArgs: appendArgs(s.BootArgs, "pci=off"),
+		},
+		Drives:            []fcDrive{},
+		MachineConfig:     fcMachineConfig{VCPUCount: s.VCPU, MemSizeMiB: s.MemMiB, SMT: false},
+		NetworkInterfaces: []fcNetInterface{},
+	}
+	if s.Initrd != "" {
+		cfg.BootSource.InitrdPath = path(s.Initrd, jailInitrd)
+	}
+	for _, d := range s.Drives {
+		cfg.Drives = append(cfg.Drives, fcDrive{
+			DriveID:      d.ID,
+			PathOnHost:   path(d.Path, jailDrive(d.ID)),
+			IsRootDevice: d.Root,
+			IsReadOnly:   d.ReadOnly,
+		})
+	}
+	if s.NIC != nil {
+		cfg.NetworkInterfaces = append(cfg.NetworkInterfaces, fcNetInterface{
+			IfaceID: "eth0", HostDevName: s.NIC.TapName, GuestMAC: s.NIC.MAC,
+		})
+	}
+	if f.vsock {
+		if s.WorkDir == "" && !f.jailer {
+			return fcConfig{}, fmt.Errorf("vm %s: workDir: empty, but the vsock device (MGR_VSOCK=1) keeps its socket there", s.ID)
+		}
+		cfg.Vsock = &fcVsock{VsockID: "vsock0", GuestCID: guestCID, UDSPath: path(filepath.Join(s.WorkDir, "vsock.sock"), jailVsock)}
+	}
+	if f.entropy {
+		cfg.Entropy = &fcEntropy{}
+	}
+	return cfg, nil
+}
+
+// Command is `firecracker --api-sock S --config-file vm.json`: the VM boots
+// from the file at once, and the API socket stays open for Status and
+// Shutdown. With the jailer it prepares the chroot first, see jail.
+func (f *firecracker) Command(s Spec, configPath string) ([]string, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	if err := regularFile(configPath); err != nil {
+		return nil, fmt.Errorf("vm %s: firecracker config: %w", s.ID, err)
+	}
+	bin, err := findBinary(f.bin, "firecracker")
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	if f.jailer {
+		return f.jail(s, bin, configPath)
+	}
+	return []string{bin, "--id", s.ID, "--api-sock", s.SocketPath, "--config-file", configPath}, nil
+}
+
+func (f *firecracker) Status(ctx context.Context, socketPath string) (State, error) {
+	info, err := newFCClient(socketPath).instanceInfo(ctx)
+	if err != nil {
+		return State{}, err
+	}
+	return State{Running: info.State == "Running", State: info.State}, nil
+}
+
+// Shutdown sends Ctrl-Alt-Del: the guest's init powers the VM off, and
+// Firecracker exits when the guest resets (reboot=k).
+func (f *firecracker) Shutdown(ctx context.Context, socketPath string) error {
+	return newFCClient(socketPath).action(ctx, "SendCtrlAltDel")
+}
+
+// ids parses the jail uid and gid. Both must be given: the point of the
+// jailer is to drop root, so there is no silent default.
+func (f *firecracker) ids() (int, int, error) {
+	uid, err := strconv.Atoi(f.jailerUID)
+	if err != nil || uid < 0 {
+		return 0, 0, fmt.Errorf("MGR_JAILER_UID: %q is not a numeric uid (required with MGR_JAILER=1)", f.jailerUID)
+	}
+	gid, err := strconv.Atoi(f.jailerGID)
+	if err != nil || gid < 0 {
+		return 0, 0, fmt.Errorf("MGR_JAILER_GID: %q is not a numeric gid (required with MGR_JAILER=1)", f.jailerGID)
+	}
+	return uid, gid, nil
+}
+
+// jailDir is the directory the jailer chroots into:
+// <base>/<exec file name>/<id>/root, as the jailer lays it out.
+func (f *firecracker) jailDir(s Spec, bin string) (string, error) {
+	base := f.chrootBase
+	if base == "" {
+		if s.WorkDir == "" {
+			return "", fmt.Errorf("vm %s: workDir: empty, but the jailer's chroot lives there (or set MGR_JAILER_CHROOT_BASE)", s.ID)
+		}
+		base = filepath.Join(s.WorkDir, "jail")
+	}
+	return filepath.Join(base, filepath.Base(bin), s.ID, "root"), nil
+}
+
+// jail lays out a fresh chroot for the jailer and returns its argv:
+//
+//   - the kernel, initrd, disks and vm.json are hard-linked into the chroot
+//     (read-only files fall back to a copy when a link is impossible; a
+//     writable disk never does, since the guest's writes would land in a
+//     throwaway copy);
+//   - writable disks and the chroot's /run are given to the jail uid/gid;
+//   - the host socket path becomes a symlink to the API socket inside the
+//     chroot, so Status and Shutdown work with the same path as unjailed.
+//
+// The caller has already entered the VM's network namespace, which the
+// jailer and Firecracker inherit, so no --netns is passed.
+func (f *firecracker) jail(s Spec, bin, configPath string) ([]string, error) {
+	uid, gid, err := f.ids()
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	jailerBin, err := findBinary(f.jailerBin, "jailer")
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	root, err := f.jailDir(s, bin)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := readFCConfig(configPath)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	if cfg.BootSource.KernelImagePath != jailKernel {
+		return nil, fmt.Errorf("vm %s: %s was rendered without the jailer (kernel_image_path %q); re-render it with MGR_JAILER=1", s.ID, configPath, cfg.BootSource.KernelImagePath)
+	}
+	fail := func(err error) ([]string, error) {
+		return nil, fmt.Errorf("vm %s: prepare jail %s: %w", s.ID, root, err)
+	}
+	// Start from an empty chroot: the jailer refuses to create device
+	// nodes that a previous run left behind. Removing links never touches
+	// the originals.
+	if err := os.RemoveAll(filepath.Dir(root)); err != nil {
+		return fail(err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, jailRunDir), 0o755); err != nil {
+		return fail(err)
+	}
+	if err := os.Chown(filepath.Join(root, jailRunDir), uid, gid); err != nil {
+		return fail(err)
+	}
+	place := func(host, inJail string, writable bool) error {
+		return placeInJail(host, filepath.Join(root, inJail), writable, uid, gid)
+	}
+	if err := place(s.Kernel, jailKernel, false); err != nil {
+		return fail(err)
+	}
+	if s.Initrd != "" {
+		if err := place(s.Initrd, jailInitrd, false); err != nil {
+			return fail(err)
+		}
+	}
+	for _, d := range s.Drives {
+		if err := place(d.Path, jailDrive(d.ID), !d.ReadOnly); err != nil {
+			return fail(fmt.Errorf("drive %s: %w", d.ID, err))
+		}
+	}
+	if err := place(configPath, jailConfig, false); err != nil {
+		return fail(err)
+	}
+	if err := os.Remove(s.SocketPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fail(err)
+	}
+	if err := os.Symlink(filepath.Join(root, jailSocket), s.SocketPath); err != nil {
+		return fail(err)
+	}
+	return []string{
+		jailerBin,
+		"--id", s.ID,
+		"--exec-file", bin,
+		"--uid", strconv.Itoa(uid),
+		"--gid", strconv.Itoa(gid),
+		"--chroot-base-dir", filepath.Dir(filepath.Dir(filepath.Dir(root))),
+		"--",
+		"--api-sock", jailSocket,
+		"--config-file", jailConfig,
+	}, nil
+}
+
+func readFCConfig(path string) (fcConfig, error) {
+	var cfg fcConfig
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return cfg, fmt.Errorf("firecracker config: %w", err)
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return cfg, fmt.Errorf("firecracker config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// placeInJail hard-links host to dst. A writable file is handed to the jail
+// uid/gid (it is the VM's own disk; the link shares the inode, so this
+// changes the original's owner). A read-only file that cannot be linked, or
+// that the jail uid could not read, is copied instead and the copy given to
+// the jail uid.
+func placeInJail(host, dst string, writable bool, uid, gid int) error {
+	linkErr := os.Link(host, dst)
+	if writable {
+		if linkErr != nil {
+			return fmt.Errorf("hard-link writable disk %s into the jail: %w (a copy would lose the guest's writes; keep it on the same file system as the chroot, see MGR_JAILER_CHROOT_BASE)", host, linkErr)
+		}
+		return os.Chown(dst, uid, gid)
+	}
+	if linkErr == nil {
+		fi, err := os.Stat(dst)
+		if err != nil {
+			return err
+		}
+		if readableBy(fi, uid, gid) {
+			return nil
+		}
+		if err := os.Remove(dst); err != nil {
+			return err
+		}
+	}
+	if err := copyFile(host, dst); err != nil {
+		return fmt.Errorf("copy %s into the jail: %w", host, err)
+	}
+	return os.Chown(dst, uid, gid)
+}
+
+func readableBy(fi fs.FileInfo, uid, gid int) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return false
+	}
+	perm := fi.Mode().Perm()
+	switch {
+	case int(st.Uid) == uid:
+		return perm&0o400 != 0
+	case int(st.Gid) == gid:
+		return perm&0o040 != 0
+	}
+	return perm&0o004 != 0
+}
+
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}

@@ -1,0 +1,375 @@
+package vmm
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/testenv"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// golden compares got with testdata/name after replacing the test's
+// temporary directory by $DIR, or rewrites the file with -update.
+func golden(t *testing.T, name, dir string, got []byte) {
+	t.Helper()
+	got = []byte(strings.ReplaceAll(string(got), dir, "$DIR"))
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -run %s -update to create it)", err, t.Name())
+	}
+	if string(got) != string(want) {
+		t.Errorf("%s differs from the golden file:\n--- got\n%s\n--- want\n%s", name, got, want)
+	}
+}
+
+func TestFirecrackerConfigGolden(t *testing.T) {
+	cases := []struct {
+		golden string
+		driver firecracker
+		mutate func(*Spec)
+	}{
+		{"firecracker.json", firecracker{}, func(*Spec) {}},
+		{"firecracker-initrd-entropy-vsock.json", firecracker{entropy: true, vsock: true}, func(s *Spec) {
+			s.Initrd = filepath.Join(s.WorkDir, "initrd.img")
+			s.BootArgs += " pci=off"
+		}},
+		{"firecracker-no-nic.json", firecracker{}, func(s *Spec) { s.NIC = nil; s.Drives = s.Drives[1:2] }},
+		{"firecracker-jailed.json", firecracker{jailer: true, vsock: true}, func(s *Spec) { s.Initrd = filepath.Join(s.WorkDir, "initrd.img") }},
+	}
+	for _, tc := range cases {
+		t.Run(tc.golden, func(t *testing.T) {
+			dir := t.TempDir()
+			s := testSpec(t, dir)
+			tc.mutate(&s)
+			b, err := tc.driver.Config(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, tc.golden, dir, b)
+		})
+	}
+}
+
+// TestFirecrackerConfigIsMadeOfTheAPIsPreBootBodies checks each section of
+// vm.json against the documented body of the pre-boot request it stands
+// for, through the fake API: a --config-file is those bodies keyed by
+// resource name.
+func TestFirecrackerConfigIsMadeOfTheAPIsPreBootBodies(t *testing.T) {
+	for _, d := range []firecracker{{}, {entropy: true, vsock: true}} {
+		dir := t.TempDir()
+		s := testSpec(t, dir)
+		s.Initrd = filepath.Join(dir, "initrd.img")
+		b, err := d.Config(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc map[string]json.RawMessage
+		if err := json.Unmarshal(b, &doc); err != nil {
+			t.Fatal(err)
+		}
+		fake, socket := startFakeFirecracker(t)
+		c := newFCClient(socket)
+		ctx := context.Background()
+		for key, raw := range doc {
+			if !slices.Contains(fcConfigFileKeys, key) {
+				t.Errorf("vm.json has key %q, which is not a --config-file section", key)
+				continue
+			}
+			switch key {
+			case "drives", "network-interfaces":
+				var items []map[string]any
+				if err := json.Unmarshal(raw, &items); err != nil {
+					t.Fatalf("%s: %v", key, err)
+				}
+				idField := map[string]string{"drives": "drive_id", "network-interfaces": "iface_id"}[key]
+				for _, it := range items {
+					if err := c.do(ctx, "PUT", "/"+key+"/"+it[idField].(string), it, nil); err != nil {
+						t.Errorf("vm.json %s: %v", key, err)
+					}
+				}
+			default:
+				if err := c.do(ctx, "PUT", "/"+key, json.RawMessage(raw), nil); err != nil {
+					t.Errorf("vm.json %s: %v", key, err)
+				}
+			}
+		}
+		if err := c.action(ctx, "InstanceStart"); err != nil {
+			t.Fatal(err)
+		}
+		if got := fake.Actions(); !slices.Equal(got, []string{"InstanceStart"}) {
+			t.Errorf("actions = %v", got)
+		}
+	}
+}
+
+func TestFirecrackerStatusAndShutdownSpeakTheAPI(t *testing.T) {
+	fake, socket := startFakeFirecracker(t)
+	d := &firecracker{}
+	ctx := context.Background()
+
+	st, err := d.Status(ctx, socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Running || st.State != "Not started" {
+		t.Errorf("before boot: Status = %+v, want not running, state \"Not started\"", st)
+	}
+	// Ctrl-Alt-Del before boot is refused; the fault message reaches the
+	// caller.
+	err = d.Shutdown(ctx, socket)
+	if err == nil || !strings.Contains(err.Error(), "not supported before starting") {
+		t.Errorf("Shutdown before boot = %v, want Firecracker's fault message", err)
+	}
+
+	if err := newFCClient(socket).do(ctx, "PUT", "/boot-source", map[string]string{"kernel_image_path": "/k"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := newFCClient(socket).action(ctx, "InstanceStart"); err != nil {
+		t.Fatal(err)
+	}
+	st, err = d.Status(ctx, socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !st.Running || st.State != "Running" {
+		t.Errorf("after boot: Status = %+v, want running", st)
+	}
+	if err := d.Shutdown(ctx, socket); err != nil {
+		t.Fatal(err)
+	}
+	if got := fake.Actions(); !slices.Equal(got, []string{"InstanceStart", "SendCtrlAltDel"}) {
+		t.Errorf("actions = %v, want InstanceStart then SendCtrlAltDel", got)
+	}
+}
+
+func TestFirecrackerClientErrorsNameTheCallAndTheSocket(t *testing.T) {
+	_, socket := startFakeFirecracker(t)
+	ctx := context.Background()
+	err := newFCClient(socket).do(ctx, "GET", "/no-such-thing", nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "GET /no-such-thing") || !strings.Contains(err.Error(), "Invalid request method and/or path") {
+		t.Errorf("unknown path: %v", err)
+	}
+	err = newFCClient(socket).action(ctx, "Reboot")
+	if err == nil || !strings.Contains(err.Error(), "400") {
+		t.Errorf("unknown action: %v", err)
+	}
+	absent := filepath.Join(t.TempDir(), "absent.sock")
+	_, err = (&firecracker{}).Status(ctx, absent)
+	if err == nil || !strings.Contains(err.Error(), absent) {
+		t.Errorf("Status on a missing socket = %v, want an error naming it", err)
+	}
+}
+
+func TestFirecrackerCommand(t *testing.T) {
+	dir := t.TempDir()
+	s := testSpec(t, dir)
+	bin := fakeExecutable(t, dir, "firecracker")
+	d := &firecracker{bin: bin}
+	cfg := filepath.Join(dir, "vm.json")
+
+	if _, err := d.Command(s, cfg); err == nil || !strings.Contains(err.Error(), "vm.json") {
+		t.Errorf("Command without vm.json = %v, want an error naming it", err)
+	}
+	b, err := d.Config(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	argv, err := d.Command(s, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{bin, "--id", s.ID, "--api-sock", s.SocketPath, "--config-file", cfg}
+	if !slices.Equal(argv, want) {
+		t.Errorf("argv = %q\nwant   %q", argv, want)
+	}
+	s.Drives[0].Path = filepath.Join(dir, "removed.ext4")
+	if _, err := d.Command(s, cfg); err == nil || !strings.Contains(err.Error(), "drives[0].path") {
+		t.Errorf("Command with a missing disk = %v, want an error naming the drive", err)
+	}
+}
+
+// TestFirecrackerJailLaysOutTheChroot checks what the jailer is given: every
+// file the config names present at its chroot path as a hard link of the
+// original, writable disks and the socket directory owned by the jail user,
+// and the host socket path leading to the socket inside the chroot.
+func TestFirecrackerJailLaysOutTheChroot(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := t.TempDir()
+	s := testSpec(t, dir)
+	s.Initrd = filepath.Join(dir, "initrd.img")
+	bin := fakeExecutable(t, dir, "firecracker")
+	jailer := fakeExecutable(t, dir, "jailer")
+	d := &firecracker{bin: bin, jailer: true, jailerBin: jailer, jailerUID: "1234", jailerGID: "2345"}
+
+	cfg := filepath.Join(dir, "vm.json")
+	plain, err := (&firecracker{}).Config(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(cfg, plain, 0o600)
+	if _, err := d.Command(s, cfg); err == nil || !strings.Contains(err.Error(), "rendered without the jailer") {
+		t.Errorf("Command with an unjailed vm.json = %v, want a refusal", err)
+	}
+
+	b, err := d.Config(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(cfg, b, 0o600)
+	// A leftover from an earlier run must not survive.
+	root := filepath.Join(dir, "jail", "firecracker", s.ID, "root")
+	os.MkdirAll(filepath.Join(root, "dev"), 0o755)
+	os.WriteFile(filepath.Join(root, "dev", "kvm"), nil, 0o600)
+
+	argv, err := d.Command(s, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{jailer, "--id", s.ID, "--exec-file", bin, "--uid", "1234", "--gid", "2345",
+		"--chroot-base-dir", filepath.Join(dir, "jail"), "--", "--api-sock", "/run/firecracker.socket", "--config-file", "/vm.json"}
+	if !slices.Equal(argv, want) {
+		t.Errorf("argv = %q\nwant   %q", argv, want)
+	}
+	if _, err := os.Stat(filepath.Join(root, "dev", "kvm")); err == nil {
+		t.Error("the previous run's /dev/kvm is still in the chroot")
+	}
+
+	var jailed fcConfig
+	if err := json.Unmarshal(b, &jailed); err != nil {
+		t.Fatal(err)
+	}
+	links := map[string]string{jailed.BootSource.KernelImagePath: s.Kernel, jailed.BootSource.InitrdPath: s.Initrd}
+	for i, dr := range jailed.Drives {
+		links[dr.PathOnHost] = s.Drives[i].Path
+	}
+	for inJail, host := range links {
+		if !sameFile(t, filepath.Join(root, inJail), host) {
+			t.Errorf("%s in the chroot is not a hard link of %s", inJail, host)
+		}
+	}
+	owner := func(p string) (uint32, uint32) {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		return st.Uid, st.Gid
+	}
+	if u, g := owner(filepath.Join(root, "/drive-data")); u != 1234 || g != 2345 {
+		t.Errorf("writable disk owned by %d:%d, want 1234:2345", u, g)
+	}
+	// vm.json (mode 0600, root's) is not readable by the jail user as a
+	// link, so the jail gets a copy that is.
+	if got, err := os.ReadFile(filepath.Join(root, "vm.json")); err != nil || string(got) != string(b) {
+		t.Errorf("vm.json in the chroot: %v, content equal: %v", err, string(got) == string(b))
+	}
+	if u, g := owner(filepath.Join(root, "/vm.json")); u != 1234 || g != 2345 {
+		t.Errorf("vm.json in the chroot owned by %d:%d, want 1234:2345", u, g)
+	}
+	if u, g := owner(filepath.Join(root, "/run")); u != 1234 || g != 2345 {
+		t.Errorf("/run in the chroot owned by %d:%d, want 1234:2345", u, g)
+	}
+	if u, _ := owner(filepath.Join(root, "/drive-rootfs")); u != 0 {
+		t.Errorf("read-only disk handed to uid %d; shared images must keep their owner", u)
+	}
+	target, err := os.Readlink(s.SocketPath)
+	if err != nil || target != filepath.Join(root, "run", "firecracker.socket") {
+		t.Errorf("host socket path %s -> %q (%v), want the chroot's API socket", s.SocketPath, target, err)
+	}
+}
+
+func TestFirecrackerJailNeedsExplicitIDs(t *testing.T) {
+	for _, d := range []firecracker{{jailerUID: "", jailerGID: "1"}, {jailerUID: "1", jailerGID: "staff"}} {
+		if _, _, err := d.ids(); err == nil || !strings.Contains(err.Error(), "MGR_JAILER_") {
+			t.Errorf("ids(%q, %q) = %v, want an error naming the variable", d.jailerUID, d.jailerGID, err)
+		}
+	}
+}
+
+// TestRealFirecracker runs the driver against a real Firecracker binary:
+// vm.json accepted by --config-file, the guest reported Running through the
+// API socket, and Ctrl-Alt-Del accepted. Set MERGEN_FIRECRACKER_BIN to the
+// binary and MERGEN_FIRECRACKER_KERNEL to an uncompressed vmlinux, on a
+// host where /dev/kvm works.
+func TestRealFirecracker(t *testing.T) {
+	bin := os.Getenv("MERGEN_FIRECRACKER_BIN")
+	kernel := os.Getenv("MERGEN_FIRECRACKER_KERNEL")
+	if bin == "" || kernel == "" {
+		t.Skip("SKIPPED: no Firecracker binary here; run with MERGEN_FIRECRACKER_BIN=/path/to/firecracker MERGEN_FIRECRACKER_KERNEL=/path/to/vmlinux go test ./internal/vmm -run TestRealFirecracker on a KVM host")
+	}
+	d := &firecracker{bin: bin}
+	if err := d.Check(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	s := testSpec(t, dir)
+	s.Kernel = kernel
+	// No root file system: the kernel panics and, without panic=, stays
+	// up, which leaves the VMM running for the API calls.
+	s.BootArgs = "console=ttyS0 reboot=k"
+	s.Drives = nil
+	s.NIC = nil
+	b, err := d.Config(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "vm.json")
+	os.WriteFile(cfg, b, 0o600)
+	argv, err := d.Command(s, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	startProcess(t, argv, filepath.Join(dir, "console.log"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st := waitStatus(ctx, t, d, s.SocketPath, func(st State) bool { return st.Running })
+	if st.State != "Running" {
+		t.Fatalf("state %q, want Running", st.State)
+	}
+	if err := d.Shutdown(ctx, s.SocketPath); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sameFile reports whether a and b are the same inode.
+func sameFile(t *testing.T, a, b string) bool {
+	t.Helper()
+	fa, err := os.Stat(a)
+	if err != nil {
+		t.Error(err)
+		return false
+	}
+	fb, err := os.Stat(b)
+	if err != nil {
+		t.Error(err)
+		return false
+	}
+	return os.SameFile(fa, fb)
+}
+
+func fakeExecutable(t *testing.T, dir, name string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

@@ -1,0 +1,53 @@
+package vmm
+
+import (
+	"fmt"
+	"os"
+	"syscall"
+)
+
+// ioctl numbers from linux/kvm.h (_IO(0xAE, n)).
+const (
+	kvmGetAPIVersion = 0xAE00
+	kvmCreateVM      = 0xAE01
+	kvmAPIVersion    = 12 // stable since Linux 2.6.22
+)
+
+// openKVM checks that /dev/kvm opens read-write, speaks the stable API and
+// lets this process create a VM. That is as far as a probe can go: it
+// cannot tell whether guests will then run correctly (see kvmTrusted).
+func openKVM() error {
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	v, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), kvmGetAPIVersion, 0)
+	if errno != 0 {
+		return fmt.Errorf("/dev/kvm: KVM_GET_API_VERSION: %w", errno)
+	}
+	if v != kvmAPIVersion {
+		return fmt.Errorf("/dev/kvm: API version %d, want %d", v, kvmAPIVersion)
+	}
+	vm, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), kvmCreateVM, 0)
+	if errno != 0 {
+		return fmt.Errorf("/dev/kvm: KVM_CREATE_VM: %w", errno)
+	}
+	syscall.Close(int(vm))
+	return nil
+}
+
+// kvmTrusted reports whether QEMU should pick KVM on its own: /dev/kvm must
+// work (openKVM), and it must not be the PVM flavour of nested KVM
+// (kvm_pvm), under which stock distribution kernels die within a minute
+// with "emulation failure". A PVM host can still force KVM with
+// MGR_QEMU_ACCEL=kvm.
+func kvmTrusted() (bool, string) {
+	if err := openKVM(); err != nil {
+		return false, err.Error()
+	}
+	if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil {
+		return false, "/dev/kvm is PVM nested virtualisation (kvm_pvm), which crashes stock guest kernels"
+	}
+	return true, "/dev/kvm works"
+}

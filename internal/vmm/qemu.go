@@ -1,0 +1,323 @@
+package vmm
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// qemu runs VMs with qemu-system-x86_64: the same spec rendered to flags,
+// with virtio disks and network, the serial console on stdio and a QMP
+// socket for status and power-down. It is the driver for hosts where
+// Firecracker cannot run, including hosts without usable KVM (TCG).
+type qemu struct {
+	bin     string // MGR_QEMU_BIN; empty: "qemu-system-x86_64" on PATH
+	machine string // MGR_QEMU_MACHINE: "q35" (default) or "microvm"
+	accel   string // MGR_QEMU_ACCEL: "auto" (default), "kvm" or "tcg"
+	entropy bool   // MGN_ENABLE_ENTROPY_DEVICE=1: a virtio-rng device
+	// kvmProbe decides "auto"; tests replace it.
+	kvmProbe func() (bool, string)
+}
+
+func newQEMU(getenv func(string) string) *qemu {
+	return &qemu{
+		bin:      getenv("MGR_QEMU_BIN"),
+		machine:  getenv("MGR_QEMU_MACHINE"),
+		accel:    getenv("MGR_QEMU_ACCEL"),
+		entropy:  envBool(getenv("MGN_ENABLE_ENTROPY_DEVICE")),
+		kvmProbe: kvmTrusted,
+	}
+}
+
+const qemuDefaultBin = "qemu-system-x86_64"
+
+func (q *qemu) Name() string { return "qemu" }
+
+func (q *qemu) Check() error {
+	if _, err := findBinary(q.bin, qemuDefaultBin); err != nil {
+		return err
+	}
+	if _, err := q.machineType(); err != nil {
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	accel, _, err := q.accelerator()
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	if accel == "kvm" {
+		if err := openKVM(); err != nil {
+			return fmt.Errorf("%w: MGR_QEMU_ACCEL=kvm but /dev/kvm is unusable: %v", ErrUnavailable, err)
+		}
+	}
+	return nil
+}
+
+func (q *qemu) machineType() (string, error) {
+	switch q.machine {
+	case "", "q35":
+		return "q35", nil
+	case "microvm":
+		return "microvm", nil
+	}
+	return "", fmt.Errorf("MGR_QEMU_MACHINE: %q is not one of q35, microvm", q.machine)
+}
+
+// accelerator picks KVM or TCG and says why. "auto" takes KVM only when the
+// probe trusts it; an explicit choice is taken as given.
+func (q *qemu) accelerator() (string, string, error) {
+	switch q.accel {
+	case "", "auto":
+		probe := q.kvmProbe
+		if probe == nil {
+			probe = kvmTrusted
+		}
+		ok, why := probe()
+		if ok {
+			return "kvm", "auto: " + why, nil
+		}
+		return "tcg", "auto: software emulation (TCG) because " + why, nil
+	case "kvm":
+		return "kvm", "MGR_QEMU_ACCEL=kvm", nil
+	case "tcg":
+		return "tcg", "MGR_QEMU_ACCEL=tcg", nil
+	}
+	return "", "", fmt.Errorf("MGR_QEMU_ACCEL: %q is not one of auto, kvm, tcg", q.accel)
+}
+
+// qemuConfig is vm.json for QEMU: the decisions taken when it was rendered
+// (machine, accelerator, kernel actually used) and the argv that Command
+// runs, so that the file shows exactly what runs.
+type qemuConfig struct {
+	VMM         string      `json:"vmm"` // always "qemu"
+	Machine     string      `json:"machine"`
+	Accel       string      `json:"accel"`
+	AccelReason string      `json:"accelReason"`
+	VCPU        int         `json:"vcpu"`
+	MemMiB      int         `json:"memMiB"`
+	Kernel      string      `json:"kernel"`
+	Initrd      string      `json:"initrd,omitempty"`
+	BootArgs    string      `json:"bootArgs"`
+	Drives      []qemuDrive `json:"drives"`
+	NIC         *qemuNIC    `json:"nic,omitempty"`
+	QMPSocket   string      `json:"qmpSocket"`
+	Argv        []string    `json:"argv"`
+}
+
+type qemuDrive struct {
+	ID       string `json:"id"`
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"readOnly"`
+	Root     bool   `json:"root"`
+}
+
+type qemuNIC struct {
+	TapName string `json:"tapName"`
+	MAC     string `json:"mac"`
+}
+
+func (q *qemu) Config(s Spec) ([]byte, error) {
+	cfg, err := q.config(s)
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: encode qemu config: %w", s.ID, err)
+	}
+	return append(b, '\n'), nil
+}
+
+func (q *qemu) config(s Spec) (qemuConfig, error) {
+	if err := s.Validate(); err != nil {
+		return qemuConfig{}, err
+	}
+	machine, err := q.machineType()
+	if err != nil {
+		return qemuConfig{}, fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	accel, reason, err := q.accelerator()
+	if err != nil {
+		return qemuConfig{}, fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	bin := q.bin
+	if bin == "" {
+		bin = qemuDefaultBin
+	}
+	cfg := qemuConfig{
+		VMM: "qemu", Machine: machine, Accel: accel, AccelReason: reason,
+		VCPU: s.VCPU, MemMiB: s.MemMiB,
+		Kernel: bzImage(s.Kernel), Initrd: s.Initrd,
+		Drives:    []qemuDrive{},
+		QMPSocket: s.SocketPath,
+	}
+	drives := rootFirst(s.Drives)
+	cfg.BootArgs = s.BootArgs
+	for _, d := range drives {
+		if d.Root {
+			// Firecracker adds root= for its root device; do the same so a
+			// spec boots alike on both. The root drive is attached first,
+			// so it is the first virtio disk.
+			if !hasArg(cfg.BootArgs, "root") {
+				mode := "rw"
+				if d.ReadOnly {
+					mode = "ro"
+				}
+				if hasArg(cfg.BootArgs, "ro") || hasArg(cfg.BootArgs, "rw") {
+					mode = ""
+				}
+				cfg.BootArgs = appendArgs(cfg.BootArgs, "root=/dev/vda", mode)
+			}
+		}
+		cfg.Drives = append(cfg.Drives, qemuDrive{ID: d.ID, Path: d.Path, ReadOnly: d.ReadOnly, Root: d.Root})
+	}
+	if s.NIC != nil {
+		cfg.NIC = &qemuNIC{TapName: s.NIC.TapName, MAC: strings.ToLower(s.NIC.MAC)}
+	}
+
+	// Device models: PCI on q35, virtio-mmio on microvm.
+	bus := "pci"
+	if machine == "microvm" {
+		bus = "device"
+	}
+	cpu := "max" // everything TCG can emulate
+	if accel == "kvm" {
+		cpu = "host"
+	}
+	argv := []string{bin,
+		"-name", s.ID,
+		"-M", machine,
+		"-accel", accel,
+		"-cpu", cpu,
+		"-smp", strconv.Itoa(s.VCPU),
+		"-m", strconv.Itoa(s.MemMiB),
+		"-nodefaults", "-no-user-config",
+		"-display", "none",
+		"-serial", "stdio",
+		// A guest reboot ends the VMM, as with Firecracker; the service
+		// manager decides whether to start it again.
+		"-no-reboot",
+		"-kernel", cfg.Kernel,
+	}
+	if s.Initrd != "" {
+		argv = append(argv, "-initrd", s.Initrd)
+	}
+	argv = append(argv, "-append", cfg.BootArgs)
+	for _, d := range cfg.Drives {
+		id := "disk-" + d.ID // QEMU ids must start with a letter
+		opts := "file=" + d.Path + ",if=none,id=" + id + ",format=raw"
+		if d.ReadOnly {
+			opts += ",readonly=on"
+		}
+		argv = append(argv, "-drive", opts, "-device", "virtio-blk-"+bus+",drive="+id)
+	}
+	if cfg.NIC != nil {
+		argv = append(argv,
+			"-netdev", "tap,id=n0,ifname="+cfg.NIC.TapName+",script=no,downscript=no",
+			"-device", "virtio-net-"+bus+",netdev=n0,mac="+cfg.NIC.MAC)
+	}
+	if q.entropy {
+		argv = append(argv,
+			"-object", "rng-random,id=rng0,filename=/dev/urandom",
+			"-device", "virtio-rng-"+bus+",rng=rng0")
+	}
+	argv = append(argv, "-qmp", "unix:"+s.SocketPath+",server=on,wait=off")
+	cfg.Argv = argv
+	return cfg, nil
+}
+
+// bzImage picks the kernel QEMU should load. The base assets carry an
+// uncompressed vmlinux for Firecracker; QEMU boots the compressed bzImage
+// next to it (vmlinuz) when there is one.
+func bzImage(kernel string) string {
+	dir, base := filepath.Split(kernel)
+	if !strings.Contains(base, "vmlinux") {
+		return kernel
+	}
+	for _, alt := range []string{strings.Replace(base, "vmlinux", "vmlinuz", 1), "vmlinuz"} {
+		p := filepath.Join(dir, alt)
+		if regularFile(p) == nil {
+			return p
+		}
+	}
+	return kernel
+}
+
+// Command runs the argv stored in vm.json: the file is the record of what
+// runs. The spec is validated again so that a disk removed since create
+// fails here, with its name, rather than inside QEMU.
+func (q *qemu) Command(s Spec, configPath string) ([]string, error) {
+	if err := s.Validate(); err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(configPath)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: qemu config: %w", s.ID, err)
+	}
+	var cfg qemuConfig
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return nil, fmt.Errorf("vm %s: qemu config %s: %w", s.ID, configPath, err)
+	}
+	if cfg.VMM != "qemu" || len(cfg.Argv) == 0 {
+		return nil, fmt.Errorf("vm %s: %s is not a qemu configuration (vmm %q, %d arguments)", s.ID, configPath, cfg.VMM, len(cfg.Argv))
+	}
+	if cfg.QMPSocket != s.SocketPath {
+		return nil, fmt.Errorf("vm %s: %s has QMP socket %q, the VM expects %q", s.ID, configPath, cfg.QMPSocket, s.SocketPath)
+	}
+	if cfg.Accel == "kvm" {
+		if err := openKVM(); err != nil {
+			return nil, fmt.Errorf("vm %s: %w: %s asks for KVM but /dev/kvm is unusable: %v", s.ID, ErrUnavailable, configPath, err)
+		}
+	}
+	bin, err := findBinary(cfg.Argv[0], qemuDefaultBin)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	return append([]string{bin}, cfg.Argv[1:]...), nil
+}
+
+func (q *qemu) Status(ctx context.Context, socketPath string) (State, error) {
+	c, err := dialQMP(ctx, socketPath)
+	if err != nil {
+		return State{}, err
+	}
+	defer c.Close()
+	var st struct {
+		Status  string `json:"status"`
+		Running bool   `json:"running"`
+	}
+	if err := c.execute("query-status", nil, &st); err != nil {
+		return State{}, err
+	}
+	return State{Running: st.Running, State: st.Status}, nil
+}
+
+// Shutdown presses Ctrl-Alt-Del on the guest's keyboard, which the guest
+// init treats as on Firecracker. A machine without a PS/2 keyboard
+// (microvm), or a refused key press, gets an ACPI power-button press
+// instead.
+func (q *qemu) Shutdown(ctx context.Context, socketPath string) error {
+	c, err := dialQMP(ctx, socketPath)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var machine string
+	if err := c.execute("qom-get", map[string]string{"path": "/machine", "property": "type"}, &machine); err != nil {
+		return err
+	}
+	if !strings.Contains(machine, "microvm") {
+		keys := []map[string]string{{"type": "qcode", "data": "ctrl"}, {"type": "qcode", "data": "alt"}, {"type": "qcode", "data": "delete"}}
+		err := c.execute("send-key", map[string]any{"keys": keys}, nil)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+	}
+	return c.execute("system_powerdown", nil, nil)
+}

@@ -1,0 +1,286 @@
+// Package vmm is the seam between the VM lifecycle and the virtual machine
+// monitor that runs a VM. Everything above it speaks of VMs, disks and taps;
+// only the drivers here know Firecracker's configuration file and API, or
+// QEMU's flags and QMP.
+//
+// Both drivers live in this one package because New must return them and
+// they share the Spec types and validation: split into sub-packages, the
+// drivers would import vmm for Spec while vmm imported them for New.
+//
+// A driver is stateless. Its settings come from the environment when New is
+// called (MGR_FIRECRACKER_BIN, MGR_JAILER*, MGR_QEMU_*, see docs/vmm.md), so
+// the daemon that renders vm.json and the lifecycle stage that launches the
+// VMM agree as long as they see the same environment.
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+)
+
+// ErrUnavailable marks what is missing on this host to run a driver: its
+// binary, a usable /dev/kvm. Callers map it to "service unavailable".
+var ErrUnavailable = errors.New("unavailable")
+
+// Drive is a block device given to the guest.
+type Drive struct {
+	ID       string // unique per VM; Firecracker's drive_id, QEMU's drive id
+	Path     string // host path of a raw disk image
+	ReadOnly bool
+	Root     bool // the root device: attached first, root= points at it
+}
+
+// NIC is the guest's network interface, backed by a tap that already exists
+// in the network namespace the VMM runs in.
+type NIC struct {
+	TapName string
+	MAC     string
+}
+
+// Spec is everything a driver needs to know about one VM.
+type Spec struct {
+	ID     string
+	VCPU   int
+	MemMiB int
+
+	Kernel string
+	Initrd string
+	// BootArgs is the full kernel command line from the manager; drivers
+	// append what their machine needs (pci=off, root=).
+	BootArgs string
+
+	Drives []Drive // attach order; the guest finds disks by ext4 label anyway
+	NIC    *NIC
+
+	SocketPath string // Firecracker API socket / QEMU QMP socket
+	WorkDir    string // per-VM run directory (the jailer's chroot lives under it)
+}
+
+// State is what the VMM reports about its guest.
+type State struct {
+	Running bool
+	State   string // the driver's own word: Running, Paused, Not started, running, prelaunch…
+}
+
+// Driver runs VMs with one kind of VMM.
+type Driver interface {
+	Name() string
+	// Check reports what is missing on this host to run VMs with this
+	// driver; the error wraps ErrUnavailable.
+	Check() error
+	// Config renders vm.json. For Firecracker it is Firecracker's own
+	// --config-file document. It validates the spec.
+	Config(s Spec) ([]byte, error)
+	// Command is the argv of the VMM process, given the path of the vm.json
+	// that Config rendered. The caller execs it in the VM's network
+	// namespace with the serial console on stdout/stderr; the VMM stays in
+	// the foreground. It may prepare files the VMM needs (the jailer's
+	// chroot).
+	Command(s Spec, configPath string) ([]string, error)
+	// Status asks the running VMM, through its socket, about the guest.
+	Status(ctx context.Context, socketPath string) (State, error)
+	// Shutdown asks the guest to power off and returns once the request is
+	// delivered; the caller waits for the VMM to exit.
+	Shutdown(ctx context.Context, socketPath string) error
+}
+
+// Names lists the drivers New knows.
+var Names = []string{"firecracker", "qemu"}
+
+// New returns the driver called name, configured from the environment.
+func New(name string) (Driver, error) {
+	switch name {
+	case "firecracker":
+		return newFirecracker(os.Getenv), nil
+	case "qemu":
+		return newQEMU(os.Getenv), nil
+	}
+	return nil, fmt.Errorf("unknown vmm %q: valid names are %s", name, strings.Join(Names, ", "))
+}
+
+// DefaultName is the driver to use when neither the VM nor the host
+// configuration names one: Firecracker when its binary is found, else QEMU.
+func DefaultName() string {
+	if _, err := findBinary(os.Getenv("MGR_FIRECRACKER_BIN"), "firecracker"); err == nil {
+		return "firecracker"
+	}
+	return "qemu"
+}
+
+// findBinary resolves an explicitly configured path, or else the default
+// name on PATH. The error wraps ErrUnavailable.
+func findBinary(configured, def string) (string, error) {
+	name := configured
+	if name == "" {
+		name = def
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("%w: %s binary %q not found: %v", ErrUnavailable, def, name, err)
+	}
+	return p, nil
+}
+
+// Limits of a spec. Firecracker allows at most 32 vCPUs; below 128 MiB a
+// distribution kernel with an initramfs does not boot reliably.
+const (
+	MaxVCPU   = 32
+	MinMemMiB = 128
+)
+
+// idRe is what both VMMs accept as an instance id: the jailer takes
+// alphanumerics and hyphens up to 64 characters.
+var idRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,63}$`)
+
+var driveIDRe = regexp.MustCompile(`^[A-Za-z0-9_]{1,32}$`)
+
+// maxSocketPath is the room in sockaddr_un.sun_path, less the NUL.
+const maxSocketPath = 107
+
+// Validate checks a spec before anything is rendered or launched, naming
+// the field and the problem.
+func (s Spec) Validate() error {
+	if !idRe.MatchString(s.ID) {
+		return fmt.Errorf("vm %q: id: must be 1-64 letters, digits or hyphens", s.ID)
+	}
+	fail := func(field, format string, a ...any) error {
+		return fmt.Errorf("vm %s: %s: %s", s.ID, field, fmt.Sprintf(format, a...))
+	}
+	if s.VCPU < 1 || s.VCPU > MaxVCPU {
+		return fail("vcpu", "%d is out of range 1..%d", s.VCPU, MaxVCPU)
+	}
+	if s.MemMiB < MinMemMiB {
+		return fail("memMiB", "%d is below the minimum of %d", s.MemMiB, MinMemMiB)
+	}
+	if err := regularFile(s.Kernel); err != nil {
+		return fail("kernel", "%v", err)
+	}
+	if s.Initrd != "" {
+		if err := regularFile(s.Initrd); err != nil {
+			return fail("initrd", "%v", err)
+		}
+	}
+	if strings.ContainsAny(s.BootArgs, "\n\x00") {
+		return fail("bootArgs", "must be one line")
+	}
+	seen := map[string]bool{}
+	roots := 0
+	for i, d := range s.Drives {
+		field := fmt.Sprintf("drives[%d]", i)
+		if !driveIDRe.MatchString(d.ID) {
+			return fail(field+".id", "%q must be 1-32 letters, digits or underscores", d.ID)
+		}
+		if seen[d.ID] {
+			return fail(field+".id", "%q is used twice", d.ID)
+		}
+		seen[d.ID] = true
+		if err := regularFile(d.Path); err != nil {
+			return fail(field+".path", "%v", err)
+		}
+		if strings.ContainsAny(d.Path, ",") {
+			// QEMU's option syntax would need escaping; refuse for both
+			// drivers so vm.json means the same everywhere.
+			return fail(field+".path", "%q contains a comma", d.Path)
+		}
+		if d.Root {
+			roots++
+		}
+	}
+	if roots > 1 {
+		return fail("drives", "%d drives are marked root; at most one may be", roots)
+	}
+	if s.NIC != nil {
+		if s.NIC.TapName == "" || len(s.NIC.TapName) > 15 || strings.ContainsAny(s.NIC.TapName, "/ ,=") {
+			return fail("nic.tapName", "%q is not a valid interface name (1-15 characters, no '/', ' ', ',' or '=')", s.NIC.TapName)
+		}
+		mac, err := net.ParseMAC(s.NIC.MAC)
+		if err != nil || len(mac) != 6 {
+			return fail("nic.mac", "%q is not a 6-byte MAC address", s.NIC.MAC)
+		}
+		if mac[0]&1 == 1 {
+			return fail("nic.mac", "%q is a multicast address", s.NIC.MAC)
+		}
+	}
+	if s.SocketPath == "" {
+		return fail("socketPath", "empty")
+	}
+	if len(s.SocketPath) > maxSocketPath {
+		return fail("socketPath", "%q is longer than the %d bytes a unix socket address holds", s.SocketPath, maxSocketPath)
+	}
+	return nil
+}
+
+func regularFile(p string) error {
+	if p == "" {
+		return errors.New("empty path")
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file (%s)", p, fi.Mode().Type())
+	}
+	return nil
+}
+
+// rootDrive returns the root drive first, then the others in spec order.
+func rootFirst(drives []Drive) []Drive {
+	out := make([]Drive, 0, len(drives))
+	for _, d := range drives {
+		if d.Root {
+			out = append(out, d)
+		}
+	}
+	for _, d := range drives {
+		if !d.Root {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// hasArg reports whether the kernel command line already sets key (either
+// "key" or "key=…").
+func hasArg(cmdline, key string) bool {
+	for _, f := range strings.Fields(cmdline) {
+		if f == key || strings.HasPrefix(f, key+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+// appendArgs adds the arguments whose key the command line does not set yet.
+func appendArgs(cmdline string, args ...string) string {
+	out := strings.TrimSpace(cmdline)
+	for _, a := range args {
+		if a == "" {
+			continue
+		}
+		key, _, _ := strings.Cut(a, "=")
+		if hasArg(out, key) {
+			continue
+		}
+		if out != "" {
+			out += " "
+		}
+		out += a
+	}
+	return out
+}
+
+// envBool reads a 0/1 style switch.
+func envBool(v string) bool {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "1", "true", "yes", "on":
+		return true
+	}
+	return false
+}

@@ -1,0 +1,144 @@
+package vmm
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// testSpec returns a valid spec whose files exist under dir.
+func testSpec(t *testing.T, dir string) Spec {
+	t.Helper()
+	for _, f := range []string{"vmlinux", "initrd.img", "rootfs.ext4", "agent.ext4", "data.ext4"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return Spec{
+		ID:       "0b6f4a2e-9c1d-4e8f-a0b1-3c5d7e9f1a2b",
+		VCPU:     2,
+		MemMiB:   512,
+		Kernel:   filepath.Join(dir, "vmlinux"),
+		BootArgs: "console=ttyS0 reboot=k panic=1 init=/sbin/init",
+		Drives: []Drive{
+			{ID: "agent", Path: filepath.Join(dir, "agent.ext4"), ReadOnly: true},
+			{ID: "rootfs", Path: filepath.Join(dir, "rootfs.ext4"), ReadOnly: true, Root: true},
+			{ID: "data", Path: filepath.Join(dir, "data.ext4")},
+		},
+		NIC:        &NIC{TapName: "tap-0b6f4a2e", MAC: "02:fc:0b:6f:4a:2e"},
+		SocketPath: filepath.Join(dir, "vmm.sock"),
+		WorkDir:    dir,
+	}
+}
+
+func TestNewKnowsEachDriverAndListsThemOtherwise(t *testing.T) {
+	for _, name := range Names {
+		d, err := New(name)
+		if err != nil {
+			t.Fatalf("New(%q): %v", name, err)
+		}
+		if d.Name() != name {
+			t.Errorf("New(%q).Name() = %q", name, d.Name())
+		}
+	}
+	_, err := New("cloud-hypervisor")
+	if err == nil {
+		t.Fatal("New(cloud-hypervisor) succeeded")
+	}
+	for _, want := range []string{`"cloud-hypervisor"`, "firecracker", "qemu"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}
+
+func TestDefaultNameIsFirecrackerOnlyWhenItsBinaryIsFound(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "firecracker")
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("MGR_FIRECRACKER_BIN", bin)
+	if got := DefaultName(); got != "firecracker" {
+		t.Errorf("with MGR_FIRECRACKER_BIN=%s: DefaultName() = %q, want firecracker", bin, got)
+	}
+	t.Setenv("MGR_FIRECRACKER_BIN", filepath.Join(dir, "absent"))
+	if got := DefaultName(); got != "qemu" {
+		t.Errorf("with a missing firecracker binary: DefaultName() = %q, want qemu", got)
+	}
+}
+
+func TestCheckReportsAMissingBinaryAsUnavailable(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "absent")
+	for _, d := range []Driver{&firecracker{bin: missing}, &qemu{bin: missing}} {
+		err := d.Check()
+		if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), missing) {
+			t.Errorf("%s.Check() = %v, want ErrUnavailable naming %s", d.Name(), err, missing)
+		}
+	}
+}
+
+func TestValidateNamesTheFieldAndTheProblem(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "adir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name   string
+		mutate func(*Spec)
+		want   string
+	}{
+		{"id with a slash", func(s *Spec) { s.ID = "a/b" }, "id:"},
+		{"empty id", func(s *Spec) { s.ID = "" }, "id:"},
+		{"no vcpu", func(s *Spec) { s.VCPU = 0 }, "vcpu: 0 is out of range 1..32"},
+		{"too many vcpus", func(s *Spec) { s.VCPU = 33 }, "vcpu: 33 is out of range"},
+		{"too little memory", func(s *Spec) { s.MemMiB = 64 }, "memMiB: 64 is below the minimum of 128"},
+		{"missing kernel", func(s *Spec) { s.Kernel = filepath.Join(dir, "nope") }, "kernel:"},
+		{"kernel is a directory", func(s *Spec) { s.Kernel = filepath.Join(dir, "adir") }, "kernel: " + filepath.Join(dir, "adir") + " is not a regular file"},
+		{"missing initrd", func(s *Spec) { s.Initrd = filepath.Join(dir, "nope") }, "initrd:"},
+		{"multi-line boot args", func(s *Spec) { s.BootArgs = "a\nb" }, "bootArgs: must be one line"},
+		{"drive is a directory", func(s *Spec) { s.Drives[0].Path = filepath.Join(dir, "adir") }, "drives[0].path:"},
+		{"missing drive", func(s *Spec) { s.Drives[2].Path = filepath.Join(dir, "gone.ext4") }, "drives[2].path:"},
+		{"duplicate drive id", func(s *Spec) { s.Drives[1].ID = "agent" }, `drives[1].id: "agent" is used twice`},
+		{"bad drive id", func(s *Spec) { s.Drives[0].ID = "a b" }, "drives[0].id:"},
+		{"two roots", func(s *Spec) { s.Drives[0].Root = true }, "drives: 2 drives are marked root"},
+		{"empty tap", func(s *Spec) { s.NIC.TapName = "" }, "nic.tapName:"},
+		{"long tap", func(s *Spec) { s.NIC.TapName = "tap-0123456789abcdef" }, "nic.tapName:"},
+		{"bad mac", func(s *Spec) { s.NIC.MAC = "02:fc" }, "nic.mac:"},
+		{"multicast mac", func(s *Spec) { s.NIC.MAC = "01:00:5e:00:00:01" }, "nic.mac: \"01:00:5e:00:00:01\" is a multicast address"},
+		{"no socket", func(s *Spec) { s.SocketPath = "" }, "socketPath: empty"},
+		{"socket path too long", func(s *Spec) { s.SocketPath = "/" + strings.Repeat("s", 120) }, "socketPath:"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := testSpec(t, dir)
+			tc.mutate(&s)
+			err := s.Validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate() = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+	t.Run("valid", func(t *testing.T) {
+		if err := testSpec(t, dir).Validate(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestAppendArgsKeepsWhatTheCallerSet(t *testing.T) {
+	cases := []struct{ cmdline, add, want string }{
+		{"console=ttyS0", "pci=off", "console=ttyS0 pci=off"},
+		{"console=ttyS0 pci=on", "pci=off", "console=ttyS0 pci=on"},
+		{"", "root=/dev/vda", "root=/dev/vda"},
+		{"quiet ro", "ro", "quiet ro"},
+		{"  spaced  ", "rw", "spaced rw"},
+	}
+	for _, tc := range cases {
+		if got := appendArgs(tc.cmdline, tc.add); got != tc.want {
+			t.Errorf("appendArgs(%q, %q) = %q, want %q", tc.cmdline, tc.add, got, tc.want)
+		}
+	}
+}
