@@ -136,6 +136,34 @@ func TestSystemdSupervisesUnitsInContainer(t *testing.T) {
 		}
 	})
 
+	t.Run("a main process ignoring SIGTERM is killed after TimeoutStopSec", func(t *testing.T) {
+		quick := o
+		quick.StopTimeout = time.Second
+		if err := supervisor.InstallUnits(ctx, quick, filepath.Join(c.Root, "etc/systemd/system")); err != nil {
+			t.Fatalf("InstallUnits: %v", err)
+		}
+		defer supervisor.InstallUnits(ctx, o, filepath.Join(c.Root, "etc/systemd/system"))
+		stubborn := newVM(t, shared, "5d0c1a7e-eeee-4b1c-8f00-000000000004", "TEST_IGNORE_TERM=1", "TEST_STAGE_LOG="+filepath.Join(shared, "stubborn.stages"))
+		stubborn.stageLog = filepath.Join(shared, "stubborn.stages")
+		if err := s.Start(ctx, stubborn.id); err != nil {
+			t.Fatalf("Start: %v", err)
+		}
+		if err := s.Stop(ctx, stubborn.id); err != nil {
+			t.Fatalf("Stop: %v", err)
+		}
+		// The detached supervisor's TestDetachedStopKillsAfterTimeout
+		// asserts the same outcome.
+		if st := mustState(t, s, stubborn.id); st.ActiveState != "failed" {
+			t.Fatalf("state = %+v, want failed", st)
+		}
+		if post := stubborn.find(t, "post-stop"); post["SERVICE_RESULT"] != "timeout" {
+			t.Fatalf("post-stop saw %v, want SERVICE_RESULT=timeout", post)
+		}
+		if err := s.Forget(ctx, stubborn.id); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("failure runs the failure unit, Forget clears it", func(t *testing.T) {
 		bad := newVM(t, shared, "5d0c1a7e-cccc-4b1c-8f00-000000000003", "TEST_EXIT_CODE=3", "TEST_STAGE_LOG="+filepath.Join(shared, "bad.stages"))
 		bad.stageLog = filepath.Join(shared, "bad.stages")

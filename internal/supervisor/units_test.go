@@ -1,6 +1,7 @@
 package supervisor_test
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -193,5 +194,43 @@ func TestDetachedCheckNamesMissingLifecycle(t *testing.T) {
 	}
 	if err := s.Start(t.Context(), "vm1"); err == nil {
 		t.Fatal("Start succeeded without a lifecycle binary")
+	}
+}
+
+// InstallUnits refuses to install units that could not work, and writes
+// nothing then.
+func TestInstallUnitsRefusals(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain := filepath.Join(t.TempDir(), "plain-file")
+	if err := os.WriteFile(plain, []byte("not a program\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		o    supervisor.Options
+		bus  string
+		want string
+	}{
+		{"missing lifecycle binary", supervisor.Options{LifecycleBin: "/nonexistent/mergen-lifecycle"}, "", "/nonexistent/mergen-lifecycle"},
+		{"not executable", supervisor.Options{LifecycleBin: plain}, "", "not an executable"},
+		// A bus socket path where nothing listens: systemd does not answer.
+		{"no systemd", supervisor.Options{LifecycleBin: exe}, "unix:path=" + filepath.Join(t.TempDir(), "no-bus"), "D-Bus"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.bus != "" {
+				t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", tc.bus)
+			}
+			dir := t.TempDir()
+			err := supervisor.InstallUnits(t.Context(), tc.o, dir)
+			if !errors.Is(err, supervisor.ErrUnavailable) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("InstallUnits = %v, want unavailable mentioning %q", err, tc.want)
+			}
+			if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+				t.Fatalf("InstallUnits left %d files in %s", len(entries), dir)
+			}
+		})
 	}
 }
