@@ -165,7 +165,7 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case r.Method == http.MethodPut:
 		resource, id, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
 		if _, ok := fcResources[resource]; !ok {
-			f.fault(w, "Invalid request method and/or path: %s %s.", r.Method, r.URL.Path)
+			f.fault(w, "Invalid request method and/or path: %s %s.", r.Method, strings.TrimPrefix(r.URL.Path, "/"))
 			return
 		}
 		if f.state != "Not started" {
@@ -179,7 +179,7 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Resources with an id in the path must repeat it in the body.
 		idField := map[string]string{"drives": "drive_id", "network-interfaces": "iface_id"}[resource]
 		if (idField != "") != (id != "") {
-			f.fault(w, "Invalid request method and/or path: %s %s.", r.Method, r.URL.Path)
+			f.fault(w, "Invalid request method and/or path: %s %s.", r.Method, strings.TrimPrefix(r.URL.Path, "/"))
 			return
 		}
 		if idField != "" {
@@ -193,7 +193,7 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.put[resource] = true
 		w.WriteHeader(http.StatusNoContent)
 	default:
-		f.fault(w, "Invalid request method and/or path: %s %s.", r.Method, r.URL.Path)
+		f.fault(w, "Invalid request method and/or path: %s %s.", r.Method, strings.TrimPrefix(r.URL.Path, "/"))
 	}
 }
 

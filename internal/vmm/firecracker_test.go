@@ -65,62 +65,21 @@ func TestFirecrackerConfigGolden(t *testing.T) {
 	}
 }
 
-// TestFirecrackerConfigIsMadeOfTheAPIsPreBootBodies checks each section of
-// vm.json against the documented body of the pre-boot request it stands
-// for, through the fake API: a --config-file is those bodies keyed by
-// resource name.
-func TestFirecrackerConfigIsMadeOfTheAPIsPreBootBodies(t *testing.T) {
-	for _, d := range []firecracker{{}, {entropy: true, vsock: true}} {
-		dir := t.TempDir()
-		s := testSpec(t, dir)
-		s.Initrd = filepath.Join(dir, "initrd.img")
-		b, err := d.Config(s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var doc map[string]json.RawMessage
-		if err := json.Unmarshal(b, &doc); err != nil {
-			t.Fatal(err)
-		}
-		fake, socket := startFakeFirecracker(t)
-		c := newFCClient(socket)
-		ctx := context.Background()
-		for key, raw := range doc {
-			if !slices.Contains(fcConfigFileKeys, key) {
-				t.Errorf("vm.json has key %q, which is not a --config-file section", key)
-				continue
-			}
-			switch key {
-			case "drives", "network-interfaces":
-				var items []map[string]any
-				if err := json.Unmarshal(raw, &items); err != nil {
-					t.Fatalf("%s: %v", key, err)
-				}
-				idField := map[string]string{"drives": "drive_id", "network-interfaces": "iface_id"}[key]
-				for _, it := range items {
-					if err := c.do(ctx, "PUT", "/"+key+"/"+it[idField].(string), it, nil); err != nil {
-						t.Errorf("vm.json %s: %v", key, err)
-					}
-				}
-			default:
-				if err := c.do(ctx, "PUT", "/"+key, json.RawMessage(raw), nil); err != nil {
-					t.Errorf("vm.json %s: %v", key, err)
-				}
-			}
-		}
-		if err := c.action(ctx, "InstanceStart"); err != nil {
-			t.Fatal(err)
-		}
-		if got := fake.Actions(); !slices.Equal(got, []string{"InstanceStart"}) {
-			t.Errorf("actions = %v", got)
-		}
-	}
-}
-
-func TestFirecrackerStatusAndShutdownSpeakTheAPI(t *testing.T) {
-	fake, socket := startFakeFirecracker(t)
-	d := &firecracker{}
+// checkFirecrackerContract is what the driver relies on from a Firecracker
+// that has not booted yet, run against the fake and, when one is given,
+// against a real binary (TestRealFirecrackerAPI):
+//   - GET / reports the instance "Not started", which Status maps to not
+//     running;
+//   - Ctrl-Alt-Del before boot is refused and the fault message reaches the
+//     caller;
+//   - unknown paths and actions are refused with a fault message;
+//   - each section of vm.json is the body of the pre-boot request it stands
+//     for (a --config-file is those bodies keyed by resource name), and is
+//     accepted.
+func checkFirecrackerContract(t *testing.T, socket string, d firecracker) {
+	t.Helper()
 	ctx := context.Background()
+	c := newFCClient(socket)
 
 	st, err := d.Status(ctx, socket)
 	if err != nil {
@@ -129,47 +88,85 @@ func TestFirecrackerStatusAndShutdownSpeakTheAPI(t *testing.T) {
 	if st.Running || st.State != "Not started" {
 		t.Errorf("before boot: Status = %+v, want not running, state \"Not started\"", st)
 	}
-	// Ctrl-Alt-Del before boot is refused; the fault message reaches the
-	// caller.
 	err = d.Shutdown(ctx, socket)
 	if err == nil || !strings.Contains(err.Error(), "not supported before starting") {
 		t.Errorf("Shutdown before boot = %v, want Firecracker's fault message", err)
 	}
-
-	if err := newFCClient(socket).do(ctx, "PUT", "/boot-source", map[string]string{"kernel_image_path": "/k"}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := newFCClient(socket).action(ctx, "InstanceStart"); err != nil {
-		t.Fatal(err)
-	}
-	st, err = d.Status(ctx, socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !st.Running || st.State != "Running" {
-		t.Errorf("after boot: Status = %+v, want running", st)
-	}
-	if err := d.Shutdown(ctx, socket); err != nil {
-		t.Fatal(err)
-	}
-	if got := fake.Actions(); !slices.Equal(got, []string{"InstanceStart", "SendCtrlAltDel"}) {
-		t.Errorf("actions = %v, want InstanceStart then SendCtrlAltDel", got)
-	}
-}
-
-func TestFirecrackerClientErrorsNameTheCallAndTheSocket(t *testing.T) {
-	_, socket := startFakeFirecracker(t)
-	ctx := context.Background()
-	err := newFCClient(socket).do(ctx, "GET", "/no-such-thing", nil, nil)
+	err = c.do(ctx, "GET", "/no-such-thing", nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "GET /no-such-thing") || !strings.Contains(err.Error(), "Invalid request method and/or path") {
 		t.Errorf("unknown path: %v", err)
 	}
-	err = newFCClient(socket).action(ctx, "Reboot")
-	if err == nil || !strings.Contains(err.Error(), "400") {
+	err = c.action(ctx, "Reboot")
+	if err == nil || !strings.Contains(err.Error(), "400") || !strings.Contains(err.Error(), "Reboot") {
 		t.Errorf("unknown action: %v", err)
 	}
+
+	dir := t.TempDir()
+	s := testSpec(t, dir)
+	s.Initrd = filepath.Join(dir, "initrd.img")
+	s.WorkDir = dir
+	b, err := d.Config(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	for key, raw := range doc {
+		if !slices.Contains(fcConfigFileKeys, key) {
+			t.Errorf("vm.json has key %q, which is not a --config-file section", key)
+			continue
+		}
+		switch key {
+		case "drives", "network-interfaces":
+			var items []map[string]any
+			if err := json.Unmarshal(raw, &items); err != nil {
+				t.Fatalf("%s: %v", key, err)
+			}
+			idField := map[string]string{"drives": "drive_id", "network-interfaces": "iface_id"}[key]
+			for _, it := range items {
+				if err := c.do(ctx, "PUT", "/"+key+"/"+it[idField].(string), it, nil); err != nil {
+					t.Errorf("vm.json %s: %v", key, err)
+				}
+			}
+		default:
+			if err := c.do(ctx, "PUT", "/"+key, raw, nil); err != nil {
+				t.Errorf("vm.json %s: %v", key, err)
+			}
+		}
+	}
+}
+
+func TestFirecrackerDriverAgainstTheDocumentedAPI(t *testing.T) {
+	for _, d := range []firecracker{{}, {entropy: true, vsock: true}} {
+		fake, socket := startFakeFirecracker(t)
+		checkFirecrackerContract(t, socket, d)
+
+		// After boot: running, and Ctrl-Alt-Del is delivered.
+		ctx := context.Background()
+		if err := newFCClient(socket).action(ctx, "InstanceStart"); err != nil {
+			t.Fatal(err)
+		}
+		st, err := d.Status(ctx, socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.Running || st.State != "Running" {
+			t.Errorf("after boot: Status = %+v, want running", st)
+		}
+		if err := d.Shutdown(ctx, socket); err != nil {
+			t.Fatal(err)
+		}
+		if got := fake.Actions(); !slices.Equal(got, []string{"InstanceStart", "SendCtrlAltDel"}) {
+			t.Errorf("actions = %v, want InstanceStart then SendCtrlAltDel", got)
+		}
+	}
+}
+
+func TestFirecrackerStatusOnAMissingSocketNamesIt(t *testing.T) {
 	absent := filepath.Join(t.TempDir(), "absent.sock")
-	_, err = (&firecracker{}).Status(ctx, absent)
+	_, err := (&firecracker{}).Status(context.Background(), absent)
 	if err == nil || !strings.Contains(err.Error(), absent) {
 		t.Errorf("Status on a missing socket = %v, want an error naming it", err)
 	}
@@ -304,16 +301,38 @@ func TestFirecrackerJailNeedsExplicitIDs(t *testing.T) {
 	}
 }
 
-// TestRealFirecracker runs the driver against a real Firecracker binary:
-// vm.json accepted by --config-file, the guest reported Running through the
-// API socket, and Ctrl-Alt-Del accepted. Set MERGEN_FIRECRACKER_BIN to the
-// binary and MERGEN_FIRECRACKER_KERNEL to an uncompressed vmlinux, on a
-// host where /dev/kvm works.
-func TestRealFirecracker(t *testing.T) {
+// realFirecracker is the binary named by MERGEN_FIRECRACKER_BIN, or a
+// loud skip saying how to give one.
+func realFirecracker(t *testing.T, needs string) string {
 	bin := os.Getenv("MERGEN_FIRECRACKER_BIN")
+	if bin == "" {
+		t.Skipf("SKIPPED: no Firecracker binary on this machine; run with MERGEN_FIRECRACKER_BIN=/path/to/firecracker%s go test ./internal/vmm -run TestRealFirecracker", needs)
+	}
+	return bin
+}
+
+// TestRealFirecrackerAPI holds a real Firecracker to the same contract as
+// the fake. It needs no KVM: nothing boots.
+func TestRealFirecrackerAPI(t *testing.T) {
+	bin := realFirecracker(t, "")
+	socket := filepath.Join(t.TempDir(), "fc.sock")
+	startProcess(t, []string{bin, "--api-sock", socket}, filepath.Join(t.TempDir(), "firecracker.log"))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d := firecracker{bin: bin, vsock: true}
+	waitStatus(ctx, t, &d, socket, func(State) bool { return true })
+	checkFirecrackerContract(t, socket, d)
+}
+
+// TestRealFirecracker boots with a real Firecracker: vm.json accepted by
+// --config-file, the guest reported Running through the API socket, and
+// Ctrl-Alt-Del accepted. It needs a host where /dev/kvm works and an
+// uncompressed kernel in MERGEN_FIRECRACKER_KERNEL.
+func TestRealFirecracker(t *testing.T) {
+	bin := realFirecracker(t, " MERGEN_FIRECRACKER_KERNEL=/path/to/vmlinux (on a KVM host)")
 	kernel := os.Getenv("MERGEN_FIRECRACKER_KERNEL")
-	if bin == "" || kernel == "" {
-		t.Skip("SKIPPED: no Firecracker binary here; run with MERGEN_FIRECRACKER_BIN=/path/to/firecracker MERGEN_FIRECRACKER_KERNEL=/path/to/vmlinux go test ./internal/vmm -run TestRealFirecracker on a KVM host")
+	if kernel == "" {
+		t.Skip("SKIPPED: set MERGEN_FIRECRACKER_KERNEL to an uncompressed vmlinux to boot with MERGEN_FIRECRACKER_BIN")
 	}
 	d := &firecracker{bin: bin}
 	if err := d.Check(); err != nil {
