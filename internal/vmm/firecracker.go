@@ -123,6 +123,9 @@ const (
 	jailVsock  = "/run/vsock.sock"
 )
 
+// vsockSocket is the host side of the vsock device, in WorkDir.
+const vsockSocket = "vsock.sock"
+
 func jailDrive(id string) string { return "/drive-" + id }
 
 // guestCID is the guest's vsock context id. Firecracker's vsock is hybrid
@@ -182,7 +185,7 @@ func (f *firecracker) config(s Spec) (fcConfig, error) {
 		if s.WorkDir == "" && !f.jailer {
 			return fcConfig{}, fmt.Errorf("vm %s: workDir: empty, but the vsock device (MGR_VSOCK=1) keeps its socket there", s.ID)
 		}
-		cfg.Vsock = &fcVsock{VsockID: "vsock0", GuestCID: guestCID, UDSPath: path(filepath.Join(s.WorkDir, "vsock.sock"), jailVsock)}
+		cfg.Vsock = &fcVsock{VsockID: "vsock0", GuestCID: guestCID, UDSPath: path(filepath.Join(s.WorkDir, vsockSocket), jailVsock)}
 	}
 	if f.entropy {
 		cfg.Entropy = &fcEntropy{}
@@ -206,6 +209,13 @@ func (f *firecracker) Command(s Spec, configPath string) ([]string, error) {
 	}
 	if f.jailer {
 		return f.jail(s, bin, configPath)
+	}
+	if f.vsock {
+		// Firecracker binds the vsock socket itself and fails on one left
+		// by a previous run.
+		if err := os.Remove(filepath.Join(s.WorkDir, vsockSocket)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("vm %s: remove stale vsock socket: %w", s.ID, err)
+		}
 	}
 	return []string{bin, "--id", s.ID, "--api-sock", s.SocketPath, "--config-file", configPath}, nil
 }

@@ -197,6 +197,16 @@ func TestFirecrackerCommand(t *testing.T) {
 	if !slices.Equal(argv, want) {
 		t.Errorf("argv = %q\nwant   %q", argv, want)
 	}
+	// A vsock socket left by a previous run would make Firecracker fail.
+	stale := filepath.Join(dir, "vsock.sock")
+	os.WriteFile(stale, nil, 0o600)
+	if _, err := (&firecracker{bin: bin, vsock: true}).Command(s, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); err == nil {
+		t.Error("Command left the previous run's vsock socket in place")
+	}
+
 	s.Drives[0].Path = filepath.Join(dir, "removed.ext4")
 	if _, err := d.Command(s, cfg); err == nil || !strings.Contains(err.Error(), "drives[0].path") {
 		t.Errorf("Command with a missing disk = %v, want an error naming the drive", err)
