@@ -294,6 +294,8 @@ func (f *firecracker) jail(s Spec, bin, configPath string) ([]string, error) {
 		return nil, fmt.Errorf("vm %s: %s was rendered without the jailer (kernel_image_path %q); re-render it with MGR_JAILER=1", s.ID, configPath, cfg.BootSource.KernelImagePath)
 	}
 	fail := func(err error) ([]string, error) {
+		// Leave no half-made chroot behind.
+		os.RemoveAll(filepath.Dir(root))
 		return nil, fmt.Errorf("vm %s: prepare jail %s: %w", s.ID, root, err)
 	}
 	// Start from an empty chroot: the jailer refuses to create device

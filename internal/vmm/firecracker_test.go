@@ -402,3 +402,66 @@ func fakeExecutable(t *testing.T, dir, name string) string {
 	}
 	return p
 }
+
+// TestFirecrackerJailAcrossFileSystems: with the chroot on another file
+// system, read-only files are copied in for the jail user, and a writable
+// disk is refused rather than copied (the guest's writes would be lost).
+func TestFirecrackerJailAcrossFileSystems(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := t.TempDir()
+	base, err := os.MkdirTemp("/dev/shm", "mergen-jail-")
+	if err != nil {
+		t.Skipf("SKIPPED: no /dev/shm to put the chroot on another file system: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if devOf(t, dir) == devOf(t, base) {
+		t.Skipf("SKIPPED: %s and %s are on the same file system", dir, base)
+	}
+	s := testSpec(t, dir)
+	d := &firecracker{bin: fakeExecutable(t, dir, "firecracker"), jailer: true, jailerBin: fakeExecutable(t, dir, "jailer"),
+		jailerUID: "1234", jailerGID: "2345", chrootBase: base}
+	b, err := d.Config(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "vm.json")
+	os.WriteFile(cfg, b, 0o600)
+
+	_, err = d.Command(s, cfg)
+	if err == nil || !strings.Contains(err.Error(), "drive data") || !strings.Contains(err.Error(), "would lose the guest's writes") {
+		t.Fatalf("Command with a writable disk on another file system = %v, want a refusal naming the drive", err)
+	}
+	if _, err := os.Stat(filepath.Join(base, "firecracker", s.ID)); err == nil {
+		t.Error("the refused start left a half-made chroot")
+	}
+
+	s.Drives = s.Drives[:2] // read-only ones only
+	b, _ = d.Config(s)
+	os.WriteFile(cfg, b, 0o600)
+	argv, err := d.Command(s, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(argv, base) {
+		t.Errorf("argv %q does not name the chroot base %s", argv, base)
+	}
+	copied := filepath.Join(base, "firecracker", s.ID, "root", "drive-rootfs")
+	if sameFile(t, copied, s.Drives[1].Path) {
+		t.Errorf("%s is a link across file systems?", copied)
+	}
+	if got, _ := os.ReadFile(copied); string(got) != "x" {
+		t.Errorf("copied disk holds %q", got)
+	}
+	if fi, err := os.Stat(copied); err != nil || fi.Sys().(*syscall.Stat_t).Uid != 1234 {
+		t.Errorf("the copy is not the jail user's: %v", err)
+	}
+}
+
+func devOf(t *testing.T, p string) uint64 {
+	t.Helper()
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return uint64(fi.Sys().(*syscall.Stat_t).Dev)
+}

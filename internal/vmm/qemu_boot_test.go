@@ -8,20 +8,24 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/testenv"
+	"github.com/vishvananda/netns"
 )
 
 // TestQEMUBootsARealKernelAndStopsOnCtrlAltDel runs the driver's own
-// Config and Command with a real kernel under TCG: the guest's console
-// reaches the VMM's stdout, QMP reports it running, and Shutdown's
-// Ctrl-Alt-Del makes the guest reset, which ends QEMU (-no-reboot). The
-// guest is a one-file initramfs (busybox) that prints a line and waits, so
-// the kernel's own Ctrl-Alt-Del handling (an immediate restart while no init
-// has claimed it) does the power-off.
+// Config and Command with a real kernel under TCG: QEMU accepts the disks
+// (read-only and writable) and, as root, the tap in a network namespace the
+// test made; the guest's console reaches the VMM's stdout, QMP reports it
+// running, and Shutdown's Ctrl-Alt-Del makes the guest reset, which ends
+// QEMU (-no-reboot). The guest is a small initramfs (busybox) that prints a
+// line and waits, so the kernel's own Ctrl-Alt-Del handling (an immediate
+// restart while no init has claimed it) does the power-off. The guest
+// configures no network and sends nothing.
 func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a kernel under emulation; skipped with -short")
@@ -32,12 +36,27 @@ func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 	initrd := filepath.Join(dir, "initrd.cpio")
 	writeInitramfs(t, initrd, testenv.Tool(t, "busybox"))
 
+	for _, disk := range []string{"root.img", "data.img"} {
+		if err := os.WriteFile(filepath.Join(dir, disk), make([]byte, 1<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s := Spec{
 		ID: "bootcheck", VCPU: 1, MemMiB: 256,
 		Kernel: kernel, Initrd: initrd,
-		BootArgs:   "console=ttyS0 panic=-1 quiet",
+		BootArgs: "console=ttyS0 panic=-1 quiet",
+		Drives: []Drive{
+			{ID: "data", Path: filepath.Join(dir, "data.img")},
+			{ID: "rootfs", Path: filepath.Join(dir, "root.img"), ReadOnly: true, Root: true},
+		},
 		SocketPath: filepath.Join(dir, "qmp.sock"),
 		WorkDir:    dir,
+	}
+	withTap := os.Geteuid() == 0
+	if withTap {
+		s.NIC = &NIC{TapName: "tap-vmmtest", MAC: "02:fc:00:00:00:01"}
+	} else {
+		t.Log("not root: booting without a network interface")
 	}
 	d := newQEMU(func(k string) string { return map[string]string{"MGR_QEMU_ACCEL": "tcg"}[k] })
 	b, err := d.Config(s)
@@ -61,7 +80,9 @@ func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 	defer log.Close()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
+	if withTap {
+		startInNewNetns(t, cmd, s.NIC.TapName)
+	} else if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
@@ -102,6 +123,42 @@ func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("QEMU still runs after Ctrl-Alt-Del")
+	}
+}
+
+// startInNewNetns starts cmd in a fresh, unnamed network namespace holding
+// only a tap called tap, as the lifecycle starts a VMM in the VM's
+// namespace. The namespace goes away with the last process in it.
+func startInNewNetns(t *testing.T, cmd *exec.Cmd, tap string) {
+	t.Helper()
+	ip := testenv.Tool(t, "ip")
+	// Namespaces belong to threads: switch this one, fork from it, switch
+	// back before anything else can run on it.
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	ns, err := netns.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	defer func() {
+		// A thread that cannot go back stays locked, and Go discards it
+		// when the test's goroutine ends.
+		if err := netns.Set(orig); err != nil {
+			t.Errorf("return to the original network namespace: %v", err)
+			return
+		}
+		runtime.UnlockOSThread()
+	}()
+	if out, err := exec.Command(ip, "tuntap", "add", "dev", tap, "mode", "tap").CombinedOutput(); err != nil {
+		t.Fatalf("ip tuntap add %s: %v\n%s", tap, err, out)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
 }
 
