@@ -13,25 +13,30 @@ const (
 	kvmAPIVersion    = 12 // stable since Linux 2.6.22
 )
 
-// openKVM checks that /dev/kvm opens read-write, speaks the stable API and
+// kvmDevice is where KVM lives.
+const kvmDevice = "/dev/kvm"
+
+func openKVM() error { return probeKVM(kvmDevice) }
+
+// probeKVM checks that the KVM device opens read-write, speaks the stable API and
 // lets this process create a VM. That is as far as a probe can go: it
 // cannot tell whether guests will then run correctly (see kvmTrusted).
-func openKVM() error {
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR|syscall.O_CLOEXEC, 0)
+func probeKVM(dev string) error {
+	f, err := os.OpenFile(dev, os.O_RDWR|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	v, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), kvmGetAPIVersion, 0)
 	if errno != 0 {
-		return fmt.Errorf("/dev/kvm: KVM_GET_API_VERSION: %w", errno)
+		return fmt.Errorf("%s: KVM_GET_API_VERSION: %w", dev, errno)
 	}
 	if v != kvmAPIVersion {
-		return fmt.Errorf("/dev/kvm: API version %d, want %d", v, kvmAPIVersion)
+		return fmt.Errorf("%s: API version %d, want %d", dev, v, kvmAPIVersion)
 	}
 	vm, _, errno := syscall.Syscall(syscall.SYS_IOCTL, f.Fd(), kvmCreateVM, 0)
 	if errno != 0 {
-		return fmt.Errorf("/dev/kvm: KVM_CREATE_VM: %w", errno)
+		return fmt.Errorf("%s: KVM_CREATE_VM: %w", dev, errno)
 	}
 	syscall.Close(int(vm))
 	return nil

@@ -230,7 +230,7 @@ func regularFile(p string) error {
 	return nil
 }
 
-// rootDrive returns the root drive first, then the others in spec order.
+// rootFirst returns the root drive first, then the others in spec order.
 func rootFirst(drives []Drive) []Drive {
 	out := make([]Drive, 0, len(drives))
 	for _, d := range drives {

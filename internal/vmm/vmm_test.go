@@ -142,3 +142,15 @@ func TestAppendArgsKeepsWhatTheCallerSet(t *testing.T) {
 		}
 	}
 }
+
+// TestKVMProbeRefusesWhatIsNotKVM: a missing device and a device that does
+// not answer KVM's ioctls are both unusable, and the reason says which.
+func TestKVMProbeRefusesWhatIsNotKVM(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "kvm")
+	if err := probeKVM(missing); err == nil || !strings.Contains(err.Error(), missing) {
+		t.Errorf("probeKVM(missing) = %v, want an error naming the path", err)
+	}
+	if err := probeKVM(os.DevNull); err == nil || !strings.Contains(err.Error(), "KVM_GET_API_VERSION") {
+		t.Errorf("probeKVM(%s) = %v, want the API version query to fail", os.DevNull, err)
+	}
+}
