@@ -114,17 +114,18 @@ func (d *detachedSupervisor) Start(ctx context.Context, id string) error {
 			break
 		}
 		st, _ := readState(d.dir(id))
-		switch st.ActiveState {
-		case "active":
+		switch {
+		case st.SupervisorPID != pid || st.ActiveState == "activating":
+			// Still starting (its first state may not be written yet).
+			return d.waitStarted(ctx, id, pid, false)
+		case st.ActiveState == "active":
 			return nil
-		case "deactivating":
-			// Let the stop finish, then start afresh.
-			if err := d.waitGone(ctx, id, pid); err != nil {
-				return fmt.Errorf("start vm %s: waiting for the previous run to stop: %w", id, err)
-			}
-			continue
 		}
-		return d.waitStarted(ctx, id, pid, false)
+		// Deactivating, or failed and running on-failure: let the previous
+		// run end, then start afresh.
+		if err := d.waitGone(ctx, id, pid); err != nil {
+			return fmt.Errorf("start vm %s: waiting for the previous run to end: %w", id, err)
+		}
 	}
 	if st, _ := readState(d.dir(id)); st.ActiveState != "failed" && mainAlive(st) {
 		// The supervisor was killed but the VMM still runs: it is started.
@@ -185,9 +186,11 @@ func (d *detachedSupervisor) waitStarted(ctx context.Context, id string, pid int
 			switch st.ActiveState {
 			case "active":
 				return nil
-			case "failed", "inactive", "deactivating":
-				return fmt.Errorf("start vm %s: start stages failed (%s/%s, result %s); see %s",
-					id, st.ActiveState, st.SubState, orNone(st.Result), filepath.Join(d.dir(id), fileLog))
+			case "failed", "inactive":
+				// Reported once the supervising process has cleaned up
+				// (deactivating), so that the result is known.
+				return fmt.Errorf("start vm %s: start stages failed (%s, result %s); see %s",
+					id, st.ActiveState, orNone(st.Result), filepath.Join(d.dir(id), fileLog))
 			}
 		}
 		alive := isSupervisor(pid, id)
@@ -196,8 +199,14 @@ func (d *detachedSupervisor) waitStarted(ctx context.Context, id string, pid int
 		}
 		if !alive {
 			// Re-read once: the process may have ended after writing.
-			if st, err := readState(d.dir(id)); err == nil && st.SupervisorPID == pid && st.ActiveState == "active" {
-				return nil
+			if st, err := readState(d.dir(id)); err == nil && st.SupervisorPID == pid {
+				switch st.ActiveState {
+				case "active":
+					return nil
+				case "failed", "inactive":
+					return fmt.Errorf("start vm %s: start stages failed (%s, result %s); see %s",
+						id, st.ActiveState, orNone(st.Result), filepath.Join(d.dir(id), fileLog))
+				}
 			}
 			return fmt.Errorf("start vm %s: supervising process %d exited before the VM ran; see %s:\n%s",
 				id, pid, filepath.Join(d.dir(id), fileLog), tail(filepath.Join(d.dir(id), fileLog), 10))
@@ -374,7 +383,14 @@ func (d *detachedSupervisor) Forget(ctx context.Context, id string) error {
 	}
 	defer lock.Close()
 	if pid := d.supervisorPID(id); pid != 0 {
-		return fmt.Errorf("forget vm %s: still supervised by process %d; stop it first", id, pid)
+		st, _ := readState(d.dir(id))
+		if st.SupervisorPID != pid || (st.ActiveState != "failed" && st.ActiveState != "inactive") {
+			return fmt.Errorf("forget vm %s: still supervised by process %d; stop it first", id, pid)
+		}
+		// The run is over and its process only finishes (on-failure).
+		if err := d.waitGone(ctx, id, pid); err != nil {
+			return fmt.Errorf("forget vm %s: waiting for process %d to end: %w", id, pid, err)
+		}
 	}
 	if st, _ := readState(d.dir(id)); mainAlive(st) {
 		return fmt.Errorf("forget vm %s: main process %d still runs; stop it first", id, st.MainPID)

@@ -36,7 +36,9 @@ func newVM(t *testing.T, root, id string, env ...string) vmFixture {
 		t.Fatal(err)
 	}
 	// The stages' environment file, as the manager writes it.
-	content := "# written by the test\nTEST_FROM_ENV_FILE=\"from env file\"\nTEST_EXIT_TRIGGER=" + f.trigger + "\n" + strings.Join(env, "\n") + "\n"
+	// Each VM records its stages in a log of its own, named in its env file.
+	content := "# written by the test\nTEST_FROM_ENV_FILE=\"from env file\"\nTEST_STAGE_LOG=" + f.stageLog +
+		"\nTEST_EXIT_TRIGGER=" + f.trigger + "\n" + strings.Join(env, "\n") + "\n"
 	if err := os.WriteFile(filepath.Join(f.configRoot, id, "env"), []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -46,12 +46,13 @@ type detachedState struct {
 // when the VM has stopped. Start spawns it in a session of its own; SIGTERM
 // (or SIGINT) asks it to stop the VM.
 //
-// Sequence: pre-start; start (the main process); post-start; then wait. On a
-// stop request: the stop stage, SIGTERM to the main process, SIGKILL to its
-// process group after StopTimeout, post-stop. When the main process ends by
-// itself: stop, post-stop, and on-failure unless it exited cleanly. A failed
-// start stage fails the unit the same way. The outcome stays in the state
-// file for State to report.
+// Sequence, systemd's: pre-start; start (the main process); post-start;
+// then wait. On a stop request: the stop stage, SIGTERM to the main process,
+// SIGKILL to its process group after StopTimeout, post-stop. When the main
+// process exits cleanly by itself: stop and post-stop; when it fails:
+// post-stop and on-failure. A failing pre-start or post-start fails the unit
+// without the stop stage. The outcome stays in the state file for State to
+// report.
 func RunDetached(ctx context.Context, o Options, id string) error {
 	o, err := o.withDefaults()
 	if err != nil {
@@ -160,21 +161,24 @@ func (r *runner) run(stopping context.Context) string {
 	}
 	r.setState("activating", "start-post")
 	if err := r.stage(stopping, "post-start", []string{"MAINPID=" + strconv.Itoa(r.st.MainPID)}); err != nil {
+		// The start did not complete: like systemd, no stop stage.
 		if stopping.Err() != nil {
-			return r.stop("success")
+			return r.stop("success", false)
 		}
-		return r.stop("exit-code")
+		return r.stop("exit-code", false)
 	}
 	r.setState("active", "running")
 	r.log.Info("running", "mainPID", r.st.MainPID)
 
 	select {
 	case <-stopping.Done():
-		return r.stop("success")
+		return r.stop("success", true)
 	case <-r.mainDone:
 		res := r.mainResult()
 		r.log.Info("main process ended by itself", "code", r.exitCode, "status", r.exitStat, "result", res)
-		return r.stop(res)
+		// systemd runs ExecStop= after a clean exit only; a failed main
+		// process goes straight to the kill and post-stop.
+		return r.stop(res, res == "success")
 	}
 }
 
@@ -244,20 +248,22 @@ func (r *runner) mainResult() string {
 	return "exit-code"
 }
 
-// stop runs the stop stage, makes sure the main process is gone and runs
-// post-stop. result is the outcome so far; a kill after the timeout turns
-// it into "timeout".
-func (r *runner) stop(result string) string {
+// stop runs the stop stage (only after a completed start, as systemd
+// does), makes sure the main process is gone and runs post-stop. result is
+// the outcome so far; a kill after the timeout turns it into "timeout".
+func (r *runner) stop(result string, started bool) string {
 	ctx := context.Background()
 	pid := r.st.MainPID
-	r.setState("deactivating", "stop")
-	var mainEnv []string
-	if !r.mainExited() {
-		mainEnv = []string{"MAINPID=" + strconv.Itoa(pid)}
+	if started {
+		r.setState("deactivating", "stop")
+		var mainEnv []string
+		if !r.mainExited() {
+			mainEnv = []string{"MAINPID=" + strconv.Itoa(pid)}
+		}
+		stopCtx, cancel := context.WithTimeout(ctx, r.o.StopTimeout)
+		r.stage(stopCtx, "stop", append(mainEnv, r.resultEnv(result)...))
+		cancel()
 	}
-	stopCtx, cancel := context.WithTimeout(ctx, r.o.StopTimeout)
-	r.stage(stopCtx, "stop", append(mainEnv, r.resultEnv(result)...))
-	cancel()
 
 	if !r.mainExited() {
 		// KillMode=mixed: SIGTERM to the main process only.
