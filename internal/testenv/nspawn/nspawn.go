@@ -67,10 +67,14 @@ func Tarball(t testing.TB) string {
 }
 
 // Boot starts a container and waits until its systemd reports the system
-// running. It needs root; without it the test is skipped.
+// running. It needs root; without it, or in -short mode, the test is
+// skipped.
 func Boot(t testing.TB, cfg Config) *Container {
 	t.Helper()
 	testenv.RequireRoot(t)
+	if testing.Short() {
+		t.Skipf("SKIPPED in -short mode: %s boots a systemd container", t.Name())
+	}
 	nspawnBin := testenv.Tool(t, "systemd-nspawn")
 	testenv.Tool(t, "nsenter")
 	tarBin := testenv.Tool(t, "tar")
