@@ -36,6 +36,9 @@ import (
 type Config struct {
 	// Binds are host paths bound read-write at the same path inside.
 	Binds []string
+	// ReadOnlyBinds are host paths bound read-only at the same path inside
+	// (base assets, binaries).
+	ReadOnlyBinds []string
 }
 
 // Container is a booted systemd container.
@@ -129,11 +132,16 @@ func Boot(t testing.TB, cfg Config) *Container {
 			args = append(args, "--bind="+dev)
 		}
 	}
-	for _, b := range cfg.Binds {
+	for _, b := range append(append([]string{}, cfg.Binds...), cfg.ReadOnlyBinds...) {
 		if !filepath.IsAbs(b) || strings.ContainsAny(b, ":,") {
 			t.Fatalf("nspawn: bind %q: want an absolute path without ':' or ','", b)
 		}
+	}
+	for _, b := range cfg.Binds {
 		args = append(args, "--bind="+b)
+	}
+	for _, b := range cfg.ReadOnlyBinds {
+		args = append(args, "--bind-ro="+b)
 	}
 	// A shell moves itself into the new cgroups, then becomes nspawn.
 	script := `for d in $MERGEN_NSPAWN_CGROUPS; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec "$@"`

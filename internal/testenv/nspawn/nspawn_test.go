@@ -17,8 +17,8 @@ import (
 // A booted container runs systemd as PID 1, sees bound host directories at
 // the same path, and answers on its system bus from the host.
 func TestBootRunsSystemd(t *testing.T) {
-	shared := t.TempDir()
-	c := nspawn.Boot(t, nspawn.Config{Binds: []string{shared}})
+	shared, sealed := t.TempDir(), t.TempDir()
+	c := nspawn.Boot(t, nspawn.Config{Binds: []string{shared}, ReadOnlyBinds: []string{sealed}})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -31,6 +31,9 @@ func TestBootRunsSystemd(t *testing.T) {
 	}
 	if b, err := os.ReadFile(filepath.Join(shared, "mark")); err != nil || string(b) != "inside\n" {
 		t.Fatalf("bound directory: %q, %v", b, err)
+	}
+	if _, err := c.Exec(ctx, "touch", filepath.Join(sealed, "mark")); err == nil {
+		t.Fatal("wrote into a read-only bind")
 	}
 	if !strings.HasPrefix(c.BusAddress, "unix:path=") {
 		t.Fatalf("BusAddress = %q", c.BusAddress)
