@@ -32,6 +32,10 @@ func TestBootRunsSystemd(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(shared, "mark")); err != nil || string(b) != "inside\n" {
 		t.Fatalf("bound directory: %q, %v", b, err)
 	}
+	// VMs run from services inside the container: QEMU is part of the image.
+	if out, err := c.Exec(ctx, "qemu-system-x86_64", "--version"); err != nil || !strings.Contains(string(out), "QEMU emulator") {
+		t.Fatalf("qemu-system-x86_64 --version inside: %q, %v", out, err)
+	}
 	if _, err := c.Exec(ctx, "touch", filepath.Join(sealed, "mark")); err == nil {
 		t.Fatal("wrote into a read-only bind")
 	}
