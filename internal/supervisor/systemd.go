@@ -134,12 +134,20 @@ func (s *systemdSupervisor) job(ctx context.Context, op, id string) error {
 }
 
 func isNoSuchUnit(err error) bool {
-	var de godbus.Error
-	if errors.As(err, &de) {
-		return de.Name == "org.freedesktop.systemd1.NoSuchUnit"
+	return dbusErrorName(err) == "org.freedesktop.systemd1.NoSuchUnit"
+}
+
+// dbusErrorName is the D-Bus error name carried by err, or "".
+func dbusErrorName(err error) string {
+	var p *godbus.Error
+	if errors.As(err, &p) {
+		return p.Name
 	}
-	var dep *godbus.Error
-	return errors.As(err, &dep) && dep.Name == "org.freedesktop.systemd1.NoSuchUnit"
+	var v godbus.Error
+	if errors.As(err, &v) {
+		return v.Name
+	}
+	return ""
 }
 
 func (s *systemdSupervisor) State(ctx context.Context, id string) (State, error) {
@@ -198,9 +206,9 @@ func (s *systemdSupervisor) Forget(ctx context.Context, id string) error {
 }
 
 func isNotFailed(err error) bool {
-	var de godbus.Error
-	if errors.As(err, &de) {
-		return de.Name == "org.freedesktop.systemd1.UnitNotFailed" || de.Name == "org.freedesktop.DBus.Error.UnknownObject"
+	switch dbusErrorName(err) {
+	case "org.freedesktop.systemd1.UnitNotFailed", "org.freedesktop.DBus.Error.UnknownObject":
+		return true
 	}
 	return false
 }
