@@ -127,9 +127,11 @@ func Boot(t testing.TB, cfg Config) *Container {
 		"--console=passive", "--capability=all", "--private-network",
 		"--bind=" + busDir + ":/run/dbus",
 	}
+	bound := map[string]bool{}
 	for _, dev := range []string{"/dev/kvm", "/dev/net/tun"} {
 		if _, err := os.Stat(dev); err == nil {
 			args = append(args, "--bind="+dev)
+			bound[dev] = true
 		}
 	}
 	for _, b := range append(append([]string{}, cfg.Binds...), cfg.ReadOnlyBinds...) {
@@ -137,11 +139,18 @@ func Boot(t testing.TB, cfg Config) *Container {
 			t.Fatalf("nspawn: bind %q: want an absolute path without ':' or ','", b)
 		}
 	}
+	// A path asked for twice is bound once.
 	for _, b := range cfg.Binds {
-		args = append(args, "--bind="+b)
+		if !bound[filepath.Clean(b)] {
+			args = append(args, "--bind="+b)
+			bound[filepath.Clean(b)] = true
+		}
 	}
 	for _, b := range cfg.ReadOnlyBinds {
-		args = append(args, "--bind-ro="+b)
+		if !bound[filepath.Clean(b)] {
+			args = append(args, "--bind-ro="+b)
+			bound[filepath.Clean(b)] = true
+		}
 	}
 	// A shell moves itself into the new cgroups, then becomes nspawn.
 	script := `for d in $MERGEN_NSPAWN_CGROUPS; do echo $$ > "$d/cgroup.procs" || exit 1; done; exec "$@"`
