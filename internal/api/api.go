@@ -141,6 +141,8 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 			return err
 		case errors.Is(err, io.EOF):
 			return errdefs.Invalid("request body is empty (want a JSON object)")
+		case errors.Is(err, io.ErrUnexpectedEOF):
+			return errdefs.Invalid("request body is not valid JSON: it ends in the middle of a value")
 		case errors.As(err, &syntax):
 			return errdefs.Invalid("request body is not valid JSON at byte %d: %v", syntax.Offset, err)
 		case errors.As(err, &typeErr):

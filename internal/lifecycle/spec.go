@@ -100,7 +100,7 @@ func Env(c config.Config) []string {
 	}
 	// Driver settings the stages need to find and run the VMM.
 	for _, k := range []string{"PATH", "MGR_FIRECRACKER_BIN", "MGR_JAILER", "MGR_JAILER_BIN", "MGR_JAILER_UID", "MGR_JAILER_GID",
-		"MGR_QEMU_BIN", "MGR_QEMU_MACHINE", "MGR_QEMU_ACCEL", "MGN_ENABLE_ENTROPY_DEVICE"} {
+		"MGR_JAILER_CHROOT_BASE", "MGR_VSOCK", "MGR_QEMU_BIN", "MGR_QEMU_MACHINE", "MGR_QEMU_ACCEL", "MGN_ENABLE_ENTROPY_DEVICE"} {
 		if v, ok := os.LookupEnv(k); ok {
 			env = append(env, k+"="+v)
 		}

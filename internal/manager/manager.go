@@ -11,10 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
-	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -145,7 +142,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (VM, error) {
 	log := m.log.With("vm", id)
 	log.Info("vm created", "guestIP", meta.GuestIP, "vmm", meta.VMM, "ports", len(meta.Ports))
 
-	if err := m.runHooks(ctx, hooks.OnCreate, meta, vmHooks); err != nil {
+	if err := m.runHooks(ctx, hooks.OnCreate, meta, &vmHooks); err != nil {
 		log.Warn("strict onCreate hook failed, rolling back", "err", err)
 		if derr := m.remove(context.WithoutCancel(ctx), meta); derr != nil {
 			log.Error("roll back of create failed", "err", derr)

@@ -148,7 +148,7 @@ func TestStartAndStopAnswer503WithoutAServiceManager(t *testing.T) {
 	for _, op := range []string{"start", "stop"} {
 		code, body := call(t, "POST", base+"/v1/vms/"+vm.ID+"/"+op, nil, nil)
 		mustStatus(t, code, body, 503)
-		if msg := errMessage(body); !strings.Contains(msg, "systemd") || !strings.Contains(msg, vm.ID) {
+		if msg := errMessage(body); !strings.Contains(msg, "service manager") || !strings.Contains(msg, vm.ID) {
 			t.Fatalf("%s: error %q does not name the missing service manager and the VM", op, msg)
 		}
 	}

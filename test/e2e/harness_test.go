@@ -34,9 +34,15 @@ type host struct {
 func newHost(t testing.TB, extra map[string]string) *host {
 	t.Helper()
 	root := t.TempDir()
+	// Unix socket paths hold at most 107 bytes: keep the run root short.
+	run, err := os.MkdirTemp("/tmp", "mgr-run-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(run) })
 	h := &host{root: root, env: map[string]string{
 		"MGR_CONFIG_ROOT": filepath.Join(root, "vm.d"),
-		"MGR_RUN_ROOT":    filepath.Join(root, "run"),
+		"MGR_RUN_ROOT":    run,
 		"MGR_DATA_ROOT":   filepath.Join(root, "data"),
 		"MGR_HTTP_ADDR":   "127.0.0.1:0",
 		"MGR_VMM":         "qemu",
@@ -116,6 +122,12 @@ func (h *host) serve(t testing.TB) string {
 // nil). It returns the status and the raw body.
 func call(t testing.TB, method, url string, body any, out any) (int, []byte) {
 	t.Helper()
+	return callWith(t, http.DefaultClient, method, url, body, out)
+}
+
+// callWith is call through a given HTTP client.
+func callWith(t testing.TB, client *http.Client, method, url string, body any, out any) (int, []byte) {
+	t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -137,7 +149,7 @@ func call(t testing.TB, method, url string, body any, out any) (int, []byte) {
 	if rd != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
