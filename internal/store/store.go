@@ -334,22 +334,41 @@ func (s *Store) RemoveLock(id string) error {
 	return nil
 }
 
-// Sweep removes what interrupted creates and deletes left behind.
+// Sweep removes what interrupted creates, deletes and atomic writes left
+// behind: hidden temporary and trash directories in the config root, and
+// temporary files of atomic writes there and inside VM directories.
 func (s *Store) Sweep() error {
 	entries, err := os.ReadDir(s.ConfigRoot)
 	if err != nil {
 		return fmt.Errorf("sweep store: %w", err)
 	}
 	var errs []error
+	remove := func(p string) {
+		if err := os.RemoveAll(p); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, e := range entries {
 		n := e.Name()
-		if strings.HasPrefix(n, tmpPrefix) || strings.HasPrefix(n, trashPrefix) {
-			if err := os.RemoveAll(filepath.Join(s.ConfigRoot, n)); err != nil {
-				errs = append(errs, err)
+		switch {
+		case strings.HasPrefix(n, tmpPrefix), strings.HasPrefix(n, trashPrefix), isAtomicTemp(n):
+			remove(filepath.Join(s.ConfigRoot, n))
+		case e.IsDir() && ValidateID(n) == nil:
+			inner, _ := os.ReadDir(filepath.Join(s.ConfigRoot, n))
+			for _, f := range inner {
+				if isAtomicTemp(f.Name()) {
+					remove(filepath.Join(s.ConfigRoot, n, f.Name()))
+				}
 			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// isAtomicTemp matches the temporary files of internal/atomicfile
+// (".<name>.tmp-<random>").
+func isAtomicTemp(name string) bool {
+	return strings.HasPrefix(name, ".") && strings.Contains(name, ".tmp-")
 }
 
 // Unlock releases a lock taken with Lock or LockAlloc.

@@ -97,8 +97,16 @@ func TestInterruptedWorkIsInvisibleAndSwept(t *testing.T) {
 		}
 		os.WriteFile(filepath.Join(s.ConfigRoot, n, FileMeta), []byte(`{"id":"`+id+`"}`), 0o644)
 	}
+	// A torn atomic write of the generation file and of a VM's meta.json.
+	os.WriteFile(filepath.Join(s.ConfigRoot, "..generation.tmp-42"), []byte("7"), 0o644)
+	live := NewID()
+	if err := s.Create(live, files(live)); err != nil {
+		t.Fatal(err)
+	}
+	torn := filepath.Join(s.ConfigRoot, live, ".meta.json.tmp-99")
+	os.WriteFile(torn, []byte("{"), 0o644)
 	ids, err := s.IDs()
-	if err != nil || len(ids) != 0 {
+	if err != nil || len(ids) != 1 || ids[0] != live {
 		t.Fatalf("IDs() = %v, %v; hidden directories must not be VMs", ids, err)
 	}
 	if err := s.Sweep(); err != nil {
@@ -106,9 +114,15 @@ func TestInterruptedWorkIsInvisibleAndSwept(t *testing.T) {
 	}
 	entries, _ := os.ReadDir(s.ConfigRoot)
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), tmpPrefix) || strings.HasPrefix(e.Name(), trashPrefix) {
+		if strings.HasPrefix(e.Name(), ".") && e.Name() != generationFile {
 			t.Errorf("not swept: %s", e.Name())
 		}
+	}
+	if _, err := os.Stat(torn); !os.IsNotExist(err) {
+		t.Errorf("torn write inside the VM directory not swept")
+	}
+	if !s.Exists(live) {
+		t.Errorf("sweep removed a live VM")
 	}
 }
 
