@@ -104,13 +104,13 @@ func (r *Runner) Run(ctx context.Context, stage, id string) (err error) {
 		if err != nil {
 			return err
 		}
-		return r.stageHooks(ctx, m, stage)
+		return r.stageHooks(ctx, m, map[string]string{PreDelete: "preDelete", DeleteStg: "delete", PostDelete: "postDelete"}[stage])
 	}
 	return errdefs.Invalid("unknown stage %q (want one of %v)", stage, Stages)
 }
 
 func (r *Runner) event(id, stage, hook string, err error, d time.Duration) {
-	ev := hooks.Event{Time: time.Now().UTC(), VMID: id, Stage: stage, Hook: hook, Duration: d}
+	ev := hooks.Record{Time: time.Now().UTC(), VMID: id, Stage: stage, Hook: hook, Duration: d}
 	if err != nil {
 		ev.Result, ev.Error = "error", err.Error()
 	} else {

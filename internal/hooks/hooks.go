@@ -1,0 +1,326 @@
+// Package hooks runs the two kinds of extension points mergen offers.
+//
+// Manager hooks (this file) fire on VM events — onCreate, onStart, onStop,
+// onDelete — from the daemon. They come from the VM's hooks.json (the
+// "hooks" field of POST /v1/vms) and from every *.json file in
+// MGR_GLOBAL_HOOKS_DIR, global ones first, in file-name order. A hook is an
+// HTTP call or a command; it is best-effort (failures are logged) unless it
+// is strict, in which case its failure fails the operation.
+//
+// Lifecycle stage hooks (stage.go) extend the stages mergen-lifecycle runs.
+package hooks
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/store"
+)
+
+// Event names a manager event.
+type Event string
+
+// The manager events.
+const (
+	OnCreate Event = "onCreate"
+	OnStart  Event = "onStart"
+	OnStop   Event = "onStop"
+	OnDelete Event = "onDelete"
+)
+
+// Timeouts of one hook.
+const (
+	DefaultTimeout = 5 * time.Second
+	MaxTimeout     = 300 * time.Second
+	maxResponse    = 64 << 10
+)
+
+// Hook is one manager hook: an HTTP call when URL is set, a command when
+// Command is set.
+type Hook struct {
+	URL     string            `json:"url,omitempty"`
+	Method  string            `json:"method,omitempty"` // default POST
+	Headers map[string]string `json:"headers,omitempty"`
+
+	Command []string          `json:"command,omitempty"` // absolute path, then arguments
+	Env     map[string]string `json:"env,omitempty"`
+
+	TimeoutSeconds int  `json:"timeoutSeconds,omitempty"` // default 5, at most 300
+	Strict         bool `json:"strict,omitempty"`
+}
+
+// Set is the hooks of each event, as stored in hooks.json.
+type Set struct {
+	OnCreate []Hook `json:"onCreate,omitempty"`
+	OnStart  []Hook `json:"onStart,omitempty"`
+	OnStop   []Hook `json:"onStop,omitempty"`
+	OnDelete []Hook `json:"onDelete,omitempty"`
+}
+
+// For returns the hooks of one event.
+func (s Set) For(e Event) []Hook {
+	switch e {
+	case OnCreate:
+		return s.OnCreate
+	case OnStart:
+		return s.OnStart
+	case OnStop:
+		return s.OnStop
+	case OnDelete:
+		return s.OnDelete
+	}
+	return nil
+}
+
+// Parse decodes and validates a hook set; empty input is an empty set.
+// Errors name the offending field, e.g. hooks.onCreate[0].url.
+func Parse(b []byte) (Set, error) {
+	var s Set
+	if len(bytes.TrimSpace(b)) == 0 || string(bytes.TrimSpace(b)) == "null" {
+		return s, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil {
+		if strings.HasPrefix(err.Error(), "json: unknown field ") {
+			return Set{}, fmt.Errorf("hooks: unknown field %s (events are onCreate, onStart, onStop, onDelete; hook fields are url, method, headers, command, env, timeoutSeconds, strict)", strings.TrimPrefix(err.Error(), "json: unknown field "))
+		}
+		return Set{}, fmt.Errorf("hooks: %v", err)
+	}
+	for _, e := range []Event{OnCreate, OnStart, OnStop, OnDelete} {
+		for i, h := range s.For(e) {
+			if err := h.validate(); err != nil {
+				return Set{}, fmt.Errorf("hooks.%s[%d].%v", e, i, err)
+			}
+		}
+	}
+	return s, nil
+}
+
+var methods = map[string]bool{"GET": true, "POST": true, "PUT": true, "PATCH": true, "DELETE": true}
+
+func (h Hook) validate() error {
+	switch {
+	case h.URL != "" && len(h.Command) > 0:
+		return errors.New("url: a hook is either an HTTP call (url) or a command, not both")
+	case h.URL == "" && len(h.Command) == 0:
+		return errors.New("url: a hook needs url or command")
+	}
+	if h.TimeoutSeconds < 0 || time.Duration(h.TimeoutSeconds)*time.Second > MaxTimeout {
+		return fmt.Errorf("timeoutSeconds: %d is out of range 1..%d", h.TimeoutSeconds, int(MaxTimeout.Seconds()))
+	}
+	if h.URL != "" {
+		u, err := url.Parse(h.URL)
+		if err != nil {
+			return fmt.Errorf("url: %q is not a URL", h.URL)
+		}
+		if u.Scheme != "http" && u.Scheme != "https" {
+			return fmt.Errorf("url: unsupported scheme %q (want http or https)", u.Scheme)
+		}
+		if u.Host == "" {
+			return fmt.Errorf("url: %q has no host", h.URL)
+		}
+		if h.Method != "" && !methods[strings.ToUpper(h.Method)] {
+			return fmt.Errorf("method: %q is not one of GET, POST, PUT, PATCH, DELETE", h.Method)
+		}
+		for k, v := range h.Headers {
+			if k == "" || strings.ContainsAny(k, " :\r\n") || strings.ContainsAny(v, "\r\n") {
+				return fmt.Errorf("headers: %q is not a valid header", k)
+			}
+		}
+		if len(h.Env) > 0 {
+			return errors.New("env: only command hooks take env")
+		}
+		return nil
+	}
+	if !filepath.IsAbs(h.Command[0]) {
+		return fmt.Errorf("command: %q must be an absolute path", h.Command[0])
+	}
+	for k := range h.Env {
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			return fmt.Errorf("env: %q is not a variable name", k)
+		}
+	}
+	if h.Method != "" || len(h.Headers) > 0 {
+		return errors.New("method: only HTTP hooks take method and headers")
+	}
+	return nil
+}
+
+func (h Hook) timeout() time.Duration {
+	if h.TimeoutSeconds == 0 {
+		return DefaultTimeout
+	}
+	return time.Duration(h.TimeoutSeconds) * time.Second
+}
+
+// target describes the hook for logs without secrets: no headers, no
+// credentials or query in URLs, no command arguments.
+func (h Hook) target() string {
+	if h.URL != "" {
+		if u, err := url.Parse(h.URL); err == nil {
+			return strings.ToUpper(h.method()) + " " + u.Scheme + "://" + u.Host + u.Path
+		}
+	}
+	if len(h.Command) > 0 {
+		return h.Command[0]
+	}
+	return "?"
+}
+
+func (h Hook) method() string {
+	if h.Method == "" {
+		return http.MethodPost
+	}
+	return strings.ToUpper(h.Method)
+}
+
+// LoadDir reads the global hooks: every *.json file of dir, in name order.
+// A missing directory holds no hooks.
+func LoadDir(dir string) ([]Set, error) {
+	names, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(names)
+	var sets []Set
+	var errs []error
+	for _, n := range names {
+		b, err := os.ReadFile(n)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		s, err := Parse(b)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", n, err))
+			continue
+		}
+		sets = append(sets, s)
+	}
+	return sets, errors.Join(errs...)
+}
+
+// Data is the context a hook receives: the JSON body of HTTP hooks and the
+// stdin of command hooks, and MERGEN_* variables for commands.
+type Data struct {
+	Event    Event             `json:"event"`
+	VMID     string            `json:"vmId"`
+	GuestIP  string            `json:"guestIP,omitempty"`
+	Ports    []store.Port      `json:"ports,omitempty"`
+	HTTPPort int               `json:"httpPort,omitempty"`
+	Tags     map[string]string `json:"tags,omitempty"`
+	Metadata json.RawMessage   `json:"metadata,omitempty"`
+}
+
+// Run runs the event's hooks of set in order. A failing best-effort hook is
+// logged and the rest still run; a failing strict hook stops and returns
+// the error.
+func Run(ctx context.Context, log *slog.Logger, set Set, d Data) error {
+	body, err := json.Marshal(d)
+	if err != nil {
+		return fmt.Errorf("%s hooks of vm %s: %w", d.Event, d.VMID, err)
+	}
+	for i, h := range set.For(d.Event) {
+		t0 := time.Now()
+		err := runOne(ctx, h, d, body)
+		attrs := []any{"vm", d.VMID, "event", string(d.Event), "hook", i, "target", h.target(), "duration", time.Since(t0).Round(time.Millisecond)}
+		switch {
+		case err == nil:
+			log.Debug("hook ran", attrs...)
+		case h.Strict:
+			log.Error("strict hook failed", append(attrs, "err", err)...)
+			return fmt.Errorf("%s hook %d (%s) of vm %s failed: %w", d.Event, i, h.target(), d.VMID, err)
+		default:
+			log.Warn("hook failed (best-effort, continuing)", append(attrs, "err", err)...)
+		}
+	}
+	return nil
+}
+
+func runOne(ctx context.Context, h Hook, d Data, body []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, h.timeout())
+	defer cancel()
+	if h.URL != "" {
+		return runHTTP(ctx, h, body)
+	}
+	return runCommand(ctx, h, d, body)
+}
+
+func runHTTP(ctx context.Context, h Hook, body []byte) error {
+	var rd io.Reader
+	if h.method() != http.MethodGet {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, h.method(), h.URL, rd)
+	if err != nil {
+		return err
+	}
+	if rd != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("User-Agent", "mergen-hooks")
+	for k, v := range h.Headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("no answer within %s", h.timeout())
+		}
+		return scrub(err, h.URL)
+	}
+	defer resp.Body.Close()
+	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("HTTP %d: %.200s", resp.StatusCode, strings.TrimSpace(string(snippet)))
+	}
+	return nil
+}
+
+// scrub removes the URL (which may carry credentials) from a client error.
+func scrub(err error, raw string) error {
+	var uerr *url.Error
+	if errors.As(err, &uerr) {
+		return uerr.Err
+	}
+	return errors.New(strings.ReplaceAll(err.Error(), raw, "<url>"))
+}
+
+func runCommand(ctx context.Context, h Hook, d Data, body []byte) error {
+	cmd := exec.CommandContext(ctx, h.Command[0], h.Command[1:]...)
+	cmd.Stdin = bytes.NewReader(body)
+	tags, _ := json.Marshal(d.Tags)
+	cmd.Env = append(os.Environ(),
+		"MERGEN_EVENT="+string(d.Event),
+		"MERGEN_VM_ID="+d.VMID,
+		"MERGEN_VM_GUEST_IP="+d.GuestIP,
+		fmt.Sprintf("MERGEN_VM_HTTP_PORT=%d", d.HTTPPort),
+		"MERGEN_VM_TAGS="+string(tags),
+	)
+	for k, v := range h.Env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	cmd.WaitDelay = time.Second
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		return fmt.Errorf("did not finish within %s", h.timeout())
+	}
+	if err != nil {
+		return fmt.Errorf("%v: %.200s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}

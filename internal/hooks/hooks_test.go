@@ -1,0 +1,181 @@
+package hooks
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/mergenhq/mergen/internal/store"
+)
+
+var quiet = slog.New(slog.DiscardHandler)
+
+func TestParseRejectsBadHooksNamingTheField(t *testing.T) {
+	cases := []struct {
+		json, want string
+	}{
+		{`{"onCreate":[{"url":"file:///etc/passwd"}]}`, `hooks.onCreate[0].url: unsupported scheme "file" (want http or https)`},
+		{`{"onStart":[{}]}`, "hooks.onStart[0].url: a hook needs url or command"},
+		{`{"onStop":[{"url":"http://x","command":["/bin/true"]}]}`, "hooks.onStop[0].url: a hook is either"},
+		{`{"onDelete":[{"command":["true"]}]}`, `hooks.onDelete[0].command: "true" must be an absolute path`},
+		{`{"onCreate":[{"url":"http://x","timeoutSeconds":301}]}`, "hooks.onCreate[0].timeoutSeconds: 301 is out of range"},
+		{`{"onCreate":[{"url":"http://x","method":"TRACE"}]}`, "hooks.onCreate[0].method"},
+		{`{"onCreate":[{"url":"http:///path"}]}`, "has no host"},
+		{`{"onCreate":[{"url":"http://x","headers":{"Bad Header":"v"}}]}`, "hooks.onCreate[0].headers"},
+		{`{"onBoot":[]}`, `unknown field "onBoot"`},
+		{`{"onCreate":[{"url":"http://x","retries":3}]}`, `unknown field "retries"`},
+		{`{"onCreate":"nope"}`, "hooks:"},
+	}
+	for _, tc := range cases {
+		_, err := Parse([]byte(tc.json))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Parse(%s) = %v, want error containing %q", tc.json, err, tc.want)
+		}
+	}
+	for _, ok := range []string{``, `null`, `{}`, `{"onCreate":[{"url":"https://hooks.example/x","method":"put","headers":{"Authorization":"Bearer t"},"strict":true}],"onDelete":[{"command":["/bin/true"],"env":{"A":"1"}}]}`} {
+		if _, err := Parse([]byte(ok)); err != nil {
+			t.Errorf("Parse(%q) = %v, want ok", ok, err)
+		}
+	}
+}
+
+func TestHTTPHookGetsTheVMContext(t *testing.T) {
+	var got Data
+	var auth, method string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		method, auth = r.Method, r.Header.Get("Authorization")
+		b, _ := io.ReadAll(r.Body)
+		json.Unmarshal(b, &got)
+	}))
+	defer srv.Close()
+	set, err := Parse([]byte(`{"onStart":[{"url":"` + srv.URL + `/start","method":"PUT","headers":{"Authorization":"Bearer secret"}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Data{Event: OnStart, VMID: "vm-1", GuestIP: "172.30.0.2", HTTPPort: 80, Ports: []store.Port{{Guest: 80, Host: 20000, Protocol: "tcp"}}, Tags: map[string]string{"app": "a"}, Metadata: json.RawMessage(`{"k":1}`)}
+	if err := Run(context.Background(), quiet, set, d); err != nil {
+		t.Fatal(err)
+	}
+	if method != "PUT" || auth != "Bearer secret" {
+		t.Fatalf("method %q auth %q", method, auth)
+	}
+	if got.VMID != "vm-1" || got.Event != OnStart || got.GuestIP != "172.30.0.2" || got.Ports[0].Host != 20000 || got.Tags["app"] != "a" || string(got.Metadata) != `{"k":1}` {
+		t.Fatalf("hook body %+v", got)
+	}
+}
+
+func TestStrictFailureStopsBestEffortFailureContinues(t *testing.T) {
+	var calls atomic.Int32
+	fail := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		http.Error(w, "nope", http.StatusInternalServerError)
+	}))
+	defer fail.Close()
+	okSrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { calls.Add(1) }))
+	defer okSrv.Close()
+
+	bestEffort := Set{OnCreate: []Hook{{URL: fail.URL}, {URL: okSrv.URL}}}
+	if err := Run(context.Background(), quiet, bestEffort, Data{Event: OnCreate, VMID: "v"}); err != nil {
+		t.Fatalf("best-effort failure returned %v", err)
+	}
+	if calls.Load() != 2 {
+		t.Fatalf("%d calls, want both hooks to run", calls.Load())
+	}
+	calls.Store(0)
+	strict := Set{OnCreate: []Hook{{URL: fail.URL, Strict: true}, {URL: okSrv.URL}}}
+	err := Run(context.Background(), quiet, strict, Data{Event: OnCreate, VMID: "v"})
+	if err == nil || !strings.Contains(err.Error(), "HTTP 500") || !strings.Contains(err.Error(), "vm v") {
+		t.Fatalf("strict failure: %v", err)
+	}
+	if calls.Load() != 1 {
+		t.Fatalf("hooks after a failed strict hook ran (%d calls)", calls.Load())
+	}
+}
+
+func TestHookTimeoutIsAFailure(t *testing.T) {
+	block := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-block:
+		case <-r.Context().Done():
+		}
+	}))
+	defer srv.Close()
+	defer close(block)
+	set := Set{OnStop: []Hook{{URL: srv.URL, TimeoutSeconds: 1, Strict: true}}}
+	err := Run(context.Background(), quiet, set, Data{Event: OnStop, VMID: "v"})
+	if err == nil || !strings.Contains(err.Error(), "no answer within 1s") {
+		t.Fatalf("timeout: %v", err)
+	}
+}
+
+func TestCommandHookGetsEnvAndStdin(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	script := filepath.Join(dir, "hook.sh")
+	os.WriteFile(script, []byte("#!/bin/sh\n{ echo \"$MERGEN_EVENT $MERGEN_VM_ID $MERGEN_VM_GUEST_IP $EXTRA\"; cat; } > "+out+"\n"), 0o755)
+	set := Set{OnDelete: []Hook{{Command: []string{script}, Env: map[string]string{"EXTRA": "x"}}}}
+	if err := Run(context.Background(), quiet, set, Data{Event: OnDelete, VMID: "vm-9", GuestIP: "172.30.0.9"}); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(out)
+	lines := strings.SplitN(string(b), "\n", 2)
+	if lines[0] != "onDelete vm-9 172.30.0.9 x" || !strings.Contains(lines[1], `"vmId":"vm-9"`) {
+		t.Fatalf("hook saw %q", b)
+	}
+	failing := Set{OnDelete: []Hook{{Command: []string{"/bin/sh", "-c", "echo broken >&2; exit 3"}, Strict: true}}}
+	err := Run(context.Background(), quiet, failing, Data{Event: OnDelete, VMID: "v"})
+	if err == nil || !strings.Contains(err.Error(), "exit status 3") || !strings.Contains(err.Error(), "broken") {
+		t.Fatalf("failing command: %v", err)
+	}
+	slow := Set{OnDelete: []Hook{{Command: []string{"/bin/sleep", "30"}, TimeoutSeconds: 1, Strict: true}}}
+	err = Run(context.Background(), quiet, slow, Data{Event: OnDelete, VMID: "v"})
+	if err == nil || !strings.Contains(err.Error(), "within 1s") {
+		t.Fatalf("slow command: %v", err)
+	}
+}
+
+func TestGlobalHooksLoadInNameOrder(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "20-b.json"), []byte(`{"onStart":[{"url":"http://b"}]}`), 0o644)
+	os.WriteFile(filepath.Join(dir, "10-a.json"), []byte(`{"onStart":[{"url":"http://a"}]}`), 0o644)
+	os.WriteFile(filepath.Join(dir, "notes.txt"), []byte(`ignored`), 0o644)
+	sets, err := LoadDir(dir)
+	if err != nil || len(sets) != 2 || sets[0].OnStart[0].URL != "http://a" || sets[1].OnStart[0].URL != "http://b" {
+		t.Fatalf("LoadDir = %+v, %v", sets, err)
+	}
+	os.WriteFile(filepath.Join(dir, "30-bad.json"), []byte(`{"onStart":[{"url":"ftp://x"}]}`), 0o644)
+	sets, err = LoadDir(dir)
+	if len(sets) != 2 || err == nil || !strings.Contains(err.Error(), "30-bad.json") {
+		t.Fatalf("a bad file must be reported and skipped: %d sets, %v", len(sets), err)
+	}
+	if sets, err := LoadDir(filepath.Join(dir, "missing")); err != nil || len(sets) != 0 {
+		t.Fatalf("missing dir: %v %v", sets, err)
+	}
+}
+
+func TestLogsNeverCarrySecrets(t *testing.T) {
+	var buf strings.Builder
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(403) }))
+	defer srv.Close()
+	u := strings.Replace(srv.URL, "http://", "http://user:pw@", 1) + "/x?token=abc"
+	set := Set{OnStart: []Hook{{URL: u, Headers: map[string]string{"Authorization": "Bearer s3cret"}}}}
+	Run(context.Background(), log, set, Data{Event: OnStart, VMID: "v"})
+	for _, secret := range []string{"s3cret", "pw@", "token=abc"} {
+		if strings.Contains(buf.String(), secret) {
+			t.Fatalf("log contains %q:\n%s", secret, buf.String())
+		}
+	}
+	if !strings.Contains(buf.String(), "HTTP 403") {
+		t.Fatalf("log does not say what failed:\n%s", buf.String())
+	}
+}

@@ -1,0 +1,235 @@
+package hooks
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Lifecycle stage extensions. For each extensible stage, hooks come from
+// two places and run in this order, each waited for before the next starts:
+//
+//  1. the host-wide env list MGN_LIFECYCLE_<STAGE>_HOOKS (commands separated
+//     by ';', each run with /bin/sh -c), e.g. MGN_LIFECYCLE_PRE_START_HOOKS;
+//  2. the VM's lifecycle-hooks.json: {"preStart": ["shell command", ["/abs/argv", "x"]], ...}.
+//
+// {{vm_id}} and ${VM_ID} in a hook are replaced by the VM id (VM_ID is also
+// in the hook's environment). A failing hook fails the stage.
+
+// StageKeys are the extensible stages, as named in lifecycle-hooks.json.
+var StageKeys = []string{"preStart", "postStart", "preStop", "postStop", "preDelete", "delete", "postDelete"}
+
+// StageFile is the per-VM stage hook file in the VM's config directory.
+const StageFile = "lifecycle-hooks.json"
+
+// DefaultStageTimeout bounds one stage hook; MGN_LIFECYCLE_HOOK_TIMEOUT_SECONDS
+// overrides it.
+const DefaultStageTimeout = 60 * time.Second
+
+// StageHook is one stage hook: Argv run directly, or Shell via /bin/sh -c.
+type StageHook struct {
+	Source string   // where it came from, for logs
+	Argv   []string // exec form
+	Shell  string   // shell form
+}
+
+func (h StageHook) String() string {
+	if h.Shell != "" {
+		return h.Source + ": " + h.Shell
+	}
+	return h.Source + ": " + strings.Join(h.Argv, " ")
+}
+
+// EnvVar is the env list variable of a stage key: preStart →
+// MGN_LIFECYCLE_PRE_START_HOOKS.
+func EnvVar(key string) string {
+	var b strings.Builder
+	for i, r := range key {
+		if i > 0 && r >= 'A' && r <= 'Z' {
+			b.WriteByte('_')
+		}
+		b.WriteRune(r)
+	}
+	return "MGN_LIFECYCLE_" + strings.ToUpper(b.String()) + "_HOOKS"
+}
+
+func validKey(key string) bool {
+	for _, k := range StageKeys {
+		if k == key {
+			return true
+		}
+	}
+	return false
+}
+
+// StageHooks collects the hooks of one stage key for the VM whose config
+// directory is configDir, from env (KEY=VALUE pairs) and lifecycle-hooks.json.
+func StageHooks(configDir, key string, env []string) ([]StageHook, error) {
+	if !validKey(key) {
+		return nil, fmt.Errorf("stage hooks: unknown stage %q (want one of %s)", key, strings.Join(StageKeys, ", "))
+	}
+	var out []StageHook
+	name := EnvVar(key)
+	for _, kv := range env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k != name {
+			continue
+		}
+		for _, cmd := range strings.Split(v, ";") {
+			if cmd = strings.TrimSpace(cmd); cmd != "" {
+				out = append(out, StageHook{Source: name, Shell: cmd})
+			}
+		}
+	}
+	file, err := loadStageFile(filepath.Join(configDir, StageFile))
+	if err != nil {
+		return nil, err
+	}
+	for i, raw := range file[key] {
+		h, err := parseStageHook(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %s[%d]: %w", StageFile, key, i, err)
+		}
+		h.Source = fmt.Sprintf("%s %s[%d]", StageFile, key, i)
+		out = append(out, h)
+	}
+	return out, nil
+}
+
+func loadStageFile(path string) (map[string][]json.RawMessage, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", StageFile, err)
+	}
+	var m map[string][]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%s: %w", StageFile, err)
+	}
+	for k := range m {
+		if !validKey(k) {
+			return nil, fmt.Errorf("%s: unknown stage %q (want one of %s)", StageFile, k, strings.Join(StageKeys, ", "))
+		}
+	}
+	return m, nil
+}
+
+func parseStageHook(raw json.RawMessage) (StageHook, error) {
+	var shell string
+	if err := json.Unmarshal(raw, &shell); err == nil {
+		if strings.TrimSpace(shell) == "" {
+			return StageHook{}, errors.New("empty command")
+		}
+		return StageHook{Shell: shell}, nil
+	}
+	var argv []string
+	if err := json.Unmarshal(raw, &argv); err != nil {
+		return StageHook{}, errors.New("want a shell command string or an argv array of strings")
+	}
+	if len(argv) == 0 || !filepath.IsAbs(argv[0]) {
+		return StageHook{}, errors.New("argv form needs an absolute program path first")
+	}
+	return StageHook{Argv: argv}, nil
+}
+
+func substitute(s, id string) string {
+	return strings.NewReplacer("{{vm_id}}", id, "${VM_ID}", id).Replace(s)
+}
+
+// RunStage runs the hooks in order, each waited for, and appends one record
+// per hook to the event log (when eventLog is not empty).
+func RunStage(ctx context.Context, log *slog.Logger, vmID, key string, list []StageHook, eventLog string) error {
+	timeout := DefaultStageTimeout
+	if v, err := strconv.Atoi(os.Getenv("MGN_LIFECYCLE_HOOK_TIMEOUT_SECONDS")); err == nil && v > 0 {
+		timeout = time.Duration(v) * time.Second
+	}
+	for _, h := range list {
+		t0 := time.Now()
+		err := runStageHook(ctx, h, vmID, timeout)
+		rec := Record{Time: t0.UTC(), VMID: vmID, Stage: key, Hook: h.String(), Duration: time.Since(t0), Result: "ok"}
+		if err != nil {
+			rec.Result, rec.Error = "error", err.Error()
+		}
+		if eventLog != "" {
+			if werr := AppendEvent(eventLog, rec); werr != nil {
+				log.Warn("stage event log", "file", eventLog, "err", werr)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("%s hook of vm %s (%s): %w", key, vmID, h.Source, err)
+		}
+		log.Debug("stage hook ran", "vm", vmID, "stage", key, "hook", h.Source, "duration", rec.Duration)
+	}
+	return nil
+}
+
+func runStageHook(ctx context.Context, h StageHook, id string, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var cmd *exec.Cmd
+	if h.Shell != "" {
+		cmd = exec.CommandContext(ctx, "/bin/sh", "-c", substitute(h.Shell, id))
+	} else {
+		argv := make([]string, len(h.Argv))
+		for i, a := range h.Argv {
+			argv[i] = substitute(a, id)
+		}
+		cmd = exec.CommandContext(ctx, argv[0], argv[1:]...)
+	}
+	cmd.Env = append(os.Environ(), "VM_ID="+id)
+	cmd.WaitDelay = time.Second
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	if ctx.Err() == context.DeadlineExceeded {
+		return fmt.Errorf("did not finish within %s", timeout)
+	}
+	if err != nil {
+		return fmt.Errorf("%v: %.300s", err, strings.TrimSpace(out.String()))
+	}
+	return nil
+}
+
+// Record is one line of the stage event log (MGN_DAEMON_LOG_FILE).
+type Record struct {
+	Time     time.Time     `json:"time"`
+	VMID     string        `json:"vmId"`
+	Stage    string        `json:"stage"`
+	Hook     string        `json:"hook,omitempty"`
+	Result   string        `json:"result"`
+	Error    string        `json:"error,omitempty"`
+	Duration time.Duration `json:"durationNs"`
+}
+
+// AppendEvent appends one JSON line to the event log. The line goes out in
+// a single write on an O_APPEND descriptor, so concurrent writers from many
+// processes never interleave within a line.
+func AppendEvent(path string, r Record) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write(b)
+	cerr := f.Close()
+	return errors.Join(werr, cerr)
+}

@@ -1,0 +1,149 @@
+package hooks
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestEnvVarNames(t *testing.T) {
+	want := map[string]string{
+		"preStart": "MGN_LIFECYCLE_PRE_START_HOOKS", "postStart": "MGN_LIFECYCLE_POST_START_HOOKS",
+		"preStop": "MGN_LIFECYCLE_PRE_STOP_HOOKS", "postStop": "MGN_LIFECYCLE_POST_STOP_HOOKS",
+		"preDelete": "MGN_LIFECYCLE_PRE_DELETE_HOOKS", "delete": "MGN_LIFECYCLE_DELETE_HOOKS",
+		"postDelete": "MGN_LIFECYCLE_POST_DELETE_HOOKS",
+	}
+	for key, v := range want {
+		if got := EnvVar(key); got != v {
+			t.Errorf("EnvVar(%s) = %s, want %s", key, got, v)
+		}
+	}
+}
+
+func TestStageHooksRunInOrderWithSubstitution(t *testing.T) {
+	dir := t.TempDir()
+	trace := filepath.Join(dir, "trace")
+	os.WriteFile(filepath.Join(dir, StageFile), []byte(`{
+  "preStart": ["echo file-shell {{vm_id}} >> `+trace+`", ["/bin/sh", "-c", "echo file-argv ${VM_ID} $VM_ID >> `+trace+`"]],
+  "postStop": ["echo other-stage >> `+trace+`"]
+}`), 0o644)
+	env := []string{"PATH=/bin", EnvVar("preStart") + "=echo env-1 {{vm_id}} >> " + trace + "; echo env-2 >> " + trace}
+	list, err := StageHooks(dir, "preStart", env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := filepath.Join(dir, "events.log")
+	if err := RunStage(context.Background(), quiet, "vm-7", "preStart", list, log); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(trace)
+	want := "env-1 vm-7\nenv-2\nfile-shell vm-7\nfile-argv vm-7 vm-7\n"
+	if string(b) != want {
+		t.Fatalf("hooks ran as\n%s\nwant\n%s", b, want)
+	}
+	recs := readRecords(t, log)
+	if len(recs) != 4 || recs[0].Stage != "preStart" || recs[0].VMID != "vm-7" || recs[3].Result != "ok" {
+		t.Fatalf("event log %+v", recs)
+	}
+}
+
+func TestFailingStageHookFailsTheStageAndIsLogged(t *testing.T) {
+	dir := t.TempDir()
+	trace := filepath.Join(dir, "trace")
+	list := []StageHook{{Source: "a", Shell: "exit 4"}, {Source: "b", Shell: "echo ran >> " + trace}}
+	log := filepath.Join(dir, "events.log")
+	err := RunStage(context.Background(), quiet, "vm-1", "postStart", list, log)
+	if err == nil || !strings.Contains(err.Error(), "postStart hook of vm vm-1 (a)") || !strings.Contains(err.Error(), "exit status 4") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := os.Stat(trace); !os.IsNotExist(err) {
+		t.Fatal("a hook after the failed one ran")
+	}
+	if recs := readRecords(t, log); len(recs) != 1 || recs[0].Result != "error" {
+		t.Fatalf("event log %+v", recs)
+	}
+}
+
+func TestStageHookFileErrors(t *testing.T) {
+	cases := map[string]string{
+		`{"preBoot": []}`:          `unknown stage "preBoot"`,
+		`{"preStart": [""]}`:       "preStart[0]: empty command",
+		`{"preStart": [["rel"]]}`:  "absolute program path",
+		`{"preStart": [{"x": 1}]}`: "want a shell command string or an argv array",
+		`{"preStart": "echo hi"}`:  "lifecycle-hooks.json",
+	}
+	for content, want := range cases {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, StageFile), []byte(content), 0o644)
+		_, err := StageHooks(dir, "preStart", nil)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: err %v, want %q", content, err, want)
+		}
+	}
+	if _, err := StageHooks(t.TempDir(), "preBoot", nil); err == nil {
+		t.Error("unknown stage key accepted")
+	}
+	if list, err := StageHooks(t.TempDir(), "delete", nil); err != nil || len(list) != 0 {
+		t.Errorf("no file, no env: %v %v", list, err)
+	}
+}
+
+// TestEventLogAppendsFromManyProcessesKeepLinesWhole runs several copies of
+// this test binary that append concurrently to one log.
+func TestEventLogAppendsFromManyProcessesKeepLinesWhole(t *testing.T) {
+	if os.Getenv("HOOKS_APPEND_CHILD") != "" {
+		for i := 0; i < 200; i++ {
+			r := Record{VMID: os.Getenv("HOOKS_APPEND_CHILD"), Stage: "preStart", Hook: strings.Repeat("h", 300), Result: "ok"}
+			if err := AppendEvent(os.Getenv("HOOKS_APPEND_LOG"), r); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				os.Exit(1)
+			}
+		}
+		return
+	}
+	log := filepath.Join(t.TempDir(), "daemon.log")
+	var cmds []*exec.Cmd
+	for p := 0; p < 4; p++ {
+		cmd := exec.Command(os.Args[0], "-test.run", "^TestEventLogAppendsFromManyProcessesKeepLinesWhole$")
+		cmd.Env = append(os.Environ(), fmt.Sprintf("HOOKS_APPEND_CHILD=vm-%d", p), "HOOKS_APPEND_LOG="+log)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds = append(cmds, cmd)
+	}
+	for _, c := range cmds {
+		if err := c.Wait(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recs := readRecords(t, log)
+	if len(recs) != 800 {
+		t.Fatalf("%d whole records, want 800", len(recs))
+	}
+}
+
+func readRecords(t *testing.T, path string) []Record {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []Record
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var r Record
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("torn line %q: %v", sc.Text(), err)
+		}
+		out = append(out, r)
+	}
+	return out
+}
