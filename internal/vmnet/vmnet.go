@@ -1,0 +1,254 @@
+// Package vmnet builds and removes the network of one VM.
+//
+// Namespace mode (the default). Every VM gets:
+//
+//	host namespace                      VM namespace mergen-<short>
+//	──────────────                      ──────────────────────────
+//	veth-<short> 169.254.1.1/32  ◄──►  veth0 169.254.1.2/32
+//	<guestIP>/32 via 169.254.1.2 onlink  default via 169.254.1.1
+//	                                    tap-<short> <gateway>/<prefix>  ◄──► guest eth0 <guestIP>
+//
+// The link addresses are the same for every VM: each pair is a separate
+// point-to-point link, so nothing collides, and no address has to be
+// allocated per VM. Guest IPs are unique across the host, so the host routes
+// each one into its own namespace.
+//
+// nftables (one table, "ip mergen"): published host ports are DNATed to
+// guestIP:guestPort both for traffic arriving at the host (prerouting) and
+// for connections made on the host itself, 127.0.0.1 included (output; the
+// veth gets route_localnet=1 and the loopback source is masqueraded to the
+// veth's address); guests' outbound traffic is masqueraded; forwarding from
+// one VM's veth to another's is dropped, so VMs cannot reach each other.
+// Each VM's rules carry the comment "mergen vm <id>" and are removed exactly;
+// the table and its base chains stay (empty) after the last VM is gone.
+//
+// Bridge mode (the earlier generation's): the tap is created in the host
+// namespace and attached to an existing bridge (for example docker0); the
+// guest has a static address on the bridge's network; no NAT.
+//
+// Setup and Teardown are idempotent, and safe to run concurrently for
+// different VMs from different processes.
+package vmnet
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"regexp"
+	"runtime"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/store"
+)
+
+// Config is what the network of one VM needs.
+type Config struct {
+	ID               string
+	Netns, Tap, Veth string
+	GuestIP, Gateway netip.Addr
+	PrefixLen        int
+	MAC              string
+	Ports            []store.Port
+	Bridge           *store.Bridge
+}
+
+// The link addresses of every VM's veth pair.
+var (
+	HostLinkAddr = netip.MustParseAddr("169.254.1.1")
+	NSLinkAddr   = netip.MustParseAddr("169.254.1.2")
+)
+
+// NSVeth is the name of the veth end inside the VM's namespace.
+const NSVeth = "veth0"
+
+var ifNameRe = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+
+func (c Config) validate() error {
+	if c.ID == "" {
+		return errdefs.Invalid("network: vm id is empty")
+	}
+	names := map[string]string{"tap": c.Tap}
+	if c.Bridge == nil {
+		names["veth"], names["netns"] = c.Veth, c.Netns
+		if !ifNameRe.MatchString(c.Netns) {
+			return errdefs.Invalid("network of vm %s: netns %q is not a valid name", c.ID, c.Netns)
+		}
+	} else {
+		names["bridge"] = c.Bridge.Name
+	}
+	for field, n := range names {
+		if field != "netns" && !ifNameRe.MatchString(n) {
+			return errdefs.Invalid("network of vm %s: %s name %q must be 1..15 characters of letters, digits, '-', '_', '.'", c.ID, field, n)
+		}
+	}
+	if !c.GuestIP.Is4() || !c.Gateway.Is4() {
+		return errdefs.Invalid("network of vm %s: guest IP %s and gateway %s must be IPv4 addresses", c.ID, c.GuestIP, c.Gateway)
+	}
+	if c.PrefixLen < 1 || c.PrefixLen > 30 {
+		return errdefs.Invalid("network of vm %s: prefix length %d is out of range 1..30", c.ID, c.PrefixLen)
+	}
+	pfx := netip.PrefixFrom(c.Gateway, c.PrefixLen).Masked()
+	if !pfx.Contains(c.GuestIP) {
+		return errdefs.Invalid("network of vm %s: guest IP %s is not in the gateway's network %s", c.ID, c.GuestIP, pfx)
+	}
+	if c.GuestIP == c.Gateway {
+		return errdefs.Invalid("network of vm %s: guest IP equals the gateway %s", c.ID, c.Gateway)
+	}
+	if _, err := net.ParseMAC(c.MAC); err != nil && c.MAC != "" {
+		return errdefs.Invalid("network of vm %s: mac %q: %v", c.ID, c.MAC, err)
+	}
+	for i, p := range c.Ports {
+		if p.Guest < 1 || p.Guest > 65535 || p.Host < 1 || p.Host > 65535 {
+			return errdefs.Invalid("network of vm %s: ports[%d]: %d->%d is out of range 1..65535", c.ID, i, p.Host, p.Guest)
+		}
+		if p.Protocol != "tcp" && p.Protocol != "udp" {
+			return errdefs.Invalid("network of vm %s: ports[%d]: protocol %q is not tcp or udp", c.ID, i, p.Protocol)
+		}
+	}
+	if c.Bridge != nil && len(c.Ports) > 0 {
+		return errdefs.Invalid("network of vm %s: published ports need the namespace mode", c.ID)
+	}
+	return nil
+}
+
+// MACFor derives a stable, locally administered unicast MAC from the id.
+func MACFor(id string) string {
+	h := sha256.Sum256([]byte(id))
+	return fmt.Sprintf("02:%02x:%02x:%02x:%02x:%02x", h[0], h[1], h[2], h[3], h[4])
+}
+
+// Setup creates the VM's network. Running it again on a complete network
+// changes nothing; a failure removes what this call made.
+func Setup(ctx context.Context, c Config) (err error) {
+	if err := c.validate(); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			if terr := Teardown(context.WithoutCancel(ctx), c); terr != nil {
+				err = errors.Join(err, fmt.Errorf("roll back: %w", terr))
+			}
+		}
+	}()
+	if c.Bridge != nil {
+		return setupBridge(c)
+	}
+	if err := setupNamespace(c); err != nil {
+		return fmt.Errorf("network of vm %s: %w", c.ID, err)
+	}
+	if err := setupRules(c); err != nil {
+		return fmt.Errorf("network of vm %s: nftables: %w", c.ID, err)
+	}
+	return nil
+}
+
+// Teardown removes everything Setup made; what is already gone is fine.
+func Teardown(ctx context.Context, c Config) error {
+	if c.ID == "" {
+		return errdefs.Invalid("network: vm id is empty")
+	}
+	var errs []error
+	if c.Bridge != nil {
+		if err := deleteLink(nil, c.Tap); err != nil {
+			errs = append(errs, err)
+		}
+		return joinf(c.ID, errs)
+	}
+	if err := removeRules(c.ID); err != nil {
+		errs = append(errs, fmt.Errorf("nftables: %w", err))
+	}
+	if err := deleteLink(nil, c.Veth); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Netns != "" && ifNameRe.MatchString(c.Netns) {
+		if ns, err := netns.GetFromName(c.Netns); err == nil {
+			if h, err := netlink.NewHandleAt(ns); err == nil {
+				if err := deleteLink(h, c.Tap); err != nil {
+					errs = append(errs, err)
+				}
+				h.Close()
+			}
+			ns.Close()
+			if err := netns.DeleteNamed(c.Netns); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("delete namespace %s: %w", c.Netns, err))
+			}
+		}
+	}
+	return joinf(c.ID, errs)
+}
+
+func joinf(id string, errs []error) error {
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("tear down network of vm %s: %w", id, err)
+	}
+	return nil
+}
+
+// deleteLink removes a link by name through h (nil: the host namespace).
+func deleteLink(h *netlink.Handle, name string) error {
+	if !ifNameRe.MatchString(name) {
+		return nil
+	}
+	if h == nil {
+		h = &netlink.Handle{}
+	}
+	l, err := h.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil
+		}
+		return fmt.Errorf("find link %s: %w", name, err)
+	}
+	if err := h.LinkDel(l); err != nil {
+		return fmt.Errorf("delete link %s: %w", name, err)
+	}
+	return nil
+}
+
+// RunInNetns runs fn on an OS thread switched into the named namespace. The
+// thread is discarded afterwards if it cannot be switched back.
+func RunInNetns(name string, fn func() error) error {
+	target, err := netns.GetFromName(name)
+	if err != nil {
+		return fmt.Errorf("network namespace %s: %w", name, err)
+	}
+	defer target.Close()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- err
+			return // thread exits locked, never reused
+		}
+		defer orig.Close()
+		if err := netns.Set(target); err != nil {
+			errc <- fmt.Errorf("enter network namespace %s: %w", name, err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- errors.Join(ferr, err)
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
+	}()
+	return <-errc
+}
+
+// sysctl writes a /proc/sys value in the calling thread's namespace.
+func sysctl(path, value string) error {
+	if err := os.WriteFile("/proc/sys/"+path, []byte(value), 0o644); err != nil {
+		return fmt.Errorf("sysctl %s=%s: %w", path, value, err)
+	}
+	return nil
+}

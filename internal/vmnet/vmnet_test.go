@@ -1,0 +1,290 @@
+package vmnet
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/testenv"
+)
+
+// testConfig is a VM on a test-only guest network. Link names stay unique
+// per test run.
+func testConfig(t *testing.T, n int, ports ...store.Port) Config {
+	id := store.NewID()
+	return Config{
+		ID: id, Netns: store.NetnsName(id), Tap: store.TapName(id), Veth: store.VethName(id),
+		GuestIP:   netip.MustParseAddr(fmt.Sprintf("172.31.240.%d", n+1)),
+		Gateway:   netip.MustParseAddr("172.31.240.1"),
+		PrefixLen: 24, MAC: MACFor(id), Ports: ports,
+	}
+}
+
+func run(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+func inNS(t *testing.T, ns string, args ...string) string {
+	return run(t, append([]string{"ip", "netns", "exec", ns}, args...)...)
+}
+
+func mustSetup(t *testing.T, c Config) {
+	t.Helper()
+	if err := Setup(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Teardown(context.Background(), c) })
+}
+
+func assertGone(t *testing.T, c Config) {
+	t.Helper()
+	if out := run(t, "ip", "netns", "list"); strings.Contains(out, c.Netns) {
+		t.Errorf("namespace %s left:\n%s", c.Netns, out)
+	}
+	short := store.ShortID(c.ID)
+	if out := run(t, "ip", "-o", "link", "show"); strings.Contains(out, short) {
+		t.Errorf("link of %s left:\n%s", short, out)
+	}
+	if out := run(t, "ip", "route", "show"); strings.Contains(out, c.GuestIP.String()+" ") {
+		t.Errorf("route to %s left:\n%s", c.GuestIP, out)
+	}
+	if out := run(t, "nft", "list", "ruleset"); strings.Contains(out, c.ID) {
+		t.Errorf("rules of %s left:\n%s", c.ID, out)
+	}
+}
+
+func TestSetupBuildsTheDocumentedTopology(t *testing.T) {
+	testenv.RequireRoot(t)
+	c := testConfig(t, 1, store.Port{Guest: 80, Host: 28080, Protocol: "tcp"}, store.Port{Guest: 53, Host: 28053, Protocol: "udp"})
+	mustSetup(t, c)
+
+	if out := run(t, "ip", "netns", "list"); !strings.Contains(out, c.Netns) {
+		t.Fatalf("namespace %s missing:\n%s", c.Netns, out)
+	}
+	tap := inNS(t, c.Netns, "ip", "-d", "-o", "addr", "show", "dev", c.Tap)
+	if !strings.Contains(tap, "172.31.240.1/24") {
+		t.Fatalf("tap %s has no gateway address:\n%s", c.Tap, tap)
+	}
+	if out := inNS(t, c.Netns, "ip", "-d", "link", "show", c.Tap); !strings.Contains(out, "tap") {
+		t.Fatalf("%s is not a tap:\n%s", c.Tap, out)
+	}
+	if out := run(t, "ip", "-o", "addr", "show", "dev", c.Veth); !strings.Contains(out, "169.254.1.1/32") {
+		t.Fatalf("host veth address:\n%s", out)
+	}
+	if out := run(t, "ip", "route", "show", c.GuestIP.String()); !strings.Contains(out, "via 169.254.1.2 dev "+c.Veth) {
+		t.Fatalf("host route to the guest:\n%s", out)
+	}
+	if out := inNS(t, c.Netns, "ip", "route", "show", "default"); !strings.Contains(out, "via 169.254.1.1 dev veth0") {
+		t.Fatalf("namespace default route:\n%s", out)
+	}
+	if out := inNS(t, c.Netns, "cat", "/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(out) != "1" {
+		t.Fatal("forwarding off inside the namespace")
+	}
+	rules := run(t, "nft", "list", "table", "ip", TableName)
+	for _, want := range []string{
+		"tcp dport 28080 dnat to 172.31.240.2:80",
+		"udp dport 28053 dnat to 172.31.240.2:53",
+		`oifname "` + c.Veth + `" ip saddr 127.0.0.0/8 masquerade`,
+		"ip saddr 172.31.240.2 oifname != \"veth-*\" masquerade",
+		`iifname "veth-*" oifname "veth-*" drop`,
+		`comment "mergen vm ` + c.ID + `"`,
+	} {
+		if !strings.Contains(rules, want) {
+			t.Errorf("ruleset lacks %q:\n%s", want, rules)
+		}
+	}
+}
+
+func TestSetupIsIdempotentAndTeardownLeavesNothing(t *testing.T) {
+	testenv.RequireRoot(t)
+	c := testConfig(t, 2, store.Port{Guest: 80, Host: 28081, Protocol: "tcp"})
+	for i := 0; i < 2; i++ {
+		if err := Setup(context.Background(), c); err != nil {
+			t.Fatalf("setup %d: %v", i+1, err)
+		}
+	}
+	rules := run(t, "nft", "list", "table", "ip", TableName)
+	if n := strings.Count(rules, "dport 28081"); n != 2 { // prerouting + output
+		t.Fatalf("%d DNAT rules after two setups, want 2:\n%s", n, rules)
+	}
+	if n := strings.Count(rules, isolationComment); n != 1 {
+		t.Fatalf("isolation rule present %d times", n)
+	}
+	for i := 0; i < 2; i++ {
+		if err := Teardown(context.Background(), c); err != nil {
+			t.Fatalf("teardown %d: %v", i+1, err)
+		}
+	}
+	assertGone(t, c)
+}
+
+func TestConcurrentSetupsOfManyVMs(t *testing.T) {
+	testenv.RequireRoot(t)
+	var cs []Config
+	for i := 0; i < 6; i++ {
+		cs = append(cs, testConfig(t, 10+i, store.Port{Guest: 80, Host: 28100 + i, Protocol: "tcp"}))
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(cs))
+	for i, c := range cs {
+		wg.Add(1)
+		go func(i int, c Config) { defer wg.Done(); errs[i] = Setup(context.Background(), c) }(i, c)
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("setup %d: %v", i, err)
+		}
+	}
+	rules := run(t, "nft", "list", "table", "ip", TableName)
+	for _, c := range cs {
+		if strings.Count(rules, c.ID) != 4 {
+			t.Fatalf("vm %s has %d rules, want 4:\n%s", c.ID, strings.Count(rules, c.ID), rules)
+		}
+	}
+	for i, c := range cs {
+		wg.Add(1)
+		go func(i int, c Config) { defer wg.Done(); errs[i] = Teardown(context.Background(), c) }(i, c)
+	}
+	wg.Wait()
+	for i, c := range cs {
+		if errs[i] != nil {
+			t.Fatalf("teardown %d: %v", i, errs[i])
+		}
+		assertGone(t, c)
+	}
+}
+
+func TestBadConfigsAreRefusedAndLeaveNothing(t *testing.T) {
+	testenv.RequireRoot(t)
+	base := testConfig(t, 3)
+	cases := []struct {
+		name string
+		mut  func(*Config)
+		want string
+	}{
+		{"tap name too long", func(c *Config) { c.Tap = "tap-0123456789abcdef" }, "tap name"},
+		{"guest outside the gateway's network", func(c *Config) { c.GuestIP = netip.MustParseAddr("10.9.9.9") }, "not in the gateway's network"},
+		{"guest is the gateway", func(c *Config) { c.GuestIP = c.Gateway }, "equals the gateway"},
+		{"port zero", func(c *Config) { c.Ports = []store.Port{{Guest: 0, Host: 1, Protocol: "tcp"}} }, "ports[0]"},
+		{"port too big", func(c *Config) { c.Ports = []store.Port{{Guest: 80, Host: 70000, Protocol: "tcp"}} }, "ports[0]"},
+		{"bad protocol", func(c *Config) { c.Ports = []store.Port{{Guest: 80, Host: 8080, Protocol: "sctp"}} }, "protocol"},
+		{"missing bridge", func(c *Config) { c.Bridge = &store.Bridge{Name: "nobr0", Netmask: "255.255.255.0"} }, "bridge nobr0 does not exist"},
+	}
+	for _, tc := range cases {
+		c := base
+		tc.mut(&c)
+		err := Setup(context.Background(), c)
+		if !errdefs.IsInvalid(err) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want invalid containing %q", tc.name, err, tc.want)
+		}
+		assertGone(t, base)
+	}
+}
+
+// TestPublishedPortsAndIsolation proves the data path without booting a VM:
+// a stand-in guest — a namespace whose veth sits on a bridge with the tap,
+// carrying the guest IP — answers on 127.0.0.1:<host port> through the DNAT,
+// its outbound traffic is masqueraded, and it cannot reach another VM.
+func TestPublishedPortsAndIsolation(t *testing.T) {
+	testenv.RequireRoot(t)
+	a := testConfig(t, 20, store.Port{Guest: 8080, Host: 28200, Protocol: "tcp"})
+	b := testConfig(t, 21, store.Port{Guest: 8080, Host: 28201, Protocol: "tcp"})
+	mustSetup(t, a)
+	mustSetup(t, b)
+	ga := standInGuest(t, a)
+	gb := standInGuest(t, b)
+	serve(t, ga, a.GuestIP.String()+":8080", "guest a")
+	serve(t, gb, b.GuestIP.String()+":8080", "guest b")
+
+	for _, tc := range []struct {
+		port int
+		want string
+	}{{28200, "guest a"}, {28201, "guest b"}} {
+		got, err := fetch(fmt.Sprintf("127.0.0.1:%d", tc.port))
+		if err != nil || got != tc.want {
+			t.Fatalf("127.0.0.1:%d answered %q, %v; want %q", tc.port, got, err, tc.want)
+		}
+	}
+	// Guest a cannot reach guest b's address.
+	if _, err := dialFrom(ga, b.GuestIP.String()+":8080"); err == nil {
+		t.Fatal("guest a reached guest b")
+	}
+}
+
+// standInGuest makes a namespace holding the guest IP behind the VM's tap.
+func standInGuest(t *testing.T, c Config) string {
+	t.Helper()
+	g := "g" + store.ShortID(c.ID)
+	run(t, "ip", "netns", "add", g)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", g).Run() })
+	br := "br" + store.ShortID(c.ID)[:6]
+	inNS(t, c.Netns, "ip", "link", "add", br, "type", "bridge")
+	inNS(t, c.Netns, "ip", "link", "set", c.Tap, "master", br)
+	inNS(t, c.Netns, "ip", "addr", "del", fmt.Sprintf("%s/%d", c.Gateway, c.PrefixLen), "dev", c.Tap)
+	inNS(t, c.Netns, "ip", "addr", "add", fmt.Sprintf("%s/%d", c.Gateway, c.PrefixLen), "dev", br)
+	inNS(t, c.Netns, "ip", "link", "add", "gv0", "type", "veth", "peer", "name", "eth0", "netns", g)
+	inNS(t, c.Netns, "ip", "link", "set", "gv0", "master", br)
+	for _, l := range []string{br, "gv0"} {
+		inNS(t, c.Netns, "ip", "link", "set", l, "up")
+	}
+	inNS(t, g, "ip", "link", "set", "lo", "up")
+	inNS(t, g, "ip", "addr", "add", fmt.Sprintf("%s/%d", c.GuestIP, c.PrefixLen), "dev", "eth0")
+	inNS(t, g, "ip", "link", "set", "eth0", "up")
+	inNS(t, g, "ip", "route", "add", "default", "via", c.Gateway.String())
+	return g
+}
+
+// serve answers every connection with text, from inside namespace ns.
+func serve(t *testing.T, ns, addr, text string) {
+	t.Helper()
+	var l net.Listener
+	err := inNetnsNamed(ns, func() (err error) { l, err = net.Listen("tcp", addr); return })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, text)
+			c.Close()
+		}
+	}()
+}
+
+func fetch(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	b, err := io.ReadAll(c)
+	return string(b), err
+}
+
+func dialFrom(ns, addr string) (string, error) {
+	var out string
+	err := inNetnsNamed(ns, func() (err error) { out, err = fetch(addr); return })
+	return out, err
+}
+
+func inNetnsNamed(name string, fn func() error) error { return RunInNetns(name, fn) }
