@@ -1,0 +1,209 @@
+package guest
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+)
+
+// Restart is what mergen-init does when the payload exits by itself.
+type Restart string
+
+const (
+	RestartNo        Restart = "no"
+	RestartAlways    Restart = "always"
+	RestartOnFailure Restart = "on-failure"
+)
+
+// Net is the guest's network as the runtime passes it in the standard
+// `ip=<client>:<server>:<gw>:<netmask>:<hostname>:<device>:<autoconf>:<dns0>:<dns1>`
+// form. The cloud kernel is built without IP_PNP and ignores it, so
+// mergen-init applies it itself.
+type Net struct {
+	Addr     net.IP
+	Mask     net.IPMask
+	Gateway  net.IP // nil when absent
+	Hostname string
+	Device   string
+	DNS      []net.IP
+}
+
+// Boot is what the kernel command line tells mergen-init.
+type Boot struct {
+	Net     *Net     // nil: no `ip=`, no network configuration at all
+	Env     []string // KEY=VALUE from mergen.env, sorted by key
+	Restart Restart
+}
+
+// ParseCmdline reads the parameters mergen-init understands from a kernel
+// command line and ignores the rest.
+func ParseCmdline(s string) (Boot, error) {
+	b := Boot{Restart: RestartNo}
+	for _, f := range strings.Fields(s) {
+		key, val, _ := strings.Cut(f, "=")
+		switch key {
+		case "ip":
+			n, err := parseIP(val)
+			if err != nil {
+				return Boot{}, fmt.Errorf("kernel command line: ip=%s: %w", val, err)
+			}
+			b.Net = n
+		case "mergen.env":
+			env, err := decodeEnvParam(val)
+			if err != nil {
+				return Boot{}, fmt.Errorf("kernel command line: mergen.env: %w", err)
+			}
+			b.Env = env
+		case "mergen.restart":
+			switch r := Restart(val); r {
+			case RestartNo, RestartAlways, RestartOnFailure:
+				b.Restart = r
+			default:
+				return Boot{}, fmt.Errorf("kernel command line: mergen.restart=%q: want always, on-failure or no", val)
+			}
+		}
+	}
+	return b, nil
+}
+
+func parseIP(v string) (*Net, error) {
+	p := strings.Split(v, ":")
+	for len(p) < 9 {
+		p = append(p, "")
+	}
+	n := &Net{Hostname: p[4], Device: p[5]}
+	if n.Addr = net.ParseIP(p[0]).To4(); n.Addr == nil {
+		return nil, fmt.Errorf("client address %q is not an IPv4 address", p[0])
+	}
+	if p[2] != "" {
+		if n.Gateway = net.ParseIP(p[2]).To4(); n.Gateway == nil {
+			return nil, fmt.Errorf("gateway %q is not an IPv4 address", p[2])
+		}
+	}
+	if p[3] == "" {
+		return nil, fmt.Errorf("netmask is missing")
+	}
+	m := net.ParseIP(p[3]).To4()
+	if m == nil {
+		return nil, fmt.Errorf("netmask %q is not an IPv4 address", p[3])
+	}
+	n.Mask = net.IPMask(m)
+	if ones, bits := n.Mask.Size(); ones == 0 && bits == 0 {
+		return nil, fmt.Errorf("netmask %q is not contiguous", p[3])
+	}
+	if n.Device == "" {
+		n.Device = "eth0"
+	}
+	if p[6] != "" && p[6] != "off" && p[6] != "none" {
+		return nil, fmt.Errorf("autoconf %q: only static configuration (off) is supported", p[6])
+	}
+	for _, d := range p[7:9] {
+		if d == "" {
+			continue
+		}
+		ip := net.ParseIP(d)
+		if ip == nil {
+			return nil, fmt.Errorf("DNS server %q is not an IP address", d)
+		}
+		n.DNS = append(n.DNS, ip)
+	}
+	return n, nil
+}
+
+// decodeEnvParam decodes base64url (padded or not) JSON {"KEY":"value"}.
+func decodeEnvParam(v string) ([]string, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(v, "="))
+	if err != nil {
+		return nil, fmt.Errorf("not base64url: %w", err)
+	}
+	var m map[string]string
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, fmt.Errorf("not a JSON object of strings: %w", err)
+	}
+	out := make([]string, 0, len(m))
+	for k, val := range m {
+		if err := checkEnvKey(k); err != nil {
+			return nil, err
+		}
+		out = append(out, k+"="+val)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+func checkEnvKey(k string) error {
+	if k == "" {
+		return fmt.Errorf("empty variable name")
+	}
+	if strings.ContainsAny(k, "=\x00") {
+		return fmt.Errorf("variable name %q contains '=' or NUL", k)
+	}
+	return nil
+}
+
+// ParseEnvFile reads the env disk's `env` file: KEY=VALUE lines, blank lines
+// and lines starting with '#' skipped. The value is taken literally (no quotes,
+// no expansion). A malformed line is an error naming its number.
+func ParseEnvFile(data []byte) ([]string, error) {
+	var out []string
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSuffix(sc.Text(), "\r")
+		if strings.TrimSpace(line) == "" || strings.HasPrefix(strings.TrimSpace(line), "#") {
+			continue
+		}
+		k, _, ok := strings.Cut(line, "=")
+		if !ok {
+			return nil, fmt.Errorf("env file line %d: %q is not KEY=VALUE", n, line)
+		}
+		if err := checkEnvKey(k); err != nil {
+			return nil, fmt.Errorf("env file line %d: %w", n, err)
+		}
+		if strings.ContainsAny(k, " \t") {
+			return nil, fmt.Errorf("env file line %d: variable name %q contains whitespace", n, k)
+		}
+		if strings.ContainsRune(line, 0) {
+			return nil, fmt.Errorf("env file line %d: contains NUL", n)
+		}
+		out = append(out, line)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("env file: %w", err)
+	}
+	return out, nil
+}
+
+// MergeEnv merges KEY=VALUE layers; a later layer wins. A key keeps the
+// position where it first appeared so the image's order survives overrides.
+func MergeEnv(layers ...[]string) []string {
+	idx := map[string]int{}
+	var out []string
+	for _, l := range layers {
+		for _, kv := range l {
+			k, _, _ := strings.Cut(kv, "=")
+			if i, ok := idx[k]; ok {
+				out[i] = kv
+				continue
+			}
+			idx[k] = len(out)
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// LookupEnv returns the value of key in a KEY=VALUE list.
+func LookupEnv(env []string, key string) (string, bool) {
+	for _, kv := range env {
+		if k, v, _ := strings.Cut(kv, "="); k == key {
+			return v, true
+		}
+	}
+	return "", false
+}

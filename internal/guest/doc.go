@@ -1,0 +1,29 @@
+// Package guest is mergen-init: PID 1 inside every mergen VM, and the
+// initramfs /init that gets a stock distro kernel to its root disk.
+//
+// Boot contract (see docs/guest.md for the operator's view):
+//
+//   - Kernel command line: `console=ttyS0 reboot=k panic=1 init=/sbin/init`
+//     plus optional `ip=<guest>::<gateway>:<netmask>:<hostname>:eth0:off[:<dns>]`
+//     (applied by mergen-init; no network configuration without it),
+//     `mergen.env=<base64url(JSON object)>` and
+//     `mergen.restart=always|on-failure|no`.
+//   - As the initramfs /init (argv[0] "/init"): load the modules listed in
+//     /lib/modules/mergen/modules.list (finit_module, in order), find the ext4
+//     file system labelled mergen-root, mount it read-only and switch_root to
+//     its /sbin/init.
+//   - As /sbin/init: mount the kernel file systems, load the same module list
+//     from the root disk, set the hostname and network, find the disks by
+//     label (mergen-payload required; mergen-agent, mergen-env, mergen-data
+//     optional), mount the payload read-only under an overlay whose upper
+//     layer is on mergen-data or a tmpfs, and run the runtime's argv chrooted
+//     there as the image's user, in its working directory, with env = image
+//     env + env disk `env` + mergen.env (later wins).
+//   - Console: `mergen-init: ...` progress lines, `[payload] ...` output, one
+//     `mergen-init: boot timeline: kernel-start->payload-exec <s>s` line and,
+//     at the end, `mergen-init: exit status N` before sync, unmount and
+//     power-off.
+//   - Stop: Ctrl-Alt-Del (SIGINT to PID 1, as CAD is turned off), SIGTERM,
+//     SIGPWR or the ACPI power button send the stop signal to the payload,
+//     SIGKILL follows after the grace period.
+package guest
