@@ -1,0 +1,71 @@
+package progress
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestCountersAreSafeForParallelWriters(t *testing.T) {
+	tr := New()
+	c := tr.File("disk.ext4", 8*1000)
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < 1000; j++ {
+				io.WriteString(c, "x")
+			}
+		}()
+	}
+	wg.Wait()
+	c.Finish("done")
+	got := tr.Snapshot()
+	want := []Stat{{Name: "disk.ext4", Done: 8000, Total: 8000, State: "done"}}
+	if len(got) != 1 || got[0] != want[0] {
+		t.Fatalf("snapshot %+v, want %+v", got, want)
+	}
+}
+
+func TestNilTrackerCountsNothing(t *testing.T) {
+	var tr *Tracker
+	c := tr.File("x", 10)
+	c.Add(5)
+	c.Finish("done")
+	if s := tr.Snapshot(); s != nil {
+		t.Fatalf("nil tracker snapshot = %v", s)
+	}
+}
+
+// A non-terminal writer gets plain lines, and stop prints the final state of
+// every file.
+func TestPlainLinesEndWithFinalState(t *testing.T) {
+	tr := New()
+	a := tr.File("vmlinux.bin", 2048)
+	tr.File("agent-disk.ext4", 10).Finish("skipped")
+	var buf bytes.Buffer
+	stop := Render(context.Background(), &buf, tr, time.Millisecond)
+	a.Add(2048)
+	a.Finish("done")
+	stop()
+	out := buf.String()
+	for _, want := range []string{"progress vmlinux.bin 2.0 KiB/2.0 KiB (100.0%)", "done", "progress agent-disk.ext4 0 B/10 B", "skipped"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestEveryFromEnv(t *testing.T) {
+	for v, want := range map[string]time.Duration{"": DefaultEvery, "40": 40 * time.Millisecond, "-3": DefaultEvery, "soon": DefaultEvery} {
+		t.Setenv("MGR_PROGRESS_EVERY_MILLISECONDS", v)
+		if got := EveryFromEnv(); got != want {
+			t.Errorf("MGR_PROGRESS_EVERY_MILLISECONDS=%q: got %v want %v", v, got, want)
+		}
+	}
+}
