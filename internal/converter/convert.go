@@ -1,0 +1,387 @@
+// Package converter turns an OCI or Docker image into the payload disk and
+// metadata that the VM runtime and mergen-init consume (see imagemeta for the
+// file names), and makes agent and env disks.
+//
+// Guarantees: the output directory is always inside the images root whatever
+// the reference; layers are cached by digest and verified before use; the
+// products are staged and moved into place only when all of them are good,
+// image-meta.json last, so a failed run never leaves something a later run
+// would take for a finished conversion.
+package converter
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/mergenhq/mergen/internal/converter/ext4"
+	"github.com/mergenhq/mergen/internal/converter/layer"
+	"github.com/mergenhq/mergen/internal/imagemeta"
+)
+
+// DefaultDataRoot is MGR_DATA_ROOT's default.
+const DefaultDataRoot = "/var/lib/mergen"
+
+// CacheDir is the name of the layer cache inside an image's output dir.
+const CacheDir = "image-cache"
+
+// Options of one conversion.
+type Options struct {
+	Source    string // registry reference, oci:DIR or docker-archive:FILE
+	Platform  string // os/arch[/variant]; "" = the host's
+	DataRoot  string // MGR_DATA_ROOT; "" = DefaultDataRoot
+	OutputDir string // "" = DataRoot/images/<ref>
+	Insecure  bool   // plain HTTP registry
+	SkipPull  bool   // convert from the cache alone
+	SizeMiB   int64  // 0 = from content
+	Headroom  float64
+	NoDir     bool // do not keep payload-rootfs/
+	NoTar     bool // do not write payload-rootfs.tar
+	Keychain  authn.Keychain
+	Progress  Progress // nil = quiet
+}
+
+// Result names what a conversion produced.
+type Result struct {
+	OutputDir string
+	Ext4      string
+	Meta      imagemeta.ImageMeta
+	Runtime   imagemeta.Runtime
+	Pulled    int // layers downloaded (0 when all came from the cache)
+}
+
+// Convert runs the whole pipeline for one image.
+func Convert(ctx context.Context, o Options) (*Result, error) {
+	if o.Source == "" {
+		return nil, fmt.Errorf("convert: image reference is empty")
+	}
+	if o.Platform == "" {
+		o.Platform = HostPlatform()
+	}
+	plat, err := ParsePlatform(o.Platform)
+	if err != nil {
+		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
+	}
+	if o.DataRoot == "" {
+		o.DataRoot = DefaultDataRoot
+	}
+	if o.Keychain == nil {
+		o.Keychain = authn.DefaultKeychain
+	}
+	if o.Headroom == 0 {
+		o.Headroom = 0.2
+	}
+	out := o.OutputDir
+	if out == "" {
+		if out, err = OutputDir(o.DataRoot, o.Source); err != nil {
+			return nil, fmt.Errorf("convert %s: %w", o.Source, err)
+		}
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, fmt.Errorf("convert %s: output dir: %w", o.Source, err)
+	}
+	c := cache{dir: filepath.Join(out, CacheDir)}
+
+	rec, pulled, err := fetch(ctx, c, o, plat)
+	if err != nil {
+		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
+	}
+	var cfg v1.ConfigFile
+	if err := json.Unmarshal(rec.Config, &cfg); err != nil {
+		return nil, fmt.Errorf("convert %s: image config: %w", o.Source, err)
+	}
+	meta, rt := metaFromConfig(o.Source, rec.Digest, o.Platform, &cfg)
+
+	stage, err := os.MkdirTemp(out, ".staging-")
+	if err != nil {
+		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
+	}
+	defer os.RemoveAll(stage)
+	if err := build(ctx, c, rec, stage, meta, rt, o); err != nil {
+		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
+	}
+	if err := publish(stage, out, o); err != nil {
+		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
+	}
+	return &Result{OutputDir: out, Ext4: filepath.Join(out, imagemeta.PayloadExt4), Meta: meta, Runtime: rt, Pulled: pulled}, nil
+}
+
+// fetch makes sure every layer is in the cache and returns the record.
+func fetch(ctx context.Context, c cache, o Options, plat *v1.Platform) (record, int, error) {
+	if o.SkipPull {
+		r, err := c.loadRecord(o.Source, o.Platform)
+		return r, 0, err
+	}
+	img, err := open(ctx, o.Source, plat, o.Insecure, o.Keychain)
+	if err != nil {
+		return record{}, 0, err
+	}
+	dg, err := img.Digest()
+	if err != nil {
+		return record{}, 0, err
+	}
+	raw, err := img.RawConfigFile()
+	if err != nil {
+		return record{}, 0, fmt.Errorf("image config: %w", err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return record{}, 0, fmt.Errorf("image layers: %w", err)
+	}
+	rec := record{Source: o.Source, Platform: o.Platform, Digest: dg.String(), Config: raw}
+	pulled := 0
+	for i, l := range layers {
+		d, err := l.Digest()
+		if err != nil {
+			return rec, pulled, fmt.Errorf("layer %d: %w", i, err)
+		}
+		rec.Layers = append(rec.Layers, d.String())
+		if c.has(d.String()) {
+			continue
+		}
+		size, _ := l.Size()
+		rc, err := l.Compressed()
+		if err != nil {
+			return rec, pulled, fmt.Errorf("layer %s: %w", d, err)
+		}
+		task := startTask(o.Progress, "pull "+short(d.String()), size)
+		err = c.put(d.String(), rc, task.Add)
+		rc.Close()
+		task.Done()
+		if err != nil {
+			return rec, pulled, err
+		}
+		pulled++
+	}
+	if err := c.saveRecord(rec); err != nil {
+		return rec, pulled, fmt.Errorf("cache record: %w", err)
+	}
+	return rec, pulled, nil
+}
+
+func short(d string) string {
+	if h, ok := cutSHA256(d); ok {
+		return h[:12]
+	}
+	return d
+}
+
+// build writes every product into stage.
+func build(ctx context.Context, c cache, rec record, stage string, meta imagemeta.ImageMeta, rt imagemeta.Runtime, o Options) error {
+	root := filepath.Join(stage, imagemeta.PayloadDir)
+	if err := os.Mkdir(root, 0o755); err != nil {
+		return err
+	}
+	for _, d := range rec.Layers {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rc, err := c.open(d)
+		if err != nil {
+			return err
+		}
+		task := startTask(o.Progress, "apply "+short(d), -1)
+		_, err = layer.Apply(root, io.TeeReader(rc, progressWriter(task.Add)))
+		rc.Close()
+		task.Done()
+		if err != nil {
+			return fmt.Errorf("apply layer %s: %w", d, err)
+		}
+	}
+	metaJSON, err := json.MarshalIndent(meta, "", "  ")
+	if err != nil {
+		return err
+	}
+	rtJSON, err := json.MarshalIndent(rt, "", "  ")
+	if err != nil {
+		return err
+	}
+	// The guest reads its start contract from the payload disk itself.
+	md := filepath.Join(root, imagemeta.MetaDir)
+	if err := os.MkdirAll(md, 0o755); err != nil {
+		return err
+	}
+	for name, b := range map[string][]byte{imagemeta.ImageMetaFile: metaJSON, imagemeta.RuntimeFile: rtJSON} {
+		if err := os.WriteFile(filepath.Join(md, name), b, 0o644); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(stage, name), b, 0o644); err != nil {
+			return err
+		}
+	}
+	task := startTask(o.Progress, "ext4 "+imagemeta.PayloadExt4, -1)
+	err = ext4.FromDir(ctx, root, filepath.Join(stage, imagemeta.PayloadExt4),
+		ext4.Options{Label: imagemeta.LabelPayload, SizeMiB: o.SizeMiB, Headroom: o.Headroom})
+	task.Done()
+	if err != nil {
+		return err
+	}
+	if !o.NoTar {
+		if err := tarDir(root, filepath.Join(stage, imagemeta.PayloadTar)); err != nil {
+			return fmt.Errorf("write %s: %w", imagemeta.PayloadTar, err)
+		}
+	}
+	base := filepath.Join(o.DataRoot, "base", "current")
+	bootArgs := "console=ttyS0 reboot=k panic=1 init=/sbin/init"
+	if err := os.WriteFile(filepath.Join(stage, imagemeta.SuggestedBootArgs), []byte(bootArgs+"\n"), 0o644); err != nil {
+		return err
+	}
+	req := map[string]any{
+		"kernel":      filepath.Join(base, "vmlinux"),
+		"rootfs":      filepath.Join(base, "golden-rootfs.ext4"),
+		"agentDisk":   filepath.Join(base, "agent-rootfs.ext4"),
+		"payloadDisk": filepath.Join(o.outputDirOr(), imagemeta.PayloadExt4),
+		"vcpu":        1,
+		"memMiB":      256,
+		"bootArgs":    bootArgs,
+	}
+	if rt.HTTPPort > 0 {
+		req["httpPort"] = rt.HTTPPort
+		req["ports"] = []map[string]any{{"guest": rt.HTTPPort, "host": 0, "protocol": "tcp"}}
+	}
+	rb, _ := json.MarshalIndent(req, "", "  ")
+	return os.WriteFile(filepath.Join(stage, imagemeta.SuggestedVMRequest), rb, 0o644)
+}
+
+func (o Options) outputDirOr() string {
+	if o.OutputDir != "" {
+		return o.OutputDir
+	}
+	d, _ := OutputDir(o.DataRoot, o.Source)
+	return d
+}
+
+// publish moves staged products into out. image-meta.json is removed first
+// and moved last: it marks a finished conversion.
+func publish(stage, out string, o Options) error {
+	marker := filepath.Join(out, imagemeta.ImageMetaFile)
+	if err := os.Remove(marker); err != nil && !os.IsNotExist(err) {
+		return err
+	}
+	names := []string{imagemeta.PayloadExt4, imagemeta.RuntimeFile, imagemeta.SuggestedBootArgs, imagemeta.SuggestedVMRequest}
+	if !o.NoTar {
+		names = append(names, imagemeta.PayloadTar)
+	}
+	if !o.NoDir {
+		names = append(names, imagemeta.PayloadDir)
+	}
+	for _, n := range names {
+		dst := filepath.Join(out, n)
+		if err := os.RemoveAll(dst); err != nil {
+			return err
+		}
+		if err := os.Rename(filepath.Join(stage, n), dst); err != nil {
+			return err
+		}
+	}
+	if o.NoDir {
+		os.RemoveAll(filepath.Join(out, imagemeta.PayloadDir))
+	}
+	if o.NoTar {
+		os.Remove(filepath.Join(out, imagemeta.PayloadTar))
+	}
+	if err := os.Rename(filepath.Join(stage, imagemeta.ImageMetaFile), marker); err != nil {
+		return err
+	}
+	if d, err := os.Open(out); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// metaFromConfig reads the run contract out of the image config.
+func metaFromConfig(src, digest, platform string, cf *v1.ConfigFile) (imagemeta.ImageMeta, imagemeta.Runtime) {
+	c := cf.Config
+	var ports []string
+	for p := range c.ExposedPorts {
+		ports = append(ports, p)
+	}
+	sort.Strings(ports)
+	m := imagemeta.ImageMeta{
+		Image: src, Digest: digest, Platform: platform,
+		Entrypoint: c.Entrypoint, Cmd: c.Cmd, Env: c.Env, WorkingDir: c.WorkingDir,
+		User: c.User, ExposedPorts: ports, StopSignal: c.StopSignal, Labels: c.Labels,
+	}
+	argv := append(append([]string{}, c.Entrypoint...), c.Cmd...)
+	rt := imagemeta.Runtime{
+		Version: 1, Image: src, Digest: digest, Argv: argv, Env: c.Env,
+		WorkingDir: c.WorkingDir, User: c.User, StopSignal: c.StopSignal,
+	}
+	// The first tcp port in numeric order is the hint; images that expose
+	// several usually list the main one lowest (80 before 443).
+	best := 0
+	for _, p := range ports {
+		num, proto, _ := strings.Cut(p, "/")
+		if proto != "" && proto != "tcp" {
+			continue
+		}
+		if n, err := strconv.Atoi(num); err == nil && n > 0 && (best == 0 || n < best) {
+			best = n
+		}
+	}
+	rt.HTTPPort = best
+	return m, rt
+}
+
+// tarDir writes dir as a tar file (uncompressed) with owners, modes, links,
+// devices and xattrs as they are on disk.
+func tarDir(dir, out string) error {
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	tw := tar.NewWriter(f)
+	inodes := map[uint64]string{}
+	err = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if rel == "." {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		h, err := tarHeader(p, rel, fi, inodes)
+		if err != nil {
+			return err
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			return err
+		}
+		if h.Typeflag == tar.TypeReg && h.Size > 0 {
+			src, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			_, err = io.Copy(tw, src)
+			src.Close()
+			return err
+		}
+		return nil
+	})
+	if err == nil {
+		err = tw.Close()
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

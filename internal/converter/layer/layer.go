@@ -1,0 +1,346 @@
+// Package layer applies OCI image layers (tar streams) to a directory with
+// the semantics of the OCI image spec: whiteouts and opaque directories,
+// hard links, symlinks, device nodes, ownership, modes and xattrs.
+//
+// Guarantee: no entry of a layer can create, change or remove anything
+// outside the root directory. Entries that try (".." components, absolute
+// names, parents or hard-link targets that resolve through a symlink leading
+// out of the root) are refused with an error naming the entry.
+package layer
+
+import (
+	"archive/tar"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	whiteoutPrefix = ".wh."
+	opaqueMarker   = ".wh..wh..opq"
+	maxSymlinks    = 40 // same bound as the kernel's ELOOP
+)
+
+// Stats counts what Apply did, so callers can report skipped entries.
+type Stats struct {
+	Entries        int
+	Bytes          int64
+	SkippedDevices int // device nodes skipped because the process cannot mknod
+}
+
+// Apply extracts the uncompressed tar stream r on top of root. When the
+// process is not root, ownership is not applied and device nodes are skipped
+// (counted in Stats); everything else is identical.
+func Apply(root string, r io.Reader) (Stats, error) {
+	a := applier{root: root, asRoot: os.Geteuid() == 0, created: map[string]bool{}}
+	tr := tar.NewReader(r)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return a.stats, fmt.Errorf("read layer: %w", err)
+		}
+		if err := a.entry(h, tr); err != nil {
+			return a.stats, fmt.Errorf("layer entry %q: %w", h.Name, err)
+		}
+		a.stats.Entries++
+	}
+	return a.stats, nil
+}
+
+type applier struct {
+	root   string
+	asRoot bool
+	stats  Stats
+	// created holds the paths this layer wrote, so an opaque marker that
+	// appears after them in the same layer hides only lower layers.
+	created map[string]bool
+}
+
+// clean validates a tar name and returns it as a slash path relative to the
+// root ("" for the root itself).
+func clean(name string) (string, error) {
+	if strings.HasPrefix(name, "/") {
+		return "", errors.New("absolute path refused")
+	}
+	for _, part := range strings.Split(name, "/") {
+		if part == ".." {
+			return "", errors.New("path with '..' refused")
+		}
+	}
+	c := path.Clean(name)
+	if c == "." {
+		return "", nil
+	}
+	return c, nil
+}
+
+// resolveParent returns the host path of rel's parent directory, following
+// symlinks inside the root the way the guest will see them (absolute targets
+// are relative to the root). A symlink that leads out of the root is an error.
+func (a *applier) resolveParent(rel string) (string, error) {
+	dir, base := path.Split(rel)
+	p, err := a.resolve(strings.TrimSuffix(dir, "/"), 0)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(p, base), nil
+}
+
+// resolve follows every component of rel, symlinks included, and returns the
+// host path; it never leaves the root.
+func (a *applier) resolve(rel string, depth int) (string, error) {
+	cur := "" // resolved, relative to root, slash separated
+	parts := strings.Split(rel, "/")
+	for i := 0; i < len(parts); i++ {
+		part := parts[i]
+		if part == "" || part == "." {
+			continue
+		}
+		if part == ".." {
+			if cur == "" {
+				return "", errors.New("path leads out of the root")
+			}
+			cur = path.Dir(cur)
+			if cur == "." {
+				cur = ""
+			}
+			continue
+		}
+		next := path.Join(cur, part)
+		host := filepath.Join(a.root, filepath.FromSlash(next))
+		fi, err := os.Lstat(host)
+		if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+			// Missing components are created later as directories; regular
+			// components are taken as they are.
+			cur = next
+			continue
+		}
+		depth++
+		if depth > maxSymlinks {
+			return "", errors.New("too many levels of symbolic links")
+		}
+		target, err := os.Readlink(host)
+		if err != nil {
+			return "", err
+		}
+		rest := strings.Join(parts[i+1:], "/")
+		var joined string
+		if strings.HasPrefix(target, "/") {
+			joined = strings.TrimPrefix(target, "/")
+		} else {
+			// A relative target must stay inside the root on its own: a
+			// link such as "../../etc" from a shallow directory is an
+			// escape attempt, not something to clamp silently.
+			joined = path.Join(cur, target)
+			if joined == ".." || strings.HasPrefix(joined, "../") {
+				return "", fmt.Errorf("symlink %s -> %s leads out of the root", next, target)
+			}
+		}
+		if rest != "" {
+			joined = joined + "/" + rest
+		}
+		return a.resolve(joined, depth)
+	}
+	return filepath.Join(a.root, filepath.FromSlash(cur)), nil
+}
+
+func (a *applier) entry(h *tar.Header, r io.Reader) error {
+	rel, err := clean(h.Name)
+	if err != nil {
+		return err
+	}
+	if rel == "" {
+		// The root itself: only its metadata.
+		if h.Typeflag == tar.TypeDir {
+			return a.meta(a.root, h)
+		}
+		return nil
+	}
+	base := path.Base(rel)
+	dirRel := path.Dir(rel)
+	if dirRel == "." {
+		dirRel = ""
+	}
+
+	if base == opaqueMarker {
+		dir, err := a.resolve(dirRel, 0)
+		if err != nil {
+			return err
+		}
+		return a.opaque(dir, dirRel)
+	}
+	if strings.HasPrefix(base, whiteoutPrefix) {
+		victim := path.Join(dirRel, strings.TrimPrefix(base, whiteoutPrefix))
+		p, err := a.resolveParent(victim)
+		if err != nil {
+			return err
+		}
+		if err := os.RemoveAll(p); err != nil {
+			return fmt.Errorf("whiteout: %w", err)
+		}
+		return nil
+	}
+
+	target, err := a.resolveParent(rel)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		return err
+	}
+	// An entry replaces what lower layers had at this path, except that a
+	// directory over a directory merges.
+	if fi, err := os.Lstat(target); err == nil {
+		if !(fi.IsDir() && h.Typeflag == tar.TypeDir) {
+			if err := os.RemoveAll(target); err != nil {
+				return err
+			}
+		}
+	}
+	a.created[rel] = true
+
+	mode := uint32(h.Mode & 0o7777)
+	switch h.Typeflag {
+	case tar.TypeDir:
+		if err := os.Mkdir(target, 0o755); err != nil && !os.IsExist(err) {
+			return err
+		}
+	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tars still use TypeRegA
+		f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			return err
+		}
+		n, err := io.Copy(f, r)
+		a.stats.Bytes += n
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	case tar.TypeSymlink:
+		// The link text is stored as given: it is resolved in the guest,
+		// and any later entry going through it is checked by resolve.
+		return a.lmeta(target, h, os.Symlink(h.Linkname, target))
+	case tar.TypeLink:
+		lrel, err := clean(h.Linkname)
+		if err != nil || lrel == "" {
+			return fmt.Errorf("hard link target %q refused", h.Linkname)
+		}
+		src, err := a.resolveParent(lrel)
+		if err != nil {
+			return fmt.Errorf("hard link target %q: %w", h.Linkname, err)
+		}
+		fi, err := os.Lstat(src)
+		if err != nil {
+			return fmt.Errorf("hard link target %q: %w", h.Linkname, err)
+		}
+		if fi.IsDir() {
+			return fmt.Errorf("hard link target %q is a directory", h.Linkname)
+		}
+		return os.Link(src, target)
+	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		var kind uint32
+		switch h.Typeflag {
+		case tar.TypeChar:
+			kind = unix.S_IFCHR
+		case tar.TypeBlock:
+			kind = unix.S_IFBLK
+		default:
+			kind = unix.S_IFIFO
+		}
+		if !a.asRoot && kind != unix.S_IFIFO {
+			a.stats.SkippedDevices++
+			return nil
+		}
+		dev := unix.Mkdev(uint32(h.Devmajor), uint32(h.Devminor))
+		if err := unix.Mknod(target, kind|mode, int(dev)); err != nil {
+			return fmt.Errorf("mknod: %w", err)
+		}
+	default:
+		return fmt.Errorf("unsupported tar entry type %q", string(h.Typeflag))
+	}
+	return a.meta(target, h)
+}
+
+// opaque empties dir of everything that did not come from the current layer.
+func (a *applier) opaque(dir, dirRel string) error {
+	entries, err := os.ReadDir(dir)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if a.created[path.Join(dirRel, e.Name())] {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("opaque directory: %w", err)
+		}
+	}
+	return nil
+}
+
+// meta applies ownership, xattrs, mode and times. Ownership goes first
+// because chown clears setuid and setgid bits.
+func (a *applier) meta(p string, h *tar.Header) error {
+	if a.asRoot {
+		if err := os.Lchown(p, h.Uid, h.Gid); err != nil {
+			return err
+		}
+	}
+	if err := a.xattrs(p, h); err != nil {
+		return err
+	}
+	if err := unix.Chmod(p, uint32(h.Mode&0o7777)); err != nil {
+		return err
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(h.ModTime.UnixNano()), unix.NsecToTimespec(h.ModTime.UnixNano())}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// lmeta is meta for symlinks: no mode (Linux ignores it), owner and times.
+func (a *applier) lmeta(p string, h *tar.Header, created error) error {
+	if created != nil {
+		return created
+	}
+	if a.asRoot {
+		if err := os.Lchown(p, h.Uid, h.Gid); err != nil {
+			return err
+		}
+	}
+	if err := a.xattrs(p, h); err != nil {
+		return err
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(h.ModTime.UnixNano()), unix.NsecToTimespec(h.ModTime.UnixNano())}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+func (a *applier) xattrs(p string, h *tar.Header) error {
+	for k, v := range h.PAXRecords {
+		name, ok := strings.CutPrefix(k, "SCHILY.xattr.")
+		if !ok {
+			continue
+		}
+		// trusted.* and security.* need privileges; without them the
+		// attribute cannot be kept and the caller is not root anyway.
+		if !a.asRoot && (strings.HasPrefix(name, "trusted.") || strings.HasPrefix(name, "security.")) {
+			continue
+		}
+		if err := unix.Lsetxattr(p, name, []byte(v), 0); err != nil {
+			return fmt.Errorf("xattr %s: %w", name, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,108 @@
+package converter
+
+import (
+	"archive/tar"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// OutputDir returns DataRoot/images/<name> for a source, where name is the
+// reference with every character outside [A-Za-z0-9._-] replaced by '_' and
+// leading dots replaced too. Whatever the reference, the result is a direct
+// child of the images root: no reference can name the root itself, a parent,
+// or the layer cache.
+func OutputDir(dataRoot, source string) (string, error) {
+	if source == "" {
+		return "", fmt.Errorf("output dir: image reference is empty")
+	}
+	var b strings.Builder
+	for _, r := range source {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '-', r == '_':
+			b.WriteRune(r)
+		default:
+			b.WriteByte('_')
+		}
+	}
+	name := b.String()
+	trimmed := strings.TrimLeft(name, ".")
+	name = strings.Repeat("_", len(name)-len(trimmed)) + trimmed
+	if len(name) > 200 {
+		return "", fmt.Errorf("output dir: image reference %q is longer than 200 characters", source)
+	}
+	root := filepath.Join(dataRoot, "images")
+	dir := filepath.Join(root, name)
+	if filepath.Dir(dir) != filepath.Clean(root) || name == CacheDir {
+		return "", fmt.Errorf("output dir: image reference %q does not map to a directory under %s", source, root)
+	}
+	return dir, nil
+}
+
+func tarHeader(p, rel string, fi fs.FileInfo, inodes map[uint64]string) (*tar.Header, error) {
+	link := ""
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		var err error
+		if link, err = os.Readlink(p); err != nil {
+			return nil, err
+		}
+	}
+	h, err := tar.FileInfoHeader(fi, link)
+	if err != nil {
+		return nil, err
+	}
+	h.Name = filepath.ToSlash(rel)
+	if fi.IsDir() {
+		h.Name += "/"
+	}
+	h.Uname, h.Gname = "", ""
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		h.Uid, h.Gid = int(st.Uid), int(st.Gid)
+		if fi.Mode().IsRegular() && st.Nlink > 1 {
+			if first, seen := inodes[st.Ino]; seen {
+				h.Typeflag, h.Linkname, h.Size = tar.TypeLink, first, 0
+			} else {
+				inodes[st.Ino] = h.Name
+			}
+		}
+	}
+	// Only the permission bits and setuid/setgid/sticky: FileInfoHeader
+	// already encodes them in the tar form.
+	if names, err := listXattrs(p); err == nil {
+		for _, n := range names {
+			v := make([]byte, 64<<10)
+			sz, err := unix.Lgetxattr(p, n, v)
+			if err != nil {
+				continue
+			}
+			if h.PAXRecords == nil {
+				h.PAXRecords = map[string]string{}
+			}
+			h.PAXRecords["SCHILY.xattr."+n] = string(v[:sz])
+		}
+		if h.PAXRecords != nil {
+			h.Format = tar.FormatPAX
+		}
+	}
+	return h, nil
+}
+
+func listXattrs(p string) ([]string, error) {
+	buf := make([]byte, 64<<10)
+	n, err := unix.Llistxattr(p, buf)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, s := range strings.Split(string(buf[:n]), "\x00") {
+		if s != "" {
+			names = append(names, s)
+		}
+	}
+	return names, nil
+}
