@@ -1,0 +1,71 @@
+package forwarder
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are registered on the forwarder's own registry, served on the
+// metrics listener only (never on the public HTTPS port).
+type metrics struct {
+	reg         *prometheus.Registry
+	conns       *prometheus.CounterVec // by result
+	active      prometheus.Gauge
+	bytes       *prometheus.CounterVec // by direction
+	errors      *prometheus.CounterVec // by kind
+	dial        prometheus.Histogram
+	handshake   prometheus.Histogram
+	certReloads *prometheus.CounterVec
+}
+
+// Error kinds, also used as the "kind" log attribute.
+const (
+	kindHandshake = "handshake"
+	kindNoSNI     = "no_sni"
+	kindDomain    = "other_domain"
+	kindLabel     = "bad_label"
+	kindNotFound  = "not_found"
+	kindAmbiguous = "ambiguous"
+	kindNoPort    = "no_http_port"
+	kindDial      = "dial"
+	kindResolver  = "resolver"
+	kindIdle      = "idle_timeout"
+	kindTotal     = "total_timeout"
+)
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg: prometheus.NewRegistry(),
+		conns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mergen_forwarder_connections_total",
+			Help: "Accepted TLS connections by result (proxied, rejected, failed).",
+		}, []string{"result"}),
+		active: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mergen_forwarder_connections_active",
+			Help: "Connections currently open.",
+		}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mergen_forwarder_bytes_total",
+			Help: "Bytes proxied: to_backend (client to VM) and to_client (VM to client).",
+		}, []string{"direction"}),
+		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mergen_forwarder_errors_total",
+			Help: "Connection errors by kind.",
+		}, []string{"kind"}),
+		dial: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mergen_forwarder_dial_seconds",
+			Help:    "Time to connect to the VM inside its namespace.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}),
+		handshake: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mergen_forwarder_tls_handshake_seconds",
+			Help:    "Time to complete the TLS handshake with the client.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}),
+		certReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mergen_forwarder_cert_reloads_total",
+			Help: "Certificate reloads after the files changed, by result.",
+		}, []string{"result"}),
+	}
+	m.reg.MustRegister(m.conns, m.active, m.bytes, m.errors, m.dial, m.handshake, m.certReloads)
+	return m
+}
