@@ -1,0 +1,356 @@
+package converter
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/mergenhq/mergen/internal/imagemeta"
+	"github.com/mergenhq/mergen/internal/testenv"
+)
+
+// tent is one tar entry of a test layer.
+type tent struct {
+	name, body, link string
+	typ              byte
+	mode             int64
+	uid, gid         int
+	xattrs           map[string]string
+}
+
+func tarLayer(t testing.TB, es ...tent) v1.Layer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range es {
+		h := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: e.mode, Linkname: e.link, Uid: e.uid, Gid: e.gid}
+		if h.Typeflag == 0 {
+			h.Typeflag = tar.TypeReg
+			h.Size = int64(len(e.body))
+		}
+		if h.Mode == 0 {
+			h.Mode = 0o644
+			if h.Typeflag == tar.TypeDir {
+				h.Mode = 0o755
+			}
+		}
+		for k, v := range e.xattrs {
+			if h.PAXRecords == nil {
+				h.PAXRecords = map[string]string{}
+			}
+			h.PAXRecords["SCHILY.xattr."+k] = v
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(tw, e.body)
+	}
+	tw.Close()
+	b := buf.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// testImage is an image with several layers exercising what layer
+// application must get right: whiteouts, an opaque dir, hard links, setuid,
+// xattrs, a device node.
+func testImage(t testing.TB, arch string) v1.Image {
+	t.Helper()
+	img, err := mutate.AppendLayers(empty.Image,
+		tarLayer(t,
+			tent{name: "bin/", typ: tar.TypeDir},
+			tent{name: "bin/app", body: "#!/bin/sh\necho hi\n", mode: 0o755},
+			tent{name: "bin/su", body: "su", mode: 0o4755},
+			tent{name: "etc/", typ: tar.TypeDir},
+			tent{name: "etc/gone", body: "removed later"},
+			tent{name: "var/cache/", typ: tar.TypeDir},
+			tent{name: "var/cache/old", body: "hidden by opaque"},
+			tent{name: "dev/", typ: tar.TypeDir},
+			tent{name: "dev/null", typ: tar.TypeChar, mode: 0o666},
+		),
+		tarLayer(t,
+			tent{name: "etc/.wh.gone"},
+			tent{name: "var/cache/", typ: tar.TypeDir},
+			tent{name: "var/cache/.wh..wh..opq"},
+			tent{name: "var/cache/new", body: "n"},
+			tent{name: "bin/su-link", typ: tar.TypeLink, link: "bin/su"},
+			tent{name: "home/web/", typ: tar.TypeDir, uid: 1000, gid: 1000, mode: 0o750},
+		),
+		tarLayer(t,
+			tent{name: "srv/data", body: "d", uid: 33, gid: 33, mode: 0o640, xattrs: map[string]string{"user.role": "web"}},
+		),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", arch
+	cf.Config.Entrypoint = []string{"/bin/app"}
+	cf.Config.Cmd = []string{"serve", "--port=8080"}
+	cf.Config.Env = []string{"PATH=/bin", "MODE=prod"}
+	cf.Config.WorkingDir = "/srv"
+	cf.Config.ExposedPorts = map[string]struct{}{"8443/tcp": {}, "8080/tcp": {}, "53/udp": {}}
+	img, err = mutate.ConfigFile(img, cf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// registryServer is the in-process registry on loopback, counting blob GETs
+// and optionally corrupting one blob.
+type registryServer struct {
+	*httptest.Server
+	blobGets atomic.Int64
+	corrupt  atomic.Value // digest string whose bytes get flipped
+}
+
+func newRegistry(t testing.TB) *registryServer {
+	rs := &registryServer{}
+	rs.corrupt.Store("")
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	rs.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			rs.blobGets.Add(1)
+			if d := rs.corrupt.Load().(string); d != "" && strings.HasSuffix(r.URL.Path, d) {
+				rec := httptest.NewRecorder()
+				reg.ServeHTTP(rec, r)
+				b := rec.Body.Bytes()
+				if len(b) > 10 {
+					b[len(b)/2] ^= 0xff
+				}
+				w.WriteHeader(rec.Code)
+				w.Write(b)
+				return
+			}
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(rs.Close)
+	return rs
+}
+
+func (rs *registryServer) push(t testing.TB, repo string, img v1.Image) string {
+	t.Helper()
+	ref := strings.TrimPrefix(rs.URL, "http://") + "/" + repo
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
+func debugfs(t testing.TB, img, req string) string {
+	t.Helper()
+	out, err := exec.Command(testenv.Tool(t, "debugfs"), "-R", req, img).CombinedOutput()
+	if err != nil {
+		t.Fatalf("debugfs %q: %v: %s", req, err, out)
+	}
+	return string(out)
+}
+
+func TestConvertFromRegistryMakesTheExpectedDisk(t *testing.T) {
+	testenv.RequireRoot(t)
+	rs := newRegistry(t)
+	ref := rs.push(t, "team/app:1", testImage(t, "amd64"))
+	data := t.TempDir()
+	ctx := context.Background()
+	opts := Options{Source: ref, Platform: "linux/amd64", DataRoot: data, Keychain: authn.NewMultiKeychain()}
+
+	res, err := Convert(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Pulled != 3 {
+		t.Errorf("first conversion pulled %d layers, want 3", res.Pulled)
+	}
+	wantDir, _ := OutputDir(data, ref)
+	if res.OutputDir != wantDir || filepath.Dir(wantDir) != filepath.Join(data, "images") {
+		t.Errorf("output dir %s, want %s", res.OutputDir, wantDir)
+	}
+	for _, f := range []string{imagemeta.PayloadExt4, imagemeta.PayloadTar, imagemeta.PayloadDir, imagemeta.ImageMetaFile,
+		imagemeta.RuntimeFile, imagemeta.SuggestedBootArgs, imagemeta.SuggestedVMRequest} {
+		if _, err := os.Stat(filepath.Join(res.OutputDir, f)); err != nil {
+			t.Errorf("output %s: %v", f, err)
+		}
+	}
+
+	var rt imagemeta.Runtime
+	b, _ := os.ReadFile(filepath.Join(res.OutputDir, imagemeta.RuntimeFile))
+	if err := json.Unmarshal(b, &rt); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(rt.Argv, " ") != "/bin/app serve --port=8080" || rt.HTTPPort != 8080 || rt.WorkingDir != "/srv" || rt.Version != 1 {
+		t.Errorf("runtime = %+v", rt)
+	}
+
+	img := res.Ext4
+	if out, err := exec.Command(testenv.Tool(t, "e2fsck"), "-fn", img).CombinedOutput(); err != nil {
+		t.Fatalf("e2fsck: %v\n%s", err, out)
+	}
+	if out := debugfs(t, img, "stats"); !regexp.MustCompile(`Filesystem volume name:\s+mergen-payload\n`).MatchString(out) {
+		t.Errorf("label not set:\n%s", out)
+	}
+	// The tree, owners and modes as debugfs reads them from the image.
+	for _, c := range []struct{ path, re string }{
+		{"/bin/app", `Mode:\s+0755`},
+		{"/bin/su", `Mode:\s+04755`},
+		{"/bin/su", `Links: 2`},
+		{"/home/web", `User:\s+1000\s+Group:\s+1000`},
+		{"/home/web", `Mode:\s+0750`},
+		{"/srv/data", `User:\s+33\s+Group:\s+33`},
+		{"/srv/data", `Mode:\s+0640`},
+		{"/dev/null", `Type: character special`},
+		{"/.mergen/" + imagemeta.RuntimeFile, `Type: regular`},
+		{"/.mergen/" + imagemeta.ImageMetaFile, `Type: regular`},
+	} {
+		if out := debugfs(t, img, "stat "+c.path); !regexp.MustCompile(c.re).MatchString(out) {
+			t.Errorf("%s: want %s in:\n%s", c.path, c.re, out)
+		}
+	}
+	for _, gone := range []string{"/etc/gone", "/var/cache/old"} {
+		if out := debugfs(t, img, "stat "+gone); !strings.Contains(out, "File not found") {
+			t.Errorf("%s should be whited out:\n%s", gone, out)
+		}
+	}
+	if out := debugfs(t, img, "ea_get /srv/data user.role"); !strings.Contains(out, "web") {
+		t.Errorf("xattr user.role missing:\n%s", out)
+	}
+
+	// A second conversion takes every layer from the cache: only the
+	// manifest and config travel.
+	before := rs.blobGets.Load()
+	res2, err := Convert(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res2.Pulled != 0 || rs.blobGets.Load()-before > 1 {
+		t.Errorf("cached conversion pulled %d layers, %d blob GETs", res2.Pulled, rs.blobGets.Load()-before)
+	}
+	// And --skip-pull needs no registry at all.
+	rs.Close()
+	opts.SkipPull = true
+	if _, err := Convert(ctx, opts); err != nil {
+		t.Fatalf("skip-pull from a complete cache: %v", err)
+	}
+}
+
+func TestConvertBadInputLeavesNoFinishedLookingOutput(t *testing.T) {
+	testenv.RequireRoot(t)
+	rs := newRegistry(t)
+	ref := rs.push(t, "team/app:1", testImage(t, "amd64"))
+	layers, _ := testImage(t, "amd64").Layers()
+	badDigest, _ := layers[1].Digest()
+	big, err := mutate.AppendLayers(empty.Image, tarLayer(t, tent{name: "big", body: strings.Repeat("x", 3<<20)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bigRef := rs.push(t, "team/big:1", big)
+
+	cases := []struct {
+		name    string
+		opts    func(data string) Options
+		corrupt string
+		errHas  string
+	}{
+		{"unknown image", func(string) Options { return Options{Source: strings.Replace(ref, "team/app", "team/nothere", 1)} }, "", "pull"},
+		{"registry down", func(string) Options { return Options{Source: "127.0.0.1:1/x/y:1"} }, "", "pull"},
+		{"wrong platform", func(string) Options { return Options{Source: ref, Platform: "linux/arm64"} }, "", "platform"},
+		{"bad platform", func(string) Options { return Options{Source: ref, Platform: "amd64"} }, "", "want os/arch"},
+		{"corrupt layer", func(string) Options { return Options{Source: ref} }, badDigest.Hex, "sha256"},
+		{"skip-pull with an empty cache", func(string) Options { return Options{Source: ref, SkipPull: true} }, "", "--skip-pull"},
+		{"output dir not writable", func(data string) Options {
+			f := filepath.Join(data, "file")
+			os.WriteFile(f, nil, 0o644)
+			return Options{Source: ref, OutputDir: filepath.Join(f, "sub")}
+		}, "", "output dir"},
+		{"disk too small for the content", func(string) Options { return Options{Source: bigRef, SizeMiB: 2} }, "", "ext4"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			data := t.TempDir()
+			rs.corrupt.Store(tc.corrupt)
+			defer rs.corrupt.Store("")
+			o := tc.opts(data)
+			o.DataRoot = data
+			if o.Platform == "" {
+				o.Platform = "linux/amd64"
+			}
+			o.Keychain = authn.NewMultiKeychain()
+			_, err := Convert(context.Background(), o)
+			if err == nil || !strings.Contains(err.Error(), tc.errHas) {
+				t.Fatalf("err = %v, want one containing %q", err, tc.errHas)
+			}
+			if !strings.Contains(err.Error(), o.Source) {
+				t.Errorf("error does not name the image: %v", err)
+			}
+			filepath.Walk(data, func(p string, fi os.FileInfo, err error) error {
+				if err == nil && (fi.Name() == imagemeta.ImageMetaFile && !strings.Contains(p, "/.") || fi.Name() == imagemeta.PayloadExt4 || strings.HasPrefix(fi.Name(), ".staging-")) {
+					t.Errorf("left behind: %s", p)
+				}
+				return nil
+			})
+		})
+	}
+}
+
+func TestOutputDirStaysUnderTheImagesRoot(t *testing.T) {
+	root := "/data"
+	cases := map[string]string{
+		"nginx:alpine":                 "nginx_alpine",
+		"ghcr.io/org/app:1.2.3":        "ghcr.io_org_app_1.2.3",
+		"..":                           "__",
+		"../../etc":                    "___.._etc",
+		"/abs/path":                    "_abs_path",
+		"oci:/tmp/layout":              "oci__tmp_layout",
+		".hidden":                      "_hidden",
+		"repo@sha256:abcd":             "repo_sha256_abcd",
+		"a/./b":                        "a_._b",
+		"x\x00y":                       "x_y",
+		"docker-archive:/tmp/img.tar":  "docker-archive__tmp_img.tar",
+		"localhost:5000/x/../../y:tag": "localhost_5000_x_.._.._y_tag",
+	}
+	for ref, want := range cases {
+		got, err := OutputDir(root, ref)
+		if err != nil {
+			t.Errorf("%q: %v", ref, err)
+			continue
+		}
+		if got != filepath.Join(root, "images", want) || filepath.Dir(got) != "/data/images" {
+			t.Errorf("%q -> %s, want /data/images/%s", ref, got, want)
+		}
+	}
+	for _, bad := range []string{"", CacheDir, strings.Repeat("a", 201)} {
+		if got, err := OutputDir(root, bad); err == nil {
+			t.Errorf("%q -> %s, want an error", bad, got)
+		}
+	}
+}
