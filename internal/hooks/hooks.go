@@ -89,36 +89,92 @@ func (s Set) For(e Event) []Hook {
 // Errors name the offending field, e.g. hooks.onCreate[0].url.
 func Parse(b []byte) (Set, error) {
 	var s Set
-	if len(bytes.TrimSpace(b)) == 0 || string(bytes.TrimSpace(b)) == "null" {
+	if t := bytes.TrimSpace(b); len(t) == 0 || string(t) == "null" {
 		return s, nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&s); err != nil {
-		if strings.HasPrefix(err.Error(), "json: unknown field ") {
-			return Set{}, fmt.Errorf("hooks: unknown field %s (events are onCreate, onStart, onStop, onDelete; hook fields are url, method, headers, command, env, timeoutSeconds, strict)", strings.TrimPrefix(err.Error(), "json: unknown field "))
-		}
-		return Set{}, fmt.Errorf("hooks: %v", err)
+	// Decode level by level so that every error can name its field.
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(b, &top); err != nil {
+		return Set{}, fmt.Errorf("hooks: want an object of event lists: %v", err)
 	}
-	for _, e := range []Event{OnCreate, OnStart, OnStop, OnDelete} {
-		for i, h := range s.For(e) {
-			if err := h.validate(); err != nil {
-				return Set{}, fmt.Errorf("hooks.%s[%d].%v", e, i, err)
+	for name, raw := range top {
+		list := s.slot(Event(name))
+		if list == nil {
+			return Set{}, fmt.Errorf("hooks.%s: unknown event (want onCreate, onStart, onStop or onDelete)", name)
+		}
+		var items []json.RawMessage
+		if err := json.Unmarshal(raw, &items); err != nil {
+			return Set{}, fmt.Errorf("hooks.%s: want a list of hooks", name)
+		}
+		for i, item := range items {
+			var h Hook
+			dec := json.NewDecoder(bytes.NewReader(item))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&h); err != nil {
+				return Set{}, fmt.Errorf("hooks.%s[%d]: %s", name, i, decodeProblem(err))
 			}
+			if err := h.validate(); err != nil {
+				return Set{}, fmt.Errorf("hooks.%s[%d].%v", name, i, err)
+			}
+			*list = append(*list, h)
 		}
 	}
 	return s, nil
+}
+
+// decodeProblem rewords encoding/json errors in the terms of hooks.json.
+func decodeProblem(err error) string {
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &te) && te.Field != "":
+		return fmt.Sprintf("%s: want %s, got %s", te.Field, jsonType(te.Type.Kind().String()), te.Value)
+	case errors.As(err, &te):
+		return "want an object (a hook), got " + te.Value
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return "unknown field " + strings.TrimPrefix(err.Error(), "json: unknown field ") +
+			" (hook fields are url, method, headers, command, env, timeoutSeconds, strict)"
+	}
+	return err.Error()
+}
+
+func jsonType(kind string) string {
+	switch kind {
+	case "slice":
+		return "a list"
+	case "map", "struct":
+		return "an object"
+	case "int", "int64":
+		return "a whole number"
+	case "bool":
+		return "true or false"
+	}
+	return "a " + kind
+}
+
+func (s *Set) slot(e Event) *[]Hook {
+	switch e {
+	case OnCreate:
+		return &s.OnCreate
+	case OnStart:
+		return &s.OnStart
+	case OnStop:
+		return &s.OnStop
+	case OnDelete:
+		return &s.OnDelete
+	}
+	return nil
 }
 
 var methods = map[string]bool{"GET": true, "POST": true, "PUT": true, "PATCH": true, "DELETE": true}
 
 func (h Hook) validate() error {
 	switch {
-	case h.URL != "" && len(h.Command) > 0:
+	case h.URL != "" && h.Command != nil:
 		return errors.New("url: a hook is either an HTTP call (url) or a command, not both")
-	case h.URL == "" && len(h.Command) == 0:
+	case h.URL == "" && h.Command == nil:
 		return errors.New("url: a hook needs url or command")
 	}
+	// 0 means the default; anything else must be a usable bound.
 	if h.TimeoutSeconds < 0 || time.Duration(h.TimeoutSeconds)*time.Second > MaxTimeout {
 		return fmt.Errorf("timeoutSeconds: %d is out of range 1..%d", h.TimeoutSeconds, int(MaxTimeout.Seconds()))
 	}
@@ -145,6 +201,9 @@ func (h Hook) validate() error {
 			return errors.New("env: only command hooks take env")
 		}
 		return nil
+	}
+	if len(h.Command) == 0 || h.Command[0] == "" {
+		return errors.New("command: empty (want an absolute program path, then its arguments)")
 	}
 	if !filepath.IsAbs(h.Command[0]) {
 		return fmt.Errorf("command: %q must be an absolute path", h.Command[0])
@@ -284,7 +343,12 @@ func runHTTP(ctx context.Context, h Hook, body []byte) error {
 		return scrub(err, h.URL)
 	}
 	defer resp.Body.Close()
+	// Only the start of the body is read: enough for an error message, and
+	// an endless body cannot hold the operation up.
 	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
+	if ctx.Err() != nil {
+		return fmt.Errorf("no complete answer within %s", h.timeout())
+	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return fmt.Errorf("HTTP %d: %.200s", resp.StatusCode, strings.TrimSpace(string(snippet)))
 	}
@@ -314,13 +378,5 @@ func runCommand(ctx context.Context, h Hook, d Data, body []byte) error {
 	for k, v := range h.Env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
-	cmd.WaitDelay = time.Second
-	out, err := cmd.CombinedOutput()
-	if ctx.Err() != nil {
-		return fmt.Errorf("did not finish within %s", h.timeout())
-	}
-	if err != nil {
-		return fmt.Errorf("%v: %.200s", err, strings.TrimSpace(string(out)))
-	}
-	return nil
+	return runCmd(ctx, cmd, h.timeout())
 }

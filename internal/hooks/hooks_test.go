@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/mergenhq/mergen/internal/store"
 )
@@ -26,13 +27,22 @@ func TestParseRejectsBadHooksNamingTheField(t *testing.T) {
 		{`{"onStart":[{}]}`, "hooks.onStart[0].url: a hook needs url or command"},
 		{`{"onStop":[{"url":"http://x","command":["/bin/true"]}]}`, "hooks.onStop[0].url: a hook is either"},
 		{`{"onDelete":[{"command":["true"]}]}`, `hooks.onDelete[0].command: "true" must be an absolute path`},
-		{`{"onCreate":[{"url":"http://x","timeoutSeconds":301}]}`, "hooks.onCreate[0].timeoutSeconds: 301 is out of range"},
-		{`{"onCreate":[{"url":"http://x","method":"TRACE"}]}`, "hooks.onCreate[0].method"},
-		{`{"onCreate":[{"url":"http:///path"}]}`, "has no host"},
+		{`{"onDelete":[{"command":[]}]}`, "hooks.onDelete[0].command: empty"},
+		{`{"onDelete":[{"command":[""]}]}`, "hooks.onDelete[0].command: empty"},
+		{`{"onCreate":[{"url":"http://x","timeoutSeconds":301}]}`, "hooks.onCreate[0].timeoutSeconds: 301 is out of range 1..300"},
+		{`{"onCreate":[{"url":"http://x","timeoutSeconds":-1}]}`, "hooks.onCreate[0].timeoutSeconds: -1 is out of range"},
+		{`{"onCreate":[{"url":"http://x","timeoutSeconds":"5"}]}`, "hooks.onCreate[0]: timeoutSeconds: want a whole number, got string"},
+		{`{"onCreate":[{"url":"http://x","method":"TRACE"}]}`, `hooks.onCreate[0].method: "TRACE" is not one of`},
+		{`{"onCreate":[{"url":"http:///path"}]}`, "hooks.onCreate[0].url: \"http:///path\" has no host"},
 		{`{"onCreate":[{"url":"http://x","headers":{"Bad Header":"v"}}]}`, "hooks.onCreate[0].headers"},
-		{`{"onBoot":[]}`, `unknown field "onBoot"`},
-		{`{"onCreate":[{"url":"http://x","retries":3}]}`, `unknown field "retries"`},
-		{`{"onCreate":"nope"}`, "hooks:"},
+		{`{"onCreate":[{"url":"http://x","env":{"A":"1"}}]}`, "hooks.onCreate[0].env: only command hooks take env"},
+		{`{"onCreate":[{"command":["/bin/true"],"headers":{"A":"1"}}]}`, "hooks.onCreate[0].method: only HTTP hooks take method and headers"},
+		{`{"onCreate":[{"command":["/bin/true"],"env":{"A=B":"1"}}]}`, `hooks.onCreate[0].env: "A=B" is not a variable name`},
+		{`{"onBoot":[]}`, "hooks.onBoot: unknown event (want onCreate, onStart, onStop or onDelete)"},
+		{`{"onCreate":[{"url":"http://x","retries":3}]}`, `hooks.onCreate[0]: unknown field "retries"`},
+		{`{"onCreate":"nope"}`, "hooks.onCreate: want a list of hooks"},
+		{`{"onCreate":["http://x"]}`, "hooks.onCreate[0]: want an object (a hook), got string"},
+		{`[1]`, "hooks: want an object of event lists"},
 	}
 	for _, tc := range cases {
 		_, err := Parse([]byte(tc.json))
@@ -44,6 +54,20 @@ func TestParseRejectsBadHooksNamingTheField(t *testing.T) {
 		if _, err := Parse([]byte(ok)); err != nil {
 			t.Errorf("Parse(%q) = %v, want ok", ok, err)
 		}
+	}
+}
+
+func TestParseKeepsHookOrder(t *testing.T) {
+	set, err := Parse([]byte(`{"onStart":[{"url":"http://a"},{"command":["/b"]},{"url":"http://c","timeoutSeconds":9,"strict":true}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := set.For(OnStart)
+	if len(got) != 3 || got[0].URL != "http://a" || got[1].Command[0] != "/b" || got[2].TimeoutSeconds != 9 || !got[2].Strict {
+		t.Fatalf("onStart = %+v", got)
+	}
+	if len(set.For(OnCreate)) != 0 {
+		t.Fatalf("onCreate = %+v, want none", set.For(OnCreate))
 	}
 }
 
@@ -178,4 +202,68 @@ func TestLogsNeverCarrySecrets(t *testing.T) {
 	if !strings.Contains(buf.String(), "HTTP 403") {
 		t.Fatalf("log does not say what failed:\n%s", buf.String())
 	}
+}
+
+// A hook endpoint that answers 2xx and then streams without end must not
+// keep the hook (and the VM operation) waiting: only the start of a
+// response is read.
+func TestEndlessResponseBodyIsReadOnlyInPart(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// More than a hook reads, then nothing more until the client hangs
+		// up: a client reading to the end would wait for its timeout.
+		w.Write([]byte(strings.Repeat("x", 256<<10)))
+		w.(http.Flusher).Flush()
+		select {
+		case <-r.Context().Done():
+		case <-time.After(time.Minute):
+		}
+	}))
+	defer srv.Close()
+	set := Set{OnCreate: []Hook{{URL: srv.URL, TimeoutSeconds: 5, Strict: true}}}
+	if err := Run(context.Background(), quiet, set, Data{Event: OnCreate, VMID: "v"}); err != nil {
+		t.Fatalf("endless 200 response: %v", err)
+	}
+}
+
+// A command hook that starts children and times out takes its whole
+// process group down, and its output is cut to a bounded excerpt.
+func TestCommandHookTimeoutKillsChildrenAndOutputIsBounded(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "child.pid")
+	set := Set{OnStop: []Hook{{Command: []string{"/bin/sh", "-c", "sleep 60 & echo $! > " + pidFile + "; wait"}, TimeoutSeconds: 1, Strict: true}}}
+	err := Run(context.Background(), quiet, set, Data{Event: OnStop, VMID: "v"})
+	if err == nil || !strings.Contains(err.Error(), "did not finish within 1s") {
+		t.Fatalf("err = %v", err)
+	}
+	b, rerr := os.ReadFile(pidFile)
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	requireGone(t, strings.TrimSpace(string(b)))
+
+	loud := Set{OnStop: []Hook{{Command: []string{"/bin/sh", "-c", "head -c 1000000 /dev/zero | tr '\\0' y; exit 1"}, Strict: true}}}
+	err = Run(context.Background(), quiet, loud, Data{Event: OnStop, VMID: "v"})
+	if err == nil || !strings.Contains(err.Error(), "exit status 1: yyy") || len(err.Error()) > 1000 {
+		t.Fatalf("loud failing command: error of %d bytes: %.120s", len(errString(err)), errString(err))
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "<nil>"
+	}
+	return err.Error()
+}
+
+// requireGone fails unless process pid has exited (it may linger briefly as
+// a zombie of init, which counts as gone).
+func requireGone(t *testing.T, pid string) {
+	t.Helper()
+	for i := 0; i < 100; i++ {
+		st, err := os.ReadFile("/proc/" + pid + "/stat")
+		if err != nil || strings.Contains(string(st), ") Z ") {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("child process %s of a timed-out hook is still running", pid)
 }

@@ -1,7 +1,6 @@
 package hooks
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -32,15 +31,24 @@ var StageKeys = []string{"preStart", "postStart", "preStop", "postStop", "preDel
 // StageFile is the per-VM stage hook file in the VM's config directory.
 const StageFile = "lifecycle-hooks.json"
 
-// DefaultStageTimeout bounds one stage hook; MGN_LIFECYCLE_HOOK_TIMEOUT_SECONDS
-// overrides it.
+// DefaultStageTimeout bounds one stage hook; TimeoutEnv in the environment
+// given to StageHooks overrides it.
 const DefaultStageTimeout = 60 * time.Second
+
+// MaxStageTimeout caps TimeoutEnv: a stage hook may drain or back up a VM,
+// but a unit must never hang on one forever.
+const MaxStageTimeout = time.Hour
+
+// TimeoutEnv names the variable that sets the timeout of every stage hook,
+// in whole seconds.
+const TimeoutEnv = "MGN_LIFECYCLE_HOOK_TIMEOUT_SECONDS"
 
 // StageHook is one stage hook: Argv run directly, or Shell via /bin/sh -c.
 type StageHook struct {
-	Source string   // where it came from, for logs
-	Argv   []string // exec form
-	Shell  string   // shell form
+	Source  string        // where it came from, for logs
+	Argv    []string      // exec form
+	Shell   string        // shell form
+	Timeout time.Duration // 0 means DefaultStageTimeout
 }
 
 func (h StageHook) String() string {
@@ -78,16 +86,20 @@ func StageHooks(configDir, key string, env []string) ([]StageHook, error) {
 	if !validKey(key) {
 		return nil, fmt.Errorf("stage hooks: unknown stage %q (want one of %s)", key, strings.Join(StageKeys, ", "))
 	}
+	timeout := DefaultStageTimeout
+	if v, ok := lookup(env, TimeoutEnv); ok && strings.TrimSpace(v) != "" {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 1 || time.Duration(n)*time.Second > MaxStageTimeout {
+			return nil, fmt.Errorf("stage hooks: %s=%q: want whole seconds between 1 and %d", TimeoutEnv, v, int(MaxStageTimeout.Seconds()))
+		}
+		timeout = time.Duration(n) * time.Second
+	}
 	var out []StageHook
 	name := EnvVar(key)
-	for _, kv := range env {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k != name {
-			continue
-		}
-		for _, cmd := range strings.Split(v, ";") {
+	if v, ok := lookup(env, name); ok {
+		for i, cmd := range strings.Split(v, ";") {
 			if cmd = strings.TrimSpace(cmd); cmd != "" {
-				out = append(out, StageHook{Source: name, Shell: cmd})
+				out = append(out, StageHook{Source: fmt.Sprintf("%s[%d]", name, i), Shell: cmd, Timeout: timeout})
 			}
 		}
 	}
@@ -101,9 +113,22 @@ func StageHooks(configDir, key string, env []string) ([]StageHook, error) {
 			return nil, fmt.Errorf("%s: %s[%d]: %w", StageFile, key, i, err)
 		}
 		h.Source = fmt.Sprintf("%s %s[%d]", StageFile, key, i)
+		h.Timeout = timeout
 		out = append(out, h)
 	}
 	return out, nil
+}
+
+// lookup returns the last value of name in env (KEY=VALUE pairs), as the
+// process environment would.
+func lookup(env []string, name string) (string, bool) {
+	val, found := "", false
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == name {
+			val, found = v, true
+		}
+	}
+	return val, found
 }
 
 func loadStageFile(path string) (map[string][]json.RawMessage, error) {
@@ -151,13 +176,9 @@ func substitute(s, id string) string {
 // RunStage runs the hooks in order, each waited for, and appends one record
 // per hook to the event log (when eventLog is not empty).
 func RunStage(ctx context.Context, log *slog.Logger, vmID, key string, list []StageHook, eventLog string) error {
-	timeout := DefaultStageTimeout
-	if v, err := strconv.Atoi(os.Getenv("MGN_LIFECYCLE_HOOK_TIMEOUT_SECONDS")); err == nil && v > 0 {
-		timeout = time.Duration(v) * time.Second
-	}
 	for _, h := range list {
 		t0 := time.Now()
-		err := runStageHook(ctx, h, vmID, timeout)
+		err := runStageHook(ctx, h, vmID, key)
 		rec := Record{Time: t0.UTC(), VMID: vmID, Stage: key, Hook: h.String(), Duration: time.Since(t0), Result: "ok"}
 		if err != nil {
 			rec.Result, rec.Error = "error", err.Error()
@@ -175,7 +196,11 @@ func RunStage(ctx context.Context, log *slog.Logger, vmID, key string, list []St
 	return nil
 }
 
-func runStageHook(ctx context.Context, h StageHook, id string, timeout time.Duration) error {
+func runStageHook(ctx context.Context, h StageHook, id, key string) error {
+	timeout := h.Timeout
+	if timeout <= 0 {
+		timeout = DefaultStageTimeout
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var cmd *exec.Cmd
@@ -188,18 +213,8 @@ func runStageHook(ctx context.Context, h StageHook, id string, timeout time.Dura
 		}
 		cmd = exec.CommandContext(ctx, argv[0], argv[1:]...)
 	}
-	cmd.Env = append(os.Environ(), "VM_ID="+id)
-	cmd.WaitDelay = time.Second
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	if ctx.Err() == context.DeadlineExceeded {
-		return fmt.Errorf("did not finish within %s", timeout)
-	}
-	if err != nil {
-		return fmt.Errorf("%v: %.300s", err, strings.TrimSpace(out.String()))
-	}
-	return nil
+	cmd.Env = append(os.Environ(), "VM_ID="+id, "MGN_STAGE="+key)
+	return runCmd(ctx, cmd, timeout)
 }
 
 // Record is one line of the stage event log (MGN_DAEMON_LOG_FILE).

@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -146,4 +148,73 @@ func readRecords(t *testing.T, path string) []Record {
 		out = append(out, r)
 	}
 	return out
+}
+
+func TestStageHookTimeoutComesFromTheEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "child.pid")
+	env := []string{TimeoutEnv + "=1", EnvVar("preStop") + "=sleep 60 & echo $! > " + pidFile + " && wait"}
+	list, err := StageHooks(dir, "preStop", env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := filepath.Join(dir, "events.log")
+	err = RunStage(context.Background(), quiet, "vm-3", "preStop", list, log)
+	if err == nil || !strings.Contains(err.Error(), "preStop hook of vm vm-3") || !strings.Contains(err.Error(), "did not finish within 1s") {
+		t.Fatalf("err = %v", err)
+	}
+	b, rerr := os.ReadFile(pidFile)
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	requireGone(t, strings.TrimSpace(string(b)))
+	if recs := readRecords(t, log); len(recs) != 1 || recs[0].Result != "error" || !strings.Contains(recs[0].Error, "within 1s") {
+		t.Fatalf("event log %+v", recs)
+	}
+
+	for _, bad := range []string{"0", "soon", "-5", "3601"} {
+		_, err := StageHooks(dir, "preStop", []string{TimeoutEnv + "=" + bad})
+		if err == nil || !strings.Contains(err.Error(), TimeoutEnv) {
+			t.Errorf("%s=%s: err %v, want one naming the variable", TimeoutEnv, bad, err)
+		}
+	}
+}
+
+func TestStageHookSeesVMIDAndStageInItsEnvironment(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	list := []StageHook{{Source: "t", Argv: []string{"/bin/sh", "-c", `echo "$VM_ID $MGN_STAGE" > "$1"`, "sh", out}}}
+	if err := RunStage(context.Background(), quiet, "vm-5", "postDelete", list, ""); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(out); string(b) != "vm-5 postDelete\n" {
+		t.Fatalf("hook saw %q", b)
+	}
+}
+
+// The env list is split on ';': each part is its own hook, run in order.
+// A hook may leave a process running in the background and still succeed.
+func TestEnvListSplitsOnSemicolonAndBackgroundChildrenAreAllowed(t *testing.T) {
+	dir := t.TempDir()
+	pidFile := filepath.Join(dir, "daemon.pid")
+	trace := filepath.Join(dir, "trace")
+	env := []string{EnvVar("postStart") + "=sleep 5 & echo $! > " + pidFile + " ; echo second >> " + trace + ";; echo third >> " + trace}
+	list, err := StageHooks(dir, "postStart", env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 3 {
+		t.Fatalf("%d hooks from the env list, want 3: %v", len(list), list)
+	}
+	if err := RunStage(context.Background(), quiet, "vm-8", "postStart", list, ""); err != nil {
+		t.Fatalf("a hook that backgrounds a child and exits 0 failed: %v", err)
+	}
+	if b, _ := os.ReadFile(trace); string(b) != "second\nthird\n" {
+		t.Fatalf("trace %q", b)
+	}
+	if b, err := os.ReadFile(pidFile); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 }
