@@ -170,11 +170,21 @@ func (rs *registryServer) push(t testing.TB, repo string, img v1.Image) string {
 
 func debugfs(t testing.TB, img, req string) string {
 	t.Helper()
-	out, err := exec.Command(testenv.Tool(t, "debugfs"), "-R", req, img).CombinedOutput()
+	var stderr bytes.Buffer
+	cmd := exec.Command(testenv.Tool(t, "debugfs"), "-R", req, img)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("debugfs %q: %v: %s", req, err, out)
+		t.Fatalf("debugfs %q: %v: %s", req, err, stderr.String())
 	}
-	return string(out)
+	// debugfs reports a missing file on stderr, after its version banner.
+	var msgs []string
+	for _, l := range strings.SplitAfter(stderr.String(), "\n") {
+		if !strings.HasPrefix(l, "debugfs ") {
+			msgs = append(msgs, l)
+		}
+	}
+	return string(out) + strings.Join(msgs, "")
 }
 
 func TestConvertFromRegistryMakesTheExpectedDisk(t *testing.T) {

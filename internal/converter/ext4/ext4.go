@@ -87,9 +87,6 @@ func FromDir(ctx context.Context, dir, out string, o Options) error {
 	args := []string{"-q", "-F", "-t", "ext4", "-L", o.Label, "-d", dir,
 		// 256-byte inodes keep nanosecond times and inline xattrs.
 		"-I", "256", "-E", "root_owner=0:0"}
-	if o.ReadOnly {
-		args = append(args, "-O", "read-only")
-	}
 	args = append(args, tmp)
 	if err := run(ctx, "mkfs.ext4", args...); err != nil {
 		os.Remove(tmp)
@@ -97,6 +94,14 @@ func FromDir(ctx context.Context, dir, out string, o Options) error {
 			return fmt.Errorf("ext4 %s: %d MiB is too small for %s (raise --size-mib): %w", out, size, dir, err)
 		}
 		return fmt.Errorf("ext4 %s: %w", out, err)
+	}
+	// mkfs.ext4 refuses to populate a read-only filesystem, so the
+	// feature is set once the content is in.
+	if o.ReadOnly {
+		if err := run(ctx, "tune2fs", "-O", "read-only", tmp); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("ext4 %s: %w", out, err)
+		}
 	}
 	if err := Check(ctx, tmp); err != nil {
 		os.Remove(tmp)
