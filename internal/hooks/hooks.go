@@ -368,12 +368,14 @@ func runCommand(ctx context.Context, h Hook, d Data, body []byte) error {
 	cmd := exec.CommandContext(ctx, h.Command[0], h.Command[1:]...)
 	cmd.Stdin = bytes.NewReader(body)
 	tags, _ := json.Marshal(d.Tags)
+	ports, _ := json.Marshal(d.Ports)
 	cmd.Env = append(os.Environ(),
 		"MERGEN_EVENT="+string(d.Event),
 		"MERGEN_VM_ID="+d.VMID,
 		"MERGEN_VM_GUEST_IP="+d.GuestIP,
 		fmt.Sprintf("MERGEN_VM_HTTP_PORT=%d", d.HTTPPort),
 		"MERGEN_VM_TAGS="+string(tags),
+		"MERGEN_VM_PORTS="+string(ports),
 	)
 	for k, v := range h.Env {
 		cmd.Env = append(cmd.Env, k+"="+v)

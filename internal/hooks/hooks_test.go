@@ -145,14 +145,14 @@ func TestCommandHookGetsEnvAndStdin(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "out")
 	script := filepath.Join(dir, "hook.sh")
-	os.WriteFile(script, []byte("#!/bin/sh\n{ echo \"$MERGEN_EVENT $MERGEN_VM_ID $MERGEN_VM_GUEST_IP $EXTRA\"; cat; } > "+out+"\n"), 0o755)
+	os.WriteFile(script, []byte("#!/bin/sh\n{ echo \"$MERGEN_EVENT $MERGEN_VM_ID $MERGEN_VM_GUEST_IP $MERGEN_VM_HTTP_PORT $MERGEN_VM_PORTS $MERGEN_VM_TAGS $EXTRA\"; cat; } > "+out+"\n"), 0o755)
 	set := Set{OnDelete: []Hook{{Command: []string{script}, Env: map[string]string{"EXTRA": "x"}}}}
-	if err := Run(context.Background(), quiet, set, Data{Event: OnDelete, VMID: "vm-9", GuestIP: "172.30.0.9"}); err != nil {
+	if err := Run(context.Background(), quiet, set, Data{Event: OnDelete, VMID: "vm-9", GuestIP: "172.30.0.9", HTTPPort: 8080, Ports: []store.Port{{Guest: 8080, Host: 20001, Protocol: "tcp"}}, Tags: map[string]string{"app": "web"}}); err != nil {
 		t.Fatal(err)
 	}
 	b, _ := os.ReadFile(out)
 	lines := strings.SplitN(string(b), "\n", 2)
-	if lines[0] != "onDelete vm-9 172.30.0.9 x" || !strings.Contains(lines[1], `"vmId":"vm-9"`) {
+	if lines[0] != `onDelete vm-9 172.30.0.9 8080 [{"guest":8080,"host":20001,"protocol":"tcp"}] {"app":"web"} x` || !strings.Contains(lines[1], `"vmId":"vm-9"`) {
 		t.Fatalf("hook saw %q", b)
 	}
 	failing := Set{OnDelete: []Hook{{Command: []string{"/bin/sh", "-c", "echo broken >&2; exit 3"}, Strict: true}}}
