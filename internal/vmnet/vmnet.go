@@ -156,7 +156,7 @@ func Teardown(ctx context.Context, c Config) error {
 	}
 	var errs []error
 	if c.Bridge != nil {
-		if err := deleteLink(nil, c.Tap); err != nil {
+		if err := deleteLink(nil, c.Tap, "tuntap"); err != nil {
 			errs = append(errs, err)
 		}
 		return joinf(c.ID, errs)
@@ -164,13 +164,13 @@ func Teardown(ctx context.Context, c Config) error {
 	if err := removeRules(c.ID); err != nil {
 		errs = append(errs, fmt.Errorf("nftables: %w", err))
 	}
-	if err := deleteLink(nil, c.Veth); err != nil {
+	if err := deleteLink(nil, c.Veth, "veth"); err != nil {
 		errs = append(errs, err)
 	}
 	if c.Netns != "" && ifNameRe.MatchString(c.Netns) {
 		if ns, err := netns.GetFromName(c.Netns); err == nil {
 			if h, err := netlink.NewHandleAt(ns); err == nil {
-				if err := deleteLink(h, c.Tap); err != nil {
+				if err := deleteLink(h, c.Tap, "tuntap"); err != nil {
 					errs = append(errs, err)
 				}
 				h.Close()
@@ -191,8 +191,10 @@ func joinf(id string, errs []error) error {
 	return nil
 }
 
-// deleteLink removes a link by name through h (nil: the host namespace).
-func deleteLink(h *netlink.Handle, name string) error {
+// deleteLink removes a link by name through h (nil: the host namespace) if
+// it is of the kind Setup makes; a link of another kind under the same name
+// was not made by mergen and stays.
+func deleteLink(h *netlink.Handle, name, kind string) error {
 	if !ifNameRe.MatchString(name) {
 		return nil
 	}
@@ -206,6 +208,9 @@ func deleteLink(h *netlink.Handle, name string) error {
 			return nil
 		}
 		return fmt.Errorf("find link %s: %w", name, err)
+	}
+	if l.Type() != kind {
+		return nil
 	}
 	if err := h.LinkDel(l); err != nil {
 		return fmt.Errorf("delete link %s: %w", name, err)

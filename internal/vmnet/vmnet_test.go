@@ -52,7 +52,7 @@ func mustSetup(t *testing.T, c Config) {
 
 func assertGone(t *testing.T, c Config) {
 	t.Helper()
-	if out := run(t, "ip", "netns", "list"); strings.Contains(out, c.Netns) {
+	if out := run(t, "ip", "netns", "list"); c.Netns != "" && strings.Contains(out, c.Netns) {
 		t.Errorf("namespace %s left:\n%s", c.Netns, out)
 	}
 	short := store.ShortID(c.ID)
@@ -196,6 +196,29 @@ func TestBadConfigsAreRefusedAndLeaveNothing(t *testing.T) {
 	}
 }
 
+// A failure half-way removes what Setup made and nothing that was there
+// before: here the host veth's name is taken by a link of another kind.
+func TestFailedSetupRollsBack(t *testing.T) {
+	testenv.RequireRoot(t)
+	c := testConfig(t, 4, store.Port{Guest: 80, Host: 28090, Protocol: "tcp"})
+	run(t, "ip", "link", "add", c.Veth, "type", "bridge") // no address: carries no traffic
+	t.Cleanup(func() { exec.Command("ip", "link", "del", c.Veth).Run() })
+
+	err := Setup(context.Background(), c)
+	if err == nil || !strings.Contains(err.Error(), "not a veth") || !strings.Contains(err.Error(), c.ID) {
+		t.Fatalf("setup over a foreign %s: %v, want an error naming the vm and the clash", c.Veth, err)
+	}
+	if out := run(t, "ip", "netns", "list"); strings.Contains(out, c.Netns) {
+		t.Errorf("namespace %s left after the failed setup:\n%s", c.Netns, out)
+	}
+	if out := run(t, "nft", "list", "ruleset"); strings.Contains(out, c.ID) {
+		t.Errorf("rules of %s left:\n%s", c.ID, out)
+	}
+	if out := run(t, "ip", "-d", "link", "show", c.Veth); !strings.Contains(out, "bridge") {
+		t.Errorf("the foreign link %s was removed by the roll-back:\n%s", c.Veth, out)
+	}
+}
+
 // TestPublishedPortsAndIsolation proves the data path without booting a VM:
 // a stand-in guest — a namespace whose veth sits on a bridge with the tap,
 // carrying the guest IP — answers on 127.0.0.1:<host port> through the DNAT,
@@ -220,10 +243,95 @@ func TestPublishedPortsAndIsolation(t *testing.T) {
 			t.Fatalf("127.0.0.1:%d answered %q, %v; want %q", tc.port, got, err, tc.want)
 		}
 	}
-	// Guest a cannot reach guest b's address.
+	// Guest a cannot reach guest b's address. The host's route to b must be
+	// in place first: without it the attempt would be routed off this host.
+	if out := run(t, "ip", "route", "show", b.GuestIP.String()); !strings.Contains(out, "dev "+b.Veth) {
+		t.Fatalf("no host route to guest b:\n%s", out)
+	}
 	if _, err := dialFrom(ga, b.GuestIP.String()+":8080"); err == nil {
 		t.Fatal("guest a reached guest b")
 	}
+	if _, err := dialFrom(gb, a.GuestIP.String()+":8080"); err == nil {
+		t.Fatal("guest b reached guest a")
+	}
+}
+
+// TestGuestEgressIsMasqueraded proves a guest's outbound connection leaves
+// the host with the host's address as its source: the "outside" is a server
+// in a namespace of its own, reached over a test veth from the host
+// (documentation range 198.51.100.0/30, routed only over that link).
+func TestGuestEgressIsMasqueraded(t *testing.T) {
+	testenv.RequireRoot(t)
+	c := testConfig(t, 30)
+	mustSetup(t, c)
+	g := standInGuest(t, c)
+
+	srv := "s" + store.ShortID(c.ID)
+	hostEnd := "mgs" + store.ShortID(c.ID)[:8] // not "veth-*": an uplink, not a VM
+	run(t, "ip", "netns", "add", srv)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", srv).Run() })
+	run(t, "ip", "link", "add", hostEnd, "type", "veth", "peer", "name", "eth0", "netns", srv)
+	t.Cleanup(func() { exec.Command("ip", "link", "del", hostEnd).Run() })
+	run(t, "ip", "addr", "add", "198.51.100.1/30", "dev", hostEnd)
+	run(t, "ip", "link", "set", hostEnd, "up")
+	inNS(t, srv, "ip", "addr", "add", "198.51.100.2/30", "dev", "eth0")
+	inNS(t, srv, "ip", "link", "set", "eth0", "up")
+	if out := run(t, "ip", "route", "get", "198.51.100.2"); !strings.Contains(out, "dev "+hostEnd) {
+		t.Fatalf("the test server is not routed over %s:\n%s", hostEnd, out)
+	}
+
+	// The server answers with the source address it saw.
+	var l net.Listener
+	if err := RunInNetns(srv, func() (err error) { l, err = net.Listen("tcp", "198.51.100.2:9000"); return }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			host, _, _ := net.SplitHostPort(conn.RemoteAddr().String())
+			io.WriteString(conn, host)
+			conn.Close()
+		}
+	}()
+
+	got, err := dialFrom(g, "198.51.100.2:9000")
+	if err != nil {
+		t.Fatalf("guest could not reach the outside server: %v", err)
+	}
+	if got != "198.51.100.1" {
+		t.Fatalf("server saw source %q, want the host's address 198.51.100.1 (masqueraded, not the guest's %s)", got, c.GuestIP)
+	}
+}
+
+func TestBridgeModeAttachesTheTapAndTeardownRemovesIt(t *testing.T) {
+	testenv.RequireRoot(t)
+	c := testConfig(t, 40)
+	br := "mgb" + c.ID[len(c.ID)-8:]                  // unlike the VM's links, not named by the short id
+	run(t, "ip", "link", "add", br, "type", "bridge") // no address: carries no traffic
+	t.Cleanup(func() { exec.Command("ip", "link", "del", br).Run() })
+	c.Bridge = &store.Bridge{Name: br, Netmask: "255.255.255.0"}
+	c.Netns, c.Veth = "", ""
+	for i := 0; i < 2; i++ {
+		if err := Setup(context.Background(), c); err != nil {
+			t.Fatalf("setup %d: %v", i+1, err)
+		}
+	}
+	if out := run(t, "ip", "-o", "link", "show", c.Tap); !strings.Contains(out, "master "+br) {
+		t.Fatalf("tap %s is not on bridge %s:\n%s", c.Tap, br, out)
+	}
+	if out := run(t, "ip", "netns", "list"); strings.Contains(out, store.ShortID(c.ID)) {
+		t.Fatalf("bridge mode made a namespace:\n%s", out)
+	}
+	for i := 0; i < 2; i++ {
+		if err := Teardown(context.Background(), c); err != nil {
+			t.Fatalf("teardown %d: %v", i+1, err)
+		}
+	}
+	assertGone(t, c)
 }
 
 // standInGuest makes a namespace holding the guest IP behind the VM's tap.
