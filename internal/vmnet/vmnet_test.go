@@ -2,10 +2,12 @@ package vmnet
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -169,6 +171,85 @@ func TestConcurrentSetupsOfManyVMs(t *testing.T) {
 	}
 }
 
+// helperEnv carries a Config (as JSON) to a copy of the test binary that
+// sets it up or tears it down as a separate process, as lifecycle stages of
+// different VMs do.
+const helperEnv = "MERGEN_VMNET_HELPER"
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(helperEnv); spec != "" {
+		var req struct {
+			Op     string
+			Config Config
+		}
+		if err := json.Unmarshal([]byte(spec), &req); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(2)
+		}
+		op := Setup
+		if req.Op == "teardown" {
+			op = Teardown
+		}
+		if err := op(context.Background(), req.Config); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// inProcesses runs op for every config at once, each in its own process.
+func inProcesses(t *testing.T, op string, cs []Config) {
+	t.Helper()
+	cmds := make([]*exec.Cmd, len(cs))
+	outs := make([]strings.Builder, len(cs))
+	for i, c := range cs {
+		spec, err := json.Marshal(map[string]any{"Op": op, "Config": c})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmds[i] = exec.Command(os.Args[0])
+		cmds[i].Env = append(os.Environ(), helperEnv+"="+string(spec))
+		cmds[i].Stdout, cmds[i].Stderr = &outs[i], &outs[i]
+		if err := cmds[i].Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("%s of vm %s in its own process: %v\n%s", op, cs[i].ID, err, outs[i].String())
+		}
+	}
+}
+
+func TestConcurrentSetupsInSeparateProcesses(t *testing.T) {
+	testenv.RequireRoot(t)
+	var cs []Config
+	for i := 0; i < 4; i++ {
+		c := testConfig(t, 50+i, store.Port{Guest: 80, Host: 28300 + i, Protocol: "tcp"})
+		cs = append(cs, c)
+		t.Cleanup(func() { Teardown(context.Background(), c) })
+	}
+	inProcesses(t, "setup", cs)
+	rules := run(t, "nft", "list", "table", "ip", TableName)
+	if n := strings.Count(rules, isolationComment); n != 1 {
+		t.Fatalf("isolation rule present %d times:\n%s", n, rules)
+	}
+	for _, c := range cs {
+		if n := strings.Count(rules, c.ID); n != 4 {
+			t.Fatalf("vm %s has %d rules, want 4:\n%s", c.ID, n, rules)
+		}
+		if out := run(t, "ip", "route", "show", c.GuestIP.String()); !strings.Contains(out, "dev "+c.Veth) {
+			t.Fatalf("no host route to %s:\n%s", c.GuestIP, out)
+		}
+	}
+	inProcesses(t, "teardown", cs)
+	for _, c := range cs {
+		assertGone(t, c)
+	}
+}
+
 func TestBadConfigsAreRefusedAndLeaveNothing(t *testing.T) {
 	testenv.RequireRoot(t)
 	base := testConfig(t, 3)
@@ -184,13 +265,20 @@ func TestBadConfigsAreRefusedAndLeaveNothing(t *testing.T) {
 		{"port too big", func(c *Config) { c.Ports = []store.Port{{Guest: 80, Host: 70000, Protocol: "tcp"}} }, "ports[0]"},
 		{"bad protocol", func(c *Config) { c.Ports = []store.Port{{Guest: 80, Host: 8080, Protocol: "sctp"}} }, "protocol"},
 		{"missing bridge", func(c *Config) { c.Bridge = &store.Bridge{Name: "nobr0", Netmask: "255.255.255.0"} }, "bridge nobr0 does not exist"},
+		{"prefix too long", func(c *Config) { c.PrefixLen = 31 }, "prefix length 31"},
+		{"netns name with a slash", func(c *Config) { c.Netns = "../evil" }, "netns"},
+		{"bad mac", func(c *Config) { c.MAC = "02:zz:00:00:00:01" }, "mac"},
+		{"published ports in bridge mode", func(c *Config) {
+			c.Bridge = &store.Bridge{Name: "docker0", Netmask: "255.255.255.0"}
+			c.Ports = []store.Port{{Guest: 80, Host: 8080, Protocol: "tcp"}}
+		}, "published ports need the namespace mode"},
 	}
 	for _, tc := range cases {
 		c := base
 		tc.mut(&c)
 		err := Setup(context.Background(), c)
-		if !errdefs.IsInvalid(err) || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: %v, want invalid containing %q", tc.name, err, tc.want)
+		if !errdefs.IsInvalid(err) || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), c.ID) {
+			t.Errorf("%s: %v, want invalid naming vm %s and containing %q", tc.name, err, c.ID, tc.want)
 		}
 		assertGone(t, base)
 	}
