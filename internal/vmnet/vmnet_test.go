@@ -344,13 +344,14 @@ func TestPublishedPortsAndIsolation(t *testing.T) {
 	}
 }
 
-// TestGuestEgressIsMasqueraded proves a guest's outbound connection leaves
-// the host with the host's address as its source: the "outside" is a server
-// in a namespace of its own, reached over a test veth from the host
-// (documentation range 198.51.100.0/30, routed only over that link).
-func TestGuestEgressIsMasqueraded(t *testing.T) {
+// TestGuestEgressAndExternalIngress proves a guest's outbound connection
+// leaves the host with the host's address as its source, and that a client
+// outside the host reaches a published port on the host's address. The
+// "outside" is a namespace of its own, reached over a test veth from the
+// host (documentation range 198.51.100.0/30, routed only over that link).
+func TestGuestEgressAndExternalIngress(t *testing.T) {
 	testenv.RequireRoot(t)
-	c := testConfig(t, 30)
+	c := testConfig(t, 30, store.Port{Guest: 8080, Host: 28400, Protocol: "tcp"})
 	mustSetup(t, c)
 	g := standInGuest(t, c)
 
@@ -392,6 +393,13 @@ func TestGuestEgressIsMasqueraded(t *testing.T) {
 	}
 	if got != "198.51.100.1" {
 		t.Fatalf("server saw source %q, want the host's address 198.51.100.1 (masqueraded, not the guest's %s)", got, c.GuestIP)
+	}
+
+	// The other way: a client outside the host reaches the published port
+	// on the host's address (the prerouting DNAT).
+	serve(t, g, c.GuestIP.String()+":8080", "guest")
+	if got, err := dialFrom(srv, "198.51.100.1:28400"); err != nil || got != "guest" {
+		t.Fatalf("outside client on 198.51.100.1:28400 got %q, %v; want the guest's answer", got, err)
 	}
 }
 
