@@ -1,0 +1,158 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/mergenhq/mergen/internal/converter"
+	"github.com/mergenhq/mergen/internal/imagemeta"
+)
+
+type convertFlags struct {
+	platform, outputDir, dataRoot string
+	insecure, skipPull, quiet     bool
+	sizeMiB                       int64
+	headroom                      float64
+	noTar, deleteRootfs           bool
+
+	agent, env     bool
+	binDir, output string
+	runtime        string
+	envVars        []string
+}
+
+func newConvertCmd() *cobra.Command {
+	var f convertFlags
+	cmd := &cobra.Command{
+		Use:   "mergen-converter [flags] IMAGE",
+		Short: "Convert an OCI/Docker image into a mergen payload disk",
+		Long: `Converts IMAGE into payload-rootfs.ext4 and its metadata under
+$MGR_DATA_ROOT/images/<ref> (or --output-dir).
+
+IMAGE is a registry reference (nginx:alpine, ghcr.io/org/app:1.2.3,
+repo@sha256:...), oci:DIR for an OCI image layout, or docker-archive:FILE
+for a 'docker save' tarball.
+
+--agent-rootfs and --env-rootfs make the other disks instead and take no IMAGE.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			switch {
+			case f.agent && f.env:
+				return fmt.Errorf("--agent-rootfs and --env-rootfs: choose one")
+			case f.agent:
+				return runAgent(ctx, cmd, f, args)
+			case f.env:
+				return runEnv(ctx, cmd, f, args)
+			}
+			if len(args) != 1 {
+				return fmt.Errorf("IMAGE is required (see --help)")
+			}
+			return runConvert(ctx, cmd, f, args[0])
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.platform, "platform", "", "os/arch[/variant] to select (default: the host's, "+converter.HostPlatform()+")")
+	fl.StringVar(&f.outputDir, "output-dir", "", "output directory (default: $MGR_DATA_ROOT/images/<ref>)")
+	fl.StringVar(&f.dataRoot, "data-root", envOr("MGR_DATA_ROOT", converter.DefaultDataRoot), "data root ($MGR_DATA_ROOT)")
+	fl.BoolVar(&f.insecure, "insecure", false, "allow plain HTTP to the registry")
+	fl.BoolVar(&f.skipPull, "skip-pull", false, "convert from the layer cache alone; fail if it is incomplete")
+	fl.Int64Var(&f.sizeMiB, "size-mib", 0, "ext4 size in MiB (default: content plus headroom)")
+	fl.Float64Var(&f.headroom, "headroom", 0.2, "free space to add to the content size, as a fraction")
+	fl.BoolVar(&f.noTar, "no-tar", false, "do not write "+imagemeta.PayloadTar)
+	fl.BoolVar(&f.deleteRootfs, "delete-rootfs", false, "do not keep the "+imagemeta.PayloadDir+"/ directory")
+	fl.BoolVarP(&f.quiet, "quiet", "q", false, "print nothing but errors")
+	fl.BoolVar(&f.agent, "agent-rootfs", false, "make the read-only agent disk from --bin-dir")
+	fl.StringVar(&f.binDir, "bin-dir", "", "agent binaries (default: $MGR_DATA_ROOT/base/current/bin)")
+	fl.BoolVar(&f.env, "env-rootfs", false, "make an env disk from --runtime and --env-var")
+	fl.StringVar(&f.runtime, "runtime", "", "mergen.runtime.json whose environment the env disk starts from")
+	fl.StringArrayVar(&f.envVars, "env-var", nil, "KEY=VALUE for the env disk (repeatable, later wins)")
+	fl.StringVarP(&f.output, "output", "o", "", "disk file for --agent-rootfs/--env-rootfs")
+	return cmd
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// progress picks bars for a terminal, lines otherwise, nothing when quiet.
+func progress(w io.Writer, quiet bool) (converter.Progress, func()) {
+	if quiet {
+		return nil, func() {}
+	}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		b := converter.NewBars(f)
+		return b, b.Wait
+	}
+	return converter.Lines{W: w}, func() {}
+}
+
+func runConvert(ctx context.Context, cmd *cobra.Command, f convertFlags, src string) error {
+	p, wait := progress(cmd.ErrOrStderr(), f.quiet)
+	res, err := converter.Convert(ctx, converter.Options{
+		Source: src, Platform: f.platform, DataRoot: f.dataRoot, OutputDir: f.outputDir,
+		Insecure: f.insecure, SkipPull: f.skipPull, SizeMiB: f.sizeMiB, Headroom: f.headroom,
+		NoTar: f.noTar, NoDir: f.deleteRootfs, Progress: p,
+	})
+	wait()
+	if err != nil {
+		return err
+	}
+	if !f.quiet {
+		fmt.Fprintf(cmd.OutOrStdout(), "%s\n", res.Ext4)
+	}
+	return nil
+}
+
+func runAgent(ctx context.Context, cmd *cobra.Command, f convertFlags, args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("--agent-rootfs takes no IMAGE")
+	}
+	base := filepath.Join(f.dataRoot, "base", "current")
+	bin := f.binDir
+	if bin == "" {
+		bin = filepath.Join(base, "bin")
+	}
+	out := f.output
+	if out == "" {
+		out = filepath.Join(base, "agent-rootfs.ext4")
+	}
+	if err := converter.AgentDisk(ctx, bin, out, f.sizeMiB); err != nil {
+		return err
+	}
+	if !f.quiet {
+		fmt.Fprintln(cmd.OutOrStdout(), out)
+	}
+	return nil
+}
+
+func runEnv(ctx context.Context, cmd *cobra.Command, f convertFlags, args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("--env-rootfs takes no IMAGE (use --runtime FILE)")
+	}
+	out := f.output
+	if out == "" {
+		out = filepath.Join(f.dataRoot, "base", "current", "env-rootfs.ext4")
+	}
+	if err := converter.EnvDisk(ctx, f.runtime, f.envVars, out); err != nil {
+		return err
+	}
+	if !f.quiet {
+		fmt.Fprintln(cmd.OutOrStdout(), out)
+	}
+	return nil
+}

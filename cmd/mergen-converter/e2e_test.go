@@ -1,0 +1,304 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/mergenhq/mergen/internal/converter"
+	"github.com/mergenhq/mergen/internal/imagemeta"
+	"github.com/mergenhq/mergen/internal/testenv"
+)
+
+type ent struct {
+	name, body, link string
+	typ              byte
+	mode             int64
+	uid, gid         int
+	xattrs           map[string]string
+}
+
+func layerOf(t *testing.T, es ...ent) v1.Layer {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range es {
+		h := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: e.mode, Linkname: e.link, Uid: e.uid, Gid: e.gid}
+		if h.Typeflag == 0 {
+			h.Typeflag, h.Size = tar.TypeReg, int64(len(e.body))
+		}
+		if h.Mode == 0 {
+			h.Mode = 0o644
+			if h.Typeflag == tar.TypeDir {
+				h.Mode = 0o755
+			}
+		}
+		for k, v := range e.xattrs {
+			if h.PAXRecords == nil {
+				h.PAXRecords = map[string]string{}
+			}
+			h.PAXRecords["SCHILY.xattr."+k] = v
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(tw, e.body)
+	}
+	tw.Close()
+	b := buf.Bytes()
+	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func imageOf(t *testing.T, layers ...v1.Layer) v1.Image {
+	t.Helper()
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.Config.Entrypoint = []string{"/bin/server"}
+	cf.Config.ExposedPorts = map[string]struct{}{"80/tcp": {}}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// distribution starts the real registry server on a loopback port and
+// returns host:port.
+func distribution(t *testing.T) string {
+	t.Helper()
+	bin := testenv.Tool(t, "registry")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "config.yml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: %s
+http:
+  addr: %s
+`, filepath.Join(dir, "data"), addr)), 0o644)
+	cmd := exec.Command(bin, "serve", cfg)
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// Readiness, not speed: wait for /v2/ to answer, giving up after a while.
+	for i := 0; ; i++ {
+		resp, err := http.Get("http://" + addr + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if i == 200 {
+			t.Fatalf("registry did not come up on %s: %v\n%s", addr, err, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return addr
+}
+
+func push(t *testing.T, ref string, img v1.Image, opts ...remote.Option) {
+	t.Helper()
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img, opts...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func debugfs(t *testing.T, img, req string) string {
+	t.Helper()
+	var stderr bytes.Buffer
+	cmd := exec.Command(testenv.Tool(t, "debugfs"), "-R", req, img)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("debugfs %q: %v: %s", req, err, stderr.String())
+	}
+	return string(out) + stderr.String()
+}
+
+func run(t *testing.T, env []string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(testenv.Build(t, "./cmd/mergen-converter"), args...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// TestEndToEndAgainstDistribution pushes images to the real distribution
+// registry and converts them with the mergen-converter binary.
+func TestEndToEndAgainstDistribution(t *testing.T) {
+	testenv.RequireRoot(t)
+	addr := distribution(t)
+	data := t.TempDir()
+	env := []string{"MGR_DATA_ROOT=" + data, "DOCKER_CONFIG=" + t.TempDir()}
+
+	good := addr + "/e2e/web:1"
+	push(t, good, imageOf(t,
+		layerOf(t,
+			ent{name: "bin/", typ: tar.TypeDir},
+			ent{name: "bin/server", body: "#!/bin/sh\n", mode: 0o755},
+			ent{name: "bin/passwd", body: "pw", mode: 0o4755},
+			ent{name: "tmp/", typ: tar.TypeDir, mode: 0o1777},
+			ent{name: "etc/", typ: tar.TypeDir},
+			ent{name: "etc/old.conf", body: "old"},
+		),
+		layerOf(t,
+			ent{name: "etc/.wh.old.conf"},
+			ent{name: "etc/new.conf", body: "new"},
+			ent{name: "bin/passwd2", typ: tar.TypeLink, link: "bin/passwd"},
+		),
+		layerOf(t,
+			ent{name: "www/", typ: tar.TypeDir, uid: 33, gid: 33},
+			ent{name: "www/index.html", body: "<h1>hi</h1>", uid: 33, gid: 33, xattrs: map[string]string{"user.origin": "e2e"}},
+		),
+	))
+
+	out, err := run(t, env, good)
+	if err != nil {
+		t.Fatalf("convert: %v\n%s", err, out)
+	}
+	dir, _ := converter.OutputDir(data, good)
+	img := filepath.Join(dir, imagemeta.PayloadExt4)
+	if !strings.Contains(out, img) {
+		t.Errorf("output does not name the disk %s:\n%s", img, out)
+	}
+	if got := debugfs(t, img, "cat /etc/new.conf"); !strings.Contains(got, "new") {
+		t.Errorf("/etc/new.conf: %s", got)
+	}
+	for _, c := range []struct{ path, re string }{
+		{"/etc/old.conf", `File not found`},
+		{"/bin/passwd", `Mode:\s+04755`},
+		{"/bin/passwd", `Links: 2`},
+		{"/tmp", `Mode:\s+01777`},
+		{"/www/index.html", `User:\s+33\s+Group:\s+33`},
+		{"/.mergen/" + imagemeta.RuntimeFile, `Type: regular`},
+	} {
+		if got := debugfs(t, img, "stat "+c.path); !regexp.MustCompile(c.re).MatchString(got) {
+			t.Errorf("%s: want %s in:\n%s", c.path, c.re, got)
+		}
+	}
+	if got := debugfs(t, img, "ea_get /www/index.html user.origin"); !strings.Contains(got, "e2e") {
+		t.Errorf("xattr: %s", got)
+	}
+
+	// Converted again from the cache alone, with the single-dash spelling
+	// of earlier versions.
+	out, err = run(t, env, "-skip-pull", "-delete-rootfs", "--quiet", good)
+	if err != nil || out != "" {
+		t.Fatalf("skip-pull: %v\n%q", err, out)
+	}
+	if _, err := os.Stat(filepath.Join(dir, imagemeta.PayloadDir)); !os.IsNotExist(err) {
+		t.Errorf("-delete-rootfs kept %s (%v)", imagemeta.PayloadDir, err)
+	}
+
+	// A layer with a symlink out of the root, then a file through it.
+	evil := addr + "/e2e/evil:1"
+	push(t, evil, imageOf(t,
+		layerOf(t, ent{name: "x", typ: tar.TypeSymlink, link: "../../../../../../tmp"}),
+		layerOf(t, ent{name: "x/mergen-escaped", body: "pwned"}),
+	))
+	out, err = run(t, env, evil)
+	if err == nil || !strings.Contains(out, "leads out of the root") {
+		t.Fatalf("escape attempt: err %v, output:\n%s", err, out)
+	}
+	if _, err := os.Stat("/tmp/mergen-escaped"); err == nil {
+		t.Fatal("the escape attempt wrote /tmp/mergen-escaped")
+	}
+	evilDir, _ := converter.OutputDir(data, evil)
+	if _, err := os.Stat(filepath.Join(evilDir, imagemeta.ImageMetaFile)); err == nil {
+		t.Error("a refused image left image-meta.json")
+	}
+
+	// Unknown image: a clear error and a non-zero exit.
+	out, err = run(t, env, addr+"/e2e/nothere:1")
+	if err == nil || !strings.Contains(out, "e2e/nothere") {
+		t.Errorf("unknown image: err %v, output:\n%s", err, out)
+	}
+}
+
+// TestLoginStoresCredentialsThatPullsUse puts basic auth in front of the
+// in-process registry: pulls fail without credentials, login refuses a wrong
+// password, and after login the same pull works.
+func TestLoginStoresCredentialsThatPullsUse(t *testing.T) {
+	testenv.RequireRoot(t)
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	want := "Basic " + base64.StdEncoding.EncodeToString([]byte("ci:s3cret"))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != want {
+			w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	ref := host + "/private/app:1"
+	push(t, ref, imageOf(t, layerOf(t, ent{name: "bin/server", body: "x", mode: 0o755})),
+		remote.WithAuth(&authn.Basic{Username: "ci", Password: "s3cret"}))
+
+	cfgDir := t.TempDir()
+	env := []string{"MGR_DATA_ROOT=" + t.TempDir(), "DOCKER_CONFIG=" + cfgDir}
+	if out, err := run(t, env, "--quiet", "--no-tar", ref); err == nil || !strings.Contains(out, "401") && !strings.Contains(strings.ToLower(out), "unauthorized") {
+		t.Fatalf("anonymous pull of a private image: err %v\n%s", err, out)
+	}
+	if out, err := run(t, env, "login", "-u", "ci", "-p", "wrong", host); err == nil {
+		t.Fatalf("login with a wrong password succeeded:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(cfgDir, "config.json")); err == nil {
+		t.Fatal("a refused login wrote the Docker config")
+	}
+	if out, err := run(t, env, "login", "-u", "ci", "-p", "s3cret", host); err != nil {
+		t.Fatalf("login: %v\n%s", err, out)
+	}
+	fi, err := os.Stat(filepath.Join(cfgDir, "config.json"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("docker config: %v, mode %v", err, fi)
+	}
+	if out, err := run(t, env, "--quiet", "--no-tar", ref); err != nil {
+		t.Fatalf("pull after login: %v\n%s", err, out)
+	}
+}

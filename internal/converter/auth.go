@@ -1,0 +1,47 @@
+package converter
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// SaveDockerAuth stores user:pass for registry in the Docker config file
+// ($DOCKER_CONFIG/config.json, default ~/.docker/config.json), keeping every
+// other setting in it, and returns the file's path.
+func SaveDockerAuth(registry, user, pass string) (string, error) {
+	dir := os.Getenv("DOCKER_CONFIG")
+	if dir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return "", fmt.Errorf("docker config: %w", err)
+		}
+		dir = filepath.Join(home, ".docker")
+	}
+	p := filepath.Join(dir, "config.json")
+	cfg := map[string]any{}
+	if b, err := os.ReadFile(p); err == nil {
+		if err := json.Unmarshal(b, &cfg); err != nil {
+			return "", fmt.Errorf("docker config %s: %w", p, err)
+		}
+	} else if !os.IsNotExist(err) {
+		return "", fmt.Errorf("docker config %s: %w", p, err)
+	}
+	auths, _ := cfg["auths"].(map[string]any)
+	if auths == nil {
+		auths = map[string]any{}
+	}
+	auths[registry] = map[string]any{"auth": base64.StdEncoding.EncodeToString([]byte(user + ":" + pass))}
+	cfg["auths"] = auths
+	b, err := json.MarshalIndent(cfg, "", "\t")
+	if err != nil {
+		return "", err
+	}
+	// The file holds secrets: owner only.
+	if err := writeFileAtomic(p, b, 0o600); err != nil {
+		return "", fmt.Errorf("docker config %s: %w", p, err)
+	}
+	return p, nil
+}
