@@ -1,0 +1,324 @@
+package artifact
+
+import (
+	"bytes"
+	"crypto/rand"
+	"errors"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/mergenhq/mergen/internal/profile"
+	"github.com/mergenhq/mergen/internal/progress"
+)
+
+// baseDir writes a set of base assets; the golden disk is larger than one
+// part so it goes up in several parts and comes down in several ranges.
+func baseDir(t *testing.T, seed string) string {
+	t.Helper()
+	dir := t.TempDir()
+	big := make([]byte, 12<<20)
+	rand.Read(big)
+	files := map[string][]byte{
+		"vmlinux":            []byte("kernel-" + seed),
+		"golden-rootfs.ext4": append([]byte(seed), big...),
+		"agent-rootfs.ext4":  []byte("agent-" + seed),
+		"initrd.img":         []byte("initrd-" + seed),
+	}
+	for n, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, n), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func sameFiles(t *testing.T, a, b string, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		x, err := os.ReadFile(filepath.Join(a, n))
+		if err != nil {
+			t.Fatal(err)
+		}
+		y, err := os.ReadFile(filepath.Join(b, n))
+		if err != nil {
+			t.Fatalf("%s not installed: %v", n, err)
+		}
+		if !bytes.Equal(x, y) {
+			t.Fatalf("%s differs after the round trip", n)
+		}
+	}
+}
+
+var baseNames = []string{"vmlinux", "golden-rootfs.ext4", "agent-rootfs.ext4", "initrd.img"}
+
+func TestPushPullBaseRoundTripWithRemoteLayout(t *testing.T) {
+	srv := startS3(t)
+	c := srv.client(t, srv.Profile())
+	src := baseDir(t, "one")
+	b := Base{Platform: "linux-amd64", Flavor: "buildroot", Version: "v0.0.1"}
+	tr := progress.New()
+	c.opt.Progress = tr
+	if _, err := c.PushBase(ctxT(t), src, b); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"manifest.json", "vmlinux.bin", "buildroot-disk.ext4", "agent-disk.ext4", "initrd.img"} {
+		if _, err := os.Stat(srv.object("team/mergen/linux-amd64/buildroot/v0.0.1/" + key)); err != nil {
+			t.Errorf("remote layout: %v", err)
+		}
+	}
+	for _, s := range tr.Snapshot() {
+		if s.Done != s.Total || s.State != "done" {
+			t.Errorf("progress of %s: %+v", s.Name, s)
+		}
+	}
+
+	dst := filepath.Join(t.TempDir(), "base", "current")
+	res, err := c.PullBase(ctxT(t), dst, Base{Platform: "linux-amd64", Flavor: "buildroot", Version: "latest"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Manifest.Version != "v0.0.1" {
+		t.Fatalf("latest resolved to %q", res.Manifest.Version)
+	}
+	sameFiles(t, src, dst, baseNames...)
+	if m, err := ReadLocalManifest(dst); err != nil || m.Version != "v0.0.1" {
+		t.Fatalf("local manifest: %+v %v", m, err)
+	}
+
+	// A second pull finds everything in place and downloads nothing.
+	res, err = c.PullBase(ctxT(t), dst, Base{Platform: "linux-amd64", Flavor: "buildroot", Version: "v0.0.1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Fetched) != 0 {
+		t.Fatalf("re-pull fetched %v, want nothing", res.Fetched)
+	}
+
+	// A version is immutable.
+	if _, err := c.PushBase(ctxT(t), src, b); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("second push of v0.0.1: %v", err)
+	}
+}
+
+func TestLatestMovesOnlyAfterCompleteUpload(t *testing.T) {
+	srv := startS3(t)
+	c := srv.client(t, srv.Profile())
+	plat, fl := "linux-amd64", "buildroot"
+	if _, err := c.PushBase(ctxT(t), baseDir(t, "one"), Base{plat, fl, "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	// A push that fails part-way (a required file is unreadable after the
+	// manifest was computed is hard to stage; a missing one fails before
+	// any upload) leaves latest where it was.
+	broken := baseDir(t, "two")
+	os.Remove(filepath.Join(broken, "agent-rootfs.ext4"))
+	if _, err := c.PushBase(ctxT(t), broken, Base{plat, fl, "v2"}); err == nil || !strings.Contains(err.Error(), "agent-rootfs.ext4") {
+		t.Fatalf("push without the agent disk: %v", err)
+	}
+	got, err := c.ResolveBase(ctxT(t), Base{plat, fl, "latest"})
+	if err != nil || got.Version != "v1" {
+		t.Fatalf("latest after failed push = %q, %v; want v1", got.Version, err)
+	}
+	if _, err := c.PushBase(ctxT(t), baseDir(t, "three"), Base{plat, fl, "v3"}); err != nil {
+		t.Fatal(err)
+	}
+	got, err = c.ResolveBase(ctxT(t), Base{plat, fl, "latest"})
+	if err != nil || got.Version != "v3" {
+		t.Fatalf("latest after push of v3 = %q, %v", got.Version, err)
+	}
+	vs, err := c.Versions(ctxT(t), plat, fl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(vs)
+	if strings.Join(vs, ",") != "v1,v3" {
+		t.Fatalf("versions = %v, want v1,v3", vs)
+	}
+}
+
+// Corrupting an object on the server is caught by the manifest's SHA-256;
+// the good local files stay.
+func TestCorruptObjectIsRejectedAndOldAssetsStay(t *testing.T) {
+	srv := startS3(t)
+	c := srv.client(t, srv.Profile())
+	plat, fl := "linux-amd64", "buildroot"
+	old := baseDir(t, "old")
+	newer := baseDir(t, "new")
+	if _, err := c.PushBase(ctxT(t), old, Base{plat, fl, "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.PushBase(ctxT(t), newer, Base{plat, fl, "v2"}); err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	if _, err := c.PullBase(ctxT(t), dst, Base{plat, fl, "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	obj := srv.object("team/mergen/linux-amd64/buildroot/v2/buildroot-disk.ext4")
+	f, err := os.OpenFile(obj, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("XXXX"), 7<<20) // same size, different bytes
+	f.Close()
+
+	_, err = c.PullBase(ctxT(t), dst, Base{plat, fl, "v2"})
+	if err == nil || !strings.Contains(err.Error(), "sha256 mismatch") || !strings.Contains(err.Error(), "buildroot-disk.ext4") {
+		t.Fatalf("pull of corrupt v2: %v", err)
+	}
+	sameFiles(t, old, dst, baseNames...)
+	assertNoStaging(t, dst)
+}
+
+// A pull whose connection dies in the middle of a large download
+// replaces nothing.
+func TestInterruptedPullLeavesOldAssets(t *testing.T) {
+	srv := startS3(t)
+	c := srv.client(t, srv.Profile())
+	plat, fl := "linux-amd64", "buildroot"
+	old := baseDir(t, "old")
+	if _, err := c.PushBase(ctxT(t), old, Base{plat, fl, "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.PushBase(ctxT(t), baseDir(t, "new"), Base{plat, fl, "v2"}); err != nil {
+		t.Fatal(err)
+	}
+	dst := t.TempDir()
+	if _, err := c.PullBase(ctxT(t), dst, Base{plat, fl, "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	// The connection dies after 3 MiB of the 12 MiB disk, for good.
+	p := srv.Profile()
+	p.Endpoint = "http://" + cutProxy(t, strings.TrimPrefix(srv.Endpoint, "http://"), 3<<20)
+	cut := srv.client(t, p)
+	cut.opt.Concurrency = 1
+	cut.opt.PartSize = 1 << 20
+	_, err := cut.PullBase(ctxT(t), dst, Base{plat, fl, "v2"})
+	if err == nil || !strings.Contains(err.Error(), "buildroot-disk.ext4") {
+		t.Fatalf("interrupted pull: %v", err)
+	}
+	sameFiles(t, old, dst, baseNames...)
+	assertNoStaging(t, dst)
+}
+
+func assertNoStaging(t *testing.T, dir string) {
+	t.Helper()
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".pull-") {
+			t.Fatalf("staging dir %s left behind", e.Name())
+		}
+	}
+}
+
+func TestPayloadRoundTrip(t *testing.T) {
+	srv := startS3(t)
+	c := srv.client(t, srv.Profile())
+	src := t.TempDir()
+	for n, body := range map[string]string{"payload-rootfs.ext4": "disk", "image-meta.json": `{"ref":"x"}`, "suggested-bootargs.txt": "console=ttyS0"} {
+		os.WriteFile(filepath.Join(src, n), []byte(body), 0o644)
+	}
+	ref := "ghcr.io/org/app:1.2.3"
+	if _, err := c.PushPayload(ctxT(t), src, ref); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	if _, err := c.PullPayload(ctxT(t), root, ref); err != nil {
+		t.Fatal(err)
+	}
+	sameFiles(t, src, filepath.Join(root, "ghcr.io", "org", "app:1.2.3"), "payload-rootfs.ext4", "image-meta.json", "suggested-bootargs.txt")
+	if _, err := c.PullPayload(ctxT(t), root, "ghcr.io/org/other:1"); err == nil || !errors.Is(err, ErrNotFound) {
+		t.Fatalf("pull of an image never pushed: %v", err)
+	}
+}
+
+// Bad input and broken endpoints end in errors that say what is wrong.
+func TestClearErrors(t *testing.T) {
+	srv := startS3(t)
+	good := srv.Profile()
+	src := baseDir(t, "x")
+	b := Base{"linux-amd64", "buildroot", "v1"}
+	cases := []struct {
+		name string
+		p    func(p profile.Profile) profile.Profile
+		base Base
+		want string
+	}{
+		{name: "wrong secret", p: func(p profile.Profile) profile.Profile { p.SecretAccessKey = "nope"; return p }, base: b, want: "credentials rejected"},
+		{name: "unknown key", p: func(p profile.Profile) profile.Profile { p.AccessKeyID = "nobody"; return p }, base: b, want: "credentials rejected"},
+		{name: "missing bucket", p: func(p profile.Profile) profile.Profile { p.Bucket = "no-such-bucket"; return p }, base: b, want: `bucket "no-such-bucket" does not exist`},
+		{name: "closed port", p: func(p profile.Profile) profile.Profile { p.Endpoint = "http://" + freePort(t); return p }, base: b, want: "unreachable after 2 attempts"},
+		{name: "bad version", p: func(p profile.Profile) profile.Profile { return p }, base: Base{"linux-amd64", "buildroot", "../v1"}, want: `version "../v1"`},
+		{name: "latest push", p: func(p profile.Profile) profile.Profile { return p }, base: Base{"linux-amd64", "buildroot", "latest"}, want: "reserved for the alias"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := srv.client(t, tc.p(good))
+			_, err := c.PushBase(ctxT(t), src, tc.base)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("push: %v, want containing %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), testSecret) {
+				t.Fatalf("error reveals the secret: %v", err)
+			}
+		})
+	}
+	c := srv.client(t, good)
+	if _, err := c.PullBase(ctxT(t), t.TempDir(), Base{"linux-amd64", "none", "latest"}); err == nil || !strings.Contains(err.Error(), "no version of linux-amd64/none has been pushed") {
+		t.Fatalf("pull latest of an empty flavor: %v", err)
+	}
+}
+
+// A manifest on the server naming a path outside the target is refused
+// before anything is written.
+func TestManifestWithEscapingPathIsRefused(t *testing.T) {
+	srv := startS3(t)
+	c := srv.client(t, srv.Profile())
+	m := Manifest{Kind: "base", Version: "v9", Files: []File{{Name: "vmlinux.bin", Local: "../../etc/evil", Size: 1, SHA256: strings.Repeat("ab", 32)}}}
+	if err := c.putSmall(ctxT(t), c.key("linux-amd64", "buildroot", "v9", ManifestName), m); err != nil {
+		t.Fatal(err)
+	}
+	parent := t.TempDir()
+	dst := filepath.Join(parent, "current")
+	_, err := c.PullBase(ctxT(t), dst, Base{"linux-amd64", "buildroot", "v9"})
+	if err == nil || !strings.Contains(err.Error(), `files[0].local "../../etc/evil"`) {
+		t.Fatalf("pull of escaping manifest: %v", err)
+	}
+	if _, err := os.Stat(dst); !os.IsNotExist(err) {
+		t.Fatalf("target dir created for a refused manifest: %v", err)
+	}
+}
+
+func TestManifestValidate(t *testing.T) {
+	sum := strings.Repeat("0f", 32)
+	cases := map[string]struct {
+		files []File
+		want  string
+	}{
+		"ok":            {files: []File{{Name: "a", Local: "b", SHA256: sum}}},
+		"empty":         {want: "files: empty"},
+		"dotdot":        {files: []File{{Name: "..", Local: "b", SHA256: sum}}, want: "files[0].name"},
+		"slash":         {files: []File{{Name: "a", Local: "x/b", SHA256: sum}}, want: "files[0].local"},
+		"hidden":        {files: []File{{Name: "a", Local: ".pull-x", SHA256: sum}}, want: "must not start with '.'"},
+		"twice":         {files: []File{{Name: "a", Local: "b", SHA256: sum}, {Name: "c", Local: "b", SHA256: sum}}, want: "listed twice"},
+		"bad digest":    {files: []File{{Name: "a", Local: "b", SHA256: "123"}}, want: "files[0].sha256"},
+		"negative size": {files: []File{{Name: "a", Local: "b", Size: -1, SHA256: sum}}, want: "files[0].size"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			err := Manifest{Files: tc.files}.Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err %v, want %q", err, tc.want)
+			}
+		})
+	}
+}

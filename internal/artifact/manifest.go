@@ -1,0 +1,164 @@
+// Package artifact moves base assets and converted payload disks through an
+// S3-compatible store.
+//
+// Guarantees: every pushed set carries a manifest.json listing each file's
+// size and SHA-256, uploaded after the files; for base assets the `latest`
+// pointer moves only after the manifest is in place. A pull downloads into a
+// staging directory inside the target, verifies every file against the
+// manifest and only then renames the files into place, so an interrupted,
+// corrupt or short pull never replaces good local files. Files that already
+// match the manifest are not downloaded again.
+package artifact
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// ManifestName is the manifest's object name inside a version directory, and
+// LocalManifest its copy kept (hidden) in an installed directory.
+const (
+	ManifestName  = "manifest.json"
+	LocalManifest = ".mergen-manifest.json"
+)
+
+// Manifest describes one pushed set of files.
+type Manifest struct {
+	Kind      string    `json:"kind"` // "base" or "payload"
+	Platform  string    `json:"platform,omitempty"`
+	Flavor    string    `json:"flavor,omitempty"`
+	Version   string    `json:"version,omitempty"`
+	Image     string    `json:"image,omitempty"`
+	CreatedAt time.Time `json:"createdAt"`
+	Files     []File    `json:"files"`
+}
+
+// File is one entry: Name is the remote object name, Local the file name on
+// the host (they differ for base assets, e.g. vmlinux ↔ vmlinux.bin).
+type File struct {
+	Name   string `json:"name"`
+	Local  string `json:"local"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// Validate rejects a manifest that could write outside the target directory
+// or that cannot be verified.
+func (m Manifest) Validate() error {
+	if len(m.Files) == 0 {
+		return errors.New("manifest: files: empty")
+	}
+	seen := map[string]bool{}
+	for i, f := range m.Files {
+		for field, n := range map[string]string{"name": f.Name, "local": f.Local} {
+			if err := plainName(n); err != nil {
+				return fmt.Errorf("manifest: files[%d].%s %q: %w", i, field, n, err)
+			}
+		}
+		if seen[f.Local] {
+			return fmt.Errorf("manifest: files[%d].local %q: listed twice", i, f.Local)
+		}
+		seen[f.Local] = true
+		if f.Size < 0 {
+			return fmt.Errorf("manifest: files[%d].size %d: negative", i, f.Size)
+		}
+		if b, err := hex.DecodeString(f.SHA256); err != nil || len(b) != sha256.Size {
+			return fmt.Errorf("manifest: files[%d].sha256 %q: not a SHA-256 hex digest", i, f.SHA256)
+		}
+	}
+	return nil
+}
+
+// plainName accepts a single path element only: no separators, no dot
+// names, nothing hidden (hidden names are the staging area's).
+func plainName(n string) error {
+	switch {
+	case n == "":
+		return errors.New("empty")
+	case strings.ContainsAny(n, `/\`) || n == "." || n == "..":
+		return errors.New("must be a plain file name (paths outside the target directory are refused)")
+	case strings.HasPrefix(n, "."):
+		return errors.New("must not start with '.'")
+	}
+	return nil
+}
+
+func decodeManifest(r io.Reader) (Manifest, error) {
+	var m Manifest
+	dec := json.NewDecoder(io.LimitReader(r, 1<<20))
+	if err := dec.Decode(&m); err != nil {
+		return m, fmt.Errorf("manifest: not valid JSON: %w", err)
+	}
+	return m, m.Validate()
+}
+
+// hashFile returns size and hex SHA-256 of path.
+func hashFile(path string) (int64, string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return 0, "", err
+	}
+	return n, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// describe hashes the files of dir named in pairs (local → remote).
+func describe(dir string, pairs []pair) ([]File, error) {
+	var out []File
+	for _, p := range pairs {
+		path := filepath.Join(dir, p.local)
+		n, sum, err := hashFile(path)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) && p.optional {
+				continue
+			}
+			return nil, fmt.Errorf("%s: %w", p.local, err)
+		}
+		out = append(out, File{Name: p.remote, Local: p.local, Size: n, SHA256: sum})
+	}
+	return out, nil
+}
+
+type pair struct {
+	local, remote string
+	optional      bool
+}
+
+// BasePairs is the mapping between base-asset files on the host and their
+// object names: the kernel travels as vmlinux.bin, the golden rootfs as
+// <flavor>-disk.ext4, the agent disk as agent-disk.ext4; a compressed kernel
+// and an initramfs travel under their own names when present.
+func BasePairs(flavor string) []pair {
+	return []pair{
+		{local: "vmlinux", remote: "vmlinux.bin"},
+		{local: "golden-rootfs.ext4", remote: flavor + "-disk.ext4"},
+		{local: "agent-rootfs.ext4", remote: "agent-disk.ext4"},
+		{local: "vmlinuz", remote: "vmlinuz", optional: true},
+		{local: "initrd.img", remote: "initrd.img", optional: true},
+	}
+}
+
+// PayloadPairs is what a converted image carries: the payload disk and the
+// metadata the converter writes next to it.
+func PayloadPairs() []pair {
+	return []pair{
+		{local: "payload-rootfs.ext4", remote: "payload-rootfs.ext4"},
+		{local: "image-meta.json", remote: "image-meta.json"},
+		{local: "mergen.runtime.json", remote: "mergen.runtime.json", optional: true},
+		{local: "suggested-bootargs.txt", remote: "suggested-bootargs.txt", optional: true},
+		{local: "suggested-vm-request.json", remote: "suggested-vm-request.json", optional: true},
+	}
+}

@@ -1,0 +1,102 @@
+package artifact
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/mergenhq/mergen/internal/profile"
+	"github.com/mergenhq/mergen/internal/testenv"
+)
+
+const (
+	testAccess = "mergen-test-access"
+	testSecret = "mergen-test-secret-key"
+	testBucket = "artifacts"
+)
+
+// s3Server is a real S3 server (versitygw, posix backend) on loopback.
+type s3Server struct {
+	Endpoint string
+	Root     string // backing directory: <Root>/<bucket>/<key>
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startS3 starts versitygw for the test and creates testBucket.
+func startS3(t *testing.T) *s3Server {
+	t.Helper()
+	bin := testenv.Tool(t, "versitygw")
+	root := t.TempDir()
+	addr := freePort(t)
+	cmd := exec.Command(bin, "--access", testAccess, "--secret", testSecret, "--port", addr, "posix", root)
+	logf, err := os.Create(filepath.Join(t.TempDir(), "versitygw.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); logf.Close() })
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(logf.Name())
+			t.Fatalf("versitygw did not listen on %s: %v\n%s", addr, err, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	srv := &s3Server{Endpoint: "http://" + addr, Root: root}
+	c := srv.client(t, srv.Profile())
+	if _, err := c.s3.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String(testBucket)}); err != nil {
+		t.Fatalf("create bucket: %v", err)
+	}
+	return srv
+}
+
+func (s *s3Server) Profile() profile.Profile {
+	return profile.Profile{Endpoint: s.Endpoint, Region: "us-east-1", Bucket: testBucket, Prefix: "team", PathStyle: true, AccessKeyID: testAccess, SecretAccessKey: testSecret}
+}
+
+func (s *s3Server) client(t *testing.T, p profile.Profile) *Client {
+	t.Helper()
+	// Small parts so that the test files exercise multipart uploads and
+	// ranged downloads.
+	c, err := New(p, Options{PartSize: 5 << 20, Concurrency: 3, Attempts: 2, MaxBackoff: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// object is the backing file of key in the test bucket.
+func (s *s3Server) object(key string) string {
+	return filepath.Join(s.Root, testBucket, filepath.FromSlash(key))
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}

@@ -1,0 +1,187 @@
+package artifact
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"syscall"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/mergenhq/mergen/internal/atomicfile"
+	"github.com/mergenhq/mergen/internal/progress"
+)
+
+// countingFile counts bytes the uploader reads. Signing may read a part
+// twice, so the counter is set to the exact size when the file is done.
+type countingFile struct {
+	*os.File
+	c *progress.Counter
+}
+
+func (f countingFile) ReadAt(p []byte, off int64) (int, error) {
+	n, err := f.File.ReadAt(p, off)
+	f.c.Add(int64(n))
+	return n, err
+}
+
+func (f countingFile) Read(p []byte) (int, error) {
+	n, err := f.File.Read(p)
+	f.c.Add(int64(n))
+	return n, err
+}
+
+// upload sends every file of dir (multipart for large ones), then the
+// manifest: a reader who sees the manifest sees complete files.
+func (c *Client) upload(ctx context.Context, dir, keyDir string, m Manifest) error {
+	up := manager.NewUploader(c.s3, func(u *manager.Uploader) {
+		u.PartSize = c.opt.PartSize
+		u.Concurrency = c.opt.Concurrency
+	})
+	for _, f := range m.Files {
+		ctr := c.opt.Progress.File(f.Name, f.Size)
+		fh, err := os.Open(filepath.Join(dir, f.Local))
+		if err != nil {
+			ctr.Finish("failed")
+			return err
+		}
+		_, err = up.Upload(ctx, &s3.PutObjectInput{Bucket: aws.String(c.bucket), Key: aws.String(keyDir + "/" + f.Name), Body: countingFile{fh, ctr}})
+		fh.Close()
+		if err != nil {
+			ctr.Finish("failed")
+			return c.explain(err, "upload "+f.Name)
+		}
+		ctr.Set(f.Size)
+		ctr.Finish("done")
+	}
+	return c.putSmall(ctx, keyDir+"/"+ManifestName, m)
+}
+
+// countingWriterAt counts bytes the downloader writes.
+type countingWriterAt struct {
+	f *os.File
+	c *progress.Counter
+}
+
+func (w countingWriterAt) WriteAt(p []byte, off int64) (int, error) {
+	n, err := w.f.WriteAt(p, off)
+	w.c.Add(int64(n))
+	return n, err
+}
+
+// install downloads the files of m from keyDir into dir: staging first,
+// verification of size and SHA-256, then one rename per file. On any error
+// the staging directory is removed and dir is as it was.
+func (c *Client) install(ctx context.Context, keyDir, dir string, m Manifest) (fetched []string, err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	var need []File
+	var needBytes int64
+	for _, f := range m.Files {
+		if n, sum, err := hashFile(filepath.Join(dir, f.Local)); err == nil && n == f.Size && sum == f.SHA256 {
+			ctr := c.opt.Progress.File(f.Name, f.Size)
+			ctr.Set(f.Size)
+			ctr.Finish("skipped")
+			continue
+		}
+		need = append(need, f)
+		needBytes += f.Size
+	}
+	if err := enoughSpace(dir, needBytes); err != nil {
+		return nil, err
+	}
+	// Staging lives inside dir so the final renames stay on one file
+	// system; its hidden name keeps it out of inventories.
+	stage, err := os.MkdirTemp(dir, ".pull-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(stage)
+	dl := manager.NewDownloader(c.s3, func(d *manager.Downloader) {
+		d.PartSize = c.opt.PartSize
+		d.Concurrency = c.opt.Concurrency
+	})
+	for _, f := range need {
+		ctr := c.opt.Progress.File(f.Name, f.Size)
+		if err := c.fetch(ctx, dl, keyDir+"/"+f.Name, filepath.Join(stage, f.Local), f, ctr); err != nil {
+			ctr.Finish("failed")
+			return nil, err
+		}
+		ctr.Finish("done")
+	}
+	for _, f := range need {
+		if err := os.Rename(filepath.Join(stage, f.Local), filepath.Join(dir, f.Local)); err != nil {
+			return fetched, err
+		}
+		fetched = append(fetched, f.Local)
+	}
+	if err := atomicfile.SyncDir(dir); err != nil {
+		return fetched, err
+	}
+	sort.Strings(fetched)
+	return fetched, nil
+}
+
+func (c *Client) fetch(ctx context.Context, dl *manager.Downloader, key, dst string, f File, ctr *progress.Counter) error {
+	fh, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	n, err := dl.Download(ctx, countingWriterAt{fh, ctr}, &s3.GetObjectInput{Bucket: aws.String(c.bucket), Key: aws.String(key)})
+	if err == nil {
+		err = fh.Sync()
+	}
+	if cerr := fh.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return c.explain(err, "download "+f.Name)
+	}
+	if n != f.Size {
+		return fmt.Errorf("download %s: size %d, manifest says %d", f.Name, n, f.Size)
+	}
+	_, sum, err := hashFile(dst)
+	if err != nil {
+		return err
+	}
+	if sum != f.SHA256 {
+		return fmt.Errorf("download %s: sha256 mismatch: manifest %s, received %s (object corrupt or changed; nothing installed)", f.Name, f.SHA256, sum)
+	}
+	return nil
+}
+
+// enoughSpace refuses a pull that cannot fit, before a byte is written.
+func enoughSpace(dir string, need int64) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return nil // unknown: let the writes tell
+	}
+	avail := int64(st.Bavail) * int64(st.Bsize)
+	if need > avail {
+		return fmt.Errorf("not enough space in %s: need %s, %s available", dir, progress.Bytes(need), progress.Bytes(avail))
+	}
+	return nil
+}
+
+func writeLocalManifest(dir string, m Manifest) error {
+	b, err := jsonIndent(m)
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(filepath.Join(dir, LocalManifest), b, 0o644)
+}
+
+// ReadLocalManifest returns the manifest of the last pull into dir.
+func ReadLocalManifest(dir string) (Manifest, error) {
+	f, err := os.Open(filepath.Join(dir, LocalManifest))
+	if err != nil {
+		return Manifest{}, err
+	}
+	defer f.Close()
+	return decodeManifest(f)
+}
