@@ -492,3 +492,23 @@ func dialFrom(ns, addr string) (string, error) {
 }
 
 func inNetnsNamed(name string, fn func() error) error { return RunInNetns(name, fn) }
+
+// BenchmarkSetupTeardown measures one VM's network from nothing to complete
+// (namespace, tap, veth, routes, one published port) and back.
+func BenchmarkSetupTeardown(b *testing.B) {
+	testenv.RequireRoot(b)
+	for b.Loop() {
+		id := store.NewID()
+		c := Config{
+			ID: id, Netns: store.NetnsName(id), Tap: store.TapName(id), Veth: store.VethName(id),
+			GuestIP: netip.MustParseAddr("172.31.241.2"), Gateway: netip.MustParseAddr("172.31.241.1"),
+			PrefixLen: 24, MAC: MACFor(id), Ports: []store.Port{{Guest: 80, Host: 28500, Protocol: "tcp"}},
+		}
+		if err := Setup(context.Background(), c); err != nil {
+			b.Fatal(err)
+		}
+		if err := Teardown(context.Background(), c); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
