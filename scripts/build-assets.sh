@@ -148,7 +148,8 @@ if changed golden-rootfs.ext4 "$(sum "$INIT" "$BUSYBOX" "$CACHE"/kernel/modules/
   printf '127.0.0.1\tlocalhost\n::1\tlocalhost\n' >"$r/etc/hosts"
   : >"$r/etc/resolv.conf"
   rm -f "$OUT/golden-rootfs.ext4.tmp"
-  mkfs.ext4 -q -F -L mergen-root -d "$r" "$OUT/golden-rootfs.ext4.tmp" 64M
+  truncate -s 64M "$OUT/golden-rootfs.ext4.tmp"
+  mkfs.ext4 -q -F -L mergen-root -d "$r" "$OUT/golden-rootfs.ext4.tmp"
   mv "$OUT/golden-rootfs.ext4.tmp" "$OUT/golden-rootfs.ext4"
   rm -rf "$tmp"
   commit_stamp golden-rootfs.ext4
@@ -157,7 +158,8 @@ fi
 # --- agent disk ---------------------------------------------------------------
 if changed agent-rootfs.ext4 "$(sum "$OUT"/bin/*)"; then
   rm -f "$OUT/agent-rootfs.ext4.tmp"
-  mkfs.ext4 -q -F -L mergen-agent -d "$OUT/bin" "$OUT/agent-rootfs.ext4.tmp" 32M
+  truncate -s 32M "$OUT/agent-rootfs.ext4.tmp"
+  mkfs.ext4 -q -F -L mergen-agent -d "$OUT/bin" "$OUT/agent-rootfs.ext4.tmp"
   mv "$OUT/agent-rootfs.ext4.tmp" "$OUT/agent-rootfs.ext4"
   commit_stamp agent-rootfs.ext4
 fi

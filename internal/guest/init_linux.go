@@ -540,7 +540,13 @@ func supervise(p *payload, restart Restart, stopSig unix.Signal, stop chan os.Si
 			return code, nil
 		case restart == RestartAlways, restart == RestartOnFailure && code != 0:
 			logf("restarting (policy %s)", restart)
-			time.Sleep(time.Second)
+			select {
+			case s := <-stop:
+				logf("stop requested (%v) while restarting", s)
+				out.Wait()
+				return code, nil
+			case <-time.After(time.Second):
+			}
 			continue
 		}
 		out.Wait()

@@ -1,0 +1,407 @@
+package guest_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/imagemeta"
+	"github.com/mergenhq/mergen/internal/testenv"
+)
+
+// bootLimit bounds one guest's whole life under TCG; a guest that has not
+// powered off by then counts as hung.
+const bootLimit = 90 * time.Second
+
+// image describes a tiny busybox "container image" written as a payload disk.
+type image struct {
+	files   map[string]string // path -> content (mode 0755 when it starts with #!)
+	meta    *imagemeta.ImageMeta
+	runtime *imagemeta.Runtime
+	rawMeta string // written instead of meta when set (corrupt JSON)
+	noMeta  bool
+}
+
+func busyboxImage(entry string) image {
+	return image{
+		files: map[string]string{
+			"/etc/passwd": "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
+			"/etc/group":  "root:x:0:\napp:x:1000:\nextra:x:2000:app\n",
+			"/entry.sh":   entry,
+		},
+		meta: &imagemeta.ImageMeta{Image: "test", Entrypoint: []string{"/entry.sh"},
+			Env: []string{"PATH=/bin", "FOO=image"}, WorkingDir: "/app", User: "app"},
+		runtime: &imagemeta.Runtime{Version: 1, Image: "test", Argv: []string{"/entry.sh"},
+			Env: []string{"PATH=/bin", "FOO=image", "BAR=image", "BAZ=image"}, WorkingDir: "/app", User: "app"},
+	}
+}
+
+func mkfs(t *testing.T, dir, label, out string, size string) {
+	t.Helper()
+	cmd := exec.Command(testenv.Tool(t, "mkfs.ext4"), "-q", "-F", "-L", label, "-d", dir, out, size)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4 %s: %v\n%s", label, err, b)
+	}
+}
+
+func (im image) disk(t *testing.T, out string) {
+	t.Helper()
+	root := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(root, "bin"), 0o755))
+	bb, err := os.ReadFile(testenv.Tool(t, "busybox"))
+	must(err)
+	must(os.WriteFile(filepath.Join(root, "bin/busybox"), bb, 0o755))
+	for _, a := range []string{"sh", "id", "pwd", "sleep", "echo", "cat", "ls", "sync"} {
+		must(os.Symlink("busybox", filepath.Join(root, "bin", a)))
+	}
+	for p, c := range im.files {
+		mode := os.FileMode(0o644)
+		if strings.HasPrefix(c, "#!") {
+			mode = 0o755
+		}
+		must(os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755))
+		must(os.WriteFile(filepath.Join(root, p), []byte(c), mode))
+	}
+	// The image's working directory belongs to its user, as a Dockerfile's
+	// chown would make it.
+	must(os.MkdirAll(filepath.Join(root, "app"), 0o755))
+	must(os.Chown(filepath.Join(root, "app"), 1000, 1000))
+	md := filepath.Join(root, imagemeta.MetaDir)
+	must(os.MkdirAll(md, 0o755))
+	if !im.noMeta {
+		raw := []byte(im.rawMeta)
+		if im.rawMeta == "" {
+			raw, _ = json.Marshal(im.meta)
+		}
+		must(os.WriteFile(filepath.Join(md, imagemeta.ImageMetaFile), raw, 0o644))
+	}
+	rt, _ := json.Marshal(im.runtime)
+	must(os.WriteFile(filepath.Join(md, imagemeta.RuntimeFile), rt, 0o644))
+	mkfs(t, root, imagemeta.LabelPayload, out, "16M")
+}
+
+// vm is one QEMU TCG guest booted from the base assets.
+type vm struct {
+	t       *testing.T
+	cmd     *exec.Cmd
+	qmp     string
+	mu      sync.Mutex
+	console bytes.Buffer
+	lines   chan string
+	done    chan error
+}
+
+type bootOpts struct {
+	payload string
+	env     string // env disk image, optional
+	data    string // data disk image, optional
+	cmdline string // extra kernel parameters
+}
+
+func boot(t *testing.T, o bootOpts) *vm {
+	t.Helper()
+	assets := testenv.Assets(t)
+	dir := t.TempDir()
+	root := filepath.Join(dir, "root.ext4")
+	copyFile(t, filepath.Join(assets, "golden-rootfs.ext4"), root)
+	v := &vm{t: t, qmp: filepath.Join(dir, "qmp.sock"), lines: make(chan string, 1024), done: make(chan error, 1)}
+	args := []string{"-accel", "tcg", "-cpu", "max", "-M", "q35", "-m", "256",
+		"-nographic", "-nodefaults", "-no-reboot", "-serial", "stdio", "-monitor", "none",
+		"-qmp", "unix:" + v.qmp + ",server=on,wait=off",
+		"-kernel", filepath.Join(assets, "vmlinuz"), "-initrd", filepath.Join(assets, "initrd.img"),
+		"-append", "console=ttyS0 reboot=k panic=1 init=/sbin/init quiet " + o.cmdline,
+		"-drive", "file=" + root + ",if=virtio,format=raw",
+		"-drive", "file=" + o.payload + ",if=virtio,format=raw,readonly=on",
+	}
+	if o.env != "" {
+		args = append(args, "-drive", "file="+o.env+",if=virtio,format=raw,readonly=on")
+	}
+	if o.data != "" {
+		args = append(args, "-drive", "file="+o.data+",if=virtio,format=raw")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), bootLimit)
+	t.Cleanup(cancel)
+	v.cmd = exec.CommandContext(ctx, testenv.Tool(t, "qemu-system-x86_64"), args...)
+	out, err := v.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.cmd.Stderr = v.cmd.Stdout
+	if err := v.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			l := strings.TrimRight(sc.Text(), "\r")
+			v.mu.Lock()
+			v.console.WriteString(l + "\n")
+			v.mu.Unlock()
+			select {
+			case v.lines <- l:
+			default:
+			}
+		}
+		close(v.lines)
+		v.done <- v.cmd.Wait()
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if t.Failed() {
+			t.Logf("console:\n%s", v.log())
+		}
+	})
+	return v
+}
+
+func (v *vm) log() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.console.String()
+}
+
+// waitFor reads console lines until one contains s.
+func (v *vm) waitFor(s string) {
+	v.t.Helper()
+	for l := range v.lines {
+		if strings.Contains(l, s) {
+			return
+		}
+	}
+	v.t.Fatalf("guest ended before printing %q", s)
+}
+
+// wait waits for QEMU to exit (the guest powered off) and returns the console.
+func (v *vm) wait() string {
+	v.t.Helper()
+	for range v.lines {
+	}
+	if err := <-v.done; err != nil {
+		v.t.Fatalf("qemu: %v (a guest that does not power off within %v counts as hung)", err, bootLimit)
+	}
+	return v.log()
+}
+
+// qmpCommand sends one QMP command.
+func (v *vm) qmpCommand(cmd string, args any) {
+	v.t.Helper()
+	c, err := net.Dial("unix", v.qmp)
+	if err != nil {
+		v.t.Fatalf("qmp: %v", err)
+	}
+	defer c.Close()
+	r := bufio.NewReader(c)
+	r.ReadString('\n') // greeting
+	enc := json.NewEncoder(c)
+	enc.Encode(map[string]any{"execute": "qmp_capabilities"})
+	r.ReadString('\n')
+	enc.Encode(map[string]any{"execute": cmd, "arguments": args})
+	for {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			v.t.Fatalf("qmp %s: %v", cmd, err)
+		}
+		if strings.Contains(l, `"return"`) {
+			return
+		}
+		if strings.Contains(l, `"error"`) {
+			v.t.Fatalf("qmp %s: %s", cmd, l)
+		}
+	}
+}
+
+func ctrlAltDel(v *vm) {
+	v.qmpCommand("send-key", map[string]any{"keys": []map[string]string{
+		{"type": "qcode", "data": "ctrl"}, {"type": "qcode", "data": "alt"}, {"type": "qcode", "data": "delete"}}})
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func fileSum(t *testing.T, p string) [32]byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sha256.Sum256(b)
+}
+
+func envParam(m map[string]string) string {
+	b, _ := json.Marshal(m)
+	return "mergen.env=" + base64.RawURLEncoding.EncodeToString(b)
+}
+
+func skipShort(t *testing.T) {
+	t.Helper()
+	// Root: the image's files need their owners (mkfs.ext4 -d keeps them).
+	testenv.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("boots a guest under emulation; skipped with -short")
+	}
+}
+
+func mustContain(t *testing.T, console string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(console, w) {
+			t.Errorf("console lacks %q", w)
+		}
+	}
+}
+
+// The payload of the main boot: it reports who and where it runs, leaves
+// orphans for PID 1 to reap and counts zombies from inside, writes to its
+// root, then waits for SIGTERM.
+const mainEntry = `#!/bin/sh
+echo "id: $(id -u):$(id -g) groups $(id -G)"
+echo "pwd: $(pwd)"
+echo "env: FOO=$FOO BAR=$BAR BAZ=$BAZ HOME=$HOME"
+for i in 1 2 3 4 5; do sh -c 'sleep 0.2 & exit 0'; done
+sleep 2
+z=0
+for f in /proc/[0-9]*/stat; do
+  read -r l < "$f" 2>/dev/null || continue
+  case "$l" in *") Z "*) z=$((z+1));; esac
+done
+echo "zombies: $z"
+echo private > /app/written
+sync
+trap 'echo "got SIGTERM"; exit 3' TERM
+echo ready
+while :; do sleep 1; done
+`
+
+// TestGuestRunsImageAsItsUserAndStopsOnCtrlAltDel boots the real kernel,
+// initramfs and golden rootfs with a payload, env and data disk, and checks
+// what the issue asks of one well-formed boot.
+func TestGuestRunsImageAsItsUserAndStopsOnCtrlAltDel(t *testing.T) {
+	skipShort(t)
+	dir := t.TempDir()
+	payload := filepath.Join(dir, "payload.ext4")
+	busyboxImage(mainEntry).disk(t, payload)
+	envDir := t.TempDir()
+	os.WriteFile(filepath.Join(envDir, imagemeta.EnvFile), []byte("# from the env disk\nBAR=envdisk\nBAZ=envdisk\n"), 0o644)
+	envDisk := filepath.Join(dir, "env.ext4")
+	mkfs(t, envDir, imagemeta.LabelEnv, envDisk, "4M")
+	data := filepath.Join(dir, "data.ext4")
+	mkfs(t, t.TempDir(), imagemeta.LabelData, data, "16M")
+	before := fileSum(t, payload)
+
+	v := boot(t, bootOpts{payload: payload, env: envDisk, data: data, cmdline: envParam(map[string]string{"BAZ": "cmdline"})})
+	v.waitFor("[payload] ready")
+	ctrlAltDel(v)
+	console := v.wait()
+
+	mustContain(t, console,
+		"[payload] id: 1000:1000 groups 1000 2000", // the image's user, primary and supplementary groups
+		"[payload] pwd: /app",
+		"[payload] env: FOO=image BAR=envdisk BAZ=cmdline HOME=/home/app", // image < env disk < mergen.env
+		"[payload] zombies: 0",
+		"[payload] got SIGTERM",
+		"mergen-init: exit status 3",
+	)
+	if !regexp.MustCompile(`mergen-init: boot timeline: kernel-start->payload-exec [0-9.]+s`).MatchString(console) {
+		t.Error("console lacks the boot timeline line")
+	}
+	if fileSum(t, payload) != before {
+		t.Error("the payload disk changed")
+	}
+	// The writes landed in the VM's own upper layer on its data disk.
+	for _, p := range []string{"/upper/app/written"} {
+		out, err := exec.Command(testenv.Tool(t, "debugfs"), "-R", "cat "+p, data).Output()
+		if err != nil || strings.TrimSpace(string(out)) != "private" {
+			t.Errorf("data disk %s = %q (%v), want the payload's write", p, out, err)
+		}
+	}
+}
+
+// TestGuestBadInputPowersOffWithStatus boots one guest per kind of bad input:
+// each must print a clear message and power off with a non-zero status.
+func TestGuestBadInputPowersOffWithStatus(t *testing.T) {
+	skipShort(t)
+	ok := "#!/bin/sh\necho should-not-run\n"
+	cases := []struct {
+		name    string
+		image   func() image
+		envFile string
+		want    []string
+	}{
+		{"missing image-meta", func() image { im := busyboxImage(ok); im.noMeta = true; return im }, "",
+			[]string{"/.mergen/image-meta.json", "no such file", "exit status 78"}},
+		{"corrupt image-meta", func() image { im := busyboxImage(ok); im.rawMeta = "{not json"; return im }, "",
+			[]string{"image-meta.json is not valid JSON", "exit status 78"}},
+		{"missing entrypoint", func() image {
+			im := busyboxImage(ok)
+			im.runtime.Argv = []string{"/no/such/entry"}
+			return im
+		}, "", []string{`"/no/such/entry" does not exist in the image`, "exit status 127"}},
+		{"unknown user", func() image { im := busyboxImage(ok); im.runtime.User = "ghost"; return im }, "",
+			[]string{`user "ghost" does not exist in the image's /etc/passwd`, "exit status 78"}},
+		{"malformed env line", func() image { return busyboxImage(ok) }, "GOOD=1\nthis line has no equals\n",
+			[]string{"env disk: env file line 2", "is not KEY=VALUE", "exit status 78"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			payload := filepath.Join(dir, "payload.ext4")
+			c.image().disk(t, payload)
+			o := bootOpts{payload: payload}
+			if c.envFile != "" {
+				ed := t.TempDir()
+				os.WriteFile(filepath.Join(ed, imagemeta.EnvFile), []byte(c.envFile), 0o644)
+				o.env = filepath.Join(dir, "env.ext4")
+				mkfs(t, ed, imagemeta.LabelEnv, o.env, "4M")
+			}
+			console := boot(t, o).wait()
+			mustContain(t, console, c.want...)
+			if strings.Contains(console, "should-not-run") {
+				t.Error("the payload ran despite the bad input")
+			}
+		})
+	}
+}
+
+// TestGuestRestartsAndStopsOnPowerButton checks the restart policy and the
+// second stop path: the ACPI power button (QEMU system_powerdown).
+func TestGuestRestartsAndStopsOnPowerButton(t *testing.T) {
+	skipShort(t)
+	dir := t.TempDir()
+	payload := filepath.Join(dir, "payload.ext4")
+	entry := "#!/bin/sh\nn=$(cat /app/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > /app/count\necho \"run $n\"\n" +
+		"[ $n -lt 2 ] && exit 1\ntrap 'echo \"got SIGTERM\"; exit 0' TERM\necho ready\nwhile :; do sleep 1; done\n"
+	busyboxImage(entry).disk(t, payload)
+	v := boot(t, bootOpts{payload: payload, cmdline: "mergen.restart=on-failure"})
+	v.waitFor("[payload] ready")
+	v.qmpCommand("system_powerdown", map[string]any{})
+	console := v.wait()
+	mustContain(t, console, "[payload] run 1", "restarting (policy on-failure)", "[payload] run 2",
+		"[payload] got SIGTERM", "mergen-init: exit status 0")
+}
