@@ -22,6 +22,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
@@ -362,5 +363,48 @@ func TestOutputDirStaysUnderTheImagesRoot(t *testing.T) {
 		if got, err := OutputDir(root, bad); err == nil {
 			t.Errorf("%q -> %s, want an error", bad, got)
 		}
+	}
+}
+
+func TestConvertFromOCILayoutAndDockerArchive(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := t.TempDir()
+	img := testImage(t, "amd64")
+	lp, err := layout.Write(filepath.Join(dir, "oci"), empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An index with two platforms: the converter must pick the one asked.
+	if err := lp.AppendImage(testImage(t, "arm64"), layout.WithPlatform(v1.Platform{OS: "linux", Architecture: "arm64"})); err != nil {
+		t.Fatal(err)
+	}
+	if err := lp.AppendImage(img, layout.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"})); err != nil {
+		t.Fatal(err)
+	}
+	tag, _ := name.NewTag("example.com/app:1")
+	archive := filepath.Join(dir, "saved.tar")
+	if err := tarball.WriteToFile(archive, tag, img); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := img.Digest()
+	for _, src := range []string{"oci:" + filepath.Join(dir, "oci"), "docker-archive:" + archive} {
+		t.Run(strings.SplitN(src, ":", 2)[0], func(t *testing.T) {
+			res, err := Convert(context.Background(), Options{Source: src, Platform: "linux/amd64", DataRoot: t.TempDir(), NoTar: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Meta.Digest != want.String() {
+				t.Errorf("digest %s, want the amd64 image %s", res.Meta.Digest, want)
+			}
+			if out := debugfs(t, res.Ext4, "stat /bin/su"); !regexp.MustCompile(`Mode:\s+04755`).MatchString(out) {
+				t.Errorf("/bin/su:\n%s", out)
+			}
+			if _, err := os.Stat(filepath.Join(res.OutputDir, imagemeta.PayloadTar)); !os.IsNotExist(err) {
+				t.Errorf("NoTar still wrote %s", imagemeta.PayloadTar)
+			}
+		})
+	}
+	if _, err := Convert(context.Background(), Options{Source: "oci:" + filepath.Join(dir, "oci"), Platform: "linux/s390x", DataRoot: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "no image for platform linux/s390x") {
+		t.Errorf("missing platform in a layout: %v", err)
 	}
 }
