@@ -1,0 +1,99 @@
+package guest
+
+import (
+	"encoding/base64"
+	"net"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParseCmdline(t *testing.T) {
+	env := base64.RawURLEncoding.EncodeToString([]byte(`{"B":"2","A":"x=y"}`))
+	cases := []struct {
+		name    string
+		cmdline string
+		want    Boot
+		wantErr string
+	}{
+		{"nothing of ours", "console=ttyS0 reboot=k panic=1", Boot{Restart: RestartNo}, ""},
+		{"full ip with dns", "ip=172.16.0.2::172.16.0.1:255.255.255.252:vm1:eth0:off:1.1.1.1",
+			Boot{Restart: RestartNo, Net: &Net{Addr: net.IPv4(172, 16, 0, 2).To4(), Mask: net.CIDRMask(30, 32),
+				Gateway: net.IPv4(172, 16, 0, 1).To4(), Hostname: "vm1", Device: "eth0", DNS: []net.IP{net.ParseIP("1.1.1.1")}}}, ""},
+		{"ip without gateway or device", "ip=10.0.0.5:::255.255.255.0::",
+			Boot{Restart: RestartNo, Net: &Net{Addr: net.IPv4(10, 0, 0, 5).To4(), Mask: net.CIDRMask(24, 32), Device: "eth0"}}, ""},
+		{"env sorted by key", "mergen.env=" + env, Boot{Restart: RestartNo, Env: []string{"A=x=y", "B=2"}}, ""},
+		{"padded base64 accepted", "mergen.env=" + base64.URLEncoding.EncodeToString([]byte(`{"K":"v"}`)),
+			Boot{Restart: RestartNo, Env: []string{"K=v"}}, ""},
+		{"restart", "mergen.restart=on-failure", Boot{Restart: RestartOnFailure}, ""},
+		{"bad restart", "mergen.restart=sometimes", Boot{}, "mergen.restart"},
+		{"bad address", "ip=10.0.0.300::10.0.0.1:255.255.255.0:h:eth0:off", Boot{}, "client address"},
+		{"missing netmask", "ip=10.0.0.3::10.0.0.1::h:eth0:off", Boot{}, "netmask is missing"},
+		{"non-contiguous netmask", "ip=10.0.0.3::10.0.0.1:255.0.255.0:h:eth0:off", Boot{}, "not contiguous"},
+		{"dhcp refused", "ip=10.0.0.3::10.0.0.1:255.255.255.0:h:eth0:dhcp", Boot{}, "autoconf"},
+		{"env not base64", "mergen.env=!!!", Boot{}, "mergen.env: not base64url"},
+		{"env not an object", "mergen.env=" + base64.RawURLEncoding.EncodeToString([]byte(`["A=1"]`)), Boot{}, "JSON object"},
+		{"env bad key", "mergen.env=" + base64.RawURLEncoding.EncodeToString([]byte(`{"A=B":"1"}`)), Boot{}, "contains '='"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := ParseCmdline(c.cmdline)
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("error = %v, want one containing %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, c.want) {
+				t.Fatalf("got %+v (net %+v), want %+v (net %+v)", got, got.Net, c.want, c.want.Net)
+			}
+		})
+	}
+}
+
+func TestParseEnvFile(t *testing.T) {
+	cases := []struct {
+		name    string
+		in      string
+		want    []string
+		wantErr string
+	}{
+		{"values kept literally", "A=1\n# comment\n\n  \nB= spaced \"quoted\"\nC=\nD=x=y\r\n", []string{"A=1", `B= spaced "quoted"`, "C=", "D=x=y"}, ""},
+		{"empty file", "", nil, ""},
+		{"no equals", "A=1\nnonsense\n", nil, `line 2: "nonsense" is not KEY=VALUE`},
+		{"empty key", "=1\n", nil, "line 1: empty variable name"},
+		{"space in key", "MY VAR=1\n", nil, "line 1: variable name \"MY VAR\" contains whitespace"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := ParseEnvFile([]byte(c.in))
+			if c.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+					t.Fatalf("error = %v, want one containing %q", err, c.wantErr)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(got, c.want) {
+				t.Fatalf("got %q, %v; want %q", got, err, c.want)
+			}
+		})
+	}
+}
+
+func TestMergeEnvLaterLayerWinsInFirstPosition(t *testing.T) {
+	got := MergeEnv(
+		[]string{"PATH=/bin", "A=image", "B=image"},
+		[]string{"B=envdisk", "C=envdisk"},
+		[]string{"A=cmdline"},
+	)
+	want := []string{"PATH=/bin", "A=cmdline", "B=envdisk", "C=envdisk"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	if v, ok := LookupEnv(got, "B"); !ok || v != "envdisk" {
+		t.Fatalf("LookupEnv(B) = %q, %v", v, ok)
+	}
+}
