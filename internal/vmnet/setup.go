@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sync"
 
@@ -48,11 +49,49 @@ func prepareNetnsDir() error {
 	return prepareErr
 }
 
+// namespaceState tells whether /run/netns/<name> is a mounted namespace,
+// missing, or a stale file (left by a creation interrupted between making
+// the file and bind-mounting the namespace onto it).
+func namespaceState(name string) (mounted, stale bool, err error) {
+	var st unix.Statfs_t
+	err = unix.Statfs(filepath.Join(netnsDir, name), &st)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return false, false, nil
+	case err != nil:
+		return false, false, fmt.Errorf("namespace %s: %w", name, err)
+	}
+	return st.Type == unix.NSFS_MAGIC, st.Type != unix.NSFS_MAGIC, nil
+}
+
+// deleteNamespace unmounts and removes a named namespace; missing is fine.
+func deleteNamespace(name string) error {
+	mounted, stale, err := namespaceState(name)
+	if err != nil || (!mounted && !stale) {
+		return err
+	}
+	p := filepath.Join(netnsDir, name)
+	if mounted {
+		if err := unix.Unmount(p, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("unmount namespace %s: %w", name, err)
+		}
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove namespace %s: %w", name, err)
+	}
+	return nil
+}
+
 // ensureNamespace creates the named namespace unless it exists.
 func ensureNamespace(name string) error {
-	if ns, err := netns.GetFromName(name); err == nil {
-		ns.Close()
-		return nil
+	mounted, stale, err := namespaceState(name)
+	if err != nil || mounted {
+		return err
+	}
+	if stale {
+		if err := deleteNamespace(name); err != nil {
+			return err
+		}
 	}
 	if err := prepareNetnsDir(); err != nil {
 		return err

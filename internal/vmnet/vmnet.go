@@ -168,17 +168,22 @@ func Teardown(ctx context.Context, c Config) error {
 		errs = append(errs, err)
 	}
 	if c.Netns != "" && ifNameRe.MatchString(c.Netns) {
-		if ns, err := netns.GetFromName(c.Netns); err == nil {
-			if h, err := netlink.NewHandleAt(ns); err == nil {
-				if err := deleteLink(h, c.Tap, "tuntap"); err != nil {
-					errs = append(errs, err)
+		// Unmounting does not destroy a namespace a process still runs in
+		// (a VMM that has not exited yet); the tap is removed explicitly so
+		// that it is gone now either way.
+		if mounted, _, _ := namespaceState(c.Netns); mounted {
+			if ns, err := netns.GetFromName(c.Netns); err == nil {
+				if h, err := netlink.NewHandleAt(ns); err == nil {
+					if err := deleteLink(h, c.Tap, "tuntap"); err != nil {
+						errs = append(errs, err)
+					}
+					h.Close()
 				}
-				h.Close()
+				ns.Close()
 			}
-			ns.Close()
-			if err := netns.DeleteNamed(c.Netns); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, fmt.Errorf("delete namespace %s: %w", c.Netns, err))
-			}
+		}
+		if err := deleteNamespace(c.Netns); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return joinf(c.ID, errs)

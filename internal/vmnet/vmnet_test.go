@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -304,6 +305,40 @@ func TestFailedSetupRollsBack(t *testing.T) {
 	}
 	if out := run(t, "ip", "-d", "link", "show", c.Veth); !strings.Contains(out, "bridge") {
 		t.Errorf("the foreign link %s was removed by the roll-back:\n%s", c.Veth, out)
+	}
+}
+
+// A namespace file left without a namespace mounted on it (a creation
+// interrupted half-way) neither blocks the next set-up nor survives tear-down.
+func TestStaleNamespaceFileIsReplaced(t *testing.T) {
+	testenv.RequireRoot(t)
+	c := testConfig(t, 5)
+	stale := filepath.Join("/run/netns", c.Netns)
+	if err := os.MkdirAll("/run/netns", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(stale, nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(stale) })
+	mustSetup(t, c)
+	if out := inNS(t, c.Netns, "ip", "-o", "addr", "show", "dev", c.Tap); !strings.Contains(out, c.Gateway.String()) {
+		t.Fatalf("tap in the re-created namespace:\n%s", out)
+	}
+	if err := Teardown(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, c)
+
+	// Tear-down alone also clears a stale file.
+	if err := os.WriteFile(stale, nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if err := Teardown(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Fatalf("stale namespace file survived tear-down: %v", err)
 	}
 }
 
