@@ -1,0 +1,142 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mergenhq/mergen/internal/artifact"
+	"github.com/mergenhq/mergen/internal/images"
+	"github.com/mergenhq/mergen/internal/progress"
+)
+
+// newImagesCmd lists local images and moves base assets through S3.
+func newImagesCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "images", Short: "Local base assets and converted images; push and pull base assets through S3"}
+	push := &cobra.Command{Use: "push", Short: "Upload artifacts to an S3 profile"}
+	push.AddCommand(newImagesBaseCmd(true))
+	pull := &cobra.Command{Use: "pull", Short: "Download artifacts from an S3 profile"}
+	pull.AddCommand(newImagesBaseCmd(false))
+	cmd.AddCommand(newImagesLsCmd(), push, pull)
+	return cmd
+}
+
+func defaultBaseDir() string {
+	return envOr("MGR_BASE_ASSETS_DIR", "/var/lib/mergen/base/current")
+}
+
+func defaultImagesRoot() string {
+	return envOr("MGR_IMAGES_ROOT", filepath.Join(envOr("MGR_DATA_ROOT", "/var/lib/mergen"), "images"))
+}
+
+func newImagesLsCmd() *cobra.Command {
+	var baseDir, imagesRoot, format string
+	cmd := &cobra.Command{
+		Use:   "ls",
+		Short: "List base assets and converted images with sizes and versions",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			inv, err := images.List(baseDir, imagesRoot)
+			if err != nil {
+				return fmt.Errorf("images ls: %w", err)
+			}
+			if format == "json" {
+				return printJSON(cmd.OutOrStdout(), inv)
+			}
+			return printInventory(cmd.OutOrStdout(), inv)
+		},
+	}
+	cmd.Flags().StringVar(&baseDir, "base-dir", defaultBaseDir(), "base assets directory (MGR_BASE_ASSETS_DIR)")
+	cmd.Flags().StringVar(&imagesRoot, "images-root", defaultImagesRoot(), "converted images root (MGR_IMAGES_ROOT)")
+	cmd.Flags().StringVarP(&format, "output", "o", "table", "table or json")
+	return cmd
+}
+
+func printInventory(w io.Writer, inv images.Inventory) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	version := "unknown"
+	if m, err := artifact.ReadLocalManifest(inv.BaseDir); err == nil {
+		version = m.Platform + "/" + m.Flavor + "/" + m.Version
+	}
+	fmt.Fprintf(tw, "BASE (%s, version %s)\tSIZE\tMODIFIED\n", inv.BaseDir, version)
+	for _, f := range inv.Base {
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", f.Name, progress.Bytes(f.Size), f.Modified.Format("2006-01-02 15:04"))
+	}
+	fmt.Fprintf(tw, "\nIMAGE (%s)\tPAYLOAD\tDIGEST\n", inv.ImagesRoot)
+	for _, im := range inv.Images {
+		size := "-"
+		if im.Payload != nil {
+			size = progress.Bytes(im.Payload.Size)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", im.Ref, size, dash(im.Digest))
+	}
+	return tw.Flush()
+}
+
+func newImagesBaseCmd(push bool) *cobra.Command {
+	var registry, platform, flavor, ver, baseDir string
+	short := "Download a base asset version (or latest) and install it atomically"
+	if push {
+		short = "Upload the base assets as a new version and move latest to it"
+	}
+	cmd := &cobra.Command{
+		Use:   "base",
+		Short: short,
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if ver == "" {
+				return fmt.Errorf("--version: required")
+			}
+			p, err := resolveProfile(registry)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
+			defer stop()
+			tr := progress.New()
+			c, err := artifact.New(p, artifact.Options{Progress: tr})
+			if err != nil {
+				return err
+			}
+			b := artifact.Base{Platform: platform, Flavor: flavor, Version: ver}
+			return withProgress(ctx, cmd.ErrOrStderr(), tr, func(ctx context.Context) error {
+				if push {
+					m, err := c.PushBase(ctx, baseDir, b)
+					if err == nil {
+						fmt.Fprintf(cmd.OutOrStdout(), "pushed %s/%s/%s (%d files); latest → %s\n", b.Platform, b.Flavor, m.Version, len(m.Files), m.Version)
+					}
+					return err
+				}
+				res, err := c.PullBase(ctx, baseDir, b)
+				if err == nil {
+					fmt.Fprintf(cmd.OutOrStdout(), "installed %s/%s/%s into %s (fetched: %s)\n", b.Platform, b.Flavor, res.Manifest.Version, baseDir, dash(strings.Join(res.Fetched, ", ")))
+				}
+				return err
+			})
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&registry, "registry", "default", "S3 profile name")
+	fl.StringVar(&platform, "platform", envOr("MGR_BASE_PLATFORM", "linux-"+runtime.GOARCH), "platform (MGR_BASE_PLATFORM)")
+	fl.StringVar(&flavor, "flavor", envOr("MGR_BASE_FLAVOR", "buildroot"), "flavor (MGR_BASE_FLAVOR)")
+	fl.StringVar(&ver, "version", "", "version, e.g. v0.0.1 (pull also takes latest)")
+	fl.StringVar(&baseDir, "base-dir", defaultBaseDir(), "base assets directory (MGR_BASE_ASSETS_DIR)")
+	return cmd
+}
+
+// withProgress renders tr on w (bars on a terminal, lines otherwise) while fn
+// runs.
+func withProgress(ctx context.Context, w io.Writer, tr *progress.Tracker, fn func(context.Context) error) error {
+	stop := progress.Render(ctx, w, tr, progress.EveryFromEnv())
+	err := fn(ctx)
+	stop()
+	return err
+}
