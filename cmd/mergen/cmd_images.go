@@ -62,9 +62,9 @@ func newImagesLsCmd() *cobra.Command {
 
 func printInventory(w io.Writer, inv images.Inventory) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	version := "unknown"
-	if m, err := artifact.ReadLocalManifest(inv.BaseDir); err == nil {
-		version = m.Platform + "/" + m.Flavor + "/" + m.Version
+	version := inv.BaseVersion
+	if version == "" {
+		version = "unknown (not pulled)"
 	}
 	fmt.Fprintf(tw, "BASE (%s, version %s)\tSIZE\tMODIFIED\n", inv.BaseDir, version)
 	for _, f := range inv.Base {

@@ -36,10 +36,13 @@ type Image struct {
 
 // Inventory is everything local.
 type Inventory struct {
-	BaseDir    string  `json:"baseDir"`
-	Base       []File  `json:"base"`
-	ImagesRoot string  `json:"imagesRoot"`
-	Images     []Image `json:"images"`
+	BaseDir string `json:"baseDir"`
+	// BaseVersion is platform/flavor/version of the last pull into BaseDir
+	// (from its hidden manifest copy); empty for assets built locally.
+	BaseVersion string  `json:"baseVersion,omitempty"`
+	Base        []File  `json:"base"`
+	ImagesRoot  string  `json:"imagesRoot"`
+	Images      []Image `json:"images"`
 }
 
 // List reads the base assets dir and the images root. Missing directories
@@ -55,6 +58,7 @@ func List(baseDir, imagesRoot string) (Inventory, error) {
 			inv.Base = append(inv.Base, f)
 		}
 	}
+	inv.BaseVersion = baseVersion(baseDir)
 	bin := filepath.Join(baseDir, "bin")
 	if bins, err := os.ReadDir(bin); err == nil {
 		for _, e := range bins {
@@ -110,4 +114,24 @@ func file(p string) (File, bool) {
 		return File{}, false
 	}
 	return File{Name: filepath.Base(p), Path: p, Size: st.Size(), Modified: st.ModTime().UTC()}, true
+}
+
+// baseManifest is the part of an installed manifest (written by the
+// artifact package as .mergen-manifest.json) that names the version.
+type baseManifest struct {
+	Platform string `json:"platform"`
+	Flavor   string `json:"flavor"`
+	Version  string `json:"version"`
+}
+
+func baseVersion(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, ".mergen-manifest.json"))
+	if err != nil {
+		return ""
+	}
+	var m baseManifest
+	if json.Unmarshal(b, &m) != nil || m.Version == "" {
+		return ""
+	}
+	return m.Platform + "/" + m.Flavor + "/" + m.Version
 }

@@ -13,6 +13,9 @@ func TestListFindsBaseAssetsAndConvertedImages(t *testing.T) {
 	os.MkdirAll(filepath.Join(base, "bin"), 0o755)
 	os.WriteFile(filepath.Join(base, "vmlinux"), make([]byte, 100), 0o644)
 	os.WriteFile(filepath.Join(base, "bin", "sbin-init"), make([]byte, 7), 0o755)
+	// Written by a pull; hidden, so not listed as a file, but it names the
+	// version.
+	os.WriteFile(filepath.Join(base, ".mergen-manifest.json"), []byte(`{"kind":"base","platform":"linux-amd64","flavor":"buildroot","version":"v0.0.1"}`), 0o644)
 	for _, ref := range []string{"nginx:alpine", "ghcr.io/org/app:1.2.3"} {
 		d := filepath.Join(imgs, ref)
 		os.MkdirAll(filepath.Join(d, "payload-rootfs", "etc"), 0o755)
@@ -25,6 +28,9 @@ func TestListFindsBaseAssetsAndConvertedImages(t *testing.T) {
 	}
 	if len(inv.Base) != 2 || inv.Base[0].Name != "vmlinux" || inv.Base[0].Size != 100 || inv.Base[1].Name != "bin/sbin-init" {
 		t.Fatalf("base %+v", inv.Base)
+	}
+	if inv.BaseVersion != "linux-amd64/buildroot/v0.0.1" {
+		t.Fatalf("base version %q", inv.BaseVersion)
 	}
 	if len(inv.Images) != 2 || inv.Images[0].Ref != "ghcr.io/org/app:1.2.3" || inv.Images[1].Ref != "nginx:alpine" {
 		t.Fatalf("images %+v", inv.Images)
