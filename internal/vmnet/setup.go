@@ -187,9 +187,23 @@ func setupNamespace(c Config) error {
 		return err
 	}
 
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+
 	// The veth pair: the peer is created directly inside the namespace.
 	host := &netlink.Handle{}
 	veth, err := host.LinkByName(c.Veth)
+	if err == nil && veth.Type() == "veth" && !pairedWith(h, veth) {
+		// The namespace was re-created while a process kept the old one
+		// (and the old peer) alive: this end leads nowhere useful.
+		if err := host.LinkDel(veth); err != nil {
+			return fmt.Errorf("delete stale veth %s: %w", c.Veth, err)
+		}
+		veth, err = host.LinkByName(c.Veth)
+	}
 	if err != nil {
 		var nf netlink.LinkNotFoundError
 		if !errors.As(err, &nf) {
@@ -228,11 +242,6 @@ func setupNamespace(c Config) error {
 	}
 
 	// Inside: the veth end, a link route to the host end and the default route.
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
 	peer, err := h.LinkByName(NSVeth)
 	if err != nil {
 		return fmt.Errorf("find %s in %s: %w", NSVeth, c.Netns, err)
@@ -273,4 +282,13 @@ func setupBridge(c Config) error {
 		return fmt.Errorf("network of vm %s: %s up: %w", c.ID, c.Tap, err)
 	}
 	return nil
+}
+
+// pairedWith tells whether the host veth's peer is the namespace's veth end.
+func pairedWith(ns *netlink.Handle, hostVeth netlink.Link) bool {
+	peer, err := ns.LinkByName(NSVeth)
+	if err != nil || peer.Type() != "veth" {
+		return false
+	}
+	return peer.Attrs().ParentIndex == hostVeth.Attrs().Index
 }

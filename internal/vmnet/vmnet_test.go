@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netns"
+
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/testenv"
@@ -339,6 +341,33 @@ func TestStaleNamespaceFileIsReplaced(t *testing.T) {
 	}
 	if _, err := os.Stat(stale); !os.IsNotExist(err) {
 		t.Fatalf("stale namespace file survived tear-down: %v", err)
+	}
+}
+
+// A namespace removed while something still holds it (say, a VMM that has
+// not exited) keeps its end of the veth; the next set-up replaces the pair
+// instead of keeping a host end that leads into the old namespace.
+func TestSetupRepairsAVethIntoAnOldNamespace(t *testing.T) {
+	testenv.RequireRoot(t)
+	c := testConfig(t, 6)
+	mustSetup(t, c)
+	old, err := netns.GetFromName(c.Netns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close() // keeps the old namespace, and its veth end, alive
+	run(t, "ip", "netns", "del", c.Netns)
+	if out := run(t, "ip", "-o", "link", "show", c.Veth); !strings.Contains(out, c.Veth) {
+		t.Fatalf("host veth should survive while the old namespace is held:\n%s", out)
+	}
+
+	if err := Setup(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	// The host end now leads into the new namespace: its peer is veth0 there.
+	hostIndex := strings.SplitN(run(t, "ip", "-o", "link", "show", c.Veth), ":", 2)[0]
+	if out := inNS(t, c.Netns, "ip", "-o", "link", "show", NSVeth); !strings.Contains(out, NSVeth+"@if"+hostIndex+":") {
+		t.Fatalf("%s in the new namespace is not the peer of host link %s (index %s):\n%s", NSVeth, c.Veth, hostIndex, out)
 	}
 }
 
