@@ -70,7 +70,7 @@ func (im image) disk(t *testing.T, out string) {
 	bb, err := os.ReadFile(testenv.Tool(t, "busybox"))
 	must(err)
 	must(os.WriteFile(filepath.Join(root, "bin/busybox"), bb, 0o755))
-	for _, a := range []string{"sh", "id", "pwd", "sleep", "echo", "cat", "ls", "sync"} {
+	for _, a := range []string{"sh", "id", "pwd", "sleep", "echo", "cat", "ls", "sync", "ip", "hostname", "grep"} {
 		must(os.Symlink("busybox", filepath.Join(root, "bin", a)))
 	}
 	for p, c := range im.files {
@@ -115,6 +115,7 @@ type bootOpts struct {
 	env     string // env disk image, optional
 	data    string // data disk image, optional
 	cmdline string // extra kernel parameters
+	nic     bool   // a virtio NIC on a QEMU hub with no other port: frames go nowhere
 }
 
 func boot(t *testing.T, o bootOpts) *vm {
@@ -137,6 +138,9 @@ func boot(t *testing.T, o bootOpts) *vm {
 	}
 	if o.data != "" {
 		args = append(args, "-drive", "file="+o.data+",if=virtio,format=raw")
+	}
+	if o.nic {
+		args = append(args, "-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-pci,netdev=n0")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), bootLimit)
 	t.Cleanup(cancel)
@@ -284,6 +288,10 @@ const mainEntry = `#!/bin/sh
 echo "id: $(id -u):$(id -g) groups $(id -G)"
 echo "pwd: $(pwd)"
 echo "env: FOO=$FOO BAR=$BAR BAZ=$BAZ HOME=$HOME"
+echo "hostname: $(hostname)"
+echo "addr: $(ip -4 -o addr show dev eth0 | grep -o 'inet [0-9./]*')"
+echo "route: $(ip route | grep default)"
+echo "resolv: $(cat /etc/resolv.conf)"
 for i in 1 2 3 4 5; do sh -c 'sleep 0.2 & exit 0'; done
 sleep 2
 z=0
@@ -315,7 +323,10 @@ func TestGuestRunsImageAsItsUserAndStopsOnCtrlAltDel(t *testing.T) {
 	mkfs(t, t.TempDir(), imagemeta.LabelData, data, "16M")
 	before := fileSum(t, payload)
 
-	v := boot(t, bootOpts{payload: payload, env: envDisk, data: data, cmdline: envParam(map[string]string{"BAZ": "cmdline"})})
+	// The NIC's only peer is an empty QEMU hub: the guest configures it but
+	// nothing it might send leaves QEMU.
+	v := boot(t, bootOpts{payload: payload, env: envDisk, data: data, nic: true,
+		cmdline: "ip=172.31.250.2::172.31.250.1:255.255.255.0:guest1:eth0:off:172.31.250.1 " + envParam(map[string]string{"BAZ": "cmdline"})})
 	v.waitFor("[payload] ready")
 	ctrlAltDel(v)
 	console := v.wait()
@@ -324,6 +335,10 @@ func TestGuestRunsImageAsItsUserAndStopsOnCtrlAltDel(t *testing.T) {
 		"[payload] id: 1000:1000 groups 1000 2000", // the image's user, primary and supplementary groups
 		"[payload] pwd: /app",
 		"[payload] env: FOO=image BAR=envdisk BAZ=cmdline HOME=/home/app", // image < env disk < mergen.env
+		"[payload] hostname: guest1",                                      // from ip=, applied by mergen-init
+		"[payload] addr: inet 172.31.250.2/24",
+		"[payload] route: default via 172.31.250.1 dev eth0",
+		"[payload] resolv: nameserver 172.31.250.1",
 		"[payload] zombies: 0",
 		"[payload] got SIGTERM",
 		"mergen-init: exit status 3",
