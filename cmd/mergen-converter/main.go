@@ -23,6 +23,7 @@ func main() {
 func newRootCmd() *cobra.Command {
 	root := newConvertCmd()
 	root.AddCommand(newLoginCmd(), newVersionCmd())
+	attachRemote(root)
 	return root
 }
 

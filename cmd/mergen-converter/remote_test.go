@@ -1,0 +1,103 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/testenv"
+)
+
+func startS3Gateway(t *testing.T, bucket string) string {
+	t.Helper()
+	bin := testenv.Tool(t, "versitygw")
+	root := t.TempDir()
+	// The posix backend treats top-level directories as buckets.
+	if err := os.Mkdir(filepath.Join(root, bucket), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(bin, "--access", "conv-access", "--secret", "conv-secret-key", "--port", addr, "posix", root)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return "http://" + addr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("versitygw did not start on %s", addr)
+		}
+	}
+}
+
+func runRemoteCLI(t *testing.T, stdin string, args ...string) (string, error) {
+	t.Helper()
+	root := newRootCmd()
+	root.SilenceUsage, root.SilenceErrors = true, true
+	var out bytes.Buffer
+	root.SetArgs(longFlags(root, args))
+	root.SetOut(&out)
+	root.SetErr(&out)
+	root.SetIn(strings.NewReader(stdin))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err := root.ExecuteContext(ctx)
+	return out.String(), err
+}
+
+// A build machine publishes a converted image; another installs it.
+func TestPayloadPushPullThroughS3Profile(t *testing.T) {
+	endpoint := startS3Gateway(t, "payloads")
+	t.Setenv("MERGEN_CONFIG_FILE", filepath.Join(t.TempDir(), "config.json"))
+	if _, err := runRemoteCLI(t, "", "init", "-registry", "ci", "--bucket", "payloads", "--endpoint", endpoint, "--path-style"); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runRemoteCLI(t, "conv-secret-key\n", "login", "--registry", "ci", "--username", "conv-access", "--password-stdin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out, "conv-secret-key") {
+		t.Fatalf("login printed the secret: %s", out)
+	}
+	ref := "ghcr.io/org/app:1.2.3"
+	src := filepath.Join(t.TempDir(), "images")
+	dir := filepath.Join(src, filepath.FromSlash(ref))
+	os.MkdirAll(dir, 0o755)
+	os.WriteFile(filepath.Join(dir, "payload-rootfs.ext4"), bytes.Repeat([]byte{7}, 1<<20), 0o644)
+	os.WriteFile(filepath.Join(dir, "image-meta.json"), []byte(`{"image":"`+ref+`"}`), 0o644)
+	os.WriteFile(filepath.Join(dir, "mergen.runtime.json"), []byte(`{}`), 0o644)
+	if out, err := runRemoteCLI(t, "", "push", "--registry", "ci", "--image", ref, "--images-root", src); err != nil {
+		t.Fatalf("push: %v\n%s", err, out)
+	}
+	dst := filepath.Join(t.TempDir(), "images")
+	if out, err := runRemoteCLI(t, "", "pull", "--registry", "ci", "--image", ref, "--images-root", dst); err != nil {
+		t.Fatalf("pull: %v\n%s", err, out)
+	}
+	for _, n := range []string{"payload-rootfs.ext4", "image-meta.json", "mergen.runtime.json"} {
+		a, _ := os.ReadFile(filepath.Join(dir, n))
+		b, err := os.ReadFile(filepath.Join(dst, filepath.FromSlash(ref), n))
+		if err != nil || !bytes.Equal(a, b) {
+			t.Fatalf("%s not installed intact: %v", n, err)
+		}
+	}
+	if _, err := runRemoteCLI(t, "", "pull", "--registry", "ci", "--image", "../escape", "--images-root", dst); err == nil || !strings.Contains(err.Error(), `image "../escape"`) {
+		t.Fatalf("pull of a path-like ref: %v", err)
+	}
+	if _, err := runRemoteCLI(t, "", "push", "--registry", "nope", "--image", ref); err == nil || !strings.Contains(err.Error(), `registry "nope": unknown profile`) {
+		t.Fatalf("push to an unknown profile: %v", err)
+	}
+}
