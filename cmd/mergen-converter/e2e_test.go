@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -300,5 +301,76 @@ func TestLoginStoresCredentialsThatPullsUse(t *testing.T) {
 	}
 	if out, err := run(t, env, "--quiet", "--no-tar", ref); err != nil {
 		t.Fatalf("pull after login: %v\n%s", err, out)
+	}
+}
+
+// TestUnprivilegedConversionKeepsOwnersAndDevices runs the converter as
+// nobody: the disk is made through tar2ext4 and must still carry the image's
+// owners, setuid bits, device nodes and label.
+func TestUnprivilegedConversionKeepsOwnersAndDevices(t *testing.T) {
+	testenv.RequireRoot(t)
+	const nobody = 65534
+	work, err := os.MkdirTemp("", "mergen-unpriv-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(work)
+	os.Chmod(work, 0o755)
+	img := imageOf(t,
+		layerOf(t,
+			ent{name: "bin/", typ: tar.TypeDir},
+			ent{name: "bin/su", body: "su", mode: 0o4755},
+			ent{name: "dev/", typ: tar.TypeDir},
+			ent{name: "dev/null", typ: tar.TypeChar, mode: 0o666},
+			ent{name: "srv/", typ: tar.TypeDir, uid: 33, gid: 33},
+			ent{name: "srv/gone", body: "x", uid: 33, gid: 33},
+		),
+		layerOf(t,
+			ent{name: "srv/.wh.gone"},
+			ent{name: "srv/page", body: "p", uid: 33, gid: 33, mode: 0o640},
+		),
+	)
+	tag, _ := name.NewTag("example.com/unpriv:1")
+	archive := filepath.Join(work, "img.tar")
+	if err := tarball.WriteToFile(archive, tag, img); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(work, "mergen-converter")
+	b, err := os.ReadFile(testenv.Build(t, "./cmd/mergen-converter"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(bin, b, 0o755)
+	data := filepath.Join(work, "data")
+	os.Mkdir(data, 0o755)
+	os.Chown(data, nobody, nobody)
+	os.Chmod(archive, 0o644)
+
+	cmd := exec.Command(bin, "--quiet", "--platform", "linux/amd64", "docker-archive:"+archive)
+	cmd.Env = append(os.Environ(), "MGR_DATA_ROOT="+data, "HOME="+data, "PATH=/usr/sbin:/sbin:/usr/bin:/bin")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("convert as nobody: %v\n%s", err, out)
+	}
+	dir, _ := converter.OutputDir(data, "docker-archive:"+archive)
+	disk := filepath.Join(dir, imagemeta.PayloadExt4)
+	if out, err := exec.Command("e2fsck", "-fn", disk).CombinedOutput(); err != nil {
+		t.Fatalf("e2fsck: %v\n%s", err, out)
+	}
+	if got := debugfs(t, disk, "stats"); !regexp.MustCompile(`Filesystem volume name:\s+mergen-payload\n`).MatchString(got) {
+		t.Errorf("label:\n%s", got)
+	}
+	for _, c := range []struct{ path, re string }{
+		{"/bin/su", `Mode:\s+04755`},
+		{"/bin/su", `User:\s+0\s+Group:\s+0`},
+		{"/dev/null", `Type: character special`},
+		{"/srv/page", `User:\s+33\s+Group:\s+33`},
+		{"/srv/page", `Mode:\s+0640`},
+		{"/srv/gone", `File not found`},
+		{"/.mergen/" + imagemeta.RuntimeFile, `Type: regular`},
+	} {
+		if got := debugfs(t, disk, "stat "+c.path); !regexp.MustCompile(c.re).MatchString(got) {
+			t.Errorf("%s: want %s in:\n%s", c.path, c.re, got)
+		}
 	}
 }

@@ -183,6 +183,12 @@ func build(ctx context.Context, c cache, rec record, stage string, meta imagemet
 	if err := os.Mkdir(root, 0o755); err != nil {
 		return err
 	}
+	// Without root the directory cannot hold owners and devices: they are
+	// recorded and the disk is made from an archive that carries them.
+	var attrs layer.Attrs
+	if os.Geteuid() != 0 {
+		attrs = layer.Attrs{}
+	}
 	for _, d := range rec.Layers {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -192,7 +198,7 @@ func build(ctx context.Context, c cache, rec record, stage string, meta imagemet
 			return err
 		}
 		task := startTask(o.Progress, "apply "+short(d), -1)
-		_, err = layer.Apply(root, io.TeeReader(rc, progressWriter(task.Add)))
+		_, err = layer.ApplyRecording(root, io.TeeReader(rc, progressWriter(task.Add)), attrs)
 		rc.Close()
 		task.Done()
 		if err != nil {
@@ -220,17 +226,22 @@ func build(ctx context.Context, c cache, rec record, stage string, meta imagemet
 			return err
 		}
 	}
+	tarPath := filepath.Join(stage, imagemeta.PayloadTar)
+	if !o.NoTar || attrs != nil {
+		if err := tarDir(root, tarPath, attrs); err != nil {
+			return fmt.Errorf("write %s: %w", imagemeta.PayloadTar, err)
+		}
+	}
 	task := startTask(o.Progress, "ext4 "+imagemeta.PayloadExt4, -1)
-	err = ext4.FromDir(ctx, root, filepath.Join(stage, imagemeta.PayloadExt4),
-		ext4.Options{Label: imagemeta.LabelPayload, SizeMiB: o.SizeMiB, Headroom: o.Headroom})
+	eo := ext4.Options{Label: imagemeta.LabelPayload, SizeMiB: o.SizeMiB, Headroom: o.Headroom}
+	if attrs != nil {
+		err = ext4.FromTar(ctx, tarPath, root, filepath.Join(stage, imagemeta.PayloadExt4), eo)
+	} else {
+		err = ext4.FromDir(ctx, root, filepath.Join(stage, imagemeta.PayloadExt4), eo)
+	}
 	task.Done()
 	if err != nil {
 		return err
-	}
-	if !o.NoTar {
-		if err := tarDir(root, filepath.Join(stage, imagemeta.PayloadTar)); err != nil {
-			return fmt.Errorf("write %s: %w", imagemeta.PayloadTar, err)
-		}
 	}
 	base := filepath.Join(o.DataRoot, "base", "current")
 	bootArgs := "console=ttyS0 reboot=k panic=1 init=/sbin/init"
@@ -337,7 +348,7 @@ func metaFromConfig(src, digest, platform string, cf *v1.ConfigFile) (imagemeta.
 
 // tarDir writes dir as a tar file (uncompressed) with owners, modes, links,
 // devices and xattrs as they are on disk.
-func tarDir(dir, out string) error {
+func tarDir(dir, out string, attrs layer.Attrs) error {
 	f, err := os.Create(out)
 	if err != nil {
 		return err
@@ -356,7 +367,7 @@ func tarDir(dir, out string) error {
 		if err != nil {
 			return err
 		}
-		h, err := tarHeader(p, rel, fi, inodes)
+		h, err := tarHeader(p, rel, fi, inodes, attrs)
 		if err != nil {
 			return err
 		}
@@ -364,6 +375,7 @@ func tarDir(dir, out string) error {
 			return err
 		}
 		if h.Typeflag == tar.TypeReg && h.Size > 0 {
+			// Placeholders of devices were turned into device headers.
 			src, err := os.Open(p)
 			if err != nil {
 				return err

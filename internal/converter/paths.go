@@ -10,6 +10,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mergenhq/mergen/internal/converter/layer"
 )
 
 // OutputDir returns DataRoot/images/<name> for a source, where name is the
@@ -44,7 +46,7 @@ func OutputDir(dataRoot, source string) (string, error) {
 	return dir, nil
 }
 
-func tarHeader(p, rel string, fi fs.FileInfo, inodes map[uint64]string) (*tar.Header, error) {
+func tarHeader(p, rel string, fi fs.FileInfo, inodes map[uint64]string, attrs layer.Attrs) (*tar.Header, error) {
 	link := ""
 	if fi.Mode()&fs.ModeSymlink != 0 {
 		var err error
@@ -86,6 +88,21 @@ func tarHeader(p, rel string, fi fs.FileInfo, inodes map[uint64]string) (*tar.He
 			h.PAXRecords["SCHILY.xattr."+n] = string(v[:sz])
 		}
 		if h.PAXRecords != nil {
+			h.Format = tar.FormatPAX
+		}
+	}
+	// Without privileges the tree on disk lacks owners, devices and some
+	// xattrs; the records made while applying the layers hold the truth.
+	if at, ok := attrs[filepath.ToSlash(rel)]; ok && h.Typeflag != tar.TypeLink {
+		h.Uid, h.Gid, h.Mode = at.Uid, at.Gid, at.Mode
+		if at.Typeflag != 0 {
+			h.Typeflag, h.Devmajor, h.Devminor, h.Size = at.Typeflag, at.Devmajor, at.Devminor, 0
+		}
+		for k, v := range at.Xattrs {
+			if h.PAXRecords == nil {
+				h.PAXRecords = map[string]string{}
+			}
+			h.PAXRecords["SCHILY.xattr."+k] = v
 			h.Format = tar.FormatPAX
 		}
 	}

@@ -14,6 +14,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/Microsoft/hcsshim/ext4/tar2ext4"
 )
 
 // Options describe one image.
@@ -114,6 +116,75 @@ func FromDir(ctx context.Context, dir, out string, o Options) error {
 	if err := os.Rename(tmp, out); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("ext4 %s: %w", out, err)
+	}
+	return nil
+}
+
+// FromTar writes an ext4 image of the tar file to out (replaced atomically)
+// without privileges: hcsshim's tar2ext4 writes the file system with the
+// owners, modes, devices and xattrs of the archive, leaving no free blocks;
+// the image is then grown to the size computed from dir (the same tree,
+// unpacked) with resize2fs, labelled with tune2fs and checked with e2fsck.
+func FromTar(ctx context.Context, tarPath, dir, out string, o Options) error {
+	if len(o.Label) > 16 {
+		return fmt.Errorf("ext4 %s: label %q longer than 16 bytes", out, o.Label)
+	}
+	size := o.SizeMiB
+	if size <= 0 {
+		var err error
+		if size, err = SizeFor(dir, o.Headroom); err != nil {
+			return fmt.Errorf("ext4 %s: size of %s: %w", out, dir, err)
+		}
+	}
+	tmp := out + ".tmp"
+	fail := func(err error) error {
+		os.Remove(tmp)
+		return fmt.Errorf("ext4 %s: %w", out, err)
+	}
+	in, err := os.Open(tarPath)
+	if err != nil {
+		return fail(err)
+	}
+	defer in.Close()
+	f, err := os.Create(tmp)
+	if err != nil {
+		return fail(err)
+	}
+	err = tar2ext4.ConvertTarToExt4(in, f, tar2ext4.MaximumDiskSize(size<<20))
+	if err == nil {
+		var fi os.FileInfo
+		if fi, err = f.Stat(); err == nil && fi.Size() > size<<20 {
+			err = fmt.Errorf("content needs %d MiB, more than %d MiB (raise --size-mib)", fi.Size()>>20, size)
+		}
+	}
+	if err == nil {
+		err = f.Truncate(size << 20)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fail(err)
+	}
+	if err := run(ctx, "resize2fs", "-f", tmp, fmt.Sprintf("%dM", size)); err != nil {
+		return fail(err)
+	}
+	if err := run(ctx, "tune2fs", "-L", o.Label, tmp); err != nil {
+		return fail(err)
+	}
+	if o.ReadOnly {
+		if err := run(ctx, "tune2fs", "-O", "read-only", tmp); err != nil {
+			return fail(err)
+		}
+	}
+	if err := Check(ctx, tmp); err != nil {
+		return fail(err)
+	}
+	if err := syncFile(tmp); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(tmp, out); err != nil {
+		return fail(err)
 	}
 	return nil
 }

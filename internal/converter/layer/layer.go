@@ -34,11 +34,34 @@ type Stats struct {
 	SkippedDevices int // device nodes skipped because the process cannot mknod
 }
 
+// Attr is what an unprivileged process cannot put on disk for one path:
+// owner, the full mode, device numbers and privileged xattrs. Keys of Attrs
+// are slash paths relative to the root.
+type Attr struct {
+	Uid, Gid           int
+	Mode               int64
+	Typeflag           byte // tar.TypeChar or tar.TypeBlock for devices
+	Devmajor, Devminor int64
+	Xattrs             map[string]string
+}
+
+// Attrs records Attr per path while layers are applied.
+type Attrs map[string]Attr
+
 // Apply extracts the uncompressed tar stream r on top of root. When the
 // process is not root, ownership is not applied and device nodes are skipped
 // (counted in Stats); everything else is identical.
 func Apply(root string, r io.Reader) (Stats, error) {
-	a := applier{root: root, asRoot: os.Geteuid() == 0, created: map[string]bool{}}
+	return ApplyRecording(root, r, nil)
+}
+
+// ApplyRecording is Apply that also records, in attrs, the owner, mode,
+// device numbers and xattrs of every entry, so that a process without
+// privileges can still produce an exact archive of the result. Device nodes
+// it cannot create become empty placeholder files. Whiteouts and
+// replacements drop the records of what they remove.
+func ApplyRecording(root string, r io.Reader, attrs Attrs) (Stats, error) {
+	a := applier{root: root, asRoot: os.Geteuid() == 0, created: map[string]bool{}, attrs: attrs}
 	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
@@ -63,6 +86,51 @@ type applier struct {
 	// created holds the paths this layer wrote, so an opaque marker that
 	// appears after them in the same layer hides only lower layers.
 	created map[string]bool
+	attrs   Attrs
+}
+
+// key is the record key of a host path inside the root: records follow the
+// resolved location, which is where an archive of the tree will find it.
+func (a *applier) key(host string) string {
+	rel, err := filepath.Rel(a.root, host)
+	if err != nil {
+		return host
+	}
+	return filepath.ToSlash(rel)
+}
+
+// forget drops the records of the path at host and everything under it.
+func (a *applier) forget(host string) {
+	if a.attrs == nil {
+		return
+	}
+	rel := a.key(host)
+	delete(a.attrs, rel)
+	for k := range a.attrs {
+		if strings.HasPrefix(k, rel+"/") {
+			delete(a.attrs, k)
+		}
+	}
+}
+
+func (a *applier) record(host string, h *tar.Header) {
+	if a.attrs == nil {
+		return
+	}
+	rel := a.key(host)
+	at := Attr{Uid: h.Uid, Gid: h.Gid, Mode: h.Mode & 0o7777}
+	if h.Typeflag == tar.TypeChar || h.Typeflag == tar.TypeBlock {
+		at.Typeflag, at.Devmajor, at.Devminor = h.Typeflag, h.Devmajor, h.Devminor
+	}
+	for k, v := range h.PAXRecords {
+		if name, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
+			if at.Xattrs == nil {
+				at.Xattrs = map[string]string{}
+			}
+			at.Xattrs[name] = v
+		}
+	}
+	a.attrs[rel] = at
 }
 
 // clean validates a tar name and returns it as a slash path relative to the
@@ -187,6 +255,7 @@ func (a *applier) entry(h *tar.Header, r io.Reader) error {
 		if err := os.RemoveAll(p); err != nil {
 			return fmt.Errorf("whiteout: %w", err)
 		}
+		a.forget(p)
 		return nil
 	}
 
@@ -204,9 +273,13 @@ func (a *applier) entry(h *tar.Header, r io.Reader) error {
 			if err := os.RemoveAll(target); err != nil {
 				return err
 			}
+			a.forget(target)
 		}
 	}
 	a.created[rel] = true
+	if h.Typeflag != tar.TypeLink {
+		a.record(target, h)
+	}
 
 	mode := uint32(h.Mode & 0o7777)
 	switch h.Typeflag {
@@ -260,6 +333,16 @@ func (a *applier) entry(h *tar.Header, r io.Reader) error {
 		}
 		if !a.asRoot && kind != unix.S_IFIFO {
 			a.stats.SkippedDevices++
+			if a.attrs == nil {
+				return nil
+			}
+			// A placeholder keeps the path in the tree; the archive
+			// writer turns it back into a device from the record.
+			f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+			if err != nil {
+				return err
+			}
+			f.Close()
 			return nil
 		}
 		dev := unix.Mkdev(uint32(h.Devmajor), uint32(h.Devminor))
@@ -288,6 +371,7 @@ func (a *applier) opaque(dir, dirRel string) error {
 		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
 			return fmt.Errorf("opaque directory: %w", err)
 		}
+		a.forget(filepath.Join(dir, e.Name()))
 	}
 	return nil
 }
