@@ -607,9 +607,11 @@ func powerOff(code int, err error, full bool) {
 		}
 	}
 	unix.Sync()
-	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
-	// Without a power-off method (no ACPI) reset instead: with reboot=k the
-	// VMM sees the guest end either way.
+	// Without ACPI (Firecracker before 1.8) there is no power-off method and
+	// the VMM ends the VM on a keyboard-controller reset instead (reboot=k).
+	if _, err := os.Stat("/sys/firmware/acpi"); err == nil {
+		unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+	}
 	unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 	select {}
 }
