@@ -5,11 +5,11 @@
 #
 # bookworm is pinned on purpose: its systemd still runs on hosts with hybrid
 # (v1 + v2) cgroup hierarchies. QEMU is included so that VMs can run from a
-# service inside the container.
+# service inside the container; nftables and procps let tests inspect it.
 set -euo pipefail
 apt_install systemd-container mmdebstrap
 
-packages="systemd,systemd-sysv,dbus,iproute2,qemu-system-x86"
+packages="systemd,systemd-sysv,dbus,iproute2,qemu-system-x86,nftables,procps"
 cache=.build/cache
 tarball="$cache/nspawn-bookworm.tar"
 stamp="$tarball.packages"
