@@ -25,7 +25,8 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCmd(), newServerCmd(), newVMCmd(), newLogsCmd())
+	root.AddCommand(newVersionCmd(), newServerCmd(), newVMCmd(), newLogsCmd(),
+		newImagesCmd(), newConfigCmd(), newDoctorCmd(), newCertsCmd())
 	return root
 }
 
