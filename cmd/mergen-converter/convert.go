@@ -95,8 +95,11 @@ func progress(w io.Writer, quiet bool) (converter.Progress, func()) {
 		return nil, func() {}
 	}
 	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		b := converter.NewBars(f)
-		return b, b.Wait
+		// A terminal that reports no size (some ptys) cannot draw bars.
+		if width, height, err := term.GetSize(int(f.Fd())); err == nil && width > 0 && height > 0 {
+			b := converter.NewBars(f)
+			return b, b.Wait
+		}
 	}
 	return converter.Lines{W: w}, func() {}
 }

@@ -94,4 +94,11 @@ func (t *barTask) Add(n int64) {
 	}
 	t.bar.IncrInt64(n)
 }
-func (t *barTask) Done() { t.bar.SetTotal(-1, true) }
+func (t *barTask) Done() {
+	// A step without bytes (ext4) still shows as finished.
+	if t.n == 0 {
+		t.bar.SetTotal(1, false)
+		t.bar.IncrInt64(1)
+	}
+	t.bar.SetTotal(-1, true)
+}
