@@ -30,6 +30,14 @@ type Options struct {
 // take (hard links counted once per name, a harmless overestimate), one inode
 // each, the journal, and the headroom fraction on top.
 func SizeFor(dir string, headroom float64) (int64, error) {
+	mib, _, err := measure(dir, headroom)
+	return mib, err
+}
+
+// measure returns the size in MiB and the number of inodes to give a file
+// system for dir. The inode count matters: mkfs.ext4's default of one inode
+// per 16 KiB runs out on images made of many small files (node_modules).
+func measure(dir string, headroom float64) (int64, int64, error) {
 	var blocks, inodes int64
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -46,7 +54,7 @@ func SizeFor(dir string, headroom float64) (int64, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	bytes := blocks*4096 + inodes*256
 	if headroom < 0 {
@@ -56,7 +64,7 @@ func SizeFor(dir string, headroom float64) (int64, error) {
 	// Journal, group descriptors and reserved blocks need room of their own
 	// that does not scale with tiny inputs.
 	mib += 16 + mib/20
-	return mib, nil
+	return mib, int64(float64(inodes)*(1+headroom)) + 1024, nil
 }
 
 // FromDir writes an ext4 image of dir to out (replaced atomically) and checks
@@ -65,13 +73,15 @@ func FromDir(ctx context.Context, dir, out string, o Options) error {
 	if len(o.Label) > 16 {
 		return fmt.Errorf("ext4 %s: label %q longer than 16 bytes", out, o.Label)
 	}
-	size := o.SizeMiB
-	if size <= 0 {
-		var err error
-		if size, err = SizeFor(dir, o.Headroom); err != nil {
-			return fmt.Errorf("ext4 %s: size of %s: %w", out, dir, err)
-		}
+	size, inodes, err := measure(dir, o.Headroom)
+	if err != nil {
+		return fmt.Errorf("ext4 %s: size of %s: %w", out, dir, err)
 	}
+	if o.SizeMiB > 0 {
+		size = o.SizeMiB
+	}
+	// Never more inodes than 4 KiB blocks: mkfs refuses that.
+	inodes = min(inodes, size<<20/4096)
 	tmp := out + ".tmp"
 	_ = os.Remove(tmp)
 	f, err := os.Create(tmp)
@@ -88,7 +98,7 @@ func FromDir(ctx context.Context, dir, out string, o Options) error {
 	}
 	args := []string{"-q", "-F", "-t", "ext4", "-L", o.Label, "-d", dir,
 		// 256-byte inodes keep nanosecond times and inline xattrs.
-		"-I", "256", "-E", "root_owner=0:0"}
+		"-I", "256", "-N", fmt.Sprint(inodes), "-E", "root_owner=0:0"}
 	args = append(args, tmp)
 	if err := run(ctx, "mkfs.ext4", args...); err != nil {
 		os.Remove(tmp)
