@@ -24,6 +24,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/mergenhq/mergen/internal/converter/ext4"
 	"github.com/mergenhq/mergen/internal/converter/layer"
@@ -90,6 +91,16 @@ func Convert(ctx context.Context, o Options) (*Result, error) {
 	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return nil, fmt.Errorf("convert %s: output dir: %w", o.Source, err)
+	}
+	// One conversion per output dir at a time: a second one waits and then
+	// finds the layers in the cache.
+	lock, err := os.OpenFile(filepath.Join(out, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("convert %s: output dir: %w", o.Source, err)
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("convert %s: lock %s: %w", o.Source, out, err)
 	}
 	c := cache{dir: filepath.Join(out, CacheDir)}
 

@@ -408,3 +408,29 @@ func TestConvertFromOCILayoutAndDockerArchive(t *testing.T) {
 		t.Errorf("missing platform in a layout: %v", err)
 	}
 }
+
+func TestConcurrentConversionsOfOneImageBothSucceed(t *testing.T) {
+	testenv.RequireRoot(t)
+	rs := newRegistry(t)
+	ref := rs.push(t, "team/app:1", testImage(t, "amd64"))
+	data := t.TempDir()
+	errs := make(chan error, 2)
+	for i := 0; i < 2; i++ {
+		go func() {
+			_, err := Convert(context.Background(), Options{Source: ref, Platform: "linux/amd64", DataRoot: data, NoTar: true, Keychain: authn.NewMultiKeychain()})
+			errs <- err
+		}()
+	}
+	for i := 0; i < 2; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	dir, _ := OutputDir(data, ref)
+	if out, err := exec.Command(testenv.Tool(t, "e2fsck"), "-fn", filepath.Join(dir, imagemeta.PayloadExt4)).CombinedOutput(); err != nil {
+		t.Fatalf("e2fsck: %v\n%s", err, out)
+	}
+	if got := rs.blobGets.Load(); got > 3+2 {
+		t.Errorf("%d blob GETs for 3 layers and 2 configs: the second conversion did not use the cache", got)
+	}
+}
