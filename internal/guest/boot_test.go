@@ -283,7 +283,7 @@ func mustContain(t *testing.T, console string, want ...string) {
 
 // The payload of the main boot: it reports who and where it runs, leaves
 // orphans for PID 1 to reap and counts zombies from inside, writes to its
-// root, then waits for SIGTERM.
+// root, leaves a background process running, then waits for SIGTERM.
 const mainEntry = `#!/bin/sh
 echo "id: $(id -u):$(id -g) groups $(id -G)"
 echo "pwd: $(pwd)"
@@ -301,6 +301,8 @@ for f in /proc/[0-9]*/stat; do
 done
 echo "zombies: $z"
 echo private > /app/written
+# A daemon left behind holds the console pipe: it must not delay power-off.
+sleep 1000 &
 sync
 trap 'echo "got SIGTERM"; exit 3' TERM
 echo ready

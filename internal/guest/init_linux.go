@@ -536,21 +536,33 @@ func supervise(p *payload, restart Restart, stopSig unix.Signal, stop chan os.Si
 		logf("payload exited with status %d", code)
 		switch {
 		case stopping:
-			out.Wait()
+			drain(&out)
 			return code, nil
 		case restart == RestartAlways, restart == RestartOnFailure && code != 0:
 			logf("restarting (policy %s)", restart)
 			select {
 			case s := <-stop:
 				logf("stop requested (%v) while restarting", s)
-				out.Wait()
+				drain(&out)
 				return code, nil
 			case <-time.After(time.Second):
 			}
 			continue
 		}
-		out.Wait()
+		drain(&out)
 		return code, nil
+	}
+}
+
+// drain waits briefly for the payload's last output. A background process
+// the payload left behind may hold the pipe open for ever; it is killed at
+// power-off, so waiting longer would only hang the guest.
+func drain(out *sync.WaitGroup) {
+	done := make(chan struct{})
+	go func() { out.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
 	}
 }
 
