@@ -28,7 +28,7 @@ type s3Server struct {
 	Root     string // backing directory: <Root>/<bucket>/<key>
 }
 
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -39,7 +39,7 @@ func freePort(t *testing.T) string {
 }
 
 // startS3 starts versitygw for the test and creates testBucket.
-func startS3(t *testing.T) *s3Server {
+func startS3(t testing.TB) *s3Server {
 	t.Helper()
 	bin := testenv.Tool(t, "versitygw")
 	root := t.TempDir()
@@ -79,7 +79,7 @@ func (s *s3Server) Profile() profile.Profile {
 	return profile.Profile{Endpoint: s.Endpoint, Region: "us-east-1", Bucket: testBucket, Prefix: "team", PathStyle: true, AccessKeyID: testAccess, SecretAccessKey: testSecret}
 }
 
-func (s *s3Server) client(t *testing.T, p profile.Profile) *Client {
+func (s *s3Server) client(t testing.TB, p profile.Profile) *Client {
 	t.Helper()
 	// Small parts so that the test files exercise multipart uploads and
 	// ranged downloads.
