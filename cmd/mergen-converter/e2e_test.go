@@ -206,6 +206,12 @@ func TestEndToEndAgainstDistribution(t *testing.T) {
 	if !strings.Contains(out, img) {
 		t.Errorf("output does not name the disk %s:\n%s", img, out)
 	}
+	// Not a terminal: progress comes as plain lines.
+	for _, line := range []string{"apply ", "ext4 payload-rootfs.ext4: done"} {
+		if !strings.Contains(out, line) {
+			t.Errorf("no progress line %q in:\n%s", line, out)
+		}
+	}
 	if got := debugfs(t, img, "cat /etc/new.conf"); !strings.Contains(got, "new") {
 		t.Errorf("/etc/new.conf: %s", got)
 	}
@@ -233,6 +239,19 @@ func TestEndToEndAgainstDistribution(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, imagemeta.PayloadDir)); !os.IsNotExist(err) {
 		t.Errorf("-delete-rootfs kept %s (%v)", imagemeta.PayloadDir, err)
+	}
+
+	// An env disk from the converted image's runtime file.
+	envDisk := filepath.Join(data, "env.ext4")
+	out, err = run(t, env, "--env-rootfs", "--runtime", filepath.Join(dir, imagemeta.RuntimeFile), "--env-var", "GREETING=hello", "-o", envDisk)
+	if err != nil {
+		t.Fatalf("env disk: %v\n%s", err, out)
+	}
+	if got := debugfs(t, envDisk, "cat /env"); !strings.Contains(got, "GREETING=hello\n") {
+		t.Errorf("env file: %s", got)
+	}
+	if out, err = run(t, env, "--env-rootfs", "--env-var", "BAD KEY=1", "-o", envDisk+"2"); err == nil || !strings.Contains(out, "BAD KEY") {
+		t.Errorf("bad env var: err %v\n%s", err, out)
 	}
 
 	// A layer with a symlink out of the root, then a file through it.

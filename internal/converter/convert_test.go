@@ -434,3 +434,31 @@ func TestConcurrentConversionsOfOneImageBothSucceed(t *testing.T) {
 		t.Errorf("%d blob GETs for 3 layers and 2 configs: the second conversion did not use the cache", got)
 	}
 }
+
+func TestConvertOnAFullDiskFailsCleanly(t *testing.T) {
+	testenv.RequireRoot(t)
+	rs := newRegistry(t)
+	big, err := mutate.AppendLayers(empty.Image, tarLayer(t, tent{name: "big", body: strings.Repeat("0123456789abcdef", 1<<18)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := rs.push(t, "team/big:1", big)
+	// A 6 MiB file system: the cache fits, the unpacked tree and the disk
+	// image do not.
+	data := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", data).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a small tmpfs here: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", data).Run() })
+	_, err = Convert(context.Background(), Options{Source: ref, Platform: "linux/amd64", DataRoot: data, Keychain: authn.NewMultiKeychain()})
+	if err == nil || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("err = %v, want no space left", err)
+	}
+	dir, _ := OutputDir(data, ref)
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if e.Name() != CacheDir && e.Name() != ".lock" {
+			t.Errorf("left behind after a full disk: %s", e.Name())
+		}
+	}
+}
