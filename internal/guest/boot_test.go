@@ -406,19 +406,23 @@ func TestGuestBadInputPowersOffWithStatus(t *testing.T) {
 	}
 }
 
-// TestGuestRestartsAndStopsOnPowerButton checks the restart policy and the
-// second stop path: the ACPI power button (QEMU system_powerdown).
-func TestGuestRestartsAndStopsOnPowerButton(t *testing.T) {
+// TestGuestRestartsStopsOnPowerButtonAndKillsAfterTimeout checks the restart
+// policy, the second stop path (the ACPI power button, QEMU
+// system_powerdown) and SIGKILL for a payload that ignores the stop signal.
+func TestGuestRestartsStopsOnPowerButtonAndKillsAfterTimeout(t *testing.T) {
 	skipShort(t)
 	dir := t.TempDir()
 	payload := filepath.Join(dir, "payload.ext4")
+	// The first run fails and is restarted; the second ignores SIGTERM and
+	// must be killed once the stop timeout passes.
 	entry := "#!/bin/sh\nn=$(cat /app/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > /app/count\necho \"run $n\"\n" +
-		"[ $n -lt 2 ] && exit 1\ntrap 'echo \"got SIGTERM\"; exit 0' TERM\necho ready\nwhile :; do sleep 1; done\n"
+		"[ $n -lt 2 ] && exit 1\ntrap 'echo \"got SIGTERM, ignoring it\"' TERM\necho ready\nwhile :; do sleep 1; done\n"
 	busyboxImage(entry).disk(t, payload)
-	v := boot(t, bootOpts{payload: payload, cmdline: "mergen.restart=on-failure"})
+	v := boot(t, bootOpts{payload: payload, cmdline: "mergen.restart=on-failure mergen.stop_timeout=2"})
 	v.waitFor("[payload] ready")
 	v.qmpCommand("system_powerdown", map[string]any{})
 	console := v.wait()
 	mustContain(t, console, "[payload] run 1", "restarting (policy on-failure)", "[payload] run 2",
-		"[payload] got SIGTERM", "mergen-init: exit status 0")
+		"[payload] got SIGTERM, ignoring it", "payload still running after 2s: SIGKILL",
+		"mergen-init: exit status 137") // 128 + SIGKILL
 }

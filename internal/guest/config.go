@@ -8,8 +8,13 @@ import (
 	"fmt"
 	"net"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 )
+
+// DefaultStopTimeout is the grace period between the stop signal and SIGKILL.
+const DefaultStopTimeout = 10 * time.Second
 
 // Restart is what mergen-init does when the payload exits by itself.
 type Restart string
@@ -38,12 +43,15 @@ type Boot struct {
 	Net     *Net     // nil: no `ip=`, no network configuration at all
 	Env     []string // KEY=VALUE from mergen.env, sorted by key
 	Restart Restart
+	// StopTimeout is how long a stopping payload gets between the stop
+	// signal and SIGKILL (mergen.stop_timeout=<seconds>).
+	StopTimeout time.Duration
 }
 
 // ParseCmdline reads the parameters mergen-init understands from a kernel
 // command line and ignores the rest.
 func ParseCmdline(s string) (Boot, error) {
-	b := Boot{Restart: RestartNo}
+	b := Boot{Restart: RestartNo, StopTimeout: DefaultStopTimeout}
 	for _, f := range strings.Fields(s) {
 		key, val, _ := strings.Cut(f, "=")
 		switch key {
@@ -59,6 +67,12 @@ func ParseCmdline(s string) (Boot, error) {
 				return Boot{}, fmt.Errorf("kernel command line: mergen.env: %w", err)
 			}
 			b.Env = env
+		case "mergen.stop_timeout":
+			n, err := strconv.Atoi(val)
+			if err != nil || n < 1 || n > 3600 {
+				return Boot{}, fmt.Errorf("kernel command line: mergen.stop_timeout=%q: want whole seconds from 1 to 3600", val)
+			}
+			b.StopTimeout = time.Duration(n) * time.Second
 		case "mergen.restart":
 			switch r := Restart(val); r {
 			case RestartNo, RestartAlways, RestartOnFailure:

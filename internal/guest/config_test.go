@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseCmdline(t *testing.T) {
@@ -16,16 +17,18 @@ func TestParseCmdline(t *testing.T) {
 		want    Boot
 		wantErr string
 	}{
-		{"nothing of ours", "console=ttyS0 reboot=k panic=1", Boot{Restart: RestartNo}, ""},
+		{"nothing of ours", "console=ttyS0 reboot=k panic=1", Boot{StopTimeout: DefaultStopTimeout, Restart: RestartNo}, ""},
 		{"full ip with dns", "ip=172.16.0.2::172.16.0.1:255.255.255.252:vm1:eth0:off:1.1.1.1",
-			Boot{Restart: RestartNo, Net: &Net{Addr: net.IPv4(172, 16, 0, 2).To4(), Mask: net.CIDRMask(30, 32),
+			Boot{StopTimeout: DefaultStopTimeout, Restart: RestartNo, Net: &Net{Addr: net.IPv4(172, 16, 0, 2).To4(), Mask: net.CIDRMask(30, 32),
 				Gateway: net.IPv4(172, 16, 0, 1).To4(), Hostname: "vm1", Device: "eth0", DNS: []net.IP{net.ParseIP("1.1.1.1")}}}, ""},
 		{"ip without gateway or device", "ip=10.0.0.5:::255.255.255.0::",
-			Boot{Restart: RestartNo, Net: &Net{Addr: net.IPv4(10, 0, 0, 5).To4(), Mask: net.CIDRMask(24, 32), Device: "eth0"}}, ""},
-		{"env sorted by key", "mergen.env=" + env, Boot{Restart: RestartNo, Env: []string{"A=x=y", "B=2"}}, ""},
+			Boot{StopTimeout: DefaultStopTimeout, Restart: RestartNo, Net: &Net{Addr: net.IPv4(10, 0, 0, 5).To4(), Mask: net.CIDRMask(24, 32), Device: "eth0"}}, ""},
+		{"env sorted by key", "mergen.env=" + env, Boot{StopTimeout: DefaultStopTimeout, Restart: RestartNo, Env: []string{"A=x=y", "B=2"}}, ""},
 		{"padded base64 accepted", "mergen.env=" + base64.URLEncoding.EncodeToString([]byte(`{"K":"v"}`)),
-			Boot{Restart: RestartNo, Env: []string{"K=v"}}, ""},
-		{"restart", "mergen.restart=on-failure", Boot{Restart: RestartOnFailure}, ""},
+			Boot{StopTimeout: DefaultStopTimeout, Restart: RestartNo, Env: []string{"K=v"}}, ""},
+		{"restart", "mergen.restart=on-failure", Boot{StopTimeout: DefaultStopTimeout, Restart: RestartOnFailure}, ""},
+		{"stop timeout", "mergen.stop_timeout=3", Boot{Restart: RestartNo, StopTimeout: 3 * time.Second}, ""},
+		{"bad stop timeout", "mergen.stop_timeout=0", Boot{}, "mergen.stop_timeout"},
 		{"bad restart", "mergen.restart=sometimes", Boot{}, "mergen.restart"},
 		{"bad address", "ip=10.0.0.300::10.0.0.1:255.255.255.0:h:eth0:off", Boot{}, "client address"},
 		{"missing netmask", "ip=10.0.0.3::10.0.0.1::h:eth0:off", Boot{}, "netmask is missing"},

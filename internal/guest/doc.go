@@ -7,7 +7,7 @@
 //     plus optional `ip=<guest>::<gateway>:<netmask>:<hostname>:eth0:off[:<dns>]`
 //     (applied by mergen-init; no network configuration without it),
 //     `mergen.env=<base64url(JSON object)>` and
-//     `mergen.restart=always|on-failure|no`.
+//     `mergen.restart=always|on-failure|no` and `mergen.stop_timeout=<seconds>`.
 //   - As the initramfs /init (argv[0] "/init"): load the modules listed in
 //     /lib/modules/mergen/modules.list (finit_module, in order), find the ext4
 //     file system labelled mergen-root, mount it read-only and switch_root to
@@ -25,5 +25,5 @@
 //     power-off.
 //   - Stop: Ctrl-Alt-Del (SIGINT to PID 1, as CAD is turned off), SIGTERM,
 //     SIGPWR or the ACPI power button send the stop signal to the payload,
-//     SIGKILL follows after the grace period.
+//     SIGKILL follows after the stop timeout.
 package guest

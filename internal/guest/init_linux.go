@@ -30,7 +30,6 @@ const (
 	dataMnt     = mergenDir + "/data"
 	rwMnt       = mergenDir + "/rw"
 	rootMnt     = mergenDir + "/root"
-	gracePeriod = 10 * time.Second
 	defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 )
 
@@ -324,7 +323,7 @@ func setupAndRun(stop chan os.Signal) (int, error) {
 			logf("stop signal %q unknown, using SIGTERM", spec.StopSignal)
 		}
 	}
-	return supervise(&payload{exe: exe, argv: spec.Argv, env: env, dir: wd, cred: cred, root: rootMnt, start: uptime}, boot.Restart, stopSig, stop)
+	return supervise(&payload{exe: exe, argv: spec.Argv, env: env, dir: wd, cred: cred, root: rootMnt, start: uptime}, boot, stopSig, stop)
 }
 
 func hostname(n *Net) string {
@@ -497,7 +496,8 @@ func (p *payload) run(out *sync.WaitGroup) (int, error) {
 
 // supervise runs the payload, reaps every child, and handles stop requests.
 // One loop calls wait4(-1) so reaping orphans never races the payload's wait.
-func supervise(p *payload, restart Restart, stopSig unix.Signal, stop chan os.Signal) (int, error) {
+func supervise(p *payload, boot Boot, stopSig unix.Signal, stop chan os.Signal) (int, error) {
+	restart := boot.Restart
 	chld := make(chan os.Signal, 16)
 	signal.Notify(chld, unix.SIGCHLD)
 	var out sync.WaitGroup
@@ -523,10 +523,10 @@ func supervise(p *payload, restart Restart, stopSig unix.Signal, stop chan os.Si
 					logf("stop requested (%v): sending %v to the payload", s, stopSig)
 					unix.Kill(-pid, stopSig)
 					stopping = true
-					kill = time.After(gracePeriod)
+					kill = time.After(boot.StopTimeout)
 				}
 			case <-kill:
-				logf("payload still running after %v: SIGKILL", gracePeriod)
+				logf("payload still running after %v: SIGKILL", boot.StopTimeout)
 				unix.Kill(-pid, unix.SIGKILL)
 			case <-chld:
 				status = reap(pid)
