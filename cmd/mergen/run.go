@@ -1,0 +1,273 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/mergenhq/mergen/internal/converter"
+	"github.com/mergenhq/mergen/internal/imagemeta"
+	"github.com/mergenhq/mergen/internal/manager"
+	"github.com/mergenhq/mergen/internal/store"
+)
+
+type runFlags struct {
+	api                    apiFlags
+	name                   string
+	publish, env           []string
+	httpPort, vcpu, mem    int
+	detach, pull, insecure bool
+	platform, dataRoot     string
+	domain                 string
+	httpsPort              int
+	timeout                time.Duration
+}
+
+func newRunCmd() *cobra.Command {
+	var f runFlags
+	cmd := &cobra.Command{
+		Use:   "run IMAGE",
+		Short: "Convert an image (cached), create and start a VM from it, and wait until its HTTP port answers",
+		Long: `run is the one-command path from an image to a running VM:
+
+  1. convert IMAGE into a payload disk under $MGR_DATA_ROOT/images (reused
+     when already converted; --pull converts again),
+  2. create and start the VM through the daemon,
+  3. wait until the guest's HTTP port answers on its published host port,
+  4. print the VM's id, guest IP, published ports and HTTPS URL.
+
+IMAGE is a registry reference, oci:DIR or docker-archive:FILE. run must
+execute on the daemon's host: the payload disk it makes is attached by path.
+Without --detach it then follows the VM's console until interrupted; the VM
+keeps running either way (mergen vm rm -f NAME removes it).`,
+		Example: `  mergen run oci:/srv/images/demo --name demo --http-port 8080 --detach
+  mergen run nginx:alpine --name web -p 8080:80`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runImage(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), f, args[0])
+		},
+	}
+	f.api.register(cmd)
+	fl := cmd.Flags()
+	fl.StringVar(&f.name, "name", "", "VM name (a DNS label); also its HTTPS label")
+	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish HOST:GUEST[/tcp|udp]; repeatable (default: the HTTP port on a free host port)")
+	fl.IntVar(&f.httpPort, "http-port", 0, "guest HTTP port (default: the image's first exposed TCP port)")
+	fl.StringArrayVarP(&f.env, "env", "e", nil, "guest environment KEY=VALUE; repeatable")
+	fl.IntVar(&f.vcpu, "vcpu", 0, "virtual CPUs (default 1)")
+	fl.IntVar(&f.mem, "mem", 0, "memory in MiB (default 512)")
+	fl.BoolVarP(&f.detach, "detach", "d", false, "return once the VM answers instead of following its console")
+	fl.BoolVar(&f.pull, "pull", false, "convert again even if the image was converted before")
+	fl.BoolVar(&f.insecure, "insecure", false, "allow plain HTTP to the registry")
+	fl.StringVar(&f.platform, "platform", "", "os/arch to convert (default: the host's)")
+	fl.StringVar(&f.dataRoot, "data-root", envOr("MGR_DATA_ROOT", "/var/lib/mergen"), "the daemon's data root ($MGR_DATA_ROOT)")
+	fl.StringVar(&f.domain, "domain", envOr("FWD_DOMAIN", "localhost"), "forwarder domain for the printed URL ($FWD_DOMAIN)")
+	fl.IntVar(&f.httpsPort, "https-port", httpsPortFromEnv(), "forwarder HTTPS port for the printed URL")
+	fl.DurationVar(&f.timeout, "timeout", 3*time.Minute, "how long to wait for the guest's HTTP port")
+	return cmd
+}
+
+// httpsPortFromEnv reads the forwarder's port from FWD_HTTPS_ADDR.
+func httpsPortFromEnv() int {
+	_, p, err := net.SplitHostPort(envOr("FWD_HTTPS_ADDR", ":443"))
+	if err != nil {
+		return 443
+	}
+	var n int
+	fmt.Sscan(p, &n)
+	if n == 0 {
+		return 443
+	}
+	return n
+}
+
+// phases prints what run is doing and how long each step took.
+type phases struct {
+	w     io.Writer
+	start time.Time
+	name  string
+}
+
+func (p *phases) begin(format string, a ...any) {
+	p.name = fmt.Sprintf(format, a...)
+	p.start = time.Now()
+	fmt.Fprintf(p.w, "==> %s\n", p.name)
+}
+
+func (p *phases) end(detail string) time.Duration {
+	d := time.Since(p.start)
+	if detail != "" {
+		detail = " (" + detail + ")"
+	}
+	fmt.Fprintf(p.w, "    done in %s%s\n", d.Round(time.Millisecond), detail)
+	return d
+}
+
+func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, image string) error {
+	c, err := f.api.client()
+	if err != nil {
+		return err
+	}
+	ph := &phases{w: stderr}
+	total := time.Now()
+
+	// 1. Convert, or reuse an earlier conversion.
+	ph.begin("convert %s", image)
+	out, err := converter.OutputDir(f.dataRoot, image)
+	if err != nil {
+		return err
+	}
+	payload := filepath.Join(out, imagemeta.PayloadExt4)
+	rt, cached := readRuntime(out)
+	if f.pull || !cached {
+		var progress converter.Progress = converter.Lines{W: stderr}
+		if fd, ok := stderr.(*os.File); ok && term.IsTerminal(int(fd.Fd())) {
+			bars := converter.NewBars(stderr)
+			defer bars.P.Wait()
+			progress = bars
+		}
+		res, err := converter.Convert(ctx, converter.Options{
+			Source: image, Platform: f.platform, DataRoot: f.dataRoot, Insecure: f.insecure,
+			NoDir: true, NoTar: true, Progress: progress,
+		})
+		if err != nil {
+			return err
+		}
+		rt, payload = res.Runtime, res.Ext4
+		ph.end(fmt.Sprintf("%d layers pulled", res.Pulled))
+	} else {
+		ph.end("cached: " + out)
+	}
+
+	// 2. Create and start.
+	req := manager.CreateRequest{PayloadDisk: payload, VCPU: f.vcpu, MemMiB: f.mem, HTTPPort: f.httpPort, AutoStart: true}
+	if req.HTTPPort == 0 {
+		req.HTTPPort = rt.HTTPPort
+	}
+	if f.name != "" {
+		req.Tags = map[string]string{manager.NameTag: f.name}
+	}
+	if req.ExtraEnv, err = parseKV("--env", f.env); err != nil {
+		return err
+	}
+	if req.Ports, err = parsePorts(f.publish); err != nil {
+		return err
+	}
+	if len(req.Ports) == 0 && req.HTTPPort != 0 {
+		req.Ports = []store.Port{{Guest: req.HTTPPort, Host: 0, Protocol: "tcp"}}
+	}
+	ph.begin("create and start the VM")
+	vm, err := c.Create(ctx, req)
+	if err != nil {
+		return err
+	}
+	ph.end(vm.ID)
+
+	// 3. Wait for the guest's HTTP port on its published host port.
+	if req.HTTPPort != 0 {
+		hostPort := 0
+		for _, p := range vm.Network.Ports {
+			if p.Guest == req.HTTPPort && p.Protocol == "tcp" {
+				hostPort = p.Host
+			}
+		}
+		if hostPort != 0 {
+			ph.begin("wait for the guest's HTTP port %d (published on 127.0.0.1:%d)", req.HTTPPort, hostPort)
+			if err := waitHTTP(ctx, fmt.Sprintf("http://127.0.0.1:%d/", hostPort), f.timeout); err != nil {
+				return fmt.Errorf("vm %s: %w (see `mergen logs %s`)", vm.ID, err, store.ShortID(vm.ID))
+			}
+			ph.end("")
+		}
+	}
+	printRunSummary(stdout, vm, f, time.Since(total))
+	if f.detach {
+		return nil
+	}
+	fmt.Fprintf(stderr, "==> following the console of %s (Ctrl-C stops following; the VM keeps running)\n", store.ShortID(vm.ID))
+	if err := c.Console(ctx, vm.ID, 0, true, stdout); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// readRuntime returns the runtime metadata of a finished earlier conversion.
+func readRuntime(dir string) (imagemeta.Runtime, bool) {
+	var rt imagemeta.Runtime
+	if _, err := os.Stat(filepath.Join(dir, imagemeta.PayloadExt4)); err != nil {
+		return rt, false
+	}
+	b, err := os.ReadFile(filepath.Join(dir, imagemeta.RuntimeFile))
+	if err != nil {
+		return rt, false
+	}
+	if err := json.Unmarshal(b, &rt); err != nil {
+		return rt, false
+	}
+	// image-meta.json is written last: its presence marks a finished run.
+	if _, err := os.Stat(filepath.Join(dir, imagemeta.ImageMetaFile)); err != nil {
+		return rt, false
+	}
+	return rt, true
+}
+
+// waitHTTP polls url until any HTTP answer arrives.
+func waitHTTP(ctx context.Context, url string, limit time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	hc := &http.Client{Timeout: 2 * time.Second}
+	var last error
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := hc.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("guest HTTP did not answer within %s: %v", limit, last)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func printRunSummary(w io.Writer, vm manager.VM, f runFlags, took time.Duration) {
+	label := vm.Name
+	if label == "" {
+		label = store.ShortID(vm.ID)
+	}
+	host := label + "." + f.domain
+	url := "https://" + host + "/"
+	resolve := fmt.Sprintf("%s:%d:127.0.0.1", host, f.httpsPort)
+	if f.httpsPort != 443 {
+		url = fmt.Sprintf("https://%s:%d/", host, f.httpsPort)
+	}
+	fmt.Fprintf(w, "VM %s is running (%s)\n", vm.ID, took.Round(time.Millisecond))
+	if vm.Name != "" {
+		fmt.Fprintf(w, "  name:      %s\n", vm.Name)
+	}
+	fmt.Fprintf(w, "  guest IP:  %s\n", vm.Network.GuestIP)
+	for _, p := range vm.Network.Ports {
+		fmt.Fprintf(w, "  published: 127.0.0.1:%d -> %d/%s\n", p.Host, p.Guest, p.Protocol)
+	}
+	if vm.HTTPPort != 0 {
+		fmt.Fprintf(w, "  URL:       %s\n", url)
+		fmt.Fprintf(w, "  try:       curl -k --resolve %s %s\n", resolve, url)
+	}
+	fmt.Fprintf(w, "  logs:      mergen logs %s\n", label)
+	fmt.Fprintf(w, "  remove:    mergen vm rm -f %s\n", label)
+}

@@ -1,0 +1,133 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/demo"
+	"github.com/mergenhq/mergen/internal/testenv"
+)
+
+// TestRunDemoImageThroughTheForwarder is the main job as a user meets it:
+// `mergen run` converts the bundled demo image, creates and starts a VM
+// through the daemon, waits for it, and the page is then served over TLS by
+// mergen-forwarder at https://demo.<domain>/.
+func TestRunDemoImageThroughTheForwarder(t *testing.T) {
+	testenv.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("SKIPPED in -short mode: boots a QEMU guest")
+	}
+	assets := testenv.Assets(t)
+	mergen := testenv.Build(t, "./cmd/mergen")
+	lifecycleBin := testenv.Build(t, "./cmd/mergen-lifecycle")
+	forwarder := testenv.Build(t, "./cmd/mergen-forwarder")
+	h := newHost(t, map[string]string{
+		"MGR_SUPERVISOR":      "detached",
+		"MGR_VMM":             "qemu",
+		"MGR_QEMU_ACCEL":      "tcg",
+		"MGR_LIFECYCLE_BIN":   lifecycleBin,
+		"MGR_BASE_ASSETS_DIR": assets,
+		"MGR_GUEST_CIDR":      "172.31.252.0/24",
+	})
+	d := h.startBinary(t, mergen, freePort(t))
+	t.Cleanup(func() { dumpConsoles(t, h) })
+	const domain = "mergen.test"
+
+	mustRun := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(mergen, args...)
+		cmd.Env = append(os.Environ(), "MERGEN_API="+d.base, "MGR_DATA_ROOT="+h.env["MGR_DATA_ROOT"])
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("mergen %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+
+	certDir := h.path("certs")
+	mustRun("certs", "wildcard", "--domain", domain, "--out", certDir)
+	httpsPort := freePort(t)
+	fwd := exec.Command(forwarder)
+	fwd.Env = append(os.Environ(),
+		"FWD_CONFIG_ROOT="+h.env["MGR_CONFIG_ROOT"], "FWD_DOMAIN="+domain,
+		"FWD_TLS_CERT_FILE="+filepath.Join(certDir, "wildcard."+domain+".crt"),
+		"FWD_TLS_KEY_FILE="+filepath.Join(certDir, "wildcard."+domain+".key"),
+		fmt.Sprintf("FWD_HTTPS_ADDR=127.0.0.1:%d", httpsPort), "FWD_METRICS_ADDR=off",
+		"FWD_RESOLVER_CACHE_TTL_SECONDS=1", "FWD_LOG_LEVEL=info", "FWD_LOG_FORMAT=text")
+	fwdLog, _ := os.Create(h.path("forwarder.log"))
+	fwd.Stdout, fwd.Stderr = fwdLog, fwdLog
+	if err := fwd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fwd.Process.Kill(); fwd.Wait() })
+
+	image := h.path("demo-image")
+	mustRun("demo", "image", "--out", image)
+	out := mustRun("run", "oci:"+image, "--name", "demo", "--detach", "--domain", domain, "--https-port", fmt.Sprint(httpsPort))
+	t.Logf("mergen run:\n%s", out)
+	wantURL := fmt.Sprintf("https://demo.%s:%d/", domain, httpsPort)
+	if !strings.Contains(out, "URL:       "+wantURL) || !strings.Contains(out, fmt.Sprintf("--resolve demo.%s:%d:127.0.0.1", domain, httpsPort)) {
+		t.Fatalf("run did not print the URL and curl line for %s", wantURL)
+	}
+
+	pool := x509.NewCertPool()
+	pem, err := os.ReadFile(filepath.Join(certDir, "wildcard."+domain+".crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool.AppendCertsFromPEM(pem)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, fmt.Sprintf("127.0.0.1:%d", httpsPort))
+		},
+	}}
+	get := func(label string) (int, string) {
+		t.Helper()
+		resp, err := client.Get(fmt.Sprintf("https://%s.%s:%d/", label, domain, httpsPort))
+		if err != nil {
+			t.Fatalf("GET via the forwarder (label %s): %v", label, err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("demo"); code != 200 || body != demo.Page {
+		t.Fatalf("https://demo.%s answered %d %q", domain, code, body)
+	}
+
+	// The second run of the same image reuses the conversion.
+	out = mustRun("run", "oci:"+image, "--name", "demo2", "--detach", "--domain", domain)
+	if !strings.Contains(out, "cached") {
+		t.Fatalf("second run converted again:\n%s", out)
+	}
+	if code, body := get("demo2"); code != 200 || body != demo.Page {
+		t.Fatalf("demo2 answered %d %q", code, body)
+	}
+
+	mustRun("vm", "rm", "-f", "demo", "demo2")
+	// Once the forwarder's resolver cache (1s here) has expired, the label
+	// of a removed VM is unknown.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body := get("demo")
+		if code == 404 || code == 421 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a removed VM's label still answers %d %q", code, body)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
