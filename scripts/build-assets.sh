@@ -53,6 +53,10 @@ kernel_pkg() {
 }
 if [[ ! -f $CACHE/kernel/.done ]]; then
   pkg=$(kernel_pkg)
+  if [[ -z $pkg && $(id -u) -eq 0 ]]; then
+    apt-get update -qq >/dev/null # a fresh host may have no package lists yet
+    pkg=$(kernel_pkg)
+  fi
   [[ -n $pkg ]] || { log "no linux-image-6.1.*-cloud-amd64 package known to apt (run apt-get update)"; exit 1; }
   log "downloading $pkg"
   tmp=$(mktemp -d "$CACHE/kernel.XXXXXX")
