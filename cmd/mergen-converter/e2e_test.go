@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log"
@@ -391,5 +392,28 @@ func TestUnprivilegedConversionKeepsOwnersAndDevices(t *testing.T) {
 		if got := debugfs(t, disk, "stat "+c.path); !regexp.MustCompile(c.re).MatchString(got) {
 			t.Errorf("%s: want %s in:\n%s", c.path, c.re, got)
 		}
+	}
+}
+
+func TestDoctorReportsToolsAndMissingAssets(t *testing.T) {
+	data := t.TempDir()
+	out, err := run(t, []string{"MGR_DATA_ROOT=" + data}, "doctor", "--json", "--assets", t.TempDir())
+	if err == nil {
+		t.Fatalf("doctor passed with an empty assets dir:\n%s", out)
+	}
+	// The JSON array comes first, the error line after it.
+	var checks []struct{ Name, Status string }
+	if err := json.NewDecoder(strings.NewReader(out)).Decode(&checks); err != nil {
+		t.Fatalf("doctor --json: %v\n%s", err, out)
+	}
+	got := map[string]string{}
+	for _, c := range checks {
+		got[c.Name] = c.Status
+	}
+	if got["mkfs.ext4"] != "PASS" || got["images dir"] == "FAIL" || got["images dir"] == "" {
+		t.Errorf("tool and data root checks: %v", got)
+	}
+	if !strings.Contains(out, "vmlinux") || !strings.Contains(out, `"FAIL"`) {
+		t.Errorf("missing base assets not reported:\n%s", out)
 	}
 }

@@ -22,7 +22,7 @@ func main() {
 
 func newRootCmd() *cobra.Command {
 	root := newConvertCmd()
-	root.AddCommand(newLoginCmd(), newVersionCmd())
+	root.AddCommand(newLoginCmd(), newDoctorCmd(), newVersionCmd())
 	attachRemote(root)
 	return root
 }
