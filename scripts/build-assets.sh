@@ -34,16 +34,22 @@ MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev
 
 log() { echo "build-assets: $*" >&2; }
 
-# stamp NAME INPUTS...: true when the recorded digest of INPUTS differs.
+# Stamps record, per output directory, the digest of what each output was
+# made from.
+STAMPS=$CACHE/stamps/$(echo "$OUT" | sha256sum | cut -c1-16)
+mkdir -p "$STAMPS"
+
+# changed OUTPUT INPUTS...: true when OUTPUT is missing or the recorded digest
+# of INPUTS differs.
 changed() {
   local name=$1; shift
   local want
   want=$(printf '%s\n' "$@" | sha256sum | cut -d' ' -f1)
-  [[ -e $OUT/$name && "$(cat "$CACHE/$name.stamp" 2>/dev/null)" == "$want" ]] && return 1
-  echo "$want" >"$CACHE/$name.stamp.new"
+  [[ -e $OUT/$name && "$(cat "$STAMPS/${name//\//_}" 2>/dev/null)" == "$want" ]] && return 1
+  echo "$want" >"$STAMPS/${name//\//_}.new"
   return 0
 }
-commit_stamp() { mv "$CACHE/$1.stamp.new" "$CACHE/$1.stamp"; }
+commit_stamp() { mv "$STAMPS/${1//\//_}.new" "$STAMPS/${1//\//_}"; }
 sum() { sha256sum "$@" | cut -d' ' -f1; }
 
 # --- kernel -----------------------------------------------------------------
@@ -110,11 +116,10 @@ if [[ ! -x $INIT ]]; then
   log "building mergen-init"
   (cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$INIT" ./cmd/mergen-init)
 fi
-if changed bin "$(sum "$INIT")"; then
+if changed bin/mergen-agent "$(sum "$INIT")"; then
   install -m 0755 "$INIT" "$OUT/bin/sbin-init"
   install -m 0755 "$INIT" "$OUT/bin/mergen-agent"
-  touch "$OUT/bin"
-  commit_stamp bin
+  commit_stamp bin/mergen-agent
 fi
 
 # --- initrd -----------------------------------------------------------------
