@@ -126,7 +126,13 @@ func (c *Client) explain(err error, what string) error {
 	}
 	var ne *net.OpError
 	if errors.As(err, &ne) {
-		return fmt.Errorf("endpoint %s unreachable after %d attempts: %w", c.endpoint, c.opt.Attempts, ne)
+		// The count is the retryer's own, so the message proves the retries
+		// happened rather than restating the setting.
+		var me *retry.MaxAttemptsError
+		if errors.As(err, &me) {
+			return fmt.Errorf("endpoint %s unreachable after %d attempts: %w", c.endpoint, me.Attempt, ne)
+		}
+		return fmt.Errorf("endpoint %s unreachable: %w", c.endpoint, ne)
 	}
 	var ae smithy.APIError
 	code, msg := "", ""
