@@ -8,6 +8,7 @@
 #   golden-rootfs.ext4   label mergen-root: busybox, /sbin/init = mergen-init
 #   agent-rootfs.ext4    label mergen-agent: the bin/ directory, read-only
 #   bin/sbin-init        mergen-init
+#   env-rootfs.ext4      label mergen-env: an empty `env` file
 #   bin/mergen-agent     the same binary (it changes role by argv[0])
 #
 # Idempotent: downloads and extractions are cached under .build/cache/guest,
@@ -171,6 +172,20 @@ if changed agent-rootfs.ext4 "$(sum "$OUT"/bin/*)"; then
   mkfs.ext4 -q -F -L mergen-agent -d "$OUT/bin" "$OUT/agent-rootfs.ext4.tmp"
   mv "$OUT/agent-rootfs.ext4.tmp" "$OUT/agent-rootfs.ext4"
   commit_stamp agent-rootfs.ext4
+fi
+
+# --- env disk ---------------------------------------------------------------
+# An empty env disk (label mergen-env, empty `env` file): a template for
+# per-VM env disks and a harmless default to attach.
+if changed env-rootfs.ext4 "empty-v1"; then
+  tmp=$(mktemp -d "$CACHE/env.XXXXXX")
+  : >"$tmp/env"
+  rm -f "$OUT/env-rootfs.ext4.tmp"
+  truncate -s 1M "$OUT/env-rootfs.ext4.tmp"
+  mkfs.ext4 -q -F -L mergen-env -d "$tmp" "$OUT/env-rootfs.ext4.tmp"
+  mv "$OUT/env-rootfs.ext4.tmp" "$OUT/env-rootfs.ext4"
+  rm -rf "$tmp"
+  commit_stamp env-rootfs.ext4
 fi
 
 log "assets ready in $OUT (kernel $(cat "$CACHE/kernel/version"))"
