@@ -103,6 +103,8 @@ func TestPushPullBaseRoundTripWithRemoteLayout(t *testing.T) {
 	}
 }
 
+// Failed pushes, early or half-way, leave latest where it was and list no
+// version.
 func TestLatestMovesOnlyAfterCompleteUpload(t *testing.T) {
 	srv := startS3(t)
 	c := srv.client(t, srv.Profile())
@@ -110,17 +112,24 @@ func TestLatestMovesOnlyAfterCompleteUpload(t *testing.T) {
 	if _, err := c.PushBase(ctxT(t), baseDir(t, "one"), Base{plat, fl, "v1"}); err != nil {
 		t.Fatal(err)
 	}
-	// A push that fails part-way (a required file is unreadable after the
-	// manifest was computed is hard to stage; a missing one fails before
-	// any upload) leaves latest where it was.
+	// A push missing a required file fails before any upload.
 	broken := baseDir(t, "two")
 	os.Remove(filepath.Join(broken, "agent-rootfs.ext4"))
 	if _, err := c.PushBase(ctxT(t), broken, Base{plat, fl, "v2"}); err == nil || !strings.Contains(err.Error(), "agent-rootfs.ext4") {
 		t.Fatalf("push without the agent disk: %v", err)
 	}
+	// A push whose connection dies in the middle of the big disk.
+	p := srv.Profile()
+	p.Endpoint = "http://" + cutProxy(t, strings.TrimPrefix(srv.Endpoint, "http://"), 3<<20)
+	if _, err := srv.client(t, p).PushBase(ctxT(t), baseDir(t, "two"), Base{plat, fl, "v2"}); err == nil {
+		t.Fatal("push through a dying connection succeeded")
+	}
 	got, err := c.ResolveBase(ctxT(t), Base{plat, fl, "latest"})
 	if err != nil || got.Version != "v1" {
-		t.Fatalf("latest after failed push = %q, %v; want v1", got.Version, err)
+		t.Fatalf("latest after failed pushes = %q, %v; want v1", got.Version, err)
+	}
+	if _, err := c.PullBase(ctxT(t), t.TempDir(), Base{plat, fl, "v2"}); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("pull of the half-pushed v2: %v, want not found (no manifest)", err)
 	}
 	if _, err := c.PushBase(ctxT(t), baseDir(t, "three"), Base{plat, fl, "v3"}); err != nil {
 		t.Fatal(err)

@@ -142,7 +142,7 @@ func (c *Client) PullBase(ctx context.Context, dir string, b Base) (PullResult, 
 	return PullResult{Manifest: m, Fetched: fetched}, nil
 }
 
-// Versions lists the pushed versions of platform/flavor.
+// Versions lists the completely pushed versions of platform/flavor.
 func (c *Client) Versions(ctx context.Context, platform, flavor string) ([]string, error) {
 	prefix := c.key(platform, flavor) + "/"
 	var out []string
@@ -153,7 +153,15 @@ func (c *Client) Versions(ctx context.Context, platform, flavor string) ([]strin
 			return nil, fmt.Errorf("list versions %s/%s: %w", platform, flavor, c.explain(err, prefix))
 		}
 		for _, cp := range page.CommonPrefixes {
-			out = append(out, strings.TrimSuffix(strings.TrimPrefix(aws.ToString(cp.Prefix), prefix), "/"))
+			// A version exists once its manifest does: a push that died
+			// half-way leaves files but no manifest.
+			ok, err := c.exists(ctx, aws.ToString(cp.Prefix)+ManifestName)
+			if err != nil {
+				return nil, fmt.Errorf("list versions %s/%s: %w", platform, flavor, err)
+			}
+			if ok {
+				out = append(out, strings.TrimSuffix(strings.TrimPrefix(aws.ToString(cp.Prefix), prefix), "/"))
+			}
 		}
 	}
 	return out, nil

@@ -1,16 +1,15 @@
 package artifact
 
 import (
-	"io"
 	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
 )
 
-// cutProxy forwards loopback TCP to target and, once budget bytes of
-// responses have passed, drops every connection and refuses new ones: a
-// download interrupted for good in the middle, whatever the timing.
+// cutProxy forwards loopback TCP to target and, once budget bytes have
+// passed (both directions together), drops every connection and refuses new
+// ones: a transfer interrupted for good in the middle, whatever the timing.
 func cutProxy(t *testing.T, target string, budget int64) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -49,24 +48,25 @@ func cutProxy(t *testing.T, target string, budget int64) string {
 			mu.Lock()
 			conns = append(conns, in, out)
 			mu.Unlock()
-			go io.Copy(out, in)
-			go func() {
+			pipe := func(dst, src net.Conn) {
 				buf := make([]byte, 32<<10)
 				for {
-					n, err := out.Read(buf)
+					n, err := src.Read(buf)
 					if n > 0 {
 						if left.Add(-int64(n)) < 0 {
 							cut()
 							return
 						}
-						in.Write(buf[:n])
+						dst.Write(buf[:n])
 					}
 					if err != nil {
-						in.Close()
+						dst.Close()
 						return
 					}
 				}
-			}()
+			}
+			go pipe(out, in)
+			go pipe(in, out)
 		}
 	}()
 	return l.Addr().String()
