@@ -344,6 +344,8 @@ func TestUnprivilegedConversionKeepsOwnersAndDevices(t *testing.T) {
 			ent{name: "dev/null", typ: tar.TypeChar, mode: 0o666},
 			ent{name: "srv/", typ: tar.TypeDir, uid: 33, gid: 33},
 			ent{name: "srv/gone", body: "x", uid: 33, gid: 33},
+			ent{name: "ro/", typ: tar.TypeDir, mode: 0o555},
+			ent{name: "ro/secret", body: "s", mode: 0o004},
 		),
 		layerOf(t,
 			ent{name: "srv/.wh.gone"},
@@ -387,6 +389,8 @@ func TestUnprivilegedConversionKeepsOwnersAndDevices(t *testing.T) {
 		{"/srv/page", `User:\s+33\s+Group:\s+33`},
 		{"/srv/page", `Mode:\s+0640`},
 		{"/srv/gone", `File not found`},
+		{"/ro", `Mode:\s+0555`},
+		{"/ro/secret", `Mode:\s+0004`},
 		{"/.mergen/" + imagemeta.RuntimeFile, `Type: regular`},
 	} {
 		if got := debugfs(t, disk, "stat "+c.path); !regexp.MustCompile(c.re).MatchString(got) {

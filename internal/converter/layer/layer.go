@@ -387,7 +387,18 @@ func (a *applier) meta(p string, h *tar.Header) error {
 	if err := a.xattrs(p, h); err != nil {
 		return err
 	}
-	if err := unix.Chmod(p, uint32(h.Mode&0o7777)); err != nil {
+	mode := uint32(h.Mode & 0o7777)
+	if !a.asRoot && a.attrs != nil {
+		// Without root, a 0555 directory or a 0000 file would lock this
+		// process out of the tree it is still building and archiving; the
+		// record keeps the true mode.
+		if h.Typeflag == tar.TypeDir {
+			mode |= 0o700
+		} else {
+			mode |= 0o600
+		}
+	}
+	if err := unix.Chmod(p, mode); err != nil {
 		return err
 	}
 	ts := []unix.Timespec{unix.NsecToTimespec(h.ModTime.UnixNano()), unix.NsecToTimespec(h.ModTime.UnixNano())}
