@@ -331,3 +331,28 @@ func TestManifestValidate(t *testing.T) {
 		})
 	}
 }
+
+// Progress during an upload counts each byte once although signing reads
+// every part twice.
+func TestUploadProgressNeverExceedsTheFile(t *testing.T) {
+	srv := startS3(t)
+	c := srv.client(t, srv.Profile())
+	tr := progress.New()
+	c.opt.Progress = tr
+	var over []progress.Stat
+	stop := watch(tr, func(s progress.Stat) bool {
+		if s.Done > s.Total {
+			over = append(over, s)
+			return true
+		}
+		return false
+	}, func() {})
+	_, err := c.PushBase(ctxT(t), baseDir(t, "p"), Base{"linux-amd64", "buildroot", "v1"})
+	stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(over) > 0 {
+		t.Fatalf("progress went past the file size: %+v", over)
+	}
+}

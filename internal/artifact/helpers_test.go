@@ -5,6 +5,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/progress"
 )
 
 // cutProxy forwards loopback TCP to target and, once budget bytes have
@@ -70,4 +73,28 @@ func cutProxy(t *testing.T, target string, budget int64) string {
 		}
 	}()
 	return l.Addr().String()
+}
+
+// watch calls fire once when cond holds for a counter of tr, polling until
+// stop is called.
+func watch(tr *progress.Tracker, cond func(progress.Stat) bool, fire func()) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		for {
+			for _, s := range tr.Snapshot() {
+				if cond(s) {
+					fire()
+					return
+				}
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(time.Millisecond):
+			}
+		}
+	}()
+	return func() { close(done); <-finished }
 }

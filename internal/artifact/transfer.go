@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
 	"syscall"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -16,22 +17,31 @@ import (
 	"github.com/mergenhq/mergen/internal/progress"
 )
 
-// countingFile counts bytes the uploader reads. Signing may read a part
-// twice, so the counter is set to the exact size when the file is done.
+// countingFile counts the bytes the uploader reads, once each: request
+// signing reads a part a second time, so only reads past the furthest point
+// already reached in that part count. Parts start at multiples of partSize.
 type countingFile struct {
 	*os.File
-	c *progress.Counter
+	c        *progress.Counter
+	partSize int64
+	mu       sync.Mutex
+	reached  map[int64]int64 // part index → furthest offset read
 }
 
-func (f countingFile) ReadAt(p []byte, off int64) (int, error) {
+func (f *countingFile) ReadAt(p []byte, off int64) (int, error) {
 	n, err := f.File.ReadAt(p, off)
-	f.c.Add(int64(n))
-	return n, err
-}
-
-func (f countingFile) Read(p []byte) (int, error) {
-	n, err := f.File.Read(p)
-	f.c.Add(int64(n))
+	if n > 0 {
+		part, end := off/f.partSize, off+int64(n)
+		f.mu.Lock()
+		if prev, ok := f.reached[part]; !ok || end > prev {
+			if !ok || off > prev {
+				prev = off
+			}
+			f.c.Add(end - prev)
+			f.reached[part] = end
+		}
+		f.mu.Unlock()
+	}
 	return n, err
 }
 
@@ -49,7 +59,7 @@ func (c *Client) upload(ctx context.Context, dir, keyDir string, m Manifest) err
 			ctr.Finish("failed")
 			return err
 		}
-		_, err = up.Upload(ctx, &s3.PutObjectInput{Bucket: aws.String(c.bucket), Key: aws.String(keyDir + "/" + f.Name), Body: countingFile{fh, ctr}})
+		_, err = up.Upload(ctx, &s3.PutObjectInput{Bucket: aws.String(c.bucket), Key: aws.String(keyDir + "/" + f.Name), Body: &countingFile{File: fh, c: ctr, partSize: c.opt.PartSize, reached: map[int64]int64{}}})
 		fh.Close()
 		if err != nil {
 			ctr.Finish("failed")
