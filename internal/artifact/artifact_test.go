@@ -199,6 +199,10 @@ func TestInterruptedPullLeavesOldAssets(t *testing.T) {
 	if _, err := c.PullBase(ctxT(t), dst, Base{plat, fl, "v1"}); err != nil {
 		t.Fatal(err)
 	}
+	// Staging left behind by a pull that was killed is swept.
+	if err := os.Mkdir(filepath.Join(dst, ".pull-killed"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	// The connection dies after 3 MiB of the 12 MiB disk, for good.
 	p := srv.Profile()
 	p.Endpoint = "http://" + cutProxy(t, strings.TrimPrefix(srv.Endpoint, "http://"), 3<<20)

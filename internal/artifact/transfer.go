@@ -90,6 +90,21 @@ func (c *Client) install(ctx context.Context, keyDir, dir string, m Manifest) (f
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
+	// One pull at a time per directory; the lock dies with its holder, so
+	// staging left by a killed pull is swept by the next one.
+	lock, err := os.OpenFile(filepath.Join(dir, ".pull.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	if stale, _ := filepath.Glob(filepath.Join(dir, ".pull-*")); len(stale) > 0 {
+		for _, s := range stale {
+			os.RemoveAll(s)
+		}
+	}
 	var need []File
 	var needBytes int64
 	for _, f := range m.Files {
