@@ -17,6 +17,7 @@ import (
 )
 
 type convertFlags struct {
+	image                         string
 	platform, outputDir, dataRoot string
 	insecure, skipPull, quiet     bool
 	sizeMiB                       int64
@@ -29,10 +30,13 @@ type convertFlags struct {
 	envVars        []string
 }
 
-func newConvertCmd() *cobra.Command {
+// newConvertCmd is both the root command (mergen-converter IMAGE) and the
+// convert subcommand (mergen-converter convert -image IMAGE) of earlier
+// versions.
+func newConvertCmd(use string) *cobra.Command {
 	var f convertFlags
 	cmd := &cobra.Command{
-		Use:   "mergen-converter [flags] IMAGE",
+		Use:   use,
 		Short: "Convert an OCI/Docker image into a mergen payload disk",
 		Long: `Converts IMAGE into payload-rootfs.ext4 and its metadata under
 $MGR_DATA_ROOT/images/<ref> (or --output-dir).
@@ -51,10 +55,18 @@ for a 'docker save' tarball.
 			switch {
 			case f.agent && f.env:
 				return fmt.Errorf("--agent-rootfs and --env-rootfs: choose one")
+			case (f.agent || f.env) && f.image != "":
+				return fmt.Errorf("--image does not go with --agent-rootfs or --env-rootfs")
 			case f.agent:
 				return runAgent(ctx, cmd, f, args)
 			case f.env:
 				return runEnv(ctx, cmd, f, args)
+			}
+			if f.image != "" {
+				if len(args) > 0 {
+					return fmt.Errorf("image given twice: --image %s and %s", f.image, args[0])
+				}
+				args = []string{f.image}
 			}
 			if len(args) != 1 {
 				return fmt.Errorf("IMAGE is required (see --help)")
@@ -63,6 +75,7 @@ for a 'docker save' tarball.
 		},
 	}
 	fl := cmd.Flags()
+	fl.StringVar(&f.image, "image", "", "the image to convert (instead of the IMAGE argument)")
 	fl.StringVar(&f.platform, "platform", "", "os/arch[/variant] to select (default: the host's, "+converter.HostPlatform()+")")
 	fl.StringVar(&f.outputDir, "output-dir", "", "output directory (default: $MGR_DATA_ROOT/images/<ref>)")
 	fl.StringVar(&f.dataRoot, "data-root", envOr("MGR_DATA_ROOT", converter.DefaultDataRoot), "data root ($MGR_DATA_ROOT)")

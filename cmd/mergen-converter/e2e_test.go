@@ -234,7 +234,7 @@ func TestEndToEndAgainstDistribution(t *testing.T) {
 
 	// Converted again from the cache alone, with the single-dash spelling
 	// of earlier versions.
-	out, err = run(t, env, "-skip-pull", "-delete-rootfs", "--quiet", good)
+	out, err = run(t, env, "convert", "-skip-pull", "-delete-rootfs", "--quiet", "-image", good)
 	if err != nil || out != "" {
 		t.Fatalf("skip-pull: %v\n%q", err, out)
 	}

@@ -21,8 +21,8 @@ func main() {
 }
 
 func newRootCmd() *cobra.Command {
-	root := newConvertCmd()
-	root.AddCommand(newLoginCmd(), newDoctorCmd(), newVersionCmd())
+	root := newConvertCmd("mergen-converter [flags] IMAGE")
+	root.AddCommand(newConvertCmd("convert [flags] IMAGE"), newLoginCmd(), newDoctorCmd(), newVersionCmd())
 	attachRemote(root)
 	return root
 }

@@ -203,8 +203,9 @@ func TestConvertFromRegistryMakesTheExpectedDisk(t *testing.T) {
 	if res.Pulled != 3 {
 		t.Errorf("first conversion pulled %d layers, want 3", res.Pulled)
 	}
-	wantDir, _ := OutputDir(data, ref)
-	if res.OutputDir != wantDir || filepath.Dir(wantDir) != filepath.Join(data, "images") {
+	// The reference keeps its shape under the images root.
+	wantDir := filepath.Join(data, "images", ref)
+	if res.OutputDir != wantDir {
 		t.Errorf("output dir %s, want %s", res.OutputDir, wantDir)
 	}
 	for _, f := range []string{imagemeta.PayloadExt4, imagemeta.PayloadTar, imagemeta.PayloadDir, imagemeta.ImageMetaFile,
@@ -336,18 +337,13 @@ func TestConvertBadInputLeavesNoFinishedLookingOutput(t *testing.T) {
 func TestOutputDirStaysUnderTheImagesRoot(t *testing.T) {
 	root := "/data"
 	cases := map[string]string{
-		"nginx:alpine":                 "nginx_alpine",
-		"ghcr.io/org/app:1.2.3":        "ghcr.io_org_app_1.2.3",
-		"..":                           "__",
-		"../../etc":                    "___.._etc",
-		"/abs/path":                    "_abs_path",
-		"oci:/tmp/layout":              "oci__tmp_layout",
-		".hidden":                      "_hidden",
-		"repo@sha256:abcd":             "repo_sha256_abcd",
-		"a/./b":                        "a_._b",
-		"x\x00y":                       "x_y",
-		"docker-archive:/tmp/img.tar":  "docker-archive__tmp_img.tar",
-		"localhost:5000/x/../../y:tag": "localhost_5000_x_.._.._y_tag",
+		"nginx:alpine":                            "nginx:alpine",
+		"ghcr.io/org/app:1.2.3":                   "ghcr.io/org/app:1.2.3",
+		"localhost:5000/x/y:tag":                  "localhost:5000/x/y:tag",
+		"repo@sha256:" + strings.Repeat("ab", 32): "repo@sha256:" + strings.Repeat("ab", 32),
+		"oci:/tmp/layout":                         "oci__tmp_layout",
+		"oci:../../etc":                           "oci_.._.._etc",
+		"docker-archive:/tmp/img.tar":             "docker-archive__tmp_img.tar",
 	}
 	for ref, want := range cases {
 		got, err := OutputDir(root, ref)
@@ -355,11 +351,12 @@ func TestOutputDirStaysUnderTheImagesRoot(t *testing.T) {
 			t.Errorf("%q: %v", ref, err)
 			continue
 		}
-		if got != filepath.Join(root, "images", want) || filepath.Dir(got) != "/data/images" {
+		if got != filepath.Join(root, "images", want) {
 			t.Errorf("%q -> %s, want /data/images/%s", ref, got, want)
 		}
 	}
-	for _, bad := range []string{"", CacheDir, strings.Repeat("a", 201)} {
+	for _, bad := range []string{"", "..", "../../etc", "/abs/path", "a/./b", "a//b", "x/../../y:tag",
+		".hidden", "a/.hidden", "x\x00y", "org/" + CacheDir, "org/" + imagemeta.PayloadDir, strings.Repeat("a", 256)} {
 		if got, err := OutputDir(root, bad); err == nil {
 			t.Errorf("%q -> %s, want an error", bad, got)
 		}

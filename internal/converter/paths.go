@@ -9,20 +9,52 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"golang.org/x/sys/unix"
 
 	"github.com/mergenhq/mergen/internal/converter/layer"
+	"github.com/mergenhq/mergen/internal/imagemeta"
 )
 
-// OutputDir returns DataRoot/images/<name> for a source, where name is the
-// reference with every character outside [A-Za-z0-9._-] replaced by '_' and
-// leading dots replaced too. Whatever the reference, the result is a direct
-// child of the images root: no reference can name the root itself, a parent,
-// or the layer cache.
+// OutputDir returns DataRoot/images/<ref> for a source. A registry
+// reference keeps its shape as a path (ghcr.io/org/app:1.2.3 becomes
+// images/ghcr.io/org/app:1.2.3), after checking it parses as a reference and
+// that no component is empty, ".", "..", hidden, or a name the converter
+// uses inside an image dir. oci: and docker-archive: sources become one
+// component: the source with every character outside [A-Za-z0-9._-] replaced
+// by '_'. Whatever the source, the result is strictly inside the images root.
 func OutputDir(dataRoot, source string) (string, error) {
 	if source == "" {
 		return "", fmt.Errorf("output dir: image reference is empty")
 	}
+	if len(source) > 255 {
+		return "", fmt.Errorf("output dir: image reference %q is longer than 255 characters", source)
+	}
+	root := filepath.Clean(filepath.Join(dataRoot, "images"))
+	var rel string
+	if strings.HasPrefix(source, prefixOCI) || strings.HasPrefix(source, prefixDocker) {
+		rel = flatName(source)
+	} else {
+		if _, err := name.ParseReference(source); err != nil {
+			return "", fmt.Errorf("output dir: image reference %q: %w", source, err)
+		}
+		for _, part := range strings.Split(source, "/") {
+			switch {
+			case part == "", part == ".", part == "..", strings.HasPrefix(part, "."),
+				part == CacheDir, part == imagemeta.PayloadDir, strings.ContainsRune(part, 0):
+				return "", fmt.Errorf("output dir: image reference %q: path component %q is not allowed", source, part)
+			}
+		}
+		rel = filepath.FromSlash(source)
+	}
+	dir := filepath.Join(root, rel)
+	if r, err := filepath.Rel(root, dir); err != nil || r == "." || r == ".." || strings.HasPrefix(r, ".."+string(filepath.Separator)) {
+		return "", fmt.Errorf("output dir: image reference %q does not map to a directory under %s", source, root)
+	}
+	return dir, nil
+}
+
+func flatName(source string) string {
 	var b strings.Builder
 	for _, r := range source {
 		switch {
@@ -32,18 +64,7 @@ func OutputDir(dataRoot, source string) (string, error) {
 			b.WriteByte('_')
 		}
 	}
-	name := b.String()
-	trimmed := strings.TrimLeft(name, ".")
-	name = strings.Repeat("_", len(name)-len(trimmed)) + trimmed
-	if len(name) > 200 {
-		return "", fmt.Errorf("output dir: image reference %q is longer than 200 characters", source)
-	}
-	root := filepath.Join(dataRoot, "images")
-	dir := filepath.Join(root, name)
-	if filepath.Dir(dir) != filepath.Clean(root) || name == CacheDir {
-		return "", fmt.Errorf("output dir: image reference %q does not map to a directory under %s", source, root)
-	}
-	return dir, nil
+	return b.String()
 }
 
 func tarHeader(p, rel string, fi fs.FileInfo, inodes map[uint64]string, attrs layer.Attrs) (*tar.Header, error) {
