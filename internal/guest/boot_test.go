@@ -114,6 +114,7 @@ type bootOpts struct {
 	payload string
 	env     string // env disk image, optional
 	data    string // data disk image, optional
+	agent   string // agent disk image, optional
 	cmdline string // extra kernel parameters
 	nic     bool   // a virtio NIC on a QEMU hub with no other port: frames go nowhere
 }
@@ -138,6 +139,9 @@ func boot(t *testing.T, o bootOpts) *vm {
 	}
 	if o.data != "" {
 		args = append(args, "-drive", "file="+o.data+",if=virtio,format=raw")
+	}
+	if o.agent != "" {
+		args = append(args, "-drive", "file="+o.agent+",if=virtio,format=raw,readonly=on")
 	}
 	if o.nic {
 		args = append(args, "-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-pci,netdev=n0")
@@ -324,16 +328,29 @@ func TestGuestRunsImageAsItsUserAndStopsOnCtrlAltDel(t *testing.T) {
 	data := filepath.Join(dir, "data.ext4")
 	mkfs(t, t.TempDir(), imagemeta.LabelData, data, "16M")
 	before := fileSum(t, payload)
+	// An agent disk whose init differs from the golden rootfs's (one byte
+	// appended to the same program): the guest must hand over to it.
+	agentDir := t.TempDir()
+	init, err := os.ReadFile(filepath.Join(testenv.Assets(t), "bin", "sbin-init"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(agentDir, "sbin-init"), append(init, 0), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	agent := filepath.Join(dir, "agent.ext4")
+	mkfs(t, agentDir, imagemeta.LabelAgent, agent, "16M")
 
 	// The NIC's only peer is an empty QEMU hub: the guest configures it but
 	// nothing it might send leaves QEMU.
-	v := boot(t, bootOpts{payload: payload, env: envDisk, data: data, nic: true,
+	v := boot(t, bootOpts{payload: payload, env: envDisk, data: data, agent: agent, nic: true,
 		cmdline: "ip=172.31.250.2::172.31.250.1:255.255.255.0:guest1:eth0:off:172.31.250.1 " + envParam(map[string]string{"BAZ": "cmdline"})})
 	v.waitFor("[payload] ready")
 	ctrlAltDel(v)
 	console := v.wait()
 
 	mustContain(t, console,
+		"mergen-init: agent disk: running its init",
 		"[payload] id: 1000:1000 groups 1000 2000", // the image's user, primary and supplementary groups
 		"[payload] pwd: /app",
 		"[payload] env: FOO=image BAR=envdisk BAZ=cmdline HOME=/home/app", // image < env disk < mergen.env

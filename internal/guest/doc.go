@@ -15,7 +15,8 @@
 //   - As /sbin/init: mount the kernel file systems, load the same module list
 //     from the root disk, set the hostname and network, find the disks by
 //     label (mergen-payload required; mergen-agent, mergen-env, mergen-data
-//     optional), mount the payload read-only under an overlay whose upper
+//     optional; an agent disk whose sbin-init differs takes over as init),
+//     mount the payload read-only under an overlay whose upper
 //     layer is on mergen-data or a tmpfs, and run the runtime's argv chrooted
 //     there as the image's user, in its working directory, with env = image
 //     env + env disk `env` + mergen.env (later wins).

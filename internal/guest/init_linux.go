@@ -250,6 +250,10 @@ func setupAndRun(stop chan os.Signal) (int, error) {
 	if dev, ok := disks[imagemeta.LabelAgent]; ok {
 		if err := mounts.mount(dev, agentMnt, "ext4", unix.MS_RDONLY, ""); err != nil {
 			logf("agent disk: %v", err)
+		} else if fatal, err := runAgentInit(filepath.Join(agentMnt, "sbin-init")); fatal {
+			return ExitInitFailed, err
+		} else if err != nil {
+			logf("agent disk: %v; continuing with the golden rootfs's init", err)
 		}
 	}
 	var envDisk []string
@@ -626,4 +630,55 @@ func powerOff(code int, err error, full bool) {
 	}
 	unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
 	select {}
+}
+
+// agentInitEnv marks an init started from the agent disk, so it does not
+// start itself again.
+const agentInitEnv = "MERGEN_AGENT_INIT"
+
+// runAgentInit replaces this init with the agent disk's sbin-init when that
+// one differs: the agent disk carries the host's current guest binary, so a
+// golden rootfs built earlier still boots the init the host expects. The
+// binary is copied to memory and every mount of this init is undone before
+// the exec, so the new init starts from the same state this one did. It
+// returns only when it does not (or cannot) exec; fatal says the mounts are
+// already gone and this init cannot go on.
+func runAgentInit(path string) (fatal bool, err error) {
+	if os.Getenv(agentInitEnv) != "" {
+		return false, nil
+	}
+	agent, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	self, err := os.ReadFile("/proc/self/exe")
+	if err != nil || string(self) == string(agent) {
+		return false, err
+	}
+	fd, err := unix.MemfdCreate("mergen-init", 0) // no CLOEXEC: exec'd by fd
+	if err != nil {
+		return false, fmt.Errorf("memfd: %w", err)
+	}
+	// Raw writes: an *os.File here could be finalized, closing fd, before
+	// the exec.
+	for rest := agent; len(rest) > 0; {
+		n, err := unix.Write(fd, rest)
+		if err != nil {
+			unix.Close(fd)
+			return false, fmt.Errorf("memfd: %w", err)
+		}
+		rest = rest[n:]
+	}
+	logf("agent disk: running its init (%d bytes)", len(agent))
+	for i := len(mounts.list) - 1; i >= 0; i-- {
+		if err := unix.Unmount(mounts.list[i], 0); err != nil {
+			unix.Unmount(mounts.list[i], unix.MNT_DETACH)
+		}
+	}
+	mounts.list = nil
+	err = unix.Exec(fmt.Sprintf("/proc/self/fd/%d", fd), []string{"/sbin/init"}, append(os.Environ(), agentInitEnv+"=1"))
+	return true, fmt.Errorf("exec the agent disk's init: %w", err)
 }
