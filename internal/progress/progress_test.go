@@ -69,3 +69,34 @@ func TestEveryFromEnv(t *testing.T) {
 		}
 	}
 }
+
+// The terminal renderer ends every bar, whatever became of its file, so
+// stop returns: finished, failed short of its total, empty and skipped.
+func TestBarsEndForEveryOutcome(t *testing.T) {
+	tr := New()
+	done := tr.File("vmlinux.bin", 1000)
+	failed := tr.File("disk.ext4", 5000)
+	empty := tr.File("empty", 0)
+	skipped := tr.File("agent-disk.ext4", 700)
+	skipped.Set(700)
+	skipped.Finish("skipped")
+	var buf bytes.Buffer
+	stop := renderBars(context.Background(), &buf, tr, time.Millisecond)
+	done.Add(1000)
+	done.Finish("done")
+	failed.Add(3000)
+	failed.Finish("failed")
+	empty.Finish("done")
+	returned := make(chan struct{})
+	go func() { stop(); close(returned) }()
+	select {
+	case <-returned:
+	case <-time.After(30 * time.Second):
+		t.Fatal("stop did not return: a bar never ended")
+	}
+	for _, name := range []string{"vmlinux.bin", "disk.ext4", "agent-disk.ext4"} {
+		if !strings.Contains(buf.String(), name) {
+			t.Fatalf("bars lack %s:\n%s", name, buf.String())
+		}
+	}
+}

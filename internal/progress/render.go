@@ -91,12 +91,15 @@ func Bytes(n int64) string {
 
 func renderBars(ctx context.Context, w io.Writer, t *Tracker, every time.Duration) func() {
 	ctx, cancel := context.WithCancel(ctx)
-	p := mpb.New(mpb.WithOutput(w), mpb.WithRefreshRate(every), mpb.WithWidth(40))
+	// Auto refresh is explicit so the bars render on any writer, not only
+	// one mpb recognises as a terminal.
+	p := mpb.New(mpb.WithOutput(w), mpb.WithRefreshRate(every), mpb.WithWidth(40), mpb.WithAutoRefresh())
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		bars := map[string]*mpb.Bar{}
+		ended := map[string]bool{}
 		sync := func(final bool) {
 			for _, s := range t.Snapshot() {
 				b, ok := bars[s.Name]
@@ -106,11 +109,24 @@ func renderBars(ctx context.Context, w io.Writer, t *Tracker, every time.Duratio
 						mpb.AppendDecorators(decor.Counters(decor.SizeB1024(0), "% .1f / % .1f"), decor.Percentage(decor.WCSyncSpace)))
 					bars[s.Name] = b
 				}
+				if ended[s.Name] {
+					continue
+				}
 				b.SetCurrent(s.Done)
 				if final || s.State != "" {
-					// Completes the bar even when a file was skipped or
-					// failed short of its total.
-					b.SetTotal(-1, true)
+					// Every bar must end or Wait never returns: a bar with a
+					// total completes by reaching it, an empty one by
+					// SetTotal, and one that stopped short (failed,
+					// interrupted) is aborted in place.
+					switch {
+					case s.Total <= 0:
+						b.SetTotal(-1, true)
+					case s.Done >= s.Total:
+						b.SetCurrent(s.Total)
+					default:
+						b.Abort(false)
+					}
+					ended[s.Name] = true
 				}
 			}
 		}
