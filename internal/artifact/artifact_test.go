@@ -210,7 +210,7 @@ func TestInterruptedPullLeavesOldAssets(t *testing.T) {
 	cut.opt.Concurrency = 1
 	cut.opt.PartSize = 1 << 20
 	_, err := cut.PullBase(ctxT(t), dst, Base{plat, fl, "v2"})
-	if err == nil || !strings.Contains(err.Error(), "buildroot-disk.ext4") {
+	if err == nil || !strings.Contains(err.Error(), "download buildroot-disk.ext4") {
 		t.Fatalf("interrupted pull: %v", err)
 	}
 	sameFiles(t, old, dst, baseNames...)

@@ -130,9 +130,9 @@ func (c *Client) explain(err error, what string) error {
 		// happened rather than restating the setting.
 		var me *retry.MaxAttemptsError
 		if errors.As(err, &me) {
-			return fmt.Errorf("endpoint %s unreachable after %d attempts: %w", c.endpoint, me.Attempt, ne)
+			return fmt.Errorf("%s: endpoint %s unreachable after %d attempts: %w", what, c.endpoint, me.Attempt, ne)
 		}
-		return fmt.Errorf("endpoint %s unreachable: %w", c.endpoint, ne)
+		return fmt.Errorf("%s: endpoint %s unreachable: %w", what, c.endpoint, ne)
 	}
 	var ae smithy.APIError
 	code, msg := "", ""
