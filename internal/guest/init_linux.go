@@ -484,12 +484,19 @@ func (p *payload) run(out *sync.WaitGroup) (int, error) {
 	out.Add(1)
 	go func() {
 		defer out.Done()
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 64*1024), 1<<20)
-		for sc.Scan() {
-			consoleMu.Lock()
-			fmt.Fprintf(os.Stdout, "[payload] %s\n", sc.Text())
-			consoleMu.Unlock()
+		// A line longer than the buffer is printed in pieces rather than
+		// stalling the reader (and with it the payload's writes).
+		br := bufio.NewReaderSize(r, 64*1024)
+		for {
+			line, err := br.ReadSlice('\n')
+			if len(line) > 0 {
+				consoleMu.Lock()
+				fmt.Fprintf(os.Stdout, "[payload] %s\n", strings.TrimSuffix(string(line), "\n"))
+				consoleMu.Unlock()
+			}
+			if err != nil && err != bufio.ErrBufferFull {
+				break
+			}
 		}
 		r.Close()
 	}()
