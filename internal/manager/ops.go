@@ -293,7 +293,8 @@ func (m *Manager) runHooks(ctx context.Context, event hooks.Event, meta store.Me
 	sets := append(global, own)
 	for _, set := range sets {
 		if err := hooks.Run(ctx, m.log, set, data); err != nil {
-			return err
+			// Something the operation depends on is not available: 503.
+			return errdefs.Unavailable("%w", err)
 		}
 	}
 	return nil

@@ -4,11 +4,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mergenhq/mergen/internal/api"
 	"github.com/mergenhq/mergen/internal/manager"
@@ -373,5 +376,80 @@ func TestConcurrentCreatesAndDeletes(t *testing.T) {
 	mustStatus(t, code, body, 201)
 	if vm.Network.GuestIP != "172.30.0.2" {
 		t.Fatalf("after deleting everything the first address is %s, want 172.30.0.2", vm.Network.GuestIP)
+	}
+}
+
+// TestHooksSeeTheVMAndStrictFailuresRollBack runs global and per-VM hooks
+// against real HTTP servers: hooks receive the VM's context, a failing
+// best-effort hook does not stop a create, and a failing strict hook fails
+// it and leaves nothing behind.
+func TestHooksSeeTheVMAndStrictFailuresRollBack(t *testing.T) {
+	type seen struct {
+		Event string            `json:"event"`
+		VMID  string            `json:"vmId"`
+		IP    string            `json:"guestIP"`
+		Tags  map[string]string `json:"tags"`
+	}
+	events := make(chan seen, 16)
+	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var s seen
+		json.NewDecoder(r.Body).Decode(&s)
+		events <- s
+	}))
+	defer ok.Close()
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "hook says no", http.StatusInternalServerError)
+	}))
+	defer failing.Close()
+
+	h := newHost(t, noServiceManager)
+	global := h.path("data", "hooks.d")
+	os.MkdirAll(global, 0o755)
+	os.WriteFile(filepath.Join(global, "10-audit.json"), []byte(`{"onCreate":[{"url":"`+ok.URL+`/global"}],"onDelete":[{"url":"`+ok.URL+`/global"}]}`), 0o644)
+	base := h.serve(t)
+
+	var vm manager.VM
+	code, body := call(t, "POST", base+"/v1/vms", map[string]any{
+		"tags":  map[string]string{"name": "hooked"},
+		"hooks": map[string]any{"onCreate": []map[string]any{{"url": failing.URL}, {"url": ok.URL + "/own"}}},
+	}, &vm)
+	mustStatus(t, code, body, 201)
+	for i := 0; i < 2; i++ { // global first, then the VM's own (the failing best-effort one is skipped)
+		select {
+		case s := <-events:
+			if s.Event != "onCreate" || s.VMID != vm.ID || s.IP != vm.Network.GuestIP || s.Tags["name"] != "hooked" {
+				t.Fatalf("hook saw %+v", s)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("hook not called")
+		}
+	}
+	code, body = call(t, "DELETE", base+"/v1/vms/"+vm.ID, nil, nil)
+	mustStatus(t, code, body, 200)
+	if s := <-events; s.Event != "onDelete" || s.VMID != vm.ID {
+		t.Fatalf("onDelete hook saw %+v", s)
+	}
+
+	code, body = call(t, "POST", base+"/v1/vms", map[string]any{
+		"hooks": map[string]any{"onCreate": []map[string]any{{"url": failing.URL, "strict": true}}},
+	}, nil)
+	mustStatus(t, code, body, 503)
+	if msg := errMessage(body); !strings.Contains(msg, "onCreate hook") || !strings.Contains(msg, "HTTP 500") {
+		t.Fatalf("strict failure message: %q", msg)
+	}
+	<-events // the global onCreate hook ran before the strict one failed
+	if left := vmDirs(t, h); len(left) != 0 {
+		t.Fatalf("a create rolled back by a strict hook left %v", left)
+	}
+	// A strict onDelete hook vetoes the delete.
+	code, body = call(t, "POST", base+"/v1/vms", map[string]any{
+		"hooks": map[string]any{"onDelete": []map[string]any{{"url": failing.URL, "strict": true}}},
+	}, &vm)
+	mustStatus(t, code, body, 201)
+	<-events
+	code, body = call(t, "DELETE", base+"/v1/vms/"+vm.ID, nil, nil)
+	mustStatus(t, code, body, 503)
+	if left := vmDirs(t, h); len(left) != 1 {
+		t.Fatalf("a vetoed delete removed the VM: %v", left)
 	}
 }
