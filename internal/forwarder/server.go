@@ -90,26 +90,31 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			return fmt.Errorf("forwarder: accept on %s: %w", ln.Addr(), err)
 		}
 		tempDelay = 0
-		s.track(c, true)
+		s.track(c, true, true)
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			defer s.track(c, false)
+			defer s.track(c, false, true)
 			s.handle(c)
 		}()
 	}
 }
 
-func (s *Server) track(c net.Conn, add bool) {
+// track records open connections (clients and their backends) so that a
+// shutdown past its timeout can close them all; the gauge counts clients.
+func (s *Server) track(c net.Conn, add, client bool) {
 	s.mu.Lock()
 	if add {
 		s.conns[c] = struct{}{}
-		s.m.active.Inc()
 	} else {
 		delete(s.conns, c)
-		s.m.active.Dec()
 	}
 	s.mu.Unlock()
+	if client && add {
+		s.m.active.Inc()
+	} else if client {
+		s.m.active.Dec()
+	}
 }
 
 func (s *Server) shutdown() error {
@@ -200,8 +205,8 @@ func (s *Server) handle(raw net.Conn) {
 		s.reject(tc, log, kindDial, http.StatusBadGateway, fmt.Sprintf("vm %s does not answer on its HTTP port\n", t.ID))
 		return
 	}
-	s.track(backend, true)
-	defer s.track(backend, false)
+	s.track(backend, true, false)
+	defer s.track(backend, false, false)
 	defer backend.Close()
 
 	up, down, reason := s.relay(tc, backend)
