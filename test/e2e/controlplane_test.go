@@ -7,15 +7,18 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/api"
 	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/testenv"
 )
 
 // Control-plane hosts force the systemd supervisor on a host whose PID 1 is
@@ -451,5 +454,82 @@ func TestHooksSeeTheVMAndStrictFailuresRollBack(t *testing.T) {
 	mustStatus(t, code, body, 503)
 	if left := vmDirs(t, h); len(left) != 1 {
 		t.Fatalf("a vetoed delete removed the VM: %v", left)
+	}
+}
+
+// TestOperationsOnABusyVMAnswerConflict holds a VM's lock from another
+// process (as a delete or a lifecycle stage would) and shows that start,
+// stop and delete answer 409 instead of interleaving, and work once the
+// lock is released.
+func TestOperationsOnABusyVMAnswerConflict(t *testing.T) {
+	flockBin, err := exec.LookPath("flock")
+	if err != nil {
+		t.Fatalf("flock(1) from util-linux is required: %v", err)
+	}
+	h := newHost(t, map[string]string{"MGR_SUPERVISOR": "systemd", "MGR_COMMAND_TIMEOUT_SECONDS": "1", "MGR_STOP_TIMEOUT_SECONDS": "1"})
+	base := h.serve(t)
+	var vm manager.VM
+	code, body := call(t, "POST", base+"/v1/vms", map[string]any{}, &vm)
+	mustStatus(t, code, body, 201)
+
+	// flock(1) hands the locked descriptor to sleep: kill the whole group.
+	holder := exec.Command(flockBin, vm.Paths.Lock, "sleep", "30")
+	holder.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	release := func() { syscall.Kill(-holder.Process.Pid, syscall.SIGKILL); holder.Wait() }
+	defer release()
+	for i := 0; ; i++ { // until the holder has it
+		if exec.Command(flockBin, "-n", vm.Paths.Lock, "true").Run() != nil {
+			break
+		}
+		if i > 100 {
+			t.Fatal("the lock holder never took the lock")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, op := range []struct{ method, path string }{
+		{"POST", "/start"}, {"POST", "/stop"}, {"DELETE", ""},
+	} {
+		code, body := call(t, op.method, base+"/v1/vms/"+vm.ID+op.path, nil, nil)
+		mustStatus(t, code, body, 409)
+		if msg := errMessage(body); !strings.Contains(msg, "busy") || !strings.Contains(msg, vm.ID) {
+			t.Fatalf("%s%s: %q", op.method, op.path, msg)
+		}
+	}
+	release()
+	code, body = call(t, "DELETE", base+"/v1/vms/"+vm.ID, nil, nil)
+	mustStatus(t, code, body, 200)
+}
+
+// TestLifecycleStagesRefuseUnknownVMs runs mergen-lifecycle as the service
+// manager would, for a VM that does not exist and with bad arguments.
+func TestLifecycleStagesRefuseUnknownVMs(t *testing.T) {
+	bin := testenv.Build(t, "./cmd/mergen-lifecycle")
+	h := newHost(t, nil)
+	env := os.Environ()
+	for k, v := range h.env {
+		env = append(env, k+"="+v)
+	}
+	unknown := store.NewID()
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"pre-start", unknown}, "vm " + unknown + " not found"},
+		{[]string{"post-stop", unknown}, "vm " + unknown + " not found"},
+		{[]string{"status", unknown}, "vm " + unknown + " not found"},
+		{[]string{"start", "../../etc"}, "is not a lowercase UUID"},
+		{[]string{"reboot", unknown}, `unknown stage "reboot"`},
+		{[]string{"pre-start"}, "usage: mergen-lifecycle <stage> <vm-id>"},
+	}
+	for _, tc := range cases {
+		cmd := exec.Command(bin, tc.args...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), tc.want) {
+			t.Errorf("mergen-lifecycle %v: err %v, output %q; want failure containing %q", tc.args, err, out, tc.want)
+		}
 	}
 }
