@@ -23,57 +23,105 @@ import (
 // `mergen run` converts the bundled demo image, creates and starts a VM
 // through the daemon, waits for it, and the page is then served over TLS by
 // mergen-forwarder at https://demo.<domain>/.
-func TestRunDemoImageThroughTheForwarder(t *testing.T) {
-	testenv.RequireRoot(t)
-	if testing.Short() {
-		t.Skip("SKIPPED in -short mode: boots a QEMU guest")
-	}
+// demoStack is a host running the daemon and mergen-forwarder, as
+// `make run` sets them up, with helpers to run mergen and to fetch pages
+// through the forwarder.
+type demoStack struct {
+	h         *host
+	d         *daemonProc
+	mergen    string
+	domain    string
+	httpsPort int
+	image     string
+	client    *http.Client
+}
+
+func newDemoStack(t testing.TB, cidr string) *demoStack {
+	t.Helper()
 	assets := testenv.Assets(t)
-	mergen := testenv.Build(t, "./cmd/mergen")
+	s := &demoStack{mergen: testenv.Build(t, "./cmd/mergen"), domain: "mergen.test"}
 	lifecycleBin := testenv.Build(t, "./cmd/mergen-lifecycle")
 	forwarder := testenv.Build(t, "./cmd/mergen-forwarder")
-	h := newHost(t, map[string]string{
+	s.h = newHost(t, map[string]string{
 		"MGR_SUPERVISOR":      "detached",
 		"MGR_VMM":             "qemu",
 		"MGR_QEMU_ACCEL":      "tcg",
 		"MGR_LIFECYCLE_BIN":   lifecycleBin,
 		"MGR_BASE_ASSETS_DIR": assets,
-		"MGR_GUEST_CIDR":      "172.31.252.0/24",
+		"MGR_GUEST_CIDR":      cidr,
 	})
-	d := h.startBinary(t, mergen, freePort(t))
-	t.Cleanup(func() { dumpConsoles(t, h) })
-	const domain = "mergen.test"
+	s.d = s.h.startBinary(t, s.mergen, freePort(t))
 
-	mustRun := func(args ...string) string {
-		t.Helper()
-		cmd := exec.Command(mergen, args...)
-		cmd.Env = append(os.Environ(), "MERGEN_API="+d.base, "MGR_DATA_ROOT="+h.env["MGR_DATA_ROOT"])
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("mergen %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
-
-	certDir := h.path("certs")
-	mustRun("certs", "wildcard", "--domain", domain, "--out", certDir)
-	httpsPort := freePort(t)
+	certDir := s.h.path("certs")
+	s.run(t, "certs", "wildcard", "--domain", s.domain, "--out", certDir)
+	s.httpsPort = freePort(t)
 	fwd := exec.Command(forwarder)
 	fwd.Env = append(os.Environ(),
-		"FWD_CONFIG_ROOT="+h.env["MGR_CONFIG_ROOT"], "FWD_DOMAIN="+domain,
-		"FWD_TLS_CERT_FILE="+filepath.Join(certDir, "wildcard."+domain+".crt"),
-		"FWD_TLS_KEY_FILE="+filepath.Join(certDir, "wildcard."+domain+".key"),
-		fmt.Sprintf("FWD_HTTPS_ADDR=127.0.0.1:%d", httpsPort), "FWD_METRICS_ADDR=off",
+		"FWD_CONFIG_ROOT="+s.h.env["MGR_CONFIG_ROOT"], "FWD_DOMAIN="+s.domain,
+		"FWD_TLS_CERT_FILE="+filepath.Join(certDir, "wildcard."+s.domain+".crt"),
+		"FWD_TLS_KEY_FILE="+filepath.Join(certDir, "wildcard."+s.domain+".key"),
+		fmt.Sprintf("FWD_HTTPS_ADDR=127.0.0.1:%d", s.httpsPort), "FWD_METRICS_ADDR=off",
 		"FWD_RESOLVER_CACHE_TTL_SECONDS=1", "FWD_LOG_LEVEL=info", "FWD_LOG_FORMAT=text")
-	fwdLog, _ := os.Create(h.path("forwarder.log"))
+	fwdLog, _ := os.Create(s.h.path("forwarder.log"))
 	fwd.Stdout, fwd.Stderr = fwdLog, fwdLog
 	if err := fwd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { fwd.Process.Kill(); fwd.Wait() })
 
-	image := h.path("demo-image")
-	mustRun("demo", "image", "--out", image)
+	s.image = s.h.path("demo-image")
+	s.run(t, "demo", "image", "--out", s.image)
+
+	pool := x509.NewCertPool()
+	pem, err := os.ReadFile(filepath.Join(certDir, "wildcard."+s.domain+".crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool.AppendCertsFromPEM(pem)
+	s.client = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, fmt.Sprintf("127.0.0.1:%d", s.httpsPort))
+		},
+	}}
+	return s
+}
+
+// run runs the mergen CLI against the stack's daemon.
+func (s *demoStack) run(t testing.TB, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(s.mergen, args...)
+	cmd.Env = append(os.Environ(), "MERGEN_API="+s.d.base, "MGR_DATA_ROOT="+s.h.env["MGR_DATA_ROOT"])
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("mergen %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// get fetches https://<label>.<domain>/ through the forwarder.
+func (s *demoStack) get(t testing.TB, label string) (int, string) {
+	t.Helper()
+	resp, err := s.client.Get(fmt.Sprintf("https://%s.%s:%d/", label, s.domain, s.httpsPort))
+	if err != nil {
+		t.Fatalf("GET via the forwarder (label %s): %v", label, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestRunDemoImageThroughTheForwarder(t *testing.T) {
+	testenv.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("SKIPPED in -short mode: boots a QEMU guest")
+	}
+	s := newDemoStack(t, "172.31.252.0/24")
+	h, domain, httpsPort, image := s.h, s.domain, s.httpsPort, s.image
+	mustRun := func(args ...string) string { t.Helper(); return s.run(t, args...) }
+	get := func(label string) (int, string) { t.Helper(); return s.get(t, label) }
+	t.Cleanup(func() { dumpConsoles(t, h) })
+
 	out := mustRun("run", "oci:"+image, "--name", "demo", "--detach", "--domain", domain, "--https-port", fmt.Sprint(httpsPort))
 	t.Logf("mergen run:\n%s", out)
 	wantURL := fmt.Sprintf("https://demo.%s:%d/", domain, httpsPort)
@@ -81,28 +129,6 @@ func TestRunDemoImageThroughTheForwarder(t *testing.T) {
 		t.Fatalf("run did not print the URL and curl line for %s", wantURL)
 	}
 
-	pool := x509.NewCertPool()
-	pem, err := os.ReadFile(filepath.Join(certDir, "wildcard."+domain+".crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool.AppendCertsFromPEM(pem)
-	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{RootCAs: pool},
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, fmt.Sprintf("127.0.0.1:%d", httpsPort))
-		},
-	}}
-	get := func(label string) (int, string) {
-		t.Helper()
-		resp, err := client.Get(fmt.Sprintf("https://%s.%s:%d/", label, domain, httpsPort))
-		if err != nil {
-			t.Fatalf("GET via the forwarder (label %s): %v", label, err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
 	if code, body := get("demo"); code != 200 || body != demo.Page {
 		t.Fatalf("https://demo.%s answered %d %q", domain, code, body)
 	}
