@@ -16,7 +16,7 @@ import (
 func BenchmarkControlPlane(b *testing.B) {
 	const creates, clients, lists = 1000, 8, 20
 	for i := 0; i < b.N; i++ {
-		h := newHost(b, map[string]string{"MGR_SUPERVISOR": "systemd", "MGR_GUEST_CIDR": "172.30.0.0/20"})
+		h := newHost(b, map[string]string{"MGR_SUPERVISOR": "systemd", "MGR_GUEST_CIDR": "172.30.0.0/20", "MGR_PORT_START": "20000", "MGR_PORT_END": "40000"})
 		base := h.serve(b)
 		lat := make([]time.Duration, creates)
 		var wg sync.WaitGroup

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -27,6 +28,10 @@ type host struct {
 	root string
 	env  map[string]string
 }
+
+// portWindow is the next host-port range handed to a test host; it starts
+// at a random place so that two test processes rarely share one.
+var portWindow = 20000 + rand.IntN(39)*500
 
 // newHost lays out a temporary data root with placeholder base assets. The
 // control-plane tests never boot them; the runtime tests replace them with
@@ -46,9 +51,17 @@ func newHost(t testing.TB, extra map[string]string) *host {
 		"MGR_DATA_ROOT":   filepath.Join(root, "data"),
 		"MGR_HTTP_ADDR":   "127.0.0.1:0",
 		"MGR_VMM":         "qemu",
-		"MGR_LOG_LEVEL":   "warn",
-		"MGR_LOG_FORMAT":  "text",
+		// A window of its own, so hosts of tests that run at the same time
+		// (published ports are DNAT rules, not sockets) never collide.
+		"MGR_PORT_START": fmt.Sprint(portWindow),
+		"MGR_PORT_END":   fmt.Sprint(portWindow + 499),
+		"MGR_LOG_LEVEL":  "warn",
+		"MGR_LOG_FORMAT": "text",
 	}}
+	portWindow += 500
+	if portWindow > 39500 {
+		portWindow = 20000 + rand.IntN(20)*500
+	}
 	for k, v := range extra {
 		h.env[k] = v
 	}

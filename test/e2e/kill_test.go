@@ -56,6 +56,18 @@ func (h *host) startBinary(t testing.TB, bin string, port int) *daemonProc {
 	d := &daemonProc{cmd: cmd, base: fmt.Sprintf("http://127.0.0.1:%d", port)}
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
+			// VMs outlive their daemon by design: a test that failed half
+			// way must not leave guests, namespaces or rules behind.
+			var list struct {
+				VMs []struct {
+					ID string `json:"id"`
+				} `json:"vms"`
+			}
+			if code, _ := call(t, "GET", d.base+"/v1/vms", nil, &list); code == 200 {
+				for _, vm := range list.VMs {
+					call(t, "DELETE", d.base+"/v1/vms/"+vm.ID, nil, nil)
+				}
+			}
 			cmd.Process.Kill()
 			cmd.Wait()
 		}

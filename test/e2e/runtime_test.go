@@ -106,7 +106,7 @@ func runtimeScenario(t *testing.T, h vmHost, payload string) {
 		{[]string{"ip", "netns", "list"}, "mergen-" + short},
 		{[]string{"ip", "-o", "link", "show"}, short},
 		{[]string{"nft", "list", "ruleset"}, short},
-		{[]string{"nft", "list", "ruleset"}, vm.Network.GuestIP + " "},
+		{[]string{"nft", "list", "ruleset"}, "mergen vm " + vm.ID},
 		{[]string{"ps", "-eo", "args"}, vm.ID},
 	} {
 		if out := h.run(t, check.args...); strings.Contains(out, check.not) {
