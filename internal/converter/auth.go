@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/mergenhq/mergen/internal/atomicfile"
 )
 
 // SaveDockerAuth stores user:pass for registry in the Docker config file
@@ -39,8 +41,11 @@ func SaveDockerAuth(registry, user, pass string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("docker config %s: %w", p, err)
+	}
 	// The file holds secrets: owner only.
-	if err := writeFileAtomic(p, b, 0o600); err != nil {
+	if err := atomicfile.WriteFile(p, b, 0o600); err != nil {
 		return "", fmt.Errorf("docker config %s: %w", p, err)
 	}
 	return p, nil

@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/mergenhq/mergen/internal/atomicfile"
 )
 
 // cache is a content-addressed store of layer blobs as the source serves
@@ -145,7 +147,10 @@ func (c cache) saveRecord(r record) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(c.recordPath(r.Source, r.Platform), b, 0o644)
+	if err := os.MkdirAll(filepath.Dir(c.recordPath(r.Source, r.Platform)), 0o755); err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(c.recordPath(r.Source, r.Platform), b, 0o644)
 }
 
 // loadRecord returns the record for source and platform and checks that every
@@ -177,33 +182,4 @@ func (p progressWriter) Write(b []byte) (int, error) {
 		p(int64(len(b)))
 	}
 	return len(b), nil
-}
-
-// writeFileAtomic writes b to p through a synced temporary file and rename,
-// so readers see the old file or the new one, never a partial one.
-func writeFileAtomic(p string, b []byte, mode os.FileMode) error {
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(filepath.Dir(p), ".tmp-"+filepath.Base(p)+"-")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), p)
 }

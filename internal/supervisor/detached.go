@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/mergenhq/mergen/internal/atomicfile"
 )
 
 // detachedSupervisor runs each VM under `<lifecycle> supervise <id>`, a
@@ -334,7 +336,7 @@ func (d *detachedSupervisor) writeState(id string, st detachedState) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(d.dir(id), fileState), b, 0o644)
+	return atomicfile.WriteFile(filepath.Join(d.dir(id), fileState), b, 0o644)
 }
 
 func (d *detachedSupervisor) State(ctx context.Context, id string) (State, error) {

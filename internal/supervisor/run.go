@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/mergenhq/mergen/internal/atomicfile"
 )
 
 // Files the detached supervisor keeps in RunRoot/<id>/.
@@ -83,7 +85,7 @@ func RunDetached(ctx context.Context, o Options, id string) error {
 		// Like systemd: Environment= first, EnvironmentFile= overrides it.
 		env: append(append(os.Environ(), o.Env...), fileEnv...),
 	}
-	if err := writeFileAtomic(filepath.Join(dir, filePID), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, filePID), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 		return fmt.Errorf("supervise vm %s: %w", id, err)
 	}
 	defer os.Remove(filepath.Join(dir, filePID))
@@ -140,7 +142,7 @@ func (r *runner) setState(active, sub string) {
 	r.st.SupervisorPID = os.Getpid()
 	r.st.Updated = time.Now().UTC()
 	b, _ := json.Marshal(r.st)
-	if err := writeFileAtomic(filepath.Join(r.dir, fileState), append(b, '\n'), 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(r.dir, fileState), append(b, '\n'), 0o644); err != nil {
 		r.log.Error("write state", "err", err)
 	}
 }

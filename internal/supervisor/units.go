@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"text/template"
+
+	"github.com/mergenhq/mergen/internal/atomicfile"
 )
 
 //go:embed units/*.tmpl
@@ -99,7 +101,7 @@ func InstallUnits(ctx context.Context, o Options, unitDir string) error {
 		return fmt.Errorf("install units: %w", err)
 	}
 	for _, u := range units {
-		if err := writeFileAtomic(filepath.Join(unitDir, u.Name), u.Content, 0o644); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(unitDir, u.Name), u.Content, 0o644); err != nil {
 			return fmt.Errorf("install units: %w", err)
 		}
 	}
@@ -119,31 +121,4 @@ func checkExecutable(path string) error {
 		return fmt.Errorf("%w: %s is not an executable file", ErrUnavailable, path)
 	}
 	return nil
-}
-
-// writeFileAtomic replaces path with data: readers see the old file or the
-// new one, never a part.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
