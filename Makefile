@@ -20,13 +20,18 @@ TEST_TIMEOUT ?= 25m
 export PATH := /usr/local/go/bin:$(BUILD)/tools:$(PATH)
 export MERGEN_TEST_ASSETS := $(ASSETS)
 
-.PHONY: all build deps assets test test-unit bench run stop clean fmt vet
+.PHONY: all build deps deps-runtime assets test test-unit bench run stop clean fmt vet
 
 all: build
 
 deps:
 	@if [ "$$(id -u)" -eq 0 ]; then scripts/install-deps.sh; \
 	else echo "make deps: not root, skipping package installation"; fi
+
+# What running mergen needs, without the test and benchmark tooling.
+deps-runtime:
+	@if [ "$$(id -u)" -eq 0 ]; then scripts/install-deps.sh runtime; \
+	else echo "make deps-runtime: not root, skipping package installation"; fi
 
 build:
 	@mkdir -p $(BIN)
@@ -53,7 +58,7 @@ test-unit:
 bench: deps build assets
 	@for b in bench/*.sh; do echo "== $$b"; bash $$b || exit 1; done
 
-run: deps build assets
+run: deps-runtime build assets
 	scripts/run-demo.sh
 
 stop:

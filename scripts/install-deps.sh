@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# Installs everything the build and the test suite need on a fresh Debian 12
-# host, as root. Idempotent: every step checks before it acts.
+# Installs what mergen needs on a fresh Debian 12 host, as root. Idempotent:
+# every step checks before it acts.
+#
+#   scripts/install-deps.sh           everything: running VMs, the build, the
+#                                     test suite and the benchmarks
+#   scripts/install-deps.sh runtime   only what running mergen needs
 #
 # Each file in scripts/deps.d/ installs what one part of mergen needs; they run
-# in name order after one shared package-index refresh.
+# in name order after one shared package-index refresh. Files numbered below
+# 40 are the runtime; the rest serve tests and benchmarks (a systemd
+# container image, a registry, an S3 server, nginx and wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +33,18 @@ apt_install() {
 }
 export -f apt_install
 
+mode=${1:-all}
+case "$mode" in
+  all | runtime) ;;
+  *) echo "install-deps: unknown mode \"$mode\" (want all or runtime)" >&2; exit 2 ;;
+esac
+
 for f in scripts/deps.d/*.sh; do
   [ -e "$f" ] || continue
+  n=$(basename "$f")
+  if [ "$mode" = runtime ] && [ "${n%%-*}" -ge 40 ]; then
+    continue
+  fi
   echo "install-deps: $f"
   bash "$f"
 done
