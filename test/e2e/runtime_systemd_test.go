@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -95,15 +94,7 @@ func (c *containerHost) killDaemon(t *testing.T) {
 func (c *containerHost) restartDaemon(t *testing.T) { c.startDaemon(t) }
 
 func (c *containerHost) files(t *testing.T) []string {
-	var out []string
-	for _, root := range []string{c.h.env["MGR_CONFIG_ROOT"], c.h.env["MGR_RUN_ROOT"], c.h.env["MGR_DATA_ROOT"]} {
-		filepath.Walk(root, func(p string, _ os.FileInfo, err error) error {
-			if err == nil {
-				out = append(out, p)
-			}
-			return nil
-		})
-	}
+	out := rootFiles(c.h)
 	// Units the daemon installed and any per-VM unit state.
 	units, _ := c.exec(t, "systemctl", "list-units", "--all", "--no-legend", "mergen@*", "mergen-failure@*")
 	for _, l := range strings.Split(units, "\n") {

@@ -175,10 +175,13 @@ func (b *bareHost) killDaemon(t *testing.T) {
 	}
 	b.d.cmd.Wait()
 }
-func (b *bareHost) restartDaemon(t *testing.T) { b.d = b.h.startBinary(t, b.bin, b.port) }
-func (b *bareHost) files(t *testing.T) []string {
+func (b *bareHost) restartDaemon(t *testing.T)  { b.d = b.h.startBinary(t, b.bin, b.port) }
+func (b *bareHost) files(t *testing.T) []string { return rootFiles(b.h) }
+
+// rootFiles lists every path under the host's mergen roots.
+func rootFiles(h *host) []string {
 	var out []string
-	for _, root := range []string{b.h.env["MGR_CONFIG_ROOT"], b.h.env["MGR_RUN_ROOT"], b.h.env["MGR_DATA_ROOT"]} {
+	for _, root := range []string{h.env["MGR_CONFIG_ROOT"], h.env["MGR_RUN_ROOT"], h.env["MGR_DATA_ROOT"]} {
 		filepath.Walk(root, func(p string, _ os.FileInfo, err error) error {
 			if err == nil {
 				out = append(out, p)
