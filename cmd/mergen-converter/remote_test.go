@@ -3,9 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,36 +11,6 @@ import (
 
 	"github.com/mergenhq/mergen/internal/testenv"
 )
-
-func startS3Gateway(t *testing.T, bucket string) string {
-	t.Helper()
-	bin := testenv.Tool(t, "versitygw")
-	root := t.TempDir()
-	// The posix backend treats top-level directories as buckets.
-	if err := os.Mkdir(filepath.Join(root, bucket), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	cmd := exec.Command(bin, "--access", "conv-access", "--secret", "conv-secret-key", "--port", addr, "posix", root)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return "http://" + addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("versitygw did not start on %s", addr)
-		}
-	}
-}
 
 func runRemoteCLI(t *testing.T, stdin string, args ...string) (string, error) {
 	t.Helper()
@@ -61,7 +29,7 @@ func runRemoteCLI(t *testing.T, stdin string, args ...string) (string, error) {
 
 // A build machine publishes a converted image; another installs it.
 func TestPayloadPushPullThroughS3Profile(t *testing.T) {
-	endpoint := startS3Gateway(t, "payloads")
+	endpoint := testenv.StartS3(t, "conv-access", "conv-secret-key", "payloads").Endpoint
 	t.Setenv("MERGEN_CONFIG_FILE", filepath.Join(t.TempDir(), "config.json"))
 	if _, err := runRemoteCLI(t, "", "init", "-registry", "ci", "--bucket", "payloads", "--endpoint", endpoint, "--path-style"); err != nil {
 		t.Fatal(err)

@@ -3,9 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,37 +13,6 @@ import (
 
 	"github.com/mergenhq/mergen/internal/testenv"
 )
-
-// startVersity runs a real S3 server on loopback with one bucket directory.
-func startVersity(t *testing.T, bucket string) string {
-	t.Helper()
-	bin := testenv.Tool(t, "versitygw")
-	root := t.TempDir()
-	// The posix backend treats top-level directories as buckets.
-	if err := os.Mkdir(filepath.Join(root, bucket), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	cmd := exec.Command(bin, "--access", "cli-access", "--secret", "cli-secret-key", "--port", addr, "posix", root)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return "http://" + addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("versitygw did not start on %s", addr)
-		}
-	}
-}
 
 func runCLI(t *testing.T, stdin string, args ...string) (string, error) {
 	t.Helper()
@@ -65,7 +32,7 @@ func runCLI(t *testing.T, stdin string, args ...string) (string, error) {
 // An operator's whole path: store a profile, push the base assets, pull
 // latest on a "new machine", list what is there.
 func TestConfigAndImagesCommands(t *testing.T) {
-	endpoint := startVersity(t, "fleet")
+	endpoint := testenv.StartS3(t, "cli-access", "cli-secret-key", "fleet").Endpoint
 	cfg := filepath.Join(t.TempDir(), "config.json")
 	t.Setenv("MERGEN_CONFIG_FILE", cfg)
 	t.Setenv("MGR_PROGRESS_EVERY_MILLISECONDS", "10")

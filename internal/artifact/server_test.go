@@ -3,8 +3,6 @@ package artifact
 import (
 	"context"
 	"net"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -22,52 +20,13 @@ const (
 	testBucket = "artifacts"
 )
 
-// s3Server is a real S3 server (versitygw, posix backend) on loopback.
-type s3Server struct {
-	Endpoint string
-	Root     string // backing directory: <Root>/<bucket>/<key>
-}
-
-func freePort(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
+// s3Server is the test's real S3 server with testBucket in it.
+type s3Server struct{ *testenv.S3 }
 
 // startS3 starts versitygw for the test and creates testBucket.
 func startS3(t testing.TB) *s3Server {
 	t.Helper()
-	bin := testenv.Tool(t, "versitygw")
-	root := t.TempDir()
-	addr := freePort(t)
-	cmd := exec.Command(bin, "--access", testAccess, "--secret", testSecret, "--port", addr, "posix", root)
-	logf, err := os.Create(filepath.Join(t.TempDir(), "versitygw.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait(); logf.Close() })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(logf.Name())
-			t.Fatalf("versitygw did not listen on %s: %v\n%s", addr, err, b)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	srv := &s3Server{Endpoint: "http://" + addr, Root: root}
+	srv := &s3Server{testenv.StartS3(t, testAccess, testSecret)}
 	c := srv.client(t, srv.Profile())
 	if _, err := c.s3.CreateBucket(context.Background(), &s3.CreateBucketInput{Bucket: aws.String(testBucket)}); err != nil {
 		t.Fatalf("create bucket: %v", err)
@@ -99,4 +58,15 @@ func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// freePort is a loopback address nothing listens on.
+func freePort(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
