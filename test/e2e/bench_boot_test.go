@@ -27,15 +27,10 @@ import (
 //	go test -run '^$' -bench CreateToHTTP -benchtime 3x ./test/e2e/
 func BenchmarkCreateToHTTP(b *testing.B) {
 	testenv.RequireRoot(b)
-	assets := testenv.Assets(b)
-	mergen := testenv.Build(b, "./cmd/mergen")
-	lifecycleBin := testenv.Build(b, "./cmd/mergen-lifecycle")
-	h := newHost(b, map[string]string{
-		"MGR_SUPERVISOR": "detached", "MGR_VMM": "qemu", "MGR_QEMU_ACCEL": "tcg",
-		"MGR_LIFECYCLE_BIN": lifecycleBin, "MGR_BASE_ASSETS_DIR": assets, "MGR_GUEST_CIDR": "172.31.253.0/24",
-	})
+	vh := newVMHost(b, "detached", "172.31.253.0/24")
+	h, assets := vh.host, vh.assets
 	payload := webPayload(b, h.path("data", "images", "web"), "bench\n", "8080")
-	d := h.startBinary(b, mergen, freePort(b))
+	d := h.startBinary(b, vh.mergen, freePort(b))
 
 	var viaMergen, bare time.Duration
 	for i := 0; i < b.N; i++ {

@@ -21,6 +21,7 @@ import (
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/daemon"
 	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/testenv"
 )
 
 // host is one temporary mergen host: its roots and base assets.
@@ -208,4 +209,35 @@ func errMessage(body []byte) string {
 		return fmt.Sprintf("<not an error document: %q>", body)
 	}
 	return e.Error
+}
+
+// vmHostSetup is a host that boots real guests: the built mergen and
+// mergen-lifecycle, the base assets from `make assets`, QEMU under TCG.
+type vmHostSetup struct {
+	*host
+	mergen, lifecycle, assets string
+}
+
+// newVMHost prepares such a host on its own guest network; supervisor is
+// "detached", or "" to let the daemon choose (systemd inside a container).
+func newVMHost(t testing.TB, supervisor, cidr string) *vmHostSetup {
+	t.Helper()
+	s := &vmHostSetup{
+		assets:    testenv.Assets(t),
+		mergen:    testenv.Build(t, "./cmd/mergen"),
+		lifecycle: testenv.Build(t, "./cmd/mergen-lifecycle"),
+	}
+	env := map[string]string{
+		"MGR_VMM":                  "qemu",
+		"MGR_QEMU_ACCEL":           "tcg",
+		"MGR_LIFECYCLE_BIN":        s.lifecycle,
+		"MGR_BASE_ASSETS_DIR":      s.assets,
+		"MGR_GUEST_CIDR":           cidr,
+		"MGR_STOP_TIMEOUT_SECONDS": "20",
+	}
+	if supervisor != "" {
+		env["MGR_SUPERVISOR"] = supervisor
+	}
+	s.host = newHost(t, env)
+	return s
 }

@@ -38,18 +38,9 @@ type demoStack struct {
 
 func newDemoStack(t testing.TB, cidr string) *demoStack {
 	t.Helper()
-	assets := testenv.Assets(t)
-	s := &demoStack{mergen: testenv.Build(t, "./cmd/mergen"), domain: "mergen.test"}
-	lifecycleBin := testenv.Build(t, "./cmd/mergen-lifecycle")
+	vh := newVMHost(t, "detached", cidr)
+	s := &demoStack{h: vh.host, mergen: vh.mergen, domain: "mergen.test"}
 	forwarder := testenv.Build(t, "./cmd/mergen-forwarder")
-	s.h = newHost(t, map[string]string{
-		"MGR_SUPERVISOR":      "detached",
-		"MGR_VMM":             "qemu",
-		"MGR_QEMU_ACCEL":      "tcg",
-		"MGR_LIFECYCLE_BIN":   lifecycleBin,
-		"MGR_BASE_ASSETS_DIR": assets,
-		"MGR_GUEST_CIDR":      cidr,
-	})
 	s.d = s.h.startBinary(t, s.mergen, freePort(t))
 
 	certDir := s.h.path("certs")

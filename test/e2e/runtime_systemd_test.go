@@ -112,20 +112,11 @@ func TestVMRuntimeUnderSystemd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIPPED in -short mode: boots a container and a QEMU guest")
 	}
-	assets := testenv.Assets(t)
-	mergen := testenv.Build(t, "./cmd/mergen")
-	lifecycleBin := testenv.Build(t, "./cmd/mergen-lifecycle")
-	h := newHost(t, map[string]string{
-		"MGR_VMM":                  "qemu",
-		"MGR_QEMU_ACCEL":           "tcg",
-		"MGR_LIFECYCLE_BIN":        lifecycleBin,
-		"MGR_BASE_ASSETS_DIR":      assets,
-		"MGR_GUEST_CIDR":           "172.31.251.0/24",
-		"MGR_STOP_TIMEOUT_SECONDS": "20",
-	})
+	vh := newVMHost(t, "", "172.31.251.0/24")
+	h := vh.host
 	payload := webPayload(t, h.path("data", "images", "web"), "hello from a mergen guest\n", "8080")
-	c := nspawn.Boot(t, nspawn.Config{Binds: []string{filepath.Dir(mergen), filepath.Dir(lifecycleBin), assets, h.root, "/dev/net/tun"}})
-	ch := &containerHost{c: c, h: h, bin: mergen, port: 8080}
+	c := nspawn.Boot(t, nspawn.Config{Binds: []string{filepath.Dir(vh.mergen), filepath.Dir(vh.lifecycle), vh.assets, h.root, "/dev/net/tun"}})
+	ch := &containerHost{c: c, h: h, bin: vh.mergen, port: 8080}
 	ch.startDaemon(t)
 	t.Cleanup(func() {
 		if t.Failed() {

@@ -199,21 +199,11 @@ func TestVMRuntimeDetached(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIPPED in -short mode: boots a QEMU guest")
 	}
-	assets := testenv.Assets(t)
-	mergen := testenv.Build(t, "./cmd/mergen")
-	lifecycleBin := testenv.Build(t, "./cmd/mergen-lifecycle")
-	h := newHost(t, map[string]string{
-		"MGR_SUPERVISOR":           "detached",
-		"MGR_VMM":                  "qemu",
-		"MGR_QEMU_ACCEL":           "tcg",
-		"MGR_LIFECYCLE_BIN":        lifecycleBin,
-		"MGR_BASE_ASSETS_DIR":      assets,
-		"MGR_GUEST_CIDR":           "172.31.250.0/24",
-		"MGR_STOP_TIMEOUT_SECONDS": "20",
-	})
+	vh := newVMHost(t, "detached", "172.31.250.0/24")
+	h := vh.host
 	payload := webPayload(t, h.path("data", "images", "web"), "hello from a mergen guest\n", "8080")
-	b := &bareHost{h: h, bin: mergen, port: freePort(t)}
-	b.d = h.startBinary(t, mergen, b.port)
+	b := &bareHost{h: h, bin: vh.mergen, port: freePort(t)}
+	b.d = h.startBinary(t, vh.mergen, b.port)
 	t.Cleanup(func() { dumpConsoles(t, h) })
 	runtimeScenario(t, b, payload)
 }
