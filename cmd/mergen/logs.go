@@ -13,11 +13,7 @@ func newLogsCmd() *cobra.Command {
 		Short: "Show a VM's console: guest kernel, mergen-init and payload output",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := f.client()
-			if err != nil {
-				return err
-			}
-			vm, err := c.Resolve(cmd.Context(), args[0])
+			c, vm, err := f.resolve(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -34,6 +35,17 @@ func (f *apiFlags) client() (*client.Client, error) {
 		return nil, fmt.Errorf("--output %q: want table or json", f.output)
 	}
 	return client.New(f.addr)
+}
+
+// resolve connects to the daemon and finds the VM a user named by id, id
+// prefix or name. The VM document comes from the list, current as of now.
+func (f *apiFlags) resolve(ctx context.Context, ref string) (*client.Client, manager.VM, error) {
+	c, err := f.client()
+	if err != nil {
+		return nil, manager.VM{}, err
+	}
+	vm, err := c.Resolve(ctx, ref)
+	return c, vm, err
 }
 
 func envOr(k, def string) string {
@@ -197,15 +209,8 @@ func newVMInspectCmd(f *apiFlags) *cobra.Command {
 		Short: "Show everything about one VM (JSON)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := f.client()
+			_, vm, err := f.resolve(cmd.Context(), args[0])
 			if err != nil {
-				return err
-			}
-			vm, err := c.Resolve(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			if vm, err = c.Get(cmd.Context(), vm.ID); err != nil {
 				return err
 			}
 			return printJSON(cmd.OutOrStdout(), vm)
