@@ -30,52 +30,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/mergenhq/mergen/internal/converter"
+	"github.com/mergenhq/mergen/internal/converter/imagetest"
 	"github.com/mergenhq/mergen/internal/imagemeta"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
-
-type ent struct {
-	name, body, link string
-	typ              byte
-	mode             int64
-	uid, gid         int
-	xattrs           map[string]string
-}
-
-func layerOf(t *testing.T, es ...ent) v1.Layer {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range es {
-		h := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: e.mode, Linkname: e.link, Uid: e.uid, Gid: e.gid}
-		if h.Typeflag == 0 {
-			h.Typeflag, h.Size = tar.TypeReg, int64(len(e.body))
-		}
-		if h.Mode == 0 {
-			h.Mode = 0o644
-			if h.Typeflag == tar.TypeDir {
-				h.Mode = 0o755
-			}
-		}
-		for k, v := range e.xattrs {
-			if h.PAXRecords == nil {
-				h.PAXRecords = map[string]string{}
-			}
-			h.PAXRecords["SCHILY.xattr."+k] = v
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		io.WriteString(tw, e.body)
-	}
-	tw.Close()
-	b := buf.Bytes()
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
 
 func imageOf(t *testing.T, layers ...v1.Layer) v1.Image {
 	t.Helper()
@@ -149,18 +107,6 @@ func push(t *testing.T, ref string, img v1.Image, opts ...remote.Option) {
 	}
 }
 
-func debugfs(t *testing.T, img, req string) string {
-	t.Helper()
-	var stderr bytes.Buffer
-	cmd := exec.Command(testenv.Tool(t, "debugfs"), "-R", req, img)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("debugfs %q: %v: %s", req, err, stderr.String())
-	}
-	return string(out) + stderr.String()
-}
-
 func run(t *testing.T, env []string, args ...string) (string, error) {
 	t.Helper()
 	cmd := exec.Command(testenv.Build(t, "./cmd/mergen-converter"), args...)
@@ -179,22 +125,22 @@ func TestEndToEndAgainstDistribution(t *testing.T) {
 
 	good := addr + "/e2e/web:1"
 	push(t, good, imageOf(t,
-		layerOf(t,
-			ent{name: "bin/", typ: tar.TypeDir},
-			ent{name: "bin/server", body: "#!/bin/sh\n", mode: 0o755},
-			ent{name: "bin/passwd", body: "pw", mode: 0o4755},
-			ent{name: "tmp/", typ: tar.TypeDir, mode: 0o1777},
-			ent{name: "etc/", typ: tar.TypeDir},
-			ent{name: "etc/old.conf", body: "old"},
+		imagetest.Layer(t,
+			imagetest.Entry{Name: "bin/", Type: tar.TypeDir},
+			imagetest.Entry{Name: "bin/server", Body: "#!/bin/sh\n", Mode: 0o755},
+			imagetest.Entry{Name: "bin/passwd", Body: "pw", Mode: 0o4755},
+			imagetest.Entry{Name: "tmp/", Type: tar.TypeDir, Mode: 0o1777},
+			imagetest.Entry{Name: "etc/", Type: tar.TypeDir},
+			imagetest.Entry{Name: "etc/old.conf", Body: "old"},
 		),
-		layerOf(t,
-			ent{name: "etc/.wh.old.conf"},
-			ent{name: "etc/new.conf", body: "new"},
-			ent{name: "bin/passwd2", typ: tar.TypeLink, link: "bin/passwd"},
+		imagetest.Layer(t,
+			imagetest.Entry{Name: "etc/.wh.old.conf"},
+			imagetest.Entry{Name: "etc/new.conf", Body: "new"},
+			imagetest.Entry{Name: "bin/passwd2", Type: tar.TypeLink, Link: "bin/passwd"},
 		),
-		layerOf(t,
-			ent{name: "www/", typ: tar.TypeDir, uid: 33, gid: 33},
-			ent{name: "www/index.html", body: "<h1>hi</h1>", uid: 33, gid: 33, xattrs: map[string]string{"user.origin": "e2e"}},
+		imagetest.Layer(t,
+			imagetest.Entry{Name: "www/", Type: tar.TypeDir, UID: 33, GID: 33},
+			imagetest.Entry{Name: "www/index.html", Body: "<h1>hi</h1>", UID: 33, GID: 33, Xattrs: map[string]string{"user.origin": "e2e"}},
 		),
 	))
 
@@ -213,7 +159,7 @@ func TestEndToEndAgainstDistribution(t *testing.T) {
 			t.Errorf("no progress line %q in:\n%s", line, out)
 		}
 	}
-	if got := debugfs(t, img, "cat /etc/new.conf"); !strings.Contains(got, "new") {
+	if got := imagetest.Debugfs(t, img, "cat /etc/new.conf"); !strings.Contains(got, "new") {
 		t.Errorf("/etc/new.conf: %s", got)
 	}
 	for _, c := range []struct{ path, re string }{
@@ -224,11 +170,11 @@ func TestEndToEndAgainstDistribution(t *testing.T) {
 		{"/www/index.html", `User:\s+33\s+Group:\s+33`},
 		{"/.mergen/" + imagemeta.RuntimeFile, `Type: regular`},
 	} {
-		if got := debugfs(t, img, "stat "+c.path); !regexp.MustCompile(c.re).MatchString(got) {
+		if got := imagetest.Debugfs(t, img, "stat "+c.path); !regexp.MustCompile(c.re).MatchString(got) {
 			t.Errorf("%s: want %s in:\n%s", c.path, c.re, got)
 		}
 	}
-	if got := debugfs(t, img, "ea_get /www/index.html user.origin"); !strings.Contains(got, "e2e") {
+	if got := imagetest.Debugfs(t, img, "ea_get /www/index.html user.origin"); !strings.Contains(got, "e2e") {
 		t.Errorf("xattr: %s", got)
 	}
 
@@ -248,7 +194,7 @@ func TestEndToEndAgainstDistribution(t *testing.T) {
 	if err != nil {
 		t.Fatalf("env disk: %v\n%s", err, out)
 	}
-	if got := debugfs(t, envDisk, "cat /env"); !strings.Contains(got, "GREETING=hello\n") {
+	if got := imagetest.Debugfs(t, envDisk, "cat /env"); !strings.Contains(got, "GREETING=hello\n") {
 		t.Errorf("env file: %s", got)
 	}
 	if out, err = run(t, env, "--env-rootfs", "--env-var", "BAD KEY=1", "-o", envDisk+"2"); err == nil || !strings.Contains(out, "BAD KEY") {
@@ -258,8 +204,8 @@ func TestEndToEndAgainstDistribution(t *testing.T) {
 	// A layer with a symlink out of the root, then a file through it.
 	evil := addr + "/e2e/evil:1"
 	push(t, evil, imageOf(t,
-		layerOf(t, ent{name: "x", typ: tar.TypeSymlink, link: "../../../../../../tmp"}),
-		layerOf(t, ent{name: "x/mergen-escaped", body: "pwned"}),
+		imagetest.Layer(t, imagetest.Entry{Name: "x", Type: tar.TypeSymlink, Link: "../../../../../../tmp"}),
+		imagetest.Layer(t, imagetest.Entry{Name: "x/mergen-escaped", Body: "pwned"}),
 	))
 	out, err = run(t, env, evil)
 	if err == nil || !strings.Contains(out, "leads out of the root") {
@@ -298,7 +244,7 @@ func TestLoginStoresCredentialsThatPullsUse(t *testing.T) {
 	defer srv.Close()
 	host := strings.TrimPrefix(srv.URL, "http://")
 	ref := host + "/private/app:1"
-	push(t, ref, imageOf(t, layerOf(t, ent{name: "bin/server", body: "x", mode: 0o755})),
+	push(t, ref, imageOf(t, imagetest.Layer(t, imagetest.Entry{Name: "bin/server", Body: "x", Mode: 0o755})),
 		remote.WithAuth(&authn.Basic{Username: "ci", Password: "s3cret"}))
 
 	cfgDir := t.TempDir()
@@ -337,19 +283,19 @@ func TestUnprivilegedConversionKeepsOwnersAndDevices(t *testing.T) {
 	defer os.RemoveAll(work)
 	os.Chmod(work, 0o755)
 	img := imageOf(t,
-		layerOf(t,
-			ent{name: "bin/", typ: tar.TypeDir},
-			ent{name: "bin/su", body: "su", mode: 0o4755},
-			ent{name: "dev/", typ: tar.TypeDir},
-			ent{name: "dev/null", typ: tar.TypeChar, mode: 0o666},
-			ent{name: "srv/", typ: tar.TypeDir, uid: 33, gid: 33},
-			ent{name: "srv/gone", body: "x", uid: 33, gid: 33},
-			ent{name: "ro/", typ: tar.TypeDir, mode: 0o555},
-			ent{name: "ro/secret", body: "s", mode: 0o004},
+		imagetest.Layer(t,
+			imagetest.Entry{Name: "bin/", Type: tar.TypeDir},
+			imagetest.Entry{Name: "bin/su", Body: "su", Mode: 0o4755},
+			imagetest.Entry{Name: "dev/", Type: tar.TypeDir},
+			imagetest.Entry{Name: "dev/null", Type: tar.TypeChar, Mode: 0o666},
+			imagetest.Entry{Name: "srv/", Type: tar.TypeDir, UID: 33, GID: 33},
+			imagetest.Entry{Name: "srv/gone", Body: "x", UID: 33, GID: 33},
+			imagetest.Entry{Name: "ro/", Type: tar.TypeDir, Mode: 0o555},
+			imagetest.Entry{Name: "ro/secret", Body: "s", Mode: 0o004},
 		),
-		layerOf(t,
-			ent{name: "srv/.wh.gone"},
-			ent{name: "srv/page", body: "p", uid: 33, gid: 33, mode: 0o640},
+		imagetest.Layer(t,
+			imagetest.Entry{Name: "srv/.wh.gone"},
+			imagetest.Entry{Name: "srv/page", Body: "p", UID: 33, GID: 33, Mode: 0o640},
 		),
 	)
 	tag, _ := name.NewTag("example.com/unpriv:1")
@@ -379,7 +325,7 @@ func TestUnprivilegedConversionKeepsOwnersAndDevices(t *testing.T) {
 	if out, err := exec.Command("e2fsck", "-fn", disk).CombinedOutput(); err != nil {
 		t.Fatalf("e2fsck: %v\n%s", err, out)
 	}
-	if got := debugfs(t, disk, "stats"); !regexp.MustCompile(`Filesystem volume name:\s+mergen-payload\n`).MatchString(got) {
+	if got := imagetest.Debugfs(t, disk, "stats"); !regexp.MustCompile(`Filesystem volume name:\s+mergen-payload\n`).MatchString(got) {
 		t.Errorf("label:\n%s", got)
 	}
 	for _, c := range []struct{ path, re string }{
@@ -393,7 +339,7 @@ func TestUnprivilegedConversionKeepsOwnersAndDevices(t *testing.T) {
 		{"/ro/secret", `Mode:\s+0004`},
 		{"/.mergen/" + imagemeta.RuntimeFile, `Type: regular`},
 	} {
-		if got := debugfs(t, disk, "stat "+c.path); !regexp.MustCompile(c.re).MatchString(got) {
+		if got := imagetest.Debugfs(t, disk, "stat "+c.path); !regexp.MustCompile(c.re).MatchString(got) {
 			t.Errorf("%s: want %s in:\n%s", c.path, c.re, got)
 		}
 	}

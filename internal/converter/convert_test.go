@@ -2,7 +2,6 @@ package converter
 
 import (
 	"archive/tar"
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
@@ -27,54 +26,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"github.com/mergenhq/mergen/internal/converter/imagetest"
 	"github.com/mergenhq/mergen/internal/imagemeta"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
-
-// tent is one tar entry of a test layer.
-type tent struct {
-	name, body, link string
-	typ              byte
-	mode             int64
-	uid, gid         int
-	xattrs           map[string]string
-}
-
-func tarLayer(t testing.TB, es ...tent) v1.Layer {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range es {
-		h := &tar.Header{Name: e.name, Typeflag: e.typ, Mode: e.mode, Linkname: e.link, Uid: e.uid, Gid: e.gid}
-		if h.Typeflag == 0 {
-			h.Typeflag = tar.TypeReg
-			h.Size = int64(len(e.body))
-		}
-		if h.Mode == 0 {
-			h.Mode = 0o644
-			if h.Typeflag == tar.TypeDir {
-				h.Mode = 0o755
-			}
-		}
-		for k, v := range e.xattrs {
-			if h.PAXRecords == nil {
-				h.PAXRecords = map[string]string{}
-			}
-			h.PAXRecords["SCHILY.xattr."+k] = v
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		io.WriteString(tw, e.body)
-	}
-	tw.Close()
-	b := buf.Bytes()
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
 
 // testImage is an image with several layers exercising what layer
 // application must get right: whiteouts, an opaque dir, hard links, setuid,
@@ -82,27 +37,27 @@ func tarLayer(t testing.TB, es ...tent) v1.Layer {
 func testImage(t testing.TB, arch string) v1.Image {
 	t.Helper()
 	img, err := mutate.AppendLayers(empty.Image,
-		tarLayer(t,
-			tent{name: "bin/", typ: tar.TypeDir},
-			tent{name: "bin/app", body: "#!/bin/sh\necho hi\n", mode: 0o755},
-			tent{name: "bin/su", body: "su", mode: 0o4755},
-			tent{name: "etc/", typ: tar.TypeDir},
-			tent{name: "etc/gone", body: "removed later"},
-			tent{name: "var/cache/", typ: tar.TypeDir},
-			tent{name: "var/cache/old", body: "hidden by opaque"},
-			tent{name: "dev/", typ: tar.TypeDir},
-			tent{name: "dev/null", typ: tar.TypeChar, mode: 0o666},
+		imagetest.Layer(t,
+			imagetest.Entry{Name: "bin/", Type: tar.TypeDir},
+			imagetest.Entry{Name: "bin/app", Body: "#!/bin/sh\necho hi\n", Mode: 0o755},
+			imagetest.Entry{Name: "bin/su", Body: "su", Mode: 0o4755},
+			imagetest.Entry{Name: "etc/", Type: tar.TypeDir},
+			imagetest.Entry{Name: "etc/gone", Body: "removed later"},
+			imagetest.Entry{Name: "var/cache/", Type: tar.TypeDir},
+			imagetest.Entry{Name: "var/cache/old", Body: "hidden by opaque"},
+			imagetest.Entry{Name: "dev/", Type: tar.TypeDir},
+			imagetest.Entry{Name: "dev/null", Type: tar.TypeChar, Mode: 0o666},
 		),
-		tarLayer(t,
-			tent{name: "etc/.wh.gone"},
-			tent{name: "var/cache/", typ: tar.TypeDir},
-			tent{name: "var/cache/.wh..wh..opq"},
-			tent{name: "var/cache/new", body: "n"},
-			tent{name: "bin/su-link", typ: tar.TypeLink, link: "bin/su"},
-			tent{name: "home/web/", typ: tar.TypeDir, uid: 1000, gid: 1000, mode: 0o750},
+		imagetest.Layer(t,
+			imagetest.Entry{Name: "etc/.wh.gone"},
+			imagetest.Entry{Name: "var/cache/", Type: tar.TypeDir},
+			imagetest.Entry{Name: "var/cache/.wh..wh..opq"},
+			imagetest.Entry{Name: "var/cache/new", Body: "n"},
+			imagetest.Entry{Name: "bin/su-link", Type: tar.TypeLink, Link: "bin/su"},
+			imagetest.Entry{Name: "home/web/", Type: tar.TypeDir, UID: 1000, GID: 1000, Mode: 0o750},
 		),
-		tarLayer(t,
-			tent{name: "srv/data", body: "d", uid: 33, gid: 33, mode: 0o640, xattrs: map[string]string{"user.role": "web"}},
+		imagetest.Layer(t,
+			imagetest.Entry{Name: "srv/data", Body: "d", UID: 33, GID: 33, Mode: 0o640, Xattrs: map[string]string{"user.role": "web"}},
 		),
 	)
 	if err != nil {
@@ -169,25 +124,6 @@ func (rs *registryServer) push(t testing.TB, repo string, img v1.Image) string {
 	return ref
 }
 
-func debugfs(t testing.TB, img, req string) string {
-	t.Helper()
-	var stderr bytes.Buffer
-	cmd := exec.Command(testenv.Tool(t, "debugfs"), "-R", req, img)
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("debugfs %q: %v: %s", req, err, stderr.String())
-	}
-	// debugfs reports a missing file on stderr, after its version banner.
-	var msgs []string
-	for _, l := range strings.SplitAfter(stderr.String(), "\n") {
-		if !strings.HasPrefix(l, "debugfs ") {
-			msgs = append(msgs, l)
-		}
-	}
-	return string(out) + strings.Join(msgs, "")
-}
-
 func TestConvertFromRegistryMakesTheExpectedDisk(t *testing.T) {
 	testenv.RequireRoot(t)
 	rs := newRegistry(t)
@@ -228,7 +164,7 @@ func TestConvertFromRegistryMakesTheExpectedDisk(t *testing.T) {
 	if out, err := exec.Command(testenv.Tool(t, "e2fsck"), "-fn", img).CombinedOutput(); err != nil {
 		t.Fatalf("e2fsck: %v\n%s", err, out)
 	}
-	if out := debugfs(t, img, "stats"); !regexp.MustCompile(`Filesystem volume name:\s+mergen-payload\n`).MatchString(out) {
+	if out := imagetest.Debugfs(t, img, "stats"); !regexp.MustCompile(`Filesystem volume name:\s+mergen-payload\n`).MatchString(out) {
 		t.Errorf("label not set:\n%s", out)
 	}
 	// The tree, owners and modes as debugfs reads them from the image.
@@ -244,16 +180,16 @@ func TestConvertFromRegistryMakesTheExpectedDisk(t *testing.T) {
 		{"/.mergen/" + imagemeta.RuntimeFile, `Type: regular`},
 		{"/.mergen/" + imagemeta.ImageMetaFile, `Type: regular`},
 	} {
-		if out := debugfs(t, img, "stat "+c.path); !regexp.MustCompile(c.re).MatchString(out) {
+		if out := imagetest.Debugfs(t, img, "stat "+c.path); !regexp.MustCompile(c.re).MatchString(out) {
 			t.Errorf("%s: want %s in:\n%s", c.path, c.re, out)
 		}
 	}
 	for _, gone := range []string{"/etc/gone", "/var/cache/old"} {
-		if out := debugfs(t, img, "stat "+gone); !strings.Contains(out, "File not found") {
+		if out := imagetest.Debugfs(t, img, "stat "+gone); !strings.Contains(out, "File not found") {
 			t.Errorf("%s should be whited out:\n%s", gone, out)
 		}
 	}
-	if out := debugfs(t, img, "ea_get /srv/data user.role"); !strings.Contains(out, "web") {
+	if out := imagetest.Debugfs(t, img, "ea_get /srv/data user.role"); !strings.Contains(out, "web") {
 		t.Errorf("xattr user.role missing:\n%s", out)
 	}
 
@@ -281,7 +217,7 @@ func TestConvertBadInputLeavesNoFinishedLookingOutput(t *testing.T) {
 	ref := rs.push(t, "team/app:1", testImage(t, "amd64"))
 	layers, _ := testImage(t, "amd64").Layers()
 	badDigest, _ := layers[1].Digest()
-	big, err := mutate.AppendLayers(empty.Image, tarLayer(t, tent{name: "big", body: strings.Repeat("x", 3<<20)}))
+	big, err := mutate.AppendLayers(empty.Image, imagetest.Layer(t, imagetest.Entry{Name: "big", Body: strings.Repeat("x", 3<<20)}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,7 +329,7 @@ func TestConvertFromOCILayoutAndDockerArchive(t *testing.T) {
 			if res.Meta.Digest != want.String() {
 				t.Errorf("digest %s, want the amd64 image %s", res.Meta.Digest, want)
 			}
-			if out := debugfs(t, res.Ext4, "stat /bin/su"); !regexp.MustCompile(`Mode:\s+04755`).MatchString(out) {
+			if out := imagetest.Debugfs(t, res.Ext4, "stat /bin/su"); !regexp.MustCompile(`Mode:\s+04755`).MatchString(out) {
 				t.Errorf("/bin/su:\n%s", out)
 			}
 			if _, err := os.Stat(filepath.Join(res.OutputDir, imagemeta.PayloadTar)); !os.IsNotExist(err) {
@@ -435,7 +371,7 @@ func TestConcurrentConversionsOfOneImageBothSucceed(t *testing.T) {
 func TestConvertOnAFullDiskFailsCleanly(t *testing.T) {
 	testenv.RequireRoot(t)
 	rs := newRegistry(t)
-	big, err := mutate.AppendLayers(empty.Image, tarLayer(t, tent{name: "big", body: strings.Repeat("0123456789abcdef", 1<<18)}))
+	big, err := mutate.AppendLayers(empty.Image, imagetest.Layer(t, imagetest.Entry{Name: "big", Body: strings.Repeat("0123456789abcdef", 1<<18)}))
 	if err != nil {
 		t.Fatal(err)
 	}

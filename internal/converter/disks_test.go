@@ -10,6 +10,8 @@ import (
 
 	"github.com/mergenhq/mergen/internal/imagemeta"
 	"github.com/mergenhq/mergen/internal/testenv"
+
+	"github.com/mergenhq/mergen/internal/converter/imagetest"
 )
 
 func TestEnvDiskLaysVarsOverTheImageEnvironment(t *testing.T) {
@@ -21,13 +23,13 @@ func TestEnvDiskLaysVarsOverTheImageEnvironment(t *testing.T) {
 	if err := EnvDisk(context.Background(), rtFile, []string{"MODE=prod", "TOKEN=a=b c"}, out); err != nil {
 		t.Fatal(err)
 	}
-	if got := debugfs(t, out, "cat /"+imagemeta.EnvFile); got != "PATH=/bin\nMODE=prod\nTOKEN=a=b c\n" {
+	if got := imagetest.Debugfs(t, out, "cat /"+imagemeta.EnvFile); got != "PATH=/bin\nMODE=prod\nTOKEN=a=b c\n" {
 		t.Errorf("env file = %q", got)
 	}
-	if got := debugfs(t, out, "cat /"+imagemeta.EnvDiskRuntimeCopy); !strings.Contains(got, `"MODE=prod"`) || !strings.Contains(got, `"/bin/app"`) {
+	if got := imagetest.Debugfs(t, out, "cat /"+imagemeta.EnvDiskRuntimeCopy); !strings.Contains(got, `"MODE=prod"`) || !strings.Contains(got, `"/bin/app"`) {
 		t.Errorf("runtime copy = %s", got)
 	}
-	if got := debugfs(t, out, "stats"); !regexp.MustCompile(`Filesystem volume name:\s+mergen-env\n`).MatchString(got) {
+	if got := imagetest.Debugfs(t, out, "stats"); !regexp.MustCompile(`Filesystem volume name:\s+mergen-env\n`).MatchString(got) {
 		t.Errorf("label not mergen-env:\n%s", got)
 	}
 }
@@ -55,11 +57,11 @@ func TestAgentDiskIsReadOnlyAndHoldsBin(t *testing.T) {
 	if err := AgentDisk(context.Background(), bin, out, 0); err != nil {
 		t.Fatal(err)
 	}
-	stats := debugfs(t, out, "stats")
+	stats := imagetest.Debugfs(t, out, "stats")
 	if !regexp.MustCompile(`Filesystem volume name:\s+mergen-agent\n`).MatchString(stats) || !regexp.MustCompile(`features:.*read-only`).MatchString(stats) {
 		t.Errorf("want label mergen-agent and the read-only feature:\n%s", stats)
 	}
-	if got := debugfs(t, out, "stat /bin/agent"); !regexp.MustCompile(`Mode:\s+0755`).MatchString(got) {
+	if got := imagetest.Debugfs(t, out, "stat /bin/agent"); !regexp.MustCompile(`Mode:\s+0755`).MatchString(got) {
 		t.Errorf("/bin/agent:\n%s", got)
 	}
 	if err := AgentDisk(context.Background(), filepath.Join(dir, "missing"), filepath.Join(dir, "a2.ext4"), 0); err == nil {
