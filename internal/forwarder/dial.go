@@ -2,19 +2,23 @@ package forwarder
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"runtime"
+	"syscall"
 
 	"github.com/vishvananda/netns"
 )
 
 // dialTarget connects to the VM's guestIP:httpPort from inside its network
-// namespace. The socket is created while the calling OS thread is in that
-// namespace and stays bound to it afterwards, so only the socket() call
-// needs the switch; the thread is switched back before it is unlocked. A
-// thread that cannot be switched back is left locked, so the runtime
-// retires it instead of reusing it in the wrong namespace.
+// namespace. A socket belongs to the namespace it was created in, so only
+// socket() needs the switch: the calling OS thread is locked and moved into
+// the VM's namespace, the dialer creates the socket, and its Control hook
+// (which runs before connect) moves the thread back and unlocks it. The
+// connect itself then waits like any other, without holding a thread. A
+// thread that cannot be moved back stays locked, so the runtime retires it
+// instead of reusing it in the wrong namespace.
 func dialTarget(ctx context.Context, d *net.Dialer, t *Target) (net.Conn, error) {
 	if t.NetnsPath == "" {
 		return d.DialContext(ctx, "tcp", t.Addr.String())
@@ -36,13 +40,33 @@ func dialTarget(ctx context.Context, d *net.Dialer, t *Target) (net.Conn, error)
 		runtime.UnlockOSThread()
 		return nil, fmt.Errorf("enter netns %s: %w", t.NetnsPath, err)
 	}
-	conn, dialErr := d.DialContext(ctx, "tcp", t.Addr.String())
-	if err := netns.Set(orig); err != nil {
+
+	inTarget := true
+	var leaveErr error
+	leave := func() {
+		if !inTarget {
+			return
+		}
+		inTarget = false
+		if leaveErr = netns.Set(orig); leaveErr == nil {
+			runtime.UnlockOSThread()
+		}
+	}
+	vd := *d
+	vd.ControlContext = func(context.Context, string, string, syscall.RawConn) error {
+		leave()
+		if leaveErr != nil {
+			return errors.New("cannot leave the VM's namespace")
+		}
+		return nil
+	}
+	conn, dialErr := vd.DialContext(ctx, "tcp", t.Addr.String())
+	leave() // when the dial failed before creating a socket
+	if leaveErr != nil {
 		if conn != nil {
 			conn.Close()
 		}
-		return nil, fmt.Errorf("leave netns %s: %w", t.NetnsPath, err)
+		return nil, fmt.Errorf("leave netns %s: %w", t.NetnsPath, leaveErr)
 	}
-	runtime.UnlockOSThread()
 	return conn, dialErr
 }

@@ -10,11 +10,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sys/unix"
 )
 
 // Server is a running forwarder.
@@ -27,6 +30,15 @@ type Server struct {
 	m        *metrics
 	dialer   net.Dialer
 
+	bytesUp, bytesDown prometheus.Counter
+
+	// loops relay established pairs (relay.go); next picks one round-robin.
+	loops []*loop
+	next  atomic.Uint32
+
+	// conns are client connections still in the handshake, resolve or dial
+	// phase (on their own goroutine); wg counts every connection until it
+	// is closed, whichever side holds it.
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
@@ -49,6 +61,8 @@ func New(cfg Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.bytesUp = s.m.bytes.WithLabelValues("to_backend")
+	s.bytesDown = s.m.bytes.WithLabelValues("to_client")
 	s.tlsConf = &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		NextProtos:     []string{"http/1.1"},
@@ -69,6 +83,11 @@ func (s *Server) Resolver() *Resolver { return s.resolver }
 // accepting, lets open connections finish for up to ShutdownTimeout and
 // closes the rest. It returns after every connection goroutine has ended.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if err := s.startLoops(); err != nil {
+		ln.Close()
+		return err
+	}
+	defer s.stopLoops()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var tempDelay time.Duration
@@ -90,19 +109,29 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			return fmt.Errorf("forwarder: accept on %s: %w", ln.Addr(), err)
 		}
 		tempDelay = 0
-		s.track(c, true, true)
+		s.track(c, true)
 		s.wg.Add(1)
+		s.m.active.Inc()
 		go func() {
-			defer s.wg.Done()
-			defer s.track(c, false, true)
-			s.handle(c)
+			relayed := s.handle(c)
+			s.track(c, false)
+			if !relayed {
+				c.Close()
+				s.connDone()
+			}
 		}()
 	}
 }
 
-// track records open connections (clients and their backends) so that a
-// shutdown past its timeout can close them all; the gauge counts clients.
-func (s *Server) track(c net.Conn, add, client bool) {
+// connDone is the end of every accepted connection, wherever it ended.
+func (s *Server) connDone() {
+	s.m.active.Dec()
+	s.wg.Done()
+}
+
+// track records connections on their own goroutine so that a shutdown
+// past its timeout can close them; relayed ones are the loops' to close.
+func (s *Server) track(c net.Conn, add bool) {
 	s.mu.Lock()
 	if add {
 		s.conns[c] = struct{}{}
@@ -110,11 +139,27 @@ func (s *Server) track(c net.Conn, add, client bool) {
 		delete(s.conns, c)
 	}
 	s.mu.Unlock()
-	if client && add {
-		s.m.active.Inc()
-	} else if client {
-		s.m.active.Dec()
+}
+
+func (s *Server) startLoops() error {
+	n := max(runtime.GOMAXPROCS(0), 1)
+	for range n {
+		l, err := newLoop(s.cfg.IdleTimeout, s.cfg.MaxConnDuration)
+		if err != nil {
+			s.stopLoops()
+			return fmt.Errorf("forwarder: start relay loop: %w", err)
+		}
+		s.loops = append(s.loops, l)
+		go l.run()
 	}
+	return nil
+}
+
+func (s *Server) stopLoops() {
+	for _, l := range s.loops {
+		l.stop()
+	}
+	s.loops = nil
 }
 
 func (s *Server) shutdown() error {
@@ -123,6 +168,9 @@ func (s *Server) shutdown() error {
 	s.mu.Lock()
 	n := len(s.conns)
 	s.mu.Unlock()
+	for _, l := range s.loops {
+		n += int(l.open.Load())
+	}
 	if n > 0 {
 		s.log.Info("shutting down, waiting for open connections", "open", n, "timeout", s.cfg.ShutdownTimeout)
 	}
@@ -137,18 +185,24 @@ func (s *Server) shutdown() error {
 		c.Close()
 	}
 	s.mu.Unlock()
+	for _, l := range s.loops {
+		n += int(l.open.Load())
+		l.closeAll()
+	}
 	<-done
 	s.log.Warn("shutdown timeout reached, closed open connections", "closed", n)
 	return nil
 }
 
-// handle runs one client connection from handshake to close.
-func (s *Server) handle(raw net.Conn) {
+// handle takes one client connection through the handshake, the label,
+// the resolver and the dial, and answers the failures itself. It returns
+// true once the connection belongs to a relay loop, which closes it.
+func (s *Server) handle(raw net.Conn) (relayed bool) {
 	start := time.Now()
 	log := s.log.With("client", raw.RemoteAddr().String())
-	defer raw.Close()
 
-	tc := tls.Server(raw, s.tlsConf)
+	client := newLoopConn(raw)
+	tc := tls.Server(client, s.tlsConf)
 	hctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()
@@ -156,7 +210,7 @@ func (s *Server) handle(raw net.Conn) {
 		s.m.errors.WithLabelValues(kindHandshake).Inc()
 		s.m.conns.WithLabelValues("failed").Inc()
 		log.Debug("tls handshake failed", "kind", kindHandshake, "err", err, "duration", time.Since(start))
-		return
+		return false
 	}
 	s.m.handshake.Observe(time.Since(start).Seconds())
 	sni := tc.ConnectionState().ServerName
@@ -172,7 +226,7 @@ func (s *Server) handle(raw net.Conn) {
 			kind = kindDomain
 		}
 		s.reject(tc, log, kind, http.StatusMisdirectedRequest, err.Error()+"\n")
-		return
+		return false
 	}
 	log = log.With("label", label)
 
@@ -180,19 +234,19 @@ func (s *Server) handle(raw net.Conn) {
 	switch {
 	case errors.Is(err, ErrNotFound):
 		s.reject(tc, log, kindNotFound, http.StatusNotFound, fmt.Sprintf("no VM answers to %q\n", label))
-		return
+		return false
 	case errors.Is(err, ErrAmbiguous):
 		s.reject(tc, log, kindAmbiguous, http.StatusConflict, err.Error()+"\n")
-		return
+		return false
 	case err != nil:
 		s.reject(tc, log, kindResolver, http.StatusBadGateway, "cannot resolve the VM\n")
 		log.Error("resolver failed", "err", err)
-		return
+		return false
 	}
 	log = log.With("vm", t.ID)
 	if t.Problem != "" {
 		s.reject(tc, log, kindNoPort, http.StatusBadGateway, t.Problem+"\n")
-		return
+		return false
 	}
 
 	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DialTimeout)
@@ -203,28 +257,50 @@ func (s *Server) handle(raw net.Conn) {
 	if err != nil {
 		log.Warn("dial failed", "addr", t.Addr.String(), "netns", t.NetnsPath, "err", err)
 		s.reject(tc, log, kindDial, http.StatusBadGateway, fmt.Sprintf("vm %s does not answer on its HTTP port\n", t.ID))
-		return
+		return false
 	}
-	s.track(backend, true, false)
-	defer s.track(backend, false, false)
-	defer backend.Close()
+	log = log.With("addr", t.Addr.String())
 
-	up, down, reason := s.relay(tc, backend)
-	s.m.bytes.WithLabelValues("to_backend").Add(float64(up))
-	s.m.bytes.WithLabelValues("to_client").Add(float64(down))
-	s.m.conns.WithLabelValues("proxied").Inc()
-	if reason != "" {
-		s.m.errors.WithLabelValues(reason).Inc()
+	p := &pair{tls: tc, client: client, bfd: -1}
+	p.finished = func(up, down int64, end string) {
+		s.bytesUp.Add(float64(up))
+		s.bytesDown.Add(float64(down))
+		s.m.conns.WithLabelValues("proxied").Inc()
+		if end == kindIdle || end == kindTotal {
+			s.m.errors.WithLabelValues(end).Inc()
+		}
+		log.Info("connection closed", "bytesIn", up, "bytesOut", down, "duration", time.Since(start), "end", end)
+		s.connDone()
 	}
-	log.Info("connection closed", "addr", t.Addr.String(), "bytesIn", up, "bytesOut", down,
-		"duration", time.Since(start), "end", cmp(reason, "eof"))
+	if err := s.handOff(p, raw, backend); err != nil {
+		backend.Close()
+		s.m.conns.WithLabelValues("failed").Inc()
+		log.Error("cannot relay the connection", "err", err)
+		return false
+	}
+	return true
 }
 
-func cmp(a, b string) string {
-	if a != "" {
-		return a
+// handOff moves the client and backend sockets out of Go's poller and
+// into a relay loop.
+func (s *Server) handOff(p *pair, raw, backend net.Conn) error {
+	bfd, err := detach(backend)
+	if err != nil {
+		return fmt.Errorf("detach backend: %w", err)
 	}
-	return b
+	cfd, err := detach(raw)
+	if err != nil {
+		unix.Close(bfd)
+		return fmt.Errorf("detach client: %w", err)
+	}
+	p.bfd, p.client.fd = bfd, cfd
+	l := s.loops[s.next.Add(1)%uint32(len(s.loops))]
+	if err := l.add(p); err != nil {
+		unix.Close(bfd)
+		unix.Close(cfd)
+		return err
+	}
+	return nil
 }
 
 // reject answers a failure over the established TLS session with a short
@@ -249,75 +325,4 @@ func (s *Server) reject(tc *tls.Conn, log *slog.Logger, kind string, status int,
 		status, http.StatusText(status), len(body), body)
 	io.WriteString(tc, resp)
 	tc.CloseWrite()
-}
-
-// relay copies both ways until both sides are done, with half-close: when
-// one side finishes sending, the other side's write half is shut so it
-// sees EOF and can still answer. The idle timer fires when no byte moved
-// in either direction for IdleTimeout; the total timer caps the
-// connection's life. Either closes both connections.
-func (s *Server) relay(client *tls.Conn, backend net.Conn) (up, down int64, reason string) {
-	var last atomic.Int64
-	last.Store(time.Now().UnixNano())
-	var why atomic.Value
-	closeBoth := func(r string) {
-		why.CompareAndSwap(nil, r)
-		client.Close()
-		backend.Close()
-	}
-	idle := s.cfg.IdleTimeout
-	var idleTimer *time.Timer
-	idleTimer = time.AfterFunc(idle, func() {
-		quiet := time.Duration(time.Now().UnixNano() - last.Load())
-		if quiet >= idle {
-			closeBoth(kindIdle)
-			return
-		}
-		idleTimer.Reset(idle - quiet)
-	})
-	defer idleTimer.Stop()
-	if s.cfg.MaxConnDuration > 0 {
-		total := time.AfterFunc(s.cfg.MaxConnDuration, func() { closeBoth(kindTotal) })
-		defer total.Stop()
-	}
-
-	done := make(chan int64, 1)
-	go func() {
-		n := copyActive(backend, client, &last)
-		if cw, ok := backend.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite()
-		}
-		done <- n
-	}()
-	down = copyActive(client, backend, &last)
-	client.CloseWrite()
-	up = <-done
-	if r, ok := why.Load().(string); ok {
-		reason = r
-	}
-	return up, down, reason
-}
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
-
-// copyActive copies src to dst, recording the time of each transfer.
-func copyActive(dst io.Writer, src io.Reader, last *atomic.Int64) int64 {
-	bp := bufPool.Get().(*[]byte)
-	defer bufPool.Put(bp)
-	buf := *bp
-	var n int64
-	for {
-		nr, rerr := src.Read(buf)
-		if nr > 0 {
-			last.Store(time.Now().UnixNano())
-			nw, werr := dst.Write(buf[:nr])
-			n += int64(nw)
-			if werr != nil {
-				return n
-			}
-		}
-		if rerr != nil {
-			return n
-		}
-	}
 }
