@@ -47,6 +47,7 @@ type loopConn struct {
 	net.Conn
 	fd       int  // -1 until detached
 	readable bool // edge-triggered readiness: reads may return data
+	hup      bool // the peer's FIN (or an error) is queued: keep reading to see it
 	writable bool
 	out      []byte // ciphertext queued by crypto/tls, not yet written
 }
@@ -70,8 +71,10 @@ func (c *loopConn) Read(p []byte) (int, error) {
 	case n == 0:
 		return 0, io.EOF
 	}
-	if n < len(p) {
+	if n < len(p) && !c.hup {
 		// The socket buffer was emptied: the next edge says when more came.
+		// Not so once the peer has shut down: its FIN raised the last edge
+		// there will be, and only another read turns it into io.EOF.
 		c.readable = false
 	}
 	return n, nil
@@ -173,6 +176,7 @@ type pair struct {
 	finished func(up, down int64, end string)
 
 	bReadable, bWritable bool
+	bHup                 bool // as loopConn.hup, for the backend
 	toBackend            []byte // plaintext the backend socket has not taken yet
 	upEOF, upShut        bool   // client done sending; backend's write half shut
 	downEOF, downShut    bool   // backend done sending; client's write half shut
@@ -383,12 +387,15 @@ func (l *loop) run() {
 func (l *loop) mark(r ready) {
 	p := r.p
 	in := r.events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	hup := r.events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
 	out := r.events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0
 	if int(r.fd) == p.client.fd {
 		p.client.readable = p.client.readable || in
+		p.client.hup = p.client.hup || hup
 		p.client.writable = p.client.writable || out
 	} else {
 		p.bReadable = p.bReadable || in
+		p.bHup = p.bHup || hup
 		p.bWritable = p.bWritable || out
 	}
 }
@@ -459,8 +466,8 @@ func (l *loop) pump(p *pair) {
 			default:
 				progress = true
 				p.down += int64(n)
-				if n < len(l.buf) {
-					p.bReadable = false
+				if n < len(l.buf) && !p.bHup {
+					p.bReadable = false // drained; see loopConn.Read for the FIN case
 				}
 				p.tls.Write(l.buf[:n]) // only queues: loopConn.Write cannot fail
 			}
