@@ -3,6 +3,11 @@
 # backend, one run:
 #   - keep-alive: requests/s and p99 latency (wrk, 64 connections)
 #   - new connections: TLS handshakes/s (wrk, one request per connection)
+#   - CPU time each proxy spent per keep-alive request
+# The two proxies take turns, BENCH_ROUNDS times per measurement, and the
+# medians are compared: on a shared or virtualised host the throughput of
+# the whole machine drifts by more than the difference being measured, and
+# alternating short runs exposes both proxies to the same drift.
 # nginx is configured as the equivalent proxy: its stream module terminates
 # TLS and relays bytes to the backend, one backend connection per client
 # connection, exactly what the forwarder does.
@@ -11,13 +16,15 @@
 # removes, on 127.0.0.1 only. Needs root, wrk, nginx with
 # libnginx-mod-stream, openssl (scripts/deps.d/60-forwarder.sh).
 #
-#   BENCH_DURATION   seconds per wrk run (default 10)
+#   BENCH_DURATION   seconds per wrk run (default 5)
+#   BENCH_ROUNDS     runs per proxy and measurement (default 3)
 #   BENCH_CONNS      keep-alive connections (default 64)
 #   BENCH_THREADS    wrk threads (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${BENCH_DURATION:-10}
+DURATION=${BENCH_DURATION:-5}
+ROUNDS=${BENCH_ROUNDS:-3}
 CONNS=${BENCH_CONNS:-64}
 THREADS=${BENCH_THREADS:-2}
 [ "$(id -u)" = 0 ] || { echo "bench/forwarder.sh: needs root (network namespace)" >&2; exit 1; }
@@ -110,27 +117,65 @@ for port in $FWD_PORT $NGX_PORT; do
   [ -n "$ok" ] || { echo "proxy on port $port does not answer"; cat "$WORK"/*.err; exit 1; }
 done
 
-# run_wrk PORT [wrk args...] prints "req/s p99_ms"
+# cpu_ticks PID... prints the user+system clock ticks the processes used.
+cpu_ticks() {
+  local total=0 t
+  for pid in "$@"; do
+    for t in /proc/"$pid"/task/*/stat; do
+      total=$((total + $(awk '{print $14 + $15}' "$t" 2>/dev/null || echo 0)))
+    done
+  done
+  echo "$total"
+}
+FWD_PIDS="$(cat "$WORK/forwarder.pid")"
+NGX_PIDS="$(pgrep -P "$(cat "$WORK/proxy.pid")" | tr '\n' ' ')"
+
+# run_wrk PORT [wrk args...] prints "req/s p99_ms cpu_us_per_request"
 run_wrk() {
   local port=$1; shift
-  local out
+  local pids out before after
+  if [ "$port" = "$FWD_PORT" ]; then pids=$FWD_PIDS; else pids=$NGX_PIDS; fi
+  # shellcheck disable=SC2086
+  before=$(cpu_ticks $pids)
   out="$(in_ns wrk --latency -d"${DURATION}s" "$@" "https://app.$DOMAIN:$port/")"
+  # shellcheck disable=SC2086
+  after=$(cpu_ticks $pids)
   if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then echo "$out" | grep -E 'Non-2xx|Socket errors' >&2; fi
-  local rps p99
+  local rps p99 reqs
   rps="$(awk '/^Requests\/sec/ {print $2}' <<<"$out")"
+  reqs="$(awk '/requests in/ {print $1}' <<<"$out")"
   p99="$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' <<<"$out")"
-  echo "$rps ${p99:-nan}"
+  awk -v r="$rps" -v p="${p99:-nan}" -v t=$((after - before)) -v n="${reqs:-0}" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "%s %s %.1f\n", r, p, (n > 0 ? t * 1e6 / hz / n : 0) }'
 }
 
-echo "wrk: ${DURATION}s per run, ${THREADS} threads; keep-alive with ${CONNS} connections; handshakes with one request per connection"
-read -r fwd_rps fwd_p99 < <(run_wrk $FWD_PORT -t"$THREADS" -c"$CONNS")
-read -r ngx_rps ngx_p99 < <(run_wrk $NGX_PORT -t"$THREADS" -c"$CONNS")
-read -r fwd_hs _ < <(run_wrk $FWD_PORT -t"$THREADS" -c16 -H 'Connection: close')
-read -r ngx_hs _ < <(run_wrk $NGX_PORT -t"$THREADS" -c16 -H 'Connection: close')
+median() { sort -g | awk '{v[NR]=$1} END { if (NR % 2) print v[(NR+1)/2]; else print (v[NR/2] + v[NR/2+1]) / 2 }'; }
+
+# measure NAME [wrk args...]: ROUNDS alternating runs; writes
+# $WORK/NAME.fwd and $WORK/NAME.ngx, one "req/s p99 cpu" line per run.
+measure() {
+  local name=$1; shift
+  : > "$WORK/$name.fwd"; : > "$WORK/$name.ngx"
+  for round in $(seq "$ROUNDS"); do
+    run_wrk $FWD_PORT "$@" >> "$WORK/$name.fwd"
+    run_wrk $NGX_PORT "$@" >> "$WORK/$name.ngx"
+    echo "  $name round $round: forwarder $(tail -1 "$WORK/$name.fwd" | cut -d' ' -f1) req/s, nginx $(tail -1 "$WORK/$name.ngx" | cut -d' ' -f1) req/s"
+  done
+}
+col() { cut -d' ' -f"$2" "$WORK/$1" | median; }
+
+echo "wrk: ${DURATION}s per run, ${THREADS} threads, ${ROUNDS} rounds taking turns; keep-alive with ${CONNS} connections; handshakes with one request per connection"
+measure keepalive -t"$THREADS" -c"$CONNS"
+measure handshake -t"$THREADS" -c16 -H 'Connection: close'
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-printf '\n%-22s %14s %14s %10s\n' "" "mergen-forwarder" "nginx" "ratio"
-printf '%-22s %14.0f %14.0f %10s\n' "keep-alive req/s" "$fwd_rps" "$ngx_rps" "$(ratio "$fwd_rps" "$ngx_rps")"
-printf '%-22s %14.2f %14.2f %10s\n' "keep-alive p99 ms" "$fwd_p99" "$ngx_p99" "$(ratio "$fwd_p99" "$ngx_p99")"
-printf '%-22s %14.0f %14.0f %10s\n' "handshakes/s" "$fwd_hs" "$ngx_hs" "$(ratio "$fwd_hs" "$ngx_hs")"
-echo "(ratio = forwarder / nginx: above 1 is better for req/s and handshakes/s, below 1 is better for p99)"
+fwd_rps=$(col keepalive.fwd 1) ngx_rps=$(col keepalive.ngx 1)
+fwd_p99=$(col keepalive.fwd 2) ngx_p99=$(col keepalive.ngx 2)
+fwd_cpu=$(col keepalive.fwd 3) ngx_cpu=$(col keepalive.ngx 3)
+fwd_hs=$(col handshake.fwd 1) ngx_hs=$(col handshake.ngx 1)
+printf '\n%-26s %16s %14s %10s\n' "median of ${ROUNDS}" "mergen-forwarder" "nginx" "ratio"
+printf '%-26s %16.0f %14.0f %10s\n' "keep-alive req/s" "$fwd_rps" "$ngx_rps" "$(ratio "$fwd_rps" "$ngx_rps")"
+printf '%-26s %16.2f %14.2f %10s\n' "keep-alive p99 ms" "$fwd_p99" "$ngx_p99" "$(ratio "$fwd_p99" "$ngx_p99")"
+printf '%-26s %16.1f %14.1f %10s\n' "proxy CPU us per request" "$fwd_cpu" "$ngx_cpu" "$(ratio "$fwd_cpu" "$ngx_cpu")"
+printf '%-26s %16.0f %14.0f %10s\n' "handshakes/s" "$fwd_hs" "$ngx_hs" "$(ratio "$fwd_hs" "$ngx_hs")"
+echo "(ratio = forwarder / nginx: above 1 is better for req/s and handshakes/s, below 1 is better for p99 and CPU)"
