@@ -176,7 +176,7 @@ type pair struct {
 	finished func(up, down int64, end string)
 
 	bReadable, bWritable bool
-	bHup                 bool // as loopConn.hup, for the backend
+	bHup                 bool   // as loopConn.hup, for the backend
 	toBackend            []byte // plaintext the backend socket has not taken yet
 	upEOF, upShut        bool   // client done sending; backend's write half shut
 	downEOF, downShut    bool   // backend done sending; client's write half shut
@@ -201,6 +201,8 @@ type loop struct {
 	idle  time.Duration
 	total time.Duration
 	tick  time.Duration
+	// shared: other loops run in this process (see the wake-up in run).
+	shared bool
 
 	mu      sync.Mutex
 	pairs   map[int32]*pair // by both descriptors
@@ -330,10 +332,22 @@ func (l *loop) run() {
 		// Take what is ready without blocking; park only when nothing is.
 		n := 0
 		var waitErr error
+		polls := 0
 		err := l.eprc.Read(func(fd uintptr) bool {
+			polls++
 			n, waitErr = unix.EpollWait(int(fd), events, 0)
 			return n > 0 || waitErr != nil && waitErr != unix.EINTR
 		})
+		if polls > 1 && l.shared {
+			// This loop slept and was woken by the thread that was blocked
+			// in Go's network poller, and only one thread blocks there at a
+			// time. While this one relays, another loop's events would wait
+			// for this batch to end, or up to 10 ms for the runtime's monitor.
+			// A new goroutine wakes an idle thread, which finds no other
+			// work and takes over the poller. (Measured: keep-alive p99
+			// halved with two loops.)
+			go func() {}()
+		}
 		if waitErr == nil && err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			waitErr = err
 		}

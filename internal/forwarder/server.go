@@ -149,6 +149,7 @@ func (s *Server) startLoops() error {
 			s.stopLoops()
 			return fmt.Errorf("forwarder: start relay loop: %w", err)
 		}
+		l.shared = n > 1
 		s.loops = append(s.loops, l)
 		go l.run()
 	}
