@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http/httptest"
 	"strings"
 	"sync"
@@ -26,21 +27,9 @@ import (
 func TestRelayStreamsBothWaysUnderBackpressure(t *testing.T) {
 	testenv.RequireRoot(t)
 	root := t.TempDir()
-	ns := newNetns(t)
-	ln := listenIn(t, ns)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c) // echo until the client half-closes
-			}()
-		}
-	}()
-	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: portOf(ln), Netns: ns, Tags: map[string]string{"app": "echo"}})
+	// An echo until the client half-closes.
+	ns, port := tcpBackend(t, func(c net.Conn) { io.Copy(c, c) })
+	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: port, Netns: ns, Tags: map[string]string{"app": "echo"}})
 	// No idle timeout to rescue a connection the loop forgot: a stall
 	// shows as the clients' deadline.
 	f := startForwarder(t, root, func(c *Config) { c.IdleTimeout = time.Hour })

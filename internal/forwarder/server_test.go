@@ -82,6 +82,27 @@ func listenIn(t *testing.T, ns string) net.Listener {
 
 func portOf(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
 
+// tcpBackend serves raw TCP in a new namespace: serve runs for each
+// connection, which is closed when serve returns.
+func tcpBackend(t *testing.T, serve func(net.Conn)) (ns string, port int) {
+	t.Helper()
+	ns = newNetns(t)
+	ln := listenIn(t, ns)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				serve(c)
+			}()
+		}
+	}()
+	return ns, portOf(ln)
+}
+
 // vmBackend serves HTTP inside a fresh namespace and answers with its
 // name, so a test can tell which VM it reached.
 func vmBackend(t *testing.T, name string, extra http.Handler) (ns string, port int) {
@@ -291,23 +312,12 @@ func TestForwarderRoutes(t *testing.T) {
 func TestForwarderHalfClose(t *testing.T) {
 	testenv.RequireRoot(t)
 	root := t.TempDir()
-	ns := newNetns(t)
-	ln := listenIn(t, ns)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				in, _ := io.ReadAll(c)
-				c.Write(bytes.ToUpper(in))
-			}()
-		}
-	}()
-	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: portOf(ln), Netns: ns, Tags: map[string]string{"app": "echo"}})
+	ns, port := tcpBackend(t, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		in, _ := io.ReadAll(c)
+		c.Write(bytes.ToUpper(in))
+	})
+	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: port, Netns: ns, Tags: map[string]string{"app": "echo"}})
 	f := startForwarder(t, root, nil)
 
 	conn, err := tls.Dial("tcp", f.addr, &tls.Config{ServerName: "echo.vm.test", RootCAs: f.pool})
