@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -32,7 +33,19 @@ func main() {
 	}
 }
 
+// gcPercent is the collector's target when GOGC is not set: the heap may
+// grow to five times what is live before a collection. The forwarder's
+// live heap is small (buffers and TLS state for open connections) while
+// every new TLS connection allocates tens of kilobytes, so at the default
+// of 100 a busy forwarder collects dozens of times a second, and each
+// cycle wakes every thread. Measured on bench/forwarder.sh: new
+// connections/s up by about a tenth.
+const gcPercent = 400
+
 func run() error {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(gcPercent)
+	}
 	cfg, err := forwarder.FromEnv(os.Getenv)
 	if err != nil {
 		return err

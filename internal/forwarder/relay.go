@@ -136,9 +136,11 @@ func detach(c net.Conn) (int, error) {
 	return fd, nil
 }
 
+// readFD and writeFD work on the loops' non-blocking descriptors (see
+// rawsys.go) and retry a call a signal interrupted.
 func readFD(fd int, p []byte) (int, error) {
 	for {
-		n, err := unix.Read(fd, p)
+		n, err := rawRead(fd, p)
 		if err == unix.EINTR {
 			continue
 		}
@@ -148,7 +150,7 @@ func readFD(fd int, p []byte) (int, error) {
 
 func writeFD(fd int, p []byte) (int, error) {
 	for {
-		n, err := unix.Write(fd, p)
+		n, err := rawWrite(fd, p)
 		if err == unix.EINTR {
 			continue
 		}
@@ -335,7 +337,7 @@ func (l *loop) run() {
 		polls := 0
 		err := l.eprc.Read(func(fd uintptr) bool {
 			polls++
-			n, waitErr = unix.EpollWait(int(fd), events, 0)
+			n, waitErr = rawEpollPoll(int(fd), events)
 			return n > 0 || waitErr != nil && waitErr != unix.EINTR
 		})
 		if polls > 1 && l.shared {
@@ -464,7 +466,7 @@ func (l *loop) pump(p *pair) {
 			p.toBackend = append([]byte(nil), p.toBackend...)
 		}
 		if p.upEOF && !p.upShut && len(p.toBackend) == 0 {
-			unix.Shutdown(p.bfd, unix.SHUT_WR)
+			rawShutdown(p.bfd, unix.SHUT_WR)
 			p.upShut = true
 		}
 
@@ -510,7 +512,7 @@ func (l *loop) pump(p *pair) {
 			}
 		}
 		if p.downEOF && !p.downShut && len(p.client.out) == 0 {
-			unix.Shutdown(p.client.fd, unix.SHUT_WR)
+			rawShutdown(p.client.fd, unix.SHUT_WR)
 			p.downShut = true
 		}
 
@@ -572,8 +574,8 @@ func (l *loop) finish(p *pair, end string) {
 	delete(l.pairs, int32(p.client.fd))
 	delete(l.pairs, int32(p.bfd))
 	l.mu.Unlock()
-	unix.Close(p.client.fd)
-	unix.Close(p.bfd)
+	rawClose(p.client.fd)
+	rawClose(p.bfd)
 	l.open.Add(-1)
 	p.finished(p.up, p.down, end)
 }
