@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"sync"
 	"syscall"
 
 	"github.com/vishvananda/netns"
@@ -19,6 +20,11 @@ import (
 // connect itself then waits like any other, without holding a thread. A
 // thread that cannot be moved back stays locked, so the runtime retires it
 // instead of reusing it in the wrong namespace.
+// hostNetns is the forwarder's own network namespace, the one every dial
+// returns to, opened once instead of on every connection. New opens it
+// before any dial runs, while no thread of the process has left it.
+var hostNetns = sync.OnceValues(netns.Get)
+
 func dialTarget(ctx context.Context, d *net.Dialer, t *Target) (net.Conn, error) {
 	if t.NetnsPath == "" {
 		return d.DialContext(ctx, "tcp", t.Addr.String())
@@ -29,13 +35,11 @@ func dialTarget(ctx context.Context, d *net.Dialer, t *Target) (net.Conn, error)
 	}
 	defer target.Close()
 
-	runtime.LockOSThread()
-	orig, err := netns.Get()
+	orig, err := hostNetns()
 	if err != nil {
-		runtime.UnlockOSThread()
 		return nil, fmt.Errorf("current netns: %w", err)
 	}
-	defer orig.Close()
+	runtime.LockOSThread()
 	if err := netns.Set(target); err != nil {
 		runtime.UnlockOSThread()
 		return nil, fmt.Errorf("enter netns %s: %w", t.NetnsPath, err)

@@ -46,6 +46,9 @@ type Server struct {
 
 // New loads the certificate and prepares the resolver; it does not listen.
 func New(cfg Config, log *slog.Logger) (*Server, error) {
+	if _, err := hostNetns(); err != nil {
+		return nil, fmt.Errorf("forwarder: open own network namespace: %w", err)
+	}
 	s := &Server{
 		cfg:      cfg,
 		log:      log,
