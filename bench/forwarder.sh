@@ -17,14 +17,14 @@
 # libnginx-mod-stream, openssl (scripts/deps.d/60-forwarder.sh).
 #
 #   BENCH_DURATION   seconds per wrk run (default 5)
-#   BENCH_ROUNDS     runs per proxy and measurement (default 3)
+#   BENCH_ROUNDS     runs per proxy and measurement (default 5)
 #   BENCH_CONNS      keep-alive connections (default 64)
 #   BENCH_THREADS    wrk threads (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${BENCH_DURATION:-5}
-ROUNDS=${BENCH_ROUNDS:-3}
+ROUNDS=${BENCH_ROUNDS:-5}
 CONNS=${BENCH_CONNS:-64}
 THREADS=${BENCH_THREADS:-2}
 [ "$(id -u)" = 0 ] || { echo "bench/forwarder.sh: needs root (network namespace)" >&2; exit 1; }
