@@ -12,6 +12,11 @@ import (
 	"github.com/vishvananda/netns"
 )
 
+// hostNetns is the forwarder's own network namespace, the one every dial
+// returns to, opened once instead of on every connection. New opens it
+// before any dial runs, while no thread of the process has left it.
+var hostNetns = sync.OnceValues(netns.Get)
+
 // dialTarget connects to the VM's guestIP:httpPort from inside its network
 // namespace. A socket belongs to the namespace it was created in, so only
 // socket() needs the switch: the calling OS thread is locked and moved into
@@ -20,11 +25,6 @@ import (
 // connect itself then waits like any other, without holding a thread. A
 // thread that cannot be moved back stays locked, so the runtime retires it
 // instead of reusing it in the wrong namespace.
-// hostNetns is the forwarder's own network namespace, the one every dial
-// returns to, opened once instead of on every connection. New opens it
-// before any dial runs, while no thread of the process has left it.
-var hostNetns = sync.OnceValues(netns.Get)
-
 func dialTarget(ctx context.Context, d *net.Dialer, t *Target) (net.Conn, error) {
 	if t.NetnsPath == "" {
 		return d.DialContext(ctx, "tcp", t.Addr.String())

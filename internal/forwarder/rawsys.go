@@ -22,20 +22,32 @@ import (
 // Only non-blocking calls belong here: a direct call that blocked would
 // hold its processor, and everything queued on it, until it returned.
 
-func rawRead(fd int, p []byte) (int, error) {
-	r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(bufPtr(p)), uintptr(len(p)))
-	if e != 0 {
+// readFD and writeFD retry a call a signal interrupted; writeFD reports
+// 0 bytes, never -1, with its error.
+func readFD(fd int, p []byte) (int, error) {
+	for {
+		r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(bufPtr(p)), uintptr(len(p)))
+		switch e {
+		case 0:
+			return int(r), nil
+		case unix.EINTR:
+			continue
+		}
 		return -1, e
 	}
-	return int(r), nil
 }
 
-func rawWrite(fd int, p []byte) (int, error) {
-	r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(bufPtr(p)), uintptr(len(p)))
-	if e != 0 {
-		return -1, e
+func writeFD(fd int, p []byte) (int, error) {
+	for {
+		r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(bufPtr(p)), uintptr(len(p)))
+		switch e {
+		case 0:
+			return int(r), nil
+		case unix.EINTR:
+			continue
+		}
+		return 0, e
 	}
-	return int(r), nil
 }
 
 // rawEpollPoll returns the events that are ready now, without waiting.

@@ -136,31 +136,6 @@ func detach(c net.Conn) (int, error) {
 	return fd, nil
 }
 
-// readFD and writeFD work on the loops' non-blocking descriptors (see
-// rawsys.go) and retry a call a signal interrupted.
-func readFD(fd int, p []byte) (int, error) {
-	for {
-		n, err := rawRead(fd, p)
-		if err == unix.EINTR {
-			continue
-		}
-		return n, err
-	}
-}
-
-func writeFD(fd int, p []byte) (int, error) {
-	for {
-		n, err := rawWrite(fd, p)
-		if err == unix.EINTR {
-			continue
-		}
-		if n < 0 {
-			n = 0
-		}
-		return n, err
-	}
-}
-
 // Connection ends, as logged in "end"; the timeouts are also error kinds.
 const (
 	endEOF         = "eof"
