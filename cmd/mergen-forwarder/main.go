@@ -37,9 +37,9 @@ func main() {
 // grow to five times what is live before a collection. The forwarder's
 // live heap is small (buffers and TLS state for open connections) while
 // every new TLS connection allocates tens of kilobytes, so at the default
-// of 100 a busy forwarder collects dozens of times a second, and each
-// cycle wakes every thread. Measured on bench/forwarder.sh: new
-// connections/s up by about a tenth.
+// of 100 a busy forwarder collects dozens of times a second, each cycle
+// waking threads for its workers and its stop-the-world phases. Measured
+// with bench/forwarder.sh's setup: new connections/s up by about a tenth.
 const gcPercent = 400
 
 func run() error {

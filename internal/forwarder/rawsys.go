@@ -12,12 +12,11 @@ import (
 // shutdown and close (no SO_LINGER) only queue work for the kernel.
 //
 // syscall.Syscall tells the scheduler that the goroutine may block
-// (entersyscall/exitsyscall). That costs more than a short socket call,
-// and it has side effects under load: a call the runtime's monitor
-// thread sees in progress on two of its ticks gets the processor handed
-// to another thread, and an entry while the monitor sleeps wakes it and
-// restarts its 20 µs polling. Measured on the forwarder benchmark:
-// keep-alive requests/s up by about a fifth with the direct calls.
+// (entersyscall/exitsyscall): bookkeeping that costs more than a short
+// socket call, and a call the runtime's monitor thread sees in progress
+// on two of its ticks gets its processor handed to another thread.
+// Measured on the forwarder benchmark: keep-alive requests/s up by about
+// a fifth with the direct calls.
 //
 // Only non-blocking calls belong here: a direct call that blocked would
 // hold its processor, and everything queued on it, until it returned.
