@@ -1,12 +1,16 @@
-// Package config reads the daemon's MGR_* environment variables, applies the
-// documented defaults and validates everything once at start-up, so that a
-// misconfigured daemon refuses to start with a message naming the variable
-// instead of failing later in the middle of a request.
+// Package config is the one reader of the environment for every mergen
+// program: the daemon and the lifecycle stages (MGR_*, MGN_*), the CLI and
+// the converter (MERGEN_*, MGR_CONFIG_S3_*, MGR_PROGRESS_*), and the
+// forwarder (FWD_*). Names and defaults live in one table (Vars); each
+// loader validates everything at once, so a misconfigured program refuses
+// to start with a message naming every variable that is wrong instead of
+// failing later in the middle of a request.
+//
+// Nothing else in the module calls os.Getenv (the guest's init aside, which
+// runs in another world); a test enforces it.
 package config
 
 import (
-	"errors"
-	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -15,90 +19,136 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/layout"
 	"github.com/mergenhq/mergen/internal/logging"
 )
 
-// Config is the daemon's configuration. Field comments name the variable.
+// Source looks a variable up; os.Getenv in the programs, a map in tests.
+type Source func(string) string
+
+// Env is the process environment.
+func Env() Source { return os.Getenv }
+
+// Config is the configuration of the daemon and the lifecycle stages.
+// Field comments name the variable; Vars has the defaults.
 type Config struct {
-	HTTPAddr        string        // MGR_HTTP_ADDR (:8080)
-	ConfigRoot      string        // MGR_CONFIG_ROOT (/var/lib/mergen/vm.d)
-	DataRoot        string        // MGR_DATA_ROOT (/var/lib/mergen)
-	RunRoot         string        // MGR_RUN_ROOT (/run/mergen)
-	GlobalHooksDir  string        // MGR_GLOBAL_HOOKS_DIR (<data>/hooks.d)
-	UnitPrefix      string        // MGR_UNIT_PREFIX (mergen)
-	SystemctlPath   string        // MGR_SYSTEMCTL_PATH (systemctl)
-	CommandTimeout  time.Duration // MGR_COMMAND_TIMEOUT_SECONDS (10)
-	ShutdownTimeout time.Duration // MGR_SHUTDOWN_TIMEOUT_SECONDS (15)
-	StopTimeout     time.Duration // MGR_STOP_TIMEOUT_SECONDS (30): graceful guest stop before the VMM is killed
-	PortStart       int           // MGR_PORT_START (20000)
-	PortEnd         int           // MGR_PORT_END (40000)
-	GuestCIDR       netip.Prefix  // MGR_GUEST_CIDR (172.30.0.0/24)
-	BaseAssetsDir   string        // MGR_BASE_ASSETS_DIR (<data>/base/current)
-	ImagesRoot      string        // MGR_IMAGES_ROOT (<data>/images)
-	DefaultKernel   string        // MGR_DEFAULT_KERNEL (<base>/vmlinux)
-	DefaultInitrd   string        // MGR_DEFAULT_INITRD (<base>/initrd.img, used when present)
-	DefaultRootfs   string        // MGR_DEFAULT_ROOTFS (<base>/golden-rootfs.ext4)
-	DefaultAgent    string        // MGR_DEFAULT_AGENT_DISK (<base>/agent-rootfs.ext4)
-	DefaultEnvDisk  string        // MGR_DEFAULT_ENV_DISK (empty)
+	HTTPAddr        string        // MGR_HTTP_ADDR
+	ConfigRoot      string        // MGR_CONFIG_ROOT
+	DataRoot        string        // MGR_DATA_ROOT
+	RunRoot         string        // MGR_RUN_ROOT
+	GlobalHooksDir  string        // MGR_GLOBAL_HOOKS_DIR
+	UnitPrefix      string        // MGR_UNIT_PREFIX
+	SystemctlPath   string        // MGR_SYSTEMCTL_PATH: accepted for old env files, unused (units are driven over D-Bus)
+	CommandTimeout  time.Duration // MGR_COMMAND_TIMEOUT_SECONDS
+	ShutdownTimeout time.Duration // MGR_SHUTDOWN_TIMEOUT_SECONDS
+	StopTimeout     time.Duration // MGR_STOP_TIMEOUT_SECONDS: graceful guest stop before the VMM is killed
+	PortStart       int           // MGR_PORT_START
+	PortEnd         int           // MGR_PORT_END
+	GuestCIDR       netip.Prefix  // MGR_GUEST_CIDR
+	BaseAssetsDir   string        // MGR_BASE_ASSETS_DIR
+	ImagesRoot      string        // MGR_IMAGES_ROOT
+	DefaultKernel   string        // MGR_DEFAULT_KERNEL
+	DefaultInitrd   string        // MGR_DEFAULT_INITRD (used when present)
+	DefaultRootfs   string        // MGR_DEFAULT_ROOTFS
+	DefaultAgent    string        // MGR_DEFAULT_AGENT_DISK (used when present)
+	DefaultEnvDisk  string        // MGR_DEFAULT_ENV_DISK
 	DiskRoots       []string      // MGR_DISK_ROOTS: extra directories disks may come from (':'-separated)
-	VMM             string        // MGR_VMM (firecracker when its binary exists, else qemu)
-	Supervisor      string        // MGR_SUPERVISOR (systemd when PID 1 is systemd, else detached)
-	LifecycleBin    string        // MGR_LIFECYCLE_BIN (mergen-lifecycle next to the daemon, else on PATH)
-	DaemonLogFile   string        // MGN_DAEMON_LOG_FILE (<data>/daemon.log)
-	LogLevel        string        // MGR_LOG_LEVEL (info)
-	LogFormat       string        // MGR_LOG_FORMAT (console)
+	VMM             string        // MGR_VMM: empty means firecracker when its binary exists, else qemu
+	Driver          Driver        // MGR_FIRECRACKER_BIN, MGR_JAILER*, MGR_VSOCK, MGR_QEMU_*, MGN_ENABLE_ENTROPY_DEVICE
+	Supervisor      string        // MGR_SUPERVISOR: empty means systemd when PID 1 is systemd, else detached
+	LifecycleBin    string        // MGR_LIFECYCLE_BIN: default mergen-lifecycle next to the running program, else on PATH
+	DaemonLogFile   string        // MGN_DAEMON_LOG_FILE
+	StageHooks      StageHooks    // MGN_LIFECYCLE_*
+	LogLevel        string        // MGR_LOG_LEVEL
+	LogFormat       string        // MGR_LOG_FORMAT
 }
 
-// Load reads the configuration from the process environment.
-func Load() (Config, error) { return FromEnv(os.Getenv) }
+// Driver are the VMM driver settings of this host. The daemon resolves them
+// at create and stores them in the VM's record, so the stages that launch
+// the VMM use what create decided, whatever the host's environment says
+// later.
+type Driver struct {
+	FirecrackerBin string `json:"firecrackerBin,omitempty"` // MGR_FIRECRACKER_BIN; empty: firecracker on PATH
+	Jailer         bool   `json:"jailer,omitempty"`         // MGR_JAILER
+	JailerBin      string `json:"jailerBin,omitempty"`      // MGR_JAILER_BIN; empty: jailer on PATH
+	JailerUID      string `json:"jailerUID,omitempty"`      // MGR_JAILER_UID
+	JailerGID      string `json:"jailerGID,omitempty"`      // MGR_JAILER_GID
+	ChrootBase     string `json:"chrootBase,omitempty"`     // MGR_JAILER_CHROOT_BASE; empty: <run dir>/jail
+	Vsock          bool   `json:"vsock,omitempty"`          // MGR_VSOCK
+	QEMUBin        string `json:"qemuBin,omitempty"`        // MGR_QEMU_BIN; empty: qemu-system-x86_64 on PATH
+	QEMUMachine    string `json:"qemuMachine,omitempty"`    // MGR_QEMU_MACHINE: q35 (default) or microvm
+	QEMUAccel      string `json:"qemuAccel,omitempty"`      // MGR_QEMU_ACCEL: auto (default), kvm or tcg
+	Entropy        bool   `json:"entropy,omitempty"`        // MGN_ENABLE_ENTROPY_DEVICE
+}
 
-// FromEnv reads the configuration through getenv (for tests).
-func FromEnv(getenv func(string) string) (Config, error) {
-	r := reader{getenv: getenv}
-	c := Config{
-		HTTPAddr:        r.str("MGR_HTTP_ADDR", ":8080"),
-		ConfigRoot:      r.path("MGR_CONFIG_ROOT", "/var/lib/mergen/vm.d"),
-		DataRoot:        r.path("MGR_DATA_ROOT", "/var/lib/mergen"),
-		RunRoot:         r.path("MGR_RUN_ROOT", "/run/mergen"),
-		UnitPrefix:      r.str("MGR_UNIT_PREFIX", "mergen"),
-		SystemctlPath:   r.str("MGR_SYSTEMCTL_PATH", "systemctl"),
-		CommandTimeout:  r.seconds("MGR_COMMAND_TIMEOUT_SECONDS", 10),
-		ShutdownTimeout: r.seconds("MGR_SHUTDOWN_TIMEOUT_SECONDS", 15),
-		StopTimeout:     r.seconds("MGR_STOP_TIMEOUT_SECONDS", 30),
-		PortStart:       r.port("MGR_PORT_START", 20000),
-		PortEnd:         r.port("MGR_PORT_END", 40000),
-		VMM:             r.oneOf("MGR_VMM", "", "firecracker", "qemu"),
-		Supervisor:      r.oneOf("MGR_SUPERVISOR", "", "systemd", "detached"),
-		LogLevel:        r.oneOf("MGR_LOG_LEVEL", "info", logging.Levels...),
-		LogFormat:       r.oneOf("MGR_LOG_FORMAT", "console", logging.Formats...),
-	}
-	c.GlobalHooksDir = r.path("MGR_GLOBAL_HOOKS_DIR", filepath.Join(c.DataRoot, "hooks.d"))
-	c.BaseAssetsDir = r.path("MGR_BASE_ASSETS_DIR", filepath.Join(c.DataRoot, "base", "current"))
-	c.ImagesRoot = r.path("MGR_IMAGES_ROOT", filepath.Join(c.DataRoot, "images"))
-	c.DefaultKernel = r.path("MGR_DEFAULT_KERNEL", filepath.Join(c.BaseAssetsDir, "vmlinux"))
-	c.DefaultInitrd = r.optionalPath("MGR_DEFAULT_INITRD", filepath.Join(c.BaseAssetsDir, "initrd.img"))
-	c.DefaultRootfs = r.path("MGR_DEFAULT_ROOTFS", filepath.Join(c.BaseAssetsDir, "golden-rootfs.ext4"))
-	c.DefaultAgent = r.optionalPath("MGR_DEFAULT_AGENT_DISK", filepath.Join(c.BaseAssetsDir, "agent-rootfs.ext4"))
-	c.DefaultEnvDisk = r.optionalPath("MGR_DEFAULT_ENV_DISK", "")
-	c.DaemonLogFile = r.path("MGN_DAEMON_LOG_FILE", filepath.Join(c.DataRoot, "daemon.log"))
-	c.LifecycleBin = r.str("MGR_LIFECYCLE_BIN", defaultLifecycleBin())
-	c.DiskRoots = r.pathList("MGR_DISK_ROOTS")
+// StageHooks are the lifecycle stage extensions given in the environment:
+// per stage key (preStart, …) the ';'-separated shell commands of
+// MGN_LIFECYCLE_<STAGE>_HOOKS, and the timeout of each hook.
+type StageHooks struct {
+	Commands map[string]string // stage key → raw list
+	Timeout  time.Duration     // MGN_LIFECYCLE_HOOK_TIMEOUT_SECONDS
+}
 
-	if cidr := r.str("MGR_GUEST_CIDR", "172.30.0.0/24"); cidr != "" {
-		p, err := netip.ParsePrefix(cidr)
-		switch {
-		case err != nil:
-			r.fail("MGR_GUEST_CIDR", "%q is not a CIDR (want e.g. 172.30.0.0/24)", cidr)
-		case !p.Addr().Is4():
-			r.fail("MGR_GUEST_CIDR", "%q: only IPv4 guest networks are supported", cidr)
-		case p.Bits() > 29 || p.Bits() < 8:
-			r.fail("MGR_GUEST_CIDR", "%q: prefix length must be between /8 and /29", cidr)
-		case p.Masked() != p:
-			r.fail("MGR_GUEST_CIDR", "%q has host bits set (did you mean %s?)", cidr, p.Masked())
-		default:
-			c.GuestCIDR = p
+// StageHookKeys are the stage keys that take extensions, in stage order.
+var StageHookKeys = []string{"preStart", "postStart", "preStop", "postStop", "preDelete", "delete", "postDelete"}
+
+// StageHookVar is the variable of a stage key: preStart →
+// MGN_LIFECYCLE_PRE_START_HOOKS.
+func StageHookVar(key string) string {
+	var b strings.Builder
+	for i, r := range key {
+		if i > 0 && r >= 'A' && r <= 'Z' {
+			b.WriteByte('_')
 		}
+		b.WriteRune(r)
 	}
+	return "MGN_LIFECYCLE_" + strings.ToUpper(b.String()) + "_HOOKS"
+}
+
+// MaxStageHookTimeout caps MGN_LIFECYCLE_HOOK_TIMEOUT_SECONDS: a stage hook
+// may drain or back up a VM, but a unit must never hang on one forever.
+const MaxStageHookTimeout = time.Hour
+
+// Load reads the configuration from the process environment.
+func Load() (Config, error) { return FromEnv(Env()) }
+
+// FromEnv reads the configuration through getenv.
+func FromEnv(getenv Source) (Config, error) {
+	r := newReader(getenv)
+	c := Config{
+		HTTPAddr:        r.str("MGR_HTTP_ADDR"),
+		ConfigRoot:      r.path("MGR_CONFIG_ROOT"),
+		DataRoot:        r.path("MGR_DATA_ROOT"),
+		RunRoot:         r.path("MGR_RUN_ROOT"),
+		GlobalHooksDir:  r.path("MGR_GLOBAL_HOOKS_DIR"),
+		UnitPrefix:      r.str("MGR_UNIT_PREFIX"),
+		SystemctlPath:   r.str("MGR_SYSTEMCTL_PATH"),
+		CommandTimeout:  r.seconds("MGR_COMMAND_TIMEOUT_SECONDS", 1, 86400),
+		ShutdownTimeout: r.seconds("MGR_SHUTDOWN_TIMEOUT_SECONDS", 1, 86400),
+		StopTimeout:     r.seconds("MGR_STOP_TIMEOUT_SECONDS", 1, 86400),
+		PortStart:       r.port("MGR_PORT_START"),
+		PortEnd:         r.port("MGR_PORT_END"),
+		BaseAssetsDir:   r.path("MGR_BASE_ASSETS_DIR"),
+		ImagesRoot:      r.path("MGR_IMAGES_ROOT"),
+		DefaultKernel:   r.path("MGR_DEFAULT_KERNEL"),
+		DefaultInitrd:   r.optionalPath("MGR_DEFAULT_INITRD"),
+		DefaultRootfs:   r.path("MGR_DEFAULT_ROOTFS"),
+		DefaultAgent:    r.optionalPath("MGR_DEFAULT_AGENT_DISK"),
+		DefaultEnvDisk:  r.optionalPath("MGR_DEFAULT_ENV_DISK"),
+		DiskRoots:       r.pathList("MGR_DISK_ROOTS"),
+		VMM:             r.oneOf("MGR_VMM", "firecracker", "qemu"),
+		Supervisor:      r.oneOf("MGR_SUPERVISOR", "systemd", "detached"),
+		LifecycleBin:    r.str("MGR_LIFECYCLE_BIN"),
+		DaemonLogFile:   r.path("MGN_DAEMON_LOG_FILE"),
+		LogLevel:        r.oneOf("MGR_LOG_LEVEL", logging.Levels...),
+		LogFormat:       r.oneOf("MGR_LOG_FORMAT", logging.Formats...),
+		Driver:          readDriver(r),
+		StageHooks:      readStageHooks(r),
+	}
+	if c.LifecycleBin == "" {
+		c.LifecycleBin = defaultLifecycleBin()
+	}
+	c.GuestCIDR = r.guestCIDR("MGR_GUEST_CIDR")
 	if c.PortStart > c.PortEnd {
 		r.fail("MGR_PORT_START", "%d is above MGR_PORT_END %d", c.PortStart, c.PortEnd)
 	}
@@ -108,7 +158,49 @@ func FromEnv(getenv func(string) string) (Config, error) {
 	if c.UnitPrefix == "" || strings.ContainsAny(c.UnitPrefix, "@/ \t") {
 		r.fail("MGR_UNIT_PREFIX", "%q is not a valid unit name prefix", c.UnitPrefix)
 	}
-	return c, errors.Join(r.errs...)
+	return c, r.err()
+}
+
+func readDriver(r *reader) Driver {
+	d := Driver{
+		FirecrackerBin: r.str("MGR_FIRECRACKER_BIN"),
+		Jailer:         r.boolean("MGR_JAILER"),
+		JailerBin:      r.str("MGR_JAILER_BIN"),
+		JailerUID:      r.str("MGR_JAILER_UID"),
+		JailerGID:      r.str("MGR_JAILER_GID"),
+		ChrootBase:     r.optionalPath("MGR_JAILER_CHROOT_BASE"),
+		Vsock:          r.boolean("MGR_VSOCK"),
+		QEMUBin:        r.str("MGR_QEMU_BIN"),
+		QEMUMachine:    r.oneOf("MGR_QEMU_MACHINE", "q35", "microvm"),
+		QEMUAccel:      r.oneOf("MGR_QEMU_ACCEL", "auto", "kvm", "tcg"),
+		Entropy:        r.boolean("MGN_ENABLE_ENTROPY_DEVICE"),
+	}
+	if d.Jailer {
+		for _, v := range []struct{ name, val string }{{"MGR_JAILER_UID", d.JailerUID}, {"MGR_JAILER_GID", d.JailerGID}} {
+			if _, err := strconv.ParseUint(v.val, 10, 32); err != nil {
+				r.fail(v.name, "%q is not a numeric id (required with MGR_JAILER=1)", v.val)
+			}
+		}
+	}
+	return d
+}
+
+func readStageHooks(r *reader) StageHooks {
+	h := StageHooks{
+		Commands: map[string]string{},
+		Timeout:  r.seconds("MGN_LIFECYCLE_HOOK_TIMEOUT_SECONDS", 1, int(MaxStageHookTimeout.Seconds())),
+	}
+	for _, k := range StageHookKeys {
+		if v := r.str(StageHookVar(k)); v != "" {
+			h.Commands[k] = v
+		}
+	}
+	return h
+}
+
+// Layout is the host's file layout under the configured roots.
+func (c Config) Layout() layout.Layout {
+	return layout.Layout{ConfigRoot: c.ConfigRoot, RunRoot: c.RunRoot, DataRoot: c.DataRoot}
 }
 
 // AllowedDiskRoots are the directories a VM's disks and kernel may come from:
@@ -127,91 +219,4 @@ func defaultLifecycleBin() string {
 		}
 	}
 	return "mergen-lifecycle"
-}
-
-type reader struct {
-	getenv func(string) string
-	errs   []error
-}
-
-func (r *reader) fail(name, format string, a ...any) {
-	r.errs = append(r.errs, fmt.Errorf("%s: "+format, append([]any{name}, a...)...))
-}
-
-func (r *reader) str(name, def string) string {
-	if v := strings.TrimSpace(r.getenv(name)); v != "" {
-		return v
-	}
-	return def
-}
-
-func (r *reader) path(name, def string) string {
-	v := r.str(name, def)
-	if !filepath.IsAbs(v) {
-		r.fail(name, "%q must be an absolute path", v)
-	}
-	return filepath.Clean(v)
-}
-
-func (r *reader) optionalPath(name, def string) string {
-	v := r.str(name, def)
-	if v == "" {
-		return ""
-	}
-	if !filepath.IsAbs(v) {
-		r.fail(name, "%q must be an absolute path", v)
-	}
-	return filepath.Clean(v)
-}
-
-func (r *reader) pathList(name string) []string {
-	var out []string
-	for _, p := range strings.Split(r.getenv(name), ":") {
-		if p = strings.TrimSpace(p); p == "" {
-			continue
-		}
-		if !filepath.IsAbs(p) {
-			r.fail(name, "%q must be an absolute path", p)
-			continue
-		}
-		out = append(out, filepath.Clean(p))
-	}
-	return out
-}
-
-func (r *reader) int(name string, def, min, max int) int {
-	v := r.str(name, "")
-	if v == "" {
-		return def
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		r.fail(name, "%q is not an integer", v)
-		return def
-	}
-	if n < min || n > max {
-		r.fail(name, "%d is out of range %d..%d", n, min, max)
-		return def
-	}
-	return n
-}
-
-func (r *reader) port(name string, def int) int { return r.int(name, def, 1, 65535) }
-
-func (r *reader) seconds(name string, def int) time.Duration {
-	return time.Duration(r.int(name, def, 1, 86400)) * time.Second
-}
-
-func (r *reader) oneOf(name, def string, allowed ...string) string {
-	v := strings.ToLower(r.str(name, def))
-	if v == def {
-		return v
-	}
-	for _, a := range allowed {
-		if v == a {
-			return v
-		}
-	}
-	r.fail(name, "%q is not one of %s", v, strings.Join(allowed, "|"))
-	return def
 }

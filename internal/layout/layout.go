@@ -1,0 +1,120 @@
+// Package layout is the host's file layout: the only code that joins a root
+// directory with a VM id. Every path of a VM — its config directory and the
+// files in it, its run directory with the VMM socket and pid file, its
+// console log, its locks and the detached supervisor's files — comes from
+// Layout.VM, so the daemon, the lifecycle stages, the supervisors and the
+// unit templates cannot disagree about where a VM lives.
+//
+// Paths are not stored in the VM record: they are a function of the roots
+// and the id. Moving a root (MGR_CONFIG_ROOT, MGR_RUN_ROOT, MGR_DATA_ROOT)
+// while VMs run is not supported; stop them first.
+package layout
+
+import "path/filepath"
+
+// Layout is rooted at the three directories of the on-disk layout.
+type Layout struct {
+	ConfigRoot string // one directory per VM: MGR_CONFIG_ROOT
+	RunRoot    string // sockets, pid files, supervisor state: MGR_RUN_ROOT
+	DataRoot   string // per-VM data under vms/<id>, base assets, images: MGR_DATA_ROOT
+}
+
+// File names inside a VM's config directory.
+const (
+	FileVMConfig       = "vm.json"   // the VMM's own configuration
+	FileMeta           = "meta.json" // the VM record
+	FileHooks          = "hooks.json"
+	FileLifecycleHooks = "lifecycle-hooks.json" // optional stage extensions
+	FileEnv            = "env"                  // service-manager environment file
+)
+
+// VM are the host paths of one VM.
+type VM struct {
+	ID string
+
+	ConfigDir      string // <config>/<id>
+	VMConfig       string // vm.json
+	Meta           string // meta.json
+	Hooks          string // hooks.json
+	LifecycleHooks string // lifecycle-hooks.json
+	Env            string // env
+
+	RunDir  string // <run>/<id>
+	Socket  string // the VMM's API socket (Firecracker API, QEMU QMP)
+	PIDFile string // the VMM's pid
+
+	// The detached supervisor's files, in the run directory.
+	SupervisorPID   string
+	SupervisorState string
+	SupervisorLog   string
+	SupervisorLock  string // held by the supervising process for its life
+	SupervisorOp    string // serialises Start, Stop and Forget callers
+
+	Lock      string // lifecycle lock: one start, stop or delete at a time
+	StageLock string // held by stages while they change network and runtime files
+
+	DataDir    string // <data>/vms/<id>
+	ConsoleLog string // the guest's serial console
+}
+
+// VM returns the paths of VM id. id is not validated here: callers validate
+// ids at their boundary (a UUID), and the unit templates pass systemd's
+// instance specifier "%i" to get paths relative to the unit's instance.
+func (l Layout) VM(id string) VM {
+	cfg := filepath.Join(l.ConfigRoot, id)
+	run := filepath.Join(l.RunRoot, id)
+	data := filepath.Join(l.DataRoot, "vms", id)
+	locks := l.LocksDir()
+	return VM{
+		ID:             id,
+		ConfigDir:      cfg,
+		VMConfig:       filepath.Join(cfg, FileVMConfig),
+		Meta:           filepath.Join(cfg, FileMeta),
+		Hooks:          filepath.Join(cfg, FileHooks),
+		LifecycleHooks: filepath.Join(cfg, FileLifecycleHooks),
+		Env:            filepath.Join(cfg, FileEnv),
+
+		RunDir:  run,
+		Socket:  filepath.Join(run, "vmm.sock"),
+		PIDFile: filepath.Join(run, "vmm.pid"),
+
+		SupervisorPID:   filepath.Join(run, "supervisor.pid"),
+		SupervisorState: filepath.Join(run, "supervisor.state.json"),
+		SupervisorLog:   filepath.Join(run, "supervisor.log"),
+		SupervisorLock:  filepath.Join(run, "supervisor.lock"),
+		SupervisorOp:    filepath.Join(run, "supervisor.op.lock"),
+
+		Lock:      filepath.Join(locks, id+".lock"),
+		StageLock: filepath.Join(locks, id+".stage.lock"),
+
+		DataDir:    data,
+		ConsoleLog: filepath.Join(data, "console.log"),
+	}
+}
+
+// LocksDir holds the per-VM lock files.
+func (l Layout) LocksDir() string { return filepath.Join(l.RunRoot, "locks") }
+
+// AllocLock is the host-wide lock for allocating guest IPs and host ports.
+func (l Layout) AllocLock() string { return filepath.Join(l.ConfigRoot, ".alloc.lock") }
+
+// Generation is the counter file bumped before every change to the set of
+// VMs.
+func (l Layout) Generation() string { return filepath.Join(l.ConfigRoot, ".generation") }
+
+// Hidden names in the config root: a VM being created is written under a
+// staging directory and renamed into place; a VM being deleted is renamed
+// to a trash name first. Neither is ever a VM.
+const (
+	StagingPrefix = ".tmp-"
+	TrashPrefix   = ".trash-"
+)
+
+// StagingPattern is the os.MkdirTemp pattern of a VM being created.
+func (l Layout) StagingPattern(id string) string { return StagingPrefix + id + "-" }
+
+// Trash is where VM id's config directory goes on delete; stamp makes the
+// name unique.
+func (l Layout) Trash(id, stamp string) string {
+	return filepath.Join(l.ConfigRoot, TrashPrefix+id+"-"+stamp)
+}
