@@ -5,8 +5,9 @@
 //
 //	mergen-lifecycle <stage> <vm-id>
 //
-// Configuration comes from the MGR_* environment, which the unit loads from
-// the VM's env file.
+// Host configuration comes from the MGR_* environment (the unit's
+// Environment= lines, or the detached supervisor); what create decided
+// about the VM comes from its record.
 package main
 
 import (
@@ -20,16 +21,21 @@ import (
 	"golang.org/x/term"
 
 	"github.com/mergenhq/mergen/internal/config"
-	"github.com/mergenhq/mergen/internal/daemon"
 	"github.com/mergenhq/mergen/internal/lifecycle"
 	"github.com/mergenhq/mergen/internal/logging"
+	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/supervisor"
 )
 
 func usage() {
-	fmt.Fprintf(os.Stderr, "usage: mergen-lifecycle <stage> <vm-id>\nstages: %s\n", strings.Join(lifecycle.Stages, ", "))
+	fmt.Fprintf(os.Stderr, "usage: mergen-lifecycle <stage> <vm-id>\nstages: %s\ntoolkit: %s (stop and start under the VM's lock, with its hooks)\n",
+		strings.Join(lifecycle.Stages, ", "), restart)
 }
+
+// restart is a toolkit command, not a stage: it goes through the manager
+// like the daemon's stop and start.
+const restart = "restart"
 
 func main() {
 	if len(os.Args) == 2 && (os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help") {
@@ -63,26 +69,19 @@ func run(stage, id string) error {
 	switch stage {
 	case "supervise":
 		// Hidden: the body of the detached supervisor's per-VM process.
-		return supervisor.RunDetached(ctx, daemon.SupervisorOptions(cfg), id)
-	case lifecycle.Restart:
-		sup, err := supervisor.New(cfg.Supervisor, daemon.SupervisorOptions(cfg))
-		if err != nil {
-			return err
-		}
+		return supervisor.RunDetached(ctx, supervisor.OptionsFrom(cfg), id)
+	}
+	st, err := store.Open(cfg.Layout())
+	if err != nil {
+		return err
+	}
+	if stage == restart {
 		if err := store.ValidateID(id); err != nil {
 			return err
 		}
-		if err := sup.Stop(ctx, id); err != nil {
-			return fmt.Errorf("restart vm %s: %w", id, err)
-		}
-		if err := sup.Start(ctx, id); err != nil {
-			return fmt.Errorf("restart vm %s: %w", id, err)
-		}
-		return nil
-	}
-	st, err := store.Open(cfg.ConfigRoot, cfg.RunRoot, cfg.DataRoot)
-	if err != nil {
-		return err
+		sup, err := supervisor.New(cfg.Supervisor, supervisor.OptionsFrom(cfg))
+		mgr := manager.New(manager.Options{Config: cfg, Store: st, Log: log, Supervisor: sup, SupervisorErr: err})
+		return mgr.Restart(ctx, id)
 	}
 	r := &lifecycle.Runner{Config: cfg, Store: st, Log: log, Out: os.Stdout}
 	return r.Run(ctx, stage, id)

@@ -19,8 +19,7 @@ import (
 
 	"github.com/mergenhq/mergen/internal/converter"
 	"github.com/mergenhq/mergen/internal/imagemeta"
-	"github.com/mergenhq/mergen/internal/manager"
-	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/wire"
 )
 
 type runFlags struct {
@@ -153,12 +152,12 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, image s
 	}
 
 	// 2. Create and start.
-	req := manager.CreateRequest{PayloadDisk: payload, VCPU: f.vcpu, MemMiB: f.mem, HTTPPort: f.httpPort, AutoStart: true}
+	req := wire.CreateRequest{PayloadDisk: payload, VCPU: f.vcpu, MemMiB: f.mem, HTTPPort: f.httpPort, AutoStart: true}
 	if req.HTTPPort == 0 {
 		req.HTTPPort = rt.HTTPPort
 	}
 	if f.name != "" {
-		req.Tags = map[string]string{manager.NameTag: f.name}
+		req.Tags = map[string]string{wire.NameTag: f.name}
 	}
 	if req.ExtraEnv, err = parseKV("--env", f.env); err != nil {
 		return err
@@ -167,7 +166,7 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, image s
 		return err
 	}
 	if len(req.Ports) == 0 && req.HTTPPort != 0 {
-		req.Ports = []store.Port{{Guest: req.HTTPPort, Host: 0, Protocol: "tcp"}}
+		req.Ports = []wire.Port{{Guest: req.HTTPPort, Host: 0, Protocol: "tcp"}}
 	}
 	ph.begin("create and start the VM")
 	vm, err := c.Create(ctx, req)
@@ -187,7 +186,7 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, image s
 		if hostPort != 0 {
 			ph.begin("wait for the guest's HTTP port %d (published on 127.0.0.1:%d)", req.HTTPPort, hostPort)
 			if err := waitHTTP(ctx, fmt.Sprintf("http://127.0.0.1:%d/", hostPort), f.timeout); err != nil {
-				return fmt.Errorf("vm %s: %w (see `mergen logs %s`)", vm.ID, err, store.ShortID(vm.ID))
+				return fmt.Errorf("vm %s: %w (see `mergen logs %s`)", vm.ID, err, wire.ShortID(vm.ID))
 			}
 			ph.end("")
 		}
@@ -196,7 +195,7 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, image s
 	if f.detach {
 		return nil
 	}
-	fmt.Fprintf(stderr, "==> following the console of %s (Ctrl-C stops following; the VM keeps running)\n", store.ShortID(vm.ID))
+	fmt.Fprintf(stderr, "==> following the console of %s (Ctrl-C stops following; the VM keeps running)\n", wire.ShortID(vm.ID))
 	if err := c.Console(ctx, vm.ID, 0, true, stdout); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
@@ -245,10 +244,10 @@ func waitHTTP(ctx context.Context, url string, limit time.Duration) error {
 	}
 }
 
-func printRunSummary(w io.Writer, vm manager.VM, f runFlags, took time.Duration) {
+func printRunSummary(w io.Writer, vm wire.VM, f runFlags, took time.Duration) {
 	label := vm.Name
 	if label == "" {
-		label = store.ShortID(vm.ID)
+		label = wire.ShortID(vm.ID)
 	}
 	host := label + "." + f.domain
 	url := "https://" + host + "/"

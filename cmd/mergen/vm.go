@@ -15,8 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mergenhq/mergen/internal/client"
-	"github.com/mergenhq/mergen/internal/manager"
-	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/wire"
 )
 
 // apiFlags is shared by every command that talks to the daemon.
@@ -39,10 +38,10 @@ func (f *apiFlags) client() (*client.Client, error) {
 
 // resolve connects to the daemon and finds the VM a user named by id, id
 // prefix or name. The VM document comes from the list, current as of now.
-func (f *apiFlags) resolve(ctx context.Context, ref string) (*client.Client, manager.VM, error) {
+func (f *apiFlags) resolve(ctx context.Context, ref string) (*client.Client, wire.VM, error) {
 	c, err := f.client()
 	if err != nil {
-		return nil, manager.VM{}, err
+		return nil, wire.VM{}, err
 	}
 	vm, err := c.Resolve(ctx, ref)
 	return c, vm, err
@@ -72,7 +71,7 @@ full id, a unique prefix of it, or its name (the "name" tag).`,
 
 func newVMCreateCmd(f *apiFlags) *cobra.Command {
 	var (
-		req                              manager.CreateRequest
+		req                              wire.CreateRequest
 		ports, tags, env                 []string
 		bridge, guestIP, gatewayIP, mask string
 		metadata                         string
@@ -96,7 +95,7 @@ func newVMCreateCmd(f *apiFlags) *cobra.Command {
 				if req.Tags == nil {
 					req.Tags = map[string]string{}
 				}
-				req.Tags[manager.NameTag] = args[0]
+				req.Tags[wire.NameTag] = args[0]
 			}
 			if req.ExtraEnv, err = parseKV("--env", env); err != nil {
 				return err
@@ -111,7 +110,7 @@ func newVMCreateCmd(f *apiFlags) *cobra.Command {
 				req.Metadata = json.RawMessage(metadata)
 			}
 			if bridge != "" {
-				req.Bridge = &manager.BridgeRequest{Name: bridge, GuestIP: guestIP, GatewayIP: gatewayIP, Netmask: mask}
+				req.Bridge = &wire.BridgeRequest{Name: bridge, GuestIP: guestIP, GatewayIP: gatewayIP, Netmask: mask}
 			} else if guestIP != "" || gatewayIP != "" || mask != "" {
 				return fmt.Errorf("--guest-ip, --gateway-ip and --netmask need --bridge (in the default mode the guest IP is allocated)")
 			}
@@ -120,7 +119,7 @@ func newVMCreateCmd(f *apiFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return printVMs(cmd.OutOrStdout(), f.output, []manager.VM{vm}, false)
+			return printVMs(cmd.OutOrStdout(), f.output, []wire.VM{vm}, false)
 		},
 	}
 	fl := cmd.Flags()
@@ -165,8 +164,8 @@ func parseKV(flag string, items []string) (map[string]string, error) {
 
 // parsePorts reads HOST:GUEST[/proto] (or just GUEST, publishing on a free
 // host port).
-func parsePorts(items []string) ([]store.Port, error) {
-	var out []store.Port
+func parsePorts(items []string) ([]wire.Port, error) {
+	var out []wire.Port
 	for _, it := range items {
 		spec, proto, _ := strings.Cut(it, "/")
 		hostS, guestS, ok := strings.Cut(spec, ":")
@@ -178,7 +177,7 @@ func parsePorts(items []string) ([]store.Port, error) {
 		if err1 != nil || err2 != nil {
 			return nil, fmt.Errorf("--publish %q: want HOST:GUEST[/tcp|udp] with numeric ports", it)
 		}
-		out = append(out, store.Port{Host: host, Guest: guest, Protocol: proto})
+		out = append(out, wire.Port{Host: host, Guest: guest, Protocol: proto})
 	}
 	return out, nil
 }
@@ -228,7 +227,7 @@ func newVMStartStopCmd(f *apiFlags, op string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var done []manager.VM
+			var done []wire.VM
 			for _, ref := range args {
 				vm, err := c.Resolve(cmd.Context(), ref)
 				if err != nil {
@@ -293,7 +292,7 @@ func printJSON(w io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-func printVMs(w io.Writer, format string, vms []manager.VM, asList bool) error {
+func printVMs(w io.Writer, format string, vms []wire.VM, asList bool) error {
 	if format == "json" {
 		if asList {
 			return printJSON(w, vms)
@@ -306,13 +305,13 @@ func printVMs(w io.Writer, format string, vms []manager.VM, asList bool) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tSTATE\tVMM\tGUEST IP\tPORTS\tAGE")
 	for _, vm := range vms {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", store.ShortID(vm.ID), dash(vm.Name), stateWord(vm),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", wire.ShortID(vm.ID), dash(vm.Name), stateWord(vm),
 			vm.VMM, dash(vm.Network.GuestIP), portsText(vm.Network.Ports), age(vm.CreatedAt))
 	}
 	return tw.Flush()
 }
 
-func stateWord(vm manager.VM) string {
+func stateWord(vm wire.VM) string {
 	s := vm.Service
 	switch {
 	case !s.Available:
@@ -325,7 +324,7 @@ func stateWord(vm manager.VM) string {
 	return "inactive"
 }
 
-func portsText(ps []store.Port) string {
+func portsText(ps []wire.Port) string {
 	if len(ps) == 0 {
 		return "-"
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/version"
+	"github.com/mergenhq/mergen/internal/wire"
 )
 
 // MaxBodyBytes bounds request bodies.
@@ -185,7 +186,7 @@ func (s *Server) openapi(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
-	var req manager.CreateRequest
+	var req wire.CreateRequest
 	if err := decode(w, r, &req); err != nil {
 		s.writeError(w, r, err)
 		return
@@ -199,19 +200,13 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, vm)
 }
 
-// VMList is the body of GET /v1/vms.
-type VMList struct {
-	VMs   []manager.VM `json:"vms"`
-	Count int          `json:"count"`
-}
-
 func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
 	vms, err := s.mgr.List(r.Context())
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, VMList{VMs: vms, Count: len(vms)})
+	writeJSON(w, http.StatusOK, wire.VMList{VMs: vms, Count: len(vms)})
 }
 
 // getVM is GET /v1/vms/{id}: a transition that changes nothing.

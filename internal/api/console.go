@@ -25,8 +25,7 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	meta, err := s.mgr.Store().ReadMeta(id)
-	if err != nil {
+	if _, err := s.mgr.Store().ReadMeta(id); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -41,7 +40,8 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	}
 	follow := r.URL.Query().Get("follow") == "true" || r.URL.Query().Get("follow") == "1"
 
-	f, err := os.Open(meta.Paths.ConsoleLog)
+	console := s.mgr.Store().Paths(id).ConsoleLog
+	f, err := os.Open(console)
 	if errors.Is(err, fs.ErrNotExist) {
 		if !follow {
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -76,7 +76,7 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 		case <-tick.C:
 		}
 		if f == nil {
-			if f, err = os.Open(meta.Paths.ConsoleLog); err != nil {
+			if f, err = os.Open(console); err != nil {
 				if !s.mgr.Store().Exists(id) {
 					return
 				}

@@ -6,8 +6,8 @@ import (
 	"time"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
-	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/wire"
 )
 
 // The earlier generation's API: POST /machines creates and starts a VM
@@ -51,13 +51,13 @@ func (s *Server) legacyCreate(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, errdefs.Invalid("id: required"))
 		return
 	}
-	create := manager.CreateRequest{
+	create := wire.CreateRequest{
 		Kernel:    req.KernelImagePath,
 		Rootfs:    req.RootDrivePath,
 		VCPU:      req.CPUCount,
 		MemMiB:    req.MemSizeMB,
 		BootArgs:  req.BootArgs,
-		Tags:      map[string]string{manager.NameTag: req.ID},
+		Tags:      map[string]string{wire.NameTag: req.ID},
 		AutoStart: true,
 	}
 	if req.ContainerImageURL != "" {
@@ -71,7 +71,7 @@ func (s *Server) legacyCreate(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, legacyView(req.ID, vm))
 }
 
-func (s *Server) legacyLookup(r *http.Request) (manager.VM, string, error) {
+func (s *Server) legacyLookup(r *http.Request) (wire.VM, string, error) {
 	name := r.PathValue("id")
 	if store.ValidateID(name) == nil {
 		vm, err := s.mgr.Get(r.Context(), name)
@@ -103,7 +103,7 @@ func (s *Server) legacyDelete(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]string{"id": name, "status": "deleted"})
 }
 
-func legacyView(name string, vm manager.VM) legacyStatus {
+func legacyView(name string, vm wire.VM) legacyStatus {
 	st := legacyStatus{
 		ID:         name,
 		Status:     legacyState(vm),
@@ -121,7 +121,7 @@ func legacyView(name string, vm manager.VM) legacyStatus {
 	return st
 }
 
-func legacyState(vm manager.VM) string {
+func legacyState(vm wire.VM) string {
 	switch {
 	case !vm.Service.Available:
 		return "unknown"

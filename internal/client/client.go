@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mergenhq/mergen/internal/manager"
+	"github.com/mergenhq/mergen/internal/wire"
 )
 
 // DefaultAddr is where the CLI finds the daemon unless --api or MERGEN_API
@@ -95,38 +95,36 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 }
 
 // Create creates a VM.
-func (c *Client) Create(ctx context.Context, req manager.CreateRequest) (manager.VM, error) {
-	var vm manager.VM
+func (c *Client) Create(ctx context.Context, req wire.CreateRequest) (wire.VM, error) {
+	var vm wire.VM
 	err := c.do(ctx, http.MethodPost, "/v1/vms", req, &vm)
 	return vm, err
 }
 
 // List lists all VMs.
-func (c *Client) List(ctx context.Context) ([]manager.VM, error) {
-	var l struct {
-		VMs []manager.VM `json:"vms"`
-	}
+func (c *Client) List(ctx context.Context) ([]wire.VM, error) {
+	var l wire.VMList
 	err := c.do(ctx, http.MethodGet, "/v1/vms", nil, &l)
 	return l.VMs, err
 }
 
 // Get returns one VM by its full id.
-func (c *Client) Get(ctx context.Context, id string) (manager.VM, error) {
-	var vm manager.VM
+func (c *Client) Get(ctx context.Context, id string) (wire.VM, error) {
+	var vm wire.VM
 	err := c.do(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(id), nil, &vm)
 	return vm, err
 }
 
 // Start starts a VM.
-func (c *Client) Start(ctx context.Context, id string) (manager.VM, error) {
-	var vm manager.VM
+func (c *Client) Start(ctx context.Context, id string) (wire.VM, error) {
+	var vm wire.VM
 	err := c.do(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(id)+"/start", nil, &vm)
 	return vm, err
 }
 
 // Stop stops a VM.
-func (c *Client) Stop(ctx context.Context, id string) (manager.VM, error) {
-	var vm manager.VM
+func (c *Client) Stop(ctx context.Context, id string) (wire.VM, error) {
+	var vm wire.VM
 	err := c.do(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(id)+"/stop", nil, &vm)
 	return vm, err
 }
@@ -153,19 +151,19 @@ func (c *Client) Images(ctx context.Context) (json.RawMessage, error) {
 // Resolve turns what a user typed — a full id, a unique id prefix, or a VM's
 // name tag — into the VM. A name wins over a prefix; ambiguity is an error
 // that lists the candidates.
-func (c *Client) Resolve(ctx context.Context, ref string) (manager.VM, error) {
+func (c *Client) Resolve(ctx context.Context, ref string) (wire.VM, error) {
 	if ref == "" {
-		return manager.VM{}, fmt.Errorf("no VM given")
+		return wire.VM{}, fmt.Errorf("no VM given")
 	}
 	vms, err := c.List(ctx)
 	if err != nil {
-		return manager.VM{}, err
+		return wire.VM{}, err
 	}
 	return Match(vms, ref)
 }
 
 // Match picks the VM ref names among vms (see Resolve).
-func Match(vms []manager.VM, ref string) (manager.VM, error) {
+func Match(vms []wire.VM, ref string) (wire.VM, error) {
 	for _, vm := range vms {
 		if vm.ID == ref {
 			return vm, nil
@@ -176,7 +174,7 @@ func Match(vms []manager.VM, ref string) (manager.VM, error) {
 			return vm, nil
 		}
 	}
-	var hits []manager.VM
+	var hits []wire.VM
 	for _, vm := range vms {
 		if strings.HasPrefix(vm.ID, ref) {
 			hits = append(hits, vm)
@@ -186,13 +184,13 @@ func Match(vms []manager.VM, ref string) (manager.VM, error) {
 	case 1:
 		return hits[0], nil
 	case 0:
-		return manager.VM{}, fmt.Errorf("no VM with id, id prefix or name %q", ref)
+		return wire.VM{}, fmt.Errorf("no VM with id, id prefix or name %q", ref)
 	}
 	ids := make([]string, len(hits))
 	for i, vm := range hits {
 		ids[i] = vm.ID
 	}
-	return manager.VM{}, fmt.Errorf("%q matches %d VMs (%s): give more of the id", ref, len(hits), strings.Join(ids, ", "))
+	return wire.VM{}, fmt.Errorf("%q matches %d VMs (%s): give more of the id", ref, len(hits), strings.Join(ids, ", "))
 }
 
 // Console copies the VM's serial console to w; with follow it keeps

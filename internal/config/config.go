@@ -220,3 +220,45 @@ func defaultLifecycleBin() string {
 	}
 	return "mergen-lifecycle"
 }
+
+// DriverFromEnv reads only the driver settings through getenv: what a
+// version 1 VM record left in the VM's env file.
+func DriverFromEnv(getenv Source) (Driver, error) {
+	r := newReader(getenv)
+	d := readDriver(r)
+	return d, r.err()
+}
+
+// StageEnv is the host configuration the lifecycle stages need, as
+// KEY=VALUE pairs: rendered into the unit templates' Environment= lines and
+// given by the detached supervisor to the stages it runs, so that a stage
+// reads the same configuration as the daemon. PATH goes along so the stages
+// find the tools the daemon finds.
+func (c Config) StageEnv() []string {
+	env := []string{
+		"MGR_CONFIG_ROOT=" + c.ConfigRoot,
+		"MGR_RUN_ROOT=" + c.RunRoot,
+		"MGR_DATA_ROOT=" + c.DataRoot,
+		"MGR_GUEST_CIDR=" + c.GuestCIDR.String(),
+		"MGR_UNIT_PREFIX=" + c.UnitPrefix,
+		"MGR_COMMAND_TIMEOUT_SECONDS=" + strconv.Itoa(int(c.CommandTimeout.Seconds())),
+		"MGR_STOP_TIMEOUT_SECONDS=" + strconv.Itoa(int(c.StopTimeout.Seconds())),
+		"MGR_GLOBAL_HOOKS_DIR=" + c.GlobalHooksDir,
+		"MGN_DAEMON_LOG_FILE=" + c.DaemonLogFile,
+		"MGR_LOG_LEVEL=" + c.LogLevel,
+		"MGR_LOG_FORMAT=" + c.LogFormat,
+		"MGN_LIFECYCLE_HOOK_TIMEOUT_SECONDS=" + strconv.Itoa(int(c.StageHooks.Timeout.Seconds())),
+	}
+	if c.Supervisor != "" {
+		env = append(env, "MGR_SUPERVISOR="+c.Supervisor)
+	}
+	for _, k := range StageHookKeys {
+		if v := c.StageHooks.Commands[k]; v != "" {
+			env = append(env, StageHookVar(k)+"="+v)
+		}
+	}
+	if p := os.Getenv("PATH"); p != "" {
+		env = append(env, "PATH="+p)
+	}
+	return env
+}

@@ -20,7 +20,6 @@ import (
 	"github.com/mergenhq/mergen/internal/api"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/images"
-	"github.com/mergenhq/mergen/internal/lifecycle"
 	"github.com/mergenhq/mergen/internal/logging"
 	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
@@ -54,15 +53,24 @@ func Run(ctx context.Context, o Options) error {
 
 // Serve runs the daemon with an explicit configuration.
 func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, o Options) error {
-	st, err := store.Open(cfg.ConfigRoot, cfg.RunRoot, cfg.DataRoot)
+	st, err := store.Open(cfg.Layout())
 	if err != nil {
 		return err
 	}
 	if err := st.Sweep(); err != nil {
 		log.Warn("sweeping interrupted creates and deletes", "err", err)
 	}
+	mctx, cancel := context.WithTimeout(ctx, cfg.CommandTimeout)
+	migrated, err := st.Migrate(mctx)
+	cancel()
+	if len(migrated) > 0 {
+		log.Info("VM records rewritten in the current form", "count", len(migrated), "version", store.RecordVersion)
+	}
+	if err != nil {
+		log.Warn("some VM records keep their old form until the next start (still read correctly)", "err", err)
+	}
 
-	supOpts := SupervisorOptions(cfg)
+	supOpts := supervisor.OptionsFrom(cfg)
 	sup, supErr := supervisor.New(cfg.Supervisor, supOpts)
 	if supErr == nil {
 		if o.InstallUnits && sup.Name() == "systemd" {
@@ -119,18 +127,6 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, o Options) 
 	}
 	// VMs keep running: they belong to the service manager, not to us.
 	return nil
-}
-
-// SupervisorOptions derives the supervisor's options from the configuration.
-func SupervisorOptions(cfg config.Config) supervisor.Options {
-	return supervisor.Options{
-		UnitPrefix:   cfg.UnitPrefix,
-		LifecycleBin: cfg.LifecycleBin,
-		RunRoot:      cfg.RunRoot,
-		ConfigRoot:   cfg.ConfigRoot,
-		StopTimeout:  cfg.StopTimeout,
-		Env:          lifecycle.Env(cfg),
-	}
 }
 
 func supName(s supervisor.Supervisor) string {

@@ -10,9 +10,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/layout"
 )
 
 // Lifecycle stage extensions. For each extensible stage, hooks come from
@@ -26,29 +28,17 @@ import (
 // in the hook's environment). A failing hook fails the stage.
 
 // StageKeys are the extensible stages, as named in lifecycle-hooks.json.
-var StageKeys = []string{"preStart", "postStart", "preStop", "postStop", "preDelete", "delete", "postDelete"}
+var StageKeys = config.StageHookKeys
 
 // StageFile is the per-VM stage hook file in the VM's config directory.
-const StageFile = "lifecycle-hooks.json"
-
-// DefaultStageTimeout bounds one stage hook; TimeoutEnv in the environment
-// given to StageHooks overrides it.
-const DefaultStageTimeout = 60 * time.Second
-
-// MaxStageTimeout caps TimeoutEnv: a stage hook may drain or back up a VM,
-// but a unit must never hang on one forever.
-const MaxStageTimeout = time.Hour
-
-// TimeoutEnv names the variable that sets the timeout of every stage hook,
-// in whole seconds.
-const TimeoutEnv = "MGN_LIFECYCLE_HOOK_TIMEOUT_SECONDS"
+const StageFile = layout.FileLifecycleHooks
 
 // StageHook is one stage hook: Argv run directly, or Shell via /bin/sh -c.
 type StageHook struct {
 	Source  string        // where it came from, for logs
 	Argv    []string      // exec form
 	Shell   string        // shell form
-	Timeout time.Duration // 0 means DefaultStageTimeout
+	Timeout time.Duration // 0: bounded only by the caller's context
 }
 
 func (h StageHook) String() string {
@@ -56,19 +46,6 @@ func (h StageHook) String() string {
 		return h.Source + ": " + h.Shell
 	}
 	return h.Source + ": " + strings.Join(h.Argv, " ")
-}
-
-// EnvVar is the env list variable of a stage key: preStart →
-// MGN_LIFECYCLE_PRE_START_HOOKS.
-func EnvVar(key string) string {
-	var b strings.Builder
-	for i, r := range key {
-		if i > 0 && r >= 'A' && r <= 'Z' {
-			b.WriteByte('_')
-		}
-		b.WriteRune(r)
-	}
-	return "MGN_LIFECYCLE_" + strings.ToUpper(b.String()) + "_HOOKS"
 }
 
 func validKey(key string) bool {
@@ -80,55 +57,35 @@ func validKey(key string) bool {
 	return false
 }
 
-// StageHooks collects the hooks of one stage key for the VM whose config
-// directory is configDir, from env (KEY=VALUE pairs) and lifecycle-hooks.json.
-func StageHooks(configDir, key string, env []string) ([]StageHook, error) {
+// StageHooks collects the hooks of one stage key for a VM: first the
+// host's env list (config.StageHooks, from MGN_LIFECYCLE_<STAGE>_HOOKS),
+// then the VM's lifecycle-hooks.json at file. Each gets the host's hook
+// timeout.
+func StageHooks(file, key string, host config.StageHooks) ([]StageHook, error) {
 	if !validKey(key) {
 		return nil, fmt.Errorf("stage hooks: unknown stage %q (want one of %s)", key, strings.Join(StageKeys, ", "))
 	}
-	timeout := DefaultStageTimeout
-	if v, ok := lookup(env, TimeoutEnv); ok && strings.TrimSpace(v) != "" {
-		n, err := strconv.Atoi(strings.TrimSpace(v))
-		if err != nil || n < 1 || time.Duration(n)*time.Second > MaxStageTimeout {
-			return nil, fmt.Errorf("stage hooks: %s=%q: want whole seconds between 1 and %d", TimeoutEnv, v, int(MaxStageTimeout.Seconds()))
-		}
-		timeout = time.Duration(n) * time.Second
-	}
 	var out []StageHook
-	name := EnvVar(key)
-	if v, ok := lookup(env, name); ok {
-		for i, cmd := range strings.Split(v, ";") {
-			if cmd = strings.TrimSpace(cmd); cmd != "" {
-				out = append(out, StageHook{Source: fmt.Sprintf("%s[%d]", name, i), Shell: cmd, Timeout: timeout})
-			}
+	name := config.StageHookVar(key)
+	for i, cmd := range strings.Split(host.Commands[key], ";") {
+		if cmd = strings.TrimSpace(cmd); cmd != "" {
+			out = append(out, StageHook{Source: fmt.Sprintf("%s[%d]", name, i), Shell: cmd, Timeout: host.Timeout})
 		}
 	}
-	file, err := loadStageFile(filepath.Join(configDir, StageFile))
+	fileHooks, err := loadStageFile(file)
 	if err != nil {
 		return nil, err
 	}
-	for i, raw := range file[key] {
+	for i, raw := range fileHooks[key] {
 		h, err := parseStageHook(raw)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %s[%d]: %w", StageFile, key, i, err)
 		}
 		h.Source = fmt.Sprintf("%s %s[%d]", StageFile, key, i)
-		h.Timeout = timeout
+		h.Timeout = host.Timeout
 		out = append(out, h)
 	}
 	return out, nil
-}
-
-// lookup returns the last value of name in env (KEY=VALUE pairs), as the
-// process environment would.
-func lookup(env []string, name string) (string, bool) {
-	val, found := "", false
-	for _, kv := range env {
-		if k, v, ok := strings.Cut(kv, "="); ok && k == name {
-			val, found = v, true
-		}
-	}
-	return val, found
 }
 
 func loadStageFile(path string) (map[string][]json.RawMessage, error) {
@@ -198,11 +155,11 @@ func RunStage(ctx context.Context, log *slog.Logger, vmID, key string, list []St
 
 func runStageHook(ctx context.Context, h StageHook, id, key string) error {
 	timeout := h.Timeout
-	if timeout <= 0 {
-		timeout = DefaultStageTimeout
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
 	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	var cmd *exec.Cmd
 	if h.Shell != "" {
 		cmd = exec.CommandContext(ctx, "/bin/sh", "-c", substitute(h.Shell, id))

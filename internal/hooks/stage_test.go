@@ -12,6 +12,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/envfile"
 )
 
 func TestEnvVarNames(t *testing.T) {
@@ -22,8 +25,8 @@ func TestEnvVarNames(t *testing.T) {
 		"postDelete": "MGN_LIFECYCLE_POST_DELETE_HOOKS",
 	}
 	for key, v := range want {
-		if got := EnvVar(key); got != v {
-			t.Errorf("EnvVar(%s) = %s, want %s", key, got, v)
+		if got := config.StageHookVar(key); got != v {
+			t.Errorf("config.StageHookVar(%s) = %s, want %s", key, got, v)
 		}
 	}
 }
@@ -35,8 +38,8 @@ func TestStageHooksRunInOrderWithSubstitution(t *testing.T) {
   "preStart": ["echo file-shell {{vm_id}} >> `+trace+`", ["/bin/sh", "-c", "echo file-argv ${VM_ID} $VM_ID >> `+trace+`"]],
   "postStop": ["echo other-stage >> `+trace+`"]
 }`), 0o644)
-	env := []string{"PATH=/bin", EnvVar("preStart") + "=echo env-1 {{vm_id}} >> " + trace + "; echo env-2 >> " + trace}
-	list, err := StageHooks(dir, "preStart", env)
+	env := []string{"PATH=/bin", config.StageHookVar("preStart") + "=echo env-1 {{vm_id}} >> " + trace + "; echo env-2 >> " + trace}
+	list, err := StageHooks(filepath.Join(dir, StageFile), "preStart", hostHooks(t, env))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,15 +86,15 @@ func TestStageHookFileErrors(t *testing.T) {
 	for content, want := range cases {
 		dir := t.TempDir()
 		os.WriteFile(filepath.Join(dir, StageFile), []byte(content), 0o644)
-		_, err := StageHooks(dir, "preStart", nil)
+		_, err := StageHooks(filepath.Join(dir, StageFile), "preStart", hostHooks(t, nil))
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: err %v, want %q", content, err, want)
 		}
 	}
-	if _, err := StageHooks(t.TempDir(), "preBoot", nil); err == nil {
+	if _, err := StageHooks(filepath.Join(t.TempDir(), StageFile), "preBoot", hostHooks(t, nil)); err == nil {
 		t.Error("unknown stage key accepted")
 	}
-	if list, err := StageHooks(t.TempDir(), "delete", nil); err != nil || len(list) != 0 {
+	if list, err := StageHooks(filepath.Join(t.TempDir(), StageFile), "delete", hostHooks(t, nil)); err != nil || len(list) != 0 {
 		t.Errorf("no file, no env: %v %v", list, err)
 	}
 }
@@ -153,8 +156,8 @@ func readRecords(t *testing.T, path string) []Record {
 func TestStageHookTimeoutComesFromTheEnvironment(t *testing.T) {
 	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "child.pid")
-	env := []string{TimeoutEnv + "=1", EnvVar("preStop") + "=sleep 60 & echo $! > " + pidFile + " && wait"}
-	list, err := StageHooks(dir, "preStop", env)
+	env := []string{TimeoutEnv + "=1", config.StageHookVar("preStop") + "=sleep 60 & echo $! > " + pidFile + " && wait"}
+	list, err := StageHooks(filepath.Join(dir, StageFile), "preStop", hostHooks(t, env))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +176,7 @@ func TestStageHookTimeoutComesFromTheEnvironment(t *testing.T) {
 	}
 
 	for _, bad := range []string{"0", "soon", "-5", "3601"} {
-		_, err := StageHooks(dir, "preStop", []string{TimeoutEnv + "=" + bad})
+		_, err := config.FromEnv(func(k string) string { return map[string]string{TimeoutEnv: bad}[k] })
 		if err == nil || !strings.Contains(err.Error(), TimeoutEnv) {
 			t.Errorf("%s=%s: err %v, want one naming the variable", TimeoutEnv, bad, err)
 		}
@@ -198,8 +201,8 @@ func TestEnvListSplitsOnSemicolonAndBackgroundChildrenAreAllowed(t *testing.T) {
 	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "daemon.pid")
 	trace := filepath.Join(dir, "trace")
-	env := []string{EnvVar("postStart") + "=sleep 5 & echo $! > " + pidFile + " ; echo second >> " + trace + ";; echo third >> " + trace}
-	list, err := StageHooks(dir, "postStart", env)
+	env := []string{config.StageHookVar("postStart") + "=sleep 5 & echo $! > " + pidFile + " ; echo second >> " + trace + ";; echo third >> " + trace}
+	list, err := StageHooks(filepath.Join(dir, StageFile), "postStart", hostHooks(t, env))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,4 +220,18 @@ func TestEnvListSplitsOnSemicolonAndBackgroundChildrenAreAllowed(t *testing.T) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+}
+
+// TimeoutEnv sets the timeout of every stage hook, in whole seconds.
+const TimeoutEnv = "MGN_LIFECYCLE_HOOK_TIMEOUT_SECONDS"
+
+// hostHooks is the host's stage hook configuration for env (KEY=VALUE
+// pairs), read the way the lifecycle program reads its environment.
+func hostHooks(t *testing.T, env []string) config.StageHooks {
+	t.Helper()
+	c, err := config.FromEnv(func(k string) string { v, _ := envfile.Lookup(env, k); return v })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.StageHooks
 }

@@ -1,3 +1,13 @@
+// Package lifecycle runs the stages of a VM's life, as the service manager
+// calls them through mergen-lifecycle: pre-start, start, post-start, stop,
+// post-stop and on-failure; and the toolkit stages operators and the daemon
+// call: status, pre-delete, delete and post-delete.
+//
+// Every stage reads the VM's record from the store and its paths from the
+// layout, so a stage run by systemd, by the detached supervisor or by hand
+// behaves the same; none re-decides from its own environment what create
+// decided. Network and runtime files are torn down along one path
+// (teardown), by post-stop and by delete.
 package lifecycle
 
 import (
@@ -11,7 +21,6 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
-	"strconv"
 	"syscall"
 	"time"
 
@@ -20,6 +29,7 @@ import (
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/hooks"
+	"github.com/mergenhq/mergen/internal/proc"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/vmm"
 	"github.com/mergenhq/mergen/internal/vmnet"
@@ -40,8 +50,10 @@ const (
 	PostDelete = "post-delete"
 )
 
-// Stages lists every stage and toolkit command, for usage messages.
-var Stages = []string{PreStart, Start, PostStart, Stop, PostStop, OnFailure, Status, Restart, PreDelete, DeleteStg, PostDelete}
+// Stages lists every stage Runner.Run runs. Restart is a toolkit command of
+// mergen-lifecycle that goes through the manager (stop and start under the
+// VM's lock, with its hooks), not a stage.
+var Stages = []string{PreStart, Start, PostStart, Stop, PostStop, OnFailure, Status, PreDelete, DeleteStg, PostDelete}
 
 // Runner runs stages for one host configuration.
 type Runner struct {
@@ -99,12 +111,14 @@ func (r *Runner) Run(ctx context.Context, stage, id string) (err error) {
 		return r.onFailure(ctx, id)
 	case Status:
 		return r.status(ctx, id)
-	case PreDelete, DeleteStg, PostDelete:
+	case DeleteStg:
+		return r.delete(ctx, id)
+	case PreDelete, PostDelete:
 		m, err := r.vm(stage, id)
 		if err != nil {
 			return err
 		}
-		return r.stageHooks(ctx, m, map[string]string{PreDelete: "preDelete", DeleteStg: "delete", PostDelete: "postDelete"}[stage])
+		return r.stageHooks(ctx, m, map[string]string{PreDelete: "preDelete", PostDelete: "postDelete"}[stage])
 	}
 	return errdefs.Invalid("unknown stage %q (want one of %v)", stage, Stages)
 }
@@ -124,7 +138,7 @@ func (r *Runner) event(id, stage, hook string, err error, d time.Duration) {
 // stageHooks runs the lifecycle-hooks.json and MGN_LIFECYCLE_* extensions of
 // a stage, each waited for, in order.
 func (r *Runner) stageHooks(ctx context.Context, m store.Meta, stage string) error {
-	list, err := hooks.StageHooks(m.Paths.ConfigDir, stage, os.Environ())
+	list, err := hooks.StageHooks(r.Store.Paths(m.ID).LifecycleHooks, stage, r.Config.StageHooks)
 	if err != nil {
 		return fmt.Errorf("%s vm %s: %w", stage, m.ID, err)
 	}
@@ -153,22 +167,23 @@ func (r *Runner) preStart(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	driver, err := vmm.New(m.VMM)
+	driver, err := vmm.New(m.VMM, m.Driver)
 	if err != nil {
 		return fmt.Errorf("pre-start vm %s: %w", id, err)
 	}
 	if err := driver.Check(); err != nil {
 		return fmt.Errorf("pre-start vm %s: %w", id, err)
 	}
-	for _, d := range []string{m.Paths.RunDir, m.Paths.DataDir} {
+	p := r.Store.Paths(id)
+	for _, d := range []string{p.RunDir, p.DataDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return fmt.Errorf("pre-start vm %s: %w", id, err)
 		}
 	}
 	// A socket left by a VMM that died without cleaning up would make the
 	// next VMM fail to bind.
-	for _, p := range []string{m.Paths.Socket, m.Paths.PIDFile} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	for _, f := range []string{p.Socket, p.PIDFile} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("pre-start vm %s: %w", id, err)
 		}
 	}
@@ -193,11 +208,12 @@ func (r *Runner) start(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	driver, err := vmm.New(m.VMM)
+	driver, err := vmm.New(m.VMM, m.Driver)
 	if err != nil {
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
-	argv, err := driver.Command(Spec(m), m.Paths.VMConfig)
+	p := r.Store.Paths(id)
+	argv, err := driver.Command(store.Spec(m, p), p.VMConfig)
 	if err != nil {
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
@@ -205,7 +221,7 @@ func (r *Runner) start(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
-	console, err := os.OpenFile(m.Paths.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	console, err := os.OpenFile(p.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return fmt.Errorf("start vm %s: console log: %w", id, err)
 	}
@@ -213,7 +229,9 @@ func (r *Runner) start(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
-	if err := os.WriteFile(m.Paths.PIDFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
+	// This process becomes the VMM: its pid and start time identify the
+	// VMM for as long as it runs.
+	if err := proc.WritePIDFile(p.PIDFile, proc.Self()); err != nil {
 		return fmt.Errorf("start vm %s: pid file: %w", id, err)
 	}
 	r.event(id, Start, "", nil, 0)
@@ -244,7 +262,7 @@ func (r *Runner) postStart(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	driver, err := vmm.New(m.VMM)
+	driver, err := vmm.New(m.VMM, m.Driver)
 	if err != nil {
 		return fmt.Errorf("post-start vm %s: %w", id, err)
 	}
@@ -253,7 +271,7 @@ func (r *Runner) postStart(ctx context.Context, id string) error {
 	defer cancel()
 	var last error
 	for {
-		st, err := driver.Status(wctx, m.Paths.Socket)
+		st, err := driver.Status(wctx, r.Store.Paths(id).Socket)
 		if err == nil && st.Running {
 			break
 		}
@@ -280,30 +298,31 @@ func (r *Runner) stop(ctx context.Context, id string) error {
 	if err := r.stageHooks(ctx, m, "preStop"); err != nil {
 		r.Log.Warn("preStop hooks failed", "vm", id, "err", err)
 	}
-	pid := readPID(m.Paths.PIDFile)
-	if pid == 0 || !alive(pid) {
+	p := r.Store.Paths(id)
+	vmmProc, err := proc.ReadPIDFile(p.PIDFile)
+	if err != nil || !vmmProc.Alive() {
 		return nil
 	}
-	driver, err := vmm.New(m.VMM)
+	driver, err := vmm.New(m.VMM, m.Driver)
 	if err != nil {
 		return fmt.Errorf("stop vm %s: %w", id, err)
 	}
 	sctx, cancel := context.WithTimeout(ctx, r.Config.CommandTimeout)
-	err = driver.Shutdown(sctx, m.Paths.Socket)
+	err = driver.Shutdown(sctx, p.Socket)
 	cancel()
 	if err != nil {
 		r.Log.Warn("graceful shutdown request failed; the VMM will be terminated", "vm", id, "err", err)
 		return nil
 	}
 	deadline := time.Now().Add(r.Config.StopTimeout)
-	for alive(pid) && time.Now().Before(deadline) {
+	for vmmProc.Alive() && time.Now().Before(deadline) {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	if alive(pid) {
+	if vmmProc.Alive() {
 		r.Log.Warn("guest did not power off in time; the VMM will be terminated", "vm", id, "timeout", r.Config.StopTimeout)
 	}
 	return nil
@@ -335,8 +354,9 @@ func (r *Runner) teardown(ctx context.Context, m store.Meta) error {
 	if err := vmnet.Teardown(ctx, nc); err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
-	for _, p := range []string{m.Paths.Socket, m.Paths.PIDFile} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	p := r.Store.Paths(m.ID)
+	for _, f := range []string{p.Socket, p.PIDFile} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 	}
@@ -348,7 +368,7 @@ func (r *Runner) onFailure(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	r.Log.Error("vm failed", "vm", id, "console", m.Paths.ConsoleLog)
+	r.Log.Error("vm failed", "vm", m.ID, "console", r.Store.Paths(id).ConsoleLog)
 	return nil
 }
 
@@ -368,11 +388,12 @@ func (r *Runner) status(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	rep := StatusReport{ID: id, VMM: m.VMM, PID: readPID(m.Paths.PIDFile)}
-	rep.Alive = rep.PID != 0 && alive(rep.PID)
-	if driver, err := vmm.New(m.VMM); err != nil {
+	p := r.Store.Paths(id)
+	vmmProc, _ := proc.ReadPIDFile(p.PIDFile)
+	rep := StatusReport{ID: id, VMM: m.VMM, PID: vmmProc.PID, Alive: vmmProc.Alive()}
+	if driver, err := vmm.New(m.VMM, m.Driver); err != nil {
 		rep.Error = err.Error()
-	} else if st, err := driver.Status(ctx, m.Paths.Socket); err != nil {
+	} else if st, err := driver.Status(ctx, p.Socket); err != nil {
 		rep.Error = err.Error()
 	} else {
 		rep.Running, rep.State = st.Running, st.State
@@ -382,69 +403,30 @@ func (r *Runner) status(ctx context.Context, id string) error {
 	return enc.Encode(rep)
 }
 
-// Delete runs the delete stages of a VM that is already stopped: preDelete
-// and delete hooks, network and runtime clean-up, postDelete hooks. The
-// daemon calls it before removing the VM's files.
-func Delete(ctx context.Context, c config.Config, s *store.Store, log *slog.Logger, m store.Meta) error {
-	r := &Runner{Config: c, Store: s, Log: log, Out: io.Discard}
-	unlock, err := r.stageLock(ctx, DeleteStg, m.ID)
+// delete runs the delete stages of a VM that is already stopped: preDelete
+// and delete hooks, network and runtime clean-up, postDelete hooks (best
+// effort: the VM is gone by then). The daemon runs it before removing the
+// VM's files; a strict failure before the teardown keeps the VM.
+func (r *Runner) delete(ctx context.Context, id string) error {
+	unlock, err := r.stageLock(ctx, DeleteStg, id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	m, err := r.vm(DeleteStg, id)
+	if err != nil {
+		return err
+	}
 	for _, st := range []string{"preDelete", "delete"} {
 		if err := r.stageHooks(ctx, m, st); err != nil {
 			return err
 		}
 	}
 	if err := r.teardown(ctx, m); err != nil {
-		return err
+		return fmt.Errorf("delete vm %s: %w", id, err)
 	}
 	if err := r.stageHooks(ctx, m, "postDelete"); err != nil {
-		log.Warn("postDelete hooks failed", "vm", m.ID, "err", err)
+		r.Log.Warn("postDelete hooks failed", "vm", id, "err", err)
 	}
 	return nil
-}
-
-// MaybeRunning reports whether a VMM process of the VM may be alive.
-func MaybeRunning(m store.Meta) bool {
-	pid := readPID(m.Paths.PIDFile)
-	return pid != 0 && alive(pid)
-}
-
-func readPID(path string) int {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
-	n, err := strconv.Atoi(string(trimSpace(b)))
-	if err != nil {
-		return 0
-	}
-	return n
-}
-
-func trimSpace(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == ' ') {
-		b = b[:len(b)-1]
-	}
-	return b
-}
-
-func alive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	if err != nil && !errors.Is(err, syscall.EPERM) {
-		return false
-	}
-	// A zombie is not alive for our purposes.
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	for i := len(b) - 1; i > 0; i-- {
-		if b[i] == ')' && i+2 < len(b) {
-			return b[i+2] != 'Z' && b[i+2] != 'X'
-		}
-	}
-	return true
 }

@@ -19,11 +19,11 @@ import (
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/hooks"
-	"github.com/mergenhq/mergen/internal/lifecycle"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/supervisor"
 	"github.com/mergenhq/mergen/internal/vmm"
 	"github.com/mergenhq/mergen/internal/vmnet"
+	"github.com/mergenhq/mergen/internal/wire"
 )
 
 // Manager runs the VM operations. It is safe for concurrent use.
@@ -79,28 +79,31 @@ func (m *Manager) Store() *store.Store { return m.store }
 // Create validates the request, allocates, writes the VM and runs onCreate
 // hooks; with autoStart it also starts the VM. Nothing is left behind when it
 // fails.
-func (m *Manager) Create(ctx context.Context, req CreateRequest) (VM, error) {
-	if err := req.normalize(); err != nil {
-		return VM{}, err
+func (m *Manager) Create(ctx context.Context, req wire.CreateRequest) (wire.VM, error) {
+	if err := normalize(&req); err != nil {
+		return wire.VM{}, err
 	}
 	vmHooks, err := hooks.Parse(req.Hooks)
 	if err != nil {
-		return VM{}, errdefs.Invalid("%v", err)
+		return wire.VM{}, errdefs.Invalid("%w", err)
 	}
 	disks, kernel, initrd, err := m.resolveDisks(req)
 	if err != nil {
-		return VM{}, err
+		return wire.VM{}, err
 	}
 	driverName := req.VMM
 	if driverName == "" {
 		driverName = m.cfg.VMM
 	}
 	if driverName == "" {
-		driverName = vmm.DefaultName()
+		driverName = vmm.DefaultName(m.cfg.Driver)
 	}
-	driver, err := vmm.New(driverName)
+	// The host's driver settings, pinned into the record: the start stage
+	// launches the VMM with these, whatever the environment says later.
+	settings := vmm.Resolve(driverName, m.cfg.Driver)
+	driver, err := vmm.New(driverName, settings)
 	if err != nil {
-		return VM{}, errdefs.Invalid("vmm: %v", err)
+		return wire.VM{}, errdefs.Invalid("vmm: %w", err)
 	}
 
 	id := store.NewID()
@@ -108,6 +111,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (VM, error) {
 		ID:        id,
 		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
 		VMM:       driver.Name(),
+		Driver:    settings,
 		VCPU:      req.VCPU,
 		MemMiB:    req.MemMiB,
 		Kernel:    kernel,
@@ -118,7 +122,6 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (VM, error) {
 		Metadata:  req.Metadata,
 		ExtraEnv:  req.ExtraEnv,
 		AutoStart: req.AutoStart,
-		Paths:     m.store.PathsFor(id),
 		MAC:       vmnet.MACFor(id),
 		TapName:   store.TapName(id),
 	}
@@ -137,7 +140,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (VM, error) {
 	}
 
 	if err := m.allocateAndWrite(ctx, &meta, req, driver, vmHooks); err != nil {
-		return VM{}, err
+		return wire.VM{}, err
 	}
 	log := m.log.With("vm", id)
 	log.Info("vm created", "guestIP", meta.GuestIP, "vmm", meta.VMM, "ports", len(meta.Ports))
@@ -147,7 +150,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (VM, error) {
 		if derr := m.remove(context.WithoutCancel(ctx), meta); derr != nil {
 			log.Error("roll back of create failed", "err", derr)
 		}
-		return VM{}, fmt.Errorf("create vm %s: %w", id, err)
+		return wire.VM{}, fmt.Errorf("create vm %s: %w", id, err)
 	}
 	if req.AutoStart {
 		if err := m.Start(ctx, id); err != nil {
@@ -155,7 +158,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (VM, error) {
 			if derr := m.Delete(context.WithoutCancel(ctx), id); derr != nil && !errdefs.IsNotFound(derr) {
 				log.Error("roll back of create failed", "err", derr)
 			}
-			return VM{}, err
+			return wire.VM{}, err
 		}
 	}
 	return m.Get(ctx, id)
@@ -166,7 +169,7 @@ func (m *Manager) Create(ctx context.Context, req CreateRequest) (VM, error) {
 // from the operator's configuration and are trusted, but must exist — except
 // the optional ones (initrd, agent and env disks), which are simply left out
 // when absent.
-func (m *Manager) resolveDisks(req CreateRequest) (d store.Disks, kernel, initrd string, err error) {
+func (m *Manager) resolveDisks(req wire.CreateRequest) (d store.Disks, kernel, initrd string, err error) {
 	roots := m.cfg.AllowedDiskRoots()
 	fields := []struct {
 		name, given, def, env string
@@ -210,7 +213,7 @@ func (m *Manager) resolveDisks(req CreateRequest) (d store.Disks, kernel, initrd
 // allocateAndWrite allocates the guest IP and host ports under the
 // allocation lock and writes the VM directory before releasing it, so that
 // the next allocation sees this VM.
-func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req CreateRequest, driver vmm.Driver, vmHooks hooks.Set) error {
+func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wire.CreateRequest, driver vmm.Driver, vmHooks hooks.Set) error {
 	m.allocMu.Lock()
 	defer m.allocMu.Unlock()
 	unlock, err := m.store.LockAlloc(ctx)
@@ -239,7 +242,7 @@ func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req Cr
 		}
 		meta.GuestIP = ip.String()
 	}
-	ports, err := ix.HostPorts(req.Ports, alloc.Range{Start: m.cfg.PortStart, End: m.cfg.PortEnd}, m.probe)
+	ports, err := ix.HostPorts(recordPorts(req.Ports), alloc.Range{Start: m.cfg.PortStart, End: m.cfg.PortEnd}, m.probe)
 	if err != nil {
 		return err
 	}
@@ -247,7 +250,7 @@ func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req Cr
 	if meta.Ports == nil {
 		meta.Ports = []store.Port{}
 	}
-	meta.BootArgs = lifecycle.BootArgs(*meta, req.BootArgs)
+	meta.BootArgs = store.BootArgs(*meta, req.BootArgs)
 
 	files, err := m.renderFiles(*meta, driver, vmHooks)
 	if err != nil {
@@ -272,9 +275,13 @@ func (m *Manager) renderFiles(meta store.Meta, driver vmm.Driver, vmHooks hooks.
 	if err != nil {
 		return nil, err
 	}
-	vmConfig, err := driver.Config(lifecycle.Spec(meta))
+	vmConfig, err := driver.Config(store.Spec(meta, m.store.Paths(meta.ID)))
 	if err != nil {
-		return nil, errdefs.Invalid("render %s config for vm %s: %v", driver.Name(), meta.ID, err)
+		return nil, errdefs.Invalid("render %s config for vm %s: %w", driver.Name(), meta.ID, err)
+	}
+	envFile, err := store.EnvFile(meta)
+	if err != nil {
+		return nil, fmt.Errorf("render env file of vm %s: %w", meta.ID, err)
 	}
 	hooksJSON, err := json.MarshalIndent(vmHooks, "", "  ")
 	if err != nil {
@@ -284,7 +291,7 @@ func (m *Manager) renderFiles(meta store.Meta, driver vmm.Driver, vmHooks hooks.
 		store.FileMeta:     metaJSON,
 		store.FileVMConfig: vmConfig,
 		store.FileHooks:    append(hooksJSON, '\n'),
-		store.FileEnv:      lifecycle.EnvFile(m.cfg, meta),
+		store.FileEnv:      envFile,
 	}, nil
 }
 
@@ -340,4 +347,12 @@ func (m *Manager) indexLocked() (index, error) {
 	}
 	m.indexGen = gen
 	return ix, nil
+}
+
+func recordPorts(ps []wire.Port) []store.Port {
+	out := make([]store.Port, len(ps))
+	for i, p := range ps {
+		out[i] = store.Port(p)
+	}
+	return out
 }

@@ -2,77 +2,56 @@ package manager
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"sort"
-	"time"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/hooks"
-	"github.com/mergenhq/mergen/internal/lifecycle"
+	"github.com/mergenhq/mergen/internal/proc"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/supervisor"
 	"github.com/mergenhq/mergen/internal/vmm"
+	"github.com/mergenhq/mergen/internal/wire"
 )
 
-// VM is the document the API returns for one VM.
-type VM struct {
-	ID        string            `json:"id"`
-	CreatedAt time.Time         `json:"createdAt"`
-	Name      string            `json:"name,omitempty"`
-	VMM       string            `json:"vmm"`
-	VCPU      int               `json:"vcpu"`
-	MemMiB    int               `json:"memMiB"`
-	HTTPPort  int               `json:"httpPort,omitempty"`
-	AutoStart bool              `json:"autoStart"`
-	Kernel    string            `json:"kernel"`
-	Initrd    string            `json:"initrd,omitempty"`
-	Disks     store.Disks       `json:"disks"`
-	Service   supervisor.State  `json:"service"`
-	VMMState  VMMState          `json:"vmmState"`
-	Network   Network           `json:"network"`
-	Paths     store.Paths       `json:"paths"`
-	Metadata  json.RawMessage   `json:"metadata,omitempty"`
-	Tags      map[string]string `json:"tags,omitempty"`
-}
-
-// VMMState is what the VMM's socket says.
-type VMMState struct {
-	SocketPath    string `json:"socketPath"`
-	SocketPresent bool   `json:"socketPresent"`
-}
-
-// Network is the VM's addressing.
-type Network struct {
-	GuestIP   string        `json:"guestIP"`
-	Gateway   string        `json:"gateway"`
-	PrefixLen int           `json:"prefixLen"`
-	MAC       string        `json:"mac"`
-	Ports     []store.Port  `json:"ports"`
-	TapName   string        `json:"tapName"`
-	Netns     string        `json:"netns,omitempty"`
-	Bridge    *store.Bridge `json:"bridge,omitempty"`
-}
-
-func (m *Manager) document(ctx context.Context, meta store.Meta) VM {
-	v := VM{
+// document is the API's view of a VM: its record, its paths from the
+// layout, and what the service manager and the VMM's socket say now.
+func (m *Manager) document(ctx context.Context, meta store.Meta) wire.VM {
+	p := m.store.Paths(meta.ID)
+	v := wire.VM{
 		ID: meta.ID, CreatedAt: meta.CreatedAt, Name: meta.Tags[NameTag], VMM: meta.VMM,
 		VCPU: meta.VCPU, MemMiB: meta.MemMiB, HTTPPort: meta.HTTPPort, AutoStart: meta.AutoStart,
-		Kernel: meta.Kernel, Initrd: meta.Initrd, Disks: meta.Disks,
-		Network: Network{
+		Kernel: meta.Kernel, Initrd: meta.Initrd, Disks: wire.Disks(meta.Disks),
+		Network: wire.Network{
 			GuestIP: meta.GuestIP, Gateway: meta.Gateway, PrefixLen: meta.PrefixLen, MAC: meta.MAC,
-			Ports: meta.Ports, TapName: meta.TapName, Netns: meta.Netns, Bridge: meta.Bridge,
+			Ports: wirePorts(meta.Ports), TapName: meta.TapName, Netns: meta.Netns,
 		},
-		Paths: meta.Paths, Metadata: meta.Metadata, Tags: meta.Tags,
-		VMMState: VMMState{SocketPath: meta.Paths.Socket},
+		Paths: wire.Paths{
+			ConfigDir: p.ConfigDir, VMConfig: p.VMConfig, Meta: p.Meta, Hooks: p.Hooks, Env: p.Env,
+			RunDir: p.RunDir, Socket: p.Socket, PIDFile: p.PIDFile, Lock: p.Lock,
+			DataDir: p.DataDir, ConsoleLog: p.ConsoleLog,
+		},
+		Metadata: meta.Metadata, Tags: meta.Tags,
+		VMMState: wire.VMMState{SocketPath: p.Socket},
 	}
-	if st, err := os.Stat(meta.Paths.Socket); err == nil && st.Mode()&os.ModeSocket != 0 {
+	if meta.Bridge != nil {
+		v.Network.Bridge = &wire.Bridge{Name: meta.Bridge.Name, Netmask: meta.Bridge.Netmask}
+	}
+	if st, err := os.Stat(p.Socket); err == nil && st.Mode()&os.ModeSocket != 0 {
 		v.VMMState.SocketPresent = true
 	}
-	v.Service = m.serviceState(ctx, meta.ID)
+	v.Service = wire.Service(m.serviceState(ctx, meta.ID))
 	return v
+}
+
+func wirePorts(ps []store.Port) []wire.Port {
+	out := make([]wire.Port, len(ps))
+	for i, p := range ps {
+		out[i] = wire.Port(p)
+	}
+	return out
 }
 
 func (m *Manager) serviceState(ctx context.Context, id string) supervisor.State {
@@ -88,16 +67,16 @@ func (m *Manager) serviceState(ctx context.Context, id string) supervisor.State 
 }
 
 // Get returns one VM.
-func (m *Manager) Get(ctx context.Context, id string) (VM, error) {
+func (m *Manager) Get(ctx context.Context, id string) (wire.VM, error) {
 	meta, err := m.store.ReadMeta(id)
 	if err != nil {
-		return VM{}, err
+		return wire.VM{}, err
 	}
 	return m.document(ctx, meta), nil
 }
 
 // List returns all VMs, oldest first.
-func (m *Manager) List(ctx context.Context) ([]VM, error) {
+func (m *Manager) List(ctx context.Context) ([]wire.VM, error) {
 	metas, err := m.store.List()
 	if err != nil {
 		m.log.Warn("some VMs could not be read", "err", err)
@@ -108,7 +87,7 @@ func (m *Manager) List(ctx context.Context) ([]VM, error) {
 		}
 		return metas[i].ID < metas[j].ID
 	})
-	out := make([]VM, 0, len(metas))
+	out := make([]wire.VM, 0, len(metas))
 	for _, meta := range metas {
 		out = append(out, m.document(ctx, meta))
 	}
@@ -118,10 +97,10 @@ func (m *Manager) List(ctx context.Context) ([]VM, error) {
 // supervisorReady checks that the service manager can run VMs here.
 func (m *Manager) supervisorReady(ctx context.Context) error {
 	if m.sup == nil {
-		return errdefs.Unavailable("no service manager to run VMs: %v", m.supErr)
+		return errdefs.Unavailable("no service manager to run VMs: %w", m.supErr)
 	}
 	if err := m.sup.Check(ctx); err != nil {
-		return errdefs.Unavailable("service manager %s: %v", m.sup.Name(), err)
+		return errdefs.Unavailable("service manager %s: %w", m.sup.Name(), err)
 	}
 	return nil
 }
@@ -131,12 +110,12 @@ func (m *Manager) ready(ctx context.Context, meta store.Meta) error {
 	if err := m.supervisorReady(ctx); err != nil {
 		return err
 	}
-	driver, err := vmm.New(meta.VMM)
+	driver, err := vmm.New(meta.VMM, meta.Driver)
 	if err != nil {
-		return errdefs.Unavailable("vmm %s: %v", meta.VMM, err)
+		return errdefs.Unavailable("vmm %s: %w", meta.VMM, err)
 	}
 	if err := driver.Check(); err != nil {
-		return errdefs.Unavailable("vmm %s: %v", meta.VMM, err)
+		return errdefs.Unavailable("vmm %s: %w", meta.VMM, err)
 	}
 	return nil
 }
@@ -171,17 +150,7 @@ func (m *Manager) Start(ctx context.Context, id string) error {
 		return err
 	}
 	defer unlock()
-	if err := m.ready(ctx, meta); err != nil {
-		return fmt.Errorf("start vm %s: %w", id, err)
-	}
-	if err := m.sup.Start(ctx, id); err != nil {
-		return fmt.Errorf("start vm %s: %w", id, err)
-	}
-	if err := m.runHooks(ctx, hooks.OnStart, meta, nil); err != nil {
-		m.log.Warn("strict onStart hook failed, stopping the VM again", "vm", id, "err", err)
-		if serr := m.sup.Stop(context.WithoutCancel(ctx), id); serr != nil {
-			m.log.Error("stop after failed onStart hook", "vm", id, "err", serr)
-		}
+	if err := m.start(ctx, meta); err != nil {
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
 	m.log.Info("vm started", "vm", id)
@@ -196,17 +165,60 @@ func (m *Manager) Stop(ctx context.Context, id string) error {
 		return err
 	}
 	defer unlock()
-	if err := m.supervisorReady(ctx); err != nil {
-		return fmt.Errorf("stop vm %s: %w", id, err)
-	}
-	if err := m.runHooks(ctx, hooks.OnStop, meta, nil); err != nil {
-		return fmt.Errorf("stop vm %s: %w", id, err)
-	}
-	if err := m.sup.Stop(ctx, id); err != nil {
+	if err := m.stop(ctx, meta); err != nil {
 		return fmt.Errorf("stop vm %s: %w", id, err)
 	}
 	m.log.Info("vm stopped", "vm", id)
 	return nil
+}
+
+// Restart stops and starts the VM under one hold of its lock, with the
+// hooks of both: no other operation can slip in between.
+func (m *Manager) Restart(ctx context.Context, id string) error {
+	meta, unlock, err := m.lockVM(ctx, "restart", id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := m.stop(ctx, meta); err != nil {
+		return fmt.Errorf("restart vm %s: %w", id, err)
+	}
+	if err := m.start(ctx, meta); err != nil {
+		return fmt.Errorf("restart vm %s: %w", id, err)
+	}
+	m.log.Info("vm restarted", "vm", id)
+	return nil
+}
+
+// start runs the VM's unit and its onStart hooks; a strict onStart hook
+// that fails stops the VM again. Hold the VM's lock.
+func (m *Manager) start(ctx context.Context, meta store.Meta) error {
+	if err := m.ready(ctx, meta); err != nil {
+		return err
+	}
+	if err := m.sup.Start(ctx, meta.ID); err != nil {
+		return err
+	}
+	if err := m.runHooks(ctx, hooks.OnStart, meta, nil); err != nil {
+		m.log.Warn("strict onStart hook failed, stopping the VM again", "vm", meta.ID, "err", err)
+		if serr := m.sup.Stop(context.WithoutCancel(ctx), meta.ID); serr != nil {
+			m.log.Error("stop after failed onStart hook", "vm", meta.ID, "err", serr)
+		}
+		return err
+	}
+	return nil
+}
+
+// stop runs the onStop hooks (a strict one vetoes) and stops the unit. Hold
+// the VM's lock.
+func (m *Manager) stop(ctx context.Context, meta store.Meta) error {
+	if err := m.supervisorReady(ctx); err != nil {
+		return err
+	}
+	if err := m.runHooks(ctx, hooks.OnStop, meta, nil); err != nil {
+		return err
+	}
+	return m.sup.Stop(ctx, meta.ID)
 }
 
 // Delete stops the VM, runs onDelete hooks (a strict one can veto), tears
@@ -226,7 +238,7 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 		if err := m.sup.Stop(ctx, id); err != nil {
 			return fmt.Errorf("delete vm %s: stop: %w", id, err)
 		}
-	} else if lifecycle.MaybeRunning(meta) {
+	} else if vmmProc, _ := proc.ReadPIDFile(m.store.Paths(id).PIDFile); vmmProc.Alive() {
 		return fmt.Errorf("delete vm %s: cannot stop it: %w", id, err)
 	}
 	if err := m.remove(ctx, meta); err != nil {
@@ -239,7 +251,9 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 // remove undoes a create: delete stages, network, files, allocations.
 func (m *Manager) remove(ctx context.Context, meta store.Meta) error {
 	id := meta.ID
-	if err := lifecycle.Delete(ctx, m.cfg, m.store, m.log, meta); err != nil {
+	// The lifecycle's delete stage runs the delete hooks and tears down the
+	// network and runtime files, the same way post-stop does.
+	if err := supervisor.RunStage(ctx, supervisor.OptionsFrom(m.cfg), "delete", id); err != nil {
 		return fmt.Errorf("delete vm %s: %w", id, err)
 	}
 	if m.sup != nil {
@@ -301,7 +315,7 @@ func (m *Manager) runHooks(ctx context.Context, event hooks.Event, meta store.Me
 }
 
 // FindByName returns the VM whose name tag is name.
-func (m *Manager) FindByName(ctx context.Context, name string) (VM, error) {
+func (m *Manager) FindByName(ctx context.Context, name string) (wire.VM, error) {
 	metas, err := m.store.List()
 	if err != nil {
 		m.log.Warn("some VMs could not be read", "err", err)
@@ -311,5 +325,5 @@ func (m *Manager) FindByName(ctx context.Context, name string) (VM, error) {
 			return m.document(ctx, meta), nil
 		}
 	}
-	return VM{}, errdefs.NotFound("no vm named %q", name)
+	return wire.VM{}, errdefs.NotFound("no vm named %q", name)
 }

@@ -8,50 +8,9 @@ import (
 	"strings"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
-	"github.com/mergenhq/mergen/internal/lifecycle"
 	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/wire"
 )
-
-// CreateRequest is the body of POST /v1/vms.
-type CreateRequest struct {
-	// VMM overrides the host's driver for this VM: "firecracker" or "qemu".
-	VMM string `json:"vmm,omitempty"`
-
-	Kernel      string `json:"kernel,omitempty"`
-	Initrd      string `json:"initrd,omitempty"`
-	Rootfs      string `json:"rootfs,omitempty"`
-	AgentDisk   string `json:"agentDisk,omitempty"`
-	PayloadDisk string `json:"payloadDisk,omitempty"`
-	EnvDisk     string `json:"envDisk,omitempty"`
-	DataDisk    string `json:"dataDisk,omitempty"`
-
-	VCPU   int `json:"vcpu,omitempty"`
-	MemMiB int `json:"memMiB,omitempty"`
-
-	Ports    []store.Port `json:"ports,omitempty"`
-	HTTPPort int          `json:"httpPort,omitempty"`
-
-	Tags     map[string]string `json:"tags,omitempty"`
-	Metadata json.RawMessage   `json:"metadata,omitempty"`
-
-	AutoStart bool              `json:"autoStart,omitempty"`
-	BootArgs  string            `json:"bootArgs,omitempty"`
-	ExtraEnv  map[string]string `json:"extraEnv,omitempty"`
-	Hooks     json.RawMessage   `json:"hooks,omitempty"`
-
-	// Bridge selects the earlier generation's network mode: the tap joins an
-	// existing host bridge and the guest gets a static address.
-	Bridge *BridgeRequest `json:"bridge,omitempty"`
-}
-
-// BridgeRequest configures bridge mode.
-type BridgeRequest struct {
-	Name      string `json:"name"`
-	GuestIP   string `json:"guestIP"`
-	GatewayIP string `json:"gatewayIP"`
-	Netmask   string `json:"netmask"`
-	MAC       string `json:"mac,omitempty"` // generated from the id when empty
-}
 
 // Limits of a create request.
 const (
@@ -66,7 +25,7 @@ const (
 	maxTags       = 64
 	maxTagKey     = 63
 	maxTagValue   = 253
-	NameTag       = "name" // the tag the CLI resolves VM names with
+	NameTag       = wire.NameTag // the tag the CLI resolves VM names with
 )
 
 var (
@@ -77,9 +36,9 @@ var (
 	macRe    = regexp.MustCompile(`^[0-9a-f]{2}(:[0-9a-f]{2}){5}$`)
 )
 
-// normalize fills defaults and checks every field that needs no I/O. Errors
-// name the field as it appears in the JSON body.
-func (r *CreateRequest) normalize() error {
+// normalize fills defaults and checks every field of r that needs no I/O.
+// Errors name the field as it appears in the JSON body.
+func normalize(r *wire.CreateRequest) error {
 	if r.VMM != "" && r.VMM != "firecracker" && r.VMM != "qemu" {
 		return errdefs.Invalid("vmm: %q is not a known VMM (want firecracker or qemu)", r.VMM)
 	}
@@ -132,11 +91,11 @@ func (r *CreateRequest) normalize() error {
 			return errdefs.Invalid("extraEnv.%s: value must not contain NUL or newline", k)
 		}
 	}
-	if enc := lifecycle.EncodeEnv(r.ExtraEnv); len(enc) > maxExtraEnv {
+	if enc := store.EncodeEnv(r.ExtraEnv); len(enc) > maxExtraEnv {
 		return errdefs.Invalid("extraEnv: %d bytes once encoded for the kernel command line, at most %d (put large configuration on an env disk)", len(enc), maxExtraEnv)
 	}
 	if r.Bridge != nil {
-		if err := r.Bridge.normalize(); err != nil {
+		if err := normalizeBridge(r.Bridge); err != nil {
 			return err
 		}
 		if len(r.Ports) > 0 {
@@ -148,7 +107,7 @@ func (r *CreateRequest) normalize() error {
 
 func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 
-func normalizePorts(ports []store.Port) error {
+func normalizePorts(ports []wire.Port) error {
 	seenGuest := map[string]int{}
 	seenHost := map[string]int{}
 	for i := range ports {
@@ -182,7 +141,7 @@ func normalizePorts(ports []store.Port) error {
 	return nil
 }
 
-func (b *BridgeRequest) normalize() error {
+func normalizeBridge(b *wire.BridgeRequest) error {
 	if !bridgeRe.MatchString(b.Name) {
 		return errdefs.Invalid("bridge.name: %q is not a valid interface name", b.Name)
 	}

@@ -3,26 +3,40 @@ package store
 import (
 	"encoding/json"
 	"time"
+
+	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/layout"
 )
 
 // File names inside a VM's config directory (MGR_CONFIG_ROOT/<id>/).
 const (
-	FileVMConfig       = "vm.json"   // the VMM's own configuration (Firecracker config-file format for Firecracker)
-	FileMeta           = "meta.json" // manager metadata, see Meta
-	FileHooks          = "hooks.json"
-	FileLifecycleHooks = "lifecycle-hooks.json" // optional stage extensions
-	FileEnv            = "env"                  // service-manager environment file
+	FileVMConfig       = layout.FileVMConfig // the VMM's own configuration (Firecracker config-file format for Firecracker)
+	FileMeta           = layout.FileMeta     // the VM record, see Meta
+	FileHooks          = layout.FileHooks
+	FileLifecycleHooks = layout.FileLifecycleHooks // optional stage extensions
+	FileEnv            = layout.FileEnv            // service-manager environment file
 )
 
-// Meta is meta.json: everything the manager, the lifecycle stages and the
-// forwarder need to know about one VM. It is written once at create time and
-// rewritten atomically when it changes; readers never see a partial file.
+// RecordVersion is the version of meta.json this code writes. Version 1
+// (no "version" field) stored the VM's paths and left the driver settings
+// to the environment of whoever ran the VMM; version 2 stores the driver
+// settings and no paths (they come from the layout).
+const RecordVersion = 2
+
+// Meta is meta.json, the VM record: every decision made at create that the
+// manager, the lifecycle stages and the forwarder need later. It is written
+// once at create time and rewritten atomically when it changes; readers
+// never see a partial file. Stages read it; they do not re-decide from their
+// own environment.
 type Meta struct {
+	Version   int       `json:"version"`
 	ID        string    `json:"id"`
 	CreatedAt time.Time `json:"createdAt"`
 
-	// VMM names the driver that runs this VM ("firecracker" or "qemu").
-	VMM      string `json:"vmm"`
+	// VMM names the driver that runs this VM ("firecracker" or "qemu") and
+	// Driver its settings, resolved at create (binary paths, jailer).
+	VMM      string        `json:"vmm"`
+	Driver   config.Driver `json:"driver"`
 	VCPU     int    `json:"vcpu"`
 	MemMiB   int    `json:"memMiB"`
 	Kernel   string `json:"kernel"`
@@ -48,8 +62,6 @@ type Meta struct {
 	Metadata  json.RawMessage   `json:"metadata,omitempty"`
 	ExtraEnv  map[string]string `json:"extraEnv,omitempty"`
 	AutoStart bool              `json:"autoStart"`
-
-	Paths Paths `json:"paths"`
 }
 
 // Disks are absolute host paths of the block devices given to the VM. Empty
@@ -74,22 +86,6 @@ type Port struct {
 type Bridge struct {
 	Name    string `json:"name"`
 	Netmask string `json:"netmask"` // dotted quad, e.g. 255.255.255.0
-}
-
-// Paths are the host paths that belong to one VM.
-type Paths struct {
-	ConfigDir  string `json:"configDir"`
-	VMConfig   string `json:"vmConfig"`
-	Meta       string `json:"meta"`
-	Hooks      string `json:"hooks"`
-	Env        string `json:"env"`
-	RunDir     string `json:"runDir"`     // MGR_RUN_ROOT/<id>
-	Socket     string `json:"socket"`     // VMM API socket (Firecracker API or QMP)
-	PIDFile    string `json:"pidFile"`    // VMM pid
-	Lock       string `json:"lock"`       // per-VM lock file
-	DataDir    string `json:"dataDir"`    // MGR_DATA_ROOT/vms/<id>
-	ConsoleLog string `json:"consoleLog"` // guest serial console output
-	VMMLog     string `json:"vmmLog"`     // the VMM's own log
 }
 
 // ShortID is the first 8 characters of the id: used for the namespace and

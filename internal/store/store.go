@@ -12,6 +12,11 @@
 //   - Lock serialises lifecycle operations on one VM across processes (flock
 //     on a file under the run root); LockAlloc does the same for allocation of
 //     guest IPs and host ports, which are derived from the stored metadata.
+//   - Records of an older version are read in the current form (ReadMeta)
+//     and rewritten in it under the VM's lock (Migrate).
+//
+// Every path comes from the layout (internal/layout); the store joins no
+// root with an id itself.
 package store
 
 import (
@@ -27,36 +32,28 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gofrs/flock"
 	"github.com/google/uuid"
 
 	"github.com/mergenhq/mergen/internal/atomicfile"
+	"github.com/mergenhq/mergen/internal/envfile"
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/layout"
+	"github.com/mergenhq/mergen/internal/lock"
 )
 
-// Store is rooted at the three directories of the on-disk layout.
+// Store keeps VMs under the layout's roots.
 type Store struct {
-	ConfigRoot string // one directory per VM
-	RunRoot    string // sockets, pid files, locks
-	DataRoot   string // per-VM writable data and logs under vms/<id>
+	Layout layout.Layout
 }
 
-const (
-	tmpPrefix      = ".tmp-"
-	trashPrefix    = ".trash-"
-	generationFile = ".generation"
-	allocLockFile  = ".alloc.lock"
-	lockPoll       = 10 * time.Millisecond
-)
-
 // Open creates the roots when missing and returns the store.
-func Open(configRoot, runRoot, dataRoot string) (*Store, error) {
-	for _, d := range []string{configRoot, filepath.Join(runRoot, "locks"), dataRoot} {
+func Open(l layout.Layout) (*Store, error) {
+	for _, d := range []string{l.ConfigRoot, l.LocksDir(), l.DataRoot} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, errdefs.Unavailable("open store: %v", err)
+			return nil, errdefs.Unavailable("open store: %w", err)
 		}
 	}
-	return &Store{ConfigRoot: configRoot, RunRoot: runRoot, DataRoot: dataRoot}, nil
+	return &Store{Layout: l}, nil
 }
 
 // ValidateID accepts only canonical lowercase UUIDs: ids become directory and
@@ -72,26 +69,8 @@ func ValidateID(id string) error {
 // NewID returns a fresh random VM id.
 func NewID() string { return uuid.NewString() }
 
-// PathsFor computes every host path that belongs to the VM id.
-func (s *Store) PathsFor(id string) Paths {
-	dir := filepath.Join(s.ConfigRoot, id)
-	run := filepath.Join(s.RunRoot, id)
-	data := filepath.Join(s.DataRoot, "vms", id)
-	return Paths{
-		ConfigDir:  dir,
-		VMConfig:   filepath.Join(dir, FileVMConfig),
-		Meta:       filepath.Join(dir, FileMeta),
-		Hooks:      filepath.Join(dir, FileHooks),
-		Env:        filepath.Join(dir, FileEnv),
-		RunDir:     run,
-		Socket:     filepath.Join(run, "vmm.sock"),
-		PIDFile:    filepath.Join(run, "vmm.pid"),
-		Lock:       filepath.Join(s.RunRoot, "locks", id+".lock"),
-		DataDir:    data,
-		ConsoleLog: filepath.Join(data, "console.log"),
-		VMMLog:     filepath.Join(data, "vmm.log"),
-	}
-}
+// Paths are the host paths of VM id.
+func (s *Store) Paths(id string) layout.VM { return s.Layout.VM(id) }
 
 // Create writes the VM's files (name → content) as one new directory. It
 // fails with a conflict when the VM already exists. meta.json must be among
@@ -108,11 +87,11 @@ func (s *Store) Create(id string, files map[string][]byte) error {
 			return errdefs.Invalid("create vm %s: %q is not a stored file", id, name)
 		}
 	}
-	final := filepath.Join(s.ConfigRoot, id)
+	final := s.Layout.VM(id).ConfigDir
 	if _, err := os.Lstat(final); err == nil {
 		return errdefs.Conflict("vm %s already exists", id)
 	}
-	tmp, err := os.MkdirTemp(s.ConfigRoot, tmpPrefix+id+"-")
+	tmp, err := os.MkdirTemp(s.Layout.ConfigRoot, s.Layout.StagingPattern(id))
 	if err != nil {
 		return fmt.Errorf("create vm %s: %w", id, err)
 	}
@@ -139,7 +118,7 @@ func (s *Store) Create(id string, files map[string][]byte) error {
 		}
 		return fmt.Errorf("create vm %s: %w", id, err)
 	}
-	return atomicfile.SyncDir(s.ConfigRoot)
+	return atomicfile.SyncDir(s.Layout.ConfigRoot)
 }
 
 // filePerm keeps files that may carry secrets (the env file, hook headers,
@@ -173,7 +152,7 @@ func (s *Store) Exists(id string) bool {
 	if ValidateID(id) != nil {
 		return false
 	}
-	st, err := os.Stat(filepath.Join(s.ConfigRoot, id, FileMeta))
+	st, err := os.Stat(s.Layout.VM(id).Meta)
 	return err == nil && st.Mode().IsRegular()
 }
 
@@ -185,7 +164,7 @@ func (s *Store) ReadFile(id, name string) ([]byte, error) {
 	if !storedFile(name) {
 		return nil, errdefs.Invalid("vm %s: %q is not a stored file", id, name)
 	}
-	b, err := os.ReadFile(filepath.Join(s.ConfigRoot, id, name))
+	b, err := os.ReadFile(filepath.Join(s.Layout.VM(id).ConfigDir, name))
 	if errors.Is(err, fs.ErrNotExist) {
 		if !s.Exists(id) {
 			return nil, errdefs.NotFound("vm %s not found", id)
@@ -217,33 +196,29 @@ func (s *Store) WriteFile(id, name string, data []byte) error {
 	if !s.Exists(id) {
 		return errdefs.NotFound("vm %s not found", id)
 	}
-	return atomicfile.WriteFile(filepath.Join(s.ConfigRoot, id, name), data, filePerm(name))
+	return atomicfile.WriteFile(filepath.Join(s.Layout.VM(id).ConfigDir, name), data, filePerm(name))
 }
 
-// ReadMeta loads meta.json of the VM.
+// ReadMeta loads the VM's record, in the current form whatever version is
+// stored (see Migrate).
 func (s *Store) ReadMeta(id string) (Meta, error) {
 	b, err := s.ReadFile(id, FileMeta)
 	if err != nil {
 		return Meta{}, err
 	}
-	var m Meta
-	if err := json.Unmarshal(b, &m); err != nil {
-		return Meta{}, fmt.Errorf("read meta of vm %s: %w", id, err)
+	m, _, err := decodeMeta(b, func() ([]string, error) { return envfile.Read(s.Layout.VM(id).Env) })
+	if err != nil {
+		return Meta{}, fmt.Errorf("read record of vm %s: %w", id, err)
+	}
+	if m.ID != id {
+		return Meta{}, fmt.Errorf("read record of vm %s: it names vm %q", id, m.ID)
 	}
 	return m, nil
 }
 
-// WriteMeta atomically replaces meta.json of an existing VM.
-func (s *Store) WriteMeta(m Meta) error {
-	b, err := MarshalMeta(m)
-	if err != nil {
-		return err
-	}
-	return s.WriteFile(m.ID, FileMeta, b)
-}
-
 // MarshalMeta renders meta.json.
 func MarshalMeta(m Meta) ([]byte, error) {
+	m.Version = RecordVersion
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
 		return nil, fmt.Errorf("encode meta of vm %s: %w", m.ID, err)
@@ -253,7 +228,7 @@ func MarshalMeta(m Meta) ([]byte, error) {
 
 // IDs lists the ids of all stored VMs, sorted.
 func (s *Store) IDs() ([]string, error) {
-	entries, err := os.ReadDir(s.ConfigRoot)
+	entries, err := os.ReadDir(s.Layout.ConfigRoot)
 	if err != nil {
 		return nil, fmt.Errorf("list vms: %w", err)
 	}
@@ -297,18 +272,18 @@ func (s *Store) Delete(id string) error {
 	if err := ValidateID(id); err != nil {
 		return err
 	}
-	dir := filepath.Join(s.ConfigRoot, id)
-	trash := filepath.Join(s.ConfigRoot, trashPrefix+id+"-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+	p := s.Layout.VM(id)
+	dir := p.ConfigDir
+	trash := s.Layout.Trash(id, strconv.FormatInt(time.Now().UnixNano(), 36))
 	if err := os.Rename(dir, trash); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return errdefs.NotFound("vm %s not found", id)
 		}
 		return fmt.Errorf("delete vm %s: %w", id, err)
 	}
-	if err := atomicfile.SyncDir(s.ConfigRoot); err != nil {
+	if err := atomicfile.SyncDir(s.Layout.ConfigRoot); err != nil {
 		return fmt.Errorf("delete vm %s: %w", id, err)
 	}
-	p := s.PathsFor(id)
 	var errs []error
 	for _, d := range []string{trash, p.RunDir, p.DataDir} {
 		if err := os.RemoveAll(d); err != nil {
@@ -325,8 +300,8 @@ func (s *Store) Delete(id string) error {
 // the last step of a delete: a waiter that then acquires the orphaned lock
 // finds the VM gone.
 func (s *Store) RemoveLock(id string) error {
-	lock := s.PathsFor(id).Lock
-	for _, p := range []string{stageLockPath(lock), lock} {
+	p := s.Layout.VM(id)
+	for _, p := range []string{p.StageLock, p.Lock} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("remove lock of vm %s: %w", id, err)
 		}
@@ -338,7 +313,8 @@ func (s *Store) RemoveLock(id string) error {
 // behind: hidden temporary and trash directories in the config root, and
 // temporary files of atomic writes there and inside VM directories.
 func (s *Store) Sweep() error {
-	entries, err := os.ReadDir(s.ConfigRoot)
+	root := s.Layout.ConfigRoot
+	entries, err := os.ReadDir(root)
 	if err != nil {
 		return fmt.Errorf("sweep store: %w", err)
 	}
@@ -351,13 +327,14 @@ func (s *Store) Sweep() error {
 	for _, e := range entries {
 		n := e.Name()
 		switch {
-		case strings.HasPrefix(n, tmpPrefix), strings.HasPrefix(n, trashPrefix), isAtomicTemp(n):
-			remove(filepath.Join(s.ConfigRoot, n))
+		case strings.HasPrefix(n, layout.StagingPrefix), strings.HasPrefix(n, layout.TrashPrefix), isAtomicTemp(n):
+			remove(filepath.Join(root, n))
 		case e.IsDir() && ValidateID(n) == nil:
-			inner, _ := os.ReadDir(filepath.Join(s.ConfigRoot, n))
+			dir := s.Layout.VM(n).ConfigDir
+			inner, _ := os.ReadDir(dir)
 			for _, f := range inner {
 				if isAtomicTemp(f.Name()) {
-					remove(filepath.Join(s.ConfigRoot, n, f.Name()))
+					remove(filepath.Join(dir, f.Name()))
 				}
 			}
 		}
@@ -371,7 +348,7 @@ func isAtomicTemp(name string) bool {
 	return strings.HasPrefix(name, ".") && strings.Contains(name, ".tmp-")
 }
 
-// Unlock releases a lock taken with Lock or LockAlloc.
+// Unlock releases a lock taken with Lock, LockStage or LockAlloc.
 type Unlock func()
 
 // Lock takes the VM's lifecycle lock, waiting until ctx is done.
@@ -379,47 +356,41 @@ func (s *Store) Lock(ctx context.Context, id string) (Unlock, error) {
 	if err := ValidateID(id); err != nil {
 		return nil, err
 	}
-	return lockFile(ctx, s.PathsFor(id).Lock, "vm "+id)
+	return acquire(ctx, s.Layout.VM(id).Lock, "vm "+id)
 }
 
 // LockStage takes the VM's stage lock. Lifecycle stages run by the service
 // manager hold it while they change the VM's network and runtime files, and
-// the daemon holds it while it removes the VM, so the two never interleave.
-// It is distinct from Lock because the daemon holds Lock for a whole start or
-// stop, during which the service manager runs the stages.
+// the delete stage holds it while it tears them down, so the two never
+// interleave. It is distinct from Lock because the daemon holds Lock for a
+// whole start or stop, during which the service manager runs the stages.
 func (s *Store) LockStage(ctx context.Context, id string) (Unlock, error) {
 	if err := ValidateID(id); err != nil {
 		return nil, err
 	}
-	return lockFile(ctx, stageLockPath(s.PathsFor(id).Lock), "stages of vm "+id)
+	return acquire(ctx, s.Layout.VM(id).StageLock, "stages of vm "+id)
 }
-
-func stageLockPath(lock string) string { return strings.TrimSuffix(lock, ".lock") + ".stage.lock" }
 
 // LockAlloc takes the host-wide allocation lock.
 func (s *Store) LockAlloc(ctx context.Context) (Unlock, error) {
-	return lockFile(ctx, filepath.Join(s.ConfigRoot, allocLockFile), "allocation")
+	return acquire(ctx, s.Layout.AllocLock(), "allocation")
 }
 
-func lockFile(ctx context.Context, path, what string) (Unlock, error) {
-	l := flock.New(path)
-	ok, err := l.TryLockContext(ctx, lockPoll)
-	if err != nil || !ok {
-		if err == nil {
-			err = ctx.Err()
-		}
-		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-			return nil, errdefs.Conflict("%s is busy: another operation holds its lock", what)
-		}
+func acquire(ctx context.Context, path, what string) (Unlock, error) {
+	l, err := lock.Acquire(ctx, path)
+	if errors.Is(err, lock.ErrBusy) {
+		return nil, errdefs.Conflict("%s is busy: another operation holds its lock", what)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", what, err)
 	}
-	return func() { l.Unlock() }, nil
+	return l.Release, nil
 }
 
 // Generation is a counter bumped before every change to the set of VMs. A
 // cache derived from the store is valid while the generation is unchanged.
 func (s *Store) Generation() (uint64, error) {
-	b, err := os.ReadFile(filepath.Join(s.ConfigRoot, generationFile))
+	b, err := os.ReadFile(s.Layout.Generation())
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
 	}
@@ -440,7 +411,7 @@ func (s *Store) BumpGeneration() (uint64, error) {
 		return 0, err
 	}
 	g++
-	if err := atomicfile.WriteFile(filepath.Join(s.ConfigRoot, generationFile), []byte(strconv.FormatUint(g, 10)), 0o644); err != nil {
+	if err := atomicfile.WriteFile(s.Layout.Generation(), []byte(strconv.FormatUint(g, 10)), 0o644); err != nil {
 		return 0, err
 	}
 	return g, nil

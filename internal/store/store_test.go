@@ -10,12 +10,13 @@ import (
 	"time"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/layout"
 )
 
 func newStore(t *testing.T) *Store {
 	t.Helper()
 	d := t.TempDir()
-	s, err := Open(filepath.Join(d, "vm.d"), filepath.Join(d, "run"), filepath.Join(d, "data"))
+	s, err := Open(layout.Layout{ConfigRoot: filepath.Join(d, "vm.d"), RunRoot: filepath.Join(d, "run"), DataRoot: filepath.Join(d, "data")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +49,7 @@ func TestCreateWritesAllFilesWithPrivatePermissions(t *testing.T) {
 	}
 	want := map[string]os.FileMode{FileMeta: 0o644, FileVMConfig: 0o600, FileHooks: 0o600, FileEnv: 0o600}
 	for name, perm := range want {
-		st, err := os.Stat(filepath.Join(s.ConfigRoot, id, name))
+		st, err := os.Stat(filepath.Join(s.Layout.ConfigRoot, id, name))
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -73,10 +74,10 @@ func TestCreateLeavesNothingWhenItFails(t *testing.T) {
 	if err := s.Create(id, f); !errdefs.IsInvalid(err) {
 		t.Fatalf("create with a file name outside the VM directory: %v, want invalid", err)
 	}
-	if _, err := os.Stat(filepath.Join(s.ConfigRoot, "escape")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(s.Layout.ConfigRoot, "escape")); !os.IsNotExist(err) {
 		t.Fatal("a file was written outside the VM directory")
 	}
-	entries, _ := os.ReadDir(s.ConfigRoot)
+	entries, _ := os.ReadDir(s.Layout.ConfigRoot)
 	for _, e := range entries {
 		if !strings.HasPrefix(e.Name(), ".") || strings.HasPrefix(e.Name(), ".tmp-") {
 			t.Errorf("left behind: %s", e.Name())
@@ -91,19 +92,19 @@ func TestInterruptedWorkIsInvisibleAndSwept(t *testing.T) {
 	s := newStore(t)
 	id := NewID()
 	// What a crash in the middle of Create or Delete leaves.
-	for _, n := range []string{tmpPrefix + id + "-123", trashPrefix + id + "-456"} {
-		if err := os.MkdirAll(filepath.Join(s.ConfigRoot, n), 0o755); err != nil {
+	for _, n := range []string{layout.StagingPrefix + id + "-123", layout.TrashPrefix + id + "-456"} {
+		if err := os.MkdirAll(filepath.Join(s.Layout.ConfigRoot, n), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		os.WriteFile(filepath.Join(s.ConfigRoot, n, FileMeta), []byte(`{"id":"`+id+`"}`), 0o644)
+		os.WriteFile(filepath.Join(s.Layout.ConfigRoot, n, FileMeta), []byte(`{"id":"`+id+`"}`), 0o644)
 	}
 	// A torn atomic write of the generation file and of a VM's meta.json.
-	os.WriteFile(filepath.Join(s.ConfigRoot, "..generation.tmp-42"), []byte("7"), 0o644)
+	os.WriteFile(filepath.Join(s.Layout.ConfigRoot, "..generation.tmp-42"), []byte("7"), 0o644)
 	live := NewID()
 	if err := s.Create(live, files(live)); err != nil {
 		t.Fatal(err)
 	}
-	torn := filepath.Join(s.ConfigRoot, live, ".meta.json.tmp-99")
+	torn := filepath.Join(s.Layout.ConfigRoot, live, ".meta.json.tmp-99")
 	os.WriteFile(torn, []byte("{"), 0o644)
 	ids, err := s.IDs()
 	if err != nil || len(ids) != 1 || ids[0] != live {
@@ -112,9 +113,9 @@ func TestInterruptedWorkIsInvisibleAndSwept(t *testing.T) {
 	if err := s.Sweep(); err != nil {
 		t.Fatal(err)
 	}
-	entries, _ := os.ReadDir(s.ConfigRoot)
+	entries, _ := os.ReadDir(s.Layout.ConfigRoot)
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), ".") && e.Name() != generationFile {
+		if strings.HasPrefix(e.Name(), ".") && e.Name() != filepath.Base(s.Layout.Generation()) {
 			t.Errorf("not swept: %s", e.Name())
 		}
 	}
@@ -132,7 +133,7 @@ func TestDeleteRemovesConfigRunAndDataDirectories(t *testing.T) {
 	if err := s.Create(id, files(id)); err != nil {
 		t.Fatal(err)
 	}
-	p := s.PathsFor(id)
+	p := s.Paths(id)
 	os.MkdirAll(p.RunDir, 0o700)
 	os.MkdirAll(p.DataDir, 0o700)
 	os.WriteFile(p.ConsoleLog, []byte("boot"), 0o600)
@@ -186,7 +187,7 @@ func TestLockExcludesOtherProcesses(t *testing.T) {
 	}
 	s := newStore(t)
 	id := NewID()
-	lock := s.PathsFor(id).Lock
+	lock := s.Paths(id).Lock
 	child := exec.Command(flockBin, lock, "sleep", "1")
 	if err := child.Start(); err != nil {
 		t.Fatal(err)

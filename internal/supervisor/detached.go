@@ -8,13 +8,16 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/atomicfile"
+	"github.com/mergenhq/mergen/internal/envfile"
+	"github.com/mergenhq/mergen/internal/layout"
+	"github.com/mergenhq/mergen/internal/lock"
+	"github.com/mergenhq/mergen/internal/proc"
 )
 
 // detachedSupervisor runs each VM under `<lifecycle> supervise <id>`, a
@@ -38,14 +41,16 @@ func (d *detachedSupervisor) Check(ctx context.Context) error {
 	return nil
 }
 
-func (d *detachedSupervisor) dir(id string) string { return filepath.Join(d.o.RunRoot, id) }
+func (d *detachedSupervisor) dir(id string) string { return d.paths(id).RunDir }
+
+func (d *detachedSupervisor) paths(id string) layout.VM { return d.o.layout().VM(id) }
 
 // opLock serialises Start, Stop and Forget on one VM across processes.
-func (d *detachedSupervisor) opLock(ctx context.Context, op, id string) (*os.File, error) {
+func (d *detachedSupervisor) opLock(ctx context.Context, op, id string) (*lock.Lock, error) {
 	if err := os.MkdirAll(d.dir(id), 0o755); err != nil {
 		return nil, fmt.Errorf("%s vm %s: %w", op, id, err)
 	}
-	f, err := lockFile(ctx, filepath.Join(d.dir(id), fileOp), time.Duration(1<<62))
+	f, err := lock.Acquire(ctx, d.paths(id).SupervisorOp)
 	if err != nil {
 		return nil, fmt.Errorf("%s vm %s: lock: %w", op, id, err)
 	}
@@ -56,7 +61,7 @@ func (d *detachedSupervisor) opLock(ctx context.Context, op, id string) (*os.Fil
 // The pid file alone could name a recycled pid: the process must also be
 // `… supervise <id>` and not a zombie.
 func (d *detachedSupervisor) supervisorPID(id string) int {
-	b, err := os.ReadFile(filepath.Join(d.dir(id), filePID))
+	b, err := os.ReadFile(d.paths(id).SupervisorPID)
 	if err != nil {
 		return 0
 	}
@@ -80,7 +85,7 @@ func isSupervisor(pid int, id string) bool {
 	// `<interpreter> <script> supervise <id>`.
 	for i := 1; i+1 < len(args); i++ {
 		if args[i] == "supervise" && args[i+1] == id {
-			return procState(pid) != 'Z'
+			return proc.State(pid) != 'Z'
 		}
 	}
 	return false
@@ -89,11 +94,7 @@ func isSupervisor(pid int, id string) bool {
 // mainAlive reports whether the main process recorded in st still runs
 // (same pid and same start time).
 func mainAlive(st detachedState) bool {
-	if st.MainPID <= 0 {
-		return false
-	}
-	start, err := procStartTime(st.MainPID)
-	return err == nil && start == st.MainStart && procState(st.MainPID) != 'Z'
+	return st.MainPID > 0 && st.MainStart != 0 && proc.Process{PID: st.MainPID, Start: st.MainStart}.Alive()
 }
 
 func (d *detachedSupervisor) Start(ctx context.Context, id string) error {
@@ -103,11 +104,11 @@ func (d *detachedSupervisor) Start(ctx context.Context, id string) error {
 	if err := d.Check(ctx); err != nil {
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
-	lock, err := d.opLock(ctx, "start", id)
+	held, err := d.opLock(ctx, "start", id)
 	if err != nil {
 		return err
 	}
-	defer lock.Close()
+	defer held.Release()
 
 	// A supervisor already there: wait for it to settle.
 	for {
@@ -115,7 +116,7 @@ func (d *detachedSupervisor) Start(ctx context.Context, id string) error {
 		if pid == 0 {
 			break
 		}
-		st, _ := readState(d.dir(id))
+		st, _ := readState(d.paths(id).SupervisorState)
 		switch {
 		case st.SupervisorPID != pid || st.ActiveState == "activating":
 			// Still starting (its first state may not be written yet).
@@ -129,7 +130,7 @@ func (d *detachedSupervisor) Start(ctx context.Context, id string) error {
 			return fmt.Errorf("start vm %s: waiting for the previous run to end: %w", id, err)
 		}
 	}
-	if st, _ := readState(d.dir(id)); st.ActiveState != "failed" && mainAlive(st) {
+	if st, _ := readState(d.paths(id).SupervisorState); st.ActiveState != "failed" && mainAlive(st) {
 		// The supervisor was killed but the VMM still runs: it is started.
 		return nil
 	}
@@ -144,26 +145,21 @@ func (d *detachedSupervisor) Start(ctx context.Context, id string) error {
 // spawn starts `<lifecycle> supervise <id>` in a session of its own, with
 // its output appended to RunRoot/<id>/supervisor.log.
 func (d *detachedSupervisor) spawn(id string) (int, error) {
-	dir := d.dir(id)
+
 	// The outcome of a previous run must not pass for this one's.
-	if err := os.Remove(filepath.Join(dir, fileState)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := os.Remove(d.paths(id).SupervisorState); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return 0, err
 	}
-	logf, err := os.OpenFile(filepath.Join(dir, fileLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(d.paths(id).SupervisorLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return 0, err
 	}
 	defer logf.Close()
 	cmd := exec.Command(d.o.LifecycleBin, "supervise", id)
 	// The supervising process builds its Options from the same variables
-	// the daemon was configured with.
-	cmd.Env = append(append(os.Environ(), d.o.Env...),
-		"MGR_RUN_ROOT="+d.o.RunRoot,
-		"MGR_CONFIG_ROOT="+d.o.ConfigRoot,
-		"MGR_UNIT_PREFIX="+d.o.UnitPrefix,
-		"MGR_LIFECYCLE_BIN="+d.o.LifecycleBin,
-		"MGR_STOP_TIMEOUT_SECONDS="+strconv.FormatInt(int64((d.o.StopTimeout+time.Second-1)/time.Second), 10),
-	)
+	// the daemon was configured with. The daemon's own environment goes
+	// first, as systemd's manager environment does for units.
+	cmd.Env = append(append(os.Environ(), d.o.Env...), d.o.selfEnv()...)
 	cmd.Dir = "/"
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Setsid: no terminal, no process group shared with the daemon, so
@@ -183,7 +179,7 @@ func (d *detachedSupervisor) spawn(id string) (int, error) {
 // line is still this process's, so only its existence counts.
 func (d *detachedSupervisor) waitStarted(ctx context.Context, id string, pid int, spawned bool) error {
 	for {
-		st, err := readState(d.dir(id))
+		st, err := readState(d.paths(id).SupervisorState)
 		if err == nil && st.SupervisorPID == pid {
 			switch st.ActiveState {
 			case "active":
@@ -192,26 +188,26 @@ func (d *detachedSupervisor) waitStarted(ctx context.Context, id string, pid int
 				// Reported once the supervising process has cleaned up
 				// (deactivating), so that the result is known.
 				return fmt.Errorf("start vm %s: start stages failed (%s, result %s); see %s",
-					id, st.ActiveState, orNone(st.Result), filepath.Join(d.dir(id), fileLog))
+					id, st.ActiveState, orNone(st.Result), d.paths(id).SupervisorLog)
 			}
 		}
 		alive := isSupervisor(pid, id)
 		if spawned {
-			alive = procState(pid) != 0 && procState(pid) != 'Z'
+			alive = proc.State(pid) != 0 && proc.State(pid) != 'Z'
 		}
 		if !alive {
 			// Re-read once: the process may have ended after writing.
-			if st, err := readState(d.dir(id)); err == nil && st.SupervisorPID == pid {
+			if st, err := readState(d.paths(id).SupervisorState); err == nil && st.SupervisorPID == pid {
 				switch st.ActiveState {
 				case "active":
 					return nil
 				case "failed", "inactive":
 					return fmt.Errorf("start vm %s: start stages failed (%s, result %s); see %s",
-						id, st.ActiveState, orNone(st.Result), filepath.Join(d.dir(id), fileLog))
+						id, st.ActiveState, orNone(st.Result), d.paths(id).SupervisorLog)
 				}
 			}
 			return fmt.Errorf("start vm %s: supervising process %d exited before the VM ran; see %s:\n%s",
-				id, pid, filepath.Join(d.dir(id), fileLog), tail(filepath.Join(d.dir(id), fileLog), 10))
+				id, pid, d.paths(id).SupervisorLog, tail(d.paths(id).SupervisorLog, 10))
 		}
 		select {
 		case <-ctx.Done():
@@ -259,11 +255,11 @@ func (d *detachedSupervisor) Stop(ctx context.Context, id string) error {
 	if _, err := os.Stat(d.dir(id)); errors.Is(err, fs.ErrNotExist) {
 		return nil // never started here
 	}
-	lock, err := d.opLock(ctx, "stop", id)
+	held, err := d.opLock(ctx, "stop", id)
 	if err != nil {
 		return err
 	}
-	defer lock.Close()
+	defer held.Release()
 
 	if pid := d.supervisorPID(id); pid != 0 {
 		if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -274,7 +270,7 @@ func (d *detachedSupervisor) Stop(ctx context.Context, id string) error {
 		}
 		return nil
 	}
-	st, err := readState(d.dir(id))
+	st, err := readState(d.paths(id).SupervisorState)
 	if err != nil {
 		return fmt.Errorf("stop vm %s: %w", id, err)
 	}
@@ -287,12 +283,12 @@ func (d *detachedSupervisor) Stop(ctx context.Context, id string) error {
 // stopAbandoned stops a VM whose supervising process was killed while the
 // main process lived on: the same stop sequence, run from here.
 func (d *detachedSupervisor) stopAbandoned(ctx context.Context, id string, st detachedState) error {
-	fileEnv, err := readEnvFile(filepath.Join(d.o.ConfigRoot, id, "env"))
+	fileEnv, err := envfile.Read(d.paths(id).Env)
 	if err != nil {
 		return fmt.Errorf("stop vm %s: %w", id, err)
 	}
 	env := append(append(os.Environ(), d.o.Env...), fileEnv...)
-	logf, err := os.OpenFile(filepath.Join(d.dir(id), fileLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(d.paths(id).SupervisorLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return fmt.Errorf("stop vm %s: %w", id, err)
 	}
@@ -336,7 +332,7 @@ func (d *detachedSupervisor) writeState(id string, st detachedState) error {
 	if err != nil {
 		return err
 	}
-	return atomicfile.WriteFile(filepath.Join(d.dir(id), fileState), b, 0o644)
+	return atomicfile.WriteFile(d.paths(id).SupervisorState, b, 0o644)
 }
 
 func (d *detachedSupervisor) State(ctx context.Context, id string) (State, error) {
@@ -345,7 +341,7 @@ func (d *detachedSupervisor) State(ctx context.Context, id string) (State, error
 		return s, err
 	}
 	s.Available = true
-	st, err := readState(d.dir(id))
+	st, err := readState(d.paths(id).SupervisorState)
 	if err != nil {
 		return s, fmt.Errorf("state vm %s: %w", id, err)
 	}
@@ -379,13 +375,13 @@ func (d *detachedSupervisor) Forget(ctx context.Context, id string) error {
 	if _, err := os.Stat(d.dir(id)); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	lock, err := d.opLock(ctx, "forget", id)
+	held, err := d.opLock(ctx, "forget", id)
 	if err != nil {
 		return err
 	}
-	defer lock.Close()
+	defer held.Release()
 	if pid := d.supervisorPID(id); pid != 0 {
-		st, _ := readState(d.dir(id))
+		st, _ := readState(d.paths(id).SupervisorState)
 		if st.SupervisorPID != pid || (st.ActiveState != "failed" && st.ActiveState != "inactive") {
 			return fmt.Errorf("forget vm %s: still supervised by process %d; stop it first", id, pid)
 		}
@@ -394,11 +390,12 @@ func (d *detachedSupervisor) Forget(ctx context.Context, id string) error {
 			return fmt.Errorf("forget vm %s: waiting for process %d to end: %w", id, pid, err)
 		}
 	}
-	if st, _ := readState(d.dir(id)); mainAlive(st) {
+	if st, _ := readState(d.paths(id).SupervisorState); mainAlive(st) {
 		return fmt.Errorf("forget vm %s: main process %d still runs; stop it first", id, st.MainPID)
 	}
-	for _, f := range []string{filePID, fileState, fileLog, fileLock, fileOp} {
-		if err := os.Remove(filepath.Join(d.dir(id), f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	p := d.paths(id)
+	for _, f := range []string{p.SupervisorPID, p.SupervisorState, p.SupervisorLog, p.SupervisorLock, p.SupervisorOp} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("forget vm %s: %w", id, err)
 		}
 	}

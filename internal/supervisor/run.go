@@ -10,22 +10,15 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/atomicfile"
-)
-
-// Files the detached supervisor keeps in RunRoot/<id>/.
-const (
-	filePID   = "supervisor.pid"        // pid of the supervising process while it lives
-	fileState = "supervisor.state.json" // detachedState, rewritten atomically at each transition
-	fileLog   = "supervisor.log"        // the supervisor's and the stages' output
-	fileLock  = "supervisor.lock"       // held by the supervising process for its whole life
-	fileOp    = "supervisor.op.lock"    // serialises Start/Stop/Forget callers
+	"github.com/mergenhq/mergen/internal/envfile"
+	"github.com/mergenhq/mergen/internal/layout"
+	"github.com/mergenhq/mergen/internal/lock"
+	"github.com/mergenhq/mergen/internal/proc"
 )
 
 // detachedState is the detached supervisor's record of a VM, in systemd's
@@ -63,32 +56,34 @@ func RunDetached(ctx context.Context, o Options, id string) error {
 	if err := checkID("supervise", id); err != nil {
 		return err
 	}
-	dir := filepath.Join(o.RunRoot, id)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	p := o.layout().VM(id)
+	if err := os.MkdirAll(p.RunDir, 0o755); err != nil {
 		return fmt.Errorf("supervise vm %s: %w", id, err)
 	}
-	lock, err := lockFile(ctx, filepath.Join(dir, fileLock), 2*time.Second)
+	lctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	held, err := lock.Acquire(lctx, p.SupervisorLock)
+	cancel()
 	if err != nil {
-		return fmt.Errorf("supervise vm %s: another supervisor holds %s: %w", id, fileLock, err)
+		return fmt.Errorf("supervise vm %s: another supervisor holds its lock: %w", id, err)
 	}
-	defer lock.Close()
+	defer held.Release()
 
-	fileEnv, err := readEnvFile(filepath.Join(o.ConfigRoot, id, "env"))
+	fileEnv, err := envfile.Read(p.Env)
 	if err != nil {
 		return fmt.Errorf("supervise vm %s: %w", id, err)
 	}
 	r := &runner{
 		o:   o,
 		id:  id,
-		dir: dir,
+		p:   p,
 		log: slog.New(slog.NewTextHandler(os.Stderr, nil)).With("vm", id),
 		// Like systemd: Environment= first, EnvironmentFile= overrides it.
 		env: append(append(os.Environ(), o.Env...), fileEnv...),
 	}
-	if err := atomicfile.WriteFile(filepath.Join(dir, filePID), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+	if err := atomicfile.WriteFile(p.SupervisorPID, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 		return fmt.Errorf("supervise vm %s: %w", id, err)
 	}
-	defer os.Remove(filepath.Join(dir, filePID))
+	defer os.Remove(p.SupervisorPID)
 
 	stopReq := make(chan os.Signal, 1)
 	signal.Notify(stopReq, syscall.SIGTERM, syscall.SIGINT)
@@ -126,7 +121,7 @@ func RunDetached(ctx context.Context, o Options, id string) error {
 type runner struct {
 	o   Options
 	id  string
-	dir string
+	p   layout.VM
 	log *slog.Logger
 	env []string
 
@@ -142,7 +137,7 @@ func (r *runner) setState(active, sub string) {
 	r.st.SupervisorPID = os.Getpid()
 	r.st.Updated = time.Now().UTC()
 	b, _ := json.Marshal(r.st)
-	if err := atomicfile.WriteFile(filepath.Join(r.dir, fileState), append(b, '\n'), 0o644); err != nil {
+	if err := atomicfile.WriteFile(r.p.SupervisorState, append(b, '\n'), 0o644); err != nil {
 		r.log.Error("write state", "err", err)
 	}
 }
@@ -205,7 +200,7 @@ func (r *runner) startMain() error {
 	r.main = cmd
 	r.mainDone = make(chan struct{})
 	r.st.MainPID = cmd.Process.Pid
-	r.st.MainStart, _ = procStartTime(cmd.Process.Pid)
+	r.st.MainStart, _ = proc.StartTime(cmd.Process.Pid)
 	go func() {
 		cmd.Wait()
 		close(r.mainDone)
@@ -350,75 +345,9 @@ func signalName(s syscall.Signal) string {
 	return strconv.Itoa(int(s))
 }
 
-// procStartTime is field 22 of /proc/<pid>/stat, the process's start time
-// in clock ticks since boot.
-func procStartTime(pid int) (uint64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) may hold spaces and parentheses; fields
-	// after the last ')' are plain.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
-	f := strings.Fields(s[i+1:])
-	// f[0] is field 3 (state); field 22 is f[19].
-	if len(f) < 20 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
-	}
-	return strconv.ParseUint(f[19], 10, 64)
-}
-
-// procState is field 3 of /proc/<pid>/stat ('Z' for a zombie).
-func procState(pid int) byte {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 || i+2 >= len(s) {
-		return 0
-	}
-	return s[i+2]
-}
-
-// lockFile takes an exclusive flock on path, retrying until wait has passed
-// or ctx ends. Closing the file releases it; so does the process's death.
-func lockFile(ctx context.Context, path string, wait time.Duration) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	deadline := time.Now().Add(wait)
-	for {
-		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-		if err == nil {
-			return f, nil
-		}
-		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, err
-		}
-		if time.Now().After(deadline) {
-			f.Close()
-			return nil, fmt.Errorf("%s: still locked after %s", path, wait)
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-func readState(dir string) (detachedState, error) {
+func readState(path string) (detachedState, error) {
 	var st detachedState
-	b, err := os.ReadFile(filepath.Join(dir, fileState))
+	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return detachedState{ActiveState: "inactive", SubState: "dead"}, nil
 	}
@@ -426,7 +355,7 @@ func readState(dir string) (detachedState, error) {
 		return st, err
 	}
 	if err := json.Unmarshal(b, &st); err != nil {
-		return st, fmt.Errorf("%s: %w", fileState, err)
+		return st, fmt.Errorf("%s: %w", path, err)
 	}
 	return st, nil
 }

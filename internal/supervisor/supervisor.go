@@ -24,10 +24,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/envfile"
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/layout"
 )
 
 // ErrUnavailable marks errors saying that a supervisor cannot work on this
@@ -65,31 +69,56 @@ type Supervisor interface {
 	Forget(ctx context.Context, id string) error
 }
 
-// Options configure both supervisors. Zero values take the defaults below.
+// Options configure both supervisors. Zero values take the host
+// configuration's defaults (internal/config), except LifecycleBin.
 type Options struct {
-	UnitPrefix   string        // MGR_UNIT_PREFIX, default "mergen"
+	UnitPrefix   string        // MGR_UNIT_PREFIX
 	LifecycleBin string        // the lifecycle program: an absolute path, or a name looked up in PATH
-	RunRoot      string        // MGR_RUN_ROOT, default /run/mergen
-	ConfigRoot   string        // MGR_CONFIG_ROOT, default /var/lib/mergen/vm.d; <ConfigRoot>/<id>/env is the stages' environment file
-	StopTimeout  time.Duration // how long stop may take before the VMM is killed, default 15s
-	Env          []string      // KEY=VALUE given to every stage
+	RunRoot      string        // MGR_RUN_ROOT: the detached supervisor's files live in the layout's run directory of each VM
+	ConfigRoot   string        // MGR_CONFIG_ROOT: the layout's env file of each VM is the stages' environment file
+	StopTimeout  time.Duration // MGR_STOP_TIMEOUT_SECONDS: how long stop may take before the VMM is killed
+	Env          []string      // KEY=VALUE given to every stage (config.StageEnv)
 }
 
-// Defaults.
+// OptionsFrom derives the supervisor's options from the host configuration.
+func OptionsFrom(c config.Config) Options {
+	return Options{
+		UnitPrefix:   c.UnitPrefix,
+		LifecycleBin: c.LifecycleBin,
+		RunRoot:      c.RunRoot,
+		ConfigRoot:   c.ConfigRoot,
+		StopTimeout:  c.StopTimeout,
+		Env:          c.StageEnv(),
+	}
+}
+
+// Defaults not in the host configuration.
 const (
-	DefaultUnitPrefix   = "mergen"
 	DefaultLifecycleBin = "/usr/local/bin/mergen-lifecycle"
-	DefaultRunRoot      = "/run/mergen"
-	DefaultConfigRoot   = "/var/lib/mergen/vm.d"
-	DefaultStopTimeout  = 15 * time.Second
 	DefaultUnitDir      = "/etc/systemd/system"
 )
+
+func (o Options) layout() layout.Layout {
+	return layout.Layout{ConfigRoot: o.ConfigRoot, RunRoot: o.RunRoot}
+}
+
+// selfEnv is what a supervising process needs to rebuild these options.
+func (o Options) selfEnv() []string {
+	return []string{
+		"MGR_RUN_ROOT=" + o.RunRoot,
+		"MGR_CONFIG_ROOT=" + o.ConfigRoot,
+		"MGR_UNIT_PREFIX=" + o.UnitPrefix,
+		"MGR_LIFECYCLE_BIN=" + o.LifecycleBin,
+		"MGR_STOP_TIMEOUT_SECONDS=" + strconv.FormatInt(int64((o.StopTimeout+time.Second-1)/time.Second), 10),
+	}
+}
 
 // withDefaults fills zero fields and validates the result. It does not look
 // at the file system: a unit may be rendered for another root.
 func (o Options) withDefaults() (Options, error) {
+	def, _ := config.FromEnv(nil) // the defaults table
 	if o.UnitPrefix == "" {
-		o.UnitPrefix = DefaultUnitPrefix
+		o.UnitPrefix = def.UnitPrefix
 	}
 	if o.LifecycleBin == "" {
 		o.LifecycleBin = DefaultLifecycleBin
@@ -106,13 +135,13 @@ func (o Options) withDefaults() (Options, error) {
 		}
 	}
 	if o.RunRoot == "" {
-		o.RunRoot = DefaultRunRoot
+		o.RunRoot = def.RunRoot
 	}
 	if o.ConfigRoot == "" {
-		o.ConfigRoot = DefaultConfigRoot
+		o.ConfigRoot = def.ConfigRoot
 	}
 	if o.StopTimeout == 0 {
-		o.StopTimeout = DefaultStopTimeout
+		o.StopTimeout = def.StopTimeout
 	}
 	if !unitPrefixRe.MatchString(o.UnitPrefix) {
 		return o, fmt.Errorf("supervisor options: UnitPrefix %q: want letters, digits, '-', '_', '.' only", o.UnitPrefix)
@@ -134,7 +163,7 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	for _, kv := range o.Env {
 		k, _, ok := strings.Cut(kv, "=")
-		if !ok || !envKeyRe.MatchString(k) {
+		if !ok || !envfile.ValidKey(k) {
 			return o, fmt.Errorf("supervisor options: Env entry %q is not KEY=VALUE", kv)
 		}
 		if strings.ContainsAny(kv, "\n\r\x00") {
@@ -146,7 +175,6 @@ func (o Options) withDefaults() (Options, error) {
 
 var (
 	unitPrefixRe = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
-	envKeyRe     = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	unitPathRe   = regexp.MustCompile(`^[A-Za-z0-9/._+@:-]+$`)
 	// VM ids are UUIDs; anything that is safe both as a systemd instance
 	// name and as a single path element is accepted.
@@ -167,16 +195,12 @@ func UnitName(prefix, id string) string { return prefix + "@" + id + ".service" 
 func FailureUnitName(prefix, id string) string { return prefix + "-failure@" + id + ".service" }
 
 // New returns the supervisor called name: "systemd", "detached", or "" for
-// automatic choice. Automatic honours MGR_SUPERVISOR when set and otherwise
-// picks systemd when PID 1 is systemd (/run/systemd/system exists), else
-// detached.
+// automatic choice (MGR_SUPERVISOR unset): systemd when PID 1 is systemd
+// (/run/systemd/system exists), else detached.
 func New(name string, o Options) (Supervisor, error) {
 	o, err := o.withDefaults()
 	if err != nil {
 		return nil, err
-	}
-	if name == "" {
-		name = strings.TrimSpace(os.Getenv("MGR_SUPERVISOR"))
 	}
 	if name == "" {
 		name = Detect()

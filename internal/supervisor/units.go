@@ -45,10 +45,14 @@ func RenderUnits(o Options) ([]Unit, error) {
 		quoted[i] = quoteEnvironment(kv)
 	}
 	data := struct {
-		Prefix, Bin, ConfigRoot string
-		Env                     []string
-		StopTimeoutSec          int64
-	}{o.UnitPrefix, o.LifecycleBin, o.ConfigRoot, quoted, int64((o.StopTimeout + 999_999_999) / 1_000_000_000)}
+		Prefix, Bin, EnvFile string
+		Env                  []string
+		StopTimeoutSec       int64
+	}{
+		o.UnitPrefix, o.LifecycleBin,
+		o.layout().VM("%i").Env, // the layout's path with systemd's instance specifier as the id
+		quoted, int64((o.StopTimeout + 999_999_999) / 1_000_000_000),
+	}
 
 	var units []Unit
 	for _, u := range []struct {

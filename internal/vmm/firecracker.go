@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
+
+	"github.com/mergenhq/mergen/internal/config"
 )
 
 // firecracker runs VMs with Firecracker, configured through its
@@ -29,16 +31,16 @@ type firecracker struct {
 	chrootBase string // MGR_JAILER_CHROOT_BASE; empty: <WorkDir>/jail
 }
 
-func newFirecracker(getenv func(string) string) *firecracker {
+func newFirecracker(d config.Driver) *firecracker {
 	return &firecracker{
-		bin:        getenv("MGR_FIRECRACKER_BIN"),
-		entropy:    envBool(getenv("MGN_ENABLE_ENTROPY_DEVICE")),
-		vsock:      envBool(getenv("MGR_VSOCK")),
-		jailer:     envBool(getenv("MGR_JAILER")),
-		jailerBin:  getenv("MGR_JAILER_BIN"),
-		jailerUID:  getenv("MGR_JAILER_UID"),
-		jailerGID:  getenv("MGR_JAILER_GID"),
-		chrootBase: getenv("MGR_JAILER_CHROOT_BASE"),
+		bin:        d.FirecrackerBin,
+		entropy:    d.Entropy,
+		vsock:      d.Vsock,
+		jailer:     d.Jailer,
+		jailerBin:  d.JailerBin,
+		jailerUID:  d.JailerUID,
+		jailerGID:  d.JailerGID,
+		chrootBase: d.ChrootBase,
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/mergenhq/mergen/internal/config"
 )
 
 // qemu runs VMs with qemu-system-x86_64: the same spec rendered to flags,
@@ -23,12 +25,12 @@ type qemu struct {
 	kvmProbe func() (bool, string)
 }
 
-func newQEMU(getenv func(string) string) *qemu {
+func newQEMU(d config.Driver) *qemu {
 	return &qemu{
-		bin:      getenv("MGR_QEMU_BIN"),
-		machine:  getenv("MGR_QEMU_MACHINE"),
-		accel:    getenv("MGR_QEMU_ACCEL"),
-		entropy:  envBool(getenv("MGN_ENABLE_ENTROPY_DEVICE")),
+		bin:      d.QEMUBin,
+		machine:  d.QEMUMachine,
+		accel:    d.QEMUAccel,
+		entropy:  d.Entropy,
 		kvmProbe: kvmTrusted,
 	}
 }

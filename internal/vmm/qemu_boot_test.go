@@ -1,6 +1,8 @@
 package vmm
 
 import (
+	"github.com/mergenhq/mergen/internal/config"
+
 	"bytes"
 	"context"
 	"debug/elf"
@@ -58,7 +60,7 @@ func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 	} else {
 		t.Log("not root: booting without a network interface")
 	}
-	d := newQEMU(func(k string) string { return map[string]string{"MGR_QEMU_ACCEL": "tcg"}[k] })
+	d := newQEMU(config.Driver{QEMUAccel: "tcg"})
 	b, err := d.Config(s)
 	if err != nil {
 		t.Fatal(err)

@@ -7,10 +7,11 @@
 // they share the Spec types and validation: split into sub-packages, the
 // drivers would import vmm for Spec while vmm imported them for New.
 //
-// A driver is stateless. Its settings come from the environment when New is
-// called (MGR_FIRECRACKER_BIN, MGR_JAILER*, MGR_QEMU_*, see docs/vmm.md), so
-// the daemon that renders vm.json and the lifecycle stage that launches the
-// VMM agree as long as they see the same environment.
+// A driver is stateless. Its settings (config.Driver: binary paths, the
+// jailer, QEMU's machine and accelerator; see docs/vmm.md) are decided at
+// create, stored in the VM's record and handed to New, so the daemon that
+// renders vm.json and the lifecycle stage that launches the VMM use the
+// same settings whatever the environment says later.
 package vmm
 
 import (
@@ -22,11 +23,15 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
+
+	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/errdefs"
 )
 
 // ErrUnavailable marks what is missing on this host to run a driver: its
-// binary, a usable /dev/kvm. Callers map it to "service unavailable".
-var ErrUnavailable = errors.New("unavailable")
+// binary, a usable /dev/kvm. It is the project's error class, so the API
+// answers such errors with 503.
+var ErrUnavailable = errdefs.ErrUnavailable
 
 // Drive is a block device given to the guest.
 type Drive struct {
@@ -93,24 +98,50 @@ type Driver interface {
 // Names lists the drivers New knows.
 var Names = []string{"firecracker", "qemu"}
 
-// New returns the driver called name, configured from the environment.
-func New(name string) (Driver, error) {
+// New returns the driver called name with the given settings.
+func New(name string, d config.Driver) (Driver, error) {
 	switch name {
 	case "firecracker":
-		return newFirecracker(os.Getenv), nil
+		return newFirecracker(d), nil
 	case "qemu":
-		return newQEMU(os.Getenv), nil
+		return newQEMU(d), nil
 	}
-	return nil, fmt.Errorf("unknown vmm %q: valid names are %s", name, strings.Join(Names, ", "))
+	return nil, errdefs.Invalid("unknown vmm %q: valid names are %s", name, strings.Join(Names, ", "))
 }
 
 // DefaultName is the driver to use when neither the VM nor the host
 // configuration names one: Firecracker when its binary is found, else QEMU.
-func DefaultName() string {
-	if _, err := findBinary(os.Getenv("MGR_FIRECRACKER_BIN"), "firecracker"); err == nil {
+func DefaultName(d config.Driver) string {
+	if _, err := findBinary(d.FirecrackerBin, "firecracker"); err == nil {
 		return "firecracker"
 	}
 	return "qemu"
+}
+
+// Resolve pins the host's settings for a VM of driver name: only the
+// settings that driver reads are kept, and binaries found on PATH become
+// absolute paths, so that a later change of PATH or of the host's
+// variables does not change how an existing VM is launched. A binary not
+// found stays as configured; starting the VM then reports it missing.
+func Resolve(name string, d config.Driver) config.Driver {
+	abs := func(configured, def string) string {
+		if p, err := findBinary(configured, def); err == nil {
+			return p
+		}
+		return configured
+	}
+	switch name {
+	case "firecracker":
+		out := config.Driver{FirecrackerBin: abs(d.FirecrackerBin, "firecracker"), Vsock: d.Vsock, Entropy: d.Entropy}
+		if d.Jailer {
+			out.Jailer, out.JailerUID, out.JailerGID, out.ChrootBase = true, d.JailerUID, d.JailerGID, d.ChrootBase
+			out.JailerBin = abs(d.JailerBin, "jailer")
+		}
+		return out
+	case "qemu":
+		return config.Driver{QEMUBin: abs(d.QEMUBin, qemuDefaultBin), QEMUMachine: d.QEMUMachine, QEMUAccel: d.QEMUAccel, Entropy: d.Entropy}
+	}
+	return d
 }
 
 // findBinary resolves an explicitly configured path, or else the default
@@ -122,7 +153,7 @@ func findBinary(configured, def string) (string, error) {
 	}
 	p, err := exec.LookPath(name)
 	if err != nil {
-		return "", fmt.Errorf("%w: %s binary %q not found: %v", ErrUnavailable, def, name, err)
+		return "", fmt.Errorf("%w: %s binary %q not found: %w", ErrUnavailable, def, name, err)
 	}
 	return p, nil
 }
@@ -274,13 +305,4 @@ func appendArgs(cmdline string, args ...string) string {
 		out += a
 	}
 	return out
-}
-
-// envBool reads a 0/1 style switch.
-func envBool(v string) bool {
-	switch strings.ToLower(strings.TrimSpace(v)) {
-	case "1", "true", "yes", "on":
-		return true
-	}
-	return false
 }

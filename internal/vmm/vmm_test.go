@@ -1,6 +1,8 @@
 package vmm
 
 import (
+	"github.com/mergenhq/mergen/internal/config"
+
 	"errors"
 	"os"
 	"path/filepath"
@@ -35,7 +37,7 @@ func testSpec(t *testing.T, dir string) Spec {
 
 func TestNewKnowsEachDriverAndListsThemOtherwise(t *testing.T) {
 	for _, name := range Names {
-		d, err := New(name)
+		d, err := New(name, config.Driver{})
 		if err != nil {
 			t.Fatalf("New(%q): %v", name, err)
 		}
@@ -43,7 +45,7 @@ func TestNewKnowsEachDriverAndListsThemOtherwise(t *testing.T) {
 			t.Errorf("New(%q).Name() = %q", name, d.Name())
 		}
 	}
-	_, err := New("cloud-hypervisor")
+	_, err := New("cloud-hypervisor", config.Driver{})
 	if err == nil {
 		t.Fatal("New(cloud-hypervisor) succeeded")
 	}
@@ -60,12 +62,10 @@ func TestDefaultNameIsFirecrackerOnlyWhenItsBinaryIsFound(t *testing.T) {
 	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("MGR_FIRECRACKER_BIN", bin)
-	if got := DefaultName(); got != "firecracker" {
+	if got := DefaultName(config.Driver{FirecrackerBin: bin}); got != "firecracker" {
 		t.Errorf("with MGR_FIRECRACKER_BIN=%s: DefaultName() = %q, want firecracker", bin, got)
 	}
-	t.Setenv("MGR_FIRECRACKER_BIN", filepath.Join(dir, "absent"))
-	if got := DefaultName(); got != "qemu" {
+	if got := DefaultName(config.Driver{FirecrackerBin: filepath.Join(dir, "absent")}); got != "qemu" {
 		t.Errorf("with a missing firecracker binary: DefaultName() = %q, want qemu", got)
 	}
 }
@@ -152,5 +152,24 @@ func TestKVMProbeRefusesWhatIsNotKVM(t *testing.T) {
 	}
 	if err := probeKVM(os.DevNull); err == nil || !strings.Contains(err.Error(), "KVM_GET_API_VERSION") {
 		t.Errorf("probeKVM(%s) = %v, want the API version query to fail", os.DevNull, err)
+	}
+}
+
+func TestResolvePinsAbsoluteBinariesAndOnlyTheDriversOwnSettings(t *testing.T) {
+	dir := t.TempDir()
+	qemuBin := filepath.Join(dir, "qemu-system-x86_64")
+	if err := os.WriteFile(qemuBin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", dir)
+	host := config.Driver{Jailer: true, JailerUID: "1000", FirecrackerBin: "/opt/fc", QEMUAccel: "tcg", Entropy: true}
+	got := Resolve("qemu", host)
+	want := config.Driver{QEMUBin: qemuBin, QEMUAccel: "tcg", Entropy: true}
+	if got != want {
+		t.Errorf("Resolve(qemu) = %+v, want %+v", got, want)
+	}
+	fc := Resolve("firecracker", host)
+	if fc.QEMUAccel != "" || !fc.Jailer || fc.JailerUID != "1000" || fc.FirecrackerBin != "/opt/fc" || fc.JailerBin != "" {
+		t.Errorf("Resolve(firecracker) = %+v: want jailer settings kept, qemu dropped, missing binaries as configured", fc)
 	}
 }

@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/testenv"
 	"github.com/mergenhq/mergen/internal/vmnet"
+	"github.com/mergenhq/mergen/internal/wire"
 )
 
 // BenchmarkCreateToHTTP measures, in one run, the time from POST /v1/vms
@@ -36,7 +36,7 @@ func BenchmarkCreateToHTTP(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		// mergen: API call to HTTP answer.
 		t0 := time.Now()
-		var vm manager.VM
+		var vm wire.VM
 		code, body := call(b, "POST", d.base+"/v1/vms", map[string]any{
 			"payloadDisk": payload, "memMiB": 256, "autoStart": true, "httpPort": 8080,
 			"ports": []map[string]any{{"guest": 8080}},

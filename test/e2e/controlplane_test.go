@@ -15,10 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mergenhq/mergen/internal/api"
-	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/testenv"
+	"github.com/mergenhq/mergen/internal/wire"
 )
 
 // Control-plane hosts force the systemd supervisor on a host whose PID 1 is
@@ -54,7 +53,7 @@ func TestCreateInspectListAndDelete(t *testing.T) {
 		"extraEnv": map[string]string{"GREETING": "hello world"},
 		"hooks":    map[string]any{},
 	}
-	var vm manager.VM
+	var vm wire.VM
 	code, body := call(t, "POST", base+"/v1/vms", req, &vm)
 	mustStatus(t, code, body, 201)
 	if store.ValidateID(vm.ID) != nil {
@@ -106,13 +105,13 @@ func TestCreateInspectListAndDelete(t *testing.T) {
 		t.Fatalf("env file: %s", env)
 	}
 
-	var got manager.VM
+	var got wire.VM
 	code, body = call(t, "GET", base+"/v1/vms/"+vm.ID, nil, &got)
 	mustStatus(t, code, body, 200)
 	if got.ID != vm.ID || string(got.Metadata) == "" || got.Tags["name"] != "web" {
 		t.Fatalf("GET: %s", body)
 	}
-	var list api.VMList
+	var list wire.VMList
 	code, body = call(t, "GET", base+"/v1/vms", nil, &list)
 	mustStatus(t, code, body, 200)
 	if list.Count != 1 || list.VMs[0].ID != vm.ID {
@@ -120,7 +119,7 @@ func TestCreateInspectListAndDelete(t *testing.T) {
 	}
 
 	// A second VM gets the next address and different host ports.
-	var vm2 manager.VM
+	var vm2 wire.VM
 	code, body = call(t, "POST", base+"/v1/vms", map[string]any{"ports": []map[string]any{{"guest": 80}}}, &vm2)
 	mustStatus(t, code, body, 201)
 	if vm2.Network.GuestIP != "172.30.0.3" || vm2.Network.Ports[0].Host == vm.Network.Ports[0].Host {
@@ -137,7 +136,7 @@ func TestCreateInspectListAndDelete(t *testing.T) {
 		t.Fatalf("left in the config root after deleting everything: %v", left)
 	}
 	// Freed addresses are handed out again.
-	var vm3 manager.VM
+	var vm3 wire.VM
 	code, body = call(t, "POST", base+"/v1/vms", map[string]any{}, &vm3)
 	mustStatus(t, code, body, 201)
 	if vm3.Network.GuestIP != "172.30.0.2" {
@@ -148,7 +147,7 @@ func TestCreateInspectListAndDelete(t *testing.T) {
 func TestStartAndStopAnswer503WithoutAServiceManager(t *testing.T) {
 	h := newHost(t, noServiceManager)
 	base := h.serve(t)
-	var vm manager.VM
+	var vm wire.VM
 	code, body := call(t, "POST", base+"/v1/vms", map[string]any{}, &vm)
 	mustStatus(t, code, body, 201)
 	for _, op := range []string{"start", "stop"} {
@@ -212,7 +211,7 @@ func TestBadCreateRequestsNameTheFieldAndLeaveNothing(t *testing.T) {
 	os.MkdirAll(filepath.Join(baseDir, "dir.ext4"), 0o755)
 
 	// One VM that holds host port 20500, and a socket that holds another.
-	var holder manager.VM
+	var holder wire.VM
 	code, body := call(t, "POST", base+"/v1/vms", map[string]any{"tags": map[string]string{"name": "taken"}, "ports": []map[string]any{{"guest": 80, "host": 20500}}}, &holder)
 	mustStatus(t, code, body, 201)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -300,7 +299,7 @@ func TestConcurrentCreatesAndDeletes(t *testing.T) {
 	h := newHost(t, noServiceManager)
 	base := h.serve(t)
 	const n = 200
-	vms := make([]manager.VM, n)
+	vms := make([]wire.VM, n)
 	errs := make(chan error, n)
 	var wg sync.WaitGroup
 	for i := 0; i < n; i++ {
@@ -367,14 +366,14 @@ func TestConcurrentCreatesAndDeletes(t *testing.T) {
 	if left := vmDirs(t, h); len(left) != 0 {
 		t.Fatalf("config root not empty: %v", left)
 	}
-	var list api.VMList
+	var list wire.VMList
 	call(t, "GET", base+"/v1/vms", nil, &list)
 	if list.Count != 0 {
 		t.Fatalf("list shows %d VMs after deleting all", list.Count)
 	}
 	// Allocation is derived from the store: with the store empty, the first
 	// address and the lowest ports are free again.
-	var vm manager.VM
+	var vm wire.VM
 	code, body := call(t, "POST", base+"/v1/vms", map[string]any{"ports": []map[string]any{{"guest": 80}}}, &vm)
 	mustStatus(t, code, body, 201)
 	if vm.Network.GuestIP != "172.30.0.2" {
@@ -411,7 +410,7 @@ func TestHooksSeeTheVMAndStrictFailuresRollBack(t *testing.T) {
 	os.WriteFile(filepath.Join(global, "10-audit.json"), []byte(`{"onCreate":[{"url":"`+ok.URL+`/global"}],"onDelete":[{"url":"`+ok.URL+`/global"}]}`), 0o644)
 	base := h.serve(t)
 
-	var vm manager.VM
+	var vm wire.VM
 	code, body := call(t, "POST", base+"/v1/vms", map[string]any{
 		"tags":  map[string]string{"name": "hooked"},
 		"hooks": map[string]any{"onCreate": []map[string]any{{"url": failing.URL}, {"url": ok.URL + "/own"}}},
@@ -468,7 +467,7 @@ func TestOperationsOnABusyVMAnswerConflict(t *testing.T) {
 	}
 	h := newHost(t, map[string]string{"MGR_SUPERVISOR": "systemd", "MGR_COMMAND_TIMEOUT_SECONDS": "1", "MGR_STOP_TIMEOUT_SECONDS": "1"})
 	base := h.serve(t)
-	var vm manager.VM
+	var vm wire.VM
 	code, body := call(t, "POST", base+"/v1/vms", map[string]any{}, &vm)
 	mustStatus(t, code, body, 201)
 

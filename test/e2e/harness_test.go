@@ -94,7 +94,7 @@ func (h *host) config(t testing.TB) config.Config {
 func (h *host) store(t testing.TB) *store.Store {
 	t.Helper()
 	c := h.config(t)
-	s, err := store.Open(c.ConfigRoot, c.RunRoot, c.DataRoot)
+	s, err := store.Open(c.Layout())
 	if err != nil {
 		t.Fatal(err)
 	}

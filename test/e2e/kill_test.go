@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/testenv"
+	"github.com/mergenhq/mergen/internal/wire"
 )
 
 // daemonProc is the mergen binary running `mergen server`.
@@ -159,7 +159,7 @@ func TestDaemonKilledMidCreatesLeavesWholeVMsOnly(t *testing.T) {
 		}
 	}
 	var list struct {
-		VMs []manager.VM `json:"vms"`
+		VMs []wire.VM `json:"vms"`
 	}
 	code, body := call(t, "GET", d2.base+"/v1/vms", nil, &list)
 	mustStatus(t, code, body, 200)
@@ -168,7 +168,7 @@ func TestDaemonKilledMidCreatesLeavesWholeVMsOnly(t *testing.T) {
 	}
 	// New creates after the restart never collide with what survived.
 	for i := 0; i < 5; i++ {
-		var vm manager.VM
+		var vm wire.VM
 		code, body := call(t, "POST", d2.base+"/v1/vms", map[string]any{"ports": []map[string]any{{"guest": 80}}}, &vm)
 		mustStatus(t, code, body, 201)
 		list.VMs = append(list.VMs, vm)
@@ -192,7 +192,7 @@ func TestDaemonKilledMidCreatesLeavesWholeVMsOnly(t *testing.T) {
 		code, body := call(t, "DELETE", d2.base+"/v1/vms/"+vm.ID, nil, nil)
 		mustStatus(t, code, body, 200)
 	}
-	var vm manager.VM
+	var vm wire.VM
 	code, body = call(t, "POST", d2.base+"/v1/vms", map[string]any{"ports": []map[string]any{{"guest": 80}}}, &vm)
 	mustStatus(t, code, body, 201)
 	if vm.Network.GuestIP != "172.30.0.2" {

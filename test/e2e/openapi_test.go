@@ -13,8 +13,8 @@ import (
 	"github.com/getkin/kin-openapi/routers/legacy"
 
 	"github.com/mergenhq/mergen/internal/api"
-	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/wire"
 )
 
 // TestResponsesMatchTheOpenAPIDocument sends real requests to a real daemon
@@ -84,7 +84,7 @@ func TestResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	check("GET", "/health", "", 200)
 	check("GET", "/openapi.json", "", 200)
 	created := check("POST", "/v1/vms", `{"vcpu":1,"memMiB":256,"ports":[{"guest":80,"host":0}],"httpPort":80,"tags":{"name":"doc","app":"x"},"metadata":{"a":[1,2]},"extraEnv":{"A":"b"}}`, 201)
-	var vm manager.VM
+	var vm wire.VM
 	if err := json.Unmarshal(created, &vm); err != nil {
 		t.Fatal(err)
 	}

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/testenv"
+	"github.com/mergenhq/mergen/internal/wire"
 )
 
 // vmHost is where a runtime scenario runs: the bare host with the detached
@@ -38,7 +38,7 @@ type vmHost interface {
 // restarted daemon reports it running; delete leaves nothing behind.
 func runtimeScenario(t *testing.T, h vmHost, payload string) {
 	page := "hello from a mergen guest\n"
-	var vm manager.VM
+	var vm wire.VM
 	code, body := h.api(t, "POST", "/v1/vms", map[string]any{
 		"payloadDisk": payload, "memMiB": 256,
 		"ports":    []map[string]any{{"guest": 8080, "host": 0}},

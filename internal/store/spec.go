@@ -1,0 +1,82 @@
+package store
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/mergenhq/mergen/internal/layout"
+	"github.com/mergenhq/mergen/internal/vmm"
+)
+
+// BootArgs composes the guest kernel command line: serial console, power-off
+// on panic and reboot, mergen-init as init, the guest's static network
+// configuration in the kernel's ip= syntax (mergen-init applies it itself),
+// extraEnv, then the caller's own arguments, which win where the kernel takes
+// the last value.
+func BootArgs(m Meta, extra string) string {
+	args := []string{"console=ttyS0", "reboot=k", "panic=1", "init=/sbin/init"}
+	if m.GuestIP != "" {
+		mask := netmask(m.PrefixLen)
+		host := m.Tags["name"]
+		if host == "" {
+			host = "vm-" + ShortID(m.ID)
+		}
+		args = append(args, fmt.Sprintf("ip=%s::%s:%s:%s:eth0:off", m.GuestIP, m.Gateway, mask, host))
+	}
+	if enc := EncodeEnv(m.ExtraEnv); enc != "" {
+		args = append(args, "mergen.env="+enc)
+	}
+	if extra = strings.TrimSpace(extra); extra != "" {
+		args = append(args, extra)
+	}
+	return strings.Join(args, " ")
+}
+
+func netmask(bits int) string {
+	if bits <= 0 || bits > 32 {
+		return ""
+	}
+	v := ^uint32(0) << (32 - bits)
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}).String()
+}
+
+// Spec is the VMM driver's view of the VM, with its run-time paths from the
+// layout. The guest finds its disks by filesystem label, so the attach order
+// below is a convention, not a contract: root, agent, payload, env, data.
+func Spec(m Meta, p layout.VM) vmm.Spec {
+	s := vmm.Spec{
+		ID:         m.ID,
+		VCPU:       m.VCPU,
+		MemMiB:     m.MemMiB,
+		Kernel:     m.Kernel,
+		Initrd:     m.Initrd,
+		BootArgs:   m.BootArgs,
+		SocketPath: p.Socket,
+		WorkDir:    p.RunDir,
+		NIC:        &vmm.NIC{TapName: m.TapName, MAC: m.MAC},
+	}
+	add := func(id, path string, ro, root bool) {
+		if path != "" {
+			s.Drives = append(s.Drives, vmm.Drive{ID: id, Path: path, ReadOnly: ro, Root: root})
+		}
+	}
+	add("rootfs", m.Disks.Rootfs, true, true)
+	add("agent", m.Disks.Agent, true, false)
+	add("payload", m.Disks.Payload, true, false)
+	add("env", m.Disks.Env, true, false)
+	add("data", m.Disks.Data, false, false)
+	return s
+}
+
+// EncodeEnv renders extraEnv as the guest reads it from the kernel command
+// line: mergen.env=<base64url(JSON object)>. Empty for no variables.
+func EncodeEnv(env map[string]string) string {
+	if len(env) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(env) // a map[string]string always encodes
+	return base64.RawURLEncoding.EncodeToString(b)
+}

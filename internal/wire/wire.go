@@ -1,0 +1,165 @@
+// Package wire holds the REST API's request and response documents: what
+// clients send and receive, in one place, apart from how the daemon stores
+// VMs. A JSON tag here is the public contract; the record (internal/store)
+// may change shape without changing the API, and the other way round.
+//
+// It imports only the standard library, so the client and anything that
+// speaks the API link none of the daemon's machinery.
+package wire
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// NameTag is the tag that names a VM (a DNS label, unique on the host).
+const NameTag = "name"
+
+// CreateRequest is the body of POST /v1/vms.
+type CreateRequest struct {
+	// VMM overrides the host's driver for this VM: "firecracker" or "qemu".
+	VMM string `json:"vmm,omitempty"`
+
+	Kernel      string `json:"kernel,omitempty"`
+	Initrd      string `json:"initrd,omitempty"`
+	Rootfs      string `json:"rootfs,omitempty"`
+	AgentDisk   string `json:"agentDisk,omitempty"`
+	PayloadDisk string `json:"payloadDisk,omitempty"`
+	EnvDisk     string `json:"envDisk,omitempty"`
+	DataDisk    string `json:"dataDisk,omitempty"`
+
+	VCPU   int `json:"vcpu,omitempty"`
+	MemMiB int `json:"memMiB,omitempty"`
+
+	Ports    []Port `json:"ports,omitempty"`
+	HTTPPort int    `json:"httpPort,omitempty"`
+
+	Tags     map[string]string `json:"tags,omitempty"`
+	Metadata json.RawMessage   `json:"metadata,omitempty"`
+
+	AutoStart bool              `json:"autoStart,omitempty"`
+	BootArgs  string            `json:"bootArgs,omitempty"`
+	ExtraEnv  map[string]string `json:"extraEnv,omitempty"`
+	Hooks     json.RawMessage   `json:"hooks,omitempty"`
+
+	// Bridge selects the earlier generation's network mode: the tap joins an
+	// existing host bridge and the guest gets a static address.
+	Bridge *BridgeRequest `json:"bridge,omitempty"`
+}
+
+// BridgeRequest configures bridge mode.
+type BridgeRequest struct {
+	Name      string `json:"name"`
+	GuestIP   string `json:"guestIP"`
+	GatewayIP string `json:"gatewayIP"`
+	Netmask   string `json:"netmask"`
+	MAC       string `json:"mac,omitempty"` // generated from the id when empty
+}
+
+// Port publishes Host on the host to Guest inside the VM.
+type Port struct {
+	Guest    int    `json:"guest"`
+	Host     int    `json:"host"`
+	Protocol string `json:"protocol"` // "tcp" or "udp"
+}
+
+// VM is the document the API returns for one VM.
+type VM struct {
+	ID        string            `json:"id"`
+	CreatedAt time.Time         `json:"createdAt"`
+	Name      string            `json:"name,omitempty"`
+	VMM       string            `json:"vmm"`
+	VCPU      int               `json:"vcpu"`
+	MemMiB    int               `json:"memMiB"`
+	HTTPPort  int               `json:"httpPort,omitempty"`
+	AutoStart bool              `json:"autoStart"`
+	Kernel    string            `json:"kernel"`
+	Initrd    string            `json:"initrd,omitempty"`
+	Disks     Disks             `json:"disks"`
+	Service   Service           `json:"service"`
+	VMMState  VMMState          `json:"vmmState"`
+	Network   Network           `json:"network"`
+	Paths     Paths             `json:"paths"`
+	Metadata  json.RawMessage   `json:"metadata,omitempty"`
+	Tags      map[string]string `json:"tags,omitempty"`
+}
+
+// VMList is the body of GET /v1/vms.
+type VMList struct {
+	VMs   []VM `json:"vms"`
+	Count int  `json:"count"`
+}
+
+// Disks are the host paths of the VM's block devices; empty means not
+// attached.
+type Disks struct {
+	Rootfs  string `json:"rootfs"`
+	Agent   string `json:"agentDisk,omitempty"`
+	Payload string `json:"payloadDisk,omitempty"`
+	Env     string `json:"envDisk,omitempty"`
+	Data    string `json:"dataDisk,omitempty"`
+}
+
+// Service is what the service manager knows about the VM's unit, in
+// systemd's vocabulary whichever supervisor runs it.
+type Service struct {
+	Available   bool   `json:"available"`   // the service manager answers
+	Unit        string `json:"unit"`        // <prefix>@<id>.service
+	Active      bool   `json:"active"`      // ActiveState == "active"
+	ActiveState string `json:"activeState"` // active|inactive|failed|activating|deactivating
+	SubState    string `json:"subState"`    // e.g. running, dead, failed, start-pre, stop
+	MainPID     int    `json:"mainPID"`     // the VMM, 0 when not running
+}
+
+// VMMState is what the VMM's socket says.
+type VMMState struct {
+	SocketPath    string `json:"socketPath"`
+	SocketPresent bool   `json:"socketPresent"`
+}
+
+// Network is the VM's addressing.
+type Network struct {
+	GuestIP   string  `json:"guestIP"`
+	Gateway   string  `json:"gateway"`
+	PrefixLen int     `json:"prefixLen"`
+	MAC       string  `json:"mac"`
+	Ports     []Port  `json:"ports"`
+	TapName   string  `json:"tapName"`
+	Netns     string  `json:"netns,omitempty"`
+	Bridge    *Bridge `json:"bridge,omitempty"`
+}
+
+// Bridge is the bridge a VM in bridge mode is attached to.
+type Bridge struct {
+	Name    string `json:"name"`
+	Netmask string `json:"netmask"`
+}
+
+// Paths are the host paths that belong to one VM.
+type Paths struct {
+	ConfigDir  string `json:"configDir"`
+	VMConfig   string `json:"vmConfig"`
+	Meta       string `json:"meta"`
+	Hooks      string `json:"hooks"`
+	Env        string `json:"env"`
+	RunDir     string `json:"runDir"`
+	Socket     string `json:"socket"`     // VMM API socket (Firecracker API or QMP)
+	PIDFile    string `json:"pidFile"`    // VMM pid and start time
+	Lock       string `json:"lock"`       // per-VM lock file
+	DataDir    string `json:"dataDir"`    // per-VM data
+	ConsoleLog string `json:"consoleLog"` // guest serial console output
+}
+
+// Error is the body of every error answer.
+type Error struct {
+	Error string `json:"error"`
+}
+
+// ShortID is the first 8 characters of an id: how the CLI shows VMs and one
+// of the labels the forwarder accepts.
+func ShortID(id string) string {
+	if len(id) < 8 {
+		return id
+	}
+	return id[:8]
+}
