@@ -37,12 +37,12 @@ type Meta struct {
 	// Driver its settings, resolved at create (binary paths, jailer).
 	VMM      string        `json:"vmm"`
 	Driver   config.Driver `json:"driver"`
-	VCPU     int    `json:"vcpu"`
-	MemMiB   int    `json:"memMiB"`
-	Kernel   string `json:"kernel"`
-	Initrd   string `json:"initrd,omitempty"`
-	BootArgs string `json:"bootArgs"`
-	Disks    Disks  `json:"disks"`
+	VCPU     int           `json:"vcpu"`
+	MemMiB   int           `json:"memMiB"`
+	Kernel   string        `json:"kernel"`
+	Initrd   string        `json:"initrd,omitempty"`
+	BootArgs string        `json:"bootArgs"`
+	Disks    Disks         `json:"disks"`
 
 	Ports    []Port `json:"ports"`
 	HTTPPort int    `json:"httpPort,omitempty"`
