@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
@@ -32,7 +33,7 @@ func TestRelayStreamsBothWaysUnderBackpressure(t *testing.T) {
 	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: port, Netns: ns, Tags: map[string]string{"app": "echo"}})
 	// No idle timeout to rescue a connection the loop forgot: a stall
 	// shows as the clients' deadline.
-	f := startForwarder(t, root, func(c *Config) { c.IdleTimeout = time.Hour })
+	f := startForwarder(t, root, func(c *config.Forwarder) { c.IdleTimeout = time.Hour })
 
 	const conns, size = 24, 4 << 20
 	var wg sync.WaitGroup

@@ -23,6 +23,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/mergenhq/mergen/internal/certs"
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
@@ -145,16 +146,12 @@ func testCert(t *testing.T, dir string, overwrite bool) (certPath, keyPath strin
 	return certPath, keyPath, pair
 }
 
-func startForwarder(t *testing.T, root string, tweak func(*Config)) *fixture {
+func startForwarder(t *testing.T, root string, tweak func(*config.Forwarder)) *fixture {
 	t.Helper()
 	certDir := t.TempDir()
 	certPath, keyPath, pair := testCert(t, certDir, false)
-	d, err := NewDomain("vm", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{
-		ConfigRoot: root, NetnsRoot: netnsRoot, CertFile: certPath, KeyFile: keyPath, Domain: d,
+	cfg := config.Forwarder{
+		ConfigRoot: root, NetnsRoot: netnsRoot, CertFile: certPath, KeyFile: keyPath, DomainPrefix: "vm", DomainSuffix: "test",
 		DialTimeout: 2 * time.Second, ResolverTTL: time.Hour, ShutdownTimeout: 10 * time.Second,
 		HandshakeTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second,
 	}
@@ -362,7 +359,7 @@ func TestForwarderStalledPeers(t *testing.T) {
 	nsOK, portOK := vmBackend(t, "ok", nil)
 	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: portOf(silent), Netns: ns, Tags: map[string]string{"app": "silent"}})
 	writeMeta(t, root, store.Meta{ID: idC, GuestIP: "127.0.0.1", HTTPPort: portOK, Netns: nsOK, Tags: map[string]string{"app": "ok"}})
-	f := startForwarder(t, root, func(c *Config) {
+	f := startForwarder(t, root, func(c *config.Forwarder) {
 		c.HandshakeTimeout = time.Second
 		c.IdleTimeout = time.Second
 	})
@@ -469,7 +466,7 @@ func TestForwarderShutdown(t *testing.T) {
 			})
 			ns, port := vmBackend(t, "A", slow)
 			writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: port, Netns: ns, Tags: map[string]string{"app": "slow"}})
-			f := startForwarder(t, root, func(c *Config) {
+			f := startForwarder(t, root, func(c *config.Forwarder) {
 				// Generous when the request is released, so a slow machine
 				// cannot turn the drain into a forced close.
 				c.ShutdownTimeout = 10 * time.Second
