@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -161,6 +162,16 @@ func closedPort(t *testing.T) int {
 	return portOf(ln)
 }
 
+// eventually polls cond until it holds, failing the test after timeout.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", timeout, what)
+		}
+	}
+}
+
 type fixture struct {
 	addr     string
 	root     string
@@ -252,6 +263,24 @@ func (f *fixture) rawRequest(t *testing.T, sni string) (int, string) {
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(body)
+}
+
+// metric is the value of one sample in the forwarder's metrics, e.g.
+// `mergen_forwarder_cert_reloads_total{result="ok"}`; 0 when absent.
+func (f *fixture) metric(t *testing.T, sample string) float64 {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	f.srv.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, line := range strings.Split(rec.Body.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, sample+" "); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", line, err)
+			}
+			return n
+		}
+	}
+	return 0
 }
 
 func get(t *testing.T, c *http.Client, url string) (int, string) {
@@ -468,6 +497,10 @@ func TestForwarderStalledPeers(t *testing.T) {
 	}
 }
 
+// Replaced files are served without a restart; a broken pair keeps the
+// good certificate in service. The files are checked at most once a second
+// during handshakes, so the test handshakes until the forwarder shows it
+// checked: the new certificate served, then a failed reload counted.
 func TestForwarderCertReload(t *testing.T) {
 	root := t.TempDir()
 	port := vmBackend(t, hostNS, "A", nil)
@@ -482,28 +515,37 @@ func TestForwarderCertReload(t *testing.T) {
 		defer conn.Close()
 		return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
 	}
+	const failed = `mergen_forwarder_cert_reloads_total{result="failed"}`
 	before := serial()
 	_, _, pair := testCert(t, filepath.Dir(f.certPath), true)
-	newCert, _ := pemCert(pair.CertPEM)
-	// The files are checked at most once a second; poll for a bounded time.
-	var now string
-	for range 50 {
-		if now = serial(); now != before {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
+	newCert, err := pemCert(pair.CertPEM)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if now != newCert.SerialNumber.String() {
-		t.Fatalf("after replacing the files the forwarder serves serial %s, want the new %s", now, newCert.SerialNumber)
+	want := newCert.SerialNumber.String()
+	if want == before {
+		t.Fatal("the replacement certificate has the old serial")
+	}
+	eventually(t, 10*time.Second, "the forwarder to serve the replaced certificate", func() bool { return serial() == want })
+	if n := f.metric(t, `mergen_forwarder_cert_reloads_total{result="ok"}`); n < 1 {
+		t.Errorf("new certificate served, but %v successful reloads counted", n)
 	}
 
-	// A broken pair keeps the good certificate in service.
+	// A broken pair keeps the good certificate in service. (The key may
+	// have been seen without its certificate during the replacement: count
+	// from here.)
+	failedBefore := f.metric(t, failed)
 	if err := os.WriteFile(f.keyPath, []byte("garbage"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(1100 * time.Millisecond)
-	if got := serial(); got != now {
-		t.Fatalf("after a broken key the forwarder serves %s, want the last good %s", got, now)
+	eventually(t, 10*time.Second, "the forwarder to try the broken pair", func() bool {
+		if got := serial(); got != want {
+			t.Fatalf("with a broken key the forwarder serves %s, want the last good %s", got, want)
+		}
+		return f.metric(t, failed) > failedBefore
+	})
+	if got := serial(); got != want {
+		t.Fatalf("after a broken key the forwarder serves %s, want the last good %s", got, want)
 	}
 }
 
