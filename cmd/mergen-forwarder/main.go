@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/term"
 
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/forwarder"
 	"github.com/mergenhq/mergen/internal/logging"
 	"github.com/mergenhq/mergen/internal/version"
@@ -46,9 +47,9 @@ func run() error {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(gcPercent)
 	}
-	cfg, err := forwarder.FromEnv(os.Getenv)
+	cfg, err := config.LoadForwarder()
 	if err != nil {
-		return err
+		return fmt.Errorf("configuration: %w", err)
 	}
 	log, err := logging.New(os.Stderr, cfg.LogLevel, cfg.LogFormat, term.IsTerminal(int(os.Stderr.Fd())))
 	if err != nil {
@@ -86,7 +87,7 @@ func run() error {
 		defer ms.Close()
 		log.Info("metrics listening", "addr", mln.Addr().String())
 	}
-	log.Info("forwarder listening", "addr", ln.Addr().String(), "domain", cfg.Domain.Name,
+	log.Info("forwarder listening", "addr", ln.Addr().String(), "domain", srv.Domain().Name,
 		"configRoot", cfg.ConfigRoot, "netnsRoot", cfg.NetnsRoot, "vms", srv.Resolver().Size(), "version", version.Version)
 	err = srv.Serve(ctx, ln)
 	log.Info("forwarder stopped")

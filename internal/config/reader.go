@@ -109,7 +109,7 @@ func (r *reader) seconds(name string, min, max int) time.Duration {
 func (r *reader) fractionalSeconds(name string, min, max float64) time.Duration {
 	raw := r.str(name)
 	v, err := strconv.ParseFloat(raw, 64)
-	if err != nil || v < min || v > max {
+	if err != nil || !(v >= min && v <= max) { // also refuses NaN
 		r.fail(name, "%q is not a number of seconds between %g and %g", raw, min, max)
 		return 0
 	}

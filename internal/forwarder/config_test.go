@@ -3,55 +3,59 @@ package forwarder
 import (
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/mergenhq/mergen/internal/config"
 )
 
-func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+func envOf(m map[string]string) config.Source { return func(k string) string { return m[k] } }
 
-func TestFromEnvDefaults(t *testing.T) {
-	c, err := FromEnv(envOf(nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c.Domain.Name != "localhost" || c.HTTPSAddr != ":443" || c.ConfigRoot != "/var/lib/mergen/vm.d" ||
-		c.NetnsRoot != "/run/netns" || c.MetricsAddr != "127.0.0.1:9109" || c.DialTimeout != 5*time.Second ||
-		c.ResolverTTL != 5*time.Second || c.ShutdownTimeout != 15*time.Second || c.LogLevel != "debug" || c.LogFormat != "console" ||
-		c.CertFile != "/var/lib/mergen/certs/wildcard.localhost.crt" {
-		t.Errorf("defaults: %+v", c)
-	}
-}
-
-func TestFromEnvDomainForms(t *testing.T) {
+// The domain the forwarder serves is the one its settings name, including
+// the one the default certificate and key files are named after.
+func TestDomainFromSettings(t *testing.T) {
 	cases := []struct {
 		env  map[string]string
 		want string
 	}{
-		{map[string]string{"FWD_DOMAIN_SUFFIX": "localhost"}, "localhost"},
-		{map[string]string{"FWD_DOMAIN_PREFIX": "vm", "FWD_DOMAIN_SUFFIX": "example.com"}, "vm.example.com"},
-		// FWD_DOMAIN, the newest form, wins over the pair.
-		{map[string]string{"FWD_DOMAIN": "vm.example.com", "FWD_DOMAIN_PREFIX": "x", "FWD_DOMAIN_SUFFIX": "y.z"}, "vm.example.com"},
+		{nil, "localhost"},
+		{map[string]string{"FWD_DOMAIN_PREFIX": "vm", "FWD_DOMAIN_SUFFIX": "Example.com."}, "vm.example.com"},
+		{map[string]string{"FWD_DOMAIN_PREFIX": ".vm.", "FWD_DOMAIN_SUFFIX": ".example.com"}, "vm.example.com"},
+		{map[string]string{"FWD_DOMAIN": "VM.example.com", "FWD_DOMAIN_PREFIX": "x", "FWD_DOMAIN_SUFFIX": "y.z"}, "vm.example.com"},
 	}
-	for _, c := range cases {
-		got, err := FromEnv(envOf(c.env))
-		if err != nil || got.Domain.Name != c.want {
-			t.Errorf("FromEnv(%v) domain = %q, %v; want %q", c.env, got.Domain.Name, err, c.want)
+	for _, tc := range cases {
+		c, err := config.ForwarderFromEnv(envOf(tc.env))
+		if err != nil {
+			t.Fatalf("env %v: %v", tc.env, err)
+		}
+		d, err := DomainFrom(c)
+		if err != nil || d.Name != tc.want {
+			t.Errorf("env %v: domain %q, %v; want %q", tc.env, d.Name, err, tc.want)
+		}
+		if c.DomainName() != d.Name {
+			t.Errorf("env %v: the settings name the domain %q (and its default certificate after it), the forwarder serves %q", tc.env, c.DomainName(), d.Name)
 		}
 	}
 }
 
-func TestFromEnvRejects(t *testing.T) {
-	cases := map[string]string{
-		"FWD_DIAL_TIMEOUT_SECONDS":       "soon",
-		"FWD_RESOLVER_CACHE_TTL_SECONDS": "-1",
-		"FWD_SHUTDOWN_TIMEOUT_SECONDS":   "1e9",
-		"FWD_IDLE_TIMEOUT_SECONDS":       "0",
-		"FWD_DOMAIN":                     "bad domain",
-		"FWD_DOMAIN_SUFFIX":              "a..b",
+func TestDomainFromRejectsNamingTheVariable(t *testing.T) {
+	cases := []struct {
+		env  map[string]string
+		want string
+	}{
+		{map[string]string{"FWD_DOMAIN": "bad domain"}, "FWD_DOMAIN: "},
+		{map[string]string{"FWD_DOMAIN": "..."}, "FWD_DOMAIN: "},
+		{map[string]string{"FWD_DOMAIN_SUFFIX": "a..b"}, "FWD_DOMAIN_PREFIX/FWD_DOMAIN_SUFFIX"},
+		{map[string]string{"FWD_DOMAIN_PREFIX": "a_b"}, "FWD_DOMAIN_PREFIX/FWD_DOMAIN_SUFFIX"},
 	}
-	for key, val := range cases {
-		_, err := FromEnv(envOf(map[string]string{key: val}))
-		if err == nil || !strings.Contains(err.Error(), key) {
-			t.Errorf("%s=%q: error %v, want one naming %s", key, val, err, key)
+	for _, tc := range cases {
+		c, err := config.ForwarderFromEnv(envOf(tc.env))
+		if err != nil {
+			t.Fatalf("env %v: %v", tc.env, err)
+		}
+		if _, err := DomainFrom(c); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("env %v: error %v, want one starting with %q", tc.env, err, tc.want)
+		}
+		if _, err := New(c, discard()); err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("env %v: New error %v, want one starting with %q", tc.env, err, tc.want)
 		}
 	}
 }

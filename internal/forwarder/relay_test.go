@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/store"
-	"github.com/mergenhq/mergen/internal/testenv"
 )
 
 // Many connections at once stream megabytes both ways through the relay
@@ -25,14 +25,13 @@ import (
 // back on the client's upload. Every pair also sees both FINs through
 // (the last data and the FIN often arrive under one readiness edge).
 func TestRelayStreamsBothWaysUnderBackpressure(t *testing.T) {
-	testenv.RequireRoot(t)
 	root := t.TempDir()
 	// An echo until the client half-closes.
-	ns, port := tcpBackend(t, func(c net.Conn) { io.Copy(c, c) })
-	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: port, Netns: ns, Tags: map[string]string{"app": "echo"}})
+	port := tcpBackend(t, hostNS, func(c net.Conn) { io.Copy(c, c) })
+	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: port, Tags: map[string]string{"app": "echo"}})
 	// No idle timeout to rescue a connection the loop forgot: a stall
 	// shows as the clients' deadline.
-	f := startForwarder(t, root, func(c *Config) { c.IdleTimeout = time.Hour })
+	f := startForwarder(t, root, func(c *config.Forwarder) { c.IdleTimeout = time.Hour })
 
 	const conns, size = 24, 4 << 20
 	var wg sync.WaitGroup

@@ -18,11 +18,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sys/unix"
+
+	"github.com/mergenhq/mergen/internal/config"
 )
 
 // Server is a running forwarder.
 type Server struct {
-	cfg      Config
+	cfg      config.Forwarder
+	domain   Domain
 	log      *slog.Logger
 	resolver *Resolver
 	certs    *certFile
@@ -44,20 +47,25 @@ type Server struct {
 	wg    sync.WaitGroup
 }
 
-// New loads the certificate and prepares the resolver; it does not listen.
-func New(cfg Config, log *slog.Logger) (*Server, error) {
+// New validates the domain, loads the certificate and prepares the
+// resolver; it does not listen.
+func New(cfg config.Forwarder, log *slog.Logger) (*Server, error) {
+	domain, err := DomainFrom(cfg)
+	if err != nil {
+		return nil, err
+	}
 	if _, err := hostNetns(); err != nil {
 		return nil, fmt.Errorf("forwarder: open own network namespace: %w", err)
 	}
 	s := &Server{
 		cfg:      cfg,
+		domain:   domain,
 		log:      log,
 		resolver: NewResolver(cfg.ConfigRoot, cfg.NetnsRoot, cfg.ResolverTTL, log),
 		m:        newMetrics(),
 		conns:    map[net.Conn]struct{}{},
 		dialer:   net.Dialer{Timeout: cfg.DialTimeout},
 	}
-	var err error
 	s.certs, err = newCertFile(cfg.CertFile, cfg.KeyFile, log, func(ok bool) {
 		s.m.certReloads.WithLabelValues(map[bool]string{true: "ok", false: "failed"}[ok]).Inc()
 	})
@@ -81,6 +89,9 @@ func (s *Server) MetricsHandler() http.Handler {
 
 // Resolver is the server's label resolver (for warming it up at start).
 func (s *Server) Resolver() *Resolver { return s.resolver }
+
+// Domain is the domain the server takes labels from.
+func (s *Server) Domain() Domain { return s.domain }
 
 // Serve accepts connections on ln until ctx is cancelled, then stops
 // accepting, lets open connections finish for up to ShutdownTimeout and
@@ -220,7 +231,7 @@ func (s *Server) handle(raw net.Conn) (relayed bool) {
 	sni := tc.ConnectionState().ServerName
 	log = log.With("sni", sni)
 
-	label, err := s.cfg.Domain.Label(sni)
+	label, err := s.domain.Label(sni)
 	if err != nil {
 		kind := kindLabel
 		switch {

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,22 +24,31 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/mergenhq/mergen/internal/certs"
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
 
 // These tests run real TLS clients against a forwarder on 127.0.0.1 and
-// real backends listening on 127.0.0.1 inside network namespaces the test
-// creates. A forwarder that dialled in the wrong namespace would find
-// nothing (or the other VM's backend), never a remote host.
+// real backends listening on 127.0.0.1: in the test's own namespace for
+// what does not depend on namespaces (VMs without a netns, the bridge mode
+// the resolver also serves; runs without root), inside network namespaces
+// the test creates for the dial into a VM's namespace (root). A forwarder
+// that dialled in the wrong namespace would find nothing (or the other
+// VM's backend), never a remote host.
 
 const netnsRoot = "/run/netns"
+
+// hostNS is the test's own namespace, for backends and VMs without a netns.
+const hostNS = ""
 
 var nsSeq atomic.Int32
 
 // newNetns creates a namespace with loopback up and removes it at cleanup.
+// It needs root.
 func newNetns(t *testing.T) string {
 	t.Helper()
+	testenv.RequireRoot(t)
 	name := fmt.Sprintf("fwdtest-%d-%d", os.Getpid(), nsSeq.Add(1))
 	ip := testenv.Tool(t, "ip")
 	if out, err := exec.Command(ip, "netns", "add", name).CombinedOutput(); err != nil {
@@ -51,9 +61,21 @@ func newNetns(t *testing.T) string {
 	return name
 }
 
-// listenIn opens a TCP listener on 127.0.0.1 inside namespace ns.
-func listenIn(t *testing.T, ns string) net.Listener {
+// listen opens a TCP listener on addr, a loopback address, in the test's
+// own namespace when ns is hostNS, else inside namespace ns.
+func listen(t *testing.T, ns, addr string) net.Listener {
 	t.Helper()
+	if ip := net.ParseIP(strings.Split(addr, ":")[0]); ip == nil || !ip.IsLoopback() {
+		t.Fatalf("test backends listen on loopback only, not %s", addr)
+	}
+	if ns == hostNS {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		return ln
+	}
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
@@ -69,7 +91,7 @@ func listenIn(t *testing.T, ns string) net.Listener {
 	if err := netns.Set(target); err != nil {
 		t.Fatal(err)
 	}
-	ln, lerr := net.Listen("tcp", "127.0.0.1:0")
+	ln, lerr := net.Listen("tcp", addr)
 	if err := netns.Set(orig); err != nil {
 		panic("cannot return to the test's namespace: " + err.Error())
 	}
@@ -82,12 +104,9 @@ func listenIn(t *testing.T, ns string) net.Listener {
 
 func portOf(ln net.Listener) int { return ln.Addr().(*net.TCPAddr).Port }
 
-// tcpBackend serves raw TCP in a new namespace: serve runs for each
-// connection, which is closed when serve returns.
-func tcpBackend(t *testing.T, serve func(net.Conn)) (ns string, port int) {
-	t.Helper()
-	ns = newNetns(t)
-	ln := listenIn(t, ns)
+// serveTCP serves raw TCP on ln: serve runs for each connection, which is
+// closed when serve returns.
+func serveTCP(ln net.Listener, serve func(net.Conn)) {
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -100,14 +119,19 @@ func tcpBackend(t *testing.T, serve func(net.Conn)) (ns string, port int) {
 			}()
 		}
 	}()
-	return ns, portOf(ln)
 }
 
-// vmBackend serves HTTP inside a fresh namespace and answers with its
-// name, so a test can tell which VM it reached.
-func vmBackend(t *testing.T, name string, extra http.Handler) (ns string, port int) {
-	ns = newNetns(t)
-	ln := listenIn(t, ns)
+// tcpBackend serves raw TCP on 127.0.0.1 in namespace ns (see serveTCP).
+func tcpBackend(t *testing.T, ns string, serve func(net.Conn)) (port int) {
+	t.Helper()
+	ln := listen(t, ns, "127.0.0.1:0")
+	serveTCP(ln, serve)
+	return portOf(ln)
+}
+
+// serveVM serves HTTP on ln and answers with name, so a test can tell
+// which VM it reached.
+func serveVM(t *testing.T, ln net.Listener, name string, extra http.Handler) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "vm=%s path=%s", name, r.URL.Path)
@@ -118,7 +142,34 @@ func vmBackend(t *testing.T, name string, extra http.Handler) (ns string, port i
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	return ns, portOf(ln)
+}
+
+// vmBackend serves a VM's HTTP on 127.0.0.1 in namespace ns (see serveVM).
+func vmBackend(t *testing.T, ns, name string, extra http.Handler) (port int) {
+	t.Helper()
+	ln := listen(t, ns, "127.0.0.1:0")
+	serveVM(t, ln, name, extra)
+	return portOf(ln)
+}
+
+// closedPort is a loopback port of the test's namespace nobody listens on.
+func closedPort(t *testing.T) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return portOf(ln)
+}
+
+// eventually polls cond until it holds, failing the test after timeout.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", timeout, what)
+		}
+	}
 }
 
 type fixture struct {
@@ -145,16 +196,12 @@ func testCert(t *testing.T, dir string, overwrite bool) (certPath, keyPath strin
 	return certPath, keyPath, pair
 }
 
-func startForwarder(t *testing.T, root string, tweak func(*Config)) *fixture {
+func startForwarder(t *testing.T, root string, tweak func(*config.Forwarder)) *fixture {
 	t.Helper()
 	certDir := t.TempDir()
 	certPath, keyPath, pair := testCert(t, certDir, false)
-	d, err := NewDomain("vm", "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{
-		ConfigRoot: root, NetnsRoot: netnsRoot, CertFile: certPath, KeyFile: keyPath, Domain: d,
+	cfg := config.Forwarder{
+		ConfigRoot: root, NetnsRoot: netnsRoot, CertFile: certPath, KeyFile: keyPath, DomainPrefix: "vm", DomainSuffix: "test",
 		DialTimeout: 2 * time.Second, ResolverTTL: time.Hour, ShutdownTimeout: 10 * time.Second,
 		HandshakeTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second,
 	}
@@ -218,6 +265,24 @@ func (f *fixture) rawRequest(t *testing.T, sni string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
+// metric is the value of one sample in the forwarder's metrics, e.g.
+// `mergen_forwarder_cert_reloads_total{result="ok"}`; 0 when absent.
+func (f *fixture) metric(t *testing.T, sample string) float64 {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	f.srv.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, line := range strings.Split(rec.Body.String(), "\n") {
+		if v, ok := strings.CutPrefix(line, sample+" "); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", line, err)
+			}
+			return n
+		}
+	}
+	return 0
+}
+
 func get(t *testing.T, c *http.Client, url string) (int, string) {
 	t.Helper()
 	resp, err := c.Get(url)
@@ -232,20 +297,19 @@ func get(t *testing.T, c *http.Client, url string) (int, string) {
 	return resp.StatusCode, string(body)
 }
 
+// Labels route to the VM they name; what cannot be served is answered
+// with the status that says why. The VMs have no netns (bridge mode): the
+// dial into a VM's namespace is TestForwarderDialsInTheVMNamespace's.
 func TestForwarderRoutes(t *testing.T) {
-	testenv.RequireRoot(t)
 	root := t.TempDir()
-	// Both VMs listen on 127.0.0.1 on their own port, each in its own
-	// namespace; the other's port does not exist in a VM's namespace.
-	nsA, portA := vmBackend(t, "A", nil)
-	nsB, portB := vmBackend(t, "B", nil)
-	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: portA, Netns: nsA, Tags: map[string]string{"app": "shop"}})
-	writeMeta(t, root, store.Meta{ID: idC, GuestIP: "127.0.0.1", HTTPPort: portB, Netns: nsB, Tags: map[string]string{"app": "api", "name": "Api-Main"}})
-	writeMeta(t, root, store.Meta{ID: idD, GuestIP: "127.0.0.1", HTTPPort: portB, Netns: nsB, Tags: map[string]string{"app": "api"}})
-	writeMeta(t, root, store.Meta{ID: idE, GuestIP: "127.0.0.1", Netns: nsA, Tags: map[string]string{"app": "noport"}})
-	// Right namespace, nobody listening on that port there.
-	writeMeta(t, root, store.Meta{ID: "f0f0f0f0-0000-4000-8000-000000000004", GuestIP: "127.0.0.1", HTTPPort: portB, Netns: nsA, Tags: map[string]string{"app": "down"}})
-	writeMeta(t, root, store.Meta{ID: "f1f1f1f1-0000-4000-8000-000000000005", GuestIP: "127.0.0.1", HTTPPort: portA, Netns: "../" + nsA, Tags: map[string]string{"app": "escape"}})
+	portA := vmBackend(t, hostNS, "A", nil)
+	portB := vmBackend(t, hostNS, "B", nil)
+	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: portA, Tags: map[string]string{"app": "shop"}})
+	writeMeta(t, root, store.Meta{ID: idC, GuestIP: "127.0.0.1", HTTPPort: portB, Tags: map[string]string{"app": "api", "name": "Api-Main"}})
+	writeMeta(t, root, store.Meta{ID: idD, GuestIP: "127.0.0.1", HTTPPort: portB, Tags: map[string]string{"app": "api"}})
+	writeMeta(t, root, store.Meta{ID: idE, GuestIP: "127.0.0.1", Tags: map[string]string{"app": "noport"}})
+	writeMeta(t, root, store.Meta{ID: "f0f0f0f0-0000-4000-8000-000000000004", GuestIP: "127.0.0.1", HTTPPort: closedPort(t), Tags: map[string]string{"app": "down"}})
+	writeMeta(t, root, store.Meta{ID: "f1f1f1f1-0000-4000-8000-000000000005", GuestIP: "127.0.0.1", HTTPPort: portA, Netns: "../x", Tags: map[string]string{"app": "escape"}})
 
 	f := startForwarder(t, root, nil)
 	c := f.client()
@@ -307,17 +371,55 @@ func TestForwarderRoutes(t *testing.T) {
 	})
 }
 
+// A VM with a netns is dialled inside that namespace: two VMs listen on the
+// same address, 127.0.0.1 and one port, each in its own namespace, and
+// each label reaches its own VM; a VM whose namespace has nothing on its
+// port, or whose namespace does not exist, is unreachable (502).
+func TestForwarderDialsInTheVMNamespace(t *testing.T) {
+	nsA, nsB := newNetns(t), newNetns(t)
+	lnA := listen(t, nsA, "127.0.0.1:0")
+	port := portOf(lnA)
+	lnB := listen(t, nsB, fmt.Sprintf("127.0.0.1:%d", port))
+	serveVM(t, lnA, "A", nil)
+	serveVM(t, lnB, "B", nil)
+	portOnlyB := portOf(listen(t, nsB, "127.0.0.1:0"))
+
+	root := t.TempDir()
+	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: port, Netns: nsA, Tags: map[string]string{"app": "a"}})
+	writeMeta(t, root, store.Meta{ID: idC, GuestIP: "127.0.0.1", HTTPPort: port, Netns: nsB, Tags: map[string]string{"app": "b"}})
+	writeMeta(t, root, store.Meta{ID: idD, GuestIP: "127.0.0.1", HTTPPort: portOnlyB, Netns: nsA, Tags: map[string]string{"app": "down"}})
+	writeMeta(t, root, store.Meta{ID: idE, GuestIP: "127.0.0.1", HTTPPort: port, Netns: "fwdtest-absent", Tags: map[string]string{"app": "nons"}})
+
+	f := startForwarder(t, root, nil)
+	c := f.client()
+	for _, tc := range []struct {
+		host   string
+		status int
+		body   string
+	}{
+		{"a.vm.test", 200, "vm=A path=/p"},
+		{"b.vm.test", 200, "vm=B path=/p"},
+		{"down.vm.test", 502, "does not answer"},
+		{"nons.vm.test", 502, "does not answer"},
+		{"a.vm.test", 200, "vm=A path=/p"}, // after the failures, dials still start from the right namespace
+	} {
+		status, body := get(t, c, "https://"+tc.host+"/p")
+		if status != tc.status || !strings.Contains(body, tc.body) {
+			t.Errorf("GET %s = %d %q; want %d containing %q", tc.host, status, body, tc.status, tc.body)
+		}
+	}
+}
+
 // The client half-closes after its request; the backend reads to EOF and
 // only then answers: the answer must still arrive.
 func TestForwarderHalfClose(t *testing.T) {
-	testenv.RequireRoot(t)
 	root := t.TempDir()
-	ns, port := tcpBackend(t, func(c net.Conn) {
+	port := tcpBackend(t, hostNS, func(c net.Conn) {
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		in, _ := io.ReadAll(c)
 		c.Write(bytes.ToUpper(in))
 	})
-	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: port, Netns: ns, Tags: map[string]string{"app": "echo"}})
+	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: port, Tags: map[string]string{"app": "echo"}})
 	f := startForwarder(t, root, nil)
 
 	conn, err := tls.Dial("tcp", f.addr, &tls.Config{ServerName: "echo.vm.test", RootCAs: f.pool})
@@ -346,10 +448,8 @@ func TestForwarderHalfClose(t *testing.T) {
 // a client that never speaks is dropped after the handshake timeout, a
 // backend that accepts and never answers after the idle timeout.
 func TestForwarderStalledPeers(t *testing.T) {
-	testenv.RequireRoot(t)
 	root := t.TempDir()
-	ns := newNetns(t)
-	silent := listenIn(t, ns)
+	silent := listen(t, hostNS, "127.0.0.1:0")
 	go func() {
 		for {
 			c, err := silent.Accept()
@@ -359,10 +459,10 @@ func TestForwarderStalledPeers(t *testing.T) {
 			t.Cleanup(func() { c.Close() })
 		}
 	}()
-	nsOK, portOK := vmBackend(t, "ok", nil)
-	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: portOf(silent), Netns: ns, Tags: map[string]string{"app": "silent"}})
-	writeMeta(t, root, store.Meta{ID: idC, GuestIP: "127.0.0.1", HTTPPort: portOK, Netns: nsOK, Tags: map[string]string{"app": "ok"}})
-	f := startForwarder(t, root, func(c *Config) {
+	portOK := vmBackend(t, hostNS, "ok", nil)
+	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: portOf(silent), Tags: map[string]string{"app": "silent"}})
+	writeMeta(t, root, store.Meta{ID: idC, GuestIP: "127.0.0.1", HTTPPort: portOK, Tags: map[string]string{"app": "ok"}})
+	f := startForwarder(t, root, func(c *config.Forwarder) {
 		c.HandshakeTimeout = time.Second
 		c.IdleTimeout = time.Second
 	})
@@ -397,11 +497,14 @@ func TestForwarderStalledPeers(t *testing.T) {
 	}
 }
 
+// Replaced files are served without a restart; a broken pair keeps the
+// good certificate in service. The files are checked at most once a second
+// during handshakes, so the test handshakes until the forwarder shows it
+// checked: the new certificate served, then a failed reload counted.
 func TestForwarderCertReload(t *testing.T) {
-	testenv.RequireRoot(t)
 	root := t.TempDir()
-	ns, port := vmBackend(t, "A", nil)
-	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: port, Netns: ns, Tags: map[string]string{"app": "shop"}})
+	port := vmBackend(t, hostNS, "A", nil)
+	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: port, Tags: map[string]string{"app": "shop"}})
 	f := startForwarder(t, root, nil)
 
 	serial := func() string {
@@ -412,28 +515,37 @@ func TestForwarderCertReload(t *testing.T) {
 		defer conn.Close()
 		return conn.ConnectionState().PeerCertificates[0].SerialNumber.String()
 	}
+	const failed = `mergen_forwarder_cert_reloads_total{result="failed"}`
 	before := serial()
 	_, _, pair := testCert(t, filepath.Dir(f.certPath), true)
-	newCert, _ := pemCert(pair.CertPEM)
-	// The files are checked at most once a second; poll for a bounded time.
-	var now string
-	for range 50 {
-		if now = serial(); now != before {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
+	newCert, err := pemCert(pair.CertPEM)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if now != newCert.SerialNumber.String() {
-		t.Fatalf("after replacing the files the forwarder serves serial %s, want the new %s", now, newCert.SerialNumber)
+	want := newCert.SerialNumber.String()
+	if want == before {
+		t.Fatal("the replacement certificate has the old serial")
+	}
+	eventually(t, 10*time.Second, "the forwarder to serve the replaced certificate", func() bool { return serial() == want })
+	if n := f.metric(t, `mergen_forwarder_cert_reloads_total{result="ok"}`); n < 1 {
+		t.Errorf("new certificate served, but %v successful reloads counted", n)
 	}
 
-	// A broken pair keeps the good certificate in service.
+	// A broken pair keeps the good certificate in service. (The key may
+	// have been seen without its certificate during the replacement: count
+	// from here.)
+	failedBefore := f.metric(t, failed)
 	if err := os.WriteFile(f.keyPath, []byte("garbage"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(1100 * time.Millisecond)
-	if got := serial(); got != now {
-		t.Fatalf("after a broken key the forwarder serves %s, want the last good %s", got, now)
+	eventually(t, 10*time.Second, "the forwarder to try the broken pair", func() bool {
+		if got := serial(); got != want {
+			t.Fatalf("with a broken key the forwarder serves %s, want the last good %s", got, want)
+		}
+		return f.metric(t, failed) > failedBefore
+	})
+	if got := serial(); got != want {
+		t.Fatalf("after a broken key the forwarder serves %s, want the last good %s", got, want)
 	}
 }
 
@@ -445,7 +557,6 @@ func pemCert(b []byte) (*x509.Certificate, error) {
 // Shutdown stops accepting at once, lets a request in flight finish, and
 // closes what is still open when the shutdown timeout expires.
 func TestForwarderShutdown(t *testing.T) {
-	testenv.RequireRoot(t)
 	for _, tc := range []struct {
 		name       string
 		release    bool // let the slow request finish during shutdown
@@ -467,9 +578,9 @@ func TestForwarderShutdown(t *testing.T) {
 				}
 				io.WriteString(w, "finished")
 			})
-			ns, port := vmBackend(t, "A", slow)
-			writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: port, Netns: ns, Tags: map[string]string{"app": "slow"}})
-			f := startForwarder(t, root, func(c *Config) {
+			port := vmBackend(t, hostNS, "A", slow)
+			writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: port, Tags: map[string]string{"app": "slow"}})
+			f := startForwarder(t, root, func(c *config.Forwarder) {
 				// Generous when the request is released, so a slow machine
 				// cannot turn the drain into a forced close.
 				c.ShutdownTimeout = 10 * time.Second
