@@ -145,13 +145,13 @@ func decode(w http.ResponseWriter, r *http.Request, v any) error {
 		case errors.Is(err, io.ErrUnexpectedEOF):
 			return errdefs.Invalid("request body is not valid JSON: it ends in the middle of a value")
 		case errors.As(err, &syntax):
-			return errdefs.Invalid("request body is not valid JSON at byte %d: %v", syntax.Offset, err)
+			return errdefs.Invalid("request body is not valid JSON at byte %d: %w", syntax.Offset, err)
 		case errors.As(err, &typeErr):
 			return errdefs.Invalid("%s: want %s, got JSON %s", typeErr.Field, typeErr.Type, typeErr.Value)
 		case strings.HasPrefix(err.Error(), "json: unknown field "):
 			return errdefs.Invalid("unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
 		}
-		return errdefs.Invalid("request body: %v", err)
+		return errdefs.Invalid("request body: %w", err)
 	}
 	if dec.More() {
 		return errdefs.Invalid("request body has data after the JSON object")

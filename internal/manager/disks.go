@@ -24,14 +24,14 @@ func resolveDisk(field, path string, roots []string) (string, error) {
 		return "", errdefs.Invalid("%s: %s does not exist", field, path)
 	}
 	if err != nil {
-		return "", errdefs.Invalid("%s: %s: %v", field, path, err)
+		return "", errdefs.Invalid("%s: %s: %w", field, path, err)
 	}
 	if !insideAny(real, roots) {
 		return "", errdefs.Invalid("%s: %s is outside the allowed disk roots (%s)", field, path, strings.Join(roots, ", "))
 	}
 	st, err := os.Stat(real)
 	if err != nil {
-		return "", errdefs.Invalid("%s: %s: %v", field, path, err)
+		return "", errdefs.Invalid("%s: %s: %w", field, path, err)
 	}
 	if !st.Mode().IsRegular() {
 		return "", errdefs.Invalid("%s: %s is not a regular file", field, path)

@@ -155,7 +155,7 @@ func normalizeBridge(b *wire.BridgeRequest) error {
 	}
 	bits, err := maskBits(b.Netmask)
 	if err != nil {
-		return errdefs.Invalid("bridge.netmask: %v", err)
+		return errdefs.Invalid("bridge.netmask: %w", err)
 	}
 	pfx := netip.PrefixFrom(ip, bits).Masked()
 	if !pfx.Contains(gw) {

@@ -1,15 +1,14 @@
 package vmnet
 
 import (
+	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 
-	"github.com/gofrs/flock"
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"github.com/mergenhq/mergen/internal/lock"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,15 +24,12 @@ func vmComment(id string) string { return "mergen vm " + id }
 // shared rules are added once and each VM's rules are replaced as a whole.
 var lockPath = "/run/lock/mergen-nftables.lock"
 
-func withRulesLock(fn func(*nftables.Conn) error) error {
-	if err := os.MkdirAll(filepath.Dir(lockPath), 0o755); err != nil {
+func withRulesLock(ctx context.Context, fn func(*nftables.Conn) error) error {
+	held, err := lock.Acquire(ctx, lockPath)
+	if err != nil {
 		return err
 	}
-	l := flock.New(lockPath)
-	if err := l.Lock(); err != nil {
-		return fmt.Errorf("lock %s: %w", lockPath, err)
-	}
-	defer l.Unlock()
+	defer held.Release()
 	c, err := nftables.New()
 	if err != nil {
 		return err
@@ -83,8 +79,8 @@ var vethPrefix = []byte("veth-")
 
 // setupRules replaces the VM's rules (and adds the shared isolation rule
 // once) in one atomic batch.
-func setupRules(c Config) error {
-	return withRulesLock(func(conn *nftables.Conn) error {
+func setupRules(ctx context.Context, c Config) error {
+	return withRulesLock(ctx, func(conn *nftables.Conn) error {
 		ch := baseChains(conn)
 		if err := conn.Flush(); err != nil {
 			return fmt.Errorf("create table %s: %w", TableName, err)
@@ -159,8 +155,8 @@ func setupRules(c Config) error {
 }
 
 // removeRules deletes every rule tagged with the VM's id.
-func removeRules(id string) error {
-	return withRulesLock(func(conn *nftables.Conn) error {
+func removeRules(ctx context.Context, id string) error {
+	return withRulesLock(ctx, func(conn *nftables.Conn) error {
 		tables, err := conn.ListTablesOfFamily(nftables.TableFamilyIPv4)
 		if err != nil {
 			return err

@@ -102,7 +102,7 @@ func (c Config) validate() error {
 		return errdefs.Invalid("network of vm %s: guest IP equals the gateway %s", c.ID, c.Gateway)
 	}
 	if _, err := net.ParseMAC(c.MAC); err != nil && c.MAC != "" {
-		return errdefs.Invalid("network of vm %s: mac %q: %v", c.ID, c.MAC, err)
+		return errdefs.Invalid("network of vm %s: mac %q: %w", c.ID, c.MAC, err)
 	}
 	for i, p := range c.Ports {
 		if p.Guest < 1 || p.Guest > 65535 || p.Host < 1 || p.Host > 65535 {
@@ -143,7 +143,7 @@ func Setup(ctx context.Context, c Config) (err error) {
 	if err := setupNamespace(c); err != nil {
 		return fmt.Errorf("network of vm %s: %w", c.ID, err)
 	}
-	if err := setupRules(c); err != nil {
+	if err := setupRules(ctx, c); err != nil {
 		return fmt.Errorf("network of vm %s: nftables: %w", c.ID, err)
 	}
 	return nil
@@ -161,7 +161,7 @@ func Teardown(ctx context.Context, c Config) error {
 		}
 		return joinf(c.ID, errs)
 	}
-	if err := removeRules(c.ID); err != nil {
+	if err := removeRules(ctx, c.ID); err != nil {
 		errs = append(errs, fmt.Errorf("nftables: %w", err))
 	}
 	if err := deleteLink(nil, c.Veth, "veth"); err != nil {
