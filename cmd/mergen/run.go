@@ -206,18 +206,11 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, image s
 // readRuntime returns the runtime metadata of a finished earlier conversion.
 func readRuntime(dir string) (imagemeta.Runtime, bool) {
 	var rt imagemeta.Runtime
-	if _, err := os.Stat(filepath.Join(dir, imagemeta.PayloadExt4)); err != nil {
+	if _, ok := imagemeta.Complete(dir); !ok {
 		return rt, false
 	}
 	b, err := os.ReadFile(filepath.Join(dir, imagemeta.RuntimeFile))
-	if err != nil {
-		return rt, false
-	}
-	if err := json.Unmarshal(b, &rt); err != nil {
-		return rt, false
-	}
-	// image-meta.json is written last: its presence marks a finished run.
-	if _, err := os.Stat(filepath.Join(dir, imagemeta.ImageMetaFile)); err != nil {
+	if err != nil || json.Unmarshal(b, &rt) != nil {
 		return rt, false
 	}
 	return rt, true

@@ -35,7 +35,7 @@ import (
 const DefaultDataRoot = "/var/lib/mergen"
 
 // CacheDir is the name of the layer cache inside an image's output dir.
-const CacheDir = "image-cache"
+const CacheDir = imagemeta.CacheDir
 
 // Options of one conversion.
 type Options struct {
@@ -285,7 +285,7 @@ func (o Options) outputDirOr() string {
 }
 
 // publish moves staged products into out. image-meta.json is removed first
-// and moved last: it marks a finished conversion.
+// and moved last, which is what imagemeta.Complete relies on.
 func publish(stage, out string, o Options) error {
 	marker := filepath.Join(out, imagemeta.ImageMetaFile)
 	if err := os.Remove(marker); err != nil && !os.IsNotExist(err) {

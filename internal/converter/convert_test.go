@@ -150,6 +150,9 @@ func TestConvertFromRegistryMakesTheExpectedDisk(t *testing.T) {
 			t.Errorf("output %s: %v", f, err)
 		}
 	}
+	if m, ok := imagemeta.Complete(res.OutputDir); !ok || m.Digest != res.Meta.Digest {
+		t.Errorf("finished conversion: Complete = %+v, %v", m, ok)
+	}
 
 	var rt imagemeta.Runtime
 	b, _ := os.ReadFile(filepath.Join(res.OutputDir, imagemeta.RuntimeFile))
@@ -388,6 +391,9 @@ func TestConvertOnAFullDiskFailsCleanly(t *testing.T) {
 		t.Fatalf("err = %v, want no space left", err)
 	}
 	dir, _ := OutputDir(data, ref)
+	if _, ok := imagemeta.Complete(dir); ok {
+		t.Error("a conversion that ran out of space looks complete")
+	}
 	ents, _ := os.ReadDir(dir)
 	for _, e := range ents {
 		if e.Name() != CacheDir && e.Name() != ".lock" {
