@@ -3,17 +3,18 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/converter"
 	"github.com/mergenhq/mergen/internal/imagemeta"
+	"github.com/mergenhq/mergen/internal/progress"
 )
 
 type convertFlags struct {
@@ -102,29 +103,22 @@ func envOr(k, def string) string {
 	return def
 }
 
-// progress picks bars for a terminal, lines otherwise, nothing when quiet.
-func progress(w io.Writer, quiet bool) (converter.Progress, func()) {
-	if quiet {
-		return nil, func() {}
-	}
-	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		// A terminal that reports no size (some ptys) cannot draw bars.
-		if width, height, err := term.GetSize(int(f.Fd())); err == nil && width > 0 && height > 0 {
-			b := converter.NewBars(f)
-			return b, b.Wait
-		}
-	}
-	return converter.Lines{W: w}, func() {}
-}
+// progressEvery is MGR_PROGRESS_EVERY_MILLISECONDS.
+func progressEvery() time.Duration { c, _ := config.LoadCLI(); return c.ProgressEvery }
 
 func runConvert(ctx context.Context, cmd *cobra.Command, f convertFlags, src string) error {
-	p, wait := progress(cmd.ErrOrStderr(), f.quiet)
+	var tr *progress.Tracker
+	stop := func() {}
+	if !f.quiet {
+		tr = progress.New()
+		stop = progress.Render(ctx, cmd.ErrOrStderr(), tr, progressEvery())
+	}
 	res, err := converter.Convert(ctx, converter.Options{
 		Source: src, Platform: f.platform, DataRoot: f.dataRoot, OutputDir: f.outputDir,
 		Insecure: f.insecure, SkipPull: f.skipPull, SizeMiB: f.sizeMiB, Headroom: f.headroom,
-		NoTar: f.noTar, NoDir: f.deleteRootfs, Progress: p,
+		NoTar: f.noTar, NoDir: f.deleteRootfs, Progress: tr,
 	})
-	wait()
+	stop()
 	if err != nil {
 		return err
 	}

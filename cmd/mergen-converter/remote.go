@@ -146,7 +146,7 @@ func newRemoteTransferCmd(push bool) *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
-			done := prog.Render(ctx, cmd.ErrOrStderr(), tr, prog.EveryFromEnv())
+			done := prog.Render(ctx, cmd.ErrOrStderr(), tr, progressEvery())
 			err = runRemote(ctx, cmd, cl, push, image, dir, root)
 			done()
 			return err

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mergenhq/mergen/internal/artifact"
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/images"
 	"github.com/mergenhq/mergen/internal/progress"
 )
@@ -135,7 +136,8 @@ func newImagesBaseCmd(push bool) *cobra.Command {
 // withProgress renders tr on w (bars on a terminal, lines otherwise) while fn
 // runs.
 func withProgress(ctx context.Context, w io.Writer, tr *progress.Tracker, fn func(context.Context) error) error {
-	stop := progress.Render(ctx, w, tr, progress.EveryFromEnv())
+	cfg, _ := config.LoadCLI()
+	stop := progress.Render(ctx, w, tr, cfg.ProgressEvery)
 	err := fn(ctx)
 	stop()
 	return err

@@ -15,11 +15,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/converter"
 	"github.com/mergenhq/mergen/internal/imagemeta"
 	"github.com/mergenhq/mergen/internal/manager"
+	"github.com/mergenhq/mergen/internal/progress"
 	"github.com/mergenhq/mergen/internal/store"
 )
 
@@ -133,16 +134,14 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, image s
 	payload := filepath.Join(out, imagemeta.PayloadExt4)
 	rt, cached := readRuntime(out)
 	if f.pull || !cached {
-		var progress converter.Progress = converter.Lines{W: stderr}
-		if fd, ok := stderr.(*os.File); ok && term.IsTerminal(int(fd.Fd())) {
-			bars := converter.NewBars(stderr)
-			defer bars.P.Wait()
-			progress = bars
-		}
+		cfg, _ := config.LoadCLI()
+		tr := progress.New()
+		stop := progress.Render(ctx, stderr, tr, cfg.ProgressEvery)
 		res, err := converter.Convert(ctx, converter.Options{
 			Source: image, Platform: f.platform, DataRoot: f.dataRoot, Insecure: f.insecure,
-			NoDir: true, NoTar: true, Progress: progress,
+			NoDir: true, NoTar: true, Progress: tr,
 		})
+		stop()
 		if err != nil {
 			return err
 		}

@@ -29,6 +29,7 @@ import (
 	"github.com/mergenhq/mergen/internal/converter/ext4"
 	"github.com/mergenhq/mergen/internal/converter/layer"
 	"github.com/mergenhq/mergen/internal/imagemeta"
+	"github.com/mergenhq/mergen/internal/progress"
 )
 
 // DefaultDataRoot is MGR_DATA_ROOT's default.
@@ -50,7 +51,7 @@ type Options struct {
 	NoDir     bool // do not keep payload-rootfs/
 	NoTar     bool // do not write payload-rootfs.tar
 	Keychain  authn.Keychain
-	Progress  Progress // nil = quiet
+	Progress  *progress.Tracker // nil = quiet
 }
 
 // Result names what a conversion produced.
@@ -161,15 +162,18 @@ func fetch(ctx context.Context, c cache, o Options, plat *v1.Platform) (record, 
 		if c.has(d.String()) {
 			continue
 		}
-		size, _ := l.Size()
+		size, err := l.Size()
+		if err != nil {
+			size = progress.Unknown
+		}
 		rc, err := l.Compressed()
 		if err != nil {
 			return rec, pulled, fmt.Errorf("layer %s: %w", d, err)
 		}
-		task := startTask(o.Progress, "pull "+short(d.String()), size)
-		err = c.put(d.String(), rc, task.Add)
+		ctr := o.Progress.File("pull "+short(d.String()), size)
+		err = c.put(d.String(), rc, ctr)
 		rc.Close()
-		task.Done()
+		ctr.End(err)
 		if err != nil {
 			return rec, pulled, err
 		}
@@ -208,10 +212,10 @@ func build(ctx context.Context, c cache, rec record, stage string, meta imagemet
 		if err != nil {
 			return err
 		}
-		task := startTask(o.Progress, "apply "+short(d), -1)
-		_, err = layer.ApplyRecording(root, io.TeeReader(rc, progressWriter(task.Add)), attrs)
+		ctr := o.Progress.File("apply "+short(d), progress.Unknown)
+		_, err = layer.ApplyRecording(root, io.TeeReader(rc, ctr), attrs)
 		rc.Close()
-		task.Done()
+		ctr.End(err)
 		if err != nil {
 			return fmt.Errorf("apply layer %s: %w", d, err)
 		}
@@ -243,14 +247,18 @@ func build(ctx context.Context, c cache, rec record, stage string, meta imagemet
 			return fmt.Errorf("write %s: %w", imagemeta.PayloadTar, err)
 		}
 	}
-	task := startTask(o.Progress, "ext4 "+imagemeta.PayloadExt4, -1)
+	ctr := o.Progress.File("ext4 "+imagemeta.PayloadExt4, progress.Unknown)
+	disk := filepath.Join(stage, imagemeta.PayloadExt4)
 	eo := ext4.Options{Label: imagemeta.LabelPayload, SizeMiB: o.SizeMiB, Headroom: o.Headroom}
 	if attrs != nil {
-		err = ext4.FromTar(ctx, tarPath, root, filepath.Join(stage, imagemeta.PayloadExt4), eo)
+		err = ext4.FromTar(ctx, tarPath, root, disk, eo)
 	} else {
-		err = ext4.FromDir(ctx, root, filepath.Join(stage, imagemeta.PayloadExt4), eo)
+		err = ext4.FromDir(ctx, root, disk, eo)
 	}
-	task.Done()
+	if st, serr := os.Stat(disk); err == nil && serr == nil {
+		ctr.Set(st.Size())
+	}
+	ctr.End(err)
 	if err != nil {
 		return err
 	}
