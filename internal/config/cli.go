@@ -24,7 +24,7 @@ type CLI struct {
 	ProgressEvery time.Duration     // MGR_PROGRESS_EVERY_MILLISECONDS
 	DockerConfig  string            // DOCKER_CONFIG: registry credentials directory; default ~/.docker
 	HTTPSAddr     string            // FWD_HTTPS_ADDR: the forwarder's address, for printed URLs
-	Domain        string            // FWD_DOMAIN: the forwarder's domain, for printed URLs
+	Domain        string            // FWD_DOMAIN, else FWD_DOMAIN_PREFIX.FWD_DOMAIN_SUFFIX: the forwarder's domain, for printed URLs
 	S3            map[string]string // MGR_CONFIG_S3_*: the ones set (see Profile)
 }
 
@@ -47,7 +47,7 @@ func CLIFromEnv(getenv Source) (CLI, error) {
 		ProgressEvery: r.milliseconds("MGR_PROGRESS_EVERY_MILLISECONDS", 1, 3600_000),
 		DockerConfig:  r.optionalPath("DOCKER_CONFIG"),
 		HTTPSAddr:     r.str("FWD_HTTPS_ADDR"),
-		Domain:        r.str("FWD_DOMAIN"),
+		Domain:        forwarderDomain(r),
 		S3:            Profile(getenv),
 	}
 	if c.BasePlatform == "" {
@@ -68,6 +68,21 @@ func CLIFromEnv(getenv Source) (CLI, error) {
 		return c, fmt.Errorf("configuration: %w", err)
 	}
 	return c, nil
+}
+
+// forwarderDomain is the domain the forwarder serves, derived as it derives
+// it: FWD_DOMAIN names it whole; otherwise FWD_DOMAIN_PREFIX (if any) is
+// joined to FWD_DOMAIN_SUFFIX.
+func forwarderDomain(r *reader) string {
+	norm := func(s string) string { return strings.Trim(strings.ToLower(s), ".") }
+	if d := norm(r.str("FWD_DOMAIN")); d != "" {
+		return d
+	}
+	prefix, suffix := norm(r.str("FWD_DOMAIN_PREFIX")), norm(r.str("FWD_DOMAIN_SUFFIX"))
+	if prefix == "" {
+		return suffix
+	}
+	return prefix + "." + suffix
 }
 
 // homeDir is HOME as the source gives it, else the user's home directory.

@@ -20,6 +20,7 @@ func TestCLIDefaultsFollowTheirRoots(t *testing.T) {
 		"BasePlatform":  {c.BasePlatform, "linux-" + runtime.GOARCH},
 		"BaseFlavor":    {c.BaseFlavor, "buildroot"},
 		"HTTPSAddr":     {c.HTTPSAddr, ":443"},
+		"Domain":        {c.Domain, "localhost"},
 		"ConfigFile":    {c.ConfigFile, "/home/op/.config/mergen/config.json"},
 		"DockerConfig":  {c.DockerConfig, "/home/op/.docker"},
 	}
@@ -83,5 +84,21 @@ func TestSourceWithOverridesOneName(t *testing.T) {
 	}
 	if got := Source(nil).With("A", "1")("B"); got != "" {
 		t.Fatalf("nil source: %q", got)
+	}
+}
+
+// The printed URLs name the domain the forwarder serves, in either of its
+// spellings.
+func TestCLIDomainIsTheForwarders(t *testing.T) {
+	for want, vars := range map[string]map[string]string{
+		"vm.example.com":   {"FWD_DOMAIN": "VM.example.com.", "FWD_DOMAIN_SUFFIX": "ignored"},
+		"apps.example.org": {"FWD_DOMAIN_PREFIX": "apps", "FWD_DOMAIN_SUFFIX": "example.org"},
+		"localhost":        {},
+		"dev.localhost":    {"FWD_DOMAIN_PREFIX": "dev"},
+	} {
+		c, err := CLIFromEnv(env(vars))
+		if err != nil || c.Domain != want {
+			t.Errorf("%v: domain %q (%v), want %q", vars, c.Domain, err, want)
+		}
 	}
 }
