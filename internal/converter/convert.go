@@ -32,26 +32,30 @@ import (
 	"github.com/mergenhq/mergen/internal/progress"
 )
 
-// DefaultDataRoot is MGR_DATA_ROOT's default.
-const DefaultDataRoot = "/var/lib/mergen"
-
 // CacheDir is the name of the layer cache inside an image's output dir.
 const CacheDir = imagemeta.CacheDir
 
 // Options of one conversion.
 type Options struct {
-	Source    string // registry reference, oci:DIR or docker-archive:FILE
-	Platform  string // os/arch[/variant]; "" = the host's
-	DataRoot  string // MGR_DATA_ROOT; "" = DefaultDataRoot
-	OutputDir string // "" = DataRoot/images/<ref>
-	Insecure  bool   // plain HTTP registry
-	SkipPull  bool   // convert from the cache alone
-	SizeMiB   int64  // 0 = from content
-	Headroom  float64
-	NoDir     bool // do not keep payload-rootfs/
-	NoTar     bool // do not write payload-rootfs.tar
-	Keychain  authn.Keychain
-	Progress  *progress.Tracker // nil = quiet
+	Source   string // registry reference, oci:DIR or docker-archive:FILE
+	Platform string // os/arch[/variant]; "" = the host's
+	// ImagesRoot (MGR_IMAGES_ROOT) holds the output dir, ImagesRoot/<ref>,
+	// where the daemon and `mergen images ls` look for it. Required
+	// unless OutputDir is given.
+	ImagesRoot string
+	OutputDir  string // "" = ImagesRoot/<ref>
+	// BaseAssetsDir (MGR_BASE_ASSETS_DIR) is where suggested-vm-request.json
+	// points for the kernel, rootfs and agent disk; "" leaves them out (the
+	// daemon's defaults apply).
+	BaseAssetsDir string
+	Insecure      bool  // plain HTTP registry
+	SkipPull      bool  // convert from the cache alone
+	SizeMiB       int64 // 0 = from content
+	Headroom      float64
+	NoDir         bool // do not keep payload-rootfs/
+	NoTar         bool // do not write payload-rootfs.tar
+	Keychain      authn.Keychain
+	Progress      *progress.Tracker // nil = quiet
 }
 
 // Result names what a conversion produced.
@@ -75,9 +79,6 @@ func Convert(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 	}
-	if o.DataRoot == "" {
-		o.DataRoot = DefaultDataRoot
-	}
 	if o.Keychain == nil {
 		o.Keychain = authn.DefaultKeychain
 	}
@@ -86,7 +87,7 @@ func Convert(ctx context.Context, o Options) (*Result, error) {
 	}
 	out := o.OutputDir
 	if out == "" {
-		if out, err = OutputDir(o.DataRoot, o.Source); err != nil {
+		if out, err = OutputDir(o.ImagesRoot, o.Source); err != nil {
 			return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 		}
 	}
@@ -120,7 +121,7 @@ func Convert(ctx context.Context, o Options) (*Result, error) {
 		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 	}
 	defer os.RemoveAll(stage)
-	if err := build(ctx, c, rec, stage, meta, rt, o); err != nil {
+	if err := build(ctx, c, rec, stage, out, meta, rt, o); err != nil {
 		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 	}
 	if err := publish(stage, out, o); err != nil {
@@ -192,8 +193,8 @@ func short(d string) string {
 	return d
 }
 
-// build writes every product into stage.
-func build(ctx context.Context, c cache, rec record, stage string, meta imagemeta.ImageMeta, rt imagemeta.Runtime, o Options) error {
+// build writes every product into stage, to be published in out.
+func build(ctx context.Context, c cache, rec record, stage, out string, meta imagemeta.ImageMeta, rt imagemeta.Runtime, o Options) error {
 	root := filepath.Join(stage, imagemeta.PayloadDir)
 	if err := os.Mkdir(root, 0o755); err != nil {
 		return err
@@ -262,19 +263,20 @@ func build(ctx context.Context, c cache, rec record, stage string, meta imagemet
 	if err != nil {
 		return err
 	}
-	base := filepath.Join(o.DataRoot, "base", "current")
 	bootArgs := "console=ttyS0 reboot=k panic=1 init=/sbin/init"
 	if err := os.WriteFile(filepath.Join(stage, imagemeta.SuggestedBootArgs), []byte(bootArgs+"\n"), 0o644); err != nil {
 		return err
 	}
 	req := map[string]any{
-		"kernel":      filepath.Join(base, "vmlinux"),
-		"rootfs":      filepath.Join(base, "golden-rootfs.ext4"),
-		"agentDisk":   filepath.Join(base, "agent-rootfs.ext4"),
-		"payloadDisk": filepath.Join(o.outputDirOr(), imagemeta.PayloadExt4),
+		"payloadDisk": filepath.Join(out, imagemeta.PayloadExt4),
 		"vcpu":        1,
 		"memMiB":      256,
 		"bootArgs":    bootArgs,
+	}
+	if base := o.BaseAssetsDir; base != "" {
+		req["kernel"] = filepath.Join(base, "vmlinux")
+		req["rootfs"] = filepath.Join(base, "golden-rootfs.ext4")
+		req["agentDisk"] = filepath.Join(base, "agent-rootfs.ext4")
 	}
 	if rt.HTTPPort > 0 {
 		req["httpPort"] = rt.HTTPPort
@@ -282,14 +284,6 @@ func build(ctx context.Context, c cache, rec record, stage string, meta imagemet
 	}
 	rb, _ := json.MarshalIndent(req, "", "  ")
 	return os.WriteFile(filepath.Join(stage, imagemeta.SuggestedVMRequest), rb, 0o644)
-}
-
-func (o Options) outputDirOr() string {
-	if o.OutputDir != "" {
-		return o.OutputDir
-	}
-	d, _ := OutputDir(o.DataRoot, o.Source)
-	return d
 }
 
 // publish moves staged products into out. image-meta.json is removed first
