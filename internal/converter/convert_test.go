@@ -307,6 +307,9 @@ func TestOutputDirStaysUnderTheImagesRoot(t *testing.T) {
 			t.Errorf("%q -> %s, want an error", bad, got)
 		}
 	}
+	if got, err := OutputDir("", "nginx:alpine"); err == nil || !strings.Contains(err.Error(), "MGR_IMAGES_ROOT") {
+		t.Errorf("no images root -> %s, %v; want an error naming MGR_IMAGES_ROOT", got, err)
+	}
 }
 
 func TestConvertFromOCILayoutAndDockerArchive(t *testing.T) {
