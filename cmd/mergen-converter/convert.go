@@ -3,26 +3,26 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/converter"
 	"github.com/mergenhq/mergen/internal/imagemeta"
+	"github.com/mergenhq/mergen/internal/progress"
 )
 
 type convertFlags struct {
-	image                         string
-	platform, outputDir, dataRoot string
-	insecure, skipPull, quiet     bool
-	sizeMiB                       int64
-	headroom                      float64
-	noTar, deleteRootfs           bool
+	image                     string
+	platform, outputDir       string
+	insecure, skipPull, quiet bool
+	sizeMiB                   int64
+	headroom                  float64
+	noTar, deleteRootfs       bool
 
 	agent, env     bool
 	binDir, output string
@@ -33,13 +33,15 @@ type convertFlags struct {
 // newConvertCmd is both the root command (mergen-converter IMAGE) and the
 // convert subcommand (mergen-converter convert -image IMAGE) of earlier
 // versions.
-func newConvertCmd(use string) *cobra.Command {
+func newConvertCmd(use string, getenv config.Source) *cobra.Command {
 	var f convertFlags
+	defaults, _ := config.CLIFromEnv(getenv)
 	cmd := &cobra.Command{
 		Use:   use,
 		Short: "Convert an OCI/Docker image into a mergen payload disk",
 		Long: `Converts IMAGE into payload-rootfs.ext4 and its metadata under
-$MGR_DATA_ROOT/images/<ref> (or --output-dir).
+$MGR_IMAGES_ROOT/<ref> (default $MGR_DATA_ROOT/images/<ref>, or
+--output-dir), where the daemon and 'mergen images ls' find it.
 
 IMAGE is a registry reference (nginx:alpine, ghcr.io/org/app:1.2.3,
 repo@sha256:...), oci:DIR for an OCI image layout, or docker-archive:FILE
@@ -50,6 +52,10 @@ for a 'docker save' tarball.
 		SilenceErrors: true,
 		Args:          cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := config.CLIFromEnv(withDataRoot(cmd, getenv))
+			if err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			switch {
@@ -58,9 +64,9 @@ for a 'docker save' tarball.
 			case (f.agent || f.env) && f.image != "":
 				return fmt.Errorf("--image does not go with --agent-rootfs or --env-rootfs")
 			case f.agent:
-				return runAgent(ctx, cmd, f, args)
+				return runAgent(ctx, cmd, cfg, f, args)
 			case f.env:
-				return runEnv(ctx, cmd, f, args)
+				return runEnv(ctx, cmd, cfg, f, args)
 			}
 			if f.image != "" {
 				if len(args) > 0 {
@@ -71,14 +77,14 @@ for a 'docker save' tarball.
 			if len(args) != 1 {
 				return fmt.Errorf("IMAGE is required (see --help)")
 			}
-			return runConvert(ctx, cmd, f, args[0])
+			return runConvert(ctx, cmd, cfg, f, args[0])
 		},
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.image, "image", "", "the image to convert (instead of the IMAGE argument)")
 	fl.StringVar(&f.platform, "platform", "", "os/arch[/variant] to select (default: the host's, "+converter.HostPlatform()+")")
-	fl.StringVar(&f.outputDir, "output-dir", "", "output directory (default: $MGR_DATA_ROOT/images/<ref>)")
-	fl.StringVar(&f.dataRoot, "data-root", envOr("MGR_DATA_ROOT", converter.DefaultDataRoot), "data root ($MGR_DATA_ROOT)")
+	fl.StringVar(&f.outputDir, "output-dir", "", "output directory (default: $MGR_IMAGES_ROOT/<ref>)")
+	fl.String("data-root", defaults.DataRoot, "data root ($MGR_DATA_ROOT): images and base assets below it unless MGR_IMAGES_ROOT or MGR_BASE_ASSETS_DIR are set")
 	fl.BoolVar(&f.insecure, "insecure", false, "allow plain HTTP to the registry")
 	fl.BoolVar(&f.skipPull, "skip-pull", false, "convert from the layer cache alone; fail if it is incomplete")
 	fl.Int64Var(&f.sizeMiB, "size-mib", 0, "ext4 size in MiB (default: content plus headroom)")
@@ -87,7 +93,7 @@ for a 'docker save' tarball.
 	fl.BoolVar(&f.deleteRootfs, "delete-rootfs", false, "do not keep the "+imagemeta.PayloadDir+"/ directory")
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "print nothing but errors")
 	fl.BoolVar(&f.agent, "agent-rootfs", false, "make the read-only agent disk from --bin-dir")
-	fl.StringVar(&f.binDir, "bin-dir", "", "agent binaries (default: $MGR_DATA_ROOT/base/current/bin)")
+	fl.StringVar(&f.binDir, "bin-dir", "", "agent binaries (default: $MGR_BASE_ASSETS_DIR/bin)")
 	fl.BoolVar(&f.env, "env-rootfs", false, "make an env disk from --runtime and --env-var")
 	fl.StringVar(&f.runtime, "runtime", "", "mergen.runtime.json whose environment the env disk starts from")
 	fl.StringArrayVar(&f.envVars, "env-var", nil, "KEY=VALUE for the env disk (repeatable, later wins)")
@@ -95,36 +101,19 @@ for a 'docker save' tarball.
 	return cmd
 }
 
-func envOr(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
+func runConvert(ctx context.Context, cmd *cobra.Command, cfg config.CLI, f convertFlags, src string) error {
+	var tr *progress.Tracker
+	stop := func() {}
+	if !f.quiet {
+		tr = progress.New()
+		stop = progress.Render(ctx, cmd.ErrOrStderr(), tr, cfg.ProgressEvery)
 	}
-	return def
-}
-
-// progress picks bars for a terminal, lines otherwise, nothing when quiet.
-func progress(w io.Writer, quiet bool) (converter.Progress, func()) {
-	if quiet {
-		return nil, func() {}
-	}
-	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		// A terminal that reports no size (some ptys) cannot draw bars.
-		if width, height, err := term.GetSize(int(f.Fd())); err == nil && width > 0 && height > 0 {
-			b := converter.NewBars(f)
-			return b, b.Wait
-		}
-	}
-	return converter.Lines{W: w}, func() {}
-}
-
-func runConvert(ctx context.Context, cmd *cobra.Command, f convertFlags, src string) error {
-	p, wait := progress(cmd.ErrOrStderr(), f.quiet)
 	res, err := converter.Convert(ctx, converter.Options{
-		Source: src, Platform: f.platform, DataRoot: f.dataRoot, OutputDir: f.outputDir,
+		Source: src, Platform: f.platform, ImagesRoot: cfg.ImagesRoot, BaseAssetsDir: cfg.BaseAssetsDir, OutputDir: f.outputDir,
 		Insecure: f.insecure, SkipPull: f.skipPull, SizeMiB: f.sizeMiB, Headroom: f.headroom,
-		NoTar: f.noTar, NoDir: f.deleteRootfs, Progress: p,
+		NoTar: f.noTar, NoDir: f.deleteRootfs, Progress: tr,
 	})
-	wait()
+	stop()
 	if err != nil {
 		return err
 	}
@@ -134,11 +123,11 @@ func runConvert(ctx context.Context, cmd *cobra.Command, f convertFlags, src str
 	return nil
 }
 
-func runAgent(ctx context.Context, cmd *cobra.Command, f convertFlags, args []string) error {
+func runAgent(ctx context.Context, cmd *cobra.Command, cfg config.CLI, f convertFlags, args []string) error {
 	if len(args) > 0 {
 		return fmt.Errorf("--agent-rootfs takes no IMAGE")
 	}
-	base := filepath.Join(f.dataRoot, "base", "current")
+	base := cfg.BaseAssetsDir
 	bin := f.binDir
 	if bin == "" {
 		bin = filepath.Join(base, "bin")
@@ -156,13 +145,13 @@ func runAgent(ctx context.Context, cmd *cobra.Command, f convertFlags, args []st
 	return nil
 }
 
-func runEnv(ctx context.Context, cmd *cobra.Command, f convertFlags, args []string) error {
+func runEnv(ctx context.Context, cmd *cobra.Command, cfg config.CLI, f convertFlags, args []string) error {
 	if len(args) > 0 {
 		return fmt.Errorf("--env-rootfs takes no IMAGE (use --runtime FILE)")
 	}
 	out := f.output
 	if out == "" {
-		out = filepath.Join(f.dataRoot, "base", "current", "env-rootfs.ext4")
+		out = filepath.Join(cfg.BaseAssetsDir, "env-rootfs.ext4")
 	}
 	if err := converter.EnvDisk(ctx, f.runtime, f.envVars, out); err != nil {
 		return err

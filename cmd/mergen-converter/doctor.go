@@ -8,22 +8,27 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/mergenhq/mergen/internal/converter"
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/doctor"
 )
 
-func newDoctorCmd() *cobra.Command {
+func newDoctorCmd(getenv config.Source) *cobra.Command {
 	var asJSON bool
-	var assets, dataRoot string
+	var assets string
+	defaults, _ := config.CLIFromEnv(getenv)
 	cmd := &cobra.Command{
 		Use:   "doctor [--json]",
-		Short: "Check the tools conversions need, the data root and the base assets",
+		Short: "Check the tools conversions need, the images root and the base assets",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if assets == "" {
-				assets = envOr("MGR_BASE_ASSETS_DIR", filepath.Join(dataRoot, "base", "current"))
+			cfg, err := config.CLIFromEnv(withDataRoot(cmd, getenv))
+			if err != nil {
+				return err
 			}
-			checks := append(converterChecks(dataRoot), doctor.BaseAssets(assets)...)
+			if assets == "" {
+				assets = cfg.BaseAssetsDir
+			}
+			checks := append(converterChecks(cfg.ImagesRoot), doctor.BaseAssets(assets)...)
 			if err := doctor.Print(cmd.OutOrStdout(), checks, asJSON); err != nil {
 				return err
 			}
@@ -34,14 +39,14 @@ func newDoctorCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the checks as JSON")
-	cmd.Flags().StringVar(&assets, "assets", "", "base assets dir (default: $MGR_BASE_ASSETS_DIR or $MGR_DATA_ROOT/base/current)")
-	cmd.Flags().StringVar(&dataRoot, "data-root", envOr("MGR_DATA_ROOT", converter.DefaultDataRoot), "data root ($MGR_DATA_ROOT)")
+	cmd.Flags().StringVar(&assets, "assets", "", "base assets dir (default: $MGR_BASE_ASSETS_DIR, itself by default $MGR_DATA_ROOT/base/current)")
+	cmd.Flags().String("data-root", defaults.DataRoot, "data root ($MGR_DATA_ROOT)")
 	return cmd
 }
 
 // converterChecks: the e2fsprogs programs the converter runs, and whether
-// converted images can be written.
-func converterChecks(dataRoot string) []doctor.Check {
+// converted images can be written into the images root.
+func converterChecks(images string) []doctor.Check {
 	var checks []doctor.Check
 	for _, tool := range []string{"mkfs.ext4", "e2fsck", "tune2fs", "resize2fs"} {
 		c := doctor.Check{Name: tool, Status: doctor.Pass}
@@ -52,10 +57,9 @@ func converterChecks(dataRoot string) []doctor.Check {
 		}
 		checks = append(checks, c)
 	}
-	images := filepath.Join(dataRoot, "images")
 	c := doctor.Check{Name: "images dir", Status: doctor.Pass, Reason: images + " is writable"}
 	if err := writable(images); err != nil {
-		c.Status, c.Reason, c.Fix = doctor.Fail, err.Error(), "create it, or set MGR_DATA_ROOT / --output-dir to a writable place"
+		c.Status, c.Reason, c.Fix = doctor.Fail, err.Error(), "create it, or set MGR_IMAGES_ROOT (or MGR_DATA_ROOT, --output-dir) to a writable place"
 	}
 	if os.Geteuid() != 0 && c.Status == doctor.Pass {
 		c.Status, c.Reason = doctor.Warn, images+" is writable; not root: disks are made with tar2ext4 instead of mkfs.ext4 -d"

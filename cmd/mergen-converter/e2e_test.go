@@ -148,7 +148,7 @@ func TestEndToEndAgainstDistribution(t *testing.T) {
 	if err != nil {
 		t.Fatalf("convert: %v\n%s", err, out)
 	}
-	dir, _ := converter.OutputDir(data, good)
+	dir, _ := converter.OutputDir(filepath.Join(data, "images"), good)
 	img := filepath.Join(dir, imagemeta.PayloadExt4)
 	if !strings.Contains(out, img) {
 		t.Errorf("output does not name the disk %s:\n%s", img, out)
@@ -214,7 +214,7 @@ func TestEndToEndAgainstDistribution(t *testing.T) {
 	if _, err := os.Stat("/tmp/mergen-escaped"); err == nil {
 		t.Fatal("the escape attempt wrote /tmp/mergen-escaped")
 	}
-	evilDir, _ := converter.OutputDir(data, evil)
+	evilDir, _ := converter.OutputDir(filepath.Join(data, "images"), evil)
 	if _, err := os.Stat(filepath.Join(evilDir, imagemeta.ImageMetaFile)); err == nil {
 		t.Error("a refused image left image-meta.json")
 	}
@@ -320,7 +320,7 @@ func TestUnprivilegedConversionKeepsOwnersAndDevices(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("convert as nobody: %v\n%s", err, out)
 	}
-	dir, _ := converter.OutputDir(data, "docker-archive:"+archive)
+	dir, _ := converter.OutputDir(filepath.Join(data, "images"), "docker-archive:"+archive)
 	disk := filepath.Join(dir, imagemeta.PayloadExt4)
 	if out, err := exec.Command("e2fsck", "-fn", disk).CombinedOutput(); err != nil {
 		t.Fatalf("e2fsck: %v\n%s", err, out)

@@ -12,10 +12,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/spf13/cobra"
 
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/converter"
 )
 
-func newLoginCmd() *cobra.Command {
+func newLoginCmd(getenv config.Source) *cobra.Command {
 	var user, pass string
 	var passStdin, insecure bool
 	cmd := &cobra.Command{
@@ -26,6 +27,10 @@ default ~/.docker/config.json), after the registry has accepted them; pulls
 use them from there like docker does.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := config.CLIFromEnv(getenv)
+			if err != nil {
+				return err
+			}
 			if passStdin {
 				b, err := io.ReadAll(bufio.NewReader(cmd.InOrStdin()))
 				if err != nil {
@@ -63,7 +68,7 @@ use them from there like docker does.`,
 			if resp.StatusCode != http.StatusOK {
 				return fmt.Errorf("login %s: registry refused the credentials: %s", args[0], resp.Status)
 			}
-			path, err := converter.SaveDockerAuth(reg.RegistryStr(), user, pass)
+			path, err := converter.SaveDockerAuth(cfg.DockerConfig, reg.RegistryStr(), user, pass)
 			if err != nil {
 				return fmt.Errorf("login %s: %w", args[0], err)
 			}

@@ -9,10 +9,12 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/mergenhq/mergen/internal/config"
 )
 
 func main() {
-	root := newRootCmd()
+	root := newRootCmd(config.Env())
 	root.SetArgs(longFlags(root, os.Args[1:]))
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "mergen-converter:", err)
@@ -20,11 +22,23 @@ func main() {
 	}
 }
 
-func newRootCmd() *cobra.Command {
-	root := newConvertCmd("mergen-converter [flags] IMAGE")
-	root.AddCommand(newConvertCmd("convert [flags] IMAGE"), newLoginCmd(), newDoctorCmd(), newVersionCmd())
-	attachRemote(root)
+// newRootCmd builds the program; its commands read their configuration
+// (config.CLI) through getenv.
+func newRootCmd(getenv config.Source) *cobra.Command {
+	root := newConvertCmd("mergen-converter [flags] IMAGE", getenv)
+	root.AddCommand(newConvertCmd("convert [flags] IMAGE", getenv), newLoginCmd(getenv), newDoctorCmd(getenv), newVersionCmd())
+	attachRemote(root, getenv)
 	return root
+}
+
+// withDataRoot is getenv with --data-root, when given, standing for
+// MGR_DATA_ROOT, so that the roots derived from it (images, base assets)
+// follow the flag unless set themselves.
+func withDataRoot(cmd *cobra.Command, getenv config.Source) config.Source {
+	if fl := cmd.Flags().Lookup("data-root"); fl != nil && fl.Changed {
+		return getenv.With("MGR_DATA_ROOT", fl.Value.String())
+	}
+	return getenv
 }
 
 // longFlags accepts the single-dash long flags of earlier versions

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mergenhq/mergen/internal/artifact"
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/profile"
 	prog "github.com/mergenhq/mergen/internal/progress"
 )
@@ -19,17 +20,13 @@ import (
 // newRemoteCmds are init, push and pull of payload disks through an S3
 // profile (the same file and format `mergen config` writes), so a build
 // machine without the rest of mergen can publish converted images.
-func newRemoteCmds() []*cobra.Command {
-	return []*cobra.Command{newRemoteInitCmd(), newRemoteTransferCmd(true), newRemoteTransferCmd(false)}
-}
-
-func remoteImagesRoot() string {
-	return envOr("MGR_IMAGES_ROOT", filepath.Join(envOr("MGR_DATA_ROOT", "/var/lib/mergen"), "images"))
+func newRemoteCmds(getenv config.Source) []*cobra.Command {
+	return []*cobra.Command{newRemoteInitCmd(getenv), newRemoteTransferCmd(getenv, true), newRemoteTransferCmd(getenv, false)}
 }
 
 // remoteGiven is what flags and MGR_CONFIG_S3_* say, flags first.
-func remoteGiven(flags profile.Profile) profile.Profile {
-	env := profile.FromEnv(os.Getenv)
+func remoteGiven(cfg config.CLI, flags profile.Profile) profile.Profile {
+	env := profile.FromEnv(cfg.S3)
 	for dst, src := range map[*string]string{&flags.Endpoint: env.Endpoint, &flags.Region: env.Region, &flags.Bucket: env.Bucket, &flags.Prefix: env.Prefix,
 		&flags.AccessKeyID: env.AccessKeyID, &flags.SecretAccessKey: env.SecretAccessKey, &flags.SessionToken: env.SessionToken} {
 		if *dst == "" {
@@ -40,7 +37,7 @@ func remoteGiven(flags profile.Profile) profile.Profile {
 	return flags
 }
 
-func newRemoteInitCmd() *cobra.Command {
+func newRemoteInitCmd(getenv config.Source) *cobra.Command {
 	var registry string
 	var p profile.Profile
 	cmd := &cobra.Command{
@@ -48,15 +45,15 @@ func newRemoteInitCmd() *cobra.Command {
 		Short: "Create or update the S3 profile that push and pull use",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			path, err := profile.Path()
+			cfg, err := config.CLIFromEnv(getenv)
 			if err != nil {
 				return err
 			}
-			got, err := profile.Init(path, registry, remoteGiven(p), profile.TerminalAsker(cmd.InOrStdin(), cmd.ErrOrStderr()))
+			got, err := profile.Init(cfg.ConfigFile, registry, remoteGiven(cfg, p), profile.TerminalAsker(cmd.InOrStdin(), cmd.ErrOrStderr()))
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "profile %s saved in %s: %s\n", registry, path, got)
+			fmt.Fprintf(cmd.OutOrStdout(), "profile %s saved in %s: %s\n", registry, cfg.ConfigFile, got)
 			return nil
 		},
 	}
@@ -73,7 +70,7 @@ func newRemoteInitCmd() *cobra.Command {
 // withS3Login teaches the image-registry login command a second job: with
 // --registry NAME it stores S3 credentials in that profile instead (access
 // key as --username, secret via --password-stdin or --password).
-func withS3Login(login *cobra.Command) *cobra.Command {
+func withS3Login(login *cobra.Command, getenv config.Source) *cobra.Command {
 	var registry string
 	login.Flags().StringVar(&registry, "registry", "", "S3 profile: store S3 credentials (access key id as --username, secret with --password-stdin) instead of logging in to an image registry")
 	origArgs, origRun := login.Args, login.RunE
@@ -87,6 +84,10 @@ func withS3Login(login *cobra.Command) *cobra.Command {
 		if registry == "" {
 			return origRun(cmd, args)
 		}
+		cfg, err := config.CLIFromEnv(getenv)
+		if err != nil {
+			return err
+		}
 		var g profile.Profile
 		g.AccessKeyID, _ = cmd.Flags().GetString("username")
 		g.SecretAccessKey, _ = cmd.Flags().GetString("password")
@@ -98,12 +99,8 @@ func withS3Login(login *cobra.Command) *cobra.Command {
 			}
 			g.SecretAccessKey, ask = strings.TrimSpace(string(b)), nil
 		}
-		g = remoteGiven(g)
-		path, err := profile.Path()
-		if err != nil {
-			return err
-		}
-		p, err := profile.Login(path, registry, g, ask)
+		g = remoteGiven(cfg, g)
+		p, err := profile.Login(cfg.ConfigFile, registry, g, ask)
 		if err != nil {
 			return err
 		}
@@ -113,8 +110,9 @@ func withS3Login(login *cobra.Command) *cobra.Command {
 	return login
 }
 
-func newRemoteTransferCmd(push bool) *cobra.Command {
+func newRemoteTransferCmd(getenv config.Source, push bool) *cobra.Command {
 	var registry, image, dir, root string
+	defaults, _ := config.CLIFromEnv(getenv)
 	use, short := "pull --registry NAME --image REF", "Download a payload disk and its metadata into the images root"
 	if push {
 		use, short = "push --registry NAME --image REF", "Upload a converted image's payload disk and metadata"
@@ -127,15 +125,15 @@ func newRemoteTransferCmd(push bool) *cobra.Command {
 			if image == "" {
 				return fmt.Errorf("--image: required")
 			}
-			path, err := profile.Path()
+			cfg, err := config.CLIFromEnv(getenv)
 			if err != nil {
 				return err
 			}
-			c, err := profile.Load(path)
+			c, err := profile.Load(cfg.ConfigFile)
 			if err != nil {
 				return err
 			}
-			p, err := profile.Resolve(c, registry, os.Getenv)
+			p, err := profile.Resolve(c, registry, cfg.S3)
 			if err != nil {
 				return err
 			}
@@ -146,7 +144,7 @@ func newRemoteTransferCmd(push bool) *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
 			defer stop()
-			done := prog.Render(ctx, cmd.ErrOrStderr(), tr, prog.EveryFromEnv())
+			done := prog.Render(ctx, cmd.ErrOrStderr(), tr, cfg.ProgressEvery)
 			err = runRemote(ctx, cmd, cl, push, image, dir, root)
 			done()
 			return err
@@ -155,7 +153,7 @@ func newRemoteTransferCmd(push bool) *cobra.Command {
 	fl := cmd.Flags()
 	fl.StringVar(&registry, "registry", "default", "S3 profile name")
 	fl.StringVar(&image, "image", "", "image reference, e.g. ghcr.io/org/app:1.2.3")
-	fl.StringVar(&root, "images-root", remoteImagesRoot(), "converted images root (MGR_IMAGES_ROOT)")
+	fl.StringVar(&root, "images-root", defaults.ImagesRoot, "converted images root (MGR_IMAGES_ROOT)")
 	if push {
 		fl.StringVar(&dir, "dir", "", "directory of the converted image (default <images-root>/<image>)")
 	}
@@ -182,11 +180,11 @@ func runRemote(ctx context.Context, cmd *cobra.Command, cl *artifact.Client, pus
 
 // attachRemote adds init, push and pull to root and gives its image-registry
 // login the --registry (S3 profile) mode.
-func attachRemote(root *cobra.Command) {
+func attachRemote(root *cobra.Command, getenv config.Source) {
 	for _, c := range root.Commands() {
 		if c.Name() == "login" {
-			withS3Login(c)
+			withS3Login(c, getenv)
 		}
 	}
-	root.AddCommand(newRemoteCmds()...)
+	root.AddCommand(newRemoteCmds(getenv)...)
 }

@@ -9,12 +9,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
 
 func runRemoteCLI(t *testing.T, stdin string, args ...string) (string, error) {
 	t.Helper()
-	root := newRootCmd()
+	root := newRootCmd(config.Env())
 	root.SilenceUsage, root.SilenceErrors = true, true
 	var out bytes.Buffer
 	root.SetArgs(longFlags(root, args))

@@ -3,18 +3,21 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/profile"
 )
 
 // newConfigCmd manages the S3 profiles used by `images push|pull`.
-func newConfigCmd() *cobra.Command {
+func newConfigCmd() *cobra.Command { return configCmd(config.Env()) }
+
+// configCmd is newConfigCmd reading its configuration through getenv.
+func configCmd(getenv config.Source) *cobra.Command {
 	cmd := &cobra.Command{Use: "config", Short: "Manage S3 registry profiles (MERGEN_CONFIG_FILE, default ~/.config/mergen/config.json)"}
-	cmd.AddCommand(newConfigInitCmd(), newConfigLoginCmd(), newConfigShowCmd())
+	cmd.AddCommand(newConfigInitCmd(getenv), newConfigLoginCmd(getenv), newConfigShowCmd(getenv))
 	return cmd
 }
 
@@ -29,8 +32,8 @@ func (f *profileFlags) registerRegistry(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.registry, "registry", "default", "profile name")
 }
 
-func (f *profileFlags) given() profile.Profile {
-	env := profile.FromEnv(os.Getenv)
+func (f *profileFlags) given(cfg config.CLI) profile.Profile {
+	env := profile.FromEnv(cfg.S3)
 	g := f.p
 	for dst, src := range map[*string]string{&g.Endpoint: env.Endpoint, &g.Region: env.Region, &g.Bucket: env.Bucket, &g.Prefix: env.Prefix,
 		&g.AccessKeyID: env.AccessKeyID, &g.SecretAccessKey: env.SecretAccessKey, &g.SessionToken: env.SessionToken, &g.Username: env.Username} {
@@ -42,22 +45,22 @@ func (f *profileFlags) given() profile.Profile {
 	return g
 }
 
-func newConfigInitCmd() *cobra.Command {
+func newConfigInitCmd(getenv config.Source) *cobra.Command {
 	var f profileFlags
 	cmd := &cobra.Command{
 		Use:   "init --registry NAME [--bucket B] [--endpoint URL] ...",
 		Short: "Create or update an S3 profile",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			path, err := profile.Path()
+			cfg, err := config.CLIFromEnv(getenv)
 			if err != nil {
 				return err
 			}
-			p, err := profile.Init(path, f.registry, f.given(), profile.TerminalAsker(cmd.InOrStdin(), cmd.ErrOrStderr()))
+			p, err := profile.Init(cfg.ConfigFile, f.registry, f.given(cfg), profile.TerminalAsker(cmd.InOrStdin(), cmd.ErrOrStderr()))
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "profile %s saved in %s: %s\n", f.registry, path, p)
+			fmt.Fprintf(cmd.OutOrStdout(), "profile %s saved in %s: %s\n", f.registry, cfg.ConfigFile, p)
 			return nil
 		},
 	}
@@ -71,7 +74,7 @@ func newConfigInitCmd() *cobra.Command {
 	return cmd
 }
 
-func newConfigLoginCmd() *cobra.Command {
+func newConfigLoginCmd(getenv config.Source) *cobra.Command {
 	var f profileFlags
 	var secretStdin bool
 	cmd := &cobra.Command{
@@ -79,11 +82,11 @@ func newConfigLoginCmd() *cobra.Command {
 		Short: "Store credentials in an S3 profile",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			path, err := profile.Path()
+			cfg, err := config.CLIFromEnv(getenv)
 			if err != nil {
 				return err
 			}
-			g := f.given()
+			g := f.given(cfg)
 			ask := profile.TerminalAsker(cmd.InOrStdin(), cmd.ErrOrStderr())
 			if secretStdin {
 				// The secret comes from a pipe: it must not be a flag value
@@ -93,7 +96,7 @@ func newConfigLoginCmd() *cobra.Command {
 				}
 				ask = nil
 			}
-			p, err := profile.Login(path, f.registry, g, ask)
+			p, err := profile.Login(cfg.ConfigFile, f.registry, g, ask)
 			if err != nil {
 				return err
 			}
@@ -109,14 +112,18 @@ func newConfigLoginCmd() *cobra.Command {
 	return cmd
 }
 
-func newConfigShowCmd() *cobra.Command {
+func newConfigShowCmd(getenv config.Source) *cobra.Command {
 	var f profileFlags
 	cmd := &cobra.Command{
 		Use:   "show --registry NAME",
 		Short: "Print a profile with its secrets masked",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			p, err := resolveProfile(f.registry)
+			cfg, err := config.CLIFromEnv(getenv)
+			if err != nil {
+				return err
+			}
+			p, err := resolveProfile(cfg, f.registry)
 			if err != nil {
 				return err
 			}
@@ -128,16 +135,14 @@ func newConfigShowCmd() *cobra.Command {
 	return cmd
 }
 
-func resolveProfile(name string) (profile.Profile, error) {
-	path, err := profile.Path()
+// resolveProfile is the named profile from cfg's file with cfg's
+// MGR_CONFIG_S3_* overrides.
+func resolveProfile(cfg config.CLI, name string) (profile.Profile, error) {
+	c, err := profile.Load(cfg.ConfigFile)
 	if err != nil {
 		return profile.Profile{}, err
 	}
-	c, err := profile.Load(path)
-	if err != nil {
-		return profile.Profile{}, err
-	}
-	return profile.Resolve(c, name, os.Getenv)
+	return profile.Resolve(c, name, cfg.S3)
 }
 
 // readSecret reads one line from stdin.

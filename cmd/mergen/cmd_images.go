@@ -6,44 +6,48 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/mergenhq/mergen/internal/artifact"
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/images"
 	"github.com/mergenhq/mergen/internal/progress"
 )
 
 // newImagesCmd lists local images and moves base assets through S3.
-func newImagesCmd() *cobra.Command {
+func newImagesCmd() *cobra.Command { return imagesCmd(config.Env()) }
+
+// imagesCmd is newImagesCmd reading its configuration through getenv.
+func imagesCmd(getenv config.Source) *cobra.Command {
 	cmd := &cobra.Command{Use: "images", Short: "Local base assets and converted images; push and pull base assets through S3"}
 	push := &cobra.Command{Use: "push", Short: "Upload artifacts to an S3 profile"}
-	push.AddCommand(newImagesBaseCmd(true))
+	push.AddCommand(newImagesBaseCmd(getenv, true))
 	pull := &cobra.Command{Use: "pull", Short: "Download artifacts from an S3 profile"}
-	pull.AddCommand(newImagesBaseCmd(false))
-	cmd.AddCommand(newImagesLsCmd(), push, pull)
+	pull.AddCommand(newImagesBaseCmd(getenv, false))
+	cmd.AddCommand(newImagesLsCmd(getenv), push, pull)
 	return cmd
 }
 
-func defaultBaseDir() string {
-	return envOr("MGR_BASE_ASSETS_DIR", "/var/lib/mergen/base/current")
-}
+// The flags' defaults come from the configuration (read again when the
+// command runs, so that an invalid one is refused with every wrong variable
+// named): the same base assets dir and images root as the daemon,
+// `mergen doctor`, `mergen run` and the converter.
 
-func defaultImagesRoot() string {
-	return envOr("MGR_IMAGES_ROOT", filepath.Join(envOr("MGR_DATA_ROOT", "/var/lib/mergen"), "images"))
-}
-
-func newImagesLsCmd() *cobra.Command {
+func newImagesLsCmd(getenv config.Source) *cobra.Command {
 	var baseDir, imagesRoot, format string
+	defaults, _ := config.CLIFromEnv(getenv)
 	cmd := &cobra.Command{
 		Use:   "ls",
 		Short: "List base assets and converted images with sizes and versions",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if _, err := config.CLIFromEnv(getenv); err != nil {
+				return err
+			}
 			inv, err := images.List(baseDir, imagesRoot)
 			if err != nil {
 				return fmt.Errorf("images ls: %w", err)
@@ -54,8 +58,8 @@ func newImagesLsCmd() *cobra.Command {
 			return printInventory(cmd.OutOrStdout(), inv)
 		},
 	}
-	cmd.Flags().StringVar(&baseDir, "base-dir", defaultBaseDir(), "base assets directory (MGR_BASE_ASSETS_DIR)")
-	cmd.Flags().StringVar(&imagesRoot, "images-root", defaultImagesRoot(), "converted images root (MGR_IMAGES_ROOT)")
+	cmd.Flags().StringVar(&baseDir, "base-dir", defaults.BaseAssetsDir, "base assets directory (MGR_BASE_ASSETS_DIR)")
+	cmd.Flags().StringVar(&imagesRoot, "images-root", defaults.ImagesRoot, "converted images root (MGR_IMAGES_ROOT)")
 	cmd.Flags().StringVarP(&format, "output", "o", "table", "table or json")
 	return cmd
 }
@@ -81,8 +85,9 @@ func printInventory(w io.Writer, inv images.Inventory) error {
 	return tw.Flush()
 }
 
-func newImagesBaseCmd(push bool) *cobra.Command {
+func newImagesBaseCmd(getenv config.Source, push bool) *cobra.Command {
 	var registry, platform, flavor, ver, baseDir string
+	defaults, _ := config.CLIFromEnv(getenv)
 	short := "Download a base asset version (or latest) and install it atomically"
 	if push {
 		short = "Upload the base assets as a new version and move latest to it"
@@ -95,7 +100,11 @@ func newImagesBaseCmd(push bool) *cobra.Command {
 			if ver == "" {
 				return fmt.Errorf("--version: required")
 			}
-			p, err := resolveProfile(registry)
+			cfg, err := config.CLIFromEnv(getenv)
+			if err != nil {
+				return err
+			}
+			p, err := resolveProfile(cfg, registry)
 			if err != nil {
 				return err
 			}
@@ -107,7 +116,7 @@ func newImagesBaseCmd(push bool) *cobra.Command {
 				return err
 			}
 			b := artifact.Base{Platform: platform, Flavor: flavor, Version: ver}
-			return withProgress(ctx, cmd.ErrOrStderr(), tr, func(ctx context.Context) error {
+			return withProgress(ctx, cmd.ErrOrStderr(), tr, cfg.ProgressEvery, func(ctx context.Context) error {
 				if push {
 					m, err := c.PushBase(ctx, baseDir, b)
 					if err == nil {
@@ -125,17 +134,17 @@ func newImagesBaseCmd(push bool) *cobra.Command {
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&registry, "registry", "default", "S3 profile name")
-	fl.StringVar(&platform, "platform", envOr("MGR_BASE_PLATFORM", "linux-"+runtime.GOARCH), "platform (MGR_BASE_PLATFORM)")
-	fl.StringVar(&flavor, "flavor", envOr("MGR_BASE_FLAVOR", "buildroot"), "flavor (MGR_BASE_FLAVOR)")
+	fl.StringVar(&platform, "platform", defaults.BasePlatform, "platform (MGR_BASE_PLATFORM)")
+	fl.StringVar(&flavor, "flavor", defaults.BaseFlavor, "flavor (MGR_BASE_FLAVOR)")
 	fl.StringVar(&ver, "version", "", "version, e.g. v0.0.1 (pull also takes latest)")
-	fl.StringVar(&baseDir, "base-dir", defaultBaseDir(), "base assets directory (MGR_BASE_ASSETS_DIR)")
+	fl.StringVar(&baseDir, "base-dir", defaults.BaseAssetsDir, "base assets directory (MGR_BASE_ASSETS_DIR)")
 	return cmd
 }
 
-// withProgress renders tr on w (bars on a terminal, lines otherwise) while fn
-// runs.
-func withProgress(ctx context.Context, w io.Writer, tr *progress.Tracker, fn func(context.Context) error) error {
-	stop := progress.Render(ctx, w, tr, progress.EveryFromEnv())
+// withProgress renders tr on w every period (bars on a terminal, lines
+// otherwise) while fn runs.
+func withProgress(ctx context.Context, w io.Writer, tr *progress.Tracker, every time.Duration, fn func(context.Context) error) error {
+	stop := progress.Render(ctx, w, tr, every)
 	err := fn(ctx)
 	stop()
 	return err

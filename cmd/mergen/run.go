@@ -15,10 +15,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/converter"
 	"github.com/mergenhq/mergen/internal/imagemeta"
+	"github.com/mergenhq/mergen/internal/progress"
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
@@ -28,21 +29,26 @@ type runFlags struct {
 	publish, env           []string
 	httpPort, vcpu, mem    int
 	detach, pull, insecure bool
-	platform, dataRoot     string
+	platform               string
 	domain                 string
 	httpsPort              int
 	timeout                time.Duration
 }
 
-func newRunCmd() *cobra.Command {
+func newRunCmd() *cobra.Command { return runCmd(config.Env()) }
+
+// runCmd is newRunCmd reading its configuration through getenv.
+func runCmd(getenv config.Source) *cobra.Command {
 	var f runFlags
+	defaults, _ := config.CLIFromEnv(getenv)
 	cmd := &cobra.Command{
 		Use:   "run IMAGE",
 		Short: "Convert an image (cached), create and start a VM from it, and wait until its HTTP port answers",
 		Long: `run is the one-command path from an image to a running VM:
 
-  1. convert IMAGE into a payload disk under $MGR_DATA_ROOT/images (reused
-     when already converted; --pull converts again),
+  1. convert IMAGE into a payload disk under $MGR_IMAGES_ROOT (default
+     $MGR_DATA_ROOT/images), where the daemon and 'mergen images ls' find
+     it (reused when already converted; --pull converts again),
   2. create and start the VM through the daemon,
   3. wait until the guest's HTTP port answers on its published host port,
   4. print the VM's id, guest IP, published ports and HTTPS URL.
@@ -55,12 +61,21 @@ keeps running either way (mergen vm rm -f NAME removes it).`,
   mergen run nginx:alpine --name web -p 8080:80`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, err := config.CLIFromEnv(withDataRoot(cmd, getenv))
+			if err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runImage(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), f, args[0])
+			return runImage(ctx, cmd.OutOrStdout(), cmd.ErrOrStderr(), cfg, f, args[0])
 		},
 	}
 	f.api.register(cmd)
+	// The daemon's address is the configuration's (MERGEN_API), like every
+	// other default of this command.
+	if api := cmd.PersistentFlags().Lookup("api"); api != nil {
+		api.DefValue, f.api.addr = defaults.API, defaults.API
+	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.name, "name", "", "VM name (a DNS label); also its HTTPS label")
 	fl.StringArrayVarP(&f.publish, "publish", "p", nil, "publish HOST:GUEST[/tcp|udp]; repeatable (default: the HTTP port on a free host port)")
@@ -72,16 +87,25 @@ keeps running either way (mergen vm rm -f NAME removes it).`,
 	fl.BoolVar(&f.pull, "pull", false, "convert again even if the image was converted before")
 	fl.BoolVar(&f.insecure, "insecure", false, "allow plain HTTP to the registry")
 	fl.StringVar(&f.platform, "platform", "", "os/arch to convert (default: the host's)")
-	fl.StringVar(&f.dataRoot, "data-root", envOr("MGR_DATA_ROOT", "/var/lib/mergen"), "the daemon's data root ($MGR_DATA_ROOT)")
-	fl.StringVar(&f.domain, "domain", envOr("FWD_DOMAIN", "localhost"), "forwarder domain for the printed URL ($FWD_DOMAIN)")
-	fl.IntVar(&f.httpsPort, "https-port", httpsPortFromEnv(), "forwarder HTTPS port for the printed URL")
+	fl.String("data-root", defaults.DataRoot, "the daemon's data root ($MGR_DATA_ROOT); images go to its images/ unless MGR_IMAGES_ROOT is set")
+	fl.StringVar(&f.domain, "domain", defaults.Domain, "forwarder domain for the printed URL ($FWD_DOMAIN)")
+	fl.IntVar(&f.httpsPort, "https-port", httpsPort(defaults.HTTPSAddr), "forwarder HTTPS port for the printed URL ($FWD_HTTPS_ADDR)")
 	fl.DurationVar(&f.timeout, "timeout", 3*time.Minute, "how long to wait for the guest's HTTP port")
 	return cmd
 }
 
-// httpsPortFromEnv reads the forwarder's port from FWD_HTTPS_ADDR.
-func httpsPortFromEnv() int {
-	_, p, err := net.SplitHostPort(envOr("FWD_HTTPS_ADDR", ":443"))
+// withDataRoot is getenv with --data-root, when given, standing for
+// MGR_DATA_ROOT, so that the roots derived from it follow the flag.
+func withDataRoot(cmd *cobra.Command, getenv config.Source) config.Source {
+	if fl := cmd.Flags().Lookup("data-root"); fl != nil && fl.Changed {
+		return getenv.With("MGR_DATA_ROOT", fl.Value.String())
+	}
+	return getenv
+}
+
+// httpsPort is the port of the forwarder's address (FWD_HTTPS_ADDR).
+func httpsPort(addr string) int {
+	_, p, err := net.SplitHostPort(addr)
 	if err != nil {
 		return 443
 	}
@@ -115,7 +139,40 @@ func (p *phases) end(detail string) time.Duration {
 	return d
 }
 
-func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, image string) error {
+// converted is what run's first step left: the payload disk to attach and
+// the image's start contract.
+type converted struct {
+	dir, payload string
+	rt           imagemeta.Runtime
+	cached       bool // an earlier conversion was reused
+	pulled       int  // layers downloaded
+}
+
+// convertImage converts image into cfg's images root, where the daemon and
+// `mergen images ls` find it, unless a finished earlier conversion is there
+// and pull is false.
+func convertImage(ctx context.Context, stderr io.Writer, cfg config.CLI, image, platform string, insecure, pull bool) (converted, error) {
+	out, err := converter.OutputDir(cfg.ImagesRoot, image)
+	if err != nil {
+		return converted{}, err
+	}
+	if rt, ok := readRuntime(out); ok && !pull {
+		return converted{dir: out, payload: filepath.Join(out, imagemeta.PayloadExt4), rt: rt, cached: true}, nil
+	}
+	tr := progress.New()
+	stop := progress.Render(ctx, stderr, tr, cfg.ProgressEvery)
+	res, err := converter.Convert(ctx, converter.Options{
+		Source: image, Platform: platform, ImagesRoot: cfg.ImagesRoot, BaseAssetsDir: cfg.BaseAssetsDir,
+		Insecure: insecure, NoDir: true, NoTar: true, Progress: tr,
+	})
+	stop()
+	if err != nil {
+		return converted{}, err
+	}
+	return converted{dir: res.OutputDir, payload: res.Ext4, rt: res.Runtime, pulled: res.Pulled}, nil
+}
+
+func runImage(ctx context.Context, stdout, stderr io.Writer, cfg config.CLI, f runFlags, image string) error {
 	c, err := f.api.client()
 	if err != nil {
 		return err
@@ -125,31 +182,16 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, image s
 
 	// 1. Convert, or reuse an earlier conversion.
 	ph.begin("convert %s", image)
-	out, err := converter.OutputDir(f.dataRoot, image)
+	conv, err := convertImage(ctx, stderr, cfg, image, f.platform, f.insecure, f.pull)
 	if err != nil {
 		return err
 	}
-	payload := filepath.Join(out, imagemeta.PayloadExt4)
-	rt, cached := readRuntime(out)
-	if f.pull || !cached {
-		var progress converter.Progress = converter.Lines{W: stderr}
-		if fd, ok := stderr.(*os.File); ok && term.IsTerminal(int(fd.Fd())) {
-			bars := converter.NewBars(stderr)
-			defer bars.P.Wait()
-			progress = bars
-		}
-		res, err := converter.Convert(ctx, converter.Options{
-			Source: image, Platform: f.platform, DataRoot: f.dataRoot, Insecure: f.insecure,
-			NoDir: true, NoTar: true, Progress: progress,
-		})
-		if err != nil {
-			return err
-		}
-		rt, payload = res.Runtime, res.Ext4
-		ph.end(fmt.Sprintf("%d layers pulled", res.Pulled))
+	if conv.cached {
+		ph.end("cached: " + conv.dir)
 	} else {
-		ph.end("cached: " + out)
+		ph.end(fmt.Sprintf("%d layers pulled", conv.pulled))
 	}
+	rt, payload := conv.rt, conv.payload
 
 	// 2. Create and start.
 	req := wire.CreateRequest{PayloadDisk: payload, VCPU: f.vcpu, MemMiB: f.mem, HTTPPort: f.httpPort, AutoStart: true}
@@ -205,18 +247,11 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, f runFlags, image s
 // readRuntime returns the runtime metadata of a finished earlier conversion.
 func readRuntime(dir string) (imagemeta.Runtime, bool) {
 	var rt imagemeta.Runtime
-	if _, err := os.Stat(filepath.Join(dir, imagemeta.PayloadExt4)); err != nil {
+	if _, ok := imagemeta.Complete(dir); !ok {
 		return rt, false
 	}
 	b, err := os.ReadFile(filepath.Join(dir, imagemeta.RuntimeFile))
-	if err != nil {
-		return rt, false
-	}
-	if err := json.Unmarshal(b, &rt); err != nil {
-		return rt, false
-	}
-	// image-meta.json is written last: its presence marks a finished run.
-	if _, err := os.Stat(filepath.Join(dir, imagemeta.ImageMetaFile)); err != nil {
+	if err != nil || json.Unmarshal(b, &rt) != nil {
 		return rt, false
 	}
 	return rt, true

@@ -21,6 +21,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/mergenhq/mergen/internal/imagemeta"
 )
 
 // ManifestName is the manifest's object name inside a version directory, and
@@ -155,10 +157,10 @@ func BasePairs(flavor string) []pair {
 // metadata the converter writes next to it.
 func PayloadPairs() []pair {
 	return []pair{
-		{local: "payload-rootfs.ext4", remote: "payload-rootfs.ext4"},
-		{local: "image-meta.json", remote: "image-meta.json"},
-		{local: "mergen.runtime.json", remote: "mergen.runtime.json", optional: true},
-		{local: "suggested-bootargs.txt", remote: "suggested-bootargs.txt", optional: true},
-		{local: "suggested-vm-request.json", remote: "suggested-vm-request.json", optional: true},
+		{local: imagemeta.PayloadExt4, remote: imagemeta.PayloadExt4},
+		{local: imagemeta.ImageMetaFile, remote: imagemeta.ImageMetaFile},
+		{local: imagemeta.RuntimeFile, remote: imagemeta.RuntimeFile, optional: true},
+		{local: imagemeta.SuggestedBootArgs, remote: imagemeta.SuggestedBootArgs, optional: true},
+		{local: imagemeta.SuggestedVMRequest, remote: imagemeta.SuggestedVMRequest, optional: true},
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/mergenhq/mergen/internal/atomicfile"
+	"github.com/mergenhq/mergen/internal/imagemeta"
 	"github.com/mergenhq/mergen/internal/progress"
 )
 
@@ -138,6 +139,17 @@ func (c *Client) install(ctx context.Context, keyDir, dir string, m Manifest) (f
 			return nil, err
 		}
 		ctr.Finish("done")
+	}
+	// A payload's image-meta.json says the directory is complete
+	// (imagemeta.Complete): it goes before anything is replaced and comes
+	// back last.
+	sort.SliceStable(need, func(i, j int) bool {
+		return need[i].Local != imagemeta.ImageMetaFile && need[j].Local == imagemeta.ImageMetaFile
+	})
+	if n := len(need); n > 0 && need[n-1].Local == imagemeta.ImageMetaFile {
+		if err := os.Remove(filepath.Join(dir, imagemeta.ImageMetaFile)); err != nil && !os.IsNotExist(err) {
+			return nil, err
+		}
 	}
 	for _, f := range need {
 		if err := os.Rename(filepath.Join(stage, f.Local), filepath.Join(dir, f.Local)); err != nil {

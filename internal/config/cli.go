@@ -4,28 +4,36 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
 	"time"
 )
 
 // CLI is the configuration of the command-line programs (mergen's client
 // commands and mergen-converter): where the daemon is, where images and
-// base assets live on this host, the S3 profile file, progress output.
+// base assets live on this host, the S3 profile file and its overrides,
+// progress output.
 type CLI struct {
-	API           string        // MERGEN_API: the daemon's address
-	ConfigFile    string        // MERGEN_CONFIG_FILE: default ~/.config/mergen/config.json
-	DataRoot      string        // MGR_DATA_ROOT
-	BaseAssetsDir string        // MGR_BASE_ASSETS_DIR
-	ImagesRoot    string        // MGR_IMAGES_ROOT
-	ProgressEvery time.Duration // MGR_PROGRESS_EVERY_MILLISECONDS
-	DockerConfig  string        // DOCKER_CONFIG: registry credentials directory; default ~/.docker
-	HTTPSAddr     string        // FWD_HTTPS_ADDR: the forwarder's address, for printed URLs
-	Domain        string        // FWD_DOMAIN: the forwarder's domain, for printed URLs
+	API           string            // MERGEN_API: the daemon's address
+	ConfigFile    string            // MERGEN_CONFIG_FILE: default ~/.config/mergen/config.json
+	DataRoot      string            // MGR_DATA_ROOT
+	BaseAssetsDir string            // MGR_BASE_ASSETS_DIR
+	ImagesRoot    string            // MGR_IMAGES_ROOT
+	BasePlatform  string            // MGR_BASE_PLATFORM: default linux-<GOARCH>
+	BaseFlavor    string            // MGR_BASE_FLAVOR
+	ProgressEvery time.Duration     // MGR_PROGRESS_EVERY_MILLISECONDS
+	DockerConfig  string            // DOCKER_CONFIG: registry credentials directory; default ~/.docker
+	HTTPSAddr     string            // FWD_HTTPS_ADDR: the forwarder's address, for printed URLs
+	Domain        string            // FWD_DOMAIN, else FWD_DOMAIN_PREFIX.FWD_DOMAIN_SUFFIX: the forwarder's domain, for printed URLs
+	S3            map[string]string // MGR_CONFIG_S3_*: the ones set (see Profile)
 }
 
 // LoadCLI reads the CLI configuration from the process environment.
 func LoadCLI() (CLI, error) { return CLIFromEnv(Env()) }
 
-// CLIFromEnv reads the CLI configuration through getenv.
+// CLIFromEnv reads the CLI configuration through getenv. On error the
+// returned CLI still holds every value that could be read, so a command
+// can build its flags before it reports the error.
 func CLIFromEnv(getenv Source) (CLI, error) {
 	r := newReader(getenv)
 	c := CLI{
@@ -34,28 +42,57 @@ func CLIFromEnv(getenv Source) (CLI, error) {
 		DataRoot:      r.path("MGR_DATA_ROOT"),
 		BaseAssetsDir: r.path("MGR_BASE_ASSETS_DIR"),
 		ImagesRoot:    r.path("MGR_IMAGES_ROOT"),
+		BasePlatform:  r.str("MGR_BASE_PLATFORM"),
+		BaseFlavor:    r.str("MGR_BASE_FLAVOR"),
 		ProgressEvery: r.milliseconds("MGR_PROGRESS_EVERY_MILLISECONDS", 1, 3600_000),
 		DockerConfig:  r.optionalPath("DOCKER_CONFIG"),
 		HTTPSAddr:     r.str("FWD_HTTPS_ADDR"),
-		Domain:        r.str("FWD_DOMAIN"),
+		Domain:        forwarderDomain(r),
+		S3:            Profile(getenv),
 	}
+	if c.BasePlatform == "" {
+		c.BasePlatform = "linux-" + runtime.GOARCH
+	}
+	home, homeErr := homeDir(getenv)
 	if c.ConfigFile == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			r.fail("MERGEN_CONFIG_FILE", "unset and no home directory: %v", err)
+		if homeErr != nil {
+			r.fail("MERGEN_CONFIG_FILE", "unset and no home directory: %v", homeErr)
 		} else {
 			c.ConfigFile = filepath.Join(home, ".config", "mergen", "config.json")
 		}
 	}
-	if c.DockerConfig == "" {
-		if home, err := os.UserHomeDir(); err == nil {
-			c.DockerConfig = filepath.Join(home, ".docker")
-		}
+	if c.DockerConfig == "" && homeErr == nil {
+		c.DockerConfig = filepath.Join(home, ".docker")
 	}
 	if err := r.err(); err != nil {
 		return c, fmt.Errorf("configuration: %w", err)
 	}
 	return c, nil
+}
+
+// forwarderDomain is the domain the forwarder serves, derived as it derives
+// it: FWD_DOMAIN names it whole; otherwise FWD_DOMAIN_PREFIX (if any) is
+// joined to FWD_DOMAIN_SUFFIX.
+func forwarderDomain(r *reader) string {
+	norm := func(s string) string { return strings.Trim(strings.ToLower(s), ".") }
+	if d := norm(r.str("FWD_DOMAIN")); d != "" {
+		return d
+	}
+	prefix, suffix := norm(r.str("FWD_DOMAIN_PREFIX")), norm(r.str("FWD_DOMAIN_SUFFIX"))
+	if prefix == "" {
+		return suffix
+	}
+	return prefix + "." + suffix
+}
+
+// homeDir is HOME as the source gives it, else the user's home directory.
+func homeDir(getenv Source) (string, error) {
+	if getenv != nil {
+		if h := strings.TrimSpace(getenv("HOME")); h != "" {
+			return h, nil
+		}
+	}
+	return os.UserHomeDir()
 }
 
 // Profile is the S3 profile the MGR_CONFIG_S3_* variables give: each value
@@ -65,11 +102,26 @@ func Profile(getenv Source) map[string]string {
 	r := newReader(getenv)
 	out := map[string]string{}
 	for _, v := range Vars {
-		if len(v.Name) > len("MGR_CONFIG_S3_") && v.Name[:len("MGR_CONFIG_S3_")] == "MGR_CONFIG_S3_" {
+		if strings.HasPrefix(v.Name, "MGR_CONFIG_S3_") {
 			if val := r.str(v.Name); val != "" {
 				out[v.Name] = val
 			}
 		}
 	}
 	return out
+}
+
+// With is s with name answering value, unless value is empty: a
+// command-line flag that stands for a variable (--data-root for
+// MGR_DATA_ROOT), so that the defaults derived from it follow the flag.
+func (s Source) With(name, value string) Source {
+	return func(k string) string {
+		switch {
+		case k == name && value != "":
+			return value
+		case s == nil:
+			return ""
+		}
+		return s(k)
+	}
 }

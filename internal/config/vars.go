@@ -78,6 +78,8 @@ var Vars = []Var{
 	{"MERGEN_CONFIG_FILE", "", "cli converter"},
 	{"MGR_PROGRESS_EVERY_MILLISECONDS", "250", "cli converter"},
 	{"DOCKER_CONFIG", "", "cli converter"},
+	{"MGR_BASE_PLATFORM", "", "cli"}, // empty: linux-<GOARCH> of the running program
+	{"MGR_BASE_FLAVOR", "buildroot", "cli"},
 
 	// S3 profile overrides (see docs/artifacts.md).
 	{"MGR_CONFIG_S3_ENDPOINT", "", "cli converter"},

@@ -10,17 +10,12 @@ import (
 	"github.com/mergenhq/mergen/internal/atomicfile"
 )
 
-// SaveDockerAuth stores user:pass for registry in the Docker config file
-// ($DOCKER_CONFIG/config.json, default ~/.docker/config.json), keeping every
-// other setting in it, and returns the file's path.
-func SaveDockerAuth(registry, user, pass string) (string, error) {
-	dir := os.Getenv("DOCKER_CONFIG")
+// SaveDockerAuth stores user:pass for registry in the Docker config file in
+// dir (config.CLI.DockerConfig: $DOCKER_CONFIG, default ~/.docker), keeping
+// every other setting in it, and returns the file's path.
+func SaveDockerAuth(dir, registry, user, pass string) (string, error) {
 	if dir == "" {
-		home, err := os.UserHomeDir()
-		if err != nil {
-			return "", fmt.Errorf("docker config: %w", err)
-		}
-		dir = filepath.Join(home, ".docker")
+		return "", fmt.Errorf("docker config: no DOCKER_CONFIG and no home directory")
 	}
 	p := filepath.Join(dir, "config.json")
 	cfg := map[string]any{}

@@ -98,7 +98,7 @@ func BenchmarkConvertAgainstTarAndMkfs(b *testing.B) {
 		os.RemoveAll(base)
 
 		o := Options{Source: "oci:" + filepath.Join(work, "oci"), Platform: "linux/amd64",
-			DataRoot: work, OutputDir: filepath.Join(work, fmt.Sprintf("out%d", i)), NoTar: true, Keychain: authn.NewMultiKeychain()}
+			ImagesRoot: work, OutputDir: filepath.Join(work, fmt.Sprintf("out%d", i)), NoTar: true, Keychain: authn.NewMultiKeychain()}
 		t1 := time.Now()
 		if _, err := Convert(ctx, o); err != nil {
 			b.Fatal(err)

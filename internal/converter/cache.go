@@ -64,9 +64,9 @@ func (c cache) has(digest string) bool {
 	return err == nil
 }
 
-// put stores r under digest, verifying the content against it. onBytes is
-// called with the byte count as data arrives (progress).
-func (c cache) put(digest string, r io.Reader, onBytes func(int64)) error {
+// put stores r under digest, verifying the content against it. Every byte
+// read is also written to seen (progress).
+func (c cache) put(digest string, r io.Reader, seen io.Writer) error {
 	p, err := c.blobPath(digest)
 	if err != nil {
 		return err
@@ -80,7 +80,7 @@ func (c cache) put(digest string, r io.Reader, onBytes func(int64)) error {
 	}
 	defer os.Remove(f.Name())
 	h := sha256.New()
-	w := io.MultiWriter(f, h, progressWriter(onBytes))
+	w := io.MultiWriter(f, h, seen)
 	if _, err := io.Copy(w, r); err != nil {
 		f.Close()
 		return fmt.Errorf("download %s: %w", digest, err)
@@ -173,13 +173,4 @@ func (c cache) loadRecord(source, platform string) (record, error) {
 		}
 	}
 	return r, nil
-}
-
-type progressWriter func(int64)
-
-func (p progressWriter) Write(b []byte) (int, error) {
-	if p != nil {
-		p(int64(len(b)))
-	}
-	return len(b), nil
 }

@@ -29,28 +29,33 @@ import (
 	"github.com/mergenhq/mergen/internal/converter/ext4"
 	"github.com/mergenhq/mergen/internal/converter/layer"
 	"github.com/mergenhq/mergen/internal/imagemeta"
+	"github.com/mergenhq/mergen/internal/progress"
 )
 
-// DefaultDataRoot is MGR_DATA_ROOT's default.
-const DefaultDataRoot = "/var/lib/mergen"
-
 // CacheDir is the name of the layer cache inside an image's output dir.
-const CacheDir = "image-cache"
+const CacheDir = imagemeta.CacheDir
 
 // Options of one conversion.
 type Options struct {
-	Source    string // registry reference, oci:DIR or docker-archive:FILE
-	Platform  string // os/arch[/variant]; "" = the host's
-	DataRoot  string // MGR_DATA_ROOT; "" = DefaultDataRoot
-	OutputDir string // "" = DataRoot/images/<ref>
-	Insecure  bool   // plain HTTP registry
-	SkipPull  bool   // convert from the cache alone
-	SizeMiB   int64  // 0 = from content
-	Headroom  float64
-	NoDir     bool // do not keep payload-rootfs/
-	NoTar     bool // do not write payload-rootfs.tar
-	Keychain  authn.Keychain
-	Progress  Progress // nil = quiet
+	Source   string // registry reference, oci:DIR or docker-archive:FILE
+	Platform string // os/arch[/variant]; "" = the host's
+	// ImagesRoot (MGR_IMAGES_ROOT) holds the output dir, ImagesRoot/<ref>,
+	// where the daemon and `mergen images ls` look for it. Required
+	// unless OutputDir is given.
+	ImagesRoot string
+	OutputDir  string // "" = ImagesRoot/<ref>
+	// BaseAssetsDir (MGR_BASE_ASSETS_DIR) is where suggested-vm-request.json
+	// points for the kernel, rootfs and agent disk; "" leaves them out (the
+	// daemon's defaults apply).
+	BaseAssetsDir string
+	Insecure      bool  // plain HTTP registry
+	SkipPull      bool  // convert from the cache alone
+	SizeMiB       int64 // 0 = from content
+	Headroom      float64
+	NoDir         bool // do not keep payload-rootfs/
+	NoTar         bool // do not write payload-rootfs.tar
+	Keychain      authn.Keychain
+	Progress      *progress.Tracker // nil = quiet
 }
 
 // Result names what a conversion produced.
@@ -74,9 +79,6 @@ func Convert(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 	}
-	if o.DataRoot == "" {
-		o.DataRoot = DefaultDataRoot
-	}
 	if o.Keychain == nil {
 		o.Keychain = authn.DefaultKeychain
 	}
@@ -85,7 +87,7 @@ func Convert(ctx context.Context, o Options) (*Result, error) {
 	}
 	out := o.OutputDir
 	if out == "" {
-		if out, err = OutputDir(o.DataRoot, o.Source); err != nil {
+		if out, err = OutputDir(o.ImagesRoot, o.Source); err != nil {
 			return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 		}
 	}
@@ -119,7 +121,7 @@ func Convert(ctx context.Context, o Options) (*Result, error) {
 		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 	}
 	defer os.RemoveAll(stage)
-	if err := build(ctx, c, rec, stage, meta, rt, o); err != nil {
+	if err := build(ctx, c, rec, stage, out, meta, rt, o); err != nil {
 		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 	}
 	if err := publish(stage, out, o); err != nil {
@@ -161,15 +163,18 @@ func fetch(ctx context.Context, c cache, o Options, plat *v1.Platform) (record, 
 		if c.has(d.String()) {
 			continue
 		}
-		size, _ := l.Size()
+		size, err := l.Size()
+		if err != nil {
+			size = progress.Unknown
+		}
 		rc, err := l.Compressed()
 		if err != nil {
 			return rec, pulled, fmt.Errorf("layer %s: %w", d, err)
 		}
-		task := startTask(o.Progress, "pull "+short(d.String()), size)
-		err = c.put(d.String(), rc, task.Add)
+		ctr := o.Progress.File("pull "+short(d.String()), size)
+		err = c.put(d.String(), rc, ctr)
 		rc.Close()
-		task.Done()
+		ctr.End(err)
 		if err != nil {
 			return rec, pulled, err
 		}
@@ -188,8 +193,8 @@ func short(d string) string {
 	return d
 }
 
-// build writes every product into stage.
-func build(ctx context.Context, c cache, rec record, stage string, meta imagemeta.ImageMeta, rt imagemeta.Runtime, o Options) error {
+// build writes every product into stage, to be published in out.
+func build(ctx context.Context, c cache, rec record, stage, out string, meta imagemeta.ImageMeta, rt imagemeta.Runtime, o Options) error {
 	root := filepath.Join(stage, imagemeta.PayloadDir)
 	if err := os.Mkdir(root, 0o755); err != nil {
 		return err
@@ -208,10 +213,10 @@ func build(ctx context.Context, c cache, rec record, stage string, meta imagemet
 		if err != nil {
 			return err
 		}
-		task := startTask(o.Progress, "apply "+short(d), -1)
-		_, err = layer.ApplyRecording(root, io.TeeReader(rc, progressWriter(task.Add)), attrs)
+		ctr := o.Progress.File("apply "+short(d), progress.Unknown)
+		_, err = layer.ApplyRecording(root, io.TeeReader(rc, ctr), attrs)
 		rc.Close()
-		task.Done()
+		ctr.End(err)
 		if err != nil {
 			return fmt.Errorf("apply layer %s: %w", d, err)
 		}
@@ -243,30 +248,35 @@ func build(ctx context.Context, c cache, rec record, stage string, meta imagemet
 			return fmt.Errorf("write %s: %w", imagemeta.PayloadTar, err)
 		}
 	}
-	task := startTask(o.Progress, "ext4 "+imagemeta.PayloadExt4, -1)
+	ctr := o.Progress.File("ext4 "+imagemeta.PayloadExt4, progress.Unknown)
+	disk := filepath.Join(stage, imagemeta.PayloadExt4)
 	eo := ext4.Options{Label: imagemeta.LabelPayload, SizeMiB: o.SizeMiB, Headroom: o.Headroom}
 	if attrs != nil {
-		err = ext4.FromTar(ctx, tarPath, root, filepath.Join(stage, imagemeta.PayloadExt4), eo)
+		err = ext4.FromTar(ctx, tarPath, root, disk, eo)
 	} else {
-		err = ext4.FromDir(ctx, root, filepath.Join(stage, imagemeta.PayloadExt4), eo)
+		err = ext4.FromDir(ctx, root, disk, eo)
 	}
-	task.Done()
+	if st, serr := os.Stat(disk); err == nil && serr == nil {
+		ctr.Set(st.Size())
+	}
+	ctr.End(err)
 	if err != nil {
 		return err
 	}
-	base := filepath.Join(o.DataRoot, "base", "current")
 	bootArgs := "console=ttyS0 reboot=k panic=1 init=/sbin/init"
 	if err := os.WriteFile(filepath.Join(stage, imagemeta.SuggestedBootArgs), []byte(bootArgs+"\n"), 0o644); err != nil {
 		return err
 	}
 	req := map[string]any{
-		"kernel":      filepath.Join(base, "vmlinux"),
-		"rootfs":      filepath.Join(base, "golden-rootfs.ext4"),
-		"agentDisk":   filepath.Join(base, "agent-rootfs.ext4"),
-		"payloadDisk": filepath.Join(o.outputDirOr(), imagemeta.PayloadExt4),
+		"payloadDisk": filepath.Join(out, imagemeta.PayloadExt4),
 		"vcpu":        1,
 		"memMiB":      256,
 		"bootArgs":    bootArgs,
+	}
+	if base := o.BaseAssetsDir; base != "" {
+		req["kernel"] = filepath.Join(base, "vmlinux")
+		req["rootfs"] = filepath.Join(base, "golden-rootfs.ext4")
+		req["agentDisk"] = filepath.Join(base, "agent-rootfs.ext4")
 	}
 	if rt.HTTPPort > 0 {
 		req["httpPort"] = rt.HTTPPort
@@ -276,16 +286,8 @@ func build(ctx context.Context, c cache, rec record, stage string, meta imagemet
 	return os.WriteFile(filepath.Join(stage, imagemeta.SuggestedVMRequest), rb, 0o644)
 }
 
-func (o Options) outputDirOr() string {
-	if o.OutputDir != "" {
-		return o.OutputDir
-	}
-	d, _ := OutputDir(o.DataRoot, o.Source)
-	return d
-}
-
 // publish moves staged products into out. image-meta.json is removed first
-// and moved last: it marks a finished conversion.
+// and moved last, which is what imagemeta.Complete relies on.
 func publish(stage, out string, o Options) error {
 	marker := filepath.Join(out, imagemeta.ImageMetaFile)
 	if err := os.Remove(marker); err != nil && !os.IsNotExist(err) {

@@ -130,7 +130,7 @@ func TestConvertFromRegistryMakesTheExpectedDisk(t *testing.T) {
 	ref := rs.push(t, "team/app:1", testImage(t, "amd64"))
 	data := t.TempDir()
 	ctx := context.Background()
-	opts := Options{Source: ref, Platform: "linux/amd64", DataRoot: data, Keychain: authn.NewMultiKeychain()}
+	opts := Options{Source: ref, Platform: "linux/amd64", ImagesRoot: data, BaseAssetsDir: "/srv/base", Keychain: authn.NewMultiKeychain()}
 
 	res, err := Convert(ctx, opts)
 	if err != nil {
@@ -140,7 +140,7 @@ func TestConvertFromRegistryMakesTheExpectedDisk(t *testing.T) {
 		t.Errorf("first conversion pulled %d layers, want 3", res.Pulled)
 	}
 	// The reference keeps its shape under the images root.
-	wantDir := filepath.Join(data, "images", ref)
+	wantDir := filepath.Join(data, ref)
 	if res.OutputDir != wantDir {
 		t.Errorf("output dir %s, want %s", res.OutputDir, wantDir)
 	}
@@ -150,9 +150,19 @@ func TestConvertFromRegistryMakesTheExpectedDisk(t *testing.T) {
 			t.Errorf("output %s: %v", f, err)
 		}
 	}
+	if m, ok := imagemeta.Complete(res.OutputDir); !ok || m.Digest != res.Meta.Digest {
+		t.Errorf("finished conversion: Complete = %+v, %v", m, ok)
+	}
+	// The suggested request points at the configured base assets and at
+	// the disk where it was published.
+	var req map[string]any
+	b, _ := os.ReadFile(filepath.Join(res.OutputDir, imagemeta.SuggestedVMRequest))
+	if err := json.Unmarshal(b, &req); err != nil || req["kernel"] != "/srv/base/vmlinux" || req["agentDisk"] != "/srv/base/agent-rootfs.ext4" || req["payloadDisk"] != res.Ext4 {
+		t.Errorf("suggested request %v (%v)", req, err)
+	}
 
 	var rt imagemeta.Runtime
-	b, _ := os.ReadFile(filepath.Join(res.OutputDir, imagemeta.RuntimeFile))
+	b, _ = os.ReadFile(filepath.Join(res.OutputDir, imagemeta.RuntimeFile))
 	if err := json.Unmarshal(b, &rt); err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +258,7 @@ func TestConvertBadInputLeavesNoFinishedLookingOutput(t *testing.T) {
 			rs.corrupt.Store(tc.corrupt)
 			defer rs.corrupt.Store("")
 			o := tc.opts(data)
-			o.DataRoot = data
+			o.ImagesRoot = data
 			if o.Platform == "" {
 				o.Platform = "linux/amd64"
 			}
@@ -271,7 +281,7 @@ func TestConvertBadInputLeavesNoFinishedLookingOutput(t *testing.T) {
 }
 
 func TestOutputDirStaysUnderTheImagesRoot(t *testing.T) {
-	root := "/data"
+	root := "/data/images"
 	cases := map[string]string{
 		"nginx:alpine":                            "nginx:alpine",
 		"ghcr.io/org/app:1.2.3":                   "ghcr.io/org/app:1.2.3",
@@ -287,7 +297,7 @@ func TestOutputDirStaysUnderTheImagesRoot(t *testing.T) {
 			t.Errorf("%q: %v", ref, err)
 			continue
 		}
-		if got != filepath.Join(root, "images", want) {
+		if got != filepath.Join(root, want) {
 			t.Errorf("%q -> %s, want /data/images/%s", ref, got, want)
 		}
 	}
@@ -296,6 +306,9 @@ func TestOutputDirStaysUnderTheImagesRoot(t *testing.T) {
 		if got, err := OutputDir(root, bad); err == nil {
 			t.Errorf("%q -> %s, want an error", bad, got)
 		}
+	}
+	if got, err := OutputDir("", "nginx:alpine"); err == nil || !strings.Contains(err.Error(), "MGR_IMAGES_ROOT") {
+		t.Errorf("no images root -> %s, %v; want an error naming MGR_IMAGES_ROOT", got, err)
 	}
 }
 
@@ -322,7 +335,7 @@ func TestConvertFromOCILayoutAndDockerArchive(t *testing.T) {
 	want, _ := img.Digest()
 	for _, src := range []string{"oci:" + filepath.Join(dir, "oci"), "docker-archive:" + archive} {
 		t.Run(strings.SplitN(src, ":", 2)[0], func(t *testing.T) {
-			res, err := Convert(context.Background(), Options{Source: src, Platform: "linux/amd64", DataRoot: t.TempDir(), NoTar: true})
+			res, err := Convert(context.Background(), Options{Source: src, Platform: "linux/amd64", ImagesRoot: t.TempDir(), NoTar: true})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -337,7 +350,7 @@ func TestConvertFromOCILayoutAndDockerArchive(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Convert(context.Background(), Options{Source: "oci:" + filepath.Join(dir, "oci"), Platform: "linux/s390x", DataRoot: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "no image for platform linux/s390x") {
+	if _, err := Convert(context.Background(), Options{Source: "oci:" + filepath.Join(dir, "oci"), Platform: "linux/s390x", ImagesRoot: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "no image for platform linux/s390x") {
 		t.Errorf("missing platform in a layout: %v", err)
 	}
 }
@@ -350,7 +363,7 @@ func TestConcurrentConversionsOfOneImageBothSucceed(t *testing.T) {
 	errs := make(chan error, 2)
 	for i := 0; i < 2; i++ {
 		go func() {
-			_, err := Convert(context.Background(), Options{Source: ref, Platform: "linux/amd64", DataRoot: data, NoTar: true, Keychain: authn.NewMultiKeychain()})
+			_, err := Convert(context.Background(), Options{Source: ref, Platform: "linux/amd64", ImagesRoot: data, NoTar: true, Keychain: authn.NewMultiKeychain()})
 			errs <- err
 		}()
 	}
@@ -383,11 +396,14 @@ func TestConvertOnAFullDiskFailsCleanly(t *testing.T) {
 		t.Skipf("cannot mount a small tmpfs here: %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", data).Run() })
-	_, err = Convert(context.Background(), Options{Source: ref, Platform: "linux/amd64", DataRoot: data, Keychain: authn.NewMultiKeychain()})
+	_, err = Convert(context.Background(), Options{Source: ref, Platform: "linux/amd64", ImagesRoot: data, Keychain: authn.NewMultiKeychain()})
 	if err == nil || !strings.Contains(err.Error(), "no space left") {
 		t.Fatalf("err = %v, want no space left", err)
 	}
 	dir, _ := OutputDir(data, ref)
+	if _, ok := imagemeta.Complete(dir); ok {
+		t.Error("a conversion that ran out of space looks complete")
+	}
 	ents, _ := os.ReadDir(dir)
 	for _, e := range ents {
 		if e.Name() != CacheDir && e.Name() != ".lock" {

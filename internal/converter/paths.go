@@ -16,21 +16,25 @@ import (
 	"github.com/mergenhq/mergen/internal/imagemeta"
 )
 
-// OutputDir returns DataRoot/images/<ref> for a source. A registry
-// reference keeps its shape as a path (ghcr.io/org/app:1.2.3 becomes
-// images/ghcr.io/org/app:1.2.3), after checking it parses as a reference and
-// that no component is empty, ".", "..", hidden, or a name the converter
-// uses inside an image dir. oci: and docker-archive: sources become one
-// component: the source with every character outside [A-Za-z0-9._-] replaced
-// by '_'. Whatever the source, the result is strictly inside the images root.
-func OutputDir(dataRoot, source string) (string, error) {
+// OutputDir returns imagesRoot/<ref> for a source. A registry reference
+// keeps its shape as a path (ghcr.io/org/app:1.2.3 becomes
+// <imagesRoot>/ghcr.io/org/app:1.2.3), after checking it parses as a
+// reference and that no component is empty, ".", "..", hidden, or a name the
+// converter uses inside an image dir. oci: and docker-archive: sources become
+// one component: the source with every character outside [A-Za-z0-9._-]
+// replaced by '_'. Whatever the source, the result is strictly inside the
+// images root.
+func OutputDir(imagesRoot, source string) (string, error) {
 	if source == "" {
 		return "", fmt.Errorf("output dir: image reference is empty")
+	}
+	if imagesRoot == "" {
+		return "", fmt.Errorf("output dir: no images root (MGR_IMAGES_ROOT)")
 	}
 	if len(source) > 255 {
 		return "", fmt.Errorf("output dir: image reference %q is longer than 255 characters", source)
 	}
-	root := filepath.Clean(filepath.Join(dataRoot, "images"))
+	root := filepath.Clean(imagesRoot)
 	var rel string
 	if strings.HasPrefix(source, prefixOCI) || strings.HasPrefix(source, prefixDocker) {
 		rel = flatName(source)

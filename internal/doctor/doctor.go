@@ -72,9 +72,11 @@ func Print(w io.Writer, checks []Check, asJSON bool) error {
 }
 
 // Host checks the machine: KVM, the VMM binaries, systemd, nftables, tun.
-func Host() []Check {
-	qemu := binary("MGR_QEMU_BIN", "qemu-system-x86_64", "QEMU", "apt-get install qemu-system-x86, or set MGR_QEMU_BIN")
-	fc := binary("MGR_FIRECRACKER_BIN", "firecracker", "Firecracker", "install a Firecracker release binary on PATH, or set MGR_FIRECRACKER_BIN")
+// firecrackerBin and qemuBin are the configured VMM binaries
+// (MGR_FIRECRACKER_BIN, MGR_QEMU_BIN); empty means the usual name on PATH.
+func Host(firecrackerBin, qemuBin string) []Check {
+	qemu := binary(qemuBin, "qemu-system-x86_64", "MGR_QEMU_BIN", "QEMU", "apt-get install qemu-system-x86, or set MGR_QEMU_BIN")
+	fc := binary(firecrackerBin, "firecracker", "MGR_FIRECRACKER_BIN", "Firecracker", "install a Firecracker release binary on PATH, or set MGR_FIRECRACKER_BIN")
 	// One VMM is enough; only both missing is a failure.
 	if qemu.Status == Fail && fc.Status != Fail {
 		qemu.Status = Warn
@@ -90,9 +92,8 @@ func Host() []Check {
 	return []Check{kvm, fc, qemu, systemdCheck(), nftCheck(), tunCheck()}
 }
 
-func binary(env, def, what, fix string) Check {
+func binary(p, def, env, what, fix string) Check {
 	name := strings.ToLower(what) + " binary"
-	p := os.Getenv(env)
 	if p == "" {
 		p = def
 	}

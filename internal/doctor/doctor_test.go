@@ -92,7 +92,7 @@ func TestBaseAssets(t *testing.T) {
 }
 
 func TestHostChecksAreComplete(t *testing.T) {
-	checks := Host()
+	checks := Host("", "")
 	names := byName(checks)
 	for _, n := range []string{"kvm", "firecracker binary", "qemu binary", "systemd", "nftables", "tun"} {
 		c, ok := names[n]
@@ -134,5 +134,22 @@ func TestPrint(t *testing.T) {
 	Print(&js, nil, true)
 	if strings.TrimSpace(js.String()) != "[]" {
 		t.Fatalf("no checks as JSON = %q, want []", js.String())
+	}
+}
+
+// The VMM binaries checked are the ones the caller configured; one of them
+// is enough.
+func TestHostChecksTheConfiguredBinaries(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	missing := filepath.Join(t.TempDir(), "no-such-vmm")
+	c := byName(Host(sh, missing))
+	if fc := c["firecracker binary"]; fc.Status != Pass || fc.Reason != sh {
+		t.Errorf("configured firecracker %s: %+v", sh, fc)
+	}
+	if q := c["qemu binary"]; q.Status != Warn || !strings.Contains(q.Reason, missing) || !strings.Contains(q.Reason, "MGR_QEMU_BIN") {
+		t.Errorf("missing configured qemu: %+v", q)
 	}
 }

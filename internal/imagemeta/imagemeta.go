@@ -7,6 +7,12 @@
 // disk. Both sides use these types so the format has one definition.
 package imagemeta
 
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+)
+
 // Filesystem labels of the disks a VM is given. mergen-init identifies disks
 // by these labels (ext4 volume name), never by device order.
 const (
@@ -29,8 +35,9 @@ const (
 	PayloadDir         = "payload-rootfs"
 	PayloadTar         = "payload-rootfs.tar"
 	PayloadExt4        = "payload-rootfs.ext4"
-	MetaDir            = ".mergen" // directory at the root of the payload disk
-	EnvFile            = "env"     // KEY=VALUE lines at the root of the env disk
+	CacheDir           = "image-cache" // the converter's layer cache
+	MetaDir            = ".mergen"     // directory at the root of the payload disk
+	EnvFile            = "env"         // KEY=VALUE lines at the root of the env disk
 	EnvDiskRuntimeCopy = RuntimeFile
 )
 
@@ -63,4 +70,27 @@ type Runtime struct {
 	User       string   `json:"user,omitempty"`
 	StopSignal string   `json:"stopSignal,omitempty"`
 	HTTPPort   int      `json:"httpPort,omitempty"` // first exposed tcp port, a hint
+}
+
+// Complete reports whether dir holds a finished conversion, and returns its
+// image metadata when it does. It is the one test of completeness: the
+// converter, `mergen run`, the image inventory and payload pulls all go by
+// it.
+//
+// Whoever fills an image directory (the converter, a payload pull) removes
+// ImageMetaFile before replacing anything and moves it in last, after the
+// payload disk and the other files. So a directory whose ImageMetaFile
+// parses and whose PayloadExt4 is a regular file is complete; a failed,
+// interrupted or ongoing run leaves no ImageMetaFile, or one that was never
+// moved in.
+func Complete(dir string) (ImageMeta, bool) {
+	var m ImageMeta
+	b, err := os.ReadFile(filepath.Join(dir, ImageMetaFile))
+	if err != nil || json.Unmarshal(b, &m) != nil {
+		return ImageMeta{}, false
+	}
+	if st, err := os.Stat(filepath.Join(dir, PayloadExt4)); err != nil || !st.Mode().IsRegular() {
+		return ImageMeta{}, false
+	}
+	return m, true
 }

@@ -30,7 +30,7 @@ type Image struct {
 	Ref     string `json:"ref"` // e.g. nginx:alpine, ghcr.io/org/app:1.2.3
 	Dir     string `json:"dir"`
 	Digest  string `json:"digest,omitempty"`
-	Payload *File  `json:"payload,omitempty"` // payload-rootfs.ext4
+	Payload *File  `json:"payload,omitempty"` // payload-rootfs.ext4 (a listed image has one)
 	EnvDisk *File  `json:"envDisk,omitempty"`
 }
 
@@ -68,8 +68,9 @@ func List(baseDir, imagesRoot string) (Inventory, error) {
 			}
 		}
 	}
-	// A converted image is a directory holding image-meta.json; its path
-	// below the root is the reference.
+	// A converted image is a directory that imagemeta.Complete accepts; its
+	// path below the root is the reference. Conversions still running or
+	// left unfinished are not images yet.
 	err = filepath.WalkDir(imagesRoot, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if p == imagesRoot && errors.Is(err, fs.ErrNotExist) {
@@ -81,20 +82,15 @@ func List(baseDir, imagesRoot string) (Inventory, error) {
 			return nil
 		}
 		switch d.Name() {
-		case imagemeta.PayloadDir, "image-cache":
+		case imagemeta.PayloadDir, imagemeta.CacheDir:
 			return fs.SkipDir
 		}
-		metaPath := filepath.Join(p, imagemeta.ImageMetaFile)
-		b, err := os.ReadFile(metaPath)
-		if err != nil {
+		meta, ok := imagemeta.Complete(p)
+		if !ok {
 			return nil
 		}
 		rel, _ := filepath.Rel(imagesRoot, p)
-		img := Image{Ref: filepath.ToSlash(rel), Dir: p}
-		var meta imagemeta.ImageMeta
-		if json.Unmarshal(b, &meta) == nil {
-			img.Digest = meta.Digest
-		}
+		img := Image{Ref: filepath.ToSlash(rel), Dir: p, Digest: meta.Digest}
 		if f, ok := file(filepath.Join(p, imagemeta.PayloadExt4)); ok {
 			img.Payload = &f
 		}

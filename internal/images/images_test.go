@@ -22,6 +22,12 @@ func TestListFindsBaseAssetsAndConvertedImages(t *testing.T) {
 		os.WriteFile(filepath.Join(d, "image-meta.json"), []byte(`{"image":"`+ref+`","digest":"sha256:abc"}`), 0o644)
 		os.WriteFile(filepath.Join(d, "payload-rootfs.ext4"), make([]byte, 4096), 0o644)
 	}
+	// Unfinished conversions are not images: a disk whose metadata was
+	// never moved in, metadata without a disk.
+	os.MkdirAll(filepath.Join(imgs, "half:1"), 0o755)
+	os.WriteFile(filepath.Join(imgs, "half:1", "payload-rootfs.ext4"), make([]byte, 4096), 0o644)
+	os.MkdirAll(filepath.Join(imgs, "nodisk:1"), 0o755)
+	os.WriteFile(filepath.Join(imgs, "nodisk:1", "image-meta.json"), []byte(`{"image":"nodisk:1"}`), 0o644)
 	inv, err := List(base, imgs)
 	if err != nil {
 		t.Fatal(err)

@@ -143,13 +143,13 @@ func merge(p *Profile, g Profile) {
 
 // FromEnv is the profile the MGR_CONFIG_S3_* variables describe (no
 // defaults applied), for commands that take their input from there.
-func FromEnv(getenv func(string) string) Profile {
+func FromEnv(env Env) Profile {
 	var p Profile
-	_ = ApplyEnv(&p, getenv)
-	if getenv("MGR_CONFIG_S3_REGION") == "" {
+	_ = ApplyEnv(&p, env)
+	if env["MGR_CONFIG_S3_REGION"] == "" {
 		p.Region = ""
 	}
-	if getenv("MGR_CONFIG_S3_PREFIX") == "" {
+	if env["MGR_CONFIG_S3_PREFIX"] == "" {
 		p.Prefix = ""
 	}
 	return p

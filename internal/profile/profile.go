@@ -1,8 +1,9 @@
 // Package profile stores the S3 profiles that artifact commands use: one JSON
-// file (MERGEN_CONFIG_FILE, default ~/.config/mergen/config.json), mode 0600
-// because it holds credentials. MGR_CONFIG_S3_* variables override the stored
-// fields, so a CI job can work with no file at all. Secrets never appear in
-// String or in errors.
+// file (config.CLI.ConfigFile: MERGEN_CONFIG_FILE, default
+// ~/.config/mergen/config.json), mode 0600 because it holds credentials. The
+// MGR_CONFIG_S3_* variables (config.CLI.S3, as config.Profile reads them)
+// override the stored fields, so a CI job can work with no file at all.
+// Secrets never appear in String or in errors.
 package profile
 
 import (
@@ -56,19 +57,6 @@ func ValidName(name string) error {
 	return nil
 }
 
-// Path is the config file location: MERGEN_CONFIG_FILE or
-// ~/.config/mergen/config.json.
-func Path() (string, error) {
-	if p := os.Getenv("MERGEN_CONFIG_FILE"); p != "" {
-		return p, nil
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return "", fmt.Errorf("config file: no MERGEN_CONFIG_FILE and no home directory: %w", err)
-	}
-	return filepath.Join(home, ".config", "mergen", "config.json"), nil
-}
-
 // Load reads the file; a missing file is an empty config.
 func Load(path string) (Config, error) {
 	c := Config{Profiles: map[string]Profile{}}
@@ -115,22 +103,26 @@ func (c Config) Names() []string {
 	return n
 }
 
-// Resolve returns the named profile with MGR_CONFIG_S3_* overrides applied
-// and validated. A name that is not stored is an error unless the
-// environment alone supplies a complete profile (bucket set).
-func Resolve(c Config, name string, getenv func(string) string) (Profile, error) {
+// Env holds the MGR_CONFIG_S3_* variables that are set, by name, as
+// config.Profile reads them (config.CLI.S3).
+type Env = map[string]string
+
+// Resolve returns the named profile with the env overrides applied and
+// validated. A name that is not stored is an error unless the environment
+// alone supplies a complete profile (bucket set).
+func Resolve(c Config, name string, env Env) (Profile, error) {
 	if err := ValidName(name); err != nil {
 		return Profile{}, err
 	}
 	p, ok := c.Profiles[name]
-	if !ok && getenv("MGR_CONFIG_S3_BUCKET") == "" {
+	if !ok && env["MGR_CONFIG_S3_BUCKET"] == "" {
 		known := "none stored"
 		if n := c.Names(); len(n) > 0 {
 			known = "known: " + strings.Join(n, ", ")
 		}
 		return Profile{}, fmt.Errorf("registry %q: unknown profile (%s); run `config init --registry %s`", name, known, name)
 	}
-	if err := ApplyEnv(&p, getenv); err != nil {
+	if err := ApplyEnv(&p, env); err != nil {
 		return Profile{}, err
 	}
 	if err := p.Validate(); err != nil {
@@ -140,9 +132,9 @@ func Resolve(c Config, name string, getenv func(string) string) (Profile, error)
 }
 
 // ApplyEnv overrides fields from MGR_CONFIG_S3_* and fills defaults.
-func ApplyEnv(p *Profile, getenv func(string) string) error {
+func ApplyEnv(p *Profile, env Env) error {
 	set := func(dst *string, key string) {
-		if v := getenv(key); v != "" {
+		if v := env[key]; v != "" {
 			*dst = v
 		}
 	}
@@ -154,7 +146,7 @@ func ApplyEnv(p *Profile, getenv func(string) string) error {
 	set(&p.SecretAccessKey, "MGR_CONFIG_S3_SECRET_ACCESS_KEY")
 	set(&p.SessionToken, "MGR_CONFIG_S3_SESSION_TOKEN")
 	set(&p.Username, "MGR_CONFIG_S3_USERNAME")
-	if v := getenv("MGR_CONFIG_S3_USE_PATH_STYLE"); v != "" {
+	if v := env["MGR_CONFIG_S3_USE_PATH_STYLE"]; v != "" {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
 			return fmt.Errorf("MGR_CONFIG_S3_USE_PATH_STYLE=%q: not a boolean", v)

@@ -5,11 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-)
 
-func env(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
-}
+	"github.com/mergenhq/mergen/internal/config"
+)
 
 func TestSaveIsPrivateAndRoundTrips(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "sub", "config.json")
@@ -68,7 +66,7 @@ func TestResolve(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := Resolve(stored, tc.reg, env(tc.env))
+			got, err := Resolve(stored, tc.reg, tc.env)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want containing %q", err, tc.wantErr)
@@ -82,5 +80,19 @@ func TestResolve(t *testing.T) {
 				t.Fatalf("got %+v\nwant %+v", got, tc.want)
 			}
 		})
+	}
+}
+
+// The overrides come from the one reader of the environment.
+func TestResolveTakesTheOverridesConfigReads(t *testing.T) {
+	src := func(k string) string {
+		return map[string]string{"MGR_CONFIG_S3_BUCKET": " envb ", "MGR_CONFIG_S3_ENDPOINT": "http://127.0.0.1:9000"}[k]
+	}
+	got, err := Resolve(Config{}, "ci", config.Profile(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (Profile{Endpoint: "http://127.0.0.1:9000", Region: DefaultRegion, Bucket: "envb", Prefix: DefaultPrefix}); got != want {
+		t.Fatalf("got %+v, want %+v", got, want)
 	}
 }

@@ -1,38 +1,28 @@
-// Package progress is the one model of transfer progress: a Tracker holds a
-// byte counter per file, safe to bump from many goroutines (parallel ranged
-// downloads, multipart uploads). Renderers read snapshots of it: bars on a
-// terminal, plain periodic lines otherwise; an HTTP/SSE endpoint can poll
+// Package progress is the one model of progress in mergen: a Tracker holds
+// a byte counter per file or step (S3 transfers, layer pulls and
+// applications, disk builds), safe to bump from many goroutines (parallel
+// ranged downloads, multipart uploads). Renderers read snapshots of it: bars
+// on a terminal, plain lines otherwise; an HTTP/SSE endpoint can poll
 // Snapshot the same way.
 package progress
 
 import (
-	"os"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// DefaultEvery is the render period when MGR_PROGRESS_EVERY_MILLISECONDS is
-// unset.
-const DefaultEvery = 250 * time.Millisecond
+// Unknown is the total of a step whose size is not known in advance
+// (applying a compressed layer, building a disk).
+const Unknown = -1
 
-// EveryFromEnv reads MGR_PROGRESS_EVERY_MILLISECONDS; an unset, malformed or
-// non-positive value means DefaultEvery.
-func EveryFromEnv() time.Duration {
-	v := os.Getenv("MGR_PROGRESS_EVERY_MILLISECONDS")
-	ms, err := strconv.Atoi(v)
-	if err != nil || ms <= 0 {
-		return DefaultEvery
-	}
-	return time.Duration(ms) * time.Millisecond
-}
-
-// Counter counts the bytes of one file.
+// Counter counts the bytes of one file or step.
 type Counter struct {
 	name  string
-	total atomic.Int64
+	start time.Time
+	total atomic.Int64 // < 0: Unknown
 	done  atomic.Int64
+	end   atomic.Int64 // Unix nanoseconds of the first Finish
 	state atomic.Value // string
 }
 
@@ -53,7 +43,17 @@ func (c *Counter) Set(n int64) {
 // Finish marks the file done with state (e.g. "done", "skipped", "failed").
 func (c *Counter) Finish(state string) {
 	if c != nil {
+		c.end.CompareAndSwap(0, time.Now().UnixNano())
 		c.state.Store(state)
+	}
+}
+
+// End finishes the step as "done" when err is nil, else as "failed".
+func (c *Counter) End(err error) {
+	if err != nil {
+		c.Finish("failed")
+	} else {
+		c.Finish("done")
 	}
 }
 
@@ -65,10 +65,11 @@ func (c *Counter) Write(p []byte) (int, error) {
 
 // Stat is a point-in-time view of one counter.
 type Stat struct {
-	Name  string `json:"name"`
-	Done  int64  `json:"done"`
-	Total int64  `json:"total"`
-	State string `json:"state,omitempty"` // empty while running
+	Name    string        `json:"name"`
+	Done    int64         `json:"done"`
+	Total   int64         `json:"total"`           // Unknown (-1) when not known in advance
+	State   string        `json:"state,omitempty"` // empty while running
+	Elapsed time.Duration `json:"elapsed"`         // since the counter was added, until it finished; nanoseconds
 }
 
 // Tracker holds the counters of one operation. A nil *Tracker is valid and
@@ -76,18 +77,21 @@ type Stat struct {
 type Tracker struct {
 	mu       sync.Mutex
 	counters []*Counter
-	start    time.Time
 }
 
 // New starts a tracker.
-func New() *Tracker { return &Tracker{start: time.Now()} }
+func New() *Tracker { return &Tracker{} }
 
-// File adds a counter for name of total bytes.
+// File adds a counter for name of total bytes (Unknown if not known).
+// Names need not be unique: each counter is its own line or bar.
 func (t *Tracker) File(name string, total int64) *Counter {
 	if t == nil {
 		return nil
 	}
-	c := &Counter{name: name}
+	if total < 0 {
+		total = Unknown
+	}
+	c := &Counter{name: name, start: time.Now()}
 	c.total.Store(total)
 	t.mu.Lock()
 	t.counters = append(t.counters, c)
@@ -103,13 +107,15 @@ func (t *Tracker) Snapshot() []Stat {
 	t.mu.Lock()
 	cs := append([]*Counter(nil), t.counters...)
 	t.mu.Unlock()
+	now := time.Now()
 	out := make([]Stat, len(cs))
 	for i, c := range cs {
 		s, _ := c.state.Load().(string)
-		out[i] = Stat{Name: c.name, Done: c.done.Load(), Total: c.total.Load(), State: s}
+		end := now
+		if e := c.end.Load(); e != 0 && s != "" {
+			end = time.Unix(0, e)
+		}
+		out[i] = Stat{Name: c.name, Done: c.done.Load(), Total: c.total.Load(), State: s, Elapsed: end.Sub(c.start)}
 	}
 	return out
 }
-
-// Elapsed is the time since New.
-func (t *Tracker) Elapsed() time.Duration { return time.Since(t.start) }

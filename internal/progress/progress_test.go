@@ -3,6 +3,7 @@ package progress
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"strings"
 	"sync"
@@ -26,7 +27,7 @@ func TestCountersAreSafeForParallelWriters(t *testing.T) {
 	wg.Wait()
 	c.Finish("done")
 	got := tr.Snapshot()
-	want := []Stat{{Name: "disk.ext4", Done: 8000, Total: 8000, State: "done"}}
+	want := []Stat{{Name: "disk.ext4", Done: 8000, Total: 8000, State: "done", Elapsed: got[0].Elapsed}}
 	if len(got) != 1 || got[0] != want[0] {
 		t.Fatalf("snapshot %+v, want %+v", got, want)
 	}
@@ -61,15 +62,6 @@ func TestPlainLinesEndWithFinalState(t *testing.T) {
 	}
 }
 
-func TestEveryFromEnv(t *testing.T) {
-	for v, want := range map[string]time.Duration{"": DefaultEvery, "40": 40 * time.Millisecond, "-3": DefaultEvery, "soon": DefaultEvery} {
-		t.Setenv("MGR_PROGRESS_EVERY_MILLISECONDS", v)
-		if got := EveryFromEnv(); got != want {
-			t.Errorf("MGR_PROGRESS_EVERY_MILLISECONDS=%q: got %v want %v", v, got, want)
-		}
-	}
-}
-
 // The terminal renderer ends every bar, whatever became of its file, so
 // stop returns: finished, failed short of its total, empty and skipped.
 func TestBarsEndForEveryOutcome(t *testing.T) {
@@ -77,6 +69,7 @@ func TestBarsEndForEveryOutcome(t *testing.T) {
 	done := tr.File("vmlinux.bin", 1000)
 	failed := tr.File("disk.ext4", 5000)
 	empty := tr.File("empty", 0)
+	unknown := tr.File("ext4 payload-rootfs.ext4", Unknown)
 	skipped := tr.File("agent-disk.ext4", 700)
 	skipped.Set(700)
 	skipped.Finish("skipped")
@@ -87,6 +80,8 @@ func TestBarsEndForEveryOutcome(t *testing.T) {
 	failed.Add(3000)
 	failed.Finish("failed")
 	empty.Finish("done")
+	unknown.Add(4096)
+	unknown.End(nil)
 	returned := make(chan struct{})
 	go func() { stop(); close(returned) }()
 	select {
@@ -94,9 +89,57 @@ func TestBarsEndForEveryOutcome(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("stop did not return: a bar never ended")
 	}
-	for _, name := range []string{"vmlinux.bin", "disk.ext4", "agent-disk.ext4"} {
+	for _, name := range []string{"vmlinux.bin", "disk.ext4", "agent-disk.ext4", "payload-rootfs.ext4"} {
 		if !strings.Contains(buf.String(), name) {
 			t.Fatalf("bars lack %s:\n%s", name, buf.String())
 		}
+	}
+}
+
+// A step of unknown size (a layer being applied, a disk being built) and a
+// second counter with the same name each get their own lines; every end is
+// reported once, by name, state, bytes and time.
+func TestLinesForUnknownTotalsAndRepeatedNames(t *testing.T) {
+	tr := New()
+	a := tr.File("apply 0123456789ab", -5)
+	b := tr.File("apply 0123456789ab", Unknown)
+	ext4 := tr.File("ext4 payload-rootfs.ext4", Unknown)
+	var buf bytes.Buffer
+	stop := Render(context.Background(), &buf, tr, 0)
+	a.Add(3 << 10)
+	a.End(nil)
+	b.End(errors.New("no space left on device"))
+	ext4.Set(1 << 20)
+	ext4.End(nil)
+	stop()
+	out := buf.String()
+	for _, want := range []string{
+		"apply 0123456789ab: done, 3.0 KiB in ",
+		"apply 0123456789ab: failed, 0 B in ",
+		"ext4 payload-rootfs.ext4: done, 1.0 MiB in ",
+		"progress apply 0123456789ab 3.0 KiB ",
+		"progress ext4 payload-rootfs.ext4 1.0 MiB ",
+	} {
+		if strings.Count(out, want) != 1 {
+			t.Fatalf("want %q once in:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "running") || strings.Contains(out, "3.0 KiB/") {
+		t.Fatalf("unknown totals shown as known, or a finished step as running:\n%s", out)
+	}
+	if s := tr.Snapshot(); s[0].Total != Unknown || s[0].Elapsed <= 0 {
+		t.Fatalf("snapshot %+v", s[0])
+	}
+}
+
+// A finished counter's elapsed time stops at Finish.
+func TestElapsedStopsAtFinish(t *testing.T) {
+	tr := New()
+	c := tr.File("x", 1)
+	c.Finish("done")
+	first := tr.Snapshot()[0].Elapsed
+	c.Finish("failed") // a second Finish changes the state, not the time
+	if s := tr.Snapshot()[0]; s.Elapsed != first || s.State != "failed" {
+		t.Fatalf("elapsed %v then %v (%s)", first, s.Elapsed, s.State)
 	}
 }

@@ -14,15 +14,17 @@ import (
 )
 
 // Render shows t on w every period until the returned stop is called (stop
-// prints a final state and waits for the renderer). A terminal gets bars;
-// anything else gets one plain line per file per period, which keeps logs
-// and CI output readable.
+// prints a final state and waits for the renderer). A terminal that reports
+// its size gets bars; anything else gets plain lines, which keeps logs and
+// CI output readable: a line per moving file per period, a line when a file
+// ends (NAME: STATE, BYTES in TIME), and at stop the final state of every
+// file. A period of zero or less prints no periodic lines.
 func Render(ctx context.Context, w io.Writer, t *Tracker, every time.Duration) (stop func()) {
-	if every <= 0 {
-		every = DefaultEvery
-	}
-	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		return renderBars(ctx, w, t, every)
+	if f, ok := w.(*os.File); ok && every > 0 && term.IsTerminal(int(f.Fd())) {
+		// A terminal that reports no size (some ptys) cannot draw bars.
+		if width, height, err := term.GetSize(int(f.Fd())); err == nil && width > 0 && height > 0 {
+			return renderBars(ctx, w, t, every)
+		}
 	}
 	return renderLines(ctx, w, t, every)
 }
@@ -33,25 +35,44 @@ func renderLines(ctx context.Context, w io.Writer, t *Tracker, every time.Durati
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		tick := time.NewTicker(every)
-		defer tick.Stop()
-		last := map[string]int64{}
+		var tick <-chan time.Time
+		if every > 0 {
+			tk := time.NewTicker(every)
+			defer tk.Stop()
+			tick = tk.C
+		}
+		// By position: counters are only ever appended, and two may share
+		// a name (an image can hold the same layer twice).
+		var shown []bool
+		var last []int64
+		var ended []bool
+		report := func(moving bool) {
+			for i, s := range t.Snapshot() {
+				if i == len(shown) {
+					shown, last, ended = append(shown, false), append(last, 0), append(ended, false)
+				}
+				switch {
+				case ended[i]:
+				case s.State != "":
+					fmt.Fprintln(w, EndLine(s))
+					ended[i] = true
+				case moving && (!shown[i] || last[i] != s.Done):
+					// Quiet files that have not moved since the last line.
+					fmt.Fprintln(w, Line(s))
+					shown[i], last[i] = true, s.Done
+				}
+			}
+		}
 		for {
 			select {
 			case <-ctx.Done():
+				report(false)
 				for _, s := range t.Snapshot() {
-					fmt.Fprintln(w, Line(s, t.Elapsed()))
+					fmt.Fprintln(w, Line(s))
 				}
 				return
-			case <-tick.C:
-				for _, s := range t.Snapshot() {
-					// Quiet files that have not moved since the last line.
-					if prev, ok := last[s.Name]; ok && prev == s.Done {
-						continue
-					}
-					last[s.Name] = s.Done
-					fmt.Fprintln(w, Line(s, t.Elapsed()))
-				}
+			case <-tick:
+				report(true)
 			}
 		}
 	}()
@@ -59,20 +80,28 @@ func renderLines(ctx context.Context, w io.Writer, t *Tracker, every time.Durati
 }
 
 // Line formats one stat as a plain progress line.
-func Line(s Stat, elapsed time.Duration) string {
-	pct := 100.0
-	if s.Total > 0 {
-		pct = float64(s.Done) * 100 / float64(s.Total)
-	}
+func Line(s Stat) string {
 	state := s.State
 	if state == "" {
 		state = "running"
 	}
 	mbs := 0.0
-	if sec := elapsed.Seconds(); sec > 0 {
+	if sec := s.Elapsed.Seconds(); sec > 0 {
 		mbs = float64(s.Done) / 1e6 / sec
 	}
+	if s.Total < 0 {
+		return fmt.Sprintf("progress %s %s %.1f MB/s %s", s.Name, Bytes(s.Done), mbs, state)
+	}
+	pct := 100.0
+	if s.Total > 0 {
+		pct = float64(s.Done) * 100 / float64(s.Total)
+	}
 	return fmt.Sprintf("progress %s %s/%s (%.1f%%) %.1f MB/s %s", s.Name, Bytes(s.Done), Bytes(s.Total), pct, mbs, state)
+}
+
+// EndLine formats a finished stat: what it became, how much and how long.
+func EndLine(s Stat) string {
+	return fmt.Sprintf("%s: %s, %s in %s", s.Name, s.State, Bytes(s.Done), s.Elapsed.Round(time.Millisecond))
 }
 
 // Bytes formats n in binary units.
@@ -98,35 +127,41 @@ func renderBars(ctx context.Context, w io.Writer, t *Tracker, every time.Duratio
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		bars := map[string]*mpb.Bar{}
-		ended := map[string]bool{}
+		var bars []*mpb.Bar
+		var ended []bool
 		sync := func(final bool) {
-			for _, s := range t.Snapshot() {
-				b, ok := bars[s.Name]
-				if !ok {
-					b = p.AddBar(s.Total,
+			for i, s := range t.Snapshot() {
+				if i == len(bars) {
+					counts := decor.Counters(decor.SizeB1024(0), "% .1f / % .1f")
+					pct := decor.Percentage(decor.WCSyncSpace)
+					if s.Total < 0 {
+						counts, pct = decor.Current(decor.SizeB1024(0), "% .1f"), decor.Name("")
+					}
+					bars = append(bars, p.AddBar(max(s.Total, 0),
 						mpb.PrependDecorators(decor.Name(s.Name, decor.WCSyncSpaceR)),
-						mpb.AppendDecorators(decor.Counters(decor.SizeB1024(0), "% .1f / % .1f"), decor.Percentage(decor.WCSyncSpace)))
-					bars[s.Name] = b
+						mpb.AppendDecorators(counts, pct)))
+					ended = append(ended, false)
 				}
-				if ended[s.Name] {
+				b := bars[i]
+				if ended[i] {
 					continue
 				}
 				b.SetCurrent(s.Done)
 				if final || s.State != "" {
 					// Every bar must end or Wait never returns: a bar with a
-					// total completes by reaching it, an empty one by
-					// SetTotal, and one that stopped short (failed,
-					// interrupted) is aborted in place.
+					// total completes by reaching it, one without (unknown
+					// or empty) by SetTotal, and one that stopped short
+					// (failed, interrupted) is aborted in place.
+					finished := s.State == "done" || s.State == "skipped"
 					switch {
-					case s.Total <= 0:
-						b.SetTotal(-1, true)
-					case s.Done >= s.Total:
+					case s.Total > 0 && s.Done >= s.Total:
 						b.SetCurrent(s.Total)
+					case s.Total <= 0 && finished:
+						b.SetTotal(-1, true)
 					default:
 						b.Abort(false)
 					}
-					ended[s.Name] = true
+					ended[i] = true
 				}
 			}
 		}
