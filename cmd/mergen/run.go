@@ -71,8 +71,8 @@ keeps running either way (mergen vm rm -f NAME removes it).`,
 		},
 	}
 	f.api.register(cmd)
-	// The daemon's address is the configuration's (MERGEN_API), like every
-	// other default of this command.
+	// The daemon's address comes from getenv, like every other default of
+	// this command (tests give their own).
 	if api := cmd.PersistentFlags().Lookup("api"); api != nil {
 		api.DefValue, f.api.addr = defaults.API, defaults.API
 	}

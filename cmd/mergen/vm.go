@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/mergenhq/mergen/internal/client"
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
@@ -25,7 +25,11 @@ type apiFlags struct {
 }
 
 func (f *apiFlags) register(cmd *cobra.Command) {
-	cmd.PersistentFlags().StringVar(&f.addr, "api", envOr("MERGEN_API", client.DefaultAddr), "daemon address (env MERGEN_API)")
+	// A malformed setting elsewhere must not hide the address; commands
+	// that need the rest of the configuration load it themselves and
+	// report what is wrong.
+	defaults, _ := config.LoadCLI()
+	cmd.PersistentFlags().StringVar(&f.addr, "api", defaults.API, "daemon address (env MERGEN_API)")
 	cmd.PersistentFlags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
 }
 
@@ -45,13 +49,6 @@ func (f *apiFlags) resolve(ctx context.Context, ref string) (*client.Client, wir
 	}
 	vm, err := c.Resolve(ctx, ref)
 	return c, vm, err
-}
-
-func envOr(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
 }
 
 func newVMCmd() *cobra.Command {

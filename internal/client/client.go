@@ -15,10 +15,6 @@ import (
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
-// DefaultAddr is where the CLI finds the daemon unless --api or MERGEN_API
-// says otherwise.
-const DefaultAddr = "http://127.0.0.1:8080"
-
 // Client talks to one daemon.
 type Client struct {
 	base string
@@ -28,14 +24,14 @@ type Client struct {
 // New returns a client for the daemon at addr ("host:port" or a URL).
 func New(addr string) (*Client, error) {
 	if addr == "" {
-		addr = DefaultAddr
+		return nil, fmt.Errorf("no daemon address (--api or MERGEN_API)")
 	}
 	if !strings.Contains(addr, "://") {
 		addr = "http://" + addr
 	}
 	u, err := url.Parse(addr)
 	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("api address %q is not a URL like %s", addr, DefaultAddr)
+		return nil, fmt.Errorf("api address %q is not a URL like http://127.0.0.1:8080", addr)
 	}
 	return &Client{base: strings.TrimRight(u.String(), "/"), http: &http.Client{Timeout: 10 * time.Minute}}, nil
 }
