@@ -279,7 +279,7 @@ func (m *Manager) renderFiles(meta store.Meta, driver vmm.Driver, vmHooks hooks.
 	if err != nil {
 		return nil, errdefs.Invalid("render %s config for vm %s: %w", driver.Name(), meta.ID, err)
 	}
-	envFile, err := store.EnvFile(meta)
+	envFile, err := m.store.EnvFile(meta)
 	if err != nil {
 		return nil, fmt.Errorf("render env file of vm %s: %w", meta.ID, err)
 	}

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/hooks"
+	"github.com/mergenhq/mergen/internal/lifecycle"
 	"github.com/mergenhq/mergen/internal/proc"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/supervisor"
@@ -252,9 +254,12 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 func (m *Manager) remove(ctx context.Context, meta store.Meta) error {
 	id := meta.ID
 	// The lifecycle's delete stage runs the delete hooks and tears down the
-	// network and runtime files, the same way post-stop does.
-	if err := supervisor.RunStage(ctx, supervisor.OptionsFrom(m.cfg), "delete", id); err != nil {
-		return fmt.Errorf("delete vm %s: %w", id, err)
+	// network and runtime files along the same path as post-stop. It runs
+	// here, in the daemon: a VM must stay deletable on a host where no
+	// service manager (or lifecycle binary) is usable.
+	stages := &lifecycle.Runner{Config: m.cfg, Store: m.store, Log: m.log, Out: io.Discard}
+	if err := stages.Run(ctx, lifecycle.DeleteStg, id); err != nil {
+		return err // names the stage and the VM
 	}
 	if m.sup != nil {
 		if err := m.sup.Forget(ctx, id); err != nil {

@@ -50,10 +50,13 @@ func decodeMeta(b []byte, legacyEnv func() ([]string, error)) (m Meta, upgraded 
 }
 
 // EnvFile renders the VM's service-manager environment file. Host settings
-// reach the stages through the unit (or the detached supervisor); the VM's
-// own decisions are in its record. What remains is the VM's identity.
-func EnvFile(m Meta) ([]byte, error) {
-	return envfile.Render("Environment of the lifecycle stages of VM "+m.ID+", written by mergen.", []string{"MGN_VM_ID=" + m.ID})
+// reach the stages through the unit (or the detached supervisor) and the
+// VM's own decisions are in its record, so what remains is the VM's
+// identity and the config root the file itself lives under, with which a
+// stage run by hand with this file finds the record.
+func (s *Store) EnvFile(m Meta) ([]byte, error) {
+	return envfile.Render("Environment of the lifecycle stages of VM "+m.ID+", written by mergen.",
+		[]string{"MGN_VM_ID=" + m.ID, "MGR_CONFIG_ROOT=" + s.Layout.ConfigRoot})
 }
 
 // Migrate rewrites every record stored in an older version in the current
@@ -104,7 +107,7 @@ func (s *Store) migrate(ctx context.Context, id string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	env, err := EnvFile(m)
+	env, err := s.EnvFile(m)
 	if err != nil {
 		return false, fmt.Errorf("migrate vm %s: %w", id, err)
 	}

@@ -109,8 +109,9 @@ func TestMigrateRewritesUnderTheVMsLockAndOnlyOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(string(env), "MGR_") || !strings.Contains(string(env), "MGN_VM_ID="+fixtureID) {
-		t.Errorf("env file not in the new form (host settings come from the unit):\n%s", env)
+	if strings.Contains(string(env), "MGR_JAILER") || strings.Contains(string(env), "MGR_RUN_ROOT") || strings.Contains(string(env), "PATH=") ||
+		!strings.Contains(string(env), "MGN_VM_ID="+fixtureID) || !strings.Contains(string(env), "MGR_CONFIG_ROOT="+s.Layout.ConfigRoot+"\n") {
+		t.Errorf("env file not in the new form (identity and its own config root; host settings come from the unit):\n%s", env)
 	}
 	// The rewritten record reads back the same.
 	m, err := s.ReadMeta(fixtureID)
