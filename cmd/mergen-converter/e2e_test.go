@@ -24,8 +24,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
@@ -34,23 +32,6 @@ import (
 	"github.com/mergenhq/mergen/internal/imagemeta"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
-
-func imageOf(t *testing.T, layers ...v1.Layer) v1.Image {
-	t.Helper()
-	img, err := mutate.AppendLayers(empty.Image, layers...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, _ := img.ConfigFile()
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config.Entrypoint = []string{"/bin/server"}
-	cf.Config.ExposedPorts = map[string]struct{}{"80/tcp": {}}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		t.Fatal(err)
-	}
-	return img
-}
 
 // distribution starts the real registry server on a loopback port and
 // returns host:port.
@@ -124,7 +105,7 @@ func TestEndToEndAgainstDistribution(t *testing.T) {
 	env := []string{"MGR_DATA_ROOT=" + data, "DOCKER_CONFIG=" + t.TempDir()}
 
 	good := addr + "/e2e/web:1"
-	push(t, good, imageOf(t,
+	push(t, good, imagetest.Image(t,
 		imagetest.Layer(t,
 			imagetest.Entry{Name: "bin/", Type: tar.TypeDir},
 			imagetest.Entry{Name: "bin/server", Body: "#!/bin/sh\n", Mode: 0o755},
@@ -203,7 +184,7 @@ func TestEndToEndAgainstDistribution(t *testing.T) {
 
 	// A layer with a symlink out of the root, then a file through it.
 	evil := addr + "/e2e/evil:1"
-	push(t, evil, imageOf(t,
+	push(t, evil, imagetest.Image(t,
 		imagetest.Layer(t, imagetest.Entry{Name: "x", Type: tar.TypeSymlink, Link: "../../../../../../tmp"}),
 		imagetest.Layer(t, imagetest.Entry{Name: "x/mergen-escaped", Body: "pwned"}),
 	))
@@ -244,7 +225,7 @@ func TestLoginStoresCredentialsThatPullsUse(t *testing.T) {
 	defer srv.Close()
 	host := strings.TrimPrefix(srv.URL, "http://")
 	ref := host + "/private/app:1"
-	push(t, ref, imageOf(t, imagetest.Layer(t, imagetest.Entry{Name: "bin/server", Body: "x", Mode: 0o755})),
+	push(t, ref, imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "bin/server", Body: "x", Mode: 0o755})),
 		remote.WithAuth(&authn.Basic{Username: "ci", Password: "s3cret"}))
 
 	cfgDir := t.TempDir()
@@ -282,7 +263,7 @@ func TestUnprivilegedConversionKeepsOwnersAndDevices(t *testing.T) {
 	}
 	defer os.RemoveAll(work)
 	os.Chmod(work, 0o755)
-	img := imageOf(t,
+	img := imagetest.Image(t,
 		imagetest.Layer(t,
 			imagetest.Entry{Name: "bin/", Type: tar.TypeDir},
 			imagetest.Entry{Name: "bin/su", Body: "su", Mode: 0o4755},

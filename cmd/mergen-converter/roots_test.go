@@ -45,7 +45,7 @@ func TestConversionsGoWhereTheConfigurationSays(t *testing.T) {
 	work := t.TempDir()
 	archive := filepath.Join(work, "img.tar")
 	tag, _ := name.NewTag("example.com/roots:1")
-	img := imageOf(t, imagetest.Layer(t, imagetest.Entry{Name: "bin/server", Body: "#!/bin/sh\n", Mode: 0o755}))
+	img := imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "bin/server", Body: "#!/bin/sh\n", Mode: 0o755}))
 	if err := tarball.WriteToFile(archive, tag, img); err != nil {
 		t.Fatal(err)
 	}

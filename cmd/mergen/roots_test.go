@@ -12,9 +12,6 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/spf13/cobra"
 
@@ -93,7 +90,7 @@ func TestRunConvertsIntoTheListedImagesRoot(t *testing.T) {
 	work := t.TempDir()
 	archive := filepath.Join(work, "img.tar")
 	tag, _ := name.NewTag("example.com/listed:1")
-	if err := tarball.WriteToFile(archive, tag, serverImage(t)); err != nil {
+	if err := tarball.WriteToFile(archive, tag, imagetest.Image(t, imagetest.Layer(t, imagetest.Entry{Name: "bin/server", Body: "#!/bin/sh\n", Mode: 0o755}))); err != nil {
 		t.Fatal(err)
 	}
 	src := "docker-archive:" + archive
@@ -123,21 +120,4 @@ func TestRunConvertsIntoTheListedImagesRoot(t *testing.T) {
 	if err != nil || !again.cached || again.payload != conv.payload {
 		t.Fatalf("second run: %+v %v", again, err)
 	}
-}
-
-func serverImage(t *testing.T) v1.Image {
-	t.Helper()
-	img, err := mutate.AppendLayers(empty.Image, imagetest.Layer(t, imagetest.Entry{Name: "bin/server", Body: "#!/bin/sh\n", Mode: 0o755}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, _ := img.ConfigFile()
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config.Entrypoint = []string{"/bin/server"}
-	cf.Config.ExposedPorts = map[string]struct{}{"80/tcp": {}}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		t.Fatal(err)
-	}
-	return img
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/mergenhq/mergen/internal/testenv"
@@ -81,4 +83,23 @@ func Debugfs(t testing.TB, img, req string) string {
 		}
 	}
 	return string(out) + strings.Join(msgs, "")
+}
+
+// Image is a linux/amd64 image of the layers whose entrypoint is
+// /bin/server and which exposes 80/tcp.
+func Image(t testing.TB, layers ...v1.Layer) v1.Image {
+	t.Helper()
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, _ := img.ConfigFile()
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.Config.Entrypoint = []string{"/bin/server"}
+	cf.Config.ExposedPorts = map[string]struct{}{"80/tcp": {}}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	return img
 }
