@@ -1,0 +1,109 @@
+package api_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/mergenhq/mergen/internal/api"
+	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/manager"
+	"github.com/mergenhq/mergen/internal/store"
+)
+
+// host is the daemon's HTTP handler over a manager whose host lives in
+// temporary directories, with a kernel and root file system as defaults and
+// no service manager (start and stop answer 503).
+type host struct {
+	cfg     config.Config
+	store   *store.Store
+	handler http.Handler
+}
+
+var errNoSupervisor = errors.New("no service manager in this test")
+
+func newHost(t *testing.T, env map[string]string) *host {
+	t.Helper()
+	// Short: a VM's socket path must fit in a unix socket address.
+	d, err := os.MkdirTemp("", "mergen-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	vars := map[string]string{
+		"MGR_CONFIG_ROOT":   filepath.Join(d, "vm.d"),
+		"MGR_DATA_ROOT":     filepath.Join(d, "data"),
+		"MGR_RUN_ROOT":      filepath.Join(d, "run"),
+		"MGR_VMM":           "firecracker",
+		"MGR_LIFECYCLE_BIN": filepath.Join(d, "no-lifecycle"),
+	}
+	for k, v := range env {
+		vars[k] = v
+	}
+	cfg, err := config.FromEnv(func(k string) string { return vars[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(cfg.Layout())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{cfg.DefaultKernel, cfg.DefaultRootfs} {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(filepath.Base(p)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log := slog.New(slog.DiscardHandler)
+	mgr := manager.New(manager.Options{Config: cfg, Store: st, Log: log, SupervisorErr: errNoSupervisor})
+	return &host{cfg: cfg, store: st, handler: api.New(mgr, log, nil, nil)}
+}
+
+// do sends one request through the handler and returns the recorded answer.
+func (h *host) do(t *testing.T, method, path, body string) *httptest.ResponseRecorder {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = bytes.NewBufferString(body)
+	}
+	req := httptest.NewRequest(method, path, rd)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	rec := httptest.NewRecorder()
+	h.handler.ServeHTTP(rec, req)
+	return rec
+}
+
+// decode reads a JSON answer into v, failing the test on anything else.
+func decode(t *testing.T, rec *httptest.ResponseRecorder, v any) {
+	t.Helper()
+	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("Content-Type %q, want application/json; body %s", ct, rec.Body)
+	}
+	if err := json.Unmarshal(rec.Body.Bytes(), v); err != nil {
+		t.Fatalf("answer is not JSON: %v: %s", err, rec.Body)
+	}
+}
+
+// errorOf is the message of a JSON error answer.
+func errorOf(t *testing.T, rec *httptest.ResponseRecorder) string {
+	t.Helper()
+	var e struct {
+		Error string `json:"error"`
+	}
+	decode(t, rec, &e)
+	if e.Error == "" {
+		t.Fatalf("error answer without a message: %s", rec.Body)
+	}
+	return e.Error
+}

@@ -1,0 +1,168 @@
+package manager_test
+
+import (
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/manager"
+	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/testenv"
+)
+
+// host is a mergen host in temporary directories: its configuration, its
+// store and a manager without a service manager (start and stop answer
+// unavailable). The base assets directory holds a kernel and a root file
+// system, so a create request may leave both out; disks is a directory
+// inside the allowed disk roots for requests that name their own.
+type host struct {
+	dir   string // holds the roots; what lies directly in it is outside them
+	cfg   config.Config
+	store *store.Store
+	mgr   *manager.Manager
+	disks string
+}
+
+// errNoSupervisor is why the test hosts' managers cannot start VMs.
+var errNoSupervisor = errors.New("no service manager in this test")
+
+// newHost builds a host; env overrides the variables the defaults table
+// would otherwise give.
+func newHost(t *testing.T, env map[string]string) *host {
+	t.Helper()
+	// Short: a VM's socket path must fit in a unix socket address, which
+	// t.TempDir's names, long as the test's, can overflow.
+	d, err := os.MkdirTemp("", "mergen-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(d) })
+	vars := map[string]string{
+		"MGR_CONFIG_ROOT": filepath.Join(d, "vm.d"),
+		"MGR_DATA_ROOT":   filepath.Join(d, "data"),
+		"MGR_RUN_ROOT":    filepath.Join(d, "run"),
+		// Named, so that the VMM does not depend on what is installed here.
+		"MGR_VMM": "firecracker",
+		// Absent unless a test builds it: nothing may run it by accident.
+		"MGR_LIFECYCLE_BIN": filepath.Join(d, "no-lifecycle"),
+	}
+	for k, v := range env {
+		vars[k] = v
+	}
+	cfg, err := config.FromEnv(func(k string) string { return vars[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.Open(cfg.Layout())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &host{dir: d, cfg: cfg, store: st, disks: filepath.Join(cfg.DataRoot, "disks")}
+	writeFile(t, cfg.DefaultKernel, "kernel")
+	writeFile(t, cfg.DefaultRootfs, "rootfs")
+	if err := os.MkdirAll(h.disks, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	h.mgr = manager.New(manager.Options{Config: cfg, Store: st, SupervisorErr: errNoSupervisor})
+	return h
+}
+
+// withLifecycle is the environment of a host whose manager runs the real
+// lifecycle program for the delete stage.
+func withLifecycle(t *testing.T, env map[string]string) map[string]string {
+	t.Helper()
+	out := map[string]string{"MGR_LIFECYCLE_BIN": testenv.Build(t, "./cmd/mergen-lifecycle")}
+	for k, v := range env {
+		out[k] = v
+	}
+	return out
+}
+
+// requireTeardown skips a test that removes a VM unless it runs as root.
+// Removing a VM runs the lifecycle's delete stage, which tears down the
+// VM's network; even for a VM that never started, that lists the host's
+// nftables rules, which the kernel refuses without CAP_NET_ADMIN.
+func requireTeardown(t *testing.T) {
+	t.Helper()
+	testenv.RequireRoot(t)
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// disk writes a small regular file into the host's disk directory.
+func (h *host) disk(t *testing.T, name string) string {
+	t.Helper()
+	p := filepath.Join(h.disks, name)
+	writeFile(t, p, name)
+	return p
+}
+
+// leftovers lists what the config and data roots hold besides the
+// allocation lock and generation counter: VM directories, staging or trash
+// directories, per-VM data.
+func (h *host) leftovers(t *testing.T) []string {
+	t.Helper()
+	var out []string
+	entries, err := os.ReadDir(h.cfg.ConfigRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name() != ".alloc.lock" && e.Name() != ".generation" {
+			out = append(out, filepath.Join(h.cfg.ConfigRoot, e.Name()))
+		}
+	}
+	if entries, err := os.ReadDir(filepath.Join(h.cfg.DataRoot, "vms")); err == nil {
+		for _, e := range entries {
+			out = append(out, filepath.Join(h.cfg.DataRoot, "vms", e.Name()))
+		}
+	}
+	return out
+}
+
+// holdPort keeps a TCP port bound on the loopback address for the test's
+// duration and returns it.
+func holdPort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// freePort returns a TCP port that nothing held a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
+
+func contains(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,204 @@
+package manager_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/manager"
+	"github.com/mergenhq/mergen/internal/wire"
+)
+
+// Every field of a create request that can be wrong is refused as invalid,
+// with a message that names the field as it is spelled in the JSON body, and
+// the refusal leaves nothing on disk.
+func TestCreateRefusesAnInvalidRequestNamingTheFieldAndKeepsNothing(t *testing.T) {
+	h := newHost(t, nil)
+	outside := filepath.Join(h.dir, "outside.img") // not under any allowed root
+	writeFile(t, outside, "secret")
+	notRegular := filepath.Join(h.disks, "a-directory")
+	if err := os.MkdirAll(notRegular, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	escaping := filepath.Join(h.disks, "escaping.img") // a link inside the roots to a file outside
+	if err := os.Symlink(outside, escaping); err != nil {
+		t.Fatal(err)
+	}
+	manyTags := map[string]string{}
+	for i := 0; i <= 64; i++ {
+		manyTags["t"+itoa(i)] = "v"
+	}
+	bigEnv := map[string]string{"BIG": strings.Repeat("x", 1100)}
+	bridge := func(mut func(*wire.BridgeRequest)) *wire.BridgeRequest {
+		b := &wire.BridgeRequest{Name: "docker0", GuestIP: "172.17.0.10", GatewayIP: "172.17.0.1", Netmask: "255.255.0.0"}
+		mut(b)
+		return b
+	}
+
+	cases := []struct {
+		name  string
+		req   wire.CreateRequest
+		field string // must appear in the message
+	}{
+		{"unknown vmm", wire.CreateRequest{VMM: "kvmtool"}, "vmm:"},
+		{"vcpu above the limit", wire.CreateRequest{VCPU: manager.MaxVCPU + 1}, "vcpu:"},
+		{"negative vcpu", wire.CreateRequest{VCPU: -1}, "vcpu:"},
+		{"memory below the minimum", wire.CreateRequest{MemMiB: manager.MinMemMiB - 1}, "memMiB:"},
+		{"memory above the maximum", wire.CreateRequest{MemMiB: manager.MaxMemMiB + 1}, "memMiB:"},
+		{"guest port zero", wire.CreateRequest{Ports: []wire.Port{{Guest: 0}}}, "ports[0].guest:"},
+		{"guest port too high", wire.CreateRequest{Ports: []wire.Port{{Guest: 80}, {Guest: 65536}}}, "ports[1].guest:"},
+		{"negative host port", wire.CreateRequest{Ports: []wire.Port{{Guest: 80, Host: -1}}}, "ports[0].host:"},
+		{"host port too high", wire.CreateRequest{Ports: []wire.Port{{Guest: 80, Host: 65536}}}, "ports[0].host:"},
+		{"unknown protocol", wire.CreateRequest{Ports: []wire.Port{{Guest: 80, Protocol: "sctp"}}}, "ports[0].protocol:"},
+		{"guest port published twice", wire.CreateRequest{Ports: []wire.Port{{Guest: 80}, {Guest: 80, Protocol: "TCP"}}}, "ports[1].guest:"},
+		{"host port used twice", wire.CreateRequest{Ports: []wire.Port{{Guest: 80, Host: 30080}, {Guest: 81, Host: 30080}}}, "ports[1].host:"},
+		{"negative httpPort", wire.CreateRequest{HTTPPort: -1}, "httpPort:"},
+		{"httpPort too high", wire.CreateRequest{HTTPPort: 65536}, "httpPort:"},
+		{"too many tags", wire.CreateRequest{Tags: manyTags}, "tags:"},
+		{"tag key with a blank", wire.CreateRequest{Tags: map[string]string{"bad key": "v"}}, "tags:"},
+		{"tag key starting with a dash", wire.CreateRequest{Tags: map[string]string{"-k": "v"}}, "tags:"},
+		{"tag key too long", wire.CreateRequest{Tags: map[string]string{strings.Repeat("k", 64): "v"}}, "tags:"},
+		{"tag value with a newline", wire.CreateRequest{Tags: map[string]string{"team": "a\nb"}}, "tags.team:"},
+		{"tag value too long", wire.CreateRequest{Tags: map[string]string{"team": strings.Repeat("v", 254)}}, "tags.team:"},
+		{"name with capitals", wire.CreateRequest{Tags: map[string]string{"name": "Web"}}, "tags.name:"},
+		{"name starting with a dash", wire.CreateRequest{Tags: map[string]string{"name": "-web"}}, "tags.name:"},
+		{"name with a dot", wire.CreateRequest{Tags: map[string]string{"name": "web.example"}}, "tags.name:"},
+		{"name longer than a DNS label", wire.CreateRequest{Tags: map[string]string{"name": strings.Repeat("a", 64)}}, "tags.name:"},
+		{"empty name", wire.CreateRequest{Tags: map[string]string{"name": ""}}, "tags.name:"},
+		{"metadata not JSON", wire.CreateRequest{Metadata: json.RawMessage(`{"a":`)}, "metadata:"},
+		{"metadata too big", wire.CreateRequest{Metadata: json.RawMessage(`"` + strings.Repeat("m", 64<<10) + `"`)}, "metadata:"},
+		{"bootArgs on two lines", wire.CreateRequest{BootArgs: "quiet\ninit=/bin/sh"}, "bootArgs:"},
+		{"bootArgs too long", wire.CreateRequest{BootArgs: strings.Repeat("a", 1025)}, "bootArgs:"},
+		{"extraEnv key starting with a digit", wire.CreateRequest{ExtraEnv: map[string]string{"1A": "v"}}, "extraEnv:"},
+		{"extraEnv key with a dash", wire.CreateRequest{ExtraEnv: map[string]string{"A-B": "v"}}, "extraEnv:"},
+		{"extraEnv value with a newline", wire.CreateRequest{ExtraEnv: map[string]string{"K": "a\nb"}}, "extraEnv.K:"},
+		{"extraEnv too large for the command line", wire.CreateRequest{ExtraEnv: bigEnv}, "extraEnv:"},
+		{"bridge name invalid", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.Name = "a-bridge-name-too-long" })}, "bridge.name:"},
+		{"bridge guest IP invalid", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GuestIP = "172.17.0" })}, "bridge.guestIP:"},
+		{"bridge gateway IPv6", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GatewayIP = "fe80::1" })}, "bridge.gatewayIP:"},
+		{"bridge netmask not contiguous", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.Netmask = "255.0.255.0" })}, "bridge.netmask:"},
+		{"bridge gateway outside the network", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GatewayIP = "10.0.0.1" })}, "bridge.gatewayIP:"},
+		{"bridge guest IP equals the gateway", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GuestIP = b.GatewayIP })}, "bridge.guestIP:"},
+		{"bridge MAC invalid", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.MAC = "02:00:00:00:00" })}, "bridge.mac:"},
+		{"bridge with published ports", wire.CreateRequest{Bridge: bridge(func(*wire.BridgeRequest) {}), Ports: []wire.Port{{Guest: 80}}}, "ports:"},
+		{"hooks of an unknown event", wire.CreateRequest{Hooks: json.RawMessage(`{"onBoot":[]}`)}, "hooks.onBoot:"},
+		{"hook command not absolute", wire.CreateRequest{Hooks: json.RawMessage(`{"onCreate":[{"command":["true"]}]}`)}, "hooks.onCreate[0].command:"},
+		{"kernel path relative", wire.CreateRequest{Kernel: "disks/vmlinux"}, "kernel:"},
+		{"rootfs missing", wire.CreateRequest{Rootfs: filepath.Join(h.disks, "missing.ext4")}, "rootfs:"},
+		{"initrd missing", wire.CreateRequest{Initrd: filepath.Join(h.disks, "missing.img")}, "initrd:"},
+		{"kernel outside the allowed roots", wire.CreateRequest{Kernel: outside}, "kernel:"},
+		{"rootfs outside through dot-dot", wire.CreateRequest{Rootfs: h.disks + "/../../outside.img"}, "rootfs:"},
+		{"dataDisk a host file outside the roots", wire.CreateRequest{DataDisk: "/etc/passwd"}, "dataDisk:"},
+		{"agentDisk not a regular file", wire.CreateRequest{AgentDisk: notRegular}, "agentDisk:"},
+		{"payloadDisk a link escaping the roots", wire.CreateRequest{PayloadDisk: escaping}, "payloadDisk:"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			vm, err := h.mgr.Create(context.Background(), c.req)
+			if !errdefs.IsInvalid(err) {
+				t.Fatalf("Create = %s, %v; want an invalid-request error", vm.ID, err)
+			}
+			if !strings.Contains(err.Error(), c.field) {
+				t.Errorf("error %q does not name the field %q", err, c.field)
+			}
+			if left := h.leftovers(t); len(left) > 0 {
+				t.Errorf("a refused create left %v", left)
+			}
+		})
+	}
+}
+
+// A disk outside the roots is refused with the roots named, so the caller
+// learns where disks may come from; the host file's content is not echoed.
+func TestCreateRefusesADiskOutsideTheRootsNamingThem(t *testing.T) {
+	h := newHost(t, nil)
+	_, err := h.mgr.Create(context.Background(), wire.CreateRequest{Rootfs: "/etc/passwd"})
+	if !errdefs.IsInvalid(err) || !contains(err.Error(), "outside the allowed disk roots", h.cfg.DataRoot) {
+		t.Fatalf("Create with /etc/passwd as rootfs = %v; want invalid, naming the allowed roots", err)
+	}
+	if strings.Contains(err.Error(), "root:") {
+		t.Fatalf("the error echoes the file's content: %v", err)
+	}
+}
+
+// Kernel and root file system may be left out only when the host's defaults
+// exist; otherwise the error says which variable to set.
+func TestCreateWithoutUsableDefaultsNamesTheVariable(t *testing.T) {
+	h := newHost(t, nil)
+	if err := os.Remove(h.cfg.DefaultKernel); err != nil {
+		t.Fatal(err)
+	}
+	_, err := h.mgr.Create(context.Background(), wire.CreateRequest{})
+	if !errdefs.IsInvalid(err) || !contains(err.Error(), "kernel:", "MGR_DEFAULT_KERNEL") {
+		t.Fatalf("Create without a kernel and without the default one = %v; want invalid naming kernel and MGR_DEFAULT_KERNEL", err)
+	}
+	kernel := h.disk(t, "vmlinux")
+	if err := os.Remove(h.cfg.DefaultRootfs); err != nil {
+		t.Fatal(err)
+	}
+	_, err = h.mgr.Create(context.Background(), wire.CreateRequest{Kernel: kernel})
+	if !errdefs.IsInvalid(err) || !contains(err.Error(), "rootfs:", "MGR_DEFAULT_ROOTFS") {
+		t.Fatalf("Create without a rootfs and without the default one = %v; want invalid naming rootfs and MGR_DEFAULT_ROOTFS", err)
+	}
+	if left := h.leftovers(t); len(left) > 0 {
+		t.Errorf("refused creates left %v", left)
+	}
+}
+
+// A valid request gets the documented defaults, and the disks it names are
+// stored by their resolved paths: a link inside the roots to a file inside
+// the roots is accepted, and what is attached is the file itself.
+func TestCreateFillsDefaultsAndStoresResolvedDiskPaths(t *testing.T) {
+	h := newHost(t, nil)
+	rootfs := h.disk(t, "app.ext4")
+	link := filepath.Join(h.disks, "current.ext4")
+	if err := os.Symlink("app.ext4", link); err != nil {
+		t.Fatal(err)
+	}
+	vm, err := h.mgr.Create(context.Background(), wire.CreateRequest{
+		Rootfs:   link,
+		Ports:    []wire.Port{{Guest: 53, Protocol: "UDP"}},
+		Tags:     map[string]string{"name": "web-1", "team": "a/b.c"},
+		Metadata: json.RawMessage(`{"owner":"x"}`),
+		ExtraEnv: map[string]string{"GREETING": "hello world"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vm.VCPU != manager.DefaultVCPU || vm.MemMiB != manager.DefaultMemMiB {
+		t.Errorf("vcpu %d, memMiB %d; want the defaults %d, %d", vm.VCPU, vm.MemMiB, manager.DefaultVCPU, manager.DefaultMemMiB)
+	}
+	if vm.VMM != "firecracker" {
+		t.Errorf("vmm %q, want the host's firecracker", vm.VMM)
+	}
+	if vm.Kernel != h.cfg.DefaultKernel {
+		t.Errorf("kernel %q, want the host's default %q", vm.Kernel, h.cfg.DefaultKernel)
+	}
+	if vm.Disks.Rootfs != rootfs {
+		t.Errorf("rootfs stored as %q, want the link's target %q", vm.Disks.Rootfs, rootfs)
+	}
+	if p := vm.Network.Ports; len(p) != 1 || p[0].Protocol != "udp" {
+		t.Errorf("ports %+v, want one udp port (protocol lowercased)", p)
+	}
+	if vm.Name != "web-1" {
+		t.Errorf("name %q, want web-1", vm.Name)
+	}
+	got, err := h.mgr.Get(context.Background(), vm.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var md map[string]string
+	if err := json.Unmarshal(got.Metadata, &md); err != nil || md["owner"] != "x" {
+		t.Errorf("metadata read back as %s (%v), want the object given", got.Metadata, err)
+	}
+	if got.ID != vm.ID || got.Disks != vm.Disks || got.Network.GuestIP != vm.Network.GuestIP {
+		t.Errorf("Get = %+v, want what Create answered: %+v", got, vm)
+	}
+	if byName, err := h.mgr.FindByName(context.Background(), "web-1"); err != nil || byName.ID != vm.ID {
+		t.Errorf("FindByName(web-1) = %s, %v; want %s", byName.ID, err, vm.ID)
+	}
+}
