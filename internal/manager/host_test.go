@@ -83,15 +83,6 @@ func withLifecycle(t *testing.T, env map[string]string) map[string]string {
 	return out
 }
 
-// requireTeardown skips a test that removes a VM unless it runs as root.
-// Removing a VM runs the lifecycle's delete stage, which tears down the
-// VM's network; even for a VM that never started, that lists the host's
-// nftables rules, which the kernel refuses without CAP_NET_ADMIN.
-func requireTeardown(t *testing.T) {
-	t.Helper()
-	testenv.RequireRoot(t)
-}
-
 func writeFile(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {

@@ -140,9 +140,8 @@ func TestADeleteStageThatFailsKeepsTheVM(t *testing.T) {
 }
 
 // Deleting a VM that never started removes its files and frees its address,
-// ports and name for the next create. (Needs root: see requireTeardown.)
+// ports and name for the next create.
 func TestDeleteFreesWhatTheVMHeld(t *testing.T) {
-	requireTeardown(t)
 	h := newHost(t, withLifecycle(t, nil))
 	first, err := h.mgr.Create(context.Background(), wire.CreateRequest{Tags: map[string]string{"name": "web"}, Ports: []wire.Port{{Guest: 80}}})
 	if err != nil {
@@ -178,10 +177,8 @@ func TestDeleteFreesWhatTheVMHeld(t *testing.T) {
 }
 
 // A strict onCreate hook that fails undoes the create: unavailable, nothing
-// on disk, and the address, port and name are free again. (Needs root: the
-// undo runs the delete stage, see requireTeardown.)
+// on disk, and the address, port and name are free again.
 func TestAStrictOnCreateHookFailureRollsTheCreateBack(t *testing.T) {
-	requireTeardown(t)
 	h := newHost(t, withLifecycle(t, nil))
 	port := freePort(t)
 	req := wire.CreateRequest{Tags: map[string]string{"name": "web"}, Ports: []wire.Port{{Guest: 80, Host: port}}}
@@ -204,9 +201,8 @@ func TestAStrictOnCreateHookFailureRollsTheCreateBack(t *testing.T) {
 }
 
 // autoStart without a service manager cannot start the VM: the create is
-// unavailable and keeps nothing. (Needs root, see requireTeardown.)
+// unavailable and keeps nothing.
 func TestAutoStartWithoutAServiceManagerKeepsNothing(t *testing.T) {
-	requireTeardown(t)
 	h := newHost(t, withLifecycle(t, nil))
 	_, err := h.mgr.Create(context.Background(), wire.CreateRequest{AutoStart: true, Tags: map[string]string{"name": "auto"}})
 	if !errdefs.IsUnavailable(err) || !contains(err.Error(), errNoSupervisor.Error()) {

@@ -161,8 +161,17 @@ func Teardown(ctx context.Context, c Config) error {
 		}
 		return joinf(c.ID, errs)
 	}
-	if err := removeRules(ctx, c.ID); err != nil {
-		errs = append(errs, fmt.Errorf("nftables: %w", err))
+	// Setup adds the VM's rules only once its namespace exists, and this
+	// removes the namespace only once the rules are gone: so no namespace
+	// means no rules, and a VM whose network was never set up is torn down
+	// without touching nftables (which needs privileges).
+	mounted, stale, err := namespaceState(c.Netns)
+	if err != nil || mounted || stale || c.Netns == "" {
+		if err := removeRules(ctx, c.ID); err != nil {
+			// Keep the namespace: it tells the next teardown that rules
+			// may remain.
+			return joinf(c.ID, []error{fmt.Errorf("nftables: %w", err)})
+		}
 	}
 	if err := deleteLink(nil, c.Veth, "veth"); err != nil {
 		errs = append(errs, err)
