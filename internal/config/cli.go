@@ -14,7 +14,10 @@ import (
 // base assets live on this host, the S3 profile file and its overrides,
 // progress output.
 type CLI struct {
-	API           string            // MERGEN_API: the daemon's address
+	API           string            // MERGEN_API: the daemon's address; empty: the socket when it answers, else DefaultAPI
+	APISocket     string            // MGR_API_SOCKET: the daemon's unix socket
+	APIToken      string            // MERGEN_API_TOKEN: bearer token for TCP; empty: the first line of APITokenFile
+	APITokenFile  string            // MGR_API_TOKEN_FILE
 	ConfigFile    string            // MERGEN_CONFIG_FILE: default ~/.config/mergen/config.json
 	DataRoot      string            // MGR_DATA_ROOT
 	BaseAssetsDir string            // MGR_BASE_ASSETS_DIR
@@ -28,6 +31,10 @@ type CLI struct {
 	S3            map[string]string // MGR_CONFIG_S3_*: the ones set (see Profile)
 }
 
+// DefaultAPI is the daemon's TCP address when MERGEN_API is unset and the
+// socket does not answer: MGR_HTTP_ADDR's default.
+const DefaultAPI = "http://127.0.0.1:8080"
+
 // LoadCLI reads the CLI configuration from the process environment.
 func LoadCLI() (CLI, error) { return CLIFromEnv(Env()) }
 
@@ -38,6 +45,9 @@ func CLIFromEnv(getenv Source) (CLI, error) {
 	r := newReader(getenv)
 	c := CLI{
 		API:           r.str("MERGEN_API"),
+		APISocket:     r.path("MGR_API_SOCKET"),
+		APIToken:      r.str("MERGEN_API_TOKEN"),
+		APITokenFile:  r.path("MGR_API_TOKEN_FILE"),
 		ConfigFile:    r.optionalPath("MERGEN_CONFIG_FILE"),
 		DataRoot:      r.path("MGR_DATA_ROOT"),
 		BaseAssetsDir: r.path("MGR_BASE_ASSETS_DIR"),

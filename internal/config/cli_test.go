@@ -13,7 +13,9 @@ func TestCLIDefaultsFollowTheirRoots(t *testing.T) {
 		t.Fatal(err)
 	}
 	checks := map[string][2]string{
-		"API":           {c.API, "http://127.0.0.1:8080"},
+		"API":           {c.API, ""},
+		"APISocket":     {c.APISocket, "/run/mergen/mergen.sock"},
+		"APITokenFile":  {c.APITokenFile, "/etc/mergen/api-token"},
 		"DataRoot":      {c.DataRoot, "/var/lib/mergen"},
 		"BaseAssetsDir": {c.BaseAssetsDir, "/var/lib/mergen/base/current"},
 		"ImagesRoot":    {c.ImagesRoot, "/var/lib/mergen/images"},

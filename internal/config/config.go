@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -32,7 +33,13 @@ func Env() Source { return os.Getenv }
 // Config is the configuration of the daemon and the lifecycle stages.
 // Field comments name the variable; Vars has the defaults.
 type Config struct {
-	HTTPAddr        string        // MGR_HTTP_ADDR
+	HTTPAddr        string        // MGR_HTTP_ADDR: TCP listener; every request but health needs a token
+	APISocket       string        // MGR_API_SOCKET: unix socket listener; its file permissions are the boundary
+	APITokenFile    string        // MGR_API_TOKEN_FILE: bearer tokens, one per line; created with one random token when missing
+	APIAuth         string        // MGR_API_AUTH: token, or none (loopback MGR_HTTP_ADDR only)
+	AllowedOrigins  []string      // MGR_API_ALLOWED_ORIGINS: browser origins allowed to call the API (comma-separated)
+	AllowVMCommands bool          // MGR_ALLOW_VM_COMMAND_HOOKS: accept command hooks in API requests
+	LabelTags       []string      // FWD_LABEL_TAGS: tag keys whose values are forwarder labels, unique across VMs
 	ConfigRoot      string        // MGR_CONFIG_ROOT
 	DataRoot        string        // MGR_DATA_ROOT
 	RunRoot         string        // MGR_RUN_ROOT
@@ -117,6 +124,12 @@ func FromEnv(getenv Source) (Config, error) {
 	r := newReader(getenv)
 	c := Config{
 		HTTPAddr:        r.str("MGR_HTTP_ADDR"),
+		APISocket:       r.path("MGR_API_SOCKET"),
+		APITokenFile:    r.path("MGR_API_TOKEN_FILE"),
+		APIAuth:         r.oneOf("MGR_API_AUTH", "token", "none"),
+		AllowedOrigins:  r.list("MGR_API_ALLOWED_ORIGINS"),
+		AllowVMCommands: r.boolean("MGR_ALLOW_VM_COMMAND_HOOKS"),
+		LabelTags:       r.labelTags("FWD_LABEL_TAGS"),
 		ConfigRoot:      r.path("MGR_CONFIG_ROOT"),
 		DataRoot:        r.path("MGR_DATA_ROOT"),
 		RunRoot:         r.path("MGR_RUN_ROOT"),
@@ -154,6 +167,13 @@ func FromEnv(getenv Source) (Config, error) {
 	}
 	if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 		r.fail("MGR_HTTP_ADDR", "%q is not host:port (%v)", c.HTTPAddr, err)
+	} else if c.APIAuth == "none" && !Loopback(c.HTTPAddr) {
+		r.fail("MGR_API_AUTH", "none is accepted only when MGR_HTTP_ADDR is a loopback address (it is %q): anyone who reaches the API is root on this host", c.HTTPAddr)
+	}
+	for _, o := range c.AllowedOrigins {
+		if !originRe.MatchString(o) {
+			r.fail("MGR_API_ALLOWED_ORIGINS", "%q is not an origin like https://console.example.com", o)
+		}
 	}
 	if c.UnitPrefix == "" || strings.ContainsAny(c.UnitPrefix, "@/ \t") {
 		r.fail("MGR_UNIT_PREFIX", "%q is not a valid unit name prefix", c.UnitPrefix)
@@ -262,3 +282,20 @@ func (c Config) StageEnv() []string {
 	}
 	return env
 }
+
+// Loopback reports whether the host of addr (host:port) is a loopback
+// address or localhost. An empty host (every interface) is not.
+func Loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// originRe is a browser origin: scheme://host[:port], nothing after.
+var originRe = regexp.MustCompile(`^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$`)

@@ -14,7 +14,10 @@ func TestDefaultsFollowTheDocumentedLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	checks := map[string][2]string{
-		"HTTPAddr":      {c.HTTPAddr, ":8080"},
+		"HTTPAddr":      {c.HTTPAddr, "127.0.0.1:8080"},
+		"APISocket":     {c.APISocket, "/run/mergen/mergen.sock"},
+		"APITokenFile":  {c.APITokenFile, "/etc/mergen/api-token"},
+		"APIAuth":       {c.APIAuth, "token"},
 		"ConfigRoot":    {c.ConfigRoot, "/var/lib/mergen/vm.d"},
 		"RunRoot":       {c.RunRoot, "/run/mergen"},
 		"DataRoot":      {c.DataRoot, "/var/lib/mergen"},
@@ -88,5 +91,32 @@ func TestAllErrorsAreReportedAtOnce(t *testing.T) {
 	_, err := FromEnv(env(map[string]string{"MGR_PORT_START": "x", "MGR_LOG_LEVEL": "y"}))
 	if err == nil || !strings.Contains(err.Error(), "MGR_PORT_START") || !strings.Contains(err.Error(), "MGR_LOG_LEVEL") {
 		t.Fatalf("want both variables named, got %v", err)
+	}
+}
+
+func TestAuthNoneOnlyOnLoopback(t *testing.T) {
+	for addr, ok := range map[string]bool{"127.0.0.1:8080": true, "[::1]:8080": true, "localhost:9": true, ":8080": false, "0.0.0.0:8080": false, "10.1.2.3:8080": false} {
+		_, err := FromEnv(env(map[string]string{"MGR_API_AUTH": "none", "MGR_HTTP_ADDR": addr}))
+		if ok && err != nil {
+			t.Errorf("MGR_API_AUTH=none on %s refused: %v", addr, err)
+		}
+		if !ok && (err == nil || !strings.Contains(err.Error(), "MGR_API_AUTH")) {
+			t.Errorf("MGR_API_AUTH=none on %s: %v, want a refusal naming MGR_API_AUTH", addr, err)
+		}
+	}
+}
+
+func TestOriginsAndLabelTagsAreValidated(t *testing.T) {
+	c, err := FromEnv(env(map[string]string{"MGR_API_ALLOWED_ORIGINS": "https://console.example.com, http://localhost:3000"}))
+	if err != nil || len(c.AllowedOrigins) != 2 || c.AllowedOrigins[1] != "http://localhost:3000" {
+		t.Fatalf("origins %v, %v", c.AllowedOrigins, err)
+	}
+	if c.LabelTags[0] != "name" || c.LabelTags[1] != "app" || len(c.LabelTags) != 2 {
+		t.Fatalf("default label tags %v, want name,app", c.LabelTags)
+	}
+	for k, v := range map[string]string{"MGR_API_ALLOWED_ORIGINS": "null", "FWD_LABEL_TAGS": "name,bad key"} {
+		if _, err := FromEnv(env(map[string]string{k: v})); err == nil || !strings.Contains(err.Error(), k) {
+			t.Errorf("%s=%q: %v, want a refusal naming it", k, v, err)
+		}
 	}
 }

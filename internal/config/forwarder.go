@@ -33,6 +33,11 @@ type Forwarder struct {
 
 	LogLevel  string // FWD_LOG_LEVEL
 	LogFormat string // FWD_LOG_FORMAT
+
+	// LabelTags are the tag keys whose values route to a VM besides its id
+	// and unique id prefix (FWD_LABEL_TAGS). The daemon keeps their values
+	// unique across VMs.
+	LabelTags []string
 }
 
 // forwarderCertDir is where the default certificate and key of the
@@ -70,6 +75,7 @@ func ForwarderFromEnv(getenv Source) (Forwarder, error) {
 
 		LogLevel:  r.oneOf("FWD_LOG_LEVEL", logging.Levels...),
 		LogFormat: r.oneOf("FWD_LOG_FORMAT", logging.Formats...),
+		LabelTags: r.labelTags("FWD_LABEL_TAGS"),
 	}
 	if strings.EqualFold(c.MetricsAddr, "off") {
 		c.MetricsAddr = ""

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -164,4 +165,31 @@ func (r *reader) guestCIDR(name string) netip.Prefix {
 		return p
 	}
 	return netip.Prefix{}
+}
+
+// list is a comma-separated list, blanks dropped.
+func (r *reader) list(name string) []string {
+	var out []string
+	for _, v := range strings.Split(r.str(name), ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+var tagKeyRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$`)
+
+// labelTags is a non-empty list of tag keys.
+func (r *reader) labelTags(name string) []string {
+	keys := r.list(name)
+	for _, k := range keys {
+		if !tagKeyRe.MatchString(k) {
+			r.fail(name, "%q is not a tag key", k)
+		}
+	}
+	if len(keys) == 0 {
+		r.fail(name, "empty: name at least one tag key (default name,app)")
+	}
+	return keys
 }

@@ -19,7 +19,12 @@ type Var struct {
 // Vars lists every variable, grouped by what it configures.
 var Vars = []Var{
 	// Daemon and lifecycle stages: the host's layout.
-	{"MGR_HTTP_ADDR", ":8080", "daemon"},
+	{"MGR_HTTP_ADDR", "127.0.0.1:8080", "daemon"},
+	{"MGR_API_SOCKET", "${MGR_RUN_ROOT}/mergen.sock", "daemon cli"},
+	{"MGR_API_TOKEN_FILE", "/etc/mergen/api-token", "daemon cli"},
+	{"MGR_API_AUTH", "token", "daemon"},
+	{"MGR_API_ALLOWED_ORIGINS", "", "daemon"},
+	{"MGR_ALLOW_VM_COMMAND_HOOKS", "", "daemon"},
 	{"MGR_CONFIG_ROOT", "/var/lib/mergen/vm.d", "daemon lifecycle"},
 	{"MGR_DATA_ROOT", "/var/lib/mergen", "daemon lifecycle cli converter"},
 	{"MGR_RUN_ROOT", "/run/mergen", "daemon lifecycle"},
@@ -74,7 +79,8 @@ var Vars = []Var{
 	{"MGN_LIFECYCLE_HOOK_TIMEOUT_SECONDS", "60", "lifecycle"},
 
 	// Command-line programs.
-	{"MERGEN_API", "http://127.0.0.1:8080", "cli"},
+	{"MERGEN_API", "", "cli"},
+	{"MERGEN_API_TOKEN", "", "cli"},
 	{"MERGEN_CONFIG_FILE", "", "cli converter"},
 	{"MGR_PROGRESS_EVERY_MILLISECONDS", "250", "cli converter"},
 	{"DOCKER_CONFIG", "", "cli converter"},
@@ -110,6 +116,7 @@ var Vars = []Var{
 	{"FWD_MAX_CONN_SECONDS", "0", "forwarder"},
 	{"FWD_LOG_LEVEL", "debug", "forwarder"},
 	{"FWD_LOG_FORMAT", "console", "forwarder"},
+	{"FWD_LABEL_TAGS", "name,app", "forwarder daemon"},
 }
 
 var varIndex = func() map[string]Var {
