@@ -77,6 +77,7 @@ type fileStamp struct {
 type Resolver struct {
 	configRoot string
 	netnsRoot  string
+	labelTags  []string // tag keys whose values are labels
 	ttl        time.Duration
 	log        *slog.Logger
 	now        func() time.Time
@@ -87,9 +88,11 @@ type Resolver struct {
 }
 
 // NewResolver returns a resolver; it reads nothing until the first lookup
-// or Refresh.
-func NewResolver(configRoot, netnsRoot string, ttl time.Duration, log *slog.Logger) *Resolver {
-	return &Resolver{configRoot: configRoot, netnsRoot: netnsRoot, ttl: ttl, log: log, now: time.Now}
+// or Refresh. Besides ids and unique id prefixes, the values of the tags
+// labelTags name route to their VM (FWD_LABEL_TAGS); other tags are not
+// labels, so no tag a VM chooses can shadow another VM's hostname.
+func NewResolver(configRoot, netnsRoot string, labelTags []string, ttl time.Duration, log *slog.Logger) *Resolver {
+	return &Resolver{configRoot: configRoot, netnsRoot: netnsRoot, labelTags: labelTags, ttl: ttl, log: log, now: time.Now}
 }
 
 // Refresh rebuilds the index now.
@@ -266,7 +269,11 @@ func (r *Resolver) load(dir, path string) (fileStamp, error) {
 	t.Problem = r.fillAddr(t, &m)
 	var tags []string
 	seen := map[string]bool{}
-	for _, v := range m.Tags {
+	for _, k := range r.labelTags {
+		v, ok := m.Tags[k]
+		if !ok {
+			continue
+		}
 		v = strings.ToLower(v)
 		// A tag value that is not a DNS label can never arrive as SNI.
 		if checkLabel(v) != nil || seen[v] {

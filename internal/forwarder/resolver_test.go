@@ -52,6 +52,9 @@ const (
 	idE = "e0e0e0e0-0000-4000-8000-000000000003"
 )
 
+// labelTags are FWD_LABEL_TAGS's default.
+var labelTags = []string{"name", "app"}
+
 func TestResolverPrecedence(t *testing.T) {
 	root := t.TempDir()
 	vm := func(id string, tags map[string]string) store.Meta {
@@ -62,14 +65,15 @@ func TestResolverPrecedence(t *testing.T) {
 	writeMeta(t, root, vm(idC, map[string]string{"app": "api"}))
 	writeMeta(t, root, vm(idD, map[string]string{"app": "api"}))
 	// A tag value equal to another VM's short id loses to the id.
-	writeMeta(t, root, vm(idE, map[string]string{"app": "c0ffee00", "alias": "under_score"}))
+	// Tags outside the label tags are not labels: "x" cannot squat "shop".
+	writeMeta(t, root, vm(idE, map[string]string{"app": "c0ffee00", "alias": "under_score", "x": "shop", "owner": "squat"}))
 	// Not VMs or not usable: skipped, never fatal.
 	writeRaw(t, root, ".trash-123", `{"id":".trash-123","tags":{"app":"ghost"}}`)
 	writeRaw(t, root, "broken", `{"id": "broken", "tags": {`)
 	writeRaw(t, root, "mismatch", `{"id":"someone-else","tags":{"app":"mismatch"}}`)
 	writeRaw(t, root, "f00ba400-0000-4000-8000-000000000009", `{"id":"f00ba400-0000-4000-8000-000000000009","httpPort":80,"guestIP":"127.0.0.1","netns":"../../etc","tags":{"app":"escape"}}`)
 
-	r := NewResolver(root, "/run/netns", time.Hour, discard())
+	r := NewResolver(root, "/run/netns", labelTags, time.Hour, discard())
 	cases := []struct {
 		label   string
 		wantID  string
@@ -82,7 +86,8 @@ func TestResolverPrecedence(t *testing.T) {
 		{label: "084604f6", wantErr: ErrAmbiguous, errHas: idB}, // short id shared
 		{label: "084604f6-9999", wantID: idB},                   // a longer prefix disambiguates
 		{label: "shop", wantID: idA},                            // tag value
-		{label: "blog-main", wantID: idB},                       // any tag key, case-folded
+		{label: "blog-main", wantID: idB},                       // the name tag too, case-folded
+		{label: "squat", wantErr: ErrNotFound},                  // not a label tag
 		{label: "api", wantErr: ErrAmbiguous, errHas: "tag value"},
 		{label: "c0ffee", wantErr: ErrNotFound},   // prefixes under 8 characters do not match
 		{label: "ghost", wantErr: ErrNotFound},    // dot directories are not VMs
@@ -124,7 +129,7 @@ func TestResolverTargetProblems(t *testing.T) {
 	for _, c := range cases {
 		writeMeta(t, root, c.meta)
 	}
-	r := NewResolver(root, "/ns", time.Hour, discard())
+	r := NewResolver(root, "/ns", labelTags, time.Hour, discard())
 	for _, c := range cases {
 		got, err := r.Resolve(context.Background(), c.meta.ID)
 		if err != nil {
@@ -148,7 +153,7 @@ func TestResolverTargetProblems(t *testing.T) {
 func TestResolverTTL(t *testing.T) {
 	root := t.TempDir()
 	now := time.Unix(1000, 0)
-	r := NewResolver(root, "/ns", 5*time.Second, discard())
+	r := NewResolver(root, "/ns", labelTags, 5*time.Second, discard())
 	r.now = func() time.Time { return now }
 	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: 80, Tags: map[string]string{"app": "one"}})
 	if _, err := r.Resolve(context.Background(), "one"); err != nil {
@@ -175,7 +180,7 @@ func TestResolverTTL(t *testing.T) {
 }
 
 func TestResolverMissingRoot(t *testing.T) {
-	r := NewResolver(filepath.Join(t.TempDir(), "absent"), "/ns", time.Second, discard())
+	r := NewResolver(filepath.Join(t.TempDir(), "absent"), "/ns", labelTags, time.Second, discard())
 	if _, err := r.Resolve(context.Background(), "app"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("a missing config root means no VMs, got %v", err)
 	}
@@ -188,7 +193,7 @@ func BenchmarkResolve(b *testing.B) {
 		id := fmt.Sprintf("%08x-0000-4000-8000-%012d", i*7919, i)
 		writeMeta(b, root, store.Meta{ID: id, GuestIP: "127.0.0.1", HTTPPort: 80, Tags: map[string]string{"app": fmt.Sprintf("app%d", i)}})
 	}
-	r := NewResolver(root, "/ns", time.Hour, discard())
+	r := NewResolver(root, "/ns", labelTags, time.Hour, discard())
 	if err := r.Refresh(context.Background()); err != nil {
 		b.Fatal(err)
 	}

@@ -61,7 +61,7 @@ func New(cfg config.Forwarder, log *slog.Logger) (*Server, error) {
 		cfg:      cfg,
 		domain:   domain,
 		log:      log,
-		resolver: NewResolver(cfg.ConfigRoot, cfg.NetnsRoot, cfg.ResolverTTL, log),
+		resolver: NewResolver(cfg.ConfigRoot, cfg.NetnsRoot, cfg.LabelTags, cfg.ResolverTTL, log),
 		m:        newMetrics(),
 		conns:    map[net.Conn]struct{}{},
 		dialer:   net.Dialer{Timeout: cfg.DialTimeout},

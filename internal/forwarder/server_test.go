@@ -203,7 +203,7 @@ func startForwarder(t *testing.T, root string, tweak func(*config.Forwarder)) *f
 	cfg := config.Forwarder{
 		ConfigRoot: root, NetnsRoot: netnsRoot, CertFile: certPath, KeyFile: keyPath, DomainPrefix: "vm", DomainSuffix: "test",
 		DialTimeout: 2 * time.Second, ResolverTTL: time.Hour, ShutdownTimeout: 10 * time.Second,
-		HandshakeTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second,
+		HandshakeTimeout: 5 * time.Second, IdleTimeout: 30 * time.Second, LabelTags: labelTags,
 	}
 	if tweak != nil {
 		tweak(&cfg)

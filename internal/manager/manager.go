@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -43,6 +44,10 @@ type Manager struct {
 	index     *alloc.Index
 	names     map[string]string
 	dataDisks map[string]string
+	labels    map[string]labelOwner
+	shortIDs  map[string]string
+
+	newID func() string // store.NewID; tests make ids collide
 	indexGen  uint64
 }
 
@@ -60,7 +65,7 @@ type Options struct {
 
 // New returns a manager over the store.
 func New(o Options) *Manager {
-	m := &Manager{cfg: o.Config, store: o.Store, log: o.Log, probe: o.Probe, sup: o.Supervisor, supErr: o.SupervisorErr}
+	m := &Manager{cfg: o.Config, store: o.Store, log: o.Log, probe: o.Probe, sup: o.Supervisor, supErr: o.SupervisorErr, newID: store.NewID}
 	if m.probe == nil {
 		m.probe = alloc.BindProbe
 	}
@@ -106,7 +111,7 @@ func (m *Manager) Create(ctx context.Context, req wire.CreateRequest) (wire.VM, 
 		return wire.VM{}, errdefs.Invalid("vmm: %w", err)
 	}
 
-	id := store.NewID()
+	id := m.newID()
 	meta := store.Meta{
 		ID:        id,
 		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
@@ -142,6 +147,7 @@ func (m *Manager) Create(ctx context.Context, req wire.CreateRequest) (wire.VM, 
 	if err := m.allocateAndWrite(ctx, &meta, req, driver, vmHooks); err != nil {
 		return wire.VM{}, err
 	}
+	id = meta.ID // a new one when the first collided with another VM's short id
 	log := m.log.With("vm", id)
 	log.Info("vm created", "guestIP", meta.GuestIP, "vmm", meta.VMM, "ports", len(meta.Ports))
 
@@ -230,6 +236,21 @@ func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wi
 			return errdefs.Conflict("tags.name: %q is already the name of vm %s", name, owner)
 		}
 	}
+	for _, k := range m.cfg.LabelTags {
+		v := strings.ToLower(req.Tags[k])
+		if v == "" {
+			continue
+		}
+		if owner, taken := ix.Labels[v]; taken {
+			return errdefs.Conflict("tags.%s: %q already routes to vm %s (its %s tag); the values of the routing tags (%s) must be unique across VMs",
+				k, req.Tags[k], owner.id, owner.key, strings.Join(m.cfg.LabelTags, ", "))
+		}
+	}
+	// The short id names the VM's namespace and tap and is a forwarder
+	// label: a new VM must not share it with another.
+	for ix.ShortIDs[store.ShortID(meta.ID)] != "" {
+		renameVM(meta, m.newID(), req.Bridge)
+	}
 	if meta.Disks.Data != "" {
 		if owner := ix.DataDisks[meta.Disks.Data]; owner != "" {
 			return errdefs.Conflict("dataDisk: %s is already attached to vm %s", meta.Disks.Data, owner)
@@ -298,9 +319,15 @@ func (m *Manager) renderFiles(meta store.Meta, driver vmm.Driver, vmHooks hooks.
 // index is the allocation index with lookups the create path needs.
 type index struct {
 	*alloc.Index
-	Names     map[string]string // name tag → id
-	DataDisks map[string]string // data disk path → id
+	Names     map[string]string     // name tag → id
+	DataDisks map[string]string     // data disk path → id
+	Labels    map[string]labelOwner // lower-cased routing tag value → owner
+	ShortIDs  map[string]string     // short id → id
+	labelTags []string
 }
+
+// labelOwner is the VM and the tag key a routing label belongs to.
+type labelOwner struct{ id, key string }
 
 func (ix index) Add(meta store.Meta) {
 	ix.Index.Add(meta)
@@ -310,6 +337,14 @@ func (ix index) Add(meta store.Meta) {
 	if meta.Disks.Data != "" {
 		ix.DataDisks[meta.Disks.Data] = meta.ID
 	}
+	for _, k := range ix.labelTags {
+		if v := strings.ToLower(meta.Tags[k]); v != "" {
+			if _, taken := ix.Labels[v]; !taken {
+				ix.Labels[v] = labelOwner{meta.ID, k}
+			}
+		}
+	}
+	ix.ShortIDs[store.ShortID(meta.ID)] = meta.ID
 }
 
 func (ix index) Remove(meta store.Meta) {
@@ -319,6 +354,14 @@ func (ix index) Remove(meta store.Meta) {
 	}
 	if ix.DataDisks[meta.Disks.Data] == meta.ID {
 		delete(ix.DataDisks, meta.Disks.Data)
+	}
+	for _, k := range ix.labelTags {
+		if v := strings.ToLower(meta.Tags[k]); ix.Labels[v].id == meta.ID {
+			delete(ix.Labels, v)
+		}
+	}
+	if ix.ShortIDs[store.ShortID(meta.ID)] == meta.ID {
+		delete(ix.ShortIDs, store.ShortID(meta.ID))
 	}
 }
 
@@ -331,7 +374,7 @@ func (m *Manager) indexLocked() (index, error) {
 		return index{}, err
 	}
 	if m.index != nil && gen == m.indexGen && m.names != nil {
-		return index{m.index, m.names, m.dataDisks}, nil
+		return index{m.index, m.names, m.dataDisks, m.labels, m.shortIDs, m.cfg.LabelTags}, nil
 	}
 	metas, err := m.store.List()
 	if err != nil {
@@ -341,7 +384,9 @@ func (m *Manager) indexLocked() (index, error) {
 	m.index = alloc.NewIndex(metas)
 	m.names = map[string]string{}
 	m.dataDisks = map[string]string{}
-	ix := index{m.index, m.names, m.dataDisks}
+	m.labels = map[string]labelOwner{}
+	m.shortIDs = map[string]string{}
+	ix := index{m.index, m.names, m.dataDisks, m.labels, m.shortIDs, m.cfg.LabelTags}
 	for _, meta := range metas {
 		ix.Add(meta)
 	}
@@ -355,4 +400,17 @@ func recordPorts(ps []wire.Port) []store.Port {
 		out[i] = store.Port(p)
 	}
 	return out
+}
+
+// renameVM gives a VM being created another id and the names derived from
+// it: MAC (unless the caller chose one), tap and namespace.
+func renameVM(meta *store.Meta, id string, bridge *wire.BridgeRequest) {
+	meta.ID = id
+	meta.TapName = store.TapName(id)
+	if bridge == nil || bridge.MAC == "" {
+		meta.MAC = vmnet.MACFor(id)
+	}
+	if meta.Netns != "" {
+		meta.Netns = store.NetnsName(id)
+	}
 }

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/envfile"
@@ -83,6 +86,9 @@ func (s *Store) Migrate(ctx context.Context) ([]string, error) {
 }
 
 func (s *Store) migrate(ctx context.Context, id string) (bool, error) {
+	if err := s.privatize(id); err != nil {
+		return false, fmt.Errorf("migrate vm %s: %w", id, err)
+	}
 	if old, err := s.storedVersionOld(id); err != nil || !old {
 		return false, err
 	}
@@ -135,4 +141,26 @@ func (s *Store) storedVersionOld(id string) (bool, error) {
 		return false, fmt.Errorf("migrate vm %s: %w", id, err)
 	}
 	return head.Version < RecordVersion, nil
+}
+
+// privatize takes group and other permissions away from the VM's stored
+// files: earlier versions wrote meta.json (which holds extraEnv) 0644.
+func (s *Store) privatize(id string) error {
+	dir := s.Layout.VM(id).ConfigDir
+	for _, name := range []string{FileMeta, FileVMConfig, FileHooks, FileLifecycleHooks, FileEnv} {
+		p := filepath.Join(dir, name)
+		st, err := os.Lstat(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if st.Mode().IsRegular() && st.Mode().Perm()&0o077 != 0 {
+			if err := os.Chmod(p, st.Mode().Perm()&0o700); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

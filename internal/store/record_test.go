@@ -36,6 +36,10 @@ func storeWithV1(t *testing.T) *Store {
 	if err := s.Create(fixtureID, files); err != nil {
 		t.Fatal(err)
 	}
+	// As earlier versions left it.
+	if err := os.Chmod(s.Paths(fixtureID).Meta, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	return s
 }
 
@@ -117,6 +121,10 @@ func TestMigrateRewritesUnderTheVMsLockAndOnlyOnce(t *testing.T) {
 	m, err := s.ReadMeta(fixtureID)
 	if err != nil || m.Driver != fixtureDriver || m.GuestIP != "172.30.0.7" {
 		t.Fatalf("after migration: %+v, %v", m, err)
+	}
+	// Earlier versions wrote meta.json world-readable; it holds extraEnv.
+	if st, err := os.Stat(s.Paths(fixtureID).Meta); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("meta.json after migration: %v, %v; want mode 0600", st.Mode().Perm(), err)
 	}
 	// Nothing left to do the second time.
 	if done, err := s.Migrate(context.Background()); err != nil || len(done) != 0 {

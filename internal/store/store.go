@@ -121,15 +121,11 @@ func (s *Store) Create(id string, files map[string][]byte) error {
 	return atomicfile.SyncDir(s.Layout.ConfigRoot)
 }
 
-// filePerm keeps files that may carry secrets (the env file, hook headers,
-// the VMM config with extraEnv on its kernel command line) private to root.
-func filePerm(name string) os.FileMode {
-	switch name {
-	case FileMeta:
-		return 0o644 // read by the forwarder, which may run unprivileged
-	}
-	return 0o600
-}
+// filePerm: every stored file may carry secrets (extraEnv in the record
+// and on the kernel command line in vm.json, hook headers, the env file),
+// so all are private to root; readers of records (the forwarder) run as
+// root.
+func filePerm(string) os.FileMode { return 0o600 }
 
 func writeSynced(path string, data []byte, perm os.FileMode) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)

@@ -47,7 +47,7 @@ func TestCreateWritesAllFilesWithPrivatePermissions(t *testing.T) {
 	if err := s.Create(id, files(id)); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]os.FileMode{FileMeta: 0o644, FileVMConfig: 0o600, FileHooks: 0o600, FileEnv: 0o600}
+	want := map[string]os.FileMode{FileMeta: 0o600, FileVMConfig: 0o600, FileHooks: 0o600, FileEnv: 0o600}
 	for name, perm := range want {
 		st, err := os.Stat(filepath.Join(s.Layout.ConfigRoot, id, name))
 		if err != nil {
