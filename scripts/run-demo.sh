@@ -18,7 +18,10 @@ API_ADDR=${MGR_HTTP_ADDR:-127.0.0.1:8080}
 API=http://${API_ADDR/#:/127.0.0.1:}
 STATE=/run/mergen-demo
 LOGS=$DATA/logs
-export MERGEN_API=$API MGR_DATA_ROOT=$DATA
+SOCKET=${MGR_API_SOCKET:-${MGR_RUN_ROOT:-/run/mergen}/mergen.sock}
+TOKEN_FILE=${MGR_API_TOKEN_FILE:-/etc/mergen/api-token}
+# The CLI finds the daemon on its unix socket (no token needed as root).
+export MGR_DATA_ROOT=$DATA MGR_API_SOCKET=$SOCKET MGR_API_TOKEN_FILE=$TOKEN_FILE
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
@@ -130,4 +133,7 @@ for _ in $(seq 50); do $CURL -fsS -o /dev/null 2>/dev/null && break; sleep 0.2; 
 say "the demo answers through mergen-forwarder over TLS:"
 echo "    $CURL"
 $CURL -sS
+say "the API, over the unix socket or over TCP with the daemon's token:"
+echo "    curl --unix-socket $SOCKET http://mergen/v1/vms"
+echo "    curl -H \"Authorization: Bearer \$(head -n1 $TOKEN_FILE)\" $API/v1/vms"
 say "stop everything with: make stop"

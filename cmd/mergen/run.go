@@ -74,7 +74,7 @@ keeps running either way (mergen vm rm -f NAME removes it).`,
 	// The daemon's address comes from getenv, like every other default of
 	// this command (tests give their own).
 	if api := cmd.PersistentFlags().Lookup("api"); api != nil {
-		api.DefValue, f.api.addr = defaults.API, defaults.API
+		api.DefValue, f.api.addr, f.api.cfg = defaults.API, defaults.API, defaults
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.name, "name", "", "VM name (a DNS label); also its HTTPS label")

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -22,22 +23,57 @@ import (
 type apiFlags struct {
 	addr   string
 	output string
+	cfg    config.CLI
 }
 
 func (f *apiFlags) register(cmd *cobra.Command) {
 	// A malformed setting elsewhere must not hide the address; commands
 	// that need the rest of the configuration load it themselves and
 	// report what is wrong.
-	defaults, _ := config.LoadCLI()
-	cmd.PersistentFlags().StringVar(&f.addr, "api", defaults.API, "daemon address (env MERGEN_API)")
+	f.cfg, _ = config.LoadCLI()
+	cmd.PersistentFlags().StringVar(&f.addr, "api", f.cfg.API,
+		"daemon address: unix:///path, host:port or URL (env MERGEN_API; default: the socket MGR_API_SOCKET when the daemon answers there, else "+config.DefaultAPI+")")
 	cmd.PersistentFlags().StringVarP(&f.output, "output", "o", "table", "output format: table or json")
 }
 
+// client connects the way the operator asked: an explicit address (with
+// the token from MERGEN_API_TOKEN or the token file), else the daemon's
+// unix socket when it answers (no token: its file permissions are the
+// boundary), else the default TCP address with the token.
 func (f *apiFlags) client() (*client.Client, error) {
 	if f.output != "table" && f.output != "json" {
 		return nil, fmt.Errorf("--output %q: want table or json", f.output)
 	}
-	return client.New(f.addr)
+	addr := f.addr
+	if addr == "" {
+		if client.Socket(f.cfg.APISocket) {
+			return client.New("unix://" + f.cfg.APISocket)
+		}
+		addr = config.DefaultAPI
+	}
+	if strings.HasPrefix(addr, "unix://") {
+		return client.New(addr)
+	}
+	return client.New(addr, client.WithToken(f.token()))
+}
+
+// token is MERGEN_API_TOKEN, else the first token of the token file when
+// this user can read it, else none (the daemon then answers 401 and the
+// client's error says how to give one).
+func (f *apiFlags) token() string {
+	if f.cfg.APIToken != "" {
+		return f.cfg.APIToken
+	}
+	b, err := os.ReadFile(f.cfg.APITokenFile)
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			return line
+		}
+	}
+	return ""
 }
 
 // resolve connects to the daemon and finds the VM a user named by id, id

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -15,25 +16,75 @@ import (
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
-// Client talks to one daemon.
+// Client talks to one daemon, over its unix socket or over TCP with a
+// bearer token.
 type Client struct {
-	base string
-	http *http.Client
+	base  string // URL prefix of requests
+	where string // what error messages call the daemon
+	token string
+	http  *http.Client
 }
 
-// New returns a client for the daemon at addr ("host:port" or a URL).
-func New(addr string) (*Client, error) {
+// Option configures New.
+type Option func(*Client)
+
+// WithToken sends token as the bearer token of every request (TCP; the
+// socket needs none).
+func WithToken(token string) Option { return func(c *Client) { c.token = token } }
+
+// New returns a client for the daemon at addr: "unix:///path/to/socket",
+// "host:port" or an http(s) URL.
+func New(addr string, opts ...Option) (*Client, error) {
 	if addr == "" {
 		return nil, fmt.Errorf("no daemon address (--api or MERGEN_API)")
 	}
-	if !strings.Contains(addr, "://") {
-		addr = "http://" + addr
+	c := &Client{http: &http.Client{Timeout: 10 * time.Minute}}
+	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
+		if path == "" || path[0] != '/' {
+			return nil, fmt.Errorf("api address %q: want unix:///absolute/path", addr)
+		}
+		var d net.Dialer
+		c.http.Transport = &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, "unix", path)
+		}}
+		c.base, c.where = "http://mergen", path
+	} else {
+		if !strings.Contains(addr, "://") {
+			addr = "http://" + addr
+		}
+		u, err := url.Parse(addr)
+		if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+			return nil, fmt.Errorf("api address %q is not a URL like http://127.0.0.1:8080 or unix:///run/mergen/mergen.sock", addr)
+		}
+		c.base = strings.TrimRight(u.String(), "/")
+		c.where = c.base
 	}
-	u, err := url.Parse(addr)
-	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("api address %q is not a URL like http://127.0.0.1:8080", addr)
+	for _, o := range opts {
+		o(c)
 	}
-	return &Client{base: strings.TrimRight(u.String(), "/"), http: &http.Client{Timeout: 10 * time.Minute}}, nil
+	return c, nil
+}
+
+// Socket reports whether a daemon answers on the unix socket at path: the
+// CLI's first choice when no address is given.
+func Socket(path string) bool {
+	conn, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	conn.Close()
+	return true
+}
+
+func (c *Client) newRequest(ctx context.Context, method, path string, body io.Reader) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	return req, nil
 }
 
 // APIError is an error answer of the daemon.
@@ -53,7 +104,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	req, err := c.newRequest(ctx, method, path, rd)
 	if err != nil {
 		return err
 	}
@@ -62,7 +113,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the mergen daemon at %s: %w (is `mergen server` running? set --api or MERGEN_API)", c.base, err)
+		return fmt.Errorf("cannot reach the mergen daemon at %s: %w (is `mergen server` running? set --api or MERGEN_API)", c.where, err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
@@ -75,6 +126,9 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		}
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
 			e.Error = strings.TrimSpace(string(data))
+		}
+		if resp.StatusCode == http.StatusUnauthorized {
+			e.Error += " (give the daemon's token with MERGEN_API_TOKEN, or run where the token file MGR_API_TOKEN_FILE is readable, or use the unix socket MGR_API_SOCKET)"
 		}
 		return &APIError{Status: resp.StatusCode, Message: e.Error}
 	}
@@ -199,7 +253,7 @@ func (c *Client) Console(ctx context.Context, id string, tail int64, follow bool
 	if follow {
 		q.Set("follow", "true")
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/vms/"+url.PathEscape(id)+"/console?"+q.Encode(), nil)
+	req, err := c.newRequest(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(id)+"/console?"+q.Encode(), nil)
 	if err != nil {
 		return err
 	}
@@ -207,7 +261,7 @@ func (c *Client) Console(ctx context.Context, id string, tail int64, follow bool
 	hc.Timeout = 0 // following has no natural end
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the mergen daemon at %s: %w", c.base, err)
+		return fmt.Errorf("cannot reach the mergen daemon at %s: %w", c.where, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
@@ -217,6 +271,9 @@ func (c *Client) Console(ctx context.Context, id string, tail int64, follow bool
 		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		if json.Unmarshal(data, &e) != nil || e.Error == "" {
 			e.Error = strings.TrimSpace(string(data))
+		}
+		if resp.StatusCode == http.StatusUnauthorized {
+			e.Error += " (give the daemon's token with MERGEN_API_TOKEN, or run where the token file MGR_API_TOKEN_FILE is readable, or use the unix socket MGR_API_SOCKET)"
 		}
 		return &APIError{Status: resp.StatusCode, Message: e.Error}
 	}
