@@ -47,8 +47,8 @@ type Manager struct {
 	labels    map[string]labelOwner
 	shortIDs  map[string]string
 
-	newID func() string // store.NewID; tests make ids collide
-	indexGen  uint64
+	newID    func() string // store.NewID; tests make ids collide
+	indexGen uint64
 }
 
 // Options are the manager's collaborators.
