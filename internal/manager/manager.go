@@ -46,9 +46,9 @@ type Manager struct {
 	dataDisks map[string]string
 	labels    map[string]labelOwner
 	shortIDs  map[string]string
+	indexGen  uint64
 
-	newID    func() string // store.NewID; tests make ids collide
-	indexGen uint64
+	newID func() string // store.NewID; tests make ids collide
 }
 
 // Options are the manager's collaborators.
