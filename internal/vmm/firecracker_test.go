@@ -176,6 +176,7 @@ func TestFirecrackerCommand(t *testing.T) {
 	dir := t.TempDir()
 	s := testSpec(t, dir)
 	bin := fakeExecutable(t, dir, "firecracker")
+	s.BootArgs += " " + secretEnv
 	d := &firecracker{bin: bin}
 	cfg := filepath.Join(dir, "vm.json")
 
@@ -185,6 +186,9 @@ func TestFirecrackerCommand(t *testing.T) {
 	b, err := d.Config(s)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), secretEnv) {
+		t.Fatalf("vm.json lacks the boot args:\n%s", b)
 	}
 	if err := os.WriteFile(cfg, b, 0o600); err != nil {
 		t.Fatal(err)
@@ -197,6 +201,8 @@ func TestFirecrackerCommand(t *testing.T) {
 	if !slices.Equal(argv, want) {
 		t.Errorf("argv = %q\nwant   %q", argv, want)
 	}
+	// The kernel command line travels in vm.json only.
+	assertNoBootArgs(t, argv, s.BootArgs)
 	// A vsock socket left by a previous run would make Firecracker fail.
 	stale := filepath.Join(dir, "vsock.sock")
 	os.WriteFile(stale, nil, 0o600)
@@ -222,6 +228,7 @@ func TestFirecrackerJailLaysOutTheChroot(t *testing.T) {
 	dir := t.TempDir()
 	s := testSpec(t, dir)
 	s.Initrd = filepath.Join(dir, "initrd.img")
+	s.BootArgs += " " + secretEnv
 	bin := fakeExecutable(t, dir, "firecracker")
 	jailer := fakeExecutable(t, dir, "jailer")
 	d := &firecracker{bin: bin, jailer: true, jailerBin: jailer, jailerUID: "1234", jailerGID: "2345"}
@@ -255,6 +262,7 @@ func TestFirecrackerJailLaysOutTheChroot(t *testing.T) {
 	if !slices.Equal(argv, want) {
 		t.Errorf("argv = %q\nwant   %q", argv, want)
 	}
+	assertNoBootArgs(t, argv, s.BootArgs)
 	if _, err := os.Stat(filepath.Join(root, "dev", "kvm")); err == nil {
 		t.Error("the previous run's /dev/kvm is still in the chroot")
 	}

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
+	"github.com/mergenhq/mergen/internal/atomicfile"
 	"github.com/mergenhq/mergen/internal/config"
 )
 
@@ -90,9 +92,27 @@ func (q *qemu) accelerator() (string, string, error) {
 	return "", "", fmt.Errorf("MGR_QEMU_ACCEL: %q is not one of auto, kvm, tcg", q.accel)
 }
 
+// qemuBootFile is the file, in the VM's run directory, from which QEMU reads
+// the kernel, the initrd and the kernel command line (-readconfig). The
+// command line carries the VM's extraEnv (mergen.env=), and a process's
+// argv is readable by every local user in /proc/<pid>/cmdline; the file is
+// root's, mode 0600, like vm.json.
+const qemuBootFile = "qemu-boot.cfg"
+
+// qemuConfigLineMax is the longest line QEMU's -readconfig parser reads
+// whole: it reads lines into a 1024-byte buffer (util/qemu-config.c; with
+// QEMU 7.2, `append = "` and 1012 characters of command line still load,
+// 1013 do not). A longer line would be cut in two and misread, so
+// the driver refuses values that do not fit rather than let QEMU fail or
+// boot with a truncated command line. Values cannot hold '"' either: the
+// format has no escapes.
+const qemuConfigLineMax = 1023
+
 // qemuConfig is vm.json for QEMU: the decisions taken when it was rendered
 // (machine, accelerator, kernel actually used) and the argv that Command
-// runs, so that the file shows exactly what runs.
+// runs, so that the file shows exactly what runs. The kernel, initrd and
+// bootArgs reach QEMU through BootConfig, which Command writes from this
+// document.
 type qemuConfig struct {
 	VMM         string      `json:"vmm"` // always "qemu"
 	Machine     string      `json:"machine"`
@@ -103,6 +123,7 @@ type qemuConfig struct {
 	Kernel      string      `json:"kernel"`
 	Initrd      string      `json:"initrd,omitempty"`
 	BootArgs    string      `json:"bootArgs"`
+	BootConfig  string      `json:"bootConfig"` // -readconfig file: kernel, initrd, bootArgs
 	Drives      []qemuDrive `json:"drives"`
 	NIC         *qemuNIC    `json:"nic,omitempty"`
 	QMPSocket   string      `json:"qmpSocket"`
@@ -145,6 +166,9 @@ func (q *qemu) config(s Spec) (qemuConfig, error) {
 	if err != nil {
 		return qemuConfig{}, fmt.Errorf("vm %s: %w", s.ID, err)
 	}
+	if s.WorkDir == "" {
+		return qemuConfig{}, fmt.Errorf("vm %s: workDir: empty, but QEMU's boot configuration (%s) lives there", s.ID, qemuBootFile)
+	}
 	bin := q.bin
 	if bin == "" {
 		bin = qemuDefaultBin
@@ -153,8 +177,9 @@ func (q *qemu) config(s Spec) (qemuConfig, error) {
 		VMM: "qemu", Machine: machine, Accel: accel, AccelReason: reason,
 		VCPU: s.VCPU, MemMiB: s.MemMiB,
 		Kernel: bzImage(s.Kernel), Initrd: s.Initrd,
-		Drives:    []qemuDrive{},
-		QMPSocket: s.SocketPath,
+		Drives:     []qemuDrive{},
+		QMPSocket:  s.SocketPath,
+		BootConfig: filepath.Join(s.WorkDir, qemuBootFile),
 	}
 	drives := rootFirst(s.Drives)
 	cfg.BootArgs = s.BootArgs
@@ -202,12 +227,10 @@ func (q *qemu) config(s Spec) (qemuConfig, error) {
 		// A guest reboot ends the VMM, as with Firecracker; the service
 		// manager decides whether to start it again.
 		"-no-reboot",
-		"-kernel", cfg.Kernel,
+		// The kernel, initrd and command line, from a file rather than
+		// -kernel, -initrd and -append: see qemuBootFile.
+		"-readconfig", cfg.BootConfig,
 	}
-	if s.Initrd != "" {
-		argv = append(argv, "-initrd", s.Initrd)
-	}
-	argv = append(argv, "-append", cfg.BootArgs)
 	for _, d := range cfg.Drives {
 		id := "disk-" + d.ID // QEMU ids must start with a letter
 		opts := "file=" + d.Path + ",if=none,id=" + id + ",format=raw"
@@ -228,7 +251,60 @@ func (q *qemu) config(s Spec) (qemuConfig, error) {
 	}
 	argv = append(argv, "-qmp", "unix:"+s.SocketPath+",server=on,wait=off")
 	cfg.Argv = argv
+	// Refuse now, at create, what the boot file cannot carry.
+	if _, err := cfg.bootFile(); err != nil {
+		return qemuConfig{}, fmt.Errorf("vm %s: %w", s.ID, err)
+	}
 	return cfg, nil
+}
+
+// bootFile renders the -readconfig file: a [machine] section with the
+// machine properties that -kernel, -initrd and -append set.
+func (c qemuConfig) bootFile() ([]byte, error) {
+	var b strings.Builder
+	b.WriteString("# The kernel and its command line, read by QEMU (-readconfig); written by mergen from vm.json.\n[machine]\n")
+	for _, p := range []struct{ key, field, value string }{
+		{"kernel", "kernel", c.Kernel},
+		{"initrd", "initrd", c.Initrd},
+		{"append", "bootArgs", c.BootArgs},
+	} {
+		if p.value == "" {
+			// The parser wants at least one character between the
+			// quotes; an absent property is QEMU's default anyway.
+			continue
+		}
+		if strings.ContainsAny(p.value, "\"\r\n\x00") {
+			return nil, fmt.Errorf("%s: contains a double quote or a line break, which QEMU's configuration file cannot carry", p.field)
+		}
+		line := p.key + ` = "` + p.value + `"`
+		if len(line) > qemuConfigLineMax {
+			return nil, fmt.Errorf("%s: %d bytes, at most %d fit QEMU's configuration file, which keeps them off the VMM's command line (put large configuration on an env disk)",
+				p.field, len(p.value), qemuConfigLineMax-len(line)+len(p.value))
+		}
+		b.WriteString(line + "\n")
+	}
+	return []byte(b.String()), nil
+}
+
+// fromArgvBootArgs turns the argv of a vm.json rendered before the boot
+// file existed (-kernel, -initrd and -append in argv) into the current
+// form: those options out, -readconfig in their place.
+func fromArgvBootArgs(argv []string, bootConfig string) []string {
+	out := make([]string, 0, len(argv))
+	placed := false
+	for i := 0; i < len(argv); i++ {
+		switch argv[i] {
+		case "-kernel", "-initrd", "-append":
+			i++ // and its value
+			if !placed {
+				out = append(out, "-readconfig", bootConfig)
+				placed = true
+			}
+			continue
+		}
+		out = append(out, argv[i])
+	}
+	return out
 }
 
 // bzImage picks the kernel QEMU should load. The base assets carry an
@@ -250,7 +326,11 @@ func bzImage(kernel string) string {
 
 // Command runs the argv stored in vm.json: the file is the record of what
 // runs. The spec is validated again so that a disk removed since create
-// fails here, with its name, rather than inside QEMU.
+// fails here, with its name, rather than inside QEMU. It writes the boot
+// file (kernel, initrd, command line) that the argv names, from vm.json,
+// mode 0600. A vm.json from before the boot file, whose argv carries
+// -append, is run in the current form: its command line never reaches
+// QEMU's argv.
 func (q *qemu) Command(s Spec, configPath string) ([]string, error) {
 	if err := s.Validate(); err != nil {
 		return nil, err
@@ -269,6 +349,20 @@ func (q *qemu) Command(s Spec, configPath string) ([]string, error) {
 	if cfg.QMPSocket != s.SocketPath {
 		return nil, fmt.Errorf("vm %s: %s has QMP socket %q, the VM expects %q", s.ID, configPath, cfg.QMPSocket, s.SocketPath)
 	}
+	if s.WorkDir == "" {
+		return nil, fmt.Errorf("vm %s: workDir: empty, but QEMU's boot configuration (%s) lives there", s.ID, qemuBootFile)
+	}
+	bootConfig := filepath.Join(s.WorkDir, qemuBootFile)
+	if cfg.BootConfig == "" {
+		cfg.Argv = fromArgvBootArgs(cfg.Argv, bootConfig)
+		cfg.BootConfig = bootConfig
+	}
+	if cfg.BootConfig != bootConfig {
+		return nil, fmt.Errorf("vm %s: %s has boot configuration %q, the VM expects %q", s.ID, configPath, cfg.BootConfig, bootConfig)
+	}
+	if i := slices.Index(cfg.Argv, "-readconfig"); i < 0 || i+1 == len(cfg.Argv) || cfg.Argv[i+1] != bootConfig || slices.Contains(cfg.Argv, "-append") {
+		return nil, fmt.Errorf("vm %s: %s: argv must take the kernel command line from -readconfig %s, and have no -append", s.ID, configPath, bootConfig)
+	}
 	if cfg.Accel == "kvm" {
 		if err := openKVM(); err != nil {
 			return nil, fmt.Errorf("vm %s: %w: %s asks for KVM but /dev/kvm is unusable: %v", s.ID, ErrUnavailable, configPath, err)
@@ -277,6 +371,13 @@ func (q *qemu) Command(s Spec, configPath string) ([]string, error) {
 	bin, err := findBinary(cfg.Argv[0], qemuDefaultBin)
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	boot, err := cfg.bootFile()
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %s: %w", s.ID, configPath, err)
+	}
+	if err := atomicfile.WriteFile(bootConfig, boot, 0o600); err != nil {
+		return nil, fmt.Errorf("vm %s: qemu boot configuration: %w", s.ID, err)
 	}
 	return append([]string{bin}, cfg.Argv[1:]...), nil
 }

@@ -1,20 +1,24 @@
 package vmm
 
 import (
-	"github.com/mergenhq/mergen/internal/config"
-
 	"bytes"
 	"context"
+	"crypto/rand"
 	"debug/elf"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/testenv"
 	"github.com/vishvananda/netns"
 )
@@ -24,10 +28,15 @@ import (
 // (read-only and writable) and, as root, the tap in a network namespace the
 // test made; the guest's console reaches the VMM's stdout, QMP reports it
 // running, and Shutdown's Ctrl-Alt-Del makes the guest reset, which ends
-// QEMU (-no-reboot). The guest is a small initramfs (busybox) that prints a
-// line and waits, so the kernel's own Ctrl-Alt-Del handling (an immediate
-// restart while no init has claimed it) does the power-off. The guest
-// configures no network and sends nothing.
+// QEMU (-no-reboot). The guest is a small initramfs (busybox) that prints
+// its /proc/cmdline and a line, and waits, so the kernel's own Ctrl-Alt-Del
+// handling (an immediate restart while no init has claimed it) does the
+// power-off. The guest configures no network and sends nothing.
+//
+// The boot args carry a secret as extraEnv does (mergen.env=), padded to
+// the longest command line the driver accepts: the guest receives all of
+// it, while the running QEMU's /proc/<pid>/cmdline, which every local user
+// can read, shows none of it.
 func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a kernel under emulation; skipped with -short")
@@ -43,10 +52,14 @@ func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	secret := make([]byte, 16)
+	rand.Read(secret)
+	env, _ := json.Marshal(map[string]string{"API_KEY": hex.EncodeToString(secret)})
+	secretArg := "mergen.env=" + base64.RawURLEncoding.EncodeToString(env)
 	s := Spec{
 		ID: "bootcheck", VCPU: 1, MemMiB: 256,
 		Kernel: kernel, Initrd: initrd,
-		BootArgs: "console=ttyS0 panic=-1 quiet",
+		BootArgs: "console=ttyS0,115200 panic=-1 quiet " + secretArg,
 		Drives: []Drive{
 			{ID: "data", Path: filepath.Join(dir, "data.img")},
 			{ID: "rootfs", Path: filepath.Join(dir, "root.img"), ReadOnly: true, Root: true},
@@ -61,9 +74,24 @@ func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 		t.Log("not root: booting without a network interface")
 	}
 	d := newQEMU(config.Driver{QEMUAccel: "tcg"})
+	// Pad the command line, as the driver completes it (root=), to the
+	// longest that QEMU's configuration file carries.
+	c, err := d.config(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pad := " mergen.test.pad="
+	s.BootArgs += pad + strings.Repeat("p", qemuConfigLineMax-len(`append = ""`)-len(c.BootArgs)-len(pad))
 	b, err := d.Config(s)
 	if err != nil {
 		t.Fatal(err)
+	}
+	var rendered qemuConfig
+	if err := json.Unmarshal(b, &rendered); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(rendered.BootArgs); n != 1012 {
+		t.Fatalf("padded boot args are %d bytes, want 1012", n)
 	}
 	cfg := filepath.Join(dir, "vm.json")
 	if err := os.WriteFile(cfg, b, 0o600); err != nil {
@@ -108,6 +136,34 @@ func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+	// What every local user sees of the running VMM.
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	procArgv := strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")
+	if !slices.Equal(procArgv, argv) {
+		t.Fatalf("/proc/%d/cmdline = %q, want the driver's argv %q", cmd.Process.Pid, procArgv, argv)
+	}
+	for _, leak := range []string{hex.EncodeToString(secret), secretArg, "mergen.env", "mergen.test.pad", rendered.BootArgs} {
+		if bytes.Contains(cmdline, []byte(leak)) {
+			t.Errorf("QEMU's /proc/%d/cmdline shows %.40q", cmd.Process.Pid, leak)
+		}
+	}
+	checkBootFile(t, filepath.Join(dir, qemuBootFile), rendered)
+	// What the guest got: the whole command line.
+	guestCmdline := ""
+	for _, line := range strings.Split(string(readFile(console)), "\n") {
+		if after, ok := strings.CutPrefix(strings.TrimRight(line, "\r"), guestCmdlinePrefix); ok {
+			guestCmdline = strings.TrimSpace(after)
+		}
+	}
+	if guestCmdline != rendered.BootArgs {
+		t.Errorf("the guest's /proc/cmdline:\n%q\nwant the boot args\n%q", guestCmdline, rendered.BootArgs)
+	}
+	t.Logf("QEMU pid %d argv: %q", cmd.Process.Pid, procArgv)
+	t.Logf("guest /proc/cmdline: %d bytes, the boot args with %s=<%d bytes> in them", len(guestCmdline), "mergen.env", len(secretArg)-len("mergen.env="))
+
 	st, err := d.Status(ctx, s.SocketPath)
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +220,10 @@ func startInNewNetns(t *testing.T, cmd *exec.Cmd, tap string) {
 	}
 }
 
-const guestMarker = "mergen-vmm-test: guest up"
+const (
+	guestMarker        = "mergen-vmm-test: guest up"
+	guestCmdlinePrefix = "mergen-vmm-test: cmdline: "
+)
 
 func readFile(p string) []byte {
 	b, _ := os.ReadFile(p)
@@ -172,8 +231,9 @@ func readFile(p string) []byte {
 }
 
 // writeInitramfs writes an uncompressed newc cpio archive holding a static
-// busybox and an /init that announces itself and waits. /dev/console is in
-// the archive because nothing mounts devtmpfs before /init runs.
+// busybox and an /init that prints its kernel command line, announces
+// itself and waits. /dev/console is in the archive because nothing mounts
+// devtmpfs before /init runs.
 func writeInitramfs(t *testing.T, path, busybox string) {
 	t.Helper()
 	bb, err := os.ReadFile(busybox)
@@ -189,10 +249,15 @@ func writeInitramfs(t *testing.T, path, busybox string) {
 			t.Fatalf("%s is dynamically linked; the test needs busybox-static (make deps)", busybox)
 		}
 	}
-	init := "#!/bin/busybox sh\n/bin/busybox echo '" + guestMarker + "'\nwhile :; do /bin/busybox sleep 1; done\n"
+	init := "#!/bin/busybox sh\n" +
+		"/bin/busybox mount -t proc proc /proc\n" +
+		"/bin/busybox echo \"" + guestCmdlinePrefix + "$(/bin/busybox cat /proc/cmdline)\"\n" +
+		"/bin/busybox echo '" + guestMarker + "'\n" +
+		"while :; do /bin/busybox sleep 1; done\n"
 	var a cpioWriter
 	a.add("dev", 0o040755, nil, 0, 0)
 	a.add("dev/console", 0o020600, nil, 5, 1)
+	a.add("proc", 0o040755, nil, 0, 0)
 	a.add("bin", 0o040755, nil, 0, 0)
 	a.add("bin/busybox", 0o100755, bb, 0, 0)
 	a.add("init", 0o100755, []byte(init), 0, 0)

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,10 +25,17 @@ func probe(ok bool) func() (bool, string) {
 	}
 }
 
-// TestQEMUArgv spells out the command line each configuration produces.
+// secretEnv is a mergen.env= argument as the manager renders extraEnv:
+// base64url of {"API_KEY":"s3cr3t-0b6f"}.
+const secretEnv = "mergen.env=eyJBUElfS0VZIjoiczNjcjN0LTBiNmYifQ"
+
+// TestQEMUArgv spells out the command line each configuration produces,
+// and the boot file that carries the kernel, initrd and kernel command line
+// instead of the command line.
 func TestQEMUArgv(t *testing.T) {
 	dir := t.TempDir()
 	s := testSpec(t, dir)
+	s.BootArgs += " " + secretEnv
 	common := func(machine, accel, cpu string) []string {
 		return []string{"qemu-system-x86_64", "-name", s.ID, "-M", machine, "-accel", accel, "-cpu", cpu,
 			"-smp", "2", "-m", "512", "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"}
@@ -44,33 +52,44 @@ func TestQEMUArgv(t *testing.T) {
 		return []string{"-netdev", "tap,id=n0,ifname=tap-0b6f4a2e,script=no,downscript=no", "-device", "virtio-net-" + bus + ",netdev=n0,mac=02:fc:0b:6f:4a:2e"}
 	}
 	qmp := []string{"-qmp", "unix:" + dir + "/vmm.sock,server=on,wait=off"}
-	kernel := []string{"-kernel", dir + "/vmlinux", "-append", s.BootArgs + " root=/dev/vda ro"}
+	boot := []string{"-readconfig", dir + "/qemu-boot.cfg"}
+	bootFile := func(lines ...string) string {
+		return "# The kernel and its command line, read by QEMU (-readconfig); written by mergen from vm.json.\n[machine]\n" +
+			strings.Join(lines, "\n") + "\n"
+	}
+	kernel := `kernel = "` + dir + `/vmlinux"`
+	defaultBoot := bootFile(kernel, `append = "`+s.BootArgs+` root=/dev/vda ro"`)
 
 	cases := []struct {
 		name   string
 		driver qemu
 		mutate func(*Spec)
 		want   [][]string
+		boot   string
 	}{
 		{"q35 without kvm falls back to tcg", qemu{kvmProbe: probe(false)}, nil,
-			[][]string{common("q35", "tcg", "max"), kernel, disks("pci"), nic("pci"), qmp}},
+			[][]string{common("q35", "tcg", "max"), boot, disks("pci"), nic("pci"), qmp}, defaultBoot},
 		{"q35 with trusted kvm", qemu{kvmProbe: probe(true)}, nil,
-			[][]string{common("q35", "kvm", "host"), kernel, disks("pci"), nic("pci"), qmp}},
+			[][]string{common("q35", "kvm", "host"), boot, disks("pci"), nic("pci"), qmp}, defaultBoot},
 		{"tcg forced over kvm", qemu{accel: "tcg", kvmProbe: probe(true)}, nil,
-			[][]string{common("q35", "tcg", "max"), kernel, disks("pci"), nic("pci"), qmp}},
+			[][]string{common("q35", "tcg", "max"), boot, disks("pci"), nic("pci"), qmp}, defaultBoot},
 		{"microvm uses virtio-mmio devices", qemu{machine: "microvm", kvmProbe: probe(false)}, nil,
-			[][]string{common("microvm", "tcg", "max"), kernel, disks("device"), nic("device"), qmp}},
+			[][]string{common("microvm", "tcg", "max"), boot, disks("device"), nic("device"), qmp}, defaultBoot},
 		{"initrd, entropy, own binary, caller's root=", qemu{bin: "/opt/qemu/bin/qemu-system-x86_64", entropy: true, kvmProbe: probe(false)},
-			func(s *Spec) { s.Initrd = dir + "/initrd.img"; s.BootArgs = "console=ttyS0 root=LABEL=x rw" },
+			func(s *Spec) {
+				s.Initrd = dir + "/initrd.img"
+				s.BootArgs = "console=ttyS0,115200 root=LABEL=x rw " + secretEnv
+			},
 			[][]string{
 				append([]string{"/opt/qemu/bin/qemu-system-x86_64"}, common("q35", "tcg", "max")[1:]...),
-				{"-kernel", dir + "/vmlinux", "-initrd", dir + "/initrd.img", "-append", "console=ttyS0 root=LABEL=x rw"},
+				boot,
 				disks("pci"), nic("pci"),
 				{"-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0"},
 				qmp,
-			}},
+			},
+			bootFile(kernel, `initrd = "`+dir+`/initrd.img"`, `append = "console=ttyS0,115200 root=LABEL=x rw `+secretEnv+`"`)},
 		{"no network, no disks", qemu{kvmProbe: probe(false)}, func(s *Spec) { s.NIC = nil; s.Drives = nil },
-			[][]string{common("q35", "tcg", "max"), {"-kernel", dir + "/vmlinux", "-append", s.BootArgs}, qmp}},
+			[][]string{common("q35", "tcg", "max"), boot, qmp}, bootFile(kernel, `append = "`+s.BootArgs+`"`)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -87,7 +106,55 @@ func TestQEMUArgv(t *testing.T) {
 			if !slices.Equal(cfg.Argv, want) {
 				t.Errorf("argv:\n got %q\nwant %q", cfg.Argv, want)
 			}
+			assertNoBootArgs(t, cfg.Argv, cfg.BootArgs)
+			b, err := cfg.bootFile()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(b) != tc.boot {
+				t.Errorf("boot file:\n got %q\nwant %q", b, tc.boot)
+			}
 		})
+	}
+}
+
+// assertNoBootArgs checks that a VMM's argv shows neither the kernel command
+// line nor any part of extraEnv: /proc/<pid>/cmdline is world-readable.
+func assertNoBootArgs(t *testing.T, argv []string, bootArgs string) {
+	t.Helper()
+	if bootArgs == "" {
+		t.Fatal("no boot args to look for")
+	}
+	for i, a := range argv {
+		if strings.Contains(a, "mergen.env") || strings.Contains(a, bootArgs) {
+			t.Errorf("argv[%d] = %q shows the kernel command line", i, a)
+		}
+	}
+}
+
+// TestQEMUBootFileRefusesWhatItCannotCarry: QEMU's configuration file has a
+// line limit and no escapes; such boot args are refused at create, naming
+// the field, instead of reaching QEMU cut or on its command line.
+func TestQEMUBootFileRefusesWhatItCannotCarry(t *testing.T) {
+	dir := t.TempDir()
+	s := testSpec(t, dir)
+	d := &qemu{kvmProbe: probe(false)}
+	// "append" line: append = "<args root=/dev/vda ro>", at most 1023 bytes.
+	fits := strings.Repeat("a", 1012-len(" root=/dev/vda ro"))
+	s.BootArgs = fits
+	if _, err := d.Config(s); err != nil {
+		t.Errorf("boot args of 1012 bytes: %v", err)
+	}
+	for _, args := range []string{fits + "b", `console=ttyS0 foo="a b"`} {
+		s.BootArgs = args
+		if _, err := d.Config(s); err == nil || !strings.Contains(err.Error(), "bootArgs") {
+			t.Errorf("boot args %.40q…: %v, want an error naming bootArgs", args, err)
+		}
+	}
+	s.BootArgs = "console=ttyS0"
+	s.WorkDir = ""
+	if _, err := d.Config(s); err == nil || !strings.Contains(err.Error(), "workDir") {
+		t.Errorf("no work dir: %v, want an error naming workDir", err)
 	}
 }
 
@@ -139,10 +206,13 @@ func TestQEMUBootsTheBzImageNextToAVmlinux(t *testing.T) {
 	}
 }
 
-// TestQEMUCommandRunsTheStoredArgv: vm.json is the record of what runs.
+// TestQEMUCommandRunsTheStoredArgv: vm.json is the record of what runs;
+// Command writes the boot file it names, private to its owner.
 func TestQEMUCommandRunsTheStoredArgv(t *testing.T) {
 	dir := t.TempDir()
 	s := testSpec(t, dir)
+	s.Initrd = filepath.Join(dir, "initrd.img")
+	s.BootArgs += " " + secretEnv
 	d := &qemu{bin: "/bin/true", kvmProbe: probe(false)}
 	b, err := d.Config(s)
 	if err != nil {
@@ -152,6 +222,14 @@ func TestQEMUCommandRunsTheStoredArgv(t *testing.T) {
 	os.WriteFile(cfgPath, b, 0o600)
 	var cfg qemuConfig
 	json.Unmarshal(b, &cfg)
+	bootPath := filepath.Join(dir, qemuBootFile)
+	// A file left by an earlier run, even a link elsewhere, is replaced,
+	// never written through.
+	elsewhere := filepath.Join(dir, "elsewhere")
+	os.WriteFile(elsewhere, []byte("untouched"), 0o644)
+	if err := os.Symlink(elsewhere, bootPath); err != nil {
+		t.Fatal(err)
+	}
 	argv, err := d.Command(s, cfgPath)
 	if err != nil {
 		t.Fatal(err)
@@ -159,16 +237,90 @@ func TestQEMUCommandRunsTheStoredArgv(t *testing.T) {
 	if !slices.Equal(argv, cfg.Argv) {
 		t.Errorf("Command = %q\nvm.json argv %q", argv, cfg.Argv)
 	}
+	assertNoBootArgs(t, argv, cfg.BootArgs)
+	checkBootFile(t, bootPath, cfg)
+	if got := readFile(elsewhere); string(got) != "untouched" {
+		t.Errorf("the link's target was written: %q", got)
+	}
 
 	other := s
 	other.SocketPath = filepath.Join(dir, "other.sock")
 	if _, err := d.Command(other, cfgPath); err == nil || !strings.Contains(err.Error(), "QMP socket") {
 		t.Errorf("Command with a different socket = %v, want a mismatch error", err)
 	}
+	other = s
+	other.WorkDir = filepath.Join(dir, "elsewhere.d")
+	if _, err := d.Command(other, cfgPath); err == nil || !strings.Contains(err.Error(), "boot configuration") {
+		t.Errorf("Command with a different run directory = %v, want a mismatch error", err)
+	}
 	fc, _ := (&firecracker{}).Config(s)
 	os.WriteFile(cfgPath, fc, 0o600)
 	if _, err := d.Command(s, cfgPath); err == nil || !strings.Contains(err.Error(), "not a qemu configuration") {
 		t.Errorf("Command on a Firecracker vm.json = %v, want a refusal", err)
+	}
+	// A hand-edited argv that puts the command line back is refused.
+	edited := cfg
+	edited.Argv = append(slices.Clone(cfg.Argv), "-append", cfg.BootArgs)
+	eb, _ := json.Marshal(edited)
+	os.WriteFile(cfgPath, eb, 0o600)
+	if _, err := d.Command(s, cfgPath); err == nil || !strings.Contains(err.Error(), "-append") {
+		t.Errorf("Command on an argv with -append = %v, want a refusal", err)
+	}
+}
+
+// TestQEMUCommandKeepsAnOlderVMJSONsBootArgsOffArgv: a vm.json rendered
+// before the boot file carried -kernel, -initrd and -append in its argv.
+// Command runs it with -readconfig in their place and the same boot file
+// as a new one.
+func TestQEMUCommandKeepsAnOlderVMJSONsBootArgsOffArgv(t *testing.T) {
+	dir := t.TempDir()
+	s := testSpec(t, dir)
+	s.Initrd = filepath.Join(dir, "initrd.img")
+	s.BootArgs += " " + secretEnv
+	d := &qemu{bin: "/bin/true", kvmProbe: probe(false)}
+	cur, err := d.config(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := cur
+	old.BootConfig = ""
+	i := slices.Index(cur.Argv, "-readconfig")
+	old.Argv = slices.Concat(cur.Argv[:i],
+		[]string{"-kernel", cur.Kernel, "-initrd", cur.Initrd, "-append", cur.BootArgs}, cur.Argv[i+2:])
+	b, _ := json.Marshal(old)
+	cfgPath := filepath.Join(dir, "vm.json")
+	os.WriteFile(cfgPath, b, 0o600)
+	argv, err := d.Command(s, cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(argv, cur.Argv) {
+		t.Errorf("Command = %q\nwant  %q", argv, cur.Argv)
+	}
+	assertNoBootArgs(t, argv, cur.BootArgs)
+	checkBootFile(t, filepath.Join(dir, qemuBootFile), cur)
+}
+
+// checkBootFile: the boot file holds what cfg says, is a regular file of
+// the process's own user (root, when the lifecycle runs it), mode 0600.
+func checkBootFile(t *testing.T, path string, cfg qemuConfig) {
+	t.Helper()
+	fi, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o600 {
+		t.Errorf("%s: mode %s, want a regular file with mode 0600", path, fi.Mode())
+	}
+	if uid := fi.Sys().(*syscall.Stat_t).Uid; int(uid) != os.Geteuid() {
+		t.Errorf("%s: owned by uid %d, want %d", path, uid, os.Geteuid())
+	}
+	want, err := cfg.bootFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(path); string(got) != string(want) {
+		t.Errorf("%s:\n%s\nwant\n%s", path, got, want)
 	}
 }
 
