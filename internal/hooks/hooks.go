@@ -27,6 +27,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/store"
 )
 
@@ -85,9 +86,38 @@ func (s Set) For(e Event) []Hook {
 	return nil
 }
 
-// Parse decodes and validates a hook set; empty input is an empty set.
-// Errors name the offending field, e.g. hooks.onCreate[0].url.
+// ParseOptions says what a hook set from an API request may hold.
+type ParseOptions struct {
+	// AllowCommands accepts command hooks (MGR_ALLOW_VM_COMMAND_HOOKS=1).
+	// Without it an API caller could run any program as the daemon's user.
+	AllowCommands bool
+}
+
+// commandsDisabled is why a command hook in an API request is refused.
+const commandsDisabled = "command hooks in API requests are disabled; an operator can allow them with MGR_ALLOW_VM_COMMAND_HOOKS=1 or use a global hook file in MGR_GLOBAL_HOOKS_DIR"
+
+// ParseRequest decodes and validates the hooks of an API request (the
+// "hooks" field of POST /v1/vms). Command hooks are refused unless
+// o.AllowCommands. Errors are errdefs.Invalid and name the offending field,
+// e.g. hooks.onCreate[0].command.
+func ParseRequest(b []byte, o ParseOptions) (Set, error) {
+	s, err := parse(b, o.AllowCommands)
+	if err != nil {
+		return Set{}, errdefs.Invalid("%w", err)
+	}
+	return s, nil
+}
+
+// Parse decodes and validates a hook set from a trusted place: a global
+// hook file, or a VM's stored hooks.json (accepted when the VM was created,
+// so it keeps working whatever the options are now). Command hooks are
+// allowed; API input goes through ParseRequest instead. Empty input is an
+// empty set. Errors name the offending field, e.g. hooks.onCreate[0].url.
 func Parse(b []byte) (Set, error) {
+	return parse(b, true)
+}
+
+func parse(b []byte, allowCommands bool) (Set, error) {
 	var s Set
 	if t := bytes.TrimSpace(b); len(t) == 0 || string(t) == "null" {
 		return s, nil
@@ -112,6 +142,9 @@ func Parse(b []byte) (Set, error) {
 			dec.DisallowUnknownFields()
 			if err := dec.Decode(&h); err != nil {
 				return Set{}, fmt.Errorf("hooks.%s[%d]: %s", name, i, decodeProblem(err))
+			}
+			if h.Command != nil && !allowCommands {
+				return Set{}, fmt.Errorf("hooks.%s[%d].command: %s", name, i, commandsDisabled)
 			}
 			if err := h.validate(); err != nil {
 				return Set{}, fmt.Errorf("hooks.%s[%d].%v", name, i, err)

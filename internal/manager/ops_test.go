@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/wire"
 )
@@ -15,6 +16,31 @@ import (
 // that fails.
 func failingHook(event string) json.RawMessage {
 	return json.RawMessage(`{"` + event + `":[{"command":["/bin/sh","-c","echo hook says no >&2; exit 7"],"strict":true}]}`)
+}
+
+// allowCommands is the environment of a host whose operator accepts command
+// hooks in create requests.
+var allowCommands = map[string]string{"MGR_ALLOW_VM_COMMAND_HOOKS": "1"}
+
+// A command hook in a create request runs as the daemon's user: refused,
+// naming the field, unless the operator allows it; nothing is kept.
+func TestCommandHooksInACreateNeedTheOperatorsConsent(t *testing.T) {
+	h := newHost(t, nil)
+	_, err := h.mgr.Create(context.Background(), wire.CreateRequest{Hooks: failingHook("onCreate")})
+	if !errdefs.IsInvalid(err) || !contains(err.Error(), "hooks.onCreate[0].command: command hooks in API requests are disabled", "MGR_ALLOW_VM_COMMAND_HOOKS=1") {
+		t.Fatalf("Create with a command hook = %v; want invalid, naming the field and the setting", err)
+	}
+	if left := h.leftovers(t); len(left) > 0 {
+		t.Fatalf("the refused create left %v", left)
+	}
+	allowed := newHost(t, allowCommands)
+	if _, err := allowed.mgr.Create(context.Background(), wire.CreateRequest{Hooks: json.RawMessage(`{"onCreate":[{"command":["/bin/true"]}]}`)}); err != nil {
+		t.Fatalf("Create with a command hook where they are allowed = %v", err)
+	}
+	_, err = allowed.mgr.Create(context.Background(), wire.CreateRequest{Hooks: json.RawMessage(`{"onCreate":[{"command":["true"]}]}`)})
+	if !errdefs.IsInvalid(err) || !contains(err.Error(), `hooks.onCreate[0].command: "true" must be an absolute path`) {
+		t.Fatalf("Create with a relative command = %v; want invalid, naming the field", err)
+	}
 }
 
 // Without a service manager a VM cannot run: start, stop and restart answer
@@ -64,7 +90,7 @@ func TestOperationsOnUnknownOrMalformedIDs(t *testing.T) {
 
 // A best-effort onCreate hook that fails does not fail the create.
 func TestAFailingBestEffortHookDoesNotFailTheCreate(t *testing.T) {
-	h := newHost(t, nil)
+	h := newHost(t, allowCommands)
 	vm, err := h.mgr.Create(context.Background(), wire.CreateRequest{
 		Hooks: json.RawMessage(`{"onCreate":[{"command":["/bin/false"]}]}`),
 	})
@@ -76,7 +102,7 @@ func TestAFailingBestEffortHookDoesNotFailTheCreate(t *testing.T) {
 // The onCreate hooks see the VM as created: its id and guest address in
 // the environment, the whole event on stdin.
 func TestOnCreateHooksReceiveTheVM(t *testing.T) {
-	h := newHost(t, nil)
+	h := newHost(t, allowCommands)
 	out := h.dir + "/hook.out"
 	hooksDoc, _ := json.Marshal(map[string]any{"onCreate": []any{map[string]any{
 		"command": []string{"/bin/sh", "-c", `{ echo "$MERGEN_EVENT $MERGEN_VM_ID $MERGEN_VM_GUEST_IP"; cat; } > "$OUT"`},
@@ -97,13 +123,18 @@ func TestOnCreateHooksReceiveTheVM(t *testing.T) {
 }
 
 // A strict onDelete hook that fails vetoes the delete: unavailable, with the
-// hook's output, and the VM is kept whole.
+// hook's output, and the VM is kept whole. The hook was accepted at create:
+// it still runs after the operator stops accepting command hooks in
+// requests.
 func TestAStrictOnDeleteHookVetoesTheDelete(t *testing.T) {
-	h := newHost(t, nil)
+	h := newHost(t, allowCommands)
 	vm, err := h.mgr.Create(context.Background(), wire.CreateRequest{Hooks: failingHook("onDelete")})
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg := h.cfg
+	cfg.AllowVMCommands = false
+	h.mgr = manager.New(manager.Options{Config: cfg, Store: h.store, SupervisorErr: errNoSupervisor})
 	err = h.mgr.Delete(context.Background(), vm.ID)
 	if !errdefs.IsUnavailable(err) || !contains(err.Error(), vm.ID, "onDelete", "hook says no") {
 		t.Fatalf("Delete = %v; want unavailable naming the VM, the event and the hook's output", err)
@@ -179,7 +210,7 @@ func TestDeleteFreesWhatTheVMHeld(t *testing.T) {
 // A strict onCreate hook that fails undoes the create: unavailable, nothing
 // on disk, and the address, port and name are free again.
 func TestAStrictOnCreateHookFailureRollsTheCreateBack(t *testing.T) {
-	h := newHost(t, withLifecycle(t, nil))
+	h := newHost(t, withLifecycle(t, allowCommands))
 	port := freePort(t)
 	req := wire.CreateRequest{Tags: map[string]string{"name": "web"}, Ports: []wire.Port{{Guest: 80, Host: port}}}
 	req.Hooks = failingHook("onCreate")
