@@ -13,11 +13,13 @@ package hooks
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -25,6 +27,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
@@ -46,7 +49,6 @@ const (
 const (
 	DefaultTimeout = 5 * time.Second
 	MaxTimeout     = 300 * time.Second
-	maxResponse    = 64 << 10
 )
 
 // Hook is one manager hook: an HTTP call when URL is set, a command when
@@ -69,6 +71,18 @@ type Set struct {
 	OnStart  []Hook `json:"onStart,omitempty"`
 	OnStop   []Hook `json:"onStop,omitempty"`
 	OnDelete []Hook `json:"onDelete,omitempty"`
+
+	// Source names where the set came from in errors and logs: the global
+	// file's name (set by LoadDir), or empty for a VM's own hooks.json.
+	Source string `json:"-"`
+}
+
+// source describes where the set came from.
+func (s Set) source() string {
+	if s.Source == "" {
+		return "per-VM hooks.json"
+	}
+	return "global " + s.Source
 }
 
 // For returns the hooks of one event.
@@ -259,16 +273,18 @@ func (h Hook) timeout() time.Duration {
 	return time.Duration(h.TimeoutSeconds) * time.Second
 }
 
-// target describes the hook for logs without secrets: no headers, no
-// credentials or query in URLs, no command arguments.
+// target describes the hook for errors and logs without secrets: the
+// method and host (with port) of an HTTP hook, no path, query, credentials
+// or headers; the program of a command, no arguments.
 func (h Hook) target() string {
 	if h.URL != "" {
 		if u, err := url.Parse(h.URL); err == nil {
-			return strings.ToUpper(h.method()) + " " + u.Scheme + "://" + u.Host + u.Path
+			return "http " + h.method() + " " + u.Host
 		}
+		return "http " + h.method()
 	}
 	if len(h.Command) > 0 {
-		return h.Command[0]
+		return "command " + h.Command[0]
 	}
 	return "?"
 }
@@ -301,6 +317,7 @@ func LoadDir(dir string) ([]Set, error) {
 			errs = append(errs, fmt.Errorf("%s: %w", n, err))
 			continue
 		}
+		s.Source = filepath.Base(n)
 		sets = append(sets, s)
 	}
 	return sets, errors.Join(errs...)
@@ -321,6 +338,11 @@ type Data struct {
 // Run runs the event's hooks of set in order. A failing best-effort hook is
 // logged and the rest still run; a failing strict hook stops and returns
 // the error.
+//
+// The error names the hook (event, index, source, kind) and how it failed,
+// e.g. "onCreate hook 0 of vm 3f0c… (per-VM hooks.json, http POST
+// hooks.example) failed: HTTP 500 Internal Server Error". What a command
+// printed or a server answered goes to log only, as "detail".
 func Run(ctx context.Context, log *slog.Logger, set Set, d Data) error {
 	body, err := json.Marshal(d)
 	if err != nil {
@@ -328,22 +350,31 @@ func Run(ctx context.Context, log *slog.Logger, set Set, d Data) error {
 	}
 	for i, h := range set.For(d.Event) {
 		t0 := time.Now()
-		err := runOne(ctx, h, d, body)
-		attrs := []any{"vm", d.VMID, "event", string(d.Event), "hook", i, "target", h.target(), "duration", time.Since(t0).Round(time.Millisecond)}
+		output, err := runOne(ctx, h, d, body)
+		attrs := []any{"vm", d.VMID, "event", string(d.Event), "source", set.source(), "hook", i, "target", h.target(), "duration", time.Since(t0).Round(time.Millisecond)}
+		if err != nil {
+			attrs = append(attrs, "err", err)
+			if len(output) > 0 {
+				attrs = append(attrs, "detail", string(output))
+			}
+		}
 		switch {
 		case err == nil:
 			log.Debug("hook ran", attrs...)
 		case h.Strict:
-			log.Error("strict hook failed", append(attrs, "err", err)...)
-			return fmt.Errorf("%s hook %d (%s) of vm %s failed: %w", d.Event, i, h.target(), d.VMID, err)
+			log.Error("strict hook failed", attrs...)
+			return fmt.Errorf("%s hook %d of vm %s (%s, %s) failed: %w", d.Event, i, d.VMID, set.source(), h.target(), err)
 		default:
-			log.Warn("hook failed (best-effort, continuing)", append(attrs, "err", err)...)
+			log.Warn("hook failed (best-effort, continuing)", attrs...)
 		}
 	}
 	return nil
 }
 
-func runOne(ctx context.Context, h Hook, d Data, body []byte) error {
+// runOne runs one hook. On failure, output is the start of what the command
+// printed or the server answered, or the transport's own error: for the log
+// only.
+func runOne(ctx context.Context, h Hook, d Data, body []byte) (output []byte, err error) {
 	ctx, cancel := context.WithTimeout(ctx, h.timeout())
 	defer cancel()
 	if h.URL != "" {
@@ -352,14 +383,14 @@ func runOne(ctx context.Context, h Hook, d Data, body []byte) error {
 	return runCommand(ctx, h, d, body)
 }
 
-func runHTTP(ctx context.Context, h Hook, body []byte) error {
+func runHTTP(ctx context.Context, h Hook, body []byte) ([]byte, error) {
 	var rd io.Reader
 	if h.method() != http.MethodGet {
 		rd = bytes.NewReader(body)
 	}
 	req, err := http.NewRequestWithContext(ctx, h.method(), h.URL, rd)
 	if err != nil {
-		return err
+		return nil, scrub(err, h.URL)
 	}
 	if rd != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -371,21 +402,47 @@ func runHTTP(ctx context.Context, h Hook, body []byte) error {
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("no answer within %s", h.timeout())
+			return nil, fmt.Errorf("no answer within %s", h.timeout())
 		}
-		return scrub(err, h.URL)
+		// Transport errors can quote the server (a malformed status line, a
+		// certificate's names): the error gets the kind of failure only, the
+		// log the whole of it.
+		return []byte(scrub(err, h.URL).Error()), transportError(err)
 	}
 	defer resp.Body.Close()
-	// Only the start of the body is read: enough for an error message, and
-	// an endless body cannot hold the operation up.
-	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
-	if ctx.Err() != nil {
-		return fmt.Errorf("no complete answer within %s", h.timeout())
+	if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
+		// The status is the answer: the body is not read, so a slow or
+		// endless one cannot hold the operation up.
+		return nil, nil
 	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("HTTP %d: %.200s", resp.StatusCode, strings.TrimSpace(string(snippet)))
+	// The answer's start is for the log; the error carries the status only
+	// (a hook's URL is the caller's choice: echoing what it answered would
+	// let the caller read from wherever the daemon can reach).
+	var answer headBuffer
+	_, _ = io.Copy(&answer, io.LimitReader(resp.Body, maxLogged))
+	status := strings.TrimSpace(fmt.Sprintf("HTTP %d %s", resp.StatusCode, http.StatusText(resp.StatusCode)))
+	return answer.b, errors.New(status)
+}
+
+// transportError says what kind of failure err is, in words of our own.
+func transportError(err error) error {
+	var dnsErr *net.DNSError
+	var opErr *net.OpError
+	var errno syscall.Errno
+	var certErr *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &dnsErr):
+		return errors.New("cannot resolve the host")
+	case errors.As(err, &certErr):
+		return errors.New("TLS: the server's certificate is not trusted")
+	case errors.As(err, &opErr) && opErr.Op == "dial" && errors.As(err, &errno):
+		return fmt.Errorf("cannot connect: %s", errno)
+	case errors.As(err, &opErr) && opErr.Op == "dial":
+		return errors.New("cannot connect")
+	case errors.As(err, &errno):
+		return fmt.Errorf("connection failed: %s", errno)
 	}
-	return nil
+	return errors.New("no valid HTTP answer")
 }
 
 // scrub removes the URL (which may carry credentials) from a client error.
@@ -397,7 +454,7 @@ func scrub(err error, raw string) error {
 	return errors.New(strings.ReplaceAll(err.Error(), raw, "<url>"))
 }
 
-func runCommand(ctx context.Context, h Hook, d Data, body []byte) error {
+func runCommand(ctx context.Context, h Hook, d Data, body []byte) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, h.Command[0], h.Command[1:]...)
 	cmd.Stdin = bytes.NewReader(body)
 	tags, _ := json.Marshal(d.Tags)

@@ -1,6 +1,14 @@
 package hooks
 
 import (
+	"bytes"
+	"context"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -41,5 +49,122 @@ func TestAPIRequestsCarryCommandHooksOnlyWhenAllowed(t *testing.T) {
 	// later event: it keeps its command hooks.
 	if set, err := Parse(doc); err != nil || len(set.OnDelete) != 2 {
 		t.Fatalf("Parse of a stored hooks.json with a command hook = %+v, %v", set, err)
+	}
+}
+
+// Global hook files need root on the host to write: they keep commands.
+func TestGlobalFilesKeepCommandHooks(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "10-audit.json"), []byte(`{"onCreate":[{"command":["/bin/true","--quiet"]}]}`), 0o644)
+	sets, err := LoadDir(dir)
+	if err != nil || len(sets) != 1 || sets[0].OnCreate[0].Command[0] != "/bin/true" {
+		t.Fatalf("LoadDir = %+v, %v; want the command hook", sets, err)
+	}
+	if sets[0].Source != "10-audit.json" {
+		t.Fatalf("source %q, want the file's name", sets[0].Source)
+	}
+	if err := Run(context.Background(), quiet, sets[0], Data{Event: OnCreate, VMID: "v"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A failed command hook tells the caller which hook and how it ended; what
+// it printed goes to the daemon log only.
+func TestFailedCommandHookErrorHasTheStatusAndTheLogHasTheOutput(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "20-check.json"), []byte(`{"onDelete":[{"command":["/bin/true"]},{"command":["/bin/sh","-c","echo SECRET; echo ALSO-SECRET >&2; exit 3","sh","ARGUMENT"],"strict":true}]}`), 0o644)
+	sets, err := LoadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	err = Run(context.Background(), log, sets[0], Data{Event: OnDelete, VMID: "vm-1"})
+	want := "onDelete hook 1 of vm vm-1 (global 20-check.json, command /bin/sh) failed: exit status 3"
+	if err == nil || err.Error() != want {
+		t.Fatalf("err = %v\nwant %s", err, want)
+	}
+	for _, s := range []string{"SECRET", "echo", "ARGUMENT"} {
+		if strings.Contains(err.Error(), s) {
+			t.Fatalf("error %q carries %q (output or arguments)", err, s)
+		}
+	}
+	if !strings.Contains(buf.String(), "SECRET") || !strings.Contains(buf.String(), "ALSO-SECRET") || !strings.Contains(buf.String(), "exit status 3") {
+		t.Fatalf("daemon log lacks the output or the status:\n%s", buf.String())
+	}
+
+	// A signal and a timeout are named as such.
+	killed := Set{OnStop: []Hook{{Command: []string{"/bin/sh", "-c", "echo SECRET; kill -9 $$"}, Strict: true}}}
+	err = Run(context.Background(), quiet, killed, Data{Event: OnStop, VMID: "vm-1"})
+	if err == nil || !strings.Contains(err.Error(), "onStop hook 0 of vm vm-1 (per-VM hooks.json, command /bin/sh) failed: signal: killed") || strings.Contains(err.Error(), "SECRET") {
+		t.Fatalf("killed command: %v", err)
+	}
+}
+
+// A failed HTTP hook tells the caller the status, never the answer: the
+// hook's URL is the caller's choice, and echoing what it answered would let
+// the caller read from anywhere the daemon can reach.
+func TestFailedHTTPHookErrorHasTheStatusNotTheBody(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError)
+		w.Write([]byte("SECRET internal answer"))
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	u := "http://user:pw@" + host + "/private/path?token=abc"
+	set := Set{OnCreate: []Hook{{URL: u, Method: "put", Headers: map[string]string{"Authorization": "Bearer s3cret"}, Strict: true}}}
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	err := Run(context.Background(), log, set, Data{Event: OnCreate, VMID: "vm-2"})
+	want := "onCreate hook 0 of vm vm-2 (per-VM hooks.json, http PUT " + host + ") failed: HTTP 500 Internal Server Error"
+	if err == nil || err.Error() != want {
+		t.Fatalf("err = %v\nwant %s", err, want)
+	}
+	if !strings.Contains(buf.String(), "SECRET internal answer") {
+		t.Fatalf("daemon log lacks the answer:\n%s", buf.String())
+	}
+	for _, secret := range []string{"s3cret", "pw@", "token=abc", "/private/path"} {
+		if strings.Contains(buf.String(), secret) {
+			t.Fatalf("log contains %q:\n%s", secret, buf.String())
+		}
+	}
+}
+
+// Something that answers but not in HTTP (here a banner, as a mail or
+// database server would send) is "no valid HTTP answer": the transport's
+// own error quotes the banner, so it goes to the log only.
+func TestNonHTTPAnswerIsNotQuoted(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("HTTP/1.1 SECRET-BANNER\r\n\r\n"))
+			c.Close()
+		}
+	}()
+	set := Set{OnStart: []Hook{{URL: "http://" + ln.Addr().String() + "/", Strict: true}}}
+	var buf bytes.Buffer
+	err = Run(context.Background(), slog.New(slog.NewTextHandler(&buf, nil)), set, Data{Event: OnStart, VMID: "v"})
+	if err == nil || !strings.HasSuffix(err.Error(), "failed: no valid HTTP answer") || strings.Contains(err.Error(), "SECRET") {
+		t.Fatalf("err = %v; want no valid HTTP answer, without the banner", err)
+	}
+	if !strings.Contains(buf.String(), "SECRET-BANNER") {
+		t.Fatalf("daemon log lacks the transport's error:\n%s", buf.String())
+	}
+
+	// Nothing listening: the caller learns that much, in our words.
+	addr := ln.Addr().String()
+	ln.Close()
+	set = Set{OnStart: []Hook{{URL: "http://" + addr + "/", Strict: true}}}
+	err = Run(context.Background(), quiet, set, Data{Event: OnStart, VMID: "v"})
+	if err == nil || !strings.HasSuffix(err.Error(), "failed: cannot connect: connection refused") {
+		t.Fatalf("err = %v; want cannot connect", err)
 	}
 }

@@ -3,7 +3,9 @@ package manager_test
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
@@ -122,22 +124,26 @@ func TestOnCreateHooksReceiveTheVM(t *testing.T) {
 	}
 }
 
-// A strict onDelete hook that fails vetoes the delete: unavailable, with the
-// hook's output, and the VM is kept whole. The hook was accepted at create:
-// it still runs after the operator stops accepting command hooks in
-// requests.
+// A strict onDelete hook that fails vetoes the delete: unavailable, naming
+// the hook and its exit status but not its output, and the VM is kept
+// whole. The hook was accepted at create: it still runs after the operator
+// stops accepting command hooks in requests.
 func TestAStrictOnDeleteHookVetoesTheDelete(t *testing.T) {
 	h := newHost(t, allowCommands)
 	vm, err := h.mgr.Create(context.Background(), wire.CreateRequest{Hooks: failingHook("onDelete")})
 	if err != nil {
 		t.Fatal(err)
 	}
+	var log strings.Builder
 	cfg := h.cfg
 	cfg.AllowVMCommands = false
-	h.mgr = manager.New(manager.Options{Config: cfg, Store: h.store, SupervisorErr: errNoSupervisor})
+	h.mgr = manager.New(manager.Options{Config: cfg, Store: h.store, SupervisorErr: errNoSupervisor, Log: slog.New(slog.NewTextHandler(&log, nil))})
 	err = h.mgr.Delete(context.Background(), vm.ID)
-	if !errdefs.IsUnavailable(err) || !contains(err.Error(), vm.ID, "onDelete", "hook says no") {
-		t.Fatalf("Delete = %v; want unavailable naming the VM, the event and the hook's output", err)
+	if !errdefs.IsUnavailable(err) || !contains(err.Error(), vm.ID, "onDelete hook 0", "command /bin/sh", "exit status 7") || contains(err.Error(), "hook says no") {
+		t.Fatalf("Delete = %v; want unavailable naming the VM, the hook and its exit status, without its output", err)
+	}
+	if !contains(log.String(), "hook says no") {
+		t.Fatalf("the daemon log lacks the hook's output:\n%s", log.String())
 	}
 	if _, err := h.mgr.Get(context.Background(), vm.ID); err != nil {
 		t.Fatalf("the VM is gone after a vetoed delete: %v", err)
@@ -150,8 +156,8 @@ func TestAStrictOnDeleteHookVetoesTheDelete(t *testing.T) {
 
 // Delete runs the lifecycle's delete stage, whose hooks (here the host's
 // MGN_LIFECYCLE_PRE_DELETE_HOOKS, commands separated by ";") may refuse; a
-// refusal keeps the VM whole, its address included, and the error carries
-// the stage's output.
+// refusal keeps the VM whole, its address included, and the error names
+// the hook and its exit status; its output goes to the log only.
 func TestADeleteStageThatFailsKeepsTheVM(t *testing.T) {
 	h := newHost(t, withLifecycle(t, map[string]string{"MGN_LIFECYCLE_PRE_DELETE_HOOKS": "echo backup of $VM_ID failed >&2 && exit 3"}))
 	vm, err := h.mgr.Create(context.Background(), wire.CreateRequest{Tags: map[string]string{"name": "keep"}})
@@ -159,8 +165,8 @@ func TestADeleteStageThatFailsKeepsTheVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = h.mgr.Delete(context.Background(), vm.ID)
-	if err == nil || !contains(err.Error(), "backup of "+vm.ID+" failed") {
-		t.Fatalf("Delete = %v; want the delete stage's failure with its output", err)
+	if err == nil || !contains(err.Error(), "preDelete hook of vm "+vm.ID, "MGN_LIFECYCLE_PRE_DELETE_HOOKS[0]", "exit status 3") || contains(err.Error(), "backup of") {
+		t.Fatalf("Delete = %v; want the delete stage's failure naming the hook and its status, without its output", err)
 	}
 	if got, err := h.mgr.Get(context.Background(), vm.ID); err != nil || got.Network.GuestIP != vm.Network.GuestIP {
 		t.Fatalf("after the refused delete: %+v, %v; want the VM unchanged", got.Network, err)
@@ -215,8 +221,8 @@ func TestAStrictOnCreateHookFailureRollsTheCreateBack(t *testing.T) {
 	req := wire.CreateRequest{Tags: map[string]string{"name": "web"}, Ports: []wire.Port{{Guest: 80, Host: port}}}
 	req.Hooks = failingHook("onCreate")
 	_, err := h.mgr.Create(context.Background(), req)
-	if !errdefs.IsUnavailable(err) || !contains(err.Error(), "onCreate", "hook says no") {
-		t.Fatalf("Create = %v; want unavailable with the hook's failure", err)
+	if !errdefs.IsUnavailable(err) || !contains(err.Error(), "onCreate hook 0", "exit status 7") || contains(err.Error(), "hook says no") {
+		t.Fatalf("Create = %v; want unavailable with the hook's failure, without its output", err)
 	}
 	if left := h.leftovers(t); len(left) > 0 {
 		t.Fatalf("the rolled back create left %v", left)
