@@ -51,6 +51,10 @@ const (
 	MaxTimeout     = 300 * time.Second
 )
 
+// maxRedirects is how many redirects an HTTP hook follows, all to the
+// scheme, host and port of its URL.
+const maxRedirects = 3
+
 // Hook is one manager hook: an HTTP call when URL is set, a command when
 // Command is set.
 type Hook struct {
@@ -399,14 +403,29 @@ func runHTTP(ctx context.Context, h Hook, body []byte) ([]byte, error) {
 	for k, v := range h.Headers {
 		req.Header.Set(k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	// Redirects are followed only to the hook's own scheme, host and port
+	// (host:port is the host: another port is another server), a few times
+	// at most. Anything else stops at the 3xx answer, which fails the hook.
+	var stopped string
+	client := &http.Client{CheckRedirect: func(next *http.Request, via []*http.Request) error {
+		switch first := via[0].URL; {
+		case next.URL.Scheme != first.Scheme || !strings.EqualFold(next.URL.Host, first.Host):
+			stopped = "redirect to another host not followed"
+		case len(via) > maxRedirects:
+			stopped = fmt.Sprintf("more than %d redirects", maxRedirects)
+		default:
+			return nil
+		}
+		return http.ErrUseLastResponse
+	}}
+	resp, err := client.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("no answer within %s", h.timeout())
 		}
 		// Transport errors can quote the server (a malformed status line, a
-		// certificate's names): the error gets the kind of failure only, the
-		// log the whole of it.
+		// Location header, a certificate's names): the error gets the kind
+		// of failure only, the log the whole of it.
 		return []byte(scrub(err, h.URL).Error()), transportError(err)
 	}
 	defer resp.Body.Close()
@@ -421,6 +440,9 @@ func runHTTP(ctx context.Context, h Hook, body []byte) ([]byte, error) {
 	var answer headBuffer
 	_, _ = io.Copy(&answer, io.LimitReader(resp.Body, maxLogged))
 	status := strings.TrimSpace(fmt.Sprintf("HTTP %d %s", resp.StatusCode, http.StatusText(resp.StatusCode)))
+	if stopped != "" {
+		return answer.b, fmt.Errorf("%s: %s", status, stopped)
+	}
 	return answer.b, errors.New(status)
 }
 

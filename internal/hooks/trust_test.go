@@ -3,6 +3,7 @@ package hooks
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
@@ -166,5 +168,56 @@ func TestNonHTTPAnswerIsNotQuoted(t *testing.T) {
 	err = Run(context.Background(), quiet, set, Data{Event: OnStart, VMID: "v"})
 	if err == nil || !strings.HasSuffix(err.Error(), "failed: cannot connect: connection refused") {
 		t.Fatalf("err = %v; want cannot connect", err)
+	}
+}
+
+// Redirects are followed only to the hook's own scheme, host and port. Two
+// servers on 127.0.0.1 with different ports are different hosts: a port is
+// a different server, as far as the hook's author is concerned.
+func TestRedirectsStayOnTheHooksHost(t *testing.T) {
+	var elsewhere atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { elsewhere.Add(1) }))
+	defer other.Close()
+	var landed atomic.Int32
+	var body string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/away":
+			http.Redirect(w, r, other.URL+"/steal", http.StatusFound)
+		case "/moved":
+			http.Redirect(w, r, "/here", http.StatusPermanentRedirect)
+		case "/here":
+			b := new(bytes.Buffer)
+			b.ReadFrom(r.Body)
+			body = b.String()
+			landed.Add(1)
+		case "/loop":
+			http.Redirect(w, r, "/loop", http.StatusFound)
+		}
+	}))
+	defer srv.Close()
+	run := func(path string) error {
+		set := Set{OnCreate: []Hook{{URL: srv.URL + path, Strict: true}}}
+		return Run(context.Background(), quiet, set, Data{Event: OnCreate, VMID: "v"})
+	}
+
+	err := run("/away")
+	if err == nil || !strings.HasSuffix(err.Error(), "failed: HTTP 302 Found: redirect to another host not followed") || strings.Contains(err.Error(), "/steal") {
+		t.Fatalf("cross-host redirect: %v", err)
+	}
+	if n := elsewhere.Load(); n != 0 {
+		t.Fatalf("the other host got %d requests", n)
+	}
+
+	if err := run("/moved"); err != nil || landed.Load() != 1 {
+		t.Fatalf("same-host redirect: %v (%d requests landed)", err, landed.Load())
+	}
+	var d Data
+	if json.Unmarshal([]byte(body), &d) != nil || d.VMID != "v" {
+		t.Fatalf("the redirected request's body is %q; want the hook's document", body)
+	}
+
+	if err := run("/loop"); err == nil || !strings.HasSuffix(err.Error(), "failed: HTTP 302 Found: more than 3 redirects") {
+		t.Fatalf("redirect loop: %v", err)
 	}
 }
