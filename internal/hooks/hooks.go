@@ -494,3 +494,42 @@ func runCommand(ctx context.Context, h Hook, d Data, body []byte) ([]byte, error
 	}
 	return runCmd(ctx, cmd, h.timeout())
 }
+
+// Redacted replaces every header value in the hooks.json the API serves.
+const Redacted = "<redacted>"
+
+// Redact returns a stored hooks.json with every header value replaced by
+// Redacted; header names and everything else are kept. The file on disk
+// keeps the real values, which the hooks need. The result is indented as
+// the manager writes hooks.json.
+func Redact(b []byte) ([]byte, error) {
+	if t := bytes.TrimSpace(b); len(t) == 0 || string(t) == "null" {
+		return b, nil
+	}
+	// No validation: a stored record is served as it is, less the secrets.
+	var s Set
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("redact hooks.json: %w", err)
+	}
+	for _, list := range []*[]Hook{&s.OnCreate, &s.OnStart, &s.OnStop, &s.OnDelete} {
+		for i := range *list {
+			h := &(*list)[i]
+			if h.Headers == nil {
+				continue
+			}
+			redacted := make(map[string]string, len(h.Headers))
+			for k := range h.Headers {
+				redacted[k] = Redacted
+			}
+			h.Headers = redacted
+		}
+	}
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false) // "<redacted>", not "\u003credacted\u003e"
+	if err := enc.Encode(s); err != nil {
+		return nil, fmt.Errorf("redact hooks.json: %w", err)
+	}
+	return out.Bytes(), nil
+}

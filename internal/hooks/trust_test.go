@@ -221,3 +221,40 @@ func TestRedirectsStayOnTheHooksHost(t *testing.T) {
 		t.Fatalf("redirect loop: %v", err)
 	}
 }
+
+// hooks.json as the API serves it: header names kept, values hidden,
+// everything else as stored.
+func TestRedactHidesHeaderValuesOnly(t *testing.T) {
+	stored := Set{
+		OnCreate: []Hook{{URL: "https://inv.example/vms", Method: "PUT", Headers: map[string]string{"Authorization": "Bearer s3cret", "X-Api-Key": "k3y"}, Strict: true}},
+		OnStart:  []Hook{{URL: "http://dns.example/add", TimeoutSeconds: 9}},
+		OnDelete: []Hook{{Command: []string{"/usr/local/bin/rm-dns", "--zone", "z"}, Env: map[string]string{"ZONE": "vms"}}},
+	}
+	b, _ := json.MarshalIndent(stored, "", "  ")
+	b = append(b, '\n')
+	out, err := Redact(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, secret := range []string{"s3cret", "k3y"} {
+		if bytes.Contains(out, []byte(secret)) {
+			t.Fatalf("redacted hooks.json has %q:\n%s", secret, out)
+		}
+	}
+	want := stored
+	want.OnCreate = []Hook{stored.OnCreate[0]}
+	want.OnCreate[0].Headers = map[string]string{"Authorization": Redacted, "X-Api-Key": Redacted}
+	wantJSON, _ := json.MarshalIndent(want, "", "  ")
+	wantJSON = bytes.ReplaceAll(wantJSON, []byte(`\u003credacted\u003e`), []byte(Redacted))
+	if string(out) != string(wantJSON)+"\n" {
+		t.Fatalf("Redact =\n%s\nwant\n%s", out, wantJSON)
+	}
+	for _, empty := range []string{"", "null", "{}\n"} {
+		if out, err := Redact([]byte(empty)); err != nil || strings.TrimSpace(string(out)) != strings.TrimSpace(empty) {
+			t.Errorf("Redact(%q) = %q, %v", empty, out, err)
+		}
+	}
+	if _, err := Redact([]byte(`{"onCreate":`)); err == nil {
+		t.Error("Redact of a torn file succeeded; it must not be served as it is")
+	}
+}
