@@ -7,6 +7,18 @@
 // HTTP call or a command; it is best-effort (failures are logged) unless it
 // is strict, in which case its failure fails the operation.
 //
+// Guarantees towards the API caller, who may be anyone holding a token:
+//   - command hooks in a request body are refused unless the operator allows
+//     them (ParseRequest); global files, which need root to write, keep them;
+//   - a failed hook is described by its event, source, index, and kind (HTTP
+//     method and host, or the command's program): never the URL's path,
+//     query or credentials, never the command's arguments;
+//   - the error says how the hook failed (HTTP status, exit status, signal,
+//     timeout), never what the command printed or what the remote answered:
+//     those go to the daemon log, at most 4 KiB of each;
+//   - HTTP hooks follow redirects only to the same scheme, host and port;
+//   - the hooks.json the API serves has its header values redacted (Redact).
+//
 // Lifecycle stage hooks (stage.go) extend the stages mergen-lifecycle runs.
 package hooks
 
