@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/hooks"
 	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/version"
@@ -250,7 +251,8 @@ func (s *Server) transition(w http.ResponseWriter, r *http.Request, op func(ctx 
 	writeJSON(w, http.StatusOK, vm)
 }
 
-// vmFile serves the stored meta.json, vm.json and hooks.json as they are.
+// vmFile serves the stored meta.json and vm.json as they are, and hooks.json
+// with its header values redacted.
 func (s *Server) vmFile(w http.ResponseWriter, r *http.Request) {
 	id, err := pathID(r)
 	if err != nil {
@@ -265,6 +267,9 @@ func (s *Server) vmFile(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	b, err := s.mgr.Store().ReadFile(id, name)
+	if err == nil && name == store.FileHooks {
+		b, err = hooks.Redact(b) // header values are secrets: names only
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return

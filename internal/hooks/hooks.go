@@ -7,17 +7,31 @@
 // HTTP call or a command; it is best-effort (failures are logged) unless it
 // is strict, in which case its failure fails the operation.
 //
+// Guarantees towards the API caller, who may be anyone holding a token:
+//   - command hooks in a request body are refused unless the operator allows
+//     them (ParseRequest); global files, which need root to write, keep them;
+//   - a failed hook is described by its event, source, index, and kind (HTTP
+//     method and host, or the command's program): never the URL's path,
+//     query or credentials, never the command's arguments;
+//   - the error says how the hook failed (HTTP status, exit status, signal,
+//     timeout), never what the command printed or what the remote answered:
+//     those go to the daemon log, at most 4 KiB of each;
+//   - HTTP hooks follow redirects only to the same scheme, host and port;
+//   - the hooks.json the API serves has its header values redacted (Redact).
+//
 // Lifecycle stage hooks (stage.go) extend the stages mergen-lifecycle runs.
 package hooks
 
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -25,8 +39,10 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/store"
 )
 
@@ -45,8 +61,11 @@ const (
 const (
 	DefaultTimeout = 5 * time.Second
 	MaxTimeout     = 300 * time.Second
-	maxResponse    = 64 << 10
 )
+
+// maxRedirects is how many redirects an HTTP hook follows, all to the
+// scheme, host and port of its URL.
+const maxRedirects = 3
 
 // Hook is one manager hook: an HTTP call when URL is set, a command when
 // Command is set.
@@ -68,6 +87,18 @@ type Set struct {
 	OnStart  []Hook `json:"onStart,omitempty"`
 	OnStop   []Hook `json:"onStop,omitempty"`
 	OnDelete []Hook `json:"onDelete,omitempty"`
+
+	// Source names where the set came from in errors and logs: the global
+	// file's name (set by LoadDir), or empty for a VM's own hooks.json.
+	Source string `json:"-"`
+}
+
+// source describes where the set came from.
+func (s Set) source() string {
+	if s.Source == "" {
+		return "per-VM hooks.json"
+	}
+	return "global " + s.Source
 }
 
 // For returns the hooks of one event.
@@ -85,9 +116,38 @@ func (s Set) For(e Event) []Hook {
 	return nil
 }
 
-// Parse decodes and validates a hook set; empty input is an empty set.
-// Errors name the offending field, e.g. hooks.onCreate[0].url.
+// ParseOptions says what a hook set from an API request may hold.
+type ParseOptions struct {
+	// AllowCommands accepts command hooks (MGR_ALLOW_VM_COMMAND_HOOKS=1).
+	// Without it an API caller could run any program as the daemon's user.
+	AllowCommands bool
+}
+
+// commandsDisabled is why a command hook in an API request is refused.
+const commandsDisabled = "command hooks in API requests are disabled; an operator can allow them with MGR_ALLOW_VM_COMMAND_HOOKS=1 or use a global hook file in MGR_GLOBAL_HOOKS_DIR"
+
+// ParseRequest decodes and validates the hooks of an API request (the
+// "hooks" field of POST /v1/vms). Command hooks are refused unless
+// o.AllowCommands. Errors are errdefs.Invalid and name the offending field,
+// e.g. hooks.onCreate[0].command.
+func ParseRequest(b []byte, o ParseOptions) (Set, error) {
+	s, err := parse(b, o.AllowCommands)
+	if err != nil {
+		return Set{}, errdefs.Invalid("%w", err)
+	}
+	return s, nil
+}
+
+// Parse decodes and validates a hook set from a trusted place: a global
+// hook file, or a VM's stored hooks.json (accepted when the VM was created,
+// so it keeps working whatever the options are now). Command hooks are
+// allowed; API input goes through ParseRequest instead. Empty input is an
+// empty set. Errors name the offending field, e.g. hooks.onCreate[0].url.
 func Parse(b []byte) (Set, error) {
+	return parse(b, true)
+}
+
+func parse(b []byte, allowCommands bool) (Set, error) {
 	var s Set
 	if t := bytes.TrimSpace(b); len(t) == 0 || string(t) == "null" {
 		return s, nil
@@ -112,6 +172,9 @@ func Parse(b []byte) (Set, error) {
 			dec.DisallowUnknownFields()
 			if err := dec.Decode(&h); err != nil {
 				return Set{}, fmt.Errorf("hooks.%s[%d]: %s", name, i, decodeProblem(err))
+			}
+			if h.Command != nil && !allowCommands {
+				return Set{}, fmt.Errorf("hooks.%s[%d].command: %s", name, i, commandsDisabled)
 			}
 			if err := h.validate(); err != nil {
 				return Set{}, fmt.Errorf("hooks.%s[%d].%v", name, i, err)
@@ -226,16 +289,18 @@ func (h Hook) timeout() time.Duration {
 	return time.Duration(h.TimeoutSeconds) * time.Second
 }
 
-// target describes the hook for logs without secrets: no headers, no
-// credentials or query in URLs, no command arguments.
+// target describes the hook for errors and logs without secrets: the
+// method and host (with port) of an HTTP hook, no path, query, credentials
+// or headers; the program of a command, no arguments.
 func (h Hook) target() string {
 	if h.URL != "" {
 		if u, err := url.Parse(h.URL); err == nil {
-			return strings.ToUpper(h.method()) + " " + u.Scheme + "://" + u.Host + u.Path
+			return "http " + h.method() + " " + u.Host
 		}
+		return "http " + h.method()
 	}
 	if len(h.Command) > 0 {
-		return h.Command[0]
+		return "command " + h.Command[0]
 	}
 	return "?"
 }
@@ -268,6 +333,7 @@ func LoadDir(dir string) ([]Set, error) {
 			errs = append(errs, fmt.Errorf("%s: %w", n, err))
 			continue
 		}
+		s.Source = filepath.Base(n)
 		sets = append(sets, s)
 	}
 	return sets, errors.Join(errs...)
@@ -288,6 +354,11 @@ type Data struct {
 // Run runs the event's hooks of set in order. A failing best-effort hook is
 // logged and the rest still run; a failing strict hook stops and returns
 // the error.
+//
+// The error names the hook (event, index, source, kind) and how it failed,
+// e.g. "onCreate hook 0 of vm 3f0c… (per-VM hooks.json, http POST
+// hooks.example) failed: HTTP 500 Internal Server Error". What a command
+// printed or a server answered goes to log only, as "detail".
 func Run(ctx context.Context, log *slog.Logger, set Set, d Data) error {
 	body, err := json.Marshal(d)
 	if err != nil {
@@ -295,22 +366,31 @@ func Run(ctx context.Context, log *slog.Logger, set Set, d Data) error {
 	}
 	for i, h := range set.For(d.Event) {
 		t0 := time.Now()
-		err := runOne(ctx, h, d, body)
-		attrs := []any{"vm", d.VMID, "event", string(d.Event), "hook", i, "target", h.target(), "duration", time.Since(t0).Round(time.Millisecond)}
+		output, err := runOne(ctx, h, d, body)
+		attrs := []any{"vm", d.VMID, "event", string(d.Event), "source", set.source(), "hook", i, "target", h.target(), "duration", time.Since(t0).Round(time.Millisecond)}
+		if err != nil {
+			attrs = append(attrs, "err", err)
+			if len(output) > 0 {
+				attrs = append(attrs, "detail", string(output))
+			}
+		}
 		switch {
 		case err == nil:
 			log.Debug("hook ran", attrs...)
 		case h.Strict:
-			log.Error("strict hook failed", append(attrs, "err", err)...)
-			return fmt.Errorf("%s hook %d (%s) of vm %s failed: %w", d.Event, i, h.target(), d.VMID, err)
+			log.Error("strict hook failed", attrs...)
+			return fmt.Errorf("%s hook %d of vm %s (%s, %s) failed: %w", d.Event, i, d.VMID, set.source(), h.target(), err)
 		default:
-			log.Warn("hook failed (best-effort, continuing)", append(attrs, "err", err)...)
+			log.Warn("hook failed (best-effort, continuing)", attrs...)
 		}
 	}
 	return nil
 }
 
-func runOne(ctx context.Context, h Hook, d Data, body []byte) error {
+// runOne runs one hook. On failure, output is the start of what the command
+// printed or the server answered, or the transport's own error: for the log
+// only.
+func runOne(ctx context.Context, h Hook, d Data, body []byte) (output []byte, err error) {
 	ctx, cancel := context.WithTimeout(ctx, h.timeout())
 	defer cancel()
 	if h.URL != "" {
@@ -319,14 +399,14 @@ func runOne(ctx context.Context, h Hook, d Data, body []byte) error {
 	return runCommand(ctx, h, d, body)
 }
 
-func runHTTP(ctx context.Context, h Hook, body []byte) error {
+func runHTTP(ctx context.Context, h Hook, body []byte) ([]byte, error) {
 	var rd io.Reader
 	if h.method() != http.MethodGet {
 		rd = bytes.NewReader(body)
 	}
 	req, err := http.NewRequestWithContext(ctx, h.method(), h.URL, rd)
 	if err != nil {
-		return err
+		return nil, scrub(err, h.URL)
 	}
 	if rd != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -335,24 +415,68 @@ func runHTTP(ctx context.Context, h Hook, body []byte) error {
 	for k, v := range h.Headers {
 		req.Header.Set(k, v)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	// Redirects are followed only to the hook's own scheme, host and port
+	// (host:port is the host: another port is another server), a few times
+	// at most. Anything else stops at the 3xx answer, which fails the hook.
+	var stopped string
+	client := &http.Client{CheckRedirect: func(next *http.Request, via []*http.Request) error {
+		switch first := via[0].URL; {
+		case next.URL.Scheme != first.Scheme || !strings.EqualFold(next.URL.Host, first.Host):
+			stopped = "redirect to another host not followed"
+		case len(via) > maxRedirects:
+			stopped = fmt.Sprintf("more than %d redirects", maxRedirects)
+		default:
+			return nil
+		}
+		return http.ErrUseLastResponse
+	}}
+	resp, err := client.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("no answer within %s", h.timeout())
+			return nil, fmt.Errorf("no answer within %s", h.timeout())
 		}
-		return scrub(err, h.URL)
+		// Transport errors can quote the server (a malformed status line, a
+		// Location header, a certificate's names): the error gets the kind
+		// of failure only, the log the whole of it.
+		return []byte(scrub(err, h.URL).Error()), transportError(err)
 	}
 	defer resp.Body.Close()
-	// Only the start of the body is read: enough for an error message, and
-	// an endless body cannot hold the operation up.
-	snippet, _ := io.ReadAll(io.LimitReader(resp.Body, maxResponse))
-	if ctx.Err() != nil {
-		return fmt.Errorf("no complete answer within %s", h.timeout())
+	if resp.StatusCode >= 200 && resp.StatusCode <= 299 {
+		// The status is the answer: the body is not read, so a slow or
+		// endless one cannot hold the operation up.
+		return nil, nil
 	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("HTTP %d: %.200s", resp.StatusCode, strings.TrimSpace(string(snippet)))
+	// The answer's start is for the log; the error carries the status only
+	// (a hook's URL is the caller's choice: echoing what it answered would
+	// let the caller read from wherever the daemon can reach).
+	var answer headBuffer
+	_, _ = io.Copy(&answer, io.LimitReader(resp.Body, maxLogged))
+	status := strings.TrimSpace(fmt.Sprintf("HTTP %d %s", resp.StatusCode, http.StatusText(resp.StatusCode)))
+	if stopped != "" {
+		return answer.b, fmt.Errorf("%s: %s", status, stopped)
 	}
-	return nil
+	return answer.b, errors.New(status)
+}
+
+// transportError says what kind of failure err is, in words of our own.
+func transportError(err error) error {
+	var dnsErr *net.DNSError
+	var opErr *net.OpError
+	var errno syscall.Errno
+	var certErr *tls.CertificateVerificationError
+	switch {
+	case errors.As(err, &dnsErr):
+		return errors.New("cannot resolve the host")
+	case errors.As(err, &certErr):
+		return errors.New("TLS: the server's certificate is not trusted")
+	case errors.As(err, &opErr) && opErr.Op == "dial" && errors.As(err, &errno):
+		return fmt.Errorf("cannot connect: %s", errno)
+	case errors.As(err, &opErr) && opErr.Op == "dial":
+		return errors.New("cannot connect")
+	case errors.As(err, &errno):
+		return fmt.Errorf("connection failed: %s", errno)
+	}
+	return errors.New("no valid HTTP answer")
 }
 
 // scrub removes the URL (which may carry credentials) from a client error.
@@ -364,7 +488,7 @@ func scrub(err error, raw string) error {
 	return errors.New(strings.ReplaceAll(err.Error(), raw, "<url>"))
 }
 
-func runCommand(ctx context.Context, h Hook, d Data, body []byte) error {
+func runCommand(ctx context.Context, h Hook, d Data, body []byte) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, h.Command[0], h.Command[1:]...)
 	cmd.Stdin = bytes.NewReader(body)
 	tags, _ := json.Marshal(d.Tags)
@@ -381,4 +505,43 @@ func runCommand(ctx context.Context, h Hook, d Data, body []byte) error {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}
 	return runCmd(ctx, cmd, h.timeout())
+}
+
+// Redacted replaces every header value in the hooks.json the API serves.
+const Redacted = "<redacted>"
+
+// Redact returns a stored hooks.json with every header value replaced by
+// Redacted; header names and everything else are kept. The file on disk
+// keeps the real values, which the hooks need. The result is indented as
+// the manager writes hooks.json.
+func Redact(b []byte) ([]byte, error) {
+	if t := bytes.TrimSpace(b); len(t) == 0 || string(t) == "null" {
+		return b, nil
+	}
+	// No validation: a stored record is served as it is, less the secrets.
+	var s Set
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("redact hooks.json: %w", err)
+	}
+	for _, list := range []*[]Hook{&s.OnCreate, &s.OnStart, &s.OnStop, &s.OnDelete} {
+		for i := range *list {
+			h := &(*list)[i]
+			if h.Headers == nil {
+				continue
+			}
+			redacted := make(map[string]string, len(h.Headers))
+			for k := range h.Headers {
+				redacted[k] = Redacted
+			}
+			h.Headers = redacted
+		}
+	}
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false) // "<redacted>", not "\u003credacted\u003e"
+	if err := enc.Encode(s); err != nil {
+		return nil, fmt.Errorf("redact hooks.json: %w", err)
+	}
+	return out.Bytes(), nil
 }

@@ -25,7 +25,9 @@ import (
 //  2. the VM's lifecycle-hooks.json: {"preStart": ["shell command", ["/abs/argv", "x"]], ...}.
 //
 // {{vm_id}} and ${VM_ID} in a hook are replaced by the VM id (VM_ID is also
-// in the hook's environment). A failing hook fails the stage.
+// in the hook's environment). A failing hook fails the stage. As with
+// manager hooks, the error says how the hook ended, never what it printed:
+// the output (at most 4 KiB) goes to the log and the event log.
 
 // StageKeys are the extensible stages, as named in lifecycle-hooks.json.
 var StageKeys = config.StageHookKeys
@@ -135,10 +137,11 @@ func substitute(s, id string) string {
 func RunStage(ctx context.Context, log *slog.Logger, vmID, key string, list []StageHook, eventLog string) error {
 	for _, h := range list {
 		t0 := time.Now()
-		err := runStageHook(ctx, h, vmID, key)
+		output, err := runStageHook(ctx, h, vmID, key)
 		rec := Record{Time: t0.UTC(), VMID: vmID, Stage: key, Hook: h.String(), Duration: time.Since(t0), Result: "ok"}
 		if err != nil {
-			rec.Result, rec.Error = "error", err.Error()
+			rec.Result, rec.Error, rec.Output = "error", err.Error(), string(output)
+			log.Warn("stage hook failed", "vm", vmID, "stage", key, "hook", h.Source, "err", err, "output", string(output))
 		}
 		if eventLog != "" {
 			if werr := AppendEvent(eventLog, rec); werr != nil {
@@ -153,7 +156,7 @@ func RunStage(ctx context.Context, log *slog.Logger, vmID, key string, list []St
 	return nil
 }
 
-func runStageHook(ctx context.Context, h StageHook, id, key string) error {
+func runStageHook(ctx context.Context, h StageHook, id, key string) ([]byte, error) {
 	timeout := h.Timeout
 	if timeout > 0 {
 		var cancel context.CancelFunc
@@ -182,6 +185,7 @@ type Record struct {
 	Hook     string        `json:"hook,omitempty"`
 	Result   string        `json:"result"`
 	Error    string        `json:"error,omitempty"`
+	Output   string        `json:"output,omitempty"` // the start of a failed hook's output
 	Duration time.Duration `json:"durationNs"`
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -61,17 +62,22 @@ func TestStageHooksRunInOrderWithSubstitution(t *testing.T) {
 func TestFailingStageHookFailsTheStageAndIsLogged(t *testing.T) {
 	dir := t.TempDir()
 	trace := filepath.Join(dir, "trace")
-	list := []StageHook{{Source: "a", Shell: "exit 4"}, {Source: "b", Shell: "echo ran >> " + trace}}
+	list := []StageHook{{Source: "a", Shell: "echo SECRET; exit 4"}, {Source: "b", Shell: "echo ran >> " + trace}}
 	log := filepath.Join(dir, "events.log")
-	err := RunStage(context.Background(), quiet, "vm-1", "postStart", list, log)
-	if err == nil || !strings.Contains(err.Error(), "postStart hook of vm vm-1 (a)") || !strings.Contains(err.Error(), "exit status 4") {
-		t.Fatalf("err = %v", err)
+	var buf strings.Builder
+	err := RunStage(context.Background(), slog.New(slog.NewTextHandler(&buf, nil)), "vm-1", "postStart", list, log)
+	if err == nil || err.Error() != "postStart hook of vm vm-1 (a): exit status 4" {
+		t.Fatalf("err = %v; want the stage, VM, hook and exit status, not the output", err)
 	}
 	if _, err := os.Stat(trace); !os.IsNotExist(err) {
 		t.Fatal("a hook after the failed one ran")
 	}
-	if recs := readRecords(t, log); len(recs) != 1 || recs[0].Result != "error" {
+	// The output is kept where the operator looks: the log and the event log.
+	if recs := readRecords(t, log); len(recs) != 1 || recs[0].Result != "error" || recs[0].Error != "exit status 4" || recs[0].Output != "SECRET\n" {
 		t.Fatalf("event log %+v", recs)
+	}
+	if !strings.Contains(buf.String(), "SECRET") {
+		t.Fatalf("log lacks the output:\n%s", buf.String())
 	}
 }
 

@@ -88,7 +88,7 @@ func (m *Manager) Create(ctx context.Context, req wire.CreateRequest) (wire.VM, 
 	if err := normalize(&req); err != nil {
 		return wire.VM{}, err
 	}
-	vmHooks, err := hooks.Parse(req.Hooks)
+	vmHooks, err := hooks.ParseRequest(req.Hooks, hooks.ParseOptions{AllowCommands: m.cfg.AllowVMCommands})
 	if err != nil {
 		return wire.VM{}, errdefs.Invalid("%w", err)
 	}

@@ -3,10 +3,13 @@ package manager_test
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/wire"
 )
@@ -15,6 +18,31 @@ import (
 // that fails.
 func failingHook(event string) json.RawMessage {
 	return json.RawMessage(`{"` + event + `":[{"command":["/bin/sh","-c","echo hook says no >&2; exit 7"],"strict":true}]}`)
+}
+
+// allowCommands is the environment of a host whose operator accepts command
+// hooks in create requests.
+var allowCommands = map[string]string{"MGR_ALLOW_VM_COMMAND_HOOKS": "1"}
+
+// A command hook in a create request runs as the daemon's user: refused,
+// naming the field, unless the operator allows it; nothing is kept.
+func TestCommandHooksInACreateNeedTheOperatorsConsent(t *testing.T) {
+	h := newHost(t, nil)
+	_, err := h.mgr.Create(context.Background(), wire.CreateRequest{Hooks: failingHook("onCreate")})
+	if !errdefs.IsInvalid(err) || !contains(err.Error(), "hooks.onCreate[0].command: command hooks in API requests are disabled", "MGR_ALLOW_VM_COMMAND_HOOKS=1") {
+		t.Fatalf("Create with a command hook = %v; want invalid, naming the field and the setting", err)
+	}
+	if left := h.leftovers(t); len(left) > 0 {
+		t.Fatalf("the refused create left %v", left)
+	}
+	allowed := newHost(t, allowCommands)
+	if _, err := allowed.mgr.Create(context.Background(), wire.CreateRequest{Hooks: json.RawMessage(`{"onCreate":[{"command":["/bin/true"]}]}`)}); err != nil {
+		t.Fatalf("Create with a command hook where they are allowed = %v", err)
+	}
+	_, err = allowed.mgr.Create(context.Background(), wire.CreateRequest{Hooks: json.RawMessage(`{"onCreate":[{"command":["true"]}]}`)})
+	if !errdefs.IsInvalid(err) || !contains(err.Error(), `hooks.onCreate[0].command: "true" must be an absolute path`) {
+		t.Fatalf("Create with a relative command = %v; want invalid, naming the field", err)
+	}
 }
 
 // Without a service manager a VM cannot run: start, stop and restart answer
@@ -64,7 +92,7 @@ func TestOperationsOnUnknownOrMalformedIDs(t *testing.T) {
 
 // A best-effort onCreate hook that fails does not fail the create.
 func TestAFailingBestEffortHookDoesNotFailTheCreate(t *testing.T) {
-	h := newHost(t, nil)
+	h := newHost(t, allowCommands)
 	vm, err := h.mgr.Create(context.Background(), wire.CreateRequest{
 		Hooks: json.RawMessage(`{"onCreate":[{"command":["/bin/false"]}]}`),
 	})
@@ -76,7 +104,7 @@ func TestAFailingBestEffortHookDoesNotFailTheCreate(t *testing.T) {
 // The onCreate hooks see the VM as created: its id and guest address in
 // the environment, the whole event on stdin.
 func TestOnCreateHooksReceiveTheVM(t *testing.T) {
-	h := newHost(t, nil)
+	h := newHost(t, allowCommands)
 	out := h.dir + "/hook.out"
 	hooksDoc, _ := json.Marshal(map[string]any{"onCreate": []any{map[string]any{
 		"command": []string{"/bin/sh", "-c", `{ echo "$MERGEN_EVENT $MERGEN_VM_ID $MERGEN_VM_GUEST_IP"; cat; } > "$OUT"`},
@@ -96,17 +124,26 @@ func TestOnCreateHooksReceiveTheVM(t *testing.T) {
 	}
 }
 
-// A strict onDelete hook that fails vetoes the delete: unavailable, with the
-// hook's output, and the VM is kept whole.
+// A strict onDelete hook that fails vetoes the delete: unavailable, naming
+// the hook and its exit status but not its output, and the VM is kept
+// whole. The hook was accepted at create: it still runs after the operator
+// stops accepting command hooks in requests.
 func TestAStrictOnDeleteHookVetoesTheDelete(t *testing.T) {
-	h := newHost(t, nil)
+	h := newHost(t, allowCommands)
 	vm, err := h.mgr.Create(context.Background(), wire.CreateRequest{Hooks: failingHook("onDelete")})
 	if err != nil {
 		t.Fatal(err)
 	}
+	var log strings.Builder
+	cfg := h.cfg
+	cfg.AllowVMCommands = false
+	h.mgr = manager.New(manager.Options{Config: cfg, Store: h.store, SupervisorErr: errNoSupervisor, Log: slog.New(slog.NewTextHandler(&log, nil))})
 	err = h.mgr.Delete(context.Background(), vm.ID)
-	if !errdefs.IsUnavailable(err) || !contains(err.Error(), vm.ID, "onDelete", "hook says no") {
-		t.Fatalf("Delete = %v; want unavailable naming the VM, the event and the hook's output", err)
+	if !errdefs.IsUnavailable(err) || !contains(err.Error(), vm.ID, "onDelete hook 0", "command /bin/sh", "exit status 7") || contains(err.Error(), "hook says no") {
+		t.Fatalf("Delete = %v; want unavailable naming the VM, the hook and its exit status, without its output", err)
+	}
+	if !contains(log.String(), "hook says no") {
+		t.Fatalf("the daemon log lacks the hook's output:\n%s", log.String())
 	}
 	if _, err := h.mgr.Get(context.Background(), vm.ID); err != nil {
 		t.Fatalf("the VM is gone after a vetoed delete: %v", err)
@@ -119,8 +156,8 @@ func TestAStrictOnDeleteHookVetoesTheDelete(t *testing.T) {
 
 // Delete runs the lifecycle's delete stage, whose hooks (here the host's
 // MGN_LIFECYCLE_PRE_DELETE_HOOKS, commands separated by ";") may refuse; a
-// refusal keeps the VM whole, its address included, and the error carries
-// the stage's output.
+// refusal keeps the VM whole, its address included, and the error names
+// the hook and its exit status; its output goes to the log only.
 func TestADeleteStageThatFailsKeepsTheVM(t *testing.T) {
 	h := newHost(t, withLifecycle(t, map[string]string{"MGN_LIFECYCLE_PRE_DELETE_HOOKS": "echo backup of $VM_ID failed >&2 && exit 3"}))
 	vm, err := h.mgr.Create(context.Background(), wire.CreateRequest{Tags: map[string]string{"name": "keep"}})
@@ -128,8 +165,8 @@ func TestADeleteStageThatFailsKeepsTheVM(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = h.mgr.Delete(context.Background(), vm.ID)
-	if err == nil || !contains(err.Error(), "backup of "+vm.ID+" failed") {
-		t.Fatalf("Delete = %v; want the delete stage's failure with its output", err)
+	if err == nil || !contains(err.Error(), "preDelete hook of vm "+vm.ID, "MGN_LIFECYCLE_PRE_DELETE_HOOKS[0]", "exit status 3") || contains(err.Error(), "backup of") {
+		t.Fatalf("Delete = %v; want the delete stage's failure naming the hook and its status, without its output", err)
 	}
 	if got, err := h.mgr.Get(context.Background(), vm.ID); err != nil || got.Network.GuestIP != vm.Network.GuestIP {
 		t.Fatalf("after the refused delete: %+v, %v; want the VM unchanged", got.Network, err)
@@ -179,13 +216,13 @@ func TestDeleteFreesWhatTheVMHeld(t *testing.T) {
 // A strict onCreate hook that fails undoes the create: unavailable, nothing
 // on disk, and the address, port and name are free again.
 func TestAStrictOnCreateHookFailureRollsTheCreateBack(t *testing.T) {
-	h := newHost(t, withLifecycle(t, nil))
+	h := newHost(t, withLifecycle(t, allowCommands))
 	port := freePort(t)
 	req := wire.CreateRequest{Tags: map[string]string{"name": "web"}, Ports: []wire.Port{{Guest: 80, Host: port}}}
 	req.Hooks = failingHook("onCreate")
 	_, err := h.mgr.Create(context.Background(), req)
-	if !errdefs.IsUnavailable(err) || !contains(err.Error(), "onCreate", "hook says no") {
-		t.Fatalf("Create = %v; want unavailable with the hook's failure", err)
+	if !errdefs.IsUnavailable(err) || !contains(err.Error(), "onCreate hook 0", "exit status 7") || contains(err.Error(), "hook says no") {
+		t.Fatalf("Create = %v; want unavailable with the hook's failure, without its output", err)
 	}
 	if left := h.leftovers(t); len(left) > 0 {
 		t.Fatalf("the rolled back create left %v", left)

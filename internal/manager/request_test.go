@@ -86,7 +86,7 @@ func TestCreateRefusesAnInvalidRequestNamingTheFieldAndKeepsNothing(t *testing.T
 		{"bridge MAC invalid", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.MAC = "02:00:00:00:00" })}, "bridge.mac:"},
 		{"bridge with published ports", wire.CreateRequest{Bridge: bridge(func(*wire.BridgeRequest) {}), Ports: []wire.Port{{Guest: 80}}}, "ports:"},
 		{"hooks of an unknown event", wire.CreateRequest{Hooks: json.RawMessage(`{"onBoot":[]}`)}, "hooks.onBoot:"},
-		{"hook command not absolute", wire.CreateRequest{Hooks: json.RawMessage(`{"onCreate":[{"command":["true"]}]}`)}, "hooks.onCreate[0].command:"},
+		{"command hook without the operator's consent", wire.CreateRequest{Hooks: json.RawMessage(`{"onCreate":[{"command":["true"]}]}`)}, "hooks.onCreate[0].command: command hooks in API requests are disabled"},
 		{"kernel path relative", wire.CreateRequest{Kernel: "disks/vmlinux"}, "kernel:"},
 		{"rootfs missing", wire.CreateRequest{Rootfs: filepath.Join(h.disks, "missing.ext4")}, "rootfs:"},
 		{"initrd missing", wire.CreateRequest{Initrd: filepath.Join(h.disks, "missing.img")}, "initrd:"},

@@ -384,7 +384,9 @@ func TestConcurrentCreatesAndDeletes(t *testing.T) {
 // TestHooksSeeTheVMAndStrictFailuresRollBack runs global and per-VM hooks
 // against real HTTP servers: hooks receive the VM's context, a failing
 // best-effort hook does not stop a create, and a failing strict hook fails
-// it and leaves nothing behind.
+// it, naming the hook and the status but not the answer, and leaves
+// nothing behind. A command hook in the body is refused (the daemon runs
+// without MGR_ALLOW_VM_COMMAND_HOOKS).
 func TestHooksSeeTheVMAndStrictFailuresRollBack(t *testing.T) {
 	type seen struct {
 		Event string            `json:"event"`
@@ -436,8 +438,8 @@ func TestHooksSeeTheVMAndStrictFailuresRollBack(t *testing.T) {
 		"hooks": map[string]any{"onCreate": []map[string]any{{"url": failing.URL, "strict": true}}},
 	}, nil)
 	mustStatus(t, code, body, 503)
-	if msg := errMessage(body); !strings.Contains(msg, "onCreate hook") || !strings.Contains(msg, "HTTP 500") {
-		t.Fatalf("strict failure message: %q", msg)
+	if msg := errMessage(body); !strings.Contains(msg, "onCreate hook 0") || !strings.Contains(msg, "HTTP 500") || strings.Contains(msg, "hook says no") {
+		t.Fatalf("strict failure message: %q; want the hook and the status, not the answer", msg)
 	}
 	<-events // the global onCreate hook ran before the strict one failed
 	if left := vmDirs(t, h); len(left) != 0 {
@@ -453,6 +455,17 @@ func TestHooksSeeTheVMAndStrictFailuresRollBack(t *testing.T) {
 	mustStatus(t, code, body, 503)
 	if left := vmDirs(t, h); len(left) != 1 {
 		t.Fatalf("a vetoed delete removed the VM: %v", left)
+	}
+
+	code, body = call(t, "POST", base+"/v1/vms", map[string]any{
+		"hooks": map[string]any{"onCreate": []map[string]any{{"command": []string{"/bin/sh", "-c", "id"}, "strict": true}}},
+	}, nil)
+	mustStatus(t, code, body, 400)
+	if msg := errMessage(body); !strings.Contains(msg, "hooks.onCreate[0].command: command hooks in API requests are disabled") {
+		t.Fatalf("command hook: %q; want the field named", msg)
+	}
+	if left := vmDirs(t, h); len(left) != 1 {
+		t.Fatalf("a refused create left %v", left)
 	}
 }
 
