@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -206,8 +205,11 @@ func (d *detachedSupervisor) waitStarted(ctx context.Context, id string, pid int
 						id, st.ActiveState, orNone(st.Result), d.paths(id).SupervisorLog)
 				}
 			}
-			return fmt.Errorf("start vm %s: supervising process %d exited before the VM ran; see %s:\n%s",
-				id, pid, d.paths(id).SupervisorLog, tail(d.paths(id).SupervisorLog, 10))
+			// The log is not quoted: it holds the stages' output, which
+			// may carry what hooks printed, and this error reaches API
+			// callers.
+			return fmt.Errorf("start vm %s: supervising process %d exited before the VM ran; see %s",
+				id, pid, d.paths(id).SupervisorLog)
 		}
 		select {
 		case <-ctx.Done():
@@ -222,19 +224,6 @@ func orNone(s string) string {
 		return "none"
 	}
 	return s
-}
-
-// tail returns the last n lines of a file, for error messages.
-func tail(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return string(bytes.Join(lines, []byte("\n")))
 }
 
 func (d *detachedSupervisor) waitGone(ctx context.Context, id string, pid int) error {
