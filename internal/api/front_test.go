@@ -317,3 +317,55 @@ func TestRefusalsAreLoggedWithoutTheToken(t *testing.T) {
 		t.Errorf("the log holds a token or the Authorization header:\n%s", logs)
 	}
 }
+
+// The OpenAPI document tells what the front door does: bearer tokens
+// required everywhere but health, and the front door's answers listed on
+// every operation.
+func TestTheDocumentDescribesTheFrontDoor(t *testing.T) {
+	var doc struct {
+		Security   []map[string][]string `json:"security"`
+		Components struct {
+			SecuritySchemes map[string]struct {
+				Type, Scheme string
+			} `json:"securitySchemes"`
+		} `json:"components"`
+		Paths map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(api.OpenAPI(), &doc); err != nil {
+		t.Fatal(err)
+	}
+	if s := doc.Components.SecuritySchemes["bearerAuth"]; s.Type != "http" || s.Scheme != "bearer" || len(doc.Security) != 1 || doc.Security[0]["bearerAuth"] == nil {
+		t.Fatalf("security schemes %+v, global requirement %v; want bearerAuth (http bearer) required", doc.Components.SecuritySchemes, doc.Security)
+	}
+	for path, ops := range doc.Paths {
+		for method, raw := range ops {
+			if method == "parameters" {
+				continue
+			}
+			var op struct {
+				Security    *[]any                     `json:"security"`
+				RequestBody json.RawMessage            `json:"requestBody"`
+				Responses   map[string]json.RawMessage `json:"responses"`
+			}
+			if err := json.Unmarshal(raw, &op); err != nil {
+				t.Fatal(err)
+			}
+			public := method == "get" && (path == "/healthz" || path == "/health")
+			if public != (op.Security != nil && len(*op.Security) == 0) {
+				t.Errorf("%s %s: security %v; want an empty requirement exactly on health", method, path, op.Security)
+			}
+			want := []string{"403", "431"}
+			if !public {
+				want = append(want, "401")
+			}
+			if op.RequestBody != nil {
+				want = append(want, "415")
+			}
+			for _, code := range want {
+				if op.Responses[code] == nil {
+					t.Errorf("%s %s does not document %s", method, path, code)
+				}
+			}
+		}
+	}
+}
