@@ -43,8 +43,8 @@ const (
 
 // The answers of Check; none holds anything of the header.
 var (
-	ErrNoToken = errors.New("no bearer token: send Authorization: Bearer <token>")
-	ErrScheme  = errors.New("the Authorization header does not use the Bearer scheme: send Authorization: Bearer <token>")
+	ErrNoToken = errors.New("no bearer token: send the header \"Authorization: Bearer TOKEN\" with a token from the daemon's token file")
+	ErrScheme  = errors.New("the Authorization header does not use the Bearer scheme: send the header \"Authorization: Bearer TOKEN\" with a token from the daemon's token file")
 	ErrInvalid = errors.New("the bearer token is not valid")
 	// ErrUnusable wraps the reason the token file cannot be used since it
 	// last changed; the reason names the file and the fix, not a token.
