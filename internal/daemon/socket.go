@@ -18,6 +18,9 @@ import (
 // members may use the API without a token.
 const SocketGroup = "mergen"
 
+// maxSocketPath is the longest path a unix socket address holds on Linux.
+const maxSocketPath = 107
+
 // socketListener is the API's unix socket, removed when the daemon stops
 // (unless another daemon has put its own in its place since).
 type socketListener struct {
@@ -33,6 +36,9 @@ type socketListener struct {
 // under a private temporary name and renamed into place, so that nobody can
 // connect before its permissions are set.
 func listenSocket(path string, log *slog.Logger) (*socketListener, error) {
+	if len(path) > maxSocketPath {
+		return nil, fmt.Errorf("%s is %d bytes long: a unix socket path holds at most %d", path, len(path), maxSocketPath)
+	}
 	dir := filepath.Dir(path)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
