@@ -10,10 +10,16 @@ func newServerCmd() *cobra.Command {
 	var o daemon.Options
 	cmd := &cobra.Command{
 		Use:   "server",
-		Short: "Run the mergen daemon (REST API on MGR_HTTP_ADDR, default :8080)",
+		Short: "Run the mergen daemon (REST API on MGR_API_SOCKET and MGR_HTTP_ADDR, default 127.0.0.1:8080)",
 		Long: `Run the mergen daemon. It is configured by MGR_* environment variables
 (see the README); VMs it starts belong to the service manager, so stopping or
-killing the daemon never stops a VM.`,
+killing the daemon never stops a VM.
+
+The API answers on the unix socket MGR_API_SOCKET (mode 0660, group mergen
+when it exists; no token needed) and on TCP at MGR_HTTP_ADDR, where every
+request but GET /healthz and GET /health needs "Authorization: Bearer <token>"
+with a token from MGR_API_TOKEN_FILE (created with one random token when
+missing).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return daemon.Run(cmd.Context(), o)

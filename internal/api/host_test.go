@@ -13,18 +13,23 @@ import (
 	"testing"
 
 	"github.com/mergenhq/mergen/internal/api"
+	"github.com/mergenhq/mergen/internal/auth"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
 )
 
-// host is the daemon's HTTP handler over a manager whose host lives in
-// temporary directories, with a kernel and root file system as defaults and
-// no service manager (start and stop answer 503).
+// host is the daemon's HTTP handler, behind the front door with a token
+// file of its own, over a manager whose host lives in temporary
+// directories, with a kernel and root file system as defaults and no
+// service manager (start and stop answer 503).
 type host struct {
 	cfg     config.Config
 	store   *store.Store
 	handler http.Handler
+	mgr     *manager.Manager
+	tokens  *auth.Tokens
+	token   string
 }
 
 var errNoSupervisor = errors.New("no service manager in this test")
@@ -65,7 +70,16 @@ func newHost(t *testing.T, env map[string]string) *host {
 	}
 	log := slog.New(slog.DiscardHandler)
 	mgr := manager.New(manager.Options{Config: cfg, Store: st, Log: log, SupervisorErr: errNoSupervisor})
-	return &host{cfg: cfg, store: st, handler: api.New(mgr, log, nil, nil)}
+	tokens, _, err := auth.Open(filepath.Join(d, "api-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	token, err := auth.First(tokens.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	door := api.FrontDoor{Tokens: tokens, Listener: "tcp", Log: log}
+	return &host{cfg: cfg, store: st, handler: door.Wrap(api.New(mgr, log, nil, nil)), mgr: mgr, tokens: tokens, token: token}
 }
 
 // do sends one request through the handler and returns the recorded answer.
@@ -79,6 +93,7 @@ func (h *host) do(t *testing.T, method, path, body string) *httptest.ResponseRec
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	req.Header.Set("Authorization", "Bearer "+h.token)
 	rec := httptest.NewRecorder()
 	h.handler.ServeHTTP(rec, req)
 	return rec

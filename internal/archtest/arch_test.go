@@ -127,6 +127,8 @@ var leaves = map[string][]string{
 	"internal/logging":    nil,
 	"internal/proc":       {"internal/atomicfile"},
 	"internal/certs":      {"internal/atomicfile"},
+	// auth is read by the daemon and by the CLI (the first token).
+	"internal/auth": {"internal/atomicfile"},
 	// config names the forwarder's default certificate files the way
 	// `mergen certs` writes them.
 	"internal/config": {"internal/layout", "internal/logging", "internal/certs"},

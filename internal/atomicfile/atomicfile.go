@@ -59,3 +59,36 @@ func SyncDir(dir string) error {
 	}
 	return nil
 }
+
+// Create writes a new file at path with data and the given permissions,
+// whole or not at all, and fails with an error satisfying
+// errors.Is(err, fs.ErrExist) when path already exists: the content is
+// written and synced under a temporary name and then linked into place, so
+// two writers racing for the same path never overwrite each other and no
+// reader ever sees a partial file.
+func Create(path string, data []byte, perm os.FileMode) error {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp)
+	defer f.Close()
+	if err := f.Chmod(perm); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("create %s: sync: %w", path, err)
+	}
+	if err := os.Link(tmp, path); err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	return SyncDir(dir)
+}

@@ -12,12 +12,13 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
-	"time"
 
 	"golang.org/x/term"
 
 	"github.com/mergenhq/mergen/internal/api"
+	"github.com/mergenhq/mergen/internal/auth"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/images"
 	"github.com/mergenhq/mergen/internal/logging"
@@ -31,7 +32,8 @@ import (
 type Options struct {
 	// InstallUnits installs or updates the systemd unit templates at start.
 	InstallUnits bool
-	// Ready, when set, receives the bound listen address once serving.
+	// Ready, when set, receives the bound TCP address once both listeners
+	// serve (the socket is at the configured MGR_API_SOCKET).
 	Ready func(addr string)
 }
 
@@ -53,6 +55,20 @@ func Run(ctx context.Context, o Options) error {
 
 // Serve runs the daemon with an explicit configuration.
 func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, o Options) error {
+	var tokens *auth.Tokens
+	if cfg.APIAuth == "none" {
+		log.Warn("MGR_API_AUTH=none: requests over TCP need no token; anyone who can connect to the address controls this host", "addr", cfg.HTTPAddr)
+	} else {
+		t, created, err := auth.Open(cfg.APITokenFile)
+		if err != nil {
+			return fmt.Errorf("API tokens (MGR_API_TOKEN_FILE): %w", err)
+		}
+		if created {
+			log.Info("created the API token file with a new token", "file", cfg.APITokenFile)
+		}
+		tokens = t
+	}
+
 	st, err := store.Open(cfg.Layout())
 	if err != nil {
 		return err
@@ -106,27 +122,49 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, o Options) 
 	if err != nil {
 		return fmt.Errorf("listen on %s (MGR_HTTP_ADDR): %w", cfg.HTTPAddr, err)
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
-	log.Info("mergen daemon listening", "addr", ln.Addr().String(), "version", version.Version,
-		"configRoot", cfg.ConfigRoot, "supervisor", supName(sup))
+	sock, err := listenSocket(cfg.APISocket, log)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("listen on %s (MGR_API_SOCKET): %w", cfg.APISocket, err)
+	}
+	defer sock.remove()
+	tcpDoor := api.FrontDoor{Tokens: tokens, AllowedOrigins: cfg.AllowedOrigins, Listener: "tcp", Log: log}
+	unixDoor := api.FrontDoor{AllowedOrigins: cfg.AllowedOrigins, Listener: "unix", Log: log}
+	servers := []*http.Server{api.NewServer(tcpDoor.Wrap(handler), log), api.NewServer(unixDoor.Wrap(handler), log)}
+	mode := "token"
+	if tokens == nil {
+		mode = "none"
+	}
+	log.Info("mergen daemon listening", "addr", ln.Addr().String(), "socket", cfg.APISocket, "auth", mode,
+		"version", version.Version, "configRoot", cfg.ConfigRoot, "supervisor", supName(sup))
+	errc := make(chan error, 2)
+	go func() { errc <- servers[0].Serve(api.Listen(ln, log, "tcp")) }()
+	go func() { errc <- servers[1].Serve(api.Listen(sock, log, "unix")) }()
 	if o.Ready != nil {
 		o.Ready(ln.Addr().String())
 	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	var serveErr error
 	select {
-	case err := <-errc:
-		return err
+	case serveErr = <-errc:
 	case <-ctx.Done():
 	}
 	log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
+	var wg sync.WaitGroup
+	shutErrs := make([]error, len(servers))
+	for i, srv := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				shutErrs[i] = err
+			}
+		}()
 	}
+	wg.Wait()
 	// VMs keep running: they belong to the service manager, not to us.
-	return nil
+	return errors.Join(serveErr, errors.Join(shutErrs...))
 }
 
 func supName(s supervisor.Supervisor) string {

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/mergenhq/mergen/internal/auth"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/daemon"
 	"github.com/mergenhq/mergen/internal/layout"
@@ -37,13 +38,14 @@ func hostConfig(t *testing.T, env map[string]string) config.Config {
 	}
 	t.Cleanup(func() { os.RemoveAll(d) })
 	vars := map[string]string{
-		"MGR_HTTP_ADDR":     "127.0.0.1:0",
-		"MGR_CONFIG_ROOT":   filepath.Join(d, "vm.d"),
-		"MGR_DATA_ROOT":     filepath.Join(d, "data"),
-		"MGR_RUN_ROOT":      filepath.Join(d, "run"),
-		"MGR_VMM":           "firecracker",
-		"MGR_SUPERVISOR":    "detached",
-		"MGR_LIFECYCLE_BIN": filepath.Join(d, "no-lifecycle"),
+		"MGR_HTTP_ADDR":      "127.0.0.1:0",
+		"MGR_CONFIG_ROOT":    filepath.Join(d, "vm.d"),
+		"MGR_DATA_ROOT":      filepath.Join(d, "data"),
+		"MGR_RUN_ROOT":       filepath.Join(d, "run"),
+		"MGR_VMM":            "firecracker",
+		"MGR_SUPERVISOR":     "detached",
+		"MGR_LIFECYCLE_BIN":  filepath.Join(d, "no-lifecycle"),
+		"MGR_API_TOKEN_FILE": filepath.Join(d, "etc", "api-token"),
 	}
 	for k, v := range env {
 		vars[k] = v
@@ -66,6 +68,8 @@ func hostConfig(t *testing.T, env map[string]string) config.Config {
 // running is a daemon served by Serve in the background.
 type running struct {
 	addr    string
+	token   string // the first of its token file
+	cfg     config.Config
 	cancel  context.CancelFunc
 	done    chan error
 	stopped sync.Once
@@ -75,11 +79,16 @@ type running struct {
 // serve starts the daemon and waits until it reports its address.
 func serve(t *testing.T, cfg config.Config) *running {
 	t.Helper()
+	return serveLogged(t, cfg, slog.New(slog.DiscardHandler))
+}
+
+func serveLogged(t *testing.T, cfg config.Config, log *slog.Logger) *running {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{cancel: cancel, done: make(chan error, 1)}
+	r := &running{cfg: cfg, cancel: cancel, done: make(chan error, 1)}
 	ready := make(chan string, 1)
 	go func() {
-		r.done <- daemon.Serve(ctx, cfg, slog.New(slog.DiscardHandler), daemon.Options{Ready: func(addr string) { ready <- addr }})
+		r.done <- daemon.Serve(ctx, cfg, log, daemon.Options{Ready: func(addr string) { ready <- addr }})
 	}()
 	select {
 	case r.addr = <-ready:
@@ -88,6 +97,13 @@ func serve(t *testing.T, cfg config.Config) *running {
 		t.Fatalf("Serve returned before it was ready: %v", err)
 	}
 	t.Cleanup(func() { r.stop() })
+	if cfg.APIAuth != "none" {
+		tok, err := auth.First(cfg.APITokenFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.token = tok
+	}
 	return r
 }
 
@@ -103,23 +119,53 @@ func (r *running) stop() error {
 // loopback talks to the daemon without any proxy.
 var loopback = &http.Client{Transport: &http.Transport{Proxy: nil}}
 
+// overSocket talks to a daemon through its unix socket.
+func overSocket(path string) *http.Client {
+	return &http.Client{Transport: &http.Transport{Proxy: nil, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", path)
+	}}}
+}
+
+// get is GET over TCP with the daemon's token.
 func (r *running) get(t *testing.T, path string, v any) int {
 	t.Helper()
-	resp, err := loopback.Get("http://" + r.addr + path)
+	code, b := r.do(t, loopback, "GET", "http://"+r.addr+path, "", "Bearer "+r.token)
+	if v != nil {
+		if err := json.Unmarshal(b, v); err != nil {
+			t.Fatalf("GET %s: %v: %s", path, err, b)
+		}
+	}
+	return code
+}
+
+// do sends one request with the given Authorization header (none when
+// empty) and a JSON body (none when empty).
+func (r *running) do(t *testing.T, c *http.Client, method, url, body, authorization string) (int, []byte) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, rd)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if authorization != "" {
+		req.Header.Set("Authorization", authorization)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v != nil {
-		if err := json.Unmarshal(b, v); err != nil {
-			t.Fatalf("GET %s: %v: %s", path, err, b)
-		}
-	}
-	return resp.StatusCode
+	return resp.StatusCode, b
 }
 
 // Serve listens on MGR_HTTP_ADDR, reports the bound address once it
@@ -247,13 +293,8 @@ func TestServeMigratesOldRecordsAndSweepsBeforeServing(t *testing.T) {
 			vm.Name, vm.Network.GuestIP, vm.Paths.ConfigDir, vm.Paths.ConsoleLog)
 	}
 
-	resp, err := loopback.Post("http://"+d.addr+"/v1/vms", "application/json", strings.NewReader(`{"ports":[{"guest":80,"host":20003}]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusConflict || !strings.Contains(string(body), fixtureID) {
-		t.Errorf("create asking for the migrated VM's host port: %s %s; want 409 naming %s", resp.Status, body, fixtureID)
+	code, body := d.do(t, loopback, "POST", "http://"+d.addr+"/v1/vms", `{"ports":[{"guest":80,"host":20003}]}`, "Bearer "+d.token)
+	if code != http.StatusConflict || !strings.Contains(string(body), fixtureID) {
+		t.Errorf("create asking for the migrated VM's host port: %d %s; want 409 naming %s", code, body, fixtureID)
 	}
 }

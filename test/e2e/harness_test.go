@@ -15,9 +15,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/auth"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/daemon"
 	"github.com/mergenhq/mergen/internal/store"
@@ -58,6 +60,9 @@ func newHost(t testing.TB, extra map[string]string) *host {
 		"MGR_PORT_END":   fmt.Sprint(portWindow + 499),
 		"MGR_LOG_LEVEL":  "warn",
 		"MGR_LOG_FORMAT": "text",
+		// The daemon creates its token file here at its first start.
+		"MGR_API_TOKEN_FILE": filepath.Join(root, "etc", "api-token"),
+		"MGR_API_SOCKET":     filepath.Join(run, "mergen.sock"),
 	}}
 	portWindow += 500
 	if portWindow > 39500 {
@@ -101,15 +106,49 @@ func (h *host) store(t testing.TB) *store.Store {
 	return s
 }
 
+// token is the first token of the host's token file: what the CLI sends.
+func (h *host) token(t testing.TB) string {
+	t.Helper()
+	tok, err := auth.First(h.env["MGR_API_TOKEN_FILE"])
+	if err != nil {
+		t.Fatalf("the daemon's token: %v", err)
+	}
+	return tok
+}
+
+// daemonTokens maps the TCP address (host:port) of each daemon a test
+// started to its token, so that call and callWith authenticate to
+// whichever daemon they talk to.
+var daemonTokens sync.Map
+
+// trust records the token of the daemon at base (http://host:port) until
+// the test ends.
+func (h *host) trust(t testing.TB, base string) {
+	t.Helper()
+	if h.env["MGR_API_AUTH"] == "none" {
+		return
+	}
+	addr := strings.TrimPrefix(base, "http://")
+	tok := h.token(t)
+	daemonTokens.Store(addr, tok)
+	t.Cleanup(func() { daemonTokens.CompareAndDelete(addr, tok) })
+}
+
 // serve runs the daemon in this process until the test ends and returns
-// its base URL.
+// its base URL; calls to it carry its token.
 func (h *host) serve(t testing.TB) string {
+	t.Helper()
+	return h.serveLogged(t, io.Discard)
+}
+
+// serveLogged is serve with the daemon's log written to w.
+func (h *host) serveLogged(t testing.TB, w io.Writer) string {
 	t.Helper()
 	cfg := h.config(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	log := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	go func() {
 		done <- daemon.Serve(ctx, cfg, log, daemon.Options{Ready: func(a string) { ready <- a }})
 	}()
@@ -121,6 +160,7 @@ func (h *host) serve(t testing.TB) string {
 				t.Errorf("daemon: %v", err)
 			}
 		})
+		h.trust(t, "http://"+addr)
 		return "http://" + addr
 	case err := <-done:
 		cancel()
@@ -132,8 +172,9 @@ func (h *host) serve(t testing.TB) string {
 	return ""
 }
 
-// call makes one API request and decodes a JSON answer into out (when not
-// nil). It returns the status and the raw body.
+// call makes one API request, with the token of the daemon it goes to, and
+// decodes a JSON answer into out (when not nil). It returns the status and
+// the raw body.
 func call(t testing.TB, method, url string, body any, out any) (int, []byte) {
 	t.Helper()
 	return callWith(t, http.DefaultClient, method, url, body, out)
@@ -141,6 +182,13 @@ func call(t testing.TB, method, url string, body any, out any) (int, []byte) {
 
 // callWith is call through a given HTTP client.
 func callWith(t testing.TB, client *http.Client, method, url string, body any, out any) (int, []byte) {
+	t.Helper()
+	return callToken(t, client, "", method, url, body, out)
+}
+
+// callToken is callWith with a given token; when empty, the token of the
+// daemon started by this process at the URL's address, if any.
+func callToken(t testing.TB, client *http.Client, token, method, url string, body any, out any) (int, []byte) {
 	t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
@@ -162,6 +210,14 @@ func callWith(t testing.TB, client *http.Client, method, url string, body any, o
 	}
 	if rd != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if token == "" {
+		if tok, ok := daemonTokens.Load(req.URL.Host); ok {
+			token = tok.(string)
+		}
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := client.Do(req)
 	if err != nil {

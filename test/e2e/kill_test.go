@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/auth"
 	"github.com/mergenhq/mergen/internal/testenv"
 	"github.com/mergenhq/mergen/internal/wire"
 )
@@ -63,9 +64,10 @@ func (h *host) startBinary(t testing.TB, bin string, port int) *daemonProc {
 					ID string `json:"id"`
 				} `json:"vms"`
 			}
-			if code, _ := call(t, "GET", d.base+"/v1/vms", nil, &list); code == 200 {
+			token, _ := auth.First(h.env["MGR_API_TOKEN_FILE"])
+			if code, _ := callToken(t, http.DefaultClient, token, "GET", d.base+"/v1/vms", nil, &list); code == 200 {
 				for _, vm := range list.VMs {
-					call(t, "DELETE", d.base+"/v1/vms/"+vm.ID, nil, nil)
+					callToken(t, http.DefaultClient, token, "DELETE", d.base+"/v1/vms/"+vm.ID, nil, nil)
 				}
 			}
 			cmd.Process.Kill()
@@ -77,6 +79,8 @@ func (h *host) startBinary(t testing.TB, bin string, port int) *daemonProc {
 		c, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 100*time.Millisecond)
 		if err == nil {
 			c.Close()
+			// The token file exists before the daemon listens.
+			h.trust(t, d.base)
 			return d
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -95,6 +99,7 @@ func TestDaemonKilledMidCreatesLeavesWholeVMsOnly(t *testing.T) {
 	port := freePort(t)
 	d := h.startBinary(t, bin, port)
 
+	token := h.token(t)
 	var created atomic.Int64
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
@@ -109,7 +114,7 @@ func TestDaemonKilledMidCreatesLeavesWholeVMsOnly(t *testing.T) {
 					return
 				default:
 				}
-				resp, err := httpPost(d.base+"/v1/vms", body)
+				resp, err := httpPost(d.base+"/v1/vms", token, body)
 				if err != nil {
 					return // the daemon is gone
 				}
@@ -200,8 +205,14 @@ func TestDaemonKilledMidCreatesLeavesWholeVMsOnly(t *testing.T) {
 	}
 }
 
-func httpPost(url, body string) (int, error) {
-	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+func httpPost(url, token, body string) (int, error) {
+	req, err := http.NewRequest("POST", url, strings.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0, err
 	}

@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -36,23 +38,45 @@ func TestResponsesMatchTheOpenAPIDocument(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The document's security requirement is met by a bearer header (the
+	// daemon checks the token itself).
+	bearer := func(_ context.Context, in *openapi3filter.AuthenticationInput) error {
+		if s := in.SecurityScheme; s.Type != "http" || s.Scheme != "bearer" {
+			return fmt.Errorf("unexpected security scheme %s %s", s.Type, s.Scheme)
+		}
+		if !strings.HasPrefix(in.RequestValidationInput.Request.Header.Get("Authorization"), "Bearer ") {
+			return errors.New("no bearer token")
+		}
+		return nil
+	}
+	token := h.token(t)
+
 	covered := map[string]bool{}
+	// checkWith sends a request with the given headers; check sends the
+	// token, and a JSON content type with a body.
+	var checkWith func(method, path, body string, header http.Header, wantStatus int) []byte
 	check := func(method, path, body string, wantStatus int) []byte {
+		t.Helper()
+		header := http.Header{"Authorization": {"Bearer " + token}}
+		if body != "" {
+			header.Set("Content-Type", "application/json")
+		}
+		return checkWith(method, path, body, header, wantStatus)
+	}
+	checkWith = func(method, path, body string, header http.Header, wantStatus int) []byte {
 		t.Helper()
 		var rd io.Reader
 		if body != "" {
 			rd = strings.NewReader(body)
 		}
 		req, _ := http.NewRequest(method, base+path, rd)
-		if body != "" {
-			req.Header.Set("Content-Type", "application/json")
-		}
+		req.Header = header
 		route, params, err := router.FindRoute(req)
 		if err != nil {
 			t.Fatalf("%s %s is not in the OpenAPI document: %v", method, path, err)
 		}
 		in := &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route,
-			Options: &openapi3filter.Options{ExcludeRequestBody: wantStatus >= 400}}
+			Options: &openapi3filter.Options{ExcludeRequestBody: wantStatus >= 400, AuthenticationFunc: bearer}}
 		if wantStatus < 400 {
 			if err := openapi3filter.ValidateRequest(ctx, in); err != nil {
 				t.Fatalf("%s %s: request does not match the document: %v", method, path, err)
@@ -109,6 +133,14 @@ func TestResponsesMatchTheOpenAPIDocument(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("DELETE", "/v1/vms/"+vm.ID, "", 200)
+
+	// The front door's answers match the document too.
+	checkWith("GET", "/v1/vms", "", http.Header{}, 401)
+	checkWith("GET", "/machines/doc", "", http.Header{"Authorization": {"Basic " + token}}, 401)
+	checkWith("POST", "/v1/vms", `{}`, http.Header{"Authorization": {"Bearer " + token}, "Content-Type": {"text/plain"}}, 415)
+	checkWith("POST", "/v1/vms", `{}`, http.Header{"Authorization": {"Bearer " + token}, "Content-Type": {"application/json"}, "Origin": {"http://evil.example"}}, 403)
+	checkWith("GET", "/healthz", "", http.Header{"Origin": {"null"}}, 403)
+	checkWith("GET", "/health", "", http.Header{"X-Padding": {strings.Repeat("a", 1<<20)}}, 431)
 
 	// Every operation in the document was exercised.
 	for path, item := range doc.Paths.Map() {

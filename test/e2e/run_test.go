@@ -82,7 +82,8 @@ func newDemoStack(t testing.TB, cidr string) *demoStack {
 func (s *demoStack) run(t testing.TB, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(s.mergen, args...)
-	cmd.Env = append(os.Environ(), "MERGEN_API="+s.d.base, "MGR_DATA_ROOT="+s.h.env["MGR_DATA_ROOT"])
+	cmd.Env = append(os.Environ(), "MERGEN_API="+s.d.base, "MERGEN_API_TOKEN="+s.h.token(t), "MGR_DATA_ROOT="+s.h.env["MGR_DATA_ROOT"],
+		"MGR_API_TOKEN_FILE="+s.h.env["MGR_API_TOKEN_FILE"], "MGR_API_SOCKET="+s.h.env["MGR_API_SOCKET"])
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("mergen %s: %v\n%s", strings.Join(args, " "), err, out)

@@ -33,7 +33,7 @@ func (c *containerHost) exec(t *testing.T, args ...string) (string, error) {
 
 func (c *containerHost) api(t *testing.T, method, path string, body any, out any) (int, []byte) {
 	t.Helper()
-	return callWith(t, c.c.HTTPClient(), method, fmt.Sprintf("http://127.0.0.1:%d%s", c.port, path), body, out)
+	return callToken(t, c.c.HTTPClient(), c.h.token(t), method, fmt.Sprintf("http://127.0.0.1:%d%s", c.port, path), body, out)
 }
 
 func (c *containerHost) get(port int, path string) (string, error) {
