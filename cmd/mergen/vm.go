@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mergenhq/mergen/internal/auth"
 	"github.com/mergenhq/mergen/internal/client"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/wire"
@@ -64,16 +64,8 @@ func (f *apiFlags) token() string {
 	if f.cfg.APIToken != "" {
 		return f.cfg.APIToken
 	}
-	b, err := os.ReadFile(f.cfg.APITokenFile)
-	if err != nil {
-		return ""
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
-			return line
-		}
-	}
-	return ""
+	tok, _ := auth.First(f.cfg.APITokenFile)
+	return tok
 }
 
 // resolve connects to the daemon and finds the VM a user named by id, id

@@ -160,7 +160,8 @@ func TestDeleteVetoedByAHookIsAnAPIError(t *testing.T) {
 	c := newDaemon(t, "")
 	ctx := context.Background()
 	vm, err := c.Create(ctx, wire.CreateRequest{
-		Hooks: json.RawMessage(`{"onDelete":[{"command":["/bin/false"],"strict":true}]}`),
+		// Nothing listens on port 1 of loopback: the hook fails.
+		Hooks: json.RawMessage(`{"onDelete":[{"url":"http://127.0.0.1:1/","strict":true}]}`),
 	})
 	if err != nil {
 		t.Fatal(err)
