@@ -60,6 +60,9 @@ type Config struct {
 	DefaultAgent    string        // MGR_DEFAULT_AGENT_DISK (used when present)
 	DefaultEnvDisk  string        // MGR_DEFAULT_ENV_DISK
 	DiskRoots       []string      // MGR_DISK_ROOTS: extra directories disks may come from (':'-separated)
+	VolumesDir      string        // MGR_VOLUMES_DIR: writable data disks of VMs
+	ConsoleLogMax   int64         // MGR_CONSOLE_LOG_MAX_BYTES: a VM's console log is rotated past this size
+	GuestHostPorts  []string      // MGR_GUEST_HOST_PORTS: host ports guests may reach ("53/udp", "8443/tcp"); none by default
 	VMM             string        // MGR_VMM: empty means firecracker when its binary exists, else qemu
 	Driver          Driver        // MGR_FIRECRACKER_BIN, MGR_JAILER*, MGR_VSOCK, MGR_QEMU_*, MGN_ENABLE_ENTROPY_DEVICE
 	Supervisor      string        // MGR_SUPERVISOR: empty means systemd when PID 1 is systemd, else detached
@@ -149,6 +152,9 @@ func FromEnv(getenv Source) (Config, error) {
 		DefaultAgent:    r.optionalPath("MGR_DEFAULT_AGENT_DISK"),
 		DefaultEnvDisk:  r.optionalPath("MGR_DEFAULT_ENV_DISK"),
 		DiskRoots:       r.pathList("MGR_DISK_ROOTS"),
+		VolumesDir:      r.path("MGR_VOLUMES_DIR"),
+		ConsoleLogMax:   int64(r.int("MGR_CONSOLE_LOG_MAX_BYTES", 64<<10, 1<<40)),
+		GuestHostPorts:  r.portList("MGR_GUEST_HOST_PORTS"),
 		VMM:             r.oneOf("MGR_VMM", "firecracker", "qemu"),
 		Supervisor:      r.oneOf("MGR_SUPERVISOR", "systemd", "detached"),
 		LifecycleBin:    r.str("MGR_LIFECYCLE_BIN"),
@@ -224,10 +230,11 @@ func (c Config) Layout() layout.Layout {
 }
 
 // AllowedDiskRoots are the directories a VM's disks and kernel may come from:
-// the data root (which holds base assets, images and per-VM data), the base
-// assets dir and images root when configured elsewhere, and MGR_DISK_ROOTS.
+// the base assets dir, the images root, the volumes dir and MGR_DISK_ROOTS —
+// never the rest of the data root (daemon state, hooks, certificates, logs,
+// other VMs' data), the config root or the run root.
 func (c Config) AllowedDiskRoots() []string {
-	roots := []string{c.DataRoot, c.BaseAssetsDir, c.ImagesRoot}
+	roots := []string{c.BaseAssetsDir, c.ImagesRoot, c.VolumesDir}
 	return append(roots, c.DiskRoots...)
 }
 

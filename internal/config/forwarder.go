@@ -30,6 +30,8 @@ type Forwarder struct {
 	HandshakeTimeout time.Duration // FWD_HANDSHAKE_TIMEOUT_SECONDS
 	IdleTimeout      time.Duration // FWD_IDLE_TIMEOUT_SECONDS
 	MaxConnDuration  time.Duration // FWD_MAX_CONN_SECONDS; 0 means no limit
+	MaxConns         int           // FWD_MAX_CONNS: open client connections at once
+	MaxConnsPerIP    int           // FWD_MAX_CONNS_PER_IP: open client connections from one address
 
 	LogLevel  string // FWD_LOG_LEVEL
 	LogFormat string // FWD_LOG_FORMAT
@@ -72,6 +74,8 @@ func ForwarderFromEnv(getenv Source) (Forwarder, error) {
 		HandshakeTimeout: r.fractionalSeconds("FWD_HANDSHAKE_TIMEOUT_SECONDS", 0.001, maxForwarderSeconds),
 		IdleTimeout:      r.fractionalSeconds("FWD_IDLE_TIMEOUT_SECONDS", 0.001, maxForwarderSeconds),
 		MaxConnDuration:  r.fractionalSeconds("FWD_MAX_CONN_SECONDS", 0, maxForwarderSeconds),
+		MaxConns:         r.int("FWD_MAX_CONNS", 1, 1<<24),
+		MaxConnsPerIP:    r.int("FWD_MAX_CONNS_PER_IP", 1, 1<<24),
 
 		LogLevel:  r.oneOf("FWD_LOG_LEVEL", logging.Levels...),
 		LogFormat: r.oneOf("FWD_LOG_FORMAT", logging.Formats...),

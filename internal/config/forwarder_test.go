@@ -34,7 +34,7 @@ func TestForwarderDefaults(t *testing.T) {
 		"ShutdownTimeout":  {c.ShutdownTimeout, 15 * time.Second},
 		"HandshakeTimeout": {c.HandshakeTimeout, 10 * time.Second},
 		"IdleTimeout":      {c.IdleTimeout, 300 * time.Second},
-		"MaxConnDuration":  {c.MaxConnDuration, 0},
+		"MaxConnDuration":  {c.MaxConnDuration, 24 * time.Hour},
 	}
 	for name, got := range durations {
 		if got[0] != got[1] {

@@ -193,3 +193,32 @@ func (r *reader) labelTags(name string) []string {
 	}
 	return keys
 }
+
+var portProtoRe = regexp.MustCompile(`^([0-9]{1,5})(/(tcp|udp))?$`)
+
+// portList is a comma-separated list of PORT[/tcp|udp] (tcp when left out),
+// returned as "PORT/PROTO".
+func (r *reader) portList(name string) []string {
+	var out []string
+	for _, v := range r.list(name) {
+		m := portProtoRe.FindStringSubmatch(strings.ToLower(v))
+		n, err := strconv.Atoi(safeIndex(m, 1))
+		if m == nil || err != nil || n < 1 || n > 65535 {
+			r.fail(name, "%q is not PORT or PORT/tcp or PORT/udp", v)
+			continue
+		}
+		proto := m[3]
+		if proto == "" {
+			proto = "tcp"
+		}
+		out = append(out, strconv.Itoa(n)+"/"+proto)
+	}
+	return out
+}
+
+func safeIndex(m []string, i int) string {
+	if i < len(m) {
+		return m[i]
+	}
+	return ""
+}

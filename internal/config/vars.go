@@ -37,6 +37,9 @@ var Vars = []Var{
 	{"MGR_DEFAULT_AGENT_DISK", "${MGR_BASE_ASSETS_DIR}/agent-rootfs.ext4", "daemon"},
 	{"MGR_DEFAULT_ENV_DISK", "", "daemon"},
 	{"MGR_DISK_ROOTS", "", "daemon"},
+	{"MGR_VOLUMES_DIR", "${MGR_DATA_ROOT}/volumes", "daemon"},
+	{"MGR_CONSOLE_LOG_MAX_BYTES", "67108864", "daemon lifecycle"},
+	{"MGR_GUEST_HOST_PORTS", "", "daemon lifecycle"},
 	{"MGN_DAEMON_LOG_FILE", "${MGR_DATA_ROOT}/daemon.log", "daemon lifecycle"},
 
 	// Daemon behaviour.
@@ -113,7 +116,9 @@ var Vars = []Var{
 	{"FWD_SHUTDOWN_TIMEOUT_SECONDS", "15", "forwarder"},
 	{"FWD_HANDSHAKE_TIMEOUT_SECONDS", "10", "forwarder"},
 	{"FWD_IDLE_TIMEOUT_SECONDS", "300", "forwarder"},
-	{"FWD_MAX_CONN_SECONDS", "0", "forwarder"},
+	{"FWD_MAX_CONN_SECONDS", "86400", "forwarder"},
+	{"FWD_MAX_CONNS", "10000", "forwarder"},
+	{"FWD_MAX_CONNS_PER_IP", "256", "forwarder"},
 	{"FWD_LOG_LEVEL", "debug", "forwarder"},
 	{"FWD_LOG_FORMAT", "console", "forwarder"},
 	{"FWD_LABEL_TAGS", "name,app", "forwarder daemon"},
