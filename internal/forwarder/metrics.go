@@ -15,6 +15,7 @@ type metrics struct {
 	dial        prometheus.Histogram
 	handshake   prometheus.Histogram
 	certReloads *prometheus.CounterVec
+	paused      prometheus.Counter
 }
 
 // Error kinds, also used as the "kind" log attribute.
@@ -65,7 +66,11 @@ func newMetrics() *metrics {
 			Name: "mergen_forwarder_cert_reloads_total",
 			Help: "Certificate reloads after the files changed, by result.",
 		}, []string{"result"}),
+		paused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mergen_forwarder_client_reads_paused_total",
+			Help: "Times a client stopped being read because the TLS records queued for it reached the cap (it does not read what it asks for).",
+		}),
 	}
-	m.reg.MustRegister(m.conns, m.active, m.bytes, m.errors, m.dial, m.handshake, m.certReloads)
+	m.reg.MustRegister(m.conns, m.active, m.bytes, m.errors, m.dial, m.handshake, m.certReloads, m.paused)
 	return m
 }

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,6 +30,22 @@ import (
 // errWouldBlock, which crypto/tls treats as a retryable net.Error and keeps
 // the partial record) and whose Write only queues ciphertext for the loop
 // to flush.
+//
+// What the loop queues is bounded. Backend bytes are read only when the
+// client's queue is empty, so data never queues more than one read's
+// worth. crypto/tls also writes on its own while it reads the client: a
+// TLS 1.3 KeyUpdate that asks for an answer queues one. A client that
+// keeps asking and never reads would grow its queue without end, so the
+// client is not read while its queue holds maxQueued bytes or more (the
+// kernel's buffers then fill and its writes block) and the idle timeout
+// ends the connection if it never drains.
+
+// maxQueued is the queued ciphertext above which a client is not read:
+// twice what one backend read (32 KiB) queues, so data alone never
+// reaches it. crypto/tls may still decrypt records it had already read
+// before noticing, at most its read-ahead (one maximal record and some):
+// a flooding connection holds about 100 KiB.
+const maxQueued = 64 << 10
 
 // errWouldBlock tells crypto/tls that no more ciphertext is readable now.
 var errWouldBlock error = wouldBlock{}
@@ -50,14 +67,29 @@ type loopConn struct {
 	hup      bool // the peer's FIN (or an error) is queued: keep reading to see it
 	writable bool
 	out      []byte // ciphertext queued by crypto/tls, not yet written
+	full     bool   // out reached maxQueued: the client is not read until it drains
+	// pauses counts the times full was set (nil: not counted).
+	pauses prometheus.Counter
 }
 
-func newLoopConn(c net.Conn) *loopConn { return &loopConn{Conn: c, fd: -1} }
+func newLoopConn(c net.Conn, pauses prometheus.Counter) *loopConn {
+	return &loopConn{Conn: c, fd: -1, pauses: pauses}
+}
 
 func (c *loopConn) Read(p []byte) (int, error) {
 	if c.fd < 0 {
 		return c.Conn.Read(p)
 	}
+	if len(c.out) >= maxQueued {
+		// Back-pressure: readiness is kept, so the loop reads again as
+		// soon as the queue drains below the cap.
+		if !c.full && c.pauses != nil {
+			c.pauses.Inc()
+		}
+		c.full = true
+		return 0, errWouldBlock
+	}
+	c.full = false
 	if !c.readable {
 		return 0, errWouldBlock
 	}

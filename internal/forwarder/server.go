@@ -216,7 +216,7 @@ func (s *Server) handle(raw net.Conn) (relayed bool) {
 	start := time.Now()
 	log := s.log.With("client", raw.RemoteAddr().String())
 
-	client := newLoopConn(raw)
+	client := newLoopConn(raw, s.m.paused)
 	tc := tls.Server(client, s.tlsConf)
 	hctx, cancel := context.WithTimeout(context.Background(), s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
