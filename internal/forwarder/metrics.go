@@ -15,6 +15,7 @@ type metrics struct {
 	dial        prometheus.Histogram
 	handshake   prometheus.Histogram
 	certReloads *prometheus.CounterVec
+	refused     *prometheus.CounterVec // by reason
 	paused      prometheus.Counter
 }
 
@@ -31,6 +32,12 @@ const (
 	kindResolver  = "resolver"
 	kindIdle      = "idle_timeout"
 	kindTotal     = "total_timeout"
+)
+
+// Why a connection was refused at accept, the "reason" label.
+const (
+	refusedMaxConns      = "max_conns"
+	refusedMaxConnsPerIP = "max_conns_per_ip"
 )
 
 func newMetrics() *metrics {
@@ -66,11 +73,18 @@ func newMetrics() *metrics {
 			Name: "mergen_forwarder_cert_reloads_total",
 			Help: "Certificate reloads after the files changed, by result.",
 		}, []string{"result"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mergen_forwarder_refused_total",
+			Help: "Connections closed at accept, before any TLS work, by the cap they were over (max_conns, max_conns_per_ip).",
+		}, []string{"reason"}),
 		paused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mergen_forwarder_client_reads_paused_total",
 			Help: "Times a client stopped being read because the TLS records queued for it reached the cap (it does not read what it asks for).",
 		}),
 	}
-	m.reg.MustRegister(m.conns, m.active, m.bytes, m.errors, m.dial, m.handshake, m.certReloads, m.paused)
+	// Both reasons show from the start, at zero.
+	m.refused.WithLabelValues(refusedMaxConns)
+	m.refused.WithLabelValues(refusedMaxConnsPerIP)
+	m.reg.MustRegister(m.conns, m.active, m.bytes, m.errors, m.dial, m.handshake, m.certReloads, m.refused, m.paused)
 	return m
 }

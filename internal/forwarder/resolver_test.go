@@ -18,6 +18,8 @@ import (
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
+func slogText(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
 // writeMeta stores m as <root>/<m.ID>/meta.json.
 func writeMeta(t testing.TB, root string, m store.Meta) {
 	t.Helper()

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -45,6 +46,12 @@ type Server struct {
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
+	// open and perIP count the admitted connections until they close, in
+	// all and by client address, against cfg.MaxConns and
+	// cfg.MaxConnsPerIP (0: no cap; the configuration never gives 0).
+	open     int
+	perIP    map[netip.Addr]int
+	refusals refusalLog
 }
 
 // New validates the domain, loads the certificate and prepares the
@@ -64,6 +71,7 @@ func New(cfg config.Forwarder, log *slog.Logger) (*Server, error) {
 		resolver: NewResolver(cfg.ConfigRoot, cfg.NetnsRoot, cfg.LabelTags, cfg.ResolverTTL, log),
 		m:        newMetrics(),
 		conns:    map[net.Conn]struct{}{},
+		perIP:    map[netip.Addr]int{},
 		dialer:   net.Dialer{Timeout: cfg.DialTimeout},
 	}
 	s.certs, err = newCertFile(cfg.CertFile, cfg.KeyFile, log, func(ok bool) {
@@ -123,22 +131,95 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			return fmt.Errorf("forwarder: accept on %s: %w", ln.Addr(), err)
 		}
 		tempDelay = 0
+		addr := clientAddr(c)
+		if reason := s.admit(addr); reason != "" {
+			s.refuse(c, addr, reason)
+			continue
+		}
 		s.track(c, true)
 		s.wg.Add(1)
 		s.m.active.Inc()
 		go func() {
-			relayed := s.handle(c)
+			relayed := s.handle(c, addr)
 			s.track(c, false)
 			if !relayed {
 				c.Close()
-				s.connDone()
+				s.connDone(addr)
 			}
 		}()
 	}
 }
 
-// connDone is the end of every accepted connection, wherever it ended.
-func (s *Server) connDone() {
+// clientAddr is the address a connection counts against in
+// FWD_MAX_CONNS_PER_IP: the client's IP, an IPv4-mapped IPv6 address
+// counted as the IPv4 address it carries.
+func clientAddr(c net.Conn) netip.Addr {
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// admit counts a new connection from addr, or names the cap it is over.
+func (s *Server) admit(addr netip.Addr) (refused string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.cfg.MaxConns > 0 && s.open >= s.cfg.MaxConns:
+		return refusedMaxConns
+	case s.cfg.MaxConnsPerIP > 0 && s.perIP[addr] >= s.cfg.MaxConnsPerIP:
+		return refusedMaxConnsPerIP
+	}
+	s.open++
+	s.perIP[addr]++
+	return ""
+}
+
+// refuse ends a connection over a cap before any TLS work: it is closed
+// with a reset (SO_LINGER 0, so no TIME_WAIT state is kept for it),
+// counted, and logged at most once a second with the number refused since
+// the previous line.
+func (s *Server) refuse(c net.Conn, addr netip.Addr, reason string) {
+	s.m.refused.WithLabelValues(reason).Inc()
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	c.Close()
+	if n := s.refusals.note(time.Now()); n > 0 {
+		s.log.Warn("connections refused", "reason", reason, "client", addr.String(), "refused", n,
+			"maxConns", s.cfg.MaxConns, "maxConnsPerIP", s.cfg.MaxConnsPerIP)
+	}
+}
+
+// refusalLog lets one line about refused connections through per second.
+type refusalLog struct {
+	mu      sync.Mutex
+	last    time.Time
+	pending int // refused since the last line
+}
+
+// note counts a refusal and returns how many to report now: 0 within a
+// second of the last line, else every refusal since it.
+func (r *refusalLog) note(now time.Time) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.pending++
+	if !r.last.IsZero() && now.Sub(r.last) < time.Second {
+		return 0
+	}
+	n := r.pending
+	r.last, r.pending = now, 0
+	return n
+}
+
+// connDone is the end of every admitted connection, wherever it ended.
+func (s *Server) connDone(addr netip.Addr) {
+	s.mu.Lock()
+	s.open--
+	if s.perIP[addr]--; s.perIP[addr] <= 0 {
+		delete(s.perIP, addr)
+	}
+	s.mu.Unlock()
 	s.m.active.Dec()
 	s.wg.Done()
 }
@@ -212,7 +293,7 @@ func (s *Server) shutdown() error {
 // handle takes one client connection through the handshake, the label,
 // the resolver and the dial, and answers the failures itself. It returns
 // true once the connection belongs to a relay loop, which closes it.
-func (s *Server) handle(raw net.Conn) (relayed bool) {
+func (s *Server) handle(raw net.Conn, addr netip.Addr) (relayed bool) {
 	start := time.Now()
 	log := s.log.With("client", raw.RemoteAddr().String())
 
@@ -285,7 +366,7 @@ func (s *Server) handle(raw net.Conn) (relayed bool) {
 			s.m.errors.WithLabelValues(end).Inc()
 		}
 		log.Info("connection closed", "bytesIn", up, "bytesOut", down, "duration", time.Since(start), "end", end)
-		s.connDone()
+		s.connDone(addr)
 	}
 	if err := s.handOff(p, raw, backend); err != nil {
 		backend.Close()

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -198,6 +199,12 @@ func testCert(t *testing.T, dir string, overwrite bool) (certPath, keyPath strin
 
 func startForwarder(t *testing.T, root string, tweak func(*config.Forwarder)) *fixture {
 	t.Helper()
+	return startForwarderLog(t, root, discard(), tweak)
+}
+
+// startForwarderLog is startForwarder with the forwarder logging to log.
+func startForwarderLog(t *testing.T, root string, log *slog.Logger, tweak func(*config.Forwarder)) *fixture {
+	t.Helper()
 	certDir := t.TempDir()
 	certPath, keyPath, pair := testCert(t, certDir, false)
 	cfg := config.Forwarder{
@@ -208,7 +215,7 @@ func startForwarder(t *testing.T, root string, tweak func(*config.Forwarder)) *f
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	srv, err := New(cfg, discard())
+	srv, err := New(cfg, log)
 	if err != nil {
 		t.Fatal(err)
 	}
