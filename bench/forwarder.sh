@@ -13,7 +13,10 @@
 # connection, exactly what the forwarder does.
 #
 # Everything runs inside a network namespace this script creates and
-# removes, on 127.0.0.1 only. Needs root, wrk, nginx with
+# removes, on 127.0.0.1 only. wrk connects from one address, so the
+# forwarder's per-address cap (FWD_MAX_CONNS_PER_IP) is raised above the
+# connection count; the other caps keep their defaults, and the script
+# reports any connection the forwarder refused. Needs root, wrk, nginx with
 # libnginx-mod-stream, openssl (scripts/deps.d/60-forwarder.sh).
 #
 #   BENCH_DURATION   seconds per wrk run (default 5)
@@ -28,7 +31,7 @@ ROUNDS=${BENCH_ROUNDS:-5}
 CONNS=${BENCH_CONNS:-64}
 THREADS=${BENCH_THREADS:-2}
 [ "$(id -u)" = 0 ] || { echo "bench/forwarder.sh: needs root (network namespace)" >&2; exit 1; }
-for tool in wrk nginx openssl ip; do
+for tool in wrk nginx openssl ip curl; do
   command -v "$tool" >/dev/null || { echo "bench/forwarder.sh: $tool missing: run scripts/install-deps.sh" >&2; exit 1; }
 done
 STREAM_MOD=/usr/lib/nginx/modules/ngx_stream_module.so
@@ -38,7 +41,11 @@ NS="fwdbench-$$"
 WORK="$(mktemp -d)"
 DOMAIN="vm.bench"
 VMID="b0b0b0b0-0000-4000-8000-000000000001"
-FWD_PORT=8443 NGX_PORT=8444 BACKEND_PORT=18080
+FWD_PORT=8443 NGX_PORT=8444 BACKEND_PORT=18080 FWD_METRICS_PORT=19109
+# Connections closed by wrk are released a moment after wrk opens the
+# next ones: leave room above the count.
+PER_IP_CAP=$((CONNS * 2 + 64))
+MAX_CONNS=$((PER_IP_CAP > 10000 ? PER_IP_CAP : 10000))
 cleanup() {
   [ -f "$WORK/forwarder.pid" ] && kill "$(cat "$WORK/forwarder.pid")" 2>/dev/null || true
   [ -f "$WORK/backend.pid" ] && kill "$(cat "$WORK/backend.pid")" 2>/dev/null || true
@@ -105,7 +112,8 @@ JSON
 # launched it.
 in_ns sh -c 'echo $$ > "$1"; shift; exec "$@"' sh "$WORK/forwarder.pid" env FWD_CONFIG_ROOT="$WORK/vm.d" FWD_NETNS_ROOT=/run/netns FWD_DOMAIN="$DOMAIN" \
   FWD_TLS_CERT_FILE="$CERT" FWD_TLS_KEY_FILE="$KEY" FWD_HTTPS_ADDR="127.0.0.1:$FWD_PORT" \
-  FWD_METRICS_ADDR=off FWD_LOG_LEVEL=warn FWD_RESOLVER_CACHE_TTL_SECONDS=5 \
+  FWD_METRICS_ADDR="127.0.0.1:$FWD_METRICS_PORT" FWD_LOG_LEVEL=warn FWD_RESOLVER_CACHE_TTL_SECONDS=5 \
+  FWD_MAX_CONNS_PER_IP="$PER_IP_CAP" FWD_MAX_CONNS="$MAX_CONNS" \
   "$WORK/mergen-forwarder" >/dev/null 2>"$WORK/forwarder.err" </dev/null &
 
 for port in $FWD_PORT $NGX_PORT; do
@@ -179,3 +187,10 @@ printf '%-26s %16.2f %14.2f %10s\n' "keep-alive p99 ms" "$fwd_p99" "$ngx_p99" "$
 printf '%-26s %16.1f %14.1f %10s\n' "proxy CPU us per request" "$fwd_cpu" "$ngx_cpu" "$(ratio "$fwd_cpu" "$ngx_cpu")"
 printf '%-26s %16.0f %14.0f %10s\n' "handshakes/s" "$fwd_hs" "$ngx_hs" "$(ratio "$fwd_hs" "$ngx_hs")"
 echo "(ratio = forwarder / nginx: above 1 is better for req/s and handshakes/s, below 1 is better for p99 and CPU)"
+
+# Every connection should have been admitted: a refusal would make the
+# forwarder look faster than it is (wrk counts the errors apart).
+refused="$(in_ns curl -fsS "http://127.0.0.1:$FWD_METRICS_PORT/metrics" 2>/dev/null |
+  awk '/^mergen_forwarder_refused_total/ {n += $2} END {print n + 0}')"
+echo "forwarder caps: FWD_MAX_CONNS_PER_IP=$PER_IP_CAP FWD_MAX_CONNS=$MAX_CONNS; connections refused: $refused"
+[ "$refused" = 0 ] || echo "bench/forwarder.sh: the forwarder refused $refused connections: raise the caps" >&2
