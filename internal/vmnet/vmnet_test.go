@@ -657,8 +657,8 @@ func TestGuestFence(t *testing.T) {
 		type filter hook forward priority 10;
 		iifname %[1]q counter name "forwarded" drop
 	}
-	chain guard_out {
-		type filter hook output priority 10;
+	chain guard_post {
+		type filter hook postrouting priority 200;
 		ip daddr { %[4]s, %[5]s } oifname != %[1]q counter name "leaked" drop
 		oifname %[1]q ip daddr %[5]s tcp sport %[3]d counter name "answered"
 	}`, c.Veth, fenced, allowed, NSLinkAddr, c.GuestIP))
