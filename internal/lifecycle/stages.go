@@ -145,8 +145,18 @@ func (r *Runner) stageHooks(ctx context.Context, m store.Meta, stage string) err
 	return hooks.RunStage(ctx, r.Log, m.ID, stage, list, r.Config.DaemonLogFile)
 }
 
-func netConfig(m store.Meta) (vmnet.Config, error) {
+// netConfig is the VM's network as vmnet needs it: the record's identity,
+// and the host's allow-list of ports guests may reach (a host-wide setting,
+// applied when the VM's network is set up).
+func netConfig(m store.Meta, cfg config.Config) (vmnet.Config, error) {
 	c := vmnet.Config{ID: m.ID, Netns: m.Netns, Tap: m.TapName, Veth: store.VethName(m.ID), PrefixLen: m.PrefixLen, MAC: m.MAC, Ports: m.Ports, Bridge: m.Bridge}
+	for _, s := range cfg.GuestHostPorts {
+		p, err := vmnet.ParseHostPort(s)
+		if err != nil {
+			return c, fmt.Errorf("vm %s: MGR_GUEST_HOST_PORTS: %w", m.ID, err)
+		}
+		c.HostPorts = append(c.HostPorts, p)
+	}
 	var err error
 	if c.GuestIP, err = netip.ParseAddr(m.GuestIP); err != nil {
 		return c, fmt.Errorf("vm %s: guestIP %q: %w", m.ID, m.GuestIP, err)
@@ -187,7 +197,7 @@ func (r *Runner) preStart(ctx context.Context, id string) error {
 			return fmt.Errorf("pre-start vm %s: %w", id, err)
 		}
 	}
-	nc, err := netConfig(m)
+	nc, err := netConfig(m, r.Config)
 	if err != nil {
 		return fmt.Errorf("pre-start vm %s: %w", id, err)
 	}
@@ -347,7 +357,7 @@ func (r *Runner) postStop(ctx context.Context, id string) error {
 }
 
 func (r *Runner) teardown(ctx context.Context, m store.Meta) error {
-	nc, err := netConfig(m)
+	nc, err := netConfig(m, r.Config)
 	if err != nil {
 		return err
 	}

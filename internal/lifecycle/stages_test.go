@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/mergenhq/mergen/internal/proc"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/testenv"
+	"github.com/mergenhq/mergen/internal/vmnet"
 )
 
 // fixture is a runner over temporary roots with one VM that was created
@@ -166,5 +168,26 @@ func TestAFailingDeleteHookKeepsTheVM(t *testing.T) {
 	}
 	if !f.r.Store.Exists(f.id) {
 		t.Fatal("the VM's record is gone")
+	}
+}
+
+// The host's allow-list (MGR_GUEST_HOST_PORTS) reaches the VM's network
+// when it is set up; the record does not carry it.
+func TestNetConfigCarriesTheHostAllowList(t *testing.T) {
+	f := newFixture(t, map[string]string{"MGR_GUEST_HOST_PORTS": "53/udp, 8443"})
+	m, err := f.r.Store.ReadMeta(f.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := netConfig(m, f.r.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []vmnet.HostPort{{Port: 53, Protocol: "udp"}, {Port: 8443, Protocol: "tcp"}}; !slices.Equal(nc.HostPorts, want) {
+		t.Fatalf("host ports %v, want %v", nc.HostPorts, want)
+	}
+	f.r.Config.GuestHostPorts = nil
+	if nc, _ := netConfig(m, f.r.Config); len(nc.HostPorts) != 0 {
+		t.Fatalf("host ports %v without an allow-list", nc.HostPorts)
 	}
 }

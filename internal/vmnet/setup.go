@@ -3,6 +3,7 @@ package vmnet
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -218,6 +219,12 @@ func setupNamespace(c Config) error {
 		}
 	} else if veth.Type() != "veth" {
 		return fmt.Errorf("link %s exists and is a %s, not a veth", c.Veth, veth.Type())
+	}
+	// Guests are IPv4 only: the host's end of their link has no IPv6 (not
+	// even a link-local address the namespace could talk to). A host
+	// without IPv6 has nothing to switch off.
+	if err := sysctl("net/ipv6/conf/"+c.Veth+"/disable_ipv6", "1"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
 	}
 	if err := host.AddrReplace(veth, &netlink.Addr{IPNet: ipnet(HostLinkAddr, 32)}); err != nil {
 		return fmt.Errorf("address on %s: %w", c.Veth, err)

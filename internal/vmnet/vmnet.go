@@ -19,12 +19,23 @@
 // veth gets route_localnet=1 and the loopback source is masqueraded to the
 // veth's address); guests' outbound traffic is masqueraded; forwarding from
 // one VM's veth to another's is dropped, so VMs cannot reach each other.
+//
+// The guest fence: a packet from a VM link whose source address is not
+// routed back over that same link is dropped before conntrack (so the host
+// never answers a guest out of another interface, and spoofed traffic is not
+// forwarded); new connections from a VM link to the host itself are dropped
+// except to the operator's allow-list (Config.HostPorts) and from the
+// guest's own address; link-local destinations (169.254.0.0/16, cloud
+// metadata) are never forwarded for a guest.
 // Each VM's rules carry the comment "mergen vm <id>" and are removed exactly;
 // the table and its base chains stay (empty) after the last VM is gone.
 //
 // Bridge mode (the earlier generation's): the tap is created in the host
 // namespace and attached to an existing bridge (for example docker0); the
-// guest has a static address on the bridge's network; no NAT.
+// guest has a static address on the bridge's network; no NAT. The fence
+// applies there too: frames from the tap must carry the guest's address
+// (IPv4 and ARP only), and new connections from that address to the host
+// itself are dropped except to the allow-list.
 //
 // Setup and Teardown are idempotent, and safe to run concurrently for
 // different VMs from different processes.
@@ -40,6 +51,8 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"strconv"
+	"strings"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -57,6 +70,40 @@ type Config struct {
 	MAC              string
 	Ports            []store.Port
 	Bridge           *store.Bridge
+	// HostPorts are the host's own ports the guest may open connections
+	// to (MGR_GUEST_HOST_PORTS); every other port of the host is fenced
+	// off from guests. Empty by default.
+	HostPorts []HostPort
+}
+
+// HostPort is one port of the host that guests may reach.
+type HostPort struct {
+	Port     int
+	Protocol string // "tcp" or "udp"
+}
+
+func (p HostPort) String() string { return fmt.Sprintf("%d/%s", p.Port, p.Protocol) }
+
+// ParseHostPort reads "PORT/tcp", "PORT/udp" or "PORT" (tcp), the form of
+// MGR_GUEST_HOST_PORTS entries.
+func ParseHostPort(s string) (HostPort, error) {
+	port, proto, found := strings.Cut(s, "/")
+	if !found {
+		proto = "tcp"
+	}
+	n, err := strconv.Atoi(port)
+	p := HostPort{Port: n, Protocol: proto}
+	if err != nil || p.validate() != nil {
+		return HostPort{}, errdefs.Invalid("guest host port %q is not PORT/tcp or PORT/udp with PORT in 1..65535", s)
+	}
+	return p, nil
+}
+
+func (p HostPort) validate() error {
+	if p.Port < 1 || p.Port > 65535 || (p.Protocol != "tcp" && p.Protocol != "udp") {
+		return fmt.Errorf("%d/%s is not a port in 1..65535 with protocol tcp or udp", p.Port, p.Protocol)
+	}
+	return nil
 }
 
 // The link addresses of every VM's veth pair.
@@ -112,6 +159,11 @@ func (c Config) validate() error {
 			return errdefs.Invalid("network of vm %s: ports[%d]: protocol %q is not tcp or udp", c.ID, i, p.Protocol)
 		}
 	}
+	for i, p := range c.HostPorts {
+		if err := p.validate(); err != nil {
+			return errdefs.Invalid("network of vm %s: host ports[%d]: %v", c.ID, i, err)
+		}
+	}
 	if c.Bridge != nil && len(c.Ports) > 0 {
 		return errdefs.Invalid("network of vm %s: published ports need the namespace mode", c.ID)
 	}
@@ -138,9 +190,10 @@ func Setup(ctx context.Context, c Config) (err error) {
 		}
 	}()
 	if c.Bridge != nil {
-		return setupBridge(c)
-	}
-	if err := setupNamespace(c); err != nil {
+		if err := setupBridge(c); err != nil {
+			return err
+		}
+	} else if err := setupNamespace(c); err != nil {
 		return fmt.Errorf("network of vm %s: %w", c.ID, err)
 	}
 	if err := setupRules(ctx, c); err != nil {
@@ -156,6 +209,13 @@ func Teardown(ctx context.Context, c Config) error {
 	}
 	var errs []error
 	if c.Bridge != nil {
+		// As in namespace mode: Setup adds rules only once the tap exists,
+		// and the tap is removed only once the rules are gone.
+		if tapExists(c.Tap) {
+			if err := removeRules(ctx, c.ID); err != nil {
+				return joinf(c.ID, []error{fmt.Errorf("nftables: %w", err)})
+			}
+		}
 		if err := deleteLink(nil, c.Tap, "tuntap"); err != nil {
 			errs = append(errs, err)
 		}
@@ -196,6 +256,17 @@ func Teardown(ctx context.Context, c Config) error {
 		}
 	}
 	return joinf(c.ID, errs)
+}
+
+// tapExists tells whether a link named name is in the host namespace; an
+// error other than "not found" counts as yes, so that rules are not left.
+func tapExists(name string) bool {
+	if !ifNameRe.MatchString(name) {
+		return false
+	}
+	_, err := netlink.LinkByName(name)
+	var nf netlink.LinkNotFoundError
+	return !errors.As(err, &nf)
 }
 
 func joinf(id string, errs []error) error {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -575,4 +576,228 @@ func BenchmarkSetupTeardown(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// TestFenceInTheRuleset checks the fence as nft prints it: the shared
+// rules once, the VM's allow-list ahead of the shared drop in the input
+// chain, and no IPv6 on the host's end of the link.
+func TestFenceInTheRuleset(t *testing.T) {
+	testenv.RequireRoot(t)
+	c := testConfig(t, 7)
+	c.HostPorts = []HostPort{{Port: 28443, Protocol: "tcp"}, {Port: 28053, Protocol: "udp"}}
+	mustSetup(t, c)
+	mustSetup(t, c) // idempotent: nothing doubles
+	rules := run(t, "nft", "list", "table", "ip", TableName)
+	allow := []string{
+		`iifname "` + c.Veth + `" ip saddr 172.31.240.8 tcp dport 28443 accept comment "mergen vm ` + c.ID + `"`,
+		`iifname "` + c.Veth + `" ip saddr 172.31.240.8 udp dport 28053 accept comment "mergen vm ` + c.ID + `"`,
+	}
+	shared := []string{
+		`type filter hook prerouting priority raw; policy accept;`,
+		`iifname "veth-*" fib saddr . iif oif missing counter packets`,
+		`type filter hook input priority filter; policy accept;`,
+		`iifname "veth-*" ct state ! established,related counter packets`,
+		`iifname "veth-*" ip daddr 169.254.0.0/16 counter packets`,
+	}
+	for _, want := range append(allow, shared...) {
+		if n := strings.Count(rules, want); n != 1 {
+			t.Errorf("ruleset has %q %d times, want once:\n%s", want, n, rules)
+		}
+	}
+	drop := strings.Index(rules, `ct state ! established,related`)
+	for _, a := range allow {
+		if i := strings.Index(rules, a); i < 0 || i > drop {
+			t.Errorf("allow rule %q does not come before the shared drop:\n%s", a, rules)
+		}
+	}
+	if out := run(t, "cat", "/proc/sys/net/ipv6/conf/"+c.Veth+"/disable_ipv6"); strings.TrimSpace(out) != "1" {
+		t.Errorf("IPv6 is on on %s", c.Veth)
+	}
+	if err := Teardown(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, c)
+	// The shared rules stay for the other VMs.
+	if rules := run(t, "nft", "list", "table", "ip", TableName); !strings.Contains(rules, fenceHostComment) {
+		t.Fatalf("the shared fence went with the VM:\n%s", rules)
+	}
+}
+
+// TestGuestFence proves the fence with a stand-in guest. A host service
+// listening on 0.0.0.0 cannot be reached from the guest nor from the VM's
+// namespace, whichever host address is used; a port in the allow-list can,
+// from the guest only; link-local addresses are not forwarded; and no
+// packet those attempts cause leaves by another link. The test's own table
+// counts packets and drops whatever would leave, so that a broken fence
+// fails the test instead of sending anything off this machine.
+func TestGuestFence(t *testing.T) {
+	testenv.RequireRoot(t)
+	fenced, fencedHits := listenHost(t, "host service")
+	allowed, _ := listenHost(t, "allowed service")
+	c := testConfig(t, 60)
+	c.HostPorts = []HostPort{{Port: allowed, Protocol: "tcp"}}
+	guardTable := "mgt" + store.ShortID(c.ID)
+	testenv.NftTable(t, "ip", guardTable, fmt.Sprintf(`
+	counter arrived {}
+	counter from_netns {}
+	counter delivered {}
+	counter forwarded {}
+	counter answered {}
+	counter leaked {}
+	chain guard_pre {
+		type filter hook prerouting priority -400;
+		iifname %[1]q tcp dport %[2]d counter name "arrived"
+		iifname %[1]q ip saddr %[4]s counter name "from_netns"
+	}
+	chain guard_in {
+		type filter hook input priority 10;
+		iifname %[1]q tcp dport %[2]d counter name "delivered" drop
+	}
+	chain guard_fwd {
+		type filter hook forward priority 10;
+		iifname %[1]q counter name "forwarded" drop
+	}
+	chain guard_post {
+		type filter hook postrouting priority 200;
+		ip daddr { %[4]s, %[5]s } oifname != %[1]q counter name "leaked" drop
+		oifname %[1]q ip daddr %[5]s tcp sport %[3]d counter name "answered"
+	}`, c.Veth, fenced, allowed, NSLinkAddr, c.GuestIP))
+	mustSetup(t, c)
+	g := standInGuest(t, c)
+
+	hostAddrs := []string{HostLinkAddr.String()}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().Is4() && !p.Addr().IsLoopback() && p.Addr() != HostLinkAddr {
+			hostAddrs = append(hostAddrs, p.Addr().String())
+		}
+	}
+	var blocked []probe
+	for _, a := range hostAddrs {
+		blocked = append(blocked, probe{g, a, fenced}, probe{c.Netns, a, fenced})
+	}
+	blocked = append(blocked,
+		probe{c.Netns, HostLinkAddr.String(), allowed}, // allowed, but not from the namespace's own address
+		probe{g, "169.254.169.254", 80})                // link-local, beyond the VM's link
+	for p, err := range probeAll(blocked) {
+		if err == nil {
+			t.Errorf("%s reached %s:%d", p.ns, p.addr, p.port)
+		}
+	}
+	for p, err := range probeAll([]probe{{g, HostLinkAddr.String(), allowed}, {g, hostAddrs[len(hostAddrs)-1], allowed}}) {
+		if err != nil {
+			t.Errorf("allowed port: %s could not reach %s:%d: %v", p.ns, p.addr, p.port, err)
+		}
+	}
+
+	n := testenv.NftCounters(t, "ip", guardTable)
+	t.Logf("packets: %v; host service accepted %d connections", n, fencedHits.Load())
+	if n["arrived"] == 0 || n["from_netns"] == 0 {
+		t.Fatalf("the probes did not reach the host (arrived %d, from the namespace %d): the test proves nothing", n["arrived"], n["from_netns"])
+	}
+	if n["delivered"] != 0 || fencedHits.Load() != 0 {
+		t.Errorf("%d probe packets got past the fence (%d connections accepted)", n["delivered"], fencedHits.Load())
+	}
+	if n["forwarded"] != 0 {
+		t.Errorf("%d packets from the VM were forwarded", n["forwarded"])
+	}
+	if n["leaked"] != 0 {
+		t.Errorf("%d packets to the VM's addresses were sent out of another link", n["leaked"])
+	}
+	if n["answered"] == 0 {
+		t.Errorf("the allowed service's answers did not go out through %s", c.Veth)
+	}
+}
+
+type probe struct {
+	ns, addr string
+	port     int
+}
+
+// probeAll fetches every probe at once, each from inside its namespace.
+func probeAll(ps []probe) map[probe]error {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	errs := map[probe]error{}
+	for _, p := range ps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := dialFrom(p.ns, net.JoinHostPort(p.addr, fmt.Sprint(p.port)))
+			mu.Lock()
+			errs[p] = err
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+// listenHost serves text on 0.0.0.0 (every address of the host namespace)
+// on a free port, counting connections.
+func listenHost(t *testing.T, text string) (int, *atomic.Int64) {
+	t.Helper()
+	l, err := net.Listen("tcp4", "0.0.0.0:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	var hits atomic.Int64
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			hits.Add(1)
+			io.WriteString(c, text)
+			c.Close()
+		}
+	}()
+	return l.Addr().(*net.TCPAddr).Port, &hits
+}
+
+// Bridge mode: the tap may only send the guest's address (IPv4 and ARP),
+// and the host itself is fenced off from that address on the bridge.
+func TestBridgeModeFenceRules(t *testing.T) {
+	testenv.RequireRoot(t)
+	c := testConfig(t, 41)
+	br := "mgb" + c.ID[len(c.ID)-8:]
+	run(t, "ip", "link", "add", br, "type", "bridge") // no address: carries no traffic
+	t.Cleanup(func() { exec.Command("ip", "link", "del", br).Run() })
+	c.Bridge = &store.Bridge{Name: br, Netmask: "255.255.255.0"}
+	c.Netns, c.Veth = "", ""
+	c.HostPorts = []HostPort{{Port: 28444, Protocol: "tcp"}}
+	mustSetup(t, c)
+	tag := ` comment "mergen vm ` + c.ID + `"`
+	ip := run(t, "nft", "list", "table", "ip", TableName)
+	for _, want := range []string{
+		`iifname "` + br + `" ip saddr 172.31.240.42 tcp dport 28444 accept` + tag,
+		`iifname "` + br + `" ip saddr 172.31.240.42 ct state ! established,related counter packets`,
+		`iifname "` + br + `" ip saddr 172.31.240.42 ip daddr 169.254.0.0/16 counter packets`,
+	} {
+		if !strings.Contains(ip, want) {
+			t.Errorf("ip table lacks %q:\n%s", want, ip)
+		}
+	}
+	if strings.Index(ip, "tcp dport 28444 accept") > strings.Index(ip, `ip saddr 172.31.240.42 ct state`) {
+		t.Errorf("the allow rule comes after the drop:\n%s", ip)
+	}
+	bridge := run(t, "nft", "list", "table", "bridge", TableName)
+	for _, want := range []string{
+		`iifname "` + c.Tap + `" ether type != ip ether type != arp drop` + tag,
+		`iifname "` + c.Tap + `" ip saddr != 172.31.240.42 drop` + tag,
+		`iifname "` + c.Tap + `" arp saddr ip != 172.31.240.42 drop` + tag,
+	} {
+		if !strings.Contains(bridge, want) {
+			t.Errorf("bridge table lacks %q:\n%s", want, bridge)
+		}
+	}
+	if err := Teardown(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	assertGone(t, c)
 }

@@ -16,6 +16,13 @@ import (
 // unprivileged user of the image.
 func webPayload(t testing.TB, dir, page string, port string) string {
 	t.Helper()
+	return webPayloadWith(t, dir, page, port, nil)
+}
+
+// webPayloadWith is webPayload with more executable files, by path under
+// the image's root (busybox httpd runs /www/cgi-bin/* as CGI programs).
+func webPayloadWith(t testing.TB, dir, page, port string, programs map[string]string) string {
+	t.Helper()
 	busybox := "/bin/busybox"
 	if _, err := os.Stat(busybox); err != nil {
 		t.Fatalf("busybox-static is required (%v): run `make deps`", err)
@@ -40,6 +47,12 @@ func webPayload(t testing.TB, dir, page string, port string) string {
 	write("etc/passwd", []byte("root:x:0:0:root:/root:/bin/sh\nweb:x:1000:1000:web:/www:/bin/sh\n"), 0o644)
 	write("etc/group", []byte("root:x:0:\nweb:x:1000:\n"), 0o644)
 	write("www/index.html", []byte(page), 0o644)
+	for rel, text := range programs {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, rel)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		write(rel, []byte(text), 0o755)
+	}
 	argv := []string{"/bin/busybox", "httpd", "-f", "-v", "-p", port, "-h", "/www"}
 	meta := imagemeta.ImageMeta{Image: "test/web:1", Entrypoint: argv[:2], Cmd: argv[2:], Env: []string{"PATH=/bin"}, WorkingDir: "/www", User: "web"}
 	rt := imagemeta.Runtime{Version: 1, Image: meta.Image, Argv: argv, Env: meta.Env, WorkingDir: "/www", User: "web"}
