@@ -53,8 +53,9 @@ type VM struct {
 	Lock      string // lifecycle lock: one start, stop or delete at a time
 	StageLock string // held by stages while they change network and runtime files
 
-	DataDir    string // <data>/vms/<id>
-	ConsoleLog string // the guest's serial console
+	DataDir       string // <data>/vms/<id>
+	ConsoleLog    string // the guest's serial console
+	ConsoleLogOld string // the console log before its last rotation
 }
 
 // VM returns the paths of VM id. id is not validated here: callers validate
@@ -87,8 +88,9 @@ func (l Layout) VM(id string) VM {
 		Lock:      filepath.Join(locks, id+".lock"),
 		StageLock: filepath.Join(locks, id+".stage.lock"),
 
-		DataDir:    data,
-		ConsoleLog: filepath.Join(data, "console.log"),
+		DataDir:       data,
+		ConsoleLog:    filepath.Join(data, "console.log"),
+		ConsoleLogOld: filepath.Join(data, "console.log.1"),
 	}
 }
 
