@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/converter"
+	"github.com/mergenhq/mergen/internal/converter/layer"
 	"github.com/mergenhq/mergen/internal/imagemeta"
 	"github.com/mergenhq/mergen/internal/progress"
 )
@@ -23,6 +25,9 @@ type convertFlags struct {
 	sizeMiB                   int64
 	headroom                  float64
 	noTar, deleteRootfs       bool
+	keepRootfs                bool
+	maxLayerBytes             int64
+	maxLayerEntries           int
 
 	agent, env     bool
 	binDir, output string
@@ -90,7 +95,10 @@ for a 'docker save' tarball.
 	fl.Int64Var(&f.sizeMiB, "size-mib", 0, "ext4 size in MiB (default: content plus headroom)")
 	fl.Float64Var(&f.headroom, "headroom", 0.2, "free space to add to the content size, as a fraction")
 	fl.BoolVar(&f.noTar, "no-tar", false, "do not write "+imagemeta.PayloadTar)
-	fl.BoolVar(&f.deleteRootfs, "delete-rootfs", false, "do not keep the "+imagemeta.PayloadDir+"/ directory")
+	fl.BoolVar(&f.keepRootfs, "keep-rootfs", false, "keep the unpacked "+imagemeta.PayloadDir+"/ directory (mode 0700: it holds the image's setuid files and device nodes)")
+	fl.BoolVar(&f.deleteRootfs, "delete-rootfs", false, "remove the "+imagemeta.PayloadDir+"/ directory (the default; accepted for earlier scripts)")
+	fl.Int64Var(&f.maxLayerBytes, "max-layer-bytes", converter.DefaultMaxLayerBytes, "refuse a layer larger than this, uncompressed (-1: no bound)")
+	fl.IntVar(&f.maxLayerEntries, "max-layer-entries", converter.DefaultMaxLayerEntries, "refuse a layer with more entries than this (-1: no bound)")
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "print nothing but errors")
 	fl.BoolVar(&f.agent, "agent-rootfs", false, "make the read-only agent disk from --bin-dir")
 	fl.StringVar(&f.binDir, "bin-dir", "", "agent binaries (default: $MGR_BASE_ASSETS_DIR/bin)")
@@ -102,6 +110,12 @@ for a 'docker save' tarball.
 }
 
 func runConvert(ctx context.Context, cmd *cobra.Command, cfg config.CLI, f convertFlags, src string) error {
+	if f.keepRootfs && f.deleteRootfs {
+		return fmt.Errorf("--keep-rootfs and --delete-rootfs: choose one")
+	}
+	if f.maxLayerBytes == 0 || f.maxLayerEntries == 0 {
+		return fmt.Errorf("--max-layer-bytes and --max-layer-entries: 0 would refuse every layer (-1 for no bound)")
+	}
 	var tr *progress.Tracker
 	stop := func() {}
 	if !f.quiet {
@@ -111,9 +125,13 @@ func runConvert(ctx context.Context, cmd *cobra.Command, cfg config.CLI, f conve
 	res, err := converter.Convert(ctx, converter.Options{
 		Source: src, Platform: f.platform, ImagesRoot: cfg.ImagesRoot, BaseAssetsDir: cfg.BaseAssetsDir, OutputDir: f.outputDir,
 		Insecure: f.insecure, SkipPull: f.skipPull, SizeMiB: f.sizeMiB, Headroom: f.headroom,
-		NoTar: f.noTar, NoDir: f.deleteRootfs, Progress: tr,
+		NoTar: f.noTar, KeepDir: f.keepRootfs, Progress: tr,
+		MaxLayerBytes: f.maxLayerBytes, MaxLayerEntries: f.maxLayerEntries,
 	})
 	stop()
+	if errors.Is(err, layer.ErrLimit) {
+		return fmt.Errorf("%w (raise --max-layer-bytes or --max-layer-entries if the image is trusted)", err)
+	}
 	if err != nil {
 		return err
 	}

@@ -159,14 +159,36 @@ func TestEndToEndAgainstDistribution(t *testing.T) {
 		t.Errorf("xattr: %s", got)
 	}
 
+	// The unpacked tree is not kept by default; --keep-rootfs keeps it
+	// private.
+	if _, err := os.Stat(filepath.Join(dir, imagemeta.PayloadDir)); !os.IsNotExist(err) {
+		t.Errorf("a default conversion kept %s (%v)", imagemeta.PayloadDir, err)
+	}
+	if out, err = run(t, env, "--skip-pull", "--keep-rootfs", "--quiet", good); err != nil {
+		t.Fatalf("--keep-rootfs: %v\n%s", err, out)
+	}
+	if st, err := os.Stat(filepath.Join(dir, imagemeta.PayloadDir)); err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("--keep-rootfs: %s mode %v (%v), want 0700", imagemeta.PayloadDir, st.Mode(), err)
+	}
+	if out, err = run(t, env, "--keep-rootfs", "--delete-rootfs", good); err == nil || !strings.Contains(out, "choose one") {
+		t.Errorf("--keep-rootfs with --delete-rootfs: %v\n%s", err, out)
+	}
+
 	// Converted again from the cache alone, with the single-dash spelling
-	// of earlier versions.
+	// of earlier versions; -delete-rootfs removes the kept tree.
 	out, err = run(t, env, "convert", "-skip-pull", "-delete-rootfs", "--quiet", "-image", good)
 	if err != nil || out != "" {
 		t.Fatalf("skip-pull: %v\n%q", err, out)
 	}
 	if _, err := os.Stat(filepath.Join(dir, imagemeta.PayloadDir)); !os.IsNotExist(err) {
 		t.Errorf("-delete-rootfs kept %s (%v)", imagemeta.PayloadDir, err)
+	}
+
+	// A layer larger than the bound is refused, naming the layer, the
+	// bound and the flag that raises it.
+	out, err = run(t, env, "--skip-pull", "--max-layer-bytes", "2048", good)
+	if err == nil || !regexp.MustCompile(`apply layer sha256:[0-9a-f]{64}: .*more than 2048 bytes uncompressed.*--max-layer-bytes`).MatchString(out) {
+		t.Errorf("--max-layer-bytes 2048: %v\n%s", err, out)
 	}
 
 	// An env disk from the converted image's runtime file.

@@ -63,6 +63,14 @@ func run(stage, id string) error {
 		return err
 	}
 	log = log.With("stage", stage, "vm", id)
+	if stage == lifecycle.ConsoleLogStage {
+		// Hidden: the start stage's console copier, reading the VMM's
+		// output on stdin. Stop signals aimed at the VM must not cut the
+		// log short: it ends when the VMM has exited and the pipe is
+		// drained.
+		signal.Ignore(os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+		return lifecycle.CopyConsole(cfg, id, os.Stdin, os.Stderr)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 

@@ -163,7 +163,7 @@ func convertImage(ctx context.Context, stderr io.Writer, cfg config.CLI, image, 
 	stop := progress.Render(ctx, stderr, tr, cfg.ProgressEvery)
 	res, err := converter.Convert(ctx, converter.Options{
 		Source: image, Platform: platform, ImagesRoot: cfg.ImagesRoot, BaseAssetsDir: cfg.BaseAssetsDir,
-		Insecure: insecure, NoDir: true, NoTar: true, Progress: tr,
+		Insecure: insecure, NoTar: true, Progress: tr,
 	})
 	stop()
 	if err != nil {

@@ -1,14 +1,20 @@
 package api_test
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/mergenhq/mergen/internal/api"
+	"github.com/mergenhq/mergen/internal/lifecycle"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/wire"
 )
@@ -247,6 +253,91 @@ func TestConsoleServesTheTailOfTheLog(t *testing.T) {
 	rec = h.do(t, http.MethodGet, "/v1/vms/"+vm.ID+"/console?tail=-1", "")
 	if rec.Code != http.StatusBadRequest {
 		t.Errorf("console?tail=-1: %d, want 400", rec.Code)
+	}
+	// After a rotation the tail reaches into the rotated log.
+	p := h.store.Paths(vm.ID)
+	os.WriteFile(p.ConsoleLogOld, []byte("booting\nlogin: "), 0o600)
+	os.WriteFile(p.ConsoleLog, []byte("root\n"), 0o600)
+	for q, want := range map[string]string{"?tail=3": "ot\n", "?tail=8": "n: root\n", "": "booting\nlogin: root\n"} {
+		rec = h.do(t, http.MethodGet, "/v1/vms/"+vm.ID+"/console"+q, "")
+		if rec.Code != http.StatusOK || rec.Body.String() != want {
+			t.Errorf("console%s after a rotation: %d %q, want %q", q, rec.Code, rec.Body, want)
+		}
+	}
+}
+
+// A client following the console keeps receiving every byte, in order, while
+// the copier rotates the log under it.
+func TestConsoleFollowCrossesRotations(t *testing.T) {
+	h := newHost(t, nil)
+	var vm wire.VM
+	decode(t, h.do(t, http.MethodPost, "/v1/vms", `{}`), &vm)
+	p := h.store.Paths(vm.ID)
+	if err := os.MkdirAll(p.DataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h.handler)
+	defer srv.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/v1/vms/"+vm.ID+"/console?follow=true", nil)
+	req.Header.Set("Authorization", "Bearer "+h.token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var mu sync.Mutex
+	var got []byte
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := resp.Body.Read(buf)
+			mu.Lock()
+			got = append(got, buf[:n]...)
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	received := func() []byte {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]byte(nil), got...)
+	}
+
+	// The real copier, with a small bound: each step below crosses at most
+	// one rotation, and the next waits until the client has it all.
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	copied := make(chan error, 1)
+	go func() {
+		copied <- (&lifecycle.ConsoleLog{Path: p.ConsoleLog, Old: p.ConsoleLogOld, Max: 1000}).Copy(pr)
+	}()
+	var sent []byte
+	for i, n := range []int{600, 900, 700, 999, 1, 1000, 50} {
+		step := bytes.Repeat([]byte{byte('a' + i)}, n)
+		if _, err := pw.Write(step); err != nil {
+			t.Fatal(err)
+		}
+		sent = append(sent, step...)
+		deadline := time.Now().Add(20 * time.Second)
+		for len(received()) < len(sent) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if r := received(); !bytes.Equal(r, sent) {
+			t.Fatalf("after step %d the follower has %d bytes, want the %d sent, in order", i, len(r), len(sent))
+		}
+	}
+	pw.Close()
+	if err := <-copied; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(p.ConsoleLogOld); err != nil {
+		t.Fatalf("the log never rotated: %v", err)
 	}
 }
 

@@ -275,6 +275,7 @@ func (c Config) StageEnv() []string {
 		"MGR_LOG_LEVEL=" + c.LogLevel,
 		"MGR_LOG_FORMAT=" + c.LogFormat,
 		"MGN_LIFECYCLE_HOOK_TIMEOUT_SECONDS=" + strconv.Itoa(int(c.StageHooks.Timeout.Seconds())),
+		"MGR_CONSOLE_LOG_MAX_BYTES=" + strconv.FormatInt(c.ConsoleLogMax, 10),
 	}
 	if c.Supervisor != "" {
 		env = append(env, "MGR_SUPERVISOR="+c.Supervisor)

@@ -7,6 +7,13 @@
 // products are staged and moved into place only when all of them are good,
 // image-meta.json last, so a failed run never leaves something a later run
 // would take for a finished conversion.
+//
+// The unpacked tree holds the image's setuid and setgid files and device
+// nodes, which the guest needs and other host users must never reach: it is
+// built in a staging directory of mode 0700, kept inside the ext4 image, and
+// removed once the image is built unless KeepDir asks for it, in which case
+// its top directory is 0700. Each layer is bounded in uncompressed size and
+// number of entries (MaxLayerBytes, MaxLayerEntries).
 package converter
 
 import (
@@ -35,6 +42,15 @@ import (
 // CacheDir is the name of the layer cache inside an image's output dir.
 const CacheDir = imagemeta.CacheDir
 
+// Default bounds of one layer, uncompressed.
+const (
+	DefaultMaxLayerBytes   int64 = 16 << 30
+	DefaultMaxLayerEntries       = 1 << 20
+)
+
+// stagingPrefix names a conversion's staging directory in the output dir.
+const stagingPrefix = ".staging-"
+
 // Options of one conversion.
 type Options struct {
 	Source   string // registry reference, oci:DIR or docker-archive:FILE
@@ -52,10 +68,18 @@ type Options struct {
 	SkipPull      bool  // convert from the cache alone
 	SizeMiB       int64 // 0 = from content
 	Headroom      float64
-	NoDir         bool // do not keep payload-rootfs/
-	NoTar         bool // do not write payload-rootfs.tar
-	Keychain      authn.Keychain
-	Progress      *progress.Tracker // nil = quiet
+	// KeepDir keeps payload-rootfs/ (top directory 0700: it holds the
+	// image's setuid files and device nodes). By default it is removed
+	// once the ext4 image is built.
+	KeepDir bool
+	NoTar   bool // do not write payload-rootfs.tar
+	// MaxLayerBytes and MaxLayerEntries bound each layer, uncompressed:
+	// 0 is the default (DefaultMaxLayerBytes, DefaultMaxLayerEntries), a
+	// negative value no bound.
+	MaxLayerBytes   int64
+	MaxLayerEntries int
+	Keychain        authn.Keychain
+	Progress        *progress.Tracker // nil = quiet
 }
 
 // Result names what a conversion produced.
@@ -85,6 +109,12 @@ func Convert(ctx context.Context, o Options) (*Result, error) {
 	if o.Headroom == 0 {
 		o.Headroom = 0.2
 	}
+	if o.MaxLayerBytes == 0 {
+		o.MaxLayerBytes = DefaultMaxLayerBytes
+	}
+	if o.MaxLayerEntries == 0 {
+		o.MaxLayerEntries = DefaultMaxLayerEntries
+	}
 	out := o.OutputDir
 	if out == "" {
 		if out, err = OutputDir(o.ImagesRoot, o.Source); err != nil {
@@ -104,6 +134,13 @@ func Convert(ctx context.Context, o Options) (*Result, error) {
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
 		return nil, fmt.Errorf("convert %s: lock %s: %w", o.Source, out, err)
 	}
+	// A conversion killed earlier left its staging directory: private,
+	// but possibly large. None other is in use while the lock is held.
+	if olds, err := filepath.Glob(filepath.Join(out, stagingPrefix+"*")); err == nil {
+		for _, old := range olds {
+			os.RemoveAll(old)
+		}
+	}
 	c := cache{dir: filepath.Join(out, CacheDir)}
 
 	rec, pulled, err := fetch(ctx, c, o, plat)
@@ -116,11 +153,16 @@ func Convert(ctx context.Context, o Options) (*Result, error) {
 	}
 	meta, rt := metaFromConfig(o.Source, rec.Digest, o.Platform, &cfg)
 
-	stage, err := os.MkdirTemp(out, ".staging-")
+	// 0700 (MkdirTemp's mode, made explicit): while the layers are
+	// applied nothing in the tree is reachable by other users.
+	stage, err := os.MkdirTemp(out, stagingPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 	}
 	defer os.RemoveAll(stage)
+	if err := os.Chmod(stage, 0o700); err != nil {
+		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
+	}
 	if err := build(ctx, c, rec, stage, out, meta, rt, o); err != nil {
 		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 	}
@@ -214,7 +256,8 @@ func build(ctx context.Context, c cache, rec record, stage, out string, meta ima
 			return err
 		}
 		ctr := o.Progress.File("apply "+short(d), progress.Unknown)
-		_, err = layer.ApplyRecording(root, io.TeeReader(rc, ctr), attrs)
+		_, err = layer.ApplyWith(root, io.TeeReader(rc, ctr), layer.Options{Attrs: attrs, Limits: layer.Limits{
+			MaxBytes: max(o.MaxLayerBytes, 0), MaxEntries: max(o.MaxLayerEntries, 0)}})
 		rc.Close()
 		ctr.End(err)
 		if err != nil {
@@ -283,7 +326,11 @@ func build(ctx context.Context, c cache, rec record, stage, out string, meta ima
 		req["ports"] = []map[string]any{{"guest": rt.HTTPPort, "host": 0, "protocol": "tcp"}}
 	}
 	rb, _ := json.MarshalIndent(req, "", "  ")
-	return os.WriteFile(filepath.Join(stage, imagemeta.SuggestedVMRequest), rb, 0o644)
+	if err := os.WriteFile(filepath.Join(stage, imagemeta.SuggestedVMRequest), rb, 0o644); err != nil {
+		return err
+	}
+	// A layer may have set the root's mode; the kept tree is private.
+	return os.Chmod(root, 0o700)
 }
 
 // publish moves staged products into out. image-meta.json is removed first
@@ -297,7 +344,7 @@ func publish(stage, out string, o Options) error {
 	if !o.NoTar {
 		names = append(names, imagemeta.PayloadTar)
 	}
-	if !o.NoDir {
+	if o.KeepDir {
 		names = append(names, imagemeta.PayloadDir)
 	}
 	for _, n := range names {
@@ -309,8 +356,11 @@ func publish(stage, out string, o Options) error {
 			return err
 		}
 	}
-	if o.NoDir {
-		os.RemoveAll(filepath.Join(out, imagemeta.PayloadDir))
+	if !o.KeepDir {
+		// Also the tree an earlier conversion kept, possibly world-readable.
+		if err := os.RemoveAll(filepath.Join(out, imagemeta.PayloadDir)); err != nil {
+			return err
+		}
 	}
 	if o.NoTar {
 		os.Remove(filepath.Join(out, imagemeta.PayloadTar))

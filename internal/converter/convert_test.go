@@ -4,6 +4,8 @@ import (
 	"archive/tar"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log"
 	"net/http"
@@ -14,6 +16,7 @@ import (
 	"regexp"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -27,6 +30,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"github.com/mergenhq/mergen/internal/converter/imagetest"
+	"github.com/mergenhq/mergen/internal/converter/layer"
 	"github.com/mergenhq/mergen/internal/imagemeta"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
@@ -144,11 +148,15 @@ func TestConvertFromRegistryMakesTheExpectedDisk(t *testing.T) {
 	if res.OutputDir != wantDir {
 		t.Errorf("output dir %s, want %s", res.OutputDir, wantDir)
 	}
-	for _, f := range []string{imagemeta.PayloadExt4, imagemeta.PayloadTar, imagemeta.PayloadDir, imagemeta.ImageMetaFile,
+	for _, f := range []string{imagemeta.PayloadExt4, imagemeta.PayloadTar, imagemeta.ImageMetaFile,
 		imagemeta.RuntimeFile, imagemeta.SuggestedBootArgs, imagemeta.SuggestedVMRequest} {
 		if _, err := os.Stat(filepath.Join(res.OutputDir, f)); err != nil {
 			t.Errorf("output %s: %v", f, err)
 		}
+	}
+	// The unpacked tree (setuid files, device nodes) is gone by default.
+	if _, err := os.Stat(filepath.Join(res.OutputDir, imagemeta.PayloadDir)); !os.IsNotExist(err) {
+		t.Errorf("%s kept without KeepDir (%v)", imagemeta.PayloadDir, err)
 	}
 	if m, ok := imagemeta.Complete(res.OutputDir); !ok || m.Digest != res.Meta.Digest {
 		t.Errorf("finished conversion: Complete = %+v, %v", m, ok)
@@ -251,6 +259,12 @@ func TestConvertBadInputLeavesNoFinishedLookingOutput(t *testing.T) {
 			return Options{Source: ref, OutputDir: filepath.Join(f, "sub")}
 		}, "", "output dir"},
 		{"disk too small for the content", func(string) Options { return Options{Source: bigRef, SizeMiB: 2} }, "", "ext4"},
+		// A crafted oversized layer: 3 MiB against a 1 MiB bound, and a
+		// layer of 9 entries against a bound of 4.
+		{"layer past the size limit", func(string) Options { return Options{Source: bigRef, MaxLayerBytes: 1 << 20} }, "",
+			"more than 1048576 bytes uncompressed"},
+		{"layer past the entry limit", func(string) Options { return Options{Source: ref, MaxLayerEntries: 4} }, "",
+			"more than 4 entries"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -269,6 +283,11 @@ func TestConvertBadInputLeavesNoFinishedLookingOutput(t *testing.T) {
 			}
 			if !strings.Contains(err.Error(), o.Source) {
 				t.Errorf("error does not name the image: %v", err)
+			}
+			if o.MaxLayerBytes > 0 || o.MaxLayerEntries > 0 {
+				if !errors.Is(err, layer.ErrLimit) || !regexp.MustCompile(`apply layer sha256:[0-9a-f]{64}: `).MatchString(err.Error()) {
+					t.Errorf("a limit error must wrap layer.ErrLimit and name the layer: %v", err)
+				}
 			}
 			filepath.Walk(data, func(p string, fi os.FileInfo, err error) error {
 				if err == nil && (fi.Name() == imagemeta.ImageMetaFile && !strings.Contains(p, "/.") || fi.Name() == imagemeta.PayloadExt4 || strings.HasPrefix(fi.Name(), ".staging-")) {
@@ -409,5 +428,107 @@ func TestConvertOnAFullDiskFailsCleanly(t *testing.T) {
 		if e.Name() != CacheDir && e.Name() != ".lock" {
 			t.Errorf("left behind after a full disk: %s", e.Name())
 		}
+	}
+}
+
+// The unpacked tree is never reachable by other users: it is built in a
+// 0700 staging directory (observed by a mkfs.ext4 wrapper while the disk is
+// made from it), removed by default, and kept with KeepDir under a 0700 top
+// directory, where user nobody cannot reach the image's setuid binary. The
+// disk keeps the setuid bit and the device node the guest needs.
+func TestConvertKeepsTheTreePrivate(t *testing.T) {
+	testenv.RequireRoot(t)
+	real := testenv.Tool(t, "mkfs.ext4")
+	bin := t.TempDir()
+	seen := filepath.Join(t.TempDir(), "modes")
+	wrapper := fmt.Sprintf(`#!/bin/sh
+prev=
+for a in "$@"; do
+	if [ "$prev" = "-d" ]; then stat -c '%%a %%n' "$(dirname "$a")" >> %s; fi
+	prev=$a
+done
+exec %s "$@"
+`, seen, real)
+	if err := os.WriteFile(filepath.Join(bin, "mkfs.ext4"), []byte(wrapper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+
+	dir := t.TempDir()
+	lp, err := layout.Write(filepath.Join(dir, "oci"), empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lp.AppendImage(testImage(t, "amd64"), layout.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"})); err != nil {
+		t.Fatal(err)
+	}
+	src := "oci:" + filepath.Join(dir, "oci")
+	data := t.TempDir()
+	os.Chmod(data, 0o755)
+	// An earlier version's world-readable tree is removed by a default run.
+	out, _ := OutputDir(data, src)
+	os.MkdirAll(filepath.Join(out, imagemeta.PayloadDir, "bin"), 0o755)
+
+	res, err := Convert(context.Background(), Options{Source: src, Platform: "linux/amd64", ImagesRoot: data, NoTar: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(seen)
+	if !regexp.MustCompile(`^700 .*/\.staging-[^/\n]+\n$`).Match(b) {
+		t.Errorf("staging directory while the disk was made: %q, want mode 700", b)
+	}
+	if _, err := os.Stat(filepath.Join(res.OutputDir, imagemeta.PayloadDir)); !os.IsNotExist(err) {
+		t.Errorf("%s survives a default conversion (%v)", imagemeta.PayloadDir, err)
+	}
+	for _, c := range []struct{ path, re string }{{"/bin/su", `Mode:\s+04755`}, {"/dev/null", `Type: character special`}} {
+		if got := imagetest.Debugfs(t, res.Ext4, "stat "+c.path); !regexp.MustCompile(c.re).MatchString(got) {
+			t.Errorf("disk %s: want %s in:\n%s", c.path, c.re, got)
+		}
+	}
+
+	res, err = Convert(context.Background(), Options{Source: src, Platform: "linux/amd64", ImagesRoot: data, NoTar: true, KeepDir: true, SkipPull: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := filepath.Join(res.OutputDir, imagemeta.PayloadDir)
+	st, err := os.Stat(tree)
+	if err != nil || st.Mode().Perm() != 0o700 {
+		t.Fatalf("kept %s: %v %v, want mode 0700", imagemeta.PayloadDir, st.Mode(), err)
+	}
+	if st, err := os.Stat(filepath.Join(tree, "bin", "su")); err != nil || st.Mode()&os.ModeSetuid == 0 {
+		t.Fatalf("kept tree lost the setuid bit of bin/su: %v %v", st.Mode(), err)
+	}
+	for _, p := range []string{filepath.Join(tree, "bin", "su"), filepath.Join(tree, "dev", "null")} {
+		cmd := exec.Command("stat", p)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+		if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "Permission denied") {
+			t.Errorf("user nobody reaches %s: %v %s", p, err, out)
+		}
+	}
+	ents, _ := os.ReadDir(res.OutputDir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".staging-") {
+			t.Errorf("staging directory left: %s", e.Name())
+		}
+	}
+}
+
+// A staging directory left by a killed conversion is removed by the next
+// one (it holds a private copy of the tree).
+func TestConvertSweepsAKilledConversionsStaging(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := t.TempDir()
+	lp, _ := layout.Write(filepath.Join(dir, "oci"), empty.Index)
+	lp.AppendImage(testImage(t, "amd64"), layout.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"}))
+	src := "oci:" + filepath.Join(dir, "oci")
+	data := t.TempDir()
+	out, _ := OutputDir(data, src)
+	left := filepath.Join(out, ".staging-123", imagemeta.PayloadDir, "bin")
+	os.MkdirAll(left, 0o700)
+	if _, err := Convert(context.Background(), Options{Source: src, Platform: "linux/amd64", ImagesRoot: data, NoTar: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(out, ".staging-123")); !os.IsNotExist(err) {
+		t.Errorf("a killed conversion's staging directory survived (%v)", err)
 	}
 }

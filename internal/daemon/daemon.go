@@ -73,7 +73,10 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, o Options) 
 	if err != nil {
 		return err
 	}
-	if err := st.Sweep(); err != nil {
+	swctx, swcancel := context.WithTimeout(ctx, cfg.CommandTimeout)
+	err = st.Sweep(swctx)
+	swcancel()
+	if err != nil {
 		log.Warn("sweeping interrupted creates and deletes", "err", err)
 	}
 	mctx, cancel := context.WithTimeout(ctx, cfg.CommandTimeout)

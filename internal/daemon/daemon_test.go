@@ -245,17 +245,31 @@ func TestServeMigratesOldRecordsAndSweepsBeforeServing(t *testing.T) {
 	}
 	staging := filepath.Join(cfg.ConfigRoot, layout.StagingPrefix+store.NewID()+"-1")
 	trash := l.Trash(store.NewID(), "2")
-	for _, dir := range []string{staging, trash} {
+	// A delete killed after its record went: run and data directories and
+	// lock files of a VM that no longer exists. The fixture VM's own stay.
+	killed := l.VM(store.NewID())
+	kept := l.VM(fixtureID)
+	for _, dir := range []string{staging, trash, killed.RunDir, killed.DataDir, kept.RunDir, kept.DataDir, l.LocksDir()} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{killed.ConsoleLog, killed.SupervisorLog, killed.Lock, killed.StageLock, kept.ConsoleLog, kept.Lock} {
+		if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
 
 	d := serve(t, cfg)
 
-	for _, dir := range []string{staging, trash} {
+	for _, dir := range []string{staging, trash, killed.RunDir, killed.DataDir, killed.Lock, killed.StageLock} {
 		if _, err := os.Stat(dir); !os.IsNotExist(err) {
 			t.Errorf("%s not swept at start (%v)", dir, err)
+		}
+	}
+	for _, f := range []string{kept.ConsoleLog, kept.Lock} {
+		if _, err := os.Stat(f); err != nil {
+			t.Errorf("%s of an existing VM swept at start (%v)", f, err)
 		}
 	}
 	b, err := os.ReadFile(filepath.Join(vmDir, "meta.json"))

@@ -53,8 +53,9 @@ type VM struct {
 	Lock      string // lifecycle lock: one start, stop or delete at a time
 	StageLock string // held by stages while they change network and runtime files
 
-	DataDir    string // <data>/vms/<id>
-	ConsoleLog string // the guest's serial console
+	DataDir       string // <data>/vms/<id>
+	ConsoleLog    string // the guest's serial console
+	ConsoleLogOld string // the console log before its last rotation
 }
 
 // VM returns the paths of VM id. id is not validated here: callers validate
@@ -63,7 +64,7 @@ type VM struct {
 func (l Layout) VM(id string) VM {
 	cfg := filepath.Join(l.ConfigRoot, id)
 	run := filepath.Join(l.RunRoot, id)
-	data := filepath.Join(l.DataRoot, "vms", id)
+	data := filepath.Join(l.VMsDataDir(), id)
 	locks := l.LocksDir()
 	return VM{
 		ID:             id,
@@ -87,10 +88,15 @@ func (l Layout) VM(id string) VM {
 		Lock:      filepath.Join(locks, id+".lock"),
 		StageLock: filepath.Join(locks, id+".stage.lock"),
 
-		DataDir:    data,
-		ConsoleLog: filepath.Join(data, "console.log"),
+		DataDir:       data,
+		ConsoleLog:    filepath.Join(data, "console.log"),
+		ConsoleLogOld: filepath.Join(data, "console.log.1"),
 	}
 }
+
+// VMsDataDir holds the VMs' data directories (VM.DataDir); RunRoot holds
+// their run directories (VM.RunDir).
+func (l Layout) VMsDataDir() string { return filepath.Join(l.DataRoot, "vms") }
 
 // LocksDir holds the per-VM lock files.
 func (l Layout) LocksDir() string { return filepath.Join(l.RunRoot, "locks") }

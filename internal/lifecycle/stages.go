@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/exec"
 	"runtime"
 	"syscall"
 	"time"
@@ -211,8 +212,15 @@ func (r *Runner) preStart(ctx context.Context, id string) error {
 }
 
 // start replaces this process with the VMM, inside the VM's network
-// namespace, with the serial console appended to the console log. The
+// namespace, with the serial console written to the console log. The
 // service manager thus supervises the VMM itself.
+//
+// The VMM's stdout and stderr are a pipe to a small copier (this program's
+// hidden console-log command, see ConsoleLog) that bounds the log by
+// MGR_CONSOLE_LOG_MAX_BYTES with one rotation. The copier runs in a process
+// group of its own, so signals meant for the VMM's group do not cut the log
+// short, ignores termination signals, and exits when the VMM has exited and
+// the pipe is drained.
 func (r *Runner) start(ctx context.Context, id string) error {
 	m, err := r.vm(Start, id)
 	if err != nil {
@@ -231,10 +239,13 @@ func (r *Runner) start(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
-	console, err := os.OpenFile(p.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	console, copier, err := r.startConsoleLog(id)
 	if err != nil {
 		return fmt.Errorf("start vm %s: console log: %w", id, err)
 	}
+	// Not waited for: this process becomes the VMM; the copier outlives
+	// it by the time it takes to drain the pipe.
+	copier.Release()
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
 		return fmt.Errorf("start vm %s: %w", id, err)
@@ -265,6 +276,37 @@ func (r *Runner) start(ctx context.Context, id string) error {
 	}
 	err = syscall.Exec(bin, argv, os.Environ())
 	return fmt.Errorf("start vm %s: exec %s: %w", id, bin, err)
+}
+
+// startConsoleLog starts the console copier of VM id (this program, run as
+// its hidden console-log command) and returns the write end of its pipe.
+func (r *Runner) startConsoleLog(id string) (*os.File, *os.Process, error) {
+	p := r.Store.Paths(id)
+	// A log that cannot be written fails the start here, not in the copier.
+	f, err := os.OpenFile(p.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, nil, err
+	}
+	f.Close()
+	self, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer pr.Close()
+	cmd := exec.Command(self, ConsoleLogStage, id)
+	cmd.Stdin = pr
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		pw.Close()
+		return nil, nil, err
+	}
+	return pw, cmd.Process, nil
 }
 
 func (r *Runner) postStart(ctx context.Context, id string) error {

@@ -3,6 +3,7 @@ package manager
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/netip"
 	"regexp"
 	"strings"
@@ -36,8 +37,9 @@ var (
 	macRe    = regexp.MustCompile(`^[0-9a-f]{2}(:[0-9a-f]{2}){5}$`)
 )
 
-// normalize fills defaults and checks every field of r that needs no I/O.
-// Errors name the field as it appears in the JSON body.
+// normalize fills defaults and checks every field of r that needs no I/O
+// (but for the bridge's guest address, checked against the host's own
+// addresses). Errors name the field as it appears in the JSON body.
 func normalize(r *wire.CreateRequest) error {
 	if r.VMM != "" && r.VMM != "firecracker" && r.VMM != "qemu" {
 		return errdefs.Invalid("vmm: %q is not a known VMM (want firecracker or qemu)", r.VMM)
@@ -153,6 +155,14 @@ func normalizeBridge(b *wire.BridgeRequest) error {
 	if err != nil || !gw.Is4() {
 		return errdefs.Invalid("bridge.gatewayIP: %q is not an IPv4 address", b.GatewayIP)
 	}
+	for _, f := range []struct {
+		name string
+		ip   netip.Addr
+	}{{"bridge.guestIP", ip}, {"bridge.gatewayIP", gw}} {
+		if why := notUnicast(f.ip); why != "" {
+			return errdefs.Invalid("%s: %s is %s", f.name, f.ip, why)
+		}
+	}
 	bits, err := maskBits(b.Netmask)
 	if err != nil {
 		return errdefs.Invalid("bridge.netmask: %w", err)
@@ -164,11 +174,71 @@ func normalizeBridge(b *wire.BridgeRequest) error {
 	if ip == gw {
 		return errdefs.Invalid("bridge.guestIP: %s equals the gateway", ip)
 	}
+	if ip == pfx.Addr() || ip == lastAddr(pfx) {
+		return errdefs.Invalid("bridge.guestIP: %s is the network or broadcast address of %s", ip, pfx)
+	}
+	// The forwarder and published ports dial the guest's address: one of
+	// the host's own would hand them the host's services. (The gateway is
+	// usually the host's address on the bridge: that is expected.)
+	own, err := hostAddrs()
+	if err != nil {
+		return errdefs.Unavailable("bridge.guestIP: cannot list the host's addresses to check it: %w", err)
+	}
+	for _, a := range own {
+		if a == ip {
+			return errdefs.Invalid("bridge.guestIP: %s is one of this host's own addresses", ip)
+		}
+	}
 	b.MAC = strings.ToLower(b.MAC)
 	if b.MAC != "" && !macRe.MatchString(b.MAC) {
 		return errdefs.Invalid("bridge.mac: %q is not a MAC address like 02:00:00:00:00:01", b.MAC)
 	}
 	return nil
+}
+
+// notUnicast says why ip cannot be a guest's or gateway's address on a
+// bridge ("" when it can): loopback, link-local, unspecified, multicast or
+// the limited broadcast address.
+func notUnicast(ip netip.Addr) string {
+	switch {
+	case ip.IsLoopback():
+		return "a loopback address"
+	case ip.IsLinkLocalUnicast():
+		return "a link-local address"
+	case ip.IsUnspecified():
+		return "the unspecified address"
+	case ip.IsMulticast(), ip.IsLinkLocalMulticast():
+		return "a multicast address"
+	case ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "the broadcast address"
+	}
+	return ""
+}
+
+// lastAddr is the highest address of an IPv4 prefix.
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
+	v |= 1<<(32-p.Bits()) - 1
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// hostAddrs lists the addresses of this host's interfaces (in the daemon's
+// network namespace).
+func hostAddrs() ([]netip.Addr, error) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out, nil
 }
 
 // maskBits converts a dotted netmask to a prefix length.

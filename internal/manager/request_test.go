@@ -3,6 +3,8 @@ package manager_test
 import (
 	"context"
 	"encoding/json"
+	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,6 +86,16 @@ func TestCreateRefusesAnInvalidRequestNamingTheFieldAndKeepsNothing(t *testing.T
 		{"bridge gateway outside the network", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GatewayIP = "10.0.0.1" })}, "bridge.gatewayIP:"},
 		{"bridge guest IP equals the gateway", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GuestIP = b.GatewayIP })}, "bridge.guestIP:"},
 		{"bridge MAC invalid", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.MAC = "02:00:00:00:00" })}, "bridge.mac:"},
+		{"bridge guest IP loopback", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GuestIP, b.GatewayIP, b.Netmask = "127.0.0.1", "127.0.0.2", "255.0.0.0" })}, "bridge.guestIP: 127.0.0.1 is a loopback address"},
+		{"bridge gateway loopback", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GatewayIP = "127.0.0.1" })}, "bridge.gatewayIP: 127.0.0.1 is a loopback address"},
+		{"bridge guest IP link-local", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GuestIP, b.GatewayIP = "169.254.1.2", "169.254.1.1" })}, "bridge.guestIP: 169.254.1.2 is a link-local address"},
+		{"bridge gateway link-local (metadata)", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GatewayIP = "169.254.169.254" })}, "bridge.gatewayIP: 169.254.169.254 is a link-local address"},
+		{"bridge guest IP unspecified", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GuestIP = "0.0.0.0" })}, "bridge.guestIP: 0.0.0.0 is the unspecified address"},
+		{"bridge guest IP multicast", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GuestIP, b.GatewayIP = "224.0.0.5", "224.0.0.1" })}, "bridge.guestIP: 224.0.0.5 is a multicast address"},
+		{"bridge gateway multicast", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GatewayIP = "239.1.1.1" })}, "bridge.gatewayIP: 239.1.1.1 is a multicast address"},
+		{"bridge guest IP limited broadcast", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GuestIP = "255.255.255.255" })}, "bridge.guestIP: 255.255.255.255 is the broadcast address"},
+		{"bridge guest IP the network address", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GuestIP = "172.17.0.0" })}, "bridge.guestIP: 172.17.0.0 is the network or broadcast"},
+		{"bridge guest IP the subnet broadcast", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GuestIP = "172.17.255.255" })}, "bridge.guestIP: 172.17.255.255 is the network or broadcast"},
 		{"bridge with published ports", wire.CreateRequest{Bridge: bridge(func(*wire.BridgeRequest) {}), Ports: []wire.Port{{Guest: 80}}}, "ports:"},
 		{"hooks of an unknown event", wire.CreateRequest{Hooks: json.RawMessage(`{"onBoot":[]}`)}, "hooks.onBoot:"},
 		{"command hook without the operator's consent", wire.CreateRequest{Hooks: json.RawMessage(`{"onCreate":[{"command":["true"]}]}`)}, "hooks.onCreate[0].command: command hooks in API requests are disabled"},
@@ -109,6 +121,53 @@ func TestCreateRefusesAnInvalidRequestNamingTheFieldAndKeepsNothing(t *testing.T
 				t.Errorf("a refused create left %v", left)
 			}
 		})
+	}
+}
+
+// Bridge mode refuses a guest address that is one of the host's own (the
+// forwarder would publish the host's services); the host's address as the
+// gateway is the usual set-up and is accepted.
+func TestCreateRefusesABridgeGuestAtAHostAddress(t *testing.T) {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var own netip.Prefix
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			ip, _ := netip.AddrFromSlice(n.IP)
+			ip = ip.Unmap()
+			bits, _ := n.Mask.Size()
+			if ip.Is4() && !ip.IsLoopback() && !ip.IsLinkLocalUnicast() && bits <= 30 {
+				own = netip.PrefixFrom(ip, bits)
+				break
+			}
+		}
+	}
+	if !own.IsValid() {
+		t.Skip("this host has no IPv4 address besides loopback and link-local")
+	}
+	mask := net.IP(net.CIDRMask(own.Bits(), 32)).String()
+	other := own.Masked().Addr().Next()
+	if other == own.Addr() {
+		other = other.Next()
+	}
+	h := newHost(t, nil)
+	_, err = h.mgr.Create(context.Background(), wire.CreateRequest{Bridge: &wire.BridgeRequest{
+		Name: "br-test", GuestIP: own.Addr().String(), GatewayIP: other.String(), Netmask: mask}})
+	if !errdefs.IsInvalid(err) || !strings.Contains(err.Error(), "bridge.guestIP: "+own.Addr().String()+" is one of this host's own addresses") {
+		t.Fatalf("guest at the host's own %s: %v; want invalid naming bridge.guestIP", own.Addr(), err)
+	}
+	if left := h.leftovers(t); len(left) > 0 {
+		t.Errorf("a refused create left %v", left)
+	}
+	vm, err := h.mgr.Create(context.Background(), wire.CreateRequest{Bridge: &wire.BridgeRequest{
+		Name: "br-test", GuestIP: other.String(), GatewayIP: own.Addr().String(), Netmask: mask}})
+	if err != nil {
+		t.Fatalf("the host's address as the gateway: %v", err)
+	}
+	if vm.Network.GuestIP != other.String() {
+		t.Errorf("guest IP %s, want %s", vm.Network.GuestIP, other)
 	}
 }
 

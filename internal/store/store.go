@@ -7,7 +7,9 @@
 //     into a hidden temporary directory and renames it into place.
 //   - A VM directory disappears whole: Delete renames it to a hidden trash
 //     name before removing it. Hidden entries (".tmp-*", ".trash-*") are never
-//     VMs and are swept by Sweep at start-up.
+//     VMs and are swept by Sweep at start-up, together with the run and data
+//     directories and lock files of VMs that have no record (what a delete
+//     killed half-way leaves).
 //   - Single files are replaced atomically (temp + fsync + rename).
 //   - Lock serialises lifecycle operations on one VM across processes (flock
 //     on a file under the run root); LockAlloc does the same for allocation of
@@ -39,6 +41,7 @@ import (
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/layout"
 	"github.com/mergenhq/mergen/internal/lock"
+	"github.com/mergenhq/mergen/internal/proc"
 )
 
 // Store keeps VMs under the layout's roots.
@@ -306,9 +309,21 @@ func (s *Store) RemoveLock(id string) error {
 }
 
 // Sweep removes what interrupted creates, deletes and atomic writes left
-// behind: hidden temporary and trash directories in the config root, and
-// temporary files of atomic writes there and inside VM directories.
-func (s *Store) Sweep() error {
+// behind: hidden temporary and trash directories in the config root,
+// temporary files of atomic writes there and inside VM directories, and the
+// run directories, data directories and lock files of VMs without a record.
+//
+// It holds the allocation lock throughout (waiting until ctx ends): creates
+// write a VM's directory under it and deletes remove a VM's record, its
+// directories and its locks under it, so neither is half-way meanwhile. An
+// orphan whose lifecycle, stage or supervisor lock is held, or whose VMM
+// still runs, is left alone and reported.
+func (s *Store) Sweep(ctx context.Context) error {
+	unlock, err := s.LockAlloc(ctx)
+	if err != nil {
+		return fmt.Errorf("sweep store: %w", err)
+	}
+	defer unlock()
 	root := s.Layout.ConfigRoot
 	entries, err := os.ReadDir(root)
 	if err != nil {
@@ -335,7 +350,86 @@ func (s *Store) Sweep() error {
 			}
 		}
 	}
+	errs = append(errs, s.sweepOrphans())
 	return errors.Join(errs...)
+}
+
+// sweepOrphans removes the run and data directories and the lock files of
+// ids that have no VM directory. Call it under the allocation lock.
+func (s *Store) sweepOrphans() error {
+	ids, err := s.IDs()
+	if err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, id := range ids {
+		known[id] = true
+	}
+	orphans := map[string]bool{}
+	for _, dir := range []string{s.Layout.RunRoot, s.Layout.VMsDataDir()} {
+		entries, _ := os.ReadDir(dir)
+		for _, e := range entries {
+			if e.IsDir() && ValidateID(e.Name()) == nil && !known[e.Name()] {
+				orphans[e.Name()] = true
+			}
+		}
+	}
+	locks, _ := os.ReadDir(s.Layout.LocksDir())
+	for _, e := range locks {
+		id, _, _ := strings.Cut(e.Name(), ".")
+		if ValidateID(id) != nil || known[id] {
+			continue
+		}
+		p := s.Layout.VM(id)
+		if e.Name() == filepath.Base(p.Lock) || e.Name() == filepath.Base(p.StageLock) {
+			orphans[id] = true
+		}
+	}
+	var errs []error
+	for id := range orphans {
+		if err := s.removeOrphan(id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// removeOrphan removes what VM id, which has no record, left under the run
+// and data roots, unless something still uses it.
+func (s *Store) removeOrphan(id string) error {
+	p := s.Layout.VM(id)
+	if s.Exists(id) {
+		return nil
+	}
+	var held []*lock.Lock
+	defer func() {
+		for _, l := range held {
+			l.Release()
+		}
+	}()
+	for _, lp := range []string{p.Lock, p.StageLock, p.SupervisorLock} {
+		if _, err := os.Stat(lp); err != nil {
+			continue // nobody can hold a lock on a missing file
+		}
+		l, err := lock.Try(lp)
+		if err != nil {
+			return fmt.Errorf("sweep vm %s (no record): left alone: %w", id, err)
+		}
+		held = append(held, l)
+	}
+	if vmm, err := proc.ReadPIDFile(p.PIDFile); err == nil && vmm.Alive() {
+		return fmt.Errorf("sweep vm %s (no record): left alone: its VMM (pid %d) still runs", id, vmm.PID)
+	}
+	var errs []error
+	for _, d := range []string{p.RunDir, p.DataDir, p.StageLock, p.Lock} {
+		if err := os.RemoveAll(d); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("sweep vm %s (no record): %w", id, err)
+	}
+	return nil
 }
 
 // isAtomicTemp matches the temporary files of internal/atomicfile

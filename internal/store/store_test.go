@@ -11,6 +11,8 @@ import (
 
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/layout"
+	"github.com/mergenhq/mergen/internal/lock"
+	"github.com/mergenhq/mergen/internal/proc"
 )
 
 func newStore(t *testing.T) *Store {
@@ -110,12 +112,12 @@ func TestInterruptedWorkIsInvisibleAndSwept(t *testing.T) {
 	if err != nil || len(ids) != 1 || ids[0] != live {
 		t.Fatalf("IDs() = %v, %v; hidden directories must not be VMs", ids, err)
 	}
-	if err := s.Sweep(); err != nil {
+	if err := s.Sweep(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	entries, _ := os.ReadDir(s.Layout.ConfigRoot)
 	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), ".") && e.Name() != filepath.Base(s.Layout.Generation()) {
+		if strings.HasPrefix(e.Name(), ".") && e.Name() != filepath.Base(s.Layout.Generation()) && e.Name() != filepath.Base(s.Layout.AllocLock()) {
 			t.Errorf("not swept: %s", e.Name())
 		}
 	}
@@ -124,6 +126,93 @@ func TestInterruptedWorkIsInvisibleAndSwept(t *testing.T) {
 	}
 	if !s.Exists(live) {
 		t.Errorf("sweep removed a live VM")
+	}
+}
+
+// A delete killed after the record went leaves the VM's run and data
+// directories and its lock files: the sweep removes them, keeps those of
+// live VMs, and leaves alone an orphan still in use (a lock held, a VMM
+// alive), saying so.
+func TestSweepRemovesWhatAKilledDeleteLeft(t *testing.T) {
+	s := newStore(t)
+	live := NewID()
+	if err := s.Create(live, files(live)); err != nil {
+		t.Fatal(err)
+	}
+	leave := func(id string) layout.VM {
+		p := s.Paths(id)
+		os.MkdirAll(p.RunDir, 0o700)
+		os.MkdirAll(p.DataDir, 0o700)
+		os.WriteFile(p.ConsoleLog, []byte("boot"), 0o600)
+		os.WriteFile(p.SupervisorLog, []byte("log"), 0o644)
+		os.WriteFile(p.Lock, nil, 0o644)
+		os.WriteFile(p.StageLock, nil, 0o644)
+		return p
+	}
+	livePaths := leave(live)
+	gone := leave(NewID())
+	onlyData := s.Paths(NewID())
+	os.MkdirAll(onlyData.DataDir, 0o700)
+	onlyLock := s.Paths(NewID())
+	os.WriteFile(onlyLock.Lock, nil, 0o644)
+	busy := leave(NewID())
+	held, err := lock.Acquire(context.Background(), busy.Lock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Release()
+	running := leave(NewID())
+	if err := proc.WritePIDFile(running.PIDFile, proc.Self()); err != nil {
+		t.Fatal(err)
+	}
+	// Not VMs: foreign names under the roots stay.
+	foreign := []string{filepath.Join(s.Layout.RunRoot, "mergen.sock"), filepath.Join(s.Layout.VMsDataDir(), "notes"), filepath.Join(s.Layout.LocksDir(), "other.lock")}
+	for _, f := range foreign {
+		os.MkdirAll(filepath.Dir(f), 0o755)
+		os.WriteFile(f, nil, 0o644)
+	}
+
+	err = s.Sweep(context.Background())
+	if err == nil || !strings.Contains(err.Error(), busy.ID) || !strings.Contains(err.Error(), running.ID) || !strings.Contains(err.Error(), "still runs") {
+		t.Errorf("sweep error %v, want one naming the busy and the running orphans", err)
+	}
+	for _, p := range []string{gone.RunDir, gone.DataDir, gone.Lock, gone.StageLock, onlyData.DataDir, onlyLock.Lock} {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Errorf("not swept: %s (%v)", p, err)
+		}
+	}
+	for _, p := range append([]string{livePaths.RunDir, livePaths.ConsoleLog, livePaths.Lock, livePaths.StageLock,
+		busy.RunDir, busy.ConsoleLog, busy.Lock, running.RunDir, running.ConsoleLog, running.Lock}, foreign...) {
+		if _, err := os.Lstat(p); err != nil {
+			t.Errorf("swept but should stay: %s (%v)", p, err)
+		}
+	}
+	// Once nothing uses it, the next sweep takes the busy orphan.
+	held.Release()
+	s.Sweep(context.Background())
+	if _, err := os.Lstat(busy.RunDir); !os.IsNotExist(err) {
+		t.Errorf("a released orphan is not swept: %v", err)
+	}
+}
+
+// The sweep waits for the allocation lock: a create or delete in progress
+// finishes first.
+func TestSweepWaitsForTheAllocationLock(t *testing.T) {
+	s := newStore(t)
+	unlock, err := s.LockAlloc(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	orphan := s.Paths(NewID())
+	os.MkdirAll(orphan.DataDir, 0o700)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := s.Sweep(ctx); !errdefs.IsConflict(err) {
+		t.Fatalf("sweep under a held allocation lock: %v, want busy", err)
+	}
+	if _, err := os.Stat(orphan.DataDir); err != nil {
+		t.Fatalf("swept without the allocation lock: %v", err)
 	}
 }
 

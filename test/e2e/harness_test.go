@@ -290,6 +290,8 @@ func newVMHost(t testing.TB, supervisor, cidr string) *vmHostSetup {
 		"MGR_BASE_ASSETS_DIR":      s.assets,
 		"MGR_GUEST_CIDR":           cidr,
 		"MGR_STOP_TIMEOUT_SECONDS": "20",
+		// Small, so that the guest's boots rotate the console log.
+		"MGR_CONSOLE_LOG_MAX_BYTES": fmt.Sprint(consoleMax),
 	}
 	if supervisor != "" {
 		env["MGR_SUPERVISOR"] = supervisor

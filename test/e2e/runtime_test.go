@@ -79,10 +79,37 @@ func runtimeScenario(t *testing.T, h vmHost, payload string) {
 	if out := h.run(t, "ip", "netns", "list"); strings.Contains(out, "mergen-"+short) {
 		t.Fatalf("namespace mergen-%s survived stop:\n%s", short, out)
 	}
+	// The console copier drained the guest's last lines before it exited,
+	// and the API serves them.
+	console := waitConsole(t, h, vm.ID, "mergen-init: exit status", 1)
+	if !strings.Contains(console, "mergen-init: payload started") {
+		t.Fatalf("console after stop lacks the payload's start:\n%s", console)
+	}
+	waitGone(t, h, "console-log "+vm.ID)
+	firstBoot := len(console)
+	// Fill the log to 1000 bytes short of its bound: the next boot's
+	// output rotates it.
+	if pad := consoleMax - firstBoot - 1000; pad > 0 {
+		h.run(t, "sh", "-c", fmt.Sprintf("head -c %d /dev/zero | tr '\\0' '#' >> %s", pad, vm.Paths.ConsoleLog))
+	}
 	code, body = h.api(t, "POST", "/v1/vms/"+vm.ID+"/stop", nil, nil)
 	mustStatus(t, code, body, 200)
 
 	start()
+	// The second boot's output went past MGR_CONSOLE_LOG_MAX_BYTES (64 KiB
+	// here): the log was rotated once, and the API serves both files in
+	// order, within twice the bound.
+	console = waitConsole(t, h, vm.ID, "mergen-init: payload started", 2)
+	if len(console) > 2*consoleMax {
+		t.Fatalf("console holds %d bytes, more than twice the bound of %d", len(console), consoleMax)
+	}
+	if ls := h.run(t, "ls", filepath.Dir(vm.Paths.ConsoleLog)); !strings.Contains(ls, "console.log.1") {
+		t.Fatalf("the console log was not rotated:\n%s", ls)
+	}
+	if pad := strings.LastIndex(console, "#"); pad < 0 || pad > strings.LastIndex(console, "mergen-init: payload started") {
+		t.Fatalf("the console across the rotation is out of order:\n%s", console)
+	}
+	t.Logf("console: first boot %d bytes; %d bytes served across console.log.1 and console.log after the second", firstBoot, len(console))
 	h.killDaemon(t)
 	if got, err := h.get(hostPort, "/index.html"); err != nil || got != page {
 		t.Fatalf("VM stopped answering when the daemon was killed: %q %v", got, err)
@@ -117,6 +144,44 @@ func runtimeScenario(t *testing.T, h vmHost, payload string) {
 		if strings.Contains(f, vm.ID) {
 			t.Fatalf("file left after delete: %s", f)
 		}
+	}
+}
+
+// consoleMax is MGR_CONSOLE_LOG_MAX_BYTES of the runtime hosts.
+const consoleMax = 64 << 10
+
+// waitConsole waits until the VM's console, as the API serves it, holds
+// want n times, and returns it.
+func waitConsole(t *testing.T, h vmHost, id, want string, n int) string {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var body []byte
+	for time.Now().Before(deadline) {
+		var code int
+		code, body = h.api(t, "GET", "/v1/vms/"+id+"/console", nil, nil)
+		mustStatus(t, code, body, 200)
+		if strings.Count(string(body), want) >= n {
+			return string(body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("console never showed %q %d times; it holds:\n%s", want, n, body)
+	return ""
+}
+
+// waitGone waits until no process on the host has args in its command line.
+func waitGone(t *testing.T, h vmHost, args string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out := h.run(t, "ps", "-eo", "args")
+		if !strings.Contains(out, args) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a process %q is still running:\n%s", args, out)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

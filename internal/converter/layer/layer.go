@@ -3,9 +3,15 @@
 // hard links, symlinks, device nodes, ownership, modes and xattrs.
 //
 // Guarantee: no entry of a layer can create, change or remove anything
-// outside the root directory. Entries that try (".." components, absolute
-// names, parents or hard-link targets that resolve through a symlink leading
-// out of the root) are refused with an error naming the entry.
+// outside the root directory, nor remove the root itself. Entries that try
+// (".." components, absolute names, parents or hard-link targets that
+// resolve through a symlink leading out of the root, whiteouts naming no
+// entry such as ".wh.", ".wh.." or ".wh...") are refused with an error
+// naming the entry. Every removal is checked to be strictly below the root
+// before it happens.
+//
+// A layer can be bounded (Limits): its uncompressed size and its number of
+// entries; past a bound, application stops with an error wrapping ErrLimit.
 package layer
 
 import (
@@ -24,8 +30,32 @@ import (
 const (
 	whiteoutPrefix = ".wh."
 	opaqueMarker   = ".wh..wh..opq"
-	maxSymlinks    = 40 // same bound as the kernel's ELOOP
+	// metaPrefix starts aufs's own metadata (.wh..wh.plnk, .wh..wh.aufs):
+	// never a whiteout of a file, since no layer can hold a file whose
+	// name starts with .wh.
+	metaPrefix  = whiteoutPrefix + whiteoutPrefix
+	maxSymlinks = 40 // same bound as the kernel's ELOOP
 )
+
+// ErrLimit is wrapped by the error of a layer that goes past its Limits.
+var ErrLimit = errors.New("layer goes past the extraction limit")
+
+// Limits bound one layer. A zero field is no bound.
+type Limits struct {
+	// MaxBytes bounds the uncompressed layer: the tar stream read and the
+	// file content written (a sparse entry counts its full size).
+	MaxBytes int64
+	// MaxEntries bounds the number of tar entries.
+	MaxEntries int
+}
+
+// Options of one application.
+type Options struct {
+	// Attrs, when not nil, receives the owner, mode, device numbers and
+	// xattrs of every entry (see ApplyRecording).
+	Attrs  Attrs
+	Limits Limits
+}
 
 // Stats counts what Apply did, so callers can report skipped entries.
 type Stats struct {
@@ -61,8 +91,17 @@ func Apply(root string, r io.Reader) (Stats, error) {
 // it cannot create become empty placeholder files. Whiteouts and
 // replacements drop the records of what they remove.
 func ApplyRecording(root string, r io.Reader, attrs Attrs) (Stats, error) {
-	a := applier{root: root, asRoot: os.Geteuid() == 0, created: map[string]bool{}, attrs: attrs}
-	tr := tar.NewReader(r)
+	return ApplyWith(root, r, Options{Attrs: attrs})
+}
+
+// ApplyWith is Apply with options: recording and limits. A layer that goes
+// past a limit stops where it is with an error wrapping ErrLimit; what it
+// wrote so far stays (callers apply layers in a staging directory).
+func ApplyWith(root string, r io.Reader, o Options) (Stats, error) {
+	a := applier{root: filepath.Clean(root), asRoot: os.Geteuid() == 0, created: map[string]bool{}, attrs: o.Attrs, limits: o.Limits}
+	cr := &countingReader{r: r}
+	a.read = cr
+	tr := tar.NewReader(cr)
 	for {
 		h, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -71,12 +110,43 @@ func ApplyRecording(root string, r io.Reader, attrs Attrs) (Stats, error) {
 		if err != nil {
 			return a.stats, fmt.Errorf("read layer: %w", err)
 		}
+		if limit := a.limits.MaxEntries; limit > 0 && a.stats.Entries >= limit {
+			return a.stats, fmt.Errorf("layer entry %q: %w: more than %d entries", h.Name, ErrLimit, limit)
+		}
+		if err := a.overSize(0); err != nil {
+			return a.stats, fmt.Errorf("layer entry %q: %w", h.Name, err)
+		}
 		if err := a.entry(h, tr); err != nil {
 			return a.stats, fmt.Errorf("layer entry %q: %w", h.Name, err)
 		}
 		a.stats.Entries++
 	}
 	return a.stats, nil
+}
+
+// countingReader counts the bytes of the (uncompressed) tar stream.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// overSize reports whether the stream read so far, or the content written
+// plus more bytes about to be, goes past MaxBytes.
+func (a *applier) overSize(more int64) error {
+	limit := a.limits.MaxBytes
+	if limit <= 0 {
+		return nil
+	}
+	if a.read.n > limit || more > limit-a.stats.Bytes {
+		return fmt.Errorf("%w: more than %d bytes uncompressed", ErrLimit, limit)
+	}
+	return nil
 }
 
 type applier struct {
@@ -87,6 +157,23 @@ type applier struct {
 	// appears after them in the same layer hides only lower layers.
 	created map[string]bool
 	attrs   Attrs
+	limits  Limits
+	read    *countingReader
+}
+
+// remove deletes the path at host and everything under it, after checking
+// that it lies strictly below the root: no entry, whatever its name, may
+// remove the root or anything outside it.
+func (a *applier) remove(host string) error {
+	rel, err := filepath.Rel(a.root, host)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, ".."+string(filepath.Separator)) || filepath.IsAbs(rel) {
+		return fmt.Errorf("removal of %s refused: not strictly inside the root", host)
+	}
+	if err := os.RemoveAll(host); err != nil {
+		return err
+	}
+	a.forget(host)
+	return nil
 }
 
 // key is the record key of a host path inside the root: records follow the
@@ -246,16 +333,23 @@ func (a *applier) entry(h *tar.Header, r io.Reader) error {
 		}
 		return a.opaque(dir, dirRel)
 	}
+	if strings.HasPrefix(base, metaPrefix) {
+		return nil // aufs metadata, not part of the image
+	}
 	if strings.HasPrefix(base, whiteoutPrefix) {
-		victim := path.Join(dirRel, strings.TrimPrefix(base, whiteoutPrefix))
-		p, err := a.resolveParent(victim)
+		name := strings.TrimPrefix(base, whiteoutPrefix)
+		// ".wh." names nothing; ".wh.." and ".wh..." would name the
+		// directory holding the whiteout and its parent.
+		if name == "" || name == "." || name == ".." {
+			return fmt.Errorf("whiteout %q names no entry: refused", base)
+		}
+		p, err := a.resolveParent(path.Join(dirRel, name))
 		if err != nil {
 			return err
 		}
-		if err := os.RemoveAll(p); err != nil {
+		if err := a.remove(p); err != nil {
 			return fmt.Errorf("whiteout: %w", err)
 		}
-		a.forget(p)
 		return nil
 	}
 
@@ -270,10 +364,9 @@ func (a *applier) entry(h *tar.Header, r io.Reader) error {
 	// directory over a directory merges.
 	if fi, err := os.Lstat(target); err == nil {
 		if !(fi.IsDir() && h.Typeflag == tar.TypeDir) {
-			if err := os.RemoveAll(target); err != nil {
+			if err := a.remove(target); err != nil {
 				return err
 			}
-			a.forget(target)
 		}
 	}
 	a.created[rel] = true
@@ -288,6 +381,9 @@ func (a *applier) entry(h *tar.Header, r io.Reader) error {
 			return err
 		}
 	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tars still use TypeRegA
+		if err := a.overSize(h.Size); err != nil {
+			return err
+		}
 		f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 		if err != nil {
 			return err
@@ -368,10 +464,9 @@ func (a *applier) opaque(dir, dirRel string) error {
 		if a.created[path.Join(dirRel, e.Name())] {
 			continue
 		}
-		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+		if err := a.remove(filepath.Join(dir, e.Name())); err != nil {
 			return fmt.Errorf("opaque directory: %w", err)
 		}
-		a.forget(filepath.Join(dir, e.Name()))
 	}
 	return nil
 }

@@ -3,9 +3,11 @@ package layer
 import (
 	"archive/tar"
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -251,3 +253,157 @@ func TestApplyKeepsOwnersModesLinksDevicesXattrs(t *testing.T) {
 		}
 	}
 }
+
+// Whiteouts whose name, once ".wh." is taken off, is empty, "." or "..",
+// would name the directory holding them or its parent: each is refused,
+// and nothing in the root, the root itself or beside it is removed. aufs
+// metadata names (".wh..wh.*" other than the opaque marker) remove nothing.
+func TestWhiteoutEdgeCasesRemoveNothingOutsideOrAbove(t *testing.T) {
+	lower := []entry{
+		{name: "x/", typ: tar.TypeDir}, {name: "x/keep", body: "k"},
+		{name: "x/y/", typ: tar.TypeDir}, {name: "x/y/keep", body: "k"},
+		{name: "top", body: "t"},
+	}
+	wantLower := []string{"top f", "x d", "x/keep f", "x/y d", "x/y/keep f"}
+	cases := []struct {
+		name   string
+		entry  string
+		errHas string // "" = accepted, nothing removed
+	}{
+		{"empty name at the root", ".wh.", "names no entry"},
+		{"empty name in a directory", "x/.wh.", "names no entry"},
+		{"empty name, deeper", "x/y/.wh.", "names no entry"},
+		{"dot at the root", ".wh..", "names no entry"},
+		{"dot in a directory", "x/.wh..", "names no entry"},
+		{"dot-dot at the root", ".wh...", "names no entry"},
+		{"dot-dot in a directory", "x/.wh...", "names no entry"},
+		{"dot-dot, deeper", "x/y/.wh...", "names no entry"},
+		{"leading ./ at the root", "./.wh.", "names no entry"},
+		{"leading ./ and dot-dot", "./.wh...", "names no entry"},
+		{"aufs metadata at the root", ".wh..wh.plnk", ""},
+		{"aufs metadata in a directory", "x/.wh..wh.aufs", ""},
+		{"opaque marker lookalike", "x/.wh..wh..opqx", ""},
+		{"opaque marker lookalike at the root", ".wh..wh..opq.", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			parent := t.TempDir()
+			root := filepath.Join(parent, "root")
+			os.MkdirAll(root, 0o755)
+			os.WriteFile(filepath.Join(parent, "beside"), []byte("b"), 0o644)
+			if _, err := Apply(root, mkLayer(t, lower...)); err != nil {
+				t.Fatal(err)
+			}
+			_, err := Apply(root, mkLayer(t, entry{name: tc.entry}))
+			switch {
+			case tc.errHas == "" && err != nil:
+				t.Fatalf("err = %v, want none", err)
+			case tc.errHas != "" && (err == nil || !strings.Contains(err.Error(), tc.errHas)):
+				t.Fatalf("err = %v, want one containing %q", err, tc.errHas)
+			case err != nil && !strings.Contains(err.Error(), tc.entry):
+				t.Errorf("error does not name the entry %q: %v", tc.entry, err)
+			}
+			if got := tree(t, root); strings.Join(got, "\n") != strings.Join(wantLower, "\n") {
+				t.Fatalf("root changed:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(wantLower, "\n"))
+			}
+			if _, err := os.Stat(filepath.Join(parent, "beside")); err != nil {
+				t.Fatalf("a file beside the root is gone: %v", err)
+			}
+		})
+	}
+}
+
+// An opaque marker at the root hides lower layers' content but leaves the
+// root in place, and a whiteout of a name reached through an in-root
+// symlink to "/" removes that name only.
+func TestWhiteoutsAtTheRootStayBelowIt(t *testing.T) {
+	parent := t.TempDir()
+	root := filepath.Join(parent, "root")
+	os.MkdirAll(root, 0o755)
+	os.WriteFile(filepath.Join(parent, "beside"), []byte("b"), 0o644)
+	for _, l := range [][]entry{
+		{{name: "a", body: "a"}, {name: "b", body: "b"}, {name: "self", typ: tar.TypeSymlink, link: "/"}},
+		{{name: "self/.wh.a"}},
+		{{name: "c", body: "c"}, {name: ".wh..wh..opq"}},
+	} {
+		if _, err := Apply(root, mkLayer(t, l...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := tree(t, root); strings.Join(got, " ") != "c f" {
+		t.Fatalf("tree %v, want only c", got)
+	}
+	if _, err := os.Stat(filepath.Join(parent, "beside")); err != nil {
+		t.Fatalf("a file beside the root is gone: %v", err)
+	}
+}
+
+// The remover itself refuses the root and anything outside, whatever path
+// reaches it: the last guard behind name checks.
+func TestRemoveRefusesTheRootAndOutside(t *testing.T) {
+	parent := t.TempDir()
+	root := filepath.Join(parent, "root")
+	os.MkdirAll(filepath.Join(root, "in"), 0o755)
+	a := applier{root: root}
+	for _, p := range []string{root, root + "/", root + "/.", parent, filepath.Join(root, ".."), filepath.Join(parent, "other"), "/"} {
+		if err := a.remove(p); err == nil {
+			t.Errorf("remove(%s) accepted", p)
+		}
+	}
+	if err := a.remove(filepath.Join(root, "in")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(root); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A layer past its size or entry limit stops with an error wrapping
+// ErrLimit and naming the limit; within the limits the same layer applies.
+func TestLimitsBoundALayer(t *testing.T) {
+	big := entry{name: "big", body: strings.Repeat("x", 64<<10)}
+	many := []entry{{name: "d/", typ: tar.TypeDir}}
+	for i := 0; i < 50; i++ {
+		many = append(many, entry{name: "d/f" + strings.Repeat("0", 3-len(itoa(i))) + itoa(i), body: "1"})
+	}
+	cases := []struct {
+		name   string
+		layer  []entry
+		lim    Limits
+		errHas string
+	}{
+		{"file content past MaxBytes", []entry{big}, Limits{MaxBytes: 32 << 10}, "more than 32768 bytes uncompressed"},
+		{"stream past MaxBytes", many, Limits{MaxBytes: 16 << 10}, "more than 16384 bytes uncompressed"},
+		{"entries past MaxEntries", many, Limits{MaxEntries: 10}, "more than 10 entries"},
+		{"within the limits", append([]entry{big}, many...), Limits{MaxBytes: 200 << 10, MaxEntries: 52}, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			st, err := ApplyWith(root, mkLayer(t, tc.layer...), Options{Limits: tc.lim})
+			if tc.errHas == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if st.Entries != len(tc.layer) {
+					t.Errorf("entries %d, want %d", st.Entries, len(tc.layer))
+				}
+				return
+			}
+			if !errors.Is(err, ErrLimit) || !strings.Contains(err.Error(), tc.errHas) {
+				t.Fatalf("err = %v, want ErrLimit with %q", err, tc.errHas)
+			}
+			if tc.lim.MaxBytes > 0 && st.Bytes > tc.lim.MaxBytes {
+				t.Errorf("wrote %d bytes past the limit of %d", st.Bytes, tc.lim.MaxBytes)
+			}
+			if tc.lim.MaxEntries > 0 && st.Entries > tc.lim.MaxEntries {
+				t.Errorf("applied %d entries past the limit of %d", st.Entries, tc.lim.MaxEntries)
+			}
+			if fi, err := os.Stat(filepath.Join(root, "big")); err == nil {
+				t.Errorf("the oversized file was written (%d bytes)", fi.Size())
+			}
+		})
+	}
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
