@@ -63,7 +63,7 @@ type VM struct {
 func (l Layout) VM(id string) VM {
 	cfg := filepath.Join(l.ConfigRoot, id)
 	run := filepath.Join(l.RunRoot, id)
-	data := filepath.Join(l.DataRoot, "vms", id)
+	data := filepath.Join(l.VMsDataDir(), id)
 	locks := l.LocksDir()
 	return VM{
 		ID:             id,
@@ -91,6 +91,9 @@ func (l Layout) VM(id string) VM {
 		ConsoleLog: filepath.Join(data, "console.log"),
 	}
 }
+
+// VMsDataDir holds every VM's data directory (<data>/vms).
+func (l Layout) VMsDataDir() string { return filepath.Join(l.DataRoot, "vms") }
 
 // LocksDir holds the per-VM lock files.
 func (l Layout) LocksDir() string { return filepath.Join(l.RunRoot, "locks") }
