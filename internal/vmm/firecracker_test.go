@@ -446,11 +446,17 @@ func TestRealFirecracker(t *testing.T) {
 	}
 	dir := t.TempDir()
 	s := testSpec(t, dir)
-	s.Kernel = kernel
-	// No root file system: the kernel panics and, without panic=, stays
-	// up, which leaves the VMM running for the API calls.
+	s.Kernel, s.KernelBeneath = kernel, filepath.Dir(kernel)
+	// The root file system is not one: the kernel panics and, without
+	// panic=, stays up, which leaves the VMM running for the API calls.
+	// The drives are still opened by Firecracker, through the descriptors
+	// Command opened (/proc/self/fd/N).
 	s.BootArgs = "console=ttyS0 reboot=k"
-	s.Drives = nil
+	for _, d := range s.Drives {
+		if err := os.Truncate(d.Path, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s.NIC = nil
 	b, err := d.Config(s)
 	if err != nil {
