@@ -238,6 +238,32 @@ func (c Config) AllowedDiskRoots() []string {
 	return append(roots, c.DiskRoots...)
 }
 
+// NoDiskAreas are the places a VM's disks and kernel may never come from,
+// whatever the allowed roots say (an operator may well list a directory
+// that contains them): the config root (records, hooks.json, vm.json), the
+// run root (sockets, jails), the global hooks, every VM's data directory
+// (console logs), the certificates and logs under the data root, the
+// forwarder's certificate directory, the jailer's chroot base, and the API
+// token and daemon log files. Each is an absolute path, a directory or a
+// file; a disk is refused when it is one of them or lies below one.
+func (c Config) NoDiskAreas() []string {
+	areas := []string{
+		c.ConfigRoot, c.RunRoot, c.GlobalHooksDir,
+		c.Layout().VMsDataDir(),
+		filepath.Join(c.DataRoot, "certs"), filepath.Join(c.DataRoot, "logs"),
+		forwarderCertDir,
+		c.Driver.ChrootBase,
+		c.APITokenFile, c.DaemonLogFile,
+	}
+	out := areas[:0]
+	for _, a := range areas {
+		if filepath.IsAbs(a) {
+			out = append(out, filepath.Clean(a))
+		}
+	}
+	return out
+}
+
 func defaultLifecycleBin() string {
 	if exe, err := os.Executable(); err == nil {
 		p := filepath.Join(filepath.Dir(exe), "mergen-lifecycle")

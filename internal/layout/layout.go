@@ -94,7 +94,7 @@ func (l Layout) VM(id string) VM {
 	}
 }
 
-// VMsDataDir holds the VMs' data directories (VM.DataDir); RunRoot holds
+// VMsDataDir holds every VM's data directory (<data>/vms); RunRoot holds
 // their run directories (VM.RunDir).
 func (l Layout) VMsDataDir() string { return filepath.Join(l.DataRoot, "vms") }
 

@@ -221,6 +221,12 @@ func (r *Runner) preStart(ctx context.Context, id string) error {
 // group of its own, so signals meant for the VMM's group do not cut the log
 // short, ignores termination signals, and exits when the VMM has exited and
 // the pipe is drained.
+//
+// The driver opens the VM's kernel, initrd and disks below the roots the
+// record says they were checked in, without following links, and the VMM
+// inherits those descriptors (it opens /proc/self/fd/N): a disk swapped for
+// a link after create is refused here, and one swapped after this point is
+// not what the VMM gets.
 func (r *Runner) start(ctx context.Context, id string) error {
 	m, err := r.vm(Start, id)
 	if err != nil {
@@ -231,10 +237,14 @@ func (r *Runner) start(ctx context.Context, id string) error {
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
 	p := r.Store.Paths(id)
-	argv, err := driver.Command(store.Spec(m, p), p.VMConfig)
+	launch, err := driver.Command(store.Spec(m, p), p.VMConfig)
 	if err != nil {
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
+	// Reached only when the exec fails; it also keeps the files from being
+	// collected (and closed) before the exec.
+	defer launch.Close()
+	argv := launch.Argv
 	bin, err := lookPath(argv[0])
 	if err != nil {
 		return fmt.Errorf("start vm %s: %w", id, err)
@@ -273,6 +283,10 @@ func (r *Runner) start(ctx context.Context, id string) error {
 		if err := syscall.Dup3(int(f.Fd()), fd, 0); err != nil {
 			return fmt.Errorf("start vm %s: redirect fd %d: %w", id, fd, err)
 		}
+	}
+	// The VM's files pass to the VMM at their own numbers.
+	if err := launch.Inherit(); err != nil {
+		return fmt.Errorf("start vm %s: %w", id, err)
 	}
 	err = syscall.Exec(bin, argv, os.Environ())
 	return fmt.Errorf("start vm %s: exec %s: %w", id, bin, err)

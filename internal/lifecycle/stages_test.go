@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -12,12 +13,15 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/proc"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/testenv"
+	"github.com/mergenhq/mergen/internal/vmm"
 	"github.com/mergenhq/mergen/internal/vmnet"
+	"golang.org/x/sys/unix"
 )
 
 // fixture is a runner over temporary roots with one VM that was created
@@ -189,5 +193,88 @@ func TestNetConfigCarriesTheHostAllowList(t *testing.T) {
 	f.r.Config.GuestHostPorts = nil
 	if nc, _ := netConfig(m, f.r.Config); len(nc.HostPorts) != 0 {
 		t.Fatalf("host ports %v without an allow-list", nc.HostPorts)
+	}
+}
+
+// A disk checked at create and swapped for a link to a host file before
+// start: the start stage opens every file below the root the record names,
+// without following links, so it refuses to start (before it writes a pid
+// file or execs anything) and never opens the link's target.
+func TestStartRefusesADiskSwappedForALink(t *testing.T) {
+	testenv.Tool(t, "qemu-system-x86_64")
+	f := newFixture(t, nil)
+	m, err := f.r.Store.ReadMeta(f.id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	images := f.r.Config.ImagesRoot
+	for _, name := range []string{"vmlinux", "rootfs.ext4"} {
+		if err := os.MkdirAll(images, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(images, name), []byte(name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.Driver = config.Driver{QEMUAccel: "tcg"}
+	m.MAC = "02:fc:00:00:00:02"
+	m.Kernel, m.Disks.Rootfs = filepath.Join(images, "vmlinux"), filepath.Join(images, "rootfs.ext4")
+	m.DiskRoots = map[string]string{"kernel": images, "rootfs": images}
+	driver, err := vmm.New(m.VMM, m.Driver)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := f.r.Store.Paths(f.id)
+	vmJSON, err := driver.Config(store.Spec(m, p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta, _ := store.MarshalMeta(m)
+	for name, b := range map[string][]byte{store.FileMeta: meta, store.FileVMConfig: vmJSON} {
+		if err := f.r.Store.WriteFile(f.id, name, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	canary := filepath.Join(t.TempDir(), "canary.key")
+	if err := os.WriteFile(canary, []byte("a host secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opened := watchOpens(t, canary)
+	os.Remove(m.Disks.Rootfs)
+	if err := os.Symlink(canary, m.Disks.Rootfs); err != nil {
+		t.Fatal(err)
+	}
+
+	err = f.r.Run(context.Background(), Start, f.id)
+	if !errors.Is(err, beneath.ErrLink) || !strings.Contains(err.Error(), "start vm "+f.id) || !strings.Contains(err.Error(), "drive rootfs") {
+		t.Fatalf("start with the root disk swapped for a link: %v; want a refusal naming the drive", err)
+	}
+	if _, err := os.Stat(p.PIDFile); err == nil {
+		t.Error("the refused start wrote a pid file")
+	}
+	if n := opened(); n != 0 {
+		t.Errorf("the canary was opened %d times", n)
+	}
+}
+
+// watchOpens watches path for opens and reads (inotify); the function it
+// returns counts the events so far.
+func watchOpens(t *testing.T, path string) func() int {
+	t.Helper()
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if _, err := unix.InotifyAddWatch(fd, path, unix.IN_OPEN|unix.IN_ACCESS); err != nil {
+		t.Fatal(err)
+	}
+	return func() int {
+		buf := make([]byte, 4096)
+		n, _ := unix.Read(fd, buf)
+		if n <= 0 {
+			return 0
+		}
+		return n / unix.SizeofInotifyEvent // events on a watched file carry no name
 	}
 }

@@ -18,14 +18,17 @@ import (
 // host is a mergen host in temporary directories: its configuration, its
 // store and a manager without a service manager (start and stop answer
 // unavailable). The base assets directory holds a kernel and a root file
-// system, so a create request may leave both out; disks is a directory
-// inside the allowed disk roots for requests that name their own.
+// system, so a create request may leave both out; disks is the volumes
+// directory, an allowed disk root that takes every kind of disk (writable
+// data disks too), for requests that name their own; images is the images
+// root, whose disks are shared read-only.
 type host struct {
-	dir   string // holds the roots; what lies directly in it is outside them
-	cfg   config.Config
-	store *store.Store
-	mgr   *manager.Manager
-	disks string
+	dir    string // holds the roots; what lies directly in it is outside them
+	cfg    config.Config
+	store  *store.Store
+	mgr    *manager.Manager
+	disks  string
+	images string
 }
 
 // errNoSupervisor is why the test hosts' managers cannot start VMs.
@@ -62,11 +65,13 @@ func newHost(t *testing.T, env map[string]string) *host {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &host{dir: d, cfg: cfg, store: st, disks: filepath.Join(cfg.DataRoot, "disks")}
+	h := &host{dir: d, cfg: cfg, store: st, disks: cfg.VolumesDir, images: cfg.ImagesRoot}
 	writeFile(t, cfg.DefaultKernel, "kernel")
 	writeFile(t, cfg.DefaultRootfs, "rootfs")
-	if err := os.MkdirAll(h.disks, 0o755); err != nil {
-		t.Fatal(err)
+	for _, dir := range []string{h.disks, h.images} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	h.mgr = manager.New(manager.Options{Config: cfg, Store: st, SupervisorErr: errNoSupervisor})
 	return h

@@ -92,7 +92,7 @@ func (m *Manager) Create(ctx context.Context, req wire.CreateRequest) (wire.VM, 
 	if err != nil {
 		return wire.VM{}, errdefs.Invalid("%w", err)
 	}
-	disks, kernel, initrd, err := m.resolveDisks(req)
+	disks, kernel, initrd, diskRoots, err := m.resolveDisks(req)
 	if err != nil {
 		return wire.VM{}, err
 	}
@@ -122,6 +122,7 @@ func (m *Manager) Create(ctx context.Context, req wire.CreateRequest) (wire.VM, 
 		Kernel:    kernel,
 		Initrd:    initrd,
 		Disks:     disks,
+		DiskRoots: diskRoots,
 		HTTPPort:  req.HTTPPort,
 		Tags:      req.Tags,
 		Metadata:  req.Metadata,
@@ -170,50 +171,57 @@ func (m *Manager) Create(ctx context.Context, req wire.CreateRequest) (wire.VM, 
 	return m.Get(ctx, id)
 }
 
-// resolveDisks applies the MGR_DEFAULT_* fallbacks and checks every path.
-// Paths from the request must lie inside the allowed disk roots; defaults come
-// from the operator's configuration and are trusted, but must exist — except
-// the optional ones (initrd, agent and env disks), which are simply left out
-// when absent.
-func (m *Manager) resolveDisks(req wire.CreateRequest) (d store.Disks, kernel, initrd string, err error) {
-	roots := m.cfg.AllowedDiskRoots()
+// resolveDisks applies the MGR_DEFAULT_* fallbacks and checks every path
+// (see diskRules). Paths from the request must lie below the allowed disk
+// roots; defaults come from the operator's configuration and are trusted to
+// lie where they are, but must exist, and never in the daemon's state —
+// the optional ones (initrd, agent and env disks) are simply left out when
+// absent. roots maps each field set to the root its path was checked
+// below, for the record: the start stage opens the file there.
+func (m *Manager) resolveDisks(req wire.CreateRequest) (d store.Disks, kernel, initrd string, roots map[string]string, err error) {
+	rules := newDiskRules(m.cfg)
+	roots = map[string]string{}
 	fields := []struct {
 		name, given, def, env string
-		required              bool
+		required, writable    bool
 		dst                   *string
 	}{
-		{"kernel", req.Kernel, m.cfg.DefaultKernel, "MGR_DEFAULT_KERNEL", true, &kernel},
-		{"initrd", req.Initrd, m.cfg.DefaultInitrd, "MGR_DEFAULT_INITRD", false, &initrd},
-		{"rootfs", req.Rootfs, m.cfg.DefaultRootfs, "MGR_DEFAULT_ROOTFS", true, &d.Rootfs},
-		{"agentDisk", req.AgentDisk, m.cfg.DefaultAgent, "MGR_DEFAULT_AGENT_DISK", false, &d.Agent},
-		{"payloadDisk", req.PayloadDisk, "", "", false, &d.Payload},
-		{"envDisk", req.EnvDisk, m.cfg.DefaultEnvDisk, "MGR_DEFAULT_ENV_DISK", false, &d.Env},
-		{"dataDisk", req.DataDisk, "", "", false, &d.Data},
+		{"kernel", req.Kernel, m.cfg.DefaultKernel, "MGR_DEFAULT_KERNEL", true, false, &kernel},
+		{"initrd", req.Initrd, m.cfg.DefaultInitrd, "MGR_DEFAULT_INITRD", false, false, &initrd},
+		{"rootfs", req.Rootfs, m.cfg.DefaultRootfs, "MGR_DEFAULT_ROOTFS", true, false, &d.Rootfs},
+		{"agentDisk", req.AgentDisk, m.cfg.DefaultAgent, "MGR_DEFAULT_AGENT_DISK", false, false, &d.Agent},
+		{"payloadDisk", req.PayloadDisk, "", "", false, false, &d.Payload},
+		{"envDisk", req.EnvDisk, m.cfg.DefaultEnvDisk, "MGR_DEFAULT_ENV_DISK", false, false, &d.Env},
+		{"dataDisk", req.DataDisk, "", "", false, true, &d.Data},
 	}
 	for _, f := range fields {
 		if f.given != "" {
-			p, err := resolveDisk(f.name, f.given, roots)
+			p, root, err := rules.resolve(f.name, f.given, f.writable)
 			if err != nil {
-				return d, "", "", err
+				return d, "", "", nil, err
 			}
-			*f.dst = p
+			*f.dst, roots[f.name] = p, root
 			continue
 		}
 		if f.def == "" {
 			if f.required {
-				return d, "", "", errdefs.Invalid("%s: required (no default: set %s)", f.name, f.env)
+				return d, "", "", nil, errdefs.Invalid("%s: required (no default: set %s)", f.name, f.env)
 			}
 			continue
 		}
 		st, err := os.Stat(f.def)
 		switch {
 		case err == nil && st.Mode().IsRegular():
-			*f.dst = f.def
+			p, root, err := rules.resolveDefault(f.name, f.env, f.def)
+			if err != nil {
+				return d, "", "", nil, err
+			}
+			*f.dst, roots[f.name] = p, root
 		case f.required:
-			return d, "", "", errdefs.Invalid("%s: not given and the default %s (%s) is not usable; build the base assets (`make assets`) or pass %s", f.name, f.def, f.env, f.name)
+			return d, "", "", nil, errdefs.Invalid("%s: not given and the default %s (%s) is not usable; build the base assets (`make assets`) or pass %s", f.name, f.def, f.env, f.name)
 		}
 	}
-	return d, kernel, initrd, nil
+	return d, kernel, initrd, roots, nil
 }
 
 // allocateAndWrite allocates the guest IP and host ports under the
@@ -251,9 +259,13 @@ func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wi
 	for ix.ShortIDs[store.ShortID(meta.ID)] != "" {
 		renameVM(meta, m.newID(), req.Bridge)
 	}
-	if meta.Disks.Data != "" {
-		if owner := ix.DataDisks[meta.Disks.Data]; owner != "" {
-			return errdefs.Conflict("dataDisk: %s is already attached to vm %s", meta.Disks.Data, owner)
+	// A data disk is one VM's own: no other VM gets it, writable or not.
+	for _, d := range meta.Files() {
+		if owner := ix.DataDisks[d.Path]; owner != "" {
+			if d.Field == "dataDisk" {
+				return errdefs.Conflict("dataDisk: %s is already attached to vm %s", d.Path, owner)
+			}
+			return errdefs.Conflict("%s: %s is the data disk of vm %s", d.Field, d.Path, owner)
 		}
 	}
 	if meta.Bridge == nil {

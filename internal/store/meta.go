@@ -43,6 +43,13 @@ type Meta struct {
 	Initrd   string        `json:"initrd,omitempty"`
 	BootArgs string        `json:"bootArgs"`
 	Disks    Disks         `json:"disks"`
+	// DiskRoots maps each file of Files, by its field name (kernel,
+	// rootfs, dataDisk, …), to the directory it was checked below at
+	// create: an allowed disk root, or an operator's default's own
+	// directory. The start stage opens the file below it without
+	// following links. Records written before it existed have none; their
+	// files are opened below their own directories.
+	DiskRoots map[string]string `json:"diskRoots,omitempty"`
 
 	Ports    []Port `json:"ports"`
 	HTTPPort int    `json:"httpPort,omitempty"`
@@ -72,6 +79,28 @@ type Disks struct {
 	Payload string `json:"payloadDisk,omitempty"`
 	Env     string `json:"envDisk,omitempty"`
 	Data    string `json:"dataDisk,omitempty"`
+}
+
+// File is one host file the VM is given, by the name of its field in a
+// create request and the record.
+type File struct {
+	Field, Path string
+}
+
+// Files lists the kernel, the initrd and the disks that are set, in that
+// order.
+func (m Meta) Files() []File {
+	var out []File
+	for _, f := range []File{
+		{"kernel", m.Kernel}, {"initrd", m.Initrd},
+		{"rootfs", m.Disks.Rootfs}, {"agentDisk", m.Disks.Agent}, {"payloadDisk", m.Disks.Payload},
+		{"envDisk", m.Disks.Env}, {"dataDisk", m.Disks.Data},
+	} {
+		if f.Path != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // Port publishes Host on the host to Guest inside the VM.

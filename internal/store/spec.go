@@ -48,26 +48,28 @@ func netmask(bits int) string {
 // below is a convention, not a contract: root, agent, payload, env, data.
 func Spec(m Meta, p layout.VM) vmm.Spec {
 	s := vmm.Spec{
-		ID:         m.ID,
-		VCPU:       m.VCPU,
-		MemMiB:     m.MemMiB,
-		Kernel:     m.Kernel,
-		Initrd:     m.Initrd,
-		BootArgs:   m.BootArgs,
-		SocketPath: p.Socket,
-		WorkDir:    p.RunDir,
-		NIC:        &vmm.NIC{TapName: m.TapName, MAC: m.MAC},
+		ID:            m.ID,
+		VCPU:          m.VCPU,
+		MemMiB:        m.MemMiB,
+		Kernel:        m.Kernel,
+		KernelBeneath: m.DiskRoots["kernel"],
+		Initrd:        m.Initrd,
+		InitrdBeneath: m.DiskRoots["initrd"],
+		BootArgs:      m.BootArgs,
+		SocketPath:    p.Socket,
+		WorkDir:       p.RunDir,
+		NIC:           &vmm.NIC{TapName: m.TapName, MAC: m.MAC},
 	}
-	add := func(id, path string, ro, root bool) {
+	add := func(id, field, path string, ro, root bool) {
 		if path != "" {
-			s.Drives = append(s.Drives, vmm.Drive{ID: id, Path: path, ReadOnly: ro, Root: root})
+			s.Drives = append(s.Drives, vmm.Drive{ID: id, Path: path, Beneath: m.DiskRoots[field], ReadOnly: ro, Root: root})
 		}
 	}
-	add("rootfs", m.Disks.Rootfs, true, true)
-	add("agent", m.Disks.Agent, true, false)
-	add("payload", m.Disks.Payload, true, false)
-	add("env", m.Disks.Env, true, false)
-	add("data", m.Disks.Data, false, false)
+	add("rootfs", "rootfs", m.Disks.Rootfs, true, true)
+	add("agent", "agentDisk", m.Disks.Agent, true, false)
+	add("payload", "payloadDisk", m.Disks.Payload, true, false)
+	add("env", "envDisk", m.Disks.Env, true, false)
+	add("data", "dataDisk", m.Disks.Data, false, false)
 	return s
 }
 

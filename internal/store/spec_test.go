@@ -37,7 +37,8 @@ func TestBootArgsCarryTheGuestNetworkExtraEnvThenTheCallersArguments(t *testing.
 func TestSpecAttachesDisksInConventionalOrderWithPathsFromTheLayout(t *testing.T) {
 	l := layout.Layout{ConfigRoot: "/c", RunRoot: "/r", DataRoot: "/d"}
 	m := Meta{ID: fixtureID, VCPU: 2, MemMiB: 256, TapName: "tap-x", MAC: "02:00:00:00:00:01",
-		Disks: Disks{Rootfs: "/b/root", Payload: "/i/p", Data: "/d/data"}}
+		Kernel: "/b/vmlinux", Disks: Disks{Rootfs: "/b/root", Payload: "/i/p", Data: "/d/data"},
+		DiskRoots: map[string]string{"kernel": "/b", "rootfs": "/b", "payloadDisk": "/i", "dataDisk": "/d"}}
 	s := Spec(m, l.VM(fixtureID))
 	if s.SocketPath != "/r/"+fixtureID+"/vmm.sock" || s.WorkDir != "/r/"+fixtureID {
 		t.Errorf("socket %q, workdir %q", s.SocketPath, s.WorkDir)
@@ -51,5 +52,16 @@ func TestSpecAttachesDisksInConventionalOrderWithPathsFromTheLayout(t *testing.T
 	}
 	if strings.Join(ids, ",") != "rootfs,payload,data" || !s.Drives[0].Root {
 		t.Errorf("drives %v", s.Drives)
+	}
+	// Each file is opened at start below the root the record names.
+	if s.KernelBeneath != "/b" || s.Drives[0].Beneath != "/b" || s.Drives[1].Beneath != "/i" || s.Drives[2].Beneath != "/d" {
+		t.Errorf("roots: kernel %q, drives %+v", s.KernelBeneath, s.Drives)
+	}
+	var fields []string
+	for _, f := range m.Files() {
+		fields = append(fields, f.Field+"="+f.Path)
+	}
+	if got := strings.Join(fields, " "); got != "kernel=/b/vmlinux rootfs=/b/root payloadDisk=/i/p dataDisk=/d/data" {
+		t.Errorf("Files() = %s", got)
 	}
 }

@@ -9,9 +9,14 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/mergenhq/mergen/internal/atomicfile"
+	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/config"
 )
 
@@ -195,31 +200,101 @@ func (f *firecracker) config(s Spec) (fcConfig, error) {
 	return cfg, nil
 }
 
-// Command is `firecracker --api-sock S --config-file vm.json`: the VM boots
-// from the file at once, and the API socket stays open for Status and
-// Shutdown. With the jailer it prepares the chroot first, see jail.
-func (f *firecracker) Command(s Spec, configPath string) ([]string, error) {
-	if err := s.Validate(); err != nil {
-		return nil, err
+// fcRunConfig is the configuration Firecracker boots from, in WorkDir:
+// vm.json as rendered at create, with the kernel, initrd and disks named by
+// the descriptors the start stage opened for it (/proc/self/fd/N).
+const fcRunConfig = "firecracker.json"
+
+// Command is `firecracker --api-sock S --config-file <run dir>/firecracker.json`:
+// the VM boots from the file at once, and the API socket stays open for
+// Status and Shutdown. The file is vm.json with its kernel, initrd and
+// disks replaced by descriptors that Command opened below the directories
+// they were checked in, without following links, and that Firecracker
+// inherits. With the jailer it prepares the chroot instead, see jail.
+func (f *firecracker) Command(s Spec, configPath string) (Launch, error) {
+	if err := s.validate(false); err != nil {
+		return Launch{}, err
 	}
 	if err := regularFile(configPath); err != nil {
-		return nil, fmt.Errorf("vm %s: firecracker config: %w", s.ID, err)
+		return Launch{}, fmt.Errorf("vm %s: firecracker config: %w", s.ID, err)
 	}
 	bin, err := findBinary(f.bin, "firecracker")
 	if err != nil {
-		return nil, fmt.Errorf("vm %s: %w", s.ID, err)
+		return Launch{}, fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	cfg, err := readFCConfig(configPath)
+	if err != nil {
+		return Launch{}, fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	if err := f.sameFiles(s, configPath, cfg); err != nil {
+		return Launch{}, err
 	}
 	if f.jailer {
-		return f.jail(s, bin, configPath)
+		argv, err := f.jail(s, bin, configPath)
+		return Launch{Argv: argv}, err
+	}
+	if s.WorkDir == "" {
+		return Launch{}, fmt.Errorf("vm %s: workDir: empty, but Firecracker's configuration (%s) is written there at start", s.ID, fcRunConfig)
 	}
 	if f.vsock {
 		// Firecracker binds the vsock socket itself and fails on one left
 		// by a previous run.
 		if err := os.Remove(filepath.Join(s.WorkDir, vsockSocket)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("vm %s: remove stale vsock socket: %w", s.ID, err)
+			return Launch{}, fmt.Errorf("vm %s: remove stale vsock socket: %w", s.ID, err)
 		}
 	}
-	return []string{bin, "--id", s.ID, "--api-sock", s.SocketPath, "--config-file", configPath}, nil
+	o := &opener{id: s.ID}
+	fail := func(err error) (Launch, error) {
+		o.close()
+		return Launch{}, err
+	}
+	k, err := o.open("kernel", s.Kernel, s.KernelBeneath, false)
+	if err != nil {
+		return fail(err)
+	}
+	cfg.BootSource.KernelImagePath = beneath.FDPath(k)
+	if s.Initrd != "" {
+		i, err := o.open("initrd", s.Initrd, s.InitrdBeneath, false)
+		if err != nil {
+			return fail(err)
+		}
+		cfg.BootSource.InitrdPath = beneath.FDPath(i)
+	}
+	for i, d := range s.Drives {
+		df, err := o.open("drive "+d.ID, d.Path, d.Beneath, !d.ReadOnly)
+		if err != nil {
+			return fail(err)
+		}
+		cfg.Drives[i].PathOnHost = beneath.FDPath(df)
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return fail(fmt.Errorf("vm %s: encode firecracker config: %w", s.ID, err))
+	}
+	run := filepath.Join(s.WorkDir, fcRunConfig)
+	if err := atomicfile.WriteFile(run, append(b, '\n'), 0o600); err != nil {
+		return fail(fmt.Errorf("vm %s: firecracker config: %w", s.ID, err))
+	}
+	return Launch{Argv: []string{bin, "--id", s.ID, "--api-sock", s.SocketPath, "--config-file", run}, Files: o.files}, nil
+}
+
+// sameFiles checks that vm.json gives the VM the spec's kernel, initrd and
+// drives, in the spec's order: the record, not the rendered file, says
+// which files a VM has and where they were checked.
+func (f *firecracker) sameFiles(s Spec, configPath string, cfg fcConfig) error {
+	want, err := f.config(s)
+	if err != nil {
+		return err
+	}
+	if cfg.BootSource.KernelImagePath != want.BootSource.KernelImagePath || cfg.BootSource.InitrdPath != want.BootSource.InitrdPath ||
+		!slices.Equal(cfg.Drives, want.Drives) {
+		if f.jailer && cfg.BootSource.KernelImagePath != jailKernel {
+			return fmt.Errorf("vm %s: %s was rendered without the jailer (kernel_image_path %q); re-render it with MGR_JAILER=1", s.ID, configPath, cfg.BootSource.KernelImagePath)
+		}
+		return fmt.Errorf("vm %s: the kernel, initrd or drives of %s are not the VM's (%s, %s, %+v; want %s, %s, %+v)", s.ID, configPath,
+			cfg.BootSource.KernelImagePath, cfg.BootSource.InitrdPath, cfg.Drives, want.BootSource.KernelImagePath, want.BootSource.InitrdPath, want.Drives)
+	}
+	return nil
 }
 
 func (f *firecracker) Status(ctx context.Context, socketPath string) (State, error) {
@@ -288,13 +363,11 @@ func (f *firecracker) jail(s Spec, bin, configPath string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg, err := readFCConfig(configPath)
-	if err != nil {
-		return nil, fmt.Errorf("vm %s: %w", s.ID, err)
-	}
-	if cfg.BootSource.KernelImagePath != jailKernel {
-		return nil, fmt.Errorf("vm %s: %s was rendered without the jailer (kernel_image_path %q); re-render it with MGR_JAILER=1", s.ID, configPath, cfg.BootSource.KernelImagePath)
-	}
+	// The jailer closes every descriptor it inherits, so the files go
+	// into the chroot as hard links (or copies) made from the files opened
+	// here, never by path.
+	o := &opener{id: s.ID}
+	defer o.close()
 	fail := func(err error) ([]string, error) {
 		// Leave no half-made chroot behind.
 		os.RemoveAll(filepath.Dir(root))
@@ -309,26 +382,30 @@ func (f *firecracker) jail(s Spec, bin, configPath string) ([]string, error) {
 	if err := os.MkdirAll(filepath.Join(root, jailRunDir), 0o755); err != nil {
 		return fail(err)
 	}
-	if err := os.Chown(filepath.Join(root, jailRunDir), uid, gid); err != nil {
+	if err := os.Lchown(filepath.Join(root, jailRunDir), uid, gid); err != nil {
 		return fail(err)
 	}
-	place := func(host, inJail string, writable bool) error {
-		return placeInJail(host, filepath.Join(root, inJail), writable, uid, gid)
+	place := func(field, host, dir, inJail string, writable bool) error {
+		src, err := o.open(field, host, dir, writable)
+		if err != nil {
+			return err
+		}
+		return placeInJail(src, filepath.Join(root, inJail), writable, uid, gid)
 	}
-	if err := place(s.Kernel, jailKernel, false); err != nil {
+	if err := place("kernel", s.Kernel, s.KernelBeneath, jailKernel, false); err != nil {
 		return fail(err)
 	}
 	if s.Initrd != "" {
-		if err := place(s.Initrd, jailInitrd, false); err != nil {
+		if err := place("initrd", s.Initrd, s.InitrdBeneath, jailInitrd, false); err != nil {
 			return fail(err)
 		}
 	}
 	for _, d := range s.Drives {
-		if err := place(d.Path, jailDrive(d.ID), !d.ReadOnly); err != nil {
+		if err := place("drive "+d.ID, d.Path, d.Beneath, jailDrive(d.ID), !d.ReadOnly); err != nil {
 			return fail(fmt.Errorf("drive %s: %w", d.ID, err))
 		}
 	}
-	if err := place(configPath, jailConfig, false); err != nil {
+	if err := place("config", configPath, filepath.Dir(configPath), jailConfig, false); err != nil {
 		return fail(err)
 	}
 	if err := os.Remove(s.SocketPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -362,24 +439,29 @@ func readFCConfig(path string) (fcConfig, error) {
 	return cfg, nil
 }
 
-// placeInJail hard-links host to dst. A writable file is handed to the jail
-// uid/gid (it is the VM's own disk; the link shares the inode, so this
-// changes the original's owner). A read-only file that cannot be linked, or
-// that the jail uid could not read, is copied instead and the copy given to
-// the jail uid.
-func placeInJail(host, dst string, writable bool, uid, gid int) error {
-	linkErr := os.Link(host, dst)
+// placeInJail hard-links the open file src to dst (through
+// /proc/self/fd/N: the link is to the inode src holds, whatever its path
+// names now). A writable file is handed to the jail uid/gid with fchown on
+// src (it is the VM's own disk; the link shares the inode, so this changes
+// the original's owner). A read-only file that cannot be linked, or that
+// the jail uid could not read, is copied from src instead and the copy,
+// created exclusively, given to the jail uid. No step follows a link.
+func placeInJail(src *os.File, dst string, writable bool, uid, gid int) error {
+	linkErr := unix.Linkat(unix.AT_FDCWD, beneath.FDPath(src), unix.AT_FDCWD, dst, unix.AT_SYMLINK_FOLLOW)
+	if linkErr != nil {
+		linkErr = &fs.PathError{Op: "link", Path: dst, Err: linkErr}
+	}
 	if writable {
 		if linkErr != nil {
-			return fmt.Errorf("hard-link writable disk %s into the jail: %w (a copy would lose the guest's writes; keep it on the same file system as the chroot, see MGR_JAILER_CHROOT_BASE)", host, linkErr)
+			return fmt.Errorf("hard-link writable disk %s into the jail: %w (a copy would lose the guest's writes; keep it on the same file system as the chroot, see MGR_JAILER_CHROOT_BASE)", src.Name(), linkErr)
 		}
-		return os.Chown(dst, uid, gid)
+		return src.Chown(uid, gid)
+	}
+	fi, err := src.Stat()
+	if err != nil {
+		return err
 	}
 	if linkErr == nil {
-		fi, err := os.Stat(dst)
-		if err != nil {
-			return err
-		}
 		if readableBy(fi, uid, gid) {
 			return nil
 		}
@@ -387,10 +469,10 @@ func placeInJail(host, dst string, writable bool, uid, gid int) error {
 			return err
 		}
 	}
-	if err := copyFile(host, dst); err != nil {
-		return fmt.Errorf("copy %s into the jail: %w", host, err)
+	if err := copyInto(src, fi.Size(), dst, uid, gid); err != nil {
+		return fmt.Errorf("copy %s into the jail: %w", src.Name(), err)
 	}
-	return os.Chown(dst, uid, gid)
+	return nil
 }
 
 func readableBy(fi fs.FileInfo, uid, gid int) bool {
@@ -408,17 +490,18 @@ func readableBy(fi fs.FileInfo, uid, gid int) bool {
 	return perm&0o004 != 0
 }
 
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
+// copyInto copies size bytes of src into a new file dst, which it creates
+// (never through an existing name or link) and gives to uid/gid.
+func copyInto(src *os.File, size int64, dst string, uid, gid int) error {
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return err
 	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
+	if _, err := io.Copy(out, io.NewSectionReader(src, 0, size)); err != nil {
+		out.Close()
 		return err
 	}
-	if _, err := io.Copy(out, in); err != nil {
+	if err := out.Chown(uid, gid); err != nil {
 		out.Close()
 		return err
 	}

@@ -3,7 +3,9 @@ package vmm
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -12,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
 
@@ -172,13 +175,19 @@ func TestFirecrackerStatusOnAMissingSocketNamesIt(t *testing.T) {
 	}
 }
 
+// TestFirecrackerCommand: Firecracker boots from a configuration written
+// at start into the run directory, vm.json with every file named by a
+// descriptor the start stage opened: the kernel, initrd and read-only disks
+// read-only, the data disk writable, each the inode the record names.
 func TestFirecrackerCommand(t *testing.T) {
 	dir := t.TempDir()
 	s := testSpec(t, dir)
+	s.Initrd = filepath.Join(dir, "initrd.img")
 	bin := fakeExecutable(t, dir, "firecracker")
 	s.BootArgs += " " + secretEnv
 	d := &firecracker{bin: bin}
-	cfg := filepath.Join(dir, "vm.json")
+	cfg := filepath.Join(dir, "config", "vm.json")
+	os.Mkdir(filepath.Dir(cfg), 0o700)
 
 	if _, err := d.Command(s, cfg); err == nil || !strings.Contains(err.Error(), "vm.json") {
 		t.Errorf("Command without vm.json = %v, want an error naming it", err)
@@ -193,29 +202,81 @@ func TestFirecrackerCommand(t *testing.T) {
 	if err := os.WriteFile(cfg, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	argv, err := d.Command(s, cfg)
+	l, err := d.Command(s, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{bin, "--id", s.ID, "--api-sock", s.SocketPath, "--config-file", cfg}
-	if !slices.Equal(argv, want) {
-		t.Errorf("argv = %q\nwant   %q", argv, want)
+	defer l.Close()
+	run := filepath.Join(dir, fcRunConfig)
+	want := []string{bin, "--id", s.ID, "--api-sock", s.SocketPath, "--config-file", run}
+	if !slices.Equal(l.Argv, want) {
+		t.Errorf("argv = %q\nwant   %q", l.Argv, want)
 	}
-	// The kernel command line travels in vm.json only.
-	assertNoBootArgs(t, argv, s.BootArgs)
+	// The kernel command line travels in the configuration only.
+	assertNoBootArgs(t, l.Argv, s.BootArgs)
+	if fi, err := os.Stat(run); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("%s: %v, want mode 0600", run, err)
+	}
+	runCfg, err := readFCConfig(run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var created fcConfig
+	json.Unmarshal(b, &created)
+	if runCfg.BootSource.BootArgs != created.BootSource.BootArgs || runCfg.MachineConfig != created.MachineConfig || !slices.Equal(runCfg.NetworkInterfaces, created.NetworkInterfaces) {
+		t.Errorf("the run configuration differs from vm.json beyond its files:\n%+v\n%+v", runCfg, created)
+	}
+	checkFDPath(t, l, runCfg.BootSource.KernelImagePath, s.Kernel, false)
+	checkFDPath(t, l, runCfg.BootSource.InitrdPath, s.Initrd, false)
+	if len(runCfg.Drives) != len(s.Drives) {
+		t.Fatalf("%d drives, want %d", len(runCfg.Drives), len(s.Drives))
+	}
+	for i, dr := range runCfg.Drives {
+		if dr.DriveID != s.Drives[i].ID || dr.IsReadOnly != s.Drives[i].ReadOnly || dr.IsRootDevice != s.Drives[i].Root {
+			t.Errorf("drive %d: %+v, want %+v", i, dr, s.Drives[i])
+		}
+		checkFDPath(t, l, dr.PathOnHost, s.Drives[i].Path, !s.Drives[i].ReadOnly)
+	}
+	if len(l.Files) != 2+len(s.Drives) {
+		t.Errorf("%d files open, want %d", len(l.Files), 2+len(s.Drives))
+	}
+	if got, _ := os.ReadFile(cfg); string(got) != string(b) {
+		t.Error("Command changed vm.json")
+	}
 	// A vsock socket left by a previous run would make Firecracker fail.
 	stale := filepath.Join(dir, "vsock.sock")
 	os.WriteFile(stale, nil, 0o600)
-	if _, err := (&firecracker{bin: bin, vsock: true}).Command(s, cfg); err != nil {
+	vs := &firecracker{bin: bin, vsock: true}
+	vb, _ := vs.Config(s)
+	os.WriteFile(cfg, vb, 0o600)
+	if l, err := vs.Command(s, cfg); err != nil {
 		t.Fatal(err)
+	} else {
+		l.Close()
 	}
 	if _, err := os.Stat(stale); err == nil {
 		t.Error("Command left the previous run's vsock socket in place")
 	}
+	os.WriteFile(cfg, b, 0o600)
 
-	s.Drives[0].Path = filepath.Join(dir, "removed.ext4")
-	if _, err := d.Command(s, cfg); err == nil || !strings.Contains(err.Error(), "drives[0].path") {
+	// The record, not vm.json, says which files the VM has.
+	other := s
+	other.Drives = slices.Clone(s.Drives)
+	other.Drives[0].Path = filepath.Join(dir, "rootfs.ext4")
+	if _, err := d.Command(other, cfg); err == nil || !strings.Contains(err.Error(), "are not the VM's") {
+		t.Errorf("Command with a vm.json naming other files = %v, want a refusal", err)
+	}
+	// A disk removed since create, or swapped for a link, fails here,
+	// naming the drive; the link's target is not opened.
+	canary := filepath.Join(t.TempDir(), "canary")
+	os.WriteFile(canary, []byte("canary"), 0o600)
+	os.Remove(s.Drives[0].Path)
+	if _, err := d.Command(s, cfg); err == nil || !strings.Contains(err.Error(), "drive agent") || !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Command with a missing disk = %v, want an error naming the drive", err)
+	}
+	os.Symlink(canary, s.Drives[0].Path)
+	if _, err := d.Command(s, cfg); err == nil || !strings.Contains(err.Error(), "drive agent") || !errors.Is(err, beneath.ErrLink) {
+		t.Errorf("Command with a disk swapped for a link = %v, want a refusal naming the drive", err)
 	}
 }
 
@@ -253,10 +314,14 @@ func TestFirecrackerJailLaysOutTheChroot(t *testing.T) {
 	os.MkdirAll(filepath.Join(root, "dev"), 0o755)
 	os.WriteFile(filepath.Join(root, "dev", "kvm"), nil, 0o600)
 
-	argv, err := d.Command(s, cfg)
+	l, err := d.Command(s, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if len(l.Files) != 0 {
+		t.Errorf("%d files to inherit; the jailer closes them, the chroot has links", len(l.Files))
+	}
+	argv := l.Argv
 	want := []string{jailer, "--id", s.ID, "--exec-file", bin, "--uid", "1234", "--gid", "2345",
 		"--chroot-base-dir", filepath.Join(dir, "jail"), "--", "--api-sock", "/run/firecracker.socket", "--config-file", "/vm.json"}
 	if !slices.Equal(argv, want) {
@@ -309,6 +374,29 @@ func TestFirecrackerJailLaysOutTheChroot(t *testing.T) {
 	if err != nil || target != filepath.Join(root, "run", "firecracker.socket") {
 		t.Errorf("host socket path %s -> %q (%v), want the chroot's API socket", s.SocketPath, target, err)
 	}
+
+	// A disk swapped for a link after create, the writable one above all
+	// (it is given to the jail user), is refused: the link's target is
+	// neither linked into the chroot nor handed to the jail user.
+	canary := filepath.Join(t.TempDir(), "canary")
+	os.WriteFile(canary, []byte("canary"), 0o600)
+	for _, i := range []int{2, 1} {
+		orig := s.Drives[i].Path
+		os.Rename(orig, orig+".orig")
+		os.Symlink(canary, orig)
+		_, err := d.Command(s, cfg)
+		if !errors.Is(err, beneath.ErrLink) || !strings.Contains(err.Error(), "drive "+s.Drives[i].ID) {
+			t.Errorf("drive %s swapped for a link: Command = %v, want a refusal naming it", s.Drives[i].ID, err)
+		}
+		os.Remove(orig)
+		os.Rename(orig+".orig", orig)
+	}
+	if u, g := owner(canary); u != 0 || g != 0 {
+		t.Errorf("the link's target was given to %d:%d", u, g)
+	}
+	if fi, _ := os.Stat(canary); fi.Sys().(*syscall.Stat_t).Nlink != 1 {
+		t.Error("the link's target was hard-linked somewhere")
+	}
 }
 
 func TestFirecrackerJailNeedsExplicitIDs(t *testing.T) {
@@ -358,11 +446,17 @@ func TestRealFirecracker(t *testing.T) {
 	}
 	dir := t.TempDir()
 	s := testSpec(t, dir)
-	s.Kernel = kernel
-	// No root file system: the kernel panics and, without panic=, stays
-	// up, which leaves the VMM running for the API calls.
+	s.Kernel, s.KernelBeneath = kernel, filepath.Dir(kernel)
+	// The root file system is not one: the kernel panics and, without
+	// panic=, stays up, which leaves the VMM running for the API calls.
+	// The drives are still opened by Firecracker, through the descriptors
+	// Command opened (/proc/self/fd/N).
 	s.BootArgs = "console=ttyS0 reboot=k"
-	s.Drives = nil
+	for _, d := range s.Drives {
+		if err := os.Truncate(d.Path, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s.NIC = nil
 	b, err := d.Config(s)
 	if err != nil {
@@ -370,11 +464,11 @@ func TestRealFirecracker(t *testing.T) {
 	}
 	cfg := filepath.Join(dir, "vm.json")
 	os.WriteFile(cfg, b, 0o600)
-	argv, err := d.Command(s, cfg)
+	l, err := d.Command(s, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	startProcess(t, argv, filepath.Join(dir, "console.log"))
+	startLaunch(t, l, filepath.Join(dir, "console.log"))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	st := waitStatus(ctx, t, d, s.SocketPath, func(st State) bool { return st.Running })
@@ -446,12 +540,12 @@ func TestFirecrackerJailAcrossFileSystems(t *testing.T) {
 	s.Drives = s.Drives[:2] // read-only ones only
 	b, _ = d.Config(s)
 	os.WriteFile(cfg, b, 0o600)
-	argv, err := d.Command(s, cfg)
+	l, err := d.Command(s, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Contains(argv, base) {
-		t.Errorf("argv %q does not name the chroot base %s", argv, base)
+	if !slices.Contains(l.Argv, base) {
+		t.Errorf("argv %q does not name the chroot base %s", l.Argv, base)
 	}
 	copied := filepath.Join(base, "firecracker", s.ID, "root", "drive-rootfs")
 	if sameFile(t, copied, s.Drives[1].Path) {

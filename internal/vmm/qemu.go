@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/mergenhq/mergen/internal/atomicfile"
+	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/config"
 )
 
@@ -325,32 +326,35 @@ func bzImage(kernel string) string {
 }
 
 // Command runs the argv stored in vm.json: the file is the record of what
-// runs. The spec is validated again so that a disk removed since create
-// fails here, with its name, rather than inside QEMU. It writes the boot
-// file (kernel, initrd, command line) that the argv names, from vm.json,
-// mode 0600. A vm.json from before the boot file, whose argv carries
-// -append, is run in the current form: its command line never reaches
-// QEMU's argv.
-func (q *qemu) Command(s Spec, configPath string) ([]string, error) {
-	if err := s.Validate(); err != nil {
-		return nil, err
+// runs. It opens the kernel QEMU boots, the initrd and every disk below the
+// directory each was checked in at create, without following links, and
+// gives QEMU those open files: the argv's -drive file= and the boot file's
+// kernel and initrd become /proc/self/fd/N, which QEMU, inheriting the
+// descriptors, opens as the same inodes whatever the paths name by then.
+// vm.json's drives and kernel must be the record's (the spec's). It writes
+// the boot file (kernel, initrd, command line) that the argv names, mode
+// 0600. A vm.json from before the boot file, whose argv carries -append,
+// is run in the current form: its command line never reaches QEMU's argv.
+func (q *qemu) Command(s Spec, configPath string) (Launch, error) {
+	if err := s.validate(false); err != nil {
+		return Launch{}, err
 	}
 	b, err := os.ReadFile(configPath)
 	if err != nil {
-		return nil, fmt.Errorf("vm %s: qemu config: %w", s.ID, err)
+		return Launch{}, fmt.Errorf("vm %s: qemu config: %w", s.ID, err)
 	}
 	var cfg qemuConfig
 	if err := json.Unmarshal(b, &cfg); err != nil {
-		return nil, fmt.Errorf("vm %s: qemu config %s: %w", s.ID, configPath, err)
+		return Launch{}, fmt.Errorf("vm %s: qemu config %s: %w", s.ID, configPath, err)
 	}
 	if cfg.VMM != "qemu" || len(cfg.Argv) == 0 {
-		return nil, fmt.Errorf("vm %s: %s is not a qemu configuration (vmm %q, %d arguments)", s.ID, configPath, cfg.VMM, len(cfg.Argv))
+		return Launch{}, fmt.Errorf("vm %s: %s is not a qemu configuration (vmm %q, %d arguments)", s.ID, configPath, cfg.VMM, len(cfg.Argv))
 	}
 	if cfg.QMPSocket != s.SocketPath {
-		return nil, fmt.Errorf("vm %s: %s has QMP socket %q, the VM expects %q", s.ID, configPath, cfg.QMPSocket, s.SocketPath)
+		return Launch{}, fmt.Errorf("vm %s: %s has QMP socket %q, the VM expects %q", s.ID, configPath, cfg.QMPSocket, s.SocketPath)
 	}
 	if s.WorkDir == "" {
-		return nil, fmt.Errorf("vm %s: workDir: empty, but QEMU's boot configuration (%s) lives there", s.ID, qemuBootFile)
+		return Launch{}, fmt.Errorf("vm %s: workDir: empty, but QEMU's boot configuration (%s) lives there", s.ID, qemuBootFile)
 	}
 	bootConfig := filepath.Join(s.WorkDir, qemuBootFile)
 	if cfg.BootConfig == "" {
@@ -358,28 +362,104 @@ func (q *qemu) Command(s Spec, configPath string) ([]string, error) {
 		cfg.BootConfig = bootConfig
 	}
 	if cfg.BootConfig != bootConfig {
-		return nil, fmt.Errorf("vm %s: %s has boot configuration %q, the VM expects %q", s.ID, configPath, cfg.BootConfig, bootConfig)
+		return Launch{}, fmt.Errorf("vm %s: %s has boot configuration %q, the VM expects %q", s.ID, configPath, cfg.BootConfig, bootConfig)
 	}
 	if i := slices.Index(cfg.Argv, "-readconfig"); i < 0 || i+1 == len(cfg.Argv) || cfg.Argv[i+1] != bootConfig || slices.Contains(cfg.Argv, "-append") {
-		return nil, fmt.Errorf("vm %s: %s: argv must take the kernel command line from -readconfig %s, and have no -append", s.ID, configPath, bootConfig)
+		return Launch{}, fmt.Errorf("vm %s: %s: argv must take the kernel command line from -readconfig %s, and have no -append", s.ID, configPath, bootConfig)
 	}
 	if cfg.Accel == "kvm" {
 		if err := openKVM(); err != nil {
-			return nil, fmt.Errorf("vm %s: %w: %s asks for KVM but /dev/kvm is unusable: %v", s.ID, ErrUnavailable, configPath, err)
+			return Launch{}, fmt.Errorf("vm %s: %w: %s asks for KVM but /dev/kvm is unusable: %v", s.ID, ErrUnavailable, configPath, err)
 		}
 	}
 	bin, err := findBinary(cfg.Argv[0], qemuDefaultBin)
 	if err != nil {
-		return nil, fmt.Errorf("vm %s: %w", s.ID, err)
+		return Launch{}, fmt.Errorf("vm %s: %w", s.ID, err)
+	}
+	o := &opener{id: s.ID}
+	argv, err := q.openFiles(s, configPath, &cfg, o)
+	if err != nil {
+		o.close()
+		return Launch{}, err
 	}
 	boot, err := cfg.bootFile()
 	if err != nil {
-		return nil, fmt.Errorf("vm %s: %s: %w", s.ID, configPath, err)
+		o.close()
+		return Launch{}, fmt.Errorf("vm %s: %s: %w", s.ID, configPath, err)
 	}
 	if err := atomicfile.WriteFile(bootConfig, boot, 0o600); err != nil {
-		return nil, fmt.Errorf("vm %s: qemu boot configuration: %w", s.ID, err)
+		o.close()
+		return Launch{}, fmt.Errorf("vm %s: qemu boot configuration: %w", s.ID, err)
 	}
-	return append([]string{bin}, cfg.Argv[1:]...), nil
+	return Launch{Argv: append([]string{bin}, argv[1:]...), Files: o.files}, nil
+}
+
+// openFiles opens the kernel, initrd and drives of vm.json, after checking
+// that they are the spec's, and points cfg's kernel and initrd and the
+// returned argv's -drive options at the open files.
+func (q *qemu) openFiles(s Spec, configPath string, cfg *qemuConfig, o *opener) ([]string, error) {
+	// The kernel QEMU boots is the spec's, or the bzImage Config chose
+	// beside it.
+	if cfg.Kernel != s.Kernel && filepath.Dir(cfg.Kernel) != filepath.Dir(s.Kernel) {
+		return nil, fmt.Errorf("vm %s: %s boots kernel %q, the VM's is %q", s.ID, configPath, cfg.Kernel, s.Kernel)
+	}
+	if cfg.Initrd != s.Initrd {
+		return nil, fmt.Errorf("vm %s: %s has initrd %q, the VM's is %q", s.ID, configPath, cfg.Initrd, s.Initrd)
+	}
+	k, err := o.open("kernel", cfg.Kernel, s.KernelBeneath, false)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Kernel = beneath.FDPath(k)
+	if cfg.Initrd != "" {
+		f, err := o.open("initrd", cfg.Initrd, s.InitrdBeneath, false)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Initrd = beneath.FDPath(f)
+	}
+	want := map[string]Drive{}
+	for _, d := range s.Drives {
+		want[d.Path] = d
+	}
+	if len(cfg.Drives) != len(s.Drives) {
+		return nil, fmt.Errorf("vm %s: %s has %d drives, the VM %d", s.ID, configPath, len(cfg.Drives), len(s.Drives))
+	}
+	for _, d := range cfg.Drives {
+		if w, ok := want[d.Path]; !ok || w.ID != d.ID || w.ReadOnly != d.ReadOnly {
+			return nil, fmt.Errorf("vm %s: %s has drive %s at %q (read-only %t), which is not one of the VM's", s.ID, configPath, d.ID, d.Path, d.ReadOnly)
+		}
+	}
+	fdPath := map[string]string{}
+	for _, d := range s.Drives {
+		f, err := o.open("drive "+d.ID, d.Path, d.Beneath, !d.ReadOnly)
+		if err != nil {
+			return nil, err
+		}
+		fdPath[d.Path] = beneath.FDPath(f)
+	}
+	argv := slices.Clone(cfg.Argv)
+	drives := 0
+	for i := 0; i+1 < len(argv); i++ {
+		if argv[i] != "-drive" {
+			continue
+		}
+		i++
+		path, rest, more := strings.Cut(strings.TrimPrefix(argv[i], "file="), ",")
+		fd, ok := fdPath[path]
+		if !strings.HasPrefix(argv[i], "file=") || !ok {
+			return nil, fmt.Errorf("vm %s: %s: -drive %q is not one of the VM's drives", s.ID, configPath, argv[i])
+		}
+		argv[i] = "file=" + fd
+		if more {
+			argv[i] += "," + rest
+		}
+		drives++
+	}
+	if drives != len(s.Drives) {
+		return nil, fmt.Errorf("vm %s: %s: argv attaches %d drives, the VM has %d", s.ID, configPath, drives, len(s.Drives))
+	}
+	return argv, nil
 }
 
 func (q *qemu) Status(ctx context.Context, socketPath string) (State, error) {

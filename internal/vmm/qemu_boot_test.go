@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,12 +16,17 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/testenv"
-	"github.com/vishvananda/netns"
 )
 
 // TestQEMUBootsARealKernelAndStopsOnCtrlAltDel runs the driver's own
@@ -97,10 +103,12 @@ func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 	if err := os.WriteFile(cfg, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	argv, err := d.Command(s, cfg)
+	l, err := d.Command(s, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	checkQEMULaunch(t, l, s, rendered, filepath.Join(dir, qemuBootFile))
+	argv := l.Argv
 
 	console := filepath.Join(dir, "console.log")
 	log, err := os.Create(console)
@@ -108,13 +116,14 @@ func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer log.Close()
-	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd := execCmd(l)
 	cmd.Stdout, cmd.Stderr = log, log
 	if withTap {
 		startInNewNetns(t, cmd, s.NIC.TapName)
 	} else if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	l.Close()
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
@@ -150,7 +159,6 @@ func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 			t.Errorf("QEMU's /proc/%d/cmdline shows %.40q", cmd.Process.Pid, leak)
 		}
 	}
-	checkBootFile(t, filepath.Join(dir, qemuBootFile), rendered)
 	// What the guest got: the whole command line.
 	guestCmdline := ""
 	for _, line := range strings.Split(string(readFile(console)), "\n") {
@@ -290,4 +298,206 @@ func (w *cpioWriter) add(name string, mode uint32, data []byte, rmajor, rminor i
 
 func (w *cpioWriter) pad() {
 	w.WriteString(strings.Repeat("\x00", (4-w.Len()%4)%4))
+}
+
+// TestQEMUGetsTheValidatedDiskNotALinkSwappedIn replays the attack on the
+// gap between create, which checks a VM's disks, and start, where the VMM
+// (as root) opens them: whoever can write in a disk root swaps a checked
+// disk for a symbolic link to a file of the host (the canary).
+//
+//   - Swapped after create, before start: Command, which the start stage
+//     runs before it execs the VMM, refuses to start.
+//   - Swapped after Command opened the disk, before QEMU runs (the widest
+//     window the start stage leaves): QEMU opens /proc/self/fd/N, the
+//     descriptor it inherited, so it gets the original inode; none of the
+//     running QEMU's descriptors (/proc/<pid>/fd) is the canary.
+//
+// An inotify watch on the canary for the whole test shows that nothing
+// opened it at all.
+func TestQEMUGetsTheValidatedDiskNotALinkSwappedIn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a kernel under emulation; skipped with -short")
+	}
+	assets := testenv.Assets(t)
+	testenv.Tool(t, qemuDefaultBin)
+	dir := t.TempDir()
+	root := filepath.Join(dir, "volumes") // an allowed disk root
+	os.Mkdir(root, 0o755)
+	initrd := filepath.Join(root, "initrd.cpio")
+	writeInitramfs(t, initrd, testenv.Tool(t, "busybox"))
+	canary := filepath.Join(dir, "canary.key")
+	if err := os.WriteFile(canary, []byte("a host secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	watch := watchOpens(t, canary)
+	data := filepath.Join(root, "data.img")
+	for _, disk := range []string{"root.img", "data.img"} {
+		if err := os.WriteFile(filepath.Join(root, disk), make([]byte, 1<<20), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := Spec{
+		ID: "swapcheck", VCPU: 1, MemMiB: 256,
+		Kernel: filepath.Join(assets, "vmlinuz"), KernelBeneath: assets,
+		Initrd: initrd, InitrdBeneath: root,
+		BootArgs: "console=ttyS0,115200 panic=-1 quiet",
+		Drives: []Drive{
+			{ID: "rootfs", Path: filepath.Join(root, "root.img"), Beneath: root, ReadOnly: true, Root: true},
+			{ID: "data", Path: data, Beneath: root},
+		},
+		SocketPath: filepath.Join(dir, "qmp.sock"),
+		WorkDir:    dir,
+	}
+	d := newQEMU(config.Driver{QEMUAccel: "tcg"})
+	// Create: the disks are checked and vm.json rendered.
+	b, err := d.Config(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "vm.json")
+	if err := os.WriteFile(cfg, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	swap := func() {
+		t.Helper()
+		if err := os.Rename(data, data+".validated"); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(canary, data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	unswap := func() {
+		t.Helper()
+		os.Remove(data)
+		if err := os.Rename(data+".validated", data); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Swapped before start: refused.
+	swap()
+	if l, err := d.Command(s, cfg); !errors.Is(err, beneath.ErrLink) || !strings.Contains(err.Error(), "drive data") {
+		l.Close()
+		t.Fatalf("start with the data disk swapped for a link: %v; want a refusal naming the drive", err)
+	} else {
+		t.Logf("swapped before start: refused: %v", err)
+	}
+	unswap()
+
+	// Swapped after the start stage opened the disks, before QEMU runs.
+	validated, err := os.Stat(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := d.Command(s, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	swap()
+	console := filepath.Join(dir, "console.log")
+	log, err := os.Create(console)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	cmd := execCmd(l)
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("console:\n%s", readFile(console))
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	// The guest is up: QEMU has opened its drives.
+	for !bytes.Contains(readFile(console), []byte(guestMarker)) {
+		select {
+		case <-exited:
+			t.Fatalf("QEMU exited before the guest came up: %v", cmd.ProcessState)
+		case <-ctx.Done():
+			t.Fatal("the guest did not print its marker on the console")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	canaryFI, err := os.Stat(canary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fdDir := fmt.Sprintf("/proc/%d/fd", cmd.Process.Pid)
+	entries, err := os.ReadDir(fdDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var report []string
+	holdsValidated := false
+	for _, e := range entries {
+		p := filepath.Join(fdDir, e.Name())
+		target, _ := os.Readlink(p)
+		report = append(report, e.Name()+" -> "+target)
+		fi, err := os.Stat(p)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if os.SameFile(fi, canaryFI) || target == canary {
+			t.Errorf("QEMU's descriptor %s is the canary (%s)", e.Name(), target)
+		}
+		if os.SameFile(fi, validated) {
+			holdsValidated = true
+		}
+	}
+	t.Logf("QEMU pid %d, %s:\n  %s", cmd.Process.Pid, fdDir, strings.Join(report, "\n  "))
+	if !holdsValidated {
+		t.Errorf("no descriptor of QEMU is the validated data disk (inode %d)", validated.Sys().(*syscall.Stat_t).Ino)
+	}
+	if err := d.Shutdown(ctx, s.SocketPath); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-exited:
+	case <-ctx.Done():
+		t.Fatal("QEMU still runs after Ctrl-Alt-Del")
+	}
+	if n := watch(); n > 0 {
+		t.Errorf("the canary was opened or read %d times", n)
+	} else {
+		t.Log("inotify: the canary was never opened")
+	}
+}
+
+// watchOpens watches path for opens and reads (inotify) from now on; the
+// function it returns counts the events seen so far.
+func watchOpens(t *testing.T, path string) func() int {
+	t.Helper()
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if _, err := unix.InotifyAddWatch(fd, path, unix.IN_OPEN|unix.IN_ACCESS); err != nil {
+		t.Fatal(err)
+	}
+	return func() int {
+		n := 0
+		buf := make([]byte, 64<<10)
+		for {
+			got, err := unix.Read(fd, buf)
+			if got <= 0 || err != nil {
+				return n
+			}
+			for off := 0; off+unix.SizeofInotifyEvent <= got; {
+				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+				n++
+				off += unix.SizeofInotifyEvent + int(ev.Len)
+			}
+		}
+	}
 }

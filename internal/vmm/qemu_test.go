@@ -4,8 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
 
@@ -230,20 +231,50 @@ func TestQEMUCommandRunsTheStoredArgv(t *testing.T) {
 	if err := os.Symlink(elsewhere, bootPath); err != nil {
 		t.Fatal(err)
 	}
-	argv, err := d.Command(s, cfgPath)
+	l, err := d.Command(s, cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(argv, cfg.Argv) {
-		t.Errorf("Command = %q\nvm.json argv %q", argv, cfg.Argv)
-	}
-	assertNoBootArgs(t, argv, cfg.BootArgs)
-	checkBootFile(t, bootPath, cfg)
+	defer l.Close()
+	checkQEMULaunch(t, l, s, cfg, bootPath)
 	if got := readFile(elsewhere); string(got) != "untouched" {
 		t.Errorf("the link's target was written: %q", got)
 	}
+	if len(l.Files) != 2+len(s.Drives) {
+		t.Errorf("%d files open, want %d", len(l.Files), 2+len(s.Drives))
+	}
 
+	// The record, not vm.json, says which files the VM has: a vm.json
+	// naming another drive is refused. A disk removed since create, or
+	// swapped for a link, fails here naming the drive; the link's target
+	// is not opened.
 	other := s
+	other.Drives = slices.Clone(s.Drives)
+	other.Drives[0].Path = filepath.Join(dir, "initrd.img")
+	if _, err := d.Command(other, cfgPath); err == nil || !strings.Contains(err.Error(), "not one of the VM's") {
+		t.Errorf("Command with a vm.json naming other files = %v, want a refusal", err)
+	}
+	canary := filepath.Join(t.TempDir(), "canary")
+	os.WriteFile(canary, []byte("canary"), 0o600)
+	os.Rename(s.Drives[2].Path, s.Drives[2].Path+".orig")
+	if _, err := d.Command(s, cfgPath); err == nil || !strings.Contains(err.Error(), "drive data") || !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Command with a missing disk = %v, want an error naming the drive", err)
+	}
+	os.Symlink(canary, s.Drives[2].Path)
+	if _, err := d.Command(s, cfgPath); err == nil || !strings.Contains(err.Error(), "drive data") || !errors.Is(err, beneath.ErrLink) {
+		t.Errorf("Command with a disk swapped for a link = %v, want a refusal naming the drive", err)
+	}
+	os.Remove(s.Drives[2].Path)
+	os.Rename(s.Drives[2].Path+".orig", s.Drives[2].Path)
+	os.Rename(s.Kernel, s.Kernel+".orig")
+	os.Symlink(canary, s.Kernel)
+	if _, err := d.Command(s, cfgPath); err == nil || !strings.Contains(err.Error(), "kernel") || !errors.Is(err, beneath.ErrLink) {
+		t.Errorf("Command with the kernel swapped for a link = %v, want a refusal naming it", err)
+	}
+	os.Remove(s.Kernel)
+	os.Rename(s.Kernel+".orig", s.Kernel)
+
+	other = s
 	other.SocketPath = filepath.Join(dir, "other.sock")
 	if _, err := d.Command(other, cfgPath); err == nil || !strings.Contains(err.Error(), "QMP socket") {
 		t.Errorf("Command with a different socket = %v, want a mismatch error", err)
@@ -290,15 +321,77 @@ func TestQEMUCommandKeepsAnOlderVMJSONsBootArgsOffArgv(t *testing.T) {
 	b, _ := json.Marshal(old)
 	cfgPath := filepath.Join(dir, "vm.json")
 	os.WriteFile(cfgPath, b, 0o600)
-	argv, err := d.Command(s, cfgPath)
+	l, err := d.Command(s, cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(argv, cur.Argv) {
-		t.Errorf("Command = %q\nwant  %q", argv, cur.Argv)
+	defer l.Close()
+	checkQEMULaunch(t, l, s, cur, filepath.Join(dir, qemuBootFile))
+}
+
+// checkQEMULaunch checks a launch against the vm.json it ran: the stored
+// argv, but each -drive's file= a descriptor of the launch open on the
+// drive's inode (writable only for a writable drive), and the boot file
+// naming the kernel and initrd by descriptors open on them.
+func checkQEMULaunch(t *testing.T, l Launch, s Spec, cfg qemuConfig, bootPath string) {
+	t.Helper()
+	if len(l.Argv) != len(cfg.Argv) {
+		t.Fatalf("Command = %q\nvm.json argv %q", l.Argv, cfg.Argv)
 	}
-	assertNoBootArgs(t, argv, cur.BootArgs)
-	checkBootFile(t, filepath.Join(dir, qemuBootFile), cur)
+	drives := map[string]Drive{}
+	for _, d := range s.Drives {
+		drives["disk-"+d.ID] = d
+	}
+	for i, a := range l.Argv {
+		if i == 0 {
+			// The binary as found on PATH when vm.json names it bare.
+			if filepath.Base(a) != filepath.Base(cfg.Argv[0]) {
+				t.Errorf("argv[0] = %q, vm.json has %q", a, cfg.Argv[0])
+			}
+			continue
+		}
+		if l.Argv[i-1] != "-drive" {
+			if a != cfg.Argv[i] {
+				t.Errorf("argv[%d] = %q, vm.json has %q", i, a, cfg.Argv[i])
+			}
+			continue
+		}
+		fdPath, rest, _ := strings.Cut(strings.TrimPrefix(a, "file="), ",")
+		_, wantRest, _ := strings.Cut(cfg.Argv[i], ",")
+		if rest != wantRest || !strings.HasPrefix(fdPath, "/proc/self/fd/") {
+			t.Errorf("argv[%d] = %q, want vm.json's %q with file=/proc/self/fd/N", i, a, cfg.Argv[i])
+			continue
+		}
+		id := ""
+		for _, opt := range strings.Split(rest, ",") {
+			if v, ok := strings.CutPrefix(opt, "id="); ok {
+				id = v
+			}
+		}
+		d, ok := drives[id]
+		if !ok {
+			t.Errorf("argv[%d] = %q: no drive %s", i, a, id)
+			continue
+		}
+		checkFDPath(t, l, fdPath, d.Path, !d.ReadOnly)
+	}
+	assertNoBootArgs(t, l.Argv, cfg.BootArgs)
+	boot := string(readFile(bootPath))
+	value := func(key string) string {
+		for _, line := range strings.Split(boot, "\n") {
+			if v, ok := strings.CutPrefix(line, key+` = "`); ok {
+				return strings.TrimSuffix(v, `"`)
+			}
+		}
+		return ""
+	}
+	want := cfg
+	want.Kernel, want.Initrd = value("kernel"), value("initrd")
+	checkFDPath(t, l, want.Kernel, cfg.Kernel, false)
+	if cfg.Initrd != "" {
+		checkFDPath(t, l, want.Initrd, cfg.Initrd, false)
+	}
+	checkBootFile(t, bootPath, want)
 }
 
 // checkBootFile: the boot file holds what cfg says, is a regular file of
@@ -436,15 +529,24 @@ func TestQMPErrorsNameTheSocket(t *testing.T) {
 // ends.
 func startProcess(t *testing.T, argv []string, logPath string) *os.Process {
 	t.Helper()
+	return startLaunch(t, Launch{Argv: argv}, logPath)
+}
+
+// startLaunch runs a Launch as the start stage does, its files inherited,
+// with output to logPath, and kills it when the test ends.
+func startLaunch(t *testing.T, l Launch, logPath string) *os.Process {
+	t.Helper()
+	argv := l.Argv
 	log, err := os.Create(logPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd := execCmd(l)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	l.Close() // the VMM has them now
 	done := make(chan struct{})
 	go func() { cmd.Wait(); log.Close(); close(done) }()
 	t.Cleanup(func() {

@@ -21,9 +21,13 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/errdefs"
 )
@@ -35,8 +39,12 @@ var ErrUnavailable = errdefs.ErrUnavailable
 
 // Drive is a block device given to the guest.
 type Drive struct {
-	ID       string // unique per VM; Firecracker's drive_id, QEMU's drive id
-	Path     string // host path of a raw disk image
+	ID   string // unique per VM; Firecracker's drive_id, QEMU's drive id
+	Path string // host path of a raw disk image
+	// Beneath is the directory Path was checked below when the VM was
+	// created (an allowed disk root). Command opens Path below it without
+	// following links; empty means Path's own directory.
+	Beneath  string
 	ReadOnly bool
 	Root     bool // the root device: attached first, root= points at it
 }
@@ -54,8 +62,10 @@ type Spec struct {
 	VCPU   int
 	MemMiB int
 
-	Kernel string
-	Initrd string
+	Kernel        string
+	KernelBeneath string // as Drive.Beneath, for Kernel (and a bzImage beside it)
+	Initrd        string
+	InitrdBeneath string // as Drive.Beneath, for Initrd
 	// BootArgs is the full kernel command line from the manager; drivers
 	// append what their machine needs (pci=off, root=).
 	BootArgs string
@@ -82,17 +92,87 @@ type Driver interface {
 	// Config renders vm.json. For Firecracker it is Firecracker's own
 	// --config-file document. It validates the spec.
 	Config(s Spec) ([]byte, error)
-	// Command is the argv of the VMM process, given the path of the vm.json
-	// that Config rendered. The caller execs it in the VM's network
+	// Command is the VMM process to run, given the path of the vm.json
+	// that Config rendered. It opens the kernel, initrd and disks below the
+	// directories they were checked in (Spec's Beneath fields) without
+	// following links, and gives the VMM those very files: inherited
+	// descriptors named /proc/self/fd/N (or, with the jailer, hard links
+	// made from the open files). The caller execs it in the VM's network
 	// namespace with the serial console on stdout/stderr; the VMM stays in
 	// the foreground. It may prepare files the VMM needs (the jailer's
-	// chroot).
-	Command(s Spec, configPath string) ([]string, error)
+	// chroot, a configuration in WorkDir).
+	Command(s Spec, configPath string) (Launch, error)
 	// Status asks the running VMM, through its socket, about the guest.
 	Status(ctx context.Context, socketPath string) (State, error)
 	// Shutdown asks the guest to power off and returns once the request is
 	// delivered; the caller waits for the VMM to exit.
 	Shutdown(ctx context.Context, socketPath string) error
+}
+
+// Launch is a VMM process to exec: its argv, and the open files it must
+// inherit at their own descriptor numbers, which its argv or configuration
+// names /proc/self/fd/N. The files have close-on-exec set; whoever execs
+// the argv clears it (Inherit) at the last moment, whoever does not closes
+// them (Close).
+type Launch struct {
+	Argv  []string
+	Files []*os.File
+}
+
+// Close closes the files.
+func (l Launch) Close() {
+	for _, f := range l.Files {
+		f.Close()
+	}
+}
+
+// Inherit clears close-on-exec on the files, so that an exec of this
+// process passes them on at the same numbers; to be called just before the
+// exec. A file at 0, 1 or 2 is refused: the exec's standard streams take
+// those numbers.
+func (l Launch) Inherit() error {
+	for _, f := range l.Files {
+		fd := int(f.Fd())
+		if fd <= 2 {
+			return fmt.Errorf("%s is descriptor %d, which a standard stream takes", f.Name(), fd)
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFD, 0); err != nil {
+			return fmt.Errorf("%s: clear close-on-exec: %w", f.Name(), err)
+		}
+	}
+	return nil
+}
+
+// opener opens a spec's files for the VMM, each once, below the directory
+// it was checked in, without following links (package beneath).
+type opener struct {
+	id    string
+	files []*os.File
+}
+
+// open opens path (field names it in errors) below dir, or below path's
+// own directory when dir is empty, read-only or writable.
+func (o *opener) open(field, path, dir string, writable bool) (*os.File, error) {
+	if dir == "" {
+		dir = filepath.Dir(path)
+	}
+	flag := os.O_RDONLY
+	if writable {
+		flag = os.O_RDWR
+	}
+	f, err := beneath.Open(dir, filepath.Clean(path), flag)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %s: %w", o.id, field, err)
+	}
+	o.files = append(o.files, f)
+	return f, nil
+}
+
+func (o *opener) close() {
+	for _, f := range o.files {
+		f.Close()
+	}
+	o.files = nil
 }
 
 // Names lists the drivers New knows.
@@ -176,7 +256,13 @@ const maxSocketPath = 107
 
 // Validate checks a spec before anything is rendered or launched, naming
 // the field and the problem.
-func (s Spec) Validate() error {
+func (s Spec) Validate() error { return s.validate(true) }
+
+// validate checks the spec; with files, also that the kernel, initrd and
+// disks are regular files (following links: at create, the manager has
+// just resolved them). Command checks them itself, without following
+// links, as it opens them.
+func (s Spec) validate(files bool) error {
 	if !idRe.MatchString(s.ID) {
 		return fmt.Errorf("vm %q: id: must be 1-64 letters, digits or hyphens", s.ID)
 	}
@@ -189,11 +275,11 @@ func (s Spec) Validate() error {
 	if s.MemMiB < MinMemMiB {
 		return fail("memMiB", "%d is below the minimum of %d", s.MemMiB, MinMemMiB)
 	}
-	if err := regularFile(s.Kernel); err != nil {
+	if err := checkFile(s.Kernel, s.KernelBeneath, files); err != nil {
 		return fail("kernel", "%v", err)
 	}
 	if s.Initrd != "" {
-		if err := regularFile(s.Initrd); err != nil {
+		if err := checkFile(s.Initrd, s.InitrdBeneath, files); err != nil {
 			return fail("initrd", "%v", err)
 		}
 	}
@@ -211,7 +297,7 @@ func (s Spec) Validate() error {
 			return fail(field+".id", "%q is used twice", d.ID)
 		}
 		seen[d.ID] = true
-		if err := regularFile(d.Path); err != nil {
+		if err := checkFile(d.Path, d.Beneath, files); err != nil {
 			return fail(field+".path", "%v", err)
 		}
 		if strings.ContainsAny(d.Path, ",") {
@@ -245,6 +331,24 @@ func (s Spec) Validate() error {
 		return fail("socketPath", "%q is longer than the %d bytes a unix socket address holds", s.SocketPath, maxSocketPath)
 	}
 	return nil
+}
+
+// checkFile checks a spec's file: an absolute path, below dir when dir is
+// set; with exists, an existing regular file.
+func checkFile(p, dir string, exists bool) error {
+	if p == "" {
+		return errors.New("empty path")
+	}
+	if !filepath.IsAbs(p) {
+		return fmt.Errorf("%q is not an absolute path", p)
+	}
+	if dir != "" && (!filepath.IsAbs(dir) || !strings.HasPrefix(filepath.Clean(p), strings.TrimSuffix(filepath.Clean(dir), "/")+"/")) {
+		return fmt.Errorf("%s is not below %q, where it was checked", p, dir)
+	}
+	if !exists {
+		return nil
+	}
+	return regularFile(p)
 }
 
 func regularFile(p string) error {

@@ -1,13 +1,17 @@
 package vmm
 
 import (
-	"github.com/mergenhq/mergen/internal/config"
-
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mergenhq/mergen/internal/beneath"
+	"github.com/mergenhq/mergen/internal/config"
 )
 
 // testSpec returns a valid spec whose files exist under dir.
@@ -19,15 +23,16 @@ func testSpec(t *testing.T, dir string) Spec {
 		}
 	}
 	return Spec{
-		ID:       "0b6f4a2e-9c1d-4e8f-a0b1-3c5d7e9f1a2b",
-		VCPU:     2,
-		MemMiB:   512,
-		Kernel:   filepath.Join(dir, "vmlinux"),
-		BootArgs: "console=ttyS0 reboot=k panic=1 init=/sbin/init",
+		ID:            "0b6f4a2e-9c1d-4e8f-a0b1-3c5d7e9f1a2b",
+		VCPU:          2,
+		MemMiB:        512,
+		Kernel:        filepath.Join(dir, "vmlinux"),
+		KernelBeneath: dir,
+		BootArgs:      "console=ttyS0 reboot=k panic=1 init=/sbin/init",
 		Drives: []Drive{
-			{ID: "agent", Path: filepath.Join(dir, "agent.ext4"), ReadOnly: true},
-			{ID: "rootfs", Path: filepath.Join(dir, "rootfs.ext4"), ReadOnly: true, Root: true},
-			{ID: "data", Path: filepath.Join(dir, "data.ext4")},
+			{ID: "agent", Path: filepath.Join(dir, "agent.ext4"), Beneath: dir, ReadOnly: true},
+			{ID: "rootfs", Path: filepath.Join(dir, "rootfs.ext4"), Beneath: dir, ReadOnly: true, Root: true},
+			{ID: "data", Path: filepath.Join(dir, "data.ext4"), Beneath: dir},
 		},
 		NIC:        &NIC{TapName: "tap-0b6f4a2e", MAC: "02:fc:0b:6f:4a:2e"},
 		SocketPath: filepath.Join(dir, "vmm.sock"),
@@ -101,6 +106,9 @@ func TestValidateNamesTheFieldAndTheProblem(t *testing.T) {
 		{"multi-line boot args", func(s *Spec) { s.BootArgs = "a\nb" }, "bootArgs: must be one line"},
 		{"drive is a directory", func(s *Spec) { s.Drives[0].Path = filepath.Join(dir, "adir") }, "drives[0].path:"},
 		{"missing drive", func(s *Spec) { s.Drives[2].Path = filepath.Join(dir, "gone.ext4") }, "drives[2].path:"},
+		{"drive outside the root it was checked in", func(s *Spec) { s.Drives[1].Beneath = filepath.Join(dir, "adir") }, "drives[1].path: " + filepath.Join(dir, "rootfs.ext4") + " is not below"},
+		{"kernel outside the root it was checked in", func(s *Spec) { s.KernelBeneath = "/srv" }, "kernel:"},
+		{"relative drive path", func(s *Spec) { s.Drives[0].Path = "agent.ext4" }, "drives[0].path:"},
 		{"duplicate drive id", func(s *Spec) { s.Drives[1].ID = "agent" }, `drives[1].id: "agent" is used twice`},
 		{"bad drive id", func(s *Spec) { s.Drives[0].ID = "a b" }, "drives[0].id:"},
 		{"two roots", func(s *Spec) { s.Drives[0].Root = true }, "drives: 2 drives are marked root"},
@@ -171,5 +179,58 @@ func TestResolvePinsAbsoluteBinariesAndOnlyTheDriversOwnSettings(t *testing.T) {
 	fc := Resolve("firecracker", host)
 	if fc.QEMUAccel != "" || !fc.Jailer || fc.JailerUID != "1000" || fc.FirecrackerBin != "/opt/fc" || fc.JailerBin != "" {
 		t.Errorf("Resolve(firecracker) = %+v: want jailer settings kept, qemu dropped, missing binaries as configured", fc)
+	}
+}
+
+// execCmd is the command of a Launch as the start stage runs it: each open
+// file inherited at its own descriptor number, so that the /proc/self/fd/N
+// paths in its argv and configuration name them in the VMM.
+func execCmd(l Launch) *exec.Cmd {
+	cmd := exec.Command(l.Argv[0], l.Argv[1:]...)
+	for _, f := range l.Files {
+		n := int(f.Fd()) - 3
+		for len(cmd.ExtraFiles) <= n {
+			cmd.ExtraFiles = append(cmd.ExtraFiles, nil)
+		}
+		cmd.ExtraFiles[n] = f
+	}
+	return cmd
+}
+
+// checkFDPath checks that fdPath (/proc/self/fd/N) names one of the
+// launch's files, that it is host's inode, and that it is open for writing
+// exactly when writable.
+func checkFDPath(t *testing.T, l Launch, fdPath, host string, writable bool) {
+	t.Helper()
+	var f *os.File
+	for _, lf := range l.Files {
+		if beneath.FDPath(lf) == fdPath {
+			f = lf
+		}
+	}
+	if f == nil {
+		t.Errorf("%s (for %s) is none of the launch's files", fdPath, host)
+		return
+	}
+	got, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.Stat(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(got, want) {
+		t.Errorf("%s is not %s", fdPath, host)
+	}
+	fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rw := fl&unix.O_ACCMODE == unix.O_RDWR; rw != writable {
+		t.Errorf("%s (%s) open for writing: %t, want %t", fdPath, host, rw, writable)
+	}
+	if fd, _ := unix.FcntlInt(f.Fd(), unix.F_GETFD, 0); fd&unix.FD_CLOEXEC == 0 {
+		t.Errorf("%s has close-on-exec cleared before the exec", fdPath)
 	}
 }
