@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/testenv/hosttest"
 )
 
 // host is the daemon's HTTP handler, behind the front door with a token
@@ -36,38 +36,8 @@ var errNoSupervisor = errors.New("no service manager in this test")
 
 func newHost(t *testing.T, env map[string]string) *host {
 	t.Helper()
-	// Short: a VM's socket path must fit in a unix socket address.
-	d, err := os.MkdirTemp("", "mergen-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	vars := map[string]string{
-		"MGR_CONFIG_ROOT":   filepath.Join(d, "vm.d"),
-		"MGR_DATA_ROOT":     filepath.Join(d, "data"),
-		"MGR_RUN_ROOT":      filepath.Join(d, "run"),
-		"MGR_VMM":           "firecracker",
-		"MGR_LIFECYCLE_BIN": filepath.Join(d, "no-lifecycle"),
-	}
-	for k, v := range env {
-		vars[k] = v
-	}
-	cfg, err := config.FromEnv(func(k string) string { return vars[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(cfg.Layout())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []string{cfg.DefaultKernel, cfg.DefaultRootfs} {
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(filepath.Base(p)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	hh := hosttest.New(t, env)
+	d, cfg, st := hh.Dir, hh.Cfg, hh.Store
 	log := slog.New(slog.DiscardHandler)
 	mgr := manager.New(manager.Options{Config: cfg, Store: st, Log: log, SupervisorErr: errNoSupervisor})
 	tokens, _, err := auth.Open(filepath.Join(d, "api-token"))

@@ -7,17 +7,15 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/mergenhq/mergen/internal/api"
 	"github.com/mergenhq/mergen/internal/client"
-	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/testenv"
+	"github.com/mergenhq/mergen/internal/testenv/hosttest"
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
@@ -29,38 +27,12 @@ var errNoSupervisor = errors.New("no service manager in this test")
 // program's path, or "" for none (deleting then fails).
 func newDaemon(t *testing.T, lifecycle string) *client.Client {
 	t.Helper()
-	// Short: a VM's socket path must fit in a unix socket address.
-	d, err := os.MkdirTemp("", "mergen-")
-	if err != nil {
-		t.Fatal(err)
+	env := map[string]string{}
+	if lifecycle != "" {
+		env["MGR_LIFECYCLE_BIN"] = lifecycle
 	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	if lifecycle == "" {
-		lifecycle = filepath.Join(d, "no-lifecycle")
-	}
-	vars := map[string]string{
-		"MGR_CONFIG_ROOT":   filepath.Join(d, "vm.d"),
-		"MGR_DATA_ROOT":     filepath.Join(d, "data"),
-		"MGR_RUN_ROOT":      filepath.Join(d, "run"),
-		"MGR_VMM":           "firecracker",
-		"MGR_LIFECYCLE_BIN": lifecycle,
-	}
-	cfg, err := config.FromEnv(func(k string) string { return vars[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(cfg.Layout())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range []string{cfg.DefaultKernel, cfg.DefaultRootfs} {
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(filepath.Base(p)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	h := hosttest.New(t, env)
+	cfg, st := h.Cfg, h.Store
 	log := slog.New(slog.DiscardHandler)
 	mgr := manager.New(manager.Options{Config: cfg, Store: st, Log: log, SupervisorErr: errNoSupervisor})
 	srv := httptest.NewServer(api.New(mgr, log, nil, nil)) // 127.0.0.1

@@ -12,7 +12,7 @@ import (
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
-	"github.com/mergenhq/mergen/internal/testenv"
+	"github.com/mergenhq/mergen/internal/testenv/hosttest"
 )
 
 // host is a mergen host in temporary directories: its configuration, its
@@ -38,65 +38,31 @@ var errNoSupervisor = errors.New("no service manager in this test")
 // would otherwise give.
 func newHost(t *testing.T, env map[string]string) *host {
 	t.Helper()
-	// Short: a VM's socket path must fit in a unix socket address, which
-	// t.TempDir's names, long as the test's, can overflow.
-	d, err := os.MkdirTemp("", "mergen-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	vars := map[string]string{
-		"MGR_CONFIG_ROOT": filepath.Join(d, "vm.d"),
-		"MGR_DATA_ROOT":   filepath.Join(d, "data"),
-		"MGR_RUN_ROOT":    filepath.Join(d, "run"),
-		// Named, so that the VMM does not depend on what is installed here.
-		"MGR_VMM": "firecracker",
-		// Absent unless a test builds it: nothing may run it by accident.
-		"MGR_LIFECYCLE_BIN": filepath.Join(d, "no-lifecycle"),
-	}
-	for k, v := range env {
-		vars[k] = v
-	}
-	cfg, err := config.FromEnv(func(k string) string { return vars[k] })
-	if err != nil {
-		t.Fatal(err)
-	}
-	st, err := store.Open(cfg.Layout())
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &host{dir: d, cfg: cfg, store: st, disks: cfg.VolumesDir, images: cfg.ImagesRoot}
-	writeFile(t, cfg.DefaultKernel, "kernel")
-	writeFile(t, cfg.DefaultRootfs, "rootfs")
+	hh := hosttest.New(t, env)
+	cfg := hh.Cfg
+	h := &host{dir: hh.Dir, cfg: cfg, store: hh.Store, disks: cfg.VolumesDir, images: cfg.ImagesRoot}
 	for _, dir := range []string{h.disks, h.images} {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	h.mgr = manager.New(manager.Options{Config: cfg, Store: st, SupervisorErr: errNoSupervisor})
+	h.mgr = manager.New(manager.Options{Config: cfg, Store: hh.Store, SupervisorErr: errNoSupervisor})
 	return h
 }
 
-// withLifecycle is the environment of a host whose manager runs the real
-// lifecycle program for the delete stage.
+// withLifecycle is the environment of a host whose deletes run the
+// lifecycle's delete stage; the manager runs it in-process, so this only
+// copies env (kept for the tests that say what they rely on).
 func withLifecycle(t *testing.T, env map[string]string) map[string]string {
 	t.Helper()
-	out := map[string]string{"MGR_LIFECYCLE_BIN": testenv.Build(t, "./cmd/mergen-lifecycle")}
+	out := map[string]string{}
 	for k, v := range env {
 		out[k] = v
 	}
 	return out
 }
 
-func writeFile(t *testing.T, path, content string) {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
+func writeFile(t *testing.T, path, content string) { hosttest.WriteFile(t, path, content) }
 
 // disk writes a small regular file into the host's disk directory.
 func (h *host) disk(t *testing.T, name string) string {
