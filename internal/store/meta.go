@@ -35,14 +35,21 @@ type Meta struct {
 
 	// VMM names the driver that runs this VM ("firecracker" or "qemu") and
 	// Driver its settings, resolved at create (binary paths, jailer).
-	VMM      string        `json:"vmm"`
-	Driver   config.Driver `json:"driver"`
-	VCPU     int           `json:"vcpu"`
-	MemMiB   int           `json:"memMiB"`
-	Kernel   string        `json:"kernel"`
-	Initrd   string        `json:"initrd,omitempty"`
-	BootArgs string        `json:"bootArgs"`
-	Disks    Disks         `json:"disks"`
+	VMM    string        `json:"vmm"`
+	Driver config.Driver `json:"driver"`
+	// VMMUID and VMMGID are the VM's own unprivileged ids (from
+	// MGR_VMM_UID_RANGE, unique among the host's VMs, reused after a
+	// delete): the VMM runs as them and owns the VM's tap, so an escaped
+	// VMM cannot touch another VM's files. Zero in records written before
+	// they existed: such VMs' VMMs run as root, as before.
+	VMMUID   int    `json:"vmmUID,omitempty"`
+	VMMGID   int    `json:"vmmGID,omitempty"`
+	VCPU     int    `json:"vcpu"`
+	MemMiB   int    `json:"memMiB"`
+	Kernel   string `json:"kernel"`
+	Initrd   string `json:"initrd,omitempty"`
+	BootArgs string `json:"bootArgs"`
+	Disks    Disks  `json:"disks"`
 	// DiskRoots maps each file of Files, by its field name (kernel,
 	// rootfs, dataDisk, …), to the directory it was checked below at
 	// create: an allowed disk root, or an operator's default's own
