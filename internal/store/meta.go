@@ -2,6 +2,8 @@ package store
 
 import (
 	"encoding/json"
+	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/config"
@@ -76,6 +78,22 @@ type Meta struct {
 	Metadata  json.RawMessage   `json:"metadata,omitempty"`
 	ExtraEnv  map[string]string `json:"extraEnv,omitempty"`
 	AutoStart bool              `json:"autoStart"`
+}
+
+// VMMIDs are the uid and gid the VMM runs as, which own the VM's tap: the
+// jailer's explicit MGR_JAILER_UID/GID when the record has them, else the
+// VM's own ids; 0, 0 (root) for records from before either existed.
+func (m Meta) VMMIDs() (uid, gid int, err error) {
+	if m.VMM == "firecracker" && m.Driver.Jailer && (m.Driver.JailerUID != "" || m.Driver.JailerGID != "") {
+		if uid, err = strconv.Atoi(m.Driver.JailerUID); err != nil || uid < 0 {
+			return 0, 0, fmt.Errorf("jailer uid %q is not a numeric id", m.Driver.JailerUID)
+		}
+		if gid, err = strconv.Atoi(m.Driver.JailerGID); err != nil || gid < 0 {
+			return 0, 0, fmt.Errorf("jailer gid %q is not a numeric id", m.Driver.JailerGID)
+		}
+		return uid, gid, nil
+	}
+	return m.VMMUID, m.VMMGID, nil
 }
 
 // Disks are absolute host paths of the block devices given to the VM. Empty
