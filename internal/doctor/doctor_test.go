@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
 
@@ -151,5 +152,14 @@ func TestHostChecksTheConfiguredBinaries(t *testing.T) {
 	}
 	if q := c["qemu binary"]; q.Status != Warn || !strings.Contains(q.Reason, missing) || !strings.Contains(q.Reason, "MGR_QEMU_BIN") {
 		t.Errorf("missing configured qemu: %+v", q)
+	}
+}
+
+// Software emulation is never silent: doctor warns when QEMU would run
+// guests with TCG, and says why.
+func TestDoctorWarnsWhenQEMURunsInSoftwareEmulation(t *testing.T) {
+	c := byName(VMM("qemu", config.Driver{QEMUAccel: "tcg"}))["qemu accelerator"]
+	if c.Status != Warn || !strings.Contains(c.Reason, "software emulation (TCG)") || !strings.Contains(c.Reason, "MGR_QEMU_ACCEL=tcg") {
+		t.Fatalf("qemu accelerator check = %+v, want a warning naming TCG and why", c)
 	}
 }

@@ -73,6 +73,12 @@ func (q *qemu) machineType() (string, error) {
 	return "", fmt.Errorf("MGR_QEMU_MACHINE: %q is not one of q35, microvm", q.machine)
 }
 
+// QEMUAccelerator is the accelerator QEMU would get for a VM created now
+// with the settings d ("kvm" or "tcg") and why; mergen doctor reports it.
+func QEMUAccelerator(d config.Driver) (string, string, error) {
+	return newQEMU(d).accelerator()
+}
+
 // accelerator picks KVM or TCG and says why. "auto" takes KVM only when the
 // probe trusts it; an explicit choice is taken as given.
 func (q *qemu) accelerator() (string, string, error) {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mergenhq/mergen/internal/beneath"
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
 
@@ -593,5 +594,29 @@ func waitStatus(ctx context.Context, t *testing.T, d Driver, socket string, ok f
 			t.Fatalf("%s did not answer as expected: %v", d.Name(), last)
 		case <-time.After(20 * time.Millisecond):
 		}
+	}
+}
+
+// The VM document reports the accelerator vm.json was rendered with, and
+// why for TCG.
+func TestAcceleratorIsReadFromVMJSON(t *testing.T) {
+	dir := t.TempDir()
+	s := testSpec(t, dir)
+	b, err := newQEMU(config.Driver{QEMUAccel: "tcg"}).Config(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "vm.json")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if a, note := Accelerator("qemu", p); a != "tcg" || note != "MGR_QEMU_ACCEL=tcg" {
+		t.Errorf("Accelerator(qemu) = %q, %q; want tcg with its reason", a, note)
+	}
+	if a, _ := Accelerator("firecracker", p); a != "kvm" {
+		t.Errorf("Accelerator(firecracker) = %q, want kvm", a)
+	}
+	if a, _ := Accelerator("qemu", filepath.Join(dir, "missing.json")); a != "" {
+		t.Errorf("Accelerator of a missing vm.json = %q, want empty", a)
 	}
 }

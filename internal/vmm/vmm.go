@@ -16,6 +16,7 @@ package vmm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -219,6 +220,31 @@ func (o *opener) close() {
 		f.Close()
 	}
 	o.files = nil
+}
+
+// Accelerator reports how a VM's guest CPU runs, from its vm.json:
+// Firecracker always uses KVM; QEMU uses what it was rendered with ("kvm"
+// or "tcg", software emulation, with the reason). Empty when the file
+// cannot be read.
+func Accelerator(name, configPath string) (accel, note string) {
+	switch name {
+	case "firecracker":
+		return "kvm", ""
+	case "qemu":
+		b, err := os.ReadFile(configPath)
+		if err != nil {
+			return "", ""
+		}
+		var cfg qemuConfig
+		if json.Unmarshal(b, &cfg) != nil {
+			return "", ""
+		}
+		if cfg.Accel == "tcg" {
+			return "tcg", cfg.AccelReason
+		}
+		return cfg.Accel, ""
+	}
+	return "", ""
 }
 
 // Names lists the drivers New knows.
