@@ -80,7 +80,8 @@ type Config struct {
 // later.
 type Driver struct {
 	FirecrackerBin string `json:"firecrackerBin,omitempty"` // MGR_FIRECRACKER_BIN; empty: firecracker on PATH
-	Jailer         bool   `json:"jailer,omitempty"`         // MGR_JAILER
+	Jailer         bool   `json:"jailer,omitempty"`         // MGR_JAILER=1, or unset and a jailer binary found (see JailerAuto)
+	JailerAuto     bool   `json:"-"`                        // MGR_JAILER unset: the jailer is used when its binary is found (decided at create)
 	JailerBin      string `json:"jailerBin,omitempty"`      // MGR_JAILER_BIN; empty: jailer on PATH
 	JailerUID      string `json:"jailerUID,omitempty"`      // MGR_JAILER_UID
 	JailerGID      string `json:"jailerGID,omitempty"`      // MGR_JAILER_GID
@@ -219,6 +220,7 @@ func FromEnv(getenv Source) (Config, error) {
 func readDriver(r *reader) Driver {
 	d := Driver{
 		FirecrackerBin: r.str("MGR_FIRECRACKER_BIN"),
+		JailerAuto:     r.str("MGR_JAILER") == "",
 		Jailer:         r.boolean("MGR_JAILER"),
 		JailerBin:      r.str("MGR_JAILER_BIN"),
 		JailerUID:      r.str("MGR_JAILER_UID"),
@@ -230,11 +232,17 @@ func readDriver(r *reader) Driver {
 		QEMUAccel:      r.oneOf("MGR_QEMU_ACCEL", "auto", "kvm", "tcg"),
 		Entropy:        r.boolean("MGN_ENABLE_ENTROPY_DEVICE"),
 	}
-	if d.Jailer {
-		for _, v := range []struct{ name, val string }{{"MGR_JAILER_UID", d.JailerUID}, {"MGR_JAILER_GID", d.JailerGID}} {
-			if _, err := strconv.ParseUint(v.val, 10, 32); err != nil {
-				r.fail(v.name, "%q is not a numeric id (required with MGR_JAILER=1)", v.val)
-			}
+	// The jail's ids are each VM's own (MGR_VMM_UID_RANGE) unless both of
+	// these name one uid/gid for every VM.
+	if (d.JailerUID == "") != (d.JailerGID == "") {
+		r.fail("MGR_JAILER_UID", "MGR_JAILER_UID and MGR_JAILER_GID go together: set both, or neither to give each VM its own ids")
+	}
+	for _, v := range []struct{ name, val string }{{"MGR_JAILER_UID", d.JailerUID}, {"MGR_JAILER_GID", d.JailerGID}} {
+		if v.val == "" {
+			continue
+		}
+		if n, err := strconv.ParseUint(v.val, 10, 32); err != nil || n == 0 {
+			r.fail(v.name, "%q is not a numeric id other than root's", v.val)
 		}
 	}
 	return d

@@ -102,6 +102,16 @@ func VMM(vmmName string, d config.Driver) []Check {
 		vmmName = vmm.DefaultName(d)
 	}
 	var out []Check
+	if vmmName == "firecracker" {
+		c := Check{Name: "firecracker jailer"}
+		if r := vmm.Resolve("firecracker", d); r.Jailer {
+			c.Status, c.Reason = Pass, "Firecracker runs under the jailer ("+r.JailerBin+"), chrooted, as each VM's own uid/gid, in its own cgroup"
+		} else {
+			c.Status, c.Reason = Warn, "Firecracker runs as root without the jailer (MGR_JAILER=0, or no jailer binary found): an escaped VMM is root on this host"
+			c.Fix = "install Firecracker's jailer next to it (or set MGR_JAILER_BIN) and leave MGR_JAILER unset"
+		}
+		out = append(out, c)
+	}
 	if vmmName == "qemu" {
 		c := Check{Name: "qemu accelerator"}
 		accel, why, err := vmm.QEMUAccelerator(d)

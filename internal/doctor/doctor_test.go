@@ -163,3 +163,15 @@ func TestDoctorWarnsWhenQEMURunsInSoftwareEmulation(t *testing.T) {
 		t.Fatalf("qemu accelerator check = %+v, want a warning naming TCG and why", c)
 	}
 }
+
+// Firecracker without the jailer runs as root: doctor warns.
+func TestDoctorWarnsWhenFirecrackerRunsWithoutTheJailer(t *testing.T) {
+	c := byName(VMM("firecracker", config.Driver{JailerBin: filepath.Join(t.TempDir(), "no-jailer"), JailerAuto: true}))["firecracker jailer"]
+	if c.Status != Warn || !strings.Contains(c.Reason, "without the jailer") {
+		t.Fatalf("firecracker jailer check = %+v, want a warning", c)
+	}
+	c = byName(VMM("firecracker", config.Driver{JailerBin: "/bin/true", JailerAuto: true}))["firecracker jailer"]
+	if c.Status != Pass {
+		t.Fatalf("firecracker jailer check with a jailer found = %+v, want PASS", c)
+	}
+}

@@ -285,7 +285,10 @@ func Resolve(name string, d config.Driver) config.Driver {
 	switch name {
 	case "firecracker":
 		out := config.Driver{FirecrackerBin: abs(d.FirecrackerBin, "firecracker"), Vsock: d.Vsock, Entropy: d.Entropy}
-		if d.Jailer {
+		// The jailer is on with MGR_JAILER=1, and by default (MGR_JAILER
+		// unset) when its binary is found; MGR_JAILER=0 turns it off.
+		_, jailerErr := findBinary(d.JailerBin, "jailer")
+		if d.Jailer || (d.JailerAuto && jailerErr == nil) {
 			out.Jailer, out.JailerUID, out.JailerGID, out.ChrootBase = true, d.JailerUID, d.JailerGID, d.ChrootBase
 			out.JailerBin = abs(d.JailerBin, "jailer")
 		}
