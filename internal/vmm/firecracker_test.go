@@ -5,14 +5,20 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vishvananda/netns"
 
 	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/config"
@@ -618,4 +624,98 @@ func devOf(t *testing.T, p string) uint64 {
 		t.Fatal(err)
 	}
 	return uint64(fi.Sys().(*syscall.Stat_t).Dev)
+}
+
+// TestRealFirecrackerJailed runs a real Firecracker under its real jailer
+// as a VM's own uid/gid, with a network interface backed by a tap that
+// uid owns, in a network namespace of its own, to Running; then checks
+// who the VMM is (/proc/<pid>/status) and that it sits in its own cgroup.
+// Needs root, MERGEN_FIRECRACKER_BIN, MERGEN_JAILER_BIN and
+// MERGEN_FIRECRACKER_KERNEL (an uncompressed vmlinux), and a working
+// /dev/kvm.
+func TestRealFirecrackerJailed(t *testing.T) {
+	bin := realFirecracker(t, " MERGEN_JAILER_BIN=/path/to/jailer MERGEN_FIRECRACKER_KERNEL=/path/to/vmlinux (as root, on a KVM host)")
+	jailer, kernel := os.Getenv("MERGEN_JAILER_BIN"), os.Getenv("MERGEN_FIRECRACKER_KERNEL")
+	if jailer == "" || kernel == "" {
+		t.Skip("SKIPPED: set MERGEN_JAILER_BIN and MERGEN_FIRECRACKER_KERNEL (an uncompressed vmlinux) with MERGEN_FIRECRACKER_BIN to run Firecracker under its jailer")
+	}
+	testenv.RequireRoot(t)
+	d := &firecracker{bin: bin, jailer: true, jailerBin: jailer}
+	if err := d.Check(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	s := testSpec(t, dir)
+	s.Kernel, s.KernelBeneath = kernel, filepath.Dir(kernel)
+	s.BootArgs = "console=ttyS0 reboot=k" // no root file system: the guest panics and stays up
+	for _, dr := range s.Drives {
+		if err := os.Truncate(dr.Path, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.UID, s.GID = testVMMUID, testVMMUID
+	b, err := d.Config(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "vm.json")
+	os.WriteFile(cfg, b, 0o600)
+	l, err := d.Command(s, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("jailer argv: %q", l.Argv)
+
+	// The tap, owned by the VM's ids, alone in a namespace of its own, as
+	// pre-start makes it; the jailer starts in it as the start stage does.
+	ip := testenv.Tool(t, "ip")
+	t.Cleanup(func() {
+		// The jailer leaves the VM's cgroup behind; empty once the VMM
+		// is gone (startLaunch's clean-up, registered later and so run first, kills it).
+		os.Remove(filepath.Join("/sys/fs/cgroup/pids/firecracker", s.ID))
+		os.Remove(filepath.Join("/sys/fs/cgroup/firecracker", s.ID))
+	})
+	var proc *os.Process
+	func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer orig.Close()
+		ns, err := netns.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns.Close()
+		defer func() {
+			if netns.Set(orig) == nil {
+				runtime.UnlockOSThread()
+			}
+		}()
+		id := strconv.Itoa(testVMMUID)
+		if out, err := exec.Command(ip, "tuntap", "add", "dev", s.NIC.TapName, "mode", "tap", "vnet_hdr", "user", id, "group", id).CombinedOutput(); err != nil {
+			t.Fatalf("ip tuntap add: %v\n%s", err, out)
+		}
+		proc = startLaunch(t, l, filepath.Join(dir, "console.log"))
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st := waitStatus(ctx, t, d, s.SocketPath, func(st State) bool { return st.Running })
+	if st.State != "Running" {
+		t.Fatalf("state %q, want Running", st.State)
+	}
+	status := string(readFile(fmt.Sprintf("/proc/%d/status", proc.Pid)))
+	id := strconv.Itoa(testVMMUID)
+	if !strings.Contains(status, "Uid:\t"+id+"\t"+id+"\t"+id+"\t"+id+"\n") || !strings.Contains(status, "Gid:\t"+id+"\t"+id+"\t"+id+"\t"+id+"\n") {
+		t.Errorf("Firecracker (pid %d) does not run as the VM's uid/gid %s:\n%s", proc.Pid, id, status)
+	}
+	cg := string(readFile(fmt.Sprintf("/proc/%d/cgroup", proc.Pid)))
+	if !strings.Contains(cg, "firecracker/"+s.ID) {
+		t.Errorf("Firecracker (pid %d) is not in its own cgroup (firecracker/%s):\n%s", proc.Pid, s.ID, cg)
+	}
+	t.Logf("Firecracker pid %d: Running as uid/gid %s with interface eth0 on %s; cgroups:\n%s", proc.Pid, id, s.NIC.TapName, cg)
+	if err := d.Shutdown(ctx, s.SocketPath); err != nil {
+		t.Fatal(err)
+	}
 }
