@@ -35,6 +35,7 @@ func doctorCmd(getenv config.Source) *cobra.Command {
 			// the daemon would refuse is a failed check of its own.
 			host, err := config.FromEnv(getenv)
 			checks := append([]doctor.Check{configCheck(err)}, doctor.Host(host.Driver.FirecrackerBin, host.Driver.QEMUBin)...)
+			checks = append(checks, doctor.VMM(host.VMM, host.Driver)...)
 			checks = append(checks, doctor.BaseAssets(assets)...)
 			if err := doctor.Print(cmd.OutOrStdout(), checks, asJSON); err != nil {
 				return err

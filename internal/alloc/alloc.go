@@ -26,11 +26,12 @@ type PortKey struct {
 type Index struct {
 	IPs   map[netip.Addr]string
 	Ports map[PortKey]string
+	UIDs  map[int]string // VMM uids (VMs' own ids)
 }
 
 // NewIndex builds the index from stored VMs.
 func NewIndex(metas []store.Meta) *Index {
-	ix := &Index{IPs: map[netip.Addr]string{}, Ports: map[PortKey]string{}}
+	ix := &Index{IPs: map[netip.Addr]string{}, Ports: map[PortKey]string{}, UIDs: map[int]string{}}
 	for _, m := range metas {
 		ix.Add(m)
 	}
@@ -45,6 +46,9 @@ func (ix *Index) Add(m store.Meta) {
 	for _, p := range m.Ports {
 		ix.Ports[PortKey{p.Host, p.Protocol}] = m.ID
 	}
+	if m.VMMUID != 0 {
+		ix.UIDs[m.VMMUID] = m.ID
+	}
 }
 
 // Remove forgets the VM's IP and ports.
@@ -58,6 +62,20 @@ func (ix *Index) Remove(m store.Meta) {
 			delete(ix.Ports, k)
 		}
 	}
+	if m.VMMUID != 0 && ix.UIDs[m.VMMUID] == m.ID {
+		delete(ix.UIDs, m.VMMUID)
+	}
+}
+
+// VMMUID returns the lowest uid of [start, end] that no VM holds: a VM's
+// own uid, whose gid has the same number. Ids freed by deletes are reused.
+func (ix *Index) VMMUID(start, end int) (int, error) {
+	for uid := start; uid <= end; uid++ {
+		if _, used := ix.UIDs[uid]; !used {
+			return uid, nil
+		}
+	}
+	return 0, errdefs.Conflict("vmm uid range %d-%d is exhausted: every id is in use (widen MGR_VMM_UID_RANGE or delete VMs)", start, end)
 }
 
 // Gateway is the address the guests of cidr use as their gateway: the first

@@ -112,3 +112,20 @@ func TestBindProbeSeesABoundSocket(t *testing.T) {
 		t.Fatalf("probe says port %d is free while a listener holds it", port)
 	}
 }
+
+func TestVMMUIDsAreUniqueAndReused(t *testing.T) {
+	ix := NewIndex([]store.Meta{{ID: "old"}, {ID: "a", VMMUID: 2000000, VMMGID: 2000000}})
+	uid, err := ix.VMMUID(2000000, 2000002)
+	if err != nil || uid != 2000001 {
+		t.Fatalf("VMMUID = %d, %v; want 2000001 (2000000 is held; a record without a uid holds none)", uid, err)
+	}
+	ix.Add(store.Meta{ID: "b", VMMUID: uid})
+	ix.Add(store.Meta{ID: "c", VMMUID: 2000002})
+	if _, err := ix.VMMUID(2000000, 2000002); !errdefs.IsConflict(err) || !strings.Contains(err.Error(), "MGR_VMM_UID_RANGE") {
+		t.Fatalf("full range: %v, want a conflict naming MGR_VMM_UID_RANGE", err)
+	}
+	ix.Remove(store.Meta{ID: "b", VMMUID: 2000001})
+	if uid, _ := ix.VMMUID(2000000, 2000002); uid != 2000001 {
+		t.Fatalf("freed uid not reused: got %d", uid)
+	}
+}

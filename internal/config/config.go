@@ -63,6 +63,7 @@ type Config struct {
 	VolumesDir      string        // MGR_VOLUMES_DIR: writable data disks of VMs
 	ConsoleLogMax   int64         // MGR_CONSOLE_LOG_MAX_BYTES: a VM's console log is rotated past this size
 	GuestHostPorts  []string      // MGR_GUEST_HOST_PORTS: host ports guests may reach ("53/udp", "8443/tcp"); none by default
+	VMMUIDs         IDRange       // MGR_VMM_UID_RANGE: each VM's VMM runs as its own uid/gid from this range
 	VMM             string        // MGR_VMM: empty means firecracker when its binary exists, else qemu
 	Driver          Driver        // MGR_FIRECRACKER_BIN, MGR_JAILER*, MGR_VSOCK, MGR_QEMU_*, MGN_ENABLE_ENTROPY_DEVICE
 	Supervisor      string        // MGR_SUPERVISOR: empty means systemd when PID 1 is systemd, else detached
@@ -79,7 +80,8 @@ type Config struct {
 // later.
 type Driver struct {
 	FirecrackerBin string `json:"firecrackerBin,omitempty"` // MGR_FIRECRACKER_BIN; empty: firecracker on PATH
-	Jailer         bool   `json:"jailer,omitempty"`         // MGR_JAILER
+	Jailer         bool   `json:"jailer,omitempty"`         // MGR_JAILER=1, or unset and a jailer binary found (see JailerAuto)
+	JailerAuto     bool   `json:"-"`                        // MGR_JAILER unset: the jailer is used when its binary is found (decided at create)
 	JailerBin      string `json:"jailerBin,omitempty"`      // MGR_JAILER_BIN; empty: jailer on PATH
 	JailerUID      string `json:"jailerUID,omitempty"`      // MGR_JAILER_UID
 	JailerGID      string `json:"jailerGID,omitempty"`      // MGR_JAILER_GID
@@ -89,6 +91,33 @@ type Driver struct {
 	QEMUMachine    string `json:"qemuMachine,omitempty"`    // MGR_QEMU_MACHINE: q35 (default) or microvm
 	QEMUAccel      string `json:"qemuAccel,omitempty"`      // MGR_QEMU_ACCEL: auto (default), kvm or tcg
 	Entropy        bool   `json:"entropy,omitempty"`        // MGN_ENABLE_ENTROPY_DEVICE
+}
+
+// IDRange is an inclusive range of uids (and the gids of the same numbers).
+type IDRange struct{ Start, End int }
+
+// MinVMMUID is the lowest uid MGR_VMM_UID_RANGE may start at: below it lie
+// the system's and its users' accounts (login.defs hands out up to 60000;
+// 65534 is nobody).
+const MinVMMUID = 100000
+
+// idRange reads START-END, with MinVMMUID <= START <= END < 2^31-1.
+func (r *reader) idRange(name string) IDRange {
+	v := r.str(name)
+	a, b, ok := strings.Cut(v, "-")
+	start, err1 := strconv.Atoi(strings.TrimSpace(a))
+	end, err2 := strconv.Atoi(strings.TrimSpace(b))
+	switch {
+	case !ok || err1 != nil || err2 != nil:
+		r.fail(name, "%q is not a range START-END of numeric ids", v)
+	case start < MinVMMUID:
+		r.fail(name, "%q starts below %d, among the system's and users' own ids", v, MinVMMUID)
+	case end < start || end >= 1<<31-1:
+		r.fail(name, "%q: END must be at least START and below 2147483647", v)
+	default:
+		return IDRange{start, end}
+	}
+	return IDRange{}
 }
 
 // StageHooks are the lifecycle stage extensions given in the environment:
@@ -155,6 +184,7 @@ func FromEnv(getenv Source) (Config, error) {
 		VolumesDir:      r.path("MGR_VOLUMES_DIR"),
 		ConsoleLogMax:   int64(r.int("MGR_CONSOLE_LOG_MAX_BYTES", 64<<10, 1<<40)),
 		GuestHostPorts:  r.portList("MGR_GUEST_HOST_PORTS"),
+		VMMUIDs:         r.idRange("MGR_VMM_UID_RANGE"),
 		VMM:             r.oneOf("MGR_VMM", "firecracker", "qemu"),
 		Supervisor:      r.oneOf("MGR_SUPERVISOR", "systemd", "detached"),
 		LifecycleBin:    r.str("MGR_LIFECYCLE_BIN"),
@@ -190,6 +220,7 @@ func FromEnv(getenv Source) (Config, error) {
 func readDriver(r *reader) Driver {
 	d := Driver{
 		FirecrackerBin: r.str("MGR_FIRECRACKER_BIN"),
+		JailerAuto:     r.str("MGR_JAILER") == "",
 		Jailer:         r.boolean("MGR_JAILER"),
 		JailerBin:      r.str("MGR_JAILER_BIN"),
 		JailerUID:      r.str("MGR_JAILER_UID"),
@@ -201,11 +232,17 @@ func readDriver(r *reader) Driver {
 		QEMUAccel:      r.oneOf("MGR_QEMU_ACCEL", "auto", "kvm", "tcg"),
 		Entropy:        r.boolean("MGN_ENABLE_ENTROPY_DEVICE"),
 	}
-	if d.Jailer {
-		for _, v := range []struct{ name, val string }{{"MGR_JAILER_UID", d.JailerUID}, {"MGR_JAILER_GID", d.JailerGID}} {
-			if _, err := strconv.ParseUint(v.val, 10, 32); err != nil {
-				r.fail(v.name, "%q is not a numeric id (required with MGR_JAILER=1)", v.val)
-			}
+	// The jail's ids are each VM's own (MGR_VMM_UID_RANGE) unless both of
+	// these name one uid/gid for every VM.
+	if (d.JailerUID == "") != (d.JailerGID == "") {
+		r.fail("MGR_JAILER_UID", "MGR_JAILER_UID and MGR_JAILER_GID go together: set both, or neither to give each VM its own ids")
+	}
+	for _, v := range []struct{ name, val string }{{"MGR_JAILER_UID", d.JailerUID}, {"MGR_JAILER_GID", d.JailerGID}} {
+		if v.val == "" {
+			continue
+		}
+		if n, err := strconv.ParseUint(v.val, 10, 32); err != nil || n == 0 {
+			r.fail(v.name, "%q is not a numeric id other than root's", v.val)
 		}
 	}
 	return d

@@ -34,6 +34,15 @@ func TestDefaultsFollowTheDocumentedLayout(t *testing.T) {
 		"LogFormat":     {c.LogFormat, "console"},
 		"DaemonLog":     {c.DaemonLogFile, "/var/lib/mergen/daemon.log"},
 	}
+	if !c.Driver.JailerAuto || c.Driver.Jailer {
+		t.Errorf("MGR_JAILER unset: JailerAuto %v, Jailer %v; want auto (on when the jailer is found)", c.Driver.JailerAuto, c.Driver.Jailer)
+	}
+	if c, _ := FromEnv(env(map[string]string{"MGR_JAILER": "0"})); c.Driver.JailerAuto || c.Driver.Jailer {
+		t.Errorf("MGR_JAILER=0: JailerAuto %v, Jailer %v; want off", c.Driver.JailerAuto, c.Driver.Jailer)
+	}
+	if c.VMMUIDs != (IDRange{2000000, 2065535}) {
+		t.Errorf("VMMUIDs = %+v, want 2000000-2065535", c.VMMUIDs)
+	}
 	for name, got := range checks {
 		if got[0] != got[1] {
 			t.Errorf("%s = %q, want %q", name, got[0], got[1])
@@ -78,6 +87,11 @@ func TestInvalidSettingsNameTheVariable(t *testing.T) {
 		{map[string]string{"MGR_HTTP_ADDR": "8080"}, "MGR_HTTP_ADDR"},
 		{map[string]string{"MGR_UNIT_PREFIX": "a@b"}, "MGR_UNIT_PREFIX"},
 		{map[string]string{"MGR_DISK_ROOTS": "/ok:rel"}, "MGR_DISK_ROOTS: \"rel\" must be an absolute path"},
+		{map[string]string{"MGR_JAILER_UID": "1234"}, "MGR_JAILER_UID and MGR_JAILER_GID go together"},
+		{map[string]string{"MGR_JAILER_UID": "0", "MGR_JAILER_GID": "0"}, "other than root's"},
+		{map[string]string{"MGR_VMM_UID_RANGE": "2000000"}, "MGR_VMM_UID_RANGE: \"2000000\" is not a range START-END"},
+		{map[string]string{"MGR_VMM_UID_RANGE": "1000-2000"}, "starts below 100000"},
+		{map[string]string{"MGR_VMM_UID_RANGE": "300000-200000"}, "END must be at least START"},
 	}
 	for _, tc := range cases {
 		_, err := FromEnv(env(tc.env))

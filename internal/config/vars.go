@@ -40,6 +40,7 @@ var Vars = []Var{
 	{"MGR_VOLUMES_DIR", "${MGR_DATA_ROOT}/volumes", "daemon"},
 	{"MGR_CONSOLE_LOG_MAX_BYTES", "67108864", "daemon lifecycle"},
 	{"MGR_GUEST_HOST_PORTS", "", "daemon lifecycle"},
+	{"MGR_VMM_UID_RANGE", "2000000-2065535", "daemon"},
 	{"MGN_DAEMON_LOG_FILE", "${MGR_DATA_ROOT}/daemon.log", "daemon lifecycle"},
 
 	// Daemon behaviour.

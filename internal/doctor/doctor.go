@@ -14,8 +14,10 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/guest"
 	"github.com/mergenhq/mergen/internal/imagemeta"
+	"github.com/mergenhq/mergen/internal/vmm"
 	"golang.org/x/sys/unix"
 )
 
@@ -90,6 +92,41 @@ func Host(firecrackerBin, qemuBin string) []Check {
 		kvm.Reason += " (QEMU can still run guests in slow software emulation, MGR_QEMU_ACCEL=tcg)"
 	}
 	return []Check{kvm, fc, qemu, systemdCheck(), nftCheck(), tunCheck()}
+}
+
+// VMM reports how VMs created now would run: with QEMU, whether guests get
+// KVM or software emulation (TCG, many times slower: never silent).
+// vmmName is MGR_VMM (empty: the host default), d the driver settings.
+func VMM(vmmName string, d config.Driver) []Check {
+	if vmmName == "" {
+		vmmName = vmm.DefaultName(d)
+	}
+	var out []Check
+	if vmmName == "firecracker" {
+		c := Check{Name: "firecracker jailer"}
+		if r := vmm.Resolve("firecracker", d); r.Jailer {
+			c.Status, c.Reason = Pass, "Firecracker runs under the jailer ("+r.JailerBin+"), chrooted, as each VM's own uid/gid, in its own cgroup"
+		} else {
+			c.Status, c.Reason = Warn, "Firecracker runs as root without the jailer (MGR_JAILER=0, or no jailer binary found): an escaped VMM is root on this host"
+			c.Fix = "install Firecracker's jailer next to it (or set MGR_JAILER_BIN) and leave MGR_JAILER unset"
+		}
+		out = append(out, c)
+	}
+	if vmmName == "qemu" {
+		c := Check{Name: "qemu accelerator"}
+		accel, why, err := vmm.QEMUAccelerator(d)
+		switch {
+		case err != nil:
+			c.Status, c.Reason = Fail, err.Error()
+		case accel == "tcg":
+			c.Status, c.Reason = Warn, "QEMU runs guests in software emulation (TCG), many times slower than KVM: "+why
+			c.Fix = "run on a host with working KVM (or set MGR_QEMU_ACCEL=kvm where KVM is known to work for your kernels)"
+		default:
+			c.Status, c.Reason = Pass, "QEMU runs guests with KVM: "+why
+		}
+		out = append(out, c)
+	}
+	return out
 }
 
 func binary(p, def, env, what, fix string) Check {

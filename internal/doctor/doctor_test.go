@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
 
@@ -151,5 +152,26 @@ func TestHostChecksTheConfiguredBinaries(t *testing.T) {
 	}
 	if q := c["qemu binary"]; q.Status != Warn || !strings.Contains(q.Reason, missing) || !strings.Contains(q.Reason, "MGR_QEMU_BIN") {
 		t.Errorf("missing configured qemu: %+v", q)
+	}
+}
+
+// Software emulation is never silent: doctor warns when QEMU would run
+// guests with TCG, and says why.
+func TestDoctorWarnsWhenQEMURunsInSoftwareEmulation(t *testing.T) {
+	c := byName(VMM("qemu", config.Driver{QEMUAccel: "tcg"}))["qemu accelerator"]
+	if c.Status != Warn || !strings.Contains(c.Reason, "software emulation (TCG)") || !strings.Contains(c.Reason, "MGR_QEMU_ACCEL=tcg") {
+		t.Fatalf("qemu accelerator check = %+v, want a warning naming TCG and why", c)
+	}
+}
+
+// Firecracker without the jailer runs as root: doctor warns.
+func TestDoctorWarnsWhenFirecrackerRunsWithoutTheJailer(t *testing.T) {
+	c := byName(VMM("firecracker", config.Driver{JailerBin: filepath.Join(t.TempDir(), "no-jailer"), JailerAuto: true}))["firecracker jailer"]
+	if c.Status != Warn || !strings.Contains(c.Reason, "without the jailer") {
+		t.Fatalf("firecracker jailer check = %+v, want a warning", c)
+	}
+	c = byName(VMM("firecracker", config.Driver{JailerBin: "/bin/true", JailerAuto: true}))["firecracker jailer"]
+	if c.Status != Pass {
+		t.Fatalf("firecracker jailer check with a jailer found = %+v, want PASS", c)
 	}
 }

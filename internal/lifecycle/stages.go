@@ -151,6 +151,10 @@ func (r *Runner) stageHooks(ctx context.Context, m store.Meta, stage string) err
 // applied when the VM's network is set up).
 func netConfig(m store.Meta, cfg config.Config) (vmnet.Config, error) {
 	c := vmnet.Config{ID: m.ID, Netns: m.Netns, Tap: m.TapName, Veth: store.VethName(m.ID), PrefixLen: m.PrefixLen, MAC: m.MAC, Ports: m.Ports, Bridge: m.Bridge}
+	var err error
+	if c.TapUID, c.TapGID, err = m.VMMIDs(); err != nil {
+		return c, fmt.Errorf("vm %s: %w", m.ID, err)
+	}
 	for _, s := range cfg.GuestHostPorts {
 		p, err := vmnet.ParseHostPort(s)
 		if err != nil {
@@ -158,7 +162,6 @@ func netConfig(m store.Meta, cfg config.Config) (vmnet.Config, error) {
 		}
 		c.HostPorts = append(c.HostPorts, p)
 	}
-	var err error
 	if c.GuestIP, err = netip.ParseAddr(m.GuestIP); err != nil {
 		return c, fmt.Errorf("vm %s: guestIP %q: %w", m.ID, m.GuestIP, err)
 	}
@@ -237,8 +240,21 @@ func (r *Runner) start(ctx context.Context, id string) error {
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
 	p := r.Store.Paths(id)
-	launch, err := driver.Command(store.Spec(m, p), p.VMConfig)
+	spec := store.Spec(m, p)
+	if m.VMM == "qemu" && spec.UID != 0 && spec.NIC != nil {
+		// QEMU runs as the VM's uid, which cannot open /dev/net/tun on a
+		// host that leaves it to root: it gets the tap open instead.
+		tap, err := vmnet.OpenTap(m.Netns, m.TapName)
+		if err != nil {
+			return fmt.Errorf("start vm %s: %w", id, err)
+		}
+		spec.NIC.File = tap
+	}
+	launch, err := driver.Command(spec, p.VMConfig)
 	if err != nil {
+		if spec.NIC != nil && spec.NIC.File != nil {
+			spec.NIC.File.Close()
+		}
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
 	// Reached only when the exec fails; it also keeps the files from being
@@ -282,6 +298,19 @@ func (r *Runner) start(ctx context.Context, id string) error {
 	for fd, f := range map[int]*os.File{0: devnull, 1: console, 2: console} {
 		if err := syscall.Dup3(int(f.Fd()), fd, 0); err != nil {
 			return fmt.Errorf("start vm %s: redirect fd %d: %w", id, fd, err)
+		}
+	}
+	// Drop to the VM's own ids, on every thread (Go applies set*id to all
+	// of them), now that everything the VMM needs is open or its own.
+	if c := launch.Cred; c != nil {
+		if err := syscall.Setgroups(c.Groups); err != nil {
+			return fmt.Errorf("start vm %s: setgroups: %w", id, err)
+		}
+		if err := syscall.Setgid(c.GID); err != nil {
+			return fmt.Errorf("start vm %s: setgid %d: %w", id, c.GID, err)
+		}
+		if err := syscall.Setuid(c.UID); err != nil {
+			return fmt.Errorf("start vm %s: setuid %d: %w", id, c.UID, err)
 		}
 	}
 	// The VM's files pass to the VMM at their own numbers.

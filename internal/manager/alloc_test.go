@@ -210,3 +210,37 @@ func TestConcurrentCreatesNeverShareAnAddressOrPort(t *testing.T) {
 		ports[p] = true
 	}
 }
+
+// Each VM gets its own VMM uid/gid from MGR_VMM_UID_RANGE, lowest free
+// first; a deleted VM's id goes to the next VM.
+func TestCreateGivesEachVMItsOwnVMMUID(t *testing.T) {
+	h := newHost(t, map[string]string{"MGR_VMM_UID_RANGE": "300000-300001"})
+	var ids []string
+	for i, want := range []int{300000, 300001} {
+		vm, err := h.mgr.Create(context.Background(), wire.CreateRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := h.store.ReadMeta(vm.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.VMMUID != want || m.VMMGID != want {
+			t.Errorf("VM %d: vmm uid/gid %d/%d, want %d", i, m.VMMUID, m.VMMGID, want)
+		}
+		ids = append(ids, vm.ID)
+	}
+	if _, err := h.mgr.Create(context.Background(), wire.CreateRequest{}); !errdefs.IsConflict(err) || !strings.Contains(err.Error(), "MGR_VMM_UID_RANGE") {
+		t.Fatalf("third create = %v; want a conflict naming MGR_VMM_UID_RANGE", err)
+	}
+	if err := h.mgr.Delete(context.Background(), ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	vm, err := h.mgr.Create(context.Background(), wire.CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := h.store.ReadMeta(vm.ID); m.VMMUID != 300000 {
+		t.Fatalf("freed uid not reused: got %d", m.VMMUID)
+	}
+}

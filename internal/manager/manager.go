@@ -275,6 +275,11 @@ func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wi
 		}
 		meta.GuestIP = ip.String()
 	}
+	uid, err := ix.VMMUID(m.cfg.VMMUIDs.Start, m.cfg.VMMUIDs.End)
+	if err != nil {
+		return err
+	}
+	meta.VMMUID, meta.VMMGID = uid, uid
 	ports, err := ix.HostPorts(recordPorts(req.Ports), alloc.Range{Start: m.cfg.PortStart, End: m.cfg.PortEnd}, m.probe)
 	if err != nil {
 		return err

@@ -38,6 +38,8 @@ func (m *Manager) document(ctx context.Context, meta store.Meta) wire.VM {
 		Metadata: meta.Metadata, Tags: meta.Tags,
 		VMMState: wire.VMMState{SocketPath: p.Socket},
 	}
+	// Software emulation is never silent: the document says so.
+	v.VMMState.Accelerator, v.VMMState.AcceleratorNote = vmm.Accelerator(meta.VMM, p.VMConfig)
 	if meta.Bridge != nil {
 		v.Network.Bridge = &wire.Bridge{Name: meta.Bridge.Name, Netmask: meta.Bridge.Netmask}
 	}

@@ -2,6 +2,8 @@ package store
 
 import (
 	"encoding/json"
+	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/config"
@@ -35,14 +37,21 @@ type Meta struct {
 
 	// VMM names the driver that runs this VM ("firecracker" or "qemu") and
 	// Driver its settings, resolved at create (binary paths, jailer).
-	VMM      string        `json:"vmm"`
-	Driver   config.Driver `json:"driver"`
-	VCPU     int           `json:"vcpu"`
-	MemMiB   int           `json:"memMiB"`
-	Kernel   string        `json:"kernel"`
-	Initrd   string        `json:"initrd,omitempty"`
-	BootArgs string        `json:"bootArgs"`
-	Disks    Disks         `json:"disks"`
+	VMM    string        `json:"vmm"`
+	Driver config.Driver `json:"driver"`
+	// VMMUID and VMMGID are the VM's own unprivileged ids (from
+	// MGR_VMM_UID_RANGE, unique among the host's VMs, reused after a
+	// delete): the VMM runs as them and owns the VM's tap, so an escaped
+	// VMM cannot touch another VM's files. Zero in records written before
+	// they existed: such VMs' VMMs run as root, as before.
+	VMMUID   int    `json:"vmmUID,omitempty"`
+	VMMGID   int    `json:"vmmGID,omitempty"`
+	VCPU     int    `json:"vcpu"`
+	MemMiB   int    `json:"memMiB"`
+	Kernel   string `json:"kernel"`
+	Initrd   string `json:"initrd,omitempty"`
+	BootArgs string `json:"bootArgs"`
+	Disks    Disks  `json:"disks"`
 	// DiskRoots maps each file of Files, by its field name (kernel,
 	// rootfs, dataDisk, …), to the directory it was checked below at
 	// create: an allowed disk root, or an operator's default's own
@@ -69,6 +78,22 @@ type Meta struct {
 	Metadata  json.RawMessage   `json:"metadata,omitempty"`
 	ExtraEnv  map[string]string `json:"extraEnv,omitempty"`
 	AutoStart bool              `json:"autoStart"`
+}
+
+// VMMIDs are the uid and gid the VMM runs as, which own the VM's tap: the
+// jailer's explicit MGR_JAILER_UID/GID when the record has them, else the
+// VM's own ids; 0, 0 (root) for records from before either existed.
+func (m Meta) VMMIDs() (uid, gid int, err error) {
+	if m.VMM == "firecracker" && m.Driver.Jailer && (m.Driver.JailerUID != "" || m.Driver.JailerGID != "") {
+		if uid, err = strconv.Atoi(m.Driver.JailerUID); err != nil || uid < 0 {
+			return 0, 0, fmt.Errorf("jailer uid %q is not a numeric id", m.Driver.JailerUID)
+		}
+		if gid, err = strconv.Atoi(m.Driver.JailerGID); err != nil || gid < 0 {
+			return 0, 0, fmt.Errorf("jailer gid %q is not a numeric id", m.Driver.JailerGID)
+		}
+		return uid, gid, nil
+	}
+	return m.VMMUID, m.VMMGID, nil
 }
 
 // Disks are absolute host paths of the block devices given to the VM. Empty

@@ -59,6 +59,8 @@ func Spec(m Meta, p layout.VM) vmm.Spec {
 		SocketPath:    p.Socket,
 		WorkDir:       p.RunDir,
 		NIC:           &vmm.NIC{TapName: m.TapName, MAC: m.MAC},
+		UID:           m.VMMUID,
+		GID:           m.VMMGID,
 	}
 	add := func(id, field, path string, ro, root bool) {
 		if path != "" {

@@ -64,8 +64,10 @@ func (f *firecracker) Check() error {
 		if _, err := findBinary(f.jailerBin, "jailer"); err != nil {
 			return err
 		}
-		if _, _, err := f.ids(); err != nil {
-			return fmt.Errorf("%w: %v", ErrUnavailable, err)
+		if f.jailerUID != "" || f.jailerGID != "" {
+			if _, _, err := f.ids(Spec{}); err != nil {
+				return fmt.Errorf("%w: %v", ErrUnavailable, err)
+			}
 		}
 	}
 	return nil
@@ -311,18 +313,39 @@ func (f *firecracker) Shutdown(ctx context.Context, socketPath string) error {
 	return newFCClient(socketPath).action(ctx, "SendCtrlAltDel")
 }
 
-// ids parses the jail uid and gid. Both must be given: the point of the
-// jailer is to drop root, so there is no silent default.
-func (f *firecracker) ids() (int, int, error) {
+// ids are the jail's uid and gid: MGR_JAILER_UID/GID when the record has
+// them (one pair for every VM), else the VM's own (Spec.UID/GID, from
+// MGR_VMM_UID_RANGE), so that one escaped Firecracker cannot touch another
+// VM's files. Never root: the point of the jailer is to drop it.
+func (f *firecracker) ids(s Spec) (int, int, error) {
+	if f.jailerUID == "" && f.jailerGID == "" {
+		if s.UID <= 0 || s.GID <= 0 {
+			return 0, 0, fmt.Errorf("the jail needs an unprivileged uid/gid: this VM's record has none (created before VMs had their own ids) and MGR_JAILER_UID/MGR_JAILER_GID are not set; recreate the VM, or set both")
+		}
+		return s.UID, s.GID, nil
+	}
 	uid, err := strconv.Atoi(f.jailerUID)
-	if err != nil || uid < 0 {
-		return 0, 0, fmt.Errorf("MGR_JAILER_UID: %q is not a numeric uid (required with MGR_JAILER=1)", f.jailerUID)
+	if err != nil || uid <= 0 {
+		return 0, 0, fmt.Errorf("MGR_JAILER_UID: %q is not a numeric uid other than root's", f.jailerUID)
 	}
 	gid, err := strconv.Atoi(f.jailerGID)
-	if err != nil || gid < 0 {
-		return 0, 0, fmt.Errorf("MGR_JAILER_GID: %q is not a numeric gid (required with MGR_JAILER=1)", f.jailerGID)
+	if err != nil || gid <= 0 {
+		return 0, 0, fmt.Errorf("MGR_JAILER_GID: %q is not a numeric gid other than root's", f.jailerGID)
 	}
 	return uid, gid, nil
+}
+
+// jailCgroup is the jailer's cgroup arguments: each VM gets a cgroup of its
+// own, <cgroup root>/pids/firecracker/<id> with cgroup v1 (the jailer's
+// default parent), firecracker/<id> with v2. The v1.0 jailer makes one only
+// when given a --cgroup value; pids.max=max sets no limit and puts
+// Firecracker and its threads in the VM's own group, where they can be
+// counted and limited.
+func jailCgroup() []string {
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		return []string{"--cgroup-version", "2", "--cgroup", "pids.max=max"}
+	}
+	return []string{"--cgroup", "pids.max=max"}
 }
 
 // jailDir is the directory the jailer chroots into:
@@ -351,7 +374,7 @@ func (f *firecracker) jailDir(s Spec, bin string) (string, error) {
 // The caller has already entered the VM's network namespace, which the
 // jailer and Firecracker inherit, so no --netns is passed.
 func (f *firecracker) jail(s Spec, bin, configPath string) ([]string, error) {
-	uid, gid, err := f.ids()
+	uid, gid, err := f.ids(s)
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: %w", s.ID, err)
 	}
@@ -414,17 +437,19 @@ func (f *firecracker) jail(s Spec, bin, configPath string) ([]string, error) {
 	if err := os.Symlink(filepath.Join(root, jailSocket), s.SocketPath); err != nil {
 		return fail(err)
 	}
-	return []string{
+	argv := []string{
 		jailerBin,
 		"--id", s.ID,
 		"--exec-file", bin,
 		"--uid", strconv.Itoa(uid),
 		"--gid", strconv.Itoa(gid),
 		"--chroot-base-dir", filepath.Dir(filepath.Dir(filepath.Dir(root))),
-		"--",
+	}
+	argv = append(argv, jailCgroup()...)
+	return append(argv, "--",
 		"--api-sock", jailSocket,
 		"--config-file", jailConfig,
-	}, nil
+	), nil
 }
 
 func readFCConfig(path string) (fcConfig, error) {

@@ -5,16 +5,23 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netns"
+
 	"github.com/mergenhq/mergen/internal/beneath"
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
 
@@ -292,7 +299,9 @@ func TestFirecrackerJailLaysOutTheChroot(t *testing.T) {
 	s.BootArgs += " " + secretEnv
 	bin := fakeExecutable(t, dir, "firecracker")
 	jailer := fakeExecutable(t, dir, "jailer")
-	d := &firecracker{bin: bin, jailer: true, jailerBin: jailer, jailerUID: "1234", jailerGID: "2345"}
+	// No MGR_JAILER_UID/GID: the jail runs as the VM's own ids.
+	d := &firecracker{bin: bin, jailer: true, jailerBin: jailer}
+	s.UID, s.GID = 2000007, 2000008
 
 	cfg := filepath.Join(dir, "vm.json")
 	plain, err := (&firecracker{}).Config(s)
@@ -322,10 +331,22 @@ func TestFirecrackerJailLaysOutTheChroot(t *testing.T) {
 		t.Errorf("%d files to inherit; the jailer closes them, the chroot has links", len(l.Files))
 	}
 	argv := l.Argv
-	want := []string{jailer, "--id", s.ID, "--exec-file", bin, "--uid", "1234", "--gid", "2345",
-		"--chroot-base-dir", filepath.Join(dir, "jail"), "--", "--api-sock", "/run/firecracker.socket", "--config-file", "/vm.json"}
+	want := []string{jailer, "--id", s.ID, "--exec-file", bin, "--uid", "2000007", "--gid", "2000008",
+		"--chroot-base-dir", filepath.Join(dir, "jail")}
+	want = append(want, jailCgroup()...) // the VM's own cgroup
+	want = append(want, "--", "--api-sock", "/run/firecracker.socket", "--config-file", "/vm.json")
 	if !slices.Equal(argv, want) {
 		t.Errorf("argv = %q\nwant   %q", argv, want)
+	}
+	for _, absent := range []string{"--daemonize", "--netns", "--new-pid-ns"} {
+		// The start stage is already in the VM's namespace; the jailer stays
+		// in the foreground as the unit's main process.
+		if slices.Contains(argv, absent) {
+			t.Errorf("argv has %s", absent)
+		}
+	}
+	if i := slices.Index(argv, "--cgroup"); i < 0 || argv[i+1] != "pids.max=max" {
+		t.Errorf("argv %q gives the VM no cgroup of its own", argv)
 	}
 	assertNoBootArgs(t, argv, s.BootArgs)
 	if _, err := os.Stat(filepath.Join(root, "dev", "kvm")); err == nil {
@@ -353,19 +374,24 @@ func TestFirecrackerJailLaysOutTheChroot(t *testing.T) {
 		st := fi.Sys().(*syscall.Stat_t)
 		return st.Uid, st.Gid
 	}
-	if u, g := owner(filepath.Join(root, "/drive-data")); u != 1234 || g != 2345 {
-		t.Errorf("writable disk owned by %d:%d, want 1234:2345", u, g)
+	if u, g := owner(filepath.Join(root, "/drive-data")); u != 2000007 || g != 2000008 {
+		t.Errorf("writable disk owned by %d:%d, want 2000007:2000008", u, g)
 	}
 	// vm.json (mode 0600, root's) is not readable by the jail user as a
 	// link, so the jail gets a copy that is.
 	if got, err := os.ReadFile(filepath.Join(root, "vm.json")); err != nil || string(got) != string(b) {
 		t.Errorf("vm.json in the chroot: %v, content equal: %v", err, string(got) == string(b))
 	}
-	if u, g := owner(filepath.Join(root, "/vm.json")); u != 1234 || g != 2345 {
-		t.Errorf("vm.json in the chroot owned by %d:%d, want 1234:2345", u, g)
+	if u, g := owner(filepath.Join(root, "/vm.json")); u != 2000007 || g != 2000008 {
+		t.Errorf("vm.json in the chroot owned by %d:%d, want 2000007:2000008", u, g)
 	}
-	if u, g := owner(filepath.Join(root, "/run")); u != 1234 || g != 2345 {
-		t.Errorf("/run in the chroot owned by %d:%d, want 1234:2345", u, g)
+	if u, g := owner(filepath.Join(root, "/run")); u != 2000007 || g != 2000008 {
+		t.Errorf("/run in the chroot owned by %d:%d, want 2000007:2000008", u, g)
+	}
+	for p, want := range map[string]os.FileMode{"/vm.json": 0o600, "/run": os.ModeDir | 0o755} {
+		if fi, err := os.Lstat(filepath.Join(root, p)); err != nil || fi.Mode() != want {
+			t.Errorf("%s in the chroot: %v, want mode %v", p, err, want)
+		}
 	}
 	if u, _ := owner(filepath.Join(root, "/drive-rootfs")); u != 0 {
 		t.Errorf("read-only disk handed to uid %d; shared images must keep their owner", u)
@@ -399,11 +425,43 @@ func TestFirecrackerJailLaysOutTheChroot(t *testing.T) {
 	}
 }
 
-func TestFirecrackerJailNeedsExplicitIDs(t *testing.T) {
-	for _, d := range []firecracker{{jailerUID: "", jailerGID: "1"}, {jailerUID: "1", jailerGID: "staff"}} {
-		if _, _, err := d.ids(); err == nil || !strings.Contains(err.Error(), "MGR_JAILER_") {
+// MGR_JAILER unset means the jailer whenever its binary is found;
+// MGR_JAILER=0 never; MGR_JAILER=1 always (a missing binary fails at start).
+func TestResolveTurnsTheJailerOnWhenFound(t *testing.T) {
+	dir := t.TempDir()
+	jailer := fakeExecutable(t, dir, "jailer")
+	missing := filepath.Join(dir, "no-jailer")
+	for _, tc := range []struct {
+		d    config.Driver
+		want bool
+	}{
+		{config.Driver{JailerAuto: true, JailerBin: jailer}, true},
+		{config.Driver{JailerAuto: true, JailerBin: missing}, false},
+		{config.Driver{JailerBin: jailer}, false}, // MGR_JAILER=0
+		{config.Driver{Jailer: true, JailerBin: missing}, true},
+	} {
+		if got := Resolve("firecracker", tc.d).Jailer; got != tc.want {
+			t.Errorf("Resolve(%+v).Jailer = %v, want %v", tc.d, got, tc.want)
+		}
+	}
+}
+
+// The jail runs as the VM's own ids unless MGR_JAILER_UID/GID name others;
+// never as root, and never with half an explicit pair.
+func TestFirecrackerJailIDs(t *testing.T) {
+	for _, d := range []firecracker{{jailerUID: "", jailerGID: "1"}, {jailerUID: "1", jailerGID: "staff"}, {jailerUID: "0", jailerGID: "0"}} {
+		if _, _, err := d.ids(Spec{UID: 2000001, GID: 2000001}); err == nil || !strings.Contains(err.Error(), "MGR_JAILER_") {
 			t.Errorf("ids(%q, %q) = %v, want an error naming the variable", d.jailerUID, d.jailerGID, err)
 		}
+	}
+	if _, _, err := (&firecracker{}).ids(Spec{}); err == nil || !strings.Contains(err.Error(), "has none") {
+		t.Errorf("ids of a record without its own ids = %v, want a refusal (never root)", err)
+	}
+	if u, g, err := (&firecracker{}).ids(Spec{UID: 2000001, GID: 2000001}); err != nil || u != 2000001 || g != 2000001 {
+		t.Errorf("ids = %d, %d, %v; want the VM's own 2000001", u, g, err)
+	}
+	if u, g, err := (&firecracker{jailerUID: "1234", jailerGID: "2345"}).ids(Spec{UID: 2000001, GID: 2000001}); err != nil || u != 1234 || g != 2345 {
+		t.Errorf("ids = %d, %d, %v; want the explicit 1234:2345", u, g, err)
 	}
 }
 
@@ -566,4 +624,98 @@ func devOf(t *testing.T, p string) uint64 {
 		t.Fatal(err)
 	}
 	return uint64(fi.Sys().(*syscall.Stat_t).Dev)
+}
+
+// TestRealFirecrackerJailed runs a real Firecracker under its real jailer
+// as a VM's own uid/gid, with a network interface backed by a tap that
+// uid owns, in a network namespace of its own, to Running; then checks
+// who the VMM is (/proc/<pid>/status) and that it sits in its own cgroup.
+// Needs root, MERGEN_FIRECRACKER_BIN, MERGEN_JAILER_BIN and
+// MERGEN_FIRECRACKER_KERNEL (an uncompressed vmlinux), and a working
+// /dev/kvm.
+func TestRealFirecrackerJailed(t *testing.T) {
+	bin := realFirecracker(t, " MERGEN_JAILER_BIN=/path/to/jailer MERGEN_FIRECRACKER_KERNEL=/path/to/vmlinux (as root, on a KVM host)")
+	jailer, kernel := os.Getenv("MERGEN_JAILER_BIN"), os.Getenv("MERGEN_FIRECRACKER_KERNEL")
+	if jailer == "" || kernel == "" {
+		t.Skip("SKIPPED: set MERGEN_JAILER_BIN and MERGEN_FIRECRACKER_KERNEL (an uncompressed vmlinux) with MERGEN_FIRECRACKER_BIN to run Firecracker under its jailer")
+	}
+	testenv.RequireRoot(t)
+	d := &firecracker{bin: bin, jailer: true, jailerBin: jailer}
+	if err := d.Check(); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	s := testSpec(t, dir)
+	s.Kernel, s.KernelBeneath = kernel, filepath.Dir(kernel)
+	s.BootArgs = "console=ttyS0 reboot=k" // no root file system: the guest panics and stays up
+	for _, dr := range s.Drives {
+		if err := os.Truncate(dr.Path, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.UID, s.GID = testVMMUID, testVMMUID
+	b, err := d.Config(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "vm.json")
+	os.WriteFile(cfg, b, 0o600)
+	l, err := d.Command(s, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("jailer argv: %q", l.Argv)
+
+	// The tap, owned by the VM's ids, alone in a namespace of its own, as
+	// pre-start makes it; the jailer starts in it as the start stage does.
+	ip := testenv.Tool(t, "ip")
+	t.Cleanup(func() {
+		// The jailer leaves the VM's cgroup behind; empty once the VMM
+		// is gone (startLaunch's clean-up, registered later and so run first, kills it).
+		os.Remove(filepath.Join("/sys/fs/cgroup/pids/firecracker", s.ID))
+		os.Remove(filepath.Join("/sys/fs/cgroup/firecracker", s.ID))
+	})
+	var proc *os.Process
+	func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer orig.Close()
+		ns, err := netns.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ns.Close()
+		defer func() {
+			if netns.Set(orig) == nil {
+				runtime.UnlockOSThread()
+			}
+		}()
+		id := strconv.Itoa(testVMMUID)
+		if out, err := exec.Command(ip, "tuntap", "add", "dev", s.NIC.TapName, "mode", "tap", "vnet_hdr", "user", id, "group", id).CombinedOutput(); err != nil {
+			t.Fatalf("ip tuntap add: %v\n%s", err, out)
+		}
+		proc = startLaunch(t, l, filepath.Join(dir, "console.log"))
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	st := waitStatus(ctx, t, d, s.SocketPath, func(st State) bool { return st.Running })
+	if st.State != "Running" {
+		t.Fatalf("state %q, want Running", st.State)
+	}
+	status := string(readFile(fmt.Sprintf("/proc/%d/status", proc.Pid)))
+	id := strconv.Itoa(testVMMUID)
+	if !strings.Contains(status, "Uid:\t"+id+"\t"+id+"\t"+id+"\t"+id+"\n") || !strings.Contains(status, "Gid:\t"+id+"\t"+id+"\t"+id+"\t"+id+"\n") {
+		t.Errorf("Firecracker (pid %d) does not run as the VM's uid/gid %s:\n%s", proc.Pid, id, status)
+	}
+	cg := string(readFile(fmt.Sprintf("/proc/%d/cgroup", proc.Pid)))
+	if !strings.Contains(cg, "firecracker/"+s.ID) {
+		t.Errorf("Firecracker (pid %d) is not in its own cgroup (firecracker/%s):\n%s", proc.Pid, s.ID, cg)
+	}
+	t.Logf("Firecracker pid %d: Running as uid/gid %s with interface eth0 on %s; cgroups:\n%s", proc.Pid, id, s.NIC.TapName, cg)
+	if err := d.Shutdown(ctx, s.SocketPath); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mergenhq/mergen/internal/atomicfile"
 	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/config"
@@ -69,6 +71,12 @@ func (q *qemu) machineType() (string, error) {
 		return "microvm", nil
 	}
 	return "", fmt.Errorf("MGR_QEMU_MACHINE: %q is not one of q35, microvm", q.machine)
+}
+
+// QEMUAccelerator is the accelerator QEMU would get for a VM created now
+// with the settings d ("kvm" or "tcg") and why; mergen doctor reports it.
+func QEMUAccelerator(d config.Driver) (string, string, error) {
+	return newQEMU(d).accelerator()
 }
 
 // accelerator picks KVM or TCG and says why. "auto" takes KVM only when the
@@ -228,6 +236,7 @@ func (q *qemu) config(s Spec) (qemuConfig, error) {
 		// A guest reboot ends the VMM, as with Firecracker; the service
 		// manager decides whether to start it again.
 		"-no-reboot",
+		"-sandbox", qemuSandbox,
 		// The kernel, initrd and command line, from a file rather than
 		// -kernel, -initrd and -append: see qemuBootFile.
 		"-readconfig", cfg.BootConfig,
@@ -376,7 +385,7 @@ func (q *qemu) Command(s Spec, configPath string) (Launch, error) {
 	if err != nil {
 		return Launch{}, fmt.Errorf("vm %s: %w", s.ID, err)
 	}
-	o := &opener{id: s.ID}
+	o := &opener{id: s.ID, uid: s.UID, gid: s.GID}
 	argv, err := q.openFiles(s, configPath, &cfg, o)
 	if err != nil {
 		o.close()
@@ -391,7 +400,105 @@ func (q *qemu) Command(s Spec, configPath string) (Launch, error) {
 		o.close()
 		return Launch{}, fmt.Errorf("vm %s: qemu boot configuration: %w", s.ID, err)
 	}
-	return Launch{Argv: append([]string{bin}, argv[1:]...), Files: o.files}, nil
+	l := Launch{Argv: withSandbox(append([]string{bin}, argv[1:]...)), Files: o.files}
+	if s.NIC != nil && s.NIC.File != nil {
+		i := slices.Index(l.Argv, "tap,id=n0,ifname="+s.NIC.TapName+",script=no,downscript=no")
+		if i < 0 {
+			o.close()
+			return Launch{}, fmt.Errorf("vm %s: %s: argv has no -netdev for tap %s", s.ID, configPath, s.NIC.TapName)
+		}
+		l.Argv[i] = "tap,id=n0,fd=" + strconv.Itoa(int(s.NIC.File.Fd()))
+		l.Files = append(l.Files, s.NIC.File)
+	}
+	if s.UID != 0 {
+		if l.Cred, err = q.unprivileged(s, cfg.Accel, bootConfig); err != nil {
+			o.close()
+			return Launch{}, err
+		}
+	}
+	return l, nil
+}
+
+// qemuSandbox is QEMU's seccomp filter: besides the default deny list, no
+// obsolete system calls, no privilege changes (set*uid, set*gid), no
+// fork/exec and no scheduler or resource-limit changes. QEMU applies it
+// before -runas would drop privileges (and then dies of the forbidden
+// setuid), which is why the start stage drops them before the exec instead.
+const qemuSandbox = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+// withSandbox adds -sandbox to an argv that has none: vm.json files
+// rendered before it existed get it when they are started.
+func withSandbox(argv []string) []string {
+	if slices.Contains(argv, "-sandbox") {
+		return argv
+	}
+	return append(argv, "-sandbox", qemuSandbox)
+}
+
+// searchable gives dir search permission for others (it is mergen's own
+// run root) and checks that every directory above it has it.
+func searchable(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	if fi.Mode().Perm()&0o001 == 0 {
+		if err := os.Chmod(dir, fi.Mode().Perm()|0o011); err != nil {
+			return err
+		}
+	}
+	for d := filepath.Dir(dir); ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("%s (mode %v) is not searchable by the VM's uid, which QEMU runs as: give it o+x", d, fi.Mode().Perm())
+		}
+		if d == "/" {
+			return nil
+		}
+	}
+}
+
+// unprivileged prepares what QEMU, running as the VM's uid/gid, needs and
+// cannot open itself: the boot file (QEMU reads it; lchown, never through
+// a link), the run directory (it creates its QMP socket there: root:<gid>,
+// mode 1770, so it may add files but not remove or replace root's, such as
+// the pid file), and, with KVM, /dev/kvm's group. The disks were given to
+// it as they were opened (opener).
+func (q *qemu) unprivileged(s Spec, accel, bootConfig string) (*Cred, error) {
+	if err := os.Lchown(bootConfig, s.UID, s.GID); err != nil {
+		return nil, fmt.Errorf("vm %s: qemu boot configuration: %w", s.ID, err)
+	}
+	dir := filepath.Dir(s.SocketPath)
+	if err := unix.Fchownat(unix.AT_FDCWD, dir, 0, s.GID, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return nil, fmt.Errorf("vm %s: socket directory: %w", s.ID, err)
+	}
+	if err := os.Chmod(dir, 0o770|os.ModeSticky); err != nil {
+		return nil, fmt.Errorf("vm %s: socket directory: %w", s.ID, err)
+	}
+	// QEMU reaches it by path: the directory holding every VM's run
+	// directory (mergen's run root) is made searchable (0711: names are
+	// not listed), and every directory above must already be.
+	if err := searchable(filepath.Dir(dir)); err != nil {
+		return nil, fmt.Errorf("vm %s: socket directory %s: %w", s.ID, dir, err)
+	}
+	c := &Cred{UID: s.UID, GID: s.GID, Groups: []int{s.GID}}
+	if accel == "kvm" {
+		var st unix.Stat_t
+		if err := unix.Stat(kvmDevice, &st); err != nil {
+			return nil, fmt.Errorf("vm %s: %w", s.ID, err)
+		}
+		if st.Mode&0o060 != 0o060 || st.Gid == 0 {
+			return nil, fmt.Errorf("vm %s: %w: %s (mode %o, gid %d) is not read-write for a group that the VM's uid %d could join: give it to a kvm group with mode 0660", s.ID, ErrUnavailable, kvmDevice, st.Mode&0o777, st.Gid, s.UID)
+		}
+		c.Groups = append(c.Groups, int(st.Gid))
+	}
+	return c, nil
 }
 
 // openFiles opens the kernel, initrd and drives of vm.json, after checking

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -76,8 +77,14 @@ func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 	withTap := os.Geteuid() == 0
 	if withTap {
 		s.NIC = &NIC{TapName: "tap-vmmtest", MAC: "02:fc:00:00:00:01"}
+		// As root, QEMU runs as a VM's own ids, as the start stage runs
+		// it; it must reach its socket directory.
+		s.UID, s.GID = testVMMUID, testVMMUID
+		if err := os.Chmod(filepath.Dir(dir), 0o711); err != nil {
+			t.Fatal(err)
+		}
 	} else {
-		t.Log("not root: booting without a network interface")
+		t.Log("not root: booting without a network interface, as this user")
 	}
 	d := newQEMU(config.Driver{QEMUAccel: "tcg"})
 	// Pad the command line, as the driver completes it (root=), to the
@@ -103,6 +110,11 @@ func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 	if err := os.WriteFile(cfg, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if withTap {
+		// The tap in a namespace of its own, attached to as the start
+		// stage does for an unprivileged QEMU; QEMU starts in it below.
+		s.NIC.File = enterNewNetnsWithTap(t, s.NIC.TapName, s.UID, s.GID)
+	}
 	l, err := d.Command(s, cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -118,9 +130,11 @@ func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 	defer log.Close()
 	cmd := execCmd(l)
 	cmd.Stdout, cmd.Stderr = log, log
+	err = cmd.Start()
 	if withTap {
-		startInNewNetns(t, cmd, s.NIC.TapName)
-	} else if err := cmd.Start(); err != nil {
+		leaveNetns(t)
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	l.Close()
@@ -169,6 +183,24 @@ func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 	if guestCmdline != rendered.BootArgs {
 		t.Errorf("the guest's /proc/cmdline:\n%q\nwant the boot args\n%q", guestCmdline, rendered.BootArgs)
 	}
+	if withTap {
+		// Who the VMM is: the VM's uid and gid, no other group, and
+		// QEMU's seccomp filter (-sandbox) on.
+		status := string(readFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)))
+		id := strconv.Itoa(testVMMUID)
+		for _, want := range []string{
+			"Uid:\t" + id + "\t" + id + "\t" + id + "\t" + id + "\n",
+			"Gid:\t" + id + "\t" + id + "\t" + id + "\t" + id + "\n",
+			"Groups:\t" + id + " \n",
+			"Seccomp:\t2\n",
+			"CapEff:\t0000000000000000\n",
+		} {
+			if !strings.Contains(status, want) {
+				t.Errorf("/proc/%d/status lacks %q:\n%s", cmd.Process.Pid, want, status)
+			}
+		}
+		t.Logf("QEMU runs as uid/gid %d, seccomp mode 2 (filter)", testVMMUID)
+	}
 	t.Logf("QEMU pid %d argv: %q", cmd.Process.Pid, procArgv)
 	t.Logf("guest /proc/cmdline: %d bytes, the boot args with %s=<%d bytes> in them", len(guestCmdline), "mergen.env", len(secretArg)-len("mergen.env="))
 
@@ -192,41 +224,56 @@ func TestQEMUBootsARealKernelAndStopsOnCtrlAltDel(t *testing.T) {
 	}
 }
 
-// startInNewNetns starts cmd in a fresh, unnamed network namespace holding
-// only a tap called tap, as the lifecycle starts a VMM in the VM's
-// namespace. The namespace goes away with the last process in it.
-func startInNewNetns(t *testing.T, cmd *exec.Cmd, tap string) {
+// enterNewNetnsWithTap moves this goroutine, locked to its thread, into a
+// fresh, unnamed network namespace holding only a tap called tap, owned by
+// uid/gid, and returns the tap attached to, as the start stage hands it to
+// an unprivileged QEMU. leaveNetns returns. The namespace goes away with
+// the last process in it.
+func enterNewNetnsWithTap(t *testing.T, tap string, uid, gid int) *os.File {
 	t.Helper()
 	ip := testenv.Tool(t, "ip")
-	// Namespaces belong to threads: switch this one, fork from it, switch
-	// back before anything else can run on it.
 	runtime.LockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer orig.Close()
+	origNetns = orig
 	ns, err := netns.New()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ns.Close()
-	defer func() {
-		// A thread that cannot go back stays locked, and Go discards it
-		// when the test's goroutine ends.
-		if err := netns.Set(orig); err != nil {
-			t.Errorf("return to the original network namespace: %v", err)
-			return
-		}
-		runtime.UnlockOSThread()
-	}()
-	if out, err := exec.Command(ip, "tuntap", "add", "dev", tap, "mode", "tap").CombinedOutput(); err != nil {
+	ns.Close()
+	if out, err := exec.Command(ip, "tuntap", "add", "dev", tap, "mode", "tap", "vnet_hdr", "one_queue", "user", strconv.Itoa(uid), "group", strconv.Itoa(gid)).CombinedOutput(); err != nil {
+		leaveNetns(t)
 		t.Fatalf("ip tuntap add %s: %v\n%s", tap, err, out)
 	}
-	if err := cmd.Start(); err != nil {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
+	req, _ := unix.NewIfreq(tap)
+	req.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR | unix.IFF_ONE_QUEUE)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, req); err != nil {
+		t.Fatalf("attach to tap %s: %v", tap, err)
+	}
+	return os.NewFile(uintptr(fd), "tap")
 }
+
+var origNetns netns.NsHandle
+
+func leaveNetns(t *testing.T) {
+	// A thread that cannot go back stays locked, and Go discards it when
+	// the test's goroutine ends.
+	if err := netns.Set(origNetns); err != nil {
+		t.Errorf("return to the original network namespace: %v", err)
+		return
+	}
+	origNetns.Close()
+	runtime.UnlockOSThread()
+}
+
+// testVMMUID is the VM uid/gid the boot tests run QEMU as.
+const testVMMUID = 2000123
 
 const (
 	guestMarker        = "mergen-vmm-test: guest up"

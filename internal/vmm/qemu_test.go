@@ -8,12 +8,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/beneath"
+	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
 
@@ -39,7 +41,8 @@ func TestQEMUArgv(t *testing.T) {
 	s.BootArgs += " " + secretEnv
 	common := func(machine, accel, cpu string) []string {
 		return []string{"qemu-system-x86_64", "-name", s.ID, "-M", machine, "-accel", accel, "-cpu", cpu,
-			"-smp", "2", "-m", "512", "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"}
+			"-smp", "2", "-m", "512", "-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
+			"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"}
 	}
 	disks := func(bus string) []string {
 		// The root drive comes first, whatever its place in the spec.
@@ -350,6 +353,13 @@ func checkQEMULaunch(t *testing.T, l Launch, s Spec, cfg qemuConfig, bootPath st
 			}
 			continue
 		}
+		if l.Argv[i-1] == "-netdev" && s.NIC != nil && s.NIC.File != nil {
+			// The tap handed over open, in place of its name.
+			if want := "tap,id=n0,fd=" + strconv.Itoa(int(s.NIC.File.Fd())); a != want || !slices.Contains(l.Files, s.NIC.File) {
+				t.Errorf("argv[%d] = %q, want %q with the tap among the launch's files", i, a, want)
+			}
+			continue
+		}
 		if l.Argv[i-1] != "-drive" {
 			if a != cfg.Argv[i] {
 				t.Errorf("argv[%d] = %q, vm.json has %q", i, a, cfg.Argv[i])
@@ -391,12 +401,17 @@ func checkQEMULaunch(t *testing.T, l Launch, s Spec, cfg qemuConfig, bootPath st
 	if cfg.Initrd != "" {
 		checkFDPath(t, l, want.Initrd, cfg.Initrd, false)
 	}
-	checkBootFile(t, bootPath, want)
+	owner := os.Geteuid()
+	if s.UID != 0 {
+		owner = s.UID
+	}
+	checkBootFile(t, bootPath, want, owner)
 }
 
 // checkBootFile: the boot file holds what cfg says, is a regular file of
-// the process's own user (root, when the lifecycle runs it), mode 0600.
-func checkBootFile(t *testing.T, path string, cfg qemuConfig) {
+// owner (the VM's uid, which QEMU runs as, or the process's own user for
+// records without one), mode 0600.
+func checkBootFile(t *testing.T, path string, cfg qemuConfig, owner int) {
 	t.Helper()
 	fi, err := os.Lstat(path)
 	if err != nil {
@@ -405,8 +420,8 @@ func checkBootFile(t *testing.T, path string, cfg qemuConfig) {
 	if !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o600 {
 		t.Errorf("%s: mode %s, want a regular file with mode 0600", path, fi.Mode())
 	}
-	if uid := fi.Sys().(*syscall.Stat_t).Uid; int(uid) != os.Geteuid() {
-		t.Errorf("%s: owned by uid %d, want %d", path, uid, os.Geteuid())
+	if uid := fi.Sys().(*syscall.Stat_t).Uid; int(uid) != owner {
+		t.Errorf("%s: owned by uid %d, want %d", path, uid, owner)
 	}
 	want, err := cfg.bootFile()
 	if err != nil {
@@ -579,5 +594,29 @@ func waitStatus(ctx context.Context, t *testing.T, d Driver, socket string, ok f
 			t.Fatalf("%s did not answer as expected: %v", d.Name(), last)
 		case <-time.After(20 * time.Millisecond):
 		}
+	}
+}
+
+// The VM document reports the accelerator vm.json was rendered with, and
+// why for TCG.
+func TestAcceleratorIsReadFromVMJSON(t *testing.T) {
+	dir := t.TempDir()
+	s := testSpec(t, dir)
+	b, err := newQEMU(config.Driver{QEMUAccel: "tcg"}).Config(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "vm.json")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if a, note := Accelerator("qemu", p); a != "tcg" || note != "MGR_QEMU_ACCEL=tcg" {
+		t.Errorf("Accelerator(qemu) = %q, %q; want tcg with its reason", a, note)
+	}
+	if a, _ := Accelerator("firecracker", p); a != "kvm" {
+		t.Errorf("Accelerator(firecracker) = %q, want kvm", a)
+	}
+	if a, _ := Accelerator("qemu", filepath.Join(dir, "missing.json")); a != "" {
+		t.Errorf("Accelerator of a missing vm.json = %q, want empty", a)
 	}
 }

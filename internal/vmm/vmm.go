@@ -16,6 +16,7 @@ package vmm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -54,6 +55,11 @@ type Drive struct {
 type NIC struct {
 	TapName string
 	MAC     string
+	// File, when set, is the tap already attached to (vmnet.OpenTap), for
+	// a VMM that runs unprivileged: QEMU gets it as an inherited
+	// descriptor (-netdev tap,fd=N) instead of opening /dev/net/tun. It
+	// joins the launch's files.
+	File *os.File
 }
 
 // Spec is everything a driver needs to know about one VM.
@@ -75,6 +81,13 @@ type Spec struct {
 
 	SocketPath string // Firecracker API socket / QEMU QMP socket
 	WorkDir    string // per-VM run directory (the jailer's chroot lives under it)
+
+	// UID and GID are the VM's own unprivileged ids (the record's vmmUID,
+	// vmmGID): the VMM runs as them (QEMU: the start stage drops to them
+	// before the exec; Firecracker: the jailer's --uid/--gid unless
+	// MGR_JAILER_UID/GID name others). Zero: a record from before they
+	// existed, whose VMM runs as root.
+	UID, GID int
 }
 
 // State is what the VMM reports about its guest.
@@ -117,6 +130,19 @@ type Driver interface {
 type Launch struct {
 	Argv  []string
 	Files []*os.File
+	// Cred, when set, is who the VMM runs as: the caller switches to it
+	// (groups, gid, uid) after it has entered the VM's namespace and set up
+	// the standard streams, just before the exec. Everything the VMM needs
+	// is by then open (the files above, the console) or owned by it (its
+	// tap, the socket directory). Nil: the VMM runs as the caller (root),
+	// as the jailer does before it drops to the jail's ids itself.
+	Cred *Cred
+}
+
+// Cred is a VMM's unprivileged identity.
+type Cred struct {
+	UID, GID int
+	Groups   []int // supplementary groups: the VM's gid, /dev/kvm's group with KVM
 }
 
 // Close closes the files.
@@ -148,6 +174,11 @@ func (l Launch) Inherit() error {
 type opener struct {
 	id    string
 	files []*os.File
+	// uid and gid, when not zero, are the VMM's ids: it reopens the files
+	// through /proc/self/fd/N as that user, so a read-only file must be
+	// readable by it, and a writable one (the VM's own data disk) is given
+	// to it with fchown on the open file, never through a path.
+	uid, gid int
 }
 
 // open opens path (field names it in errors) below dir, or below path's
@@ -165,6 +196,22 @@ func (o *opener) open(field, path, dir string, writable bool) (*os.File, error) 
 		return nil, fmt.Errorf("vm %s: %s: %w", o.id, field, err)
 	}
 	o.files = append(o.files, f)
+	if o.uid == 0 {
+		return f, nil
+	}
+	if writable {
+		if err := f.Chown(o.uid, o.gid); err != nil {
+			return nil, fmt.Errorf("vm %s: %s: give %s to the VM's uid %d: %w", o.id, field, path, o.uid, err)
+		}
+		return f, nil
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %s: %w", o.id, field, err)
+	}
+	if !readableBy(fi, o.uid, o.gid) {
+		return nil, fmt.Errorf("vm %s: %s: %s (mode %v) is not readable by the VM's uid %d, which the VMM runs as: make it readable by others (0644)", o.id, field, path, fi.Mode().Perm(), o.uid)
+	}
 	return f, nil
 }
 
@@ -173,6 +220,31 @@ func (o *opener) close() {
 		f.Close()
 	}
 	o.files = nil
+}
+
+// Accelerator reports how a VM's guest CPU runs, from its vm.json:
+// Firecracker always uses KVM; QEMU uses what it was rendered with ("kvm"
+// or "tcg", software emulation, with the reason). Empty when the file
+// cannot be read.
+func Accelerator(name, configPath string) (accel, note string) {
+	switch name {
+	case "firecracker":
+		return "kvm", ""
+	case "qemu":
+		b, err := os.ReadFile(configPath)
+		if err != nil {
+			return "", ""
+		}
+		var cfg qemuConfig
+		if json.Unmarshal(b, &cfg) != nil {
+			return "", ""
+		}
+		if cfg.Accel == "tcg" {
+			return "tcg", cfg.AccelReason
+		}
+		return cfg.Accel, ""
+	}
+	return "", ""
 }
 
 // Names lists the drivers New knows.
@@ -213,7 +285,10 @@ func Resolve(name string, d config.Driver) config.Driver {
 	switch name {
 	case "firecracker":
 		out := config.Driver{FirecrackerBin: abs(d.FirecrackerBin, "firecracker"), Vsock: d.Vsock, Entropy: d.Entropy}
-		if d.Jailer {
+		// The jailer is on with MGR_JAILER=1, and by default (MGR_JAILER
+		// unset) when its binary is found; MGR_JAILER=0 turns it off.
+		_, jailerErr := findBinary(d.JailerBin, "jailer")
+		if d.Jailer || (d.JailerAuto && jailerErr == nil) {
 			out.Jailer, out.JailerUID, out.JailerGID, out.ChrootBase = true, d.JailerUID, d.JailerGID, d.ChrootBase
 			out.JailerBin = abs(d.JailerBin, "jailer")
 		}

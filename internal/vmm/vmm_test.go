@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -193,6 +194,14 @@ func execCmd(l Launch) *exec.Cmd {
 			cmd.ExtraFiles = append(cmd.ExtraFiles, nil)
 		}
 		cmd.ExtraFiles[n] = f
+	}
+	if c := l.Cred; c != nil {
+		// As the start stage does: the VMM runs as the VM's own ids.
+		groups := make([]uint32, len(c.Groups))
+		for i, g := range c.Groups {
+			groups[i] = uint32(g)
+		}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(c.UID), Gid: uint32(c.GID), Groups: groups}}
 	}
 	return cmd
 }

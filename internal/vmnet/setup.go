@@ -126,18 +126,27 @@ func ensureNamespace(name string) error {
 }
 
 // ensureTap creates a persistent tap named name in the calling thread's
-// namespace unless it exists, and returns it.
-func ensureTap(h *netlink.Handle, name string) (netlink.Link, error) {
+// namespace, owned by uid/gid, and returns it. A tap of that name left by an
+// earlier run is made again: its owner may be another's (no VMM is attached
+// at pre-start), and the owner of an existing tap cannot be read reliably
+// from another namespace.
+func ensureTap(h *netlink.Handle, name string, uid, gid int) (netlink.Link, error) {
 	if l, err := h.LinkByName(name); err == nil {
 		if l.Type() != "tuntap" {
 			return nil, fmt.Errorf("link %s exists and is a %s, not a tap", name, l.Type())
 		}
-		return l, nil
+		if err := h.LinkDel(l); err != nil {
+			return nil, fmt.Errorf("remove tap %s left by an earlier run: %w", name, err)
+		}
 	}
 	tap := &netlink.Tuntap{
 		LinkAttrs: netlink.LinkAttrs{Name: name},
 		Mode:      netlink.TUNTAP_MODE_TAP,
 		Flags:     netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_ONE_QUEUE,
+		// Only this uid (or a member of gid) may attach: the VMM, which
+		// runs as them, and no other unprivileged process.
+		Owner: uint32(uid),
+		Group: uint32(gid),
 	}
 	// Created through /dev/net/tun, which makes it in the calling thread's
 	// namespace; the handle must be for the same one.
@@ -173,7 +182,7 @@ func setupNamespace(c Config) error {
 				return fmt.Errorf("loopback up: %w", err)
 			}
 		}
-		tap, err := ensureTap(h, c.Tap)
+		tap, err := ensureTap(h, c.Tap, c.TapUID, c.TapGID)
 		if err != nil {
 			return err
 		}
@@ -278,7 +287,7 @@ func setupBridge(c Config) error {
 	if br.Type() != "bridge" {
 		return errdefs.Invalid("network of vm %s: %s is a %s, not a bridge", c.ID, c.Bridge.Name, br.Type())
 	}
-	tap, err := ensureTap(h, c.Tap)
+	tap, err := ensureTap(h, c.Tap, c.TapUID, c.TapGID)
 	if err != nil {
 		return fmt.Errorf("network of vm %s: %w", c.ID, err)
 	}

@@ -56,6 +56,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/store"
@@ -68,8 +69,12 @@ type Config struct {
 	GuestIP, Gateway netip.Addr
 	PrefixLen        int
 	MAC              string
-	Ports            []store.Port
-	Bridge           *store.Bridge
+	// TapUID and TapGID own the tap: the VMM, running as them, may attach
+	// to it and no other unprivileged user may. 0, 0: root (records from
+	// before VMs had their own ids).
+	TapUID, TapGID int
+	Ports          []store.Port
+	Bridge         *store.Bridge
 	// HostPorts are the host's own ports the guest may open connections
 	// to (MGR_GUEST_HOST_PORTS); every other port of the host is fenced
 	// off from guests. Empty by default.
@@ -341,4 +346,38 @@ func sysctl(path, value string) error {
 		return fmt.Errorf("sysctl %s=%s: %w", path, value, err)
 	}
 	return nil
+}
+
+// OpenTap attaches to the VM's tap (in namespace netnsName, or this
+// process's namespace when it is empty) and returns the open queue, for a
+// VMM that runs unprivileged: it gets the tap as an inherited descriptor
+// instead of opening /dev/net/tun itself, which hosts without udev rules
+// leave to root (mode 0600). The flags are those the tap was made with.
+func OpenTap(netnsName, tap string) (*os.File, error) {
+	var f *os.File
+	open := func() error {
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("open /dev/net/tun: %w", err)
+		}
+		req, err := unix.NewIfreq(tap)
+		if err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("tap %s: %w", tap, err)
+		}
+		req.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR | unix.IFF_ONE_QUEUE)
+		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, req); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("attach to tap %s: %w", tap, err)
+		}
+		f = os.NewFile(uintptr(fd), "/dev/net/tun:"+tap)
+		return nil
+	}
+	var err error
+	if netnsName == "" {
+		err = open()
+	} else {
+		err = RunInNetns(netnsName, open)
+	}
+	return f, err
 }

@@ -115,6 +115,11 @@ type Service struct {
 type VMMState struct {
 	SocketPath    string `json:"socketPath"`
 	SocketPresent bool   `json:"socketPresent"`
+	// Accelerator is how the guest's CPU runs: "kvm" (hardware) or "tcg"
+	// (QEMU's software emulation, many times slower); empty when vm.json
+	// cannot be read. AcceleratorNote says why, for TCG.
+	Accelerator     string `json:"accelerator,omitempty"`
+	AcceleratorNote string `json:"acceleratorNote,omitempty"`
 }
 
 // Network is the VM's addressing.
