@@ -450,6 +450,11 @@ func (r *Runner) teardown(ctx context.Context, m store.Meta) error {
 		return fmt.Errorf("network: %w", err)
 	}
 	p := r.Store.Paths(m.ID)
+	if driver, err := vmm.New(m.VMM, m.Driver); err == nil {
+		if err := driver.Release(store.Spec(m, p)); err != nil {
+			return err
+		}
+	}
 	for _, f := range []string{p.Socket, p.PIDFile} {
 		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err

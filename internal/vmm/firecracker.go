@@ -348,6 +348,34 @@ func jailCgroup() []string {
 	return []string{"--cgroup", "pids.max=max"}
 }
 
+// Release removes the jailer's chroot (<base>/firecracker/<id>) and the
+// VM's cgroup, which the jailer leaves behind: empty once the VMM has
+// exited, so rmdir suffices and refuses while a process remains.
+func (f *firecracker) Release(s Spec) error {
+	if !f.jailer || !idRe.MatchString(s.ID) {
+		return nil
+	}
+	var errs []error
+	for _, name := range []string{"firecracker", filepath.Base(f.bin)} {
+		if name == "" || name == "." || name == "/" {
+			continue
+		}
+		root, err := f.jailDir(s, name)
+		if err != nil {
+			return err
+		}
+		if err := os.RemoveAll(filepath.Dir(root)); err != nil {
+			errs = append(errs, fmt.Errorf("vm %s: remove the jail: %w", s.ID, err))
+		}
+	}
+	for _, dir := range []string{"/sys/fs/cgroup/pids/firecracker", "/sys/fs/cgroup/firecracker"} {
+		if err := os.Remove(filepath.Join(dir, s.ID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("vm %s: remove its cgroup: %w", s.ID, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // jailDir is the directory the jailer chroots into:
 // <base>/<exec file name>/<id>/root, as the jailer lays it out.
 func (f *firecracker) jailDir(s Spec, bin string) (string, error) {

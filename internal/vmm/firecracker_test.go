@@ -719,3 +719,38 @@ func TestRealFirecrackerJailed(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Release removes the VM's jail (its own directory under the chroot base)
+// and nothing beside it; a VM without the jailer has nothing to release.
+func TestReleaseRemovesOnlyTheVMsJail(t *testing.T) {
+	base := t.TempDir()
+	s := Spec{ID: "0b6f4a2e-1111-4111-8111-111111111111", WorkDir: t.TempDir()}
+	other := filepath.Join(base, "firecracker", "7c1d9e30-3333-4333-8333-333333333333", "root")
+	mine := filepath.Join(base, "firecracker", s.ID, "root")
+	for _, d := range []string{other, mine} {
+		if err := os.MkdirAll(filepath.Join(d, "run"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	outside := filepath.Join(t.TempDir(), "kept")
+	os.WriteFile(outside, []byte("x"), 0o644)
+	os.Symlink(outside, filepath.Join(mine, "link")) // removed as a link, never followed
+	if err := (&firecracker{chrootBase: base}).Release(s); err != nil {
+		t.Fatalf("Release without the jailer: %v", err)
+	}
+	if _, err := os.Stat(mine); err != nil {
+		t.Fatal("Release without the jailer removed the jail")
+	}
+	if err := (&firecracker{jailer: true, chrootBase: base}).Release(s); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Dir(mine)); !os.IsNotExist(err) {
+		t.Errorf("the VM's jail is still there: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("another VM's jail was removed: %v", err)
+	}
+	if _, err := os.Stat(outside); err != nil {
+		t.Errorf("a link's target was removed: %v", err)
+	}
+}

@@ -589,6 +589,9 @@ func (q *qemu) Status(ctx context.Context, socketPath string) (State, error) {
 // init treats as on Firecracker. A machine without a PS/2 keyboard
 // (microvm), or a refused key press, gets an ACPI power-button press
 // instead.
+// Release has nothing to do: QEMU's files live in the VM's run directory.
+func (q *qemu) Release(Spec) error { return nil }
+
 func (q *qemu) Shutdown(ctx context.Context, socketPath string) error {
 	c, err := dialQMP(ctx, socketPath)
 	if err != nil {

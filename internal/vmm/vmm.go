@@ -120,6 +120,10 @@ type Driver interface {
 	// Shutdown asks the guest to power off and returns once the request is
 	// delivered; the caller waits for the VMM to exit.
 	Shutdown(ctx context.Context, socketPath string) error
+	// Release removes what Command prepared outside the VM's run
+	// directory (the jailer's chroot and cgroup) once the VMM has exited;
+	// what is already gone is fine.
+	Release(s Spec) error
 }
 
 // Launch is a VMM process to exec: its argv, and the open files it must
