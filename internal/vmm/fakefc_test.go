@@ -15,7 +15,8 @@ import (
 // fakeFirecracker serves, on a unix socket, the part of Firecracker's API
 // that the driver and its config file rely on, as documented in
 // Firecracker's swagger (src/firecracker/swagger/firecracker.yaml) and
-// docs/api_requests: GET / (InstanceInfo), PUT /actions, and the pre-boot
+// docs/api_requests: GET / (InstanceInfo), PUT /actions, PATCH /vm (pause
+// and resume, body {"state": "Paused"|"Resumed"}), and the pre-boot
 // resources whose bodies make up the --config-file document. It refuses
 // everything else the way Firecracker does: 400 with a fault_message. It
 // exists only because no Firecracker binary can run on the machines that
@@ -23,8 +24,9 @@ import (
 // binary where one is given.
 type fakeFirecracker struct {
 	mu      sync.Mutex
-	state   string   // "Not started", "Running"
+	state   string   // "Not started", "Running", "Paused"
 	actions []string // accepted action_type values, in order
+	patches []string // accepted PATCH /vm states, in order
 	put     map[string]bool
 }
 
@@ -150,7 +152,7 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		f.fault(w, "read body: %v", err)
 		return
 	}
-	if r.Method == http.MethodPut && r.ContentLength < 0 {
+	if (r.Method == http.MethodPut || r.Method == http.MethodPatch) && r.ContentLength < 0 {
 		f.fault(w, "chunked bodies are not supported")
 		return
 	}
@@ -162,6 +164,8 @@ func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		})
 	case r.Method == http.MethodPut && r.URL.Path == "/actions":
 		f.doAction(w, body)
+	case r.Method == http.MethodPatch && r.URL.Path == "/vm":
+		f.patchVM(w, body)
 	case r.Method == http.MethodPut:
 		resource, id, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
 		if _, ok := fcResources[resource]; !ok {
@@ -230,6 +234,41 @@ func (f *fakeFirecracker) doAction(w http.ResponseWriter, body []byte) {
 	}
 	f.actions = append(f.actions, a.ActionType)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// patchVM is PATCH /vm: the body's only field, state, is Paused or
+// Resumed; both are refused before the microVM has started.
+func (f *fakeFirecracker) patchVM(w http.ResponseWriter, body []byte) {
+	var v struct {
+		State *string `json:"state"`
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil || v.State == nil {
+		f.fault(w, "An error occurred when deserializing the json body of a request: %v (state is required)", err)
+		return
+	}
+	if f.state == "Not started" {
+		f.fault(w, "The requested operation is not supported before starting the microVM.")
+		return
+	}
+	switch *v.State {
+	case "Paused":
+		f.state = "Paused"
+	case "Resumed":
+		f.state = "Running"
+	default:
+		f.fault(w, "An error occurred when deserializing the json body of a request: unknown variant `%s`, expected `Paused` or `Resumed`", *v.State)
+		return
+	}
+	f.patches = append(f.patches, *v.State)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (f *fakeFirecracker) Patches() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.patches...)
 }
 
 func (f *fakeFirecracker) Actions() []string {

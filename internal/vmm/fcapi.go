@@ -11,9 +11,10 @@ import (
 	"strings"
 )
 
-// fcClient speaks Firecracker's HTTP API over its unix socket: the two calls
-// the driver needs after boot, typed by hand rather than through the SDK
-// (which pulls in hundreds of modules for the same two requests).
+// fcClient speaks Firecracker's HTTP API over its unix socket: the few calls
+// the driver needs after boot (status, Ctrl-Alt-Del, pause and resume),
+// typed by hand rather than through the SDK (which pulls in hundreds of
+// modules for the same requests).
 type fcClient struct {
 	socket string
 	http   *http.Client
@@ -57,6 +58,11 @@ func (c *fcClient) instanceInfo(ctx context.Context) (fcInstanceInfo, error) {
 // FlushMetrics.
 func (c *fcClient) action(ctx context.Context, actionType string) error {
 	return c.do(ctx, http.MethodPut, "/actions", map[string]string{"action_type": actionType}, nil)
+}
+
+// vmState sends PATCH /vm with state Paused or Resumed.
+func (c *fcClient) vmState(ctx context.Context, state string) error {
+	return c.do(ctx, http.MethodPatch, "/vm", map[string]string{"state": state}, nil)
 }
 
 func (c *fcClient) do(ctx context.Context, method, path string, in, out any) error {

@@ -304,7 +304,32 @@ func (f *firecracker) Status(ctx context.Context, socketPath string) (State, err
 	if err != nil {
 		return State{}, err
 	}
-	return State{Running: info.State == "Running", State: info.State}, nil
+	return State{Running: info.State == "Running", Paused: info.State == "Paused", State: info.State}, nil
+}
+
+// Pause sends PATCH /vm {"state": "Paused"} (API v0.25 and later, v1.0
+// included) unless GET / already reports the VM Paused, so that pausing
+// twice succeeds whatever the version does with a second request.
+func (f *firecracker) Pause(ctx context.Context, socketPath string) error {
+	return f.setState(ctx, socketPath, "Paused", "Paused")
+}
+
+// Resume sends PATCH /vm {"state": "Resumed"} unless the VM is already
+// Running.
+func (f *firecracker) Resume(ctx context.Context, socketPath string) error {
+	return f.setState(ctx, socketPath, "Resumed", "Running")
+}
+
+func (f *firecracker) setState(ctx context.Context, socketPath, want, reported string) error {
+	c := newFCClient(socketPath)
+	info, err := c.instanceInfo(ctx)
+	if err != nil {
+		return err
+	}
+	if info.State == reported {
+		return nil
+	}
+	return c.vmState(ctx, want)
 }
 
 // Shutdown sends Ctrl-Alt-Del: the guest's init powers the VM off, and

@@ -102,6 +102,12 @@ func checkFirecrackerContract(t *testing.T, socket string, d firecracker) {
 	if err == nil || !strings.Contains(err.Error(), "not supported before starting") {
 		t.Errorf("Shutdown before boot = %v, want Firecracker's fault message", err)
 	}
+	if err := d.Pause(ctx, socket); err == nil || !strings.Contains(err.Error(), "PATCH /vm") {
+		t.Errorf("Pause before boot = %v, want Firecracker's refusal of PATCH /vm", err)
+	}
+	if err := c.vmState(ctx, "Frozen"); err == nil || !strings.Contains(err.Error(), "400") {
+		t.Errorf("PATCH /vm with an unknown state = %v, want 400", err)
+	}
 	err = c.do(ctx, "GET", "/no-such-thing", nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "GET /no-such-thing") || !strings.Contains(err.Error(), "Invalid request method and/or path") {
 		t.Errorf("unknown path: %v", err)
@@ -162,8 +168,29 @@ func TestFirecrackerDriverAgainstTheDocumentedAPI(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !st.Running || st.State != "Running" {
+		if !st.Running || st.Paused || st.State != "Running" {
 			t.Errorf("after boot: Status = %+v, want running", st)
+		}
+
+		// Pause and resume, each twice: the second is a no-op.
+		for range 2 {
+			if err := d.Pause(ctx, socket); err != nil {
+				t.Fatal(err)
+			}
+			if st, err := d.Status(ctx, socket); err != nil || st.Running || !st.Paused || st.State != "Paused" {
+				t.Errorf("after Pause: Status = %+v, %v, want paused", st, err)
+			}
+		}
+		for range 2 {
+			if err := d.Resume(ctx, socket); err != nil {
+				t.Fatal(err)
+			}
+			if st, err := d.Status(ctx, socket); err != nil || !st.Running || st.Paused || st.State != "Running" {
+				t.Errorf("after Resume: Status = %+v, %v, want running", st, err)
+			}
+		}
+		if got := fake.Patches(); !slices.Equal(got, []string{"Paused", "Resumed"}) {
+			t.Errorf("PATCH /vm states = %v, want Paused then Resumed, once each", got)
 		}
 		if err := d.Shutdown(ctx, socket); err != nil {
 			t.Fatal(err)

@@ -582,7 +582,28 @@ func (q *qemu) Status(ctx context.Context, socketPath string) (State, error) {
 	if err := c.execute("query-status", nil, &st); err != nil {
 		return State{}, err
 	}
-	return State{Running: st.Running, State: st.Status}, nil
+	return State{Running: st.Running, Paused: st.Status == "paused", State: st.Status}, nil
+}
+
+// Pause stops the guest's vCPUs with QMP's stop; stopping a stopped
+// machine is a no-op for QEMU, so pausing twice succeeds.
+func (q *qemu) Pause(ctx context.Context, socketPath string) error {
+	return q.runState(ctx, socketPath, "stop")
+}
+
+// Resume continues the guest's vCPUs with QMP's cont, which QEMU accepts on
+// a running machine too.
+func (q *qemu) Resume(ctx context.Context, socketPath string) error {
+	return q.runState(ctx, socketPath, "cont")
+}
+
+func (q *qemu) runState(ctx context.Context, socketPath, cmd string) error {
+	c, err := dialQMP(ctx, socketPath)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.execute(cmd, nil, nil)
 }
 
 // Shutdown presses Ctrl-Alt-Del on the guest's keyboard, which the guest

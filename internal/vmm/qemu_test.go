@@ -446,7 +446,7 @@ func startQEMU(t *testing.T, machine string) (socket, watch string) {
 	return socket, watch
 }
 
-// TestQMPAgainstRealQEMU: handshake, status, Ctrl-Alt-Del on q35, the ACPI
+// TestQMPAgainstRealQEMU: handshake, status, pause and resume, Ctrl-Alt-Del on q35, the ACPI
 // power button on microvm (which has no keyboard), all on a real QEMU.
 func TestQMPAgainstRealQEMU(t *testing.T) {
 	d := &qemu{}
@@ -475,6 +475,25 @@ func TestQMPAgainstRealQEMU(t *testing.T) {
 			}
 			if !st.Running || st.State != "running" {
 				t.Errorf("after cont: Status = %+v, want running", st)
+			}
+
+			// Pause and resume, each twice: QMP's stop on a stopped
+			// machine and cont on a running one succeed.
+			for range 2 {
+				if err := d.Pause(ctx, socket); err != nil {
+					t.Fatal(err)
+				}
+				if st, err := d.Status(ctx, socket); err != nil || st.Running || !st.Paused || st.State != "paused" {
+					t.Errorf("after Pause: Status = %+v, %v, want paused", st, err)
+				}
+			}
+			for range 2 {
+				if err := d.Resume(ctx, socket); err != nil {
+					t.Fatal(err)
+				}
+				if st, err := d.Status(ctx, socket); err != nil || !st.Running || st.Paused || st.State != "running" {
+					t.Errorf("after Resume: Status = %+v, %v, want running", st, err)
+				}
 			}
 
 			if err := d.Shutdown(ctx, socket); err != nil {

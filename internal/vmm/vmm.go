@@ -93,7 +93,11 @@ type Spec struct {
 // State is what the VMM reports about its guest.
 type State struct {
 	Running bool
-	State   string // the driver's own word: Running, Paused, Not started, running, prelaunch…
+	// Paused: the guest's vCPUs are stopped by Pause (Firecracker's
+	// "Paused", QEMU's "paused"); its memory and devices are kept, and
+	// Resume continues it where it stopped. Running is then false.
+	Paused bool
+	State  string // the driver's own word: Running, Paused, Not started, running, paused, prelaunch…
 }
 
 // Driver runs VMs with one kind of VMM.
@@ -120,6 +124,12 @@ type Driver interface {
 	// Shutdown asks the guest to power off and returns once the request is
 	// delivered; the caller waits for the VMM to exit.
 	Shutdown(ctx context.Context, socketPath string) error
+	// Pause stops the guest's vCPUs, keeping its memory and devices;
+	// pausing a paused guest succeeds. Resume continues a paused guest;
+	// resuming a running one succeeds. Both return once the VMM has done
+	// it (Status then reports Paused, or Running).
+	Pause(ctx context.Context, socketPath string) error
+	Resume(ctx context.Context, socketPath string) error
 	// Release removes what Command prepared outside the VM's run
 	// directory (the jailer's chroot and cgroup) once the VMM has exited;
 	// what is already gone is fine.
