@@ -403,6 +403,12 @@ func (r *Runner) stop(ctx context.Context, id string) error {
 		return fmt.Errorf("stop vm %s: %w", id, err)
 	}
 	sctx, cancel := context.WithTimeout(ctx, r.Config.CommandTimeout)
+	// A paused guest cannot act on the power-off request: resume it first.
+	if st, err := driver.Status(sctx, p.Socket); err == nil && st.Paused {
+		if err := driver.Resume(sctx, p.Socket); err != nil {
+			r.Log.Warn("resume of the paused VM before its shutdown failed", "vm", id, "err", err)
+		}
+	}
 	err = driver.Shutdown(sctx, p.Socket)
 	cancel()
 	if err != nil {

@@ -45,8 +45,14 @@ func (m *Manager) document(ctx context.Context, meta store.Meta) wire.VM {
 	}
 	if st, err := os.Stat(p.Socket); err == nil && st.Mode()&os.ModeSocket != 0 {
 		v.VMMState.SocketPresent = true
+		// Only a present socket is asked, with a short timeout
+		// (statusTimeout): a listing of many VMs must not wait on one.
+		if st, ok := vmmStatus(ctx, meta, p.Socket); ok {
+			v.VMMState.State = vmmStateWord(st)
+		}
 	}
 	v.Service = wire.Service(m.serviceState(ctx, meta.ID))
+	v.State = stateWord(v)
 	return v
 }
 

@@ -65,23 +65,28 @@ type Port struct {
 
 // VM is the document the API returns for one VM.
 type VM struct {
-	ID        string            `json:"id"`
-	CreatedAt time.Time         `json:"createdAt"`
-	Name      string            `json:"name,omitempty"`
-	VMM       string            `json:"vmm"`
-	VCPU      int               `json:"vcpu"`
-	MemMiB    int               `json:"memMiB"`
-	HTTPPort  int               `json:"httpPort,omitempty"`
-	AutoStart bool              `json:"autoStart"`
-	Kernel    string            `json:"kernel"`
-	Initrd    string            `json:"initrd,omitempty"`
-	Disks     Disks             `json:"disks"`
-	Service   Service           `json:"service"`
-	VMMState  VMMState          `json:"vmmState"`
-	Network   Network           `json:"network"`
-	Paths     Paths             `json:"paths"`
-	Metadata  json.RawMessage   `json:"metadata,omitempty"`
-	Tags      map[string]string `json:"tags,omitempty"`
+	ID        string    `json:"id"`
+	CreatedAt time.Time `json:"createdAt"`
+	Name      string    `json:"name,omitempty"`
+	VMM       string    `json:"vmm"`
+	VCPU      int       `json:"vcpu"`
+	MemMiB    int       `json:"memMiB"`
+	HTTPPort  int       `json:"httpPort,omitempty"`
+	AutoStart bool      `json:"autoStart"`
+	Kernel    string    `json:"kernel"`
+	Initrd    string    `json:"initrd,omitempty"`
+	Disks     Disks     `json:"disks"`
+	// State is the VM's state in one word: running, paused, stopped, or
+	// the service manager's word while it changes (activating,
+	// deactivating, failed); unknown when neither the service manager nor
+	// the VMM can tell.
+	State    string            `json:"state"`
+	Service  Service           `json:"service"`
+	VMMState VMMState          `json:"vmmState"`
+	Network  Network           `json:"network"`
+	Paths    Paths             `json:"paths"`
+	Metadata json.RawMessage   `json:"metadata,omitempty"`
+	Tags     map[string]string `json:"tags,omitempty"`
 }
 
 // VMList is the body of GET /v1/vms.
@@ -111,10 +116,21 @@ type Service struct {
 	MainPID     int    `json:"mainPID"`     // the VMM, 0 when not running
 }
 
+// Words of VM.State and VMMState.State.
+const (
+	StateRunning = "running"
+	StatePaused  = "paused"
+	StateStopped = "stopped"
+)
+
 // VMMState is what the VMM's socket says.
 type VMMState struct {
 	SocketPath    string `json:"socketPath"`
 	SocketPresent bool   `json:"socketPresent"`
+	// State is what the VMM answers on its socket: "running", "paused"
+	// (POST /v1/vms/{id}/pause), or its own word for anything else;
+	// absent when the socket is absent or the VMM does not answer at once.
+	State string `json:"state,omitempty"`
 	// Accelerator is how the guest's CPU runs: "kvm" (hardware) or "tcg"
 	// (QEMU's software emulation, many times slower); empty when vm.json
 	// cannot be read. AcceleratorNote says why, for TCG.
