@@ -57,6 +57,8 @@ func New(mgr *manager.Manager, log *slog.Logger, images ImageLister, health func
 	mux.HandleFunc("DELETE /v1/vms/{id}", s.deleteVM)
 	mux.HandleFunc("POST /v1/vms/{id}/start", s.startVM)
 	mux.HandleFunc("POST /v1/vms/{id}/stop", s.stopVM)
+	mux.HandleFunc("POST /v1/vms/{id}/pause", s.pauseVM)
+	mux.HandleFunc("POST /v1/vms/{id}/resume", s.resumeVM)
 	mux.HandleFunc("GET /v1/vms/{id}/console", s.console)
 	mux.HandleFunc("GET /v1/vms/{id}/{file}", s.vmFile)
 	mux.HandleFunc("GET /v1/images", s.listImages)
@@ -234,6 +236,10 @@ func (s *Server) deleteVM(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) startVM(w http.ResponseWriter, r *http.Request) { s.transition(w, r, s.mgr.Start) }
 func (s *Server) stopVM(w http.ResponseWriter, r *http.Request)  { s.transition(w, r, s.mgr.Stop) }
+func (s *Server) pauseVM(w http.ResponseWriter, r *http.Request) { s.transition(w, r, s.mgr.Pause) }
+func (s *Server) resumeVM(w http.ResponseWriter, r *http.Request) {
+	s.transition(w, r, s.mgr.Resume)
+}
 
 // transition runs op on the VM named in the path and answers with the VM's
 // document afterwards.

@@ -155,6 +155,8 @@ func TestUnknownAndMalformedIDs(t *testing.T) {
 		{http.MethodDelete, "/v1/vms/%s"},
 		{http.MethodPost, "/v1/vms/%s/start"},
 		{http.MethodPost, "/v1/vms/%s/stop"},
+		{http.MethodPost, "/v1/vms/%s/pause"},
+		{http.MethodPost, "/v1/vms/%s/resume"},
 		{http.MethodGet, "/v1/vms/%s/meta.json"},
 		{http.MethodGet, "/v1/vms/%s/console"},
 	}
@@ -175,7 +177,7 @@ func TestUnknownAndMalformedIDs(t *testing.T) {
 }
 
 // A second VM with a taken name is 409; starting without a service manager
-// is 503; both say why.
+// is 503; pausing a stopped VM is 409; each says why.
 func TestConflictIs409AndUnavailableIs503(t *testing.T) {
 	h := newHost(t, nil)
 	var vm wire.VM
@@ -189,6 +191,14 @@ func TestConflictIs409AndUnavailableIs503(t *testing.T) {
 		rec = h.do(t, http.MethodPost, "/v1/vms/"+vm.ID+"/"+op, "")
 		if rec.Code != http.StatusServiceUnavailable || !strings.Contains(errorOf(t, rec), errNoSupervisor.Error()) {
 			t.Errorf("%s without a service manager: %d %s; want 503 with the reason", op, rec.Code, rec.Body)
+		}
+	}
+	// A VM that is not running cannot be paused or resumed: 409, naming
+	// the VM and its state.
+	for _, op := range []string{"pause", "resume"} {
+		rec = h.do(t, http.MethodPost, "/v1/vms/"+vm.ID+"/"+op, "")
+		if msg := errorOf(t, rec); rec.Code != http.StatusConflict || !strings.Contains(msg, vm.ID) || !strings.Contains(msg, "stopped") {
+			t.Errorf("%s of a stopped VM: %d %s; want 409 naming the VM and its state", op, rec.Code, rec.Body)
 		}
 	}
 	rec = h.do(t, http.MethodGet, "/v1/images", "")
