@@ -84,13 +84,14 @@ func newVMCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:     "vm",
 		Aliases: []string{"vms"},
-		Short:   "Create, list, inspect, start, stop and remove VMs through the daemon",
+		Short:   "Create, list, inspect, start, stop, pause, resume and remove VMs through the daemon",
 		Long: `VM commands talk to the daemon. Wherever a VM is expected you may give its
 full id, a unique prefix of it, or its name (the "name" tag).`,
 	}
 	f.register(cmd)
 	cmd.AddCommand(newVMCreateCmd(f), newVMListCmd(f), newVMInspectCmd(f),
-		newVMStartStopCmd(f, "start"), newVMStartStopCmd(f, "stop"), newVMRemoveCmd(f))
+		newVMStartStopCmd(f, "start"), newVMStartStopCmd(f, "stop"),
+		newVMStartStopCmd(f, "pause"), newVMStartStopCmd(f, "resume"), newVMRemoveCmd(f))
 	return cmd
 }
 
@@ -244,9 +245,14 @@ func newVMInspectCmd(f *apiFlags) *cobra.Command {
 
 func newVMStartStopCmd(f *apiFlags, op string) *cobra.Command {
 	return &cobra.Command{
-		Use:   op + " VM...",
-		Short: strings.ToUpper(op[:1]) + op[1:] + " VMs (already " + map[string]string{"start": "running", "stop": "stopped"}[op] + " is fine)",
-		Args:  cobra.MinimumNArgs(1),
+		Use: op + " VM...",
+		Short: map[string]string{
+			"start":  "Start VMs (already running is fine)",
+			"stop":   "Stop VMs (already stopped is fine)",
+			"pause":  "Pause running VMs: the guest's vCPUs stop, its memory stays (already paused is fine)",
+			"resume": "Resume paused VMs (already running is fine)",
+		}[op],
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := f.client()
 			if err != nil {
@@ -258,10 +264,15 @@ func newVMStartStopCmd(f *apiFlags, op string) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if op == "start" {
+				switch op {
+				case "start":
 					vm, err = c.Start(cmd.Context(), vm.ID)
-				} else {
+				case "stop":
 					vm, err = c.Stop(cmd.Context(), vm.ID)
+				case "pause":
+					vm, err = c.Pause(cmd.Context(), vm.ID)
+				case "resume":
+					vm, err = c.Resume(cmd.Context(), vm.ID)
 				}
 				if err != nil {
 					return fmt.Errorf("%s %s: %w", op, ref, err)
@@ -336,7 +347,13 @@ func printVMs(w io.Writer, format string, vms []wire.VM, asList bool) error {
 	return tw.Flush()
 }
 
+// stateWord is the STATE column: the daemon's one-word state (running,
+// paused, stopped, …); for a daemon that does not send one, the service
+// manager's view.
 func stateWord(vm wire.VM) string {
+	if vm.State != "" {
+		return vm.State
+	}
 	s := vm.Service
 	switch {
 	case !s.Available:

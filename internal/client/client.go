@@ -179,6 +179,20 @@ func (c *Client) Stop(ctx context.Context, id string) (wire.VM, error) {
 	return vm, err
 }
 
+// Pause pauses a running VM's guest; pausing a paused VM succeeds.
+func (c *Client) Pause(ctx context.Context, id string) (wire.VM, error) {
+	var vm wire.VM
+	err := c.do(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(id)+"/pause", nil, &vm)
+	return vm, err
+}
+
+// Resume resumes a paused VM; resuming a running VM succeeds.
+func (c *Client) Resume(ctx context.Context, id string) (wire.VM, error) {
+	var vm wire.VM
+	err := c.do(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(id)+"/resume", nil, &vm)
+	return vm, err
+}
+
 // Delete deletes a VM.
 func (c *Client) Delete(ctx context.Context, id string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/vms/"+url.PathEscape(id), nil, nil)

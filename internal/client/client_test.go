@@ -122,6 +122,12 @@ func TestErrorAnswersCarryStatusAndMessage(t *testing.T) {
 	}
 	_, err = c.Stop(ctx, vm.ID)
 	apiError(t, err, http.StatusServiceUnavailable)
+	_, err = c.Pause(ctx, vm.ID)
+	if ae := apiError(t, err, http.StatusConflict); !strings.Contains(ae.Message, "stopped") {
+		t.Errorf("pause message %q does not give the VM's state", ae.Message)
+	}
+	_, err = c.Resume(ctx, vm.ID)
+	apiError(t, err, http.StatusConflict)
 	_, err = c.Images(ctx)
 	apiError(t, err, http.StatusServiceUnavailable)
 }
