@@ -120,6 +120,10 @@ func TestResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	check("GET", "/v1/vms/"+vm.ID+"/console?tail=100", "", 200)
 	check("POST", "/v1/vms/"+vm.ID+"/start", "", 503)
 	check("POST", "/v1/vms/"+vm.ID+"/stop", "", 503)
+	// A VM that is not running cannot be paused or resumed.
+	check("POST", "/v1/vms/"+vm.ID+"/pause", "", 409)
+	check("POST", "/v1/vms/"+vm.ID+"/resume", "", 409)
+	check("POST", "/v1/vms/"+store.NewID()+"/pause", "", 404)
 	check("GET", "/v1/images", "", 200)
 	check("POST", "/v1/vms", `{"vcpu":99}`, 400)
 	check("POST", "/v1/vms", `{"tags":{"name":"doc"}}`, 409)
