@@ -21,7 +21,6 @@ import (
 	"github.com/mergenhq/mergen/internal/testenv"
 	"github.com/mergenhq/mergen/internal/vmm"
 	"github.com/mergenhq/mergen/internal/vmnet"
-	"golang.org/x/sys/unix"
 )
 
 // fixture is a runner over temporary roots with one VM that was created
@@ -239,7 +238,7 @@ func TestStartRefusesADiskSwappedForALink(t *testing.T) {
 	if err := os.WriteFile(canary, []byte("a host secret"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	opened := watchOpens(t, canary)
+	opened := testenv.WatchOpens(t, canary)
 	os.Remove(m.Disks.Rootfs)
 	if err := os.Symlink(canary, m.Disks.Rootfs); err != nil {
 		t.Fatal(err)
@@ -254,27 +253,5 @@ func TestStartRefusesADiskSwappedForALink(t *testing.T) {
 	}
 	if n := opened(); n != 0 {
 		t.Errorf("the canary was opened %d times", n)
-	}
-}
-
-// watchOpens watches path for opens and reads (inotify); the function it
-// returns counts the events so far.
-func watchOpens(t *testing.T, path string) func() int {
-	t.Helper()
-	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if _, err := unix.InotifyAddWatch(fd, path, unix.IN_OPEN|unix.IN_ACCESS); err != nil {
-		t.Fatal(err)
-	}
-	return func() int {
-		buf := make([]byte, 4096)
-		n, _ := unix.Read(fd, buf)
-		if n <= 0 {
-			return 0
-		}
-		return n / unix.SizeofInotifyEvent // events on a watched file carry no name
 	}
 }

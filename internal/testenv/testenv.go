@@ -15,6 +15,9 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // RequireRoot skips the test, loudly, when not running as root.
@@ -99,4 +102,33 @@ func Tool(t testing.TB, name string) string {
 		t.Fatalf("testenv: %s not found: run `make deps` (scripts/install-deps.sh) as root", name)
 	}
 	return p
+}
+
+// WatchOpens watches path for opens and reads (inotify) from now on; the
+// function it returns counts the events seen so far.
+func WatchOpens(t testing.TB, path string) func() int {
+	t.Helper()
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if _, err := unix.InotifyAddWatch(fd, path, unix.IN_OPEN|unix.IN_ACCESS); err != nil {
+		t.Fatal(err)
+	}
+	return func() int {
+		n := 0
+		buf := make([]byte, 64<<10)
+		for {
+			got, err := unix.Read(fd, buf)
+			if got <= 0 || err != nil {
+				return n
+			}
+			for off := 0; off+unix.SizeofInotifyEvent <= got; {
+				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+				n++
+				off += unix.SizeofInotifyEvent + int(ev.Len)
+			}
+		}
+	}
 }

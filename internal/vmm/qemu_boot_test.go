@@ -20,7 +20,6 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -376,7 +375,7 @@ func TestQEMUGetsTheValidatedDiskNotALinkSwappedIn(t *testing.T) {
 	if err := os.WriteFile(canary, []byte("a host secret"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	watch := watchOpens(t, canary)
+	watch := testenv.WatchOpens(t, canary)
 	data := filepath.Join(root, "data.img")
 	for _, disk := range []string{"root.img", "data.img"} {
 		if err := os.WriteFile(filepath.Join(root, disk), make([]byte, 1<<20), 0o644); err != nil {
@@ -517,34 +516,5 @@ func TestQEMUGetsTheValidatedDiskNotALinkSwappedIn(t *testing.T) {
 		t.Errorf("the canary was opened or read %d times", n)
 	} else {
 		t.Log("inotify: the canary was never opened")
-	}
-}
-
-// watchOpens watches path for opens and reads (inotify) from now on; the
-// function it returns counts the events seen so far.
-func watchOpens(t *testing.T, path string) func() int {
-	t.Helper()
-	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	if _, err := unix.InotifyAddWatch(fd, path, unix.IN_OPEN|unix.IN_ACCESS); err != nil {
-		t.Fatal(err)
-	}
-	return func() int {
-		n := 0
-		buf := make([]byte, 64<<10)
-		for {
-			got, err := unix.Read(fd, buf)
-			if got <= 0 || err != nil {
-				return n
-			}
-			for off := 0; off+unix.SizeofInotifyEvent <= got; {
-				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
-				n++
-				off += unix.SizeofInotifyEvent + int(ev.Len)
-			}
-		}
 	}
 }
