@@ -1,21 +1,31 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"strconv"
 	"unicode/utf8"
 
 	"github.com/spf13/cobra"
+
+	"github.com/mergenhq/mergen/internal/client"
 )
 
 func newLogsCmd() *cobra.Command {
 	f := &apiFlags{}
 	var follow, raw bool
-	var tail int64
+	var tail, source string
 	cmd := &cobra.Command{
-		Use:   "logs VM",
-		Short: "Show a VM's console: guest kernel, mergen-init and payload output",
-		Long: `Shows a VM's serial console: guest kernel, mergen-init and payload output.
+		Use:   "logs [-f] [--tail N] [--source payload] VM",
+		Short: "Show a VM's output: guest kernel, mergen-init and payload",
+		Long: `Shows a VM's serial console: guest kernel, mergen-init and payload output,
+line by line. --tail N shows only the last N lines (default all, within the
+daemon's bound of 4 MiB); -f keeps printing new output until Ctrl-C or the
+VM is deleted. --source payload shows only the payload's output (the lines
+mergen-init writes as "[payload] ...", without that prefix).
 
 The console is written by the guest. Control characters (escape sequences
 among them) are shown as \xNN or \uNNNN so that they cannot drive your
@@ -23,15 +33,32 @@ terminal; newlines, tabs and the carriage return of a \r\n line end pass
 through. --raw prints the bytes as they are.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if tail != "all" {
+				if n, err := strconv.ParseInt(tail, 10, 64); err != nil || n < 0 {
+					return fmt.Errorf("--tail: %q is not a line count (a number ≥ 0, or all)", tail)
+				}
+			}
+			if source != "console" && source != "payload" {
+				return fmt.Errorf("--source: %q is not console or payload", source)
+			}
 			c, vm, err := f.resolve(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
+			opts := client.LogsOptions{Tail: tail, Follow: follow, Source: source}
+			ctx := cmd.Context()
+			if follow {
+				// Ctrl-C ends the follow, not mergen: what is held is
+				// written and the exit status is 0, as docker's.
+				var stop context.CancelFunc
+				ctx, stop = signal.NotifyContext(ctx, os.Interrupt)
+				defer stop()
+			}
 			if raw {
-				return c.Console(cmd.Context(), vm.ID, tail, follow, cmd.OutOrStdout())
+				return c.Logs(ctx, vm.ID, opts, cmd.OutOrStdout())
 			}
 			w := &escaper{w: cmd.OutOrStdout()}
-			err = c.Console(cmd.Context(), vm.ID, tail, follow, w)
+			err = c.Logs(ctx, vm.ID, opts, w)
 			if ferr := w.Flush(); err == nil {
 				err = ferr
 			}
@@ -39,8 +66,9 @@ through. --raw prints the bytes as they are.`,
 		},
 	}
 	f.register(cmd)
-	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
-	cmd.Flags().Int64Var(&tail, "tail", 0, "only the last N bytes")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output until interrupted")
+	cmd.Flags().StringVar(&tail, "tail", "all", "only the last N lines")
+	cmd.Flags().StringVar(&source, "source", "console", "console (everything) or payload (the payload's output alone)")
 	cmd.Flags().BoolVar(&raw, "raw", false, "print the console's bytes as they are, control sequences included")
 	return cmd
 }

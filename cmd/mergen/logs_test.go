@@ -72,7 +72,7 @@ func TestLogsCommandEscapesUnlessRaw(t *testing.T) {
 		switch r.URL.Path {
 		case "/v1/vms":
 			json.NewEncoder(w).Encode(wire.VMList{VMs: []wire.VM{{ID: id, Name: "web"}}})
-		case "/v1/vms/" + id + "/console":
+		case "/v1/vms/" + id + "/logs":
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			w.Write([]byte(console))
 		default:
@@ -102,5 +102,88 @@ func TestLogsCommandEscapesUnlessRaw(t *testing.T) {
 		if out.String() != c.want {
 			t.Errorf("logs %v printed %q, want %q", c.args, out.String(), c.want)
 		}
+	}
+}
+
+// The flags reach the API as docker's habits have them: --tail lines, -f,
+// --source; bad values are refused before asking.
+func TestLogsCommandFlags(t *testing.T) {
+	const id = "3f2a1c9e-8b7d-4e6f-9a0b-1c2d3e4f5a6b"
+	queries := make(chan string, 10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v1/vms":
+			json.NewEncoder(w).Encode(wire.VMList{VMs: []wire.VM{{ID: id, Name: "web"}}})
+		case "/v1/vms/" + id + "/logs":
+			queries <- r.URL.RawQuery
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.Write([]byte("line\n"))
+			if r.URL.Query().Get("follow") == "1" {
+				w.(http.Flusher).Flush()
+				<-r.Context().Done() // until the client goes away
+			}
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	run := func(ctx context.Context, args ...string) (string, error) {
+		root := &cobra.Command{Use: "mergen", SilenceUsage: true, SilenceErrors: true}
+		root.AddCommand(newLogsCmd())
+		var out bytes.Buffer
+		root.SetArgs(append([]string{"logs", "--api", srv.URL}, args...))
+		root.SetOut(&out)
+		root.SetErr(&out)
+		err := root.ExecuteContext(ctx)
+		return out.String(), err
+	}
+	for _, c := range []struct {
+		args  []string
+		query string
+	}{
+		{[]string{"web"}, "source=console&tail=all"},
+		{[]string{"--tail", "5", "web"}, "source=console&tail=5"},
+		{[]string{"--tail=0", "--source", "payload", "web"}, "source=payload&tail=0"},
+		{[]string{"web", "--source=console", "--tail", "all"}, "source=console&tail=all"},
+	} {
+		out, err := run(context.Background(), c.args...)
+		if err != nil || out != "line\n" {
+			t.Errorf("logs %v: %q, %v", c.args, out, err)
+		}
+		if q := <-queries; q != c.query {
+			t.Errorf("logs %v asked for %q, want %q", c.args, q, c.query)
+		}
+	}
+	// -f follows until the context ends (Ctrl-C), without an error.
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := run(ctx, "-f", "--tail", "10", "web")
+		done <- err
+	}()
+	if q := <-queries; q != "follow=1&source=console&tail=10" {
+		t.Errorf("logs -f --tail 10 asked for %q", q)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("logs -f ended on its own: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("logs -f ended by Ctrl-C: %v, want no error", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("logs -f did not end with its context")
+	}
+	for _, args := range [][]string{{"--tail", "-1", "web"}, {"--tail", "ten", "web"}, {"--source", "stderr", "web"}} {
+		if _, err := run(context.Background(), args...); err == nil || !strings.Contains(err.Error(), args[0]) {
+			t.Errorf("logs %v: %v; want an error naming %s", args, err, args[0])
+		}
+	}
+	if len(queries) != 0 {
+		t.Errorf("bad flags reached the API: %q", <-queries)
 	}
 }

@@ -60,6 +60,7 @@ func New(mgr *manager.Manager, log *slog.Logger, images ImageLister, health func
 	mux.HandleFunc("POST /v1/vms/{id}/pause", s.pauseVM)
 	mux.HandleFunc("POST /v1/vms/{id}/resume", s.resumeVM)
 	mux.HandleFunc("GET /v1/vms/{id}/console", s.console)
+	mux.HandleFunc("GET /v1/vms/{id}/logs", s.logs)
 	mux.HandleFunc("GET /v1/vms/{id}/{file}", s.vmFile)
 	mux.HandleFunc("GET /v1/images", s.listImages)
 

@@ -159,6 +159,7 @@ func TestUnknownAndMalformedIDs(t *testing.T) {
 		{http.MethodPost, "/v1/vms/%s/resume"},
 		{http.MethodGet, "/v1/vms/%s/meta.json"},
 		{http.MethodGet, "/v1/vms/%s/console"},
+		{http.MethodGet, "/v1/vms/%s/logs"},
 	}
 	for _, r := range routes {
 		rec := h.do(t, r.method, strings.Replace(r.path, "%s", unknown, 1), "")

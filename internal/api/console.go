@@ -68,6 +68,22 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 	if !follow {
 		return
 	}
+	s.follow(w, r, id, f, w) // closes f
+	f = nil
+}
+
+// follow streams what is appended to the console log from f's position on
+// (f nil: the log does not exist yet) to out, flushing w after each round,
+// until the client goes away or the VM is deleted; it moves to the new log
+// when the copier rotates it. It closes f.
+func (s *Server) follow(w http.ResponseWriter, r *http.Request, id string, f *os.File, out io.Writer) {
+	console := s.mgr.Store().Paths(id).ConsoleLog
+	defer func() {
+		if f != nil {
+			f.Close()
+		}
+	}()
+	var err error
 	rc := http.NewResponseController(w)
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
@@ -89,7 +105,7 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 				continue
 			}
 		}
-		if _, err := io.Copy(w, f); err != nil {
+		if _, err := io.Copy(out, f); err != nil {
 			return
 		}
 		// Rotated: the name now leads to a new log. What reached the old
@@ -97,13 +113,13 @@ func (s *Server) console(w http.ResponseWriter, r *http.Request) {
 		// (Until the new one exists, the old one is kept.)
 		if rotated(f, console) {
 			if nf, err := os.Open(console); err == nil {
-				if _, err := io.Copy(w, f); err != nil {
+				if _, err := io.Copy(out, f); err != nil {
 					nf.Close()
 					return
 				}
 				f.Close()
 				f = nf
-				if _, err := io.Copy(w, f); err != nil {
+				if _, err := io.Copy(out, f); err != nil {
 					return
 				}
 			}

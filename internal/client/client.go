@@ -267,7 +267,41 @@ func (c *Client) Console(ctx context.Context, id string, tail int64, follow bool
 	if follow {
 		q.Set("follow", "true")
 	}
-	req, err := c.newRequest(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(id)+"/console?"+q.Encode(), nil)
+	return c.stream(ctx, "/v1/vms/"+url.PathEscape(id)+"/console?"+q.Encode(), w)
+}
+
+// LogsOptions selects what Logs shows.
+type LogsOptions struct {
+	// Tail is the number of lines from the end to show first: "" or "all"
+	// for all of them (within the daemon's bound), "0" for none.
+	Tail string
+	// Follow keeps streaming new output until ctx is done or the VM is
+	// deleted.
+	Follow bool
+	// Source is "console" (the default: kernel, mergen-init and payload)
+	// or "payload" (the payload's lines alone, without their prefix).
+	Source string
+}
+
+// Logs copies the VM's output, by lines, to w (GET /v1/vms/{id}/logs).
+func (c *Client) Logs(ctx context.Context, id string, opts LogsOptions, w io.Writer) error {
+	q := url.Values{}
+	if opts.Tail != "" {
+		q.Set("tail", opts.Tail)
+	}
+	if opts.Follow {
+		q.Set("follow", "1")
+	}
+	if opts.Source != "" {
+		q.Set("source", opts.Source)
+	}
+	return c.stream(ctx, "/v1/vms/"+url.PathEscape(id)+"/logs?"+q.Encode(), w)
+}
+
+// stream copies a text answer that may never end to w; ctx ending it is no
+// error.
+func (c *Client) stream(ctx context.Context, path string, w io.Writer) error {
+	req, err := c.newRequest(ctx, http.MethodGet, path, nil)
 	if err != nil {
 		return err
 	}

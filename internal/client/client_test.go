@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -261,4 +263,41 @@ func TestNewAndAnUnreachableDaemon(t *testing.T) {
 	if err == nil || errors.As(err, &ae) || !strings.Contains(err.Error(), "cannot reach the mergen daemon at http://"+addr) {
 		t.Fatalf("List against a closed port = %v; want an unreachable error naming http://%s", err, addr)
 	}
+}
+
+// Logs asks for lines: the tail, the payload's lines alone; bad options and
+// unknown VMs are API errors.
+func TestLogsTailAndSource(t *testing.T) {
+	c := newDaemon(t, "")
+	ctx := context.Background()
+	vm, err := c.Create(ctx, wire.CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(vm.Paths.ConsoleLog), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(vm.Paths.ConsoleLog, []byte("boot\n[payload] a\nmergen-init: x\n[payload] b\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, c2 := range []struct {
+		opts client.LogsOptions
+		want string
+	}{
+		{client.LogsOptions{}, "boot\n[payload] a\nmergen-init: x\n[payload] b\n"},
+		{client.LogsOptions{Tail: "2"}, "mergen-init: x\n[payload] b\n"},
+		{client.LogsOptions{Tail: "all", Source: "payload"}, "a\nb\n"},
+		{client.LogsOptions{Tail: "1", Source: "payload"}, "b\n"},
+	} {
+		var out strings.Builder
+		if err := c.Logs(ctx, vm.ID, c2.opts, &out); err != nil || out.String() != c2.want {
+			t.Errorf("Logs(%+v) = %q, %v; want %q", c2.opts, out.String(), err, c2.want)
+		}
+	}
+	var out strings.Builder
+	ae := apiError(t, c.Logs(ctx, vm.ID, client.LogsOptions{Source: "stderr"}, &out), http.StatusBadRequest)
+	if !strings.Contains(ae.Message, "source") {
+		t.Errorf("a bad source: %q does not name the parameter", ae.Message)
+	}
+	apiError(t, c.Logs(ctx, store.NewID(), client.LogsOptions{}, &out), http.StatusNotFound)
 }

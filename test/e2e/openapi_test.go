@@ -118,6 +118,8 @@ func TestResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	check("GET", "/v1/vms/"+vm.ID+"/vm.json", "", 200)
 	check("GET", "/v1/vms/"+vm.ID+"/hooks.json", "", 200)
 	check("GET", "/v1/vms/"+vm.ID+"/console?tail=100", "", 200)
+	check("GET", "/v1/vms/"+vm.ID+"/logs?tail=5&source=payload&follow=0", "", 200)
+	check("GET", "/v1/vms/"+vm.ID+"/logs?tail=-1", "", 400)
 	check("POST", "/v1/vms/"+vm.ID+"/start", "", 503)
 	check("POST", "/v1/vms/"+vm.ID+"/stop", "", 503)
 	// A VM that is not running cannot be paused or resumed.

@@ -110,6 +110,24 @@ func runtimeScenario(t *testing.T, h vmHost, payload string) {
 		t.Fatalf("the console across the rotation is out of order:\n%s", console)
 	}
 	t.Logf("console: first boot %d bytes; %d bytes served across console.log.1 and console.log after the second", firstBoot, len(console))
+	// /logs counts lines: the last five of the guest's console, mergen-init's
+	// among them.
+	code, body = h.api(t, "GET", "/v1/vms/"+vm.ID+"/logs?tail=5", nil, nil)
+	mustStatus(t, code, body, 200)
+	if lines := strings.SplitAfter(strings.TrimSuffix(string(body), "\n"), "\n"); len(lines) != 5 || !strings.Contains(string(body), "mergen-init: ") {
+		t.Fatalf("logs?tail=5 answered %d lines, want 5 with mergen-init's:\n%s", len(lines), body)
+	}
+	if now := waitConsole(t, h, vm.ID, "mergen-init: payload started", 2); !strings.Contains(now, string(body)) {
+		t.Fatalf("logs?tail=5 is not the end of the console:\n%s", body)
+	}
+	t.Logf("logs?tail=5:\n%s", body)
+	// source=payload: busybox httpd's access line for the start's request,
+	// without mergen-init's prefix.
+	code, body = h.api(t, "GET", "/v1/vms/"+vm.ID+"/logs?source=payload&tail=1", nil, nil)
+	mustStatus(t, code, body, 200)
+	if !strings.Contains(string(body), "response:200") || strings.Contains(string(body), "[payload]") {
+		t.Fatalf("logs?source=payload&tail=1 answered %q, want httpd's access line without the prefix", body)
+	}
 	h.killDaemon(t)
 	if got, err := h.get(hostPort, "/index.html"); err != nil || got != page {
 		t.Fatalf("VM stopped answering when the daemon was killed: %q %v", got, err)
