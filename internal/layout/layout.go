@@ -42,6 +42,11 @@ type VM struct {
 	RunDir  string // <run>/<id>
 	Socket  string // the VMM's API socket (Firecracker API, QEMU QMP)
 	PIDFile string // the VMM's pid
+	// Paused is present while the manager has the guest paused: written
+	// under the VM's lock by pause, removed by resume, stop, and by the
+	// pre-start and post-stop stages. Lists read it instead of asking
+	// every VMM.
+	Paused string
 
 	// The detached supervisor's files, in the run directory.
 	SupervisorPID   string
@@ -78,6 +83,7 @@ func (l Layout) VM(id string) VM {
 		RunDir:  run,
 		Socket:  filepath.Join(run, "vmm.sock"),
 		PIDFile: filepath.Join(run, "vmm.pid"),
+		Paused:  filepath.Join(run, "paused"),
 
 		SupervisorPID:   filepath.Join(run, "supervisor.pid"),
 		SupervisorState: filepath.Join(run, "supervisor.state.json"),

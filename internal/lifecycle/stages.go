@@ -196,7 +196,7 @@ func (r *Runner) preStart(ctx context.Context, id string) error {
 	}
 	// A socket left by a VMM that died without cleaning up would make the
 	// next VMM fail to bind.
-	for _, f := range []string{p.Socket, p.PIDFile} {
+	for _, f := range []string{p.Socket, p.PIDFile, p.Paused} {
 		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("pre-start vm %s: %w", id, err)
 		}
@@ -461,7 +461,7 @@ func (r *Runner) teardown(ctx context.Context, m store.Meta) error {
 			return err
 		}
 	}
-	for _, f := range []string{p.Socket, p.PIDFile} {
+	for _, f := range []string{p.Socket, p.PIDFile, p.Paused} {
 		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}

@@ -21,6 +21,16 @@ import (
 // document is the API's view of a VM: its record, its paths from the
 // layout, and what the service manager and the VMM's socket say now.
 func (m *Manager) document(ctx context.Context, meta store.Meta) wire.VM {
+	return m.documentWith(ctx, meta, m.serviceState(ctx, meta.ID), true)
+}
+
+// documentWith builds the document from the service state svc. askVMM
+// says whether the VMM is asked over its socket (one VM: GET, pause); a
+// list does not ask: a VM whose service is active and whose socket is
+// present is running, or paused while the pause marker the manager keeps
+// (layout's Paused) is present. Without a service manager the VMM is
+// always asked: nothing else knows.
+func (m *Manager) documentWith(ctx context.Context, meta store.Meta, svc supervisor.State, askVMM bool) wire.VM {
 	p := m.store.Paths(meta.ID)
 	v := wire.VM{
 		ID: meta.ID, CreatedAt: meta.CreatedAt, Name: meta.Tags[NameTag], VMM: meta.VMM,
@@ -45,13 +55,21 @@ func (m *Manager) document(ctx context.Context, meta store.Meta) wire.VM {
 	}
 	if st, err := os.Stat(p.Socket); err == nil && st.Mode()&os.ModeSocket != 0 {
 		v.VMMState.SocketPresent = true
-		// Only a present socket is asked, with a short timeout
-		// (statusTimeout): a listing of many VMs must not wait on one.
-		if st, ok := vmmStatus(ctx, meta, p.Socket); ok {
-			v.VMMState.State = vmmStateWord(st)
+		switch {
+		case askVMM || !svc.Available:
+			// Only a present socket is asked, with a short timeout
+			// (statusTimeout): a document must not wait on a hung VMM.
+			if st, ok := vmmStatus(ctx, meta, p.Socket); ok {
+				v.VMMState.State = vmmStateWord(st)
+			}
+		case svc.ActiveState == "active":
+			v.VMMState.State = wire.StateRunning
+			if _, err := os.Lstat(p.Paused); err == nil {
+				v.VMMState.State = wire.StatePaused
+			}
 		}
 	}
-	v.Service = wire.Service(m.serviceState(ctx, meta.ID))
+	v.Service = wire.Service(svc)
 	v.State = stateWord(v)
 	return v
 }
@@ -97,9 +115,21 @@ func (m *Manager) List(ctx context.Context) ([]wire.VM, error) {
 		}
 		return metas[i].ID < metas[j].ID
 	})
+	// One query of the service manager for all VMs, none per VM.
+	ids := make([]string, len(metas))
+	for i, meta := range metas {
+		ids[i] = meta.ID
+	}
+	states := map[string]supervisor.State{}
+	if m.sup != nil {
+		var err error
+		if states, err = m.sup.States(ctx, ids); err != nil {
+			m.log.Debug("service states unavailable", "err", err)
+		}
+	}
 	out := make([]wire.VM, 0, len(metas))
 	for _, meta := range metas {
-		out = append(out, m.document(ctx, meta))
+		out = append(out, m.documentWith(ctx, meta, states[meta.ID], false))
 	}
 	return out, nil
 }
@@ -228,7 +258,11 @@ func (m *Manager) stop(ctx context.Context, meta store.Meta) error {
 	if err := m.runHooks(ctx, hooks.OnStop, meta, nil); err != nil {
 		return err
 	}
-	return m.sup.Stop(ctx, meta.ID)
+	if err := m.sup.Stop(ctx, meta.ID); err != nil {
+		return err
+	}
+	m.clearPaused(meta.ID)
+	return nil
 }
 
 // Delete stops the VM, runs onDelete hooks (a strict one can veto), tears

@@ -2,7 +2,9 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"time"
 
@@ -95,6 +97,15 @@ func (m *Manager) Resume(ctx context.Context, id string) error {
 	return m.setRunState(ctx, "resume", id)
 }
 
+// clearPaused removes the VM's pause marker (layout's Paused); a marker
+// that cannot be removed is logged: lists would show the VM paused until
+// its next stop.
+func (m *Manager) clearPaused(id string) {
+	if err := os.Remove(m.store.Paths(id).Paused); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		m.log.Warn("pause marker not removed", "vm", id, "err", err)
+	}
+}
+
 // setRunState pauses or resumes the VM under its lifecycle lock, so that no
 // start, stop or delete runs meanwhile.
 func (m *Manager) setRunState(ctx context.Context, op, id string) error {
@@ -120,14 +131,21 @@ func (m *Manager) setRunState(ctx context.Context, op, id string) error {
 	}
 	octx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
-	socket := m.store.Paths(id).Socket
+	p := m.store.Paths(id)
 	if op == "pause" {
-		err = driver.Pause(octx, socket)
+		// The marker first: a list never shows a paused guest as running.
+		if err := os.WriteFile(p.Paused, nil, 0o644); err != nil {
+			return fmt.Errorf("%s vm %s: pause marker: %w", op, id, err)
+		}
+		if err := driver.Pause(octx, p.Socket); err != nil {
+			m.clearPaused(id)
+			return fmt.Errorf("%s vm %s: %w", op, id, err)
+		}
 	} else {
-		err = driver.Resume(octx, socket)
-	}
-	if err != nil {
-		return fmt.Errorf("%s vm %s: %w", op, id, err)
+		if err := driver.Resume(octx, p.Socket); err != nil {
+			return fmt.Errorf("%s vm %s: %w", op, id, err)
+		}
+		m.clearPaused(id)
 	}
 	m.log.Info("vm "+op+"d", "vm", id)
 	return nil

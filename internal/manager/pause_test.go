@@ -2,6 +2,8 @@ package manager_test
 
 import (
 	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,6 +92,10 @@ func TestPauseAndResumeAreIdempotentAndShowInTheDocument(t *testing.T) {
 		if v := get(); v.State != wire.StatePaused || v.VMMState.State != wire.StatePaused {
 			t.Errorf("after pause: state %q, vmmState.state %q; want paused", v.State, v.VMMState.State)
 		}
+		// Lists read the marker instead of asking the VMM.
+		if _, err := os.Stat(h.store.Paths(vm.ID).Paused); err != nil {
+			t.Errorf("after pause: marker: %v", err)
+		}
 	}
 	for range 2 {
 		if err := h.mgr.Resume(ctx, vm.ID); err != nil {
@@ -97,6 +103,9 @@ func TestPauseAndResumeAreIdempotentAndShowInTheDocument(t *testing.T) {
 		}
 		if v := get(); v.State != wire.StateRunning || v.VMMState.State != wire.StateRunning {
 			t.Errorf("after resume: state %q, vmmState.state %q; want running", v.State, v.VMMState.State)
+		}
+		if _, err := os.Stat(h.store.Paths(vm.ID).Paused); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("after resume: marker still there (%v)", err)
 		}
 	}
 }

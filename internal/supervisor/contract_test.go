@@ -271,4 +271,38 @@ func testContract(t *testing.T, im implementation) {
 			t.Fatalf("states differ: %+v %+v", sa, sb)
 		}
 	})
+
+	t.Run("States reports many VMs in one call as State does for each", func(t *testing.T) {
+		s := im.sup(t, 5*time.Second)
+		running, failed, never := im.vm(t, s), im.vm(t, s, "TEST_EXIT_CODE=3"), im.vm(t, s)
+		for _, f := range []vmFixture{running, failed} {
+			if err := s.Start(ctx, f.id); err != nil {
+				t.Fatalf("Start: %v", err)
+			}
+		}
+		if err := os.WriteFile(failed.trigger, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "state failed", func() bool { return mustState(t, s, failed.id).ActiveState == "failed" })
+		failed.waitStage(t, "on-failure")
+		ids := []string{running.id, failed.id, never.id}
+		got, err := s.States(ctx, ids)
+		if err != nil {
+			t.Fatalf("States: %v", err)
+		}
+		if len(got) != len(ids) {
+			t.Fatalf("States = %+v, want %d VMs", got, len(ids))
+		}
+		for _, id := range ids {
+			if want := mustState(t, s, id); got[id] != want {
+				t.Errorf("States[%s] = %+v, State = %+v", id, got[id], want)
+			}
+		}
+		if st := got[running.id]; !st.Active || st.MainPID == 0 {
+			t.Errorf("running VM: %+v, want active with its MainPID", st)
+		}
+		if st := got[never.id]; !st.Available || st.ActiveState != "inactive" || st.SubState != "dead" || st.MainPID != 0 {
+			t.Errorf("never started VM: %+v, want inactive/dead", st)
+		}
+	})
 }

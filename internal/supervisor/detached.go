@@ -329,11 +329,40 @@ func (d *detachedSupervisor) State(ctx context.Context, id string) (State, error
 	if err := checkID("state", id); err != nil {
 		return s, err
 	}
-	s.Available = true
 	st, err := readState(d.paths(id).SupervisorState)
 	if err != nil {
 		return s, fmt.Errorf("state vm %s: %w", id, err)
 	}
+	return d.report(id, st), nil
+}
+
+// States reads each VM's state file once; the supervising process and the
+// VMM are checked (in /proc, no process started) only for a VM whose file
+// says it runs.
+func (d *detachedSupervisor) States(ctx context.Context, ids []string) (map[string]State, error) {
+	out := make(map[string]State, len(ids))
+	var errs []error
+	for _, id := range ids {
+		s := State{Unit: UnitName(d.o.UnitPrefix, id)}
+		if err := checkID("states", id); err != nil {
+			out[id] = s
+			errs = append(errs, err)
+			continue
+		}
+		st, err := readState(d.paths(id).SupervisorState)
+		if err != nil {
+			out[id] = s
+			errs = append(errs, fmt.Errorf("state vm %s: %w", id, err))
+			continue
+		}
+		out[id] = d.report(id, st)
+	}
+	return out, errors.Join(errs...)
+}
+
+// report is State of VM id from its recorded state st.
+func (d *detachedSupervisor) report(id string, st detachedState) State {
+	s := State{Unit: UnitName(d.o.UnitPrefix, id), Available: true}
 	s.ActiveState, s.SubState = st.ActiveState, st.SubState
 	if d.supervisorPID(id) == 0 {
 		switch st.ActiveState {
@@ -352,7 +381,7 @@ func (d *detachedSupervisor) State(ctx context.Context, id string) (State, error
 		}
 	}
 	s.Active = s.ActiveState == "active"
-	return s, nil
+	return s
 }
 
 // Forget removes the supervisor's files of a VM that is not running, and

@@ -36,9 +36,21 @@ func detached(t *testing.T, f vmFixture, stopTimeout time.Duration) supervisor.S
 
 func mustState(t *testing.T, s supervisor.Supervisor, id string) supervisor.State {
 	t.Helper()
+	before, err := s.States(context.Background(), []string{id})
+	if err != nil {
+		t.Fatalf("States(%s): %v", id, err)
+	}
 	st, err := s.State(context.Background(), id)
 	if err != nil {
 		t.Fatalf("State(%s): %v", id, err)
+	}
+	after, err := s.States(context.Background(), []string{id})
+	if err != nil {
+		t.Fatalf("States(%s): %v", id, err)
+	}
+	// The batch query agrees with State, unless the VM changed meanwhile.
+	if before[id] == after[id] && before[id] != st {
+		t.Fatalf("States(%s) = %+v, State = %+v", id, before[id], st)
 	}
 	return st
 }

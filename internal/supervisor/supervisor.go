@@ -64,6 +64,13 @@ type Supervisor interface {
 	// answer, it returns a State with Available false and an error wrapping
 	// ErrUnavailable.
 	State(ctx context.Context, id string) (State, error)
+	// States reports the state of every VM in ids at once, as State would
+	// for each, without a round trip per VM: one query of the service
+	// manager (systemd), one read of each VM's state file (detached). A VM
+	// whose state is unknown (the service manager does not answer, its
+	// record cannot be read) is reported with Available false, and the
+	// error says why.
+	States(ctx context.Context, ids []string) (map[string]State, error)
 	// Forget drops what the service manager remembers about a deleted VM
 	// (failed state, pid and state files).
 	Forget(ctx context.Context, id string) error

@@ -186,6 +186,84 @@ func (s *systemdSupervisor) state(ctx context.Context, conn *sddbus.Conn, unit s
 	return st, nil
 }
 
+// States lists the VMs' units with one ListUnitsByPatterns call
+// (<prefix>@*.service), which gives ActiveState and SubState of every loaded
+// unit; a unit that is not loaded is inactive/dead, as systemd reports it
+// when asked alone. MainPID is not in that listing: it is read only for
+// units that can have a main process (active, activating, deactivating),
+// with concurrent calls on the one connection, so a list of stopped VMs
+// costs one round trip and one of running VMs a few.
+func (s *systemdSupervisor) States(ctx context.Context, ids []string) (map[string]State, error) {
+	out := make(map[string]State, len(ids))
+	for _, id := range ids {
+		out[id] = State{Unit: UnitName(s.o.UnitPrefix, id)}
+	}
+	for _, id := range ids {
+		if err := checkID("states", id); err != nil {
+			return out, err
+		}
+	}
+	conn, err := s.connect(ctx)
+	if err != nil {
+		return out, fmt.Errorf("states: %w", err)
+	}
+	units, err := conn.ListUnitsByPatternsContext(ctx, nil, []string{UnitName(s.o.UnitPrefix, "*")})
+	if err != nil {
+		return out, fmt.Errorf("states: %w: systemd: list units: %w", ErrUnavailable, err)
+	}
+	byUnit := make(map[string]sddbus.UnitStatus, len(units))
+	for _, u := range units {
+		byUnit[u.Name] = u
+	}
+	var withPID []string
+	for _, id := range ids {
+		st := out[id]
+		st.Available = true
+		st.ActiveState, st.SubState = "inactive", "dead"
+		if u, ok := byUnit[st.Unit]; ok {
+			st.ActiveState, st.SubState = u.ActiveState, u.SubState
+		}
+		st.Active = st.ActiveState == "active"
+		switch st.ActiveState {
+		case "active", "activating", "deactivating":
+			withPID = append(withPID, id)
+		}
+		out[id] = st
+	}
+	pids := make([]int, len(withPID))
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for w := 0; w < min(len(withPID), statesWorkers); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				p, err := conn.GetServicePropertyContext(ctx, UnitName(s.o.UnitPrefix, withPID[i]), "MainPID")
+				if err != nil {
+					continue
+				}
+				if pid, ok := p.Value.Value().(uint32); ok {
+					pids[i] = int(pid)
+				}
+			}
+		}()
+	}
+	for i := range withPID {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	for i, id := range withPID {
+		st := out[id]
+		st.MainPID = pids[i]
+		out[id] = st
+	}
+	return out, nil
+}
+
+// statesWorkers bounds the MainPID calls States has in flight at once.
+const statesWorkers = 16
+
 // Forget clears a failed state left by the VM's units so that systemd holds
 // nothing about a deleted VM.
 func (s *systemdSupervisor) Forget(ctx context.Context, id string) error {

@@ -1,0 +1,94 @@
+package e2e
+
+import (
+	"fmt"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/wire"
+)
+
+// BenchmarkList measures GET /v1/vms with 1,000 VMs defined, through the
+// real HTTP API of a daemon on loopback with the supervisor this host can
+// run (detached), next to two baselines from the same run: the per-VM path
+// (GET /v1/vms/{id} for each VM in turn, which asks the service manager and
+// the VMM about one VM at a time, as lists did) and reading the 1,000
+// records from the store alone.
+//
+//	go test -run '^$' -bench 'BenchmarkList$' -benchtime 1x ./test/e2e/
+func BenchmarkList(b *testing.B) {
+	const vms, clients, lists, perVM = 1000, 8, 50, 5
+	for i := 0; i < b.N; i++ {
+		h := newHost(b, map[string]string{"MGR_SUPERVISOR": "detached", "MGR_GUEST_CIDR": "172.30.0.0/20", "MGR_PORT_START": "20000", "MGR_PORT_END": "40000"})
+		base := h.serve(b)
+		next := make(chan int, vms)
+		for j := 0; j < vms; j++ {
+			next <- j
+		}
+		close(next)
+		var wg sync.WaitGroup
+		for c := 0; c < clients; c++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := range next {
+					if code, body := call(b, "POST", base+"/v1/vms", map[string]any{"ports": []map[string]any{{"guest": 80}}}, nil); code != 201 {
+						b.Errorf("create %d: %d %s", j, code, body)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+
+		// GET /v1/vms, batched; the body is decoded once, outside the timing.
+		var list wire.VMList
+		if code, body := call(b, "GET", base+"/v1/vms", nil, &list); code != 200 || len(list.VMs) != vms {
+			b.Fatalf("list: %d, %d VMs %.200s", code, len(list.VMs), body)
+		}
+		listLat := make([]time.Duration, lists)
+		for j := range listLat {
+			t0 := time.Now()
+			code, body := call(b, "GET", base+"/v1/vms", nil, nil)
+			listLat[j] = time.Since(t0)
+			if code != 200 {
+				b.Fatalf("list: %d %.200s", code, body)
+			}
+		}
+		sort.Slice(listLat, func(x, y int) bool { return listLat[x] < listLat[y] })
+
+		// Baseline 1: the per-VM path, one GET per VM.
+		perLat := make([]time.Duration, perVM)
+		for j := range perLat {
+			t0 := time.Now()
+			for _, v := range list.VMs {
+				if code, body := call(b, "GET", base+"/v1/vms/"+v.ID, nil, nil); code != 200 {
+					b.Fatalf("get %s: %d %.200s", v.ID, code, body)
+				}
+			}
+			perLat[j] = time.Since(t0)
+		}
+		sort.Slice(perLat, func(x, y int) bool { return perLat[x] < perLat[y] })
+
+		// Baseline 2: the records alone, read from the store in-process.
+		st := h.store(b)
+		readLat := make([]time.Duration, lists)
+		for j := range readLat {
+			t0 := time.Now()
+			metas, err := st.List()
+			readLat[j] = time.Since(t0)
+			if err != nil || len(metas) != vms {
+				b.Fatalf("store list: %d records, %v", len(metas), err)
+			}
+		}
+		sort.Slice(readLat, func(x, y int) bool { return readLat[x] < readLat[y] })
+
+		b.ReportMetric(ms(listLat[lists/2]), "list1000-p50-ms")
+		b.ReportMetric(ms(listLat[lists*99/100]), "list1000-p99-ms")
+		b.ReportMetric(ms(perLat[perVM/2]), "get-each-1000-ms")
+		b.ReportMetric(ms(readLat[lists/2]), "records-1000-ms")
+		fmt.Printf("list: GET /v1/vms with %d VMs (detached supervisor) p50 %.1f ms, p99 %.1f ms; baselines in the same run: a GET per VM for all %d %.1f ms (median of %d), the %d records alone from the store %.1f ms (p50)\n",
+			vms, ms(listLat[lists/2]), ms(listLat[lists*99/100]), vms, ms(perLat[perVM/2]), perVM, vms, ms(readLat[lists/2]))
+	}
+}
