@@ -126,6 +126,7 @@ var leaves = map[string][]string{
 	"internal/version":    nil,
 	"internal/logging":    nil,
 	"internal/beneath":    nil,
+	"internal/filecache":  nil,
 	"internal/proc":       {"internal/atomicfile"},
 	"internal/certs":      {"internal/atomicfile"},
 	// auth is read by the daemon and by the CLI (the first token).

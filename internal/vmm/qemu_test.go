@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/atomicfile"
 	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/testenv"
@@ -634,6 +635,18 @@ func TestAcceleratorIsReadFromVMJSON(t *testing.T) {
 	}
 	if a, _ := Accelerator("firecracker", p); a != "kvm" {
 		t.Errorf("Accelerator(firecracker) = %q, want kvm", a)
+	}
+	// Rendered again (replaced by rename, as the store writes it): the
+	// answer follows the file, not what was read before.
+	b, err = newQEMU(config.Driver{QEMUAccel: "kvm"}).Config(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := atomicfile.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if a, note := Accelerator("qemu", p); a != "kvm" || note != "" {
+		t.Errorf("Accelerator(qemu) after a re-render = %q, %q; want kvm", a, note)
 	}
 	if a, _ := Accelerator("qemu", filepath.Join(dir, "missing.json")); a != "" {
 		t.Errorf("Accelerator of a missing vm.json = %q, want empty", a)

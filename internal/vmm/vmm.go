@@ -31,6 +31,7 @@ import (
 	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/filecache"
 )
 
 // ErrUnavailable marks what is missing on this host to run a driver: its
@@ -239,26 +240,37 @@ func (o *opener) close() {
 // Accelerator reports how a VM's guest CPU runs, from its vm.json:
 // Firecracker always uses KVM; QEMU uses what it was rendered with ("kvm"
 // or "tcg", software emulation, with the reason). Empty when the file
-// cannot be read.
+// cannot be read. vm.json is read again only when it has changed (see
+// internal/filecache), so a list costs one stat per QEMU VM.
 func Accelerator(name, configPath string) (accel, note string) {
 	switch name {
 	case "firecracker":
 		return "kvm", ""
 	case "qemu":
-		b, err := os.ReadFile(configPath)
+		a, err := accels.Load(configPath, decodeAccel)
 		if err != nil {
 			return "", ""
 		}
-		var cfg qemuConfig
-		if json.Unmarshal(b, &cfg) != nil {
-			return "", ""
-		}
-		if cfg.Accel == "tcg" {
-			return "tcg", cfg.AccelReason
-		}
-		return cfg.Accel, ""
+		return a.accel, a.note
 	}
 	return "", ""
+}
+
+// accels keeps what each QEMU VM's vm.json says of its accelerator, so a
+// list reads and parses vm.json only when it has changed.
+var accels filecache.Cache[accelInfo]
+
+type accelInfo struct{ accel, note string }
+
+func decodeAccel(b []byte) (accelInfo, bool, error) {
+	var cfg qemuConfig
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return accelInfo{}, false, err
+	}
+	if cfg.Accel == "tcg" {
+		return accelInfo{"tcg", cfg.AccelReason}, true, nil
+	}
+	return accelInfo{cfg.Accel, ""}, true, nil
 }
 
 // Names lists the drivers New knows.
