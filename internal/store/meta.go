@@ -80,6 +80,37 @@ type Meta struct {
 	AutoStart bool              `json:"autoStart"`
 }
 
+// clone returns a copy of m that shares no map, slice or pointer with it.
+// TestMetaCloneCoversEveryReference fails when a field it must copy is
+// added.
+func (m Meta) clone() Meta {
+	m.DiskRoots = cloneMap(m.DiskRoots)
+	if m.Ports != nil {
+		m.Ports = append(make([]Port, 0, len(m.Ports)), m.Ports...)
+	}
+	if m.Bridge != nil {
+		b := *m.Bridge
+		m.Bridge = &b
+	}
+	m.Tags = cloneMap(m.Tags)
+	if m.Metadata != nil {
+		m.Metadata = append(make(json.RawMessage, 0, len(m.Metadata)), m.Metadata...)
+	}
+	m.ExtraEnv = cloneMap(m.ExtraEnv)
+	return m
+}
+
+func cloneMap(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
 // VMMIDs are the uid and gid the VMM runs as, which own the VM's tap: the
 // jailer's explicit MGR_JAILER_UID/GID when the record has them, else the
 // VM's own ids; 0, 0 (root) for records from before either existed.

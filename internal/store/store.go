@@ -39,6 +39,7 @@ import (
 	"github.com/mergenhq/mergen/internal/atomicfile"
 	"github.com/mergenhq/mergen/internal/envfile"
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/filecache"
 	"github.com/mergenhq/mergen/internal/layout"
 	"github.com/mergenhq/mergen/internal/lock"
 	"github.com/mergenhq/mergen/internal/proc"
@@ -47,6 +48,12 @@ import (
 // Store keeps VMs under the layout's roots.
 type Store struct {
 	Layout layout.Layout
+
+	// metas keeps decoded records, each used while its meta.json is the
+	// file it was decoded from (see internal/filecache): a list decodes
+	// only the records that changed since the last one, whoever wrote
+	// them. Nil (a Store not from Open) caches nothing.
+	metas *filecache.Cache[Meta]
 }
 
 // Open creates the roots when missing and returns the store.
@@ -56,7 +63,7 @@ func Open(l layout.Layout) (*Store, error) {
 			return nil, errdefs.Unavailable("open store: %w", err)
 		}
 	}
-	return &Store{Layout: l}, nil
+	return &Store{Layout: l, metas: &filecache.Cache[Meta]{}}, nil
 }
 
 // ValidateID accepts only canonical lowercase UUIDs: ids become directory and
@@ -200,19 +207,28 @@ func (s *Store) WriteFile(id, name string, data []byte) error {
 
 // ReadMeta loads the VM's record, in the current form whatever version is
 // stored (see Migrate).
+//
+// A record unchanged since it was last read is not decoded again; the
+// caller gets its own copy, free to modify.
 func (s *Store) ReadMeta(id string) (Meta, error) {
-	b, err := s.ReadFile(id, FileMeta)
-	if err != nil {
+	if err := ValidateID(id); err != nil {
 		return Meta{}, err
 	}
-	m, _, err := decodeMeta(b, func() ([]string, error) { return envfile.Read(s.Layout.VM(id).Env) })
+	m, err := s.metas.Load(s.Layout.VM(id).Meta, func(b []byte) (Meta, bool, error) {
+		m, upgraded, err := decodeMeta(b, func() ([]string, error) { return envfile.Read(s.Layout.VM(id).Env) })
+		// An upgraded record depends on its env file too: not cached.
+		return m, !upgraded, err
+	})
+	if errors.Is(err, fs.ErrNotExist) {
+		return Meta{}, errdefs.NotFound("vm %s not found", id)
+	}
 	if err != nil {
 		return Meta{}, fmt.Errorf("read record of vm %s: %w", id, err)
 	}
 	if m.ID != id {
 		return Meta{}, fmt.Errorf("read record of vm %s: it names vm %q", id, m.ID)
 	}
-	return m, nil
+	return m.clone(), nil
 }
 
 // MarshalMeta renders meta.json.
@@ -251,6 +267,12 @@ func (s *Store) List() ([]Meta, error) {
 	}
 	metas := make([]Meta, 0, len(ids))
 	var errs []error
+	// Records of VMs no longer stored leave the cache.
+	present := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		present[s.Layout.VM(id).Meta] = true
+	}
+	s.metas.Retain(func(path string) bool { return present[path] })
 	for _, id := range ids {
 		m, err := s.ReadMeta(id)
 		if errdefs.IsNotFound(err) {
@@ -280,6 +302,7 @@ func (s *Store) Delete(id string) error {
 		}
 		return fmt.Errorf("delete vm %s: %w", id, err)
 	}
+	s.metas.Forget(p.Meta)
 	if err := atomicfile.SyncDir(s.Layout.ConfigRoot); err != nil {
 		return fmt.Errorf("delete vm %s: %w", id, err)
 	}
