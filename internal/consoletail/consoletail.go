@@ -42,6 +42,9 @@ type Report struct {
 	// PayloadExit is the payload's status ("mergen-init: payload exited
 	// with status N"), -1 when it did not exit.
 	PayloadExit int
+	// StopRequested says mergen-init was asked to stop the payload
+	// ("mergen-init: stop requested …").
+	StopRequested bool
 	// Lines are the last lines of the run, control characters escaped.
 	Lines []string
 }
@@ -139,6 +142,8 @@ func Parse(b []byte, n int) Report {
 			}
 		case strings.Contains(m, "Out of memory: Kill"), strings.Contains(m, "out of memory: Kill"):
 			r.OOMKills = append(r.OOMKills, m)
+		case strings.HasPrefix(m, "mergen-init: stop requested"):
+			r.StopRequested = true
 		case strings.HasPrefix(m, "mergen-init: error: "):
 			r.InitError = strings.TrimPrefix(m, "mergen-init: error: ")
 		default:
