@@ -229,17 +229,87 @@ func newVMListCmd(f *apiFlags) *cobra.Command {
 }
 
 func newVMInspectCmd(f *apiFlags) *cobra.Command {
-	return &cobra.Command{
+	var output string
+	cmd := &cobra.Command{
 		Use:   "inspect VM",
-		Short: "Show everything about one VM (JSON)",
+		Short: "Show everything about one VM (JSON), or a summary with why its last run ended (-o text)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			_, vm, err := f.resolve(cmd.Context(), args[0])
+			if output != "json" && output != "text" {
+				return fmt.Errorf("--output %q: want json or text", output)
+			}
+			c, vm, err := f.resolve(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
+			// The list Resolve reads leaves out what only the document of
+			// one VM has (lastRun).
+			if vm, err = c.Get(cmd.Context(), vm.ID); err != nil {
+				return err
+			}
+			if output == "text" {
+				printVMText(cmd.OutOrStdout(), vm)
+				return nil
+			}
 			return printJSON(cmd.OutOrStdout(), vm)
 		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "json", "json or text")
+	return cmd
+}
+
+// printVMText is a VM's summary for people: what it is, its state, and how
+// its last run ended.
+func printVMText(w io.Writer, vm wire.VM) {
+	name := vm.Name
+	if name == "" {
+		name = "-"
+	}
+	fmt.Fprintf(w, "ID:       %s\nName:     %s\nState:    %s\nVMM:      %s, %d vCPU, %d MiB\n", vm.ID, name, vm.State, vm.VMM, vm.VCPU, vm.MemMiB)
+	if vm.Network.GuestIP != "" {
+		fmt.Fprintf(w, "Address:  %s\n", vm.Network.GuestIP)
+	}
+	fmt.Fprintf(w, "Service:  %s (%s/%s)\n", vm.Service.Unit, vm.Service.ActiveState, vm.Service.SubState)
+	printLastRun(w, vm.LastRun)
+}
+
+func printLastRun(w io.Writer, lr *wire.LastRun) {
+	if lr == nil {
+		return
+	}
+	fmt.Fprintf(w, "Last run: %s", lr.Reason)
+	if lr.Message != "" {
+		fmt.Fprintf(w, ": %s", lr.Message)
+	}
+	fmt.Fprintln(w)
+	var vmm []string
+	if lr.Result != "" {
+		vmm = append(vmm, "result "+lr.Result)
+	}
+	if lr.ExitCode != nil {
+		vmm = append(vmm, fmt.Sprintf("exit status %d", *lr.ExitCode))
+	}
+	if lr.Signal != "" {
+		vmm = append(vmm, "signal "+lr.Signal)
+	}
+	if len(vmm) > 0 {
+		fmt.Fprintf(w, "  VMM:    %s\n", strings.Join(vmm, ", "))
+	}
+	if !lr.EndedAt.IsZero() {
+		fmt.Fprintf(w, "  Ended:  %s\n", lr.EndedAt.Local().Format(time.RFC3339))
+	}
+	if lr.InitExitCode != nil {
+		fmt.Fprintf(w, "  Guest:  mergen-init exit status %d", *lr.InitExitCode)
+		if lr.InitMessage != "" {
+			fmt.Fprintf(w, ": %s", lr.InitMessage)
+		}
+		fmt.Fprintln(w)
+	}
+	if len(lr.ConsoleTail) > 0 {
+		fmt.Fprintf(w, "  Console (last %d lines):\n", len(lr.ConsoleTail))
+		for _, l := range lr.ConsoleTail {
+			fmt.Fprintf(w, "    %s\n", l)
+		}
 	}
 }
 

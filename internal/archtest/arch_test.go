@@ -117,18 +117,19 @@ func internalImports(p pkg) []string {
 // The packages every other package stands on import nothing internal above
 // them: only what is listed here.
 var leaves = map[string][]string{
-	"internal/errdefs":    nil,
-	"internal/layout":     nil,
-	"internal/envfile":    nil,
-	"internal/lock":       nil,
-	"internal/wire":       nil,
-	"internal/atomicfile": nil,
-	"internal/version":    nil,
-	"internal/logging":    nil,
-	"internal/beneath":    nil,
-	"internal/filecache":  nil,
-	"internal/proc":       {"internal/atomicfile"},
-	"internal/certs":      {"internal/atomicfile"},
+	"internal/errdefs":     nil,
+	"internal/layout":      nil,
+	"internal/envfile":     nil,
+	"internal/lock":        nil,
+	"internal/wire":        nil,
+	"internal/atomicfile":  nil,
+	"internal/version":     nil,
+	"internal/logging":     nil,
+	"internal/beneath":     nil,
+	"internal/filecache":   nil,
+	"internal/consoletail": nil,
+	"internal/proc":        {"internal/atomicfile"},
+	"internal/certs":       {"internal/atomicfile"},
 	// auth is read by the daemon and by the CLI (the first token).
 	"internal/auth": {"internal/atomicfile"},
 	// config names the forwarder's default certificate files the way

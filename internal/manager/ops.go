@@ -20,8 +20,13 @@ import (
 
 // document is the API's view of a VM: its record, its paths from the
 // layout, and what the service manager and the VMM's socket say now.
+// A stopped or failed VM's document says how its last run ended (lists do
+// not: it costs a query of the service manager and a read of the console).
 func (m *Manager) document(ctx context.Context, meta store.Meta) wire.VM {
-	return m.documentWith(ctx, meta, m.serviceState(ctx, meta.ID), true)
+	svc := m.serviceState(ctx, meta.ID)
+	v := m.documentWith(ctx, meta, svc, true)
+	v.LastRun = m.lastRun(ctx, meta.ID, svc)
+	return v
 }
 
 // documentWith builds the document from the service state svc. askVMM

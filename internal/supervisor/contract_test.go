@@ -189,6 +189,9 @@ func testContract(t *testing.T, im implementation) {
 		if of := f.find(t, "on-failure"); of["MONITOR_SERVICE_RESULT"] != "exit-code" || of["MONITOR_EXIT_STATUS"] != "3" {
 			t.Fatalf("on-failure saw %v, want MONITOR_SERVICE_RESULT=exit-code MONITOR_EXIT_STATUS=3", of)
 		}
+		if e, err := s.LastExit(ctx, f.id); err != nil || e.Result != "exit-code" || e.Code != "exited" || e.Status != 3 || e.Signal != "" || e.At.IsZero() {
+			t.Fatalf("LastExit = %+v, %v; want exit-code, exited with status 3, with its time", e, err)
+		}
 
 		// A failed VM starts again; Forget after a stop leaves it inactive.
 		os.Remove(f.trigger)
@@ -197,6 +200,43 @@ func testContract(t *testing.T, im implementation) {
 		}
 		if st := mustState(t, s, f.id); !st.Active {
 			t.Fatalf("state after restart = %+v", st)
+		}
+	})
+
+	t.Run("a main process killed by a signal reports the signal", func(t *testing.T) {
+		s := im.sup(t, 5*time.Second)
+		f := im.vm(t, s, "TEST_EXIT_SIGNAL=KILL")
+		if e, err := s.LastExit(ctx, f.id); err != nil || e != (supervisor.Exit{}) {
+			t.Fatalf("LastExit before any run = %+v, %v; want nothing", e, err)
+		}
+		if err := s.Start(ctx, f.id); err != nil {
+			t.Fatalf("Start: %v", err)
+		}
+		if e, err := s.LastExit(ctx, f.id); err != nil || e != (supervisor.Exit{}) {
+			t.Fatalf("LastExit while running = %+v, %v; want nothing", e, err)
+		}
+		if err := os.WriteFile(f.trigger, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "state failed", func() bool { return mustState(t, s, f.id).ActiveState == "failed" })
+		f.waitStage(t, "on-failure")
+		if e, err := s.LastExit(ctx, f.id); err != nil || e.Result != "signal" || e.Code != "killed" || e.Signal != "KILL" || e.Status != 0 || e.At.IsZero() {
+			t.Fatalf("LastExit = %+v, %v; want signal, killed by KILL", e, err)
+		}
+	})
+
+	t.Run("a stopped VM's last exit is a success or forgotten", func(t *testing.T) {
+		s := im.sup(t, 5*time.Second)
+		f := im.vm(t, s)
+		if err := s.Start(ctx, f.id); err != nil {
+			t.Fatalf("Start: %v", err)
+		}
+		if err := s.Stop(ctx, f.id); err != nil {
+			t.Fatalf("Stop: %v", err)
+		}
+		// systemd unloads a unit that stopped cleanly and forgets its run.
+		if e, err := s.LastExit(ctx, f.id); err != nil || e != (supervisor.Exit{}) && (e.Result != "success" || e.Code == "" || e.At.IsZero()) {
+			t.Fatalf("LastExit = %+v, %v; want success with how the main process ended, or nothing", e, err)
 		}
 	})
 

@@ -336,6 +336,32 @@ func (d *detachedSupervisor) State(ctx context.Context, id string) (State, error
 	return d.report(id, st), nil
 }
 
+func (d *detachedSupervisor) LastExit(ctx context.Context, id string) (Exit, error) {
+	if err := checkID("last exit", id); err != nil {
+		return Exit{}, err
+	}
+	st, err := readState(d.paths(id).SupervisorState)
+	if err != nil {
+		return Exit{}, fmt.Errorf("last exit of vm %s: %w", id, err)
+	}
+	s := d.report(id, st)
+	if s.ActiveState != "inactive" && s.ActiveState != "failed" {
+		return Exit{}, nil // it runs (or changes state) now
+	}
+	e := Exit{Result: st.Result, Code: st.ExitCode, At: st.Exited}
+	if e.Result == "" && s.ActiveState == "failed" {
+		// The supervising process died without recording an end.
+		e.Result = "abandoned"
+	}
+	switch st.ExitCode {
+	case "exited":
+		e.Status, _ = strconv.Atoi(st.ExitStatus)
+	case "killed", "dumped":
+		e.Signal = st.ExitStatus
+	}
+	return e, nil
+}
+
 // States reads each VM's state file once; the supervising process and the
 // VMM are checked (in /proc, no process started) only for a VM whose file
 // says it runs.

@@ -34,6 +34,12 @@ type detachedState struct {
 	MainStart     uint64    `json:"mainStart,omitempty"`
 	SupervisorPID int       `json:"supervisorPID,omitempty"`
 	Updated       time.Time `json:"updated"`
+	// How the main process of the last run ended (systemd's ExecMainCode,
+	// ExecMainStatus, ExecMainExitTimestamp): ExitCode is exited, killed or
+	// dumped, ExitStatus the status or the signal's name.
+	ExitCode   string    `json:"exitCode,omitempty"`
+	ExitStatus string    `json:"exitStatus,omitempty"`
+	Exited     time.Time `json:"exited,omitzero"`
 }
 
 // RunDetached is the body of `<lifecycle> supervise <id>`: it runs the VM's
@@ -125,11 +131,12 @@ type runner struct {
 	log *slog.Logger
 	env []string
 
-	st       detachedState
-	main     *exec.Cmd
-	mainDone chan struct{} // closed when the main process has been waited for
-	exitCode string        // systemd's EXIT_CODE: exited, killed, dumped
-	exitStat string        // systemd's EXIT_STATUS: number or signal name
+	st        detachedState
+	main      *exec.Cmd
+	mainDone  chan struct{} // closed when the main process has been waited for
+	mainEnded time.Time     // when it was waited for
+	exitCode  string        // systemd's EXIT_CODE: exited, killed, dumped
+	exitStat  string        // systemd's EXIT_STATUS: number or signal name
 }
 
 func (r *runner) setState(active, sub string) {
@@ -203,6 +210,7 @@ func (r *runner) startMain() error {
 	r.st.MainStart, _ = proc.StartTime(cmd.Process.Pid)
 	go func() {
 		cmd.Wait()
+		r.mainEnded = time.Now()
 		close(r.mainDone)
 	}()
 	return nil
@@ -289,6 +297,7 @@ func (r *runner) stop(result string, started bool) string {
 // as OnFailure= would.
 func (r *runner) finish(ctx context.Context, result string) {
 	r.st.Result = result
+	r.recordExit()
 	if result == "success" {
 		r.setState("inactive", "dead")
 		r.log.Info("stopped")
@@ -302,6 +311,28 @@ func (r *runner) finish(ctx context.Context, result string) {
 		"MONITOR_EXIT_STATUS=" + r.exitStat,
 		"MONITOR_UNIT=" + UnitName(r.o.UnitPrefix, r.id),
 	})
+}
+
+// recordExit keeps how the main process ended, if it ran, in the state.
+func (r *runner) recordExit() {
+	if r.main == nil || !r.mainExited() {
+		r.st.Exited = time.Now().UTC()
+		return
+	}
+	ws, _ := r.main.ProcessState.Sys().(syscall.WaitStatus)
+	switch {
+	case ws.Exited():
+		r.st.ExitCode, r.st.ExitStatus = "exited", strconv.Itoa(ws.ExitStatus())
+	case ws.Signaled():
+		r.st.ExitCode, r.st.ExitStatus = "killed", signalName(ws.Signal())
+		if ws.CoreDump() {
+			r.st.ExitCode = "dumped"
+		}
+	}
+	if r.mainEnded.IsZero() {
+		r.mainEnded = time.Now()
+	}
+	r.st.Exited = r.mainEnded.UTC()
 }
 
 // resultEnv is what systemd tells ExecStop= and ExecStopPost= about how the

@@ -49,6 +49,27 @@ type State struct {
 	MainPID     int    `json:"mainPID"`     // the start stage's process (the VMM), 0 when not running
 }
 
+// Exit is how the main process (the VMM) of a VM's last run ended, in
+// systemd's words. The zero Exit means the VM has not ended a run (it never
+// ran, or it runs now) or the service manager does not remember it: systemd
+// unloads a unit that stopped cleanly, and forgets its run with it; a failed
+// unit stays until the VM is deleted.
+type Exit struct {
+	// Result is the unit's: success, exit-code, signal, core-dump, timeout.
+	Result string `json:"result,omitempty"`
+	// Code is systemd's EXIT_CODE: exited, killed or dumped; empty when the
+	// main process's end is not known (it never started).
+	Code string `json:"code,omitempty"`
+	// Status is the exit status when Code is exited.
+	Status int `json:"status,omitempty"`
+	// Signal names the signal (KILL, TERM, SEGV, …) when Code is killed or
+	// dumped.
+	Signal string `json:"signal,omitempty"`
+	// At is when the main process ended (or the unit, when the main process
+	// never started); zero when not known.
+	At time.Time `json:"at,omitzero"`
+}
+
 // Supervisor runs VMs' lifecycle stages under a service manager.
 type Supervisor interface {
 	// Name is "systemd" or "detached".
@@ -71,6 +92,10 @@ type Supervisor interface {
 	// record cannot be read) is reported with Available false, and the
 	// error says why.
 	States(ctx context.Context, ids []string) (map[string]State, error)
+	// LastExit reports how the VM's last run ended: the unit's result and
+	// the main process's exit status or signal. It costs more than State
+	// (systemd: one more D-Bus call), so lists do not ask for it.
+	LastExit(ctx context.Context, id string) (Exit, error)
 	// Forget drops what the service manager remembers about a deleted VM
 	// (failed state, pid and state files).
 	Forget(ctx context.Context, id string) error

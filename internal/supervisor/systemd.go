@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"syscall"
+	"time"
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 	godbus "github.com/godbus/dbus/v5"
@@ -289,4 +291,61 @@ func isNotFailed(err error) bool {
 		return true
 	}
 	return false
+}
+
+// LastExit reads the service's Result and ExecMain* properties in one call.
+func (s *systemdSupervisor) LastExit(ctx context.Context, id string) (Exit, error) {
+	unit := UnitName(s.o.UnitPrefix, id)
+	if err := checkID("last exit", id); err != nil {
+		return Exit{}, err
+	}
+	conn, err := s.connect(ctx)
+	if err != nil {
+		return Exit{}, fmt.Errorf("last exit of vm %s: %w", id, err)
+	}
+	props, err := conn.GetUnitPropertiesContext(ctx, unit)
+	if err != nil {
+		return Exit{}, fmt.Errorf("last exit of vm %s: %w: systemd: properties of %s: %w", id, ErrUnavailable, unit, err)
+	}
+	switch active, _ := props["ActiveState"].(string); active {
+	case "inactive", "failed":
+	default:
+		return Exit{}, nil // it runs (or changes state) now
+	}
+	sp, err := conn.GetUnitTypePropertiesContext(ctx, unit, "Service")
+	if err != nil {
+		return Exit{}, fmt.Errorf("last exit of vm %s: %w: systemd: service properties of %s: %w", id, ErrUnavailable, unit, err)
+	}
+	return exitFromProperties(props, sp), nil
+}
+
+// exitFromProperties turns a service's properties into an Exit. ExecMainCode
+// is a CLD_* code of waitid(2): 1 exited, 2 killed, 3 dumped.
+func exitFromProperties(unitProps, svcProps map[string]any) Exit {
+	var e Exit
+	result, _ := svcProps["Result"].(string)
+	code, _ := svcProps["ExecMainCode"].(int32)
+	status, _ := svcProps["ExecMainStatus"].(int32)
+	switch code {
+	case 1:
+		e.Code, e.Status = "exited", int(status)
+	case 2:
+		e.Code, e.Signal = "killed", signalName(syscall.Signal(status))
+	case 3:
+		e.Code, e.Signal = "dumped", signalName(syscall.Signal(status))
+	}
+	if e.Code == "" && result == "success" {
+		if active, _ := unitProps["ActiveState"].(string); active != "failed" {
+			return Exit{} // never ran, or forgotten
+		}
+	}
+	e.Result = result
+	usec, _ := svcProps["ExecMainExitTimestamp"].(uint64)
+	if usec == 0 {
+		usec, _ = unitProps["InactiveEnterTimestamp"].(uint64)
+	}
+	if usec != 0 {
+		e.At = time.UnixMicro(int64(usec)).UTC()
+	}
+	return e
 }

@@ -87,7 +87,50 @@ type VM struct {
 	Paths    Paths             `json:"paths"`
 	Metadata json.RawMessage   `json:"metadata,omitempty"`
 	Tags     map[string]string `json:"tags,omitempty"`
+	// LastRun says how the VM's last run ended; only in the document of
+	// one VM that is stopped or failed, and not when it never ran.
+	LastRun *LastRun `json:"lastRun,omitempty"`
 }
+
+// LastRun is why a VM's last run ended: what the service manager saw of the
+// VMM, and what the guest's console said.
+type LastRun struct {
+	// Result is the unit's, in systemd's words: success, exit-code,
+	// signal, core-dump, timeout; empty when the service manager forgot.
+	Result string `json:"result,omitempty"`
+	// ExitCode is the VMM's exit status; Signal the signal (KILL, SEGV, …)
+	// that ended it.
+	ExitCode *int      `json:"exitCode,omitempty"`
+	Signal   string    `json:"signal,omitempty"`
+	EndedAt  time.Time `json:"endedAt,omitzero"`
+	// Reason in one word: kernel-panic, out-of-memory, init-error,
+	// payload-exit, stopped, vmm-signal, vmm-exit, stop-timeout, unknown.
+	Reason string `json:"reason"`
+	// Message says it in a sentence, with the guest's own words.
+	Message string `json:"message,omitempty"`
+	// InitExitCode is the status mergen-init powered the guest off with
+	// (the payload's, or its own: 127 entrypoint not found, 78 bad user,
+	// environment or metadata, 70 guest set-up failed); InitMessage its
+	// error.
+	InitExitCode *int   `json:"initExitCode,omitempty"`
+	InitMessage  string `json:"initMessage,omitempty"`
+	// ConsoleTail is the last console lines of the run, control characters
+	// escaped.
+	ConsoleTail []string `json:"consoleTail,omitempty"`
+}
+
+// Words of LastRun.Reason.
+const (
+	ReasonKernelPanic = "kernel-panic"
+	ReasonOOM         = "out-of-memory"
+	ReasonInitError   = "init-error"
+	ReasonPayloadExit = "payload-exit"
+	ReasonStopped     = "stopped"
+	ReasonVMMSignal   = "vmm-signal"
+	ReasonVMMExit     = "vmm-exit"
+	ReasonStopTimeout = "stop-timeout"
+	ReasonUnknown     = "unknown"
+)
 
 // VMList is the body of GET /v1/vms.
 type VMList struct {

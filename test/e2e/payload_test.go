@@ -23,6 +23,15 @@ func webPayload(t testing.TB, dir, page string, port string) string {
 // the image's root (busybox httpd runs /www/cgi-bin/* as CGI programs).
 func webPayloadWith(t testing.TB, dir, page, port string, programs map[string]string) string {
 	t.Helper()
+	argv := []string{"/bin/busybox", "httpd", "-f", "-v", "-p", port, "-h", "/www"}
+	return payloadDisk(t, dir, page, programs, argv, "web", "/www")
+}
+
+// payloadDisk builds a payload disk whose image holds busybox (also as
+// /bin/sh), the users root and web, page as /www/index.html and programs,
+// and runs argv as user in workdir.
+func payloadDisk(t testing.TB, dir, page string, programs map[string]string, argv []string, user, workdir string) string {
+	t.Helper()
 	busybox := "/bin/busybox"
 	if _, err := os.Stat(busybox); err != nil {
 		t.Fatalf("busybox-static is required (%v): run `make deps`", err)
@@ -53,9 +62,8 @@ func webPayloadWith(t testing.TB, dir, page, port string, programs map[string]st
 		}
 		write(rel, []byte(text), 0o755)
 	}
-	argv := []string{"/bin/busybox", "httpd", "-f", "-v", "-p", port, "-h", "/www"}
-	meta := imagemeta.ImageMeta{Image: "test/web:1", Entrypoint: argv[:2], Cmd: argv[2:], Env: []string{"PATH=/bin"}, WorkingDir: "/www", User: "web"}
-	rt := imagemeta.Runtime{Version: 1, Image: meta.Image, Argv: argv, Env: meta.Env, WorkingDir: "/www", User: "web"}
+	meta := imagemeta.ImageMeta{Image: "test/web:1", Entrypoint: argv[:1], Cmd: argv[1:], Env: []string{"PATH=/bin"}, WorkingDir: workdir, User: user}
+	rt := imagemeta.Runtime{Version: 1, Image: meta.Image, Argv: argv, Env: meta.Env, WorkingDir: workdir, User: user}
 	for name, v := range map[string]any{imagemeta.ImageMetaFile: meta, imagemeta.RuntimeFile: rt} {
 		j, _ := json.MarshalIndent(v, "", "  ")
 		write(filepath.Join(imagemeta.MetaDir, name), j, 0o644)

@@ -10,6 +10,7 @@
 //
 //	TEST_FAIL_STAGE=<stage>  that stage exits 1
 //	TEST_EXIT_TRIGGER=<path> the main process exits with TEST_EXIT_CODE once path exists
+//	TEST_EXIT_SIGNAL=KILL    ... or kills itself with SIGKILL instead
 //	TEST_IGNORE_TERM=1       the main process ignores SIGTERM
 package main
 
@@ -114,6 +115,9 @@ func runMain() {
 		}
 		if trigger != "" {
 			if _, err := os.Stat(trigger); err == nil {
+				if os.Getenv("TEST_EXIT_SIGNAL") == "KILL" {
+					syscall.Kill(os.Getpid(), syscall.SIGKILL)
+				}
 				code, _ := strconv.Atoi(os.Getenv("TEST_EXIT_CODE"))
 				os.Exit(code)
 			}

@@ -1,0 +1,96 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/testenv"
+	"github.com/mergenhq/mergen/internal/wire"
+)
+
+// A VM whose payload exits, and one whose entrypoint is not in the image,
+// end by themselves under QEMU; each VM's document then says why, with
+// mergen-init's status and message and the last console lines.
+func TestVMLastRunDetached(t *testing.T) {
+	testenv.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("SKIPPED in -short mode: boots QEMU guests")
+	}
+	vh := newVMHost(t, "detached", "172.31.249.0/24")
+	h := vh.host
+	b := &bareHost{h: h, bin: vh.mergen, port: freePort(t)}
+	b.d = h.startBinary(t, vh.mergen, b.port)
+	t.Cleanup(func() { dumpConsoles(t, h) })
+
+	for _, tc := range []struct {
+		name        string
+		argv        []string
+		reason      string
+		initExit    int
+		initMessage string
+		console     string
+	}{
+		{"exit3", []string{"/bin/sh", "-c", "echo payload says goodbye; exit 3"}, wire.ReasonPayloadExit, 3, "", "payload says goodbye"},
+		{"noentry", []string{"/app/server"}, wire.ReasonInitError, 127, `entrypoint: "/app/server" does not exist in the image or is not executable`, "mergen-init: error: entrypoint"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			payload := payloadDisk(t, h.path("data", "images", tc.name), "-", nil, tc.argv, "root", "/")
+			var vm wire.VM
+			code, body := b.api(t, "POST", "/v1/vms", map[string]any{
+				"payloadDisk": payload, "memMiB": 256, "tags": map[string]string{"name": tc.name},
+			}, &vm)
+			mustStatus(t, code, body, 201)
+			if vm.LastRun != nil {
+				t.Fatalf("a new VM has a last run: %+v", vm.LastRun)
+			}
+			code, body = b.api(t, "POST", "/v1/vms/"+vm.ID+"/start", nil, &vm)
+			mustStatus(t, code, body, 200)
+			deadline := time.Now().Add(120 * time.Second)
+			for {
+				code, body = b.api(t, "GET", "/v1/vms/"+vm.ID, nil, &vm)
+				mustStatus(t, code, body, 200)
+				if st := vm.Service.ActiveState; (st == "inactive" || st == "failed") && vm.LastRun != nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("the VM did not end by itself: %+v", vm.Service)
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+			lr := vm.LastRun
+			t.Logf("lastRun: %s", body[strings.Index(string(body), `"lastRun"`):])
+			if lr.Reason != tc.reason || lr.InitExitCode == nil || *lr.InitExitCode != tc.initExit || lr.InitMessage != tc.initMessage || lr.Result == "" || lr.EndedAt.IsZero() {
+				t.Fatalf("lastRun = %+v, want reason %s, init exit status %d, message %q", lr, tc.reason, tc.initExit, tc.initMessage)
+			}
+			if tail := strings.Join(lr.ConsoleTail, "\n"); len(lr.ConsoleTail) == 0 || len(lr.ConsoleTail) > 20 || !strings.Contains(tail, tc.console) {
+				t.Fatalf("console tail lacks %q:\n%s", tc.console, tail)
+			}
+			// The list stays cheap: no lastRun there.
+			var list wire.VMList
+			code, body = b.api(t, "GET", "/v1/vms", nil, &list)
+			mustStatus(t, code, body, 200)
+			for _, v := range list.VMs {
+				if v.LastRun != nil {
+					t.Fatalf("the list carries lastRun for %s", v.ID)
+				}
+			}
+			// `mergen vm inspect -o text` prints it.
+			cmd := exec.Command(vh.mergen, "vm", "inspect", "-o", "text", tc.name)
+			cmd.Env = append(os.Environ(), "MERGEN_API="+b.d.base, "MERGEN_API_TOKEN="+h.token(t))
+			o, err := cmd.CombinedOutput()
+			out := string(o)
+			if err != nil {
+				t.Fatalf("mergen vm inspect: %v\n%s", err, out)
+			}
+			if !strings.Contains(out, "Last run: "+tc.reason) || !strings.Contains(out, tc.console) {
+				t.Fatalf("inspect -o text:\n%s", out)
+			}
+			t.Logf("mergen vm inspect -o text %s:\n%s", tc.name, out)
+			code, body = b.api(t, "DELETE", "/v1/vms/"+vm.ID, nil, nil)
+			mustStatus(t, code, body, 200)
+		})
+	}
+}
