@@ -128,6 +128,7 @@ func (m *Manager) Create(ctx context.Context, req wire.CreateRequest) (wire.VM, 
 		Metadata:  req.Metadata,
 		ExtraEnv:  req.ExtraEnv,
 		AutoStart: req.AutoStart,
+		Restart:   req.Restart,
 		MAC:       vmnet.MACFor(id),
 		TapName:   store.TapName(id),
 	}

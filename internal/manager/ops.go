@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -40,7 +41,8 @@ func (m *Manager) documentWith(ctx context.Context, meta store.Meta, svc supervi
 	v := wire.VM{
 		ID: meta.ID, CreatedAt: meta.CreatedAt, Name: meta.Tags[NameTag], VMM: meta.VMM,
 		VCPU: meta.VCPU, MemMiB: meta.MemMiB, HTTPPort: meta.HTTPPort, AutoStart: meta.AutoStart,
-		Kernel: meta.Kernel, Initrd: meta.Initrd, Disks: wire.Disks(meta.Disks),
+		Restart: cmp.Or(meta.Restart, supervisor.RestartNo),
+		Kernel:  meta.Kernel, Initrd: meta.Initrd, Disks: wire.Disks(meta.Disks),
 		Network: wire.Network{
 			GuestIP: meta.GuestIP, Gateway: meta.Gateway, PrefixLen: meta.PrefixLen, MAC: meta.MAC,
 			Ports: wirePorts(meta.Ports), TapName: meta.TapName, Netns: meta.Netns,
@@ -74,7 +76,11 @@ func (m *Manager) documentWith(ctx context.Context, meta store.Meta, svc supervi
 			}
 		}
 	}
-	v.Service = wire.Service(svc)
+	v.Service = wire.Service{
+		Available: svc.Available, Unit: svc.Unit, Active: svc.Active,
+		ActiveState: svc.ActiveState, SubState: svc.SubState, MainPID: svc.MainPID,
+	}
+	v.Restarts = svc.Restarts
 	v.State = stateWord(v)
 	return v
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/supervisor"
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
@@ -96,6 +97,11 @@ func normalize(r *wire.CreateRequest) error {
 	if enc := store.EncodeEnv(r.ExtraEnv); len(enc) > maxExtraEnv {
 		return errdefs.Invalid("extraEnv: %d bytes once encoded for the kernel command line, at most %d (put large configuration on an env disk)", len(enc), maxExtraEnv)
 	}
+	policy, err := supervisor.ParseRestart(r.Restart)
+	if err != nil {
+		return errdefs.Invalid("restart: %v", err)
+	}
+	r.Restart = policy.String()
 	if r.Bridge != nil {
 		if err := normalizeBridge(r.Bridge); err != nil {
 			return err

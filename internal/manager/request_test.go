@@ -79,6 +79,10 @@ func TestCreateRefusesAnInvalidRequestNamingTheFieldAndKeepsNothing(t *testing.T
 		{"extraEnv key with a dash", wire.CreateRequest{ExtraEnv: map[string]string{"A-B": "v"}}, "extraEnv:"},
 		{"extraEnv value with a newline", wire.CreateRequest{ExtraEnv: map[string]string{"K": "a\nb"}}, "extraEnv.K:"},
 		{"extraEnv too large for the command line", wire.CreateRequest{ExtraEnv: bigEnv}, "extraEnv:"},
+		{"unknown restart policy", wire.CreateRequest{Restart: "sometimes"}, "restart:"},
+		{"restart count zero", wire.CreateRequest{Restart: "on-failure:0"}, "restart:"},
+		{"restart count not a number", wire.CreateRequest{Restart: "on-failure:x"}, "restart:"},
+		{"restart count on always", wire.CreateRequest{Restart: "always:3"}, "restart:"},
 		{"bridge name invalid", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.Name = "a-bridge-name-too-long" })}, "bridge.name:"},
 		{"bridge guest IP invalid", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GuestIP = "172.17.0" })}, "bridge.guestIP:"},
 		{"bridge gateway IPv6", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GatewayIP = "fe80::1" })}, "bridge.gatewayIP:"},
@@ -259,5 +263,34 @@ func TestCreateFillsDefaultsAndStoresResolvedDiskPaths(t *testing.T) {
 	}
 	if byName, err := h.mgr.FindByName(context.Background(), "web-1"); err != nil || byName.ID != vm.ID {
 		t.Errorf("FindByName(web-1) = %s, %v; want %s", byName.ID, err, vm.ID)
+	}
+}
+
+func TestCreateRecordsTheRestartPolicyForTheSupervisor(t *testing.T) {
+	h := newHost(t, nil)
+	ctx := context.Background()
+	plain, err := h.mgr.Create(ctx, wire.CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain.Restart != "no" || plain.Restarts != 0 {
+		t.Errorf("default restart %q, restarts %d; want no, 0", plain.Restart, plain.Restarts)
+	}
+	if env, err := os.ReadFile(plain.Paths.Env); err != nil || strings.Contains(string(env), "MGR_RESTART") {
+		t.Errorf("env file of a VM without a policy: %q (%v); want no MGR_RESTART", env, err)
+	}
+	vm, err := h.mgr.Create(ctx, wire.CreateRequest{Restart: "on-failure:3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := h.mgr.Get(ctx, vm.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Restart != "on-failure:3" {
+		t.Errorf("restart read back as %q, want on-failure:3", got.Restart)
+	}
+	if env, err := os.ReadFile(got.Paths.Env); err != nil || !strings.Contains(string(env), "MGR_RESTART=on-failure:3") {
+		t.Errorf("env file %q (%v); want MGR_RESTART=on-failure:3 for the supervisor", env, err)
 	}
 }

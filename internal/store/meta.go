@@ -78,6 +78,9 @@ type Meta struct {
 	Metadata  json.RawMessage   `json:"metadata,omitempty"`
 	ExtraEnv  map[string]string `json:"extraEnv,omitempty"`
 	AutoStart bool              `json:"autoStart"`
+	// Restart is the VM's restart policy ("" is no), carried out by its
+	// supervisor.
+	Restart string `json:"restart,omitempty"`
 }
 
 // clone returns a copy of m that shares no map, slice or pointer with it.

@@ -57,9 +57,16 @@ func decodeMeta(b []byte, legacyEnv func() ([]string, error)) (m Meta, upgraded 
 // VM's own decisions are in its record, so what remains is the VM's
 // identity and the config root the file itself lives under, with which a
 // stage run by hand with this file finds the record.
+//
+// A restart policy other than no is in it as MGR_RESTART: the detached
+// supervisor reads this file, not the record (systemd gets the policy from
+// the unit's drop-in).
 func (s *Store) EnvFile(m Meta) ([]byte, error) {
-	return envfile.Render("Environment of the lifecycle stages of VM "+m.ID+", written by mergen.",
-		[]string{"MGN_VM_ID=" + m.ID, "MGR_CONFIG_ROOT=" + s.Layout.ConfigRoot})
+	env := []string{"MGN_VM_ID=" + m.ID, "MGR_CONFIG_ROOT=" + s.Layout.ConfigRoot}
+	if m.Restart != "" && m.Restart != "no" {
+		env = append(env, "MGR_RESTART="+m.Restart)
+	}
+	return envfile.Render("Environment of the lifecycle stages of VM "+m.ID+", written by mergen.", env)
 }
 
 // Migrate rewrites every record stored in an older version in the current

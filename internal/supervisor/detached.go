@@ -407,6 +407,7 @@ func (d *detachedSupervisor) report(id string, st detachedState) State {
 		}
 	}
 	s.Active = s.ActiveState == "active"
+	s.Restarts = st.Restarts
 	return s
 }
 

@@ -40,6 +40,9 @@ type detachedState struct {
 	ExitCode   string    `json:"exitCode,omitempty"`
 	ExitStatus string    `json:"exitStatus,omitempty"`
 	Exited     time.Time `json:"exited,omitzero"`
+	// Restarts counts the automatic restarts under the VM's restart policy
+	// since the VM was started.
+	Restarts int `json:"restarts,omitempty"`
 }
 
 // RunDetached is the body of `<lifecycle> supervise <id>`: it runs the VM's

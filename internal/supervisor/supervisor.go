@@ -47,6 +47,7 @@ type State struct {
 	ActiveState string `json:"activeState"` // active|inactive|failed|activating|deactivating
 	SubState    string `json:"subState"`    // e.g. running, dead, failed, start-pre, stop
 	MainPID     int    `json:"mainPID"`     // the start stage's process (the VMM), 0 when not running
+	Restarts    int    `json:"restarts"`    // automatic restarts under the VM's restart policy (systemd's NRestarts)
 }
 
 // Exit is how the main process (the VMM) of a VM's last run ended, in

@@ -37,10 +37,13 @@ type CreateRequest struct {
 	Tags     map[string]string `json:"tags,omitempty"`
 	Metadata json.RawMessage   `json:"metadata,omitempty"`
 
-	AutoStart bool              `json:"autoStart,omitempty"`
-	BootArgs  string            `json:"bootArgs,omitempty"`
-	ExtraEnv  map[string]string `json:"extraEnv,omitempty"`
-	Hooks     json.RawMessage   `json:"hooks,omitempty"`
+	AutoStart bool `json:"autoStart,omitempty"`
+	// Restart is the VM's restart policy: no (the default), always,
+	// on-failure or on-failure:N.
+	Restart  string            `json:"restart,omitempty"`
+	BootArgs string            `json:"bootArgs,omitempty"`
+	ExtraEnv map[string]string `json:"extraEnv,omitempty"`
+	Hooks    json.RawMessage   `json:"hooks,omitempty"`
 
 	// Bridge selects the earlier generation's network mode: the tap joins an
 	// existing host bridge and the guest gets a static address.
@@ -73,9 +76,14 @@ type VM struct {
 	MemMiB    int       `json:"memMiB"`
 	HTTPPort  int       `json:"httpPort,omitempty"`
 	AutoStart bool      `json:"autoStart"`
-	Kernel    string    `json:"kernel"`
-	Initrd    string    `json:"initrd,omitempty"`
-	Disks     Disks     `json:"disks"`
+	// Restart is the VM's restart policy; Restarts counts the automatic
+	// restarts the supervisor made (since the unit was last started, for
+	// systemd; for the detached supervisor, since the VM was started).
+	Restart  string `json:"restart"`
+	Restarts int    `json:"restarts"`
+	Kernel   string `json:"kernel"`
+	Initrd   string `json:"initrd,omitempty"`
+	Disks    Disks  `json:"disks"`
 	// State is the VM's state in one word: running, paused, stopped, or
 	// the service manager's word while it changes (activating,
 	// deactivating, failed); unknown when neither the service manager nor
