@@ -183,6 +183,12 @@ func (d *detachedSupervisor) waitStarted(ctx context.Context, id string, pid int
 			switch st.ActiveState {
 			case "active":
 				return nil
+			case "activating":
+				if st.SubState == "auto-restart" {
+					// The first run failed; the restart policy takes over.
+					return fmt.Errorf("start vm %s: start failed (result %s), restarting under the VM's restart policy; see %s",
+						id, orNone(st.Result), d.paths(id).SupervisorLog)
+				}
 			case "failed", "inactive":
 				// Reported once the supervising process has cleaned up
 				// (deactivating), so that the result is known.

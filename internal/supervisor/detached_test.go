@@ -69,6 +69,9 @@ func TestDetachedContract(t *testing.T) {
 		return s
 	}
 	testContract(t, im)
+	testRestart(t, im, func(policy string, delay time.Duration) []string {
+		return []string{"MGR_RESTART=" + policy, "MGR_RESTART_DELAY=" + delay.String()}
+	})
 }
 
 // The detached supervisor's own files: a pid file while it runs, nothing

@@ -78,13 +78,14 @@ func (p RestartPolicy) restarts(result string, attempts int) bool {
 }
 
 // restartDelay is the wait before restart number attempt+1 since the last
-// reset: RestartDelayMin doubled attempt times, at most RestartDelayMax.
-func restartDelay(attempt int) time.Duration {
-	d := RestartDelayMin
+// reset: first doubled attempt times, at most RestartDelayMax (or first,
+// when that is longer).
+func restartDelay(first time.Duration, attempt int) time.Duration {
+	d := first
 	for i := 0; i < attempt && d < RestartDelayMax; i++ {
 		d *= 2
 	}
-	return min(d, RestartDelayMax)
+	return max(min(d, RestartDelayMax), first)
 }
 
 // RestartEnv is the variable of a VM's environment file that carries its

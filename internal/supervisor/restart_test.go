@@ -31,11 +31,11 @@ func TestRestartDecisionAndBackoff(t *testing.T) {
 		t.Error("no must never restart")
 	}
 	for attempt, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second} {
-		if got := restartDelay(attempt); got != want {
+		if got := restartDelay(time.Second, attempt); got != want {
 			t.Errorf("restartDelay(%d) = %v, want %v", attempt, got, want)
 		}
 	}
-	if got := restartDelay(30); got != RestartDelayMax {
-		t.Errorf("restartDelay(30) = %v, want the cap %v", got, RestartDelayMax)
+	if got := restartDelay(time.Second, 30); got != RestartDelayMax {
+		t.Errorf("restartDelay(time.Second, 30) = %v, want the cap %v", got, RestartDelayMax)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -122,9 +123,74 @@ func RunDetached(ctx context.Context, o Options, id string) error {
 	}()
 
 	r.log.Info("starting", "lifecycle", o.LifecycleBin)
-	result := r.run(stopping)
-	r.finish(ctx, result)
-	return nil
+	policy, delay := restartSettings(fileEnv, r.log)
+	attempts := 0 // restarts since the last reset
+	for {
+		result := r.run(stopping)
+		if stopping.Err() != nil || !policy.restarts(result, attempts) {
+			r.finish(ctx, result)
+			return nil
+		}
+		// A run that lasted resets the backoff and on-failure's count.
+		if !r.mainStarted.IsZero() && r.mainEnded.Sub(r.mainStarted) >= RestartResetAfter {
+			attempts = 0
+		}
+		wait := restartDelay(delay, attempts)
+		r.st.Result = result
+		r.recordExit()
+		r.setState("activating", "auto-restart")
+		r.log.Warn("main process ended, restarting", "result", result, "policy", policy, "in", wait, "restarts", r.st.Restarts)
+		select {
+		case <-stopping.Done():
+			// Stopped while waiting: nothing runs, as systemd stops a unit
+			// in auto-restart.
+			r.log.Info("stop requested during the restart delay")
+			r.setState("inactive", "dead")
+			return nil
+		case <-time.After(wait):
+		}
+		attempts++
+		r.st.Restarts++
+		r.reset()
+	}
+}
+
+// restartSettings reads the VM's restart policy (MGR_RESTART) from its env
+// file, and the first delay: RestartDelayMin unless MGR_RESTART_DELAY (a
+// duration, which the daemon does not write) says otherwise. A policy the
+// supervisor cannot read is no.
+func restartSettings(fileEnv []string, log *slog.Logger) (RestartPolicy, time.Duration) {
+	var policy, delay string
+	for _, kv := range fileEnv {
+		if v, ok := strings.CutPrefix(kv, RestartEnv+"="); ok {
+			policy = v
+		}
+		if v, ok := strings.CutPrefix(kv, "MGR_RESTART_DELAY="); ok {
+			delay = v
+		}
+	}
+	p, err := ParseRestart(policy)
+	if err != nil {
+		log.Error("restart policy ignored", "err", err)
+		p = RestartPolicy{Mode: RestartNo}
+	}
+	d := RestartDelayMin
+	if delay != "" {
+		if v, err := time.ParseDuration(delay); err == nil && v > 0 {
+			d = v
+		} else {
+			log.Error("MGR_RESTART_DELAY ignored", "value", delay)
+		}
+	}
+	return p, d
+}
+
+// reset forgets the last run's main process before a restart; the state
+// keeps the restart count and how the last run ended.
+func (r *runner) reset() {
+	r.main, r.mainDone = nil, nil
+	r.mainStarted, r.mainEnded = time.Time{}, time.Time{}
+	r.exitCode, r.exitStat = "", ""
 }
 
 type runner struct {
@@ -134,12 +200,13 @@ type runner struct {
 	log *slog.Logger
 	env []string
 
-	st        detachedState
-	main      *exec.Cmd
-	mainDone  chan struct{} // closed when the main process has been waited for
-	mainEnded time.Time     // when it was waited for
-	exitCode  string        // systemd's EXIT_CODE: exited, killed, dumped
-	exitStat  string        // systemd's EXIT_STATUS: number or signal name
+	st          detachedState
+	main        *exec.Cmd
+	mainDone    chan struct{} // closed when the main process has been waited for
+	mainStarted time.Time     // when it was started
+	mainEnded   time.Time     // when it was waited for
+	exitCode    string        // systemd's EXIT_CODE: exited, killed, dumped
+	exitStat    string        // systemd's EXIT_STATUS: number or signal name
 }
 
 func (r *runner) setState(active, sub string) {
@@ -208,6 +275,7 @@ func (r *runner) startMain() error {
 		return err
 	}
 	r.main = cmd
+	r.mainStarted = time.Now()
 	r.mainDone = make(chan struct{})
 	r.st.MainPID = cmd.Process.Pid
 	r.st.MainStart, _ = proc.StartTime(cmd.Process.Pid)
