@@ -111,6 +111,9 @@ type Options struct {
 	ConfigRoot   string        // MGR_CONFIG_ROOT: the layout's env file of each VM is the stages' environment file
 	StopTimeout  time.Duration // MGR_STOP_TIMEOUT_SECONDS: how long stop may take before the VMM is killed
 	Env          []string      // KEY=VALUE given to every stage (config.StageEnv)
+	// UnitDir is where the systemd supervisor writes a VM's drop-ins (its
+	// restart policy); DefaultUnitDir when empty.
+	UnitDir string
 }
 
 // OptionsFrom derives the supervisor's options from the host configuration.
@@ -175,6 +178,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.StopTimeout == 0 {
 		o.StopTimeout = def.StopTimeout
+	}
+	if o.UnitDir == "" {
+		o.UnitDir = DefaultUnitDir
 	}
 	if !unitPrefixRe.MatchString(o.UnitPrefix) {
 		return o, fmt.Errorf("supervisor options: UnitPrefix %q: want letters, digits, '-', '_', '.' only", o.UnitPrefix)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -105,6 +106,16 @@ func (s *systemdSupervisor) job(ctx context.Context, op, id string) error {
 		return fmt.Errorf("%s vm %s: %w", op, id, err)
 	}
 	unit := UnitName(s.o.UnitPrefix, id)
+	if op == "start" {
+		if err := s.applyRestart(ctx, conn, id); err != nil {
+			return fmt.Errorf("start vm %s: restart policy: %w", id, err)
+		}
+		// A start by request starts afresh: a start limit an on-failure:N
+		// policy ran into is cleared (systemctl reset-failed).
+		if err := conn.ResetFailedUnitContext(ctx, unit); err != nil && !isNoSuchUnit(err) && !isNotFailed(err) {
+			return fmt.Errorf("start vm %s: reset-failed %s: %w", id, unit, err)
+		}
+	}
 	// Buffered: go-systemd delivers the result while holding its job lock.
 	done := make(chan string, 1)
 	if op == "start" {
@@ -185,7 +196,25 @@ func (s *systemdSupervisor) state(ctx context.Context, conn *sddbus.Conn, unit s
 			st.MainPID = int(pid)
 		}
 	}
+	if st.ActiveState != "inactive" {
+		st.Restarts = nRestarts(ctx, conn, unit)
+	}
 	return st, nil
+}
+
+// nRestarts is the unit's NRestarts: the automatic restarts since it was
+// last started by a job. Read only for a unit that is not inactive, as
+// States does: systemd unloads a stopped unit and forgets the count.
+//
+// When an on-failure:N policy gives up, systemd has counted the restart its
+// start limit then refused: NRestarts is N+1.
+func nRestarts(ctx context.Context, conn *sddbus.Conn, unit string) int {
+	p, err := conn.GetServicePropertyContext(ctx, unit, "NRestarts")
+	if err != nil {
+		return 0
+	}
+	n, _ := p.Value.Value().(uint32)
+	return int(n)
 }
 
 // States lists the VMs' units with one ListUnitsByPatterns call
@@ -226,13 +255,13 @@ func (s *systemdSupervisor) States(ctx context.Context, ids []string) (map[strin
 			st.ActiveState, st.SubState = u.ActiveState, u.SubState
 		}
 		st.Active = st.ActiveState == "active"
-		switch st.ActiveState {
-		case "active", "activating", "deactivating":
+		if st.ActiveState != "inactive" {
 			withPID = append(withPID, id)
 		}
 		out[id] = st
 	}
 	pids := make([]int, len(withPID))
+	restarts := make([]int, len(withPID))
 	var wg sync.WaitGroup
 	next := make(chan int)
 	for w := 0; w < min(len(withPID), statesWorkers); w++ {
@@ -240,7 +269,12 @@ func (s *systemdSupervisor) States(ctx context.Context, ids []string) (map[strin
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				p, err := conn.GetServicePropertyContext(ctx, UnitName(s.o.UnitPrefix, withPID[i]), "MainPID")
+				unit := UnitName(s.o.UnitPrefix, withPID[i])
+				restarts[i] = nRestarts(ctx, conn, unit)
+				if out[withPID[i]].ActiveState == "failed" {
+					continue // no main process
+				}
+				p, err := conn.GetServicePropertyContext(ctx, unit, "MainPID")
 				if err != nil {
 					continue
 				}
@@ -257,7 +291,7 @@ func (s *systemdSupervisor) States(ctx context.Context, ids []string) (map[strin
 	wg.Wait()
 	for i, id := range withPID {
 		st := out[id]
-		st.MainPID = pids[i]
+		st.MainPID, st.Restarts = pids[i], restarts[i]
 		out[id] = st
 	}
 	return out, nil
@@ -280,6 +314,16 @@ func (s *systemdSupervisor) Forget(ctx context.Context, id string) error {
 		// A unit that is not loaded or not failed has nothing to reset.
 		if err := conn.ResetFailedUnitContext(ctx, unit); err != nil && !isNoSuchUnit(err) && !isNotFailed(err) {
 			return fmt.Errorf("forget vm %s: reset-failed %s: %w", id, unit, err)
+		}
+	}
+	// The restart policy's drop-in goes with the VM.
+	path := s.restartDropIn(id)
+	if _, err := os.Stat(path); err == nil {
+		if err := removeDropIn(path); err != nil {
+			return fmt.Errorf("forget vm %s: %w", id, err)
+		}
+		if err := conn.ReloadContext(ctx); err != nil {
+			return fmt.Errorf("forget vm %s: daemon-reload: %w", id, err)
 		}
 	}
 	return nil

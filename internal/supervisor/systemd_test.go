@@ -44,6 +44,7 @@ func TestSystemdContract(t *testing.T) {
 	im.sup = func(t *testing.T, stopTimeout time.Duration) supervisor.Supervisor {
 		// TimeoutStopSec lives in the unit: reinstall for each timeout.
 		o := im.options(stopTimeout)
+		o.UnitDir = unitDir // restart policies' drop-ins
 		if err := supervisor.InstallUnits(ctx, o, unitDir); err != nil {
 			t.Fatalf("InstallUnits: %v", err)
 		}
@@ -62,6 +63,9 @@ func TestSystemdContract(t *testing.T) {
 		return s
 	}
 	testContract(t, im)
+	testRestart(t, im, func(policy string, delay time.Duration) []string {
+		return []string{"MGR_RESTART=" + policy, "MGR_RESTART_DELAY=" + delay.String()}
+	})
 
 	// systemctl, the operator's view, agrees.
 	s = im.sup(t, 5*time.Second)
