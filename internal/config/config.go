@@ -46,6 +46,7 @@ type Config struct {
 	GlobalHooksDir  string        // MGR_GLOBAL_HOOKS_DIR
 	UnitPrefix      string        // MGR_UNIT_PREFIX
 	SystemctlPath   string        // MGR_SYSTEMCTL_PATH: accepted for old env files, unused (units are driven over D-Bus)
+	SearchPath      string        // PATH: where the daemon finds tools; the stages get the same
 	CommandTimeout  time.Duration // MGR_COMMAND_TIMEOUT_SECONDS
 	ShutdownTimeout time.Duration // MGR_SHUTDOWN_TIMEOUT_SECONDS
 	StopTimeout     time.Duration // MGR_STOP_TIMEOUT_SECONDS: graceful guest stop before the VMM is killed
@@ -168,6 +169,7 @@ func FromEnv(getenv Source) (Config, error) {
 		GlobalHooksDir:  r.path("MGR_GLOBAL_HOOKS_DIR"),
 		UnitPrefix:      r.str("MGR_UNIT_PREFIX"),
 		SystemctlPath:   r.str("MGR_SYSTEMCTL_PATH"),
+		SearchPath:      r.str("PATH"),
 		CommandTimeout:  r.seconds("MGR_COMMAND_TIMEOUT_SECONDS", 1, 86400),
 		ShutdownTimeout: r.seconds("MGR_SHUTDOWN_TIMEOUT_SECONDS", 1, 86400),
 		StopTimeout:     r.seconds("MGR_STOP_TIMEOUT_SECONDS", 1, 86400),
@@ -348,8 +350,8 @@ func (c Config) StageEnv() []string {
 			env = append(env, StageHookVar(k)+"="+v)
 		}
 	}
-	if p := os.Getenv("PATH"); p != "" {
-		env = append(env, "PATH="+p)
+	if c.SearchPath != "" {
+		env = append(env, "PATH="+c.SearchPath)
 	}
 	return env
 }

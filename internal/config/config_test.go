@@ -1,6 +1,8 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -131,6 +133,26 @@ func TestOriginsAndLabelTagsAreValidated(t *testing.T) {
 	for k, v := range map[string]string{"MGR_API_ALLOWED_ORIGINS": "null", "FWD_LABEL_TAGS": "name,bad key"} {
 		if _, err := FromEnv(env(map[string]string{k: v})); err == nil || !strings.Contains(err.Error(), k) {
 			t.Errorf("%s=%q: %v, want a refusal naming it", k, v, err)
+		}
+	}
+}
+
+// Every variable mergen reads is documented for operators: in the README
+// or a page under docs/.
+func TestEveryVariableIsDocumented(t *testing.T) {
+	root := filepath.Join("..", "..")
+	docs, _ := filepath.Glob(filepath.Join(root, "docs", "*.md"))
+	var all strings.Builder
+	for _, f := range append(docs, filepath.Join(root, "README.md")) {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all.Write(b)
+	}
+	for _, v := range Vars {
+		if !strings.Contains(all.String(), v.Name) {
+			t.Errorf("%s is read by %s but documented nowhere", v.Name, v.Programs)
 		}
 	}
 }

@@ -46,6 +46,7 @@ var Vars = []Var{
 	// Daemon behaviour.
 	{"MGR_UNIT_PREFIX", "mergen", "daemon lifecycle"},
 	{"MGR_SYSTEMCTL_PATH", "systemctl", "daemon"}, // accepted, unused: units are driven over D-Bus
+	{"PATH", "", "daemon"},                        // handed on to the lifecycle stages
 	{"MGR_COMMAND_TIMEOUT_SECONDS", "10", "daemon lifecycle"},
 	{"MGR_SHUTDOWN_TIMEOUT_SECONDS", "15", "daemon"},
 	{"MGR_STOP_TIMEOUT_SECONDS", "30", "daemon lifecycle"},
