@@ -161,17 +161,20 @@ func TestLogsFollowAcrossAppendAndRotation(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("mergen-init: starting\r\n[payload] old 1\r\n[payload] old 2\r\n")
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if data, _ := os.ReadFile(p.ConsoleLog); bytes.HasSuffix(data, []byte("old 2\r\n")) {
-			break
+	// written waits until the copier has put what was written in the log.
+	written := func(suffix string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			if data, _ := os.ReadFile(p.ConsoleLog); bytes.HasSuffix(data, []byte(suffix)) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the copier never wrote %q to the log", suffix)
+			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the copier never wrote the log")
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
+	write("mergen-init: starting\r\n[payload] old 1\r\n[payload] old 2\r\n")
+	written("old 2\r\n")
 
 	follow := func(q string) (func() string, func() error) {
 		ctx, cancel := context.WithCancel(context.Background())
@@ -233,7 +236,9 @@ func TestLogsFollowAcrossAppendAndRotation(t *testing.T) {
 
 	// An append, a line cut in two writes, then enough to rotate twice.
 	write("kernel: hello\r\n[payload] new")
-	time.Sleep(300 * time.Millisecond)
+	// The console follower has sent the first half before the second is
+	// written, so the payload filter must hold the cut line.
+	waitFor(console, "[payload] old 2\r\nkernel: hello\r\n[payload] new")
 	write(" line\r\n")
 	wantConsole := "[payload] old 2\r\nkernel: hello\r\n[payload] new line\r\n"
 	wantPayload := "old 2\r\nnew line\r\n"
