@@ -16,6 +16,7 @@ import (
 	"github.com/mergenhq/mergen/internal/api"
 	"github.com/mergenhq/mergen/internal/lifecycle"
 	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/testenv"
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
@@ -335,10 +336,7 @@ func TestConsoleFollowCrossesRotations(t *testing.T) {
 			t.Fatal(err)
 		}
 		sent = append(sent, step...)
-		deadline := time.Now().Add(20 * time.Second)
-		for len(received()) < len(sent) && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
+		testenv.Eventually(t, 20*time.Second, "the follower to catch up", func() bool { return len(received()) >= len(sent) })
 		if r := received(); !bytes.Equal(r, sent) {
 			t.Fatalf("after step %d the follower has %d bytes, want the %d sent, in order", i, len(r), len(sent))
 		}

@@ -3,6 +3,7 @@ package api_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mergenhq/mergen/internal/lifecycle"
+	"github.com/mergenhq/mergen/internal/testenv"
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
@@ -164,14 +166,10 @@ func TestLogsFollowAcrossAppendAndRotation(t *testing.T) {
 	// written waits until the copier has put what was written in the log.
 	written := func(suffix string) {
 		t.Helper()
-		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			if data, _ := os.ReadFile(p.ConsoleLog); bytes.HasSuffix(data, []byte(suffix)) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the copier never wrote %q to the log", suffix)
-			}
-		}
+		testenv.Eventually(t, 10*time.Second, fmt.Sprintf("the copier to write %q to the log", suffix), func() bool {
+			data, _ := os.ReadFile(p.ConsoleLog)
+			return bytes.HasSuffix(data, []byte(suffix))
+		})
 	}
 	write("mergen-init: starting\r\n[payload] old 1\r\n[payload] old 2\r\n")
 	written("old 2\r\n")
@@ -223,13 +221,7 @@ func TestLogsFollowAcrossAppendAndRotation(t *testing.T) {
 	payload, payloadEnded := follow("follow=true&tail=1&source=payload")
 	waitFor := func(got func() string, want string) {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for got() != want && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if g := got(); g != want {
-			t.Fatalf("the follower has %q, want %q", g, want)
-		}
+		testenv.Eventually(t, 10*time.Second, fmt.Sprintf("the follower to have %q", want), func() bool { return got() == want })
 	}
 	waitFor(console, "[payload] old 2\r\n")
 	waitFor(payload, "old 2\r\n")

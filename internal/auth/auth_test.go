@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mergenhq/mergen/internal/auth"
+	"github.com/mergenhq/mergen/internal/testenv"
 )
 
 const (
@@ -205,14 +206,7 @@ func TestTheFileIsReadAgainWhenItChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor := func(what string, ok func() bool) {
-		t.Helper()
-		for deadline := time.Now().Add(5 * time.Second); !ok(); time.Sleep(50 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("not within 5s: %s", what)
-			}
-		}
-	}
+	waitFor := func(what string, ok func() bool) { t.Helper(); testenv.Eventually(t, 5*time.Second, what, ok) }
 	if err := os.WriteFile(p, []byte(tokB+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}

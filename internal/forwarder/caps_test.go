@@ -18,6 +18,7 @@ import (
 
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/testenv"
 )
 
 // clientFrom is f.client() with connections made from a given loopback
@@ -124,7 +125,7 @@ func TestForwarderConnectionCaps(t *testing.T) {
 		defer c.Close()
 		held = append(held, c)
 	}
-	eventually(t, 10*time.Second, "the held connections to be admitted", func() bool { return active() == perIP })
+	testenv.Eventually(t, 10*time.Second, "the held connections to be admitted", func() bool { return active() == perIP })
 
 	heap0, rss0 := memSample(t)
 	stopOther := serveMeanwhile(f.clientFrom("127.0.0.2"), "https://ok.vm.test/other", "vm=ok path=/other")
@@ -181,7 +182,7 @@ func TestForwarderConnectionCaps(t *testing.T) {
 	}
 
 	// The global cap: fill it from 127.0.0.2, then every address is refused.
-	eventually(t, 10*time.Second, "the other client's connections to close", func() bool { return active() == perIP })
+	testenv.Eventually(t, 10*time.Second, "the other client's connections to close", func() bool { return active() == perIP })
 	for range global - perIP {
 		c, err := dialStingy(f.addr, "127.0.0.2")
 		if err != nil {
@@ -189,7 +190,7 @@ func TestForwarderConnectionCaps(t *testing.T) {
 		}
 		defer c.Close()
 	}
-	eventually(t, 10*time.Second, "the forwarder to hold its maximum", func() bool { return active() == global })
+	testenv.Eventually(t, 10*time.Second, "the forwarder to hold its maximum", func() bool { return active() == global })
 	for _, local := range []string{"127.0.0.3", "127.0.0.2", "127.0.0.1"} {
 		if refused, err := refusedByForwarder(f.addr, local); err != nil || !refused {
 			t.Errorf("connection from %s at the global cap: refused %v, %v", local, refused, err)
@@ -200,7 +201,7 @@ func TestForwarderConnectionCaps(t *testing.T) {
 	}
 	// One connection ends: a new client is served again.
 	held[0].Close()
-	eventually(t, 10*time.Second, "the closed connection to be released", func() bool { return active() == global-1 })
+	testenv.Eventually(t, 10*time.Second, "the closed connection to be released", func() bool { return active() == global-1 })
 	if body, err := fetch(f.clientFrom("127.0.0.3"), "https://ok.vm.test/freed"); err != nil || body != "vm=ok path=/freed" {
 		t.Errorf("after a connection closed: %q, %v", body, err)
 	}
@@ -239,7 +240,7 @@ func TestForwarderMaxConnDuration(t *testing.T) {
 		t.Fatalf("a connection past FWD_MAX_CONN_SECONDS is still open after %v", time.Since(start))
 	}
 	t.Logf("closed after %d exchanges in %v: %v", exchanges, time.Since(start).Round(time.Millisecond), err)
-	eventually(t, 5*time.Second, "the end to be counted", func() bool {
+	testenv.Eventually(t, 5*time.Second, "the end to be counted", func() bool {
 		return f.metric(t, `mergen_forwarder_errors_total{kind="total_timeout"}`) == 1
 	})
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/testenv"
 )
 
 // Hostile clients against the real forwarder: they cost it bounded memory
@@ -240,7 +241,7 @@ func TestForwarderKeyUpdateFlood(t *testing.T) {
 
 	// Nothing moves on the flooding connection any more: the idle timeout
 	// ends it.
-	eventually(t, 20*time.Second, "the idle timeout to close the flooding client", func() bool {
+	testenv.Eventually(t, 20*time.Second, "the idle timeout to close the flooding client", func() bool {
 		return f.metric(t, `mergen_forwarder_errors_total{kind="idle_timeout"}`) == 1
 	})
 	if body, err := fetch(f.client(), "https://ok.vm.test/after"); err != nil || body != "vm=ok path=/after" {
@@ -305,7 +306,7 @@ func TestForwarderBackendFloodToIdleClient(t *testing.T) {
 	if body, err := fetch(f.client(), "https://ok.vm.test/x"); err != nil || body != "vm=ok path=/x" {
 		t.Errorf("other client during the flood: %q, %v", body, err)
 	}
-	eventually(t, 20*time.Second, "the idle timeout to close the stalled pair", func() bool {
+	testenv.Eventually(t, 20*time.Second, "the idle timeout to close the stalled pair", func() bool {
 		return f.metric(t, `mergen_forwarder_errors_total{kind="idle_timeout"}`) == 1
 	})
 }

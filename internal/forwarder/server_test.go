@@ -163,16 +163,6 @@ func closedPort(t *testing.T) int {
 	return portOf(ln)
 }
 
-// eventually polls cond until it holds, failing the test after timeout.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %v for %s", timeout, what)
-		}
-	}
-}
-
 type fixture struct {
 	addr     string
 	root     string
@@ -533,7 +523,7 @@ func TestForwarderCertReload(t *testing.T) {
 	if want == before {
 		t.Fatal("the replacement certificate has the old serial")
 	}
-	eventually(t, 10*time.Second, "the forwarder to serve the replaced certificate", func() bool { return serial() == want })
+	testenv.Eventually(t, 10*time.Second, "the forwarder to serve the replaced certificate", func() bool { return serial() == want })
 	if n := f.metric(t, `mergen_forwarder_cert_reloads_total{result="ok"}`); n < 1 {
 		t.Errorf("new certificate served, but %v successful reloads counted", n)
 	}
@@ -545,7 +535,7 @@ func TestForwarderCertReload(t *testing.T) {
 	if err := os.WriteFile(f.keyPath, []byte("garbage"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the forwarder to try the broken pair", func() bool {
+	testenv.Eventually(t, 10*time.Second, "the forwarder to try the broken pair", func() bool {
 		if got := serial(); got != want {
 			t.Fatalf("with a broken key the forwarder serves %s, want the last good %s", got, want)
 		}

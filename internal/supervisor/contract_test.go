@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mergenhq/mergen/internal/supervisor"
+	"github.com/mergenhq/mergen/internal/testenv"
 )
 
 // implementation is what the contract needs from one supervisor: a
@@ -156,8 +157,8 @@ func testContract(t *testing.T, im implementation) {
 		if err := os.WriteFile(f.trigger, nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "post-stop", func() bool { return len(f.stages(t)) == 5 })
-		eventually(t, "state inactive", func() bool { return mustState(t, s, f.id).ActiveState == "inactive" })
+		testenv.Eventually(t, time.Minute, "post-stop", func() bool { return len(f.stages(t)) == 5 })
+		testenv.Eventually(t, time.Minute, "state inactive", func() bool { return mustState(t, s, f.id).ActiveState == "inactive" })
 		if got := controlStages(f.stages(t)); got != "pre-start,post-start,stop,post-stop" {
 			t.Fatalf("stages = %s", got)
 		}
@@ -175,7 +176,7 @@ func testContract(t *testing.T, im implementation) {
 		if err := os.WriteFile(f.trigger, nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "state failed", func() bool { return mustState(t, s, f.id).ActiveState == "failed" })
+		testenv.Eventually(t, time.Minute, "state failed", func() bool { return mustState(t, s, f.id).ActiveState == "failed" })
 		f.waitStage(t, "on-failure")
 		if got := controlStages(f.stages(t)); got != "pre-start,post-start,post-stop,on-failure" {
 			t.Fatalf("stages = %s", got)
@@ -218,7 +219,7 @@ func testContract(t *testing.T, im implementation) {
 		if err := os.WriteFile(f.trigger, nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "state failed", func() bool { return mustState(t, s, f.id).ActiveState == "failed" })
+		testenv.Eventually(t, time.Minute, "state failed", func() bool { return mustState(t, s, f.id).ActiveState == "failed" })
 		f.waitStage(t, "on-failure")
 		if e, err := s.LastExit(ctx, f.id); err != nil || e.Result != "signal" || e.Code != "killed" || e.Signal != "KILL" || e.Status != 0 || e.At.IsZero() {
 			t.Fatalf("LastExit = %+v, %v; want signal, killed by KILL", e, err)
@@ -248,7 +249,7 @@ func testContract(t *testing.T, im implementation) {
 			t.Fatal("Start succeeded with a failing pre-start stage")
 		}
 		t.Logf("Start error: %v", err)
-		eventually(t, "on-failure stage", func() bool { return stageNames(f.stages(t)) == "pre-start,post-stop,on-failure" })
+		testenv.Eventually(t, time.Minute, "on-failure stage", func() bool { return stageNames(f.stages(t)) == "pre-start,post-stop,on-failure" })
 		if st := mustState(t, s, f.id); st.ActiveState != "failed" {
 			t.Fatalf("state = %+v, want failed", st)
 		}
@@ -268,7 +269,7 @@ func testContract(t *testing.T, im implementation) {
 		}
 		// The main process may be terminated before it writes its own
 		// record: only the control stages are certain.
-		eventually(t, "on-failure stage", func() bool { return controlStages(f.stages(t)) == "pre-start,post-start,post-stop,on-failure" })
+		testenv.Eventually(t, time.Minute, "on-failure stage", func() bool { return controlStages(f.stages(t)) == "pre-start,post-start,post-stop,on-failure" })
 		if st := mustState(t, s, f.id); st.ActiveState != "failed" || st.MainPID != 0 {
 			t.Fatalf("state = %+v, want failed without MainPID", st)
 		}
@@ -323,7 +324,7 @@ func testContract(t *testing.T, im implementation) {
 		if err := os.WriteFile(failed.trigger, nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "state failed", func() bool { return mustState(t, s, failed.id).ActiveState == "failed" })
+		testenv.Eventually(t, time.Minute, "state failed", func() bool { return mustState(t, s, failed.id).ActiveState == "failed" })
 		failed.waitStage(t, "on-failure")
 		ids := []string{running.id, failed.id, never.id}
 		got, err := s.States(ctx, ids)

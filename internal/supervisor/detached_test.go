@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/mergenhq/mergen/internal/supervisor"
+	"github.com/mergenhq/mergen/internal/testenv"
 )
 
 func detached(t *testing.T, f vmFixture, stopTimeout time.Duration) supervisor.Supervisor {
@@ -131,7 +132,7 @@ func TestDetachedSupervisorKilled(t *testing.T) {
 	if err := syscall.Kill(supPID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "supervisor gone", func() bool { return !processAlive(supPID) })
+	testenv.Eventually(t, time.Minute, "supervisor gone", func() bool { return !processAlive(supPID) })
 
 	st := mustState(t, s, f.id)
 	if !st.Active || st.SubState != "abandoned" || st.MainPID != main {

@@ -99,7 +99,7 @@ func controlStages(recs []stageRecord) string {
 func (f vmFixture) waitStage(t *testing.T, stage string) stageRecord {
 	t.Helper()
 	var rec stageRecord
-	eventually(t, "stage "+stage, func() bool {
+	testenv.Eventually(t, time.Minute, "stage "+stage, func() bool {
 		for _, r := range f.stages(t) {
 			if r["stage"] == stage {
 				rec = r
@@ -120,19 +120,6 @@ func (f vmFixture) find(t *testing.T, stage string) stageRecord {
 	}
 	t.Fatalf("stage %s did not run; stages: %s", stage, stageNames(f.stages(t)))
 	return nil
-}
-
-// eventually polls cond until it holds. The bound only turns a hang into a
-// failure; it asserts nothing about speed.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func testStages(t testing.TB) string {

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mergenhq/mergen/internal/testenv"
 )
 
 // countStages counts the records of stage in the stage log.
@@ -37,7 +39,7 @@ func testRestart(t *testing.T, im implementation, restartEnv func(policy string,
 			t.Fatal(err)
 		}
 		f.waitStage(t, "on-failure")
-		eventually(t, "state failed", func() bool { return mustState(t, s, f.id).ActiveState == "failed" })
+		testenv.Eventually(t, time.Minute, "state failed", func() bool { return mustState(t, s, f.id).ActiveState == "failed" })
 		st := mustState(t, s, f.id)
 		// systemd also counts the restart its start limit refused.
 		if st.Restarts < 2 || st.Restarts > 3 || st.MainPID != 0 {
@@ -61,9 +63,9 @@ func testRestart(t *testing.T, im implementation, restartEnv func(policy string,
 		if err := os.WriteFile(f.trigger, nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "two restarts", func() bool { return mustState(t, s, f.id).Restarts >= 2 })
+		testenv.Eventually(t, time.Minute, "two restarts", func() bool { return mustState(t, s, f.id).Restarts >= 2 })
 		os.Remove(f.trigger)
-		eventually(t, "running again", func() bool {
+		testenv.Eventually(t, time.Minute, "running again", func() bool {
 			st := mustState(t, s, f.id)
 			return st.ActiveState == "active" && st.MainPID != 0
 		})
@@ -90,7 +92,7 @@ func testRestart(t *testing.T, im implementation, restartEnv func(policy string,
 		if err := os.WriteFile(f.trigger, nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "auto-restart", func() bool {
+		testenv.Eventually(t, time.Minute, "auto-restart", func() bool {
 			st := mustState(t, s, f.id)
 			return st.ActiveState == "activating" && st.SubState == "auto-restart"
 		})

@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -129,6 +130,18 @@ func WatchOpens(t testing.TB, path string) func() int {
 				n++
 				off += unix.SizeofInotifyEvent + int(ev.Len)
 			}
+		}
+	}
+}
+
+// Eventually polls cond until it holds: for state another process or
+// goroutine changes where no event announces it. The timeout only turns a
+// hang into a failure; it asserts nothing about speed.
+func Eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %v for %s", timeout, what)
 		}
 	}
 }
