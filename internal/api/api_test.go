@@ -270,24 +270,14 @@ func TestConsoleServesTheTailOfTheLog(t *testing.T) {
 	p := h.store.Paths(vm.ID)
 	os.WriteFile(p.ConsoleLogOld, []byte("booting\nlogin: "), 0o600)
 	os.WriteFile(p.ConsoleLog, []byte("root\n"), 0o600)
-	for q, want := range map[string]string{"?tail=3": "ot\n", "?tail=8": "n: root\n", "": "booting\nlogin: root\n"} {
-		rec = h.do(t, http.MethodGet, "/v1/vms/"+vm.ID+"/console"+q, "")
-		if rec.Code != http.StatusOK || rec.Body.String() != want {
-			t.Errorf("console%s after a rotation: %d %q, want %q", q, rec.Code, rec.Body, want)
-		}
-	}
+	h.bodies(t, "/v1/vms/"+vm.ID+"/console", map[string]string{"?tail=3": "ot\n", "?tail=8": "n: root\n", "": "booting\nlogin: root\n"})
 }
 
 // A client following the console keeps receiving every byte, in order, while
 // the copier rotates the log under it.
 func TestConsoleFollowCrossesRotations(t *testing.T) {
 	h := newHost(t, nil)
-	var vm wire.VM
-	decode(t, h.do(t, http.MethodPost, "/v1/vms", `{}`), &vm)
-	p := h.store.Paths(vm.ID)
-	if err := os.MkdirAll(p.DataDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	vm, p := h.vmWithDataDir(t)
 	srv := httptest.NewServer(h.handler)
 	defer srv.Close()
 	ctx, cancel := context.WithCancel(context.Background())

@@ -8,15 +8,18 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/mergenhq/mergen/internal/api"
 	"github.com/mergenhq/mergen/internal/auth"
 	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/layout"
 	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/testenv/hosttest"
+	"github.com/mergenhq/mergen/internal/wire"
 )
 
 // host is the daemon's HTTP handler, behind the front door with a token
@@ -91,4 +94,29 @@ func errorOf(t *testing.T, rec *httptest.ResponseRecorder) string {
 		t.Fatalf("error answer without a message: %s", rec.Body)
 	}
 	return e.Error
+}
+
+// vmWithDataDir creates a VM through the API and makes its data directory,
+// where its console log lives; it returns the document and the VM's paths.
+func (h *host) vmWithDataDir(t *testing.T) (wire.VM, layout.VM) {
+	t.Helper()
+	var vm wire.VM
+	decode(t, h.do(t, http.MethodPost, "/v1/vms", `{}`), &vm)
+	p := h.store.Paths(vm.ID)
+	if err := os.MkdirAll(p.DataDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	return vm, p
+}
+
+// bodies checks that GET path+query answers 200 with exactly the body, for
+// each query.
+func (h *host) bodies(t *testing.T, path string, want map[string]string) {
+	t.Helper()
+	for q, body := range want {
+		rec := h.do(t, http.MethodGet, path+q, "")
+		if rec.Code != http.StatusOK || rec.Body.String() != body {
+			t.Errorf("GET %s%s: %d %q, want 200 %q", path, q, rec.Code, rec.Body, body)
+		}
+	}
 }

@@ -35,7 +35,7 @@ func TestLogsTailCountsLinesAcrossTheRotation(t *testing.T) {
 	os.WriteFile(p.ConsoleLogOld, []byte("mergen-init: starting\r\n[payload] one\r\n[payload] tw"), 0o600)
 	os.WriteFile(p.ConsoleLog, []byte("o\r\nkernel: oops\r\n[payload] three\r\nmergen-init: exit status 0\r\n[payload] no newline"), 0o600)
 	all := "mergen-init: starting\r\n[payload] one\r\n[payload] two\r\nkernel: oops\r\n[payload] three\r\nmergen-init: exit status 0\r\n[payload] no newline"
-	for q, want := range map[string]string{
+	h.bodies(t, "/v1/vms/"+vm.ID+"/logs", map[string]string{
 		"":                         all,
 		"?tail=all":                all,
 		"?tail=1000":               all,
@@ -50,36 +50,21 @@ func TestLogsTailCountsLinesAcrossTheRotation(t *testing.T) {
 		"?source=payload&tail=99":  "one\r\ntwo\r\nthree\r\nno newline",
 		"?source=payload&follow=0": "one\r\ntwo\r\nthree\r\nno newline",
 		"?tail=2&follow=false":     "mergen-init: exit status 0\r\n[payload] no newline",
-	} {
-		rec := h.do(t, http.MethodGet, "/v1/vms/"+vm.ID+"/logs"+q, "")
-		if rec.Code != http.StatusOK || rec.Body.String() != want {
-			t.Errorf("logs%s: %d %q, want %q", q, rec.Code, rec.Body, want)
-		}
-	}
+	})
 	// A final newline ends the last line; it does not start another.
 	os.WriteFile(p.ConsoleLog, []byte("o\r\n[payload] three\r\nlast\n"), 0o600)
-	for q, want := range map[string]string{
+	h.bodies(t, "/v1/vms/"+vm.ID+"/logs", map[string]string{
 		"?tail=1":                "last\n",
 		"?tail=2":                "[payload] three\r\nlast\n",
 		"?source=payload&tail=1": "three\r\n",
-	} {
-		rec := h.do(t, http.MethodGet, "/v1/vms/"+vm.ID+"/logs"+q, "")
-		if rec.Code != http.StatusOK || rec.Body.String() != want {
-			t.Errorf("logs%s: %d %q, want %q", q, rec.Code, rec.Body, want)
-		}
-	}
+	})
 }
 
 // A log longer than the answer's bound: the tail is found reading from the
 // end, whole lines only.
 func TestLogsTailOfALongLog(t *testing.T) {
 	h := newHost(t, nil)
-	var vm wire.VM
-	decode(t, h.do(t, http.MethodPost, "/v1/vms", `{}`), &vm)
-	p := h.store.Paths(vm.ID)
-	if err := os.MkdirAll(p.DataDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	vm, p := h.vmWithDataDir(t)
 	var b bytes.Buffer
 	for i := 0; b.Len() < 6<<20; i++ {
 		b.WriteString(strings.Repeat("x", i%200) + "\n")
@@ -141,12 +126,7 @@ func TestLogsRefusesBadParameters(t *testing.T) {
 // rotation, payload lines only with source=payload, until the VM is deleted.
 func TestLogsFollowAcrossAppendAndRotation(t *testing.T) {
 	h := newHost(t, nil)
-	var vm wire.VM
-	decode(t, h.do(t, http.MethodPost, "/v1/vms", `{}`), &vm)
-	p := h.store.Paths(vm.ID)
-	if err := os.MkdirAll(p.DataDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
+	vm, p := h.vmWithDataDir(t)
 	srv := httptest.NewServer(h.handler)
 	defer srv.Close()
 
