@@ -1,7 +1,6 @@
 package daemon_test
 
 import (
-	"bytes"
 	"context"
 	"io/fs"
 	"log/slog"
@@ -12,30 +11,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 
 	"github.com/mergenhq/mergen/internal/daemon"
+	"github.com/mergenhq/mergen/internal/testenv"
 )
-
-// syncBuffer collects the daemon's log.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // The daemon serves the same API on TCP, where it needs the token, and on
 // its unix socket, where it does not: the socket is mode 0660 (in group
@@ -94,7 +75,7 @@ func TestServeAnswersOnTheSocketWithoutAToken(t *testing.T) {
 // mode 0600, and that token opens the TCP API.
 func TestServeCreatesAMissingTokenFile(t *testing.T) {
 	cfg := hostConfig(t, nil)
-	log := &syncBuffer{}
+	log := &testenv.Log{}
 	d := serveLogged(t, cfg, slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	fi, err := os.Stat(cfg.APITokenFile)
 	if err != nil {
@@ -217,7 +198,7 @@ func TestServeReplacesOnlyAStaleSocket(t *testing.T) {
 // made, and the daemon warns at start.
 func TestServeWithoutAuthWarns(t *testing.T) {
 	cfg := hostConfig(t, map[string]string{"MGR_API_AUTH": "none"})
-	log := &syncBuffer{}
+	log := &testenv.Log{}
 	d := serveLogged(t, cfg, slog.New(slog.NewTextHandler(log, nil)))
 	if code, body := d.do(t, loopback, "GET", "http://"+d.addr+"/v1/vms", "", ""); code != http.StatusOK {
 		t.Errorf("GET /v1/vms without a token, auth none: %d %s", code, body)

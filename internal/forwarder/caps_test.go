@@ -32,24 +32,6 @@ func (f *fixture) clientFrom(local string) *http.Client {
 	return c
 }
 
-// syncBuffer is a log sink for the forwarder's logger.
-type syncBuffer struct {
-	mu sync.Mutex
-	sb strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.sb.Write(p)
-}
-
-func (b *syncBuffer) count(s string) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Count(b.sb.String(), s)
-}
-
 // refusedByForwarder dials from local and starts a handshake; it reports
 // whether the forwarder closed the connection without answering (end of
 // file or reset), which is how a connection over a cap is refused. An
@@ -84,7 +66,7 @@ func TestForwarderConnectionCaps(t *testing.T) {
 	root := t.TempDir()
 	port := vmBackend(t, hostNS, "ok", nil)
 	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: port, Tags: map[string]string{"app": "ok"}})
-	var logs syncBuffer
+	var logs testenv.Log
 	const perIP, global, flood = 16, 24, 1000
 	f := startForwarderLog(t, root, slogText(&logs), func(c *config.Forwarder) {
 		c.MaxConnsPerIP, c.MaxConns = perIP, global
@@ -177,7 +159,7 @@ func TestForwarderConnectionCaps(t *testing.T) {
 	}
 	keepAliveGet("/still-served")
 	seconds := int(time.Since(start)/time.Second) + 1
-	if lines := logs.count(refusedLog); lines < 1 || lines > seconds {
+	if lines := strings.Count(logs.String(), refusedLog); lines < 1 || lines > seconds {
 		t.Errorf("%d log lines for %d refusals in under %d s; want between 1 and one a second", lines, flood, seconds)
 	}
 

@@ -24,33 +24,15 @@ import (
 )
 
 // The front door, end to end: a real daemon on loopback and its unix
-// socket, attacked the way issue "trust at the front door" describes, and
+// socket, attacked the ways an attacker against a default install would, and
 // the token file's bad cases against the real binary.
-
-// logBuffer is a daemon's log, written from its goroutines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // secDaemon is a daemon served in this process with its log captured.
 type secDaemon struct {
 	h     *host
 	base  string
 	token string
-	log   *logBuffer
+	log   *testenv.Log
 }
 
 func newSecDaemon(t *testing.T, extra map[string]string) *secDaemon {
@@ -60,7 +42,7 @@ func newSecDaemon(t *testing.T, extra map[string]string) *secDaemon {
 		env[k] = v
 	}
 	h := newHost(t, env)
-	d := &secDaemon{h: h, log: &logBuffer{}}
+	d := &secDaemon{h: h, log: &testenv.Log{}}
 	d.base = h.serveLogged(t, d.log)
 	if h.env["MGR_API_AUTH"] != "none" {
 		d.token = h.token(t)
