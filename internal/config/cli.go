@@ -33,7 +33,7 @@ type CLI struct {
 
 // DefaultAPI is the daemon's TCP address when MERGEN_API is unset and the
 // socket does not answer: MGR_HTTP_ADDR's default.
-const DefaultAPI = "http://127.0.0.1:8080"
+var DefaultAPI = "http://" + varIndex["MGR_HTTP_ADDR"].Default
 
 // LoadCLI reads the CLI configuration from the process environment.
 func LoadCLI() (CLI, error) { return CLIFromEnv(Env()) }

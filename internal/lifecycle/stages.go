@@ -45,7 +45,6 @@ const (
 	PostStop   = "post-stop"
 	OnFailure  = "on-failure"
 	Status     = "status"
-	Restart    = "restart"
 	PreDelete  = "pre-delete"
 	DeleteStg  = "delete"
 	PostDelete = "post-delete"

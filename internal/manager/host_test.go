@@ -50,18 +50,6 @@ func newHost(t *testing.T, env map[string]string) *host {
 	return h
 }
 
-// withLifecycle is the environment of a host whose deletes run the
-// lifecycle's delete stage; the manager runs it in-process, so this only
-// copies env (kept for the tests that say what they rely on).
-func withLifecycle(t *testing.T, env map[string]string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	for k, v := range env {
-		out[k] = v
-	}
-	return out
-}
-
 func writeFile(t *testing.T, path, content string) { hosttest.WriteFile(t, path, content) }
 
 // disk writes a small regular file into the host's disk directory.

@@ -159,7 +159,7 @@ func TestAStrictOnDeleteHookVetoesTheDelete(t *testing.T) {
 // refusal keeps the VM whole, its address included, and the error names
 // the hook and its exit status; its output goes to the log only.
 func TestADeleteStageThatFailsKeepsTheVM(t *testing.T) {
-	h := newHost(t, withLifecycle(t, map[string]string{"MGN_LIFECYCLE_PRE_DELETE_HOOKS": "echo backup of $VM_ID failed >&2 && exit 3"}))
+	h := newHost(t, map[string]string{"MGN_LIFECYCLE_PRE_DELETE_HOOKS": "echo backup of $VM_ID failed >&2 && exit 3"})
 	vm, err := h.mgr.Create(context.Background(), wire.CreateRequest{Tags: map[string]string{"name": "keep"}})
 	if err != nil {
 		t.Fatal(err)
@@ -179,7 +179,7 @@ func TestADeleteStageThatFailsKeepsTheVM(t *testing.T) {
 // Deleting a VM that never started removes its files and frees its address,
 // ports and name for the next create.
 func TestDeleteFreesWhatTheVMHeld(t *testing.T) {
-	h := newHost(t, withLifecycle(t, nil))
+	h := newHost(t, nil)
 	first, err := h.mgr.Create(context.Background(), wire.CreateRequest{Tags: map[string]string{"name": "web"}, Ports: []wire.Port{{Guest: 80}}})
 	if err != nil {
 		t.Fatal(err)
@@ -216,7 +216,7 @@ func TestDeleteFreesWhatTheVMHeld(t *testing.T) {
 // A strict onCreate hook that fails undoes the create: unavailable, nothing
 // on disk, and the address, port and name are free again.
 func TestAStrictOnCreateHookFailureRollsTheCreateBack(t *testing.T) {
-	h := newHost(t, withLifecycle(t, allowCommands))
+	h := newHost(t, allowCommands)
 	port := freePort(t)
 	req := wire.CreateRequest{Tags: map[string]string{"name": "web"}, Ports: []wire.Port{{Guest: 80, Host: port}}}
 	req.Hooks = failingHook("onCreate")
@@ -240,7 +240,7 @@ func TestAStrictOnCreateHookFailureRollsTheCreateBack(t *testing.T) {
 // autoStart without a service manager cannot start the VM: the create is
 // unavailable and keeps nothing.
 func TestAutoStartWithoutAServiceManagerKeepsNothing(t *testing.T) {
-	h := newHost(t, withLifecycle(t, nil))
+	h := newHost(t, nil)
 	_, err := h.mgr.Create(context.Background(), wire.CreateRequest{AutoStart: true, Tags: map[string]string{"name": "auto"}})
 	if !errdefs.IsUnavailable(err) || !contains(err.Error(), errNoSupervisor.Error()) {
 		t.Fatalf("Create with autoStart = %v; want unavailable with the reason", err)
