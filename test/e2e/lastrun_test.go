@@ -48,18 +48,12 @@ func TestVMLastRunDetached(t *testing.T) {
 			}
 			code, body = b.api(t, "POST", "/v1/vms/"+vm.ID+"/start", nil, &vm)
 			mustStatus(t, code, body, 200)
-			deadline := time.Now().Add(120 * time.Second)
-			for {
+			testenv.Eventually(t, 120*time.Second, "the VM to end by itself", func() bool {
 				code, body = b.api(t, "GET", "/v1/vms/"+vm.ID, nil, &vm)
 				mustStatus(t, code, body, 200)
-				if st := vm.Service.ActiveState; (st == "inactive" || st == "failed") && vm.LastRun != nil {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("the VM did not end by itself: %+v", vm.Service)
-				}
-				time.Sleep(500 * time.Millisecond)
-			}
+				st := vm.Service.ActiveState
+				return (st == "inactive" || st == "failed") && vm.LastRun != nil
+			})
 			lr := vm.LastRun
 			t.Logf("lastRun: %s", body[strings.Index(string(body), `"lastRun"`):])
 			if lr.Reason != tc.reason || lr.InitExitCode == nil || *lr.InitExitCode != tc.initExit || lr.InitMessage != tc.initMessage || lr.Result == "" || lr.EndedAt.IsZero() {

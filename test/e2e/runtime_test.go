@@ -172,35 +172,22 @@ const consoleMax = 64 << 10
 // want n times, and returns it.
 func waitConsole(t *testing.T, h vmHost, id, want string, n int) string {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
 	var body []byte
-	for time.Now().Before(deadline) {
+	testenv.Eventually(t, 30*time.Second, fmt.Sprintf("the console to show %q %d times", want, n), func() bool {
 		var code int
 		code, body = h.api(t, "GET", "/v1/vms/"+id+"/console", nil, nil)
 		mustStatus(t, code, body, 200)
-		if strings.Count(string(body), want) >= n {
-			return string(body)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("console never showed %q %d times; it holds:\n%s", want, n, body)
-	return ""
+		return strings.Count(string(body), want) >= n
+	})
+	return string(body)
 }
 
 // waitGone waits until no process on the host has args in its command line.
 func waitGone(t *testing.T, h vmHost, args string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		out := h.run(t, "ps", "-eo", "args")
-		if !strings.Contains(out, args) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a process %q is still running:\n%s", args, out)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	testenv.Eventually(t, 20*time.Second, fmt.Sprintf("no process %q to be left", args), func() bool {
+		return !strings.Contains(h.run(t, "ps", "-eo", "args"), args)
+	})
 }
 
 func waitHTTP(t *testing.T, h vmHost, port int, path string, limit time.Duration) string {

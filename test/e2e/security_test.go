@@ -574,19 +574,13 @@ func TestSecurityDefaultStartListensOnLoopbackOnly(t *testing.T) {
 
 	sock := unixClient(socket)
 	sock.Timeout = time.Second
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testenv.Eventually(t, 30*time.Second, "the daemon to answer on its socket "+socket+" (log: "+logPath+")", func() bool {
 		resp, err := sock.Get("http://mergen/healthz")
 		if err == nil {
 			resp.Body.Close()
-			break
 		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(logPath)
-			t.Fatalf("the daemon did not answer on its socket %s: %v\n%s", socket, err, b)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return err == nil
+	})
 	code, body := callWith(t, sock, "GET", "http://mergen/v1/vms", nil, nil)
 	mustStatus(t, code, body, 200)
 
