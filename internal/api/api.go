@@ -151,6 +151,8 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		status = http.StatusConflict
 	case errdefs.IsUnavailable(err):
 		status = http.StatusServiceUnavailable
+	case errdefs.IsNoSpace(err):
+		status = http.StatusInsufficientStorage
 	}
 	if status == http.StatusInternalServerError {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)

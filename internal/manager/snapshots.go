@@ -7,6 +7,8 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/alloc"
@@ -119,14 +121,24 @@ func (m *Manager) takeSnapshot(ctx context.Context, meta store.Meta, ready strin
 	}
 	rec.DurationMs = time.Since(began).Milliseconds()
 	if err != nil {
-		return snapshot.Record{}, fmt.Errorf("snapshot vm %s: %w", id, err)
+		return snapshot.Record{}, snapshotFailed(id, m.snaps.Paths(rec.ID).Dir, err)
 	}
 	rec.VMMFiles = files
 	if err := m.snaps.Commit(staging, &rec); err != nil {
-		return snapshot.Record{}, fmt.Errorf("snapshot vm %s: %w", id, err)
+		return snapshot.Record{}, snapshotFailed(id, m.snaps.Paths(rec.ID).Dir, err)
 	}
 	committed = true
 	return rec, nil
+}
+
+// snapshotFailed names a full disk as such: the VMM reports it in its own
+// words ("Unable to write to file: No space left on device"), not as an
+// errno.
+func snapshotFailed(id, dir string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) || strings.Contains(strings.ToLower(err.Error()), "no space left") {
+		return errdefs.NoSpace("snapshot vm %s: no space left on the device of %s for the snapshot; the guest goes on, nothing was kept (%v)", id, filepath.Dir(dir), err)
+	}
+	return err
 }
 
 // GetSnapshot returns snapshot ref (an id or a unique prefix).

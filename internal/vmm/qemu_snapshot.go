@@ -136,19 +136,31 @@ func (c *qmpConn) sendFD(cmd string, args any, f *os.File) error {
 // guest. A stream QEMU cannot load ends QEMU, which ends the wait with the
 // socket's error.
 func (q *qemu) Restored(ctx context.Context, s Spec) error {
+	var last error
 	for {
+		// The socket appears once QEMU is up: until then, and while it
+		// loads, wait.
 		st, err := q.Status(ctx, s.SocketPath)
 		switch {
 		case err != nil:
-			return fmt.Errorf("vm %s: restore: %w", s.ID, err)
+			last = err
 		case st.Running:
 			return nil
+		case st.Paused:
+			// The stream records the source's run state, and a snapshot is
+			// taken of a paused guest: continue it.
+			if err := q.Resume(ctx, s.SocketPath); err != nil {
+				return fmt.Errorf("vm %s: restore: resume the loaded guest: %w", s.ID, err)
+			}
+			continue
 		case st.State != "inmigrate" && st.State != "prelaunch":
 			return fmt.Errorf("vm %s: restore: qemu reports %q after loading the snapshot", s.ID, st.State)
+		default:
+			last = fmt.Errorf("qemu reports %q", st.State)
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("vm %s: restore: %w", s.ID, ctx.Err())
+			return fmt.Errorf("vm %s: restore: the guest did not run from the snapshot in time: %v", s.ID, last)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}

@@ -136,8 +136,9 @@ func TestSnapshotRestoreRealVM(t *testing.T) {
 	if err := syscall.Mount("tmpfs", snapDir, "tmpfs", 0, "size=256k"); err != nil {
 		t.Fatalf("mount a tiny tmpfs on the snapshots directory: %v", err)
 	}
+	t.Cleanup(func() { syscall.Unmount(snapDir, syscall.MNT_DETACH) })
 	code, raw := b.api(t, "POST", "/v1/vms/"+origin.ID+"/snapshots", nil, nil)
-	if code < 400 || !strings.Contains(string(raw), "no space left") {
+	if code != 507 || !strings.Contains(errMessage(raw), "no space left") {
 		t.Fatalf("snapshot onto a full disk answered %d %s; want an error saying no space left", code, raw)
 	}
 	if left, _ := os.ReadDir(snapDir); len(left) != 0 {
@@ -171,7 +172,8 @@ func TestSnapshotRestoreRealVM(t *testing.T) {
 		t.Fatalf("after a daemon restart the snapshots are %s", raw)
 	}
 
-	// Two restores at once.
+	// Two restores at once: one resumes with autoStart, the other is
+	// created, then started.
 	copies := make([]wire.VM, 2)
 	var wg sync.WaitGroup
 	for i, name := range []string{"copy-a", "copy-b"} {
@@ -180,12 +182,19 @@ func TestSnapshotRestoreRealVM(t *testing.T) {
 			defer wg.Done()
 			var vm wire.VM
 			code, raw := b.api(t, "POST", "/v1/vms", map[string]any{
-				"snapshot": snap.ID, "autoStart": true, "httpPort": 8080,
+				"snapshot": snap.ID, "autoStart": i == 0, "httpPort": 8080,
 				"ports": []map[string]any{{"guest": 8080, "host": 0}}, "tags": map[string]string{"name": name},
 				"extraEnv": map[string]string{"GREETING": "hello " + name},
 			}, &vm)
 			if code != 201 {
 				t.Errorf("restore %s: %d %s", name, code, raw)
+				return
+			}
+			if i == 1 {
+				if code, raw = b.api(t, "POST", "/v1/vms/"+vm.ID+"/start", nil, &vm); code != 200 {
+					lg, _ := os.ReadFile(filepath.Join(h.env["MGR_RUN_ROOT"], vm.ID, "supervisor.log"))
+					t.Errorf("start %s: %d %s\nsupervisor log:\n%s", name, code, raw, lg)
+				}
 			}
 			copies[i] = vm
 		}()
