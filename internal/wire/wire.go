@@ -167,6 +167,8 @@ type VM struct {
 	Paths    Paths             `json:"paths"`
 	Metadata json.RawMessage   `json:"metadata,omitempty"`
 	Tags     map[string]string `json:"tags,omitempty"`
+	// Snapshot is the snapshot the VM was restored from.
+	Snapshot string `json:"snapshot,omitempty"`
 	// LastRun says how the VM's last run ended; only in the document of
 	// one VM that is stopped or failed, and not when it never ran.
 	LastRun *LastRun `json:"lastRun,omitempty"`
