@@ -65,7 +65,7 @@ func (m *Manager) createReady(ctx context.Context, req wire.CreateRequest, vmHoo
 	if err != nil {
 		return wire.VM{}, err
 	}
-	key, err := readyKey(tmplMeta, port)
+	key, err := readyKey(tmplMeta, port, req.BootArgs)
 	if err != nil {
 		return wire.VM{}, err
 	}
@@ -82,12 +82,12 @@ func (m *Manager) createReady(ctx context.Context, req wire.CreateRequest, vmHoo
 }
 
 // readyKey names what a ready snapshot's memory depends on: the VMM and its
-// settings, the shape, the boot arguments, the port, and the identity of
-// every file the guest reads.
-func readyKey(meta store.Meta, port int) (string, error) {
+// settings, the shape, the caller's extra boot arguments, the port, and the
+// identity of every file the guest reads.
+func readyKey(meta store.Meta, port int, bootArgs string) (string, error) {
 	parts := map[string]any{
 		"vmm": meta.VMM, "driver": meta.Driver, "vcpu": meta.VCPU, "memMiB": meta.MemMiB,
-		"bootArgs": meta.BootArgs, "port": port,
+		"bootArgs": bootArgs, "port": port,
 	}
 	var bases []snapshot.Base
 	for _, f := range meta.Files() {
