@@ -183,7 +183,7 @@ func snapshotDoc(r snapshot.Record) wire.Snapshot {
 		Source: wire.SnapshotSource{VM: r.SourceVM, Name: r.SourceName},
 		VMM:    r.VMM, VMMVersion: r.VMMVersion, Shape: r.Shape,
 		VCPU: r.VCPU, MemMiB: r.MemMiB, Kernel: r.Kernel,
-		Disks: wire.Disks{Rootfs: r.Disks.Rootfs, Agent: r.Disks.Agent, Payload: r.Disks.Payload, Env: r.Disks.Env},
+		Disks:     wire.Disks{Rootfs: r.Disks.Rootfs, Agent: r.Disks.Agent, Payload: r.Disks.Payload, Env: r.Disks.Env},
 		SizeBytes: r.SizeBytes, DurationMs: r.DurationMs, Ready: r.Ready,
 		Files: make([]wire.SnapshotFile, 0, len(r.Files)),
 	}

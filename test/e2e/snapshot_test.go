@@ -39,7 +39,7 @@ echo "addr=$(ip -4 -o addr show dev eth0 | awk '{print $4}')"
 
 // guestState is what stateCGI answered.
 type guestState struct {
-	count                 int
+	count                int
 	host, greeting, addr string
 }
 
@@ -315,4 +315,3 @@ func TestSnapshotRestoreRealVM(t *testing.T) {
 		t.Fatalf("deleted snapshots left their locks: %v", locks)
 	}
 }
-
