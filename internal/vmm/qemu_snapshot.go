@@ -46,12 +46,6 @@ const migrateBandwidth = 64 << 30
 
 // Snapshot writes the paused guest's migration stream to dir/memory.
 func (q *qemu) Snapshot(ctx context.Context, s Spec, dir string) ([]string, error) {
-	path := filepath.Join(dir, qemuMemoryFile)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("vm %s: snapshot: %w", s.ID, err)
-	}
-	defer f.Close()
 	c, err := dialQMP(ctx, s.SocketPath)
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: snapshot: %w", s.ID, err)
@@ -66,6 +60,12 @@ func (q *qemu) Snapshot(ctx context.Context, s Spec, dir string) ([]string, erro
 	if st.Status != "paused" {
 		return nil, fmt.Errorf("vm %s: snapshot: the guest is %q; it must be paused first", s.ID, st.Status)
 	}
+	path := filepath.Join(dir, qemuMemoryFile)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: snapshot: %w", s.ID, err)
+	}
+	defer f.Close()
 	const fdName = "mergen-snapshot"
 	if err := c.sendFD("getfd", map[string]any{"fdname": fdName}, f); err != nil {
 		return nil, fmt.Errorf("vm %s: snapshot: hand the memory file to qemu: %w", s.ID, err)
@@ -142,6 +142,10 @@ func (q *qemu) Restored(ctx context.Context, s Spec) error {
 		// loads, wait.
 		st, err := q.Status(ctx, s.SocketPath)
 		switch {
+		case errors.Is(err, unix.ECONNREFUSED):
+			// The socket is there and nobody listens: QEMU came up and
+			// ended, which it does when it cannot load the stream.
+			return fmt.Errorf("vm %s: restore: qemu exited while loading the snapshot (its console log says why): %w", s.ID, err)
 		case err != nil:
 			last = err
 		case st.Running:
