@@ -185,11 +185,76 @@ func (s *Store) Commit(staging string, rec *Record) error {
 		}
 	}
 	rec.Version = RecordVersion
-	b, err := json.MarshalIndent(rec, "", "  ")
-	if err != nil {
-		return fmt.Errorf("snapshot %s: encode record: %w", rec.ID, err)
+	return s.place(staging, *rec)
+}
+
+// Install commits a staging directory (from Stage) that was filled with
+// the files of an existing snapshot, such as one downloaded from a
+// registry: the caller has verified each of rec.Files against its SHA-256,
+// so Install checks only that they are all there at their recorded sizes.
+// It refuses, with an error matching fs.ErrExist, to replace a snapshot of
+// the same id; the staging directory is then left to the caller.
+func (s *Store) Install(staging string, rec Record) error {
+	if rec.Version != RecordVersion {
+		return fmt.Errorf("install snapshot %s: record version %d; this mergen writes version %d", rec.ID, rec.Version, RecordVersion)
 	}
-	if err := atomicfile.WriteFile(filepath.Join(staging, "snapshot.json"), append(b, '\n'), 0o600); err != nil {
+	if err := rec.CheckFiles(); err != nil {
+		return fmt.Errorf("install snapshot %s: %w", rec.ID, err)
+	}
+	for _, f := range rec.Files {
+		path := filepath.Join(staging, f.Name)
+		fi, err := os.Stat(path)
+		if err != nil {
+			return fmt.Errorf("install snapshot %s: %w", rec.ID, err)
+		}
+		if fi.Size() != f.Size {
+			return fmt.Errorf("install snapshot %s: %s is %d bytes, the record says %d", rec.ID, f.Name, fi.Size(), f.Size)
+		}
+		if err := os.Chmod(path, 0o400); err != nil {
+			return fmt.Errorf("install snapshot %s: %w", rec.ID, err)
+		}
+	}
+	return s.place(staging, rec)
+}
+
+// CheckFiles checks the file lists of a record that was not written here:
+// every name stays inside the snapshot's directory, and every file a
+// restore links (the VMM's files, the data disk) is one of the
+// checksummed Files.
+func (r Record) CheckFiles() error {
+	files := map[string]bool{}
+	for i, f := range r.Files {
+		if !filepath.IsLocal(f.Name) || filepath.Clean(f.Name) != f.Name || f.Name == "snapshot.json" {
+			return fmt.Errorf("files[%d] %q: not a file name inside the snapshot", i, f.Name)
+		}
+		if files[f.Name] {
+			return fmt.Errorf("files[%d] %q: listed twice", i, f.Name)
+		}
+		if f.Size < 0 {
+			return fmt.Errorf("files[%d] %q: negative size", i, f.Name)
+		}
+		files[f.Name] = true
+	}
+	for _, n := range r.VMMFiles {
+		if !files[n] {
+			return fmt.Errorf("vmm file %q is not among the snapshot's checksummed files", n)
+		}
+	}
+	if r.HasData && !files[filepath.Join("disks", DataDisk)] {
+		return fmt.Errorf("hasData, but disks/%s is not among the snapshot's checksummed files", DataDisk)
+	}
+	return nil
+}
+
+// place writes rec into staging and renames staging into place: the
+// record is written last, so a snapshot directory with a record is
+// complete.
+func (s *Store) place(staging string, rec Record) error {
+	b, err := EncodeRecord(rec)
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", rec.ID, err)
+	}
+	if err := atomicfile.WriteFile(filepath.Join(staging, "snapshot.json"), b, 0o600); err != nil {
 		return fmt.Errorf("snapshot %s: %w", rec.ID, err)
 	}
 	for _, d := range []string{filepath.Join(staging, "disks"), staging} {
@@ -198,6 +263,8 @@ func (s *Store) Commit(staging string, rec *Record) error {
 		}
 	}
 	p := s.layout.Snapshot(rec.ID)
+	// rename(2) replaces an empty directory but never a full one: a
+	// committed snapshot is never overwritten (ENOTEMPTY is fs.ErrExist).
 	if err := os.Rename(staging, p.Dir); err != nil {
 		return fmt.Errorf("snapshot %s: %w", rec.ID, err)
 	}
@@ -205,6 +272,32 @@ func (s *Store) Commit(staging string, rec *Record) error {
 		return fmt.Errorf("snapshot %s: %w", rec.ID, err)
 	}
 	return nil
+}
+
+// EncodeRecord is the content of snapshot.json for rec.
+func EncodeRecord(rec Record) ([]byte, error) {
+	b, err := json.MarshalIndent(rec, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode record: %w", err)
+	}
+	return append(b, '\n'), nil
+}
+
+// DecodeRecord reads b, the content of a snapshot.json, as the record of
+// snapshot sid: a record of another snapshot, or of a version this code
+// cannot read, is refused.
+func DecodeRecord(sid string, b []byte) (Record, error) {
+	var rec Record
+	if err := json.Unmarshal(b, &rec); err != nil {
+		return Record{}, fmt.Errorf("snapshot %s: record: %w", sid, err)
+	}
+	if rec.Version != RecordVersion {
+		return Record{}, fmt.Errorf("snapshot %s: record version %d; this mergen reads version %d", sid, rec.Version, RecordVersion)
+	}
+	if rec.ID != sid {
+		return Record{}, fmt.Errorf("snapshot %s: its record is of snapshot %q", sid, rec.ID)
+	}
+	return rec, nil
 }
 
 // checksum reads a file's size and SHA-256.
@@ -234,14 +327,7 @@ func (s *Store) Get(sid string) (Record, error) {
 	if err != nil {
 		return Record{}, fmt.Errorf("snapshot %s: %w", sid, err)
 	}
-	var rec Record
-	if err := json.Unmarshal(b, &rec); err != nil {
-		return Record{}, fmt.Errorf("snapshot %s: record: %w", sid, err)
-	}
-	if rec.Version != RecordVersion || rec.ID != sid {
-		return Record{}, fmt.Errorf("snapshot %s: record version %d for id %q; this mergen reads version %d", sid, rec.Version, rec.ID, RecordVersion)
-	}
-	return rec, nil
+	return DecodeRecord(sid, b)
 }
 
 // Resolve finds a snapshot by id or by a unique prefix of at least 8
