@@ -34,13 +34,27 @@ const (
 
 // Manifest describes one pushed set of files.
 type Manifest struct {
-	Kind      string    `json:"kind"` // "base" or "payload"
+	Kind      string    `json:"kind"` // "base", "payload" or "snapshot"
 	Platform  string    `json:"platform,omitempty"`
 	Flavor    string    `json:"flavor,omitempty"`
 	Version   string    `json:"version,omitempty"`
 	Image     string    `json:"image,omitempty"`
+	Snapshot  string    `json:"snapshot,omitempty"` // the snapshot's id
 	CreatedAt time.Time `json:"createdAt"`
 	Files     []File    `json:"files"`
+	// Bases are, for a snapshot, the content of the host files it was
+	// taken with (kernel, base disks, image disk), in the order of its
+	// record's bases: a pull compares them with the files at the same
+	// paths on its own host.
+	Bases []BaseFile `json:"bases,omitempty"`
+}
+
+// BaseFile is the content of one host file a snapshot needs.
+type BaseFile struct {
+	Field  string `json:"field"`
+	Path   string `json:"path"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
 }
 
 // File is one entry: Name is the remote object name, Local the file name on
@@ -58,10 +72,16 @@ func (m Manifest) Validate() error {
 	if len(m.Files) == 0 {
 		return errors.New("manifest: files: empty")
 	}
+	// A snapshot keeps its data disk under disks/; every other kind is a
+	// flat directory.
+	check := plainName
+	if m.Kind == "snapshot" {
+		check = relName
+	}
 	seen := map[string]bool{}
 	for i, f := range m.Files {
 		for field, n := range map[string]string{"name": f.Name, "local": f.Local} {
-			if err := plainName(n); err != nil {
+			if err := check(n); err != nil {
 				return fmt.Errorf("manifest: files[%d].%s %q: %w", i, field, n, err)
 			}
 		}
@@ -72,8 +92,35 @@ func (m Manifest) Validate() error {
 		if f.Size < 0 {
 			return fmt.Errorf("manifest: files[%d].size %d: negative", i, f.Size)
 		}
-		if b, err := hex.DecodeString(f.SHA256); err != nil || len(b) != sha256.Size {
+		if !isDigest(f.SHA256) {
 			return fmt.Errorf("manifest: files[%d].sha256 %q: not a SHA-256 hex digest", i, f.SHA256)
+		}
+	}
+	for i, b := range m.Bases {
+		if !filepath.IsAbs(b.Path) || filepath.Clean(b.Path) != b.Path {
+			return fmt.Errorf("manifest: bases[%d].path %q: not a clean absolute path", i, b.Path)
+		}
+		if !isDigest(b.SHA256) {
+			return fmt.Errorf("manifest: bases[%d].sha256 %q: not a SHA-256 hex digest", i, b.SHA256)
+		}
+	}
+	return nil
+}
+
+func isDigest(s string) bool {
+	b, err := hex.DecodeString(s)
+	return err == nil && len(b) == sha256.Size
+}
+
+// relName accepts a relative path of plain names (see plainName) joined
+// by '/'.
+func relName(n string) error {
+	if n == "" {
+		return errors.New("empty")
+	}
+	for _, el := range strings.Split(n, "/") {
+		if err := plainName(el); err != nil {
+			return err
 		}
 	}
 	return nil
