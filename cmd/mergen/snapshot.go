@@ -25,6 +25,7 @@ Wherever a snapshot is expected you may give its id or a unique prefix of
 	}
 	f.register(cmd)
 	cmd.AddCommand(newSnapshotCreateCmd(f), newSnapshotListCmd(f), newSnapshotInspectCmd(f), newSnapshotRemoveCmd(f))
+	cmd.AddCommand(newSnapshotTransferCmds()...)
 	return cmd
 }
 
