@@ -1,5 +1,5 @@
-// Package artifact moves base assets and converted payload disks through an
-// S3-compatible store.
+// Package artifact moves base assets, converted payload disks and VM
+// snapshots through an S3-compatible store.
 //
 // Guarantees: every pushed set carries a manifest.json listing each file's
 // size and SHA-256, uploaded after the files; for base assets the `latest`
@@ -7,7 +7,9 @@
 // staging directory inside the target, verifies every file against the
 // manifest and only then renames the files into place, so an interrupted,
 // corrupt or short pull never replaces good local files. Files that already
-// match the manifest are not downloaded again.
+// match the manifest are not downloaded again. A snapshot is installed as a
+// whole: staged in the snapshots root, renamed into place once complete,
+// never over an existing one (see PullSnapshot).
 package artifact
 
 import (
