@@ -62,7 +62,7 @@ func (c *Client) PushSnapshot(ctx context.Context, snaps *snapshot.Store, id str
 	if err != nil {
 		return fail(err)
 	}
-	if err := rec.CheckFiles(); err != nil {
+	if err := rec.Check(); err != nil {
 		return fail(fmt.Errorf("record: %w", err))
 	}
 	dir := snaps.Paths(id).Dir
@@ -317,7 +317,7 @@ func (c *Client) remoteRecord(ctx context.Context, keyDir, id string, m Manifest
 	if err != nil {
 		return snapshot.Record{}, err
 	}
-	if err := rec.CheckFiles(); err != nil {
+	if err := rec.Check(); err != nil {
 		return snapshot.Record{}, fmt.Errorf("record: %w", err)
 	}
 	if len(rec.Files)+1 != len(m.Files) {

@@ -348,6 +348,10 @@ func TestSnapshotPullRefusesForeignRecords(t *testing.T) {
 		{"another id", func(map[string]any) {}, `its record is of snapshot "` + rec.ID + `"`},
 		{"newer version", func(d map[string]any) { d["version"] = 2 }, "record version 2; this mergen reads version 1"},
 		{"vmm file outside", func(d map[string]any) { d["vmmFiles"] = []string{"../../../etc/shadow"} }, "not among the snapshot's checksummed files"},
+		{"host file not fingerprinted", func(d map[string]any) {
+			d["disks"].(map[string]any)["payloadDisk"] = "/etc/shadow"
+		}, "gives 3 host files and fingerprints 2"},
+		{"host data disk", func(d map[string]any) { d["disks"].(map[string]any)["dataDisk"] = "/etc/shadow" }, "a snapshot's data disk is its own"},
 		{"files not the manifest's", func(d map[string]any) {
 			files := d["files"].([]any)
 			files[0].(map[string]any)["sha256"] = strings.Repeat("ab", 32)

@@ -8,36 +8,16 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/mergenhq/mergen/internal/layout"
 	"github.com/mergenhq/mergen/internal/store"
 )
-
-// commitOne commits a snapshot with a memory file and a data disk into s.
-func commitOne(t *testing.T, s *Store, memory, data string) Record {
-	t.Helper()
-	rec := Record{ID: store.NewID(), VMM: "qemu", VMMFiles: []string{"memory"}, HasData: true}
-	staging, err := s.Stage(rec.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(staging, "memory"), []byte(memory), 0o600)
-	os.WriteFile(filepath.Join(staging, "disks", DataDisk), []byte(data), 0o600)
-	if err := s.Commit(staging, &rec); err != nil {
-		t.Fatal(err)
-	}
-	return rec
-}
-
-func newStore(t *testing.T) *Store {
-	return New(layout.Layout{DataRoot: t.TempDir(), RunRoot: t.TempDir()})
-}
 
 // A snapshot's files staged by someone else than Commit (a pull) are
 // installed under the record they came with, read back unchanged, and
 // never replace a snapshot of the same id.
 func TestInstallCommitsAStagedCopy(t *testing.T) {
-	src, dst := newStore(t), newStore(t)
-	rec := commitOne(t, src, "guest memory", "data disk")
+	from, to := newFixture(t), newFixture(t)
+	src, dst := from.s, to.s
+	rec := from.take(t, "guest memory")
 
 	staging, err := dst.Stage(rec.ID)
 	if err != nil {
@@ -110,13 +90,20 @@ func TestDecodeRecordRefusesAnotherIDOrVersion(t *testing.T) {
 	}
 }
 
-func TestCheckFiles(t *testing.T) {
+func TestCheck(t *testing.T) {
 	sum := strings.Repeat("0f", 32)
+	kernel := Base{Field: "kernel", Path: "/srv/base/vmlinux"}
+	rootfs := Base{Field: "rootfs", Path: "/srv/base/rootfs.ext4"}
+	withBases := func(r Record) Record {
+		r.Kernel, r.Disks.Rootfs, r.Bases = kernel.Path, rootfs.Path, []Base{rootfs, kernel}
+		return r
+	}
 	cases := map[string]struct {
 		rec  Record
 		want string
 	}{
 		"ok":            {rec: Record{VMMFiles: []string{"memory"}, HasData: true, Files: []File{{Name: "memory", SHA256: sum}, {Name: "disks/data.ext4", SHA256: sum}}}},
+		"ok with bases": {rec: withBases(Record{DiskRoots: map[string]string{"kernel": "/srv", "rootfs": "/srv/base"}})},
 		"escape":        {rec: Record{Files: []File{{Name: "../memory"}}}, want: "not a file name inside"},
 		"absolute":      {rec: Record{Files: []File{{Name: "/etc/shadow"}}}, want: "not a file name inside"},
 		"unclean":       {rec: Record{Files: []File{{Name: "disks/../memory"}}}, want: "not a file name inside"},
@@ -124,10 +111,28 @@ func TestCheckFiles(t *testing.T) {
 		"twice":         {rec: Record{Files: []File{{Name: "memory"}, {Name: "memory"}}}, want: "listed twice"},
 		"vmm unlisted":  {rec: Record{VMMFiles: []string{"../../etc/passwd"}}, want: "not among the snapshot's checksummed files"},
 		"data unlisted": {rec: Record{HasData: true, Files: []File{{Name: "memory"}}}, want: "hasData"},
+		"host data":     {rec: Record{Disks: store.Disks{Data: "/etc/shadow"}}, want: "a snapshot's data disk is its own"},
+		"unfingerprinted payload": {rec: func() Record {
+			r := withBases(Record{})
+			r.Disks.Payload = "/etc/shadow"
+			return r
+		}(), want: "gives 3 host files and fingerprints 2"},
+		"fingerprint of another file": {rec: func() Record {
+			r := withBases(Record{})
+			r.Kernel = "/etc/shadow"
+			return r
+		}(), want: "its kernel /etc/shadow is not fingerprinted"},
+		"relative path": {rec: func() Record {
+			r := withBases(Record{})
+			r.Kernel, r.Bases[1].Path = "vmlinux", "vmlinux"
+			return r
+		}(), want: "not a clean absolute path"},
+		"outside its root": {rec: withBases(Record{DiskRoots: map[string]string{"kernel": "/srv/other"}}), want: "does not lie below its root /srv/other"},
+		"root of nothing":  {rec: withBases(Record{DiskRoots: map[string]string{"initrd": "/srv"}}), want: `diskRoots names "initrd"`},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			err := tc.rec.CheckFiles()
+			err := tc.rec.Check()
 			if tc.want == "" {
 				if err != nil {
 					t.Fatal(err)

@@ -198,7 +198,7 @@ func (s *Store) Install(staging string, rec Record) error {
 	if rec.Version != RecordVersion {
 		return fmt.Errorf("install snapshot %s: record version %d; this mergen writes version %d", rec.ID, rec.Version, RecordVersion)
 	}
-	if err := rec.CheckFiles(); err != nil {
+	if err := rec.Check(); err != nil {
 		return fmt.Errorf("install snapshot %s: %w", rec.ID, err)
 	}
 	for _, f := range rec.Files {
@@ -217,11 +217,15 @@ func (s *Store) Install(staging string, rec Record) error {
 	return s.place(staging, rec)
 }
 
-// CheckFiles checks the file lists of a record that was not written here:
-// every name stays inside the snapshot's directory, and every file a
-// restore links (the VMM's files, the data disk) is one of the
-// checksummed Files.
-func (r Record) CheckFiles() error {
+// Check checks a record that was not written here (a pulled one) the way
+// a restore relies on it: every name stays inside the snapshot's
+// directory; every file a restore links (the VMM's files, the data disk)
+// is one of the checksummed Files; and every host file the record gives a
+// restored VM (kernel, initrd, read-only disks) is fingerprinted in Bases,
+// below the root it is opened beneath, so that no host file reaches a
+// guest unchecked. The data disk is the snapshot's own copy, never a host
+// path.
+func (r Record) Check() error {
 	files := map[string]bool{}
 	for i, f := range r.Files {
 		if !filepath.IsLocal(f.Name) || filepath.Clean(f.Name) != f.Name || f.Name == "snapshot.json" {
@@ -242,6 +246,37 @@ func (r Record) CheckFiles() error {
 	}
 	if r.HasData && !files[filepath.Join("disks", DataDisk)] {
 		return fmt.Errorf("hasData, but disks/%s is not among the snapshot's checksummed files", DataDisk)
+	}
+	if r.Disks.Data != "" {
+		return fmt.Errorf("disks.dataDisk %q: a snapshot's data disk is its own disks/%s", r.Disks.Data, DataDisk)
+	}
+	given := store.Meta{Kernel: r.Kernel, Initrd: r.Initrd, Disks: r.Disks}.Files()
+	if len(given) != len(r.Bases) {
+		return fmt.Errorf("the record gives %d host files and fingerprints %d", len(given), len(r.Bases))
+	}
+	for _, f := range given {
+		found := false
+		for _, b := range r.Bases {
+			found = found || b.Field == f.Field && b.Path == f.Path
+		}
+		if !found {
+			return fmt.Errorf("its %s %s is not fingerprinted", f.Field, f.Path)
+		}
+		if !filepath.IsAbs(f.Path) || filepath.Clean(f.Path) != f.Path {
+			return fmt.Errorf("its %s %q: not a clean absolute path", f.Field, f.Path)
+		}
+		if root, ok := r.DiskRoots[f.Field]; ok && !(root == "/" || strings.HasPrefix(f.Path, root+"/")) {
+			return fmt.Errorf("its %s %s does not lie below its root %s", f.Field, f.Path, root)
+		}
+	}
+	for field := range r.DiskRoots {
+		found := false
+		for _, f := range given {
+			found = found || f.Field == field
+		}
+		if !found {
+			return fmt.Errorf("diskRoots names %q, which the record does not give", field)
+		}
 	}
 	return nil
 }

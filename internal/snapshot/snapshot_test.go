@@ -44,7 +44,7 @@ func (f fixture) take(t *testing.T, memory string) Record {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := Record{ID: id, CreatedAt: time.Now(), VMM: "qemu", VMMFiles: []string{"memory"}, HasData: true, Bases: []Base{b}}
+	rec := Record{ID: id, CreatedAt: time.Now(), VMM: "qemu", VMMFiles: []string{"memory"}, HasData: true, Disks: store.Disks{Rootfs: f.base}, Bases: []Base{b}}
 	if err := f.s.Commit(staging, &rec); err != nil {
 		t.Fatal(err)
 	}
