@@ -186,7 +186,7 @@ func (c *Client) PullSnapshot(ctx context.Context, snaps *snapshot.Store, id str
 	m, err := c.getManifest(ctx, keyDir+"/"+ManifestName)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
-			return fail(fmt.Errorf("snapshot %s: %w", id, ErrNotFound))
+			return fail(ErrNotFound)
 		}
 		return fail(err)
 	}
