@@ -249,7 +249,12 @@ func (m *Manager) restoreRecord(ctx context.Context, rec snapshot.Record, req wi
 	if req.MemMiB != 0 && req.MemMiB != rec.MemMiB {
 		return fail(errdefs.Invalid("memMiB: %d, but snapshot %s has %d MiB: a snapshot restores only into its own shape (leave memMiB out)", req.MemMiB, rec.ID, rec.MemMiB))
 	}
-	driver, err := vmm.New(rec.VMM, rec.Driver)
+	// This host's driver settings, not the record's: a snapshot may come
+	// from elsewhere (mergen snapshot pull), and its binary paths are not
+	// to be run. The version and shape checks below make sure this host's
+	// VMM and settings are the ones the snapshot needs.
+	settings := vmm.Resolve(rec.VMM, m.cfg.Driver)
+	driver, err := vmm.New(rec.VMM, settings)
 	if err != nil {
 		return fail(fmt.Errorf("restore snapshot %s: %w", rec.ID, err))
 	}
@@ -268,7 +273,7 @@ func (m *Manager) restoreRecord(ctx context.Context, rec snapshot.Record, req wi
 		ID:        id,
 		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
 		VMM:       rec.VMM,
-		Driver:    rec.Driver,
+		Driver:    settings,
 		VCPU:      rec.VCPU,
 		MemMiB:    rec.MemMiB,
 		Kernel:    rec.Kernel,
