@@ -27,7 +27,7 @@ import (
 type firecracker struct {
 	bin     string // MGR_FIRECRACKER_BIN; empty: "firecracker" on PATH
 	entropy bool   // MGN_ENABLE_ENTROPY_DEVICE=1: a virtio-rng device (Firecracker v1.4+)
-	vsock   bool   // MGR_VSOCK=1: a hybrid vsock device backed by a unix socket
+	vsock   bool   // MGR_VSOCK (on unless 0): a hybrid vsock device backed by a unix socket, the agent's channel
 
 	jailer     bool   // MGR_JAILER=1
 	jailerBin  string // MGR_JAILER_BIN; empty: "jailer" on PATH
@@ -192,7 +192,7 @@ func (f *firecracker) config(s Spec) (fcConfig, error) {
 	}
 	if f.vsock {
 		if s.WorkDir == "" && !f.jailer {
-			return fcConfig{}, fmt.Errorf("vm %s: workDir: empty, but the vsock device (MGR_VSOCK=1) keeps its socket there", s.ID)
+			return fcConfig{}, fmt.Errorf("vm %s: workDir: empty, but the vsock device (MGR_VSOCK) keeps its socket there", s.ID)
 		}
 		cfg.Vsock = &fcVsock{VsockID: "vsock0", GuestCID: guestCID, UDSPath: path(filepath.Join(s.WorkDir, vsockSocket), jailVsock)}
 	}
