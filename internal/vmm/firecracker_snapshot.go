@@ -1,7 +1,7 @@
 package vmm
 
-// Firecracker snapshots and restores, the binary's version and the VM's
-// shape.
+// Firecracker snapshots and restores, the agent channel (hybrid vsock), the
+// binary's version and the VM's shape.
 //
 // A snapshot is Firecracker's own pair of files: the vCPU and device state
 // (vmstate) and the guest's memory (memory); the disks are the caller's to
@@ -21,14 +21,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -55,6 +58,10 @@ const (
 	jailSnapshotDir = "/snapshot"
 	jailRestoreDir  = "/restore"
 )
+
+// agentVsockPort is the vsock port mergen-init's agent listens on in the
+// guest. It is agentproto.VsockPort; a copy until that package exists.
+const agentVsockPort = 1024
 
 // errUnjailedSnapshot refuses a snapshot or a restore of a VM that runs
 // Firecracker without the jailer (see the comment at the top of the file).
@@ -268,9 +275,123 @@ func (f *firecracker) Restored(ctx context.Context, s Spec) error {
 	return nil
 }
 
-// Agent: the guest agent's channel is being written; until then it says so.
+// Agent connects to the guest agent's vsock port through the VM's vsock
+// device, see dialHybridVsock.
 func (f *firecracker) Agent(ctx context.Context, s Spec) (net.Conn, error) {
-	return nil, fmt.Errorf("vm %s: %w: the firecracker agent channel is not supported yet", s.ID, ErrUnavailable)
+	if !f.vsock {
+		return nil, fmt.Errorf("agent vm %s: %w: the VM has no vsock device, the agent's only channel (it was created with MGR_VSOCK=0)", s.ID, ErrUnavailable)
+	}
+	dir, name, err := f.vsockPath(s)
+	if err != nil {
+		return nil, fmt.Errorf("agent %w", err)
+	}
+	conn, err := dialHybridVsock(ctx, dir, name, agentVsockPort)
+	if err != nil {
+		return nil, fmt.Errorf("agent vm %s: %w", s.ID, err)
+	}
+	return conn, nil
+}
+
+// vsockPath is the host side of the VM's vsock device, as a directory and
+// a name below it: in the chroot with the jailer, else in the run
+// directory.
+func (f *firecracker) vsockPath(s Spec) (dir, name string, err error) {
+	if f.jailer {
+		root, err := f.jailRoot(s)
+		if err != nil {
+			return "", "", err
+		}
+		return root, strings.TrimPrefix(jailVsock, "/"), nil
+	}
+	if s.WorkDir == "" {
+		return "", "", fmt.Errorf("vm %s: workDir: empty, but the vsock socket is there", s.ID)
+	}
+	return s.WorkDir, vsockSocket, nil
+}
+
+// maxVsockAnswer bounds Firecracker's answer to CONNECT: "OK " and a
+// 32-bit port number, with room to show what came instead.
+const maxVsockAnswer = 32
+
+// dialHybridVsock connects to port in the guest through Firecracker's
+// hybrid vsock: a client of the unix socket name below dir writes
+// "CONNECT <port>\n" and Firecracker answers "OK <host port>\n" once the
+// guest has accepted, or closes the connection (v1.0 waits for the guest
+// as long as the client does: ctx bounds it). After the answer the
+// connection is the guest's stream.
+//
+// The jail user owns the chroot's root and its /run, and could put a link
+// to another host socket (the daemon's own, another VM's vsock) in the
+// socket's place or on the way, so the socket is resolved below dir
+// without following links (beneath.OpenPath), checked to be a socket, and
+// dialled through its descriptor's /proc link, which also keeps the
+// address short whatever the chroot's path.
+func dialHybridVsock(ctx context.Context, dir, name string, port uint32) (net.Conn, error) {
+	path := filepath.Join(dir, name)
+	f, err := beneath.OpenPath(dir, name)
+	if err != nil {
+		return nil, fmt.Errorf("vsock socket: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("vsock socket: %w", err)
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return nil, fmt.Errorf("vsock socket %s is not a socket (%v)", path, fi.Mode().Type())
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", beneath.FDPath(f))
+	if err != nil {
+		return nil, fmt.Errorf("connect to vsock socket %s: %w", path, err)
+	}
+	if err := vsockHandshake(ctx, conn, port); err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("vsock port %d through %s: %w", port, path, err)
+	}
+	return conn, nil
+}
+
+// vsockHandshake sends CONNECT and reads the answer line, a byte at a time
+// so that nothing of the guest's stream after it is consumed, within ctx.
+func vsockHandshake(ctx context.Context, conn net.Conn, port uint32) error {
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	_, err := fmt.Fprintf(conn, "CONNECT %d\n", port)
+	var line []byte
+	if err == nil {
+		line, err = readAnswer(conn)
+	}
+	if !stop() {
+		return fmt.Errorf("handshake: %w", ctx.Err())
+	}
+	if err != nil {
+		return fmt.Errorf("handshake: %w", err)
+	}
+	rest, ok := bytes.CutPrefix(line, []byte("OK "))
+	if _, perr := strconv.ParseUint(string(rest), 10, 32); !ok || perr != nil {
+		return fmt.Errorf("handshake: Firecracker answered %q, want \"OK <port>\"", line)
+	}
+	return conn.SetDeadline(time.Time{})
+}
+
+// readAnswer reads one line, without its newline, of at most
+// maxVsockAnswer bytes.
+func readAnswer(r io.Reader) ([]byte, error) {
+	var line []byte
+	b := make([]byte, 1)
+	for len(line) <= maxVsockAnswer {
+		if _, err := io.ReadFull(r, b); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return nil, fmt.Errorf("Firecracker closed the connection after %q: nothing accepted the connection in the guest", line)
+			}
+			return nil, err
+		}
+		if b[0] == '\n' {
+			return line, nil
+		}
+		line = append(line, b[0])
+	}
+	return nil, fmt.Errorf("Firecracker's answer %q… is longer than %d bytes", line[:maxVsockAnswer], maxVsockAnswer)
 }
 
 // versions caches `firecracker --version` per binary while the binary is

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
 
@@ -379,6 +382,154 @@ func TestFirecrackerRestoreLaysOutTheChrootAndLoads(t *testing.T) {
 	}
 }
 
+// fakeVsock listens on a unix socket and answers each connection as
+// Firecracker's hybrid vsock would, with answer (written after the
+// CONNECT line has been read); the guest then sends "hello".
+func fakeVsock(t *testing.T, path, answer string) <-chan string {
+	t.Helper()
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	got := make(chan string, 8)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				line, err := readAnswer(c)
+				if err != nil {
+					return
+				}
+				got <- string(line)
+				switch answer {
+				case "close":
+					return
+				case "silent":
+					io.Copy(io.Discard, c)
+					return
+				}
+				io.WriteString(c, answer+"hello")
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	return got
+}
+
+// TestFirecrackerAgentHandshake: Agent dials the vsock socket (in the
+// chroot with the jailer, however long its path), writes CONNECT 1024 and
+// hands over the connection after the OK line, with nothing of the guest's
+// stream consumed; any other answer, a closed connection, an overlong line
+// or a context that ends is an error naming the VM.
+func TestFirecrackerAgentHandshake(t *testing.T) {
+	ctx := context.Background()
+	s := testSpec(t, t.TempDir())
+	d := &firecracker{vsock: true}
+	path := filepath.Join(s.WorkDir, vsockSocket)
+	got := fakeVsock(t, path, "OK 1073741824\n")
+	conn, err := d.Agent(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if line := <-got; line != "CONNECT 1024" {
+		t.Errorf("handshake line %q, want CONNECT 1024", line)
+	}
+	b := make([]byte, 5)
+	if _, err := io.ReadFull(conn, b); err != nil || string(b) != "hello" {
+		t.Errorf("after the handshake the stream starts with %q, %v; want the guest's hello", b, err)
+	}
+	conn.Close()
+
+	for _, tc := range []struct{ answer, want string }{
+		{"ERR\n", `answered "ERR"`},
+		{"OK\n", `answered "OK"`},
+		{"OK 99999999999\n", `answered "OK 99999999999"`},
+		{"HTTP/1.1 400 Bad Request\r\n", "answered"},
+		{strings.Repeat("A", 4096), "longer than 32 bytes"},
+		{"close", "closed the connection"},
+	} {
+		dir := t.TempDir()
+		s := testSpec(t, dir)
+		fakeVsock(t, filepath.Join(dir, vsockSocket), tc.answer)
+		conn, err := d.Agent(ctx, s)
+		if err == nil {
+			conn.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), s.ID) || !strings.Contains(err.Error(), "vsock port 1024") {
+			t.Errorf("answer %.20q: Agent = %v, want an error with %q naming the VM", tc.answer, err, tc.want)
+		}
+	}
+
+	// No answer: the caller's context bounds the wait.
+	dir := t.TempDir()
+	s = testSpec(t, dir)
+	fakeVsock(t, filepath.Join(dir, vsockSocket), "silent")
+	tctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if _, err := d.Agent(tctx, s); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Agent with no answer = %v, want the context's deadline", err)
+	}
+
+	// A link in the socket's place is not followed, even to a socket.
+	dir = t.TempDir()
+	s = testSpec(t, dir)
+	other := filepath.Join(dir, "other.sock")
+	fakeVsock(t, other, "OK 1\n")
+	os.Symlink(other, filepath.Join(dir, vsockSocket))
+	if _, err := d.Agent(ctx, s); !errors.Is(err, beneath.ErrLink) {
+		t.Errorf("Agent through a link = %v, want a refusal", err)
+	}
+	// Nor is anything but a socket dialled.
+	os.Remove(filepath.Join(dir, vsockSocket))
+	os.WriteFile(filepath.Join(dir, vsockSocket), nil, 0o600)
+	if _, err := d.Agent(ctx, s); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("Agent on a regular file = %v, want a refusal", err)
+	}
+
+	// No vsock device: nothing to dial.
+	if _, err := (&firecracker{}).Agent(ctx, s); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "MGR_VSOCK=0") {
+		t.Errorf("Agent of a VM without vsock = %v, want ErrUnavailable naming MGR_VSOCK", err)
+	}
+	if _, err := d.Agent(ctx, testSpec(t, t.TempDir())); err == nil || !strings.Contains(err.Error(), "vsock.sock") {
+		t.Errorf("Agent with no socket = %v, want an error naming it", err)
+	}
+
+	// With the jailer the socket is in the chroot, whose path is longer
+	// than a unix socket address holds: bound under a short name in the
+	// same file system and moved there.
+	jd := &firecracker{jailer: true, vsock: true}
+	s = testSpec(t, t.TempDir())
+	root, _ := jd.jailRoot(s)
+	os.MkdirAll(filepath.Join(root, jailRunDir), 0o755)
+	jailed := filepath.Join(root, jailVsock)
+	short := filepath.Join(s.WorkDir, "v.sock")
+	got = fakeVsock(t, short, "OK 7\n")
+	if err := os.Rename(short, jailed); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("jailed vsock socket: %d bytes: %s", len(jailed), jailed)
+	conn, err = jd.Agent(ctx, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	if line := <-got; line != "CONNECT 1024" {
+		t.Errorf("handshake line %q", line)
+	}
+	// The jail user owns the chroot's root and /run: a /run that leads
+	// elsewhere (to another VM's socket, say) is not followed.
+	os.Rename(filepath.Join(root, "run"), filepath.Join(root, "elsewhere"))
+	os.Symlink("elsewhere", filepath.Join(root, "run"))
+	if _, err := jd.Agent(ctx, s); !errors.Is(err, beneath.ErrLink) {
+		t.Errorf("Agent with the chroot's /run a link = %v, want a refusal", err)
+	}
+}
+
 // TestFirecrackerVersion: the first line of --version, asked of the binary
 // once while it is unchanged and again when it is replaced; output that
 // is not a Firecracker version is an error (and not remembered), a missing
@@ -676,9 +827,9 @@ func TestRealFirecrackerSnapshotRestore(t *testing.T) {
 	}
 	t.Logf("%s: boot, pause and snapshot of %d MiB in %v; restored to %s", version, s.MemMiB, took.Round(time.Millisecond), st.State)
 
-	// Nothing listens in this guest: the handshake fails, and says so,
-	// within the context.
-	actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+	// Nothing listens in this guest, which never answers: the handshake
+	// fails, and says so, when the context ends.
+	actx, acancel := context.WithTimeout(ctx, 2*time.Second)
 	defer acancel()
 	if conn, err := d.Agent(actx, rs); err == nil {
 		conn.Close()
