@@ -12,6 +12,10 @@
 // device node or a FIFO put in the file's place is never opened (opening
 // some devices has effects; opening a FIFO blocks).
 //
+// OpenPath resolves the same way but opens nothing: it returns a path
+// descriptor of whatever the name holds (a unix socket, say), for a caller
+// that checks its type and uses it only through that descriptor.
+//
 // Guarantees: the returned file is the inode that the path named, through
 // directories below root only, at the moment of the call. The root itself
 // is opened as given, following links: it is the operator's configuration,
@@ -68,25 +72,47 @@ func rel(root, name string) (string, error) {
 // resolver opens rel beneath the directory dirfd as an O_PATH descriptor.
 type resolver func(dirfd int, rel string) (int, error)
 
-func open(root, name string, flag int, resolve resolver) (*os.File, error) {
-	if flag != os.O_RDONLY && flag != os.O_RDWR {
-		return nil, fmt.Errorf("open %s: flag %#x: only O_RDONLY or O_RDWR", name, flag)
+// OpenPath resolves name below root as Open does (no "..", no link on the
+// way or in its place) and returns an O_PATH descriptor of whatever it
+// names, of any type, without opening it: for a caller that checks the
+// type itself and uses the file only through the descriptor, such as a
+// unix socket connected to through its /proc/self/fd link.
+func OpenPath(root, name string) (*os.File, error) {
+	fd, err := pathFD(root, name, openat2)
+	if err != nil {
+		return nil, err
 	}
+	return os.NewFile(uintptr(fd), name), nil
+}
+
+// pathFD is the O_PATH descriptor of name below root.
+func pathFD(root, name string, resolve resolver) (int, error) {
 	r, err := rel(root, name)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", name, err)
+		return -1, fmt.Errorf("open %s: %w", name, err)
 	}
 	if r == "" || strings.ContainsRune(r, 0) {
-		return nil, fmt.Errorf("open %s: empty or invalid path below %s", name, root)
+		return -1, fmt.Errorf("open %s: empty or invalid path below %s", name, root)
 	}
 	dirfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: root %s: %w", name, root, err)
+		return -1, fmt.Errorf("open %s: root %s: %w", name, root, err)
 	}
 	defer unix.Close(dirfd)
 	pathfd, err := resolve(dirfd, r)
 	if err != nil {
-		return nil, fmt.Errorf("open %s below %s: %w", name, root, err)
+		return -1, fmt.Errorf("open %s below %s: %w", name, root, err)
+	}
+	return pathfd, nil
+}
+
+func open(root, name string, flag int, resolve resolver) (*os.File, error) {
+	if flag != os.O_RDONLY && flag != os.O_RDWR {
+		return nil, fmt.Errorf("open %s: flag %#x: only O_RDONLY or O_RDWR", name, flag)
+	}
+	pathfd, err := pathFD(root, name, resolve)
+	if err != nil {
+		return nil, err
 	}
 	defer unix.Close(pathfd)
 	var st unix.Stat_t

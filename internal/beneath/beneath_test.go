@@ -2,7 +2,9 @@ package beneath
 
 import (
 	"errors"
+	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -153,6 +155,69 @@ func TestOpenRefusesOtherFlags(t *testing.T) {
 		if f, err := Open(tr.root, tr.disk, flag); err == nil {
 			f.Close()
 			t.Errorf("flag %#x accepted", flag)
+		}
+	}
+}
+
+// OpenPath resolves as Open does but opens nothing: a socket below the
+// root comes back as a path descriptor of the socket, through which a
+// client connects; a link in its place (even to a socket inside the root)
+// or on the way is refused, as is a path out of the root.
+func TestOpenPathGivesTheSocketNotALinkToOne(t *testing.T) {
+	tr := newTree(t)
+	// A short directory: a socket address holds 107 bytes.
+	dir, err := os.MkdirTemp("", "beneath-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "s.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("hi"))
+			c.Close()
+		}
+	}()
+	inRoot := filepath.Join(tr.root, "run", "api.sock")
+	os.Mkdir(filepath.Dir(inRoot), 0o755)
+	if err := os.Rename(sock, inRoot); err != nil {
+		t.Fatal(err)
+	}
+	link(t, "api.sock", filepath.Join(tr.root, "run", "link.sock"))
+	link(t, "run", filepath.Join(tr.root, "run-link"))
+
+	f, err := OpenPath(tr.root, "run/api.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err != nil || fi.Mode().Type() != fs.ModeSocket {
+		t.Fatalf("OpenPath gave %v, %v; want the socket", fi.Mode(), err)
+	}
+	c, err := net.Dial("unix", FDPath(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(c)
+	c.Close()
+	if string(b) != "hi" {
+		t.Errorf("through %s: %q", FDPath(f), b)
+	}
+	for name, want := range map[string]error{"run/link.sock": ErrLink, "run-link/api.sock": ErrLink, "../canary": ErrEscape, tr.canary: ErrEscape} {
+		if f, err := OpenPath(tr.root, name); !errors.Is(err, want) {
+			if err == nil {
+				f.Close()
+			}
+			t.Errorf("OpenPath(%s) = %v, want %v", name, err, want)
 		}
 	}
 }

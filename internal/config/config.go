@@ -87,7 +87,7 @@ type Driver struct {
 	JailerUID      string `json:"jailerUID,omitempty"`      // MGR_JAILER_UID
 	JailerGID      string `json:"jailerGID,omitempty"`      // MGR_JAILER_GID
 	ChrootBase     string `json:"chrootBase,omitempty"`     // MGR_JAILER_CHROOT_BASE; empty: <run dir>/jail
-	Vsock          bool   `json:"vsock,omitempty"`          // MGR_VSOCK
+	Vsock          bool   `json:"vsock,omitempty"`          // MGR_VSOCK: on unless 0 (Firecracker's vsock device, the guest agent's channel)
 	QEMUBin        string `json:"qemuBin,omitempty"`        // MGR_QEMU_BIN; empty: qemu-system-x86_64 on PATH
 	QEMUMachine    string `json:"qemuMachine,omitempty"`    // MGR_QEMU_MACHINE: q35 (default) or microvm
 	QEMUAccel      string `json:"qemuAccel,omitempty"`      // MGR_QEMU_ACCEL: auto (default), kvm or tcg
@@ -314,9 +314,19 @@ func defaultLifecycleBin() string {
 }
 
 // DriverFromEnv reads only the driver settings through getenv: what a
-// version 1 VM record left in the VM's env file.
+// version 1 VM record left in the VM's env file. Those records were made
+// when MGR_VSOCK was off unless set, so unset still means off for them:
+// their vm.json has no vsock device.
 func DriverFromEnv(getenv Source) (Driver, error) {
-	r := newReader(getenv)
+	if getenv == nil {
+		getenv = func(string) string { return "" }
+	}
+	r := newReader(func(k string) string {
+		if v := getenv(k); k != "MGR_VSOCK" || strings.TrimSpace(v) != "" {
+			return v
+		}
+		return "0"
+	})
 	d := readDriver(r)
 	return d, r.err()
 }

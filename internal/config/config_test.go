@@ -42,6 +42,22 @@ func TestDefaultsFollowTheDocumentedLayout(t *testing.T) {
 	if c, _ := FromEnv(env(map[string]string{"MGR_JAILER": "0"})); c.Driver.JailerAuto || c.Driver.Jailer {
 		t.Errorf("MGR_JAILER=0: JailerAuto %v, Jailer %v; want off", c.Driver.JailerAuto, c.Driver.Jailer)
 	}
+	// Firecracker VMs get the vsock device (the guest agent's channel)
+	// unless MGR_VSOCK=0; a version 1 record's env file without the
+	// variable was written when unset meant off, and still means it.
+	if !c.Driver.Vsock {
+		t.Error("MGR_VSOCK unset: Vsock off, want on")
+	}
+	for v, want := range map[string]bool{"0": false, "1": true, "": true} {
+		if c, _ := FromEnv(env(map[string]string{"MGR_VSOCK": v})); c.Driver.Vsock != want {
+			t.Errorf("MGR_VSOCK=%q: Vsock %v, want %v", v, c.Driver.Vsock, want)
+		}
+	}
+	for v, want := range map[string]bool{"0": false, "1": true, "": false} {
+		if d, err := DriverFromEnv(env(map[string]string{"MGR_VSOCK": v})); err != nil || d.Vsock != want {
+			t.Errorf("version 1 env file with MGR_VSOCK=%q: Vsock %v (%v), want %v", v, d.Vsock, err, want)
+		}
+	}
 	if c.VMMUIDs != (IDRange{2000000, 2065535}) {
 		t.Errorf("VMMUIDs = %+v, want 2000000-2065535", c.VMMUIDs)
 	}

@@ -67,7 +67,7 @@ var Vars = []Var{
 	{"MGR_JAILER_UID", "", "daemon"},
 	{"MGR_JAILER_GID", "", "daemon"},
 	{"MGR_JAILER_CHROOT_BASE", "", "daemon"},
-	{"MGR_VSOCK", "", "daemon"},
+	{"MGR_VSOCK", "1", "daemon"}, // Firecracker's vsock device, the guest agent's channel; 0 turns it off
 	{"MGR_QEMU_BIN", "", "daemon"},
 	{"MGR_QEMU_MACHINE", "", "daemon"},
 	{"MGR_QEMU_ACCEL", "", "daemon"},

@@ -12,7 +12,8 @@ import (
 )
 
 // fcClient speaks Firecracker's HTTP API over its unix socket: the few calls
-// the driver needs after boot (status, Ctrl-Alt-Del, pause and resume),
+// the driver needs after boot (status, Ctrl-Alt-Del, pause and resume,
+// snapshot create and load),
 // typed by hand rather than through the SDK (which pulls in hundreds of
 // modules for the same requests).
 type fcClient struct {
@@ -63,6 +64,37 @@ func (c *fcClient) action(ctx context.Context, actionType string) error {
 // vmState sends PATCH /vm with state Paused or Resumed.
 func (c *fcClient) vmState(ctx context.Context, state string) error {
 	return c.do(ctx, http.MethodPatch, "/vm", map[string]string{"state": state}, nil)
+}
+
+// fcSnapshotCreate is the body of PUT /snapshot/create (API v1.0
+// SnapshotCreateParams). The optional "version" (save in an older format)
+// is left out: a snapshot is restored by the version that took it, and
+// later APIs drop the field.
+type fcSnapshotCreate struct {
+	SnapshotType string `json:"snapshot_type"` // Full or Diff
+	SnapshotPath string `json:"snapshot_path"`
+	MemFilePath  string `json:"mem_file_path"`
+}
+
+// fcSnapshotLoad is the body of PUT /snapshot/load (API v1.0
+// SnapshotLoadParams).
+type fcSnapshotLoad struct {
+	SnapshotPath        string `json:"snapshot_path"`
+	MemFilePath         string `json:"mem_file_path"`
+	EnableDiffSnapshots bool   `json:"enable_diff_snapshots"`
+	ResumeVM            bool   `json:"resume_vm"`
+}
+
+// createSnapshot writes a full snapshot of the paused VM to the two paths,
+// as Firecracker sees them (inside its chroot with the jailer).
+func (c *fcClient) createSnapshot(ctx context.Context, statePath, memPath string) error {
+	return c.do(ctx, http.MethodPut, "/snapshot/create", fcSnapshotCreate{SnapshotType: "Full", SnapshotPath: statePath, MemFilePath: memPath}, nil)
+}
+
+// loadSnapshot loads a full snapshot into a Firecracker that has no
+// configuration yet and resumes it. On failure Firecracker exits.
+func (c *fcClient) loadSnapshot(ctx context.Context, statePath, memPath string) error {
+	return c.do(ctx, http.MethodPut, "/snapshot/load", fcSnapshotLoad{SnapshotPath: statePath, MemFilePath: memPath, ResumeVM: true}, nil)
 }
 
 func (c *fcClient) do(ctx context.Context, method, path string, in, out any) error {

@@ -27,7 +27,7 @@ import (
 type firecracker struct {
 	bin     string // MGR_FIRECRACKER_BIN; empty: "firecracker" on PATH
 	entropy bool   // MGN_ENABLE_ENTROPY_DEVICE=1: a virtio-rng device (Firecracker v1.4+)
-	vsock   bool   // MGR_VSOCK=1: a hybrid vsock device backed by a unix socket
+	vsock   bool   // MGR_VSOCK (on unless 0): a hybrid vsock device backed by a unix socket, the agent's channel
 
 	jailer     bool   // MGR_JAILER=1
 	jailerBin  string // MGR_JAILER_BIN; empty: "jailer" on PATH
@@ -192,7 +192,7 @@ func (f *firecracker) config(s Spec) (fcConfig, error) {
 	}
 	if f.vsock {
 		if s.WorkDir == "" && !f.jailer {
-			return fcConfig{}, fmt.Errorf("vm %s: workDir: empty, but the vsock device (MGR_VSOCK=1) keeps its socket there", s.ID)
+			return fcConfig{}, fmt.Errorf("vm %s: workDir: empty, but the vsock device (MGR_VSOCK) keeps its socket there", s.ID)
 		}
 		cfg.Vsock = &fcVsock{VsockID: "vsock0", GuestCID: guestCID, UDSPath: path(filepath.Join(s.WorkDir, vsockSocket), jailVsock)}
 	}
@@ -213,6 +213,11 @@ const fcRunConfig = "firecracker.json"
 // disks replaced by descriptors that Command opened below the directories
 // they were checked in, without following links, and that Firecracker
 // inherits. With the jailer it prepares the chroot instead, see jail.
+//
+// With Spec.Restore the VM starts from a snapshot: Firecracker gets its
+// API socket only (a configured Firecracker refuses to load a snapshot),
+// and Restored loads the snapshot through it. That needs the jailer, see
+// errUnjailedSnapshot.
 func (f *firecracker) Command(s Spec, configPath string) (Launch, error) {
 	if err := s.validate(false); err != nil {
 		return Launch{}, err
@@ -230,6 +235,14 @@ func (f *firecracker) Command(s Spec, configPath string) (Launch, error) {
 	}
 	if err := f.sameFiles(s, configPath, cfg); err != nil {
 		return Launch{}, err
+	}
+	if s.Restore != nil {
+		if !f.jailer {
+			return Launch{}, errUnjailedSnapshot("restore", s.ID)
+		}
+		if !filepath.IsAbs(s.Restore.Dir) {
+			return Launch{}, fmt.Errorf("restore vm %s: snapshot directory %q is not an absolute path", s.ID, s.Restore.Dir)
+		}
 	}
 	if f.jailer {
 		argv, err := f.jail(s, bin, configPath)
@@ -419,7 +432,10 @@ func (f *firecracker) jailDir(s Spec, bin string) (string, error) {
 //   - the kernel, initrd, disks and vm.json are hard-linked into the chroot
 //     (read-only files fall back to a copy when a link is impossible; a
 //     writable disk never does, since the guest's writes would land in a
-//     throwaway copy);
+//     throwaway copy); for a start from a snapshot (Spec.Restore), the
+//     disks and the snapshot's files instead (/restore/vmstate and
+//     /restore/memory, read-only): the snapshot holds the kernel in the
+//     guest's memory and names the disks by their place in the chroot;
 //   - writable disks and the chroot's /run are given to the jail uid/gid;
 //   - the host socket path becomes a symlink to the API socket inside the
 //     chroot, so Status and Shutdown work with the same path as unjailed.
@@ -468,12 +484,14 @@ func (f *firecracker) jail(s Spec, bin, configPath string) ([]string, error) {
 		}
 		return placeInJail(src, filepath.Join(root, inJail), writable, uid, gid)
 	}
-	if err := place("kernel", s.Kernel, s.KernelBeneath, jailKernel, false); err != nil {
-		return fail(err)
-	}
-	if s.Initrd != "" {
-		if err := place("initrd", s.Initrd, s.InitrdBeneath, jailInitrd, false); err != nil {
+	if s.Restore == nil {
+		if err := place("kernel", s.Kernel, s.KernelBeneath, jailKernel, false); err != nil {
 			return fail(err)
+		}
+		if s.Initrd != "" {
+			if err := place("initrd", s.Initrd, s.InitrdBeneath, jailInitrd, false); err != nil {
+				return fail(err)
+			}
 		}
 	}
 	for _, d := range s.Drives {
@@ -481,8 +499,22 @@ func (f *firecracker) jail(s Spec, bin, configPath string) ([]string, error) {
 			return fail(fmt.Errorf("drive %s: %w", d.ID, err))
 		}
 	}
-	if err := place("config", configPath, filepath.Dir(configPath), jailConfig, false); err != nil {
-		return fail(err)
+	if s.Restore == nil {
+		if err := place("config", configPath, filepath.Dir(configPath), jailConfig, false); err != nil {
+			return fail(err)
+		}
+	} else {
+		// Root's, 0755: the jail user reads the files in it and cannot
+		// replace them one by one (only the whole directory, for itself,
+		// once the jailer has given it the chroot's root).
+		if err := os.Mkdir(filepath.Join(root, jailRestoreDir), 0o755); err != nil {
+			return fail(err)
+		}
+		for _, name := range snapshotFiles {
+			if err := place("snapshot "+name, filepath.Join(s.Restore.Dir, name), s.Restore.Dir, jailRestoreDir+"/"+name, false); err != nil {
+				return fail(err)
+			}
+		}
 	}
 	if err := os.Remove(s.SocketPath); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fail(err)
@@ -499,10 +531,11 @@ func (f *firecracker) jail(s Spec, bin, configPath string) ([]string, error) {
 		"--chroot-base-dir", filepath.Dir(filepath.Dir(filepath.Dir(root))),
 	}
 	argv = append(argv, jailCgroup()...)
-	return append(argv, "--",
-		"--api-sock", jailSocket,
-		"--config-file", jailConfig,
-	), nil
+	argv = append(argv, "--", "--api-sock", jailSocket)
+	if s.Restore == nil {
+		argv = append(argv, "--config-file", jailConfig)
+	}
+	return argv, nil
 }
 
 func readFCConfig(path string) (fcConfig, error) {
@@ -547,7 +580,7 @@ func placeInJail(src *os.File, dst string, writable bool, uid, gid int) error {
 			return err
 		}
 	}
-	if err := copyInto(src, fi.Size(), dst, uid, gid); err != nil {
+	if err := copyInto(src, fi.Size(), dst, uid, gid, false); err != nil {
 		return fmt.Errorf("copy %s into the jail: %w", src.Name(), err)
 	}
 	return nil
@@ -569,8 +602,9 @@ func readableBy(fi fs.FileInfo, uid, gid int) bool {
 }
 
 // copyInto copies size bytes of src into a new file dst, which it creates
-// (never through an existing name or link) and gives to uid/gid.
-func copyInto(src *os.File, size int64, dst string, uid, gid int) error {
+// with mode 0600 (never through an existing name or link) and gives to
+// uid/gid; with sync, the copy is on disk when it returns.
+func copyInto(src *os.File, size int64, dst string, uid, gid int, sync bool) error {
 	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return err
@@ -582,6 +616,12 @@ func copyInto(src *os.File, size int64, dst string, uid, gid int) error {
 	if err := out.Chown(uid, gid); err != nil {
 		out.Close()
 		return err
+	}
+	if sync {
+		if err := out.Sync(); err != nil {
+			out.Close()
+			return err
+		}
 	}
 	return out.Close()
 }

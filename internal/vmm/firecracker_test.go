@@ -108,6 +108,23 @@ func checkFirecrackerContract(t *testing.T, socket string, d firecracker) {
 	if err := c.vmState(ctx, "Frozen"); err == nil || !strings.Contains(err.Error(), "400") {
 		t.Errorf("PATCH /vm with an unknown state = %v, want 400", err)
 	}
+	// Snapshots: create is refused before boot; bodies outside the
+	// documented ones are refused (a load that fails would end a real
+	// Firecracker, so only its body is checked).
+	if err := c.createSnapshot(ctx, "/snapshot/vmstate", "/snapshot/memory"); err == nil || !strings.Contains(err.Error(), "not supported before starting") {
+		t.Errorf("PUT /snapshot/create before boot = %v, want Firecracker's refusal", err)
+	}
+	for _, bad := range []struct{ method, path, body string }{
+		{"PUT", "/snapshot/create", `{"snapshot_type":"Partial","snapshot_path":"a","mem_file_path":"b"}`},
+		{"PUT", "/snapshot/create", `{"snapshot_path":"a"}`},
+		{"PUT", "/snapshot/load", `{"snapshot_path":"a","mem_file_path":"b","resume":true}`},
+		{"PUT", "/snapshot/load", `{"snapshot_path":"a","mem_file_path":"b","resume_vm":"yes"}`},
+		{"PATCH", "/vm", `{"state":"Paused","now":true}`},
+	} {
+		if err := c.do(ctx, bad.method, bad.path, json.RawMessage(bad.body), nil); err == nil || !strings.Contains(err.Error(), "400") || !strings.Contains(err.Error(), "deserializing") {
+			t.Errorf("%s %s %s = %v, want 400", bad.method, bad.path, bad.body, err)
+		}
+	}
 	err = c.do(ctx, "GET", "/no-such-thing", nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "GET /no-such-thing") || !strings.Contains(err.Error(), "Invalid request method and/or path") {
 		t.Errorf("unknown path: %v", err)
