@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -183,47 +182,35 @@ func (q *qemu) Agent(ctx context.Context, s Spec) (net.Conn, error) {
 	return conn, nil
 }
 
-// Version is the first line of `qemu-system-x86_64 --version`.
+// Version is the first line of `qemu-system-x86_64 --version` without its
+// "QEMU emulator version " prefix, e.g. "7.2.22 (Debian 1:7.2+dfsg-7)":
+// the build matters, as a distribution's patches may change the stream.
+// It is cached while the binary is unchanged (versions, shared with the
+// Firecracker driver).
 func (q *qemu) Version(ctx context.Context) (string, error) {
 	bin, err := findBinary(q.bin, qemuDefaultBin)
 	if err != nil {
 		return "", err
 	}
-	return binaryVersion(ctx, bin, "QEMU emulator version ")
-}
-
-// versions caches each binary's version by path, size and modification
-// time: a restore checks it, and running the binary costs tens of ms.
-var versions sync.Map // versionKey → string
-
-type versionKey struct {
-	path  string
-	size  int64
-	mtime int64
-}
-
-// binaryVersion runs bin --version and returns its first line, without
-// prefix when it starts with it.
-func binaryVersion(ctx context.Context, bin, prefix string) (string, error) {
-	fi, err := os.Stat(bin)
+	v, err := versions.Load(bin, func([]byte) (string, bool, error) {
+		out, err := exec.CommandContext(ctx, bin, "--version").Output()
+		if err != nil {
+			return "", false, fmt.Errorf("%s --version: %w", bin, err)
+		}
+		line, _, _ := strings.Cut(string(out), "\n")
+		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "QEMU emulator version "))
+		if line == "" {
+			return "", false, fmt.Errorf("%s --version: no version in %q", bin, out)
+		}
+		return line, true, nil
+	})
+	if errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("qemu version: %w: %w", ErrUnavailable, err)
+	}
 	if err != nil {
-		return "", fmt.Errorf("%w: %s: %v", ErrUnavailable, bin, err)
+		return "", fmt.Errorf("qemu version: %w", err)
 	}
-	key := versionKey{bin, fi.Size(), fi.ModTime().UnixNano()}
-	if v, ok := versions.Load(key); ok {
-		return v.(string), nil
-	}
-	out, err := exec.CommandContext(ctx, bin, "--version").Output()
-	if err != nil {
-		return "", fmt.Errorf("%s --version: %w", bin, err)
-	}
-	line, _, _ := strings.Cut(string(out), "\n")
-	line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), prefix))
-	if line == "" {
-		return "", fmt.Errorf("%s --version: no version in %q", bin, out)
-	}
-	versions.Store(key, line)
-	return line, nil
+	return v, nil
 }
 
 // Shape names the machine, accelerator, CPU model, vCPUs, memory and the
