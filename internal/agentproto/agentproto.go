@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"regexp"
 	"sort"
 	"strings"
@@ -250,6 +251,9 @@ func Call(ctx context.Context, conn net.Conn, req Request) (Response, error) {
 	fail := func(err error) (Response, error) {
 		if ctx.Err() != nil {
 			err = ctx.Err()
+		} else if d, ok := ctx.Deadline(); ok && errors.Is(err, os.ErrDeadlineExceeded) && !time.Now().Before(d) {
+			// conn's deadline (ctx's) passed a moment before ctx noticed.
+			err = context.DeadlineExceeded
 		}
 		return Response{}, fmt.Errorf("agent %s: %w", req.Op, err)
 	}
