@@ -296,7 +296,9 @@ func setupAndRun(stop chan os.Signal) (int, error) {
 			return ExitInitFailed, err
 		}
 	}
-	writeNetFiles(rootMnt, boot.Net)
+	if err := writeNetFiles(rootMnt, hostname(boot.Net), boot.Net); err != nil {
+		logf("%v", err)
+	}
 
 	cred, err := LookupUser(rootMnt, spec.User)
 	if err != nil {

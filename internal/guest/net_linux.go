@@ -1,10 +1,9 @@
 package guest
 
 import (
+	"errors"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -51,22 +50,19 @@ func configureNetwork(n *Net) error {
 	return nil
 }
 
-// writeNetFiles puts hostname, hosts and resolv.conf into the payload's
-// writable layer (never the read-only image).
-func writeNetFiles(root string, n *Net) {
-	hosts, resolv := NetFiles(n)
-	etc := filepath.Join(root, "etc")
-	os.MkdirAll(etc, 0o755)
-	write := func(name, data string) {
-		p := filepath.Join(etc, name)
-		os.Remove(p) // may be a dangling symlink in the image
-		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
-			logf("write /etc/%s: %v", name, err)
-		}
+// writeNetFiles puts hostname, hosts and resolv.conf for a guest called
+// name with network n (nil: none) into the payload's writable layer (never
+// the read-only image).
+func writeNetFiles(root, name string, n *Net) error {
+	hosts, resolv := NetFiles(name, n)
+	var errs []error
+	write := func(file, data string) {
+		errs = append(errs, writeInRoot(root, "etc", file, []byte(data), 0o644, -1, -1))
 	}
-	write("hostname", hostname(n)+"\n")
+	write("hostname", name+"\n")
 	write("hosts", hosts)
 	if n != nil && len(n.DNS) > 0 {
 		write("resolv.conf", resolv)
 	}
+	return errors.Join(errs...)
 }
