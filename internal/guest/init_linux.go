@@ -22,15 +22,14 @@ import (
 
 // Where mergen-init puts things inside the guest.
 const (
-	modulesDir  = "/lib/modules/mergen"
-	mergenDir   = "/mergen"
-	agentMnt    = mergenDir + "/agent"
-	payloadMnt  = mergenDir + "/payload"
-	envMnt      = mergenDir + "/env"
-	dataMnt     = mergenDir + "/data"
-	rwMnt       = mergenDir + "/rw"
-	rootMnt     = mergenDir + "/root"
-	defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	modulesDir = "/lib/modules/mergen"
+	mergenDir  = "/mergen"
+	agentMnt   = mergenDir + "/agent"
+	payloadMnt = mergenDir + "/payload"
+	envMnt     = mergenDir + "/env"
+	dataMnt    = mergenDir + "/data"
+	rwMnt      = mergenDir + "/rw"
+	rootMnt    = mergenDir + "/root"
 )
 
 // Exit statuses of mergen-init's own failures, so the host can tell them from
@@ -304,11 +303,7 @@ func setupAndRun(stop chan os.Signal) (int, error) {
 	if err != nil {
 		return ExitConfig, fail(ExitConfig, "image user: %v", err)
 	}
-	env := MergeEnv(spec.Env, envDisk, boot.Env)
-	if _, ok := LookupEnv(env, "PATH"); !ok {
-		env = append([]string{"PATH=" + defaultPath}, env...)
-	}
-	env = MergeEnv([]string{"HOME=" + cred.Home, "HOSTNAME=" + hostname(boot.Net)}, env)
+	env := PayloadEnv(spec.Env, envDisk, boot.Env, cred.Home, hostname(boot.Net))
 	path, _ := LookupEnv(env, "PATH")
 	exe, err := ResolveCommand(rootMnt, spec.Argv[0], path)
 	if err != nil {
