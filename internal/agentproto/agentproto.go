@@ -304,8 +304,8 @@ func Call(ctx context.Context, conn net.Conn, req Request) (Response, error) {
 // Handler answers one valid request.
 type Handler func(Request) Response
 
-// Serve answers requests on rw until the stream ends (it then returns nil)
-// or fails. A line that is too long, not JSON or not a valid request gets
+// Serve answers requests on rw until the stream ends between two requests
+// (it then returns nil) or fails, mid-request included. A line that is too long, not JSON or not a valid request gets
 // an error answer, and Serve goes on with the next line; only valid
 // requests reach h.
 func Serve(rw io.ReadWriter, h Handler) error {
@@ -319,7 +319,7 @@ func Serve(rw io.ReadWriter, h Handler) error {
 		case err == ErrLineTooLong:
 			resp.Error = err.Error()
 		case err != nil:
-			return err
+			return fmt.Errorf("read request: %w", err)
 		default:
 			var req Request
 			if err := json.Unmarshal(line, &req); err != nil {
@@ -331,7 +331,7 @@ func Serve(rw io.ReadWriter, h Handler) error {
 			}
 		}
 		if err := WriteLine(rw, resp); err != nil {
-			return err
+			return fmt.Errorf("write response: %w", err)
 		}
 	}
 }
