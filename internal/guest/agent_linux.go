@@ -39,7 +39,7 @@ func startAgent(h agentproto.Handler) {
 			logf("agent: vsock: %v", err)
 		} else {
 			logf("agent: listening on vsock port %d", agentproto.VsockPort)
-			go acceptVsock(l, h)
+			go serveListener(l, h)
 		}
 	}
 	if devices[virtioConsole] {
@@ -80,11 +80,12 @@ func listenVsock(port uint32) (*os.File, error) {
 	return os.NewFile(uintptr(fd), "vsock-listener"), nil
 }
 
-// acceptVsock serves every connection to the listener, each on its own.
-func acceptVsock(l *os.File, h agentproto.Handler) {
+// serveListener serves every connection to the listener l (a non-blocking
+// stream socket: the vsock one), each on its own.
+func serveListener(l *os.File, h agentproto.Handler) {
 	rc, err := l.SyscallConn()
 	if err != nil {
-		logf("agent: vsock: %v", err)
+		logf("agent: %v", err)
 		return
 	}
 	for {
@@ -94,22 +95,22 @@ func acceptVsock(l *os.File, h agentproto.Handler) {
 			nfd, _, aerr = unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 			return !errors.Is(aerr, unix.EAGAIN)
 		}); err != nil {
-			logf("agent: vsock accept: %v", err)
+			logf("agent: accept: %v", err)
 			return
 		}
 		switch {
 		case errors.Is(aerr, unix.EINTR), errors.Is(aerr, unix.ECONNABORTED):
 			continue
 		case aerr != nil:
-			logf("agent: vsock accept: %v", aerr)
+			logf("agent: accept: %v", aerr)
 			time.Sleep(time.Second) // e.g. out of file descriptors: do not spin
 			continue
 		}
 		go func() {
-			c := os.NewFile(uintptr(nfd), "vsock")
+			c := os.NewFile(uintptr(nfd), "agent connection")
 			defer c.Close()
 			if err := agentproto.Serve(c, h); err != nil {
-				logf("agent: vsock: %v", err)
+				logf("agent: %v", err)
 			}
 		}()
 	}
