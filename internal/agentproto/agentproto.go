@@ -7,6 +7,17 @@
 // writes one Request as a line of JSON, the guest answers one Response as a
 // line of JSON, and so on, one request at a time. Every line is at most
 // MaxLine bytes; a longer one is an error, never a reason to buffer more.
+// The guest ignores empty lines.
+//
+// A virtio-serial port is one stream for every host connection in turn, and
+// the guest cannot always see where one connection ends: a host that
+// leaves and another that connects at once look, from inside, like one
+// host. Bytes of the first (half a request, a request it did not wait the
+// answer of) then reach the guest before the second's, and the guest's
+// answers to them reach the second host. So a request carries an ID, the
+// answer carries it back, and Call starts every request with a newline (a
+// half line before it becomes a line of its own, answered as an error) and
+// skips answers that are not to its request.
 //
 // The package uses the standard library only, so that the host side and the
 // guest side link the same few lines and nothing else of each other.
@@ -16,6 +27,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,9 +65,15 @@ const (
 
 // Request is what the host sends.
 type Request struct {
+	// ID is the host's name for the request (Call picks a random one),
+	// at most MaxID bytes; the answer carries it back.
+	ID       string    `json:"id,omitempty"`
 	Op       string    `json:"op"`
 	Identity *Identity `json:"identity,omitempty"`
 }
+
+// MaxID bounds Request.ID.
+const MaxID = 128
 
 // Identity is who a restored guest is from now on.
 type Identity struct {
@@ -76,6 +95,7 @@ type Identity struct {
 
 // Response is what the guest answers.
 type Response struct {
+	ID    string `json:"id,omitempty"` // the request's; empty for a line that was no request
 	OK    bool   `json:"ok"`
 	Error string `json:"error,omitempty"`
 }
@@ -90,6 +110,9 @@ var (
 
 // Validate checks a request before it is sent and when it is received.
 func (r Request) Validate() error {
+	if len(r.ID) > MaxID {
+		return fmt.Errorf("id: %d bytes, at most %d", len(r.ID), MaxID)
+	}
 	switch r.Op {
 	case OpPing:
 		return nil
@@ -240,13 +263,18 @@ var ErrRefused = errors.New("refused by the guest")
 // maxEcho bounds how much of the guest's error text Call puts in its error.
 const maxEcho = 256
 
-// Call sends req on conn and reads the guest's answer. ctx bounds both: its
-// deadline becomes conn's, and cancelling it interrupts the exchange. The
-// error names the operation; it wraps ctx's error when ctx ended the call
-// and ErrRefused when the guest answered not OK, quoting the guest's reason
-// (escaped and cut to a few hundred bytes: the guest is not trusted to
-// write the host's logs). After any other error the stream's state is
-// unknown: close conn. Only one Call may be in flight on a connection.
+// maxSkipped bounds the answers to other requests Call passes over.
+const maxSkipped = 64
+
+// Call sends req on conn and reads the guest's answer to it, passing over
+// answers to other requests (see the package comment); req.ID is set to a
+// random one when empty. ctx bounds both: its deadline becomes conn's, and
+// cancelling it interrupts the exchange. The error names the operation; it
+// wraps ctx's error when ctx ended the call and ErrRefused when the guest
+// answered not OK, quoting the guest's reason (escaped and cut to a few
+// hundred bytes: the guest is not trusted to write the host's logs). After
+// any other error the stream's state is unknown: close conn. Only one Call
+// may be in flight on a connection.
 func Call(ctx context.Context, conn net.Conn, req Request) (Response, error) {
 	fail := func(err error) (Response, error) {
 		if ctx.Err() != nil {
@@ -256,6 +284,13 @@ func Call(ctx context.Context, conn net.Conn, req Request) (Response, error) {
 			err = context.DeadlineExceeded
 		}
 		return Response{}, fmt.Errorf("agent %s: %w", req.Op, err)
+	}
+	if req.ID == "" {
+		var b [12]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return Response{}, fmt.Errorf("agent %s: request id: %w", req.Op, err)
+		}
+		req.ID = hex.EncodeToString(b[:])
 	}
 	if err := req.Validate(); err != nil {
 		return Response{}, fmt.Errorf("agent %s: %w", req.Op, err)
@@ -275,39 +310,53 @@ func Call(ctx context.Context, conn net.Conn, req Request) (Response, error) {
 			conn.SetDeadline(time.Time{})
 		}
 	}()
-	if err := WriteLine(conn, req); err != nil {
-		return fail(err)
-	}
-	// The guest writes nothing but answers, so this reader cannot take
-	// bytes that belong to a later call.
-	line, err := ReadLine(bufio.NewReaderSize(conn, 4096))
-	if err == io.EOF {
-		err = io.ErrUnexpectedEOF
-	}
+	b, err := json.Marshal(req)
 	if err != nil {
 		return fail(err)
 	}
-	var resp Response
-	if err := json.Unmarshal(line, &resp); err != nil {
-		return fail(fmt.Errorf("answer is not a JSON response: %w", err))
+	// The leading newline ends whatever half line is ahead of the request.
+	if _, err := conn.Write(append(append([]byte{'\n'}, b...), '\n')); err != nil {
+		return fail(err)
 	}
-	if !resp.OK {
-		msg := resp.Error
-		if len(msg) > maxEcho {
-			msg = msg[:maxEcho] + "..."
+	// The guest writes nothing but answers, and none to a later request
+	// before that request is sent: this reader cannot take bytes that belong
+	// to a later call.
+	r := bufio.NewReaderSize(conn, 4096)
+	for range maxSkipped + 1 {
+		line, err := ReadLine(r)
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
 		}
-		return resp, fmt.Errorf("agent %s: %w: %q", req.Op, ErrRefused, msg)
+		if err != nil {
+			return fail(err)
+		}
+		var resp Response
+		if err := json.Unmarshal(line, &resp); err != nil {
+			return fail(fmt.Errorf("answer is not a JSON response: %w", err))
+		}
+		if resp.ID != req.ID {
+			continue // to a request of an earlier connection, or to a half line
+		}
+		if !resp.OK {
+			msg := resp.Error
+			if len(msg) > maxEcho {
+				msg = msg[:maxEcho] + "..."
+			}
+			return resp, fmt.Errorf("agent %s: %w: %q", req.Op, ErrRefused, msg)
+		}
+		return resp, nil
 	}
-	return resp, nil
+	return fail(fmt.Errorf("more than %d answers to other requests", maxSkipped))
 }
 
 // Handler answers one valid request.
 type Handler func(Request) Response
 
 // Serve answers requests on rw until the stream ends between two requests
-// (it then returns nil) or fails, mid-request included. A line that is too long, not JSON or not a valid request gets
-// an error answer, and Serve goes on with the next line; only valid
-// requests reach h.
+// (it then returns nil) or fails, mid-request included. Empty lines are
+// skipped. A line that is too long, not JSON or not a valid request gets an
+// error answer (with the request's ID when it has one), and Serve goes on
+// with the next line; only valid requests reach h.
 func Serve(rw io.ReadWriter, h Handler) error {
 	r := bufio.NewReaderSize(rw, 4096)
 	for {
@@ -320,6 +369,8 @@ func Serve(rw io.ReadWriter, h Handler) error {
 			resp.Error = err.Error()
 		case err != nil:
 			return fmt.Errorf("read request: %w", err)
+		case len(bytes.TrimSpace(line)) == 0:
+			continue
 		default:
 			var req Request
 			if err := json.Unmarshal(line, &req); err != nil {
@@ -328,6 +379,9 @@ func Serve(rw io.ReadWriter, h Handler) error {
 				resp.Error = err.Error()
 			} else {
 				resp = h(req)
+			}
+			if len(req.ID) <= MaxID {
+				resp.ID = req.ID
 			}
 		}
 		if err := WriteLine(rw, resp); err != nil {

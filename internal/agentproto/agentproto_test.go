@@ -7,7 +7,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -227,5 +229,76 @@ func TestCallHonoursContext(t *testing.T) {
 	go func() { bufio.NewReader(guest4).ReadString('\n'); guest4.Write([]byte(`{"ok":tr`)); guest4.Close() }()
 	if _, err := Call(context.Background(), host4, Request{Op: OpPing}); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("cut answer: %v", err)
+	}
+}
+
+// unixPair is a connected pair of unix stream sockets: buffered like the
+// real channels, unlike net.Pipe.
+func unixPair(t *testing.T) (host, guest net.Conn) {
+	t.Helper()
+	l, err := net.Listen("unix", filepath.Join(t.TempDir(), "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	host, err = net.Dial("unix", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	guest, err = l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { host.Close(); guest.Close() })
+	return host, guest
+}
+
+// What an earlier host left in a virtio-serial port (a request it did not
+// wait the answer of, half a request) reaches the guest ahead of the next
+// host's request: Call gets the answer to its own all the same.
+func TestCallPassesOverWhatAnEarlierHostLeft(t *testing.T) {
+	host, guest := unixPair(t)
+	var mu sync.Mutex
+	var seen []string
+	go Serve(guest, func(r Request) Response {
+		mu.Lock()
+		defer mu.Unlock()
+		seen = append(seen, r.ID)
+		return Response{OK: true}
+	})
+	// The earlier host's leftovers, written before this host's request.
+	host.Write([]byte(`{"id":"earlier","op":"ping"}` + "\n\n" + `{"op":"identity","identity":{"hostn`))
+	resp, err := Call(context.Background(), host, Request{ID: "mine", Op: OpPing})
+	if err != nil || resp.ID != "mine" || !resp.OK {
+		t.Fatalf("Call: %+v, %v", resp, err)
+	}
+	mu.Lock()
+	if len(seen) != 2 || seen[0] != "earlier" || seen[1] != "mine" {
+		t.Errorf("the handler saw %q", seen)
+	}
+	mu.Unlock()
+	// A random ID when none is given; the connection stays in step.
+	resp, err = Call(context.Background(), host, Request{Op: OpPing})
+	if err != nil || len(resp.ID) != 24 || resp.ID == "mine" {
+		t.Fatalf("Call without an id: %+v, %v", resp, err)
+	}
+}
+
+func TestCallGivesUpOnEndlessOtherAnswers(t *testing.T) {
+	host, guest := unixPair(t)
+	go func() {
+		bufio.NewReader(guest).ReadString('\n')
+		for range maxSkipped + 1 {
+			guest.Write([]byte(`{"id":"someone-else","ok":true}` + "\n"))
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := Call(ctx, host, Request{Op: OpPing}); err == nil || !strings.Contains(err.Error(), "answers to other requests") {
+		t.Fatalf("Call: %v", err)
+	}
+	long := Request{ID: strings.Repeat("i", MaxID+1), Op: OpPing}
+	if err := long.Validate(); err == nil || !strings.Contains(err.Error(), "id: 129 bytes") {
+		t.Fatalf("long id: %v", err)
 	}
 }
