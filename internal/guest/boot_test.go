@@ -549,7 +549,8 @@ func TestGuestAgentGivesARunningGuestANewIdentity(t *testing.T) {
 	v.waitFor(`[payload] envfile: 600 1000:1000 GREETING='it'\''s a new VM'|`)
 	v.waitFor("[payload] sourced: it's a new VM")
 
-	// The host leaves; the next one is served too.
+	// The host leaves; the next one is served too. One that leaves in the
+	// middle of a request leaves nothing behind for the one after it.
 	conn.Close()
 	conn2 := dialAgent(t, sock)
 	start := time.Now()
@@ -557,6 +558,12 @@ func TestGuestAgentGivesARunningGuestANewIdentity(t *testing.T) {
 		t.Fatalf("ping on a second connection: %v", err)
 	}
 	t.Logf("a new host connection was answered in %v", time.Since(start))
+	conn2.Write([]byte(`{"op":"identity","identity":{"hostname":"half`))
+	conn2.Close()
+	conn3 := dialAgent(t, sock)
+	if _, err := agentproto.Call(ctx, conn3, agentproto.Request{Op: agentproto.OpPing}); err != nil {
+		t.Fatalf("ping after a host left mid-request: %v", err)
+	}
 
 	ctrlAltDel(v)
 	console := v.wait()
