@@ -351,11 +351,28 @@ func TestGuestRunsImageAsItsUserAndStopsOnCtrlAltDel(t *testing.T) {
 	agent := filepath.Join(dir, "agent.ext4")
 	mkfs(t, agentDir, imagemeta.LabelAgent, agent, "16M")
 
+	sockDir, err := os.MkdirTemp("", "mergen-agent-") // short: a unix socket path
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	sock := filepath.Join(sockDir, "agent.sock")
+
 	// The NIC's only peer is an empty QEMU hub: the guest configures it but
 	// nothing it might send leaves QEMU.
-	v := boot(t, bootOpts{payload: payload, env: envDisk, data: data, agent: agent, nic: true,
+	v := boot(t, bootOpts{payload: payload, env: envDisk, data: data, agent: agent, nic: true, agentSock: sock,
 		cmdline: "ip=172.31.250.2::172.31.250.1:255.255.255.0:guest1:eth0:off:172.31.250.1 " + envParam(map[string]string{"BAZ": "cmdline"})})
+	// A host may connect to the agent before the guest has booted: its
+	// request waits in the port until the agent reads it.
+	conn := dialAgent(t, sock)
+	ctx, cancel := context.WithTimeout(context.Background(), bootLimit)
+	defer cancel()
+	pinged := make(chan error, 1)
+	go func() { _, err := agentproto.Call(ctx, conn, agentproto.Request{Op: agentproto.OpPing}); pinged <- err }()
 	v.waitFor("[payload] ready")
+	if err := <-pinged; err != nil {
+		t.Errorf("agent ping sent before boot: %v", err)
+	}
 	ctrlAltDel(v)
 	console := v.wait()
 
@@ -507,20 +524,20 @@ func TestGuestAgentGivesARunningGuestANewIdentity(t *testing.T) {
 		cmdline: "mergen.restart=on-failure ip=172.31.250.2::172.31.250.1:255.255.255.0:guest1:eth0:off " +
 			envParam(map[string]string{"GREETING": "cold boot"})})
 
-	// A host may connect before the guest has booted: its first request
-	// waits in the port until the agent reads it.
-	conn := dialAgent(t, sock)
-	ctx, cancel := context.WithTimeout(context.Background(), bootLimit)
-	defer cancel()
-	pinged := make(chan error, 1)
-	go func() { _, err := agentproto.Call(ctx, conn, agentproto.Request{Op: agentproto.OpPing}); pinged <- err }()
-
 	// At cold boot the env file holds the command line's extraEnv, for the
 	// image's user alone.
 	v.waitFor("[payload] envfile: 600 1000:1000 GREETING='cold boot'|")
-	if err := <-pinged; err != nil {
+
+	// The agent opened its port before the payload started, with no host
+	// connected: it has been waiting for one, as in a restored guest.
+	conn := dialAgent(t, sock)
+	ctx, cancel := context.WithTimeout(context.Background(), bootLimit)
+	defer cancel()
+	start := time.Now()
+	if _, err := agentproto.Call(ctx, conn, agentproto.Request{Op: agentproto.OpPing}); err != nil {
 		t.Fatalf("ping: %v", err)
 	}
+	t.Logf("the waiting agent answered a new host in %v", time.Since(start))
 
 	id := agentproto.Identity{Hostname: "newhost", Device: "eth0", Addr: "172.31.251.7/24", Gateway: "172.31.251.1",
 		MAC: "52:54:00:12:34:99", Env: map[string]string{"GREETING": "it's a new VM"},
@@ -553,11 +570,9 @@ func TestGuestAgentGivesARunningGuestANewIdentity(t *testing.T) {
 	// middle of a request leaves nothing behind for the one after it.
 	conn.Close()
 	conn2 := dialAgent(t, sock)
-	start := time.Now()
 	if _, err := agentproto.Call(ctx, conn2, agentproto.Request{Op: agentproto.OpPing}); err != nil {
 		t.Fatalf("ping on a second connection: %v", err)
 	}
-	t.Logf("a new host connection was answered in %v", time.Since(start))
 	conn2.Write([]byte(`{"op":"identity","identity":{"hostname":"half`))
 	conn2.Close()
 	conn3 := dialAgent(t, sock)
