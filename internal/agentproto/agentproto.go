@@ -80,7 +80,8 @@ type Identity struct {
 	Hostname string `json:"hostname"`
 	Device   string `json:"device"` // the interface Addr goes on; "eth0" when empty
 	// Addr is the guest's IPv4 address in CIDR form, e.g. "172.31.0.5/24";
-	// empty leaves the network as it is (Device, Gateway and MAC unused).
+	// empty leaves the network as it is (Device, Gateway and MAC are then
+	// checked but not used).
 	Addr    string            `json:"addr"`
 	Gateway string            `json:"gateway,omitempty"`
 	MAC     string            `json:"mac,omitempty"`
@@ -143,17 +144,11 @@ func (id Identity) Validate() error {
 		}
 	}
 	if id.Gateway != "" {
-		if id.Addr == "" {
-			return errors.New("identity: gateway given without addr")
-		}
 		if ip := net.ParseIP(id.Gateway); ip == nil || ip.To4() == nil {
 			return fmt.Errorf("identity: gateway %q is not an IPv4 address", id.Gateway)
 		}
 	}
 	if id.MAC != "" {
-		if id.Addr == "" {
-			return errors.New("identity: mac given without addr")
-		}
 		mac, err := net.ParseMAC(id.MAC)
 		switch {
 		case err != nil || len(mac) != 6:
