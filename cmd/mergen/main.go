@@ -26,7 +26,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newVersionCmd(), newServerCmd(), newVMCmd(), newLogsCmd(),
-		newImagesCmd(), newConfigCmd(), newDoctorCmd(), newCertsCmd(), newRunCmd(), newDemoCmd())
+		newImagesCmd(), newConfigCmd(), newDoctorCmd(), newCertsCmd(), newRunCmd(), newDemoCmd(), newSnapshotCmd())
 	return root
 }
 

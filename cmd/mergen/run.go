@@ -29,6 +29,8 @@ type runFlags struct {
 	publish, env           []string
 	httpPort, vcpu, mem    int
 	detach, pull, insecure bool
+	cold                   bool
+	readyPort              int
 	platform               string
 	domain                 string
 	httpsPort              int
@@ -52,6 +54,11 @@ func runCmd(getenv config.Source) *cobra.Command {
   2. create and start the VM through the daemon,
   3. wait until the guest's HTTP port answers on its published host port,
   4. print the VM's id, guest IP, published ports and HTTPS URL.
+
+Step 2 restores the image's ready snapshot instead of booting: the first run
+of an image (for a given kernel, base disks, VMM and shape) boots a template
+VM of it, waits until its HTTP port (or --ready-port) answers, snapshots it
+and deletes it; later runs start from that memory. --cold boots instead.
 
 IMAGE is a registry reference, oci:DIR or docker-archive:FILE. run must
 execute on the daemon's host: the payload disk it makes is attached by path.
@@ -91,6 +98,8 @@ keeps running either way (mergen vm rm -f NAME removes it).`,
 	fl.StringVar(&f.domain, "domain", defaults.Domain, "forwarder domain for the printed URL ($FWD_DOMAIN)")
 	fl.IntVar(&f.httpsPort, "https-port", httpsPort(defaults.HTTPSAddr), "forwarder HTTPS port for the printed URL ($FWD_HTTPS_ADDR)")
 	fl.DurationVar(&f.timeout, "timeout", 3*time.Minute, "how long to wait for the guest's HTTP port")
+	fl.BoolVar(&f.cold, "cold", false, "boot the image instead of restoring its ready snapshot")
+	fl.IntVar(&f.readyPort, "ready-port", 0, "guest TCP port whose answer makes the image's ready snapshot (default: the HTTP port)")
 	return cmd
 }
 
@@ -210,7 +219,17 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, cfg config.CLI, f r
 	if len(req.Ports) == 0 && req.HTTPPort != 0 {
 		req.Ports = []wire.Port{{Guest: req.HTTPPort, Host: 0, Protocol: "tcp"}}
 	}
-	ph.begin("create and start the VM")
+	// The image's ready snapshot: the first run of an image boots a
+	// template VM once and snapshots it when its port answers; every run
+	// then restores that memory instead of booting.
+	if !f.cold && (req.HTTPPort != 0 || f.readyPort != 0) {
+		req.Ready = &wire.ReadyRequest{Port: f.readyPort}
+	}
+	if req.Ready != nil {
+		ph.begin("create the VM from the image's ready snapshot (made first if there is none)")
+	} else {
+		ph.begin("create and start the VM")
+	}
 	vm, err := c.Create(ctx, req)
 	if err != nil {
 		return err

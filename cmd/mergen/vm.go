@@ -141,6 +141,15 @@ func newVMCreateCmd(f *apiFlags) *cobra.Command {
 				return fmt.Errorf("--guest-ip, --gateway-ip and --netmask need --bridge (in the default mode the guest IP is allocated)")
 			}
 			req.AutoStart = start
+			if req.Snapshot != "" {
+				// A prefix is resolved here: the daemon takes ids too, but the
+				// error for an ambiguous prefix reads better from the list.
+				snap, err := c.GetSnapshot(cmd.Context(), req.Snapshot)
+				if err != nil {
+					return fmt.Errorf("--from-snapshot: %w", err)
+				}
+				req.Snapshot = snap.ID
+			}
 			vm, err := c.Create(cmd.Context(), req)
 			if err != nil {
 				return err
@@ -166,6 +175,7 @@ func newVMCreateCmd(f *apiFlags) *cobra.Command {
 	fl.StringVar(&req.BootArgs, "boot-args", "", "extra kernel command line arguments")
 	fl.StringVar(&metadata, "metadata", "", "free JSON stored with the VM")
 	fl.BoolVar(&start, "start", false, "start the VM after creating it")
+	fl.StringVar(&req.Snapshot, "from-snapshot", "", "restore the VM from this snapshot (id or unique prefix) instead of booting it; it keeps the snapshot's disks and shape")
 	fl.StringVar(&bridge, "bridge", "", "attach the tap to this existing host bridge (e.g. docker0) instead of a namespace")
 	fl.StringVar(&guestIP, "guest-ip", "", "static guest IP (bridge mode)")
 	fl.StringVar(&gatewayIP, "gateway-ip", "", "gateway IP (bridge mode)")

@@ -63,7 +63,11 @@ func New(mgr *manager.Manager, log *slog.Logger, images ImageLister, health func
 	mux.HandleFunc("POST /v1/vms/{id}/resume", s.resumeVM)
 	mux.HandleFunc("GET /v1/vms/{id}/console", s.console)
 	mux.HandleFunc("GET /v1/vms/{id}/logs", s.logs)
+	mux.HandleFunc("POST /v1/vms/{id}/snapshots", s.createSnapshot)
 	mux.HandleFunc("GET /v1/vms/{id}/{file}", s.vmFile)
+	mux.HandleFunc("GET /v1/snapshots", s.listSnapshots)
+	mux.HandleFunc("GET /v1/snapshots/{sid}", s.getSnapshot)
+	mux.HandleFunc("DELETE /v1/snapshots/{sid}", s.deleteSnapshot)
 	mux.HandleFunc("GET /v1/images", s.listImages)
 
 	// The earlier generation's surface.
@@ -147,6 +151,8 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		status = http.StatusConflict
 	case errdefs.IsUnavailable(err):
 		status = http.StatusServiceUnavailable
+	case errdefs.IsNoSpace(err):
+		status = http.StatusInsufficientStorage
 	}
 	if status == http.StatusInternalServerError {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)

@@ -331,3 +331,30 @@ func (c *Client) stream(ctx context.Context, path string, w io.Writer) error {
 	}
 	return err
 }
+
+// Snapshot takes a snapshot of VM id.
+func (c *Client) Snapshot(ctx context.Context, id string, req wire.SnapshotRequest) (wire.Snapshot, error) {
+	var s wire.Snapshot
+	err := c.do(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(id)+"/snapshots", req, &s)
+	return s, err
+}
+
+// Snapshots lists the host's snapshots, oldest first.
+func (c *Client) Snapshots(ctx context.Context) ([]wire.Snapshot, error) {
+	var l wire.SnapshotList
+	err := c.do(ctx, http.MethodGet, "/v1/snapshots", nil, &l)
+	return l.Snapshots, err
+}
+
+// GetSnapshot returns a snapshot by id or unique prefix (8 characters or
+// more).
+func (c *Client) GetSnapshot(ctx context.Context, ref string) (wire.Snapshot, error) {
+	var s wire.Snapshot
+	err := c.do(ctx, http.MethodGet, "/v1/snapshots/"+url.PathEscape(ref), nil, &s)
+	return s, err
+}
+
+// DeleteSnapshot deletes a snapshot.
+func (c *Client) DeleteSnapshot(ctx context.Context, ref string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/snapshots/"+url.PathEscape(ref), nil, nil)
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/mergenhq/mergen/internal/images"
 	"github.com/mergenhq/mergen/internal/logging"
 	"github.com/mergenhq/mergen/internal/manager"
+	"github.com/mergenhq/mergen/internal/snapshot"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/supervisor"
 	"github.com/mergenhq/mergen/internal/version"
@@ -78,6 +79,9 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, o Options) 
 	swcancel()
 	if err != nil {
 		log.Warn("sweeping interrupted creates and deletes", "err", err)
+	}
+	if err := snapshot.New(cfg.Layout()).Sweep(); err != nil {
+		log.Warn("sweeping interrupted snapshots", "err", err)
 	}
 	mctx, cancel := context.WithTimeout(ctx, cfg.CommandTimeout)
 	migrated, err := st.Migrate(mctx)

@@ -14,6 +14,8 @@ var (
 	ErrConflict    = errors.New("conflict")
 	ErrInvalid     = errors.New("invalid")
 	ErrUnavailable = errors.New("unavailable")
+	// ErrNoSpace: the host's disk is full (HTTP 507).
+	ErrNoSpace = errors.New("no space left")
 )
 
 type classed struct {
@@ -30,6 +32,7 @@ func NotFound(format string, a ...any) error    { return newf(ErrNotFound, forma
 func Conflict(format string, a ...any) error    { return newf(ErrConflict, format, a...) }
 func Invalid(format string, a ...any) error     { return newf(ErrInvalid, format, a...) }
 func Unavailable(format string, a ...any) error { return newf(ErrUnavailable, format, a...) }
+func NoSpace(format string, a ...any) error     { return newf(ErrNoSpace, format, a...) }
 
 func newf(class error, format string, a ...any) error {
 	// Keep %w working so the cause stays inspectable.
@@ -49,3 +52,4 @@ func IsNotFound(err error) bool    { return errors.Is(err, ErrNotFound) }
 func IsConflict(err error) bool    { return errors.Is(err, ErrConflict) }
 func IsInvalid(err error) bool     { return errors.Is(err, ErrInvalid) }
 func IsUnavailable(err error) bool { return errors.Is(err, ErrUnavailable) }
+func IsNoSpace(err error) bool     { return errors.Is(err, ErrNoSpace) }

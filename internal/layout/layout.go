@@ -58,8 +58,15 @@ type VM struct {
 	Lock      string // lifecycle lock: one start, stop or delete at a time
 	StageLock string // held by stages while they change network and runtime files
 
-	DataDir       string // <data>/vms/<id>
-	ConsoleLog    string // the guest's serial console
+	DataDir    string // <data>/vms/<id>
+	ConsoleLog string // the guest's serial console
+	// RestoreDir holds the snapshot files (links or copies) of a VM
+	// restored from a snapshot until its first start has consumed them;
+	// while it exists, the start stage resumes the snapshot instead of
+	// booting. RestoredDisk is the VM's own copy of the snapshot's data
+	// disk.
+	RestoreDir    string
+	RestoredDisk  string
 	ConsoleLogOld string // the console log before its last rotation
 }
 
@@ -97,6 +104,35 @@ func (l Layout) VM(id string) VM {
 		DataDir:       data,
 		ConsoleLog:    filepath.Join(data, "console.log"),
 		ConsoleLogOld: filepath.Join(data, "console.log.1"),
+		RestoreDir:    filepath.Join(data, "restore"),
+		RestoredDisk:  filepath.Join(data, "data.ext4"),
+	}
+}
+
+// Snapshot are the host paths of one snapshot.
+type Snapshot struct {
+	ID     string
+	Dir    string // <data>/snapshots/<sid>: the record and the snapshot's files
+	Record string // snapshot.json
+	Disks  string // disks/: copies of the source VM's writable disks
+	// Lock is shared by restores reading the snapshot and taken alone by
+	// its delete.
+	Lock string
+}
+
+// SnapshotsDir holds every snapshot (<data>/snapshots), and their staging
+// and trash directories under the hidden prefixes.
+func (l Layout) SnapshotsDir() string { return filepath.Join(l.DataRoot, "snapshots") }
+
+// Snapshot returns the paths of snapshot sid.
+func (l Layout) Snapshot(sid string) Snapshot {
+	dir := filepath.Join(l.SnapshotsDir(), sid)
+	return Snapshot{
+		ID:     sid,
+		Dir:    dir,
+		Record: filepath.Join(dir, "snapshot.json"),
+		Disks:  filepath.Join(dir, "disks"),
+		Lock:   filepath.Join(l.LocksDir(), "snapshot-"+sid+".lock"),
 	}
 }
 

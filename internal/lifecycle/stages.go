@@ -239,7 +239,7 @@ func (r *Runner) start(ctx context.Context, id string) error {
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
 	p := r.Store.Paths(id)
-	spec := store.Spec(m, p)
+	spec := restoreSpec(m, p)
 	if m.VMM == "qemu" && spec.UID != 0 && spec.NIC != nil {
 		// QEMU runs as the VM's uid, which cannot open /dev/net/tun on a
 		// host that leaves it to root: it gets the tap open instead.
@@ -363,6 +363,13 @@ func (r *Runner) postStart(ctx context.Context, id string) error {
 	// Wait until the VMM answers on its socket and reports the guest running.
 	wctx, cancel := context.WithTimeout(ctx, r.Config.CommandTimeout)
 	defer cancel()
+	p := r.Store.Paths(id)
+	spec := restoreSpec(m, p)
+	if spec.Restore != nil {
+		if err := r.restored(wctx, driver, spec, m); err != nil {
+			return fmt.Errorf("post-start vm %s: %w", id, err)
+		}
+	}
 	var last error
 	for {
 		st, err := driver.Status(wctx, r.Store.Paths(id).Socket)

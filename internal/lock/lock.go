@@ -68,3 +68,22 @@ func Try(path string) (*Lock, error) {
 	}
 	return &Lock{f}, nil
 }
+
+// AcquireShared takes a shared lock on path, which any number of holders
+// may have at once and which keeps Try (exclusive) out: readers of
+// something its owner must not remove while they read. It waits as Acquire
+// does.
+func AcquireShared(ctx context.Context, path string) (*Lock, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	f := flock.New(path)
+	ok, err := f.TryRLockContext(ctx, Poll)
+	if err == nil && ok {
+		return &Lock{f}, nil
+	}
+	if err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return nil, fmt.Errorf("lock %s: %w", path, ErrBusy)
+	}
+	return nil, fmt.Errorf("lock %s: %w", path, err)
+}

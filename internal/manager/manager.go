@@ -20,6 +20,7 @@ import (
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/hooks"
+	"github.com/mergenhq/mergen/internal/snapshot"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/supervisor"
 	"github.com/mergenhq/mergen/internal/vmm"
@@ -31,6 +32,7 @@ import (
 type Manager struct {
 	cfg   config.Config
 	store *store.Store
+	snaps *snapshot.Store
 	log   *slog.Logger
 	probe alloc.Probe
 
@@ -65,7 +67,7 @@ type Options struct {
 
 // New returns a manager over the store.
 func New(o Options) *Manager {
-	m := &Manager{cfg: o.Config, store: o.Store, log: o.Log, probe: o.Probe, sup: o.Supervisor, supErr: o.SupervisorErr, newID: store.NewID}
+	m := &Manager{cfg: o.Config, store: o.Store, snaps: snapshot.New(o.Store.Layout), log: o.Log, probe: o.Probe, sup: o.Supervisor, supErr: o.SupervisorErr, newID: store.NewID}
 	if m.probe == nil {
 		m.probe = alloc.BindProbe
 	}
@@ -85,6 +87,9 @@ func (m *Manager) Store() *store.Store { return m.store }
 // hooks; with autoStart it also starts the VM. Nothing is left behind when it
 // fails.
 func (m *Manager) Create(ctx context.Context, req wire.CreateRequest) (wire.VM, error) {
+	// A restore compares the shape as given with its snapshot's, before
+	// normalize fills in the defaults.
+	vcpu, mem := req.VCPU, req.MemMiB
 	if err := normalize(&req); err != nil {
 		return wire.VM{}, err
 	}
@@ -92,9 +97,25 @@ func (m *Manager) Create(ctx context.Context, req wire.CreateRequest) (wire.VM, 
 	if err != nil {
 		return wire.VM{}, errdefs.Invalid("%w", err)
 	}
-	disks, kernel, initrd, diskRoots, err := m.resolveDisks(req)
+	if req.Snapshot != "" {
+		req.VCPU, req.MemMiB = vcpu, mem
+		return m.createFromSnapshot(ctx, req, vmHooks)
+	}
+	if req.Ready != nil {
+		return m.createReady(ctx, req, vmHooks)
+	}
+	meta, driver, err := m.fromRequest(req)
 	if err != nil {
 		return wire.VM{}, err
+	}
+	return m.finishCreate(ctx, meta, req, driver, vmHooks, nil)
+}
+
+// fromRequest makes the record of a VM booted from the request's disks.
+func (m *Manager) fromRequest(req wire.CreateRequest) (store.Meta, vmm.Driver, error) {
+	disks, kernel, initrd, diskRoots, err := m.resolveDisks(req)
+	if err != nil {
+		return store.Meta{}, nil, err
 	}
 	driverName := req.VMM
 	if driverName == "" {
@@ -108,7 +129,7 @@ func (m *Manager) Create(ctx context.Context, req wire.CreateRequest) (wire.VM, 
 	settings := vmm.Resolve(driverName, m.cfg.Driver)
 	driver, err := vmm.New(driverName, settings)
 	if err != nil {
-		return wire.VM{}, errdefs.Invalid("vmm: %w", err)
+		return store.Meta{}, nil, errdefs.Invalid("vmm: %w", err)
 	}
 
 	id := m.newID()
@@ -145,11 +166,18 @@ func (m *Manager) Create(ctx context.Context, req wire.CreateRequest) (wire.VM, 
 		meta.Gateway = alloc.Gateway(m.cfg.GuestCIDR).String()
 		meta.PrefixLen = m.cfg.GuestCIDR.Bits()
 	}
+	return meta, driver, nil
+}
 
-	if err := m.allocateAndWrite(ctx, &meta, req, driver, vmHooks); err != nil {
+// finishCreate allocates and writes the VM, runs its onCreate hooks and,
+// with autoStart, starts it; prepare (optional) runs once the VM's id is
+// final, under the allocation lock, to put files in its data directory.
+// Nothing is left behind when it fails.
+func (m *Manager) finishCreate(ctx context.Context, meta store.Meta, req wire.CreateRequest, driver vmm.Driver, vmHooks hooks.Set, prepare func(*store.Meta) error) (wire.VM, error) {
+	if err := m.allocateAndWrite(ctx, &meta, req, driver, vmHooks, prepare); err != nil {
 		return wire.VM{}, err
 	}
-	id = meta.ID // a new one when the first collided with another VM's short id
+	id := meta.ID
 	log := m.log.With("vm", id)
 	log.Info("vm created", "guestIP", meta.GuestIP, "vmm", meta.VMM, "ports", len(meta.Ports))
 
@@ -228,7 +256,7 @@ func (m *Manager) resolveDisks(req wire.CreateRequest) (d store.Disks, kernel, i
 // allocateAndWrite allocates the guest IP and host ports under the
 // allocation lock and writes the VM directory before releasing it, so that
 // the next allocation sees this VM.
-func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wire.CreateRequest, driver vmm.Driver, vmHooks hooks.Set) error {
+func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wire.CreateRequest, driver vmm.Driver, vmHooks hooks.Set, prepare func(*store.Meta) error) (err error) {
 	m.allocMu.Lock()
 	defer m.allocMu.Unlock()
 	unlock, err := m.store.LockAlloc(ctx)
@@ -290,6 +318,18 @@ func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wi
 		meta.Ports = []store.Port{}
 	}
 	meta.BootArgs = store.BootArgs(*meta, req.BootArgs)
+	if prepare != nil {
+		// The data directory exists before the VM does: a failure removes
+		// it, and a crash leaves an orphan the start-up sweep removes.
+		defer func() {
+			if err != nil {
+				os.RemoveAll(m.store.Paths(meta.ID).DataDir)
+			}
+		}()
+		if err := prepare(meta); err != nil {
+			return err
+		}
+	}
 
 	files, err := m.renderFiles(*meta, driver, vmHooks)
 	if err != nil {

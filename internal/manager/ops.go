@@ -52,7 +52,7 @@ func (m *Manager) documentWith(ctx context.Context, meta store.Meta, svc supervi
 			RunDir: p.RunDir, Socket: p.Socket, PIDFile: p.PIDFile, Lock: p.Lock,
 			DataDir: p.DataDir, ConsoleLog: p.ConsoleLog,
 		},
-		Metadata: meta.Metadata, Tags: meta.Tags,
+		Metadata: meta.Metadata, Tags: meta.Tags, Snapshot: meta.Snapshot,
 		VMMState: wire.VMMState{SocketPath: p.Socket},
 	}
 	// Software emulation is never silent: the document says so.

@@ -81,6 +81,9 @@ type Meta struct {
 	// Restart is the VM's restart policy ("" is no), carried out by its
 	// supervisor.
 	Restart string `json:"restart,omitempty"`
+	// Snapshot is the snapshot the VM was restored from; its first start
+	// resumes it (see layout.VM.RestoreDir), later ones boot its disks.
+	Snapshot string `json:"snapshot,omitempty"`
 }
 
 // clone returns a copy of m that shares no map, slice or pointer with it.

@@ -20,11 +20,7 @@ func BootArgs(m Meta, extra string) string {
 	args := []string{"console=ttyS0", "reboot=k", "panic=1", "init=/sbin/init"}
 	if m.GuestIP != "" {
 		mask := netmask(m.PrefixLen)
-		host := m.Tags["name"]
-		if host == "" {
-			host = "vm-" + ShortID(m.ID)
-		}
-		args = append(args, fmt.Sprintf("ip=%s::%s:%s:%s:eth0:off", m.GuestIP, m.Gateway, mask, host))
+		args = append(args, fmt.Sprintf("ip=%s::%s:%s:%s:eth0:off", m.GuestIP, m.Gateway, mask, Hostname(m)))
 	}
 	if enc := EncodeEnv(m.ExtraEnv); enc != "" {
 		args = append(args, "mergen.env="+enc)
@@ -33,6 +29,14 @@ func BootArgs(m Meta, extra string) string {
 		args = append(args, extra)
 	}
 	return strings.Join(args, " ")
+}
+
+// Hostname is the guest's hostname: its name tag, else vm-<short id>.
+func Hostname(m Meta) string {
+	if h := m.Tags["name"]; h != "" {
+		return h
+	}
+	return "vm-" + ShortID(m.ID)
 }
 
 func netmask(bits int) string {

@@ -136,7 +136,10 @@ type qemuConfig struct {
 	Drives      []qemuDrive `json:"drives"`
 	NIC         *qemuNIC    `json:"nic,omitempty"`
 	QMPSocket   string      `json:"qmpSocket"`
-	Argv        []string    `json:"argv"`
+	// AgentSocket is the host end of the guest agent's virtio-serial
+	// port; empty in a vm.json rendered before the agent channel.
+	AgentSocket string   `json:"agentSocket,omitempty"`
+	Argv        []string `json:"argv"`
 }
 
 type qemuDrive struct {
@@ -259,6 +262,13 @@ func (q *qemu) config(s Spec) (qemuConfig, error) {
 			"-object", "rng-random,id=rng0,filename=/dev/urandom",
 			"-device", "virtio-rng-"+bus+",rng=rng0")
 	}
+	// The agent channel: a virtio-serial port mergen-init serves (see
+	// internal/agentproto), its host end a socket in the run directory.
+	cfg.AgentSocket = filepath.Join(s.WorkDir, qemuAgentSocket)
+	argv = append(argv,
+		"-device", "virtio-serial-"+bus+",id=vser0",
+		"-chardev", "socket,id=agent0,path="+cfg.AgentSocket+",server=on,wait=off",
+		"-device", "virtserialport,bus=vser0.0,chardev=agent0,name="+agentSerialName)
 	argv = append(argv, "-qmp", "unix:"+s.SocketPath+",server=on,wait=off")
 	cfg.Argv = argv
 	// Refuse now, at create, what the boot file cannot carry.
@@ -409,6 +419,15 @@ func (q *qemu) Command(s Spec, configPath string) (Launch, error) {
 		}
 		l.Argv[i] = "tap,id=n0,fd=" + strconv.Itoa(int(s.NIC.File.Fd()))
 		l.Files = append(l.Files, s.NIC.File)
+	}
+	if s.Restore != nil {
+		f, args, err := openRestore(s)
+		if err != nil {
+			l.Close()
+			return Launch{}, err
+		}
+		l.Files = append(l.Files, f)
+		l.Argv = append(l.Argv, args...)
 	}
 	if s.UID != 0 {
 		if l.Cred, err = q.unprivileged(s, cfg.Accel, bootConfig); err != nil {

@@ -56,6 +56,10 @@ func TestQEMUArgv(t *testing.T) {
 	nic := func(bus string) []string {
 		return []string{"-netdev", "tap,id=n0,ifname=tap-0b6f4a2e,script=no,downscript=no", "-device", "virtio-net-" + bus + ",netdev=n0,mac=02:fc:0b:6f:4a:2e"}
 	}
+	agent := func(bus string) []string {
+		return []string{"-device", "virtio-serial-" + bus + ",id=vser0", "-chardev", "socket,id=agent0,path=" + dir + "/agent.sock,server=on,wait=off",
+			"-device", "virtserialport,bus=vser0.0,chardev=agent0,name=org.mergen.agent"}
+	}
 	qmp := []string{"-qmp", "unix:" + dir + "/vmm.sock,server=on,wait=off"}
 	boot := []string{"-readconfig", dir + "/qemu-boot.cfg"}
 	bootFile := func(lines ...string) string {
@@ -73,13 +77,13 @@ func TestQEMUArgv(t *testing.T) {
 		boot   string
 	}{
 		{"q35 without kvm falls back to tcg", qemu{kvmProbe: probe(false)}, nil,
-			[][]string{common("q35", "tcg", "max"), boot, disks("pci"), nic("pci"), qmp}, defaultBoot},
+			[][]string{common("q35", "tcg", "max"), boot, disks("pci"), nic("pci"), agent("pci"), qmp}, defaultBoot},
 		{"q35 with trusted kvm", qemu{kvmProbe: probe(true)}, nil,
-			[][]string{common("q35", "kvm", "host"), boot, disks("pci"), nic("pci"), qmp}, defaultBoot},
+			[][]string{common("q35", "kvm", "host"), boot, disks("pci"), nic("pci"), agent("pci"), qmp}, defaultBoot},
 		{"tcg forced over kvm", qemu{accel: "tcg", kvmProbe: probe(true)}, nil,
-			[][]string{common("q35", "tcg", "max"), boot, disks("pci"), nic("pci"), qmp}, defaultBoot},
+			[][]string{common("q35", "tcg", "max"), boot, disks("pci"), nic("pci"), agent("pci"), qmp}, defaultBoot},
 		{"microvm uses virtio-mmio devices", qemu{machine: "microvm", kvmProbe: probe(false)}, nil,
-			[][]string{common("microvm", "tcg", "max"), boot, disks("device"), nic("device"), qmp}, defaultBoot},
+			[][]string{common("microvm", "tcg", "max"), boot, disks("device"), nic("device"), agent("device"), qmp}, defaultBoot},
 		{"initrd, entropy, own binary, caller's root=", qemu{bin: "/opt/qemu/bin/qemu-system-x86_64", entropy: true, kvmProbe: probe(false)},
 			func(s *Spec) {
 				s.Initrd = dir + "/initrd.img"
@@ -90,11 +94,11 @@ func TestQEMUArgv(t *testing.T) {
 				boot,
 				disks("pci"), nic("pci"),
 				{"-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0"},
-				qmp,
+				agent("pci"), qmp,
 			},
 			bootFile(kernel, `initrd = "`+dir+`/initrd.img"`, `append = "console=ttyS0,115200 root=LABEL=x rw `+secretEnv+`"`)},
 		{"no network, no disks", qemu{kvmProbe: probe(false)}, func(s *Spec) { s.NIC = nil; s.Drives = nil },
-			[][]string{common("q35", "tcg", "max"), boot, qmp}, bootFile(kernel, `append = "`+s.BootArgs+`"`)},
+			[][]string{common("q35", "tcg", "max"), boot, agent("pci"), qmp}, bootFile(kernel, `append = "`+s.BootArgs+`"`)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

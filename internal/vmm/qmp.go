@@ -80,6 +80,11 @@ func (c *qmpConn) execute(cmd string, args, out any) error {
 	if _, err := c.conn.Write(append(b, '\n')); err != nil {
 		return c.wrap(cmd, err)
 	}
+	return c.answer(cmd, out)
+}
+
+// answer reads the answer to cmd, skipping events.
+func (c *qmpConn) answer(cmd string, out any) error {
 	for {
 		var m qmpMessage
 		if err := c.dec.Decode(&m); err != nil {

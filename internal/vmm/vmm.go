@@ -89,6 +89,19 @@ type Spec struct {
 	// MGR_JAILER_UID/GID name others). Zero: a record from before they
 	// existed, whose VMM runs as root.
 	UID, GID int
+
+	// Restore, when set, starts the VMM from a snapshot instead of booting
+	// the kernel: the guest resumes where the snapshot left it. Nil: a
+	// cold boot.
+	Restore *Restore
+}
+
+// Restore is a snapshot a VM starts from: the files the driver's Snapshot
+// wrote, in the VM's own directory Dir (the daemon links or copies them
+// there from the snapshot, so deleting the snapshot never pulls them from
+// under a VM). The VM's spec must have the snapshot's shape (Shape).
+type Restore struct {
+	Dir string
 }
 
 // State is what the VMM reports about its guest.
@@ -131,6 +144,28 @@ type Driver interface {
 	// it (Status then reports Paused, or Running).
 	Pause(ctx context.Context, socketPath string) error
 	Resume(ctx context.Context, socketPath string) error
+	// Snapshot saves the paused guest's memory and device state into dir
+	// (an empty directory the caller made) and returns the names of the
+	// files it wrote there. The guest must be paused, and stays paused; the
+	// caller copies the writable disks while it is.
+	Snapshot(ctx context.Context, s Spec, dir string) ([]string, error)
+	// Restored finishes a start from Spec.Restore once the VMM answers on
+	// its socket: it returns when the guest runs from the snapshot's state
+	// (Firecracker: loads the snapshot and resumes; QEMU: waits for its
+	// incoming migration to end), or why it cannot.
+	Restored(ctx context.Context, s Spec) error
+	// Agent connects to mergen-init's agent in the guest over the VMM's
+	// host channel (QEMU: a virtio-serial port; Firecracker: vsock), see
+	// internal/agentproto.
+	Agent(ctx context.Context, s Spec) (net.Conn, error)
+	// Version is the VMM binary's version as a snapshot records it: a
+	// snapshot is restored only by the version that took it.
+	Version(ctx context.Context) (string, error)
+	// Shape is what must be equal between a snapshot's VM and a VM
+	// restored from it — machine, CPU model, vCPUs, memory, the devices in
+	// their order — in words an error message can show. Paths, ids and
+	// the MAC are not part of it.
+	Shape(s Spec) (string, error)
 	// Release removes what Command prepared outside the VM's run
 	// directory (the jailer's chroot and cgroup) once the VMM has exited;
 	// what is already gone is fine.

@@ -48,6 +48,78 @@ type CreateRequest struct {
 	// Bridge selects the earlier generation's network mode: the tap joins an
 	// existing host bridge and the guest gets a static address.
 	Bridge *BridgeRequest `json:"bridge,omitempty"`
+
+	// Snapshot restores the new VM from a snapshot (its id) instead of
+	// booting it: the snapshot decides the VMM, kernel, disks, vCPUs and
+	// memory; the request gives the VM its own identity (tags, ports,
+	// extraEnv, hooks). With autoStart the guest resumes at once.
+	Snapshot string `json:"snapshot,omitempty"`
+	// Ready starts the VM from its image's ready snapshot, taking that
+	// snapshot first when there is none yet (see ReadyRequest). Needs a
+	// payloadDisk and autoStart.
+	Ready *ReadyRequest `json:"ready,omitempty"`
+}
+
+// ReadyRequest asks for a VM started from its image's ready snapshot: a
+// snapshot taken of a VM of the same image and shape once its service
+// answered on Port. The snapshot is taken from a VM of its own (no tags,
+// ports or extraEnv of any caller) and replaced when the image, kernel,
+// base disks or shape change.
+type ReadyRequest struct {
+	// Port is the guest TCP port whose answer means ready; default the
+	// VM's httpPort.
+	Port int `json:"port,omitempty"`
+}
+
+// SnapshotRequest is the body of POST /v1/vms/{id}/snapshots.
+type SnapshotRequest struct {
+	// Stop stops the VM once the snapshot is taken instead of resuming it.
+	Stop bool `json:"stop,omitempty"`
+}
+
+// Snapshot is the document of one snapshot.
+type Snapshot struct {
+	ID        string    `json:"id"`
+	CreatedAt time.Time `json:"createdAt"`
+	// Source is the VM it was taken of (which may be gone since).
+	Source SnapshotSource `json:"source"`
+	VMM    string         `json:"vmm"`
+	// VMMVersion is the VMM's version; only that version restores it.
+	VMMVersion string `json:"vmmVersion"`
+	// Shape is what a VM restored from it must match: machine, CPU model,
+	// vCPUs, memory and devices.
+	Shape  string `json:"shape"`
+	VCPU   int    `json:"vcpu"`
+	MemMiB int    `json:"memMiB"`
+	Kernel string `json:"kernel"`
+	Disks  Disks  `json:"disks"`
+	// SizeBytes is what the snapshot takes on disk (its files' sizes).
+	SizeBytes int64          `json:"sizeBytes"`
+	Files     []SnapshotFile `json:"files"`
+	// DurationMs is how long the guest was paused to take it.
+	DurationMs int64 `json:"durationMs"`
+	// Ready is the image key when this is an image's ready snapshot.
+	Ready string `json:"ready,omitempty"`
+}
+
+// SnapshotSource names the VM a snapshot was taken of.
+type SnapshotSource struct {
+	VM   string `json:"vm"`
+	Name string `json:"name,omitempty"`
+}
+
+// SnapshotFile is one file of a snapshot with its SHA-256, checked before
+// every restore.
+type SnapshotFile struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+}
+
+// SnapshotList is the body of GET /v1/snapshots.
+type SnapshotList struct {
+	Snapshots []Snapshot `json:"snapshots"`
+	Count     int        `json:"count"`
 }
 
 // BridgeRequest configures bridge mode.
@@ -95,6 +167,8 @@ type VM struct {
 	Paths    Paths             `json:"paths"`
 	Metadata json.RawMessage   `json:"metadata,omitempty"`
 	Tags     map[string]string `json:"tags,omitempty"`
+	// Snapshot is the snapshot the VM was restored from.
+	Snapshot string `json:"snapshot,omitempty"`
 	// LastRun says how the VM's last run ended; only in the document of
 	// one VM that is stopped or failed, and not when it never ran.
 	LastRun *LastRun `json:"lastRun,omitempty"`

@@ -127,6 +127,13 @@ func TestResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	check("POST", "/v1/vms/"+vm.ID+"/resume", "", 409)
 	check("POST", "/v1/vms/"+store.NewID()+"/pause", "", 404)
 	check("GET", "/v1/images", "", 200)
+	// Snapshots: a stopped VM cannot be snapshotted; none exist yet.
+	check("POST", "/v1/vms/"+vm.ID+"/snapshots", `{"stop":false}`, 409)
+	check("POST", "/v1/vms/"+store.NewID()+"/snapshots", "", 404)
+	check("GET", "/v1/snapshots", "", 200)
+	check("GET", "/v1/snapshots/"+store.NewID(), "", 404)
+	check("DELETE", "/v1/snapshots/"+store.NewID(), "", 404)
+	check("POST", "/v1/vms", `{"snapshot":"`+store.NewID()+`"}`, 400)
 	check("POST", "/v1/vms", `{"vcpu":99}`, 400)
 	check("POST", "/v1/vms", `{"tags":{"name":"doc"}}`, 409)
 	check("GET", "/v1/vms/"+store.NewID(), "", 404)

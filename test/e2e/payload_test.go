@@ -42,6 +42,10 @@ func payloadDisk(t testing.TB, dir, page string, programs map[string]string, arg
 			t.Fatal(err)
 		}
 	}
+	// As in real images, /tmp is for everyone.
+	if err := os.Chmod(filepath.Join(root, "tmp"), 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
 	b, err := os.ReadFile(busybox)
 	if err != nil {
 		t.Fatal(err)
