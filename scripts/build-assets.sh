@@ -26,10 +26,11 @@ OUT=$(cd "$OUT" && pwd)
 
 # Modules the cloud kernel builds as modules but a guest needs, in load order
 # (a module's dependencies come first). virtio_* reach the disks and NIC,
-# overlay gives the writable layer, vsock the host channel, button + evdev the
-# ACPI power button.
+# virtio_console the agent's virtio-serial port (QEMU), overlay gives the
+# writable layer, vsock the agent's channel under Firecracker, button + evdev
+# the ACPI power button.
 MODULES=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev
-  virtio_pci virtio_blk failover net_failover virtio_net overlay
+  virtio_pci virtio_blk failover net_failover virtio_net virtio_console overlay
   vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport
   button evdev)
 
@@ -58,7 +59,11 @@ kernel_pkg() {
   apt-cache depends linux-image-cloud-amd64 2>/dev/null |
     grep -o 'linux-image-6\.1[^ ]*-cloud-amd64' | head -n1
 }
-if [[ ! -f $CACHE/kernel/.done ]]; then
+# The cached modules/modules.list is the list they were extracted for: a
+# cache made for another list (a module added here) is extracted anew, so
+# existing caches pick up a new module without being deleted by hand.
+if [[ ! -f $CACHE/kernel/.done ||
+  "$(cat "$CACHE/kernel/modules/modules.list" 2>/dev/null)" != "$(printf '%s\n' "${MODULES[@]}")" ]]; then
   pkg=$(kernel_pkg)
   if [[ -z $pkg && $(id -u) -eq 0 ]]; then
     apt-get update -qq >/dev/null # a fresh host may have no package lists yet

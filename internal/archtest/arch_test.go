@@ -122,6 +122,7 @@ var leaves = map[string][]string{
 	"internal/envfile":     nil,
 	"internal/lock":        nil,
 	"internal/wire":        nil,
+	"internal/agentproto":  nil,
 	"internal/atomicfile":  nil,
 	"internal/version":     nil,
 	"internal/logging":     nil,
@@ -177,13 +178,21 @@ func TestImportsFlowOneWay(t *testing.T) {
 	}
 }
 
-// The wire types are the API's contract: standard library only, so that
-// whatever speaks the API links nothing of the daemon.
+// The wire types are the API's contract, and agentproto the contract
+// between the host and the guest: standard library only, so that whatever
+// speaks either links nothing of the daemon (or of the guest's init).
 func TestWireTypesUseTheStandardLibraryOnly(t *testing.T) {
-	p := listPackages(t, "./internal/wire")["internal/wire"]
-	for _, imp := range p.Imports {
-		if strings.Contains(strings.Split(imp, "/")[0], ".") {
-			t.Errorf("internal/wire imports %s", imp)
+	pkgs := listPackages(t, "./internal/wire", "./internal/agentproto")
+	for _, name := range []string{"internal/wire", "internal/agentproto"} {
+		p, ok := pkgs[name]
+		if !ok {
+			t.Errorf("%s: not found", name)
+			continue
+		}
+		for _, imp := range p.Imports {
+			if strings.Contains(strings.Split(imp, "/")[0], ".") {
+				t.Errorf("%s imports %s", name, imp)
+			}
 		}
 	}
 }

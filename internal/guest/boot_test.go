@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
@@ -18,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/agentproto"
 	"github.com/mergenhq/mergen/internal/imagemeta"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
@@ -70,7 +72,7 @@ func (im image) disk(t *testing.T, out string) {
 	bb, err := os.ReadFile(testenv.Tool(t, "busybox"))
 	must(err)
 	must(os.WriteFile(filepath.Join(root, "bin/busybox"), bb, 0o755))
-	for _, a := range []string{"sh", "id", "pwd", "sleep", "echo", "cat", "ls", "sync", "ip", "hostname", "grep"} {
+	for _, a := range []string{"sh", "id", "pwd", "sleep", "echo", "cat", "ls", "sync", "ip", "hostname", "grep", "date", "tr", "stat"} {
 		must(os.Symlink("busybox", filepath.Join(root, "bin", a)))
 	}
 	for p, c := range im.files {
@@ -117,6 +119,9 @@ type bootOpts struct {
 	agent   string // agent disk image, optional
 	cmdline string // extra kernel parameters
 	nic     bool   // a virtio NIC on a QEMU hub with no other port: frames go nowhere
+	// agentSock, when set, gives the guest the agent's virtio-serial port,
+	// its host side a unix socket QEMU listens on at this path.
+	agentSock string
 }
 
 func boot(t *testing.T, o bootOpts) *vm {
@@ -145,6 +150,11 @@ func boot(t *testing.T, o bootOpts) *vm {
 	}
 	if o.nic {
 		args = append(args, "-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-pci,netdev=n0")
+	}
+	if o.agentSock != "" {
+		args = append(args, "-device", "virtio-serial-pci",
+			"-chardev", "socket,id=agent0,path="+o.agentSock+",server=on,wait=off",
+			"-device", "virtserialport,chardev=agent0,name="+agentproto.SerialName)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), bootLimit)
 	t.Cleanup(cancel)
@@ -341,11 +351,28 @@ func TestGuestRunsImageAsItsUserAndStopsOnCtrlAltDel(t *testing.T) {
 	agent := filepath.Join(dir, "agent.ext4")
 	mkfs(t, agentDir, imagemeta.LabelAgent, agent, "16M")
 
+	sockDir, err := os.MkdirTemp("", "mergen-agent-") // short: a unix socket path
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	sock := filepath.Join(sockDir, "agent.sock")
+
 	// The NIC's only peer is an empty QEMU hub: the guest configures it but
 	// nothing it might send leaves QEMU.
-	v := boot(t, bootOpts{payload: payload, env: envDisk, data: data, agent: agent, nic: true,
+	v := boot(t, bootOpts{payload: payload, env: envDisk, data: data, agent: agent, nic: true, agentSock: sock,
 		cmdline: "ip=172.31.250.2::172.31.250.1:255.255.255.0:guest1:eth0:off:172.31.250.1 " + envParam(map[string]string{"BAZ": "cmdline"})})
+	// A host may connect to the agent before the guest has booted: its
+	// request waits in the port until the agent reads it.
+	conn := dialAgent(t, sock)
+	ctx, cancel := context.WithTimeout(context.Background(), bootLimit)
+	defer cancel()
+	pinged := make(chan error, 1)
+	go func() { _, err := agentproto.Call(ctx, conn, agentproto.Request{Op: agentproto.OpPing}); pinged <- err }()
 	v.waitFor("[payload] ready")
+	if err := <-pinged; err != nil {
+		t.Errorf("agent ping sent before boot: %v", err)
+	}
 	ctrlAltDel(v)
 	console := v.wait()
 
@@ -442,4 +469,123 @@ func TestGuestRestartsStopsOnPowerButtonAndKillsAfterTimeout(t *testing.T) {
 	mustContain(t, console, "[payload] run 1", "restarting (policy on-failure)", "[payload] run 2",
 		"[payload] got SIGTERM, ignoring it", "payload still running after 2s: SIGKILL",
 		"mergen-init: exit status 137") // 128 + SIGKILL
+}
+
+// The payload of the agent boot: on every start it says which extraEnv and
+// hostname it got, then every half second what the guest looks like from
+// inside (name, clock, MAC, addresses, default route, the env file's mode,
+// owner and content, and what sourcing it gives). Its first run ends, with
+// a failure the restart policy answers, once the guest has its new name.
+const agentEntry = `#!/bin/sh
+n=$(cat /app/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > /app/count
+echo "run $n: GREETING=$GREETING HOSTNAME=$HOSTNAME"
+while :; do
+  echo "state: hostname=$(hostname) year=$(date +%Y) mac=$(cat /sys/class/net/eth0/address) addr=$(ip -4 -o addr show dev eth0 | grep -o 'inet [0-9./]*' | tr '\n' ' ')route=$(ip route | grep default)"
+  echo "envfile: $(stat -c '%a %u:%g' /run/mergen/env) $(tr '\n' '|' < /run/mergen/env)"
+  echo "sourced: $(. /run/mergen/env; echo "$GREETING")"
+  [ $n -eq 1 ] && [ "$(hostname)" = newhost ] && exit 1
+  sleep 0.5
+done
+`
+
+// dialAgent connects to the agent socket QEMU listens on.
+func dialAgent(t *testing.T, sock string) net.Conn {
+	t.Helper()
+	var c net.Conn
+	testenv.Eventually(t, 30*time.Second, "QEMU's agent socket", func() bool {
+		var err error
+		c, err = net.Dial("unix", sock)
+		return err == nil
+	})
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestGuestAgentGivesARunningGuestANewIdentity plays the host of a VM
+// restored from a snapshot: it tells the running guest, over the
+// virtio-serial port, its new name, address, MAC, extraEnv and clock, and
+// the payload shows from inside that each took effect.
+func TestGuestAgentGivesARunningGuestANewIdentity(t *testing.T) {
+	skipShort(t)
+	dir := t.TempDir()
+	payload := filepath.Join(dir, "payload.ext4")
+	busyboxImage(agentEntry).disk(t, payload)
+	// A unix socket's path must fit in 108 bytes: not under t.TempDir().
+	sockDir, err := os.MkdirTemp("", "mergen-agent-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	sock := filepath.Join(sockDir, "agent.sock")
+
+	// The NIC's only peer is an empty QEMU hub: nothing the guest sends
+	// leaves QEMU.
+	v := boot(t, bootOpts{payload: payload, nic: true, agentSock: sock,
+		cmdline: "mergen.restart=on-failure ip=172.31.250.2::172.31.250.1:255.255.255.0:guest1:eth0:off " +
+			envParam(map[string]string{"GREETING": "cold boot"})})
+
+	// At cold boot the env file holds the command line's extraEnv, for the
+	// image's user alone.
+	v.waitFor("[payload] envfile: 600 1000:1000 GREETING='cold boot'|")
+
+	// The agent opened its port before the payload started, with no host
+	// connected: it has been waiting for one, as in a restored guest.
+	conn := dialAgent(t, sock)
+	ctx, cancel := context.WithTimeout(context.Background(), bootLimit)
+	defer cancel()
+	start := time.Now()
+	if _, err := agentproto.Call(ctx, conn, agentproto.Request{Op: agentproto.OpPing}); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+	t.Logf("the waiting agent answered a new host in %v", time.Since(start))
+
+	id := agentproto.Identity{Hostname: "newhost", Device: "eth0", Addr: "172.31.251.7/24", Gateway: "172.31.251.1",
+		MAC: "52:54:00:12:34:99", Env: map[string]string{"GREETING": "it's a new VM"},
+		UnixNano: time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC).UnixNano(), Entropy: make([]byte, 64)}
+	if _, err := rand.Read(id.Entropy); err != nil {
+		t.Fatal(err)
+	}
+	// The guest checks what it is sent, and says what is wrong.
+	bad := id
+	bad.Entropy = id.Entropy[:8]
+	if err := agentproto.WriteLine(conn, agentproto.Request{Op: agentproto.OpIdentity, Identity: &bad}); err != nil {
+		t.Fatal(err)
+	}
+	if line, err := agentproto.ReadLine(bufio.NewReader(conn)); err != nil || !strings.Contains(string(line), "entropy: 8 bytes") {
+		t.Fatalf("short entropy: the guest answered %q, %v", line, err)
+	}
+
+	if _, err := agentproto.Call(ctx, conn, agentproto.Request{Op: agentproto.OpIdentity, Identity: &id}); err != nil {
+		t.Fatalf("identity: %v", err)
+	}
+	v.waitFor("mergen-init: identity applied: hostname newhost, address 172.31.251.7/24")
+	// The first run ends once it sees the new name; the restarted payload
+	// gets the new extraEnv and hostname in its environment.
+	v.waitFor("[payload] run 2: GREETING=it's a new VM HOSTNAME=newhost")
+	v.waitFor("[payload] state: hostname=newhost year=2030 mac=52:54:00:12:34:99 addr=inet 172.31.251.7/24 route=default via 172.31.251.1 dev eth0")
+	v.waitFor(`[payload] envfile: 600 1000:1000 GREETING='it'\''s a new VM'|`)
+	v.waitFor("[payload] sourced: it's a new VM")
+
+	// The host leaves; the next one is served too. One that leaves in the
+	// middle of a request leaves nothing behind for the one after it.
+	conn.Close()
+	conn2 := dialAgent(t, sock)
+	if _, err := agentproto.Call(ctx, conn2, agentproto.Request{Op: agentproto.OpPing}); err != nil {
+		t.Fatalf("ping on a second connection: %v", err)
+	}
+	conn2.Write([]byte(`{"op":"identity","identity":{"hostname":"half`))
+	conn2.Close()
+	conn3 := dialAgent(t, sock)
+	if _, err := agentproto.Call(ctx, conn3, agentproto.Request{Op: agentproto.OpPing}); err != nil {
+		t.Fatalf("ping after a host left mid-request: %v", err)
+	}
+
+	ctrlAltDel(v)
+	console := v.wait()
+	for _, l := range strings.Split(console, "\n") {
+		if strings.Contains(l, "mergen-init:") && (strings.Contains(l, "new VM") || strings.Contains(l, "cold boot")) {
+			t.Errorf("mergen-init printed an env value: %q", l)
+		}
+	}
+	mustContain(t, console, "mergen-init: agent: serving org.mergen.agent on /dev/vport")
 }

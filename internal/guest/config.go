@@ -11,7 +11,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mergenhq/mergen/internal/envfile"
 )
+
+// defaultPath is the payload's PATH when no layer of its env sets one.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 // DefaultStopTimeout is the grace period between the stop signal and SIGKILL.
 const DefaultStopTimeout = 10 * time.Second
@@ -141,8 +146,13 @@ func decodeEnvParam(v string) ([]string, error) {
 	}
 	out := make([]string, 0, len(m))
 	for k, val := range m {
-		if err := checkEnvKey(k); err != nil {
-			return nil, err
+		// The daemon accepts only shell names (extraEnv), and the guest
+		// writes them as shell assignments to /run/mergen/env.
+		if !envfile.ValidKey(k) {
+			return nil, fmt.Errorf("variable name %q is not a shell name ([A-Za-z_][A-Za-z0-9_]*)", k)
+		}
+		if strings.ContainsRune(val, 0) {
+			return nil, fmt.Errorf("value of %s contains NUL", k)
 		}
 		out = append(out, k+"="+val)
 	}
@@ -210,6 +220,37 @@ func MergeEnv(layers ...[]string) []string {
 		}
 	}
 	return out
+}
+
+// PayloadEnv is the environment the payload starts with: the image's env,
+// then the env disk's, then the VM's extraEnv (later wins), PATH defaulting
+// to the usual directories, HOME and HOSTNAME unless those layers set them.
+func PayloadEnv(image, envDisk, extra []string, home, hostname string) []string {
+	env := MergeEnv(image, envDisk, extra)
+	if _, ok := LookupEnv(env, "PATH"); !ok {
+		env = append([]string{"PATH=" + defaultPath}, env...)
+	}
+	return MergeEnv([]string{"HOME=" + home, "HOSTNAME=" + hostname}, env)
+}
+
+// EnvScript renders the VM's extraEnv (sorted KEY=VALUE) as the payload
+// finds it in /run/mergen/env: one KEY='value' line each, sourceable by any
+// POSIX shell; a single quote in a value ends the quoting, comes escaped
+// (\') and the quoting starts again. A name that is not a shell name or a
+// value with NUL is refused: the file must mean what it says.
+func EnvScript(env []string) ([]byte, error) {
+	var b strings.Builder
+	for _, kv := range env {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || !envfile.ValidKey(k) {
+			return nil, fmt.Errorf("env script: %q is not NAME=value with a shell name", k)
+		}
+		if strings.ContainsRune(v, 0) {
+			return nil, fmt.Errorf("env script: value of %s contains NUL", k)
+		}
+		b.WriteString(k + "='" + strings.ReplaceAll(v, "'", `'\''`) + "'\n")
+	}
+	return []byte(b.String()), nil
 }
 
 // LookupEnv returns the value of key in a KEY=VALUE list.

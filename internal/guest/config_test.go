@@ -3,10 +3,15 @@ package guest
 import (
 	"encoding/base64"
 	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mergenhq/mergen/internal/testenv"
 )
 
 func TestParseCmdline(t *testing.T) {
@@ -36,7 +41,9 @@ func TestParseCmdline(t *testing.T) {
 		{"dhcp refused", "ip=10.0.0.3::10.0.0.1:255.255.255.0:h:eth0:dhcp", Boot{}, "autoconf"},
 		{"env not base64", "mergen.env=!!!", Boot{}, "mergen.env: not base64url"},
 		{"env not an object", "mergen.env=" + base64.RawURLEncoding.EncodeToString([]byte(`["A=1"]`)), Boot{}, "JSON object"},
-		{"env bad key", "mergen.env=" + base64.RawURLEncoding.EncodeToString([]byte(`{"A=B":"1"}`)), Boot{}, "contains '='"},
+		{"env bad key", "mergen.env=" + base64.RawURLEncoding.EncodeToString([]byte(`{"A=B":"1"}`)), Boot{}, `variable name "A=B" is not a shell name`},
+		{"env key not a shell name", "mergen.env=" + base64.RawURLEncoding.EncodeToString([]byte(`{"A.B":"1"}`)), Boot{}, `"A.B" is not a shell name`},
+		{"env value with NUL", "mergen.env=" + base64.RawURLEncoding.EncodeToString([]byte(`{"A":"x\u0000y"}`)), Boot{}, "value of A contains NUL"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -98,5 +105,62 @@ func TestMergeEnvLaterLayerWinsInFirstPosition(t *testing.T) {
 	}
 	if v, ok := LookupEnv(got, "B"); !ok || v != "envdisk" {
 		t.Fatalf("LookupEnv(B) = %q, %v", v, ok)
+	}
+}
+
+func TestPayloadEnvLayersAndDefaults(t *testing.T) {
+	got := PayloadEnv([]string{"FOO=image", "BAR=image"}, []string{"BAR=disk"}, []string{"FOO=extra"}, "/home/app", "vm1")
+	want := []string{"HOME=/home/app", "HOSTNAME=vm1", "PATH=" + defaultPath, "FOO=extra", "BAR=disk"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+	// Layers that set PATH, HOME or HOSTNAME win over the defaults.
+	got = PayloadEnv([]string{"PATH=/bin", "HOSTNAME=fixed"}, nil, []string{"HOME=/srv"}, "/home/app", "vm1")
+	want = []string{"HOME=/srv", "HOSTNAME=fixed", "PATH=/bin"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("got %q, want %q", got, want)
+	}
+}
+
+// The env script, sourced by a real shell, gives back every value exactly.
+func TestEnvScriptIsSourceableAndQuoted(t *testing.T) {
+	env := []string{"PLAIN=abc", "EMPTY=", "QUOTE=it's", "QUOTES='''", "DOLLAR=$HOME `id` $(id)", "NEWLINE=a\nb",
+		"BACKSLASH=a\\nb\\", "EQUALS=a=b", "SPACE= x  y "}
+	script, err := EnvScript(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(string(script), "PLAIN='abc'\nEMPTY=''\nQUOTE='it'\\''s'\n") {
+		t.Errorf("script starts %q", script)
+	}
+	f := filepath.Join(t.TempDir(), "env")
+	if err := os.WriteFile(f, script, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Print each variable NUL-terminated, as the shell sees it after sourcing.
+	var names []string
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		names = append(names, `"$`+k+`"`)
+	}
+	out, err := exec.Command(testenv.Tool(t, "sh"), "-c", `. "$0" && printf '%s\0' `+strings.Join(names, " "), f).Output()
+	if err != nil {
+		t.Fatalf("sh: %v", err)
+	}
+	got := strings.Split(strings.TrimSuffix(string(out), "\x00"), "\x00")
+	for i, kv := range env {
+		_, v, _ := strings.Cut(kv, "=")
+		if i >= len(got) || got[i] != v {
+			t.Errorf("%s: shell read %q", kv, got)
+		}
+	}
+
+	for _, bad := range [][]string{{"A-B=1"}, {"=1"}, {"NOEQUALS"}, {"A=x\x00y"}} {
+		if _, err := EnvScript(bad); err == nil {
+			t.Errorf("EnvScript(%q) accepted it", bad)
+		}
+	}
+	if s, err := EnvScript(nil); err != nil || len(s) != 0 {
+		t.Errorf("no extraEnv: %q, %v; want an empty file", s, err)
 	}
 }

@@ -19,7 +19,19 @@
 //     mount the payload read-only under an overlay whose upper
 //     layer is on mergen-data or a tmpfs, and run the runtime's argv chrooted
 //     there as the image's user, in its working directory, with env = image
-//     env + env disk `env` + mergen.env (later wins).
+//     env + env disk `env` + mergen.env (later wins). The payload's
+//     /run/mergen/env holds the VM's extraEnv (mergen.env, or the last
+//     identity's) as shell-sourceable KEY='value' lines, mode 0600, the
+//     payload user's, replaced atomically.
+//   - Agent (internal/agentproto), from before the payload starts until
+//     power-off, on the virtio-serial port named org.mergen.agent (QEMU)
+//     and on vsock port 1024 (Firecracker), whichever exists: `ping`, and
+//     `identity`, which makes a guest restored from another VM's snapshot
+//     this VM: clock, credited entropy and a CRNG reseed, hostname and
+//     /etc files, MAC, address, default route and a flushed neighbour table,
+//     extraEnv for /run/mergen/env and for every later payload start. The
+//     answer is OK only when every step succeeded; otherwise it names the
+//     step.
 //   - Console: `mergen-init: ...` progress lines, `[payload] ...` output, one
 //     `mergen-init: boot timeline: kernel-start->payload-exec <s>s` line and,
 //     at the end, `mergen-init: exit status N` before sync, unmount and

@@ -22,15 +22,14 @@ import (
 
 // Where mergen-init puts things inside the guest.
 const (
-	modulesDir  = "/lib/modules/mergen"
-	mergenDir   = "/mergen"
-	agentMnt    = mergenDir + "/agent"
-	payloadMnt  = mergenDir + "/payload"
-	envMnt      = mergenDir + "/env"
-	dataMnt     = mergenDir + "/data"
-	rwMnt       = mergenDir + "/rw"
-	rootMnt     = mergenDir + "/root"
-	defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	modulesDir = "/lib/modules/mergen"
+	mergenDir  = "/mergen"
+	agentMnt   = mergenDir + "/agent"
+	payloadMnt = mergenDir + "/payload"
+	envMnt     = mergenDir + "/env"
+	dataMnt    = mergenDir + "/data"
+	rwMnt      = mergenDir + "/rw"
+	rootMnt    = mergenDir + "/root"
 )
 
 // Exit statuses of mergen-init's own failures, so the host can tell them from
@@ -256,6 +255,12 @@ func setupAndRun(stop chan os.Signal) (int, error) {
 			logf("agent disk: %v; continuing with the golden rootfs's init", err)
 		}
 	}
+	// The agent answers from before the payload starts: a host restoring a
+	// snapshot taken at any point finds it, and an identity that comes
+	// before the payload's root is ready lands there once it is.
+	state := newVMState(boot)
+	startAgent(state.handle)
+
 	var envDisk []string
 	if dev, ok := disks[imagemeta.LabelEnv]; ok {
 		if err := mounts.mount(dev, envMnt, "ext4", unix.MS_RDONLY, ""); err != nil {
@@ -296,18 +301,22 @@ func setupAndRun(stop chan os.Signal) (int, error) {
 			return ExitInitFailed, err
 		}
 	}
-	writeNetFiles(rootMnt, boot.Net)
 
 	cred, err := LookupUser(rootMnt, spec.User)
 	if err != nil {
 		return ExitConfig, fail(ExitConfig, "image user: %v", err)
 	}
-	env := MergeEnv(spec.Env, envDisk, boot.Env)
-	if _, ok := LookupEnv(env, "PATH"); !ok {
-		env = append([]string{"PATH=" + defaultPath}, env...)
+	if err := state.rootReady(rootMnt, cred); err != nil {
+		return ExitInitFailed, err
 	}
-	env = MergeEnv([]string{"HOME=" + cred.Home, "HOSTNAME=" + hostname(boot.Net)}, env)
-	path, _ := LookupEnv(env, "PATH")
+	// Every start of the payload, restarts included, gets the VM's
+	// extraEnv and hostname as they are then: an identity replaces both.
+	envNow := func() []string {
+		extra, host := state.current()
+		return PayloadEnv(spec.Env, envDisk, extra, cred.Home, host)
+	}
+	// The entrypoint is resolved once, with the PATH of the first start.
+	path, _ := LookupEnv(envNow(), "PATH")
 	exe, err := ResolveCommand(rootMnt, spec.Argv[0], path)
 	if err != nil {
 		return ExitNoCommand, fail(ExitNoCommand, "entrypoint: %v", err)
@@ -327,7 +336,7 @@ func setupAndRun(stop chan os.Signal) (int, error) {
 			logf("stop signal %q unknown, using SIGTERM", spec.StopSignal)
 		}
 	}
-	return supervise(&payload{exe: exe, argv: spec.Argv, env: env, dir: wd, cred: cred, root: rootMnt, start: uptime}, boot, stopSig, stop)
+	return supervise(&payload{exe: exe, argv: spec.Argv, env: envNow, dir: wd, cred: cred, root: rootMnt, start: uptime}, boot, stopSig, stop)
 }
 
 func hostname(n *Net) string {
@@ -448,7 +457,7 @@ func watchPowerButton(stop chan os.Signal) {
 type payload struct {
 	exe   string
 	argv  []string
-	env   []string
+	env   func() []string // asked at every start
 	dir   string
 	cred  Cred
 	root  string
@@ -465,7 +474,7 @@ func (p *payload) run(out *sync.WaitGroup) (int, error) {
 	devnull, _ := os.Open("/dev/null")
 	proc, err := os.StartProcess(p.exe, p.argv, &os.ProcAttr{
 		Dir:   p.dir,
-		Env:   p.env,
+		Env:   p.env(),
 		Files: []*os.File{devnull, w, w},
 		Sys: &syscall.SysProcAttr{
 			Chroot:     p.root,

@@ -1,13 +1,13 @@
 package guest
 
 import (
+	"errors"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // configureNetwork brings up lo and, when the command line has ip=, the
@@ -51,22 +51,102 @@ func configureNetwork(n *Net) error {
 	return nil
 }
 
-// writeNetFiles puts hostname, hosts and resolv.conf into the payload's
-// writable layer (never the read-only image).
-func writeNetFiles(root string, n *Net) {
-	hosts, resolv := NetFiles(n)
-	etc := filepath.Join(root, "etc")
-	os.MkdirAll(etc, 0o755)
-	write := func(name, data string) {
-		p := filepath.Join(etc, name)
-		os.Remove(p) // may be a dangling symlink in the image
-		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
-			logf("write /etc/%s: %v", name, err)
-		}
+// writeNetFiles puts hostname, hosts and resolv.conf for a guest called
+// name with network n (nil: none) into the payload's writable layer (never
+// the read-only image).
+func writeNetFiles(root, name string, n *Net) error {
+	hosts, resolv := NetFiles(name, n)
+	var errs []error
+	write := func(file, data string) {
+		errs = append(errs, writeInRoot(root, "etc", file, []byte(data), 0o644, -1, -1))
 	}
-	write("hostname", hostname(n)+"\n")
+	write("hostname", name+"\n")
 	write("hosts", hosts)
 	if n != nil && len(n.DNS) > 0 {
 		write("resolv.conf", resolv)
 	}
+	return errors.Join(errs...)
+}
+
+// reconfigureNetwork gives the guest's interface a new VM's network, as
+// after a restore from another VM's snapshot: its MAC (when mac is set),
+// n's address instead of every IPv4 address it had, the link up, the
+// default route via n's gateway (none without one), and a neighbour table
+// without the old VM's entries (the gateway's address may be the same, its
+// MAC in the new VM's namespace is not).
+func reconfigureNetwork(n *Net, mac net.HardwareAddr) error {
+	link, err := netlink.LinkByName(n.Device)
+	if err != nil {
+		return fmt.Errorf("network: interface %s: %w", n.Device, err)
+	}
+	if mac != nil {
+		switch err := netlink.LinkSetHardwareAddr(link, mac); {
+		case errors.Is(err, unix.EOPNOTSUPP):
+			// virtio-net refuses when it offers a standby (failover) device.
+			logf("network: %s keeps its MAC %s: the device cannot change it", n.Device, link.Attrs().HardwareAddr)
+		case err != nil:
+			return fmt.Errorf("network: MAC %s on %s: %w", mac, n.Device, err)
+		}
+	}
+	want := n.Prefix()
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("network: addresses of %s: %w", n.Device, err)
+	}
+	// Removed before the new one is added: removing a primary address also
+	// removes the secondaries of its subnet, the new one among them.
+	for _, a := range addrs {
+		if a.IPNet.String() == want.String() {
+			continue
+		}
+		// EADDRNOTAVAIL: a secondary that went with its primary.
+		if err := netlink.AddrDel(link, &a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("network: remove %s from %s: %w", a.IPNet, n.Device, err)
+		}
+	}
+	if err := netlink.AddrReplace(link, &netlink.Addr{IPNet: want}); err != nil {
+		return fmt.Errorf("network: address %s on %s: %w", want, n.Device, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return fmt.Errorf("network: up %s: %w", n.Device, err)
+	}
+	if n.Gateway != nil {
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}, Gw: n.Gateway}
+		if err := netlink.RouteReplace(r); err != nil {
+			return fmt.Errorf("network: default route via %s: %w", n.Gateway, err)
+		}
+	} else {
+		routes, err := netlink.RouteList(link, netlink.FAMILY_V4)
+		if err != nil {
+			return fmt.Errorf("network: routes of %s: %w", n.Device, err)
+		}
+		for _, r := range routes {
+			if isDefault(r.Dst) {
+				if err := netlink.RouteDel(&r); err != nil && !errors.Is(err, unix.ESRCH) {
+					return fmt.Errorf("network: remove the default route via %s: %w", r.Gw, err)
+				}
+			}
+		}
+	}
+	neigh, err := netlink.NeighList(link.Attrs().Index, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("network: neighbours of %s: %w", n.Device, err)
+	}
+	for _, nb := range neigh {
+		if nb.State&(netlink.NUD_PERMANENT|netlink.NUD_NOARP) != 0 {
+			continue // configured, not learnt (as `ip neigh flush` leaves them)
+		}
+		if err := netlink.NeighDel(&nb); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("network: forget neighbour %s on %s: %w", nb.IP, n.Device, err)
+		}
+	}
+	return nil
+}
+
+func isDefault(dst *net.IPNet) bool {
+	if dst == nil {
+		return true
+	}
+	ones, _ := dst.Mask.Size()
+	return ones == 0 && dst.IP.IsUnspecified()
 }

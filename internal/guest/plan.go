@@ -103,9 +103,9 @@ func ParseSignal(s string) (unix.Signal, bool) {
 	return sig, sig != 0
 }
 
-// NetFiles renders /etc/hosts and /etc/resolv.conf for the guest.
-func NetFiles(n *Net) (hosts, resolv string) {
-	name := hostname(n)
+// NetFiles renders /etc/hosts and /etc/resolv.conf for a guest called name
+// with network n (nil: none).
+func NetFiles(name string, n *Net) (hosts, resolv string) {
 	hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 	if n != nil {
 		hosts += fmt.Sprintf("%s\t%s\n", n.Addr, name)

@@ -103,11 +103,11 @@ func TestMountPlan(t *testing.T) {
 }
 
 func TestNetFiles(t *testing.T) {
-	hosts, resolv := NetFiles(&Net{Addr: net.IPv4(172, 16, 0, 2), Hostname: "web", DNS: []net.IP{net.ParseIP("172.16.0.1")}})
+	hosts, resolv := NetFiles("web", &Net{Addr: net.IPv4(172, 16, 0, 2), Hostname: "web", DNS: []net.IP{net.ParseIP("172.16.0.1")}})
 	if !strings.Contains(hosts, "172.16.0.2\tweb\n") || resolv != "nameserver 172.16.0.1\n" {
 		t.Fatalf("hosts %q resolv %q", hosts, resolv)
 	}
-	hosts, resolv = NetFiles(nil)
+	hosts, resolv = NetFiles("mergen", nil)
 	if !strings.Contains(hosts, "127.0.1.1\tmergen\n") || resolv != "" {
 		t.Fatalf("no network: hosts %q resolv %q", hosts, resolv)
 	}
