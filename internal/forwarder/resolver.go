@@ -56,6 +56,9 @@ type Target struct {
 // the file system.
 type index struct {
 	built time.Time
+	// rootMod is the config root's modification time when the index was
+	// built: a VM directory renamed in or out changes it.
+	rootMod time.Time
 	byID  map[string]*Target
 	ids   []string // sorted, for prefix search
 	byTag map[string][]*Target
@@ -71,9 +74,10 @@ type fileStamp struct {
 
 // Resolver maps labels to VMs from the meta.json files under a config root.
 // It keeps an index rebuilt at most once per TTL: a hit on a stale index is
-// answered at once and refreshes in the background; a miss on a stale index
-// refreshes first, so a VM created a moment ago is found on its first try
-// after the TTL.
+// answered at once and refreshes in the background; a miss refreshes first
+// when the index is stale or the config root changed since it was built (a
+// VM directory renamed in or out), so a VM created a moment ago is found on
+// its first try. Changes to an existing VM are seen after the TTL.
 type Resolver struct {
 	configRoot string
 	netnsRoot  string
@@ -119,7 +123,9 @@ func (r *Resolver) Resolve(ctx context.Context, label string) (*Target, error) {
 	stale := idx == nil || r.now().Sub(idx.built) >= r.ttl
 	if idx != nil {
 		t, err := idx.lookup(label)
-		if err == nil || !errors.Is(err, ErrNotFound) || !stale {
+		// A miss on a fresh index is final unless a VM directory came or
+		// went since: one stat, on misses only.
+		if err == nil || !errors.Is(err, ErrNotFound) || (!stale && !r.rootChanged(idx)) {
 			if stale {
 				r.refreshInBackground()
 			}
@@ -129,7 +135,7 @@ func (r *Resolver) Resolve(ctx context.Context, label string) (*Target, error) {
 	// Miss (or no index yet) on a stale index: refresh, unless another
 	// caller did while we waited for the lock.
 	r.rebuildMu.Lock()
-	if cur := r.cur.Load(); cur == nil || r.now().Sub(cur.built) >= r.ttl {
+	if cur := r.cur.Load(); cur == nil || r.now().Sub(cur.built) >= r.ttl || r.rootChanged(cur) {
 		if err := r.rebuildLocked(ctx); err != nil {
 			r.rebuildMu.Unlock()
 			return nil, err
@@ -137,6 +143,15 @@ func (r *Resolver) Resolve(ctx context.Context, label string) (*Target, error) {
 	}
 	r.rebuildMu.Unlock()
 	return r.cur.Load().lookup(label)
+}
+
+// rootChanged reports whether a VM was created or deleted since idx was
+// built: one stat of the config root. A VM created a moment after the last
+// rebuild (one restored from a snapshot answers within a second) is thus
+// found on its first request, not only after the TTL.
+func (r *Resolver) rootChanged(idx *index) bool {
+	st, err := os.Stat(r.configRoot)
+	return err == nil && !st.ModTime().Equal(idx.rootMod)
 }
 
 func (r *Resolver) refreshInBackground() {
@@ -190,6 +205,10 @@ func (idx *index) lookup(label string) (*Target, error) {
 // rebuildLocked scans the config root. A VM whose meta.json is unchanged
 // (same size and modification time) keeps its parsed entry.
 func (r *Resolver) rebuildLocked(ctx context.Context) error {
+	var rootMod time.Time
+	if st, err := os.Stat(r.configRoot); err == nil {
+		rootMod = st.ModTime()
+	}
 	entries, err := os.ReadDir(r.configRoot)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("resolver: read config root %s: %w", r.configRoot, err)
@@ -240,7 +259,7 @@ func (r *Resolver) rebuildLocked(ctx context.Context) error {
 		next.ids = append(next.ids, id)
 	}
 	sort.Strings(next.ids)
-	next.built = r.now()
+	next.built, next.rootMod = r.now(), rootMod
 	r.cur.Store(next)
 	return nil
 }

@@ -149,9 +149,10 @@ func TestResolverTargetProblems(t *testing.T) {
 	}
 }
 
-// The index is reused within the TTL (no scan per lookup), a miss after
-// the TTL rescans, and a hit after the TTL is answered from the old index
-// while a refresh runs.
+// The index is reused within the TTL (no scan per lookup): a changed tag
+// of an existing VM is seen after the TTL, a hit after the TTL is answered
+// from the old index while a refresh runs; a VM created since the last
+// scan is found on its first lookup, however fresh the index.
 func TestResolverTTL(t *testing.T) {
 	root := t.TempDir()
 	now := time.Unix(1000, 0)
@@ -161,14 +162,22 @@ func TestResolverTTL(t *testing.T) {
 	if _, err := r.Resolve(context.Background(), "one"); err != nil {
 		t.Fatal(err)
 	}
-	writeMeta(t, root, store.Meta{ID: idC, GuestIP: "127.0.0.1", HTTPPort: 80, Tags: map[string]string{"app": "two"}})
+	// Retag the existing VM: its directory stays, the root is unchanged.
+	later := time.Now().Add(time.Minute)
+	writeMeta(t, root, store.Meta{ID: idA, GuestIP: "127.0.0.1", HTTPPort: 80, Tags: map[string]string{"app": "renamed"}})
+	os.Chtimes(filepath.Join(root, idA, store.FileMeta), later, later)
 	now = now.Add(4 * time.Second)
-	if _, err := r.Resolve(context.Background(), "two"); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("within the TTL a new VM must not be seen (no rescan), got %v", err)
+	if _, err := r.Resolve(context.Background(), "renamed"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("within the TTL a changed VM must not be seen (no rescan), got %v", err)
 	}
 	now = now.Add(2 * time.Second)
-	if got, err := r.Resolve(context.Background(), "two"); err != nil || got.ID != idC {
+	if got, err := r.Resolve(context.Background(), "renamed"); err != nil || got.ID != idA {
 		t.Fatalf("a miss after the TTL must rescan: %v, %v", got, err)
+	}
+	// A new VM, a moment after the rescan.
+	writeMeta(t, root, store.Meta{ID: idC, GuestIP: "127.0.0.1", HTTPPort: 80, Tags: map[string]string{"app": "two"}})
+	if got, err := r.Resolve(context.Background(), "two"); err != nil || got.ID != idC {
+		t.Fatalf("a VM created since the last scan must be found at once: %v, %v", got, err)
 	}
 	if err := os.RemoveAll(filepath.Join(root, idC)); err != nil {
 		t.Fatal(err)
