@@ -54,9 +54,10 @@ func TestVirtioDevicesAndSerialPortBySysfs(t *testing.T) {
 	}
 }
 
-// The accept loop behind the vsock listener, on a unix socket (this host
-// has no vsock peer to connect from): connections are served side by side,
-// each to its end, and one that hangs up early harms no other.
+// The accept loop behind the vsock listener, on a unix socket (a test
+// outside a guest has no vsock peer to connect from): connections are
+// served side by side, each to its end, and one that hangs up early harms
+// no other.
 func TestServeListenerServesEachConnection(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "agent.sock")
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
