@@ -5,4 +5,4 @@
 # assets (make assets).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-go test -run '^$' -bench 'BenchmarkSnapshotRestore$' -benchtime 1x -count 1 -timeout 30m ./test/e2e/ | grep -E '^(POST|  cold|snapshot)'
+go test -run '^$' -bench 'BenchmarkSnapshotRestore$' -benchtime 1x -count 1 -timeout 30m ./test/e2e/ | grep -E '^(POST|  cold|  of which|snapshot|--- FAIL|FAIL)'
