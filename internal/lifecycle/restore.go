@@ -69,14 +69,10 @@ func tell(ctx context.Context, driver vmm.Driver, spec vmm.Spec, id agentproto.I
 	}
 	defer conn.Close()
 	id.UnixNano = time.Now().UnixNano()
-	resp, err := agentproto.Call(cctx, conn, agentproto.Request{Op: "identity", Identity: &id})
-	if err != nil {
-		return err
-	}
-	if !resp.OK {
-		return fmt.Errorf("agent: %s", resp.Error)
-	}
-	return nil
+	// An answer that is not OK is an error too (agentproto.ErrRefused),
+	// naming the step the guest could not apply.
+	_, err = agentproto.Call(cctx, conn, agentproto.Request{Op: agentproto.OpIdentity, Identity: &id})
+	return err
 }
 
 // identity is what a restored guest must take on to be VM m.
