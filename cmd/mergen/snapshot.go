@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mergenhq/mergen/internal/progress"
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
@@ -131,21 +132,7 @@ func printSnapshots(w io.Writer, format string, snaps []wire.Snapshot, asList bo
 			src = wire.ShortID(s.Source.VM)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d vCPU/%d MiB\t%s\t%dms\t%s\t%s\n", wire.ShortID(s.ID), src, s.VMM, s.VCPU, s.MemMiB,
-			sizeText(s.SizeBytes), s.DurationMs, dash(s.Ready), age(s.CreatedAt))
+			progress.Bytes(s.SizeBytes), s.DurationMs, dash(s.Ready), age(s.CreatedAt))
 	}
 	return tw.Flush()
-}
-
-// sizeText is a byte count in the largest binary unit that keeps it >= 1.
-func sizeText(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
