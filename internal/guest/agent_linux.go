@@ -29,6 +29,13 @@ const serialPortWait = 10 * time.Second
 // told: SIGIO is what wakes it, this only covers a signal lost.
 const serialRecheck = time.Second
 
+// serialHostWait is how long an answer waits for the port to learn that
+// the host which asked is connected, polling every serialHostPoll.
+const (
+	serialHostWait = 2 * time.Second
+	serialHostPoll = 20 * time.Millisecond
+)
+
 // startAgent serves the agent protocol on each channel the VMM gave this
 // guest, for the rest of PID 1's life. A host older than the agent gives
 // neither: then it does nothing.
@@ -217,25 +224,19 @@ type serialPort struct {
 	path string
 }
 
-// hostConnected reports whether a host is connected. When none is, what the
-// last one sent and nobody read is thrown away, so that it cannot prefix
-// the next host's first request.
+// hostConnected reports whether there is a host to serve: one is
+// connected, or data is waiting. The guest learns of a connection (a
+// control message, handled by a kernel worker) and of its data (the data
+// queue) on separate paths, so a host's first request can be readable
+// while the port still reports the host gone: that request is served, not
+// thrown away. Bytes a departed host left are harmless: every request
+// starts a fresh line and carries an id its answer echoes (agentproto).
 func (p serialPort) hostConnected() bool {
 	fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}}
 	if _, err := unix.Poll(fds, 0); err != nil {
 		return false
 	}
-	if fds[0].Revents&unix.POLLHUP == 0 {
-		return true
-	}
-	var buf [4096]byte
-	for {
-		// Returns the stale bytes, then 0 (no host); EAGAIN means a host
-		// connected meanwhile and its bytes are left alone.
-		if n, err := unix.Read(p.fd, buf[:]); n <= 0 && !errors.Is(err, unix.EINTR) {
-			return false
-		}
-	}
+	return fds[0].Revents&unix.POLLIN != 0 || fds[0].Revents&unix.POLLHUP == 0
 }
 
 // wait blocks until the port is ready for events or the host leaves, and
@@ -276,18 +277,25 @@ func (p serialPort) Read(b []byte) (int, error) {
 
 func (p serialPort) Write(b []byte) (int, error) {
 	done := 0
+	var hostWait time.Duration
 	for done < len(b) {
 		n, err := unix.Write(p.fd, b[done:])
 		switch {
 		case errors.Is(err, unix.EINTR):
 		case errors.Is(err, unix.EAGAIN):
-			// The host's buffers are full, or there is no host any more.
+			// The host's buffers are full, or the port does not know of
+			// the host (yet: its connection's control message may come
+			// after its request, see hostConnected; or any more).
 			ev, err := p.wait(unix.POLLOUT)
 			if err != nil {
 				return done, err
 			}
 			if ev&unix.POLLOUT == 0 && ev&unix.POLLHUP != 0 {
-				return done, errHostGone
+				if hostWait >= serialHostWait {
+					return done, errHostGone
+				}
+				time.Sleep(serialHostPoll)
+				hostWait += serialHostPoll
 			}
 		case err != nil:
 			return done, fmt.Errorf("write %s: %w", p.path, err)

@@ -59,9 +59,15 @@ func (r *Runner) restored(ctx context.Context, driver vmm.Driver, spec vmm.Spec,
 	return nil
 }
 
+// tellAttempt bounds one connection's wait for the guest's answer, which
+// normally comes in tens of milliseconds.
+const tellAttempt = 1500 * time.Millisecond
+
 // tell sends the identity over one agent connection.
 func tell(ctx context.Context, driver vmm.Driver, spec vmm.Spec, id agentproto.Identity) error {
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	// Short attempts: a guest that has not noticed this connection (its
+	// virtio-serial port's open event) notices the next one.
+	cctx, cancel := context.WithTimeout(ctx, tellAttempt)
 	defer cancel()
 	conn, err := driver.Agent(cctx, spec)
 	if err != nil {
