@@ -306,6 +306,10 @@ func validPath(p string) error {
 		return errors.New("path: contains NUL")
 	case len(p) > 4096:
 		return errors.New("path: longer than 4096 bytes")
+	case p == "/.." || strings.HasSuffix(p, "/..") || strings.Contains(p, "/../"):
+		// Links resolve inside the guest's root anyway; a ".." that
+		// tries to climb out of it is a mistake said so.
+		return fmt.Errorf("path %q: \"..\" is refused", p)
 	}
 	return nil
 }

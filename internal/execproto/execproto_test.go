@@ -96,6 +96,7 @@ func TestRequestValidation(t *testing.T) {
 		"window size":         {Op: OpExec, ExecRequest: ExecRequest{Argv: []string{"a"}, TTY: true, Cols: -1}},
 		"path \"x\": not abs": {Op: OpRead, Path: "x"},
 		"path: missing":       {Op: OpWrite},
+		"is refused":          {Op: OpRead, Path: "/app/../../etc/shadow"},
 		"op \"rm\": unknown":  {Op: "rm"},
 		"op: missing":         {},
 	}
