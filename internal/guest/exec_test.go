@@ -36,7 +36,7 @@ type execFixture struct {
 	secret []byte // the guest's copy
 }
 
-func newExecFixture(t *testing.T) *execFixture {
+func newExecFixture(t *testing.T, opts ...func(*execServer)) *execFixture {
 	t.Helper()
 	testenv.RequireRoot(t) // chroot, and files owned by the image's user
 	root := t.TempDir()
@@ -74,6 +74,9 @@ func newExecFixture(t *testing.T) *execFixture {
 		return f.secret
 	}
 	f.server = newExecServer(root, Cred{UID: 1000, GID: 1000, Home: "/home/app"}, "/app", env, secret, newChildren(true))
+	for _, o := range opts {
+		o(f.server)
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	must(err)
 	t.Cleanup(func() { l.Close() })
@@ -240,7 +243,7 @@ func TestExecAgentSignalsAndHangsUp(t *testing.T) {
 }
 
 func TestExecAgentRefusesWrongSecretAndBoundsSessions(t *testing.T) {
-	f := newExecFixture(t)
+	f := newExecFixture(t, func(s *execServer) { s.slots = make(chan struct{}, 1) })
 	f.Deliver(t)
 	bad := f.target
 	bad.Secret = bytes.Repeat([]byte{1}, execproto.SecretLen)
@@ -250,7 +253,6 @@ func TestExecAgentRefusesWrongSecretAndBoundsSessions(t *testing.T) {
 		t.Errorf("wrong secret: %v", err)
 	}
 
-	f.server.slots = make(chan struct{}, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	s, err := execclient.Exec(ctx, f.target, execclient.Request{Argv: []string{"sleep", "100"}})
