@@ -55,7 +55,11 @@ const MaxLine = 64 << 10
 const (
 	OpPing     = "ping"     // answers OK once the agent serves; the host waits with it
 	OpIdentity = "identity" // makes the guest the VM that Identity describes
+	OpSecret   = "secret"   // gives the guest the VM's exec-agent secret (internal/execproto)
 )
+
+// SecretLen is the length of the VM's exec-agent secret.
+const SecretLen = 32
 
 // MinEntropy and MaxEntropy bound Identity.Entropy.
 const (
@@ -70,6 +74,10 @@ type Request struct {
 	ID       string    `json:"id,omitempty"`
 	Op       string    `json:"op"`
 	Identity *Identity `json:"identity,omitempty"`
+	// Secret is OpSecret's: the key the exec agent checks every
+	// connection's answer with. This channel is the only one the guest
+	// takes it from: only the host reaches it.
+	Secret []byte `json:"secret,omitempty"`
 }
 
 // MaxID bounds Request.ID.
@@ -92,6 +100,10 @@ type Identity struct {
 	// Entropy is at least MinEntropy random bytes from the host, so that
 	// guests restored from one snapshot do not share a random stream.
 	Entropy []byte `json:"entropy"`
+	// Secret, when set, replaces the exec agent's secret (the snapshot's
+	// VM's); when empty, the guest forgets the snapshot's and waits for
+	// OpSecret.
+	Secret []byte `json:"secret,omitempty"`
 }
 
 // Response is what the guest answers.
@@ -122,10 +134,15 @@ func (r Request) Validate() error {
 			return errors.New("identity: missing")
 		}
 		return r.Identity.Validate()
+	case OpSecret:
+		if len(r.Secret) != SecretLen {
+			return fmt.Errorf("secret: %d bytes, want %d", len(r.Secret), SecretLen)
+		}
+		return nil
 	case "":
 		return errors.New("op: missing")
 	}
-	return fmt.Errorf("op %q: unknown (want %s or %s)", r.Op, OpPing, OpIdentity)
+	return fmt.Errorf("op %q: unknown (want %s, %s or %s)", r.Op, OpPing, OpIdentity, OpSecret)
 }
 
 // Validate reports the first field of id that the guest could not apply,
@@ -172,6 +189,9 @@ func (id Identity) Validate() error {
 	}
 	if n := len(id.Entropy); n < MinEntropy || n > MaxEntropy {
 		return fmt.Errorf("identity: entropy: %d bytes, want %d to %d", n, MinEntropy, MaxEntropy)
+	}
+	if n := len(id.Secret); n != 0 && n != SecretLen {
+		return fmt.Errorf("identity: secret: %d bytes, want %d", n, SecretLen)
 	}
 	return nil
 }

@@ -52,6 +52,8 @@ func TestIdentityValidateNamesTheBadField(t *testing.T) {
 		{"short entropy", func(id *Identity) { id.Entropy = id.Entropy[:MinEntropy-1] }, "entropy: 31 bytes, want 32 to 4096"},
 		{"no entropy", func(id *Identity) { id.Entropy = nil }, "entropy: 0 bytes"},
 		{"too much entropy", func(id *Identity) { id.Entropy = make([]byte, MaxEntropy+1) }, "entropy"},
+		{"secret", func(id *Identity) { id.Secret = make([]byte, SecretLen) }, ""},
+		{"short secret", func(id *Identity) { id.Secret = make([]byte, SecretLen-1) }, "secret: 31 bytes, want 32"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			id := validIdentity()
@@ -81,6 +83,9 @@ func TestRequestValidate(t *testing.T) {
 		{Request{Op: OpIdentity}, "identity: missing"},
 		{Request{}, "op: missing"},
 		{Request{Op: "reboot"}, `op "reboot": unknown`},
+		{Request{Op: OpSecret, Secret: make([]byte, SecretLen)}, ""},
+		{Request{Op: OpSecret}, "secret: 0 bytes, want 32"},
+		{Request{Op: OpSecret, Secret: make([]byte, 64)}, "secret: 64 bytes"},
 	} {
 		err := c.req.Validate()
 		if (c.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.want)) {

@@ -178,12 +178,13 @@ func TestImportsFlowOneWay(t *testing.T) {
 	}
 }
 
-// The wire types are the API's contract, and agentproto the contract
-// between the host and the guest: standard library only, so that whatever
-// speaks either links nothing of the daemon (or of the guest's init).
+// The wire types are the API's contract, and agentproto and execproto the
+// contracts between the host and the guest (execproto's frames also travel
+// to API clients): standard library only, so that whatever speaks either
+// links nothing of the daemon (or of the guest's init).
 func TestWireTypesUseTheStandardLibraryOnly(t *testing.T) {
-	pkgs := listPackages(t, "./internal/wire", "./internal/agentproto")
-	for _, name := range []string{"internal/wire", "internal/agentproto"} {
+	pkgs := listPackages(t, "./internal/wire", "./internal/agentproto", "./internal/execproto")
+	for _, name := range []string{"internal/wire", "internal/agentproto", "internal/execproto"} {
 		p, ok := pkgs[name]
 		if !ok {
 			t.Errorf("%s: not found", name)
@@ -204,6 +205,27 @@ func TestClientLinksNoHostMachinery(t *testing.T) {
 			if strings.HasPrefix(d, banned) {
 				t.Errorf("internal/client links %s", d)
 			}
+		}
+	}
+}
+
+// The exec agent's two sides share execproto and nothing else: the daemon
+// links no guest code, the guest's init no host code.
+func TestExecSidesLinkOnlyTheProtocol(t *testing.T) {
+	pkgs := listPackages(t, "./internal/execclient", "./cmd/mergen-init")
+	for _, n := range []string{"internal/execclient", "cmd/mergen-init"} {
+		if !contains(pkgs[n].Deps, module+"/internal/execproto") {
+			t.Fatalf("%s: does not link execproto (or was not listed)", n)
+		}
+	}
+	for _, d := range pkgs["internal/execclient"].Deps {
+		if d == module+"/internal/guest" {
+			t.Errorf("internal/execclient links %s", d)
+		}
+	}
+	for _, d := range pkgs["cmd/mergen-init"].Deps {
+		if d == module+"/internal/execclient" || d == module+"/internal/vmnet" {
+			t.Errorf("cmd/mergen-init links %s", d)
 		}
 	}
 }

@@ -122,6 +122,9 @@ type bootOpts struct {
 	// agentSock, when set, gives the guest the agent's virtio-serial port,
 	// its host side a unix socket QEMU listens on at this path.
 	agentSock string
+	// netns, when set, runs QEMU in that network namespace with a virtio
+	// NIC on its tap device "tap0".
+	netns string
 }
 
 func boot(t *testing.T, o bootOpts) *vm {
@@ -156,9 +159,17 @@ func boot(t *testing.T, o bootOpts) *vm {
 			"-chardev", "socket,id=agent0,path="+o.agentSock+",server=on,wait=off",
 			"-device", "virtserialport,chardev=agent0,name="+agentproto.SerialName)
 	}
+	qemu := testenv.Tool(t, "qemu-system-x86_64")
+	if o.netns != "" {
+		args = append(args, "-netdev", "tap,id=t0,ifname=tap0,script=no,downscript=no", "-device", "virtio-net-pci,netdev=t0")
+		// ip execs QEMU in the namespace: the process killed at the end
+		// is QEMU itself.
+		args = append([]string{"netns", "exec", o.netns, qemu}, args...)
+		qemu = testenv.Tool(t, "ip")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), bootLimit)
 	t.Cleanup(cancel)
-	v.cmd = exec.CommandContext(ctx, testenv.Tool(t, "qemu-system-x86_64"), args...)
+	v.cmd = exec.CommandContext(ctx, qemu, args...)
 	out, err := v.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -31,7 +31,12 @@
 //     /etc files, MAC, address, default route and a flushed neighbour table,
 //     extraEnv for /run/mergen/env and for every later payload start. The
 //     answer is OK only when every step succeeded; otherwise it names the
-//     step.
+//     step. `secret` (and an identity's secret) sets the exec agent's key,
+//     kept in PID 1's memory only.
+//   - Exec agent (internal/execproto), from when the payload's root is
+//     ready, on TCP port 10022: commands (pipes or a terminal) and tar
+//     copies of files in the payload's root, for a host that answers the
+//     challenge with the VM's secret (docs/exec.md).
 //   - Console: `mergen-init: ...` progress lines, `[payload] ...` output, one
 //     `mergen-init: boot timeline: kernel-start->payload-exec <s>s` line and,
 //     at the end, `mergen-init: exit status N` before sync, unmount and

@@ -32,6 +32,10 @@ type vmState struct {
 	// cred whom the env file belongs to.
 	root string
 	cred Cred
+	// secret is the exec agent's key (execproto), from the host over the
+	// agent channel; nil until then. It lives in this process's memory
+	// only: no file, no command line, nothing the payload can read.
+	secret []byte
 }
 
 func newVMState(boot Boot) *vmState {
@@ -66,6 +70,13 @@ func (s *vmState) current() (extraEnv []string, hostname string) {
 	return s.extraEnv, s.hostname
 }
 
+// execSecret returns the exec agent's secret, nil before the host sent one.
+func (s *vmState) execSecret() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.secret
+}
+
 // handle answers the agent's requests (already validated by agentproto).
 func (s *vmState) handle(req agentproto.Request) agentproto.Response {
 	switch req.Op {
@@ -76,6 +87,12 @@ func (s *vmState) handle(req agentproto.Request) agentproto.Response {
 			logf("identity: %v", err) // errors name fields, never env values
 			return agentproto.Response{Error: "identity: " + err.Error()}
 		}
+		return agentproto.Response{OK: true}
+	case agentproto.OpSecret:
+		s.mu.Lock()
+		s.secret = append([]byte(nil), req.Secret...)
+		s.mu.Unlock()
+		logf("agent: exec secret set")
 		return agentproto.Response{OK: true}
 	}
 	return agentproto.Response{Error: fmt.Sprintf("op %q: unknown", req.Op)}
@@ -89,6 +106,13 @@ func (s *vmState) applyIdentity(id agentproto.Identity) error {
 	p, err := planIdentity(id, s.net)
 	if err != nil {
 		return err
+	}
+	// First: the snapshot's VM's secret must not open this VM, even if a
+	// later step fails. Without a new one the exec agent refuses every
+	// host until one is delivered.
+	s.secret = nil
+	if len(id.Secret) > 0 {
+		s.secret = append([]byte(nil), id.Secret...)
 	}
 	// A restored guest's clock is the snapshot's.
 	tv := unix.NsecToTimeval(p.clock.UnixNano())

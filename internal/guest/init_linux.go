@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/execproto"
 	"github.com/mergenhq/mergen/internal/imagemeta"
 	"golang.org/x/sys/unix"
 )
@@ -309,12 +311,14 @@ func setupAndRun(stop chan os.Signal) (int, error) {
 	if err := state.rootReady(rootMnt, cred); err != nil {
 		return ExitInitFailed, err
 	}
-	// Every start of the payload, restarts included, gets the VM's
-	// extraEnv and hostname as they are then: an identity replaces both.
-	envNow := func() []string {
+	// Every start of the payload, restarts included, and every exec get
+	// the VM's extraEnv and hostname as they are then: an identity
+	// replaces both.
+	envFor := func(home string) []string {
 		extra, host := state.current()
-		return PayloadEnv(spec.Env, envDisk, extra, cred.Home, host)
+		return PayloadEnv(spec.Env, envDisk, extra, home, host)
 	}
+	envNow := func() []string { return envFor(cred.Home) }
 	// The entrypoint is resolved once, with the PATH of the first start.
 	path, _ := LookupEnv(envNow(), "PATH")
 	exe, err := ResolveCommand(rootMnt, spec.Argv[0], path)
@@ -336,7 +340,32 @@ func setupAndRun(stop chan os.Signal) (int, error) {
 			logf("stop signal %q unknown, using SIGTERM", spec.StopSignal)
 		}
 	}
-	return supervise(&payload{exe: exe, argv: spec.Argv, env: envNow, dir: wd, cred: cred, root: rootMnt, start: uptime}, boot, stopSig, stop)
+	// Children are collected from here on, before the exec agent can
+	// start any: a SIGCHLD from then is not lost.
+	chld := make(chan os.Signal, 16)
+	signal.Notify(chld, unix.SIGCHLD)
+	startExecAgent(newExecServer(rootMnt, cred, wd, envFor, state.execSecret, execChildren))
+	return supervise(&payload{exe: exe, argv: spec.Argv, env: envNow, dir: wd, cred: cred, root: rootMnt, start: uptime}, boot, stopSig, stop, chld)
+}
+
+// execChildren are the exec agent's commands, whose statuses reap passes
+// on.
+var execChildren = newChildren(false)
+
+// startExecAgent serves the exec agent on every guest address for the rest
+// of PID 1's life. It serves from when the payload's root is ready: every
+// session runs there.
+func startExecAgent(s *execServer) {
+	l, err := net.Listen("tcp", fmt.Sprintf(":%d", execproto.Port))
+	if err != nil {
+		logf("exec: listen on port %d: %v", execproto.Port, err)
+		return
+	}
+	logf("exec: listening on port %d", execproto.Port)
+	go func() {
+		err := s.serve(l)
+		logf("exec: %v", err)
+	}()
 }
 
 func hostname(n *Net) string {
@@ -516,10 +545,9 @@ func (p *payload) run(out *sync.WaitGroup) (int, error) {
 
 // supervise runs the payload, reaps every child, and handles stop requests.
 // One loop calls wait4(-1) so reaping orphans never races the payload's wait.
-func supervise(p *payload, boot Boot, stopSig unix.Signal, stop chan os.Signal) (int, error) {
+// chld is notified of SIGCHLD.
+func supervise(p *payload, boot Boot, stopSig unix.Signal, stop, chld chan os.Signal) (int, error) {
 	restart := boot.Restart
-	chld := make(chan os.Signal, 16)
-	signal.Notify(chld, unix.SIGCHLD)
 	var out sync.WaitGroup
 	first := true
 	for {
@@ -587,14 +615,20 @@ func drain(out *sync.WaitGroup) {
 }
 
 // reap collects every exited child and returns the main payload's status when
-// it is among them, else -1.
+// it is among them, else -1. The exec agent's commands' statuses go to
+// their sessions.
 func reap(main int) int {
+	execChildren.mu.Lock()
+	defer execChildren.mu.Unlock()
 	status := -1
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
 		if pid <= 0 || err != nil {
 			return status
+		}
+		if execChildren.collected(pid, ws) {
+			continue
 		}
 		if pid == main {
 			switch {

@@ -47,6 +47,10 @@ type VM struct {
 	// pre-start and post-stop stages. Lists read it instead of asking
 	// every VMM.
 	Paused string
+	// AgentSecret is the key the host proves to the guest's exec agent
+	// (execclient.EnsureSecret): 0600, the host's alone. Losing it costs
+	// nothing: the next exec delivers a new one.
+	AgentSecret string
 
 	// The detached supervisor's files, in the run directory.
 	SupervisorPID   string
@@ -91,6 +95,8 @@ func (l Layout) VM(id string) VM {
 		Socket:  filepath.Join(run, "vmm.sock"),
 		PIDFile: filepath.Join(run, "vmm.pid"),
 		Paused:  filepath.Join(run, "paused"),
+
+		AgentSecret: filepath.Join(run, "agent.secret"),
 
 		SupervisorPID:   filepath.Join(run, "supervisor.pid"),
 		SupervisorState: filepath.Join(run, "supervisor.state.json"),

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mergenhq/mergen/internal/agentproto"
+	"github.com/mergenhq/mergen/internal/execclient"
 	"github.com/mergenhq/mergen/internal/layout"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/vmm"
@@ -37,7 +38,7 @@ func (r *Runner) restored(ctx context.Context, driver vmm.Driver, spec vmm.Spec,
 	if err := driver.Restored(ctx, spec); err != nil {
 		return err
 	}
-	id, err := identity(m)
+	id, err := identity(m, r.Store.Paths(m.ID).AgentSecret)
 	if err != nil {
 		return err
 	}
@@ -81,8 +82,10 @@ func tell(ctx context.Context, driver vmm.Driver, spec vmm.Spec, id agentproto.I
 	return err
 }
 
-// identity is what a restored guest must take on to be VM m.
-func identity(m store.Meta) (agentproto.Identity, error) {
+// identity is what a restored guest must take on to be VM m, its exec
+// agent's secret (kept at secretPath, made when missing) included: the
+// snapshot's guest holds the source VM's, which must not open this one.
+func identity(m store.Meta, secretPath string) (agentproto.Identity, error) {
 	id := agentproto.Identity{Hostname: store.Hostname(m), Device: "eth0", MAC: m.MAC, Gateway: m.Gateway, Env: m.ExtraEnv}
 	if m.GuestIP != "" {
 		ip, err := netip.ParseAddr(m.GuestIP)
@@ -95,5 +98,10 @@ func identity(m store.Meta) (agentproto.Identity, error) {
 	if _, err := rand.Read(id.Entropy); err != nil {
 		return id, fmt.Errorf("restore: entropy: %w", err)
 	}
+	secret, err := execclient.EnsureSecret(secretPath)
+	if err != nil {
+		return id, fmt.Errorf("restore: %w", err)
+	}
+	id.Secret = secret
 	return id, nil
 }

@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,9 +16,14 @@ import (
 func TestIdentityIsTheVMsOwn(t *testing.T) {
 	m := store.Meta{ID: "0b6f4a2e-9c1d-4e8f-a0b1-3c5d7e9f1a2b", GuestIP: "172.31.0.7", PrefixLen: 24, Gateway: "172.31.0.1",
 		MAC: "02:fc:0b:6f:4a:2e", Tags: map[string]string{"name": "copy"}, ExtraEnv: map[string]string{"GREETING": "hi"}}
-	a, err := identity(m)
+	secretPath := filepath.Join(t.TempDir(), "agent.secret")
+	a, err := identity(m, secretPath)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// The exec agent's secret is the VM's own, from its run directory.
+	if own, err := os.ReadFile(secretPath); err != nil || len(a.Secret) != 32 || string(a.Secret) != string(own) {
+		t.Fatalf("identity secret: %d bytes, the VM's %d bytes (%v)", len(a.Secret), len(own), err)
 	}
 	if a.Hostname != "copy" || a.Addr != "172.31.0.7/24" || a.Gateway != "172.31.0.1" || a.MAC != m.MAC || a.Device != "eth0" || a.Env["GREETING"] != "hi" {
 		t.Fatalf("identity %+v", a)
@@ -26,12 +32,12 @@ func TestIdentityIsTheVMsOwn(t *testing.T) {
 	if err := a.Validate(); err != nil {
 		t.Fatalf("the guest would refuse it: %v", err)
 	}
-	b, _ := identity(m)
+	b, _ := identity(m, secretPath)
 	if len(a.Entropy) != 64 || string(a.Entropy) == string(b.Entropy) {
 		t.Fatal("two identities share their entropy")
 	}
 	m.Tags = nil
-	if c, _ := identity(m); c.Hostname != "vm-0b6f4a2e" {
+	if c, _ := identity(m, secretPath); c.Hostname != "vm-0b6f4a2e" {
 		t.Fatalf("unnamed VM's hostname %q", c.Hostname)
 	}
 }
