@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -13,6 +14,10 @@ import (
 
 func main() {
 	if err := newRootCmd().Execute(); err != nil {
+		var exit exitError
+		if errors.As(err, &exit) { // mergen exec: the command's own status
+			os.Exit(exit.code)
+		}
 		fmt.Fprintln(os.Stderr, "mergen:", err)
 		os.Exit(1)
 	}
@@ -26,7 +31,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newVersionCmd(), newServerCmd(), newVMCmd(), newLogsCmd(),
-		newImagesCmd(), newConfigCmd(), newDoctorCmd(), newCertsCmd(), newRunCmd(), newDemoCmd(), newSnapshotCmd())
+		newImagesCmd(), newConfigCmd(), newDoctorCmd(), newCertsCmd(), newRunCmd(), newDemoCmd(), newSnapshotCmd(), newExecCmd(), newCpCmd())
 	return root
 }
 

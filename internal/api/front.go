@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"mime"
+	"strings"
 	"net"
 	"net/http"
 	"slices"
@@ -26,9 +27,10 @@ const MaxHeaderBytes = 64 << 10
 //   - With Tokens set, every request but GET /healthz and GET /health needs
 //     Authorization: Bearer <one of the tokens>, else 401 with
 //     WWW-Authenticate: Bearer.
-//   - A request with a body must say Content-Type: application/json, else
-//     415: a browser's "simple" requests (text/plain, form posts) never
-//     reach a handler.
+//   - A request with a body must say Content-Type: application/json (a
+//     file upload, PUT /v1/vms/{id}/files, also application/x-tar or
+//     application/octet-stream), else 415: a browser's "simple" requests
+//     (text/plain, form posts) never reach a handler.
 //
 // Each refusal is logged (status, reason, method, path, peer), never with a
 // header's value.
@@ -82,13 +84,22 @@ func (d FrontDoor) Wrap(next http.Handler) http.Handler {
 		}
 		if hasBody(r) {
 			ct := r.Header.Get("Content-Type")
-			if mt, _, err := mime.ParseMediaType(ct); err != nil || mt != "application/json" {
+			if mt, _, err := mime.ParseMediaType(ct); err != nil || (mt != "application/json" && !fileUpload(r, mt)) {
 				d.refuse(w, r, http.StatusUnsupportedMediaType, "request body is not JSON", "a request body must be sent with Content-Type: application/json")
 				return
 			}
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// fileUpload reports a file upload (PUT /v1/vms/{id}/files) in one of its
+// two content types. Neither is a browser's "simple" type, and a PUT is
+// never simple: a cross-site page cannot send one without a preflight,
+// which this API never grants.
+func fileUpload(r *http.Request, mt string) bool {
+	return r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/files") &&
+		(mt == "application/x-tar" || mt == "application/octet-stream")
 }
 
 // open are the requests that need no token: health, for load balancers and

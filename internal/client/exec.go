@@ -1,0 +1,205 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/coder/websocket"
+
+	"github.com/mergenhq/mergen/internal/execproto"
+)
+
+// ExecIO is where an exec session's streams come from and go to.
+type ExecIO struct {
+	Stdin          io.Reader // nil: no input (the request's Stdin is false)
+	Stdout, Stderr io.Writer
+	// Resize and Signal, when set, are sent to the command as they come:
+	// window sizes (with a terminal) and signal names ("INT", "TERM").
+	Resize <-chan execproto.WindowSize
+	Signal <-chan string
+}
+
+// Exec runs a command in VM id through POST /v1/vms/{id}/exec (a
+// WebSocket carrying the exec agent's frames, docs/exec.md) and returns
+// its exit status once it has ended.
+func (c *Client) Exec(ctx context.Context, id string, req execproto.ExecRequest, streams ExecIO) (execproto.Exit, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ws, err := c.dialExec(ctx, id)
+	if err != nil {
+		return execproto.Exit{}, err
+	}
+	defer ws.CloseNow()
+	ws.SetReadLimit(execproto.HeaderLen + execproto.MaxPayload)
+	send := func(st execproto.Stream, p []byte) error {
+		b, err := execproto.AppendFrame(nil, st, p)
+		if err != nil {
+			return err
+		}
+		return ws.Write(ctx, websocket.MessageBinary, b)
+	}
+	body, err := json.Marshal(execproto.Request{Op: execproto.OpExec, ExecRequest: req})
+	if err != nil {
+		return execproto.Exit{}, err
+	}
+	if err := send(execproto.StreamRequest, body); err != nil {
+		return execproto.Exit{}, fmt.Errorf("exec vm %s: send the request: %w", id, err)
+	}
+	if streams.Stdin != nil && req.Stdin {
+		go func() {
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := streams.Stdin.Read(buf)
+				if n > 0 && send(execproto.StreamStdin, buf[:n]) != nil {
+					return
+				}
+				if err != nil {
+					send(execproto.StreamStdin, nil) // end of input
+					return
+				}
+			}
+		}()
+	}
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case ws, ok := <-streams.Resize:
+				if !ok {
+					streams.Resize = nil
+					continue
+				}
+				b, _ := json.Marshal(ws)
+				send(execproto.StreamResize, b)
+			case sig, ok := <-streams.Signal:
+				if !ok {
+					streams.Signal = nil
+					continue
+				}
+				b, _ := json.Marshal(execproto.SignalMsg{Signal: sig})
+				send(execproto.StreamSignal, b)
+			}
+		}
+	}()
+	for {
+		typ, msg, err := ws.Read(ctx)
+		if err != nil {
+			return execproto.Exit{}, fmt.Errorf("exec vm %s: the session ended without an exit status: %w", id, err)
+		}
+		if typ != websocket.MessageBinary {
+			continue
+		}
+		st, p, err := execproto.NewDecoder(bytes.NewReader(msg)).Next()
+		if err != nil {
+			return execproto.Exit{}, fmt.Errorf("exec vm %s: %w", id, err)
+		}
+		switch st {
+		case execproto.StreamStdout:
+			if streams.Stdout != nil {
+				streams.Stdout.Write(p)
+			}
+		case execproto.StreamStderr:
+			if streams.Stderr != nil {
+				streams.Stderr.Write(p)
+			}
+		case execproto.StreamError:
+			return execproto.Exit{}, fmt.Errorf("exec vm %s: %s", id, p)
+		case execproto.StreamExit:
+			var exit execproto.Exit
+			if err := json.Unmarshal(p, &exit); err != nil {
+				return exit, fmt.Errorf("exec vm %s: exit frame: %w", id, err)
+			}
+			ws.Close(websocket.StatusNormalClosure, "")
+			return exit, nil
+		}
+	}
+}
+
+// dialExec opens the WebSocket; a refusal before the upgrade (unknown VM,
+// not running) is an APIError like any other answer.
+func (c *Client) dialExec(ctx context.Context, id string) (*websocket.Conn, error) {
+	u := strings.Replace(c.base, "http", "ws", 1) + "/v1/vms/" + url.PathEscape(id) + "/exec"
+	hc := *c.http
+	hc.Timeout = 0 // a session has no natural end; ctx bounds it
+	h := http.Header{}
+	if c.token != "" {
+		h.Set("Authorization", "Bearer "+c.token)
+	}
+	ws, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPClient: &hc, HTTPHeader: h})
+	if err != nil {
+		if resp != nil && resp.StatusCode >= 300 {
+			return nil, apiError(resp)
+		}
+		return nil, fmt.Errorf("exec vm %s: cannot reach the mergen daemon at %s: %w", id, c.where, err)
+	}
+	return ws, nil
+}
+
+// apiError reads an error answer.
+func apiError(resp *http.Response) error {
+	var e struct {
+		Error string `json:"error"`
+	}
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if json.Unmarshal(data, &e) != nil || e.Error == "" {
+		e.Error = strings.TrimSpace(string(data))
+	}
+	return &APIError{Status: resp.StatusCode, Message: e.Error}
+}
+
+// ReadFiles copies the file or directory path of VM id, as a tar archive,
+// to w (GET /v1/vms/{id}/files).
+func (c *Client) ReadFiles(ctx context.Context, id, path string, w io.Writer) error {
+	req, err := c.newRequest(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(id)+"/files?path="+url.QueryEscape(path), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "application/x-tar")
+	hc := *c.http
+	hc.Timeout = 0
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the mergen daemon at %s: %w", c.where, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return apiError(resp)
+	}
+	_, err = io.Copy(w, resp.Body)
+	return err
+}
+
+// WriteFiles extracts the tar archive r into the directory dir of VM id
+// (PUT /v1/vms/{id}/files).
+func (c *Client) WriteFiles(ctx context.Context, id, dir string, r io.Reader) error {
+	req, err := c.newRequest(ctx, http.MethodPut, "/v1/vms/"+url.PathEscape(id)+"/files?path="+url.QueryEscape(dir), r)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/x-tar")
+	hc := *c.http
+	hc.Timeout = 0
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the mergen daemon at %s: %w", c.where, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return apiError(resp)
+	}
+	return nil
+}
+
+// IsStatus reports whether err is an API answer with that status.
+func IsStatus(err error, status int) bool {
+	var e *APIError
+	return errors.As(err, &e) && e.Status == status
+}

@@ -1,0 +1,80 @@
+package manager
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/agentproto"
+	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/execclient"
+	"github.com/mergenhq/mergen/internal/execproto"
+	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/vmm"
+)
+
+// deliverTimeout bounds one delivery of the exec secret over the agent
+// channel.
+const deliverTimeout = 10 * time.Second
+
+// deliveries serialises secret deliveries: QEMU's agent port takes one
+// host at a time, and many sessions opened at once on a freshly booted VM
+// would all find the secret missing.
+var deliveries sync.Mutex
+
+// ExecTarget is how to reach VM id's exec agent (docs/exec.md): inside the
+// VM's network namespace at its guest address, with the VM's secret, which
+// is handed to the guest over the VMM's agent channel when the guest does
+// not have it yet. A VM whose guest is not running is a conflict.
+func (m *Manager) ExecTarget(ctx context.Context, id string) (execclient.Target, error) {
+	if err := store.ValidateID(id); err != nil {
+		return execclient.Target{}, errdefs.Invalid("%v", err)
+	}
+	meta, err := m.store.ReadMeta(id)
+	if err != nil {
+		return execclient.Target{}, err
+	}
+	driver, err := vmm.New(meta.VMM, meta.Driver)
+	if err != nil {
+		return execclient.Target{}, fmt.Errorf("exec vm %s: %w", id, err)
+	}
+	p := m.store.Paths(id)
+	st, err := driver.Status(ctx, p.Socket)
+	if err != nil || !st.Running {
+		word := "stopped"
+		if err == nil {
+			word = vmmStateWord(st)
+		}
+		return execclient.Target{}, errdefs.Conflict("vm %s is %s: exec and files need a running guest", id, word)
+	}
+	if meta.GuestIP == "" {
+		return execclient.Target{}, errdefs.Conflict("vm %s has no guest address to reach its exec agent at", id)
+	}
+	secret, err := execclient.EnsureSecret(p.AgentSecret)
+	if err != nil {
+		return execclient.Target{}, fmt.Errorf("exec vm %s: %w", id, err)
+	}
+	spec := store.Spec(meta, p)
+	return execclient.Target{
+		VM:     id,
+		Netns:  meta.Netns,
+		Addr:   net.JoinHostPort(meta.GuestIP, strconv.Itoa(execproto.Port)),
+		Secret: secret,
+		Deliver: func(ctx context.Context, s []byte) error {
+			deliveries.Lock()
+			defer deliveries.Unlock()
+			ctx, cancel := context.WithTimeout(ctx, deliverTimeout)
+			defer cancel()
+			conn, err := driver.Agent(ctx, spec)
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			_, err = agentproto.Call(ctx, conn, agentproto.Request{Op: agentproto.OpSecret, Secret: s})
+			return err
+		},
+	}, nil
+}
