@@ -48,7 +48,14 @@ command. An unknown command exits 127, one that cannot run 126.`,
 			if err != nil {
 				return err
 			}
-			req.Argv, req.TTY, req.Stdin = args[1:], tty, interactive
+			argv := args[1:]
+			if argv[0] == "--" { // flags stop at VM: "--" after it is only a separator
+				argv = argv[1:]
+			}
+			if len(argv) == 0 {
+				return fmt.Errorf("exec: no command given after %s", args[0])
+			}
+			req.Argv, req.TTY, req.Stdin = argv, tty, interactive
 			streams := client.ExecIO{Stdout: cmd.OutOrStdout(), Stderr: cmd.ErrOrStderr()}
 			if interactive {
 				streams.Stdin = cmd.InOrStdin()
@@ -132,7 +139,8 @@ func newCpCmd() *cobra.Command {
 		Short: "Copy files between this host and a running VM (VM:/path on one side)",
 		Long: `cp copies a file or directory into or out of a VM's guest, keeping modes.
 One side is VM:/absolute/path (a name, id or id prefix), the other a local
-path. Into an existing directory (or a path ending in /) the source keeps
+path. Files copied in belong to the guest's root, with their modes. Into an
+existing directory (or a path ending in /) the source keeps
 its name; otherwise it takes the destination's name. Guest paths are
 confined to the image's root.`,
 		Example: `  mergen cp ./app.conf demo:/etc/app.conf
@@ -278,7 +286,9 @@ func copyIn(ctx context.Context, c *client.Client, id, local, remote string) err
 			if err != nil {
 				return err
 			}
-			hdr.Name, hdr.Uname, hdr.Gname = entry, "", ""
+			// Owned by the guest's root, as docker cp does: this host's
+			// uids mean nothing in the image.
+			hdr.Name, hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = entry, 0, 0, "", ""
 			if err := tw.WriteHeader(hdr); err != nil {
 				return err
 			}

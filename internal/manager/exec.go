@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -41,14 +42,20 @@ func (m *Manager) ExecTarget(ctx context.Context, id string) (execclient.Target,
 	if err != nil {
 		return execclient.Target{}, fmt.Errorf("exec vm %s: %w", id, err)
 	}
+	// The service manager's view and the pause marker, not the VMM's
+	// socket: QEMU's QMP takes one client at a time, and many sessions
+	// open at once.
 	p := m.store.Paths(id)
-	st, err := driver.Status(ctx, p.Socket)
-	if err != nil || !st.Running {
-		word := "stopped"
-		if err == nil {
-			word = vmmStateWord(st)
+	svc := m.serviceState(ctx, id)
+	if !svc.Active {
+		word := svc.ActiveState
+		if word == "" || word == "inactive" {
+			word = "stopped"
 		}
 		return execclient.Target{}, errdefs.Conflict("vm %s is %s: exec and files need a running guest", id, word)
+	}
+	if _, err := os.Stat(p.Paused); err == nil {
+		return execclient.Target{}, errdefs.Conflict("vm %s is paused: resume it first (exec and files need a running guest)", id)
 	}
 	if meta.GuestIP == "" {
 		return execclient.Target{}, errdefs.Conflict("vm %s has no guest address to reach its exec agent at", id)

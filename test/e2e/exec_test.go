@@ -1,0 +1,187 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/testenv"
+	"github.com/mergenhq/mergen/internal/wire"
+)
+
+// The test image has busybox and sh, no applet links: commands are run as
+// busybox applets.
+//
+// TestExecAndCopyRealVM drives mergen exec and mergen cp against a real
+// guest under QEMU, as a user would: the payload's user, exit statuses,
+// 10 MiB through cat, Ctrl-C, a terminal in tmux with a resize, a file
+// round trip with its mode, 20 sessions at once, and a stopped VM's 409.
+func TestExecAndCopyRealVM(t *testing.T) {
+	testenv.RequireRoot(t)
+	if testing.Short() {
+		t.Skip("SKIPPED in -short mode: boots a QEMU guest")
+	}
+	vh := newVMHost(t, "detached", "172.31.242.0/24")
+	h := vh.host
+	payload := webPayload(t, h.path("data", "images", "web"), "hello\n", "8080")
+	b := &bareHost{h: h, bin: vh.mergen, port: freePort(t)}
+	b.d = h.startBinary(t, vh.mergen, b.port)
+	t.Cleanup(func() { dumpConsoles(t, h) })
+	var vm wire.VM
+	code, raw := b.api(t, "POST", "/v1/vms", map[string]any{
+		"payloadDisk": payload, "memMiB": 256, "httpPort": 8080, "autoStart": true,
+		"ports": []map[string]any{{"guest": 8080, "host": 0}}, "tags": map[string]string{"name": "box"},
+	}, &vm)
+	mustStatus(t, code, raw, 201)
+	waitHTTP(t, b, vm.Network.Ports[0].Host, "/", 90*time.Second)
+
+	cli := func(stdin []byte, args ...string) (string, string, int) {
+		t.Helper()
+		cmd := exec.Command(vh.mergen, args...)
+		cmd.Env = append(os.Environ(), "MERGEN_API="+b.d.base, "MERGEN_API_TOKEN="+h.token(t), "MGR_API_SOCKET="+h.path("no.sock"))
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		if stdin != nil {
+			cmd.Stdin = bytes.NewReader(stdin)
+		}
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatalf("mergen %v: %v", args, err)
+		}
+		return out.String(), errb.String(), cmd.ProcessState.ExitCode()
+	}
+
+	if out, errs, code := cli(nil, "exec", "box", "--", "busybox", "id"); code != 0 || !strings.Contains(out, "uid=1000(web)") {
+		t.Fatalf("exec id: %d %q %q; want the payload user web", code, out, errs)
+	}
+	if _, _, code := cli(nil, "exec", "box", "--", "sh", "-c", "exit 7"); code != 7 {
+		t.Fatalf("exit 7 came back as %d", code)
+	}
+	if _, errs, code := cli(nil, "exec", "box", "--", "no-such-command"); code != 127 {
+		t.Fatalf("an unknown command exited %d (%q), want 127", code, errs)
+	}
+	if out, _, code := cli(nil, "exec", "-e", "GREETING=hi there", "-w", "/tmp", "box", "--", "sh", "-c", `echo "$GREETING in $(pwd)"`); code != 0 || out != "hi there in /tmp\n" {
+		t.Fatalf("env and workdir: %d %q", code, out)
+	}
+
+	// 10 MiB through cat.
+	blob := make([]byte, 10<<20)
+	rand.Read(blob)
+	out, errs, code := cli(blob, "exec", "-i", "box", "--", "busybox", "cat")
+	if code != 0 || sha256.Sum256([]byte(out)) != sha256.Sum256(blob) {
+		t.Fatalf("10 MiB through cat: exit %d, %d bytes back (%q)", code, len(out), errs)
+	}
+
+	// Ctrl-C stops the remote command.
+	sleep := exec.Command(vh.mergen, "exec", "box", "--", "busybox", "sleep", "100")
+	sleep.Env = append(os.Environ(), "MERGEN_API="+b.d.base, "MERGEN_API_TOKEN="+h.token(t), "MGR_API_SOCKET="+h.path("no.sock"))
+	if err := sleep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	sleep.Process.Signal(syscall.SIGINT)
+	done := make(chan error, 1)
+	go func() { done <- sleep.Wait() }()
+	select {
+	case <-done:
+		if c := sleep.ProcessState.ExitCode(); c != 130 {
+			t.Fatalf("Ctrl-C'd sleep exited %d, want 130", c)
+		}
+	case <-time.After(20 * time.Second):
+		sleep.Process.Kill()
+		t.Fatal("Ctrl-C did not stop the remote sleep")
+	}
+
+	// cp round trip with the mode.
+	local := h.path("script.sh")
+	os.WriteFile(local, []byte("#!/bin/sh\necho copied\n"), 0o750)
+	if _, errs, code := cli(nil, "cp", local, "box:/tmp/script.sh"); code != 0 {
+		t.Fatalf("cp in: %d %s", code, errs)
+	}
+	if out, errs, code := cli(nil, "exec", "-u", "root", "box", "--", "/tmp/script.sh"); out != "copied\n" {
+		ls, _, _ := cli(nil, "exec", "box", "--", "busybox", "ls", "-la", "/tmp")
+		t.Fatalf("the copied script ran as %q, %q, exit %d; /tmp:\n%s", out, errs, code, ls)
+	}
+	back := h.path("back.sh")
+	if _, errs, code := cli(nil, "cp", "box:/tmp/script.sh", back); code != 0 {
+		t.Fatalf("cp out: %d %s", code, errs)
+	}
+	if fi, err := os.Stat(back); err != nil || fi.Mode().Perm() != 0o750 {
+		t.Fatalf("copied back: %v %v; want mode 0750", fi, err)
+	}
+	if got, _ := os.ReadFile(back); string(got) != "#!/bin/sh\necho copied\n" {
+		t.Fatalf("copied back %q", got)
+	}
+	if _, errs, code := cli(nil, "cp", "box:/../../etc/shadow", h.path("shadow")); code == 0 {
+		t.Fatalf("a path outside the guest's root was copied (%s)", errs)
+	}
+
+	// A terminal, driven through tmux: keys in, the pane read back.
+	tmux := testenv.Tool(t, "tmux")
+	session := fmt.Sprintf("mergen-exec-%d", os.Getpid())
+	env := fmt.Sprintf("MERGEN_API=%s MERGEN_API_TOKEN=%s MGR_API_SOCKET=%s", b.d.base, h.token(t), h.path("no.sock"))
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(tmux, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("tmux %v: %v %s", args, err, out)
+		}
+		return string(out)
+	}
+	run("new-session", "-d", "-s", session, "-x", "100", "-y", "30", "env "+env+" "+vh.mergen+" exec -it box sh")
+	t.Cleanup(func() { exec.Command(tmux, "kill-session", "-t", session).Run() })
+	pane := func(want string) {
+		t.Helper()
+		testenv.Eventually(t, 30*time.Second, "the pane to show "+want, func() bool {
+			return strings.Contains(run("capture-pane", "-p", "-t", session), want)
+		})
+	}
+	time.Sleep(2 * time.Second)
+	run("send-keys", "-t", session, "echo $((6*7))", "Enter")
+	pane("42")
+	run("send-keys", "-t", session, "busybox stty size", "Enter")
+	pane("30 100")
+	run("resize-window", "-t", session, "-x", "120", "-y", "40")
+	time.Sleep(time.Second)
+	run("send-keys", "-t", session, "busybox stty size", "Enter")
+	pane("40 120")
+
+	// Twenty at once.
+	var wg sync.WaitGroup
+	failed := make(chan string, 20)
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if out, errs, code := cli(nil, "exec", "box", "--", "busybox", "echo", fmt.Sprint(i)); code != 0 || out != fmt.Sprintf("%d\n", i) {
+				failed <- fmt.Sprintf("exec %d: %d %q %q", i, code, out, errs)
+			}
+		}()
+	}
+	wg.Wait()
+	close(failed)
+	for f := range failed {
+		t.Error(f)
+	}
+
+	// A stopped VM answers 409.
+	code, raw = b.api(t, "POST", "/v1/vms/"+vm.ID+"/stop", nil, nil)
+	mustStatus(t, code, raw, 200)
+	if _, errs, code := cli(nil, "exec", "box", "--", "true"); code == 0 || !strings.Contains(errs, "409") {
+		t.Fatalf("exec in a stopped VM: %d %q; want a 409", code, errs)
+	}
+	code, raw = b.api(t, "GET", "/v1/vms/"+vm.ID+"/files?path=/etc/passwd", nil, nil)
+	if code != 409 {
+		t.Fatalf("files of a stopped VM: %d %s", code, raw)
+	}
+}
