@@ -134,6 +134,12 @@ func TestResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	check("GET", "/v1/snapshots/"+store.NewID(), "", 404)
 	check("DELETE", "/v1/snapshots/"+store.NewID(), "", 404)
 	check("POST", "/v1/vms", `{"snapshot":"`+store.NewID()+`"}`, 400)
+	// Exec and files need a running guest.
+	check("GET", "/v1/vms/"+vm.ID+"/exec", "", 409)
+	check("POST", "/v1/vms/"+vm.ID+"/exec", "", 409)
+	check("GET", "/v1/vms/"+vm.ID+"/files?path=/etc/hostname", "", 409)
+	check("GET", "/v1/vms/"+store.NewID()+"/files?path=/etc/hostname", "", 404)
+	checkWith("PUT", "/v1/vms/"+vm.ID+"/files?path=/tmp", "x", http.Header{"Authorization": {"Bearer " + token}, "Content-Type": {"application/x-tar"}}, 409)
 	check("POST", "/v1/vms", `{"vcpu":99}`, 400)
 	check("POST", "/v1/vms", `{"tags":{"name":"doc"}}`, 409)
 	check("GET", "/v1/vms/"+store.NewID(), "", 404)
