@@ -66,6 +66,7 @@ func New(mgr *manager.Manager, log *slog.Logger, images ImageLister, health func
 	mux.HandleFunc("POST /v1/vms/{id}/snapshots", s.createSnapshot)
 	mux.HandleFunc("GET /v1/vms/{id}/exec", s.exec)
 	mux.HandleFunc("POST /v1/vms/{id}/exec", s.exec)
+	mux.HandleFunc("GET /v1/vms/{id}/console/attach", s.attachConsole)
 	mux.HandleFunc("GET /v1/vms/{id}/files", s.getFiles)
 	mux.HandleFunc("PUT /v1/vms/{id}/files", s.putFiles)
 	mux.HandleFunc("GET /v1/vms/{id}/{file}", s.vmFile)

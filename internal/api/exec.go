@@ -308,3 +308,54 @@ func filesErr(id, p string, err error) error {
 	}
 	return fmt.Errorf("vm %s: %s: %w", id, p, err)
 }
+
+// attachConsole is GET /v1/vms/{id}/console/attach: a WebSocket whose
+// binary messages are the bytes of the guest's interactive serial console
+// (a shell on its second serial port), both ways.
+func (s *Server) attachConsole(w http.ResponseWriter, r *http.Request) {
+	id, err := pathID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	conn, release, err := s.mgr.AttachConsole(r.Context(), id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	defer release()
+	defer conn.Close()
+	c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.WithoutCancel(r.Context()))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { conn.Close() }) // a detached client ends the copy below
+	defer stop()
+	go func() {
+		defer cancel()
+		for {
+			_, msg, err := c.Read(ctx)
+			if err != nil {
+				return
+			}
+			if _, err := conn.Write(msg); err != nil {
+				return
+			}
+		}
+	}()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := conn.Read(buf)
+		if n > 0 {
+			if werr := c.Write(ctx, websocket.MessageBinary, buf[:n]); werr != nil {
+				break
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+}

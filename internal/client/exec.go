@@ -123,10 +123,21 @@ func (c *Client) Exec(ctx context.Context, id string, req execproto.ExecRequest,
 	}
 }
 
+// AttachConsole opens VM id's interactive serial console: a WebSocket whose
+// binary messages are the console's bytes, both ways.
+func (c *Client) AttachConsole(ctx context.Context, id string) (*websocket.Conn, error) {
+	return c.dialWS(ctx, id, "/console/attach")
+}
+
 // dialExec opens the WebSocket; a refusal before the upgrade (unknown VM,
 // not running) is an APIError like any other answer.
 func (c *Client) dialExec(ctx context.Context, id string) (*websocket.Conn, error) {
-	u := strings.Replace(c.base, "http", "ws", 1) + "/v1/vms/" + url.PathEscape(id) + "/exec"
+	return c.dialWS(ctx, id, "/exec")
+}
+
+// dialWS opens the WebSocket at /v1/vms/{id}<suffix>.
+func (c *Client) dialWS(ctx context.Context, id, suffix string) (*websocket.Conn, error) {
+	u := strings.Replace(c.base, "http", "ws", 1) + "/v1/vms/" + url.PathEscape(id) + suffix
 	hc := *c.http
 	hc.Timeout = 0 // a session has no natural end; ctx bounds it
 	h := http.Header{}
@@ -138,7 +149,7 @@ func (c *Client) dialExec(ctx context.Context, id string) (*websocket.Conn, erro
 		if resp != nil && resp.StatusCode >= 300 {
 			return nil, apiError(resp)
 		}
-		return nil, fmt.Errorf("exec vm %s: cannot reach the mergen daemon at %s: %w", id, c.where, err)
+		return nil, fmt.Errorf("vm %s: cannot reach the mergen daemon at %s: %w", id, c.where, err)
 	}
 	return ws, nil
 }

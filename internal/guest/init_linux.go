@@ -345,6 +345,7 @@ func setupAndRun(stop chan os.Signal) (int, error) {
 	chld := make(chan os.Signal, 16)
 	signal.Notify(chld, unix.SIGCHLD)
 	startExecAgent(newExecServer(rootMnt, cred, wd, envFor, state.execSecret, execChildren))
+	startConsole(execChildren)
 	return supervise(&payload{exe: exe, argv: spec.Argv, env: envNow, dir: wd, cred: cred, root: rootMnt, start: uptime}, boot, stopSig, stop, chld)
 }
 

@@ -85,3 +85,37 @@ func (m *Manager) ExecTarget(ctx context.Context, id string) (execclient.Target,
 		},
 	}, nil
 }
+
+// consoles are the VMs whose interactive console is attached: QEMU's
+// socket takes one client at a time, and a second would wait unseen.
+var consoles sync.Map // id → struct{}
+
+// AttachConsole connects to VM id's interactive serial console; release
+// lets the next one attach. A VM that is not running, or one attached
+// already, is a conflict; a VMM without the console is unavailable.
+func (m *Manager) AttachConsole(ctx context.Context, id string) (net.Conn, func(), error) {
+	if err := store.ValidateID(id); err != nil {
+		return nil, nil, errdefs.Invalid("%v", err)
+	}
+	meta, err := m.store.ReadMeta(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if svc := m.serviceState(ctx, id); !svc.Active {
+		return nil, nil, errdefs.Conflict("vm %s is not running: the console needs a running guest", id)
+	}
+	driver, err := vmm.New(meta.VMM, meta.Driver)
+	if err != nil {
+		return nil, nil, fmt.Errorf("console vm %s: %w", id, err)
+	}
+	if _, busy := consoles.LoadOrStore(id, struct{}{}); busy {
+		return nil, nil, errdefs.Conflict("vm %s: its console is attached already (one at a time)", id)
+	}
+	release := func() { consoles.Delete(id) }
+	conn, err := driver.Console(ctx, store.Spec(meta, m.store.Paths(id)))
+	if err != nil {
+		release()
+		return nil, nil, err
+	}
+	return conn, release, nil
+}

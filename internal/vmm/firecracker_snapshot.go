@@ -495,3 +495,9 @@ func (f *firecracker) Shape(s Spec) (string, error) {
 	}
 	return b.String(), nil
 }
+
+// Console: Firecracker has one serial port, which is the console log; an
+// interactive console is QEMU's.
+func (f *firecracker) Console(ctx context.Context, s Spec) (net.Conn, error) {
+	return nil, fmt.Errorf("vm %s: console: %w: Firecracker has one serial port (the console log, mergen logs -f); use mergen exec -it for a shell", s.ID, ErrUnavailable)
+}

@@ -138,8 +138,11 @@ type qemuConfig struct {
 	QMPSocket   string      `json:"qmpSocket"`
 	// AgentSocket is the host end of the guest agent's virtio-serial
 	// port; empty in a vm.json rendered before the agent channel.
-	AgentSocket string   `json:"agentSocket,omitempty"`
-	Argv        []string `json:"argv"`
+	AgentSocket string `json:"agentSocket,omitempty"`
+	// ConsoleSocket is the host end of the interactive console (ttyS1);
+	// empty in a vm.json rendered before it.
+	ConsoleSocket string   `json:"consoleSocket,omitempty"`
+	Argv          []string `json:"argv"`
 }
 
 type qemuDrive struct {
@@ -269,6 +272,13 @@ func (q *qemu) config(s Spec) (qemuConfig, error) {
 		"-device", "virtio-serial-"+bus+",id=vser0",
 		"-chardev", "socket,id=agent0,path="+cfg.AgentSocket+",server=on,wait=off",
 		"-device", "virtserialport,bus=vser0.0,chardev=agent0,name="+agentSerialName)
+	// The interactive console: the second serial port (ttyS1), where
+	// mergen-init keeps a shell, its host end a socket in the run
+	// directory; the first stays the console log.
+	cfg.ConsoleSocket = filepath.Join(s.WorkDir, qemuConsoleSocket)
+	argv = append(argv,
+		"-chardev", "socket,id=console1,path="+cfg.ConsoleSocket+",server=on,wait=off",
+		"-serial", "chardev:console1")
 	argv = append(argv, "-qmp", "unix:"+s.SocketPath+",server=on,wait=off")
 	cfg.Argv = argv
 	// Refuse now, at create, what the boot file cannot carry.

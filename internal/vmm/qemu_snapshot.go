@@ -36,6 +36,8 @@ const qemuMemoryFile = "memory"
 const (
 	qemuAgentSocket = "agent.sock"
 	agentSerialName = "org.mergen.agent"
+	// qemuConsoleSocket is the host end of the interactive console.
+	qemuConsoleSocket = "console.sock"
 )
 
 // migrateBandwidth lifts QEMU's default migration bandwidth limit (128
@@ -182,6 +184,20 @@ func (q *qemu) Agent(ctx context.Context, s Spec) (net.Conn, error) {
 	return conn, nil
 }
 
+// Console connects to the interactive console's socket. QEMU takes one
+// client at a time; the caller keeps others out.
+func (q *qemu) Console(ctx context.Context, s Spec) (net.Conn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", filepath.Join(s.WorkDir, qemuConsoleSocket))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("vm %s: console: %w: no interactive console (the VM is stopped, or its vm.json predates the console)", s.ID, ErrUnavailable)
+		}
+		return nil, fmt.Errorf("vm %s: console: %w", s.ID, err)
+	}
+	return conn, nil
+}
+
 // Version is the first line of `qemu-system-x86_64 --version` without its
 // "QEMU emulator version " prefix, e.g. "7.2.22 (Debian 1:7.2+dfsg-7)":
 // the build matters, as a distribution's patches may change the stream.
@@ -231,6 +247,11 @@ func qemuShape(cfg qemuConfig) string {
 	}
 	var devices []string
 	for i := 0; i+1 < len(cfg.Argv); i++ {
+		if cfg.Argv[i] == "-serial" {
+			// Serial ports are devices too; their backends are per VM.
+			devices = append(devices, "serial")
+			continue
+		}
 		if cfg.Argv[i] != "-device" {
 			continue
 		}

@@ -58,7 +58,8 @@ func TestQEMUArgv(t *testing.T) {
 	}
 	agent := func(bus string) []string {
 		return []string{"-device", "virtio-serial-" + bus + ",id=vser0", "-chardev", "socket,id=agent0,path=" + dir + "/agent.sock,server=on,wait=off",
-			"-device", "virtserialport,bus=vser0.0,chardev=agent0,name=org.mergen.agent"}
+			"-device", "virtserialport,bus=vser0.0,chardev=agent0,name=org.mergen.agent",
+			"-chardev", "socket,id=console1,path=" + dir + "/console.sock,server=on,wait=off", "-serial", "chardev:console1"}
 	}
 	qmp := []string{"-qmp", "unix:" + dir + "/vmm.sock,server=on,wait=off"}
 	boot := []string{"-readconfig", dir + "/qemu-boot.cfg"}

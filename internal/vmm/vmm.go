@@ -158,6 +158,10 @@ type Driver interface {
 	// host channel (QEMU: a virtio-serial port; Firecracker: vsock), see
 	// internal/agentproto.
 	Agent(ctx context.Context, s Spec) (net.Conn, error)
+	// Console connects to the guest's interactive serial console (a shell
+	// mergen-init keeps on the second serial port); the VMM's own serial
+	// console stays the console log. ErrUnavailable when the VMM has none.
+	Console(ctx context.Context, s Spec) (net.Conn, error)
 	// Version is the VMM binary's version as a snapshot records it: a
 	// snapshot is restored only by the version that took it.
 	Version(ctx context.Context) (string, error)

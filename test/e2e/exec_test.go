@@ -156,6 +156,26 @@ func TestExecAndCopyRealVM(t *testing.T) {
 	run("send-keys", "-t", session, "busybox stty size", "Enter")
 	pane("40 120")
 
+	// The interactive serial console, in tmux too: a root shell of the
+	// guest's own system; Ctrl-] detaches.
+	console := session + "-console"
+	run("new-session", "-d", "-s", console, "-x", "100", "-y", "30", "env "+env+" "+vh.mergen+" console box; echo console-ended; sleep 60")
+	t.Cleanup(func() { exec.Command(tmux, "kill-session", "-t", console).Run() })
+	consolePane := func(want string) {
+		t.Helper()
+		testenv.Eventually(t, 30*time.Second, "the console pane to show "+want, func() bool {
+			return strings.Contains(run("capture-pane", "-p", "-t", console), want)
+		})
+	}
+	consolePane("detach with Ctrl-]")
+	run("send-keys", "-t", console, "echo $((7*6))x; id -u", "Enter")
+	consolePane("42x")
+	if code, raw := b.api(t, "GET", "/v1/vms/"+vm.ID+"/console/attach", nil, nil); code != 409 {
+		t.Fatalf("a second console attach answered %d %s; want 409", code, raw)
+	}
+	run("send-keys", "-t", console, "C-]")
+	consolePane("console-ended")
+
 	// Twenty at once.
 	var wg sync.WaitGroup
 	failed := make(chan string, 20)
