@@ -137,6 +137,7 @@ func TestResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	// Exec and files need a running guest.
 	check("GET", "/v1/vms/"+vm.ID+"/exec", "", 409)
 	check("POST", "/v1/vms/"+vm.ID+"/exec", "", 409)
+	check("GET", "/v1/vms/"+vm.ID+"/console/attach", "", 409)
 	check("GET", "/v1/vms/"+vm.ID+"/files?path=/etc/hostname", "", 409)
 	check("GET", "/v1/vms/"+store.NewID()+"/files?path=/etc/hostname", "", 404)
 	checkWith("PUT", "/v1/vms/"+vm.ID+"/files?path=/tmp", "x", http.Header{"Authorization": {"Bearer " + token}, "Content-Type": {"application/x-tar"}}, 409)
