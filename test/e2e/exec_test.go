@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"io"
+	"net/http"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,10 +24,20 @@ import (
 // The test image has busybox and sh, no applet links: commands are run as
 // busybox applets.
 //
+// zeros reads as endless zero bytes.
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
+}
+
 // TestExecAndCopyRealVM drives mergen exec and mergen cp against a real
 // guest under QEMU, as a user would: the payload's user, exit statuses,
 // 10 MiB through cat, Ctrl-C, a terminal in tmux with a resize, a file
-// round trip with its mode, 20 sessions at once, and a stopped VM's 409.
+// round trip with its mode, a path outside the root refused, the serial
+// console, 20 sessions at once, 100 MiB onto a full guest disk (507), a
+// flood read slowly (bounded memory), and a stopped VM's 409.
 func TestExecAndCopyRealVM(t *testing.T) {
 	testenv.RequireRoot(t)
 	if testing.Short() {
@@ -36,9 +49,16 @@ func TestExecAndCopyRealVM(t *testing.T) {
 	b := &bareHost{h: h, bin: vh.mergen, port: freePort(t)}
 	b.d = h.startBinary(t, vh.mergen, b.port)
 	t.Cleanup(func() { dumpConsoles(t, h) })
+	// A small data disk holds the guest's writable layer: a large upload
+	// fills it.
+	data := filepath.Join(h.env["MGR_DATA_ROOT"], "volumes", "box.ext4")
+	os.MkdirAll(filepath.Dir(data), 0o755)
+	if out, err := exec.Command(testenv.Tool(t, "mkfs.ext4"), "-q", "-F", "-L", "mergen-data", data, "48M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v %s", err, out)
+	}
 	var vm wire.VM
 	code, raw := b.api(t, "POST", "/v1/vms", map[string]any{
-		"payloadDisk": payload, "memMiB": 256, "httpPort": 8080, "autoStart": true,
+		"payloadDisk": payload, "memMiB": 256, "httpPort": 8080, "autoStart": true, "dataDisk": data,
 		"ports": []map[string]any{{"guest": 8080, "host": 0}}, "tags": map[string]string{"name": "box"},
 	}, &vm)
 	mustStatus(t, code, raw, 201)
@@ -193,6 +213,59 @@ func TestExecAndCopyRealVM(t *testing.T) {
 	for f := range failed {
 		t.Error(f)
 	}
+
+	// 100 MiB onto the 48 MiB disk: 507 naming the full disk, nothing
+	// partial left, and the guest goes on.
+	up, _ := http.NewRequest("PUT", b.d.base+"/v1/vms/"+vm.ID+"/files?path=/www/big", io.LimitReader(zeros{}, 100<<20))
+	up.ContentLength = 100 << 20
+	up.Header.Set("Content-Type", "application/octet-stream")
+	up.Header.Set("Authorization", "Bearer "+h.token(t))
+	resp, err := http.DefaultClient.Do(up)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 507 || !strings.Contains(string(body), "no space left") {
+		t.Fatalf("100 MiB onto a full guest disk answered %d %s; want 507 saying no space left", resp.StatusCode, body)
+	}
+	if out, _, _ := cli(nil, "exec", "box", "--", "busybox", "ls", "-a", "/www"); strings.Contains(out, "big") {
+		t.Fatalf("the failed upload left a file: %q", out)
+	}
+
+	// A command flooding output to a client that reads slowly: the
+	// daemon's memory stays bounded and other sessions go on.
+	rss := func() int {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", b.d.cmd.Process.Pid))
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				var kb int
+				fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
+				return kb
+			}
+		}
+		return 0
+	}
+	flood := exec.Command(vh.mergen, "exec", "box", "--", "busybox", "yes", strings.Repeat("x", 1000))
+	flood.Env = append(os.Environ(), "MERGEN_API="+b.d.base, "MERGEN_API_TOKEN="+h.token(t), "MGR_API_SOCKET="+h.path("no.sock"))
+	pipe, _ := flood.StdoutPipe()
+	if err := flood.Start(); err != nil {
+		t.Fatal(err)
+	}
+	before := rss()
+	chunk := make([]byte, 64<<10)
+	for range 30 { // 3 s at 640 KiB/s
+		io.ReadFull(pipe, chunk)
+		time.Sleep(100 * time.Millisecond)
+	}
+	if out, _, code := cli(nil, "exec", "box", "--", "busybox", "echo", "still here"); code != 0 || out != "still here\n" {
+		t.Fatalf("beside the flood, exec answered %d %q", code, out)
+	}
+	if grew := rss() - before; grew > 32<<10 {
+		t.Fatalf("the daemon grew by %d KiB while a client read a flood slowly", grew)
+	}
+	flood.Process.Kill()
+	flood.Wait()
 
 	// A stopped VM answers 409.
 	code, raw = b.api(t, "POST", "/v1/vms/"+vm.ID+"/stop", nil, nil)
