@@ -4,11 +4,11 @@ import (
 	"errors"
 	"log/slog"
 	"mime"
-	"strings"
 	"net"
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/auth"

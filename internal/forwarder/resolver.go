@@ -59,10 +59,10 @@ type index struct {
 	// rootMod is the config root's modification time when the index was
 	// built: a VM directory renamed in or out changes it.
 	rootMod time.Time
-	byID  map[string]*Target
-	ids   []string // sorted, for prefix search
-	byTag map[string][]*Target
-	files map[string]fileStamp // per VM dir, to skip re-parsing unchanged meta.json
+	byID    map[string]*Target
+	ids     []string // sorted, for prefix search
+	byTag   map[string][]*Target
+	files   map[string]fileStamp // per VM dir, to skip re-parsing unchanged meta.json
 }
 
 type fileStamp struct {
