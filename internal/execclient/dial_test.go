@@ -6,8 +6,10 @@ import (
 	"crypto/rand"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/mergenhq/mergen/internal/execproto"
 )
@@ -89,5 +91,34 @@ func TestDialDeliversTheSecretOnceWhenRefused(t *testing.T) {
 	tg.Deliver = func(context.Context, []byte) error { return errors.New("agent down") }
 	if _, err := Dial(context.Background(), tg); err == nil || !bytes.Contains([]byte(err.Error()), []byte("agent down")) {
 		t.Errorf("failed delivery: %v", err)
+	}
+}
+
+// An agent that accepts and then never says a word: the dial gives up at
+// the caller's deadline with an error naming the VM, instead of hanging.
+func TestDialGivesUpOnAnAgentThatNeverAnswers(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, silent
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = Dial(ctx, Target{VM: "vm-silent", Addr: l.Addr().String(), Secret: bytes.Repeat([]byte{1}, execproto.SecretLen)})
+	if err == nil || !strings.Contains(err.Error(), "vm-silent") {
+		t.Fatalf("Dial to a silent agent = %v; want an error naming the VM", err)
+	}
+	if waited := time.Since(start); waited > 5*time.Second {
+		t.Fatalf("Dial waited %s past a 500 ms deadline", waited)
 	}
 }

@@ -24,6 +24,24 @@ import (
 // The test image has busybox and sh, no applet links: commands are run as
 // busybox applets.
 //
+// syncBuffer is a bytes.Buffer a process writes while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 // zeros reads as endless zero bytes.
 type zeros struct{}
 
@@ -34,6 +52,7 @@ func (zeros) Read(p []byte) (int, error) {
 
 // TestExecAndCopyRealVM drives mergen exec and mergen cp against a real
 // guest under QEMU, as a user would: the payload's user, exit statuses,
+// mergen logs -f,
 // 10 MiB through cat, Ctrl-C, a terminal in tmux with a resize, a file
 // round trip with its mode, a path outside the root refused, the serial
 // console, 20 sessions at once, 100 MiB onto a full guest disk (507), a
@@ -93,6 +112,23 @@ func TestExecAndCopyRealVM(t *testing.T) {
 	if out, _, code := cli(nil, "exec", "-e", "GREETING=hi there", "-w", "/tmp", "box", "--", "sh", "-c", `echo "$GREETING in $(pwd)"`); code != 0 || out != "hi there in /tmp\n" {
 		t.Fatalf("env and workdir: %d %q", code, out)
 	}
+
+	// mergen logs -f shows a line the payload prints after the follow
+	// started: httpd logs a 404 it had never answered before.
+	follow := exec.Command(vh.mergen, "logs", "-f", "--tail", "0", "box")
+	follow.Env = append(os.Environ(), "MERGEN_API="+b.d.base, "MERGEN_API_TOKEN="+h.token(t), "MGR_API_SOCKET="+h.path("no.sock"))
+	var followed syncBuffer
+	follow.Stdout = &followed
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	httpGet(vm.Network.Ports[0].Host, "/no-such-page")
+	testenv.Eventually(t, 20*time.Second, "mergen logs -f to show the new 404", func() bool {
+		return strings.Contains(followed.String(), "response:404")
+	})
+	follow.Process.Kill()
+	follow.Wait()
 
 	// 10 MiB through cat.
 	blob := make([]byte, 10<<20)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"io"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -233,6 +234,20 @@ func TestSnapshotRestoreRealVM(t *testing.T) {
 		}
 		next := g.count
 		testenv.Eventually(t, 30*time.Second, name+" to go on counting", func() bool { return state(vm).count > next })
+		// Its exec agent answers with the restored VM's own secret, not
+		// the snapshot's: a file read through it is this VM's hostname.
+		req, _ := http.NewRequest("GET", b.d.base+"/v1/vms/"+vm.ID+"/files?path=/etc/hostname", nil)
+		req.Header.Set("Accept", "application/octet-stream")
+		req.Header.Set("Authorization", "Bearer "+h.token(t))
+		resp, err = http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hostname, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(hostname) != name+"\n" {
+			t.Fatalf("/etc/hostname of %s through its exec agent: %d %q", name, resp.StatusCode, hostname)
+		}
 	}
 
 	// Bad requests: each named, nothing made.
