@@ -169,21 +169,11 @@ func apiError(resp *http.Response) error {
 // ReadFiles copies the file or directory path of VM id, as a tar archive,
 // to w (GET /v1/vms/{id}/files).
 func (c *Client) ReadFiles(ctx context.Context, id, path string, w io.Writer) error {
-	req, err := c.newRequest(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(id)+"/files?path="+url.QueryEscape(path), nil)
+	resp, err := c.files(ctx, http.MethodGet, id, path, nil)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Accept", "application/x-tar")
-	hc := *c.http
-	hc.Timeout = 0
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the mergen daemon at %s: %w", c.where, err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return apiError(resp)
-	}
 	_, err = io.Copy(w, resp.Body)
 	return err
 }
@@ -191,22 +181,36 @@ func (c *Client) ReadFiles(ctx context.Context, id, path string, w io.Writer) er
 // WriteFiles extracts the tar archive r into the directory dir of VM id
 // (PUT /v1/vms/{id}/files).
 func (c *Client) WriteFiles(ctx context.Context, id, dir string, r io.Reader) error {
-	req, err := c.newRequest(ctx, http.MethodPut, "/v1/vms/"+url.PathEscape(id)+"/files?path="+url.QueryEscape(dir), r)
+	resp, err := c.files(ctx, http.MethodPut, id, dir, r)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Content-Type", "application/x-tar")
+	return resp.Body.Close()
+}
+
+// files sends one files request with a tar body or answer and returns a
+// successful answer; any other is an APIError.
+func (c *Client) files(ctx context.Context, method, id, path string, body io.Reader) (*http.Response, error) {
+	req, err := c.newRequest(ctx, method, "/v1/vms/"+url.PathEscape(id)+"/files?path="+url.QueryEscape(path), body)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/x-tar")
+	} else {
+		req.Header.Set("Accept", "application/x-tar")
+	}
 	hc := *c.http
-	hc.Timeout = 0
+	hc.Timeout = 0 // a large tree takes its time; ctx bounds it
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the mergen daemon at %s: %w", c.where, err)
+		return nil, fmt.Errorf("cannot reach the mergen daemon at %s: %w", c.where, err)
 	}
-	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
-		return apiError(resp)
+		defer resp.Body.Close()
+		return nil, apiError(resp)
 	}
-	return nil
+	return resp, nil
 }
 
 // IsStatus reports whether err is an API answer with that status.

@@ -83,10 +83,15 @@ func TestExecAndCopyRealVM(t *testing.T) {
 	mustStatus(t, code, raw, 201)
 	waitHTTP(t, b, vm.Network.Ports[0].Host, "/", 90*time.Second)
 
-	cli := func(stdin []byte, args ...string) (string, string, int) {
-		t.Helper()
+	// mergenCmd is the CLI talking to this daemon over TCP with its token.
+	mergenCmd := func(args ...string) *exec.Cmd {
 		cmd := exec.Command(vh.mergen, args...)
 		cmd.Env = append(os.Environ(), "MERGEN_API="+b.d.base, "MERGEN_API_TOKEN="+h.token(t), "MGR_API_SOCKET="+h.path("no.sock"))
+		return cmd
+	}
+	cli := func(stdin []byte, args ...string) (string, string, int) {
+		t.Helper()
+		cmd := mergenCmd(args...)
 		var out, errb bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &errb
 		if stdin != nil {
@@ -115,8 +120,7 @@ func TestExecAndCopyRealVM(t *testing.T) {
 
 	// mergen logs -f shows a line the payload prints after the follow
 	// started: httpd logs a 404 it had never answered before.
-	follow := exec.Command(vh.mergen, "logs", "-f", "--tail", "0", "box")
-	follow.Env = append(os.Environ(), "MERGEN_API="+b.d.base, "MERGEN_API_TOKEN="+h.token(t), "MGR_API_SOCKET="+h.path("no.sock"))
+	follow := mergenCmd("logs", "-f", "--tail", "0", "box")
 	var followed syncBuffer
 	follow.Stdout = &followed
 	if err := follow.Start(); err != nil {
@@ -139,8 +143,7 @@ func TestExecAndCopyRealVM(t *testing.T) {
 	}
 
 	// Ctrl-C stops the remote command.
-	sleep := exec.Command(vh.mergen, "exec", "box", "--", "busybox", "sleep", "100")
-	sleep.Env = append(os.Environ(), "MERGEN_API="+b.d.base, "MERGEN_API_TOKEN="+h.token(t), "MGR_API_SOCKET="+h.path("no.sock"))
+	sleep := mergenCmd("exec", "box", "--", "busybox", "sleep", "100")
 	if err := sleep.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -282,8 +285,7 @@ func TestExecAndCopyRealVM(t *testing.T) {
 		}
 		return 0
 	}
-	flood := exec.Command(vh.mergen, "exec", "box", "--", "busybox", "yes", strings.Repeat("x", 1000))
-	flood.Env = append(os.Environ(), "MERGEN_API="+b.d.base, "MERGEN_API_TOKEN="+h.token(t), "MGR_API_SOCKET="+h.path("no.sock"))
+	flood := mergenCmd("exec", "box", "--", "busybox", "yes", strings.Repeat("x", 1000))
 	pipe, _ := flood.StdoutPipe()
 	if err := flood.Start(); err != nil {
 		t.Fatal(err)
