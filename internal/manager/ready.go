@@ -65,7 +65,18 @@ func (m *Manager) createReady(ctx context.Context, req wire.CreateRequest, vmHoo
 	if err != nil {
 		return wire.VM{}, err
 	}
-	key, err := readyKey(tmplMeta, port, req.BootArgs)
+	// The VMM's version and the machine it makes (devices included, which
+	// a newer mergen may add) belong to the key too: a snapshot restores
+	// only into both.
+	version, err := driver.Version(ctx)
+	if err != nil {
+		return wire.VM{}, fmt.Errorf("ready snapshot: %w", err)
+	}
+	shape, err := driver.Shape(store.Spec(tmplMeta, m.store.Paths(tmplMeta.ID)))
+	if err != nil {
+		return wire.VM{}, errdefs.Invalid("ready: %v", err)
+	}
+	key, err := readyKey(tmplMeta, port, req.BootArgs, version+"\n"+shape)
 	if err != nil {
 		return wire.VM{}, err
 	}
@@ -81,13 +92,14 @@ func (m *Manager) createReady(ctx context.Context, req wire.CreateRequest, vmHoo
 	return m.createFromSnapshot(ctx, restore, vmHooks)
 }
 
-// readyKey names what a ready snapshot's memory depends on: the VMM and its
-// settings, the shape, the caller's extra boot arguments, the port, and the
-// identity of every file the guest reads.
-func readyKey(meta store.Meta, port int, bootArgs string) (string, error) {
+// readyKey names what a ready snapshot's memory depends on: the VMM, its
+// version and settings, the machine it makes, the shape, the caller's
+// extra boot arguments, the port, and the identity of every file the
+// guest reads.
+func readyKey(meta store.Meta, port int, bootArgs, machine string) (string, error) {
 	parts := map[string]any{
 		"vmm": meta.VMM, "driver": meta.Driver, "vcpu": meta.VCPU, "memMiB": meta.MemMiB,
-		"bootArgs": bootArgs, "port": port,
+		"bootArgs": bootArgs, "port": port, "machine": machine,
 	}
 	var bases []snapshot.Base
 	for _, f := range meta.Files() {

@@ -24,7 +24,7 @@ func TestReadyKeyChangesWithWhatTheMemoryDependsOn(t *testing.T) {
 		Disks: store.Disks{Rootfs: filepath.Join(dir, "rootfs.ext4"), Payload: filepath.Join(dir, "payload.ext4")}}
 	key := func(m store.Meta, port int, args string) string {
 		t.Helper()
-		k, err := readyKey(m, port, args)
+		k, err := readyKey(m, port, args, "qemu 7.2 q35")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -58,8 +58,11 @@ func TestReadyKeyChangesWithWhatTheMemoryDependsOn(t *testing.T) {
 		}
 		seen[k] = what
 	}
+	if k, _ := readyKey(base, 8080, "", "qemu 8.0 q35"); k == key(base, 8080, "") {
+		t.Error("another VMM version or machine gives the same key")
+	}
 	os.Remove(base.Disks.Rootfs)
-	if _, err := readyKey(base, 8080, ""); err == nil {
+	if _, err := readyKey(base, 8080, "", ""); err == nil {
 		t.Error("a missing base disk gave a key")
 	}
 }
