@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -190,7 +191,10 @@ func (m *Manager) finishCreate(ctx context.Context, meta store.Meta, req wire.Cr
 	}
 	if req.AutoStart {
 		if err := m.Start(ctx, id); err != nil {
-			log.Warn("autoStart failed, deleting the VM", "err", err)
+			// The VM and its supervisor's log go with the delete: keep
+			// what the stages said in the daemon's own log (never in the
+			// answer: it may hold what hooks printed).
+			log.Warn("autoStart failed, deleting the VM", "err", err, "stages", logTail(m.store.Paths(id).SupervisorLog, 2048))
 			if derr := m.Delete(context.WithoutCancel(ctx), id); derr != nil && !errdefs.IsNotFound(derr) {
 				log.Error("roll back of create failed", "err", derr)
 			}
@@ -471,4 +475,19 @@ func renameVM(meta *store.Meta, id string, bridge *wire.BridgeRequest) {
 	if meta.Netns != "" {
 		meta.Netns = store.NetnsName(id)
 	}
+}
+
+// logTail is the last max bytes of a log file, or "" when it cannot be
+// read.
+func logTail(path string, max int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > max {
+		f.Seek(fi.Size()-max, io.SeekStart)
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, max))
+	return string(b)
 }

@@ -138,6 +138,7 @@ func (c *qmpConn) sendFD(cmd string, args any, f *os.File) error {
 // socket's error.
 func (q *qemu) Restored(ctx context.Context, s Spec) error {
 	var last error
+	var refused time.Time // since when connections have been refused
 	for {
 		// The socket appears once QEMU is up: until then, and while it
 		// loads, wait.
@@ -145,9 +146,18 @@ func (q *qemu) Restored(ctx context.Context, s Spec) error {
 		switch {
 		case errors.Is(err, unix.ECONNREFUSED):
 			// The socket is there and nobody listens: QEMU came up and
-			// ended, which it does when it cannot load the stream.
-			return fmt.Errorf("vm %s: restore: qemu exited while loading the snapshot (its console log says why): %w", s.ID, err)
+			// ended, which it does when it cannot load the stream — or
+			// it is between its bind and its listen. Refused for a while
+			// means ended.
+			if refused.IsZero() {
+				refused = time.Now()
+			}
+			if time.Since(refused) >= restoreRefusedFor {
+				return fmt.Errorf("vm %s: restore: qemu exited while loading the snapshot (its console log says why): %w", s.ID, err)
+			}
+			last = err
 		case err != nil:
+			refused = time.Time{}
 			last = err
 		case st.Running:
 			return nil
@@ -170,6 +180,10 @@ func (q *qemu) Restored(ctx context.Context, s Spec) error {
 		}
 	}
 }
+
+// restoreRefusedFor is how long QEMU's socket must refuse connections
+// before Restored takes QEMU for gone.
+const restoreRefusedFor = 2 * time.Second
 
 // Agent connects to the agent port's socket.
 func (q *qemu) Agent(ctx context.Context, s Spec) (net.Conn, error) {
