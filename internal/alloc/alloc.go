@@ -82,6 +82,22 @@ func (ix *Index) VMMUID(start, end int) (int, error) {
 // host address. Every VM has its own namespace, so all share it.
 func Gateway(cidr netip.Prefix) netip.Addr { return cidr.Masked().Addr().Next() }
 
+// PoolSize is how many guest addresses cidr holds: all but the network
+// address, the gateway and the broadcast address (the ones GuestIP skips).
+func PoolSize(cidr netip.Prefix) int {
+	if !cidr.IsValid() || !cidr.Addr().Is4() {
+		return 0
+	}
+	host := 32 - cidr.Bits()
+	if host < 2 {
+		return 0
+	}
+	if host > 30 {
+		host = 30
+	}
+	return 1<<host - 3
+}
+
 // GuestIP returns the lowest free guest address in cidr: skipping the network
 // address, the gateway and the broadcast address. Addresses freed by deletes
 // are reused.

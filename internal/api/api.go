@@ -74,6 +74,9 @@ func New(mgr *manager.Manager, log *slog.Logger, images ImageLister, health func
 	mux.HandleFunc("GET /v1/snapshots/{sid}", s.getSnapshot)
 	mux.HandleFunc("DELETE /v1/snapshots/{sid}", s.deleteSnapshot)
 	mux.HandleFunc("GET /v1/images", s.listImages)
+	// Behind the API's authentication like every other operation: the
+	// figures name VMs' states and the host's pool.
+	mux.Handle("GET /metrics", mgr.MetricsHandler())
 
 	// The earlier generation's surface.
 	mux.HandleFunc("GET /health", s.legacyHealth)

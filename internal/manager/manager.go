@@ -31,9 +31,10 @@ import (
 
 // Manager runs the VM operations. It is safe for concurrent use.
 type Manager struct {
-	cfg   config.Config
-	store *store.Store
-	snaps *snapshot.Store
+	cfg     config.Config
+	store   *store.Store
+	snaps   *snapshot.Store
+	metrics *metrics
 	log   *slog.Logger
 	probe alloc.Probe
 
@@ -72,6 +73,7 @@ func New(o Options) *Manager {
 	if m.probe == nil {
 		m.probe = alloc.BindProbe
 	}
+	m.metrics = newMetrics(m)
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
@@ -87,7 +89,12 @@ func (m *Manager) Store() *store.Store { return m.store }
 // Create validates the request, allocates, writes the VM and runs onCreate
 // hooks; with autoStart it also starts the VM. Nothing is left behind when it
 // fails.
-func (m *Manager) Create(ctx context.Context, req wire.CreateRequest) (wire.VM, error) {
+func (m *Manager) Create(ctx context.Context, req wire.CreateRequest) (vm wire.VM, err error) {
+	op := opCreate
+	if req.Snapshot != "" || req.Ready != nil {
+		op = opRestore
+	}
+	defer func(start time.Time) { m.metrics.observe(op, start, err) }(time.Now())
 	// A restore compares the shape as given with its snapshot's, before
 	// normalize fills in the defaults.
 	vcpu, mem := req.VCPU, req.MemMiB

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"sort"
+	"time"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/hooks"
@@ -195,7 +196,8 @@ func (m *Manager) lockVM(ctx context.Context, op, id string) (store.Meta, func()
 }
 
 // Start starts the VM; starting a running VM succeeds.
-func (m *Manager) Start(ctx context.Context, id string) error {
+func (m *Manager) Start(ctx context.Context, id string) (err error) {
+	defer func(start time.Time) { m.metrics.observe(opStart, start, err) }(time.Now())
 	meta, unlock, err := m.lockVM(ctx, "start", id)
 	if err != nil {
 		return err
@@ -210,7 +212,8 @@ func (m *Manager) Start(ctx context.Context, id string) error {
 
 // Stop stops the VM gracefully; stopping a stopped VM succeeds. A strict
 // onStop hook runs first and can veto the stop.
-func (m *Manager) Stop(ctx context.Context, id string) error {
+func (m *Manager) Stop(ctx context.Context, id string) (err error) {
+	defer func(start time.Time) { m.metrics.observe(opStop, start, err) }(time.Now())
 	meta, unlock, err := m.lockVM(ctx, "stop", id)
 	if err != nil {
 		return err
@@ -225,7 +228,8 @@ func (m *Manager) Stop(ctx context.Context, id string) error {
 
 // Restart stops and starts the VM under one hold of its lock, with the
 // hooks of both: no other operation can slip in between.
-func (m *Manager) Restart(ctx context.Context, id string) error {
+func (m *Manager) Restart(ctx context.Context, id string) (err error) {
+	defer func(start time.Time) { m.metrics.observe(opRestart, start, err) }(time.Now())
 	meta, unlock, err := m.lockVM(ctx, "restart", id)
 	if err != nil {
 		return err
@@ -278,7 +282,8 @@ func (m *Manager) stop(ctx context.Context, meta store.Meta) error {
 
 // Delete stops the VM, runs onDelete hooks (a strict one can veto), tears
 // down its network and removes its files, allocations and unit state.
-func (m *Manager) Delete(ctx context.Context, id string) error {
+func (m *Manager) Delete(ctx context.Context, id string) (err error) {
+	defer func(start time.Time) { m.metrics.observe(opDelete, start, err) }(time.Now())
 	meta, unlock, err := m.lockVM(ctx, "delete", id)
 	if err != nil {
 		return err

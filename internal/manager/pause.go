@@ -87,13 +87,15 @@ func stateWord(v wire.VM) string {
 // Pause stops the guest's vCPUs, keeping its memory and devices; pausing a
 // paused VM succeeds. A VM that is not running cannot be paused: conflict,
 // naming its state.
-func (m *Manager) Pause(ctx context.Context, id string) error {
+func (m *Manager) Pause(ctx context.Context, id string) (err error) {
+	defer func(start time.Time) { m.metrics.observe(opPause, start, err) }(time.Now())
 	return m.setRunState(ctx, "pause", id)
 }
 
 // Resume continues a paused VM; resuming a running VM succeeds. A VM that
 // is not running or paused cannot be resumed: conflict, naming its state.
-func (m *Manager) Resume(ctx context.Context, id string) error {
+func (m *Manager) Resume(ctx context.Context, id string) (err error) {
+	defer func(start time.Time) { m.metrics.observe(opResume, start, err) }(time.Now())
 	return m.setRunState(ctx, "resume", id)
 }
 

@@ -27,7 +27,8 @@ import (
 // the VM's data disk while nothing can write it, and resumes the guest
 // (unless it was paused, or req.Stop asks to stop the VM instead). The
 // snapshot is committed only once complete; any failure leaves none.
-func (m *Manager) Snapshot(ctx context.Context, id string, req wire.SnapshotRequest) (wire.Snapshot, error) {
+func (m *Manager) Snapshot(ctx context.Context, id string, req wire.SnapshotRequest) (snap wire.Snapshot, err error) {
+	defer func(start time.Time) { m.metrics.observe(opSnapshot, start, err) }(time.Now())
 	meta, unlock, err := m.lockVM(ctx, "snapshot", id)
 	if err != nil {
 		return wire.Snapshot{}, err
