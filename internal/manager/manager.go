@@ -35,8 +35,8 @@ type Manager struct {
 	store   *store.Store
 	snaps   *snapshot.Store
 	metrics *metrics
-	log   *slog.Logger
-	probe alloc.Probe
+	log     *slog.Logger
+	probe   alloc.Probe
 
 	// sup is nil when no supervisor can run on this host; supErr says why.
 	sup    supervisor.Supervisor
