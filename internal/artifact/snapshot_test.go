@@ -227,6 +227,9 @@ func TestSnapshotPullRefusesAHostOfAnotherKind(t *testing.T) {
 	}
 	assertAbsent(t, b, rec.ID)
 
+	// The rootfs back as it was, the kernel gone: only the kernel can be
+	// what the refusal names.
+	os.WriteFile(h.rootfs, old, 0o644)
 	os.Remove(h.kernel)
 	_, err = c.PullSnapshot(ctxT(t), b, rec.ID)
 	if err == nil || !strings.Contains(err.Error(), "needs its kernel at "+h.kernel+", and this host has none") {
