@@ -67,6 +67,7 @@ func New(mgr *manager.Manager, log *slog.Logger, images ImageLister, health func
 	mux.HandleFunc("GET /v1/vms/{id}/exec", s.exec)
 	mux.HandleFunc("POST /v1/vms/{id}/exec", s.exec)
 	mux.HandleFunc("GET /v1/vms/{id}/console/attach", s.attachConsole)
+	mux.HandleFunc("GET /v1/vms/{id}/stats", s.stats)
 	mux.HandleFunc("GET /v1/vms/{id}/files", s.getFiles)
 	mux.HandleFunc("PUT /v1/vms/{id}/files", s.putFiles)
 	mux.HandleFunc("GET /v1/vms/{id}/{file}", s.vmFile)
@@ -333,4 +334,19 @@ func (s *Server) listImages(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, v)
+}
+
+// stats is GET /v1/vms/{id}/stats.
+func (s *Server) stats(w http.ResponseWriter, r *http.Request) {
+	id, err := pathID(r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	st, err := s.mgr.Stats(r.Context(), id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
 }

@@ -358,3 +358,10 @@ func (c *Client) GetSnapshot(ctx context.Context, ref string) (wire.Snapshot, er
 func (c *Client) DeleteSnapshot(ctx context.Context, ref string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/snapshots/"+url.PathEscape(ref), nil, nil)
 }
+
+// Stats returns what VM id uses now.
+func (c *Client) Stats(ctx context.Context, id string) (wire.Stats, error) {
+	var s wire.Stats
+	err := c.do(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(id)+"/stats", nil, &s)
+	return s, err
+}

@@ -5,6 +5,7 @@
 package proc
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -126,3 +127,36 @@ func ReadPIDFile(path string) (Process, error) {
 	}
 	return p, nil
 }
+
+// Usage is what a process has used: CPU time (user and system) and its
+// resident memory.
+type Usage struct {
+	CPUSeconds float64
+	RSSBytes   int64
+}
+
+// UsageOf reads pid's usage from /proc.
+func UsageOf(pid int) (Usage, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return Usage{}, err
+	}
+	// Fields after the command (which may hold spaces) start after ")".
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return Usage{}, fmt.Errorf("/proc/%d/stat: no command field", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 22 {
+		return Usage{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	// utime and stime are fields 14 and 15 of stat: 12 and 13 here; rss
+	// (pages) is field 24: 22 here.
+	utime, _ := strconv.ParseUint(f[11], 10, 64)
+	stime, _ := strconv.ParseUint(f[12], 10, 64)
+	rss, _ := strconv.ParseInt(f[21], 10, 64)
+	return Usage{CPUSeconds: float64(utime+stime) / clockTicks, RSSBytes: rss * int64(os.Getpagesize())}, nil
+}
+
+// clockTicks is USER_HZ, 100 on every Linux architecture mergen runs on.
+const clockTicks = 100

@@ -61,3 +61,21 @@ func TestPIDFilesRoundTripAndReadTheOldForm(t *testing.T) {
 		t.Fatal("a garbage pid file was accepted")
 	}
 }
+
+// A process's usage is read from /proc: this test's own has spent some
+// CPU and holds some memory; a pid that does not exist is an error.
+func TestUsageOfThisProcess(t *testing.T) {
+	for i := 0; i < 1e6; i++ { // some CPU time to count
+		_ = i * i
+	}
+	u, err := UsageOf(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.RSSBytes < 1<<20 || u.CPUSeconds < 0 {
+		t.Fatalf("usage %+v", u)
+	}
+	if _, err := UsageOf(1 << 30); err == nil {
+		t.Fatal("usage of a pid that does not exist")
+	}
+}

@@ -381,3 +381,35 @@ func OpenTap(netnsName, tap string) (*os.File, error) {
 	}
 	return f, err
 }
+
+// TapCounters are a tap's traffic as the host sees it: Rx is what the
+// guest sent, Tx what it was sent.
+type TapCounters struct {
+	RxBytes, TxBytes, RxPackets, TxPackets uint64
+}
+
+// Counters reads the counters of tap in the network namespace netns
+// (empty: the host's own, bridge mode).
+func Counters(netnsName, tap string) (TapCounters, error) {
+	h := &netlink.Handle{}
+	if netnsName != "" {
+		ns, err := netns.GetFromName(netnsName)
+		if err != nil {
+			return TapCounters{}, fmt.Errorf("namespace %s: %w", netnsName, err)
+		}
+		defer ns.Close()
+		if h, err = netlink.NewHandleAt(ns); err != nil {
+			return TapCounters{}, fmt.Errorf("namespace %s: %w", netnsName, err)
+		}
+		defer h.Close()
+	}
+	l, err := h.LinkByName(tap)
+	if err != nil {
+		return TapCounters{}, fmt.Errorf("tap %s: %w", tap, err)
+	}
+	s := l.Attrs().Statistics
+	if s == nil {
+		return TapCounters{}, fmt.Errorf("tap %s: no statistics", tap)
+	}
+	return TapCounters{RxBytes: s.RxBytes, TxBytes: s.TxBytes, RxPackets: s.RxPackets, TxPackets: s.TxPackets}, nil
+}

@@ -309,3 +309,23 @@ func ShortID(id string) string {
 	}
 	return id[:8]
 }
+
+// Stats is the body of GET /v1/vms/{id}/stats: what a VM uses now, as the
+// host sees it. Counters are totals since the VMM (or the tap) started.
+type Stats struct {
+	ID      string `json:"id"`
+	Running bool   `json:"running"`
+	// VMMPID is the VMM's process; CPUSeconds its user and system time,
+	// RSSBytes its resident memory (the guest's touched memory included).
+	VMMPID     int     `json:"vmmPID,omitempty"`
+	CPUSeconds float64 `json:"cpuSeconds"`
+	RSSBytes   int64   `json:"rssBytes"`
+	// The tap's counters: Rx is what the guest sent, Tx what it received.
+	NetRxBytes   uint64 `json:"netRxBytes"`
+	NetTxBytes   uint64 `json:"netTxBytes"`
+	NetRxPackets uint64 `json:"netRxPackets"`
+	NetTxPackets uint64 `json:"netTxPackets"`
+	// DiskBytes is what the VM's own files take on the host's disk (its
+	// data directory: data disk copy, console log, restore files).
+	DiskBytes int64 `json:"diskBytes"`
+}

@@ -305,6 +305,17 @@ func TestExecAndCopyRealVM(t *testing.T) {
 	flood.Process.Kill()
 	flood.Wait()
 
+	// What the running VM uses, as the host sees it.
+	var st wire.Stats
+	code, raw = b.api(t, "GET", "/v1/vms/"+vm.ID+"/stats", nil, &st)
+	mustStatus(t, code, raw, 200)
+	if !st.Running || st.CPUSeconds <= 0 || st.RSSBytes < 16<<20 || st.NetRxBytes == 0 || st.NetTxBytes < 10<<20 || st.NetRxPackets == 0 || st.DiskBytes == 0 {
+		t.Fatalf("stats of a running VM that moved 10 MiB each way: %s", raw)
+	}
+	if out, errs, code := cli(nil, "stats", "--no-stream", "box"); code != 0 || !strings.Contains(out, "box") || !strings.Contains(out, "running") {
+		t.Fatalf("mergen stats: %d %q %q", code, out, errs)
+	}
+
 	// A stopped VM answers 409.
 	code, raw = b.api(t, "POST", "/v1/vms/"+vm.ID+"/stop", nil, nil)
 	mustStatus(t, code, raw, 200)

@@ -128,6 +128,8 @@ func TestResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	check("POST", "/v1/vms/"+store.NewID()+"/pause", "", 404)
 	check("GET", "/v1/images", "", 200)
 	check("GET", "/metrics", "", 200)
+	check("GET", "/v1/vms/"+vm.ID+"/stats", "", 200)
+	check("GET", "/v1/vms/"+store.NewID()+"/stats", "", 404)
 	// Snapshots: a stopped VM cannot be snapshotted; none exist yet.
 	check("POST", "/v1/vms/"+vm.ID+"/snapshots", `{"stop":false}`, 409)
 	check("POST", "/v1/vms/"+store.NewID()+"/snapshots", "", 404)
