@@ -107,4 +107,3 @@ func printStats(w io.Writer, names []string, rows []wire.Stats, prev map[string]
 	}
 	tw.Flush()
 }
-
