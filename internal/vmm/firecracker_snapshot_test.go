@@ -735,12 +735,7 @@ func newNetnsWithTap(t *testing.T, tap string, uid, gid int) netns.NsHandle {
 // MERGEN_FIRECRACKER_BIN, MERGEN_JAILER_BIN and MERGEN_FIRECRACKER_KERNEL
 // (an uncompressed vmlinux), and a working /dev/kvm.
 func TestRealFirecrackerSnapshotRestore(t *testing.T) {
-	bin := realFirecracker(t, " MERGEN_JAILER_BIN=/path/to/jailer MERGEN_FIRECRACKER_KERNEL=/path/to/vmlinux (as root, on a KVM host)")
-	jailer, kernel := os.Getenv("MERGEN_JAILER_BIN"), os.Getenv("MERGEN_FIRECRACKER_KERNEL")
-	if jailer == "" || kernel == "" {
-		t.Skip("SKIPPED: set MERGEN_JAILER_BIN and MERGEN_FIRECRACKER_KERNEL (an uncompressed vmlinux) with MERGEN_FIRECRACKER_BIN to snapshot and restore a jailed Firecracker")
-	}
-	testenv.RequireRoot(t)
+	bin, jailer, kernel := realJailedFirecracker(t)
 	d := &firecracker{bin: bin, jailer: true, jailerBin: jailer, vsock: true}
 	if err := d.Check(); err != nil {
 		t.Fatal(err)

@@ -519,6 +519,20 @@ func realFirecracker(t *testing.T, needs string) string {
 	return bin
 }
 
+// realJailedFirecracker is the Firecracker, jailer and uncompressed kernel
+// the MERGEN_FIRECRACKER_BIN, MERGEN_JAILER_BIN and
+// MERGEN_FIRECRACKER_KERNEL name, for tests that boot a jailed VM as root;
+// else a loud skip saying how to give them.
+func realJailedFirecracker(t *testing.T) (bin, jailer, kernel string) {
+	bin = realFirecracker(t, " MERGEN_JAILER_BIN=/path/to/jailer MERGEN_FIRECRACKER_KERNEL=/path/to/vmlinux (as root, on a KVM host)")
+	jailer, kernel = os.Getenv("MERGEN_JAILER_BIN"), os.Getenv("MERGEN_FIRECRACKER_KERNEL")
+	if jailer == "" || kernel == "" {
+		t.Skip("SKIPPED: set MERGEN_JAILER_BIN and MERGEN_FIRECRACKER_KERNEL (an uncompressed vmlinux) with MERGEN_FIRECRACKER_BIN to run Firecracker under its jailer")
+	}
+	testenv.RequireRoot(t)
+	return bin, jailer, kernel
+}
+
 // TestRealFirecrackerAPI holds a real Firecracker to the same contract as
 // the fake. It needs no KVM: nothing boots.
 func TestRealFirecrackerAPI(t *testing.T) {
@@ -678,12 +692,7 @@ func devOf(t *testing.T, p string) uint64 {
 // MERGEN_FIRECRACKER_KERNEL (an uncompressed vmlinux), and a working
 // /dev/kvm.
 func TestRealFirecrackerJailed(t *testing.T) {
-	bin := realFirecracker(t, " MERGEN_JAILER_BIN=/path/to/jailer MERGEN_FIRECRACKER_KERNEL=/path/to/vmlinux (as root, on a KVM host)")
-	jailer, kernel := os.Getenv("MERGEN_JAILER_BIN"), os.Getenv("MERGEN_FIRECRACKER_KERNEL")
-	if jailer == "" || kernel == "" {
-		t.Skip("SKIPPED: set MERGEN_JAILER_BIN and MERGEN_FIRECRACKER_KERNEL (an uncompressed vmlinux) with MERGEN_FIRECRACKER_BIN to run Firecracker under its jailer")
-	}
-	testenv.RequireRoot(t)
+	bin, jailer, kernel := realJailedFirecracker(t)
 	d := &firecracker{bin: bin, jailer: true, jailerBin: jailer}
 	if err := d.Check(); err != nil {
 		t.Fatal(err)
