@@ -36,14 +36,10 @@ func BenchmarkExecRoundTrip(b *testing.B) {
 	code, raw := call(b, "POST", d.base+"/v1/vms", map[string]any{"payloadDisk": payload, "memMiB": 256, "httpPort": 8080, "autoStart": true,
 		"ports": []map[string]any{{"guest": 8080, "host": 0}}}, &vm)
 	mustStatus(b, code, raw, 201)
-	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		if _, err := httpGet(vm.Network.Ports[0].Host, "/"); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			b.Fatal("the guest did not answer HTTP")
-		}
-	}
+	testenv.Eventually(b, 90*time.Second, "the guest to answer HTTP", func() bool {
+		_, err := httpGet(vm.Network.Ports[0].Host, "/")
+		return err == nil
+	})
 	c, err := client.New(d.base, client.WithToken(h.token(b)))
 	if err != nil {
 		b.Fatal(err)

@@ -40,17 +40,12 @@ func BenchmarkSnapshotRestore(b *testing.B) {
 		var vm wire.VM
 		t0 := time.Now()
 		api("POST", "/v1/vms", body, &vm, 201)
-		created := time.Since(t0)
-		defer func() { createTimes = append(createTimes, created) }()
-		for {
-			if _, err := httpGet(vm.Network.Ports[0].Host, "/"); err == nil {
-				return time.Since(t0), vm
-			}
-			if time.Since(t0) > 3*time.Minute {
-				b.Fatalf("vm %s did not answer HTTP within 3 minutes", vm.ID)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		createTimes = append(createTimes, time.Since(t0))
+		testenv.Eventually(b, 3*time.Minute, "vm "+vm.ID+" to answer HTTP", func() bool {
+			_, err := httpGet(vm.Network.Ports[0].Host, "/")
+			return err == nil
+		})
+		return time.Since(t0), vm
 	}
 	median := func(ds []time.Duration) time.Duration {
 		s := slices.Clone(ds)

@@ -24,24 +24,6 @@ import (
 // The test image has busybox and sh, no applet links: commands are run as
 // busybox applets.
 //
-// syncBuffer is a bytes.Buffer a process writes while the test reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // zeros reads as endless zero bytes.
 type zeros struct{}
 
@@ -119,14 +101,18 @@ func TestExecAndCopyRealVM(t *testing.T) {
 	}
 
 	// mergen logs -f shows a line the payload prints after the follow
-	// started: httpd logs a 404 it had never answered before.
-	follow := mergenCmd("logs", "-f", "--tail", "0", "box")
-	var followed syncBuffer
+	// started: httpd logs a 404 it had never answered before. The follow
+	// is under way once the last line before it has arrived.
+	follow := mergenCmd("logs", "-f", "--tail", "1", "box")
+	var followed testenv.Log
 	follow.Stdout = &followed
 	if err := follow.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(time.Second)
+	testenv.Eventually(t, 20*time.Second, "mergen logs -f to print the last line so far", func() bool { return followed.String() != "" })
+	if strings.Contains(followed.String(), "response:404") {
+		t.Fatalf("a 404 before the test asked for one: %q", followed.String())
+	}
 	httpGet(vm.Network.Ports[0].Host, "/no-such-page")
 	testenv.Eventually(t, 20*time.Second, "mergen logs -f to show the new 404", func() bool {
 		return strings.Contains(followed.String(), "response:404")
@@ -147,7 +133,10 @@ func TestExecAndCopyRealVM(t *testing.T) {
 	if err := sleep.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(2 * time.Second)
+	testenv.Eventually(t, 20*time.Second, "the remote sleep to run", func() bool {
+		out, _, _ := cli(nil, "exec", "box", "--", "busybox", "ps")
+		return strings.Contains(out, "sleep 100")
+	})
 	sleep.Process.Signal(syscall.SIGINT)
 	done := make(chan error, 1)
 	go func() { done <- sleep.Wait() }()
@@ -205,15 +194,22 @@ func TestExecAndCopyRealVM(t *testing.T) {
 			return strings.Contains(run("capture-pane", "-p", "-t", session), want)
 		})
 	}
-	time.Sleep(2 * time.Second)
+	pane("$") // the remote shell's prompt
 	run("send-keys", "-t", session, "echo $((6*7))", "Enter")
 	pane("42")
 	run("send-keys", "-t", session, "busybox stty size", "Enter")
 	pane("30 100")
 	run("resize-window", "-t", session, "-x", "120", "-y", "40")
-	time.Sleep(time.Second)
-	run("send-keys", "-t", session, "busybox stty size", "Enter")
-	pane("40 120")
+	// The new size travels tmux → mergen (SIGWINCH) → the guest's
+	// terminal: ask until the answer shows it.
+	polls := 0
+	testenv.Eventually(t, 30*time.Second, "the resize to reach the guest", func() bool {
+		if polls%25 == 0 { // about every half second, ask again
+			run("send-keys", "-t", session, "busybox stty size", "Enter")
+		}
+		polls++
+		return strings.Contains(run("capture-pane", "-p", "-t", session), "40 120")
+	})
 
 	// The interactive serial console, in tmux too: a root shell of the
 	// guest's own system; Ctrl-] detaches.
@@ -292,7 +288,7 @@ func TestExecAndCopyRealVM(t *testing.T) {
 	}
 	before := rss()
 	chunk := make([]byte, 64<<10)
-	for range 30 { // 3 s at 640 KiB/s
+	for range 30 { // 3 s at 640 KiB/s: the slowness is the test
 		io.ReadFull(pipe, chunk)
 		time.Sleep(100 * time.Millisecond)
 	}
