@@ -73,7 +73,7 @@ func (m *Manager) takeSnapshot(ctx context.Context, meta store.Meta, ready strin
 	rec := snapshot.Record{
 		ID: m.newID(), CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
 		SourceVM: id, SourceName: meta.Tags[NameTag],
-		VMM: meta.VMM, VMMVersion: version, Shape: shape, Driver: meta.Driver,
+		VMM: meta.VMM, VMMVersion: version, Shape: shape,
 		VCPU: meta.VCPU, MemMiB: meta.MemMiB, Kernel: meta.Kernel, Initrd: meta.Initrd,
 		Disks: meta.Disks, DiskRoots: maps.Clone(meta.DiskRoots), HasData: meta.Disks.Data != "",
 		HTTPPort: meta.HTTPPort, TapName: meta.TapName, Ready: ready,

@@ -50,7 +50,7 @@ func fakeSnapshot(t *testing.T, h *host, version string) snapshot.Record {
 	}
 	rec := snapshot.Record{
 		ID: id, CreatedAt: time.Now(), SourceVM: store.NewID(), VMM: "qemu", VMMVersion: version,
-		Driver: vmm.Resolve("qemu", h.cfg.Driver), VCPU: 1, MemMiB: 256,
+		VCPU: 1, MemMiB: 256,
 		Kernel: h.cfg.DefaultKernel, Disks: store.Disks{Rootfs: h.cfg.DefaultRootfs},
 		DiskRoots: map[string]string{"kernel": filepath.Dir(h.cfg.DefaultKernel), "rootfs": filepath.Dir(h.cfg.DefaultRootfs)},
 		VMMFiles:  []string{"memory"}, TapName: "tap-source",

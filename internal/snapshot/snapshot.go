@@ -29,7 +29,6 @@ import (
 	"time"
 
 	"github.com/mergenhq/mergen/internal/atomicfile"
-	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/layout"
 	"github.com/mergenhq/mergen/internal/lock"
@@ -52,10 +51,9 @@ type Record struct {
 	SourceVM   string `json:"sourceVM"`
 	SourceName string `json:"sourceName,omitempty"`
 
-	VMM        string        `json:"vmm"`
-	VMMVersion string        `json:"vmmVersion"`
-	Shape      string        `json:"shape"`
-	Driver     config.Driver `json:"driver"`
+	VMM        string `json:"vmm"`
+	VMMVersion string `json:"vmmVersion"`
+	Shape      string `json:"shape"`
 
 	VCPU      int               `json:"vcpu"`
 	MemMiB    int               `json:"memMiB"`
