@@ -243,7 +243,8 @@ func TestExecAgentSignalsAndHangsUp(t *testing.T) {
 }
 
 func TestExecAgentRefusesWrongSecretAndBoundsSessions(t *testing.T) {
-	f := newExecFixture(t, func(s *execServer) { s.slots = make(chan struct{}, 1) })
+	var srv *execServer
+	f := newExecFixture(t, func(s *execServer) { s.slots = make(chan struct{}, 1); srv = s })
 	f.Deliver(t)
 	bad := f.target
 	bad.Secret = bytes.Repeat([]byte{1}, execproto.SecretLen)
@@ -252,6 +253,9 @@ func TestExecAgentRefusesWrongSecretAndBoundsSessions(t *testing.T) {
 	if !errors.Is(err, execproto.ErrRefused) || !strings.Contains(err.Error(), "vm-test") {
 		t.Errorf("wrong secret: %v", err)
 	}
+	// The host hears the refusal before the guest's handler has returned
+	// and given its slot back.
+	testenv.Eventually(t, 5*time.Second, "the refused session's slot to be free", func() bool { return len(srv.slots) == 0 })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
