@@ -172,3 +172,24 @@ func (l Layout) StagingPattern(id string) string { return StagingPrefix + id + "
 func (l Layout) Trash(id, stamp string) string {
 	return filepath.Join(l.ConfigRoot, TrashPrefix+id+"-"+stamp)
 }
+
+// Events are the paths of the host's event journal (package events): every
+// VM's lifecycle transitions, appended by the daemon and by the lifecycle
+// stages, in one order.
+type Events struct {
+	Dir        string // <data>/events
+	Journal    string // journal.jsonl: one event per line
+	JournalOld string // journal.1.jsonl: the journal before its last rotation
+	Lock       string // held while an event is appended or the journal rotated
+}
+
+// Events returns the paths of the event journal.
+func (l Layout) Events() Events {
+	dir := filepath.Join(l.DataRoot, "events")
+	return Events{
+		Dir:        dir,
+		Journal:    filepath.Join(dir, "journal.jsonl"),
+		JournalOld: filepath.Join(dir, "journal.1.jsonl"),
+		Lock:       filepath.Join(dir, "journal.lock"),
+	}
+}

@@ -19,6 +19,8 @@ type metrics struct {
 	reg      *prometheus.Registry
 	ops      *prometheus.CounterVec   // op, result
 	duration *prometheus.HistogramVec // op
+	// hookFailures counts failed manager hooks, best-effort ones included.
+	hookFailures *prometheus.CounterVec // event
 }
 
 // Operation names, the "op" label.
@@ -46,8 +48,12 @@ func newMetrics(m *Manager) *metrics {
 			Help:    "How long VM operations took, by kind, failed ones included.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14), // 5 ms to ~41 s
 		}, []string{"op"}),
+		hookFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mergen_hook_failures_total",
+			Help: "Manager hooks that failed (HTTP status, exit status, timeout), by event; best-effort ones included.",
+		}, []string{"event"}),
 	}
-	mt.reg.MustRegister(mt.ops, mt.duration, &stateCollector{m: m},
+	mt.reg.MustRegister(mt.ops, mt.duration, mt.hookFailures, &stateCollector{m: m},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return mt
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/mergenhq/mergen/internal/alloc"
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/events"
 	"github.com/mergenhq/mergen/internal/filecopy"
 	"github.com/mergenhq/mergen/internal/hooks"
 	"github.com/mergenhq/mergen/internal/snapshot"
@@ -129,6 +130,7 @@ func (m *Manager) takeSnapshot(ctx context.Context, meta store.Meta, ready strin
 		return snapshot.Record{}, snapshotFailed(id, m.snaps.Paths(rec.ID).Dir, err)
 	}
 	committed = true
+	m.emit(ctx, meta, events.Snapshotted, "", "", map[string]string{"snapshot": rec.ID})
 	return rec, nil
 }
 
