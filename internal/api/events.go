@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,13 +22,15 @@ const (
 	// eventsBatch is how many events one wait hands over: what a watcher
 	// costs in memory beyond its connection.
 	eventsBatch = 256
-	// eventsWriteTimeout is how long a watcher may leave a write pending
-	// (not reading, its socket buffers full) before it is dropped.
-	eventsWriteTimeout = 10 * time.Second
 	// eventsKeepAlive is how often an idle stream gets a comment line, so
 	// proxies and clients see it alive.
 	eventsKeepAlive = 15 * time.Second
 )
+
+// eventsWriteTimeout is how long a watcher may leave a write pending (not
+// reading, its socket buffers full) before it is dropped. A variable for
+// the tests.
+var eventsWriteTimeout = 10 * time.Second
 
 // eventFilter is what a watcher asked for.
 type eventFilter struct {
@@ -162,10 +165,12 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// dropWatcher logs why a watcher's stream ended on a failed write.
+// dropWatcher logs why a watcher's stream ended on a failed write: a
+// write that ran out its deadline is a watcher that stopped reading; any
+// other failure is one that left.
 func (s *Server) dropWatcher(r *http.Request, err error) {
-	if r.Context().Err() != nil {
-		return // it left
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return
 	}
 	s.log.Warn("events watcher dropped: it did not read its stream", "remote", r.RemoteAddr, "timeout", eventsWriteTimeout, "err", err)
 }

@@ -95,6 +95,23 @@ const (
 	appendWait      = 5 * time.Second
 )
 
+// seqOf reads the number of an event line as Append writes it
+// ({"seq":N,…}); 0 when the line starts otherwise.
+func seqOf(line []byte) uint64 {
+	rest, ok := bytes.CutPrefix(line, []byte(`{"seq":`))
+	if !ok {
+		return 0
+	}
+	var n uint64
+	for _, c := range rest {
+		if c < '0' || c > '9' {
+			return n
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return 0
+}
+
 // ErrGone is returned for a position older than the journal still keeps.
 var ErrGone = errors.New("events before that position are no longer kept")
 
@@ -210,7 +227,10 @@ func (j *Journal) After(since uint64, limit int) ([]Event, error) {
 	var out []Event
 	first := uint64(0)
 	for _, path := range []string{j.p.JournalOld, j.p.Journal} {
-		err := scanFile(path, func(ev Event) bool {
+		err := scanFile(path, func(seq uint64) bool {
+			// The oldest kept is still needed to tell a gap.
+			return first != 0 && seq != 0 && seq <= since
+		}, func(ev Event) bool {
 			if first == 0 {
 				first = ev.Seq
 			}
@@ -237,7 +257,7 @@ func (j *Journal) After(since uint64, limit int) ([]Event, error) {
 func (j *Journal) LastOf(vm string) (Event, bool, error) {
 	var last Event
 	found := false
-	err := scanFile(j.p.Journal, func(ev Event) bool {
+	err := scanFile(j.p.Journal, nil, func(ev Event) bool {
 		if ev.VM == vm {
 			last, found = ev, true
 		}
@@ -247,8 +267,10 @@ func (j *Journal) LastOf(vm string) (Event, bool, error) {
 }
 
 // scanFile calls fn for every event of the file until it returns false. A
-// missing file has none; a line that is not an event is skipped.
-func scanFile(path string, fn func(Event) bool) error {
+// missing file has none; a line that is not an event is skipped, and so is
+// one whose number skip (when set) says to skip: read from the line's
+// start, it spares decoding the events a reader is already past.
+func scanFile(path string, skip func(seq uint64) bool, fn func(Event) bool) error {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -260,8 +282,12 @@ func scanFile(path string, fn func(Event) bool) error {
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 0, 4096), maxLine)
 	for sc.Scan() {
+		line := sc.Bytes()
+		if skip != nil && skip(seqOf(line)) {
+			continue
+		}
 		var ev Event
-		if json.Unmarshal(sc.Bytes(), &ev) != nil || ev.Seq == 0 {
+		if json.Unmarshal(line, &ev) != nil || ev.Seq == 0 {
 			continue
 		}
 		if !fn(ev) {
