@@ -111,6 +111,10 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, o Options) 
 	}
 
 	mgr := manager.New(manager.Options{Config: cfg, Store: st, Log: log, Supervisor: sup, SupervisorErr: supErr})
+	// Health checks carry on for the VMs that run; they end with the
+	// daemon, and the next one carries on from their files.
+	mgr.ResumeHealth(ctx)
+	defer mgr.StopHealth()
 	health := func() map[string]any {
 		h := map[string]any{}
 		if sup == nil {
