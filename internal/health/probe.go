@@ -49,7 +49,8 @@ func Probe(ctx context.Context, c Check, t Target, now func() time.Time) Result 
 	end := now()
 	r := Result{At: end, OK: err == nil, DurationMs: end.Sub(start).Milliseconds(), Output: cut(strings.TrimSpace(output))}
 	if err != nil {
-		if ctx.Err() != nil && !errors.Is(err, context.Canceled) {
+		var ne net.Error
+		if (ctx.Err() != nil || errors.As(err, &ne) && ne.Timeout()) && !errors.Is(err, context.Canceled) {
 			err = fmt.Errorf("no answer within %ds: %w", c.TimeoutSeconds, err)
 		}
 		msg := err.Error()
