@@ -2,9 +2,6 @@ package forwarder
 
 import (
 	"crypto/tls"
-	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -31,7 +28,7 @@ func TestForwarderStartingVMIs503WithRetryAfter(t *testing.T) {
 	if err := health.Write(path, st); err != nil {
 		t.Fatal(err)
 	}
-	resp, body := rawResponse(t, f, "web.vm.test")
+	resp, body := f.rawResponse(t, "web.vm.test", &tls.Config{ServerName: "web.vm.test", RootCAs: f.pool})
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "2" || !strings.Contains(body, "is starting") {
 		t.Fatalf("starting VM: %d, Retry-After %q, %q; want 503 with Retry-After 2", resp.StatusCode, resp.Header.Get("Retry-After"), body)
 	}
@@ -43,33 +40,13 @@ func TestForwarderStartingVMIs503WithRetryAfter(t *testing.T) {
 	if err := health.Write(path, st); err != nil {
 		t.Fatal(err)
 	}
-	if resp, body := rawResponse(t, f, "web.vm.test"); resp.StatusCode != 200 || !strings.Contains(body, "vm=web") {
+	if resp, body := f.rawResponse(t, "web.vm.test", &tls.Config{ServerName: "web.vm.test", RootCAs: f.pool}); resp.StatusCode != 200 || !strings.Contains(body, "vm=web") {
 		t.Fatalf("ready VM: %d %q", resp.StatusCode, body)
 	}
 	if err := health.Remove(path); err != nil {
 		t.Fatal(err)
 	}
-	if resp, _ := rawResponse(t, f, "web.vm.test"); resp.StatusCode != 200 {
+	if resp, _ := f.rawResponse(t, "web.vm.test", &tls.Config{ServerName: "web.vm.test", RootCAs: f.pool}); resp.StatusCode != 200 {
 		t.Fatalf("VM without health: %d", resp.StatusCode)
 	}
-}
-
-// rawResponse does one GET with SNI sni and returns the response with its
-// headers and body.
-func rawResponse(t *testing.T, f *fixture, sni string) (*http.Response, string) {
-	t.Helper()
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", f.addr, &tls.Config{ServerName: sni, RootCAs: f.pool})
-	if err != nil {
-		t.Fatalf("tls dial %s: %v", sni, err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n", sni)
-	resp, err := http.ReadResponse(bufioReader(conn), nil)
-	if err != nil {
-		t.Fatalf("read response for %s: %v", sni, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp, string(body)
 }

@@ -238,7 +238,7 @@ func (m *Manager) checkHealth(ctx context.Context, meta store.Meta, st health.St
 		case <-time.After(delay):
 		}
 		at := time.Now()
-		if err := m.restartUnhealthy(ctx, meta.ID); err != nil {
+		if err := m.restart(ctx, meta.ID, true); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -270,25 +270,6 @@ func (m *Manager) unhealthyPlan(policy supervisor.RestartPolicy, st *health.Stat
 		return fmt.Sprintf("restart policy %s: restart limit reached, the VM is left running", policy)
 	}
 	return fmt.Sprintf("restart policy %s: restarting", policy)
-}
-
-// restartUnhealthy stops and starts VM id under its lock, as Restart does,
-// without touching its checker (the caller).
-func (m *Manager) restartUnhealthy(ctx context.Context, id string) (err error) {
-	defer func(start time.Time) { m.metrics.observe(opRestart, start, err) }(time.Now())
-	meta, unlock, err := m.lockVM(ctx, "restart", id)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	if err := m.stop(ctx, meta); err != nil {
-		return fmt.Errorf("restart vm %s: %w", id, err)
-	}
-	if err := m.start(ctx, meta); err != nil {
-		return fmt.Errorf("restart vm %s: %w", id, err)
-	}
-	m.log.Info("vm restarted for being unhealthy", "vm", id)
-	return nil
 }
 
 // healthTarget is where meta's checks go: the guest, from inside its

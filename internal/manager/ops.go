@@ -235,8 +235,15 @@ func (m *Manager) Stop(ctx context.Context, id string) (err error) {
 }
 
 // Restart stops and starts the VM under one hold of its lock, with the
-// hooks of both: no other operation can slip in between.
+// hooks of both: no other operation can slip in between. Its health starts
+// over.
 func (m *Manager) Restart(ctx context.Context, id string) (err error) {
+	return m.restart(ctx, id, false)
+}
+
+// restart is Restart; forHealth says the VM's health checker restarts it
+// for being unhealthy, and carries its health on itself.
+func (m *Manager) restart(ctx context.Context, id string, forHealth bool) (err error) {
 	defer func(start time.Time) { m.metrics.observe(opRestart, start, err) }(time.Now())
 	begun := time.Now()
 	meta, unlock, err := m.lockVM(ctx, "restart", id)
@@ -244,12 +251,18 @@ func (m *Manager) Restart(ctx context.Context, id string) (err error) {
 		return err
 	}
 	defer unlock()
-	m.unwatchHealth(id, true)
+	if !forHealth {
+		m.unwatchHealth(id, true)
+	}
 	if err := m.stop(ctx, meta); err != nil {
 		return fmt.Errorf("restart vm %s: %w", id, err)
 	}
 	if err := m.start(ctx, meta); err != nil {
 		return fmt.Errorf("restart vm %s: %w", id, err)
+	}
+	if forHealth {
+		m.log.Info("vm restarted for being unhealthy", "vm", id)
+		return nil
 	}
 	m.watchHealth(meta, true, begun)
 	m.log.Info("vm restarted", "vm", id)
