@@ -118,6 +118,10 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, o Options) 
 	mgrDone := make(chan struct{})
 	go func() { mgr.Run(mgrCtx); close(mgrDone) }()
 	defer func() { stopMgr(); <-mgrDone }()
+	// Health checks carry on for the VMs that run; they end with the
+	// daemon, and the next one carries on from their files.
+	mgr.ResumeHealth(ctx)
+	defer mgr.StopHealth()
 	health := func() map[string]any {
 		h := map[string]any{}
 		if sup == nil {

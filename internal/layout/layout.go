@@ -26,6 +26,7 @@ const (
 	FileHooks          = "hooks.json"
 	FileLifecycleHooks = "lifecycle-hooks.json" // optional stage extensions
 	FileEnv            = "env"                  // service-manager environment file
+	FileHealth         = "health.json"          // the health check's state (internal/health)
 )
 
 // VM are the host paths of one VM.
@@ -38,6 +39,9 @@ type VM struct {
 	Hooks          string // hooks.json
 	LifecycleHooks string // lifecycle-hooks.json
 	Env            string // env
+	// Health is what the VM's health check found (internal/health),
+	// written by the daemon while the VM runs and read by the forwarder.
+	Health string
 
 	RunDir  string // <run>/<id>
 	Socket  string // the VMM's API socket (Firecracker API, QEMU QMP)
@@ -90,6 +94,7 @@ func (l Layout) VM(id string) VM {
 		Hooks:          filepath.Join(cfg, FileHooks),
 		LifecycleHooks: filepath.Join(cfg, FileLifecycleHooks),
 		Env:            filepath.Join(cfg, FileEnv),
+		Health:         filepath.Join(cfg, FileHealth),
 
 		RunDir:  run,
 		Socket:  filepath.Join(run, "vmm.sock"),

@@ -58,6 +58,8 @@ type Manager struct {
 	indexGen  uint64
 
 	newID func() string // store.NewID; tests make ids collide
+
+	health healthWatchers
 }
 
 // Options are the manager's collaborators.
@@ -79,6 +81,8 @@ func New(o Options) *Manager {
 		m.probe = alloc.BindProbe
 	}
 	m.metrics = newMetrics(m)
+	m.health.ctx, m.health.stop = context.WithCancel(context.Background())
+	m.health.w = map[string]*healthWatcher{}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
@@ -149,24 +153,25 @@ func (m *Manager) fromRequest(req wire.CreateRequest) (store.Meta, vmm.Driver, e
 
 	id := m.newID()
 	meta := store.Meta{
-		ID:        id,
-		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
-		VMM:       driver.Name(),
-		Driver:    settings,
-		VCPU:      req.VCPU,
-		MemMiB:    req.MemMiB,
-		Kernel:    kernel,
-		Initrd:    initrd,
-		Disks:     disks,
-		DiskRoots: diskRoots,
-		HTTPPort:  req.HTTPPort,
-		Tags:      req.Tags,
-		Metadata:  req.Metadata,
-		ExtraEnv:  req.ExtraEnv,
-		AutoStart: req.AutoStart,
-		Restart:   req.Restart,
-		MAC:       vmnet.MACFor(id),
-		TapName:   store.TapName(id),
+		ID:          id,
+		CreatedAt:   time.Now().UTC().Truncate(time.Millisecond),
+		VMM:         driver.Name(),
+		Driver:      settings,
+		VCPU:        req.VCPU,
+		MemMiB:      req.MemMiB,
+		Kernel:      kernel,
+		Initrd:      initrd,
+		Disks:       disks,
+		DiskRoots:   diskRoots,
+		HTTPPort:    req.HTTPPort,
+		Tags:        req.Tags,
+		Metadata:    req.Metadata,
+		ExtraEnv:    req.ExtraEnv,
+		AutoStart:   req.AutoStart,
+		Restart:     req.Restart,
+		HealthCheck: recordHealthCheck(req.HealthCheck),
+		MAC:         vmnet.MACFor(id),
+		TapName:     store.TapName(id),
 	}
 	if req.Bridge != nil {
 		meta.Bridge = &store.Bridge{Name: req.Bridge.Name, Netmask: req.Bridge.Netmask}

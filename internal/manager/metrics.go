@@ -21,6 +21,9 @@ type metrics struct {
 	duration *prometheus.HistogramVec // op
 	// hookFailures counts failed manager hooks, best-effort ones included.
 	hookFailures *prometheus.CounterVec // event
+	// bootToReady is the time from a start (or a restart for being
+	// unhealthy) to the health check's first pass.
+	bootToReady prometheus.Histogram
 }
 
 // Operation names, the "op" label.
@@ -52,8 +55,13 @@ func newMetrics(m *Manager) *metrics {
 			Name: "mergen_hook_failures_total",
 			Help: "Manager hooks that failed (HTTP status, exit status, timeout), by event; best-effort ones included.",
 		}, []string{"event"}),
+		bootToReady: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mergen_boot_to_ready_seconds",
+			Help:    "Time from a VM's start request (or its restart for being unhealthy) to its health check's first pass; VMs with a health check only.",
+			Buckets: prometheus.ExponentialBuckets(0.25, 2, 11), // 250 ms to ~4 min
+		}),
 	}
-	mt.reg.MustRegister(mt.ops, mt.duration, mt.hookFailures, &stateCollector{m: m},
+	mt.reg.MustRegister(mt.ops, mt.duration, mt.hookFailures, mt.bootToReady, &stateCollector{m: m},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return mt
 }

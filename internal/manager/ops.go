@@ -82,8 +82,11 @@ func (m *Manager) documentWith(ctx context.Context, meta store.Meta, svc supervi
 		Available: svc.Available, Unit: svc.Unit, Active: svc.Active,
 		ActiveState: svc.ActiveState, SubState: svc.SubState, MainPID: svc.MainPID,
 	}
-	v.Restarts = svc.Restarts
 	v.State = stateWord(v)
+	v.HealthCheck = wireHealthCheck(meta.HealthCheck)
+	var healthRestarts int
+	v.Health, healthRestarts = m.healthDoc(meta, v.State)
+	v.Restarts = svc.Restarts + healthRestarts
 	return v
 }
 
@@ -199,14 +202,18 @@ func (m *Manager) lockVM(ctx context.Context, op, id string) (store.Meta, func()
 // Start starts the VM; starting a running VM succeeds.
 func (m *Manager) Start(ctx context.Context, id string) (err error) {
 	defer func(start time.Time) { m.metrics.observe(opStart, start, err) }(time.Now())
+	begun := time.Now()
 	meta, unlock, err := m.lockVM(ctx, "start", id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	// Starting a running VM changes nothing, its health included.
+	running := meta.HealthCheck != nil && m.serviceState(ctx, id).Active
 	if err := m.start(ctx, meta); err != nil {
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
+	m.watchHealth(meta, !running, begun)
 	m.log.Info("vm started", "vm", id)
 	return nil
 }
@@ -220,6 +227,7 @@ func (m *Manager) Stop(ctx context.Context, id string) (err error) {
 		return err
 	}
 	defer unlock()
+	m.unwatchHealth(id, true)
 	if err := m.stop(ctx, meta); err != nil {
 		return fmt.Errorf("stop vm %s: %w", id, err)
 	}
@@ -228,20 +236,36 @@ func (m *Manager) Stop(ctx context.Context, id string) (err error) {
 }
 
 // Restart stops and starts the VM under one hold of its lock, with the
-// hooks of both: no other operation can slip in between.
+// hooks of both: no other operation can slip in between. Its health starts
+// over.
 func (m *Manager) Restart(ctx context.Context, id string) (err error) {
+	return m.restart(ctx, id, false)
+}
+
+// restart is Restart; forHealth says the VM's health checker restarts it
+// for being unhealthy, and carries its health on itself.
+func (m *Manager) restart(ctx context.Context, id string, forHealth bool) (err error) {
 	defer func(start time.Time) { m.metrics.observe(opRestart, start, err) }(time.Now())
+	begun := time.Now()
 	meta, unlock, err := m.lockVM(ctx, "restart", id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	if !forHealth {
+		m.unwatchHealth(id, true)
+	}
 	if err := m.stop(ctx, meta); err != nil {
 		return fmt.Errorf("restart vm %s: %w", id, err)
 	}
 	if err := m.start(ctx, meta); err != nil {
 		return fmt.Errorf("restart vm %s: %w", id, err)
 	}
+	if forHealth {
+		m.log.Info("vm restarted for being unhealthy", "vm", id)
+		return nil
+	}
+	m.watchHealth(meta, true, begun)
 	m.log.Info("vm restarted", "vm", id)
 	return nil
 }
@@ -322,6 +346,7 @@ func (m *Manager) Delete(ctx context.Context, id string) (err error) {
 		m.emit(ctx, meta, events.Vetoed, "hook", err.Error(), map[string]string{"op": "delete"})
 		return fmt.Errorf("delete vm %s: %w", id, err)
 	}
+	m.unwatchHealth(id, true)
 	// A VM that was never started (or whose VMM is gone) can be deleted even
 	// when no service manager is usable; a possibly running one cannot.
 	if err := m.supervisorReady(ctx); err == nil {

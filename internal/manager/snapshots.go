@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -78,6 +79,11 @@ func (m *Manager) takeSnapshot(ctx context.Context, meta store.Meta, ready strin
 		VCPU: meta.VCPU, MemMiB: meta.MemMiB, Kernel: meta.Kernel, Initrd: meta.Initrd,
 		Disks: meta.Disks, DiskRoots: maps.Clone(meta.DiskRoots), HasData: meta.Disks.Data != "",
 		HTTPPort: meta.HTTPPort, TapName: meta.TapName, Ready: ready,
+	}
+	if ready == "" {
+		// A restore keeps the VM's health check unless it asks for
+		// another; an image's ready snapshot belongs to no one's check.
+		rec.HealthCheck = meta.HealthCheck
 	}
 	rec.Disks.Data = ""
 	delete(rec.DiskRoots, "dataDisk")
@@ -293,6 +299,8 @@ func (m *Manager) restoreRecord(ctx context.Context, rec snapshot.Record, req wi
 		TapName:   store.TapName(id),
 		Netns:     store.NetnsName(id),
 		Snapshot:  rec.ID,
+		// The request's health check, else the snapshotted VM's.
+		HealthCheck: cmp.Or(recordHealthCheck(req.HealthCheck), rec.HealthCheck.Clone()),
 	}
 	if meta.HTTPPort == 0 {
 		meta.HTTPPort = rec.HTTPPort
