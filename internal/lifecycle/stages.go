@@ -393,7 +393,11 @@ func (r *Runner) postStart(ctx context.Context, id string) error {
 	if err := r.stageHooks(ctx, m, "postStart"); err != nil {
 		return err
 	}
-	r.record(ctx, m, events.Ready, "", "")
+	if m.HealthCheck == nil {
+		// A VM with a health check is ready when it passes: the daemon
+		// records that.
+		r.record(ctx, m, events.Ready, "", "")
+	}
 	return nil
 }
 

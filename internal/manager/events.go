@@ -37,6 +37,16 @@ func (m *Manager) emit(ctx context.Context, meta store.Meta, t events.Type, reas
 	return ev
 }
 
+// announce records an event nothing waits for and fires its hooks in the
+// background: they are best-effort (onReady, onUnhealthy, onRestart).
+func (m *Manager) announce(meta store.Meta, t events.Type, reason, message string) {
+	ev := m.emit(context.Background(), meta, t, reason, message, nil)
+	if ev.Seq == 0 {
+		return // not recorded
+	}
+	go m.fire(m.life, ev, meta, nil)
+}
+
 // fire runs the hooks of an event: the global ones, then the VM's own
 // (vmHooks, or its stored hooks.json when nil). An operation that emitted
 // the event calls it and fails when a strict hook fails; events recorded

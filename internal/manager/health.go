@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/events"
 	"github.com/mergenhq/mergen/internal/execclient"
 	"github.com/mergenhq/mergen/internal/health"
 	"github.com/mergenhq/mergen/internal/store"
@@ -50,11 +51,19 @@ func (m *Manager) healthChanged(meta store.Meta, from, to string, detail string)
 	if detail != "" {
 		log = log.With("detail", detail)
 	}
-	if to == health.Unhealthy {
+	var t events.Type
+	switch to {
+	case health.Ready:
+		t = events.Ready
+		log.Info("vm health changed")
+	case health.Unhealthy:
+		t = events.Unhealthy
 		log.Warn("vm health changed")
+	default:
+		log.Info("vm health changed")
 		return
 	}
-	log.Info("vm health changed")
+	m.announce(meta, t, "", detail)
 }
 
 // watchHealth starts checking a running VM, replacing a checker it had.

@@ -258,6 +258,9 @@ func (m *Manager) restart(ctx context.Context, id string, forHealth bool) (err e
 	if err := m.stop(ctx, meta); err != nil {
 		return fmt.Errorf("restart vm %s: %w", id, err)
 	}
+	if forHealth {
+		m.announce(meta, events.Restarted, "unhealthy", fmt.Sprintf("started again by the daemon for failing its health check (restart policy %s)", meta.Restart))
+	}
 	if err := m.start(ctx, meta); err != nil {
 		return fmt.Errorf("restart vm %s: %w", id, err)
 	}

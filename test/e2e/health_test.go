@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/events"
 	"github.com/mergenhq/mergen/internal/testenv"
 	"github.com/mergenhq/mergen/internal/wire"
 )
@@ -52,6 +53,7 @@ func TestHealthRealVM(t *testing.T) {
 		return vm
 	}
 
+	watch := startEventsCLI(t, vh, b.d.base)
 	var web, deaf wire.VM
 	code, body := b.api(t, "POST", "/v1/vms", map[string]any{
 		"payloadDisk": payload, "memMiB": 256, "httpPort": 8080, "autoStart": true, "restart": "on-failure",
@@ -127,6 +129,12 @@ func TestHealthRealVM(t *testing.T) {
 	t.Logf("daemon log, health lines:\n%s", grepLines(log, "health"))
 	if web.Restarts != 1 {
 		t.Fatalf("restarts = %d, want 1", web.Restarts)
+	}
+	// The event stream tells the same story, in order.
+	evs := watch.expect(t, web.ID, events.Created, events.Starting, events.Ready, events.Unhealthy,
+		events.Stopping, events.Stopped, events.Restarted, events.Starting, events.Ready)
+	if evs[3].Message == "" || evs[6].Reason != "unhealthy" {
+		t.Fatalf("unhealthy %+v, restarted %+v", evs[3], evs[6])
 	}
 
 	// Stopped, it has no health; its health file goes.
