@@ -305,25 +305,40 @@ func (c *Client) Logs(ctx context.Context, id string, opts LogsOptions, w io.Wri
 // stream copies a text answer that may never end to w; ctx ending it is no
 // error.
 func (c *Client) stream(ctx context.Context, path string, w io.Writer) error {
-	req, err := c.newRequest(ctx, http.MethodGet, path, nil)
+	resp, err := c.openStream(ctx, path, "")
 	if err != nil {
 		return err
 	}
-	hc := *c.http
-	hc.Timeout = 0 // following has no natural end
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the mergen daemon at %s: %w", c.where, err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return streamError(resp)
-	}
 	_, err = io.Copy(w, resp.Body)
 	if ctx.Err() != nil {
 		return nil
 	}
 	return err
+}
+
+// openStream sends a GET whose answer may never end (no client timeout)
+// and returns the answer when it is a success; an error answer is an
+// APIError.
+func (c *Client) openStream(ctx context.Context, path, accept string) (*http.Response, error) {
+	req, err := c.newRequest(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	hc := *c.http
+	hc.Timeout = 0 // following has no natural end
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach the mergen daemon at %s: %w", c.where, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		return nil, streamError(resp)
+	}
+	return resp, nil
 }
 
 // streamError is the APIError of a streaming request's error answer.
@@ -447,21 +462,11 @@ var (
 // watchOnce reads one event stream, telling pos of every position it
 // passes (each event's id, and the one the stream starts after).
 func (c *Client) watchOnce(ctx context.Context, path string, pos func(uint64), fn func(events.Event) error) error {
-	req, err := c.newRequest(ctx, http.MethodGet, path, nil)
+	resp, err := c.openStream(ctx, path, "text/event-stream")
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Accept", "text/event-stream")
-	hc := *c.http
-	hc.Timeout = 0
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the mergen daemon at %s: %w", c.where, err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		return streamError(resp)
-	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 0, 4096), 64<<10)
 	var kind string
