@@ -112,8 +112,10 @@ func TestEventsFollowARealVMsLifeAndResume(t *testing.T) {
 	t.Cleanup(func() { dumpConsoles(t, h) })
 	base := b.d.base
 
-	live := startEventsCLI(t, vh, base)
-	late := startEventsCLI(t, vh, base)
+	// --all: the host is new, so its journal is this test's; a watcher
+	// from "now" could connect after the first event.
+	live := startEventsCLI(t, vh, base, "--all")
+	late := startEventsCLI(t, vh, base, "--all")
 	payload := payloadDisk(t, h.path("data", "images", "events"), "-", nil, []string{"/bin/sh", "-c", "echo serving; while :; do sleep 1; done"}, "root", "/")
 	var vm wire.VM
 	code, body := b.api(t, "POST", "/v1/vms", map[string]any{"payloadDisk": payload, "memMiB": 256, "tags": map[string]string{"name": "watched"}}, &vm)

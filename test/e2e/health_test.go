@@ -53,7 +53,7 @@ func TestHealthRealVM(t *testing.T) {
 		return vm
 	}
 
-	watch := startEventsCLI(t, vh, b.d.base)
+	watch := startEventsCLI(t, vh, b.d.base, "--all") // the host's whole journal: this test's
 	var web, deaf wire.VM
 	code, body := b.api(t, "POST", "/v1/vms", map[string]any{
 		"payloadDisk": payload, "memMiB": 256, "httpPort": 8080, "autoStart": true, "restart": "on-failure",
