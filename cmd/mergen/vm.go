@@ -280,6 +280,9 @@ func printVMText(w io.Writer, vm wire.VM) {
 		fmt.Fprintf(w, "Address:  %s\n", vm.Network.GuestIP)
 	}
 	fmt.Fprintf(w, "Service:  %s (%s/%s)\n", vm.Service.Unit, vm.Service.ActiveState, vm.Service.SubState)
+	if vm.Restart != "" && vm.Restart != "no" {
+		fmt.Fprintf(w, "Restart:  %s, %d restarts\n", vm.Restart, vm.Restarts)
+	}
 	printLastRun(w, vm.LastRun)
 }
 
