@@ -11,9 +11,10 @@ import (
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
-// A VM whose payload exits, and one whose entrypoint is not in the image,
-// end by themselves under QEMU; each VM's document then says why, with
-// mergen-init's status and message and the last console lines.
+// A VM whose payload exits, one whose entrypoint is not in the image, and
+// one whose kernel cannot mount its root disk end by themselves under QEMU;
+// each VM's document then says why, with mergen-init's status and message
+// or the kernel's panic, and the last console lines.
 func TestVMLastRunDetached(t *testing.T) {
 	testenv.RequireRoot(t)
 	if testing.Short() {
@@ -28,19 +29,27 @@ func TestVMLastRunDetached(t *testing.T) {
 	for _, tc := range []struct {
 		name        string
 		argv        []string
+		bootArgs    string
 		reason      string
-		initExit    int
+		initExit    int // -1: mergen-init never ran
 		initMessage string
+		message     string
 		console     string
 	}{
-		{"exit3", []string{"/bin/sh", "-c", "echo payload says goodbye; exit 3"}, wire.ReasonPayloadExit, 3, "", "payload says goodbye"},
-		{"noentry", []string{"/app/server"}, wire.ReasonInitError, 127, `entrypoint: "/app/server" does not exist in the image or is not executable`, "mergen-init: error: entrypoint"},
+		{"exit3", []string{"/bin/sh", "-c", "echo payload says goodbye; exit 3"}, "", wire.ReasonPayloadExit, 3, "",
+			"the payload exited with status 3", "payload says goodbye"},
+		{"noentry", []string{"/app/server"}, "", wire.ReasonInitError, 127, `entrypoint: "/app/server" does not exist in the image or is not executable`,
+			"mergen-init failed (exit status 127)", "mergen-init: error: entrypoint"},
+		// The initramfs is skipped (rdinit= names nothing) and root= a disk
+		// that does not exist: the kernel itself cannot mount its root.
+		{"noroot", []string{"/bin/sh", "-c", "exit 0"}, "rdinit=/none root=/dev/vdz", wire.ReasonKernelPanic, -1, "",
+			"the guest kernel panicked: Kernel panic - not syncing: VFS: Unable to mount root fs", `VFS: Cannot open root device "vdz"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			payload := payloadDisk(t, h.path("data", "images", tc.name), "-", nil, tc.argv, "root", "/")
 			var vm wire.VM
 			code, body := b.api(t, "POST", "/v1/vms", map[string]any{
-				"payloadDisk": payload, "memMiB": 256, "tags": map[string]string{"name": tc.name},
+				"payloadDisk": payload, "memMiB": 256, "tags": map[string]string{"name": tc.name}, "bootArgs": tc.bootArgs,
 			}, &vm)
 			mustStatus(t, code, body, 201)
 			if vm.LastRun != nil {
@@ -56,8 +65,13 @@ func TestVMLastRunDetached(t *testing.T) {
 			})
 			lr := vm.LastRun
 			t.Logf("lastRun: %s", body[strings.Index(string(body), `"lastRun"`):])
-			if lr.Reason != tc.reason || lr.InitExitCode == nil || *lr.InitExitCode != tc.initExit || lr.InitMessage != tc.initMessage || lr.Result == "" || lr.EndedAt.IsZero() {
-				t.Fatalf("lastRun = %+v, want reason %s, init exit status %d, message %q", lr, tc.reason, tc.initExit, tc.initMessage)
+			initExit := -1
+			if lr.InitExitCode != nil {
+				initExit = *lr.InitExitCode
+			}
+			if lr.Reason != tc.reason || initExit != tc.initExit || lr.InitMessage != tc.initMessage || !strings.HasPrefix(lr.Message, tc.message) ||
+				lr.Result == "" || lr.EndedAt.IsZero() || lr.GaveUp {
+				t.Fatalf("lastRun = %+v, want reason %s, init exit status %d and message %q, a message starting %q", lr, tc.reason, tc.initExit, tc.initMessage, tc.message)
 			}
 			if tail := strings.Join(lr.ConsoleTail, "\n"); len(lr.ConsoleTail) == 0 || len(lr.ConsoleTail) > 20 || !strings.Contains(tail, tc.console) {
 				t.Fatalf("console tail lacks %q:\n%s", tc.console, tail)
