@@ -19,8 +19,8 @@ import (
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
-// restartHost is a vmHost whose daemon the mergen CLI can be pointed at.
-type restartHost interface {
+// cliHost is a vmHost whose daemon the mergen CLI can be pointed at.
+type cliHost interface {
 	vmHost
 	// mergen runs the CLI against the host's daemon and returns its output.
 	mergen(t *testing.T, args ...string) (string, error)
@@ -94,7 +94,7 @@ func TestRestartUnderSystemd(t *testing.T) {
 // three restarts, and why the last run ended. backoff says the waits
 // between runs double (the detached supervisor) rather than stay at the
 // first delay (systemd 252).
-func restartGivesUp(t *testing.T, h restartHost, host *host, backoff bool) {
+func restartGivesUp(t *testing.T, h cliHost, host *host, backoff bool) {
 	payload := payloadDisk(t, host.path("data", "images", "giveup"), "", nil, []string{"/bin/sh", "-c", "echo this run ends; exit 3"}, "root", "/")
 	var vm wire.VM
 	code, body := h.api(t, "POST", "/v1/vms", map[string]any{
@@ -167,7 +167,7 @@ func restartGivesUp(t *testing.T, h restartHost, host *host, backoff bool) {
 // again; with the daemon SIGKILLed the VM keeps running, and a VMM killed
 // meanwhile is restarted by the supervisor alone; the daemon started again
 // reports the VM running with both restarts.
-func restartAlways(t *testing.T, h restartHost, host *host) {
+func restartAlways(t *testing.T, h cliHost, host *host) {
 	page := "always up\n"
 	payload := payloadDisk(t, host.path("data", "images", "always"), page, nil, []string{"/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/www"}, "root", "/www")
 	var vm wire.VM
