@@ -1,13 +1,11 @@
 package e2e
 
 import (
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/testenv"
-	"github.com/mergenhq/mergen/internal/testenv/nspawn"
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
@@ -18,12 +16,8 @@ func TestVMLastRunDetached(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIPPED in -short mode: boots QEMU guests")
 	}
-	vh := newVMHost(t, "detached", "172.31.249.0/24")
-	h := vh.host
-	b := &bareHost{h: h, bin: vh.mergen, port: freePort(t)}
-	b.d = h.startBinary(t, vh.mergen, b.port)
-	t.Cleanup(func() { dumpConsoles(t, h) })
-	lastRunScenario(t, b, h, true)
+	b := startBareHost(t, "172.31.249.0/24")
+	lastRunScenario(t, b, b.h, true)
 }
 
 // TestVMLastRunUnderSystemd: the same with a real systemd, which forgets
@@ -33,18 +27,8 @@ func TestVMLastRunUnderSystemd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIPPED in -short mode: boots a container and QEMU guests")
 	}
-	vh := newVMHost(t, "", "172.31.234.0/24")
-	h := vh.host
-	c := nspawn.Boot(t, nspawn.Config{Binds: []string{filepath.Dir(vh.mergen), filepath.Dir(vh.lifecycle), vh.assets, h.root, "/dev/net/tun"}})
-	ch := &containerHost{c: c, h: h, bin: vh.mergen, port: 8080}
-	ch.startDaemon(t)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("vm units:\n%s", c.Journal(""))
-		}
-		dumpConsoles(t, h)
-	})
-	lastRunScenario(t, ch, h, false)
+	ch := bootContainerHost(t, "172.31.234.0/24")
+	lastRunScenario(t, ch, ch.h, false)
 }
 
 // lastRunScenario: a VM whose payload exits, one whose entrypoint is not

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,7 +14,6 @@ import (
 
 	"github.com/mergenhq/mergen/internal/hooks"
 	"github.com/mergenhq/mergen/internal/testenv"
-	"github.com/mergenhq/mergen/internal/testenv/nspawn"
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
@@ -48,16 +46,12 @@ func TestRestartDetached(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIPPED in -short mode: boots QEMU guests")
 	}
-	vh := newVMHost(t, "detached", "172.31.236.0/24")
-	h := vh.host
-	b := &bareHost{h: h, bin: vh.mergen, port: freePort(t)}
-	b.d = h.startBinary(t, vh.mergen, b.port)
-	t.Cleanup(func() { dumpConsoles(t, h) })
+	b := startBareHost(t, "172.31.236.0/24")
 	t.Run("on-failure:3 gives up after three restarts, backing off", func(t *testing.T) {
-		restartGivesUp(t, b, h, true)
+		restartGivesUp(t, b, b.h, true)
 	})
 	t.Run("always survives a guest poweroff and a daemon SIGKILL", func(t *testing.T) {
-		restartAlways(t, b, h)
+		restartAlways(t, b, b.h)
 	})
 }
 
@@ -69,23 +63,12 @@ func TestRestartUnderSystemd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIPPED in -short mode: boots a container and QEMU guests")
 	}
-	vh := newVMHost(t, "", "172.31.235.0/24")
-	h := vh.host
-	c := nspawn.Boot(t, nspawn.Config{Binds: []string{filepath.Dir(vh.mergen), filepath.Dir(vh.lifecycle), vh.assets, h.root, "/dev/net/tun"}})
-	ch := &containerHost{c: c, h: h, bin: vh.mergen, port: 8080}
-	ch.startDaemon(t)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("daemon journal:\n%s", c.Journal(daemonUnit))
-			t.Logf("vm units:\n%s", c.Journal(""))
-		}
-		dumpConsoles(t, h)
-	})
+	ch := bootContainerHost(t, "172.31.235.0/24")
 	t.Run("on-failure:3 gives up after three restarts", func(t *testing.T) {
-		restartGivesUp(t, ch, h, false)
+		restartGivesUp(t, ch, ch.h, false)
 	})
 	t.Run("always survives a guest poweroff and a daemon SIGKILL", func(t *testing.T) {
-		restartAlways(t, ch, h)
+		restartAlways(t, ch, ch.h)
 	})
 }
 
