@@ -91,6 +91,6 @@ func run(stage, id string) error {
 		mgr := manager.New(manager.Options{Config: cfg, Store: st, Log: log, Supervisor: sup, SupervisorErr: err})
 		return mgr.Restart(ctx, id)
 	}
-	r := &lifecycle.Runner{Config: cfg, Store: st, Log: log, Out: os.Stdout}
+	r := &lifecycle.Runner{Config: cfg, Store: st, Log: log, Out: os.Stdout, Result: config.RunResultFrom(config.Env())}
 	return r.Run(ctx, stage, id)
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mergenhq/mergen/internal/client"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/converter"
 	"github.com/mergenhq/mergen/internal/imagemeta"
@@ -35,6 +36,7 @@ type runFlags struct {
 	domain                 string
 	httpsPort              int
 	timeout                time.Duration
+	health                 healthFlags
 }
 
 func newRunCmd() *cobra.Command { return runCmd(config.Env()) }
@@ -100,6 +102,7 @@ keeps running either way (mergen vm rm -f NAME removes it).`,
 	fl.DurationVar(&f.timeout, "timeout", 3*time.Minute, "how long to wait for the guest's HTTP port")
 	fl.BoolVar(&f.cold, "cold", false, "boot the image instead of restoring its ready snapshot")
 	fl.IntVar(&f.readyPort, "ready-port", 0, "guest TCP port whose answer makes the image's ready snapshot (default: the HTTP port)")
+	f.health.register(fl)
 	return cmd
 }
 
@@ -216,6 +219,9 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, cfg config.CLI, f r
 	if req.Ports, err = parsePorts(f.publish); err != nil {
 		return err
 	}
+	if req.HealthCheck, err = f.health.check(); err != nil {
+		return err
+	}
 	if len(req.Ports) == 0 && req.HTTPPort != 0 {
 		req.Ports = []wire.Port{{Guest: req.HTTPPort, Host: 0, Protocol: "tcp"}}
 	}
@@ -236,8 +242,15 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, cfg config.CLI, f r
 	}
 	ph.end(vm.ID)
 
-	// 3. Wait for the guest's HTTP port on its published host port.
-	if req.HTTPPort != 0 {
+	// 3. Wait for the health check to pass, or else for the guest's HTTP
+	// port on its published host port.
+	if req.HealthCheck != nil {
+		ph.begin("wait for the VM's health check to pass")
+		if vm, err = waitReady(ctx, c, vm.ID, f.timeout); err != nil {
+			return fmt.Errorf("%w (see `mergen vm inspect -o text %s`)", err, wire.ShortID(vm.ID))
+		}
+		ph.end("ready")
+	} else if req.HTTPPort != 0 {
 		hostPort := 0
 		for _, p := range vm.Network.Ports {
 			if p.Guest == req.HTTPPort && p.Protocol == "tcp" {
@@ -274,6 +287,36 @@ func readRuntime(dir string) (imagemeta.Runtime, bool) {
 		return rt, false
 	}
 	return rt, true
+}
+
+// waitReady polls the VM's document until its health check passed; an
+// unhealthy VM ends the wait with the last check's output.
+func waitReady(ctx context.Context, c *client.Client, id string, limit time.Duration) (wire.VM, error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	for {
+		vm, err := c.Get(ctx, id)
+		if err != nil {
+			return vm, err
+		}
+		if h := vm.Health; h != nil {
+			switch h.Status {
+			case wire.HealthReady:
+				return vm, nil
+			case wire.HealthUnhealthy:
+				out := ""
+				if h.LastCheck != nil && h.LastCheck.Output != "" {
+					out = ": " + h.LastCheck.Output
+				}
+				return vm, fmt.Errorf("vm %s is unhealthy%s", id, out)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return vm, fmt.Errorf("vm %s: its health check did not pass within %s", id, limit)
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
 }
 
 // waitHTTP polls url until any HTTP answer arrives.

@@ -102,6 +102,7 @@ func newVMCreateCmd(f *apiFlags) *cobra.Command {
 		bridge, guestIP, gatewayIP, mask string
 		metadata                         string
 		start                            bool
+		hf                               healthFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "create [NAME]",
@@ -141,6 +142,9 @@ func newVMCreateCmd(f *apiFlags) *cobra.Command {
 				return fmt.Errorf("--guest-ip, --gateway-ip and --netmask need --bridge (in the default mode the guest IP is allocated)")
 			}
 			req.AutoStart = start
+			if req.HealthCheck, err = hf.check(); err != nil {
+				return err
+			}
 			if req.Snapshot != "" {
 				// A prefix is resolved here: the daemon takes ids too, but the
 				// error for an ambiguous prefix reads better from the list.
@@ -176,6 +180,7 @@ func newVMCreateCmd(f *apiFlags) *cobra.Command {
 	fl.StringVar(&metadata, "metadata", "", "free JSON stored with the VM")
 	fl.BoolVar(&start, "start", false, "start the VM after creating it")
 	fl.StringVar(&req.Snapshot, "from-snapshot", "", "restore the VM from this snapshot (id or unique prefix) instead of booting it; it keeps the snapshot's disks and shape")
+	hf.register(fl)
 	fl.StringVar(&bridge, "bridge", "", "attach the tap to this existing host bridge (e.g. docker0) instead of a namespace")
 	fl.StringVar(&guestIP, "guest-ip", "", "static guest IP (bridge mode)")
 	fl.StringVar(&gatewayIP, "gateway-ip", "", "gateway IP (bridge mode)")
@@ -280,10 +285,37 @@ func printVMText(w io.Writer, vm wire.VM) {
 		fmt.Fprintf(w, "Address:  %s\n", vm.Network.GuestIP)
 	}
 	fmt.Fprintf(w, "Service:  %s (%s/%s)\n", vm.Service.Unit, vm.Service.ActiveState, vm.Service.SubState)
-	if vm.Restart != "" && vm.Restart != "no" {
-		fmt.Fprintf(w, "Restart:  %s, %d restarts\n", vm.Restart, vm.Restarts)
+	if vm.Restarts > 0 {
+		fmt.Fprintf(w, "Restarts: %d (policy %s)\n", vm.Restarts, vm.Restart)
 	}
+	printHealth(w, vm)
 	printLastRun(w, vm.LastRun)
+}
+
+func printHealth(w io.Writer, vm wire.VM) {
+	if vm.Health == nil {
+		return
+	}
+	h := vm.Health
+	fmt.Fprintf(w, "Health:   %s since %s", h.Status, h.Since.Local().Format(time.RFC3339))
+	if h.Failures > 0 {
+		fmt.Fprintf(w, ", %d failed checks in a row", h.Failures)
+	}
+	fmt.Fprintln(w)
+	if h.Message != "" {
+		fmt.Fprintf(w, "  %s\n", h.Message)
+	}
+	if lc := h.LastCheck; lc != nil {
+		word := "failed"
+		if lc.OK {
+			word = "passed"
+		}
+		fmt.Fprintf(w, "  Last check: %s at %s (%d ms)", word, lc.At.Local().Format(time.RFC3339), lc.DurationMs)
+		if lc.Output != "" {
+			fmt.Fprintf(w, ": %s", lc.Output)
+		}
+		fmt.Fprintln(w)
+	}
 }
 
 func printLastRun(w io.Writer, lr *wire.LastRun) {
@@ -434,6 +466,10 @@ func printVMs(w io.Writer, format string, vms []wire.VM, asList bool) error {
 // paused, stopped, …); for a daemon that does not send one, the service
 // manager's view.
 func stateWord(vm wire.VM) string {
+	if vm.State == wire.StateRunning && vm.Health != nil {
+		// A VM with a health check: starting, ready or unhealthy.
+		return vm.Health.Status
+	}
 	if vm.State != "" {
 		return vm.State
 	}

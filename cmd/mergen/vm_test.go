@@ -25,7 +25,7 @@ func TestPrintVMTextShowsTheLastRun(t *testing.T) {
 	out := b.String()
 	for _, want := range []string{
 		"State:    stopped\n",
-		"Restart:  on-failure:3, 3 restarts\n",
+		"Restarts: 3 (policy on-failure:3)\n",
 		`Last run: init-error: mergen-init failed (exit status 127): entrypoint: "/app"`,
 		"  VMM:    result success, exit status 0\n",
 		`  Guest:  mergen-init exit status 127: entrypoint: "/app" does not exist`,
@@ -38,7 +38,7 @@ func TestPrintVMTextShowsTheLastRun(t *testing.T) {
 
 	b.Reset()
 	printVMText(&b, wire.VM{ID: "x", State: "running"})
-	if strings.Contains(b.String(), "Last run") || strings.Contains(b.String(), "Restart:") {
-		t.Errorf("a VM without lastRun or restart policy printed one:\n%s", b.String())
+	if strings.Contains(b.String(), "Last run") || strings.Contains(b.String(), "Restarts:") {
+		t.Errorf("a VM without lastRun or restarts printed one:\n%s", b.String())
 	}
 }

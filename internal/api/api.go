@@ -75,6 +75,7 @@ func New(mgr *manager.Manager, log *slog.Logger, images ImageLister, health func
 	mux.HandleFunc("GET /v1/snapshots/{sid}", s.getSnapshot)
 	mux.HandleFunc("DELETE /v1/snapshots/{sid}", s.deleteSnapshot)
 	mux.HandleFunc("GET /v1/images", s.listImages)
+	mux.HandleFunc("GET /v1/events", s.events)
 	// Behind the API's authentication like every other operation: the
 	// figures name VMs' states and the host's pool.
 	mux.Handle("GET /metrics", mgr.MetricsHandler())
@@ -162,6 +163,8 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		status = http.StatusServiceUnavailable
 	case errdefs.IsNoSpace(err):
 		status = http.StatusInsufficientStorage
+	case errors.Is(err, errdefs.ErrGone):
+		status = http.StatusGone
 	}
 	if status == http.StatusInternalServerError {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)

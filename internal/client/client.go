@@ -2,17 +2,21 @@
 package client
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/events"
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
@@ -301,35 +305,55 @@ func (c *Client) Logs(ctx context.Context, id string, opts LogsOptions, w io.Wri
 // stream copies a text answer that may never end to w; ctx ending it is no
 // error.
 func (c *Client) stream(ctx context.Context, path string, w io.Writer) error {
-	req, err := c.newRequest(ctx, http.MethodGet, path, nil)
+	resp, err := c.openStream(ctx, path, "")
 	if err != nil {
 		return err
 	}
-	hc := *c.http
-	hc.Timeout = 0 // following has no natural end
-	resp, err := hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the mergen daemon at %s: %w", c.where, err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode >= 300 {
-		var e struct {
-			Error string `json:"error"`
-		}
-		data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(data, &e) != nil || e.Error == "" {
-			e.Error = strings.TrimSpace(string(data))
-		}
-		if resp.StatusCode == http.StatusUnauthorized {
-			e.Error += " (give the daemon's token with MERGEN_API_TOKEN, or run where the token file MGR_API_TOKEN_FILE is readable, or use the unix socket MGR_API_SOCKET)"
-		}
-		return &APIError{Status: resp.StatusCode, Message: e.Error}
-	}
 	_, err = io.Copy(w, resp.Body)
 	if ctx.Err() != nil {
 		return nil
 	}
 	return err
+}
+
+// openStream sends a GET whose answer may never end (no client timeout)
+// and returns the answer when it is a success; an error answer is an
+// APIError.
+func (c *Client) openStream(ctx context.Context, path, accept string) (*http.Response, error) {
+	req, err := c.newRequest(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	hc := *c.http
+	hc.Timeout = 0 // following has no natural end
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach the mergen daemon at %s: %w", c.where, err)
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		return nil, streamError(resp)
+	}
+	return resp, nil
+}
+
+// streamError is the APIError of a streaming request's error answer.
+func streamError(resp *http.Response) error {
+	var e struct {
+		Error string `json:"error"`
+	}
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if json.Unmarshal(data, &e) != nil || e.Error == "" {
+		e.Error = strings.TrimSpace(string(data))
+	}
+	if resp.StatusCode == http.StatusUnauthorized {
+		e.Error += " (give the daemon's token with MERGEN_API_TOKEN, or run where the token file MGR_API_TOKEN_FILE is readable, or use the unix socket MGR_API_SOCKET)"
+	}
+	return &APIError{Status: resp.StatusCode, Message: e.Error}
 }
 
 // Snapshot takes a snapshot of VM id.
@@ -364,4 +388,123 @@ func (c *Client) Stats(ctx context.Context, id string) (wire.Stats, error) {
 	var s wire.Stats
 	err := c.do(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(id)+"/stats", nil, &s)
 	return s, err
+}
+
+// EventsOptions choose the events a watcher gets.
+type EventsOptions struct {
+	VM    string   // a VM id; empty: every VM
+	Types []string // event types; empty: all
+	// Since resumes after that position (the seq of the last event seen);
+	// FromStart with Since 0 gets every event the host still keeps.
+	// Neither: only what happens from now on.
+	Since     uint64
+	FromStart bool
+	// Reconnect makes Watch reconnect, from the last event it handed over,
+	// when the connection is lost (the daemon restarted); it gives up only
+	// when ctx ends or the daemon refuses the request.
+	Reconnect bool
+	// OnReconnect, when set, is told of each lost connection.
+	OnReconnect func(err error)
+}
+
+// Watch streams the host's events (GET /v1/events) to fn, in order, until
+// ctx ends (no error), fn fails, or the stream ends.
+func (c *Client) Watch(ctx context.Context, opts EventsOptions, fn func(events.Event) error) error {
+	since, fromNow := opts.Since, opts.Since == 0 && !opts.FromStart
+	delay := 250 * time.Millisecond
+	for {
+		q := url.Values{}
+		if opts.VM != "" {
+			q.Set("vm", opts.VM)
+		}
+		if len(opts.Types) > 0 {
+			q.Set("type", strings.Join(opts.Types, ","))
+		}
+		if !fromNow {
+			q.Set("since", strconv.FormatUint(since, 10))
+		}
+		got := false
+		err := c.watchOnce(ctx, "/v1/events?"+q.Encode(), func(pos uint64) {
+			// The stream's first line says where it starts: a reconnect
+			// goes on from there even before any event came.
+			since, fromNow = pos, false
+		}, func(ev events.Event) error {
+			got = true
+			return fn(ev)
+		})
+		var apiErr *APIError
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case !opts.Reconnect, errors.As(err, &apiErr), errors.Is(err, errStreamGone), errors.Is(err, errHandler):
+			return err
+		}
+		if got {
+			delay = 250 * time.Millisecond
+		}
+		if opts.OnReconnect != nil {
+			opts.OnReconnect(err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+var (
+	errStreamGone = errors.New("the daemon no longer keeps events that far back")
+	errHandler    = errors.New("event handler")
+)
+
+// watchOnce reads one event stream, telling pos of every position it
+// passes (each event's id, and the one the stream starts after).
+func (c *Client) watchOnce(ctx context.Context, path string, pos func(uint64), fn func(events.Event) error) error {
+	resp, err := c.openStream(ctx, path, "text/event-stream")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 0, 4096), 64<<10)
+	var kind string
+	var data []byte
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case line == "":
+			if kind == "gone" {
+				var e struct {
+					Error string `json:"error"`
+				}
+				json.Unmarshal(data, &e)
+				return fmt.Errorf("%w: %s", errStreamGone, e.Error)
+			}
+			if len(data) > 0 {
+				var ev events.Event
+				if err := json.Unmarshal(data, &ev); err != nil {
+					return fmt.Errorf("event stream: %w", err)
+				}
+				if err := fn(ev); err != nil {
+					return fmt.Errorf("%w: %w", errHandler, err)
+				}
+			}
+			kind, data = "", nil
+		case strings.HasPrefix(line, ":"):
+		case strings.HasPrefix(line, "id:"):
+			if n, err := strconv.ParseUint(strings.TrimSpace(strings.TrimPrefix(line, "id:")), 10, 64); err == nil {
+				pos(n)
+			}
+		case strings.HasPrefix(line, "event:"):
+			kind = strings.TrimSpace(strings.TrimPrefix(line, "event:"))
+		case strings.HasPrefix(line, "data:"):
+			data = append(data, strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " ")...)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("event stream: %w", err)
+	}
+	return errors.New("event stream: the daemon closed it")
 }

@@ -382,3 +382,19 @@ func Loopback(addr string) bool {
 
 // originRe is a browser origin: scheme://host[:port], nothing after.
 var originRe = regexp.MustCompile(`^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$`)
+
+// RunResult is what the service manager tells the stop and post-stop
+// stages about the run that ended: systemd's SERVICE_RESULT (success,
+// exit-code, signal, core-dump, timeout, …), EXIT_CODE (exited, killed,
+// dumped) and EXIT_STATUS (a number or a signal's name). The detached
+// supervisor sets the same variables.
+type RunResult struct {
+	Result     string
+	ExitCode   string
+	ExitStatus string
+}
+
+// RunResultFrom reads the run's result through getenv.
+func RunResultFrom(getenv Source) RunResult {
+	return RunResult{Result: getenv("SERVICE_RESULT"), ExitCode: getenv("EXIT_CODE"), ExitStatus: getenv("EXIT_STATUS")}
+}

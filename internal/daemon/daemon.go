@@ -111,6 +111,17 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, o Options) 
 	}
 
 	mgr := manager.New(manager.Options{Config: cfg, Store: st, Log: log, Supervisor: sup, SupervisorErr: supErr})
+	// The manager's background work (the event stream and the hooks fed
+	// from it) ends before the servers shut down, so that event watchers
+	// let their connections go.
+	mgrCtx, stopMgr := context.WithCancel(ctx)
+	mgrDone := make(chan struct{})
+	go func() { mgr.Run(mgrCtx); close(mgrDone) }()
+	defer func() { stopMgr(); <-mgrDone }()
+	// Health checks carry on for the VMs that run; they end with the
+	// daemon, and the next one carries on from their files.
+	mgr.ResumeHealth(ctx)
+	defer mgr.StopHealth()
 	health := func() map[string]any {
 		h := map[string]any{}
 		if sup == nil {
@@ -156,6 +167,7 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, o Options) 
 	case <-ctx.Done():
 	}
 	log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+	stopMgr()
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	var wg sync.WaitGroup

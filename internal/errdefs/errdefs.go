@@ -16,6 +16,9 @@ var (
 	ErrUnavailable = errors.New("unavailable")
 	// ErrNoSpace: the host's disk is full (HTTP 507).
 	ErrNoSpace = errors.New("no space left")
+	// ErrGone: what was asked for existed once and is no longer kept
+	// (HTTP 410), e.g. an event position older than the journal.
+	ErrGone = errors.New("gone")
 )
 
 type classed struct {
@@ -33,6 +36,7 @@ func Conflict(format string, a ...any) error    { return newf(ErrConflict, forma
 func Invalid(format string, a ...any) error     { return newf(ErrInvalid, format, a...) }
 func Unavailable(format string, a ...any) error { return newf(ErrUnavailable, format, a...) }
 func NoSpace(format string, a ...any) error     { return newf(ErrNoSpace, format, a...) }
+func Gone(format string, a ...any) error        { return newf(ErrGone, format, a...) }
 
 func newf(class error, format string, a ...any) error {
 	// Keep %w working so the cause stays inspectable.

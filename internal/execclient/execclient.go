@@ -68,20 +68,7 @@ func Dial(ctx context.Context, t Target) (net.Conn, error) {
 func dialOnce(ctx context.Context, t Target) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
-	var d net.Dialer
-	var conn net.Conn
-	var err error
-	if t.Netns == "" {
-		conn, err = d.DialContext(ctx, "tcp", t.Addr)
-	} else {
-		// A socket belongs to the namespace it was made in: the connect
-		// happens on a thread inside the VM's.
-		err = vmnet.RunInNetns(t.Netns, func() error {
-			var derr error
-			conn, derr = d.DialContext(ctx, "tcp", t.Addr)
-			return derr
-		})
-	}
+	conn, err := vmnet.DialInNetns(ctx, t.Netns, t.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", t.Addr, err)
 	}

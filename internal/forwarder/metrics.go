@@ -30,6 +30,7 @@ const (
 	kindNoPort    = "no_http_port"
 	kindDial      = "dial"
 	kindResolver  = "resolver"
+	kindStarting  = "starting" // the VM's health check has not passed since its start
 	kindIdle      = "idle_timeout"
 	kindTotal     = "total_timeout"
 )

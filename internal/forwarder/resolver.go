@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/health"
+	"github.com/mergenhq/mergen/internal/layout"
 	"github.com/mergenhq/mergen/internal/store"
 )
 
@@ -89,6 +91,16 @@ type Resolver struct {
 	cur       atomic.Pointer[index]
 	rebuildMu sync.Mutex
 	bgRunning atomic.Bool
+
+	health sync.Map // VM id → healthStamp
+}
+
+// healthStamp is a VM's health status as read from its health file of
+// that modification time and size.
+type healthStamp struct {
+	mod    time.Time
+	size   int64
+	status string
 }
 
 // NewResolver returns a resolver; it reads nothing until the first lookup
@@ -339,4 +351,29 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p)
 	l.n -= int64(n)
 	return n, err
+}
+
+// Health is the status of VM id's health check (internal/health): starting,
+// ready or unhealthy, or "" for a VM without one (or that is not running).
+// It costs one stat of the VM's health file; the file is read again only
+// when it changed.
+func (r *Resolver) Health(id string) string {
+	path := layout.Layout{ConfigRoot: r.configRoot}.VM(id).Health
+	st, err := os.Stat(path)
+	if err != nil {
+		r.health.Delete(id)
+		return ""
+	}
+	if v, ok := r.health.Load(id); ok {
+		if hs := v.(healthStamp); hs.mod.Equal(st.ModTime()) && hs.size == st.Size() {
+			return hs.status
+		}
+	}
+	hst, err := health.Read(path)
+	if err != nil {
+		r.log.Debug("health file unreadable", "vm", id, "err", err)
+		return ""
+	}
+	r.health.Store(id, healthStamp{mod: st.ModTime(), size: st.Size(), status: hst.Status})
+	return hst.Status
 }

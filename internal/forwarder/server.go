@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/health"
 )
 
 // Server is a running forwarder.
@@ -345,6 +346,14 @@ func (s *Server) handle(raw net.Conn, addr netip.Addr) (relayed bool) {
 		return false
 	}
 
+	if s.resolver.Health(t.ID) == health.Starting {
+		// Booting: the client is told when to come back rather than that
+		// the VM is broken.
+		s.rejectWith(tc, log, kindStarting, http.StatusServiceUnavailable, retryAfterStarting,
+			fmt.Sprintf("vm %s is starting; try again shortly\n", t.ID))
+		return false
+	}
+
 	dctx, cancel := context.WithTimeout(context.Background(), s.cfg.DialTimeout)
 	dialStart := time.Now()
 	backend, err := dialTarget(dctx, &s.dialer, t)
@@ -404,6 +413,16 @@ func (s *Server) handOff(p *pair, raw, backend net.Conn) error {
 // and time) so that closing does not reset the connection under the
 // response, then half-closes.
 func (s *Server) reject(tc *tls.Conn, log *slog.Logger, kind string, status int, body string) {
+	s.rejectWith(tc, log, kind, status, 0, body)
+}
+
+// retryAfterStarting is the Retry-After, in seconds, of the answer for a
+// VM that is starting.
+const retryAfterStarting = 2
+
+// rejectWith is reject with a Retry-After header of retryAfter seconds
+// (none when 0).
+func (s *Server) rejectWith(tc *tls.Conn, log *slog.Logger, kind string, status, retryAfter int, body string) {
 	s.m.errors.WithLabelValues(kind).Inc()
 	s.m.conns.WithLabelValues("rejected").Inc()
 	log.Info("connection rejected", "kind", kind, "status", status, "reason", body[:len(body)-1])
@@ -417,8 +436,12 @@ func (s *Server) reject(tc *tls.Conn, log *slog.Logger, kind string, status int,
 			break
 		}
 	}
-	resp := fmt.Sprintf("HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-		status, http.StatusText(status), len(body), body)
+	extra := ""
+	if retryAfter > 0 {
+		extra = fmt.Sprintf("Retry-After: %d\r\n", retryAfter)
+	}
+	resp := fmt.Sprintf("HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%sConnection: close\r\n\r\n%s",
+		status, http.StatusText(status), len(body), extra, body)
 	io.WriteString(tc, resp)
 	tc.CloseWrite()
 }

@@ -245,8 +245,15 @@ func (f *fixture) client() *http.Client {
 // certificate does not cover.
 func (f *fixture) rawRequest(t *testing.T, sni string) (int, string) {
 	t.Helper()
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", f.addr,
-		&tls.Config{ServerName: sni, InsecureSkipVerify: true})
+	resp, body := f.rawResponse(t, sni, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+	return resp.StatusCode, body
+}
+
+// rawResponse does one GET over a TLS connection made with conf and
+// returns the response, headers included, and its body.
+func (f *fixture) rawResponse(t *testing.T, sni string, conf *tls.Config) (*http.Response, string) {
+	t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", f.addr, conf)
 	if err != nil {
 		t.Fatalf("tls dial with SNI %q: %v", sni, err)
 	}
@@ -259,7 +266,7 @@ func (f *fixture) rawRequest(t *testing.T, sni string) (int, string) {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(body)
+	return resp, string(body)
 }
 
 // metric is the value of one sample in the forwarder's metrics, e.g.

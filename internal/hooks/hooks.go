@@ -1,7 +1,9 @@
 // Package hooks runs the two kinds of extension points mergen offers.
 //
-// Manager hooks (this file) fire on VM events — onCreate, onStart, onStop,
-// onDelete — from the daemon. They come from the VM's hooks.json (the
+// Manager hooks (this file) fire on the VM events of the host's event
+// stream (package events): onCreate, onStart, onStop and onDelete on the
+// operations the daemon is asked for, and onReady, onUnhealthy, onFailed
+// and onRestart on what happens to a running VM. They come from the VM's hooks.json (the
 // "hooks" field of POST /v1/vms) and from every *.json file in
 // MGR_GLOBAL_HOOKS_DIR, global ones first, in file-name order. A hook is an
 // HTTP call or a command; it is best-effort (failures are logged) unless it
@@ -55,7 +57,26 @@ const (
 	OnStart  Event = "onStart"
 	OnStop   Event = "onStop"
 	OnDelete Event = "onDelete"
+
+	// Events no operation waits for: their hooks are best-effort only.
+	OnReady     Event = "onReady"
+	OnUnhealthy Event = "onUnhealthy"
+	OnFailed    Event = "onFailed"
+	OnRestart   Event = "onRestart"
 )
+
+// eventNames lists the events for errors.
+const eventNames = "onCreate, onStart, onStop, onDelete, onReady, onUnhealthy, onFailed or onRestart"
+
+// CanBeStrict reports whether an operation waits for e's hooks, so that a
+// strict one can fail it.
+func (e Event) CanBeStrict() bool {
+	switch e {
+	case OnCreate, OnStart, OnStop, OnDelete:
+		return true
+	}
+	return false
+}
 
 // Timeouts of one hook.
 const (
@@ -88,6 +109,11 @@ type Set struct {
 	OnStop   []Hook `json:"onStop,omitempty"`
 	OnDelete []Hook `json:"onDelete,omitempty"`
 
+	OnReady     []Hook `json:"onReady,omitempty"`
+	OnUnhealthy []Hook `json:"onUnhealthy,omitempty"`
+	OnFailed    []Hook `json:"onFailed,omitempty"`
+	OnRestart   []Hook `json:"onRestart,omitempty"`
+
 	// Source names where the set came from in errors and logs: the global
 	// file's name (set by LoadDir), or empty for a VM's own hooks.json.
 	Source string `json:"-"`
@@ -103,15 +129,8 @@ func (s Set) source() string {
 
 // For returns the hooks of one event.
 func (s Set) For(e Event) []Hook {
-	switch e {
-	case OnCreate:
-		return s.OnCreate
-	case OnStart:
-		return s.OnStart
-	case OnStop:
-		return s.OnStop
-	case OnDelete:
-		return s.OnDelete
+	if l := s.slot(e); l != nil {
+		return *l
 	}
 	return nil
 }
@@ -160,7 +179,7 @@ func parse(b []byte, allowCommands bool) (Set, error) {
 	for name, raw := range top {
 		list := s.slot(Event(name))
 		if list == nil {
-			return Set{}, fmt.Errorf("hooks.%s: unknown event (want onCreate, onStart, onStop or onDelete)", name)
+			return Set{}, fmt.Errorf("hooks.%s: unknown event (want %s)", name, eventNames)
 		}
 		var items []json.RawMessage
 		if err := json.Unmarshal(raw, &items); err != nil {
@@ -178,6 +197,9 @@ func parse(b []byte, allowCommands bool) (Set, error) {
 			}
 			if err := h.validate(); err != nil {
 				return Set{}, fmt.Errorf("hooks.%s[%d].%v", name, i, err)
+			}
+			if h.Strict && !Event(name).CanBeStrict() {
+				return Set{}, fmt.Errorf("hooks.%s[%d].strict: no operation waits for %s hooks, so they cannot be strict", name, i, name)
 			}
 			*list = append(*list, h)
 		}
@@ -224,6 +246,14 @@ func (s *Set) slot(e Event) *[]Hook {
 		return &s.OnStop
 	case OnDelete:
 		return &s.OnDelete
+	case OnReady:
+		return &s.OnReady
+	case OnUnhealthy:
+		return &s.OnUnhealthy
+	case OnFailed:
+		return &s.OnFailed
+	case OnRestart:
+		return &s.OnRestart
 	}
 	return nil
 }
@@ -349,6 +379,11 @@ type Data struct {
 	HTTPPort int               `json:"httpPort,omitempty"`
 	Tags     map[string]string `json:"tags,omitempty"`
 	Metadata json.RawMessage   `json:"metadata,omitempty"`
+	// The event of the host's event stream the hook fires for: its
+	// position, and for onFailed and onUnhealthy why.
+	Seq     uint64 `json:"seq,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+	Message string `json:"message,omitempty"`
 }
 
 // Run runs the event's hooks of set in order. A failing best-effort hook is
@@ -360,9 +395,16 @@ type Data struct {
 // hooks.example) failed: HTTP 500 Internal Server Error". What a command
 // printed or a server answered goes to log only, as "detail".
 func Run(ctx context.Context, log *slog.Logger, set Set, d Data) error {
+	_, err := RunCounted(ctx, log, set, d)
+	return err
+}
+
+// RunCounted is Run that also says how many hooks failed, best-effort ones
+// included.
+func RunCounted(ctx context.Context, log *slog.Logger, set Set, d Data) (failed int, err error) {
 	body, err := json.Marshal(d)
 	if err != nil {
-		return fmt.Errorf("%s hooks of vm %s: %w", d.Event, d.VMID, err)
+		return 0, fmt.Errorf("%s hooks of vm %s: %w", d.Event, d.VMID, err)
 	}
 	for i, h := range set.For(d.Event) {
 		t0 := time.Now()
@@ -374,17 +416,20 @@ func Run(ctx context.Context, log *slog.Logger, set Set, d Data) error {
 				attrs = append(attrs, "detail", string(output))
 			}
 		}
+		if err != nil {
+			failed++
+		}
 		switch {
 		case err == nil:
 			log.Debug("hook ran", attrs...)
 		case h.Strict:
 			log.Error("strict hook failed", attrs...)
-			return fmt.Errorf("%s hook %d of vm %s (%s, %s) failed: %w", d.Event, i, d.VMID, set.source(), h.target(), err)
+			return failed, fmt.Errorf("%s hook %d of vm %s (%s, %s) failed: %w", d.Event, i, d.VMID, set.source(), h.target(), err)
 		default:
 			log.Warn("hook failed (best-effort, continuing)", attrs...)
 		}
 	}
-	return nil
+	return failed, nil
 }
 
 // runOne runs one hook. On failure, output is the start of what the command

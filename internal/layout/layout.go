@@ -26,6 +26,7 @@ const (
 	FileHooks          = "hooks.json"
 	FileLifecycleHooks = "lifecycle-hooks.json" // optional stage extensions
 	FileEnv            = "env"                  // service-manager environment file
+	FileHealth         = "health.json"          // the health check's state (internal/health)
 )
 
 // VM are the host paths of one VM.
@@ -38,6 +39,9 @@ type VM struct {
 	Hooks          string // hooks.json
 	LifecycleHooks string // lifecycle-hooks.json
 	Env            string // env
+	// Health is what the VM's health check found (internal/health),
+	// written by the daemon while the VM runs and read by the forwarder.
+	Health string
 
 	RunDir  string // <run>/<id>
 	Socket  string // the VMM's API socket (Firecracker API, QEMU QMP)
@@ -90,6 +94,7 @@ func (l Layout) VM(id string) VM {
 		Hooks:          filepath.Join(cfg, FileHooks),
 		LifecycleHooks: filepath.Join(cfg, FileLifecycleHooks),
 		Env:            filepath.Join(cfg, FileEnv),
+		Health:         filepath.Join(cfg, FileHealth),
 
 		RunDir:  run,
 		Socket:  filepath.Join(run, "vmm.sock"),
@@ -171,4 +176,25 @@ func (l Layout) StagingPattern(id string) string { return StagingPrefix + id + "
 // name unique.
 func (l Layout) Trash(id, stamp string) string {
 	return filepath.Join(l.ConfigRoot, TrashPrefix+id+"-"+stamp)
+}
+
+// Events are the paths of the host's event journal (package events): every
+// VM's lifecycle transitions, appended by the daemon and by the lifecycle
+// stages, in one order.
+type Events struct {
+	Dir        string // <data>/events
+	Journal    string // journal.jsonl: one event per line
+	JournalOld string // journal.1.jsonl: the journal before its last rotation
+	Lock       string // held while an event is appended or the journal rotated
+}
+
+// Events returns the paths of the event journal.
+func (l Layout) Events() Events {
+	dir := filepath.Join(l.DataRoot, "events")
+	return Events{
+		Dir:        dir,
+		Journal:    filepath.Join(dir, "journal.jsonl"),
+		JournalOld: filepath.Join(dir, "journal.1.jsonl"),
+		Lock:       filepath.Join(dir, "journal.lock"),
+	}
 }

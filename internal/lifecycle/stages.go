@@ -29,6 +29,7 @@ import (
 
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/events"
 	"github.com/mergenhq/mergen/internal/hooks"
 	"github.com/mergenhq/mergen/internal/proc"
 	"github.com/mergenhq/mergen/internal/store"
@@ -61,6 +62,8 @@ type Runner struct {
 	Store  *store.Store
 	Log    *slog.Logger
 	Out    io.Writer // where status prints
+	// Result is how the run that ended went, for the post-stop stage.
+	Result config.RunResult
 }
 
 // vm loads the VM, failing clearly for an unknown id.
@@ -180,6 +183,7 @@ func (r *Runner) preStart(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	r.recordRestart(ctx, m)
 	driver, err := vmm.New(m.VMM, m.Driver)
 	if err != nil {
 		return fmt.Errorf("pre-start vm %s: %w", id, err)
@@ -386,7 +390,15 @@ func (r *Runner) postStart(ctx context.Context, id string) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return r.stageHooks(ctx, m, "postStart")
+	if err := r.stageHooks(ctx, m, "postStart"); err != nil {
+		return err
+	}
+	if m.HealthCheck == nil {
+		// A VM with a health check is ready when it passes: the daemon
+		// records that.
+		r.record(ctx, m, events.Ready, "", "")
+	}
+	return nil
 }
 
 // stop asks the guest to power off and waits for the VMM to exit; the
@@ -447,6 +459,7 @@ func (r *Runner) postStop(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
+	r.recordEnd(ctx, m)
 	if err := r.teardown(ctx, m); err != nil {
 		return fmt.Errorf("post-stop vm %s: %w", id, err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/mergenhq/mergen/internal/alloc"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/events"
 	"github.com/mergenhq/mergen/internal/hooks"
 	"github.com/mergenhq/mergen/internal/snapshot"
 	"github.com/mergenhq/mergen/internal/store"
@@ -35,8 +36,12 @@ type Manager struct {
 	store   *store.Store
 	snaps   *snapshot.Store
 	metrics *metrics
+	bus     *events.Bus
 	log     *slog.Logger
-	probe   alloc.Probe
+	// life ends when Run's context does: event watchers are let go then.
+	life       context.Context
+	lifeCancel context.CancelFunc
+	probe      alloc.Probe
 
 	// sup is nil when no supervisor can run on this host; supErr says why.
 	sup    supervisor.Supervisor
@@ -53,6 +58,8 @@ type Manager struct {
 	indexGen  uint64
 
 	newID func() string // store.NewID; tests make ids collide
+
+	health healthWatchers
 }
 
 // Options are the manager's collaborators.
@@ -74,9 +81,13 @@ func New(o Options) *Manager {
 		m.probe = alloc.BindProbe
 	}
 	m.metrics = newMetrics(m)
+	m.health.ctx, m.health.stop = context.WithCancel(context.Background())
+	m.health.w = map[string]*healthWatcher{}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
+	m.bus = events.NewBus(events.NewJournal(o.Store.Layout.Events()), m.log)
+	m.life, m.lifeCancel = context.WithCancel(context.Background())
 	if m.sup == nil && m.supErr == nil {
 		m.supErr = errors.New("no supervisor configured")
 	}
@@ -142,24 +153,25 @@ func (m *Manager) fromRequest(req wire.CreateRequest) (store.Meta, vmm.Driver, e
 
 	id := m.newID()
 	meta := store.Meta{
-		ID:        id,
-		CreatedAt: time.Now().UTC().Truncate(time.Millisecond),
-		VMM:       driver.Name(),
-		Driver:    settings,
-		VCPU:      req.VCPU,
-		MemMiB:    req.MemMiB,
-		Kernel:    kernel,
-		Initrd:    initrd,
-		Disks:     disks,
-		DiskRoots: diskRoots,
-		HTTPPort:  req.HTTPPort,
-		Tags:      req.Tags,
-		Metadata:  req.Metadata,
-		ExtraEnv:  req.ExtraEnv,
-		AutoStart: req.AutoStart,
-		Restart:   req.Restart,
-		MAC:       vmnet.MACFor(id),
-		TapName:   store.TapName(id),
+		ID:          id,
+		CreatedAt:   time.Now().UTC().Truncate(time.Millisecond),
+		VMM:         driver.Name(),
+		Driver:      settings,
+		VCPU:        req.VCPU,
+		MemMiB:      req.MemMiB,
+		Kernel:      kernel,
+		Initrd:      initrd,
+		Disks:       disks,
+		DiskRoots:   diskRoots,
+		HTTPPort:    req.HTTPPort,
+		Tags:        req.Tags,
+		Metadata:    req.Metadata,
+		ExtraEnv:    req.ExtraEnv,
+		AutoStart:   req.AutoStart,
+		Restart:     req.Restart,
+		HealthCheck: recordHealthCheck(req.HealthCheck),
+		MAC:         vmnet.MACFor(id),
+		TapName:     store.TapName(id),
 	}
 	if req.Bridge != nil {
 		meta.Bridge = &store.Bridge{Name: req.Bridge.Name, Netmask: req.Bridge.Netmask}
@@ -189,10 +201,17 @@ func (m *Manager) finishCreate(ctx context.Context, meta store.Meta, req wire.Cr
 	log := m.log.With("vm", id)
 	log.Info("vm created", "guestIP", meta.GuestIP, "vmm", meta.VMM, "ports", len(meta.Ports))
 
-	if err := m.runHooks(ctx, hooks.OnCreate, meta, &vmHooks); err != nil {
+	var attrs map[string]string
+	if meta.Snapshot != "" {
+		attrs = map[string]string{"snapshot": meta.Snapshot}
+	}
+	ev := m.emit(ctx, meta, events.Created, "", "", attrs)
+	if err := m.fire(ctx, ev, meta, &vmHooks); err != nil {
 		log.Warn("strict onCreate hook failed, rolling back", "err", err)
 		if derr := m.remove(context.WithoutCancel(ctx), meta); derr != nil {
 			log.Error("roll back of create failed", "err", derr)
+		} else {
+			m.emit(ctx, meta, events.Deleted, "hook", "a strict onCreate hook failed: "+err.Error(), nil)
 		}
 		return wire.VM{}, fmt.Errorf("create vm %s: %w", id, err)
 	}

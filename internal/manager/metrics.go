@@ -19,6 +19,11 @@ type metrics struct {
 	reg      *prometheus.Registry
 	ops      *prometheus.CounterVec   // op, result
 	duration *prometheus.HistogramVec // op
+	// hookFailures counts failed manager hooks, best-effort ones included.
+	hookFailures *prometheus.CounterVec // event
+	// bootToReady is the time from a start (or a restart for being
+	// unhealthy) to the health check's first pass.
+	bootToReady prometheus.Histogram
 }
 
 // Operation names, the "op" label.
@@ -46,8 +51,17 @@ func newMetrics(m *Manager) *metrics {
 			Help:    "How long VM operations took, by kind, failed ones included.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14), // 5 ms to ~41 s
 		}, []string{"op"}),
+		hookFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mergen_hook_failures_total",
+			Help: "Manager hooks that failed (HTTP status, exit status, timeout), by event; best-effort ones included.",
+		}, []string{"event"}),
+		bootToReady: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mergen_boot_to_ready_seconds",
+			Help:    "Time from a VM's start request (or its restart for being unhealthy) to its health check's first pass; VMs with a health check only.",
+			Buckets: prometheus.ExponentialBuckets(0.25, 2, 11), // 250 ms to ~4 min
+		}),
 	}
-	mt.reg.MustRegister(mt.ops, mt.duration, &stateCollector{m: m},
+	mt.reg.MustRegister(mt.ops, mt.duration, mt.hookFailures, mt.bootToReady, &stateCollector{m: m},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return mt
 }

@@ -38,37 +38,8 @@ func TestMetricsCountTheOperationsMade(t *testing.T) {
 		}
 	}
 
-	rec := httptest.NewRecorder()
-	h.mgr.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	families, err := parser.TextToMetricFamilies(rec.Body)
-	if err != nil {
-		t.Fatalf("parse the metrics: %v", err)
-	}
-	value := func(name string, labels map[string]string) float64 {
-		t.Helper()
-		f, ok := families[name]
-		if !ok {
-			t.Fatalf("no metric %s", name)
-		}
-	next:
-		for _, m := range f.Metric {
-			for k, v := range labels {
-				if !hasLabel(m, k, v) {
-					continue next
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				return m.Counter.GetValue()
-			case m.Gauge != nil:
-				return m.Gauge.GetValue()
-			case m.Histogram != nil:
-				return float64(m.Histogram.GetSampleCount())
-			}
-		}
-		return 0
-	}
+	families := h.scrape(t)
+	value := func(name string, labels map[string]string) float64 { return metricValue(t, families, name, labels) }
 	for _, c := range []struct {
 		op, result string
 		want       float64
@@ -91,6 +62,47 @@ func TestMetricsCountTheOperationsMade(t *testing.T) {
 	if got := value("mergen_snapshots", nil); got != 0 {
 		t.Errorf("snapshots = %v, want 0", got)
 	}
+}
+
+// scrape reads the manager's metrics with Prometheus' own text parser.
+func (h *host) scrape(t *testing.T) map[string]*dto.MetricFamily {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.mgr.MetricsHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(rec.Body)
+	if err != nil {
+		t.Fatalf("parse the metrics: %v", err)
+	}
+	return families
+}
+
+// metricValue is the value of the sample of name whose labels include
+// labels: a counter's or gauge's value, a histogram's count; 0 when there
+// is none.
+func metricValue(t *testing.T, families map[string]*dto.MetricFamily, name string, labels map[string]string) float64 {
+	t.Helper()
+	f, ok := families[name]
+	if !ok {
+		return 0
+	}
+next:
+	for _, m := range f.Metric {
+		for k, v := range labels {
+			if !hasLabel(m, k, v) {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount())
+		}
+	}
+	return 0
 }
 
 func hasLabel(m *dto.Metric, k, v string) bool {

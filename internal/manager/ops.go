@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/events"
 	"github.com/mergenhq/mergen/internal/hooks"
 	"github.com/mergenhq/mergen/internal/lifecycle"
 	"github.com/mergenhq/mergen/internal/proc"
@@ -81,8 +82,11 @@ func (m *Manager) documentWith(ctx context.Context, meta store.Meta, svc supervi
 		Available: svc.Available, Unit: svc.Unit, Active: svc.Active,
 		ActiveState: svc.ActiveState, SubState: svc.SubState, MainPID: svc.MainPID,
 	}
-	v.Restarts = svc.Restarts
 	v.State = stateWord(v)
+	v.HealthCheck = wireHealthCheck(meta.HealthCheck)
+	var healthRestarts int
+	v.Health, healthRestarts = m.healthDoc(meta, v.State)
+	v.Restarts = svc.Restarts + healthRestarts
 	return v
 }
 
@@ -198,14 +202,18 @@ func (m *Manager) lockVM(ctx context.Context, op, id string) (store.Meta, func()
 // Start starts the VM; starting a running VM succeeds.
 func (m *Manager) Start(ctx context.Context, id string) (err error) {
 	defer func(start time.Time) { m.metrics.observe(opStart, start, err) }(time.Now())
+	begun := time.Now()
 	meta, unlock, err := m.lockVM(ctx, "start", id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	// Starting a running VM changes nothing, its health included.
+	running := meta.HealthCheck != nil && m.serviceState(ctx, id).Active
 	if err := m.start(ctx, meta); err != nil {
 		return fmt.Errorf("start vm %s: %w", id, err)
 	}
+	m.watchHealth(meta, !running, begun)
 	m.log.Info("vm started", "vm", id)
 	return nil
 }
@@ -219,6 +227,7 @@ func (m *Manager) Stop(ctx context.Context, id string) (err error) {
 		return err
 	}
 	defer unlock()
+	m.unwatchHealth(id, true)
 	if err := m.stop(ctx, meta); err != nil {
 		return fmt.Errorf("stop vm %s: %w", id, err)
 	}
@@ -227,34 +236,58 @@ func (m *Manager) Stop(ctx context.Context, id string) (err error) {
 }
 
 // Restart stops and starts the VM under one hold of its lock, with the
-// hooks of both: no other operation can slip in between.
+// hooks of both: no other operation can slip in between. Its health starts
+// over.
 func (m *Manager) Restart(ctx context.Context, id string) (err error) {
+	return m.restart(ctx, id, false)
+}
+
+// restart is Restart; forHealth says the VM's health checker restarts it
+// for being unhealthy, and carries its health on itself.
+func (m *Manager) restart(ctx context.Context, id string, forHealth bool) (err error) {
 	defer func(start time.Time) { m.metrics.observe(opRestart, start, err) }(time.Now())
+	begun := time.Now()
 	meta, unlock, err := m.lockVM(ctx, "restart", id)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	if !forHealth {
+		m.unwatchHealth(id, true)
+	}
 	if err := m.stop(ctx, meta); err != nil {
 		return fmt.Errorf("restart vm %s: %w", id, err)
+	}
+	if forHealth {
+		m.announce(meta, events.Restarted, "unhealthy", fmt.Sprintf("started again by the daemon for failing its health check (restart policy %s)", meta.Restart))
 	}
 	if err := m.start(ctx, meta); err != nil {
 		return fmt.Errorf("restart vm %s: %w", id, err)
 	}
+	if forHealth {
+		m.log.Info("vm restarted for being unhealthy", "vm", id)
+		return nil
+	}
+	m.watchHealth(meta, true, begun)
 	m.log.Info("vm restarted", "vm", id)
 	return nil
 }
 
-// start runs the VM's unit and its onStart hooks; a strict onStart hook
-// that fails stops the VM again. Hold the VM's lock.
+// start runs the VM's unit and, once it runs, fires the starting event's
+// onStart hooks; a strict one that fails stops the VM again. Starting a
+// running VM changes nothing and records nothing. Hold the VM's lock.
 func (m *Manager) start(ctx context.Context, meta store.Meta) error {
 	if err := m.ready(ctx, meta); err != nil {
 		return err
 	}
+	if m.running(ctx, meta.ID) {
+		return nil
+	}
+	ev := m.emit(ctx, meta, events.Starting, "", "", nil)
 	if err := m.sup.Start(ctx, meta.ID); err != nil {
 		return err
 	}
-	if err := m.runHooks(ctx, hooks.OnStart, meta, nil); err != nil {
+	if err := m.fire(ctx, ev, meta, nil); err != nil {
 		m.log.Warn("strict onStart hook failed, stopping the VM again", "vm", meta.ID, "err", err)
 		if serr := m.sup.Stop(context.WithoutCancel(ctx), meta.ID); serr != nil {
 			m.log.Error("stop after failed onStart hook", "vm", meta.ID, "err", serr)
@@ -264,20 +297,42 @@ func (m *Manager) start(ctx context.Context, meta store.Meta) error {
 	return nil
 }
 
-// stop runs the onStop hooks (a strict one vetoes) and stops the unit. Hold
-// the VM's lock.
+// stop records the stopping event, fires its onStop hooks (a strict one
+// vetoes: the stream then says vetoed) and stops the unit. Stopping a VM
+// that does not run records nothing. Hold the VM's lock.
 func (m *Manager) stop(ctx context.Context, meta store.Meta) error {
 	if err := m.supervisorReady(ctx); err != nil {
 		return err
 	}
-	if err := m.runHooks(ctx, hooks.OnStop, meta, nil); err != nil {
-		return err
+	if m.running(ctx, meta.ID) {
+		ev := m.emit(ctx, meta, events.Stopping, "", "", nil)
+		if err := m.fire(ctx, ev, meta, nil); err != nil {
+			m.emit(ctx, meta, events.Vetoed, "hook", err.Error(), map[string]string{"op": "stop"})
+			return err
+		}
 	}
 	if err := m.sup.Stop(ctx, meta.ID); err != nil {
 		return err
 	}
 	m.clearPaused(meta.ID)
 	return nil
+}
+
+// running reports whether the VM's unit is active or on its way there, as
+// its service manager says; unknown counts as not running.
+func (m *Manager) running(ctx context.Context, id string) bool {
+	if m.sup == nil {
+		return false
+	}
+	st, err := m.sup.State(ctx, id)
+	if err != nil {
+		return false
+	}
+	switch st.ActiveState {
+	case "active", "activating", "reloading":
+		return true
+	}
+	return false
 }
 
 // Delete stops the VM, runs onDelete hooks (a strict one can veto), tears
@@ -289,9 +344,12 @@ func (m *Manager) Delete(ctx context.Context, id string) (err error) {
 		return err
 	}
 	defer unlock()
-	if err := m.runHooks(ctx, hooks.OnDelete, meta, nil); err != nil {
+	ev := m.emit(ctx, meta, events.Deleting, "", "", nil)
+	if err := m.fire(ctx, ev, meta, nil); err != nil {
+		m.emit(ctx, meta, events.Vetoed, "hook", err.Error(), map[string]string{"op": "delete"})
 		return fmt.Errorf("delete vm %s: %w", id, err)
 	}
+	m.unwatchHealth(id, true)
 	// A VM that was never started (or whose VMM is gone) can be deleted even
 	// when no service manager is usable; a possibly running one cannot.
 	if err := m.supervisorReady(ctx); err == nil {
@@ -304,6 +362,7 @@ func (m *Manager) Delete(ctx context.Context, id string) (err error) {
 	if err := m.remove(ctx, meta); err != nil {
 		return err
 	}
+	m.emit(ctx, meta, events.Deleted, "", "", nil)
 	m.log.Info("vm deleted", "vm", id)
 	return nil
 }
@@ -347,8 +406,8 @@ func (m *Manager) remove(ctx context.Context, meta store.Meta) error {
 }
 
 // runHooks runs global hooks, then the VM's own, for one event. vmHooks nil
-// means "read hooks.json".
-func (m *Manager) runHooks(ctx context.Context, event hooks.Event, meta store.Meta, vmHooks *hooks.Set) error {
+// means read them from the VM's hooks.json.
+func (m *Manager) runHooks(ctx context.Context, data hooks.Data, meta store.Meta, vmHooks *hooks.Set) error {
 	global, err := hooks.LoadDir(m.cfg.GlobalHooksDir)
 	if err != nil {
 		m.log.Warn("global hooks unreadable, skipping them", "dir", m.cfg.GlobalHooksDir, "err", err)
@@ -363,13 +422,11 @@ func (m *Manager) runHooks(ctx context.Context, event hooks.Event, meta store.Me
 	} else if !errors.Is(err, errdefs.ErrNotFound) {
 		m.log.Warn("hooks.json unreadable, skipping", "vm", meta.ID, "err", err)
 	}
-	data := hooks.Data{
-		Event: event, VMID: meta.ID, GuestIP: meta.GuestIP, Ports: meta.Ports,
-		HTTPPort: meta.HTTPPort, Tags: meta.Tags, Metadata: meta.Metadata,
-	}
 	sets := append(global, own)
 	for _, set := range sets {
-		if err := hooks.Run(ctx, m.log, set, data); err != nil {
+		failed, err := hooks.RunCounted(ctx, m.log, set, data)
+		m.metrics.hookFailures.WithLabelValues(string(data.Event)).Add(float64(failed))
+		if err != nil {
 			// Something the operation depends on is not available: 503.
 			return errdefs.Unavailable("%w", err)
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/events"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/vmm"
 	"github.com/mergenhq/mergen/internal/wire"
@@ -127,6 +128,9 @@ func (m *Manager) setRunState(ctx context.Context, op, id string) error {
 		}
 		return errdefs.Conflict("%s vm %s: the VM is %s but its VMM %s (still starting or stopping?); try again", op, id, v.State, what)
 	}
+	if want := map[string]string{"pause": wire.StatePaused, "resume": wire.StateRunning}[op]; v.VMMState.State == want {
+		return nil // already so: nothing happens, nothing is recorded
+	}
 	driver, err := vmm.New(meta.VMM, meta.Driver)
 	if err != nil {
 		return errdefs.Unavailable("%s vm %s: vmm %s: %w", op, id, meta.VMM, err)
@@ -149,6 +153,7 @@ func (m *Manager) setRunState(ctx context.Context, op, id string) error {
 		}
 		m.clearPaused(id)
 	}
+	m.emit(ctx, meta, map[string]events.Type{"pause": events.Paused, "resume": events.Resumed}[op], "", "", nil)
 	m.log.Info("vm "+op+"d", "vm", id)
 	return nil
 }

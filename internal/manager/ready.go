@@ -60,6 +60,9 @@ func (m *Manager) createReady(ctx context.Context, req wire.CreateRequest, vmHoo
 		VMM: req.VMM, Kernel: req.Kernel, Initrd: req.Initrd, Rootfs: req.Rootfs, AgentDisk: req.AgentDisk,
 		PayloadDisk: req.PayloadDisk, EnvDisk: req.EnvDisk, VCPU: req.VCPU, MemMiB: req.MemMiB,
 		HTTPPort: req.HTTPPort, BootArgs: req.BootArgs, AutoStart: true, Restart: "no",
+		// The caller's health check says when the template is ready to
+		// be snapshotted; the snapshot does not keep it.
+		HealthCheck: req.HealthCheck,
 	}
 	tmplMeta, driver, err := m.fromRequest(tmplReq)
 	if err != nil {
@@ -149,7 +152,11 @@ func (m *Manager) readySnapshot(ctx context.Context, key string, port int, tmplM
 	if err != nil {
 		return snapshot.Record{}, err
 	}
-	if err := waitPort(ctx, meta, port, vm.HTTPPort == port); err != nil {
+	wait := func() error { return waitPort(ctx, meta, port, vm.HTTPPort == port) }
+	if meta.HealthCheck != nil {
+		wait = func() error { return m.waitHealthy(ctx, vm.ID, readyWait) }
+	}
+	if err := wait(); err != nil {
 		return snapshot.Record{}, fmt.Errorf("ready snapshot of %s: template vm %s: %w", tmplMeta.Disks.Payload, vm.ID, err)
 	}
 	meta, unlock, err := m.lockVM(ctx, "snapshot", vm.ID)
@@ -208,7 +215,7 @@ func waitPort(ctx context.Context, meta store.Meta, port int, isHTTP bool) error
 	addr := net.JoinHostPort(meta.GuestIP, strconv.Itoa(port))
 	var last error
 	for {
-		last = vmnet.RunInNetns(meta.Netns, func() error { return probe(ctx, addr, isHTTP) })
+		last = probe(ctx, meta.Netns, addr, isHTTP)
 		if last == nil {
 			return nil
 		}
@@ -220,11 +227,12 @@ func waitPort(ctx context.Context, meta store.Meta, port int, isHTTP bool) error
 	}
 }
 
-// probe connects to addr; for HTTP it sends a request and waits for the
-// first byte of an answer.
-func probe(ctx context.Context, addr string, isHTTP bool) error {
-	d := net.Dialer{Timeout: time.Second}
-	c, err := d.DialContext(ctx, "tcp", addr)
+// probe connects to addr inside netns; for HTTP it sends a request and
+// waits for the first byte of an answer.
+func probe(ctx context.Context, netns, addr string, isHTTP bool) error {
+	dctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	c, err := vmnet.DialInNetns(dctx, netns, addr)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/health"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/supervisor"
 	"github.com/mergenhq/mergen/internal/wire"
@@ -102,6 +103,9 @@ func normalize(r *wire.CreateRequest) error {
 		return errdefs.Invalid("restart: %v", err)
 	}
 	r.Restart = policy.String()
+	if err := normalizeHealthCheck(r.HealthCheck, r.HTTPPort, r.Snapshot != ""); err != nil {
+		return err
+	}
 	if r.Bridge != nil {
 		if err := normalizeBridge(r.Bridge); err != nil {
 			return err
@@ -264,4 +268,120 @@ func maskBits(mask string) (int, error) {
 		return 0, fmt.Errorf("%q is not a contiguous netmask between /1 and /30", mask)
 	}
 	return bits, nil
+}
+
+var healthPathRe = regexp.MustCompile(`^/[\x21-\x7e]*$`)
+
+// normalizeHealthCheck checks a health check and fills in its timing's
+// defaults. An http check without a port checks httpPort, which a restore
+// may take from its snapshot (restore).
+func normalizeHealthCheck(c *wire.HealthCheck, httpPort int, restore bool) error {
+	if c == nil {
+		return nil
+	}
+	kinds := 0
+	for _, set := range []bool{c.HTTP != nil, c.TCP != nil, c.Exec != nil} {
+		if set {
+			kinds++
+		}
+	}
+	if kinds != 1 {
+		return errdefs.Invalid("healthCheck: give exactly one of http, tcp and exec (%d given)", kinds)
+	}
+	switch {
+	case c.HTTP != nil:
+		h := c.HTTP
+		if h.Port < 0 || h.Port > 65535 {
+			return errdefs.Invalid("healthCheck.http.port: %d is out of range 1..65535 (0 is the VM's httpPort)", h.Port)
+		}
+		if h.Port == 0 && httpPort == 0 && !restore {
+			return errdefs.Invalid("healthCheck.http.port: required when the VM has no httpPort")
+		}
+		if h.Path == "" {
+			h.Path = "/"
+		}
+		if len(h.Path) > health.MaxPath || !healthPathRe.MatchString(h.Path) {
+			return errdefs.Invalid("healthCheck.http.path: must begin with / and be at most %d printable characters without blanks", health.MaxPath)
+		}
+	case c.TCP != nil:
+		if c.TCP.Port < 1 || c.TCP.Port > 65535 {
+			return errdefs.Invalid("healthCheck.tcp.port: %d is out of range 1..65535", c.TCP.Port)
+		}
+	case c.Exec != nil:
+		argv := c.Exec.Argv
+		if len(argv) == 0 || argv[0] == "" {
+			return errdefs.Invalid("healthCheck.exec.argv: the command to run is missing")
+		}
+		if len(argv) > health.MaxArgs {
+			return errdefs.Invalid("healthCheck.exec.argv: %d arguments, at most %d allowed", len(argv), health.MaxArgs)
+		}
+		n := 0
+		for i, a := range argv {
+			if strings.ContainsRune(a, 0) {
+				return errdefs.Invalid("healthCheck.exec.argv[%d]: must not contain NUL", i)
+			}
+			n += len(a)
+		}
+		if n > health.MaxArgBytes {
+			return errdefs.Invalid("healthCheck.exec.argv: %d bytes, at most %d allowed", n, health.MaxArgBytes)
+		}
+	}
+	for _, f := range []struct {
+		name          string
+		v             *int
+		def, min, max int
+	}{
+		{"intervalSeconds", &c.IntervalSeconds, health.DefaultInterval, 1, health.MaxInterval},
+		{"timeoutSeconds", &c.TimeoutSeconds, health.DefaultTimeout, 1, health.MaxTimeout},
+		{"retries", &c.Retries, health.DefaultRetries, 1, health.MaxRetries},
+		{"startPeriodSeconds", &c.StartPeriodSeconds, 0, 0, health.MaxStartPeriod},
+	} {
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+		if *f.v < f.min || *f.v > f.max {
+			return errdefs.Invalid("healthCheck.%s: must be %d..%d, not %d", f.name, f.min, f.max, *f.v)
+		}
+	}
+	return nil
+}
+
+// recordHealthCheck is the record's copy of a normalized health check.
+func recordHealthCheck(c *wire.HealthCheck) *health.Check {
+	if c == nil {
+		return nil
+	}
+	out := &health.Check{
+		IntervalSeconds: c.IntervalSeconds, TimeoutSeconds: c.TimeoutSeconds,
+		Retries: c.Retries, StartPeriodSeconds: c.StartPeriodSeconds,
+	}
+	switch {
+	case c.HTTP != nil:
+		out.HTTP = &health.HTTPCheck{Port: c.HTTP.Port, Path: c.HTTP.Path}
+	case c.TCP != nil:
+		out.TCP = &health.TCPCheck{Port: c.TCP.Port}
+	case c.Exec != nil:
+		out.Exec = &health.ExecCheck{Argv: append([]string(nil), c.Exec.Argv...)}
+	}
+	return out
+}
+
+// wireHealthCheck is the document's copy of the record's health check.
+func wireHealthCheck(c *health.Check) *wire.HealthCheck {
+	if c == nil {
+		return nil
+	}
+	out := &wire.HealthCheck{
+		IntervalSeconds: c.IntervalSeconds, TimeoutSeconds: c.TimeoutSeconds,
+		Retries: c.Retries, StartPeriodSeconds: c.StartPeriodSeconds,
+	}
+	switch {
+	case c.HTTP != nil:
+		out.HTTP = &wire.HTTPHealthCheck{Port: c.HTTP.Port, Path: c.HTTP.Path}
+	case c.TCP != nil:
+		out.TCP = &wire.TCPHealthCheck{Port: c.TCP.Port}
+	case c.Exec != nil:
+		out.Exec = &wire.ExecHealthCheck{Argv: append([]string(nil), c.Exec.Argv...)}
+	}
+	return out
 }

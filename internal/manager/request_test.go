@@ -111,6 +111,22 @@ func TestCreateRefusesAnInvalidRequestNamingTheFieldAndKeepsNothing(t *testing.T
 		{"dataDisk a host file outside the roots", wire.CreateRequest{DataDisk: "/etc/passwd"}, "dataDisk:"},
 		{"agentDisk not a regular file", wire.CreateRequest{AgentDisk: notRegular}, "agentDisk:"},
 		{"payloadDisk a link escaping the roots", wire.CreateRequest{PayloadDisk: escaping}, "payloadDisk:"},
+		{"health check of no kind", wire.CreateRequest{HealthCheck: &wire.HealthCheck{}}, "healthCheck: give exactly one of http, tcp and exec"},
+		{"health check of two kinds", wire.CreateRequest{HealthCheck: &wire.HealthCheck{TCP: &wire.TCPHealthCheck{Port: 80}, Exec: &wire.ExecHealthCheck{Argv: []string{"true"}}}}, "healthCheck:"},
+		{"http check without a port", wire.CreateRequest{HealthCheck: &wire.HealthCheck{HTTP: &wire.HTTPHealthCheck{Path: "/"}}}, "healthCheck.http.port:"},
+		{"http check port too high", wire.CreateRequest{HTTPPort: 80, HealthCheck: &wire.HealthCheck{HTTP: &wire.HTTPHealthCheck{Port: 65536, Path: "/"}}}, "healthCheck.http.port:"},
+		{"http check path relative", wire.CreateRequest{HTTPPort: 80, HealthCheck: &wire.HealthCheck{HTTP: &wire.HTTPHealthCheck{Path: "healthz"}}}, "healthCheck.http.path:"},
+		{"http check path with a blank", wire.CreateRequest{HTTPPort: 80, HealthCheck: &wire.HealthCheck{HTTP: &wire.HTTPHealthCheck{Path: "/a b"}}}, "healthCheck.http.path:"},
+		{"http check path with a newline", wire.CreateRequest{HTTPPort: 80, HealthCheck: &wire.HealthCheck{HTTP: &wire.HTTPHealthCheck{Path: "/\r\nX: y"}}}, "healthCheck.http.path:"},
+		{"tcp check port zero", wire.CreateRequest{HealthCheck: &wire.HealthCheck{TCP: &wire.TCPHealthCheck{}}}, "healthCheck.tcp.port:"},
+		{"exec check without argv", wire.CreateRequest{HealthCheck: &wire.HealthCheck{Exec: &wire.ExecHealthCheck{}}}, "healthCheck.exec.argv:"},
+		{"exec check argument with NUL", wire.CreateRequest{HealthCheck: &wire.HealthCheck{Exec: &wire.ExecHealthCheck{Argv: []string{"test", "a\x00b"}}}}, "healthCheck.exec.argv[1]:"},
+		{"exec check argv too large", wire.CreateRequest{HealthCheck: &wire.HealthCheck{Exec: &wire.ExecHealthCheck{Argv: []string{strings.Repeat("a", 17<<10)}}}}, "healthCheck.exec.argv:"},
+		{"health interval too long", wire.CreateRequest{HealthCheck: &wire.HealthCheck{TCP: &wire.TCPHealthCheck{Port: 80}, IntervalSeconds: 3601}}, "healthCheck.intervalSeconds: must be 1..3600"},
+		{"health interval negative", wire.CreateRequest{HealthCheck: &wire.HealthCheck{TCP: &wire.TCPHealthCheck{Port: 80}, IntervalSeconds: -1}}, "healthCheck.intervalSeconds:"},
+		{"health timeout too long", wire.CreateRequest{HealthCheck: &wire.HealthCheck{TCP: &wire.TCPHealthCheck{Port: 80}, TimeoutSeconds: 301}}, "healthCheck.timeoutSeconds:"},
+		{"health retries too many", wire.CreateRequest{HealthCheck: &wire.HealthCheck{TCP: &wire.TCPHealthCheck{Port: 80}, Retries: 101}}, "healthCheck.retries:"},
+		{"health start period negative", wire.CreateRequest{HealthCheck: &wire.HealthCheck{TCP: &wire.TCPHealthCheck{Port: 80}, StartPeriodSeconds: -5}}, "healthCheck.startPeriodSeconds:"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -292,5 +308,34 @@ func TestCreateRecordsTheRestartPolicyForTheSupervisor(t *testing.T) {
 	}
 	if env, err := os.ReadFile(got.Paths.Env); err != nil || !strings.Contains(string(env), "MGR_RESTART=on-failure:3") {
 		t.Errorf("env file %q (%v); want MGR_RESTART=on-failure:3 for the supervisor", env, err)
+	}
+}
+
+// A health check is recorded with its defaults filled in and shown in the
+// document; a VM that does not run has no health.
+func TestCreateRecordsTheHealthCheckWithDefaults(t *testing.T) {
+	h := newHost(t, nil)
+	ctx := context.Background()
+	vm, err := h.mgr.Create(ctx, wire.CreateRequest{HTTPPort: 8080, HealthCheck: &wire.HealthCheck{HTTP: &wire.HTTPHealthCheck{}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := h.mgr.Get(ctx, vm.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := wire.HealthCheck{HTTP: &wire.HTTPHealthCheck{Path: "/"}, IntervalSeconds: 10, TimeoutSeconds: 2, Retries: 3}
+	if c := got.HealthCheck; c == nil || *c.HTTP != *want.HTTP || c.IntervalSeconds != 10 || c.TimeoutSeconds != 2 || c.Retries != 3 || c.StartPeriodSeconds != 0 {
+		t.Fatalf("health check read back as %+v, want %+v", got.HealthCheck, want)
+	}
+	if got.Health != nil {
+		t.Fatalf("a VM never started has health %+v", got.Health)
+	}
+	plain, err := h.mgr.Create(ctx, wire.CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plain.HealthCheck != nil || plain.Health != nil {
+		t.Fatalf("a VM without a check: %+v %+v", plain.HealthCheck, plain.Health)
 	}
 }

@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/mergenhq/mergen/internal/alloc"
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/events"
 	"github.com/mergenhq/mergen/internal/filecopy"
 	"github.com/mergenhq/mergen/internal/hooks"
 	"github.com/mergenhq/mergen/internal/snapshot"
@@ -78,6 +80,11 @@ func (m *Manager) takeSnapshot(ctx context.Context, meta store.Meta, ready strin
 		Disks: meta.Disks, DiskRoots: maps.Clone(meta.DiskRoots), HasData: meta.Disks.Data != "",
 		HTTPPort: meta.HTTPPort, TapName: meta.TapName, Ready: ready,
 	}
+	if ready == "" {
+		// A restore keeps the VM's health check unless it asks for
+		// another; an image's ready snapshot belongs to no one's check.
+		rec.HealthCheck = meta.HealthCheck
+	}
 	rec.Disks.Data = ""
 	delete(rec.DiskRoots, "dataDisk")
 	for _, f := range meta.Files() {
@@ -129,6 +136,7 @@ func (m *Manager) takeSnapshot(ctx context.Context, meta store.Meta, ready strin
 		return snapshot.Record{}, snapshotFailed(id, m.snaps.Paths(rec.ID).Dir, err)
 	}
 	committed = true
+	m.emit(ctx, meta, events.Snapshotted, "", "", map[string]string{"snapshot": rec.ID})
 	return rec, nil
 }
 
@@ -291,6 +299,8 @@ func (m *Manager) restoreRecord(ctx context.Context, rec snapshot.Record, req wi
 		TapName:   store.TapName(id),
 		Netns:     store.NetnsName(id),
 		Snapshot:  rec.ID,
+		// The request's health check, else the snapshotted VM's.
+		HealthCheck: cmp.Or(recordHealthCheck(req.HealthCheck), rec.HealthCheck.Clone()),
 	}
 	if meta.HTTPPort == 0 {
 		meta.HTTPPort = rec.HTTPPort

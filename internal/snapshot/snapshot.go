@@ -30,6 +30,7 @@ import (
 
 	"github.com/mergenhq/mergen/internal/atomicfile"
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/health"
 	"github.com/mergenhq/mergen/internal/layout"
 	"github.com/mergenhq/mergen/internal/lock"
 	"github.com/mergenhq/mergen/internal/store"
@@ -82,6 +83,10 @@ type Record struct {
 	// manager's ready snapshots); ReadyPort the port that answered.
 	Ready     string `json:"ready,omitempty"`
 	ReadyPort int    `json:"readyPort,omitempty"`
+
+	// HealthCheck is the source VM's, which a restore keeps unless it
+	// gives its own; none for a ready snapshot.
+	HealthCheck *health.Check `json:"healthCheck,omitempty"`
 }
 
 // File is one file of a snapshot, by its name relative to the snapshot's

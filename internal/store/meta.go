@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/health"
 	"github.com/mergenhq/mergen/internal/layout"
 )
 
@@ -84,6 +85,9 @@ type Meta struct {
 	// Snapshot is the snapshot the VM was restored from; its first start
 	// resumes it (see layout.VM.RestoreDir), later ones boot its disks.
 	Snapshot string `json:"snapshot,omitempty"`
+	// HealthCheck is the VM's health check, run by the daemon while the
+	// VM runs; nil without one.
+	HealthCheck *health.Check `json:"healthCheck,omitempty"`
 }
 
 // clone returns a copy of m that shares no map, slice or pointer with it.
@@ -103,6 +107,7 @@ func (m Meta) clone() Meta {
 		m.Metadata = append(make(json.RawMessage, 0, len(m.Metadata)), m.Metadata...)
 	}
 	m.ExtraEnv = cloneMap(m.ExtraEnv)
+	m.HealthCheck = m.HealthCheck.Clone()
 	return m
 }
 

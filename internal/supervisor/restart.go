@@ -98,3 +98,14 @@ func restartDelay(first time.Duration, attempt int) time.Duration {
 // RestartEnv is the variable of a VM's environment file that carries its
 // policy to the detached supervisor.
 const RestartEnv = "MGR_RESTART"
+
+// RestartsUnhealthy says whether the policy restarts a VM its health check
+// found unhealthy (a failure, to on-failure), given attempts such restarts
+// since the last reset (RestartResetAfter).
+func (p RestartPolicy) RestartsUnhealthy(attempts int) bool {
+	return p.restarts("unhealthy", attempts)
+}
+
+// RestartDelay is the policy's wait before restart number attempt+1 since
+// the last reset, from RestartDelayMin.
+func RestartDelay(attempt int) time.Duration { return restartDelay(RestartDelayMin, attempt) }

@@ -308,6 +308,24 @@ func deleteLink(h *netlink.Handle, name, kind string) error {
 	return nil
 }
 
+// DialInNetns connects to addr over TCP from inside the named network
+// namespace (the caller's own when name is empty): a socket belongs to the
+// namespace it was made in, so the connect happens on a thread inside it;
+// the connection is then used from any thread.
+func DialInNetns(ctx context.Context, name, addr string) (net.Conn, error) {
+	var d net.Dialer
+	if name == "" {
+		return d.DialContext(ctx, "tcp", addr)
+	}
+	var conn net.Conn
+	err := RunInNetns(name, func() error {
+		var err error
+		conn, err = d.DialContext(ctx, "tcp", addr)
+		return err
+	})
+	return conn, err
+}
+
 // RunInNetns runs fn on an OS thread switched into the named namespace. The
 // thread is discarded afterwards if it cannot be switched back.
 func RunInNetns(name string, fn func() error) error {

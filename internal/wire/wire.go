@@ -58,7 +58,74 @@ type CreateRequest struct {
 	// snapshot first when there is none yet (see ReadyRequest). Needs a
 	// payloadDisk and autoStart.
 	Ready *ReadyRequest `json:"ready,omitempty"`
+
+	// HealthCheck checks the running VM's guest (docs/health.md).
+	HealthCheck *HealthCheck `json:"healthCheck,omitempty"`
 }
+
+// HealthCheck is a VM's health check: exactly one of HTTP, TCP and Exec,
+// and its timing (0 takes the default).
+type HealthCheck struct {
+	HTTP *HTTPHealthCheck `json:"http,omitempty"`
+	TCP  *TCPHealthCheck  `json:"tcp,omitempty"`
+	Exec *ExecHealthCheck `json:"exec,omitempty"`
+	// IntervalSeconds between checks (default 10, 1..3600).
+	IntervalSeconds int `json:"intervalSeconds,omitempty"`
+	// TimeoutSeconds of one check (default 2, 1..300).
+	TimeoutSeconds int `json:"timeoutSeconds,omitempty"`
+	// Retries is how many failed checks in a row make the VM unhealthy
+	// (default 3, 1..100).
+	Retries int `json:"retries,omitempty"`
+	// StartPeriodSeconds after a start during which failed checks do not
+	// count (default 0, 0..3600).
+	StartPeriodSeconds int `json:"startPeriodSeconds,omitempty"`
+}
+
+// HTTPHealthCheck passes when GET Path on Port (default the VM's
+// httpPort) answers with a status 200..399.
+type HTTPHealthCheck struct {
+	Port int    `json:"port,omitempty"`
+	Path string `json:"path"`
+}
+
+// TCPHealthCheck passes when Port accepts a connection.
+type TCPHealthCheck struct {
+	Port int `json:"port"`
+}
+
+// ExecHealthCheck passes when Argv, run in the guest by its agent, exits 0.
+type ExecHealthCheck struct {
+	Argv []string `json:"argv"`
+}
+
+// Health is what a running VM's health check found.
+type Health struct {
+	// Status is starting (since the VM's last start, until a check
+	// passes), ready or unhealthy.
+	Status string    `json:"status"`
+	Since  time.Time `json:"since"`
+	// Failures counts the failed checks in a row.
+	Failures  int                `json:"failures"`
+	LastCheck *HealthCheckResult `json:"lastCheck,omitempty"`
+	// Message says what the daemon does about an unhealthy VM.
+	Message string `json:"message,omitempty"`
+}
+
+// HealthCheckResult is one check's outcome.
+type HealthCheckResult struct {
+	At         time.Time `json:"at"`
+	OK         bool      `json:"ok"`
+	DurationMs int64     `json:"durationMs"`
+	// Output is the check's error, or an exec check's output, cut short.
+	Output string `json:"output,omitempty"`
+}
+
+// Words of Health.Status.
+const (
+	HealthStarting  = "starting"
+	HealthReady     = "ready"
+	HealthUnhealthy = "unhealthy"
+)
 
 // ReadyRequest asks for a VM started from its image's ready snapshot: a
 // snapshot taken of a VM of the same image and shape once its service
@@ -150,7 +217,9 @@ type VM struct {
 	AutoStart bool      `json:"autoStart"`
 	// Restart is the VM's restart policy; Restarts counts the automatic
 	// restarts the supervisor made (since the unit was last started, for
-	// systemd; for the detached supervisor, since the VM was started).
+	// systemd; for the detached supervisor, since the VM was started) and
+	// those the daemon made of the VM for being unhealthy (since it was
+	// started on request).
 	Restart  string `json:"restart"`
 	Restarts int    `json:"restarts"`
 	Kernel   string `json:"kernel"`
@@ -172,6 +241,10 @@ type VM struct {
 	// LastRun says how the VM's last run ended; only in the document of
 	// one VM that is stopped or failed, and not when it never ran.
 	LastRun *LastRun `json:"lastRun,omitempty"`
+	// HealthCheck is the VM's health check; Health what it found, while
+	// the VM runs (absent without a check).
+	HealthCheck *HealthCheck `json:"healthCheck,omitempty"`
+	Health      *Health      `json:"health,omitempty"`
 }
 
 // LastRun is why a VM's last run ended: what the service manager saw of the

@@ -128,6 +128,9 @@ func TestResponsesMatchTheOpenAPIDocument(t *testing.T) {
 	check("POST", "/v1/vms/"+store.NewID()+"/pause", "", 404)
 	check("GET", "/v1/images", "", 200)
 	check("GET", "/metrics", "", 200)
+	// The stream itself never ends; its refusals are answers.
+	check("GET", "/v1/events?type=exploded", "", 400)
+	check("GET", "/v1/events?since=yesterday", "", 400)
 	check("GET", "/v1/vms/"+vm.ID+"/stats", "", 200)
 	check("GET", "/v1/vms/"+store.NewID()+"/stats", "", 404)
 	// Snapshots: a stopped VM cannot be snapshotted; none exist yet.

@@ -138,7 +138,7 @@ func restartGivesUp(t *testing.T, h cliHost, host *host, backoff bool) {
 	}
 
 	out, err := h.mergen(t, "vm", "inspect", "-o", "text", "giveup")
-	if err != nil || !strings.Contains(out, "Restart:  on-failure:3, 3 restarts") || !strings.Contains(out, "the restart policy gave up after 3 restarts") {
+	if err != nil || !strings.Contains(out, "Restarts: 3 (policy on-failure:3)") || !strings.Contains(out, "the restart policy gave up after 3 restarts") {
 		t.Fatalf("mergen vm inspect -o text: %v\n%s", err, out)
 	}
 	t.Logf("mergen vm inspect -o text giveup:\n%s", out)

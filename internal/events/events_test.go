@@ -1,0 +1,154 @@
+package events_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/events"
+	"github.com/mergenhq/mergen/internal/layout"
+)
+
+func newJournal(t *testing.T) (*events.Journal, layout.Events) {
+	p := layout.Layout{DataRoot: t.TempDir()}.Events()
+	return events.NewJournal(p), p
+}
+
+func TestAppendNumbersEventsInOneSequenceAcrossWriters(t *testing.T) {
+	j, p := newJournal(t)
+	// Two journals on the same files stand for the daemon and a stage.
+	other := events.NewJournal(p)
+	var wg sync.WaitGroup
+	for w, jr := range []*events.Journal{j, other} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				if _, err := jr.Append(context.Background(), events.Event{Type: events.Created, VM: fmt.Sprintf("vm-%d-%d", w, i), Source: events.SourceDaemon}); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	all, err := j.After(0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 100 {
+		t.Fatalf("%d events, want 100", len(all))
+	}
+	for i, ev := range all {
+		if ev.Seq != uint64(i+1) || ev.Time.IsZero() {
+			t.Fatalf("event %d: seq %d time %v", i, ev.Seq, ev.Time)
+		}
+	}
+	fi, err := os.Stat(p.Journal)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("journal mode: %v %v", fi, err)
+	}
+}
+
+func TestAppendRefusesEventsWithoutTypeOrVM(t *testing.T) {
+	j, _ := newJournal(t)
+	for _, ev := range []events.Event{{Type: "exploded", VM: "x"}, {Type: events.Created}} {
+		if _, err := j.Append(context.Background(), ev); err == nil {
+			t.Errorf("%+v appended", ev)
+		}
+	}
+}
+
+func TestRotationKeepsNumbersAndSaysWhatIsGone(t *testing.T) {
+	j, p := newJournal(t)
+	long := strings.Repeat("x", 1500)
+	var n uint64
+	for {
+		ev, err := j.Append(context.Background(), events.Event{Type: events.Failed, VM: "vm", Message: long})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n = ev.Seq
+		if _, err := os.Stat(p.JournalOld); err == nil {
+			// The first append after the rotation went to a new file.
+			break
+		}
+	}
+	ev, err := j.Append(context.Background(), events.Event{Type: events.Stopped, VM: "vm"})
+	if err != nil || ev.Seq != n+1 {
+		t.Fatalf("after rotation: seq %d (want %d), %v", ev.Seq, n+1, err)
+	}
+	got, err := j.After(n-1, 0)
+	if err != nil || len(got) != 2 || got[0].Seq != n || got[1].Type != events.Stopped {
+		t.Fatalf("across the rotation: %d events, %v", len(got), err)
+	}
+	// Rotate once more: the first file's events are gone.
+	for {
+		if _, err := j.Append(context.Background(), events.Event{Type: events.Failed, VM: "vm", Message: long}); err != nil {
+			t.Fatal(err)
+		}
+		if all, _ := j.After(0, 1); len(all) == 1 && all[0].Seq > n {
+			break
+		}
+	}
+	if _, err := j.After(1, 0); !errors.Is(err, events.ErrGone) || !strings.Contains(err.Error(), "the oldest kept is") {
+		t.Fatalf("a position no longer kept: %v", err)
+	}
+}
+
+func TestMessagesAreBounded(t *testing.T) {
+	j, _ := newJournal(t)
+	ev, err := j.Append(context.Background(), events.Event{Type: events.Failed, VM: "vm", Message: strings.Repeat("m", 1<<20)})
+	if err != nil || len(ev.Message) > 4096 {
+		t.Fatalf("message of %d bytes, %v", len(ev.Message), err)
+	}
+}
+
+func TestBusWakesWatchersForOtherWritersAndServesOldPositionsFromTheFile(t *testing.T) {
+	j, p := newJournal(t)
+	for range 3 {
+		j.Append(context.Background(), events.Event{Type: events.Created, VM: "before"})
+	}
+	bus := events.NewBus(j, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if bus.Last() != 3 {
+		t.Fatalf("last %d, want 3", bus.Last())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	go bus.Run(ctx)
+
+	got := make(chan []events.Event, 1)
+	go func() {
+		evs, err := bus.Next(ctx, 3, 10)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- evs
+	}()
+	// Another process's append (a lifecycle stage) reaches the waiter.
+	if _, err := events.NewJournal(p).Append(ctx, events.Event{Type: events.Restarted, VM: "vm-a", Source: events.SourceLifecycle}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case evs := <-got:
+		if len(evs) != 1 || evs[0].Seq != 4 || evs[0].Type != events.Restarted {
+			t.Fatalf("woken with %+v", evs)
+		}
+	case <-ctx.Done():
+		t.Fatal("the watcher was not woken by the other writer's event")
+	}
+	// The daemon's own append is visible as soon as Append returns.
+	if ev, err := bus.Append(ctx, events.Event{Type: events.Deleted, VM: "vm-a"}); err != nil || bus.Last() != ev.Seq {
+		t.Fatalf("own append: %+v last %d %v", ev, bus.Last(), err)
+	}
+	evs, err := bus.Next(ctx, 0, 2)
+	if err != nil || len(evs) != 2 || evs[0].Seq != 1 || evs[1].Seq != 2 {
+		t.Fatalf("from the start: %+v %v", evs, err)
+	}
+}
