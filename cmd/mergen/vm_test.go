@@ -13,6 +13,7 @@ func TestPrintVMTextShowsTheLastRun(t *testing.T) {
 	var b bytes.Buffer
 	printVMText(&b, wire.VM{
 		ID: "0d9c6b7e-1111-4000-8000-000000000001", Name: "web", State: "stopped", VMM: "qemu", VCPU: 1, MemMiB: 256,
+		Restart: "on-failure:3", Restarts: 3,
 		Service: wire.Service{Unit: "mergen@0d9c6b7e-1111-4000-8000-000000000001.service", ActiveState: "inactive", SubState: "dead"},
 		LastRun: &wire.LastRun{
 			Result: "success", ExitCode: &zero, Reason: wire.ReasonInitError,
@@ -24,6 +25,7 @@ func TestPrintVMTextShowsTheLastRun(t *testing.T) {
 	out := b.String()
 	for _, want := range []string{
 		"State:    stopped\n",
+		"Restarts: 3 (policy on-failure:3)\n",
 		`Last run: init-error: mergen-init failed (exit status 127): entrypoint: "/app"`,
 		"  VMM:    result success, exit status 0\n",
 		`  Guest:  mergen-init exit status 127: entrypoint: "/app" does not exist`,
@@ -36,7 +38,7 @@ func TestPrintVMTextShowsTheLastRun(t *testing.T) {
 
 	b.Reset()
 	printVMText(&b, wire.VM{ID: "x", State: "running"})
-	if strings.Contains(b.String(), "Last run") {
-		t.Errorf("a VM without lastRun printed one:\n%s", b.String())
+	if strings.Contains(b.String(), "Last run") || strings.Contains(b.String(), "Restarts:") {
+		t.Errorf("a VM without lastRun or restarts printed one:\n%s", b.String())
 	}
 }

@@ -51,6 +51,38 @@ type Boot struct {
 	// StopTimeout is how long a stopping payload gets between the stop
 	// signal and SIGKILL (mergen.stop_timeout=<seconds>).
 	StopTimeout time.Duration
+	// ExitPort is the I/O port of the VMM's exit device
+	// (mergen.exit_port=<port>, QEMU's isa-debug-exit), 0 when it has none.
+	ExitPort uint16
+}
+
+// ExitPortParam is the kernel command-line parameter naming the VMM's exit
+// device: a guest that ends by itself with a non-zero status writes the
+// status there, and the VMM exits with a failure.
+const ExitPortParam = "mergen.exit_port"
+
+// parseExitPort reads mergen.exit_port's value: a port number, decimal or
+// 0x-prefixed hexadecimal, 1 to 0xffff.
+func parseExitPort(val string) (uint16, error) {
+	n, err := strconv.ParseUint(val, 0, 16)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("kernel command line: %s=%q: want an I/O port number from 1 to 0xffff", ExitPortParam, val)
+	}
+	return uint16(n), nil
+}
+
+// ExitPortFrom is the exit device's port a kernel command line names, 0 when
+// it names none or an invalid one. mergen-init reads it even when the rest
+// of the command line is wrong: a guest that fails on its command line must
+// still end with a failure.
+func ExitPortFrom(cmdline string) uint16 {
+	for _, f := range strings.Fields(cmdline) {
+		if v, ok := strings.CutPrefix(f, ExitPortParam+"="); ok {
+			p, _ := parseExitPort(v)
+			return p
+		}
+	}
+	return 0
 }
 
 // ParseCmdline reads the parameters mergen-init understands from a kernel
@@ -78,6 +110,12 @@ func ParseCmdline(s string) (Boot, error) {
 				return Boot{}, fmt.Errorf("kernel command line: mergen.stop_timeout=%q: want whole seconds from 1 to 3600", val)
 			}
 			b.StopTimeout = time.Duration(n) * time.Second
+		case ExitPortParam:
+			p, err := parseExitPort(val)
+			if err != nil {
+				return Boot{}, err
+			}
+			b.ExitPort = p
 		case "mergen.restart":
 			switch r := Restart(val); r {
 			case RestartNo, RestartAlways, RestartOnFailure:

@@ -33,6 +33,10 @@ func TestParseCmdline(t *testing.T) {
 			Boot{StopTimeout: DefaultStopTimeout, Restart: RestartNo, Env: []string{"K=v"}}, ""},
 		{"restart", "mergen.restart=on-failure", Boot{StopTimeout: DefaultStopTimeout, Restart: RestartOnFailure}, ""},
 		{"stop timeout", "mergen.stop_timeout=3", Boot{Restart: RestartNo, StopTimeout: 3 * time.Second}, ""},
+		{"exit port hex", "mergen.exit_port=0xf4", Boot{StopTimeout: DefaultStopTimeout, Restart: RestartNo, ExitPort: 0xf4}, ""},
+		{"exit port decimal", "mergen.exit_port=1281", Boot{StopTimeout: DefaultStopTimeout, Restart: RestartNo, ExitPort: 0x501}, ""},
+		{"exit port zero", "mergen.exit_port=0", Boot{}, "mergen.exit_port"},
+		{"exit port too large", "mergen.exit_port=0x10000", Boot{}, "mergen.exit_port"},
 		{"bad stop timeout", "mergen.stop_timeout=0", Boot{}, "mergen.stop_timeout"},
 		{"bad restart", "mergen.restart=sometimes", Boot{}, "mergen.restart"},
 		{"bad address", "ip=10.0.0.300::10.0.0.1:255.255.255.0:h:eth0:off", Boot{}, "client address"},
@@ -61,6 +65,21 @@ func TestParseCmdline(t *testing.T) {
 				t.Fatalf("got %+v (net %+v), want %+v (net %+v)", got, got.Net, c.want, c.want.Net)
 			}
 		})
+	}
+}
+
+// The exit device is found even on a command line mergen-init refuses:
+// that guest fails, and must end with a failure.
+func TestExitPortFromAnyCommandLine(t *testing.T) {
+	for cmdline, want := range map[string]uint16{
+		"console=ttyS0 mergen.exit_port=0xf4":                          0xf4,
+		"mergen.env=!!! mergen.restart=sometimes mergen.exit_port=244": 0xf4,
+		"console=ttyS0":         0,
+		"mergen.exit_port=none": 0,
+	} {
+		if got := ExitPortFrom(cmdline); got != want {
+			t.Errorf("ExitPortFrom(%q) = %#x, want %#x", cmdline, got, want)
+		}
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -208,7 +209,9 @@ func pid1() {
 		logf("ctrl-alt-del: %v", err)
 	}
 	stop := make(chan os.Signal, 4)
-	signal.Notify(stop, unix.SIGINT, unix.SIGTERM, unix.SIGPWR)
+	// SIGUSR1 and SIGUSR2 are what busybox's halt and poweroff send to
+	// init.
+	signal.Notify(stop, unix.SIGINT, unix.SIGTERM, unix.SIGPWR, unix.SIGUSR1, unix.SIGUSR2)
 
 	code, err := setupAndRun(stop)
 	powerOff(code, err, true)
@@ -230,8 +233,7 @@ func setupAndRun(stop chan os.Signal) (int, error) {
 	seedEntropy()
 	go watchPowerButton(stop)
 
-	cmdline, _ := os.ReadFile("/proc/cmdline")
-	boot, err := ParseCmdline(string(cmdline))
+	boot, err := ParseCmdline(readCmdline())
 	if err != nil {
 		return ExitConfig, fail(ExitConfig, "%v", err)
 	}
@@ -568,6 +570,7 @@ func supervise(p *payload, boot Boot, stopSig unix.Signal, stop, chld chan os.Si
 		for status < 0 {
 			select {
 			case s := <-stop:
+				stopRequested.Store(true)
 				if !stopping {
 					logf("stop requested (%v): sending %v to the payload", s, stopSig)
 					unix.Kill(-pid, stopSig)
@@ -591,6 +594,7 @@ func supervise(p *payload, boot Boot, stopSig unix.Signal, stop, chld chan os.Si
 			logf("restarting (policy %s)", restart)
 			select {
 			case s := <-stop:
+				stopRequested.Store(true)
 				logf("stop requested (%v) while restarting", s)
 				drain(&out)
 				return code, nil
@@ -642,6 +646,16 @@ func reap(main int) int {
 	}
 }
 
+// stopRequested is set once the guest was asked to stop (ACPI power button,
+// a signal to PID 1): its end is then not a failure, whatever the payload's
+// status.
+var stopRequested atomic.Bool
+
+func readCmdline() string {
+	b, _ := os.ReadFile("/proc/cmdline")
+	return string(b)
+}
+
 // powerOff reports the status, ends every process, syncs, unmounts and
 // powers the VM off. It never returns.
 func powerOff(code int, err error, full bool) {
@@ -674,6 +688,18 @@ func powerOff(code int, err error, full bool) {
 		}
 	}
 	unix.Sync()
+	// A guest that ends by itself with a failure makes its VMM fail, when
+	// the kernel command line names the VMM's exit device (QEMU's
+	// isa-debug-exit): the service manager then sees a failure, and an
+	// on-failure restart policy applies. Without the device every power-off
+	// is a clean exit of the VMM.
+	if port := ExitPortFrom(readCmdline()); port != 0 && code != 0 && !stopRequested.Load() {
+		// The VMM ends on this write; the power-off below is for a device
+		// that did not take it.
+		if err := writeExitDevice(port, byte(code)); err != nil {
+			logf("exit device: %v", err)
+		}
+	}
 	// Without ACPI (Firecracker before 1.8) there is no power-off method and
 	// the VMM ends the VM on a keyboard-controller reset instead (reboot=k).
 	if _, err := os.Stat("/sys/firmware/acpi"); err == nil {

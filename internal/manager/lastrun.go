@@ -3,6 +3,7 @@ package manager
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/mergenhq/mergen/internal/consoletail"
 	"github.com/mergenhq/mergen/internal/supervisor"
@@ -42,7 +43,8 @@ func (m *Manager) lastRun(ctx context.Context, id string, svc supervisor.State) 
 
 // explain names the reason of a run's end, the guest's own account first:
 // the kernel's panic or OOM kills, then mergen-init's error and status,
-// then what the service manager saw of the VMM.
+// then what the service manager saw of the VMM; and whether the restart
+// policy gave up after it.
 func explain(exit supervisor.Exit, con consoletail.Report) *wire.LastRun {
 	r := &wire.LastRun{
 		Result: exit.Result, Signal: exit.Signal, EndedAt: exit.At,
@@ -80,6 +82,11 @@ func explain(exit supervisor.Exit, con consoletail.Report) *wire.LastRun {
 		r.Reason, r.Message = wire.ReasonStopped, "stopped"
 	default:
 		r.Reason = wire.ReasonUnknown
+	}
+	if exit.GaveUp {
+		r.GaveUp = true
+		r.Message = strings.TrimPrefix(r.Message+"; ", "; ") +
+			fmt.Sprintf("the restart limit was reached: the restart policy gave up after %d restarts", exit.Restarts)
 	}
 	return r
 }

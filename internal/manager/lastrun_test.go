@@ -69,6 +69,18 @@ func TestTheDocumentSaysWhyTheLastRunEnded(t *testing.T) {
 		t.Fatalf("killed VMM: lastRun = %+v", lr)
 	}
 
+	// on-failure:3 gave up: the last of four runs failed like the others
+	// (the payload's status 3 made QEMU exit with 3<<1|1).
+	writeFile(t, p.SupervisorState, `{"activeState":"failed","subState":"failed","result":"exit-code","gaveUp":true,"restarts":3,`+
+		`"exitCode":"exited","exitStatus":"7","exited":"2026-01-02T03:04:05Z","updated":"2026-01-02T03:04:05Z"}`)
+	writeFile(t, p.ConsoleLog, "[    0.000000] Linux version 6.1.0 (builder@ci) #1 SMP\n[payload] bye\n"+
+		"mergen-init: payload exited with status 3\nmergen-init: exit status 3\n")
+	got, _ = h.mgr.Get(ctx, vm.ID)
+	if lr := got.LastRun; got.Restarts != 3 || lr == nil || !lr.GaveUp || lr.Reason != wire.ReasonPayloadExit || lr.Result != "exit-code" ||
+		lr.Message != "the payload exited with status 3; the restart limit was reached: the restart policy gave up after 3 restarts" {
+		t.Fatalf("policy gave up: restarts %d, lastRun = %+v", got.Restarts, lr)
+	}
+
 	list, err := h.mgr.List(ctx)
 	if err != nil || len(list) != 1 || list[0].LastRun != nil || list[0].State != "failed" {
 		t.Fatalf("List = %+v, %v; want the failed VM without lastRun", list, err)

@@ -354,7 +354,7 @@ func (d *detachedSupervisor) LastExit(ctx context.Context, id string) (Exit, err
 	if s.ActiveState != "inactive" && s.ActiveState != "failed" {
 		return Exit{}, nil // it runs (or changes state) now
 	}
-	e := Exit{Result: st.Result, Code: st.ExitCode, At: st.Exited}
+	e := Exit{Result: st.Result, Code: st.ExitCode, At: st.Exited, Restarts: st.Restarts, GaveUp: st.GaveUp}
 	if e.Result == "" && s.ActiveState == "failed" {
 		// The supervising process died without recording an end.
 		e.Result = "abandoned"

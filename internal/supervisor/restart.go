@@ -77,6 +77,13 @@ func (p RestartPolicy) restarts(result string, attempts int) bool {
 	return false
 }
 
+// givesUp says whether a main process that ended with result is not
+// restarted because on-failure:N has made its N restarts since the last
+// reset: the policy gave up.
+func (p RestartPolicy) givesUp(result string, attempts int) bool {
+	return p.Mode == RestartOnFailure && p.Max > 0 && result != "success" && attempts >= p.Max
+}
+
 // restartDelay is the wait before restart number attempt+1 since the last
 // reset: first doubled attempt times, at most RestartDelayMax (or first,
 // when that is longer).

@@ -41,9 +41,14 @@ func testRestart(t *testing.T, im implementation, restartEnv func(policy string,
 		f.waitStage(t, "on-failure")
 		testenv.Eventually(t, time.Minute, "state failed", func() bool { return mustState(t, s, f.id).ActiveState == "failed" })
 		st := mustState(t, s, f.id)
-		// systemd also counts the restart its start limit refused.
-		if st.Restarts < 2 || st.Restarts > 3 || st.MainPID != 0 {
+		// systemd also counts the restart its start limit refused; that one
+		// never happened and is not reported.
+		if st.Restarts != 2 || st.MainPID != 0 {
 			t.Fatalf("state = %+v, want failed after 2 restarts", st)
+		}
+		// The last exit says the policy gave up, and how the last run ended.
+		if e, err := s.LastExit(ctx, f.id); err != nil || !e.GaveUp || e.Result != "exit-code" || e.Restarts != 2 || e.Code != "exited" || e.Status != 3 {
+			t.Fatalf("LastExit = %+v, %v; want the policy given up after 2 restarts, the last run exited with status 3", e, err)
 		}
 		if n := f.countStages(t, "start"); n != 3 {
 			t.Fatalf("the main process ran %d times, want 3", n)

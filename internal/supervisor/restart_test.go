@@ -39,3 +39,35 @@ func TestRestartDecisionAndBackoff(t *testing.T) {
 		t.Errorf("restartDelay(time.Second, 30) = %v, want the cap %v", got, RestartDelayMax)
 	}
 }
+
+// Only a bounded on-failure gives up, and only on a failure after its last
+// restart; systemd's NRestarts then counts one refused restart too many.
+func TestRestartGivesUp(t *testing.T) {
+	p, _ := ParseRestart("on-failure:2")
+	if p.givesUp("exit-code", 1) || !p.givesUp("exit-code", 2) || p.givesUp("success", 2) {
+		t.Error("on-failure:2 gives up on the failure after its second restart, and never on a clean exit")
+	}
+	for _, s := range []string{"on-failure", "always", "no"} {
+		if q, _ := ParseRestart(s); q.givesUp("exit-code", 1000) {
+			t.Errorf("%s gave up", s)
+		}
+	}
+	limit := map[string]any{"StartLimitBurst": uint32(3), "StartLimitIntervalUSec": uint64(300e6)}
+	for _, c := range []struct {
+		active string
+		n      uint32
+		props  map[string]any
+		made   int
+		gaveUp bool
+	}{
+		{"failed", 3, limit, 2, true},      // on-failure:2: the third restart was refused
+		{"failed", 1, limit, 1, false},     // failed during a stop, say: no refusal
+		{"activating", 2, limit, 2, false}, // between restarts
+		{"failed", 3, map[string]any{"StartLimitBurst": uint32(3), "StartLimitIntervalUSec": uint64(0)}, 3, false}, // no start limit
+		{"failed", 7, nil, 7, false},
+	} {
+		if made, gaveUp := restartsMade(c.active, c.n, c.props); made != c.made || gaveUp != c.gaveUp {
+			t.Errorf("restartsMade(%s, %d, %v) = %d, %v; want %d, %v", c.active, c.n, c.props, made, gaveUp, c.made, c.gaveUp)
+		}
+	}
+}

@@ -44,6 +44,9 @@ type detachedState struct {
 	// Restarts counts the automatic restarts under the VM's restart policy
 	// since the VM was started.
 	Restarts int `json:"restarts,omitempty"`
+	// GaveUp says the restart policy gave up after this run (on-failure:N
+	// had made its N restarts); Result stays the run's, as systemd's does.
+	GaveUp bool `json:"gaveUp,omitempty"`
 }
 
 // RunDetached is the body of `<lifecycle> supervise <id>`: it runs the VM's
@@ -127,13 +130,17 @@ func RunDetached(ctx context.Context, o Options, id string) error {
 	attempts := 0 // restarts since the last reset
 	for {
 		result := r.run(stopping)
-		if stopping.Err() != nil || !policy.restarts(result, attempts) {
-			r.finish(ctx, result)
-			return nil
-		}
 		// A run that lasted resets the backoff and on-failure's count.
 		if !r.mainStarted.IsZero() && r.mainEnded.Sub(r.mainStarted) >= RestartResetAfter {
 			attempts = 0
+		}
+		if stopping.Err() != nil || !policy.restarts(result, attempts) {
+			if stopping.Err() == nil && policy.givesUp(result, attempts) {
+				r.log.Warn("restart policy gave up", "policy", policy, "restarts", r.st.Restarts, "result", result)
+				r.st.GaveUp = true
+			}
+			r.finish(ctx, result)
+			return nil
 		}
 		wait := restartDelay(delay, attempts)
 		r.st.Result = result

@@ -69,6 +69,11 @@ type Exit struct {
 	// At is when the main process ended (or the unit, when the main process
 	// never started); zero when not known.
 	At time.Time `json:"at,omitzero"`
+	// Restarts are the automatic restarts under the VM's restart policy
+	// before this end; GaveUp says the policy then gave up (on-failure:N
+	// had made its N restarts). Result stays the last run's.
+	Restarts int  `json:"restarts,omitempty"`
+	GaveUp   bool `json:"gaveUp,omitempty"`
 }
 
 // Supervisor runs VMs' lifecycle stages under a service manager.

@@ -197,7 +197,7 @@ func (s *systemdSupervisor) state(ctx context.Context, conn *sddbus.Conn, unit s
 		}
 	}
 	if st.ActiveState != "inactive" {
-		st.Restarts = nRestarts(ctx, conn, unit)
+		st.Restarts = nRestarts(ctx, conn, unit, st.ActiveState, props)
 	}
 	return st, nil
 }
@@ -205,16 +205,35 @@ func (s *systemdSupervisor) state(ctx context.Context, conn *sddbus.Conn, unit s
 // nRestarts is the unit's NRestarts: the automatic restarts since it was
 // last started by a job. Read only for a unit that is not inactive, as
 // States does: systemd unloads a stopped unit and forgets the count.
-//
-// When an on-failure:N policy gives up, systemd has counted the restart its
-// start limit then refused: NRestarts is N+1.
-func nRestarts(ctx context.Context, conn *sddbus.Conn, unit string) int {
+// unitProps are the unit's properties when the caller has them; for a
+// failed unit they are read here otherwise.
+func nRestarts(ctx context.Context, conn *sddbus.Conn, unit, active string, unitProps map[string]any) int {
 	p, err := conn.GetServicePropertyContext(ctx, unit, "NRestarts")
 	if err != nil {
 		return 0
 	}
 	n, _ := p.Value.Value().(uint32)
-	return int(n)
+	if active == "failed" && unitProps == nil {
+		unitProps, _ = conn.GetUnitPropertiesContext(ctx, unit)
+	}
+	made, _ := restartsMade(active, n, unitProps)
+	return made
+}
+
+// restartsMade is the restarts systemd made, from NRestarts, and whether its
+// start limit then refused one: the VM's on-failure:N policy gave up. A
+// refused restart is counted in NRestarts too (it reaches N+1, the drop-in's
+// StartLimitBurst) though it never happened, so it is taken off; the unit's
+// Result stays the last run's (exit-code, …). Only a failed unit with a
+// start limit (StartLimitIntervalSec > 0, which the drop-in sets for
+// on-failure:N alone) can have given up.
+func restartsMade(active string, nRestarts uint32, unitProps map[string]any) (int, bool) {
+	burst, _ := unitProps["StartLimitBurst"].(uint32)
+	interval, _ := unitProps["StartLimitIntervalUSec"].(uint64)
+	if active == "failed" && interval > 0 && burst > 0 && nRestarts >= burst {
+		return int(nRestarts) - 1, true
+	}
+	return int(nRestarts), false
 }
 
 // States lists the VMs' units with one ListUnitsByPatterns call
@@ -270,7 +289,7 @@ func (s *systemdSupervisor) States(ctx context.Context, ids []string) (map[strin
 			defer wg.Done()
 			for i := range next {
 				unit := UnitName(s.o.UnitPrefix, withPID[i])
-				restarts[i] = nRestarts(ctx, conn, unit)
+				restarts[i] = nRestarts(ctx, conn, unit, out[withPID[i]].ActiveState, nil)
 				if out[withPID[i]].ActiveState == "failed" {
 					continue // no main process
 				}
@@ -384,6 +403,9 @@ func exitFromProperties(unitProps, svcProps map[string]any) Exit {
 		}
 	}
 	e.Result = result
+	n, _ := svcProps["NRestarts"].(uint32)
+	active, _ := unitProps["ActiveState"].(string)
+	e.Restarts, e.GaveUp = restartsMade(active, n, unitProps)
 	usec, _ := svcProps["ExecMainExitTimestamp"].(uint64)
 	if usec == 0 {
 		usec, _ = unitProps["InactiveEnterTimestamp"].(uint64)

@@ -63,6 +63,9 @@ func (q *qemu) Check() error {
 	return nil
 }
 
+// qemuExitPort is the I/O port of the isa-debug-exit device on q35.
+const qemuExitPort = 0xf4
+
 func (q *qemu) machineType() (string, error) {
 	switch q.machine {
 	case "", "q35":
@@ -219,6 +222,13 @@ func (q *qemu) config(s Spec) (qemuConfig, error) {
 	if s.NIC != nil {
 		cfg.NIC = &qemuNIC{TapName: s.NIC.TapName, MAC: strings.ToLower(s.NIC.MAC)}
 	}
+	if machine == "q35" {
+		// The guest's exit device: mergen-init writes the status of a guest
+		// that ends by itself with a failure there, and QEMU exits with
+		// status<<1|1 instead of 0, so the service manager sees a failure
+		// (docs/guest.md). Without it every guest power-off is a clean exit.
+		cfg.BootArgs = appendArgs(cfg.BootArgs, fmt.Sprintf("mergen.exit_port=%#x", qemuExitPort))
+	}
 
 	// Device models: PCI on q35, virtio-mmio on microvm.
 	bus := "pci"
@@ -259,6 +269,9 @@ func (q *qemu) config(s Spec) (qemuConfig, error) {
 		argv = append(argv,
 			"-netdev", "tap,id=n0,ifname="+cfg.NIC.TapName+",script=no,downscript=no",
 			"-device", "virtio-net-"+bus+",netdev=n0,mac="+cfg.NIC.MAC)
+	}
+	if machine == "q35" {
+		argv = append(argv, "-device", fmt.Sprintf("isa-debug-exit,iobase=%#x,iosize=1", qemuExitPort))
 	}
 	if q.entropy {
 		argv = append(argv,

@@ -62,13 +62,17 @@ func TestQEMUArgv(t *testing.T) {
 			"-chardev", "socket,id=console1,path=" + dir + "/console.sock,server=on,wait=off", "-serial", "chardev:console1"}
 	}
 	qmp := []string{"-qmp", "unix:" + dir + "/vmm.sock,server=on,wait=off"}
+	// q35's exit device, and the kernel parameter that tells mergen-init.
+	exitDev := []string{"-device", "isa-debug-exit,iobase=0xf4,iosize=1"}
+	const exitArg = " mergen.exit_port=0xf4"
 	boot := []string{"-readconfig", dir + "/qemu-boot.cfg"}
 	bootFile := func(lines ...string) string {
 		return "# The kernel and its command line, read by QEMU (-readconfig); written by mergen from vm.json.\n[machine]\n" +
 			strings.Join(lines, "\n") + "\n"
 	}
 	kernel := `kernel = "` + dir + `/vmlinux"`
-	defaultBoot := bootFile(kernel, `append = "`+s.BootArgs+` root=/dev/vda ro"`)
+	defaultBoot := bootFile(kernel, `append = "`+s.BootArgs+` root=/dev/vda ro`+exitArg+`"`)
+	microvmBoot := bootFile(kernel, `append = "`+s.BootArgs+` root=/dev/vda ro"`)
 
 	cases := []struct {
 		name   string
@@ -78,13 +82,13 @@ func TestQEMUArgv(t *testing.T) {
 		boot   string
 	}{
 		{"q35 without kvm falls back to tcg", qemu{kvmProbe: probe(false)}, nil,
-			[][]string{common("q35", "tcg", "max"), boot, disks("pci"), nic("pci"), agent("pci"), qmp}, defaultBoot},
+			[][]string{common("q35", "tcg", "max"), boot, disks("pci"), nic("pci"), exitDev, agent("pci"), qmp}, defaultBoot},
 		{"q35 with trusted kvm", qemu{kvmProbe: probe(true)}, nil,
-			[][]string{common("q35", "kvm", "host"), boot, disks("pci"), nic("pci"), agent("pci"), qmp}, defaultBoot},
+			[][]string{common("q35", "kvm", "host"), boot, disks("pci"), nic("pci"), exitDev, agent("pci"), qmp}, defaultBoot},
 		{"tcg forced over kvm", qemu{accel: "tcg", kvmProbe: probe(true)}, nil,
-			[][]string{common("q35", "tcg", "max"), boot, disks("pci"), nic("pci"), agent("pci"), qmp}, defaultBoot},
-		{"microvm uses virtio-mmio devices", qemu{machine: "microvm", kvmProbe: probe(false)}, nil,
-			[][]string{common("microvm", "tcg", "max"), boot, disks("device"), nic("device"), agent("device"), qmp}, defaultBoot},
+			[][]string{common("q35", "tcg", "max"), boot, disks("pci"), nic("pci"), exitDev, agent("pci"), qmp}, defaultBoot},
+		{"microvm uses virtio-mmio devices, no exit device", qemu{machine: "microvm", kvmProbe: probe(false)}, nil,
+			[][]string{common("microvm", "tcg", "max"), boot, disks("device"), nic("device"), agent("device"), qmp}, microvmBoot},
 		{"initrd, entropy, own binary, caller's root=", qemu{bin: "/opt/qemu/bin/qemu-system-x86_64", entropy: true, kvmProbe: probe(false)},
 			func(s *Spec) {
 				s.Initrd = dir + "/initrd.img"
@@ -93,13 +97,13 @@ func TestQEMUArgv(t *testing.T) {
 			[][]string{
 				append([]string{"/opt/qemu/bin/qemu-system-x86_64"}, common("q35", "tcg", "max")[1:]...),
 				boot,
-				disks("pci"), nic("pci"),
+				disks("pci"), nic("pci"), exitDev,
 				{"-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-pci,rng=rng0"},
 				agent("pci"), qmp,
 			},
-			bootFile(kernel, `initrd = "`+dir+`/initrd.img"`, `append = "console=ttyS0,115200 root=LABEL=x rw `+secretEnv+`"`)},
+			bootFile(kernel, `initrd = "`+dir+`/initrd.img"`, `append = "console=ttyS0,115200 root=LABEL=x rw `+secretEnv+exitArg+`"`)},
 		{"no network, no disks", qemu{kvmProbe: probe(false)}, func(s *Spec) { s.NIC = nil; s.Drives = nil },
-			[][]string{common("q35", "tcg", "max"), boot, agent("pci"), qmp}, bootFile(kernel, `append = "`+s.BootArgs+`"`)},
+			[][]string{common("q35", "tcg", "max"), boot, exitDev, agent("pci"), qmp}, bootFile(kernel, `append = "`+s.BootArgs+exitArg+`"`)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -149,8 +153,9 @@ func TestQEMUBootFileRefusesWhatItCannotCarry(t *testing.T) {
 	dir := t.TempDir()
 	s := testSpec(t, dir)
 	d := &qemu{kvmProbe: probe(false)}
-	// "append" line: append = "<args root=/dev/vda ro>", at most 1023 bytes.
-	fits := strings.Repeat("a", 1012-len(" root=/dev/vda ro"))
+	// "append" line: append = "<args root=/dev/vda ro mergen.exit_port=0xf4>",
+	// at most 1023 bytes.
+	fits := strings.Repeat("a", 1012-len(" root=/dev/vda ro mergen.exit_port=0xf4"))
 	s.BootArgs = fits
 	if _, err := d.Config(s); err != nil {
 		t.Errorf("boot args of 1012 bytes: %v", err)

@@ -263,6 +263,10 @@ type LastRun struct {
 	Reason string `json:"reason"`
 	// Message says it in a sentence, with the guest's own words.
 	Message string `json:"message,omitempty"`
+	// GaveUp says the VM's restart policy gave up after this run
+	// (on-failure:N had made its N restarts, the VM's restarts): the VM stays
+	// down until it is started. Message then says so too.
+	GaveUp bool `json:"gaveUp,omitempty"`
 	// InitExitCode is the status mergen-init powered the guest off with
 	// (the payload's, or its own: 127 entrypoint not found, 78 bad user,
 	// environment or metadata, 70 guest set-up failed); InitMessage its

@@ -112,9 +112,18 @@ func TestVMRuntimeUnderSystemd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIPPED in -short mode: boots a container and a QEMU guest")
 	}
-	vh := newVMHost(t, "", "172.31.251.0/24")
+	ch := bootContainerHost(t, "172.31.251.0/24")
+	payload := webPayload(t, ch.h.path("data", "images", "web"), "hello from a mergen guest\n", "8080")
+	runtimeScenario(t, ch, payload)
+}
+
+// bootContainerHost boots a systemd container for a host with guests on
+// cidr and starts the daemon in it as a service; the journals and the
+// guests' consoles are logged when the test fails.
+func bootContainerHost(t *testing.T, cidr string) *containerHost {
+	t.Helper()
+	vh := newVMHost(t, "", cidr)
 	h := vh.host
-	payload := webPayload(t, h.path("data", "images", "web"), "hello from a mergen guest\n", "8080")
 	c := nspawn.Boot(t, nspawn.Config{Binds: []string{filepath.Dir(vh.mergen), filepath.Dir(vh.lifecycle), vh.assets, h.root, "/dev/net/tun"}})
 	ch := &containerHost{c: c, h: h, bin: vh.mergen, port: 8080}
 	ch.startDaemon(t)
@@ -125,5 +134,5 @@ func TestVMRuntimeUnderSystemd(t *testing.T) {
 		}
 		dumpConsoles(t, h)
 	})
-	runtimeScenario(t, ch, payload)
+	return ch
 }

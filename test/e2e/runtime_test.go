@@ -269,13 +269,21 @@ func TestVMRuntimeDetached(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIPPED in -short mode: boots a QEMU guest")
 	}
-	vh := newVMHost(t, "detached", "172.31.250.0/24")
-	h := vh.host
-	payload := webPayload(t, h.path("data", "images", "web"), "hello from a mergen guest\n", "8080")
-	b := &bareHost{h: h, bin: vh.mergen, port: freePort(t)}
-	b.d = h.startBinary(t, vh.mergen, b.port)
-	t.Cleanup(func() { dumpConsoles(t, h) })
+	b := startBareHost(t, "172.31.250.0/24")
+	payload := webPayload(t, b.h.path("data", "images", "web"), "hello from a mergen guest\n", "8080")
 	runtimeScenario(t, b, payload)
+}
+
+// startBareHost starts the daemon binary on this host, with the detached
+// supervisor and guests on cidr; the guests' consoles are logged when the
+// test fails.
+func startBareHost(t *testing.T, cidr string) *bareHost {
+	t.Helper()
+	vh := newVMHost(t, "detached", cidr)
+	b := &bareHost{h: vh.host, bin: vh.mergen, port: freePort(t)}
+	b.d = vh.host.startBinary(t, vh.mergen, b.port)
+	t.Cleanup(func() { dumpConsoles(t, vh.host) })
+	return b
 }
 
 // dumpConsoles prints guest consoles when a test failed, for diagnosis.
