@@ -94,9 +94,12 @@ func TestHealthRealVM(t *testing.T) {
 
 	// A port nothing listens on: unhealthy, with the reason, and left
 	// running under policy no.
-	testenv.Eventually(t, 150*time.Second, "the deaf VM to turn unhealthy", func() bool {
+	// While the guest boots nothing answers at all (the check times out);
+	// once its kernel is up, the port refuses.
+	testenv.Eventually(t, 150*time.Second, "the deaf VM to turn unhealthy, its port refusing", func() bool {
 		deaf = get(deaf.ID)
-		return deaf.Health != nil && deaf.Health.Status == wire.HealthUnhealthy
+		return deaf.Health != nil && deaf.Health.Status == wire.HealthUnhealthy &&
+			deaf.Health.LastCheck != nil && strings.Contains(deaf.Health.LastCheck.Output, "refused")
 	})
 	hd := deaf.Health
 	if deaf.State != wire.StateRunning || hd.Failures < 3 || hd.LastCheck == nil || hd.LastCheck.OK ||
