@@ -20,9 +20,9 @@ func newEventsCmd() *cobra.Command {
 	f := &apiFlags{}
 	var vmRef, types string
 	var since uint64
-	var all bool
+	var all, noFollow bool
 	cmd := &cobra.Command{
-		Use:   "events [--vm VM] [--type T,…] [--since N | --all]",
+		Use:   "events [--vm VM] [--type T,…] [--since N | --all] [--no-follow]",
 		Short: "Follow the host's VM events as they happen",
 		Long: `Prints every lifecycle transition of the host's VMs as it happens, one line
 each: when, its position (#N), the type, the VM's name and short id, and why.
@@ -32,14 +32,16 @@ Types: ` + strings.Join(eventTypeNames(), ", ") + `.
 nothing that happened meanwhile is missed; --all starts from the oldest
 event the host keeps. Without either, only what happens from now on. When
 the daemon restarts, mergen events reconnects and goes on from the last
-event it printed. -o json prints each event as one JSON line. Ctrl-C ends it.`,
+event it printed. --no-follow prints what is recorded so far and exits
+(with --all: the whole journal). -o json prints each event as one JSON
+line. Ctrl-C ends it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := f.client()
 			if err != nil {
 				return err
 			}
-			opts := client.EventsOptions{Since: since, FromStart: all, Reconnect: true}
+			opts := client.EventsOptions{Since: since, FromStart: all, NoFollow: noFollow, Reconnect: !noFollow}
 			if vmRef != "" {
 				opts.VM = vmRef
 				if store.ValidateID(vmRef) != nil {
@@ -78,6 +80,7 @@ event it printed. -o json prints each event as one JSON line. Ctrl-C ends it.`,
 	cmd.Flags().StringVar(&types, "type", "", "only these event types (comma-separated)")
 	cmd.Flags().Uint64Var(&since, "since", 0, "start after this event position")
 	cmd.Flags().BoolVar(&all, "all", false, "start from the oldest event the host keeps")
+	cmd.Flags().BoolVar(&noFollow, "no-follow", false, "print the events recorded so far and exit")
 	cmd.MarkFlagsMutuallyExclusive("since", "all")
 	return cmd
 }

@@ -36,6 +36,8 @@ var eventsWriteTimeout = 10 * time.Second
 type eventFilter struct {
 	vm    string
 	types []events.Type
+	// noFollow ends the stream at the journal's end as of the request.
+	noFollow bool
 }
 
 func (f eventFilter) match(ev events.Event) bool {
@@ -62,6 +64,13 @@ func parseEventsQuery(r *http.Request) (f eventFilter, since uint64, fromNow boo
 			f.types = append(f.types, et)
 		}
 	}
+	switch v := q.Get("follow"); v {
+	case "", "1", "true":
+	case "0", "false":
+		f.noFollow = true
+	default:
+		return f, 0, false, errdefs.Invalid("follow: %q is not 1, true, 0 or false", v)
+	}
 	pos := q.Get("since")
 	if h := r.Header.Get("Last-Event-ID"); h != "" && pos == "" {
 		pos = h
@@ -85,7 +94,8 @@ func typeList() string {
 }
 
 // events streams the host's events as Server-Sent Events: each is
-// "id: <seq>", "event: <type>" and "data: <the event as JSON>". A watcher
+// "id: <seq>", "event: <type>" and "data: <the event as JSON>". With
+// follow=0 the stream ends at the journal's end as of the request. A watcher
 // that reconnects with since=<last id> (or Last-Event-ID) gets every event
 // after it, as long as the journal still keeps it (else 410, or a final
 // "gone" event when it falls that far behind while connected). A watcher
@@ -124,7 +134,11 @@ func (s *Server) events(w http.ResponseWriter, r *http.Request) {
 	if send(fmt.Appendf(nil, ": mergen events\nid: %d\n\n", since)) != nil {
 		return
 	}
+	end := s.mgr.LastEvent()
 	for {
+		if f.noFollow && since >= end {
+			return
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), eventsKeepAlive)
 		evs, err := s.mgr.Events(ctx, since, eventsBatch)
 		cancel()

@@ -399,6 +399,9 @@ type EventsOptions struct {
 	// Neither: only what happens from now on.
 	Since     uint64
 	FromStart bool
+	// NoFollow ends the watch at the end of what the host has recorded
+	// when the request arrives (follow=0).
+	NoFollow bool
 	// Reconnect makes Watch reconnect, from the last event it handed over,
 	// when the connection is lost (the daemon restarted); it gives up only
 	// when ctx ends or the daemon refuses the request.
@@ -423,6 +426,9 @@ func (c *Client) Watch(ctx context.Context, opts EventsOptions, fn func(events.E
 		if !fromNow {
 			q.Set("since", strconv.FormatUint(since, 10))
 		}
+		if opts.NoFollow {
+			q.Set("follow", "0")
+		}
 		got := false
 		err := c.watchOnce(ctx, "/v1/events?"+q.Encode(), func(pos uint64) {
 			// The stream's first line says where it starts: a reconnect
@@ -435,6 +441,8 @@ func (c *Client) Watch(ctx context.Context, opts EventsOptions, fn func(events.E
 		var apiErr *APIError
 		switch {
 		case ctx.Err() != nil:
+			return nil
+		case opts.NoFollow && errors.Is(err, errStreamEnded):
 			return nil
 		case !opts.Reconnect, errors.As(err, &apiErr), errors.Is(err, errStreamGone), errors.Is(err, errHandler):
 			return err
@@ -455,7 +463,8 @@ func (c *Client) Watch(ctx context.Context, opts EventsOptions, fn func(events.E
 }
 
 var (
-	errStreamGone = errors.New("the daemon no longer keeps events that far back")
+	errStreamEnded = errors.New("event stream: the daemon closed it")
+	errStreamGone  = errors.New("the daemon no longer keeps events that far back")
 	errHandler    = errors.New("event handler")
 )
 
@@ -506,5 +515,5 @@ func (c *Client) watchOnce(ctx context.Context, path string, pos func(uint64), f
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("event stream: %w", err)
 	}
-	return errors.New("event stream: the daemon closed it")
+	return errStreamEnded
 }

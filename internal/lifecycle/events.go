@@ -3,9 +3,15 @@ package lifecycle
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"time"
 
+	"github.com/mergenhq/mergen/internal/consoletail"
 	"github.com/mergenhq/mergen/internal/events"
+	"github.com/mergenhq/mergen/internal/lastrun"
 	"github.com/mergenhq/mergen/internal/store"
+	"github.com/mergenhq/mergen/internal/supervisor"
+	"github.com/mergenhq/mergen/internal/wire"
 )
 
 // nameTag is the tag that holds a VM's name (the manager's NameTag).
@@ -43,20 +49,43 @@ func restartPolicy(m store.Meta) string {
 	return m.Restart
 }
 
-// recordEnd records, at post-stop, how the run ended: stopped when the
-// service manager calls it a success, failed otherwise.
+// recordEnd records, at post-stop, how the run ended: failed or stopped,
+// with the reason and message the VM document's lastRun gives, from what
+// the service manager says of the VMM and the console's account.
 func (r *Runner) recordEnd(ctx context.Context, m store.Meta) {
 	res := r.Result
-	if res.Result == "" || res.Result == "success" {
-		r.record(ctx, m, events.Stopped, "", "")
-		return
-	}
-	msg := "the run ended in " + res.Result
+	exit := supervisor.Exit{Result: res.Result, Code: res.ExitCode, At: time.Now().UTC()}
 	switch res.ExitCode {
 	case "exited":
-		msg += ": the VMM exited with status " + res.ExitStatus
+		exit.Status, _ = strconv.Atoi(res.ExitStatus)
 	case "killed", "dumped":
-		msg += ": the VMM was killed by signal " + res.ExitStatus
+		exit.Signal = res.ExitStatus
 	}
-	r.record(ctx, m, events.Failed, res.Result, msg)
+	p := r.Store.Paths(m.ID)
+	var lr *wire.LastRun
+	// The console's copier may still be writing the guest's last lines
+	// when the VMM has been reaped: when they do not say why yet, look
+	// again for a moment.
+	for try := 0; ; try++ {
+		con, err := consoletail.Read(p.ConsoleLog, p.ConsoleLogOld, lastrun.ConsoleTailLines)
+		if err != nil {
+			r.Log.Debug("console log unreadable", "err", err)
+		}
+		lr = lastrun.Explain(exit, con)
+		if lr.Reason != wire.ReasonVMMExit || try == 10 {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	t := events.Stopped
+	if lastrun.Failure(lr) {
+		t = events.Failed
+	}
+	r.record(ctx, m, t, lr.Reason, lr.Message)
 }

@@ -7,11 +7,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/events"
 	"github.com/mergenhq/mergen/internal/hooks"
 	"github.com/mergenhq/mergen/internal/testenv"
 	"github.com/mergenhq/mergen/internal/wire"
@@ -137,7 +139,32 @@ func restartGivesUp(t *testing.T, h cliHost, host *host, backoff bool) {
 		}
 	}
 
-	out, err := h.mergen(t, "vm", "inspect", "-o", "text", "giveup")
+	// The event stream has each run's end, with the payload's exit as the
+	// reason, and each restart the policy made.
+	out, err := h.mergen(t, "events", "--vm", vm.ID, "--all", "--no-follow", "-o", "json")
+	if err != nil {
+		t.Fatalf("mergen events: %v\n%s", err, out)
+	}
+	var seen []events.Type
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var ev events.Event
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("mergen events printed %q: %v", line, err)
+		}
+		if ev.Type == events.Ready {
+			continue // each run's, between its start and its end
+		}
+		seen = append(seen, ev.Type)
+		if ev.Type == events.Failed && ev.Reason != wire.ReasonPayloadExit {
+			t.Errorf("failed event %+v: want the reason %s", ev, wire.ReasonPayloadExit)
+		}
+	}
+	want := []events.Type{events.Created, events.Starting, events.Failed, events.Restarted, events.Failed, events.Restarted, events.Failed, events.Restarted, events.Failed}
+	if !slices.Equal(seen, want) {
+		t.Fatalf("events (ready left out) %v, want %v", seen, want)
+	}
+
+	out, err = h.mergen(t, "vm", "inspect", "-o", "text", "giveup")
 	if err != nil || !strings.Contains(out, "Restarts: 3 (policy on-failure:3)") || !strings.Contains(out, "the restart policy gave up after 3 restarts") {
 		t.Fatalf("mergen vm inspect -o text: %v\n%s", err, out)
 	}
