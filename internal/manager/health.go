@@ -63,7 +63,11 @@ func (m *Manager) healthChanged(meta store.Meta, from, to string, detail string)
 		log.Info("vm health changed")
 		return
 	}
-	m.announce(meta, t, "", detail)
+	reason := ""
+	if from == health.Starting && to == health.Unhealthy {
+		reason = wire.ReasonReadinessTimeout
+	}
+	m.announce(meta, t, reason, detail)
 }
 
 // watchHealth starts checking a running VM, replacing a checker it had.
@@ -218,6 +222,9 @@ func (m *Manager) checkHealth(ctx context.Context, meta store.Meta, st health.St
 		from, to := st.Record(c, r)
 		if to == health.Unhealthy && from != health.Unhealthy {
 			st.Message = m.unhealthyPlan(policy, &st)
+			if from == health.Starting {
+				st.Message = fmt.Sprintf("never ready: no check passed in %s since the start; %s", r.At.Sub(st.StartedAt).Round(time.Second), st.Message)
+			}
 		}
 		if err := health.Write(path, st); err != nil {
 			log.Warn("health file not written", "err", err)

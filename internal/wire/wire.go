@@ -289,6 +289,9 @@ const (
 	ReasonVMMExit     = "vmm-exit"
 	ReasonStopTimeout = "stop-timeout"
 	ReasonUnknown     = "unknown"
+	// ReasonReadinessTimeout: the VM's health check never passed after a
+	// start (an unhealthy event's reason, and its health message).
+	ReasonReadinessTimeout = "readiness-timeout"
 )
 
 // VMList is the body of GET /v1/vms.

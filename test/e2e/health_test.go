@@ -103,7 +103,8 @@ func TestHealthRealVM(t *testing.T) {
 	})
 	hd := deaf.Health
 	if deaf.State != wire.StateRunning || hd.Failures < 3 || hd.LastCheck == nil || hd.LastCheck.OK ||
-		!strings.Contains(hd.LastCheck.Output, "refused") || !strings.Contains(hd.Message, "restart policy no") || deaf.Restarts != 0 {
+		!strings.Contains(hd.LastCheck.Output, "refused") || !strings.Contains(hd.Message, "restart policy no") ||
+		!strings.Contains(hd.Message, "never ready: no check passed in") || deaf.Restarts != 0 {
 		t.Fatalf("deaf VM: state %s, restarts %d, health %+v %+v", deaf.State, deaf.Restarts, hd, hd.LastCheck)
 	}
 	inspect := cli("vm", "inspect", "-o", "text", "deaf")
