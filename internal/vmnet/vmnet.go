@@ -53,6 +53,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -313,7 +314,10 @@ func deleteLink(h *netlink.Handle, name, kind string) error {
 // namespace it was made in, so the connect happens on a thread inside it;
 // the connection is then used from any thread.
 func DialInNetns(ctx context.Context, name, addr string) (net.Conn, error) {
-	var d net.Dialer
+	// A guest that goes away (powered off, its namespace torn down) sends
+	// no reset: keep-alive probes notice within seconds, where an idle
+	// connection would otherwise wait for it forever.
+	d := net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 5 * time.Second, Interval: 2 * time.Second, Count: 3}}
 	if name == "" {
 		return d.DialContext(ctx, "tcp", addr)
 	}
