@@ -72,18 +72,6 @@ func (c *Client) upload(ctx context.Context, dir, keyDir string, m Manifest) err
 	return c.putSmall(ctx, keyDir+"/"+ManifestName, m)
 }
 
-// countingWriterAt counts bytes the downloader writes.
-type countingWriterAt struct {
-	f *os.File
-	c *progress.Counter
-}
-
-func (w countingWriterAt) WriteAt(p []byte, off int64) (int, error) {
-	n, err := w.f.WriteAt(p, off)
-	w.c.Add(int64(n))
-	return n, err
-}
-
 // install downloads the files of m from keyDir into dir: staging first,
 // verification of size and SHA-256, then one rename per file. On any error
 // the staging directory is removed and dir is as it was.
@@ -128,13 +116,9 @@ func (c *Client) install(ctx context.Context, keyDir, dir string, m Manifest) (f
 		return nil, err
 	}
 	defer os.RemoveAll(stage)
-	dl := manager.NewDownloader(c.s3, func(d *manager.Downloader) {
-		d.PartSize = c.opt.PartSize
-		d.Concurrency = c.opt.Concurrency
-	})
 	for _, f := range need {
 		ctr := c.opt.Progress.File(f.Name, f.Size)
-		if err := c.fetch(ctx, dl, keyDir+"/"+f.Name, filepath.Join(stage, f.Local), f, ctr); err != nil {
+		if err := c.fetch(ctx, keyDir+"/"+f.Name, filepath.Join(stage, f.Local), f, ctr); err != nil {
 			ctr.Finish("failed")
 			return nil, err
 		}
@@ -162,34 +146,6 @@ func (c *Client) install(ctx context.Context, keyDir, dir string, m Manifest) (f
 	}
 	sort.Strings(fetched)
 	return fetched, nil
-}
-
-func (c *Client) fetch(ctx context.Context, dl *manager.Downloader, key, dst string, f File, ctr *progress.Counter) error {
-	fh, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	n, err := dl.Download(ctx, countingWriterAt{fh, ctr}, &s3.GetObjectInput{Bucket: aws.String(c.bucket), Key: aws.String(key)})
-	if err == nil {
-		err = fh.Sync()
-	}
-	if cerr := fh.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return c.explain(err, "download "+f.Name)
-	}
-	if n != f.Size {
-		return fmt.Errorf("download %s: size %d, manifest says %d", f.Name, n, f.Size)
-	}
-	_, sum, err := hashFile(dst)
-	if err != nil {
-		return err
-	}
-	if sum != f.SHA256 {
-		return fmt.Errorf("download %s: sha256 mismatch: manifest %s, received %s (object corrupt or changed; nothing installed)", f.Name, f.SHA256, sum)
-	}
-	return nil
 }
 
 // enoughSpace refuses a pull that cannot fit, before a byte is written.
