@@ -97,7 +97,7 @@ func (c *Client) PushSnapshot(ctx context.Context, snaps *snapshot.Store, id str
 	if err := m.Validate(); err != nil {
 		return fail(err)
 	}
-	if err := c.upload(ctx, dir, keyDir, m); err != nil {
+	if m, err = c.upload(ctx, dir, keyDir, m); err != nil {
 		return fail(err)
 	}
 	return SnapshotPush{Manifest: m}, nil
