@@ -45,8 +45,8 @@ func (r *hashingReader) Read(p []byte) (int, error) {
 // SHA-256 of what was sent: a reader who sees the manifest sees complete
 // files. A file that already carries a digest (checked before) must have
 // sent exactly that, or nothing more is uploaded and no manifest written.
-// Memory: Concurrency+1 buffers of PartSize per file (80 MiB with the
-// defaults).
+// Memory: the uploader's pool of Concurrency+1 buffers of PartSize plus
+// its first part, about 96 MiB per file with the defaults.
 func (c *Client) upload(ctx context.Context, dir, keyDir string, m Manifest) (Manifest, error) {
 	up := manager.NewUploader(c.s3, func(u *manager.Uploader) {
 		u.PartSize = c.opt.PartSize
