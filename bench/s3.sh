@@ -7,6 +7,7 @@
 #   bench/s3.sh                 # 1 GiB disk
 #   MERGEN_BENCH_DISK_MIB=256 bench/s3.sh
 #   BENCH_COUNT=3 bench/s3.sh   # repeat for spread
+#   MERGEN_BENCH_DISK_DENSE=1 bench/s3.sh   # random bytes instead of holes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .build/tools/versitygw ] && ! command -v versitygw >/dev/null; then
@@ -14,6 +15,8 @@ if [ ! -x .build/tools/versitygw ] && ! command -v versitygw >/dev/null; then
   exit 1
 fi
 export MERGEN_BENCH_DISK_MIB="${MERGEN_BENCH_DISK_MIB:-1024}"
-echo "disk: ${MERGEN_BENCH_DISK_MIB} MiB sparse (+5 MiB kernel and agent disk on mergen's side)"
+kind=sparse
+if [ "${MERGEN_BENCH_DISK_DENSE:-}" = 1 ]; then kind="random, dense"; fi
+echo "disk: ${MERGEN_BENCH_DISK_MIB} MiB ${kind} (+5 MiB kernel and agent disk on mergen's side)"
 go test -run '^$' -bench 'BenchmarkS3Transfer' -benchtime 1x -count "${BENCH_COUNT:-1}" ./internal/artifact |
   awk '/^BenchmarkS3Transfer/ { name=$1; sub(/^BenchmarkS3Transfer\//, "", name); sub(/-[0-9]+$/, "", name); printf "%-12s %10.1f MB/s  %8.2f s\n", name, $5, $3/1e9 }'

@@ -48,7 +48,7 @@ func (c *Client) PushBase(ctx context.Context, dir string, b Base) (Manifest, er
 	if err := b.validate(false); err != nil {
 		return fail(err)
 	}
-	files, err := describe(dir, BasePairs(b.Flavor))
+	files, err := locate(dir, BasePairs(b.Flavor))
 	if err != nil {
 		return fail(fmt.Errorf("base dir %s: %w", dir, err))
 	}
@@ -61,8 +61,8 @@ func (c *Client) PushBase(ctx context.Context, dir string, b Base) (Manifest, er
 	} else if ok {
 		return fail(fmt.Errorf("version %s already exists; versions are immutable, push a new one", b.Version))
 	}
-	m := Manifest{Kind: "base", Platform: b.Platform, Flavor: b.Flavor, Version: b.Version, CreatedAt: time.Now().UTC(), Files: files}
-	if err := c.upload(ctx, dir, keyDir, m); err != nil {
+	m, err := c.upload(ctx, dir, keyDir, Manifest{Kind: "base", Platform: b.Platform, Flavor: b.Flavor, Version: b.Version, CreatedAt: time.Now().UTC(), Files: files})
+	if err != nil {
 		return fail(err)
 	}
 	if err := c.putSmall(ctx, c.key(b.Platform, b.Flavor, "latest"), latestPointer{Version: b.Version, UpdatedAt: time.Now().UTC()}); err != nil {

@@ -1,7 +1,9 @@
 package artifact
 
 import (
+	"crypto/rand"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -16,13 +18,15 @@ import (
 // (hashing, manifest, verification and staged install included) with the
 // raw aws-sdk-go-v2 transfer manager moving the same file, same server,
 // same part size and concurrency. MB/s is printed per sub-benchmark.
-// MERGEN_BENCH_DISK_MIB sets the disk size (default 1024).
+// MERGEN_BENCH_DISK_MIB sets the disk size (default 1024);
+// MERGEN_BENCH_DISK_DENSE=1 fills the disk with random bytes instead.
 func BenchmarkS3Transfer(b *testing.B) {
 	size := int64(1024)
 	if v := os.Getenv("MERGEN_BENCH_DISK_MIB"); v != "" {
 		fmt.Sscan(v, &size)
 	}
 	size <<= 20
+	dense := os.Getenv("MERGEN_BENCH_DISK_DENSE") == "1"
 	srv := startS3(b)
 	c, err := New(srv.Profile(), Options{})
 	if err != nil {
@@ -33,6 +37,13 @@ func BenchmarkS3Transfer(b *testing.B) {
 		f, err := os.Create(filepath.Join(src, n))
 		if err != nil {
 			b.Fatal(err)
+		}
+		if dense && n == "golden-rootfs.ext4" {
+			if _, err := io.CopyN(f, rand.Reader, sz); err != nil {
+				b.Fatal(err)
+			}
+			f.Close()
+			continue
 		}
 		// Sparse, with a little data at both ends like a fresh ext4 image.
 		f.WriteAt([]byte("mergen"), 0)

@@ -168,17 +168,37 @@ func hashFile(path string) (int64, string, error) {
 
 // describe hashes the files of dir named in pairs (local → remote).
 func describe(dir string, pairs []pair) ([]File, error) {
+	files, err := locate(dir, pairs)
+	if err != nil {
+		return nil, err
+	}
+	for i, f := range files {
+		n, sum, err := hashFile(filepath.Join(dir, f.Local))
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f.Local, err)
+		}
+		files[i].Size, files[i].SHA256 = n, sum
+	}
+	return files, nil
+}
+
+// locate lists the files of dir named in pairs (local → remote) with their
+// sizes, leaving out optional ones that are absent; the digests are left
+// to be computed by whoever reads the files next.
+func locate(dir string, pairs []pair) ([]File, error) {
 	var out []File
 	for _, p := range pairs {
-		path := filepath.Join(dir, p.local)
-		n, sum, err := hashFile(path)
+		st, err := os.Stat(filepath.Join(dir, p.local))
 		if err != nil {
 			if errors.Is(err, os.ErrNotExist) && p.optional {
 				continue
 			}
 			return nil, fmt.Errorf("%s: %w", p.local, err)
 		}
-		out = append(out, File{Name: p.remote, Local: p.local, Size: n, SHA256: sum})
+		if !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("%s: not a regular file", p.local)
+		}
+		out = append(out, File{Name: p.remote, Local: p.local, Size: st.Size()})
 	}
 	return out, nil
 }

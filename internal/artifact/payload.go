@@ -36,15 +36,15 @@ func (c *Client) PushPayload(ctx context.Context, dir, ref string) (Manifest, er
 	if err := checkRef(ref); err != nil {
 		return fail(err)
 	}
-	files, err := describe(dir, PayloadPairs())
+	files, err := locate(dir, PayloadPairs())
 	if err != nil {
 		return fail(fmt.Errorf("image dir %s: %w", dir, err))
 	}
 	if err := c.check(ctx); err != nil {
 		return fail(err)
 	}
-	m := Manifest{Kind: "payload", Image: ref, CreatedAt: time.Now().UTC(), Files: files}
-	if err := c.upload(ctx, dir, c.payloadKey(ref), m); err != nil {
+	m, err := c.upload(ctx, dir, c.payloadKey(ref), Manifest{Kind: "payload", Image: ref, CreatedAt: time.Now().UTC(), Files: files})
+	if err != nil {
 		return fail(err)
 	}
 	return m, nil

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
@@ -98,7 +97,7 @@ func (c *Client) PushSnapshot(ctx context.Context, snaps *snapshot.Store, id str
 	if err := m.Validate(); err != nil {
 		return fail(err)
 	}
-	if err := c.upload(ctx, dir, keyDir, m); err != nil {
+	if m, err = c.upload(ctx, dir, keyDir, m); err != nil {
 		return fail(err)
 	}
 	return SnapshotPush{Manifest: m}, nil
@@ -227,10 +226,6 @@ func (c *Client) PullSnapshot(ctx context.Context, snaps *snapshot.Store, id str
 	if err := enoughSpace(staging, need); err != nil {
 		return fail(err)
 	}
-	dl := manager.NewDownloader(c.s3, func(d *manager.Downloader) {
-		d.PartSize = c.opt.PartSize
-		d.Concurrency = c.opt.Concurrency
-	})
 	fetched := []string{recordName}
 	for _, f := range m.Files {
 		if f.Local == recordName {
@@ -241,7 +236,7 @@ func (c *Client) PullSnapshot(ctx context.Context, snaps *snapshot.Store, id str
 			return fail(err)
 		}
 		ctr := c.opt.Progress.File(f.Name, f.Size)
-		if err := c.fetch(ctx, dl, keyDir+"/"+f.Name, dst, f, ctr); err != nil {
+		if err := c.fetch(ctx, keyDir+"/"+f.Name, dst, f, ctr); err != nil {
 			ctr.Finish("failed")
 			return fail(err)
 		}

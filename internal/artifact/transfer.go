@@ -2,11 +2,14 @@ package artifact
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
+	"hash"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
-	"sync"
 	"syscall"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -18,70 +21,65 @@ import (
 	"github.com/mergenhq/mergen/internal/progress"
 )
 
-// countingFile counts the bytes the uploader reads, once each: request
-// signing reads a part a second time, so only reads past the furthest point
-// already reached in that part count. Parts start at multiples of partSize.
-type countingFile struct {
-	*os.File
-	c        *progress.Counter
-	partSize int64
-	mu       sync.Mutex
-	reached  map[int64]int64 // part index → furthest offset read
+// hashingReader hashes and counts what the uploader reads, in order: the
+// uploader reads a plain reader (no ReaderAt) from start to end into its
+// part buffers, so the digest comes with the upload and the file is read
+// once. Parts are signed and sent from those buffers.
+type hashingReader struct {
+	f *os.File
+	h hash.Hash
+	c *progress.Counter
+	n int64
 }
 
-func (f *countingFile) ReadAt(p []byte, off int64) (int, error) {
-	n, err := f.File.ReadAt(p, off)
-	if n > 0 {
-		part, end := off/f.partSize, off+int64(n)
-		f.mu.Lock()
-		if prev, ok := f.reached[part]; !ok || end > prev {
-			if !ok || off > prev {
-				prev = off
-			}
-			f.c.Add(end - prev)
-			f.reached[part] = end
-		}
-		f.mu.Unlock()
-	}
+func (r *hashingReader) Read(p []byte) (int, error) {
+	n, err := r.f.Read(p)
+	r.h.Write(p[:n])
+	r.c.Add(int64(n))
+	r.n += int64(n)
 	return n, err
 }
 
-// upload sends every file of dir (multipart for large ones), then the
-// manifest: a reader who sees the manifest sees complete files.
-func (c *Client) upload(ctx context.Context, dir, keyDir string, m Manifest) error {
+// upload sends every file of m.Files from dir (multipart for large ones),
+// hashing each while it is read, then the manifest with the sizes and
+// SHA-256 of what was sent: a reader who sees the manifest sees complete
+// files. A file that already carries a digest (checked before) must have
+// sent exactly that, or nothing more is uploaded and no manifest written.
+// Memory: the uploader's pool of Concurrency+1 buffers of PartSize plus
+// its first part, about 96 MiB per file with the defaults.
+func (c *Client) upload(ctx context.Context, dir, keyDir string, m Manifest) (Manifest, error) {
 	up := manager.NewUploader(c.s3, func(u *manager.Uploader) {
 		u.PartSize = c.opt.PartSize
 		u.Concurrency = c.opt.Concurrency
 	})
-	for _, f := range m.Files {
+	files := slices.Clone(m.Files)
+	for i, f := range files {
 		ctr := c.opt.Progress.File(f.Name, f.Size)
 		fh, err := os.Open(filepath.Join(dir, f.Local))
 		if err != nil {
 			ctr.Finish("failed")
-			return err
+			return m, err
 		}
-		_, err = up.Upload(ctx, &s3.PutObjectInput{Bucket: aws.String(c.bucket), Key: aws.String(keyDir + "/" + f.Name), Body: &countingFile{File: fh, c: ctr, partSize: c.opt.PartSize, reached: map[int64]int64{}}})
+		r := &hashingReader{f: fh, h: sha256.New(), c: ctr}
+		_, err = up.Upload(ctx, &s3.PutObjectInput{Bucket: aws.String(c.bucket), Key: aws.String(keyDir + "/" + f.Name), Body: r})
 		fh.Close()
 		if err != nil {
 			ctr.Finish("failed")
-			return c.explain(err, "upload "+f.Name)
+			return m, c.explain(err, "upload "+f.Name)
 		}
-		ctr.Set(f.Size)
+		sum := hex.EncodeToString(r.h.Sum(nil))
+		if f.SHA256 != "" && (r.n != f.Size || sum != f.SHA256) {
+			ctr.Finish("failed")
+			return m, fmt.Errorf("upload %s: %d bytes, sha256 %s sent; %d bytes, %s expected (the file changed while it was pushed; no manifest written)", f.Name, r.n, sum, f.Size, f.SHA256)
+		}
+		files[i].Size, files[i].SHA256 = r.n, sum
 		ctr.Finish("done")
 	}
-	return c.putSmall(ctx, keyDir+"/"+ManifestName, m)
-}
-
-// countingWriterAt counts bytes the downloader writes.
-type countingWriterAt struct {
-	f *os.File
-	c *progress.Counter
-}
-
-func (w countingWriterAt) WriteAt(p []byte, off int64) (int, error) {
-	n, err := w.f.WriteAt(p, off)
-	w.c.Add(int64(n))
-	return n, err
+	m.Files = files
+	if err := m.Validate(); err != nil {
+		return m, err
+	}
+	return m, c.putSmall(ctx, keyDir+"/"+ManifestName, m)
 }
 
 // install downloads the files of m from keyDir into dir: staging first,
@@ -128,13 +126,9 @@ func (c *Client) install(ctx context.Context, keyDir, dir string, m Manifest) (f
 		return nil, err
 	}
 	defer os.RemoveAll(stage)
-	dl := manager.NewDownloader(c.s3, func(d *manager.Downloader) {
-		d.PartSize = c.opt.PartSize
-		d.Concurrency = c.opt.Concurrency
-	})
 	for _, f := range need {
 		ctr := c.opt.Progress.File(f.Name, f.Size)
-		if err := c.fetch(ctx, dl, keyDir+"/"+f.Name, filepath.Join(stage, f.Local), f, ctr); err != nil {
+		if err := c.fetch(ctx, keyDir+"/"+f.Name, filepath.Join(stage, f.Local), f, ctr); err != nil {
 			ctr.Finish("failed")
 			return nil, err
 		}
@@ -162,34 +156,6 @@ func (c *Client) install(ctx context.Context, keyDir, dir string, m Manifest) (f
 	}
 	sort.Strings(fetched)
 	return fetched, nil
-}
-
-func (c *Client) fetch(ctx context.Context, dl *manager.Downloader, key, dst string, f File, ctr *progress.Counter) error {
-	fh, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	n, err := dl.Download(ctx, countingWriterAt{fh, ctr}, &s3.GetObjectInput{Bucket: aws.String(c.bucket), Key: aws.String(key)})
-	if err == nil {
-		err = fh.Sync()
-	}
-	if cerr := fh.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return c.explain(err, "download "+f.Name)
-	}
-	if n != f.Size {
-		return fmt.Errorf("download %s: size %d, manifest says %d", f.Name, n, f.Size)
-	}
-	_, sum, err := hashFile(dst)
-	if err != nil {
-		return err
-	}
-	if sum != f.SHA256 {
-		return fmt.Errorf("download %s: sha256 mismatch: manifest %s, received %s (object corrupt or changed; nothing installed)", f.Name, f.SHA256, sum)
-	}
-	return nil
 }
 
 // enoughSpace refuses a pull that cannot fit, before a byte is written.

@@ -1,0 +1,209 @@
+package artifact
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/mergenhq/mergen/internal/progress"
+)
+
+// fetch downloads the object key into dst and checks it against f. The
+// object is fetched in ranges of PartSize, Concurrency at a time; each part
+// is written where it belongs as soon as it arrives and hashed in order,
+// so the file is never read back. Memory is bounded by Concurrency buffers
+// of PartSize (64 MiB with the defaults). The file is sized first and its
+// all-zero blocks are not written: a sparse disk arrives sparse. It is
+// synced once, after its size and SHA-256 matched; on any error it is left
+// unsynced for the caller to remove with the rest of its staging.
+func (c *Client) fetch(ctx context.Context, key, dst string, f File, ctr *progress.Counter) error {
+	fh, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	sum, err := c.receive(ctx, key, fh, f.Size, ctr)
+	if err == nil && sum != f.SHA256 {
+		fh.Close()
+		return fmt.Errorf("download %s: sha256 mismatch: manifest %s, received %s (object corrupt or changed; nothing installed)", f.Name, f.SHA256, sum)
+	}
+	if err == nil {
+		err = fh.Sync()
+	}
+	if cerr := fh.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		var se sizeError
+		if errors.As(err, &se) {
+			return fmt.Errorf("download %s: size %d, manifest says %d", f.Name, se.got, f.Size)
+		}
+		return c.explain(err, "download "+f.Name)
+	}
+	return nil
+}
+
+// sizeError says the object is not as long as the manifest says.
+type sizeError struct{ got int64 }
+
+func (e sizeError) Error() string { return fmt.Sprintf("object size %d", e.got) }
+
+// receive writes the object key (size bytes per the manifest) into fh and
+// returns its hex SHA-256.
+func (c *Client) receive(ctx context.Context, key string, fh *os.File, size int64, ctr *progress.Counter) (string, error) {
+	if err := fh.Truncate(size); err != nil {
+		return "", err
+	}
+	part := c.opt.PartSize
+	// An empty object is still fetched once: it must exist and be empty.
+	nparts := max(1, int((size+part-1)/part))
+	var wg sync.WaitGroup
+	defer wg.Wait() // after the cancel below; no write after return: the caller closes fh
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	type result struct {
+		buf []byte
+		err error
+	}
+	results := make([]chan result, nparts)
+	for i := range results {
+		results[i] = make(chan result, 1)
+	}
+	// Buffers are taken in part order and given back in part order, so
+	// the lowest part in flight always holds one: no deadlock, and never
+	// more than Concurrency of them.
+	pool := make(chan []byte, c.opt.Concurrency)
+	for range min(c.opt.Concurrency, nparts) {
+		pool <- nil // allocated on first use
+	}
+	wg.Go(func() {
+		for i := range nparts {
+			var buf []byte
+			select {
+			case buf = <-pool:
+			case <-ctx.Done():
+				return
+			}
+			wg.Go(func() {
+				off := int64(i) * part
+				if buf == nil {
+					buf = make([]byte, min(part, size))
+				}
+				buf = buf[:min(part, size-off)]
+				err := c.getRange(ctx, key, off, buf, size, ctr)
+				if err == nil {
+					err = writeData(fh, buf, off)
+				}
+				results[i] <- result{buf, err}
+			})
+		}
+	})
+	h := sha256.New()
+	for i := range nparts {
+		var r result
+		select {
+		case r = <-results[i]:
+		case <-ctx.Done():
+			return "", context.Cause(ctx)
+		}
+		if r.err != nil {
+			cancel(r.err)
+			return "", r.err
+		}
+		h.Write(r.buf)
+		pool <- r.buf[:cap(r.buf)]
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// getRange fills buf with the object's bytes at off. The SDK retries the
+// request; a body cut short is fetched again, up to Attempts times in all.
+func (c *Client) getRange(ctx context.Context, key string, off int64, buf []byte, size int64, ctr *progress.Counter) error {
+	in := &s3.GetObjectInput{Bucket: aws.String(c.bucket), Key: aws.String(key)}
+	if size > 0 {
+		in.Range = aws.String(fmt.Sprintf("bytes=%d-%d", off, off+int64(len(buf))-1))
+	}
+	var err error
+	for range c.opt.Attempts {
+		var got int64
+		var body bool
+		got, body, err = c.getOnce(ctx, in, off, buf, size, ctr)
+		if err == nil {
+			return nil
+		}
+		ctr.Add(-got) // counted again by the next attempt, or not at all
+		if !body || ctx.Err() != nil {
+			return err
+		}
+	}
+	return err
+}
+
+// getOnce makes one ranged GET into buf; body says the error came while
+// reading the answer (worth another attempt).
+func (c *Client) getOnce(ctx context.Context, in *s3.GetObjectInput, off int64, buf []byte, size int64, ctr *progress.Counter) (got int64, body bool, err error) {
+	out, err := c.s3.GetObject(ctx, in)
+	if err != nil {
+		return 0, false, err
+	}
+	defer out.Body.Close()
+	total := aws.ToInt64(out.ContentLength) + off // no range asked, or none honoured
+	if cr := aws.ToString(out.ContentRange); cr != "" {
+		if i := strings.LastIndexByte(cr, '/'); i >= 0 {
+			if n, perr := strconv.ParseInt(cr[i+1:], 10, 64); perr == nil {
+				total = n
+			}
+		}
+	}
+	if total != size {
+		return 0, false, sizeError{total}
+	}
+	n, err := io.ReadFull(io.TeeReader(out.Body, ctr), buf)
+	if err != nil {
+		return int64(n), true, err
+	}
+	var one [1]byte
+	if m, _ := out.Body.Read(one[:]); m > 0 {
+		return int64(n), false, fmt.Errorf("range at %d: more than the %d bytes asked for", off, len(buf))
+	}
+	return int64(n), false, nil
+}
+
+// zeroBlock is one file-system block of zeros.
+var zeroBlock [4096]byte
+
+// writeData writes the blocks of p that hold data at off, skipping the
+// all-zero ones: the file was sized beforehand, so they read as zeros and
+// take no space.
+func writeData(f *os.File, p []byte, off int64) error {
+	blk := len(zeroBlock)
+	isZero := func(i int) bool { return bytes.Equal(p[i:min(i+blk, len(p))], zeroBlock[:min(blk, len(p)-i)]) }
+	for i := 0; i < len(p); {
+		for i < len(p) && isZero(i) {
+			i += blk
+		}
+		j := i
+		for j < len(p) && !isZero(j) {
+			j += blk
+		}
+		i, j = min(i, len(p)), min(j, len(p))
+		if j > i {
+			if _, err := f.WriteAt(p[i:j], off+int64(i)); err != nil {
+				return err
+			}
+		}
+		i = j
+	}
+	return nil
+}
