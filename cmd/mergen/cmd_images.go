@@ -116,19 +116,19 @@ func newImagesBaseCmd(getenv config.Source, push bool) *cobra.Command {
 				return err
 			}
 			b := artifact.Base{Platform: platform, Flavor: flavor, Version: ver}
-			return withProgress(ctx, cmd.ErrOrStderr(), tr, cfg.ProgressEvery, func(ctx context.Context) error {
+			return withProgress(ctx, cmd.ErrOrStderr(), cmd.OutOrStdout(), tr, cfg.ProgressEvery, func(ctx context.Context) (string, error) {
 				if push {
 					m, err := c.PushBase(ctx, baseDir, b)
-					if err == nil {
-						fmt.Fprintf(cmd.OutOrStdout(), "pushed %s/%s/%s (%d files); latest → %s\n", b.Platform, b.Flavor, m.Version, len(m.Files), m.Version)
+					if err != nil {
+						return "", err
 					}
-					return err
+					return fmt.Sprintf("pushed %s/%s/%s (%d files); latest → %s", b.Platform, b.Flavor, m.Version, len(m.Files), m.Version), nil
 				}
 				res, err := c.PullBase(ctx, baseDir, b)
-				if err == nil {
-					fmt.Fprintf(cmd.OutOrStdout(), "installed %s/%s/%s into %s (fetched: %s)\n", b.Platform, b.Flavor, res.Manifest.Version, baseDir, dash(strings.Join(res.Fetched, ", ")))
+				if err != nil {
+					return "", err
 				}
-				return err
+				return fmt.Sprintf("installed %s/%s/%s into %s (fetched: %s)", b.Platform, b.Flavor, res.Manifest.Version, baseDir, dash(strings.Join(res.Fetched, ", "))), nil
 			})
 		},
 	}
@@ -143,9 +143,13 @@ func newImagesBaseCmd(getenv config.Source, push bool) *cobra.Command {
 
 // withProgress renders tr on w every period (bars on a terminal, lines
 // otherwise) while fn runs.
-func withProgress(ctx context.Context, w io.Writer, tr *progress.Tracker, every time.Duration, fn func(context.Context) error) error {
+func withProgress(ctx context.Context, w, out io.Writer, tr *progress.Tracker, every time.Duration, fn func(context.Context) (string, error)) error {
 	stop := progress.Render(ctx, w, tr, every)
-	err := fn(ctx)
+	result, err := fn(ctx)
 	stop()
+	// The result after the last progress line, never in between.
+	if err == nil && result != "" {
+		_, err = fmt.Fprintln(out, result)
+	}
 	return err
 }

@@ -82,30 +82,25 @@ daemon's host.`
 		if err != nil {
 			return err
 		}
-		out := cmd.OutOrStdout()
-		return withProgress(ctx, cmd.ErrOrStderr(), tr, cfg.ProgressEvery, func(ctx context.Context) error {
+		return withProgress(ctx, cmd.ErrOrStderr(), cmd.OutOrStdout(), tr, cfg.ProgressEvery, func(ctx context.Context) (string, error) {
 			if push {
 				res, err := c.PushSnapshot(ctx, snaps, id)
 				switch {
 				case err != nil:
-					return err
+					return "", err
 				case res.Existed:
-					fmt.Fprintf(out, "snapshot %s is in registry %s already; nothing uploaded\n", id, registry)
-				default:
-					fmt.Fprintf(out, "pushed snapshot %s to registry %s (%d files, %s)\n", id, registry, len(res.Manifest.Files), progress.Bytes(filesSize(res.Manifest)))
+					return fmt.Sprintf("snapshot %s is in registry %s already; nothing uploaded", id, registry), nil
 				}
-				return nil
+				return fmt.Sprintf("pushed snapshot %s to registry %s (%d files, %s)", id, registry, len(res.Manifest.Files), progress.Bytes(filesSize(res.Manifest))), nil
 			}
 			res, err := c.PullSnapshot(ctx, snaps, id)
 			switch {
 			case err != nil:
-				return err
+				return "", err
 			case len(res.Fetched) == 0:
-				fmt.Fprintf(out, "snapshot %s is here already (the same snapshot); nothing downloaded\n", id)
-			default:
-				fmt.Fprintf(out, "installed snapshot %s into %s (%d files, %s)\n", id, snaps.Paths(id).Dir, len(res.Fetched), progress.Bytes(filesSize(res.Manifest)))
+				return fmt.Sprintf("snapshot %s is here already (the same snapshot); nothing downloaded", id), nil
 			}
-			return nil
+			return fmt.Sprintf("installed snapshot %s into %s (%d files, %s)", id, snaps.Paths(id).Dir, len(res.Fetched), progress.Bytes(filesSize(res.Manifest))), nil
 		})
 	}
 	fl := cmd.Flags()
