@@ -396,9 +396,11 @@ func (d *detachedSupervisor) States(ctx context.Context, ids []string) (map[stri
 func (d *detachedSupervisor) report(id string, st detachedState) State {
 	s := State{Unit: UnitName(d.o.UnitPrefix, id), Available: true}
 	s.ActiveState, s.SubState = st.ActiveState, st.SubState
-	if d.supervisorPID(id) == 0 {
-		switch st.ActiveState {
-		case "activating", "active", "deactivating":
+	switch st.ActiveState {
+	case "activating", "active", "deactivating":
+		// Only a running state needs its supervising process: a VM at
+		// rest (most of a list) costs one read, not two.
+		if d.supervisorPID(id) == 0 {
 			// The supervising process died without recording an end.
 			if mainAlive(st) {
 				s.ActiveState, s.SubState = "active", "abandoned"
