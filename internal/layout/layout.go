@@ -93,7 +93,7 @@ func (l Layout) VM(id string) VM {
 		ID:             id,
 		ConfigDir:      cfg,
 		VMConfig:       under(cfg, FileVMConfig),
-		Meta:           under(cfg, FileMeta),
+		Meta:           under(cfg, FileMeta), // MetaFile
 		Hooks:          under(cfg, FileHooks),
 		LifecycleHooks: under(cfg, FileLifecycleHooks),
 		Env:            under(cfg, FileEnv),
@@ -107,7 +107,7 @@ func (l Layout) VM(id string) VM {
 		AgentSecret: under(run, "agent.secret"),
 
 		SupervisorPID:   under(run, "supervisor.pid"),
-		SupervisorState: under(run, "supervisor.state.json"),
+		SupervisorState: under(run, "supervisor.state.json"), // SupervisorStateFile
 		SupervisorLog:   under(run, "supervisor.log"),
 		SupervisorLock:  under(run, "supervisor.lock"),
 		SupervisorOp:    under(run, "supervisor.op.lock"),
@@ -121,6 +121,16 @@ func (l Layout) VM(id string) VM {
 		RestoreDir:    under(data, "restore"),
 		RestoredDisk:  under(data, "data.ext4"),
 	}
+}
+
+// MetaFile is VM(id).Meta alone: a list reads every VM's record and needs
+// none of its other paths there.
+func (l Layout) MetaFile(id string) string { return under(filepath.Join(l.ConfigRoot, id), FileMeta) }
+
+// SupervisorStateFile is VM(id).SupervisorState alone, for the detached
+// supervisor's state of every VM in a list.
+func (l Layout) SupervisorStateFile(id string) string {
+	return under(filepath.Join(l.RunRoot, id), "supervisor.state.json")
 }
 
 // under is filepath.Join(dir, name) for a clean dir (filepath.Join's

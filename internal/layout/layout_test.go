@@ -39,8 +39,15 @@ func TestVMPathsAreJoinedAndClean(t *testing.T) {
 	ids := []string{"0b9f6c1e-3d2a-4f5b-8c7d-9e0f1a2b3c4d", "%i", "", ".", "..", "a/b", "a/../b"}
 	for _, l := range roots {
 		for _, id := range ids {
-			if got, want := l.VM(id), joined(l, id); !reflect.DeepEqual(got, want) {
+			want := joined(l, id)
+			if got := l.VM(id); !reflect.DeepEqual(got, want) {
 				t.Errorf("layout %+v, id %q:\n got %+v\nwant %+v", l, id, got, want)
+			}
+			if got := l.MetaFile(id); got != want.Meta {
+				t.Errorf("layout %+v, id %q: MetaFile %q, want %q", l, id, got, want.Meta)
+			}
+			if got := l.SupervisorStateFile(id); got != want.SupervisorState {
+				t.Errorf("layout %+v, id %q: SupervisorStateFile %q, want %q", l, id, got, want.SupervisorState)
 			}
 		}
 	}

@@ -381,7 +381,7 @@ func (d *detachedSupervisor) States(ctx context.Context, ids []string) (map[stri
 			errs = append(errs, err)
 			continue
 		}
-		st, err := readState(d.paths(id).SupervisorState)
+		st, err := readState(d.o.layout().SupervisorStateFile(id))
 		if err != nil {
 			out[id] = s
 			errs = append(errs, fmt.Errorf("state vm %s: %w", id, err))
