@@ -452,6 +452,7 @@ func (d *detachedSupervisor) Forget(ctx context.Context, id string) error {
 			return fmt.Errorf("forget vm %s: %w", id, err)
 		}
 	}
+	states.Forget(p.SupervisorState)
 	// Other parts of mergen may keep files here (sockets); leave them.
 	if err := os.Remove(d.dir(id)); err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, syscall.EEXIST) {
 		return fmt.Errorf("forget vm %s: %w", id, err)
