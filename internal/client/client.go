@@ -465,7 +465,7 @@ func (c *Client) Watch(ctx context.Context, opts EventsOptions, fn func(events.E
 var (
 	errStreamEnded = errors.New("event stream: the daemon closed it")
 	errStreamGone  = errors.New("the daemon no longer keeps events that far back")
-	errHandler    = errors.New("event handler")
+	errHandler     = errors.New("event handler")
 )
 
 // watchOnce reads one event stream, telling pos of every position it

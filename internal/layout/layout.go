@@ -81,43 +81,65 @@ type VM struct {
 // VM returns the paths of VM id. id is not validated here: callers validate
 // ids at their boundary (a UUID), and the unit templates pass systemd's
 // instance specifier "%i" to get paths relative to the unit's instance.
+//
+// A list builds these for every VM several times: the three directories
+// are joined (and cleaned) once, the names below them are appended.
 func (l Layout) VM(id string) VM {
 	cfg := filepath.Join(l.ConfigRoot, id)
 	run := filepath.Join(l.RunRoot, id)
-	data := filepath.Join(l.VMsDataDir(), id)
+	data := filepath.Join(l.DataRoot, "vms", id)
 	locks := l.LocksDir()
 	return VM{
 		ID:             id,
 		ConfigDir:      cfg,
-		VMConfig:       filepath.Join(cfg, FileVMConfig),
-		Meta:           filepath.Join(cfg, FileMeta),
-		Hooks:          filepath.Join(cfg, FileHooks),
-		LifecycleHooks: filepath.Join(cfg, FileLifecycleHooks),
-		Env:            filepath.Join(cfg, FileEnv),
-		Health:         filepath.Join(cfg, FileHealth),
+		VMConfig:       under(cfg, FileVMConfig),
+		Meta:           under(cfg, FileMeta), // MetaFile
+		Hooks:          under(cfg, FileHooks),
+		LifecycleHooks: under(cfg, FileLifecycleHooks),
+		Env:            under(cfg, FileEnv),
+		Health:         under(cfg, FileHealth),
 
 		RunDir:  run,
-		Socket:  filepath.Join(run, "vmm.sock"),
-		PIDFile: filepath.Join(run, "vmm.pid"),
-		Paused:  filepath.Join(run, "paused"),
+		Socket:  under(run, "vmm.sock"),
+		PIDFile: under(run, "vmm.pid"),
+		Paused:  under(run, "paused"),
 
-		AgentSecret: filepath.Join(run, "agent.secret"),
+		AgentSecret: under(run, "agent.secret"),
 
-		SupervisorPID:   filepath.Join(run, "supervisor.pid"),
-		SupervisorState: filepath.Join(run, "supervisor.state.json"),
-		SupervisorLog:   filepath.Join(run, "supervisor.log"),
-		SupervisorLock:  filepath.Join(run, "supervisor.lock"),
-		SupervisorOp:    filepath.Join(run, "supervisor.op.lock"),
+		SupervisorPID:   under(run, "supervisor.pid"),
+		SupervisorState: under(run, "supervisor.state.json"), // SupervisorStateFile
+		SupervisorLog:   under(run, "supervisor.log"),
+		SupervisorLock:  under(run, "supervisor.lock"),
+		SupervisorOp:    under(run, "supervisor.op.lock"),
 
 		Lock:      filepath.Join(locks, id+".lock"),
 		StageLock: filepath.Join(locks, id+".stage.lock"),
 
 		DataDir:       data,
-		ConsoleLog:    filepath.Join(data, "console.log"),
-		ConsoleLogOld: filepath.Join(data, "console.log.1"),
-		RestoreDir:    filepath.Join(data, "restore"),
-		RestoredDisk:  filepath.Join(data, "data.ext4"),
+		ConsoleLog:    under(data, "console.log"),
+		ConsoleLogOld: under(data, "console.log.1"),
+		RestoreDir:    under(data, "restore"),
+		RestoredDisk:  under(data, "data.ext4"),
 	}
+}
+
+// MetaFile is VM(id).Meta alone: a list reads every VM's record and needs
+// none of its other paths there.
+func (l Layout) MetaFile(id string) string { return under(filepath.Join(l.ConfigRoot, id), FileMeta) }
+
+// SupervisorStateFile is VM(id).SupervisorState alone, for the detached
+// supervisor's state of every VM in a list.
+func (l Layout) SupervisorStateFile(id string) string {
+	return under(filepath.Join(l.RunRoot, id), "supervisor.state.json")
+}
+
+// under is filepath.Join(dir, name) for a clean dir (filepath.Join's
+// result) and a plain file name, without cleaning the result again.
+func under(dir, name string) string {
+	if dir == "" || dir == "." || dir[len(dir)-1] == filepath.Separator {
+		return filepath.Join(dir, name)
+	}
+	return dir + string(filepath.Separator) + name
 }
 
 // Snapshot are the host paths of one snapshot.

@@ -214,7 +214,12 @@ func (s *Store) ReadMeta(id string) (Meta, error) {
 	if err := ValidateID(id); err != nil {
 		return Meta{}, err
 	}
-	m, err := s.metas.Load(s.Layout.VM(id).Meta, func(b []byte) (Meta, bool, error) {
+	return s.readMeta(id, s.Layout.MetaFile(id))
+}
+
+// readMeta is ReadMeta of a valid id whose record is at path.
+func (s *Store) readMeta(id, path string) (Meta, error) {
+	m, err := s.metas.Load(path, func(b []byte) (Meta, bool, error) {
 		m, upgraded, err := decodeMeta(b, func() ([]string, error) { return envfile.Read(s.Layout.VM(id).Env) })
 		// An upgraded record depends on its env file too: not cached.
 		return m, !upgraded, err
@@ -268,13 +273,15 @@ func (s *Store) List() ([]Meta, error) {
 	metas := make([]Meta, 0, len(ids))
 	var errs []error
 	// Records of VMs no longer stored leave the cache.
+	paths := make([]string, len(ids))
 	present := make(map[string]bool, len(ids))
-	for _, id := range ids {
-		present[s.Layout.VM(id).Meta] = true
+	for i, id := range ids {
+		paths[i] = s.Layout.MetaFile(id)
+		present[paths[i]] = true
 	}
 	s.metas.Retain(func(path string) bool { return present[path] })
-	for _, id := range ids {
-		m, err := s.ReadMeta(id)
+	for i, id := range ids {
+		m, err := s.readMeta(id, paths[i])
 		if errdefs.IsNotFound(err) {
 			continue
 		}

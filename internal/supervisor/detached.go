@@ -381,7 +381,7 @@ func (d *detachedSupervisor) States(ctx context.Context, ids []string) (map[stri
 			errs = append(errs, err)
 			continue
 		}
-		st, err := readState(d.paths(id).SupervisorState)
+		st, err := readState(d.o.layout().SupervisorStateFile(id))
 		if err != nil {
 			out[id] = s
 			errs = append(errs, fmt.Errorf("state vm %s: %w", id, err))
@@ -396,9 +396,11 @@ func (d *detachedSupervisor) States(ctx context.Context, ids []string) (map[stri
 func (d *detachedSupervisor) report(id string, st detachedState) State {
 	s := State{Unit: UnitName(d.o.UnitPrefix, id), Available: true}
 	s.ActiveState, s.SubState = st.ActiveState, st.SubState
-	if d.supervisorPID(id) == 0 {
-		switch st.ActiveState {
-		case "activating", "active", "deactivating":
+	switch st.ActiveState {
+	case "activating", "active", "deactivating":
+		// Only a running state needs its supervising process: a VM at
+		// rest (most of a list) costs one read, not two.
+		if d.supervisorPID(id) == 0 {
 			// The supervising process died without recording an end.
 			if mainAlive(st) {
 				s.ActiveState, s.SubState = "active", "abandoned"
@@ -450,6 +452,7 @@ func (d *detachedSupervisor) Forget(ctx context.Context, id string) error {
 			return fmt.Errorf("forget vm %s: %w", id, err)
 		}
 	}
+	states.Forget(p.SupervisorState)
 	// Other parts of mergen may keep files here (sockets); leave them.
 	if err := os.Remove(d.dir(id)); err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) && !errors.Is(err, syscall.EEXIST) {
 		return fmt.Errorf("forget vm %s: %w", id, err)

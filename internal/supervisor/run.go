@@ -17,6 +17,7 @@ import (
 
 	"github.com/mergenhq/mergen/internal/atomicfile"
 	"github.com/mergenhq/mergen/internal/envfile"
+	"github.com/mergenhq/mergen/internal/filecache"
 	"github.com/mergenhq/mergen/internal/layout"
 	"github.com/mergenhq/mergen/internal/lock"
 	"github.com/mergenhq/mergen/internal/proc"
@@ -455,19 +456,27 @@ func signalName(s syscall.Signal) string {
 }
 
 func readState(path string) (detachedState, error) {
-	var st detachedState
-	b, err := os.ReadFile(path)
+	st, err := states.Load(path, func(b []byte) (detachedState, bool, error) {
+		var st detachedState
+		if err := json.Unmarshal(b, &st); err != nil {
+			return st, false, fmt.Errorf("%s: %w", path, err)
+		}
+		return st, true, nil
+	})
 	if errors.Is(err, fs.ErrNotExist) {
 		return detachedState{ActiveState: "inactive", SubState: "dead"}, nil
 	}
-	if err != nil {
-		return st, err
-	}
-	if err := json.Unmarshal(b, &st); err != nil {
-		return st, fmt.Errorf("%s: %w", path, err)
-	}
-	return st, nil
+	return st, err
 }
+
+// states keeps each VM's recorded state as last decoded, so that a list
+// of VMs under the detached supervisor pays one stat per VM while its
+// state is unchanged. Every writer replaces the file by rename (writeState
+// and the supervising process, through atomicfile) or removes it, so a
+// state recorded by any process is read again (filecache's guarantees);
+// detachedState holds values only, so the cached one is never shared
+// mutably.
+var states filecache.Cache[detachedState]
 
 func jsonMarshal(v any) ([]byte, error) {
 	b, err := json.Marshal(v)

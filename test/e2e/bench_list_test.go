@@ -2,27 +2,34 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/testenv"
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
 // BenchmarkList measures GET /v1/vms with 1,000 VMs defined, through the
-// real HTTP API of a daemon on loopback with the supervisor this host can
-// run (detached), next to two baselines from the same run: the per-VM path
-// (GET /v1/vms/{id} for each VM in turn, which asks the service manager and
-// the VMM about one VM at a time, as lists did) and reading the 1,000
-// records from the store alone.
+// real HTTP API of the built daemon (`mergen server`) on loopback with the
+// supervisor this host can run (detached), next to two baselines from the
+// same run: the per-VM path (GET /v1/vms/{id} for each VM in turn, which
+// asks the service manager and the VMM about one VM at a time, as lists
+// did) and reading the 1,000 records from the store alone. It also prints
+// the daemon's resident size (VmRSS) with the 1,000 VMs defined, after the
+// lists.
 //
 //	go test -run '^$' -bench 'BenchmarkList$' -benchtime 1x ./test/e2e/
 func BenchmarkList(b *testing.B) {
 	const vms, clients, lists, perVM = 1000, 8, 50, 5
 	for i := 0; i < b.N; i++ {
 		h := newHost(b, map[string]string{"MGR_SUPERVISOR": "detached", "MGR_GUEST_CIDR": "172.30.0.0/20", "MGR_PORT_START": "20000", "MGR_PORT_END": "40000"})
-		base := h.serve(b)
+		d := h.startBinary(b, testenv.Build(b, "./cmd/mergen"), freePort(b))
+		base := d.base
 		next := make(chan int, vms)
 		for j := 0; j < vms; j++ {
 			next <- j
@@ -84,11 +91,34 @@ func BenchmarkList(b *testing.B) {
 		}
 		sort.Slice(readLat, func(x, y int) bool { return readLat[x] < readLat[y] })
 
+		rssKiB := vmRSS(b, d.cmd.Process.Pid)
+
 		b.ReportMetric(ms(listLat[lists/2]), "list1000-p50-ms")
 		b.ReportMetric(ms(listLat[lists*99/100]), "list1000-p99-ms")
 		b.ReportMetric(ms(perLat[perVM/2]), "get-each-1000-ms")
 		b.ReportMetric(ms(readLat[lists/2]), "records-1000-ms")
-		fmt.Printf("list: GET /v1/vms with %d VMs (detached supervisor) p50 %.1f ms, p99 %.1f ms; baselines in the same run: a GET per VM for all %d %.1f ms (median of %d), the %d records alone from the store %.1f ms (p50)\n",
-			vms, ms(listLat[lists/2]), ms(listLat[lists*99/100]), vms, ms(perLat[perVM/2]), perVM, vms, ms(readLat[lists/2]))
+		b.ReportMetric(float64(rssKiB)/1024, "daemon-rss-MiB")
+		fmt.Printf("list: GET /v1/vms with %d VMs (detached supervisor) p50 %.1f ms, p99 %.1f ms; baselines in the same run: a GET per VM for all %d %.1f ms (median of %d), the %d records alone from the store %.1f ms (p50); daemon VmRSS with %d VMs defined %.1f MiB\n",
+			vms, ms(listLat[lists/2]), ms(listLat[lists*99/100]), vms, ms(perLat[perVM/2]), perVM, vms, ms(readLat[lists/2]), vms, float64(rssKiB)/1024)
 	}
+}
+
+// vmRSS is the resident size of process pid in KiB (VmRSS).
+func vmRSS(t testing.TB, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+			if err != nil {
+				t.Fatalf("VmRSS of %d: %q", pid, line)
+			}
+			return kb
+		}
+	}
+	t.Fatalf("no VmRSS in /proc/%d/status", pid)
+	return 0
 }
