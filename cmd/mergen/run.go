@@ -37,6 +37,7 @@ type runFlags struct {
 	httpsPort              int
 	timeout                time.Duration
 	health                 healthFlags
+	restart                string
 }
 
 func newRunCmd() *cobra.Command { return runCmd(config.Env()) }
@@ -102,6 +103,7 @@ keeps running either way (mergen vm rm -f NAME removes it).`,
 	fl.DurationVar(&f.timeout, "timeout", 3*time.Minute, "how long to wait for the guest's HTTP port")
 	fl.BoolVar(&f.cold, "cold", false, "boot the image instead of restoring its ready snapshot")
 	fl.IntVar(&f.readyPort, "ready-port", 0, "guest TCP port whose answer makes the image's ready snapshot (default: the HTTP port)")
+	fl.StringVar(&f.restart, "restart", "", "restart policy, carried out by the service manager: no, always, on-failure or on-failure:N (default no)")
 	f.health.register(fl)
 	return cmd
 }
@@ -206,7 +208,7 @@ func runImage(ctx context.Context, stdout, stderr io.Writer, cfg config.CLI, f r
 	rt, payload := conv.rt, conv.payload
 
 	// 2. Create and start.
-	req := wire.CreateRequest{PayloadDisk: payload, VCPU: f.vcpu, MemMiB: f.mem, HTTPPort: f.httpPort, AutoStart: true}
+	req := wire.CreateRequest{PayloadDisk: payload, VCPU: f.vcpu, MemMiB: f.mem, HTTPPort: f.httpPort, AutoStart: true, Restart: f.restart}
 	if req.HTTPPort == 0 {
 		req.HTTPPort = rt.HTTPPort
 	}

@@ -180,6 +180,7 @@ func newVMCreateCmd(f *apiFlags) *cobra.Command {
 	fl.StringVar(&metadata, "metadata", "", "free JSON stored with the VM")
 	fl.BoolVar(&start, "start", false, "start the VM after creating it")
 	fl.StringVar(&req.Snapshot, "from-snapshot", "", "restore the VM from this snapshot (id or unique prefix) instead of booting it; it keeps the snapshot's disks and shape")
+	fl.StringVar(&req.Restart, "restart", "", "restart policy, carried out by the service manager: no, always, on-failure or on-failure:N (default no)")
 	hf.register(fl)
 	fl.StringVar(&bridge, "bridge", "", "attach the tap to this existing host bridge (e.g. docker0) instead of a namespace")
 	fl.StringVar(&guestIP, "guest-ip", "", "static guest IP (bridge mode)")
