@@ -125,16 +125,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		return err
 	}
 	if resp.StatusCode >= 300 {
-		var e struct {
-			Error string `json:"error"`
-		}
-		if json.Unmarshal(data, &e) != nil || e.Error == "" {
-			e.Error = strings.TrimSpace(string(data))
-		}
-		if resp.StatusCode == http.StatusUnauthorized {
-			e.Error += " (give the daemon's token with MERGEN_API_TOKEN, or run where the token file MGR_API_TOKEN_FILE is readable, or use the unix socket MGR_API_SOCKET)"
-		}
-		return &APIError{Status: resp.StatusCode, Message: e.Error}
+		return errorAnswer(resp.StatusCode, data)
 	}
 	if out != nil {
 		if raw, ok := out.(*json.RawMessage); ok {
@@ -305,7 +296,7 @@ func (c *Client) Logs(ctx context.Context, id string, opts LogsOptions, w io.Wri
 // stream copies a text answer that may never end to w; ctx ending it is no
 // error.
 func (c *Client) stream(ctx context.Context, path string, w io.Writer) error {
-	resp, err := c.openStream(ctx, path, "")
+	resp, err := c.send(ctx, http.MethodGet, path, nil, nil)
 	if err != nil {
 		return err
 	}
@@ -317,43 +308,49 @@ func (c *Client) stream(ctx context.Context, path string, w io.Writer) error {
 	return err
 }
 
-// openStream sends a GET whose answer may never end (no client timeout)
-// and returns the answer when it is a success; an error answer is an
-// APIError.
-func (c *Client) openStream(ctx context.Context, path, accept string) (*http.Response, error) {
-	req, err := c.newRequest(ctx, http.MethodGet, path, nil)
+// send sends a request whose answer may be long or never end (no client
+// timeout; ctx bounds it) and returns the answer when it is a success; an
+// error answer is an APIError.
+func (c *Client) send(ctx context.Context, method, path string, body io.Reader, header http.Header) (*http.Response, error) {
+	req, err := c.newRequest(ctx, method, path, body)
 	if err != nil {
 		return nil, err
 	}
-	if accept != "" {
-		req.Header.Set("Accept", accept)
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	hc := *c.http
-	hc.Timeout = 0 // following has no natural end
+	hc.Timeout = 0
 	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach the mergen daemon at %s: %w", c.where, err)
 	}
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
-		return nil, streamError(resp)
+		return nil, apiError(resp)
 	}
 	return resp, nil
 }
 
-// streamError is the APIError of a streaming request's error answer.
-func streamError(resp *http.Response) error {
+// apiError reads an error answer.
+func apiError(resp *http.Response) error {
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return errorAnswer(resp.StatusCode, data)
+}
+
+// errorAnswer is the APIError of an answer with status and body data:
+// the API's {"error": …}, or the body as text.
+func errorAnswer(status int, data []byte) error {
 	var e struct {
 		Error string `json:"error"`
 	}
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if json.Unmarshal(data, &e) != nil || e.Error == "" {
 		e.Error = strings.TrimSpace(string(data))
 	}
-	if resp.StatusCode == http.StatusUnauthorized {
+	if status == http.StatusUnauthorized {
 		e.Error += " (give the daemon's token with MERGEN_API_TOKEN, or run where the token file MGR_API_TOKEN_FILE is readable, or use the unix socket MGR_API_SOCKET)"
 	}
-	return &APIError{Status: resp.StatusCode, Message: e.Error}
+	return &APIError{Status: status, Message: e.Error}
 }
 
 // Snapshot takes a snapshot of VM id.
@@ -471,7 +468,7 @@ var (
 // watchOnce reads one event stream, telling pos of every position it
 // passes (each event's id, and the one the stream starts after).
 func (c *Client) watchOnce(ctx context.Context, path string, pos func(uint64), fn func(events.Event) error) error {
-	resp, err := c.openStream(ctx, path, "text/event-stream")
+	resp, err := c.send(ctx, http.MethodGet, path, nil, http.Header{"Accept": {"text/event-stream"}})
 	if err != nil {
 		return err
 	}

@@ -154,18 +154,6 @@ func (c *Client) dialWS(ctx context.Context, id, suffix string) (*websocket.Conn
 	return ws, nil
 }
 
-// apiError reads an error answer.
-func apiError(resp *http.Response) error {
-	var e struct {
-		Error string `json:"error"`
-	}
-	data, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if json.Unmarshal(data, &e) != nil || e.Error == "" {
-		e.Error = strings.TrimSpace(string(data))
-	}
-	return &APIError{Status: resp.StatusCode, Message: e.Error}
-}
-
 // ReadFiles copies the file or directory path of VM id, as a tar archive,
 // to w (GET /v1/vms/{id}/files).
 func (c *Client) ReadFiles(ctx context.Context, id, path string, w io.Writer) error {
@@ -191,26 +179,11 @@ func (c *Client) WriteFiles(ctx context.Context, id, dir string, r io.Reader) er
 // files sends one files request with a tar body or answer and returns a
 // successful answer; any other is an APIError.
 func (c *Client) files(ctx context.Context, method, id, path string, body io.Reader) (*http.Response, error) {
-	req, err := c.newRequest(ctx, method, "/v1/vms/"+url.PathEscape(id)+"/files?path="+url.QueryEscape(path), body)
-	if err != nil {
-		return nil, err
-	}
+	h := http.Header{"Accept": {"application/x-tar"}}
 	if body != nil {
-		req.Header.Set("Content-Type", "application/x-tar")
-	} else {
-		req.Header.Set("Accept", "application/x-tar")
+		h = http.Header{"Content-Type": {"application/x-tar"}}
 	}
-	hc := *c.http
-	hc.Timeout = 0 // a large tree takes its time; ctx bounds it
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("cannot reach the mergen daemon at %s: %w", c.where, err)
-	}
-	if resp.StatusCode >= 300 {
-		defer resp.Body.Close()
-		return nil, apiError(resp)
-	}
-	return resp, nil
+	return c.send(ctx, method, "/v1/vms/"+url.PathEscape(id)+"/files?path="+url.QueryEscape(path), body, h)
 }
 
 // IsStatus reports whether err is an API answer with that status.
