@@ -31,16 +31,10 @@ import (
 // client may send. WebSocket handshakes are GET requests (RFC 6455); POST
 // is taken too, as the API documents exec as an action.
 func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
-	id, err := pathID(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
 	// Refusals (unknown VM, not running) are plain HTTP answers, before
 	// the upgrade.
-	target, err := s.mgr.ExecTarget(r.Context(), id)
-	if err != nil {
-		s.writeError(w, r, err)
+	target, ok := s.execTarget(w, r)
+	if !ok {
 		return
 	}
 	if r.Method == http.MethodPost {
@@ -57,7 +51,7 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	err = s.relay(ctx, c, target)
 	if err != nil {
-		s.log.Info("exec session ended", "vm", id, "err", err)
+		s.log.Info("exec session ended", "vm", target.VM, "err", err)
 		// An error frame says why, then the close.
 		b, _ := execproto.AppendFrame(nil, execproto.StreamError, []byte(err.Error()))
 		c.Write(ctx, websocket.MessageBinary, b)
@@ -65,6 +59,20 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.Close(websocket.StatusNormalClosure, "")
+}
+
+// execTarget finds the guest agent of the request's VM, answering the
+// refusal (bad id, unknown VM, not running) itself when there is none.
+func (s *Server) execTarget(w http.ResponseWriter, r *http.Request) (execclient.Target, bool) {
+	id, err := pathID(r)
+	if err == nil {
+		var t execclient.Target
+		if t, err = s.mgr.ExecTarget(r.Context(), id); err == nil {
+			return t, true
+		}
+	}
+	s.writeError(w, r, err)
+	return execclient.Target{}, false
 }
 
 // relay reads the client's request, opens the session in the guest and
@@ -181,19 +189,13 @@ func filesPath(r *http.Request) (string, error) {
 // directory; with Accept: application/octet-stream and a regular file, its
 // bytes alone.
 func (s *Server) getFiles(w http.ResponseWriter, r *http.Request) {
-	id, err := pathID(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
 	p, err := filesPath(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	t, err := s.mgr.ExecTarget(r.Context(), id)
-	if err != nil {
-		s.writeError(w, r, err)
+	t, ok := s.execTarget(w, r)
+	if !ok {
 		return
 	}
 	raw := strings.Contains(r.Header.Get("Accept"), contentRaw)
@@ -206,7 +208,7 @@ func (s *Server) getFiles(w http.ResponseWriter, r *http.Request) {
 		head := make([]byte, 512)
 		n, err := io.ReadFull(pr, head)
 		if n == 0 && err != nil {
-			s.writeError(w, r, filesErr(id, p, err))
+			s.writeError(w, r, filesErr(t.VM, p, err))
 			return
 		}
 		w.Header().Set("Content-Type", contentTar)
@@ -218,7 +220,7 @@ func (s *Server) getFiles(w http.ResponseWriter, r *http.Request) {
 	tr := tar.NewReader(pr)
 	hdr, err := tr.Next()
 	if err != nil {
-		s.writeError(w, r, filesErr(id, p, err))
+		s.writeError(w, r, filesErr(t.VM, p, err))
 		return
 	}
 	if hdr.Typeflag != tar.TypeReg {
@@ -236,20 +238,14 @@ func (s *Server) getFiles(w http.ResponseWriter, r *http.Request) {
 // the directory path; a raw body (application/octet-stream) becomes the
 // file path, with ?mode= (octal, default 0644).
 func (s *Server) putFiles(w http.ResponseWriter, r *http.Request) {
-	id, err := pathID(r)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
 	p, err := filesPath(r)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
 	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	t, err := s.mgr.ExecTarget(r.Context(), id)
-	if err != nil {
-		s.writeError(w, r, err)
+	t, ok := s.execTarget(w, r)
+	if !ok {
 		return
 	}
 	body := io.Reader(r.Body)
@@ -270,10 +266,10 @@ func (s *Server) putFiles(w http.ResponseWriter, r *http.Request) {
 		body = rawAsTar(path.Base(p), mode, r.ContentLength, r.Body)
 	}
 	if err := execclient.WriteFiles(r.Context(), t, dir, body); err != nil {
-		s.writeError(w, r, filesErr(id, p, err))
+		s.writeError(w, r, filesErr(t.VM, p, err))
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"id": id, "path": p, "status": "written"})
+	writeJSON(w, http.StatusOK, map[string]string{"id": t.VM, "path": p, "status": "written"})
 }
 
 // rawAsTar streams one file of size bytes from r as a tar archive.
