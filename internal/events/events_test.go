@@ -152,3 +152,18 @@ func TestBusWakesWatchersForOtherWritersAndServesOldPositionsFromTheFile(t *test
 		t.Fatalf("from the start: %+v %v", evs, err)
 	}
 }
+
+func TestLastOfIsTheVMsNewestEvent(t *testing.T) {
+	j, _ := newJournal(t)
+	for _, ev := range []events.Event{{Type: events.Created, VM: "a"}, {Type: events.Failed, VM: "a"}, {Type: events.Created, VM: "ab"}} {
+		if _, err := j.Append(context.Background(), ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ev, ok, err := j.LastOf("a"); err != nil || !ok || ev.Type != events.Failed || ev.Seq != 2 {
+		t.Fatalf("LastOf(a) = %+v %v %v; want the failed event #2 (not ab's)", ev, ok, err)
+	}
+	if _, ok, err := j.LastOf("c"); err != nil || ok {
+		t.Fatalf("LastOf(c) found one: %v %v", ok, err)
+	}
+}

@@ -227,8 +227,9 @@ func (j *Journal) After(since uint64, limit int) ([]Event, error) {
 	var out []Event
 	first := uint64(0)
 	for _, path := range []string{j.p.JournalOld, j.p.Journal} {
-		err := scanFile(path, func(seq uint64) bool {
+		err := scanFile(path, func(line []byte) bool {
 			// The oldest kept is still needed to tell a gap.
+			seq := seqOf(line)
 			return first != 0 && seq != 0 && seq <= since
 		}, func(ev Event) bool {
 			if first == 0 {
@@ -257,7 +258,10 @@ func (j *Journal) After(since uint64, limit int) ([]Event, error) {
 func (j *Journal) LastOf(vm string) (Event, bool, error) {
 	var last Event
 	found := false
-	err := scanFile(j.p.Journal, nil, func(ev Event) bool {
+	// Only the VM's own lines are decoded: the pre-start stage asks this
+	// on every start, of a journal of up to MaxJournalBytes.
+	mark := []byte(`"vm":"` + vm + `"`)
+	err := scanFile(j.p.Journal, func(line []byte) bool { return !bytes.Contains(line, mark) }, func(ev Event) bool {
 		if ev.VM == vm {
 			last, found = ev, true
 		}
@@ -268,9 +272,9 @@ func (j *Journal) LastOf(vm string) (Event, bool, error) {
 
 // scanFile calls fn for every event of the file until it returns false. A
 // missing file has none; a line that is not an event is skipped, and so is
-// one whose number skip (when set) says to skip: read from the line's
-// start, it spares decoding the events a reader is already past.
-func scanFile(path string, skip func(seq uint64) bool, fn func(Event) bool) error {
+// one skip (when set) says to skip: looking at the raw line, it spares
+// decoding the events a reader has no use for.
+func scanFile(path string, skip func(line []byte) bool, fn func(Event) bool) error {
 	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
@@ -283,7 +287,7 @@ func scanFile(path string, skip func(seq uint64) bool, fn func(Event) bool) erro
 	sc.Buffer(make([]byte, 0, 4096), maxLine)
 	for sc.Scan() {
 		line := sc.Bytes()
-		if skip != nil && skip(seqOf(line)) {
+		if skip != nil && skip(line) {
 			continue
 		}
 		var ev Event

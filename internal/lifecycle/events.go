@@ -14,14 +14,11 @@ import (
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
-// nameTag is the tag that holds a VM's name (the manager's NameTag).
-const nameTag = "name"
-
 // record appends one of the VM's transitions to the host's event stream.
 // The stage's work is done whether or not it could be recorded.
 func (r *Runner) record(ctx context.Context, m store.Meta, t events.Type, reason, message string) {
 	j := events.NewJournal(r.Config.Layout().Events())
-	ev := events.Event{Type: t, VM: m.ID, Name: m.Tags[nameTag], Source: events.SourceLifecycle, Reason: reason, Message: message}
+	ev := events.Event{Type: t, VM: m.ID, Name: m.Tags[wire.NameTag], Source: events.SourceLifecycle, Reason: reason, Message: message}
 	if _, err := j.Append(context.WithoutCancel(ctx), ev); err != nil {
 		r.Log.Warn("event not recorded", "event", string(t), "err", err)
 	}
