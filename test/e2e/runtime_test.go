@@ -122,10 +122,15 @@ func runtimeScenario(t *testing.T, h vmHost, payload string) {
 	}
 	t.Logf("logs?tail=5:\n%s", body)
 	// source=payload: busybox httpd's access line for the start's request,
-	// without mergen-init's prefix.
-	code, body = h.api(t, "GET", "/v1/vms/"+vm.ID+"/logs?source=payload&tail=1", nil, nil)
-	mustStatus(t, code, body, 200)
-	if !strings.Contains(string(body), "response:200") || strings.Contains(string(body), "[payload]") {
+	// without mergen-init's prefix. The line may reach the console a moment
+	// after the answer reached the test (an earlier try may have got a 404
+	// while the guest was still coming up).
+	testenv.Eventually(t, 30*time.Second, "httpd's access line of the answered request", func() bool {
+		code, body = h.api(t, "GET", "/v1/vms/"+vm.ID+"/logs?source=payload&tail=1", nil, nil)
+		mustStatus(t, code, body, 200)
+		return strings.Contains(string(body), "response:200")
+	})
+	if strings.Contains(string(body), "[payload]") {
 		t.Fatalf("logs?source=payload&tail=1 answered %q, want httpd's access line without the prefix", body)
 	}
 	h.killDaemon(t)
