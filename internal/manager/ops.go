@@ -383,8 +383,6 @@ func (m *Manager) remove(ctx context.Context, meta store.Meta) error {
 			m.log.Warn("forget unit state", "vm", id, "err", err)
 		}
 	}
-	m.allocMu.Lock()
-	defer m.allocMu.Unlock()
 	unlock, err := m.store.LockAlloc(ctx)
 	if err != nil {
 		return fmt.Errorf("delete vm %s: %w", id, err)
