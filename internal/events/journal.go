@@ -116,10 +116,17 @@ func seqOf(line []byte) uint64 {
 var ErrGone = errors.New("events before that position are no longer kept")
 
 // Journal is the event file of one host.
-type Journal struct{ p layout.Events }
+type Journal struct {
+	p layout.Events
+	// turn (a one-slot semaphore) queues this process's appenders before
+	// they take the file lock, which a waiter polls: concurrent appends in
+	// the daemon (the creates of a group return together) take turns at
+	// once.
+	turn chan struct{}
+}
 
 // NewJournal returns the journal at p; files are made on the first Append.
-func NewJournal(p layout.Events) *Journal { return &Journal{p: p} }
+func NewJournal(p layout.Events) *Journal { return &Journal{p: p, turn: make(chan struct{}, 1)} }
 
 // Append numbers ev, stamps its time when unset and writes it. The lock
 // makes appends from the daemon and from lifecycle stages one sequence.
@@ -132,6 +139,12 @@ func (j *Journal) Append(ctx context.Context, ev Event) (Event, error) {
 	}
 	lctx, cancel := context.WithTimeout(ctx, appendWait)
 	defer cancel()
+	select {
+	case j.turn <- struct{}{}:
+		defer func() { <-j.turn }()
+	case <-lctx.Done():
+		return ev, fmt.Errorf("append %s event of vm %s: %w", ev.Type, ev.VM, lctx.Err())
+	}
 	held, err := lock.Acquire(lctx, j.p.Lock)
 	if err != nil {
 		return ev, fmt.Errorf("append %s event of vm %s: %w", ev.Type, ev.VM, err)
