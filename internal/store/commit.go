@@ -251,6 +251,10 @@ type CommitterOptions struct {
 	Committed func(gen uint64, complete bool)
 }
 
+// errBusy is a create's answer when its caller gave up before its turn
+// came: what LockAlloc says when the wait for the lock runs out.
+var errBusy = errdefs.Conflict("allocation is busy: another operation holds its lock")
+
 // maxGroup bounds the creates committed together.
 const maxGroup = 128
 
@@ -316,7 +320,7 @@ func (c *Committer) Create(ctx context.Context, plan Plan) (string, error) {
 	if !m.taken {
 		c.dequeue(m)
 		c.mu.Unlock()
-		return "", errdefs.Conflict("allocation is busy: another operation holds its lock (%v)", ctx.Err())
+		return "", errBusy
 	}
 	c.mu.Unlock()
 	<-m.done
@@ -390,8 +394,8 @@ func (c *Committer) commit(group []*member) {
 		complete = true
 	)
 	for _, m := range group {
-		if err := m.ctx.Err(); err != nil {
-			m.err = errdefs.Conflict("allocation is busy: another operation holds its lock (%v)", err)
+		if m.ctx.Err() != nil {
+			m.err = errBusy
 			continue
 		}
 		id, files, err := runPlan(m.plan)
