@@ -211,8 +211,9 @@ func (s *Store) place(sts []*staged, gen *atomicfile.Pending) (errs []error, bum
 	return errs, bumped
 }
 
-// maxFlushes bounds the fsyncs in flight at once.
-const maxFlushes = 32
+// maxInFlight bounds the file operations (stages, fsyncs) a group runs at
+// once.
+const maxInFlight = 32
 
 // syncAll runs the flushes at once and returns each one's error. Flushes
 // issued together are written by the filesystem's journal in one commit
@@ -220,18 +221,24 @@ const maxFlushes = 32
 // flush, where one after another would cost one each.
 func syncAll(fns []func() error) []error {
 	errs := make([]error, len(fns))
-	slots := make(chan struct{}, maxFlushes)
+	inParallel(len(fns), func(i int) { errs[i] = fns[i]() })
+	return errs
+}
+
+// inParallel runs fn(0) … fn(n-1), at most maxInFlight at a time, and
+// returns when all have.
+func inParallel(n int, fn func(i int)) {
+	slots := make(chan struct{}, maxInFlight)
 	var wg sync.WaitGroup
-	for i, fn := range fns {
+	for i := range n {
 		slots <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-slots; wg.Done() }()
-			errs[i] = fn()
+			fn(i)
 		}()
 	}
 	wg.Wait()
-	return errs
 }
 
 // A Plan decides one new VM under the allocation lock: its id and the
@@ -388,10 +395,11 @@ func (c *Committer) commit(group []*member) {
 		}
 		return
 	}
+	// The plans, one at a time and in order: each decides from what the
+	// earlier ones decided.
 	var (
-		sts      []*staged
-		owners   []*member
-		complete = true
+		planned  []*member
+		contents []map[string][]byte
 	)
 	for _, m := range group {
 		if m.ctx.Err() != nil {
@@ -404,12 +412,24 @@ func (c *Committer) commit(group []*member) {
 			continue
 		}
 		m.id = id
-		st, err := c.s.stage(id, files)
-		if err != nil {
-			m.err, complete = err, false
+		planned, contents = append(planned, m), append(contents, files)
+	}
+	// Their directories, at once: nothing in one depends on another.
+	dirs := make([]*staged, len(planned))
+	inParallel(len(planned), func(i int) {
+		dirs[i], planned[i].err = c.s.stage(planned[i].id, contents[i])
+	})
+	var (
+		sts      []*staged
+		owners   []*member
+		complete = true
+	)
+	for i, m := range planned {
+		if m.err != nil {
+			complete = false
 			continue
 		}
-		sts, owners = append(sts, st), append(owners, m)
+		sts, owners = append(sts, dirs[i]), append(owners, m)
 	}
 	if len(sts) > 0 {
 		next, err := atomicfile.Prepare(c.s.Layout.Generation(), generationFile(gen+1), 0o644)
