@@ -95,13 +95,20 @@ func (s *Store) stage(id string, files map[string][]byte) (*staged, error) {
 	return st, nil
 }
 
-// flushes are the fsyncs that make the staged directory whole on disk.
-func (st *staged) flushes() []func() error {
-	out := make([]func() error, 0, len(st.files)+1)
+// flush makes the staged directory whole on disk: its files' contents and
+// its entries, fsynced at once (see syncAll). The files are closed after.
+func (st *staged) flush() error {
+	fns := make([]func() error, 0, len(st.files)+1)
 	for _, f := range st.files {
-		out = append(out, f.Sync)
+		fns = append(fns, f.Sync)
 	}
-	return append(out, func() error { return atomicfile.SyncDir(st.dir) })
+	fns = append(fns, func() error { return atomicfile.SyncDir(st.dir) })
+	err := errors.Join(syncAll(fns)...)
+	st.close()
+	if err != nil {
+		return fmt.Errorf("create vm %s: flush: %w", st.id, err)
+	}
+	return nil
 }
 
 func (st *staged) close() {
@@ -117,44 +124,31 @@ func (st *staged) discard() {
 	os.RemoveAll(st.dir)
 }
 
-// place flushes the staged directories (and gen, when set: the generation's
-// replacement, which is flushed with them and placed before them), then
-// renames each into place and syncs the config root once. errs[i] is the
-// outcome of sts[i]; a directory that was not placed is removed. bumped
-// says gen was placed.
+// stageFlushed is stage and flush; nothing is left when either fails.
+func (s *Store) stageFlushed(id string, files map[string][]byte) (*staged, error) {
+	st, err := s.stage(id, files)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.flush(); err != nil {
+		st.discard()
+		return nil, err
+	}
+	return st, nil
+}
+
+// place puts flushed staged directories into place: gen first, when set
+// (the generation's replacement, already synced), then each directory by
+// its rename, then one sync of the config root. errs[i] is the outcome of
+// sts[i]; a directory that was not placed is removed. bumped says gen was
+// placed.
 //
-// One VM's failure to flush or to be renamed fails that VM alone. A
-// generation that cannot be written, or a config root that cannot be
-// synced, fails every VM: then no rename is known to be durable, and the
-// ones made are undone, so none is half-acknowledged.
+// A VM whose rename fails (its id was taken) fails alone. A generation
+// that cannot be placed, or a config root that cannot be synced, fails
+// every VM: then no rename is known to be durable, and the ones made are
+// undone, so none is half-acknowledged.
 func (s *Store) place(sts []*staged, gen *atomicfile.Pending) (errs []error, bumped bool) {
 	errs = make([]error, len(sts))
-	var fns []func() error
-	owner := []int{} // owner[k] is the index in sts of fns[k]; -1 the generation
-	for i, st := range sts {
-		for _, fn := range st.flushes() {
-			fns = append(fns, fn)
-			owner = append(owner, i)
-		}
-	}
-	if gen != nil {
-		fns = append(fns, gen.Sync)
-		owner = append(owner, -1)
-	}
-	var genErr error
-	for k, err := range syncAll(fns) {
-		if err == nil {
-			continue
-		}
-		if owner[k] < 0 {
-			genErr = err
-		} else if errs[owner[k]] == nil {
-			errs[owner[k]] = fmt.Errorf("create vm %s: flush: %w", sts[owner[k]].id, err)
-		}
-	}
-	for _, st := range sts {
-		st.close()
-	}
 	failAll := func(cause error) ([]error, bool) {
 		for i, st := range sts {
 			os.RemoveAll(st.dir)
@@ -167,22 +161,13 @@ func (s *Store) place(sts []*staged, gen *atomicfile.Pending) (errs []error, bum
 	if gen != nil {
 		// Bumped before the set of VMs changes: a cache checked against
 		// the generation never holds a set older than the store's.
-		if genErr == nil {
-			genErr = gen.Place()
-		} else {
-			gen.Discard()
-		}
-		if genErr != nil {
-			return failAll(fmt.Errorf("bump the store's generation: %w", genErr))
+		if err := gen.Place(); err != nil {
+			return failAll(fmt.Errorf("bump the store's generation: %w", err))
 		}
 		bumped = true
 	}
 	var placed []int
 	for i, st := range sts {
-		if errs[i] != nil {
-			os.RemoveAll(st.dir)
-			continue
-		}
 		if err := os.Rename(st.dir, s.Layout.VM(st.id).ConfigDir); err != nil {
 			os.RemoveAll(st.dir)
 			if errors.Is(err, fs.ErrExist) || errors.Is(err, errNotEmpty) {
@@ -211,9 +196,9 @@ func (s *Store) place(sts []*staged, gen *atomicfile.Pending) (errs []error, bum
 	return errs, bumped
 }
 
-// maxInFlight bounds the file operations (stages, fsyncs) a group runs at
-// once.
-const maxInFlight = 32
+// maxInFlight bounds the fsyncs one flush runs at once, and the VMs a
+// group stages and flushes at once.
+const maxInFlight = 16
 
 // syncAll runs the flushes at once and returns each one's error. Flushes
 // issued together are written by the filesystem's journal in one commit
@@ -221,24 +206,18 @@ const maxInFlight = 32
 // flush, where one after another would cost one each.
 func syncAll(fns []func() error) []error {
 	errs := make([]error, len(fns))
-	inParallel(len(fns), func(i int) { errs[i] = fns[i]() })
-	return errs
-}
-
-// inParallel runs fn(0) … fn(n-1), at most maxInFlight at a time, and
-// returns when all have.
-func inParallel(n int, fn func(i int)) {
 	slots := make(chan struct{}, maxInFlight)
 	var wg sync.WaitGroup
-	for i := range n {
+	for i, fn := range fns {
 		slots <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer func() { <-slots; wg.Done() }()
-			fn(i)
+			errs[i] = fn()
 		}()
 	}
 	wg.Wait()
+	return errs
 }
 
 // A Plan decides one new VM under the allocation lock: its id and the
@@ -267,10 +246,12 @@ const maxGroup = 128
 
 // Committer creates VMs for many concurrent callers, in groups: the creates
 // that arrive while a group is being written form the next one, which
-// takes the allocation lock once, runs its plans one after another, stages
-// every VM, flushes them all at once, bumps the generation once, places them
-// and syncs the config root once. A create returns when its VM is durable
-// (or has failed); each member of a group gets its own outcome.
+// takes the allocation lock once, runs its plans one after another while
+// the VMs already planned are staged and flushed at once (their fsyncs
+// share the filesystem's journal commits), bumps the generation once,
+// places the VMs and syncs the config root once. A create returns when its
+// VM is durable (or has failed); each member of a group gets its own
+// outcome.
 //
 // The guarantees are Create's: allocations are decided and made visible
 // under the allocation lock (plans see earlier members; other processes see
@@ -395,13 +376,31 @@ func (c *Committer) commit(group []*member) {
 		}
 		return
 	}
-	// The plans, one at a time and in order: each decides from what the
-	// earlier ones decided.
+	// The generation's replacement is written and flushed beside the VMs.
+	next := make(chan *atomicfile.Pending, 1)
+	var nextErr error
+	go func() {
+		p, err := atomicfile.Prepare(c.s.Layout.Generation(), generationFile(gen+1), 0o644)
+		if err == nil {
+			if err = p.Sync(); err != nil {
+				p.Discard()
+			}
+		}
+		if err != nil {
+			p, nextErr = nil, err
+		}
+		next <- p
+	}()
+	// The plans run one at a time and in order: each decides from what the
+	// earlier ones decided. Each VM is staged and flushed as soon as its
+	// plan has run, beside the next plans: nothing in one VM's directory
+	// depends on another's.
 	var (
-		planned  []*member
-		contents []map[string][]byte
+		dirs  = make([]*staged, len(group))
+		wg    sync.WaitGroup
+		slots = make(chan struct{}, maxInFlight)
 	)
-	for _, m := range group {
+	for i, m := range group {
 		if m.ctx.Err() != nil {
 			m.err = errBusy
 			continue
@@ -412,43 +411,48 @@ func (c *Committer) commit(group []*member) {
 			continue
 		}
 		m.id = id
-		planned, contents = append(planned, m), append(contents, files)
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			dirs[i], m.err = c.s.stageFlushed(id, files)
+		}()
 	}
-	// Their directories, at once: nothing in one depends on another.
-	dirs := make([]*staged, len(planned))
-	inParallel(len(planned), func(i int) {
-		dirs[i], planned[i].err = c.s.stage(planned[i].id, contents[i])
-	})
+	wg.Wait()
+	pending := <-next
 	var (
 		sts      []*staged
 		owners   []*member
 		complete = true
 	)
-	for i, m := range planned {
-		if m.err != nil {
-			complete = false
-			continue
+	for i, m := range group {
+		switch {
+		case dirs[i] != nil:
+			sts, owners = append(sts, dirs[i]), append(owners, m)
+		case m.id != "":
+			complete = false // planned, not stored
 		}
-		sts, owners = append(sts, dirs[i]), append(owners, m)
 	}
-	if len(sts) > 0 {
-		next, err := atomicfile.Prepare(c.s.Layout.Generation(), generationFile(gen+1), 0o644)
-		if err != nil {
-			for i, st := range sts {
-				st.discard()
-				owners[i].err = fmt.Errorf("create vm %s: bump the store's generation: %w", st.id, err)
+	switch {
+	case len(sts) == 0:
+		if pending != nil {
+			pending.Discard()
+		}
+	case pending == nil:
+		for i, st := range sts {
+			st.discard()
+			owners[i].err = fmt.Errorf("create vm %s: bump the store's generation: %w", st.id, nextErr)
+		}
+		complete = false
+	default:
+		errs, bumped := c.s.place(sts, pending)
+		for i, err := range errs {
+			if err != nil {
+				owners[i].err, complete = err, false
 			}
-			complete = false
-		} else {
-			errs, bumped := c.s.place(sts, next)
-			for i, err := range errs {
-				if err != nil {
-					owners[i].err, complete = err, false
-				}
-			}
-			if bumped {
-				gen++
-			}
+		}
+		if bumped {
+			gen++
 		}
 	}
 	for _, m := range group {

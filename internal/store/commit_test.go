@@ -282,7 +282,7 @@ func TestAGenerationThatCannotBeReplacedPlacesNoVM(t *testing.T) {
 	var sts []*staged
 	for range 3 {
 		id := NewID()
-		st, err := s.stage(id, files(id))
+		st, err := s.stageFlushed(id, files(id))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -93,7 +93,7 @@ func (s *Store) Paths(id string) layout.VM { return s.Layout.VM(id) }
 // allocation lock when the files hold allocations; the daemon creates
 // through a Committer instead, which flushes concurrent creates together.
 func (s *Store) Create(id string, files map[string][]byte) error {
-	st, err := s.stage(id, files)
+	st, err := s.stageFlushed(id, files)
 	if err != nil {
 		return err
 	}
