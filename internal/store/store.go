@@ -4,7 +4,9 @@
 //
 // Guarantees:
 //   - A VM directory appears whole or not at all: Create writes every file
-//     into a hidden temporary directory and renames it into place.
+//     into a hidden temporary directory, flushes it and renames it into
+//     place (see commit.go); a Committer does the same for many concurrent
+//     creates with shared flushes.
 //   - A VM directory disappears whole: Delete renames it to a hidden trash
 //     name before removing it. Hidden entries (".tmp-*", ".trash-*") are never
 //     VMs and are swept by Sweep at start-up, together with the run and data
