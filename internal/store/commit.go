@@ -137,36 +137,47 @@ func (s *Store) stageFlushed(id string, files map[string][]byte) (*staged, error
 	return st, nil
 }
 
-// place puts flushed staged directories into place: gen first, when set
-// (the generation's replacement, already synced), then each directory by
-// its rename, then one sync of the config root. errs[i] is the outcome of
-// sts[i]; a directory that was not placed is removed. bumped says gen was
-// placed.
-//
-// A VM whose rename fails (its id was taken) fails alone. A generation
-// that cannot be placed, or a config root that cannot be synced, fails
-// every VM: then no rename is known to be durable, and the ones made are
-// undone, so none is half-acknowledged.
+// place puts flushed staged directories into place and makes that
+// durable: rename, then one sync of the config root (syncPlaced). errs[i]
+// is the outcome of sts[i]; nothing is left of a VM that failed. bumped
+// says gen was placed.
 func (s *Store) place(sts []*staged, gen *atomicfile.Pending) (errs []error, bumped bool) {
-	errs = make([]error, len(sts))
-	failAll := func(cause error) ([]error, bool) {
-		for i, st := range sts {
-			os.RemoveAll(st.dir)
-			if errs[i] == nil {
-				errs[i] = fmt.Errorf("create vm %s: %w", st.id, cause)
-			}
-		}
+	errs, bumped, placed := s.rename(sts, gen)
+	if len(placed) == 0 && !bumped {
 		return errs, bumped
 	}
+	if err := atomicfile.SyncDir(s.Layout.ConfigRoot); err != nil {
+		s.unplace(sts, placed)
+		for _, i := range placed {
+			errs[i] = fmt.Errorf("create vm %s: %w", sts[i].id, err)
+		}
+	}
+	return errs, bumped
+}
+
+// rename puts flushed staged directories into place: gen first, when set
+// (the generation's replacement, already synced), then each directory by
+// its rename. errs[i] is the outcome of sts[i]; placed lists the indexes
+// of the ones renamed; a directory that was not placed is removed. Until
+// the config root is synced the renames may not survive a power failure.
+//
+// A VM whose rename fails (its id was taken) fails alone. A generation
+// that cannot be placed fails every VM, and none is renamed: the set of VMs
+// never changes behind a cache's back.
+func (s *Store) rename(sts []*staged, gen *atomicfile.Pending) (errs []error, bumped bool, placed []int) {
+	errs = make([]error, len(sts))
 	if gen != nil {
 		// Bumped before the set of VMs changes: a cache checked against
 		// the generation never holds a set older than the store's.
 		if err := gen.Place(); err != nil {
-			return failAll(fmt.Errorf("bump the store's generation: %w", err))
+			for i, st := range sts {
+				os.RemoveAll(st.dir)
+				errs[i] = fmt.Errorf("create vm %s: bump the store's generation: %w", st.id, err)
+			}
+			return errs, false, nil
 		}
 		bumped = true
 	}
-	var placed []int
 	for i, st := range sts {
 		if err := os.Rename(st.dir, s.Layout.VM(st.id).ConfigDir); err != nil {
 			os.RemoveAll(st.dir)
@@ -179,21 +190,19 @@ func (s *Store) place(sts []*staged, gen *atomicfile.Pending) (errs []error, bum
 		}
 		placed = append(placed, i)
 	}
-	if len(placed) == 0 && gen == nil {
-		return errs, bumped
-	}
-	if err := atomicfile.SyncDir(s.Layout.ConfigRoot); err != nil {
-		// Undo the renames: the VMs were never acknowledged, and a create
-		// that fails leaves nothing behind.
-		for _, i := range placed {
-			trash := s.Layout.Trash(sts[i].id, strconv.FormatInt(time.Now().UnixNano(), 36))
-			if os.Rename(s.Layout.VM(sts[i].id).ConfigDir, trash) == nil {
-				os.RemoveAll(trash)
-			}
+	return errs, bumped, placed
+}
+
+// unplace removes the VMs placed by rename whose sync failed: they were
+// never acknowledged, and a create that fails leaves nothing behind. Hold
+// the allocation lock.
+func (s *Store) unplace(sts []*staged, placed []int) {
+	for _, i := range placed {
+		trash := s.Layout.Trash(sts[i].id, strconv.FormatInt(time.Now().UnixNano(), 36))
+		if os.Rename(s.Layout.VM(sts[i].id).ConfigDir, trash) == nil {
+			os.RemoveAll(trash)
 		}
-		return failAll(err)
 	}
-	return errs, bumped
 }
 
 // maxInFlight bounds the fsyncs one flush runs at once, and the VMs a
@@ -249,9 +258,9 @@ const maxGroup = 128
 // takes the allocation lock once, runs its plans one after another while
 // the VMs already planned are staged and flushed at once (their fsyncs
 // share the filesystem's journal commits), bumps the generation once,
-// places the VMs and syncs the config root once. A create returns when its
-// VM is durable (or has failed); each member of a group gets its own
-// outcome.
+// renames the VMs into place and releases the lock; the config root's one
+// sync then runs beside the next group. A create returns when its VM is
+// durable (or has failed); each member of a group gets its own outcome.
 //
 // The guarantees are Create's: allocations are decided and made visible
 // under the allocation lock (plans see earlier members; other processes see
@@ -261,6 +270,9 @@ const maxGroup = 128
 type Committer struct {
 	s         *Store
 	committed func(gen uint64, complete bool)
+	// syncRoot makes the renames into the config root durable; tests
+	// make it fail or wait.
+	syncRoot func() error
 
 	mu      sync.Mutex
 	queue   []*member // waiting for a group, oldest first
@@ -281,7 +293,7 @@ type member struct {
 
 // NewCommitter returns a Committer creating VMs in s.
 func (s *Store) NewCommitter(o CommitterOptions) *Committer {
-	return &Committer{s: s, committed: o.Committed}
+	return &Committer{s: s, committed: o.Committed, syncRoot: func() error { return atomicfile.SyncDir(s.Layout.ConfigRoot) }}
 }
 
 // Create runs plan in the next group and writes the VM it decides. It
@@ -359,22 +371,72 @@ func (c *Committer) run() {
 			m.taken = true
 		}
 		c.mu.Unlock()
-		c.commit(group)
+		placed := c.commit(group)
 		unlock()
-		for _, m := range group {
-			close(m.done)
-		}
+		// The config root's sync runs beside the next group: the VMs are
+		// in place (the next plans, in this process or another, see
+		// them), and only their answers wait for it.
+		go func() {
+			c.settle(placed)
+			for _, m := range group {
+				close(m.done)
+			}
+		}()
 	}
 }
 
-// commit writes one group. Hold the allocation lock.
-func (c *Committer) commit(group []*member) {
+// settle syncs the config root after a group's renames. When that fails,
+// the group's VMs are removed again under the allocation lock (the set of
+// VMs changes: the generation is bumped first), and their creates fail.
+func (c *Committer) settle(placed []placement) {
+	if len(placed) == 0 {
+		return
+	}
+	err := c.syncRoot()
+	if err == nil {
+		return
+	}
+	for _, p := range placed {
+		p.m.err, p.m.id = fmt.Errorf("create vm %s: sync the config root: %w", p.st.id, err), ""
+	}
+	unlock, lerr := c.s.LockAlloc(context.Background())
+	if lerr != nil {
+		for _, p := range placed {
+			p.m.err = fmt.Errorf("%w; the VM is left in the store: %w", p.m.err, lerr)
+		}
+		return
+	}
+	defer unlock()
+	gen, gerr := c.s.BumpGeneration()
+	sts := make([]*staged, len(placed))
+	idx := make([]int, len(placed))
+	for i, p := range placed {
+		sts[i], idx[i] = p.st, i
+	}
+	c.s.unplace(sts, idx)
+	if gerr != nil {
+		gen = 0 // unknown: the caller's view is dropped anyway
+	}
+	if c.committed != nil {
+		c.committed(gen, false)
+	}
+}
+
+// placement is a member whose VM was renamed into place.
+type placement struct {
+	m  *member
+	st *staged
+}
+
+// commit writes one group up to the renames, and returns the VMs renamed
+// into place, which settle makes durable. Hold the allocation lock.
+func (c *Committer) commit(group []*member) (placed []placement) {
 	gen, err := c.s.Generation()
 	if err != nil {
 		for _, m := range group {
 			m.err = fmt.Errorf("create vm: %w", err)
 		}
-		return
+		return nil
 	}
 	// The generation's replacement is written and flushed beside the VMs.
 	next := make(chan *atomicfile.Pending, 1)
@@ -445,7 +507,7 @@ func (c *Committer) commit(group []*member) {
 		}
 		complete = false
 	default:
-		errs, bumped := c.s.place(sts, pending)
+		errs, bumped, renamed := c.s.rename(sts, pending)
 		for i, err := range errs {
 			if err != nil {
 				owners[i].err, complete = err, false
@@ -453,6 +515,9 @@ func (c *Committer) commit(group []*member) {
 		}
 		if bumped {
 			gen++
+		}
+		for _, i := range renamed {
+			placed = append(placed, placement{owners[i], sts[i]})
 		}
 	}
 	for _, m := range group {
@@ -463,6 +528,7 @@ func (c *Committer) commit(group []*member) {
 	if c.committed != nil {
 		c.committed(gen, complete)
 	}
+	return placed
 }
 
 // runPlan runs a plan, turning a panic into its member's error: the plan

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -311,6 +312,78 @@ func TestAGenerationThatCannotBeReplacedPlacesNoVM(t *testing.T) {
 	}
 	if left := hidden(t, s); len(left) != 0 {
 		t.Errorf("staging left behind: %v", left)
+	}
+}
+
+// No create is answered before the config root is synced after its
+// rename; the next group does not wait for that sync: its plans run
+// meanwhile.
+func TestACreateIsAnsweredOnlyOnceTheRootIsSynced(t *testing.T) {
+	h := newGroupHost(t)
+	gate := make(chan struct{})
+	h.c.syncRoot = func() error {
+		<-gate
+		return atomicfile.SyncDir(h.s.Layout.ConfigRoot)
+	}
+	first := NewID()
+	out := make(chan result, 1)
+	go func() {
+		id, err := h.c.Create(context.Background(), planOf(first))
+		out <- result{id, err}
+	}()
+	testenv.Eventually(t, 10*time.Second, "the first VM to be renamed into place", func() bool { return h.s.Exists(first) })
+	secondPlanned := make(chan struct{})
+	second := make(chan result, 1)
+	go func() {
+		id, err := h.c.Create(context.Background(), func() (string, map[string][]byte, error) {
+			close(secondPlanned)
+			id := NewID()
+			return id, files(id), nil
+		})
+		second <- result{id, err}
+	}()
+	<-secondPlanned // the allocation lock was released before the sync
+	select {
+	case r := <-out:
+		t.Fatalf("the create was answered (%v) before the config root was synced", r.err)
+	default:
+	}
+	close(gate)
+	for _, c := range []chan result{out, second} {
+		if r := <-c; r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+}
+
+// When the config root cannot be synced after the renames, the group's VMs
+// were never durable: they are removed again (after a generation bump) and
+// their creates fail, naming the cause.
+func TestAFailedSyncOfTheRootUndoesTheGroup(t *testing.T) {
+	h := newGroupHost(t)
+	h.c.syncRoot = func() error { return errors.New("input/output error") }
+	gen0, _ := h.s.Generation()
+	release := h.hold()
+	var outs []<-chan result
+	for range 3 {
+		outs = append(outs, h.start(context.Background(), planOf(NewID())))
+	}
+	release()
+	for _, out := range outs {
+		r := <-out
+		if r.err == nil || r.id != "" || !strings.Contains(r.err.Error(), "sync the config root: input/output error") {
+			t.Fatalf("create = %q, %v; want no id and an error naming the failed sync", r.id, r.err)
+		}
+	}
+	if ids, _ := h.s.IDs(); len(ids) != 0 {
+		t.Fatalf("stored %v; want the group undone", ids)
+	}
+	if left := hidden(t, h.s); len(left) != 0 {
+		t.Fatalf("left behind: %v", left)
+	}
+	ends := h.ends()
+	if gen, _ := h.s.Generation(); gen != gen0+2 || len(ends) != 2 || ends[1].complete {
+		t.Fatalf("generation %d (from %d), groups %+v; want one bump to add the VMs and one to remove them, the caller told its view is stale", gen, gen0, ends)
 	}
 }
 
