@@ -138,9 +138,9 @@ func (s *Store) stageFlushed(id string, files map[string][]byte) (*staged, error
 }
 
 // place puts flushed staged directories into place and makes that
-// durable: rename, then one sync of the config root (syncPlaced). errs[i]
-// is the outcome of sts[i]; nothing is left of a VM that failed. bumped
-// says gen was placed.
+// durable: rename, then one sync of the config root (a Committer runs the
+// two apart: see settle). errs[i] is the outcome of sts[i]; nothing is
+// left of a VM that failed. bumped says gen was placed.
 func (s *Store) place(sts []*staged, gen *atomicfile.Pending) (errs []error, bumped bool) {
 	errs, bumped, placed := s.rename(sts, gen)
 	if len(placed) == 0 && !bumped {
