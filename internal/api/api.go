@@ -5,6 +5,7 @@
 package api
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	_ "embed"
@@ -16,6 +17,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
@@ -246,13 +248,58 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
-	vms, err := s.mgr.List(r.Context())
+	docs, err := s.mgr.ListJSON(r.Context())
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, wire.VMList{VMs: vms, Count: len(vms)})
+	writeList(w, docs)
 }
+
+// writeList answers wire.VMList of the documents docs, already encoded, as
+// writeJSON would encode it: indented when small; else written as it is,
+// piece by piece, so that a list of many VMs is neither encoded nor copied
+// into one answer (its documents are kept encoded by the manager).
+func writeList(w http.ResponseWriter, docs []json.RawMessage) {
+	count := strconv.Itoa(len(docs))
+	size := len(`{"vms":[],"count":}`) + len(count) + 1
+	for i, d := range docs {
+		if i > 0 {
+			size++
+		}
+		size += len(d)
+	}
+	if size <= indentMax {
+		writeJSON(w, http.StatusOK, struct {
+			VMs   []json.RawMessage `json:"vms"`
+			Count int               `json:"count"`
+		}{docs, len(docs)})
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(size))
+	w.WriteHeader(http.StatusOK)
+	bw := listWriters.Get().(*bufio.Writer)
+	defer listWriters.Put(bw)
+	bw.Reset(w)
+	bw.WriteString(`{"vms":[`)
+	for i, d := range docs {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		bw.Write(d)
+	}
+	bw.WriteString(`],"count":`)
+	bw.WriteString(count)
+	bw.WriteString("}\n")
+	_ = bw.Flush()
+	bw.Reset(nil) // let the answer's writer go
+}
+
+// listWriters gather a list's documents into writes of 64 KiB: written
+// one by one, the answer's own 4 KiB buffer makes a system call for every
+// two documents.
+var listWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
 
 // getVM is GET /v1/vms/{id}: a transition that changes nothing.
 func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {
