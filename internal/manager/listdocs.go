@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -109,18 +110,21 @@ func (m *Manager) listDocs(ctx context.Context) ([]*listDoc, error) {
 			m.log.Debug("service states unavailable", "err", err)
 		}
 	}
+	found := make([]*listDoc, len(ids))
+	errs := make([]error, len(ids))
+	inParts(len(ids), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			found[i], errs[i] = m.listDoc(ctx, ids[i], m.docs.get(ids[i]), states[ids[i]])
+		}
+	})
 	docs := make([]*listDoc, 0, len(ids))
-	var errs []error
-	for _, id := range ids {
-		d, err := m.listDoc(ctx, id, m.docs.get(id), states[id])
-		if errdefs.IsNotFound(err) {
-			continue // deleted while listing
+	for i, d := range found {
+		switch {
+		case errdefs.IsNotFound(errs[i]):
+			errs[i] = nil // deleted while listing
+		case errs[i] == nil:
+			docs = append(docs, d)
 		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		docs = append(docs, d)
 	}
 	if err := errors.Join(errs...); err != nil {
 		m.log.Warn("some VMs could not be read", "err", err)
@@ -180,3 +184,23 @@ func (m *Manager) listDoc(ctx context.Context, id string, kept *listDoc, svc sup
 	}
 	return d, nil
 }
+
+// inParts runs f over [0, n) split into one part per processor, at once:
+// what a list does for each VM is mostly system calls (stat), which
+// another processor can make meanwhile. A short list is one part.
+func inParts(n int, f func(lo, hi int)) {
+	parts := min(runtime.GOMAXPROCS(0), n/minPart)
+	if parts <= 1 {
+		f(0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	for p := 0; p < parts; p++ {
+		lo, hi := n*p/parts, n*(p+1)/parts
+		wg.Go(func() { f(lo, hi) })
+	}
+	wg.Wait()
+}
+
+// minPart is the fewest VMs worth a goroutine of their own in a list.
+const minPart = 128
