@@ -248,32 +248,45 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
-	docs, err := s.mgr.ListJSON(r.Context())
+	vms, err := s.mgr.ListEncoded(r.Context())
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	writeList(w, docs)
+	writeList(w, vms)
 }
 
-// writeList answers wire.VMList of the documents docs, already encoded, as
+// encodedList are a list's documents, already encoded (manager.EncodedVMs).
+type encodedList interface {
+	Len() int
+	Size(i int) int
+	AppendDoc(dst []byte, i int) []byte
+}
+
+// writeList answers wire.VMList of the documents vms, already encoded, as
 // writeJSON would encode it: indented when small; else written as it is,
-// piece by piece, so that a list of many VMs is neither encoded nor copied
-// into one answer (its documents are kept encoded by the manager).
-func writeList(w http.ResponseWriter, docs []json.RawMessage) {
-	count := strconv.Itoa(len(docs))
+// straight into 64 KiB writes, so that a list of many VMs is neither
+// encoded nor gathered into one answer (the manager keeps its documents
+// encoded).
+func writeList(w http.ResponseWriter, vms encodedList) {
+	n := vms.Len()
+	count := strconv.Itoa(n)
 	size := len(`{"vms":[],"count":}`) + len(count) + 1
-	for i, d := range docs {
+	for i := 0; i < n; i++ {
 		if i > 0 {
 			size++
 		}
-		size += len(d)
+		size += vms.Size(i)
 	}
 	if size <= indentMax {
+		docs := make([]json.RawMessage, n)
+		for i := range docs {
+			docs[i] = vms.AppendDoc(nil, i)
+		}
 		writeJSON(w, http.StatusOK, struct {
 			VMs   []json.RawMessage `json:"vms"`
 			Count int               `json:"count"`
-		}{docs, len(docs)})
+		}{docs, n})
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -283,11 +296,15 @@ func writeList(w http.ResponseWriter, docs []json.RawMessage) {
 	defer listWriters.Put(bw)
 	bw.Reset(w)
 	bw.WriteString(`{"vms":[`)
-	for i, d := range docs {
+	for i := 0; i < n; i++ {
 		if i > 0 {
 			bw.WriteByte(',')
 		}
-		bw.Write(d)
+		if bw.Available() < vms.Size(i) {
+			bw.Flush()
+		}
+		// Into the writer's buffer when it fits (nearly always).
+		bw.Write(vms.AppendDoc(bw.AvailableBuffer(), i))
 	}
 	bw.WriteString(`],"count":`)
 	bw.WriteString(count)

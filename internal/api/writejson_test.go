@@ -37,7 +37,7 @@ func TestWriteJSONIndentsOnlySmallAnswers(t *testing.T) {
 func TestWriteListIsWriteJSONOfTheList(t *testing.T) {
 	for _, n := range []int{0, 2, 300} {
 		vms := make([]wire.VM, n)
-		docs := make([]json.RawMessage, n)
+		docs := make(rawDocs, n)
 		for i := range vms {
 			vms[i] = wire.VM{ID: strconv.Itoa(i), Tags: map[string]string{"note": "<a & b>"}, State: wire.StateStopped}
 			b, err := json.Marshal(vms[i])
@@ -62,3 +62,10 @@ func TestWriteListIsWriteJSONOfTheList(t *testing.T) {
 		}
 	}
 }
+
+// rawDocs are encoded documents as a list gives them.
+type rawDocs []json.RawMessage
+
+func (d rawDocs) Len() int                           { return len(d) }
+func (d rawDocs) Size(i int) int                     { return len(d[i]) }
+func (d rawDocs) AppendDoc(dst []byte, i int) []byte { return append(dst, d[i]...) }

@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,7 +15,9 @@ import (
 
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/filecache"
+	"github.com/mergenhq/mergen/internal/layout"
 	"github.com/mergenhq/mergen/internal/supervisor"
+	"github.com/mergenhq/mergen/internal/wire"
 )
 
 // A list answers from VM documents kept encoded between lists: decoding
@@ -34,8 +37,10 @@ import (
 //     were, and compared.
 //
 // The paths of a document are the layout's, which is fixed for a daemon's
-// life. Kept documents are those of the last list: a VM deleted (by any
-// process) is not listed and its document is dropped.
+// life: they are not kept (about half of a document's bytes) but written
+// from the VM's id into the answer (pathsJSON). Kept documents are those
+// of the last list: a VM deleted (by any process) is not listed and its
+// document is dropped.
 
 // listDoc is one VM's list document, encoded, with what it was built
 // from. Never modified once made: a list that finds one stale makes
@@ -47,21 +52,79 @@ type listDoc struct {
 	vmm       string // the record's VMM, for the accelerator
 	hasCheck  bool   // the record has a health check
 	usesPool  bool   // the VM has an address from the guest pool (metrics)
-	paths     docPaths
 	live      live
-	json      []byte
-}
-
-// docPaths are the files a list looks at for each VM, built once per VM.
-type docPaths struct {
-	meta string
-	livePaths
+	// json is the encoded document without its paths' value, which goes
+	// at cut; cut < 0: the paths are in json (see pathsJSON).
+	json []byte
+	cut  int
 }
 
 // listDocs are the kept documents by VM id.
 type listDocs struct {
 	mu sync.Mutex
 	m  map[string]*listDoc
+
+	pathsOnce sync.Once
+	paths     *pathsJSON
+}
+
+func (m *Manager) pathsJSON() *pathsJSON {
+	m.docs.pathsOnce.Do(func() { m.docs.paths = newPathsJSON(m.store.Layout) })
+	return m.docs.paths
+}
+
+// pathsKey begins a document's paths.
+const pathsKey = `"paths":`
+
+// pathsJSON writes the value of a document's paths from the VM's id: the
+// layout's paths of a VM are the same pieces around its id, found once
+// by encoding the paths of two placeholder ids. Ids are UUIDs (the store
+// lists no other), which JSON takes as they are.
+type pathsJSON struct {
+	usable bool     // false: a root holds a placeholder; documents keep their paths
+	pieces [][]byte // the value is pieces[0] id pieces[1] … id pieces[n]
+	blank  []byte   // pathsKey and the value of empty paths, as encoded in a document
+}
+
+func newPathsJSON(l layout.Layout) *pathsJSON {
+	const a, b = "00000000-0000-4000-8000-000000000000", "ffffffff-ffff-4fff-bfff-ffffffffffff"
+	enc := func(id string) [][]byte {
+		v, err := json.Marshal(wirePaths(l.VM(id)))
+		if err != nil {
+			return nil
+		}
+		return bytes.Split(v, []byte(id))
+	}
+	pj := &pathsJSON{pieces: enc(a)}
+	blank, err := json.Marshal(wire.Paths{})
+	if err != nil {
+		return pj
+	}
+	pj.blank = append([]byte(pathsKey), blank...)
+	other := enc(b)
+	pj.usable = len(pj.pieces) > 1 && len(pj.pieces) == len(other)
+	for i := range other {
+		pj.usable = pj.usable && bytes.Equal(pj.pieces[i], other[i])
+	}
+	return pj
+}
+
+func (pj *pathsJSON) size(id string) int {
+	n := (len(pj.pieces) - 1) * len(id)
+	for _, p := range pj.pieces {
+		n += len(p)
+	}
+	return n
+}
+
+func (pj *pathsJSON) append(dst []byte, id string) []byte {
+	for i, p := range pj.pieces {
+		if i > 0 {
+			dst = append(dst, id...)
+		}
+		dst = append(dst, p...)
+	}
+	return dst
 }
 
 func (d *listDocs) get(id string) *listDoc {
@@ -81,19 +144,43 @@ func (d *listDocs) keep(docs []*listDoc) {
 	d.mu.Unlock()
 }
 
-// ListJSON returns the document of every VM encoded as JSON, oldest
-// first: what List returns, as encoding/json encodes it. The slices are
-// shared with later lists: the caller must not modify them.
-func (m *Manager) ListJSON(ctx context.Context) ([]json.RawMessage, error) {
+// EncodedVMs are the documents of a list, encoded as encoding/json
+// encodes List's, oldest first.
+type EncodedVMs struct {
+	docs  []*listDoc
+	paths *pathsJSON
+}
+
+// ListEncoded returns the document of every VM, encoded.
+func (m *Manager) ListEncoded(ctx context.Context) (EncodedVMs, error) {
 	docs, err := m.listDocs(ctx)
 	if err != nil {
-		return nil, err
+		return EncodedVMs{}, err
 	}
-	out := make([]json.RawMessage, len(docs))
-	for i, d := range docs {
-		out[i] = d.json
+	return EncodedVMs{docs: docs, paths: m.pathsJSON()}, nil
+}
+
+// Len is the number of VMs.
+func (e EncodedVMs) Len() int { return len(e.docs) }
+
+// Size is the length of document i.
+func (e EncodedVMs) Size(i int) int {
+	d := e.docs[i]
+	if d.cut < 0 {
+		return len(d.json)
 	}
-	return out, nil
+	return len(d.json) + e.paths.size(d.id)
+}
+
+// AppendDoc appends document i to dst.
+func (e EncodedVMs) AppendDoc(dst []byte, i int) []byte {
+	d := e.docs[i]
+	if d.cut < 0 {
+		return append(dst, d.json...)
+	}
+	dst = append(dst, d.json[:d.cut]...)
+	dst = e.paths.append(dst, d.id)
+	return append(dst, d.json[d.cut:]...)
 }
 
 // listDocs returns the current document of every VM, oldest first. A VM
@@ -142,14 +229,10 @@ func (m *Manager) listDocs(ctx context.Context) ([]*listDoc, error) {
 // listDoc returns VM id's document from the service state svc: kept, the
 // one the last list made (nil for none), while it is current.
 func (m *Manager) listDoc(ctx context.Context, id string, kept *listDoc, svc supervisor.State) (*listDoc, error) {
-	var paths docPaths
-	if kept != nil {
-		paths = kept.paths
-	} else {
-		p := m.store.Paths(id)
-		paths = docPaths{meta: p.Meta, livePaths: livePathsOf(p)}
-	}
-	record, err := filecache.Stat(paths.meta)
+	// Only these of the VM's paths: a list needs no more.
+	metaFile, vmConfig, socket, paused := m.store.Layout.ListFiles(id)
+	lp := livePaths{vmConfig: vmConfig, socket: socket, paused: paused}
+	record, err := filecache.Stat(metaFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, errdefs.NotFound("vm %s not found", id)
 	}
@@ -159,7 +242,7 @@ func (m *Manager) listDoc(ctx context.Context, id string, kept *listDoc, svc sup
 	// Without a service manager the VMM is asked (documentWith), which
 	// needs the whole record: that document is built anew each time.
 	if kept != nil && svc.Available && record != (filecache.Identity{}) && record == kept.record {
-		l := m.liveOf(id, kept.vmm, kept.hasCheck, paths.livePaths, svc, nil)
+		l := m.liveOf(id, kept.vmm, kept.hasCheck, lp, svc, nil)
 		if l == kept.live {
 			return kept, nil
 		}
@@ -169,18 +252,33 @@ func (m *Manager) listDoc(ctx context.Context, id string, kept *listDoc, svc sup
 		return nil, err
 	}
 	v := m.documentWith(ctx, meta, svc, false)
+	d := &listDoc{
+		record: record, createdAt: meta.CreatedAt, id: id, vmm: meta.VMM,
+		hasCheck: meta.HealthCheck != nil, usesPool: meta.Bridge == nil && meta.GuestIP != "",
+		live: live{state: v.State, service: v.Service, vmm: v.VMMState, restarts: v.Restarts, health: v.Health},
+		cut:  -1,
+	}
+	if !svc.Available {
+		d.record = filecache.Identity{} // never current: see above
+	}
+	// The paths are the layout's (they always are): kept without them.
+	pj := m.pathsJSON()
+	spliced := pj.usable && v.Paths == wirePaths(m.store.Paths(id))
+	if spliced {
+		v.Paths = wire.Paths{}
+	}
 	b, err := json.Marshal(v)
 	if err != nil {
 		return nil, fmt.Errorf("encode document of vm %s: %w", id, err)
 	}
-	d := &listDoc{
-		record: record, createdAt: meta.CreatedAt, id: id, vmm: meta.VMM,
-		hasCheck: meta.HealthCheck != nil, usesPool: meta.Bridge == nil && meta.GuestIP != "",
-		paths: paths, json: b,
-		live: live{state: v.State, service: v.Service, vmm: v.VMMState, restarts: v.Restarts, health: v.Health},
-	}
-	if !svc.Available {
-		d.record = filecache.Identity{} // never current: see above
+	// The first `"paths":{` of a document is its paths: the fields before
+	// them are numbers, fixed objects and strings, where a quote is escaped.
+	if i := bytes.Index(b, pj.blank); spliced && i >= 0 {
+		d.cut = i + len(pathsKey)
+		d.json = make([]byte, 0, len(b)-len(pj.blank)+len(pathsKey))
+		d.json = append(append(d.json, b[:d.cut]...), b[i+len(pj.blank):]...)
+	} else {
+		d.json = append([]byte(nil), b...) // kept: no spare capacity
 	}
 	return d, nil
 }

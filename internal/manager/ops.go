@@ -131,11 +131,7 @@ func docOf(meta store.Meta, p layout.VM, l live) wire.VM {
 			GuestIP: meta.GuestIP, Gateway: meta.Gateway, PrefixLen: meta.PrefixLen, MAC: meta.MAC,
 			Ports: wirePorts(meta.Ports), TapName: meta.TapName, Netns: meta.Netns,
 		},
-		Paths: wire.Paths{
-			ConfigDir: p.ConfigDir, VMConfig: p.VMConfig, Meta: p.Meta, Hooks: p.Hooks, Env: p.Env,
-			RunDir: p.RunDir, Socket: p.Socket, PIDFile: p.PIDFile, Lock: p.Lock,
-			DataDir: p.DataDir, ConsoleLog: p.ConsoleLog,
-		},
+		Paths:    wirePaths(p),
 		Metadata: meta.Metadata, Tags: meta.Tags, Snapshot: meta.Snapshot,
 		HealthCheck: wireHealthCheck(meta.HealthCheck), Health: l.health,
 	}
@@ -143,6 +139,14 @@ func docOf(meta store.Meta, p layout.VM, l live) wire.VM {
 		v.Network.Bridge = &wire.Bridge{Name: meta.Bridge.Name, Netmask: meta.Bridge.Netmask}
 	}
 	return v
+}
+
+func wirePaths(p layout.VM) wire.Paths {
+	return wire.Paths{
+		ConfigDir: p.ConfigDir, VMConfig: p.VMConfig, Meta: p.Meta, Hooks: p.Hooks, Env: p.Env,
+		RunDir: p.RunDir, Socket: p.Socket, PIDFile: p.PIDFile, Lock: p.Lock,
+		DataDir: p.DataDir, ConsoleLog: p.ConsoleLog,
+	}
 }
 
 func wirePorts(ps []store.Port) []wire.Port {
