@@ -28,10 +28,13 @@ import (
 // A kept document is used only while both things it was built from are
 // unchanged, and both are looked at on every list:
 //   - the VM's record: the identity (filecache.Stat) of its meta.json, as
-//     stat'ed before it was read. Every writer of a record (the store, the
-//     start stage, the CLI, in any process) replaces it by rename, so a
-//     changed record has another identity; one replaced after the stat
-//     was read newer than its identity says, and is read again next time.
+//     stat'ed before it was read. Records are written only by the store
+//     (Create, WriteFile: whichever process calls them), which replaces
+//     them by rename, so a changed record has another identity (a file
+//     rewritten in place by hand is seen too, unless with the same size
+//     within one tick of the file system's clock: see filecache). One
+//     replaced after the stat was read newer than its identity says, and
+//     is read again next time.
 //   - its live part (live: service state, socket, pause marker,
 //     accelerator, health), read again on every list, as documents always
 //     were, and compared.
