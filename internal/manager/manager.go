@@ -63,6 +63,9 @@ type Manager struct {
 	newID func() string // store.NewID; tests make ids collide
 
 	health healthWatchers
+
+	// docs are the VM documents of the last list, kept encoded.
+	docs listDocs
 }
 
 // Options are the manager's collaborators.
