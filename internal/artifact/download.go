@@ -15,6 +15,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/mergenhq/mergen/internal/progress"
@@ -26,11 +27,12 @@ import (
 // file is never read back. Memory is bounded by Concurrency buffers of
 // PartSize (64 MiB with the defaults). The file is sized first and its
 // all-zero blocks are not written: a sparse disk arrives sparse. Writeback
-// of each hashed part starts at once, so the one fsync, after size and
-// SHA-256 matched, waits for little more than the last part; on any error
-// the file is left unsynced for the caller to remove with the rest of its
-// staging.
-func (c *Client) fetch(ctx context.Context, key, dst string, f File, ctr *progress.Counter) error {
+// of each hashed part starts at once; once size and SHA-256 matched, the
+// one fsync runs on flushes, in the background, while the caller fetches
+// its next file, and nothing may be installed before flushes.Wait
+// returned. On any error the file is left unsynced for the caller to
+// remove with the rest of its staging.
+func (c *Client) fetch(ctx context.Context, key, dst string, f File, ctr *progress.Counter, flushes *errgroup.Group) error {
 	fh, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
@@ -40,19 +42,24 @@ func (c *Client) fetch(ctx context.Context, key, dst string, f File, ctr *progre
 		fh.Close()
 		return fmt.Errorf("download %s: sha256 mismatch: manifest %s, received %s (object corrupt or changed; nothing installed)", f.Name, f.SHA256, sum)
 	}
-	if err == nil {
-		err = fh.Sync()
-	}
-	if cerr := fh.Close(); err == nil {
-		err = cerr
-	}
 	if err != nil {
+		fh.Close()
 		var se sizeError
 		if errors.As(err, &se) {
 			return fmt.Errorf("download %s: size %d, manifest says %d", f.Name, se.got, f.Size)
 		}
 		return c.explain(err, "download "+f.Name)
 	}
+	flushes.Go(func() error {
+		err := fh.Sync()
+		if cerr := fh.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("download %s: %w", f.Name, err)
+		}
+		return nil
+	})
 	return nil
 }
 
