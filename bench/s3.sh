@@ -4,7 +4,8 @@
 # manifest, verification, staged install, the fsync before it) next to the
 # raw aws-sdk-go-v2 transfer manager moving the same disk in the same run.
 # raw-pull+fsync is a second reference beside the raw-pull baseline: the
-# raw download made durable by one fsync at the end.
+# raw download made durable by one fsync at the end. CPU is the client
+# process's processor time per transfer (the server's is not counted).
 #
 #   bench/s3.sh                 # 1 GiB disk
 #   MERGEN_BENCH_DISK_MIB=256 bench/s3.sh
@@ -32,16 +33,16 @@ done |
   awk '
     /^BenchmarkS3Transfer/ {
       name = $1; sub(/^BenchmarkS3Transfer\//, "", name); sub(/-[0-9]+$/, "", name)
-      printf "%-15s %10.1f MB/s  %8.2f s\n", name, $5, $3 / 1e9
-      n[name]++; v[name, n[name]] = $5
+      printf "%-15s %10.1f MB/s  %8.2f s  %6.2f s CPU\n", name, $5, $3 / 1e9, $7
+      n[name]++; v[name, n[name]] = $5; cpu[name, n[name]] = $7
     }
-    function median(name,    i, j, t, a, k) {
-      k = n[name]; for (i = 1; i <= k; i++) a[i] = v[name, i]
+    function median(name, col,    i, j, t, a, k) {
+      k = n[name]; for (i = 1; i <= k; i++) a[i] = col == "cpu" ? cpu[name, i] : v[name, i]
       for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
       return k % 2 ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
     }
     function ratio(a, b) {
-      if (n[a] && n[b]) printf "%-15s %10.1f MB/s  %5.2fx %s (%.1f MB/s)\n", a, median(a), median(a) / median(b), b, median(b)
+      if (n[a] && n[b]) printf "%-15s %10.1f MB/s  %5.2fx %s (%.1f MB/s); CPU %.2f s, %.2f s\n", a, median(a), median(a) / median(b), b, median(b), median(a, "cpu"), median(b, "cpu")
     }
     END {
       if (!n["mergen-pull"]) exit 1
