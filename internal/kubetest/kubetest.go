@@ -73,6 +73,7 @@ func Start(t testing.TB) *ControlPlane {
 	if err != nil {
 		t.Skipf("SKIPPED: %s needs the Kubernetes control plane binaries (%v); run `make kube`", t.Name(), err)
 	}
+	began := time.Now()
 	cp := &ControlPlane{Dir: t.TempDir(), bin: bin}
 	// Registered before the processes' stop, so it runs after it and shows
 	// how each component ended.
@@ -81,7 +82,11 @@ func Start(t testing.TB) *ControlPlane {
 			t.Log(cp.logTails(40))
 		}
 	})
-	t.Cleanup(cp.stop)
+	t.Cleanup(func() {
+		began := time.Now()
+		cp.stop()
+		t.Logf("kubetest: control plane stopped in %v", time.Since(began).Round(10*time.Millisecond))
+	})
 
 	ca, err := newAuthority()
 	if err != nil {
@@ -194,12 +199,6 @@ func Start(t testing.TB) *ControlPlane {
 	if cp.Client, err = kubernetes.NewForConfig(cfg); err != nil {
 		t.Fatalf("kubetest: admin client: %v", err)
 	}
-	cp.waitFor(t, "the apiserver's /readyz", func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		body, err := cp.Client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
-		return err == nil && string(body) == "ok"
-	})
 
 	// The scheduler and the controller-manager under their own identities,
 	// which the apiserver's bootstrap RBAC roles already grant.
@@ -218,6 +217,15 @@ func Start(t testing.TB) *ControlPlane {
 		"--service-account-private-key-file="+cp.path("sa.key"),
 		"--root-ca-file="+cp.CAFile,
 	)
+	// Started together, the three come up side by side: the scheduler and
+	// the controller-manager wait for the apiserver themselves.
+	cp.waitFor(t, "the apiserver's /readyz", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		body, err := cp.Client.Discovery().RESTClient().Get().AbsPath("/readyz").DoRaw(ctx)
+		return err == nil && string(body) == "ok"
+	})
+
 	// The service account controller makes it; the ServiceAccount
 	// admission plugin refuses pods in a namespace until it exists.
 	cp.waitFor(t, "the default service account", func() bool {
@@ -226,6 +234,7 @@ func Start(t testing.TB) *ControlPlane {
 		_, err := cp.Client.CoreV1().ServiceAccounts(metav1.NamespaceDefault).Get(ctx, "default", metav1.GetOptions{})
 		return err == nil
 	})
+	t.Logf("kubetest: control plane %s at %s ready in %v (logs in %s)", Version, cp.Server, time.Since(began).Round(10*time.Millisecond), cp.Dir)
 	return cp
 }
 

@@ -65,8 +65,8 @@ func TestControlPlane(t *testing.T) {
 		if event.Source.Component != "default-scheduler" && event.ReportingController != "default-scheduler" {
 			t.Errorf("FailedScheduling reported by %q/%q, want default-scheduler", event.Source.Component, event.ReportingController)
 		}
-		if !strings.Contains(event.Message, "nodes are available") {
-			t.Errorf("FailedScheduling message %q does not say no node is available", event.Message)
+		if !strings.Contains(event.Message, "no nodes available") {
+			t.Errorf("FailedScheduling message %q does not say there is no node", event.Message)
 		}
 
 		got, err := cp.Client.CoreV1().Pods(ns).Get(ctx, "lonely", metav1.GetOptions{})
