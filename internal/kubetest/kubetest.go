@@ -287,7 +287,7 @@ func (cp *ControlPlane) Kubectl(t testing.TB, args ...string) (string, error) {
 
 // BinDir is where the control plane binaries are: MERGEN_KUBE_BIN, else
 // .build/kube/bin in the repository (`make kube`). It is an error when any
-// of Binaries is missing there.
+// of Binaries is missing there or cannot be run.
 func BinDir() (string, error) {
 	dir := os.Getenv("MERGEN_KUBE_BIN")
 	if dir == "" {
@@ -299,7 +299,7 @@ func BinDir() (string, error) {
 	}
 	for _, b := range Binaries {
 		if _, err := exec.LookPath(filepath.Join(dir, b)); err != nil {
-			return "", fmt.Errorf("%s missing in %s", b, filepath.Clean(dir))
+			return "", fmt.Errorf("no usable %s in %s: %w", b, filepath.Clean(dir), err)
 		}
 	}
 	return filepath.Clean(dir), nil
