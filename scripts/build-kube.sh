@@ -125,7 +125,7 @@ EOF
 	done
 	log "built in $(fmt_secs $((end - build_start))), $(fmt_secs $((end - start))) with module downloads"
 
-	"$out/bin/kube-apiserver" --version | grep -qF "$KUBE_VERSION" ||
+	[[ "$("$out/bin/kube-apiserver" --version)" == *" $KUBE_VERSION" ]] ||
 		die "kube-apiserver does not report $KUBE_VERSION"
 }
 
