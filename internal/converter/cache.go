@@ -86,7 +86,7 @@ type layerSource struct {
 type layerStream struct {
 	*chunkPipe
 	digest string
-	path   string   // the blob's place in the cache
+	path   string // the blob's place in the cache
 	src    io.Closer
 	tmp    *os.File // nil when reading from the cache
 	// abort, set before the reader leaves, tells the producer not to read
