@@ -3,7 +3,6 @@ package converter
 import (
 	"bufio"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -16,6 +15,7 @@ import (
 	"path/filepath"
 	"sync/atomic"
 
+	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/mergenhq/mergen/internal/atomicfile"
@@ -164,7 +164,8 @@ func (s *layerStream) produce(hashed io.Reader, h hash.Hash) {
 }
 
 // decompress sends the tar stream in br to fill, choosing the decoder by the
-// blob's first bytes: gzip, zstd, or none.
+// blob's first bytes: gzip, zstd, or none. klauspost's gzip decodes the same
+// stream in about two thirds of the standard library's time.
 func decompress(br *bufio.Reader, fill func(io.Reader) error) error {
 	magic, _ := br.Peek(4)
 	switch {
