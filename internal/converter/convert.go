@@ -342,6 +342,10 @@ func writeProducts(ctx context.Context, root, stage, out string, meta imagemeta.
 	ctr := o.Progress.File("ext4 "+imagemeta.PayloadExt4, progress.Unknown)
 	disk := filepath.Join(stage, imagemeta.PayloadExt4)
 	eo := ext4.Options{Label: imagemeta.LabelPayload, SizeMiB: o.SizeMiB, Headroom: o.Headroom}
+	if !o.KeepDir {
+		// The tree is not published: it goes while the disk is checked.
+		eo.DirDone = func() { os.RemoveAll(root) }
+	}
 	if attrs != nil {
 		err = ext4.FromTar(ctx, tarPath, root, disk, eo)
 	} else {
@@ -376,6 +380,9 @@ func writeProducts(ctx context.Context, root, stage, out string, meta imagemeta.
 	rb, _ := json.MarshalIndent(req, "", "  ")
 	if err := os.WriteFile(filepath.Join(stage, imagemeta.SuggestedVMRequest), rb, 0o644); err != nil {
 		return err
+	}
+	if !o.KeepDir {
+		return nil
 	}
 	// A layer may have set the root's mode; the kept tree is private.
 	return os.Chmod(root, 0o700)
