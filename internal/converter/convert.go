@@ -28,6 +28,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -169,10 +170,14 @@ func Convert(ctx context.Context, o Options) (*Result, error) {
 		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 	}
 	defer os.RemoveAll(stage)
+	// Work left running in the background (the removal of the unpacked
+	// tree) ends before Convert returns, and before the staging sweep.
+	var bg sync.WaitGroup
+	defer bg.Wait()
 	if err := os.Chmod(stage, 0o700); err != nil {
 		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 	}
-	if res.Pulled, err = build(ctx, c, rec, sources, stage, out, meta, rt, o); err != nil {
+	if res.Pulled, err = build(ctx, c, rec, sources, stage, out, meta, rt, o, &bg); err != nil {
 		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 	}
 	if err := c.dropStamp(); err != nil {
@@ -287,7 +292,7 @@ func applyLayers(ctx context.Context, c cache, sources []layerSource, root strin
 
 // build writes every product into stage, to be published in out, and returns
 // how many layers it pulled.
-func build(ctx context.Context, c cache, rec record, sources []layerSource, stage, out string, meta imagemeta.ImageMeta, rt imagemeta.Runtime, o Options) (int, error) {
+func build(ctx context.Context, c cache, rec record, sources []layerSource, stage, out string, meta imagemeta.ImageMeta, rt imagemeta.Runtime, o Options, bg *sync.WaitGroup) (int, error) {
 	root := filepath.Join(stage, imagemeta.PayloadDir)
 	if err := os.Mkdir(root, 0o755); err != nil {
 		return 0, err
@@ -307,11 +312,13 @@ func build(ctx context.Context, c cache, rec record, sources []layerSource, stag
 			return pulled, fmt.Errorf("cache record: %w", err)
 		}
 	}
-	return pulled, writeProducts(ctx, root, stage, out, meta, rt, attrs, o)
+	return pulled, writeProducts(ctx, root, stage, out, meta, rt, attrs, o, bg)
 }
 
 // writeProducts makes the disk and the metadata files from the applied tree.
-func writeProducts(ctx context.Context, root, stage, out string, meta imagemeta.ImageMeta, rt imagemeta.Runtime, attrs layer.Attrs, o Options) error {
+// The unpacked tree is removed in the background (bg) once the disk is
+// made, unless it is kept.
+func writeProducts(ctx context.Context, root, stage, out string, meta imagemeta.ImageMeta, rt imagemeta.Runtime, attrs layer.Attrs, o Options, bg *sync.WaitGroup) error {
 	metaJSON, err := json.MarshalIndent(meta, "", "  ")
 	if err != nil {
 		return err
@@ -343,8 +350,15 @@ func writeProducts(ctx context.Context, root, stage, out string, meta imagemeta.
 	disk := filepath.Join(stage, imagemeta.PayloadExt4)
 	eo := ext4.Options{Label: imagemeta.LabelPayload, SizeMiB: o.SizeMiB, Headroom: o.Headroom}
 	if !o.KeepDir {
-		// The tree is not published: it goes while the disk is checked.
-		eo.DirDone = func() { os.RemoveAll(root) }
+		// The tree is not published: it goes while the disk is checked
+		// and the products are moved into place.
+		eo.DirDone = func() {
+			bg.Add(1)
+			go func() {
+				defer bg.Done()
+				os.RemoveAll(root)
+			}()
+		}
 	}
 	if attrs != nil {
 		err = ext4.FromTar(ctx, tarPath, root, disk, eo)
