@@ -7,17 +7,13 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"runtime"
 	"sort"
 	"testing"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/api"
-	"github.com/mergenhq/mergen/internal/atomicfile"
-	"github.com/mergenhq/mergen/internal/manager"
-	"github.com/mergenhq/mergen/internal/supervisor"
-	"github.com/mergenhq/mergen/internal/testenv/hosttest"
+	"github.com/mergenhq/mergen/internal/manager/managertest"
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
@@ -31,29 +27,9 @@ import (
 func BenchmarkListHandler(b *testing.B) {
 	const vms, lists = 1000, 30
 	for i := 0; i < b.N; i++ {
-		hh := hosttest.New(b, map[string]string{"MGR_SUPERVISOR": "detached", "MGR_VMM": "qemu", "MGR_GUEST_CIDR": "172.30.0.0/20", "MGR_PORT_START": "20000", "MGR_PORT_END": "40000"})
-		sup, err := supervisor.New("detached", supervisor.OptionsFrom(hh.Cfg))
-		if err != nil {
-			b.Fatal(err)
-		}
-		log := slog.New(slog.DiscardHandler)
-		m := manager.New(manager.Options{Config: hh.Cfg, Store: hh.Store, Supervisor: sup, Log: log})
-		h := api.New(m, log, nil, nil)
+		hh, m := managertest.StoppedVMs(b, vms, map[string]string{"MGR_VMM": "qemu"})
 		ctx := context.Background()
-		for j := 0; j < vms; j++ {
-			vm, err := m.Create(ctx, wire.CreateRequest{Ports: []wire.Port{{Guest: 80}}})
-			if err != nil {
-				b.Fatal(err)
-			}
-			p := hh.Store.Paths(vm.ID)
-			if err := os.MkdirAll(p.RunDir, 0o755); err != nil {
-				b.Fatal(err)
-			}
-			rec := `{"activeState":"inactive","subState":"dead","result":"success","updated":"2026-11-30T18:00:00Z","exitCode":"exited","exitStatus":"0","exited":"2026-11-30T18:00:00Z"}` + "\n"
-			if err := atomicfile.WriteFile(p.SupervisorState, []byte(rec), 0o644); err != nil {
-				b.Fatal(err)
-			}
-		}
+		h := api.New(m, slog.New(slog.DiscardHandler), nil, nil)
 		// The three are timed in turn, lists times each, so that the load
 		// of the machine weighs on all alike; the p50 of each is printed.
 		var size int
