@@ -276,14 +276,39 @@ func (p *Provider) convert(ctx context.Context, pod *corev1.Pod, plan Plan) (con
 	if err != nil {
 		return converted{}, false, err
 	}
+	// A failed conversion leaves nothing behind: the directories it made
+	// for an image that was never there go again.
+	made := firstMissing(p.images.Root, out)
 	res, err := converter.Convert(ctx, converter.Options{
 		Source: plan.Image, ImagesRoot: p.images.Root, BaseAssetsDir: p.images.BaseAssetsDir,
 		Insecure: p.images.Insecure, NoTar: true, Keychain: kc,
 	})
 	if err != nil {
+		if made != "" {
+			os.RemoveAll(made)
+		}
 		return converted{}, false, err
 	}
 	return converted{Ext4: res.Ext4, Meta: res.Meta, Runtime: res.Runtime, Pulled: res.Pulled}, false, nil
+}
+
+// firstMissing is the outermost directory between root (exclusive) and dir
+// (inclusive) that does not exist yet: what making dir creates. Empty when
+// dir exists or is not below root.
+func firstMissing(root, dir string) string {
+	root, dir = filepath.Clean(root), filepath.Clean(dir)
+	rel, err := filepath.Rel(root, dir)
+	if err != nil || rel == "." || strings.HasPrefix(rel, "..") {
+		return ""
+	}
+	cur := root
+	for _, part := range strings.Split(rel, string(filepath.Separator)) {
+		cur = filepath.Join(cur, part)
+		if _, err := os.Lstat(cur); errors.Is(err, os.ErrNotExist) {
+			return cur
+		}
+	}
+	return ""
 }
 
 // finished is the earlier conversion in dir, when there is a complete one.

@@ -1,6 +1,8 @@
 package kubenode
 
 import (
+	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -197,5 +199,24 @@ func TestTranslateAcceptsTheServiceAccountVolumeAndEmptyDir(t *testing.T) {
 	}), "n")
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestFirstMissingIsWhatMakingTheImageDirectoryCreates(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "registry.test"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct{ dir, want string }{
+		{filepath.Join(root, "registry.test", "app:1"), filepath.Join(root, "registry.test", "app:1")},
+		{filepath.Join(root, "other.test", "team", "app:1"), filepath.Join(root, "other.test")},
+		{filepath.Join(root, "registry.test"), ""},
+		{root, ""},
+		{filepath.Join(root, "..", "elsewhere"), ""},
+	}
+	for _, c := range cases {
+		if got := firstMissing(root, c.dir); got != c.want {
+			t.Errorf("firstMissing(%s) = %q, want %q", c.dir, got, c.want)
+		}
 	}
 }
