@@ -75,6 +75,9 @@ type entry struct {
 	// cancel stops the pod's creation; done is closed when it has ended.
 	cancel context.CancelFunc
 	done   chan struct{}
+	// deleting says DeletePod is removing the VM: its disappearance is
+	// no failure.
+	deleting bool
 }
 
 // NewProvider makes a provider for node, talking to the daemon through c.
@@ -386,9 +389,9 @@ func (p *Provider) podLocked(e *entry) *corev1.Pod {
 // on without it); a VM the daemon no longer has fails the pod.
 func (p *Provider) refresh(ctx context.Context, e *entry) {
 	p.mu.Lock()
-	id, stage := e.vmID, e.state.Stage
+	id, stage, deleting := e.vmID, e.state.Stage, e.deleting
 	p.mu.Unlock()
-	if id == "" || stage != StageVM {
+	if id == "" || stage != StageVM || deleting {
 		return
 	}
 	vm, err := p.api.Get(ctx, id)
@@ -399,7 +402,7 @@ func (p *Provider) refresh(ctx context.Context, e *entry) {
 		return
 	}
 	p.mu.Lock()
-	if e.state.Stage != StageVM || e.vmID != id {
+	if e.state.Stage != StageVM || e.vmID != id || e.deleting {
 		p.mu.Unlock()
 		return
 	}
@@ -538,12 +541,16 @@ func (p *Provider) DeletePod(ctx context.Context, pod *corev1.Pod) error {
 		return vkerrdefs.NotFoundf("pod %s (uid %s) is not on this node", k, pod.UID)
 	}
 	if ok {
-		if e.cancel != nil {
-			e.cancel()
+		p.mu.Lock()
+		e.deleting = true
+		cancel, done := e.cancel, e.done
+		p.mu.Unlock()
+		if cancel != nil {
+			cancel()
 		}
-		if e.done != nil {
+		if done != nil {
 			select {
-			case <-e.done:
+			case <-done:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
