@@ -78,9 +78,10 @@ func NodeSpec(name, vmm, nodeIP string, kubeletPort int32, h Host) (corev1.Node,
 	n := corev1.Node{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: name,
+			// Only labels the NodeRestriction admission plugin lets a node
+			// set on itself (no kubernetes.io/role).
 			Labels: map[string]string{
 				"type":                   "virtual-kubelet",
-				"kubernetes.io/role":     "agent",
 				"kubernetes.io/hostname": name,
 				"kubernetes.io/os":       "linux",
 				"kubernetes.io/arch":     runtime.GOARCH,
