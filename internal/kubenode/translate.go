@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/mergenhq/mergen/internal/wire"
@@ -213,18 +214,18 @@ func volumeKind(v corev1.Volume) string {
 // sizing turns the container's resources into vCPUs and memory: the limit,
 // else the request; CPUs rounded up to whole vCPUs, memory up to whole MiB.
 func sizing(c *corev1.Container, field string) (vcpu, memMiB int, err error) {
-	pick := func(name corev1.ResourceName) (string, int64, bool) {
+	pick := func(name corev1.ResourceName) (string, resource.Quantity, bool) {
 		if q, ok := c.Resources.Limits[name]; ok {
-			return "limits", q.MilliValue(), true
+			return "limits", q, true
 		}
 		if q, ok := c.Resources.Requests[name]; ok {
-			return "requests", q.MilliValue(), true
+			return "requests", q, true
 		}
-		return "", 0, false
+		return "", resource.Quantity{}, false
 	}
 	vcpu, memMiB = DefaultVCPU, DefaultMemMiB
-	if kind, milli, ok := pick(corev1.ResourceCPU); ok {
-		vcpu = int((milli + 999) / 1000)
+	if kind, q, ok := pick(corev1.ResourceCPU); ok {
+		vcpu = int((q.MilliValue() + 999) / 1000)
 		if vcpu < 1 {
 			vcpu = 1
 		}
@@ -232,14 +233,11 @@ func sizing(c *corev1.Container, field string) (vcpu, memMiB int, err error) {
 			return 0, 0, fmt.Errorf("%s.resources.%s.cpu: %d vCPUs, at most %d", field, kind, vcpu, MaxVCPU)
 		}
 	}
-	if kind, milli, ok := pick(corev1.ResourceMemory); ok {
-		bytes := milli / 1000
-		if milli%1000 != 0 {
-			bytes++
-		}
+	if kind, q, ok := pick(corev1.ResourceMemory); ok {
+		bytes := q.Value() // rounded up to a whole byte
 		mib := (bytes + 1<<20 - 1) >> 20
 		if mib < MinMemMiB {
-			return 0, 0, fmt.Errorf("%s.resources.%s.memory: %s is below mergen's minimum of %dMi for a microVM", field, kind, c.Resources.Limits.Memory().String(), MinMemMiB)
+			return 0, 0, fmt.Errorf("%s.resources.%s.memory: %s is below mergen's minimum of %dMi for a microVM", field, kind, q.String(), MinMemMiB)
 		}
 		if mib > MaxMemMiB {
 			return 0, 0, fmt.Errorf("%s.resources.%s.memory: %dMi is above mergen's maximum of %dMi", field, kind, mib, MaxMemMiB)

@@ -157,6 +157,9 @@ func TestTranslateRefusesWhatAMicroVMCannotHonour(t *testing.T) {
 		{"memory below the minimum", func(p *corev1.Pod) {
 			c0(p).Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")}
 		}, "spec.containers[0].resources.limits.memory: 64Mi is below mergen's minimum of 128Mi"},
+		{"requested memory below the minimum", func(p *corev1.Pod) {
+			c0(p).Resources.Requests = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("100Mi")}
+		}, "spec.containers[0].resources.requests.memory: 100Mi is below mergen's minimum of 128Mi"},
 		{"too many CPUs", func(p *corev1.Pod) {
 			c0(p).Resources.Limits = corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("33")}
 		}, "spec.containers[0].resources.limits.cpu: 33 vCPUs"},
