@@ -75,6 +75,8 @@ type entry struct {
 	// cancel stops the pod's creation; done is closed when it has ended.
 	cancel context.CancelFunc
 	done   chan struct{}
+	// last is the status last computed.
+	last *corev1.PodStatus
 	// deleting says DeletePod is removing the VM: its disappearance is
 	// no failure.
 	deleting bool
@@ -380,7 +382,15 @@ func (p *Provider) podLocked(e *entry) *corev1.Pod {
 	if e.state.Stage == StageVM && e.state.Started.IsZero() && e.state.VM != nil && e.state.VM.State == wire.StateRunning {
 		e.state.Started = time.Now()
 	}
-	pod.Status = PodStatus(e.pod, e.state, p.hostIP)
+	// The last status given keeps the conditions' times where they did
+	// not change: a status that moved on every look would be written to
+	// the API server on every look.
+	if e.last != nil {
+		pod.Status.Conditions = e.last.Conditions
+	}
+	status := PodStatus(pod, e.state, p.hostIP)
+	e.last = &status
+	pod.Status = *status.DeepCopy()
 	return pod
 }
 

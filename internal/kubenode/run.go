@@ -21,6 +21,8 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 	vkerrdefs "github.com/virtual-kubelet/virtual-kubelet/errdefs"
+	vklog "github.com/virtual-kubelet/virtual-kubelet/log"
+	vkslog "github.com/virtual-kubelet/virtual-kubelet/log/slog"
 	vknode "github.com/virtual-kubelet/virtual-kubelet/node"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	corev1 "k8s.io/api/core/v1"
@@ -116,6 +118,8 @@ func Run(ctx context.Context, cfg Config) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// virtual-kubelet's controllers log through the node's logger.
+	ctx = vklog.WithLogger(ctx, vkslog.FromSlog(cfg.Log.With("component", "virtual-kubelet")))
 	var prov *Provider
 	daemon := &daemonWatch{api: cfg.API, every: cfg.DaemonCheck, log: cfg.Log}
 	mux := http.NewServeMux()
