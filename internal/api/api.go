@@ -5,6 +5,7 @@
 package api
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	_ "embed"
@@ -16,6 +17,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
@@ -246,13 +248,75 @@ func (s *Server) createVM(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) {
-	vms, err := s.mgr.List(r.Context())
+	vms, err := s.mgr.ListEncoded(r.Context())
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, wire.VMList{VMs: vms, Count: len(vms)})
+	writeList(w, vms)
 }
+
+// encodedList are a list's documents, already encoded (manager.EncodedVMs).
+type encodedList interface {
+	Len() int
+	Size(i int) int
+	AppendDoc(dst []byte, i int) []byte
+}
+
+// writeList answers wire.VMList of the documents vms, already encoded, as
+// writeJSON would encode it: indented when small; else written as it is,
+// straight into 64 KiB writes, so that a list of many VMs is neither
+// encoded nor gathered into one answer (the manager keeps its documents
+// encoded).
+func writeList(w http.ResponseWriter, vms encodedList) {
+	n := vms.Len()
+	count := strconv.Itoa(n)
+	size := len(`{"vms":[],"count":}`) + len(count) + 1
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			size++
+		}
+		size += vms.Size(i)
+	}
+	if size <= indentMax {
+		docs := make([]json.RawMessage, n)
+		for i := range docs {
+			docs[i] = vms.AppendDoc(nil, i)
+		}
+		writeJSON(w, http.StatusOK, struct {
+			VMs   []json.RawMessage `json:"vms"`
+			Count int               `json:"count"`
+		}{docs, n})
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(size))
+	w.WriteHeader(http.StatusOK)
+	bw := listWriters.Get().(*bufio.Writer)
+	defer listWriters.Put(bw)
+	bw.Reset(w)
+	bw.WriteString(`{"vms":[`)
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			bw.WriteByte(',')
+		}
+		if bw.Available() < vms.Size(i) {
+			bw.Flush()
+		}
+		// Into the writer's buffer when it fits (nearly always).
+		bw.Write(vms.AppendDoc(bw.AvailableBuffer(), i))
+	}
+	bw.WriteString(`],"count":`)
+	bw.WriteString(count)
+	bw.WriteString("}\n")
+	_ = bw.Flush()
+	bw.Reset(nil) // let the answer's writer go
+}
+
+// listWriters gather a list's documents into writes of 64 KiB: written
+// one by one, the answer's own 4 KiB buffer makes a system call for every
+// two documents.
+var listWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
 
 // getVM is GET /v1/vms/{id}: a transition that changes nothing.
 func (s *Server) getVM(w http.ResponseWriter, r *http.Request) {

@@ -15,19 +15,24 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/mergenhq/mergen/internal/progress"
 )
 
 // fetch downloads the object key into dst and checks it against f. The
 // object is fetched in ranges of PartSize, Concurrency at a time; each part
-// is written where it belongs as soon as it arrives and hashed in order,
-// so the file is never read back. Memory is bounded by Concurrency buffers
-// of PartSize (64 MiB with the defaults). The file is sized first and its
-// all-zero blocks are not written: a sparse disk arrives sparse. It is
-// synced once, after its size and SHA-256 matched; on any error it is left
-// unsynced for the caller to remove with the rest of its staging.
-func (c *Client) fetch(ctx context.Context, key, dst string, f File, ctr *progress.Counter) error {
+// is written where it belongs while it arrives and hashed in order, so the
+// file is never read back. Memory is bounded by Concurrency buffers of
+// PartSize (64 MiB with the defaults). The file is sized first and its
+// all-zero blocks are not written: a sparse disk arrives sparse. Writeback
+// of each hashed part starts at once; once size and SHA-256 matched, the
+// one fsync runs on flushes, in the background, while the caller fetches
+// its next file, and nothing may be installed before flushes.Wait
+// returned. On any error the file is left unsynced for the caller to
+// remove with the rest of its staging.
+func (c *Client) fetch(ctx context.Context, key, dst string, f File, ctr *progress.Counter, flushes *errgroup.Group) error {
 	fh, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
 	if err != nil {
 		return err
@@ -37,19 +42,24 @@ func (c *Client) fetch(ctx context.Context, key, dst string, f File, ctr *progre
 		fh.Close()
 		return fmt.Errorf("download %s: sha256 mismatch: manifest %s, received %s (object corrupt or changed; nothing installed)", f.Name, f.SHA256, sum)
 	}
-	if err == nil {
-		err = fh.Sync()
-	}
-	if cerr := fh.Close(); err == nil {
-		err = cerr
-	}
 	if err != nil {
+		fh.Close()
 		var se sizeError
 		if errors.As(err, &se) {
 			return fmt.Errorf("download %s: size %d, manifest says %d", f.Name, se.got, f.Size)
 		}
 		return c.explain(err, "download "+f.Name)
 	}
+	flushes.Go(func() error {
+		err := fh.Sync()
+		if cerr := fh.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("download %s: %w", f.Name, err)
+		}
+		return nil
+	})
 	return nil
 }
 
@@ -101,11 +111,7 @@ func (c *Client) receive(ctx context.Context, key string, fh *os.File, size int6
 					buf = make([]byte, min(part, size))
 				}
 				buf = buf[:min(part, size-off)]
-				err := c.getRange(ctx, key, off, buf, size, ctr)
-				if err == nil {
-					err = writeData(fh, buf, off)
-				}
-				results[i] <- result{buf, err}
+				results[i] <- result{buf, c.getRange(ctx, key, off, buf, size, ctr, fh)}
 			})
 		}
 	})
@@ -122,14 +128,19 @@ func (c *Client) receive(ctx context.Context, key string, fh *os.File, size int6
 			return "", r.err
 		}
 		h.Write(r.buf)
+		// In part order, one part behind the network: the disk writes
+		// while the rest arrives, and a disk slower than the network
+		// holds the buffers back instead of leaving it all to the fsync.
+		startWriteback(fh, int64(i)*part, int64(len(r.buf)))
 		pool <- r.buf[:cap(r.buf)]
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// getRange fills buf with the object's bytes at off. The SDK retries the
-// request; a body cut short is fetched again, up to Attempts times in all.
-func (c *Client) getRange(ctx context.Context, key string, off int64, buf []byte, size int64, ctr *progress.Counter) error {
+// getRange fills buf with the object's bytes at off and writes them to fh
+// at off. The SDK retries the request; a body cut short is fetched again,
+// up to Attempts times in all.
+func (c *Client) getRange(ctx context.Context, key string, off int64, buf []byte, size int64, ctr *progress.Counter, fh *os.File) error {
 	in := &s3.GetObjectInput{Bucket: aws.String(c.bucket), Key: aws.String(key)}
 	if size > 0 {
 		in.Range = aws.String(fmt.Sprintf("bytes=%d-%d", off, off+int64(len(buf))-1))
@@ -138,7 +149,7 @@ func (c *Client) getRange(ctx context.Context, key string, off int64, buf []byte
 	for range c.opt.Attempts {
 		var got int64
 		var body bool
-		got, body, err = c.getOnce(ctx, in, off, buf, size, ctr)
+		got, body, err = c.getOnce(ctx, in, off, buf, size, ctr, fh)
 		if err == nil {
 			return nil
 		}
@@ -150,9 +161,17 @@ func (c *Client) getRange(ctx context.Context, key string, off int64, buf []byte
 	return err
 }
 
-// getOnce makes one ranged GET into buf; body says the error came while
-// reading the answer (worth another attempt).
-func (c *Client) getOnce(ctx context.Context, in *s3.GetObjectInput, off int64, buf []byte, size int64, ctr *progress.Counter) (got int64, body bool, err error) {
+// writeChunk is how much of a part is read before it is written: small
+// enough to be copied into the page cache while still in the processor's
+// cache (a whole part written at once is copied from memory: a profile of
+// 512 MiB pulls put that copy at twice the cost), and large enough to keep
+// the writes few.
+const writeChunk = 256 << 10
+
+// getOnce makes one ranged GET into buf, writing each chunk to fh as it
+// comes in; body says the error came while reading the answer (worth
+// another attempt, which writes the range again from its start).
+func (c *Client) getOnce(ctx context.Context, in *s3.GetObjectInput, off int64, buf []byte, size int64, ctr *progress.Counter, fh *os.File) (got int64, body bool, err error) {
 	out, err := c.s3.GetObject(ctx, in)
 	if err != nil {
 		return 0, false, err
@@ -169,9 +188,19 @@ func (c *Client) getOnce(ctx context.Context, in *s3.GetObjectInput, off int64, 
 	if total != size {
 		return 0, false, sizeError{total}
 	}
-	n, err := io.ReadFull(io.TeeReader(out.Body, ctr), buf)
-	if err != nil {
-		return int64(n), true, err
+	src := io.TeeReader(out.Body, ctr)
+	n := 0
+	for n < len(buf) {
+		m, err := io.ReadFull(src, buf[n:min(n+writeChunk, len(buf))])
+		if m > 0 {
+			if err := writeData(fh, buf[n:n+m], off+int64(n)); err != nil {
+				return int64(n + m), false, err
+			}
+		}
+		n += m
+		if err != nil {
+			return int64(n), true, err
+		}
 	}
 	var one [1]byte
 	if m, _ := out.Body.Read(one[:]); m > 0 {
@@ -206,4 +235,19 @@ func writeData(f *os.File, p []byte, off int64) error {
 		i = j
 	}
 	return nil
+}
+
+// startWriteback asks the kernel to start writing the range of f to disk
+// now, without waiting for it. It only moves work earlier: what makes the
+// file durable is still the fsync before install, which also reports any
+// write that failed, so an error here (a file system without the call) is
+// of no consequence.
+func startWriteback(f *os.File, off, n int64) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	rc.Control(func(fd uintptr) {
+		unix.SyncFileRange(int(fd), off, n, unix.SYNC_FILE_RANGE_WRITE)
+	})
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/snapshot"
@@ -227,6 +228,10 @@ func (c *Client) PullSnapshot(ctx context.Context, snaps *snapshot.Store, id str
 		return fail(err)
 	}
 	fetched := []string{recordName}
+	// Each file's fsync runs while the next one downloads; all of them
+	// have returned before the snapshot is installed, or staging discarded.
+	var flushes errgroup.Group
+	defer flushes.Wait()
 	for _, f := range m.Files {
 		if f.Local == recordName {
 			continue
@@ -236,12 +241,15 @@ func (c *Client) PullSnapshot(ctx context.Context, snaps *snapshot.Store, id str
 			return fail(err)
 		}
 		ctr := c.opt.Progress.File(f.Name, f.Size)
-		if err := c.fetch(ctx, keyDir+"/"+f.Name, dst, f, ctr); err != nil {
+		if err := c.fetch(ctx, keyDir+"/"+f.Name, dst, f, ctr, &flushes); err != nil {
 			ctr.Finish("failed")
 			return fail(err)
 		}
 		ctr.Finish("done")
 		fetched = append(fetched, f.Local)
+	}
+	if err := flushes.Wait(); err != nil {
+		return fail(err)
 	}
 	if err := snaps.Install(staging, rec); err != nil {
 		if !errors.Is(err, fs.ErrExist) {

@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/mergenhq/mergen/internal/atomicfile"
 	"github.com/mergenhq/mergen/internal/imagemeta"
@@ -83,8 +84,9 @@ func (c *Client) upload(ctx context.Context, dir, keyDir string, m Manifest) (Ma
 }
 
 // install downloads the files of m from keyDir into dir: staging first,
-// verification of size and SHA-256, then one rename per file. On any error
-// the staging directory is removed and dir is as it was.
+// verification of size and SHA-256, an fsync of each, then one rename per
+// file. On any error the staging directory is removed and dir is as it
+// was.
 func (c *Client) install(ctx context.Context, keyDir, dir string, m Manifest) (fetched []string, err error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -126,13 +128,20 @@ func (c *Client) install(ctx context.Context, keyDir, dir string, m Manifest) (f
 		return nil, err
 	}
 	defer os.RemoveAll(stage)
+	// Each file's fsync runs while the next one downloads; all of them
+	// have returned before anything is renamed, or staging removed.
+	var flushes errgroup.Group
+	defer flushes.Wait()
 	for _, f := range need {
 		ctr := c.opt.Progress.File(f.Name, f.Size)
-		if err := c.fetch(ctx, keyDir+"/"+f.Name, filepath.Join(stage, f.Local), f, ctr); err != nil {
+		if err := c.fetch(ctx, keyDir+"/"+f.Name, filepath.Join(stage, f.Local), f, ctr, &flushes); err != nil {
 			ctr.Finish("failed")
 			return nil, err
 		}
 		ctr.Finish("done")
+	}
+	if err := flushes.Wait(); err != nil {
+		return nil, err
 	}
 	// A payload's image-meta.json says the directory is complete
 	// (imagemeta.Complete): it goes before anything is replaced and comes

@@ -30,6 +30,10 @@ type Source func(string) string
 // Env is the process environment.
 func Env() Source { return os.Getenv }
 
+// GOGCSet reports whether Go's own GOGC is set: a program that picks its
+// collector's target leaves the operator's alone.
+func GOGCSet(getenv Source) bool { return getenv("GOGC") != "" }
+
 // Config is the configuration of the daemon and the lifecycle stages.
 // Field comments name the variable; Vars has the defaults.
 type Config struct {

@@ -28,6 +28,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -143,7 +144,7 @@ func Convert(ctx context.Context, o Options) (*Result, error) {
 	}
 	c := cache{dir: filepath.Join(out, CacheDir)}
 
-	rec, pulled, err := fetch(ctx, c, o, plat)
+	rec, sources, err := resolve(ctx, c, o, plat)
 	if err != nil {
 		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 	}
@@ -152,6 +153,15 @@ func Convert(ctx context.Context, o Options) (*Result, error) {
 		return nil, fmt.Errorf("convert %s: image config: %w", o.Source, err)
 	}
 	meta, rt := metaFromConfig(o.Source, rec.Digest, o.Platform, &cfg)
+	res := &Result{OutputDir: out, Ext4: filepath.Join(out, imagemeta.PayloadExt4), Meta: meta, Runtime: rt}
+
+	// The same image converted the same way is already there, untouched:
+	// nothing to read or write.
+	key := conversionKey(rec, o, out, os.Geteuid() == 0)
+	if !o.KeepDir && c.upToDate(out, key, o) {
+		o.Progress.File("up to date "+imagemeta.PayloadExt4, progress.Unknown).End(nil)
+		return res, nil
+	}
 
 	// 0700 (MkdirTemp's mode, made explicit): while the layers are
 	// applied nothing in the tree is reachable by other users.
@@ -160,72 +170,82 @@ func Convert(ctx context.Context, o Options) (*Result, error) {
 		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 	}
 	defer os.RemoveAll(stage)
+	// Work left running in the background (the removal of the unpacked
+	// tree) ends before Convert returns, and before the staging sweep.
+	var bg sync.WaitGroup
+	defer bg.Wait()
 	if err := os.Chmod(stage, 0o700); err != nil {
 		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 	}
-	if err := build(ctx, c, rec, stage, out, meta, rt, o); err != nil {
+	if res.Pulled, err = build(ctx, c, rec, sources, stage, out, meta, rt, o, &bg); err != nil {
+		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
+	}
+	if err := c.dropStamp(); err != nil {
 		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 	}
 	if err := publish(stage, out, o); err != nil {
 		return nil, fmt.Errorf("convert %s: %w", o.Source, err)
 	}
-	return &Result{OutputDir: out, Ext4: filepath.Join(out, imagemeta.PayloadExt4), Meta: meta, Runtime: rt, Pulled: pulled}, nil
+	if !o.KeepDir {
+		// Without the stamp the next run converts again: slower, never
+		// wrong, so a failure to write it does not fail this one.
+		_ = c.writeStamp(out, key, o)
+	}
+	return res, nil
 }
 
-// fetch makes sure every layer is in the cache and returns the record.
-func fetch(ctx context.Context, c cache, o Options, plat *v1.Platform) (record, int, error) {
+// resolve reads the record of the image (manifest digest, config, layer
+// digests) from the source, or from the cache with SkipPull, and says where
+// each layer's bytes will come from. No layer is read here.
+func resolve(ctx context.Context, c cache, o Options, plat *v1.Platform) (record, []layerSource, error) {
 	if o.SkipPull {
 		r, err := c.loadRecord(o.Source, o.Platform)
-		return r, 0, err
+		if err != nil {
+			return r, nil, err
+		}
+		var srcs []layerSource
+		for _, d := range r.Layers {
+			srcs = append(srcs, layerSource{digest: d, size: progress.Unknown})
+		}
+		return r, srcs, nil
 	}
 	img, err := open(ctx, o.Source, plat, o.Insecure, o.Keychain)
 	if err != nil {
-		return record{}, 0, err
+		return record{}, nil, err
 	}
 	dg, err := img.Digest()
 	if err != nil {
-		return record{}, 0, err
+		return record{}, nil, err
 	}
 	raw, err := img.RawConfigFile()
 	if err != nil {
-		return record{}, 0, fmt.Errorf("image config: %w", err)
+		return record{}, nil, fmt.Errorf("image config: %w", err)
 	}
 	layers, err := img.Layers()
 	if err != nil {
-		return record{}, 0, fmt.Errorf("image layers: %w", err)
+		return record{}, nil, fmt.Errorf("image layers: %w", err)
 	}
 	rec := record{Source: o.Source, Platform: o.Platform, Digest: dg.String(), Config: raw}
-	pulled := 0
+	var srcs []layerSource
 	for i, l := range layers {
 		d, err := l.Digest()
 		if err != nil {
-			return rec, pulled, fmt.Errorf("layer %d: %w", i, err)
+			return rec, nil, fmt.Errorf("layer %d: %w", i, err)
+		}
+		if _, err := c.blobPath(d.String()); err != nil {
+			return rec, nil, err
 		}
 		rec.Layers = append(rec.Layers, d.String())
-		if c.has(d.String()) {
-			continue
+		ls := layerSource{digest: d.String(), size: progress.Unknown}
+		if !c.has(d.String()) {
+			if size, err := l.Size(); err == nil {
+				ls.size = size
+			}
+			ls.open = l.Compressed
 		}
-		size, err := l.Size()
-		if err != nil {
-			size = progress.Unknown
-		}
-		rc, err := l.Compressed()
-		if err != nil {
-			return rec, pulled, fmt.Errorf("layer %s: %w", d, err)
-		}
-		ctr := o.Progress.File("pull "+short(d.String()), size)
-		err = c.put(d.String(), rc, ctr)
-		rc.Close()
-		ctr.End(err)
-		if err != nil {
-			return rec, pulled, err
-		}
-		pulled++
+		srcs = append(srcs, ls)
 	}
-	if err := c.saveRecord(rec); err != nil {
-		return rec, pulled, fmt.Errorf("cache record: %w", err)
-	}
-	return rec, pulled, nil
+	return rec, srcs, nil
 }
 
 func short(d string) string {
@@ -235,11 +255,47 @@ func short(d string) string {
 	return d
 }
 
-// build writes every product into stage, to be published in out.
-func build(ctx context.Context, c cache, rec record, stage, out string, meta imagemeta.ImageMeta, rt imagemeta.Runtime, o Options) error {
+// applyLayers applies the layers into root, bottom first. Each blob is read
+// once: fetched (and cached) or taken from the cache, hashed and decompressed
+// in a goroutine while this one writes the files. It returns how many layers
+// came from the image source.
+func applyLayers(ctx context.Context, c cache, sources []layerSource, root string, attrs layer.Attrs, o Options) (int, error) {
+	pulled := 0
+	lim := layer.Limits{MaxBytes: max(o.MaxLayerBytes, 0), MaxEntries: max(o.MaxLayerEntries, 0)}
+	for _, ls := range sources {
+		if err := ctx.Err(); err != nil {
+			return pulled, err
+		}
+		var pull *progress.Counter
+		if ls.open != nil {
+			pull = o.Progress.File("pull "+short(ls.digest), ls.size)
+		}
+		s, err := c.stream(ls, pull)
+		if err != nil {
+			pull.End(err)
+			return pulled, fmt.Errorf("apply layer %s: %w", ls.digest, err)
+		}
+		ctr := o.Progress.File("apply "+short(ls.digest), progress.Unknown)
+		_, err = layer.ApplyWith(root, io.TeeReader(s, ctr), layer.Options{Attrs: attrs, Limits: lim})
+		err = s.finish(err)
+		pull.End(err)
+		ctr.End(err)
+		if err != nil {
+			return pulled, fmt.Errorf("apply layer %s: %w", ls.digest, err)
+		}
+		if ls.open != nil {
+			pulled++
+		}
+	}
+	return pulled, nil
+}
+
+// build writes every product into stage, to be published in out, and returns
+// how many layers it pulled.
+func build(ctx context.Context, c cache, rec record, sources []layerSource, stage, out string, meta imagemeta.ImageMeta, rt imagemeta.Runtime, o Options, bg *sync.WaitGroup) (int, error) {
 	root := filepath.Join(stage, imagemeta.PayloadDir)
 	if err := os.Mkdir(root, 0o755); err != nil {
-		return err
+		return 0, err
 	}
 	// Without root the directory cannot hold owners and devices: they are
 	// recorded and the disk is made from an archive that carries them.
@@ -247,23 +303,22 @@ func build(ctx context.Context, c cache, rec record, stage, out string, meta ima
 	if os.Geteuid() != 0 {
 		attrs = layer.Attrs{}
 	}
-	for _, d := range rec.Layers {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		rc, err := c.open(d)
-		if err != nil {
-			return err
-		}
-		ctr := o.Progress.File("apply "+short(d), progress.Unknown)
-		_, err = layer.ApplyWith(root, io.TeeReader(rc, ctr), layer.Options{Attrs: attrs, Limits: layer.Limits{
-			MaxBytes: max(o.MaxLayerBytes, 0), MaxEntries: max(o.MaxLayerEntries, 0)}})
-		rc.Close()
-		ctr.End(err)
-		if err != nil {
-			return fmt.Errorf("apply layer %s: %w", d, err)
+	pulled, err := applyLayers(ctx, c, sources, root, attrs, o)
+	if err != nil {
+		return pulled, err
+	}
+	if !o.SkipPull {
+		if err := c.saveRecord(rec); err != nil {
+			return pulled, fmt.Errorf("cache record: %w", err)
 		}
 	}
+	return pulled, writeProducts(ctx, root, stage, out, meta, rt, attrs, o, bg)
+}
+
+// writeProducts makes the disk and the metadata files from the applied tree.
+// The unpacked tree is removed in the background (bg) once the disk is
+// made, unless it is kept.
+func writeProducts(ctx context.Context, root, stage, out string, meta imagemeta.ImageMeta, rt imagemeta.Runtime, attrs layer.Attrs, o Options, bg *sync.WaitGroup) error {
 	metaJSON, err := json.MarshalIndent(meta, "", "  ")
 	if err != nil {
 		return err
@@ -294,6 +349,17 @@ func build(ctx context.Context, c cache, rec record, stage, out string, meta ima
 	ctr := o.Progress.File("ext4 "+imagemeta.PayloadExt4, progress.Unknown)
 	disk := filepath.Join(stage, imagemeta.PayloadExt4)
 	eo := ext4.Options{Label: imagemeta.LabelPayload, SizeMiB: o.SizeMiB, Headroom: o.Headroom}
+	if !o.KeepDir {
+		// The tree is not published: it goes while the disk is checked
+		// and the products are moved into place.
+		eo.DirDone = func() {
+			bg.Add(1)
+			go func() {
+				defer bg.Done()
+				os.RemoveAll(root)
+			}()
+		}
+	}
 	if attrs != nil {
 		err = ext4.FromTar(ctx, tarPath, root, disk, eo)
 	} else {
@@ -328,6 +394,9 @@ func build(ctx context.Context, c cache, rec record, stage, out string, meta ima
 	rb, _ := json.MarshalIndent(req, "", "  ")
 	if err := os.WriteFile(filepath.Join(stage, imagemeta.SuggestedVMRequest), rb, 0o644); err != nil {
 		return err
+	}
+	if !o.KeepDir {
+		return nil
 	}
 	// A layer may have set the root's mode; the kept tree is private.
 	return os.Chmod(root, 0o700)

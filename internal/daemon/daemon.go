@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"sync"
 	"syscall"
 
@@ -45,6 +46,9 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("configuration: %w", err)
 	}
+	if !config.GOGCSet(config.Env()) {
+		debug.SetGCPercent(gcPercent)
+	}
 	log, err := logging.New(os.Stderr, cfg.LogLevel, cfg.LogFormat, term.IsTerminal(int(os.Stderr.Fd())))
 	if err != nil {
 		return err
@@ -53,6 +57,19 @@ func Run(ctx context.Context, o Options) error {
 	defer stop()
 	return Serve(ctx, cfg, log, o)
 }
+
+// gcPercent is the collector's target when GOGC is not set: the heap may
+// grow a quarter past what is live before a collection, not Go's default
+// of as much again. The daemon's live heap is small and grows with the
+// VMs defined (their records and list documents, a few KiB each), while
+// the program's own pages are most of its resident size; at the default
+// the collector's headroom would be as large as all the VMs' data. A
+// collection marks only the small live heap, and the daemon allocates
+// little per request: the cost is a few more short collections.
+// Measured with bash bench/list.sh, 1,000 VMs: see docs/performance.md.
+// Unlike a memory limit (GOMEMLIMIT), a target grows with the VMs: a host
+// of many more never finds the collector running without pause.
+const gcPercent = 25
 
 // Serve runs the daemon with an explicit configuration.
 func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, o Options) error {

@@ -56,6 +56,41 @@ func TestAppendNumbersEventsInOneSequenceAcrossWriters(t *testing.T) {
 	}
 }
 
+// Appends made at once in one process are written together; each gets
+// its own number, the one its line in the journal carries, with no gap.
+func TestConcurrentAppendsInOneProcessGetTheNumbersOfTheirLines(t *testing.T) {
+	j, _ := newJournal(t)
+	const n = 64
+	got := make([]events.Event, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ev, err := j.Append(context.Background(), events.Event{Type: events.Created, VM: fmt.Sprintf("vm-%d", i), Source: events.SourceDaemon})
+			if err != nil {
+				t.Error(err)
+			}
+			got[i] = ev
+		}()
+	}
+	wg.Wait()
+	all, err := j.After(0, 0)
+	if err != nil || len(all) != n {
+		t.Fatalf("%d events (%v), want %d", len(all), err, n)
+	}
+	for i, ev := range all {
+		if ev.Seq != uint64(i+1) {
+			t.Fatalf("line %d has seq %d", i, ev.Seq)
+		}
+	}
+	for i, ev := range got {
+		if ev.Seq == 0 || ev.Seq > n || all[ev.Seq-1].VM != ev.VM {
+			t.Fatalf("append %d returned seq %d for %s, which is not its line", i, ev.Seq, ev.VM)
+		}
+	}
+}
+
 func TestAppendRefusesEventsWithoutTypeOrVM(t *testing.T) {
 	j, _ := newJournal(t)
 	for _, ev := range []events.Event{{Type: "exploded", VM: "x"}, {Type: events.Created}} {

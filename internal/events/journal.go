@@ -22,6 +22,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/layout"
@@ -116,61 +117,140 @@ func seqOf(line []byte) uint64 {
 var ErrGone = errors.New("events before that position are no longer kept")
 
 // Journal is the event file of one host.
-type Journal struct{ p layout.Events }
+type Journal struct {
+	p layout.Events
+
+	// Appends in one process are written in batches: the ones that arrive
+	// while a batch is written form the next, which takes the file lock
+	// once and is written in one write (the creates of a group return, and
+	// emit, together). Guarded by mu.
+	mu      sync.Mutex
+	queue   []*appendReq
+	writing bool
+}
+
+// appendReq is one Append waiting for its batch.
+type appendReq struct {
+	ctx  context.Context
+	ev   Event
+	err  error
+	done chan struct{}
+}
 
 // NewJournal returns the journal at p; files are made on the first Append.
 func NewJournal(p layout.Events) *Journal { return &Journal{p: p} }
 
 // Append numbers ev, stamps its time when unset and writes it. The lock
-// makes appends from the daemon and from lifecycle stages one sequence.
+// makes appends from the daemon and from lifecycle stages one sequence;
+// concurrent appends in one process are numbered in the order they were
+// made. Waiting for the lock ends with ctx, or after appendWait.
 func (j *Journal) Append(ctx context.Context, ev Event) (Event, error) {
 	if !ev.Type.Valid() || ev.VM == "" {
 		return ev, fmt.Errorf("append event: bad event %q of vm %q", ev.Type, ev.VM)
 	}
-	if err := os.MkdirAll(j.p.Dir, 0o700); err != nil {
-		return ev, fmt.Errorf("append %s event of vm %s: %w", ev.Type, ev.VM, err)
+	r := &appendReq{ctx: ctx, ev: ev, done: make(chan struct{})}
+	j.mu.Lock()
+	j.queue = append(j.queue, r)
+	if !j.writing {
+		j.writing = true
+		go j.drain()
 	}
-	lctx, cancel := context.WithTimeout(ctx, appendWait)
+	j.mu.Unlock()
+	<-r.done
+	return r.ev, r.err
+}
+
+// drain writes batches until no append waits.
+func (j *Journal) drain() {
+	for {
+		j.mu.Lock()
+		batch := j.queue
+		j.queue = nil
+		if len(batch) == 0 {
+			j.writing = false
+			j.mu.Unlock()
+			return
+		}
+		j.mu.Unlock()
+		j.write(batch)
+		for _, r := range batch {
+			close(r.done)
+		}
+	}
+}
+
+// write numbers and writes a batch under the file lock, waiting for it as
+// long as the oldest append of the batch would. Each append gets its own
+// outcome.
+func (j *Journal) write(batch []*appendReq) {
+	if err := os.MkdirAll(j.p.Dir, 0o700); err != nil {
+		failAll(batch, err)
+		return
+	}
+	lctx, cancel := context.WithTimeout(batch[0].ctx, appendWait)
 	defer cancel()
 	held, err := lock.Acquire(lctx, j.p.Lock)
 	if err != nil {
-		return ev, fmt.Errorf("append %s event of vm %s: %w", ev.Type, ev.VM, err)
+		failAll(batch, err)
+		return
 	}
 	defer held.Release()
 
 	last, size, err := j.last()
 	if err != nil {
-		return ev, fmt.Errorf("append %s event of vm %s: %w", ev.Type, ev.VM, err)
+		failAll(batch, err)
+		return
 	}
 	if size >= MaxJournalBytes {
 		if err := os.Rename(j.p.Journal, j.p.JournalOld); err != nil {
-			return ev, fmt.Errorf("append %s event of vm %s: rotate: %w", ev.Type, ev.VM, err)
+			failAll(batch, fmt.Errorf("rotate: %w", err))
+			return
 		}
 	}
-	ev.Seq = last + 1
-	if ev.Time.IsZero() {
-		ev.Time = time.Now().UTC()
+	var lines []byte
+	var written []*appendReq
+	for _, r := range batch {
+		ev := r.ev
+		ev.Seq = last + 1
+		if ev.Time.IsZero() {
+			ev.Time = time.Now().UTC()
+		}
+		if len(ev.Message) > maxMessage {
+			ev.Message = ev.Message[:maxMessage] + "…"
+		}
+		b, err := json.Marshal(ev)
+		if err != nil {
+			r.err = err
+			continue
+		}
+		last++
+		r.ev = ev
+		lines = append(append(lines, b...), '\n')
+		written = append(written, r)
 	}
-	if len(ev.Message) > maxMessage {
-		ev.Message = ev.Message[:maxMessage] + "…"
+	if len(written) == 0 {
+		return
 	}
-	b, err := json.Marshal(ev)
-	if err != nil {
-		return ev, err
-	}
-	// One write of a line with O_APPEND: readers see whole lines or none.
+	// One write of whole lines with O_APPEND: readers see whole lines or
+	// none (a reader takes a line only once its newline is there).
 	f, err := os.OpenFile(j.p.Journal, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
-		return ev, fmt.Errorf("append %s event of vm %s: %w", ev.Type, ev.VM, err)
+		failAll(written, err)
+		return
 	}
-	_, werr := f.Write(append(b, '\n'))
+	_, werr := f.Write(lines)
 	if cerr := f.Close(); werr == nil {
 		werr = cerr
 	}
 	if werr != nil {
-		return ev, fmt.Errorf("append %s event of vm %s: %w", ev.Type, ev.VM, werr)
+		failAll(written, werr)
 	}
-	return ev, nil
+}
+
+func failAll(rs []*appendReq, err error) {
+	for _, r := range rs {
+		r.err = fmt.Errorf("append %s event of vm %s: %w", r.ev.Type, r.ev.VM, err)
+	}
 }
 
 // last returns the newest sequence number and the current file's size.

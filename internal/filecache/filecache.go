@@ -21,6 +21,7 @@ package filecache
 
 import (
 	"io"
+	"io/fs"
 	"os"
 	"sync"
 	"syscall"
@@ -37,26 +38,55 @@ type Cache[T any] struct {
 }
 
 type entry[T any] struct {
-	id identity
+	id Identity
 	v  T
 }
 
-// identity is what changes when a file is replaced or rewritten.
-type identity struct {
+// Identity is what changes when a file is replaced or rewritten: a value
+// kept beside the Identity of the file it came from is current while Stat
+// returns that Identity again (with the guarantees above). The zero
+// Identity, which Stat returns for anything but a regular file, is never
+// that of a file: keep nothing under it.
+type Identity struct {
 	dev, ino     uint64
 	size         int64
 	mtime, ctime int64 // nanoseconds
 }
 
-func identityOf(fi os.FileInfo) (identity, bool) {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok || !fi.Mode().IsRegular() {
-		return identity{}, false
+// Stat returns the identity of the file at path (following symbolic
+// links); the zero Identity when it is not a regular file. It costs one
+// system call and, unlike os.Stat, no FileInfo: a list stats every VM's
+// files.
+func Stat(path string) (Identity, error) {
+	var st syscall.Stat_t
+	for {
+		err := syscall.Stat(path, &st)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return Identity{}, &fs.PathError{Op: "stat", Path: path, Err: err}
+		}
+		return identityOfStat(&st), nil
 	}
-	return identity{
+}
+
+func identityOfStat(st *syscall.Stat_t) Identity {
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return Identity{}
+	}
+	return Identity{
 		dev: uint64(st.Dev), ino: uint64(st.Ino), size: st.Size,
 		mtime: st.Mtim.Sec*1e9 + st.Mtim.Nsec, ctime: st.Ctim.Sec*1e9 + st.Ctim.Nsec,
-	}, true
+	}
+}
+
+func identityOf(fi os.FileInfo) Identity {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return Identity{}
+	}
+	return identityOfStat(st)
 }
 
 // Load returns the value decoded from the file at path: the cached one
@@ -67,12 +97,12 @@ func identityOf(fi os.FileInfo) (identity, bool) {
 func (c *Cache[T]) Load(path string, decode func([]byte) (T, bool, error)) (T, error) {
 	var zero T
 	if c != nil {
-		fi, err := os.Stat(path)
+		id, err := Stat(path)
 		if err != nil {
 			c.Forget(path)
 			return zero, err
 		}
-		if id, ok := identityOf(fi); ok {
+		if id != (Identity{}) {
 			c.mu.Lock()
 			e, hit := c.m[path]
 			c.mu.Unlock()
@@ -110,9 +140,9 @@ func (c *Cache[T]) Load(path string, decode func([]byte) (T, bool, error)) (T, e
 		return zero, err
 	}
 	if c != nil {
-		id, ok := identityOf(fi)
+		id := identityOf(fi)
 		c.mu.Lock()
-		if ok && cacheable && id.size == int64(len(b)) {
+		if id != (Identity{}) && cacheable && id.size == int64(len(b)) {
 			if c.m == nil || len(c.m) >= Max {
 				c.m = map[string]entry[T]{}
 			}

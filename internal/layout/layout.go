@@ -133,6 +133,13 @@ func (l Layout) SupervisorStateFile(id string) string {
 	return under(filepath.Join(l.RunRoot, id), "supervisor.state.json")
 }
 
+// ListFiles are VM(id)'s Meta, VMConfig, Socket and Paused alone: what a
+// list looks at for every VM.
+func (l Layout) ListFiles(id string) (meta, vmConfig, socket, paused string) {
+	cfg, run := filepath.Join(l.ConfigRoot, id), filepath.Join(l.RunRoot, id)
+	return under(cfg, FileMeta), under(cfg, FileVMConfig), under(run, "vmm.sock"), under(run, "paused")
+}
+
 // under is filepath.Join(dir, name) for a clean dir (filepath.Join's
 // result) and a plain file name, without cleaning the result again.
 func under(dir, name string) string {

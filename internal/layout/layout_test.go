@@ -3,6 +3,7 @@ package layout
 import (
 	"path/filepath"
 	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -48,6 +49,10 @@ func TestVMPathsAreJoinedAndClean(t *testing.T) {
 			}
 			if got := l.SupervisorStateFile(id); got != want.SupervisorState {
 				t.Errorf("layout %+v, id %q: SupervisorStateFile %q, want %q", l, id, got, want.SupervisorState)
+			}
+			meta, vmConfig, socket, paused := l.ListFiles(id)
+			if got, want := []string{meta, vmConfig, socket, paused}, []string{want.Meta, want.VMConfig, want.Socket, want.Paused}; !slices.Equal(got, want) {
+				t.Errorf("layout %+v, id %q: ListFiles %q, want %q", l, id, got, want)
 			}
 		}
 	}

@@ -321,17 +321,18 @@ func (m *Manager) healthTarget(meta store.Meta) health.Target {
 	}
 }
 
-// healthDoc is the document's health of a VM in state, with the restarts
-// the daemon made of it for being unhealthy since it was started on
-// request: nothing unless it runs and has a check.
-func (m *Manager) healthDoc(meta store.Meta, state string) (*wire.Health, int) {
-	if meta.HealthCheck == nil || (state != wire.StateRunning && state != wire.StatePaused) {
+// healthDoc is the document's health of VM id in state (hasCheck: its
+// record has a health check), with the restarts the daemon made of it for
+// being unhealthy since it was started on request: nothing unless it runs
+// and has a check.
+func (m *Manager) healthDoc(id string, hasCheck bool, state string) (*wire.Health, int) {
+	if !hasCheck || (state != wire.StateRunning && state != wire.StatePaused) {
 		return nil, 0
 	}
-	st, err := health.Read(m.store.Paths(meta.ID).Health)
+	st, err := health.Read(m.store.Paths(id).Health)
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
-			m.log.Debug("health file unreadable", "vm", meta.ID, "err", err)
+			m.log.Debug("health file unreadable", "vm", id, "err", err)
 		}
 		return nil, 0
 	}

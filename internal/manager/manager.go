@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/alloc"
@@ -47,9 +46,13 @@ type Manager struct {
 	sup    supervisor.Supervisor
 	supErr error
 
+	// creates writes new VMs into the store, concurrent ones together.
+	creates *store.Committer
+
 	// The allocation index, derived from the store and valid while the
-	// store's generation equals indexGen. Guarded by allocMu.
-	allocMu   sync.Mutex
+	// store's generation equals indexGen. Guarded by the store's
+	// allocation lock (LockAlloc), which the creates' plans and
+	// Committed run under.
 	index     *alloc.Index
 	names     map[string]string
 	dataDisks map[string]string
@@ -60,6 +63,9 @@ type Manager struct {
 	newID func() string // store.NewID; tests make ids collide
 
 	health healthWatchers
+
+	// docs are the VM documents of the last list, kept encoded.
+	docs listDocs
 }
 
 // Options are the manager's collaborators.
@@ -81,6 +87,7 @@ func New(o Options) *Manager {
 		m.probe = alloc.BindProbe
 	}
 	m.metrics = newMetrics(m)
+	m.creates = o.Store.NewCommitter(store.CommitterOptions{Committed: m.committed})
 	m.health.ctx, m.health.stop = context.WithCancel(context.Background())
 	m.health.w = map[string]*healthWatcher{}
 	if m.log == nil {
@@ -284,24 +291,46 @@ func (m *Manager) resolveDisks(req wire.CreateRequest) (d store.Disks, kernel, i
 	return d, kernel, initrd, roots, nil
 }
 
-// allocateAndWrite allocates the guest IP and host ports under the
-// allocation lock and writes the VM directory before releasing it, so that
-// the next allocation sees this VM.
+// allocateAndWrite allocates the guest IP and host ports and writes the VM
+// directory, through the Committer: the allocation runs under the
+// allocation lock, after those of the creates committed before it, and the
+// VM is in the store before the lock is released, so that the next
+// allocation, in this process or another, sees it.
 func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wire.CreateRequest, driver vmm.Driver, vmHooks hooks.Set, prepare func(*store.Meta) error) (err error) {
-	m.allocMu.Lock()
-	defer m.allocMu.Unlock()
-	unlock, err := m.store.LockAlloc(ctx)
-	if err != nil {
-		return fmt.Errorf("create vm %s: %w", meta.ID, err)
+	if prepare != nil {
+		// The data directory exists before the VM does: a failure removes
+		// it, and a crash leaves an orphan the start-up sweep removes.
+		prepared, given := false, prepare
+		prepare = func(meta *store.Meta) error {
+			prepared = true
+			return given(meta)
+		}
+		defer func() {
+			if err != nil && prepared {
+				os.RemoveAll(m.store.Paths(meta.ID).DataDir)
+			}
+		}()
 	}
-	defer unlock()
+	_, err = m.creates.Create(ctx, func() (string, map[string][]byte, error) {
+		files, err := m.allocate(meta, req, driver, vmHooks, prepare)
+		return meta.ID, files, err
+	})
+	return err
+}
+
+// allocate decides the VM's guest IP, VMM uid and host ports, checks that
+// its name, routing labels, short id and data disk are its own, and renders
+// its files; the index then holds the VM, for the next plan of the group.
+// prepare (optional) runs once the VM's id is final. It is a store.Plan:
+// it runs under the allocation lock.
+func (m *Manager) allocate(meta *store.Meta, req wire.CreateRequest, driver vmm.Driver, vmHooks hooks.Set, prepare func(*store.Meta) error) (map[string][]byte, error) {
 	ix, err := m.indexLocked()
 	if err != nil {
-		return fmt.Errorf("create vm %s: %w", meta.ID, err)
+		return nil, fmt.Errorf("create vm %s: %w", meta.ID, err)
 	}
 	if name := req.Tags[NameTag]; name != "" {
 		if owner := ix.Names[name]; owner != "" {
-			return errdefs.Conflict("tags.name: %q is already the name of vm %s", name, owner)
+			return nil, errdefs.Conflict("tags.name: %q is already the name of vm %s", name, owner)
 		}
 	}
 	for _, k := range m.cfg.LabelTags {
@@ -310,7 +339,7 @@ func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wi
 			continue
 		}
 		if owner, taken := ix.Labels[v]; taken {
-			return errdefs.Conflict("tags.%s: %q already routes to vm %s (its %s tag); the values of the routing tags (%s) must be unique across VMs",
+			return nil, errdefs.Conflict("tags.%s: %q already routes to vm %s (its %s tag); the values of the routing tags (%s) must be unique across VMs",
 				k, req.Tags[k], owner.id, owner.key, strings.Join(m.cfg.LabelTags, ", "))
 		}
 	}
@@ -323,26 +352,26 @@ func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wi
 	for _, d := range meta.Files() {
 		if owner := ix.DataDisks[d.Path]; owner != "" {
 			if d.Field == "dataDisk" {
-				return errdefs.Conflict("dataDisk: %s is already attached to vm %s", d.Path, owner)
+				return nil, errdefs.Conflict("dataDisk: %s is already attached to vm %s", d.Path, owner)
 			}
-			return errdefs.Conflict("%s: %s is the data disk of vm %s", d.Field, d.Path, owner)
+			return nil, errdefs.Conflict("%s: %s is the data disk of vm %s", d.Field, d.Path, owner)
 		}
 	}
 	if meta.Bridge == nil {
 		ip, err := ix.GuestIP(m.cfg.GuestCIDR)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		meta.GuestIP = ip.String()
 	}
 	uid, err := ix.VMMUID(m.cfg.VMMUIDs.Start, m.cfg.VMMUIDs.End)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	meta.VMMUID, meta.VMMGID = uid, uid
 	ports, err := ix.HostPorts(recordPorts(req.Ports), alloc.Range{Start: m.cfg.PortStart, End: m.cfg.PortEnd}, m.probe)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	meta.Ports = ports
 	if meta.Ports == nil {
@@ -350,33 +379,28 @@ func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wi
 	}
 	meta.BootArgs = store.BootArgs(*meta, req.BootArgs)
 	if prepare != nil {
-		// The data directory exists before the VM does: a failure removes
-		// it, and a crash leaves an orphan the start-up sweep removes.
-		defer func() {
-			if err != nil {
-				os.RemoveAll(m.store.Paths(meta.ID).DataDir)
-			}
-		}()
 		if err := prepare(meta); err != nil {
-			return err
+			return nil, err
 		}
 	}
-
 	files, err := m.renderFiles(*meta, driver, vmHooks)
 	if err != nil {
-		return err
-	}
-	// Bump first: a crash between the two leaves only a spurious rebuild.
-	gen, err := m.store.BumpGeneration()
-	if err != nil {
-		return fmt.Errorf("create vm %s: %w", meta.ID, err)
-	}
-	if err := m.store.Create(meta.ID, files); err != nil {
-		return err
+		return nil, err
 	}
 	ix.Add(*meta)
-	m.indexGen = gen
-	return nil
+	return files, nil
+}
+
+// committed keeps the allocation index in step with the store after a
+// group of creates (see store.CommitterOptions): it holds every VM of the
+// group, valid at the generation the group left; when some planned VM was
+// not stored, it is rebuilt from the store on the next use.
+func (m *Manager) committed(gen uint64, complete bool) {
+	if complete {
+		m.indexGen = gen
+	} else {
+		m.index = nil
+	}
 }
 
 // renderFiles produces the VM directory's files.
@@ -455,8 +479,8 @@ func (ix index) Remove(meta store.Meta) {
 }
 
 // indexLocked returns the allocation index, rebuilding it from the store
-// when another process changed the set of VMs. Hold allocMu and the store's
-// allocation lock.
+// when another process changed the set of VMs. Hold the store's allocation
+// lock.
 func (m *Manager) indexLocked() (index, error) {
 	gen, err := m.store.Generation()
 	if err != nil {

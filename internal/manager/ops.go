@@ -8,11 +8,13 @@ import (
 	"io"
 	"os"
 	"sort"
+	"syscall"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/events"
 	"github.com/mergenhq/mergen/internal/hooks"
+	"github.com/mergenhq/mergen/internal/layout"
 	"github.com/mergenhq/mergen/internal/lifecycle"
 	"github.com/mergenhq/mergen/internal/proc"
 	"github.com/mergenhq/mergen/internal/store"
@@ -40,40 +42,54 @@ func (m *Manager) document(ctx context.Context, meta store.Meta) wire.VM {
 // always asked: nothing else knows.
 func (m *Manager) documentWith(ctx context.Context, meta store.Meta, svc supervisor.State, askVMM bool) wire.VM {
 	p := m.store.Paths(meta.ID)
-	v := wire.VM{
-		ID: meta.ID, CreatedAt: meta.CreatedAt, Name: meta.Tags[NameTag], VMM: meta.VMM,
-		VCPU: meta.VCPU, MemMiB: meta.MemMiB, HTTPPort: meta.HTTPPort, AutoStart: meta.AutoStart,
-		Restart: cmp.Or(meta.Restart, supervisor.RestartNo),
-		Kernel:  meta.Kernel, Initrd: meta.Initrd, Disks: wire.Disks(meta.Disks),
-		Network: wire.Network{
-			GuestIP: meta.GuestIP, Gateway: meta.Gateway, PrefixLen: meta.PrefixLen, MAC: meta.MAC,
-			Ports: wirePorts(meta.Ports), TapName: meta.TapName, Netns: meta.Netns,
-		},
-		Paths: wire.Paths{
-			ConfigDir: p.ConfigDir, VMConfig: p.VMConfig, Meta: p.Meta, Hooks: p.Hooks, Env: p.Env,
-			RunDir: p.RunDir, Socket: p.Socket, PIDFile: p.PIDFile, Lock: p.Lock,
-			DataDir: p.DataDir, ConsoleLog: p.ConsoleLog,
-		},
-		Metadata: meta.Metadata, Tags: meta.Tags, Snapshot: meta.Snapshot,
-		VMMState: wire.VMMState{SocketPath: p.Socket},
+	var ask func() (vmm.State, bool)
+	if askVMM || !svc.Available {
+		// Only a present socket is asked, with a short timeout
+		// (statusTimeout): a document must not wait on a hung VMM.
+		ask = func() (vmm.State, bool) { return vmmStatus(ctx, meta, p.Socket) }
 	}
+	return docOf(meta, p, m.liveOf(meta.ID, meta.VMM, meta.HealthCheck != nil, livePathsOf(p), svc, ask))
+}
+
+// live is what a VM's document says beyond its record and its paths: what
+// the service manager, the VMM's socket, the pause marker, vm.json (the
+// accelerator) and the health checker say now. Comparable: a list keeps a
+// VM's encoded document while its live part stays equal (listdocs.go).
+type live struct {
+	state    string
+	service  wire.Service
+	vmm      wire.VMMState
+	restarts int
+	// health is made anew on every look (a new pointer), so a document
+	// with health never equals the last one: it is encoded every time.
+	health *wire.Health
+}
+
+// livePaths are the files the live part is read from.
+type livePaths struct{ vmConfig, socket, paused string }
+
+func livePathsOf(p layout.VM) livePaths {
+	return livePaths{vmConfig: p.VMConfig, socket: p.Socket, paused: p.Paused}
+}
+
+// liveOf reads the live part of VM id's document, whose record names the
+// VMM vmmName and has a health check or not, from the service state svc;
+// ask, when not nil, asks the VMM over its socket (see documentWith).
+func (m *Manager) liveOf(id, vmmName string, hasCheck bool, p livePaths, svc supervisor.State, ask func() (vmm.State, bool)) live {
+	var v wire.VM // the fields stateWord reads
+	v.VMMState.SocketPath = p.socket
 	// Software emulation is never silent: the document says so.
-	v.VMMState.Accelerator, v.VMMState.AcceleratorNote = vmm.Accelerator(meta.VMM, p.VMConfig)
-	if meta.Bridge != nil {
-		v.Network.Bridge = &wire.Bridge{Name: meta.Bridge.Name, Netmask: meta.Bridge.Netmask}
-	}
-	if st, err := os.Stat(p.Socket); err == nil && st.Mode()&os.ModeSocket != 0 {
+	v.VMMState.Accelerator, v.VMMState.AcceleratorNote = vmm.Accelerator(vmmName, p.vmConfig)
+	if isSocket(p.socket) {
 		v.VMMState.SocketPresent = true
 		switch {
-		case askVMM || !svc.Available:
-			// Only a present socket is asked, with a short timeout
-			// (statusTimeout): a document must not wait on a hung VMM.
-			if st, ok := vmmStatus(ctx, meta, p.Socket); ok {
+		case ask != nil:
+			if st, ok := ask(); ok {
 				v.VMMState.State = vmmStateWord(st)
 			}
 		case svc.ActiveState == "active":
 			v.VMMState.State = wire.StateRunning
-			if _, err := os.Lstat(p.Paused); err == nil {
+			if _, err := os.Lstat(p.paused); err == nil {
 				v.VMMState.State = wire.StatePaused
 			}
 		}
@@ -82,12 +98,55 @@ func (m *Manager) documentWith(ctx context.Context, meta store.Meta, svc supervi
 		Available: svc.Available, Unit: svc.Unit, Active: svc.Active,
 		ActiveState: svc.ActiveState, SubState: svc.SubState, MainPID: svc.MainPID,
 	}
-	v.State = stateWord(v)
-	v.HealthCheck = wireHealthCheck(meta.HealthCheck)
+	l := live{state: stateWord(v), service: v.Service, vmm: v.VMMState}
 	var healthRestarts int
-	v.Health, healthRestarts = m.healthDoc(meta, v.State)
-	v.Restarts = svc.Restarts + healthRestarts
+	l.health, healthRestarts = m.healthDoc(id, hasCheck, l.state)
+	l.restarts = svc.Restarts + healthRestarts
+	return l
+}
+
+// isSocket reports whether path is a unix socket, with one stat and no
+// FileInfo (a list looks at every VM's).
+func isSocket(path string) bool {
+	var st syscall.Stat_t
+	for {
+		err := syscall.Stat(path, &st)
+		if err == syscall.EINTR {
+			continue
+		}
+		return err == nil && st.Mode&syscall.S_IFMT == syscall.S_IFSOCK
+	}
+}
+
+// docOf is the document of the VM of record meta and paths p, whose live
+// part is l.
+func docOf(meta store.Meta, p layout.VM, l live) wire.VM {
+	v := wire.VM{
+		ID: meta.ID, CreatedAt: meta.CreatedAt, Name: meta.Tags[NameTag], VMM: meta.VMM,
+		VCPU: meta.VCPU, MemMiB: meta.MemMiB, HTTPPort: meta.HTTPPort, AutoStart: meta.AutoStart,
+		Restart: cmp.Or(meta.Restart, supervisor.RestartNo), Restarts: l.restarts,
+		Kernel: meta.Kernel, Initrd: meta.Initrd, Disks: wire.Disks(meta.Disks),
+		State: l.state, Service: l.service, VMMState: l.vmm,
+		Network: wire.Network{
+			GuestIP: meta.GuestIP, Gateway: meta.Gateway, PrefixLen: meta.PrefixLen, MAC: meta.MAC,
+			Ports: wirePorts(meta.Ports), TapName: meta.TapName, Netns: meta.Netns,
+		},
+		Paths:    wirePaths(p),
+		Metadata: meta.Metadata, Tags: meta.Tags, Snapshot: meta.Snapshot,
+		HealthCheck: wireHealthCheck(meta.HealthCheck), Health: l.health,
+	}
+	if meta.Bridge != nil {
+		v.Network.Bridge = &wire.Bridge{Name: meta.Bridge.Name, Netmask: meta.Bridge.Netmask}
+	}
 	return v
+}
+
+func wirePaths(p layout.VM) wire.Paths {
+	return wire.Paths{
+		ConfigDir: p.ConfigDir, VMConfig: p.VMConfig, Meta: p.Meta, Hooks: p.Hooks, Env: p.Env,
+		RunDir: p.RunDir, Socket: p.Socket, PIDFile: p.PIDFile, Lock: p.Lock,
+		DataDir: p.DataDir, ConsoleLog: p.ConsoleLog,
+	}
 }
 
 func wirePorts(ps []store.Port) []wire.Port {
@@ -383,8 +442,6 @@ func (m *Manager) remove(ctx context.Context, meta store.Meta) error {
 			m.log.Warn("forget unit state", "vm", id, "err", err)
 		}
 	}
-	m.allocMu.Lock()
-	defer m.allocMu.Unlock()
 	unlock, err := m.store.LockAlloc(ctx)
 	if err != nil {
 		return fmt.Errorf("delete vm %s: %w", id, err)

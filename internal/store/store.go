@@ -4,7 +4,9 @@
 //
 // Guarantees:
 //   - A VM directory appears whole or not at all: Create writes every file
-//     into a hidden temporary directory and renames it into place.
+//     into a hidden temporary directory, flushes it and renames it into
+//     place (see commit.go); a Committer does the same for many concurrent
+//     creates with shared flushes.
 //   - A VM directory disappears whole: Delete renames it to a hidden trash
 //     name before removing it. Hidden entries (".tmp-*", ".trash-*") are never
 //     VMs and are swept by Sweep at start-up, together with the run and data
@@ -29,7 +31,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -54,6 +55,12 @@ type Store struct {
 	// only the records that changed since the last one, whoever wrote
 	// them. Nil (a Store not from Open) caches nothing.
 	metas *filecache.Cache[Meta]
+
+	// allocTurn (a one-slot semaphore) queues this process's takers of the
+	// allocation lock before they take the file lock: waiters in one
+	// process take turns at once instead of polling the flock. Nil (a
+	// Store not from Open) leaves it to the flock alone.
+	allocTurn chan struct{}
 }
 
 // Open creates the roots when missing and returns the store.
@@ -63,7 +70,7 @@ func Open(l layout.Layout) (*Store, error) {
 			return nil, errdefs.Unavailable("open store: %w", err)
 		}
 	}
-	return &Store{Layout: l, metas: &filecache.Cache[Meta]{}}, nil
+	return &Store{Layout: l, metas: &filecache.Cache[Meta]{}, allocTurn: make(chan struct{}, 1)}, nil
 }
 
 // ValidateID accepts only canonical lowercase UUIDs: ids become directory and
@@ -82,53 +89,18 @@ func NewID() string { return uuid.NewString() }
 // Paths are the host paths of VM id.
 func (s *Store) Paths(id string) layout.VM { return s.Layout.VM(id) }
 
-// Create writes the VM's files (name → content) as one new directory. It
-// fails with a conflict when the VM already exists. meta.json must be among
-// the files.
+// Create writes the VM's files (name → content) as one new directory,
+// durably, before it returns. It fails with a conflict when the VM already
+// exists. meta.json must be among the files. The caller holds the
+// allocation lock when the files hold allocations; the daemon creates
+// through a Committer instead, which flushes concurrent creates together.
 func (s *Store) Create(id string, files map[string][]byte) error {
-	if err := ValidateID(id); err != nil {
+	st, err := s.stageFlushed(id, files)
+	if err != nil {
 		return err
 	}
-	if _, ok := files[FileMeta]; !ok {
-		return fmt.Errorf("create vm %s: %s missing", id, FileMeta)
-	}
-	for name := range files {
-		if !storedFile(name) {
-			return errdefs.Invalid("create vm %s: %q is not a stored file", id, name)
-		}
-	}
-	final := s.Layout.VM(id).ConfigDir
-	if _, err := os.Lstat(final); err == nil {
-		return errdefs.Conflict("vm %s already exists", id)
-	}
-	tmp, err := os.MkdirTemp(s.Layout.ConfigRoot, s.Layout.StagingPattern(id))
-	if err != nil {
-		return fmt.Errorf("create vm %s: %w", id, err)
-	}
-	defer os.RemoveAll(tmp) // no-op after a successful rename
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return fmt.Errorf("create vm %s: %w", id, err)
-	}
-	names := make([]string, 0, len(files))
-	for name := range files {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		if err := writeSynced(filepath.Join(tmp, name), files[name], filePerm(name)); err != nil {
-			return fmt.Errorf("create vm %s: %w", id, err)
-		}
-	}
-	if err := atomicfile.SyncDir(tmp); err != nil {
-		return fmt.Errorf("create vm %s: %w", id, err)
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		if errors.Is(err, fs.ErrExist) || errors.Is(err, errNotEmpty) {
-			return errdefs.Conflict("vm %s already exists", id)
-		}
-		return fmt.Errorf("create vm %s: %w", id, err)
-	}
-	return atomicfile.SyncDir(s.Layout.ConfigRoot)
+	errs, _ := s.place([]*staged{st}, nil)
+	return errs[0]
 }
 
 // filePerm: every stored file may carry secrets (extraEnv in the record
@@ -136,22 +108,6 @@ func (s *Store) Create(id string, files map[string][]byte) error {
 // so all are private to root; readers of records (the forwarder) run as
 // root.
 func filePerm(string) os.FileMode { return 0o600 }
-
-func writeSynced(path string, data []byte, perm os.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
 
 // Exists reports whether the VM directory exists.
 func (s *Store) Exists(id string) bool {
@@ -491,9 +447,26 @@ func (s *Store) LockStage(ctx context.Context, id string) (Unlock, error) {
 	return acquire(ctx, s.Layout.VM(id).StageLock, "stages of vm "+id)
 }
 
-// LockAlloc takes the host-wide allocation lock.
+// LockAlloc takes the host-wide allocation lock, waiting until ctx is
+// done. It excludes every other holder, in this process or another.
 func (s *Store) LockAlloc(ctx context.Context) (Unlock, error) {
-	return acquire(ctx, s.Layout.AllocLock(), "allocation")
+	if s.allocTurn == nil {
+		return acquire(ctx, s.Layout.AllocLock(), "allocation")
+	}
+	select {
+	case s.allocTurn <- struct{}{}:
+	case <-ctx.Done():
+		return nil, errdefs.Conflict("allocation is busy: another operation holds its lock")
+	}
+	unlock, err := acquire(ctx, s.Layout.AllocLock(), "allocation")
+	if err != nil {
+		<-s.allocTurn
+		return nil, err
+	}
+	return func() {
+		unlock()
+		<-s.allocTurn
+	}, nil
 }
 
 func acquire(ctx context.Context, path, what string) (Unlock, error) {
@@ -531,8 +504,10 @@ func (s *Store) BumpGeneration() (uint64, error) {
 		return 0, err
 	}
 	g++
-	if err := atomicfile.WriteFile(s.Layout.Generation(), []byte(strconv.FormatUint(g, 10)), 0o644); err != nil {
+	if err := atomicfile.WriteFile(s.Layout.Generation(), generationFile(g), 0o644); err != nil {
 		return 0, err
 	}
 	return g, nil
 }
+
+func generationFile(g uint64) []byte { return []byte(strconv.FormatUint(g, 10)) }

@@ -15,7 +15,7 @@ import (
 	"github.com/mergenhq/mergen/internal/proc"
 )
 
-func newStore(t *testing.T) *Store {
+func newStore(t testing.TB) *Store {
 	t.Helper()
 	d := t.TempDir()
 	s, err := Open(layout.Layout{ConfigRoot: filepath.Join(d, "vm.d"), RunRoot: filepath.Join(d, "run"), DataRoot: filepath.Join(d, "data")})

@@ -7,8 +7,10 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -371,26 +373,49 @@ func (d *detachedSupervisor) LastExit(ctx context.Context, id string) (Exit, err
 // States reads each VM's state file once; the supervising process and the
 // VMM are checked (in /proc, no process started) only for a VM whose file
 // says it runs.
+//
+// The files are read in one part per processor at once: each is a stat
+// (and a read when it changed), which another processor can make
+// meanwhile.
 func (d *detachedSupervisor) States(ctx context.Context, ids []string) (map[string]State, error) {
+	states := make([]State, len(ids))
+	errs := make([]error, len(ids))
+	l := d.o.layout()
+	read := func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			id := ids[i]
+			if err := checkID("states", id); err != nil {
+				states[i], errs[i] = State{Unit: UnitName(d.o.UnitPrefix, id)}, err
+				continue
+			}
+			st, err := readState(l.SupervisorStateFile(id))
+			if err != nil {
+				states[i], errs[i] = State{Unit: UnitName(d.o.UnitPrefix, id)}, fmt.Errorf("state vm %s: %w", id, err)
+				continue
+			}
+			states[i] = d.report(id, st)
+		}
+	}
+	parts := min(runtime.GOMAXPROCS(0), len(ids)/statesPart)
+	if parts <= 1 {
+		read(0, len(ids))
+	} else {
+		var wg sync.WaitGroup
+		for p := 0; p < parts; p++ {
+			lo, hi := len(ids)*p/parts, len(ids)*(p+1)/parts
+			wg.Go(func() { read(lo, hi) })
+		}
+		wg.Wait()
+	}
 	out := make(map[string]State, len(ids))
-	var errs []error
-	for _, id := range ids {
-		s := State{Unit: UnitName(d.o.UnitPrefix, id)}
-		if err := checkID("states", id); err != nil {
-			out[id] = s
-			errs = append(errs, err)
-			continue
-		}
-		st, err := readState(d.o.layout().SupervisorStateFile(id))
-		if err != nil {
-			out[id] = s
-			errs = append(errs, fmt.Errorf("state vm %s: %w", id, err))
-			continue
-		}
-		out[id] = d.report(id, st)
+	for i, id := range ids {
+		out[id] = states[i]
 	}
 	return out, errors.Join(errs...)
 }
+
+// statesPart is the fewest VMs worth a goroutine of their own in States.
+const statesPart = 128
 
 // report is State of VM id from its recorded state st.
 func (d *detachedSupervisor) report(id string, st detachedState) State {

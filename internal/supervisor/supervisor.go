@@ -220,16 +220,33 @@ func (o Options) withDefaults() (Options, error) {
 var (
 	unitPrefixRe = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 	unitPathRe   = regexp.MustCompile(`^[A-Za-z0-9/._+@:-]+$`)
-	// VM ids are UUIDs; anything that is safe both as a systemd instance
-	// name and as a single path element is accepted.
-	idRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$`)
 )
 
 func checkID(op, id string) error {
-	if !idRe.MatchString(id) || strings.Contains(id, "..") {
+	if !validID(id) {
 		return fmt.Errorf("%s vm %q: invalid id: want letters, digits, '-', '_', '.'", op, id)
 	}
 	return nil
+}
+
+// validID reports whether id is safe both as a systemd instance name and
+// as a single path element (VM ids are UUIDs): a letter or digit, then at
+// most 127 letters, digits, '_', '.' or '-', and no "..". A loop, not a
+// regular expression: a list checks every VM's id.
+func validID(id string) bool {
+	if len(id) == 0 || len(id) > 128 || strings.Contains(id, "..") {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case i > 0 && (c == '_' || c == '.' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // UnitName is the service unit of VM id: <prefix>@<id>.service.

@@ -3,7 +3,9 @@ package vmm
 import (
 	"fmt"
 	"os"
+	"sync"
 	"syscall"
+	"time"
 )
 
 // ioctl numbers from linux/kvm.h (_IO(0xAE, n)).
@@ -42,12 +44,42 @@ func probeKVM(dev string) error {
 	return nil
 }
 
-// kvmTrusted reports whether QEMU should pick KVM on its own: /dev/kvm must
-// work (openKVM), and it must not be the PVM flavour of nested KVM
-// (kvm_pvm), under which stock distribution kernels die within a minute
-// with "emulation failure". A PVM host can still force KVM with
-// MGR_QEMU_ACCEL=kvm.
-func kvmTrusted() (bool, string) {
+// kvmTrusted reports whether QEMU should pick KVM on its own (see
+// probeKVMTrust). Every create renders a QEMU config and asks, and the
+// probe makes a VM, which takes milliseconds: its answer is reused for
+// kvmVerdictTTL, as what it finds changes only when the host's KVM does.
+func kvmTrusted() (bool, string) { return kvmVerdict.get(time.Now()) }
+
+const kvmVerdictTTL = 2 * time.Second
+
+var kvmVerdict = &verdictMemo{probe: probeKVMTrust, ttl: kvmVerdictTTL}
+
+// verdictMemo reuses a probe's answer for ttl.
+type verdictMemo struct {
+	probe func() (bool, string)
+	ttl   time.Duration
+
+	mu  sync.Mutex
+	at  time.Time // when the answer was probed; zero: never
+	ok  bool
+	why string
+}
+
+func (m *verdictMemo) get(now time.Time) (bool, string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.at.IsZero() || now.Sub(m.at) >= m.ttl || now.Before(m.at) {
+		m.ok, m.why = m.probe()
+		m.at = now
+	}
+	return m.ok, m.why
+}
+
+// probeKVMTrust: /dev/kvm must work (openKVM), and it must not be the PVM
+// flavour of nested KVM (kvm_pvm), under which stock distribution kernels
+// die within a minute with "emulation failure". A PVM host can still force
+// KVM with MGR_QEMU_ACCEL=kvm.
+func probeKVMTrust() (bool, string) {
 	if err := openKVM(); err != nil {
 		return false, err.Error()
 	}

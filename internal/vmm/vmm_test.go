@@ -2,12 +2,14 @@ package vmm
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -161,6 +163,26 @@ func TestKVMProbeRefusesWhatIsNotKVM(t *testing.T) {
 	}
 	if err := probeKVM(os.DevNull); err == nil || !strings.Contains(err.Error(), "KVM_GET_API_VERSION") {
 		t.Errorf("probeKVM(%s) = %v, want the API version query to fail", os.DevNull, err)
+	}
+}
+
+// The KVM verdict is probed again only once it is kvmVerdictTTL old: the
+// creates in between reuse it.
+func TestKVMVerdictIsReusedForItsTTL(t *testing.T) {
+	probes := 0
+	m := &verdictMemo{probe: func() (bool, string) { probes++; return probes%2 == 1, fmt.Sprint("probe ", probes) }, ttl: time.Second}
+	t0 := time.Now()
+	for _, at := range []time.Duration{0, time.Millisecond, 999 * time.Millisecond} {
+		if ok, why := m.get(t0.Add(at)); !ok || why != "probe 1" || probes != 1 {
+			t.Fatalf("at +%v: %v %q after %d probes; want the first answer, probed once", at, ok, why, probes)
+		}
+	}
+	if ok, why := m.get(t0.Add(time.Second)); ok || why != "probe 2" {
+		t.Fatalf("after the TTL: %v %q; want a new probe's answer", ok, why)
+	}
+	// A clock that went back does not keep an answer forever.
+	if _, why := m.get(t0); why != "probe 3" {
+		t.Fatalf("after the clock went back: %q; want a new probe", why)
 	}
 }
 

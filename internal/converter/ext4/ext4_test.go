@@ -44,3 +44,33 @@ func TestFromDirRefusesALongLabelAndLeavesNothing(t *testing.T) {
 		t.Fatal("image written")
 	}
 }
+
+// The image has 4 KiB blocks whatever its size (mke2fs alone picks 1 KiB
+// below 512 MiB), and DirDone runs once the directory was read: removing the
+// tree there leaves a complete image, and FromDir returns after it.
+func TestFromDirUses4KiBBlocksAndReleasesTheDirectory(t *testing.T) {
+	testenv.RequireRoot(t)
+	dir := filepath.Join(t.TempDir(), "tree")
+	os.MkdirAll(filepath.Join(dir, "etc"), 0o755)
+	os.WriteFile(filepath.Join(dir, "etc", "motd"), []byte("hello from the image\n"), 0o644)
+	out := filepath.Join(t.TempDir(), "img.ext4")
+	removed := false
+	err := FromDir(context.Background(), dir, out, Options{Label: "small", Headroom: 0.1, DirDone: func() {
+		os.RemoveAll(dir)
+		removed = true
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(dir); !removed || !os.IsNotExist(err) {
+		t.Errorf("FromDir returned before DirDone finished (removed %v, stat %v)", removed, err)
+	}
+	stats, err := exec.Command(testenv.Tool(t, "debugfs"), "-R", "stats", out).Output()
+	if err != nil || !strings.Contains(string(stats), "Block size:               4096") {
+		t.Errorf("block size: %v\n%.600s", err, stats)
+	}
+	got, err := exec.Command(testenv.Tool(t, "debugfs"), "-R", "cat /etc/motd", out).Output()
+	if err != nil || string(got) != "hello from the image\n" {
+		t.Errorf("/etc/motd after the tree was removed: %v %q", err, got)
+	}
+}

@@ -159,6 +159,7 @@ type applier struct {
 	attrs   Attrs
 	limits  Limits
 	read    *countingReader
+	buf     []byte // file content copies
 }
 
 // remove deletes the path at host and everything under it, after checking
@@ -388,7 +389,13 @@ func (a *applier) entry(h *tar.Header, r io.Reader) error {
 		if err != nil {
 			return err
 		}
-		n, err := io.Copy(f, r)
+		// io.Copy would hand f 32 KiB at a time (os.File.ReadFrom
+		// falls back to that for a tar stream); one larger buffer per
+		// layer writes most files in one or a few calls.
+		if a.buf == nil {
+			a.buf = make([]byte, 256<<10)
+		}
+		n, err := io.CopyBuffer(struct{ io.Writer }{f}, struct{ io.Reader }{r}, a.buf)
 		a.stats.Bytes += n
 		if cerr := f.Close(); err == nil {
 			err = cerr

@@ -1,0 +1,544 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/mergenhq/mergen/internal/atomicfile"
+	"github.com/mergenhq/mergen/internal/errdefs"
+)
+
+// A new VM reaches the store in three steps, each safe to be cut short by a
+// SIGKILL or a power failure:
+//
+//  1. stage: its files are written into a hidden staging directory
+//     (".tmp-<id>-*"), not flushed. No reader takes a hidden entry for a
+//     VM, and Sweep removes it.
+//  2. flush: every file and the staging directory itself are fsynced. The
+//     directory now holds the VM whole on disk, still under its hidden
+//     name.
+//  3. place: the staging directory is renamed to the VM's id, and the config
+//     root is fsynced. rename(2) is atomic: a reader, a killed daemon on
+//     restart, or a host after a power failure sees either no VM or the
+//     whole flushed directory, never part of one. The root's fsync makes
+//     the rename itself survive a power failure: only after it is a create
+//     acknowledged.
+//
+// Step 2 comes before step 3 so that no rename can reach the disk ahead of
+// the contents it names (a filesystem may commit a rename of a directory
+// whose files' data it has not written yet). A SIGKILL alone never loses
+// written data (it stays in the page cache), so for a killed daemon the
+// rename is what makes a VM appear whole; the flushes are for the host
+// losing power.
+//
+// The flushes are what a create waits for; a Committer shares them among the
+// creates that arrive together (group commit).
+
+// staged is a VM directory written under its staging name, its files
+// still open for the flush.
+type staged struct {
+	id, dir string
+	files   []*os.File
+}
+
+// stage checks the VM and writes its files into a new staging directory,
+// without flushing them.
+func (s *Store) stage(id string, files map[string][]byte) (*staged, error) {
+	if err := ValidateID(id); err != nil {
+		return nil, err
+	}
+	if _, ok := files[FileMeta]; !ok {
+		return nil, fmt.Errorf("create vm %s: %s missing", id, FileMeta)
+	}
+	for name := range files {
+		if !storedFile(name) {
+			return nil, errdefs.Invalid("create vm %s: %q is not a stored file", id, name)
+		}
+	}
+	if _, err := os.Lstat(s.Layout.VM(id).ConfigDir); err == nil {
+		return nil, errdefs.Conflict("vm %s already exists", id)
+	}
+	tmp, err := os.MkdirTemp(s.Layout.ConfigRoot, s.Layout.StagingPattern(id))
+	if err != nil {
+		return nil, fmt.Errorf("create vm %s: %w", id, err)
+	}
+	st := &staged{id: id, dir: tmp}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		st.discard()
+		return nil, fmt.Errorf("create vm %s: %w", id, err)
+	}
+	names := make([]string, 0, len(files))
+	for name := range files {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		f, err := os.OpenFile(filepath.Join(tmp, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm(name))
+		if err != nil {
+			st.discard()
+			return nil, fmt.Errorf("create vm %s: %w", id, err)
+		}
+		st.files = append(st.files, f)
+		if _, err := f.Write(files[name]); err != nil {
+			st.discard()
+			return nil, fmt.Errorf("create vm %s: %w", id, err)
+		}
+	}
+	return st, nil
+}
+
+// flush makes the staged directory whole on disk: its files' contents and
+// its entries, fsynced at once (see syncAll). The files are closed after.
+func (st *staged) flush() error {
+	fns := make([]func() error, 0, len(st.files)+1)
+	for _, f := range st.files {
+		fns = append(fns, f.Sync)
+	}
+	fns = append(fns, func() error { return atomicfile.SyncDir(st.dir) })
+	err := errors.Join(syncAll(fns)...)
+	st.close()
+	if err != nil {
+		return fmt.Errorf("create vm %s: flush: %w", st.id, err)
+	}
+	return nil
+}
+
+func (st *staged) close() {
+	for _, f := range st.files {
+		f.Close()
+	}
+	st.files = nil
+}
+
+// discard removes the staging directory.
+func (st *staged) discard() {
+	st.close()
+	os.RemoveAll(st.dir)
+}
+
+// stageFlushed is stage and flush; nothing is left when either fails.
+func (s *Store) stageFlushed(id string, files map[string][]byte) (*staged, error) {
+	st, err := s.stage(id, files)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.flush(); err != nil {
+		st.discard()
+		return nil, err
+	}
+	return st, nil
+}
+
+// place puts flushed staged directories into place and makes that
+// durable: rename, then one sync of the config root (a Committer runs the
+// two apart: see settle). errs[i] is the outcome of sts[i]; nothing is
+// left of a VM that failed. bumped says gen was placed.
+func (s *Store) place(sts []*staged, gen *atomicfile.Pending) (errs []error, bumped bool) {
+	errs, bumped, placed := s.rename(sts, gen)
+	if len(placed) == 0 && !bumped {
+		return errs, bumped
+	}
+	if err := atomicfile.SyncDir(s.Layout.ConfigRoot); err != nil {
+		s.unplace(sts, placed)
+		for _, i := range placed {
+			errs[i] = fmt.Errorf("create vm %s: %w", sts[i].id, err)
+		}
+	}
+	return errs, bumped
+}
+
+// rename puts flushed staged directories into place: gen first, when set
+// (the generation's replacement, already synced), then each directory by
+// its rename. errs[i] is the outcome of sts[i]; placed lists the indexes
+// of the ones renamed; a directory that was not placed is removed. Until
+// the config root is synced the renames may not survive a power failure.
+//
+// A VM whose rename fails (its id was taken) fails alone. A generation
+// that cannot be placed fails every VM, and none is renamed: the set of VMs
+// never changes behind a cache's back.
+func (s *Store) rename(sts []*staged, gen *atomicfile.Pending) (errs []error, bumped bool, placed []int) {
+	errs = make([]error, len(sts))
+	if gen != nil {
+		// Bumped before the set of VMs changes: a cache checked against
+		// the generation never holds a set older than the store's.
+		if err := gen.Place(); err != nil {
+			for i, st := range sts {
+				os.RemoveAll(st.dir)
+				errs[i] = fmt.Errorf("create vm %s: bump the store's generation: %w", st.id, err)
+			}
+			return errs, false, nil
+		}
+		bumped = true
+	}
+	for i, st := range sts {
+		if err := os.Rename(st.dir, s.Layout.VM(st.id).ConfigDir); err != nil {
+			os.RemoveAll(st.dir)
+			if errors.Is(err, fs.ErrExist) || errors.Is(err, errNotEmpty) {
+				errs[i] = errdefs.Conflict("vm %s already exists", st.id)
+			} else {
+				errs[i] = fmt.Errorf("create vm %s: %w", st.id, err)
+			}
+			continue
+		}
+		placed = append(placed, i)
+	}
+	return errs, bumped, placed
+}
+
+// unplace removes the VMs placed by rename whose sync failed: they were
+// never acknowledged, and a create that fails leaves nothing behind. Hold
+// the allocation lock.
+func (s *Store) unplace(sts []*staged, placed []int) {
+	for _, i := range placed {
+		trash := s.Layout.Trash(sts[i].id, strconv.FormatInt(time.Now().UnixNano(), 36))
+		if os.Rename(s.Layout.VM(sts[i].id).ConfigDir, trash) == nil {
+			os.RemoveAll(trash)
+		}
+	}
+}
+
+// maxInFlight bounds the fsyncs one flush runs at once, and the VMs a
+// group stages and flushes at once.
+const maxInFlight = 16
+
+// syncAll runs the flushes at once and returns each one's error. Flushes
+// issued together are written by the filesystem's journal in one commit
+// (ext4 and xfs batch concurrent fsyncs), so a group of VMs costs about one
+// flush, where one after another would cost one each.
+func syncAll(fns []func() error) []error {
+	errs := make([]error, len(fns))
+	slots := make(chan struct{}, maxInFlight)
+	var wg sync.WaitGroup
+	for i, fn := range fns {
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			errs[i] = fn()
+		}()
+	}
+	wg.Wait()
+	return errs
+}
+
+// A Plan decides one new VM under the allocation lock: its id and the
+// files of its directory (see Create). The plans of a group run one at a
+// time, in the order their Creates were called, and each must see what the
+// earlier ones decided (the caller keeps that in its own index: see
+// CommitterOptions.Committed).
+type Plan func() (id string, files map[string][]byte, err error)
+
+// CommitterOptions are a Committer's collaborators.
+type CommitterOptions struct {
+	// Committed runs at the end of every group, still under the
+	// allocation lock, with the store's generation after the group and
+	// whether every VM whose plan succeeded was stored (false: some were
+	// planned but are not in the store, and what the caller derived from
+	// the plans is ahead of it).
+	Committed func(gen uint64, complete bool)
+}
+
+// errBusy is a create's answer when its caller gave up before its turn
+// came: what LockAlloc says when the wait for the lock runs out.
+var errBusy = errdefs.Conflict("allocation is busy: another operation holds its lock")
+
+// maxGroup bounds the creates committed together.
+const maxGroup = 128
+
+// Committer creates VMs for many concurrent callers, in groups: the creates
+// that arrive while a group is being written form the next one, which
+// takes the allocation lock once, runs its plans one after another while
+// the VMs already planned are staged and flushed at once (their fsyncs
+// share the filesystem's journal commits), bumps the generation once,
+// renames the VMs into place and releases the lock; the config root's one
+// sync then runs beside the next group. A create returns when its VM is
+// durable (or has failed); each member of a group gets its own outcome.
+//
+// The guarantees are Create's: allocations are decided and made visible
+// under the allocation lock (plans see earlier members; other processes see
+// the VMs, placed before the lock is released), and the order of flush and
+// rename (see the top of this file) makes every VM appear whole or not at
+// all.
+type Committer struct {
+	s         *Store
+	committed func(gen uint64, complete bool)
+	// syncRoot makes the renames into the config root durable; tests
+	// make it fail or wait.
+	syncRoot func() error
+
+	mu      sync.Mutex
+	queue   []*member // waiting for a group, oldest first
+	running bool      // a goroutine is committing groups
+}
+
+// member is one create in a Committer.
+type member struct {
+	ctx  context.Context
+	plan Plan
+	// taken (guarded by the Committer's mu) is set when the member leaves
+	// the queue: from then on its waiter waits for done, whatever ctx says.
+	taken bool
+	id    string
+	err   error
+	done  chan struct{}
+}
+
+// NewCommitter returns a Committer creating VMs in s.
+func (s *Store) NewCommitter(o CommitterOptions) *Committer {
+	return &Committer{s: s, committed: o.Committed, syncRoot: func() error { return atomicfile.SyncDir(s.Layout.ConfigRoot) }}
+}
+
+// Create runs plan in the next group and writes the VM it decides. It
+// returns the VM's id once the VM is durably stored, or the plan's error,
+// or why the VM could not be stored (then nothing of it is left). When ctx
+// ends before the plan has run, the plan never runs and Create returns a
+// conflict: the allocation lock stayed busy; once it has run, Create waits
+// for the outcome, which takes no longer than the group's flush.
+func (c *Committer) Create(ctx context.Context, plan Plan) (string, error) {
+	m := &member{ctx: ctx, plan: plan, done: make(chan struct{})}
+	c.mu.Lock()
+	c.queue = append(c.queue, m)
+	if !c.running {
+		c.running = true
+		go c.run()
+	}
+	c.mu.Unlock()
+	select {
+	case <-m.done:
+		return m.id, m.err
+	case <-ctx.Done():
+	}
+	c.mu.Lock()
+	if !m.taken {
+		c.dequeue(m)
+		c.mu.Unlock()
+		return "", errBusy
+	}
+	c.mu.Unlock()
+	<-m.done
+	return m.id, m.err
+}
+
+// dequeue removes m from the queue. Hold mu.
+func (c *Committer) dequeue(m *member) bool {
+	for i, q := range c.queue {
+		if q == m {
+			c.queue = append(c.queue[:i], c.queue[i+1:]...)
+			m.taken = true
+			return true
+		}
+	}
+	return false
+}
+
+// run commits groups until the queue is empty.
+func (c *Committer) run() {
+	for {
+		c.mu.Lock()
+		if len(c.queue) == 0 {
+			c.running = false
+			c.mu.Unlock()
+			return
+		}
+		head := c.queue[0]
+		c.mu.Unlock()
+		// Waiting for the lock as long as the oldest caller waits: when it
+		// gives up, the next oldest's wait begins.
+		unlock, err := c.s.LockAlloc(head.ctx)
+		if err != nil {
+			c.mu.Lock()
+			gone := c.dequeue(head)
+			c.mu.Unlock()
+			if gone {
+				head.err = err
+				close(head.done)
+			}
+			continue
+		}
+		c.mu.Lock()
+		n := min(len(c.queue), maxGroup)
+		group := append([]*member(nil), c.queue[:n]...)
+		c.queue = append(c.queue[:0], c.queue[n:]...)
+		for _, m := range group {
+			m.taken = true
+		}
+		c.mu.Unlock()
+		placed := c.commit(group)
+		unlock()
+		// The config root's sync runs beside the next group: the VMs are
+		// in place (the next plans, in this process or another, see
+		// them), and only their answers wait for it.
+		go func() {
+			c.settle(placed)
+			for _, m := range group {
+				close(m.done)
+			}
+		}()
+	}
+}
+
+// settle syncs the config root after a group's renames. When that fails,
+// the group's VMs are removed again under the allocation lock (the set of
+// VMs changes: the generation is bumped first), and their creates fail.
+func (c *Committer) settle(placed []placement) {
+	if len(placed) == 0 {
+		return
+	}
+	err := c.syncRoot()
+	if err == nil {
+		return
+	}
+	for _, p := range placed {
+		p.m.err, p.m.id = fmt.Errorf("create vm %s: sync the config root: %w", p.st.id, err), ""
+	}
+	unlock, lerr := c.s.LockAlloc(context.Background())
+	if lerr != nil {
+		for _, p := range placed {
+			p.m.err = fmt.Errorf("%w; the VM is left in the store: %w", p.m.err, lerr)
+		}
+		return
+	}
+	defer unlock()
+	gen, gerr := c.s.BumpGeneration()
+	sts := make([]*staged, len(placed))
+	idx := make([]int, len(placed))
+	for i, p := range placed {
+		sts[i], idx[i] = p.st, i
+	}
+	c.s.unplace(sts, idx)
+	if gerr != nil {
+		gen = 0 // unknown: the caller's view is dropped anyway
+	}
+	if c.committed != nil {
+		c.committed(gen, false)
+	}
+}
+
+// placement is a member whose VM was renamed into place.
+type placement struct {
+	m  *member
+	st *staged
+}
+
+// commit writes one group up to the renames, and returns the VMs renamed
+// into place, which settle makes durable. Hold the allocation lock.
+func (c *Committer) commit(group []*member) (placed []placement) {
+	gen, err := c.s.Generation()
+	if err != nil {
+		for _, m := range group {
+			m.err = fmt.Errorf("create vm: %w", err)
+		}
+		return nil
+	}
+	// The generation's replacement is written and flushed beside the VMs.
+	next := make(chan *atomicfile.Pending, 1)
+	var nextErr error
+	go func() {
+		p, err := atomicfile.Prepare(c.s.Layout.Generation(), generationFile(gen+1), 0o644)
+		if err == nil {
+			if err = p.Sync(); err != nil {
+				p.Discard()
+			}
+		}
+		if err != nil {
+			p, nextErr = nil, err
+		}
+		next <- p
+	}()
+	// The plans run one at a time and in order: each decides from what the
+	// earlier ones decided. Each VM is staged and flushed as soon as its
+	// plan has run, beside the next plans: nothing in one VM's directory
+	// depends on another's.
+	var (
+		dirs  = make([]*staged, len(group))
+		wg    sync.WaitGroup
+		slots = make(chan struct{}, maxInFlight)
+	)
+	for i, m := range group {
+		if m.ctx.Err() != nil {
+			m.err = errBusy
+			continue
+		}
+		id, files, err := runPlan(m.plan)
+		if err != nil {
+			m.err = err
+			continue
+		}
+		m.id = id
+		slots <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer func() { <-slots; wg.Done() }()
+			dirs[i], m.err = c.s.stageFlushed(id, files)
+		}()
+	}
+	wg.Wait()
+	pending := <-next
+	var (
+		sts      []*staged
+		owners   []*member
+		complete = true
+	)
+	for i, m := range group {
+		switch {
+		case dirs[i] != nil:
+			sts, owners = append(sts, dirs[i]), append(owners, m)
+		case m.id != "":
+			complete = false // planned, not stored
+		}
+	}
+	switch {
+	case len(sts) == 0:
+		if pending != nil {
+			pending.Discard()
+		}
+	case pending == nil:
+		for i, st := range sts {
+			st.discard()
+			owners[i].err = fmt.Errorf("create vm %s: bump the store's generation: %w", st.id, nextErr)
+		}
+		complete = false
+	default:
+		errs, bumped, renamed := c.s.rename(sts, pending)
+		for i, err := range errs {
+			if err != nil {
+				owners[i].err, complete = err, false
+			}
+		}
+		if bumped {
+			gen++
+		}
+		for _, i := range renamed {
+			placed = append(placed, placement{owners[i], sts[i]})
+		}
+	}
+	for _, m := range group {
+		if m.err != nil {
+			m.id = ""
+		}
+	}
+	if c.committed != nil {
+		c.committed(gen, complete)
+	}
+	return placed
+}
+
+// runPlan runs a plan, turning a panic into its member's error: the plan
+// runs in the Committer's goroutine, where a panic would end the daemon,
+// not one request.
+func runPlan(p Plan) (id string, files map[string][]byte, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("create vm: plan failed: %v", r)
+		}
+	}()
+	return p()
+}
