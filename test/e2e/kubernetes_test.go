@@ -35,10 +35,13 @@ import (
 // (daemon, forwarder, the bundled demo image) and `mergen node` for it.
 type kubeNode struct {
 	*demoStack
-	cp    *kubetest.ControlPlane
-	name  string
-	agent *exec.Cmd
-	log   string
+	cp     *kubetest.ControlPlane
+	name   string
+	args   []string
+	agent  *exec.Cmd // nil while stopped
+	exited chan struct{}
+	log    string
+	logf   *os.File
 }
 
 // startKubeControlPlane starts the control plane and grants the mergen:nodes
@@ -68,30 +71,16 @@ func joinNode(t *testing.T, cp *kubetest.ControlPlane, s *demoStack, name string
 		t.Fatal(err)
 	}
 	n := &kubeNode{demoStack: s, cp: cp, name: name, log: s.h.path("node-" + name + ".log")}
-	kubeconfig := cp.KubeconfigFor(t, "system:node:"+name, "system:nodes", "mergen:nodes")
-	n.agent = exec.Command(s.mergen, "node", "--name", name, "--kubeconfig", kubeconfig,
+	n.args = []string{"node", "--name", name, "--kubeconfig", cp.KubeconfigFor(t, "system:node:"+name, "system:nodes", "mergen:nodes"),
 		"--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--client-ca", cp.ClientCAFile,
-		"--reserve-memory", fmt.Sprint(mem-allocatable), "--insecure-registry",
-		"--resync", "5s", "--daemon-check", "1s", "--log-level", "debug", "--log-format", "text")
-	n.agent.Env = s.env()
+		"--reserve-memory", fmt.Sprint(mem - allocatable), "--insecure-registry",
+		"--resync", "5s", "--daemon-check", "1s", "--log-level", "debug", "--log-format", "text"}
 	logf, err := os.Create(n.log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.agent.Stdout, n.agent.Stderr = logf, logf
-	if err := n.agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { n.agent.Wait(); close(exited) }()
 	t.Cleanup(func() {
-		n.agent.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			n.agent.Process.Kill()
-			<-exited
-		}
+		n.stop(t)
 		logf.Close()
 		if t.Failed() {
 			b, _ := os.ReadFile(n.log)
@@ -101,16 +90,46 @@ func joinNode(t *testing.T, cp *kubetest.ControlPlane, s *demoStack, name string
 			t.Logf("==== node %s log\n%s", name, b)
 		}
 	})
-	testenv.Eventually(t, 60*time.Second, "node "+name+" to register Ready", func() bool {
+	n.logf = logf
+	n.start(t)
+	return n
+}
+
+// start runs the node agent and waits until its node is Ready.
+func (n *kubeNode) start(t *testing.T) {
+	t.Helper()
+	n.agent = exec.Command(n.mergen, n.args...)
+	n.agent.Env = n.env()
+	n.agent.Stdout, n.agent.Stderr = n.logf, n.logf
+	if err := n.agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	n.exited = make(chan struct{})
+	go func(cmd *exec.Cmd, exited chan struct{}) { cmd.Wait(); close(exited) }(n.agent, n.exited)
+	testenv.Eventually(t, 60*time.Second, "node "+n.name+" to be Ready", func() bool {
 		select {
-		case <-exited:
+		case <-n.exited:
 			b, _ := os.ReadFile(n.log)
-			t.Fatalf("mergen node %s exited: %s", name, b)
+			t.Fatalf("mergen node %s exited: %s", n.name, b)
 		default:
 		}
-		return nodeReady(t, cp, name) == corev1.ConditionTrue
+		return nodeReady(t, n.cp, n.name) == corev1.ConditionTrue
 	})
-	return n
+}
+
+// stop ends the node agent (SIGTERM) and waits for it.
+func (n *kubeNode) stop(t *testing.T) {
+	if n.agent == nil {
+		return
+	}
+	n.agent.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n.exited:
+	case <-time.After(20 * time.Second):
+		n.agent.Process.Kill()
+		<-n.exited
+	}
+	n.agent = nil
 }
 
 // env is the environment of a mergen command on the stack's host: the
@@ -666,5 +685,56 @@ func TestKubernetesBadInput(t *testing.T) {
 		if strings.Contains(f, "nothing/here") || strings.Contains(f, strings.Split(missing, "/")[0]) {
 			t.Fatalf("left behind by the failed conversion: %s", f)
 		}
+	}
+}
+
+// TestKubernetesNodeAgentRestartConverges: while a node agent is down, a
+// pod is force-deleted from Kubernetes and another pod's VM disappears.
+// The restarted agent adopts the VM of the pod that is still there (no new
+// VM), removes the VM Kubernetes forgot, and fails the pod whose VM is gone,
+// so that its controller would replace it.
+func TestKubernetesNodeAgentRestartConverges(t *testing.T) {
+	cp := startKubeControlPlane(t)
+	s := newDemoStack(t, "172.31.224.0/24")
+	t.Cleanup(func() { dumpConsoles(t, s.h) })
+	n := joinNode(t, cp, s, "mergen-r", 2<<30)
+	image := "oci:" + s.image
+	ids := map[string]string{}
+	for _, name := range []string{"keep", "forgotten", "lost"} {
+		createPod(t, cp, demoPod(name, image, nil))
+	}
+	for _, name := range []string{"keep", "forgotten", "lost"} {
+		ids[name] = vmIDOf(t, waitPodReady(t, cp, name))
+	}
+
+	n.stop(t)
+	kubectl(t, cp, "delete", "pod", "forgotten", "--force", "--grace-period=0")
+	code, body := call(t, "DELETE", s.d.base+"/v1/vms/"+ids["lost"], nil, nil)
+	mustStatus(t, code, body, 200)
+	n.start(t)
+
+	testenv.Eventually(t, time.Minute, "the forgotten pod's VM to be removed", func() bool {
+		for _, vm := range vmsOf(t, s) {
+			if vm.ID == ids["forgotten"] {
+				return false
+			}
+		}
+		return true
+	})
+	assertNothingLeft(t, s, ids["forgotten"])
+	waitEvent(t, cp, "keep", "Normal Adopted")
+	if p := getPod(t, cp, "keep"); p.Status.Phase != corev1.PodRunning || !podReady(p) || vmIDOf(t, p) != ids["keep"] {
+		t.Fatalf("keep after the restart: %s ready=%v %+v", p.Status.Phase, podReady(p), p.Status.ContainerStatuses)
+	}
+	var lost *corev1.Pod
+	testenv.Eventually(t, time.Minute, "the pod whose VM is gone to fail", func() bool {
+		lost = getPod(t, cp, "lost")
+		return lost.Status.Phase == corev1.PodFailed
+	})
+	if lost.Status.Reason != kubenode.ReasonVMGone || !strings.Contains(lost.Status.Message, ids["lost"]) {
+		t.Fatalf("lost failed with %q %q", lost.Status.Reason, lost.Status.Message)
+	}
+	if vms := vmsOf(t, s); len(vms) != 1 || vms[0].ID != ids["keep"] {
+		t.Fatalf("VMs after the restart: %+v", vms)
 	}
 }
