@@ -31,7 +31,7 @@ func newRootCmd() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newVersionCmd(), newServerCmd(), newVMCmd(), newLogsCmd(),
-		newImagesCmd(), newConfigCmd(), newDoctorCmd(), newCertsCmd(), newRunCmd(), newDemoCmd(), newSnapshotCmd(), newExecCmd(), newCpCmd(), newConsoleCmd(), newStatsCmd(), newEventsCmd(), newNodeCmd())
+		newImagesCmd(), newConfigCmd(), newDoctorCmd(), newCertsCmd(), newRunCmd(), newDemoCmd(), newSnapshotCmd(), newExecCmd(), newCpCmd(), newConsoleCmd(), newStatsCmd(), newEventsCmd())
 	return root
 }
 

@@ -26,7 +26,7 @@ type CLI struct {
 	BaseFlavor    string            // MGR_BASE_FLAVOR
 	ProgressEvery time.Duration     // MGR_PROGRESS_EVERY_MILLISECONDS
 	DockerConfig  string            // DOCKER_CONFIG: registry credentials directory; default ~/.docker
-	Kubeconfig    string            // KUBECONFIG: mergen node's Kubernetes credentials (a kubeconfig path, or several separated by ":")
+	Kubeconfig    string            // KUBECONFIG: mergen-node's Kubernetes credentials (a kubeconfig path, or several separated by ":")
 	HTTPSAddr     string            // FWD_HTTPS_ADDR: the forwarder's address, for printed URLs
 	Domain        string            // FWD_DOMAIN, else FWD_DOMAIN_PREFIX.FWD_DOMAIN_SUFFIX: the forwarder's domain, for printed URLs
 	S3            map[string]string // MGR_CONFIG_S3_*: the ones set (see Profile)

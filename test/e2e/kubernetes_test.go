@@ -32,7 +32,7 @@ import (
 )
 
 // kubeNode is one mergen host joined to a real control plane: a demo stack
-// (daemon, forwarder, the bundled demo image) and `mergen node` for it.
+// (daemon, forwarder, the bundled demo image) and mergen-node for it.
 type kubeNode struct {
 	*demoStack
 	cp     *kubetest.ControlPlane
@@ -60,7 +60,7 @@ func startKubeControlPlane(t *testing.T) *kubetest.ControlPlane {
 	return cp
 }
 
-// joinNode starts `mergen node` for the stack as node name, with the node
+// joinNode starts mergen-node for the stack as node name, with the node
 // credentials docs/kubernetes.md describes (system:node:<name> in
 // system:nodes and mergen:nodes). allocatable is the memory it offers: the
 // reserve is the host's memory less it.
@@ -71,7 +71,7 @@ func joinNode(t *testing.T, cp *kubetest.ControlPlane, s *demoStack, name string
 		t.Fatal(err)
 	}
 	n := &kubeNode{demoStack: s, cp: cp, name: name, log: s.h.path("node-" + name + ".log")}
-	n.args = []string{"node", "--name", name, "--kubeconfig", cp.KubeconfigFor(t, "system:node:"+name, "system:nodes", "mergen:nodes"),
+	n.args = []string{"--name", name, "--kubeconfig", cp.KubeconfigFor(t, "system:node:"+name, "system:nodes", "mergen:nodes"),
 		"--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--client-ca", cp.ClientCAFile,
 		"--reserve-memory", fmt.Sprint(mem - allocatable), "--insecure-registry",
 		"--resync", "5s", "--daemon-check", "1s", "--log-level", "debug", "--log-format", "text"}
@@ -98,7 +98,7 @@ func joinNode(t *testing.T, cp *kubetest.ControlPlane, s *demoStack, name string
 // start runs the node agent and waits until its node is Ready.
 func (n *kubeNode) start(t *testing.T) {
 	t.Helper()
-	n.agent = exec.Command(n.mergen, n.args...)
+	n.agent = exec.Command(testenv.Build(t, "./cmd/mergen-node"), n.args...)
 	n.agent.Env = n.env()
 	n.agent.Stdout, n.agent.Stderr = n.logf, n.logf
 	if err := n.agent.Start(); err != nil {
@@ -110,7 +110,7 @@ func (n *kubeNode) start(t *testing.T) {
 		select {
 		case <-n.exited:
 			b, _ := os.ReadFile(n.log)
-			t.Fatalf("mergen node %s exited: %s", n.name, b)
+			t.Fatalf("mergen-node %s exited: %s", n.name, b)
 		default:
 		}
 		return nodeReady(t, n.cp, n.name) == corev1.ConditionTrue
@@ -602,7 +602,7 @@ func TestKubernetesBadInput(t *testing.T) {
 
 	// A node without credentials, and one whose user RBAC does not know.
 	run := func(args ...string) (string, error) {
-		cmd := exec.Command(s.mergen, append([]string{"node", "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t))}, args...)...)
+		cmd := exec.Command(testenv.Build(t, "./cmd/mergen-node"), append([]string{"--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t))}, args...)...)
 		cmd.Env = append(s.env(), "KUBECONFIG=")
 		out, err := cmd.CombinedOutput()
 		return string(out), err

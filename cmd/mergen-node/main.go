@@ -1,3 +1,8 @@
+// Command mergen-node joins a mergen host to a Kubernetes cluster as a node
+// whose pods run as microVMs of the host's daemon (docs/kubernetes.md). It
+// is a program of its own, not a mergen subcommand: the Kubernetes client
+// libraries it links would triple the size and start-up memory of every
+// mergen command, the daemon's included.
 package main
 
 import (
@@ -7,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,14 +23,23 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/mergenhq/mergen/internal/alloc"
+	"github.com/mergenhq/mergen/internal/auth"
+	"github.com/mergenhq/mergen/internal/client"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/kubenode"
 	"github.com/mergenhq/mergen/internal/logging"
 	"github.com/mergenhq/mergen/internal/vmm"
 )
 
+func main() {
+	if err := newNodeCmd().Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "mergen-node:", err)
+		os.Exit(1)
+	}
+}
+
 type nodeFlags struct {
-	api                    apiFlags
+	api                    string
 	name, kubeconfig       string
 	reserveCPU, reserveMem string
 	listen, nodeIP         string
@@ -40,9 +55,11 @@ func newNodeCmd() *cobra.Command {
 	host, _ := os.Hostname()
 	cli, _ := config.LoadCLI()
 	cmd := &cobra.Command{
-		Use:   "node",
-		Short: "Join this host to a Kubernetes cluster as a node whose pods run as microVMs",
-		Long: `node registers this host as a Kubernetes node and runs the pods the
+		Use:           "mergen-node",
+		Short:         "Join this host to a Kubernetes cluster as a node whose pods run as microVMs",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Long: `mergen-node registers this host as a Kubernetes node and runs the pods the
 scheduler places on it as VMs of the local daemon, which it reaches through
 its API socket (or --api with a token), like the other commands.
 
@@ -56,8 +73,8 @@ kubectl logs and exec reach the node's kubelet endpoint (--listen), which
 authenticates the API server's client certificate (--client-ca) or a bearer
 token, and authorizes each request with the API server. See
 docs/kubernetes.md for credentials, RBAC and how a pod maps onto a VM.`,
-		Example: `  mergen node --kubeconfig /etc/mergen/node.kubeconfig --client-ca /etc/kubernetes/pki/ca.crt
-  mergen node --name edge-1 --reserve-cpu 500m --reserve-memory 2Gi --listen 10.0.0.5:10250`,
+		Example: `  mergen-node --kubeconfig /etc/mergen/node.kubeconfig --client-ca /etc/kubernetes/pki/ca.crt
+  mergen-node --name edge-1 --reserve-cpu 500m --reserve-memory 2Gi --listen 10.0.0.5:10250`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
@@ -69,8 +86,8 @@ docs/kubernetes.md for credentials, RBAC and how a pod maps onto a VM.`,
 			return kubenode.Run(ctx, cfg)
 		},
 	}
-	f.api.register(cmd)
 	fl := cmd.Flags()
+	fl.StringVar(&f.api, "api", cli.API, "daemon address: unix:///path, host:port or URL (env MERGEN_API; default: the socket MGR_API_SOCKET when the daemon answers there, else "+config.DefaultAPI+")")
 	fl.StringVar(&f.name, "name", host, "the node's name (default: the hostname)")
 	fl.StringVar(&f.kubeconfig, "kubeconfig", cli.Kubeconfig, "kubeconfig with the node's credentials ($KUBECONFIG; empty: the in-cluster service account)")
 	fl.StringVar(&f.reserveCPU, "reserve-cpu", "0", "CPU kept for the host, not offered to pods (a quantity: 1, 500m)")
@@ -108,7 +125,7 @@ func (f *nodeFlags) config(cmd *cobra.Command) (kubenode.Config, error) {
 	if err != nil {
 		return cfg, fmt.Errorf("the daemon's settings on this host (its pools and VMM): %w", err)
 	}
-	api, err := f.api.client()
+	api, err := daemonClient(f.api, cli)
 	if err != nil {
 		return cfg, err
 	}
@@ -157,6 +174,28 @@ func (f *nodeFlags) config(cmd *cobra.Command) (kubenode.Config, error) {
 		Listen: f.listen, NodeIP: nodeIP, TLSCert: f.tlsCert, TLSKey: f.tlsKey, ClientCA: f.clientCA,
 		Resync: f.resync, DaemonCheck: f.daemonCheck, Log: log,
 	}, nil
+}
+
+// daemonClient connects as mergen's commands do: an explicit address (with
+// the token from MERGEN_API_TOKEN or the token file), else the daemon's unix
+// socket when it answers (its file permissions are the boundary), else the
+// default TCP address with the token.
+func daemonClient(addr string, cli config.CLI) (*client.Client, error) {
+	if addr == "" {
+		if client.Socket(cli.APISocket) {
+			return client.New("unix://" + cli.APISocket)
+		}
+		addr = config.DefaultAPI
+	}
+	if strings.HasPrefix(addr, "unix://") {
+		return client.New(addr)
+	}
+	token := cli.APIToken
+	if token == "" {
+		// Unreadable: none; the daemon's 401 then says how to give one.
+		token, _ = auth.First(cli.APITokenFile)
+	}
+	return client.New(addr, client.WithToken(token))
 }
 
 // kubeClient is the node's Kubernetes client: from the kubeconfig (paths
