@@ -200,6 +200,12 @@ func (c *Client) File(ctx context.Context, id, name string) (json.RawMessage, er
 	return raw, err
 }
 
+// Health says whether the daemon answers (GET /healthz, which needs no
+// token).
+func (c *Client) Health(ctx context.Context) error {
+	return c.do(ctx, http.MethodGet, "/healthz", nil, nil)
+}
+
 // Images returns the daemon's image inventory as JSON.
 func (c *Client) Images(ctx context.Context) (json.RawMessage, error) {
 	var raw json.RawMessage

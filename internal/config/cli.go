@@ -26,6 +26,7 @@ type CLI struct {
 	BaseFlavor    string            // MGR_BASE_FLAVOR
 	ProgressEvery time.Duration     // MGR_PROGRESS_EVERY_MILLISECONDS
 	DockerConfig  string            // DOCKER_CONFIG: registry credentials directory; default ~/.docker
+	Kubeconfig    string            // KUBECONFIG: mergen-node's Kubernetes credentials (a kubeconfig path, or several separated by ":")
 	HTTPSAddr     string            // FWD_HTTPS_ADDR: the forwarder's address, for printed URLs
 	Domain        string            // FWD_DOMAIN, else FWD_DOMAIN_PREFIX.FWD_DOMAIN_SUFFIX: the forwarder's domain, for printed URLs
 	S3            map[string]string // MGR_CONFIG_S3_*: the ones set (see Profile)
@@ -56,6 +57,7 @@ func CLIFromEnv(getenv Source) (CLI, error) {
 		BaseFlavor:    r.str("MGR_BASE_FLAVOR"),
 		ProgressEvery: r.milliseconds("MGR_PROGRESS_EVERY_MILLISECONDS", 1, 3600_000),
 		DockerConfig:  r.optionalPath("DOCKER_CONFIG"),
+		Kubeconfig:    r.str("KUBECONFIG"),
 		HTTPSAddr:     r.str("FWD_HTTPS_ADDR"),
 		Domain:        forwarderDomain(r),
 		S3:            Profile(getenv),

@@ -89,6 +89,7 @@ var Vars = []Var{
 	{"MERGEN_CONFIG_FILE", "", "cli converter"},
 	{"MGR_PROGRESS_EVERY_MILLISECONDS", "250", "cli converter"},
 	{"DOCKER_CONFIG", "", "cli converter"},
+	{"KUBECONFIG", "", "cli"},        // mergen-node: the node's Kubernetes credentials
 	{"MGR_BASE_PLATFORM", "", "cli"}, // empty: linux-<GOARCH> of the running program
 	{"MGR_BASE_FLAVOR", "buildroot", "cli"},
 

@@ -122,7 +122,7 @@ func rootfsTar(busybox []byte) ([]byte, error) {
 			return nil, err
 		}
 	}
-	for _, l := range []string{"sh", "ls", "cat", "ps"} {
+	for _, l := range []string{"sh", "ls", "cat", "ps", "id"} {
 		if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeSymlink, Name: filepath.Join("bin", l), Linkname: "busybox", ModTime: epoch}); err != nil {
 			return nil, err
 		}

@@ -47,6 +47,7 @@ type Net struct {
 type Boot struct {
 	Net     *Net     // nil: no `ip=`, no network configuration at all
 	Env     []string // KEY=VALUE from mergen.env, sorted by key
+	Argv    []string // mergen.argv: replaces the payload disk's argv; nil keeps it
 	Restart Restart
 	// StopTimeout is how long a stopping payload gets between the stop
 	// signal and SIGKILL (mergen.stop_timeout=<seconds>).
@@ -104,6 +105,12 @@ func ParseCmdline(s string) (Boot, error) {
 				return Boot{}, fmt.Errorf("kernel command line: mergen.env: %w", err)
 			}
 			b.Env = env
+		case "mergen.argv":
+			argv, err := decodeArgvParam(val)
+			if err != nil {
+				return Boot{}, fmt.Errorf("kernel command line: mergen.argv: %w", err)
+			}
+			b.Argv = argv
 		case "mergen.stop_timeout":
 			n, err := strconv.Atoi(val)
 			if err != nil || n < 1 || n > 3600 {
@@ -170,6 +177,27 @@ func parseIP(v string) (*Net, error) {
 		n.DNS = append(n.DNS, ip)
 	}
 	return n, nil
+}
+
+// decodeArgvParam decodes base64url (padded or not) JSON ["prog", "arg", …].
+func decodeArgvParam(v string) ([]string, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(v, "="))
+	if err != nil {
+		return nil, fmt.Errorf("not base64url: %w", err)
+	}
+	var argv []string
+	if err := json.Unmarshal(raw, &argv); err != nil {
+		return nil, fmt.Errorf("not a JSON array of strings: %w", err)
+	}
+	if len(argv) == 0 || argv[0] == "" {
+		return nil, fmt.Errorf("the program to run is empty")
+	}
+	for i, a := range argv {
+		if strings.ContainsRune(a, 0) {
+			return nil, fmt.Errorf("argument %d contains NUL", i)
+		}
+	}
+	return argv, nil
 }
 
 // decodeEnvParam decodes base64url (padded or not) JSON {"KEY":"value"}.

@@ -283,6 +283,9 @@ func setupAndRun(stop chan os.Signal) (int, error) {
 	if err != nil {
 		return ExitConfig, err
 	}
+	if boot.Argv != nil { // the VM's own argv (a pod's command and args)
+		spec.Argv = boot.Argv
+	}
 
 	// Writable layer: on the VM's data disk when given, else in memory.
 	upperBase := rwMnt

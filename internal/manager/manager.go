@@ -174,6 +174,7 @@ func (m *Manager) fromRequest(req wire.CreateRequest) (store.Meta, vmm.Driver, e
 		Tags:        req.Tags,
 		Metadata:    req.Metadata,
 		ExtraEnv:    req.ExtraEnv,
+		Argv:        req.Argv,
 		AutoStart:   req.AutoStart,
 		Restart:     req.Restart,
 		HealthCheck: recordHealthCheck(req.HealthCheck),

@@ -24,6 +24,7 @@ const (
 	MaxMemMiB     = 256 * 1024
 	maxBootArgs   = 1024
 	maxExtraEnv   = 1024 // bytes of the encoded mergen.env= kernel argument
+	maxArgv       = 512  // bytes of the encoded mergen.argv= kernel argument
 	maxMetadata   = 64 << 10
 	maxTags       = 64
 	maxTagKey     = 63
@@ -97,6 +98,20 @@ func normalize(r *wire.CreateRequest) error {
 	}
 	if enc := store.EncodeEnv(r.ExtraEnv); len(enc) > maxExtraEnv {
 		return errdefs.Invalid("extraEnv: %d bytes once encoded for the kernel command line, at most %d (put large configuration on an env disk)", len(enc), maxExtraEnv)
+	}
+	for i, a := range r.Argv {
+		if strings.ContainsRune(a, 0) {
+			return errdefs.Invalid("argv[%d]: must not contain NUL", i)
+		}
+	}
+	if len(r.Argv) > 0 && r.Argv[0] == "" {
+		return errdefs.Invalid("argv[0]: the program to run is empty")
+	}
+	if enc := store.EncodeArgv(r.Argv); len(enc) > maxArgv {
+		return errdefs.Invalid("argv: %d bytes once encoded for the kernel command line, at most %d", len(enc), maxArgv)
+	}
+	if len(r.Argv) > 0 && (r.Snapshot != "" || r.Ready != nil) {
+		return errdefs.Invalid("argv: a VM restored from a snapshot runs what the snapshot's guest runs; argv goes only with a boot")
 	}
 	policy, err := supervisor.ParseRestart(r.Restart)
 	if err != nil {

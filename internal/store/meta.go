@@ -75,10 +75,12 @@ type Meta struct {
 	Netns     string  `json:"netns,omitempty"`
 	Bridge    *Bridge `json:"bridge,omitempty"` // set in bridge mode; Netns is then empty
 
-	Tags      map[string]string `json:"tags,omitempty"`
-	Metadata  json.RawMessage   `json:"metadata,omitempty"`
-	ExtraEnv  map[string]string `json:"extraEnv,omitempty"`
-	AutoStart bool              `json:"autoStart"`
+	Tags     map[string]string `json:"tags,omitempty"`
+	Metadata json.RawMessage   `json:"metadata,omitempty"`
+	ExtraEnv map[string]string `json:"extraEnv,omitempty"`
+	// Argv replaces the payload disk's argv (wire.CreateRequest.Argv).
+	Argv      []string `json:"argv,omitempty"`
+	AutoStart bool     `json:"autoStart"`
 	// Restart is the VM's restart policy ("" is no), carried out by its
 	// supervisor.
 	Restart string `json:"restart,omitempty"`
@@ -107,6 +109,9 @@ func (m Meta) clone() Meta {
 		m.Metadata = append(make(json.RawMessage, 0, len(m.Metadata)), m.Metadata...)
 	}
 	m.ExtraEnv = cloneMap(m.ExtraEnv)
+	if m.Argv != nil {
+		m.Argv = append(make([]string, 0, len(m.Argv)), m.Argv...)
+	}
 	m.HealthCheck = m.HealthCheck.Clone()
 	return m
 }

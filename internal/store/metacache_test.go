@@ -100,7 +100,7 @@ func TestReadMetaReturnsACopy(t *testing.T) {
 // kind added to Meta (or to a struct it holds by value) must be added to
 // clone and to this list.
 func TestMetaCloneCoversEveryReference(t *testing.T) {
-	cloned := map[string]bool{"DiskRoots": true, "Ports": true, "Bridge": true, "Tags": true, "Metadata": true, "ExtraEnv": true, "HealthCheck": true}
+	cloned := map[string]bool{"DiskRoots": true, "Ports": true, "Bridge": true, "Tags": true, "Metadata": true, "ExtraEnv": true, "Argv": true, "HealthCheck": true}
 	var walk func(prefix string, typ reflect.Type)
 	walk = func(prefix string, typ reflect.Type) {
 		for i := 0; i < typ.NumField(); i++ {

@@ -25,6 +25,9 @@ func BootArgs(m Meta, extra string) string {
 	if enc := EncodeEnv(m.ExtraEnv); enc != "" {
 		args = append(args, "mergen.env="+enc)
 	}
+	if enc := EncodeArgv(m.Argv); enc != "" {
+		args = append(args, "mergen.argv="+enc)
+	}
 	if extra = strings.TrimSpace(extra); extra != "" {
 		args = append(args, extra)
 	}
@@ -77,6 +80,17 @@ func Spec(m Meta, p layout.VM) vmm.Spec {
 	add("env", "envDisk", m.Disks.Env, true, false)
 	add("data", "dataDisk", m.Disks.Data, false, false)
 	return s
+}
+
+// EncodeArgv encodes a payload argv for the kernel command line
+// (mergen.argv=): base64url of its JSON array, so that no argument's spaces
+// or quotes can split or end the parameter.
+func EncodeArgv(argv []string) string {
+	if len(argv) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(argv) // a []string always encodes
+	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 // EncodeEnv renders extraEnv as the guest reads it from the kernel command

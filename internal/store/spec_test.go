@@ -65,3 +65,25 @@ func TestSpecAttachesDisksInConventionalOrderWithPathsFromTheLayout(t *testing.T
 		t.Errorf("Files() = %s", got)
 	}
 }
+
+func TestBootArgsCarryTheVMsArgvAsOneToken(t *testing.T) {
+	argv := []string{"sh", "-c", "echo 'a b' $HOME; exit 3"}
+	got := BootArgs(Meta{ID: fixtureID, Argv: argv}, "")
+	var enc string
+	for _, f := range strings.Fields(got) {
+		if v, ok := strings.CutPrefix(f, "mergen.argv="); ok {
+			enc = v
+		}
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(enc)
+	if err != nil {
+		t.Fatalf("BootArgs = %q: %v", got, err)
+	}
+	var back []string
+	if err := json.Unmarshal(raw, &back); err != nil || strings.Join(back, "|") != strings.Join(argv, "|") {
+		t.Fatalf("mergen.argv decodes to %q (%v), want %q", back, err, argv)
+	}
+	if got := BootArgs(Meta{ID: fixtureID}, ""); strings.Contains(got, "mergen.argv") {
+		t.Fatalf("a VM without argv got %q", got)
+	}
+}

@@ -43,7 +43,11 @@ type CreateRequest struct {
 	Restart  string            `json:"restart,omitempty"`
 	BootArgs string            `json:"bootArgs,omitempty"`
 	ExtraEnv map[string]string `json:"extraEnv,omitempty"`
-	Hooks    json.RawMessage   `json:"hooks,omitempty"`
+	// Argv replaces what the payload runs (the image's entrypoint and cmd,
+	// from its payload disk); empty runs the image's own. It travels to
+	// the guest on its kernel command line, like extraEnv.
+	Argv  []string        `json:"argv,omitempty"`
+	Hooks json.RawMessage `json:"hooks,omitempty"`
 
 	// Bridge selects the earlier generation's network mode: the tap joins an
 	// existing host bridge and the guest gets a static address.
