@@ -140,7 +140,8 @@ var leaves = map[string][]string{
 
 // Who may import the top of the daemon.
 var top = map[string][]string{
-	"internal/manager": {"internal/api", "internal/daemon", "cmd/", "test/"},
+	// managertest builds managers for the benchmarks of the manager and the API.
+	"internal/manager": {"internal/api", "internal/daemon", "internal/manager/managertest", "cmd/", "test/"},
 	"internal/api":     {"internal/daemon", "cmd/", "test/"},
 	"internal/daemon":  {"cmd/", "test/"},
 }
