@@ -112,7 +112,11 @@ var (
 	// The kernel's printk prefix: "[   12.345678] ", or "<3>[ …] ".
 	timestampRe = regexp.MustCompile(`^(<\d+>)?\[\s*\d+\.\d+\]\s?`)
 	initExitRe  = regexp.MustCompile(`^mergen-init: exit status (\d+)$`)
-	payloadRe   = regexp.MustCompile(`^mergen-init: payload exited with status (\d+)$`)
+	// kernelStampRe finds a kernel message's stamp inside a line: the
+	// kernel writes to the serial console as it logs, so its message can
+	// land in the middle of a line mergen-init is writing.
+	kernelStampRe = regexp.MustCompile(`(<\d+>)?\[\s*\d+\.\d+\]`)
+	payloadRe     = regexp.MustCompile(`^mergen-init: payload exited with status (\d+)$`)
 )
 
 // Parse reads a console log's tail b and keeps the last n lines.
@@ -134,7 +138,7 @@ func Parse(b []byte, n int) Report {
 	}
 	r := Report{InitExit: -1, PayloadExit: -1}
 	for _, l := range lines {
-		m := stripTimestamp(l)
+		m := initLine(stripTimestamp(l))
 		switch {
 		case strings.HasPrefix(m, "Kernel panic - not syncing"):
 			if r.KernelPanic == "" {
@@ -161,6 +165,18 @@ func Parse(b []byte, n int) Report {
 		r.Lines = append(r.Lines, Escape(l))
 	}
 	return r
+}
+
+// initLine is a line of mergen-init's without a kernel message that landed
+// inside it; other lines are returned as they are.
+func initLine(m string) string {
+	if !strings.HasPrefix(m, "mergen-init: ") {
+		return m
+	}
+	if loc := kernelStampRe.FindStringIndex(m); loc != nil {
+		return m[:loc[0]]
+	}
+	return m
 }
 
 func stripTimestamp(l string) string {

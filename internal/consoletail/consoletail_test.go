@@ -61,6 +61,14 @@ func TestParse(t *testing.T) {
 		t.Errorf("oom: %+v", r)
 	}
 
+	// The kernel logs onto the console while mergen-init writes a line:
+	// its message lands inside the line and is no part of the error.
+	interleaved := strings.Replace(badEntrypoint, "not executable\n", "not executable[    2.993858] IPv6: ADDRCONF(NETDEV_CHANGE): eth0: link becomes ready\n", 1)
+	r = Parse([]byte(interleaved), 20)
+	if r.InitExit != 127 || r.InitError != `entrypoint: "/app/server" does not exist in the image or is not executable` {
+		t.Errorf("a kernel message inside the error line: %+v", r)
+	}
+
 	if r := Parse(nil, 20); r.InitExit != -1 || r.PayloadExit != -1 || r.Lines != nil {
 		t.Errorf("empty: %+v", r)
 	}
