@@ -411,6 +411,35 @@ func TestKubernetesPodLifeOnAMergenNode(t *testing.T) {
 	if out, err := cp.Kubectl(t, "exec", "web", "--", "sh", "-c", "exit 3"); err == nil || !strings.Contains(err.Error(), "exit status 3") {
 		t.Fatalf("kubectl exec of exit 3: %v %q", err, out)
 	}
+	// kubectl exec -it: a terminal of the window's size, driven in tmux.
+	bin, err := kubetest.BinDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmux := testenv.Tool(t, "tmux")
+	session := fmt.Sprintf("mergen-kube-exec-%d", os.Getpid())
+	tm := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(tmux, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("tmux %v: %v %s", args, err, out)
+		}
+		return string(out)
+	}
+	tm("new-session", "-d", "-s", session, "-x", "100", "-y", "30", filepath.Join(bin, "kubectl")+" --kubeconfig="+cp.Kubeconfig+" exec -it web -- sh")
+	t.Cleanup(func() { exec.Command(tmux, "kill-session", "-t", session).Run() })
+	pane := func(want string) {
+		t.Helper()
+		testenv.Eventually(t, 30*time.Second, "the kubectl exec -it pane to show "+want, func() bool {
+			return strings.Contains(tm("capture-pane", "-p", "-t", session), want)
+		})
+	}
+	pane("$")
+	tm("send-keys", "-t", session, "echo $((6*7))", "Enter")
+	pane("42")
+	tm("send-keys", "-t", session, "busybox stty size", "Enter")
+	pane("30 100")
+	tm("send-keys", "-t", session, "exit", "Enter")
 
 	kubectl(t, cp, "delete", "pod", "web", "--wait=true", "--timeout=90s")
 	if _, err := cp.Client.CoreV1().Pods("default").Get(ctx, "web", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
