@@ -3,13 +3,16 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -334,7 +337,7 @@ func TestKubernetesPodLifeOnAMergenNode(t *testing.T) {
 	cp := startKubeControlPlane(t)
 	s := newDemoStack(t, "172.31.228.0/24")
 	t.Cleanup(func() { dumpConsoles(t, s.h) })
-	joinNode(t, cp, s, "mergen-1", 2<<30)
+	agent := joinNode(t, cp, s, "mergen-1", 2<<30)
 
 	node, err := cp.Client.CoreV1().Nodes().Get(context.Background(), "mergen-1", metav1.GetOptions{})
 	if err != nil {
@@ -410,6 +413,21 @@ func TestKubernetesPodLifeOnAMergenNode(t *testing.T) {
 	// A failing command's status is exec's.
 	if out, err := cp.Kubectl(t, "exec", "web", "--", "sh", "-c", "exit 3"); err == nil || !strings.Contains(err.Error(), "exit status 3") {
 		t.Fatalf("kubectl exec of exit 3: %v %q", err, out)
+	}
+	// The node's kubelet endpoint answers only callers the API server
+	// vouches for: without credentials, no logs and no exec.
+	listen := agent.args[slices.Index(agent.args, "--listen")+1]
+	anon := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	for _, path := range []string{"/containerLogs/default/web/web", "/exec/default/web/web?command=id&output=1"} {
+		resp, err := anon.Get("https://" + listen + path)
+		if err != nil {
+			t.Fatalf("GET %s without credentials: %v", path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized && resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("GET %s without credentials answered %d %q, want 401 or 403", path, resp.StatusCode, body)
+		}
 	}
 	// kubectl exec -it: a terminal of the window's size, driven in tmux.
 	bin, err := kubetest.BinDir()
