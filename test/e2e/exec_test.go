@@ -175,61 +175,37 @@ func TestExecAndCopyRealVM(t *testing.T) {
 	}
 
 	// A terminal, driven through tmux: keys in, the pane read back.
-	tmux := testenv.Tool(t, "tmux")
 	session := fmt.Sprintf("mergen-exec-%d", os.Getpid())
 	env := fmt.Sprintf("MERGEN_API=%s MERGEN_API_TOKEN=%s MGR_API_SOCKET=%s", b.d.base, h.token(t), h.path("no.sock"))
-	run := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(tmux, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("tmux %v: %v %s", args, err, out)
-		}
-		return string(out)
-	}
-	run("new-session", "-d", "-s", session, "-x", "100", "-y", "30", "env "+env+" "+vh.mergen+" exec -it box sh")
-	t.Cleanup(func() { exec.Command(tmux, "kill-session", "-t", session).Run() })
-	pane := func(want string) {
-		t.Helper()
-		testenv.Eventually(t, 30*time.Second, "the pane to show "+want, func() bool {
-			return strings.Contains(run("capture-pane", "-p", "-t", session), want)
-		})
-	}
-	pane("$") // the remote shell's prompt
-	run("send-keys", "-t", session, "echo $((6*7))", "Enter")
-	pane("42")
-	run("send-keys", "-t", session, "busybox stty size", "Enter")
-	pane("30 100")
-	run("resize-window", "-t", session, "-x", "120", "-y", "40")
+	shell := newTerminal(t, session, 100, 30, "env "+env+" "+vh.mergen+" exec -it box sh")
+	shell.waitFor("$") // the remote shell's prompt
+	shell.keys("echo $((6*7))", "Enter")
+	shell.waitFor("42")
+	shell.keys("busybox stty size", "Enter")
+	shell.waitFor("30 100")
+	shell.resize(120, 40)
 	// The new size travels tmux → mergen (SIGWINCH) → the guest's
 	// terminal: ask until the answer shows it.
 	polls := 0
 	testenv.Eventually(t, 30*time.Second, "the resize to reach the guest", func() bool {
 		if polls%25 == 0 { // about every half second, ask again
-			run("send-keys", "-t", session, "busybox stty size", "Enter")
+			shell.keys("busybox stty size", "Enter")
 		}
 		polls++
-		return strings.Contains(run("capture-pane", "-p", "-t", session), "40 120")
+		return shell.shows("40 120")
 	})
 
 	// The interactive serial console, in tmux too: a root shell of the
 	// guest's own system; Ctrl-] detaches.
-	console := session + "-console"
-	run("new-session", "-d", "-s", console, "-x", "100", "-y", "30", "env "+env+" "+vh.mergen+" console box; echo console-ended; sleep 60")
-	t.Cleanup(func() { exec.Command(tmux, "kill-session", "-t", console).Run() })
-	consolePane := func(want string) {
-		t.Helper()
-		testenv.Eventually(t, 30*time.Second, "the console pane to show "+want, func() bool {
-			return strings.Contains(run("capture-pane", "-p", "-t", console), want)
-		})
-	}
-	consolePane("detach with Ctrl-]")
-	run("send-keys", "-t", console, "echo $((7*6))x; id -u", "Enter")
-	consolePane("42x")
+	console := newTerminal(t, session+"-console", 100, 30, "env "+env+" "+vh.mergen+" console box; echo console-ended; sleep 60")
+	console.waitFor("detach with Ctrl-]")
+	console.keys("echo $((7*6))x; id -u", "Enter")
+	console.waitFor("42x")
 	if code, raw := b.api(t, "GET", "/v1/vms/"+vm.ID+"/console/attach", nil, nil); code != 409 {
 		t.Fatalf("a second console attach answered %d %s; want 409", code, raw)
 	}
-	run("send-keys", "-t", console, "C-]")
-	consolePane("console-ended")
+	console.keys("C-]")
+	console.waitFor("console-ended")
 
 	// Twenty at once.
 	var wg sync.WaitGroup

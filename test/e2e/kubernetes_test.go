@@ -434,30 +434,13 @@ func TestKubernetesPodLifeOnAMergenNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmux := testenv.Tool(t, "tmux")
-	session := fmt.Sprintf("mergen-kube-exec-%d", os.Getpid())
-	tm := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(tmux, args...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("tmux %v: %v %s", args, err, out)
-		}
-		return string(out)
-	}
-	tm("new-session", "-d", "-s", session, "-x", "100", "-y", "30", filepath.Join(bin, "kubectl")+" --kubeconfig="+cp.Kubeconfig+" exec -it web -- sh")
-	t.Cleanup(func() { exec.Command(tmux, "kill-session", "-t", session).Run() })
-	pane := func(want string) {
-		t.Helper()
-		testenv.Eventually(t, 30*time.Second, "the kubectl exec -it pane to show "+want, func() bool {
-			return strings.Contains(tm("capture-pane", "-p", "-t", session), want)
-		})
-	}
-	pane("$")
-	tm("send-keys", "-t", session, "echo $((6*7))", "Enter")
-	pane("42")
-	tm("send-keys", "-t", session, "busybox stty size", "Enter")
-	pane("30 100")
-	tm("send-keys", "-t", session, "exit", "Enter")
+	shell := newTerminal(t, fmt.Sprintf("mergen-kube-exec-%d", os.Getpid()), 100, 30, filepath.Join(bin, "kubectl")+" --kubeconfig="+cp.Kubeconfig+" exec -it web -- sh")
+	shell.waitFor("$")
+	shell.keys("echo $((6*7))", "Enter")
+	shell.waitFor("42")
+	shell.keys("busybox stty size", "Enter")
+	shell.waitFor("30 100")
+	shell.keys("exit", "Enter")
 
 	kubectl(t, cp, "delete", "pod", "web", "--wait=true", "--timeout=90s")
 	if _, err := cp.Client.CoreV1().Pods("default").Get(ctx, "web", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
