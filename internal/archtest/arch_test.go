@@ -28,8 +28,8 @@ func repoRoot(t *testing.T) string {
 
 // Only internal/config reads the environment; programs (cmd/ and other main
 // packages) may too. The guest's init runs inside the VM, where its
-// environment is the kernel's, and is exempt; so are internal/testenv and
-// internal/kubetest, which only tests link (TestTestSupportIsLinkedOnlyIntoTests).
+// environment is the kernel's, and is exempt; so is internal/testenv, which
+// only tests link (TestTestSupportIsLinkedOnlyIntoTests).
 func TestOnlyConfigReadsTheEnvironment(t *testing.T) {
 	root := repoRoot(t)
 	readers := map[string]bool{"Getenv": true, "LookupEnv": true}
@@ -41,7 +41,7 @@ func TestOnlyConfigReadsTheEnvironment(t *testing.T) {
 		rel, _ := filepath.Rel(root, path)
 		if d.IsDir() {
 			switch {
-			case strings.HasPrefix(d.Name(), "."), rel == "cmd", rel == "internal/config", rel == "internal/guest", rel == "internal/testenv", rel == "internal/kubetest":
+			case strings.HasPrefix(d.Name(), "."), rel == "cmd", rel == "internal/config", rel == "internal/guest", rel == "internal/testenv":
 				return filepath.SkipDir
 			}
 			return nil

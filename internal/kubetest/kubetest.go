@@ -289,7 +289,7 @@ func (cp *ControlPlane) Kubectl(t testing.TB, args ...string) (string, error) {
 // .build/kube/bin in the repository (`make kube`). It is an error when any
 // of Binaries is missing there or cannot be run.
 func BinDir() (string, error) {
-	dir := os.Getenv("MERGEN_KUBE_BIN")
+	dir := testenv.KubeBinOverride()
 	if dir == "" {
 		_, file, _, ok := runtime.Caller(0)
 		if !ok {

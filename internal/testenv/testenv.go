@@ -89,6 +89,11 @@ func Assets(t testing.TB) string {
 	return dir
 }
 
+// KubeBinOverride is MERGEN_KUBE_BIN: a directory of the Kubernetes control
+// plane's binaries to test against instead of the repository's
+// .build/kube/bin (internal/kubetest). Test settings are read here only.
+func KubeBinOverride() string { return os.Getenv("MERGEN_KUBE_BIN") }
+
 // Tool returns the path of an external program, failing with the make target
 // that installs it when it is absent.
 func Tool(t testing.TB, name string) string {
