@@ -70,6 +70,7 @@ func Open(l layout.Layout) (*Store, error) {
 			return nil, errdefs.Unavailable("open store: %w", err)
 		}
 	}
+	spreadVMDirs(l.ConfigRoot)
 	return &Store{Layout: l, metas: &filecache.Cache[Meta]{}, allocTurn: make(chan struct{}, 1)}, nil
 }
 
