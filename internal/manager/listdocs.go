@@ -242,11 +242,13 @@ func (m *Manager) listDoc(ctx context.Context, id string, kept *listDoc, svc sup
 	if err != nil {
 		return nil, fmt.Errorf("read record of vm %s: %w", id, err)
 	}
-	// Without a service manager the VMM is asked (documentWith), which
-	// needs the whole record: that document is built anew each time.
-	if kept != nil && svc.Available && record != (filecache.Identity{}) && record == kept.record {
+	// Without a service manager a VMM whose socket is present is asked
+	// (documentWith), which needs the whole record: that document is built
+	// anew each time. One without a socket has nothing to ask, and its
+	// document is kept as any other.
+	if kept != nil && record != (filecache.Identity{}) && record == kept.record {
 		l := m.liveOf(id, kept.vmm, kept.hasCheck, lp, svc, nil)
-		if l == kept.live {
+		if l == kept.live && (svc.Available || !l.vmm.SocketPresent) {
 			return kept, nil
 		}
 	}
@@ -261,7 +263,7 @@ func (m *Manager) listDoc(ctx context.Context, id string, kept *listDoc, svc sup
 		live: live{state: v.State, service: v.Service, vmm: v.VMMState, restarts: v.Restarts, health: v.Health},
 		cut:  -1,
 	}
-	if !svc.Available {
+	if !svc.Available && d.live.vmm.SocketPresent {
 		d.record = filecache.Identity{} // never current: see above
 	}
 	// The paths are the layout's (they always are): kept without them.

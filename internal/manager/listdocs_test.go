@@ -116,6 +116,70 @@ func TestListEncodedKeepsUnchangedDocuments(t *testing.T) {
 	}
 }
 
+// With a service manager that does not answer, a VM whose VMM has no
+// socket has nothing more to ask: its document is kept as under one that
+// answers. Once its socket is there, the VMM is asked on every list and
+// its document is built anew.
+func TestListEncodedKeepsDocumentsWhenTheServiceManagerIsAway(t *testing.T) {
+	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path="+filepath.Join(t.TempDir(), "no-bus"))
+	hh := hosttest.New(t, map[string]string{"MGR_SUPERVISOR": "systemd", "MGR_VMM": "qemu"})
+	sup, err := supervisor.New("systemd", supervisor.OptionsFrom(hh.Cfg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := store.Open(hh.Cfg.Layout())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &listHost{mgr: manager.New(manager.Options{Config: hh.Cfg, Store: hh.Store, Supervisor: sup}), other: other}
+	ctx := context.Background()
+	var ids []string
+	for range 2 {
+		v, err := h.mgr.Create(ctx, wire.CreateRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, v.ID)
+	}
+	first, fresh := h.listed(t)
+	if fresh[0].Service.Available {
+		t.Fatalf("the service manager answered: %+v", fresh[0].Service)
+	}
+	second, _ := h.listed(t)
+	for i := range 2 {
+		if first.KeptDoc(i) != second.KeptDoc(i) {
+			t.Errorf("document %d of an unchanged VM without a socket was encoded again", i)
+		}
+	}
+
+	// A socket nobody answers on: the VMM is asked (and does not answer).
+	sock := h.other.Paths(ids[0]).Socket
+	if err := os.MkdirAll(filepath.Dir(sock), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	third, fresh := h.listed(t)
+	fourth, _ := h.listed(t)
+	with := 0 // the VM with the socket
+	if fresh[1].ID == ids[0] {
+		with = 1
+	}
+	if !fresh[with].VMMState.SocketPresent {
+		t.Fatalf("vm %s: the socket is not seen: %+v", ids[0], fresh[with].VMMState)
+	}
+	if third.KeptDoc(with) == fourth.KeptDoc(with) || third.KeptDoc(with) == second.KeptDoc(with) {
+		t.Error("the document of a VM with a socket was kept, though only its VMM can say its state")
+	}
+	if third.KeptDoc(1-with) != second.KeptDoc(1-with) || fourth.KeptDoc(1-with) != second.KeptDoc(1-with) {
+		t.Error("the document of the VM without a socket was encoded again")
+	}
+}
+
 // A document is kept without its paths, which the answer writes from the
 // VM's id: roots with the odd characters a supervisor allows, or that
 // hold the placeholder ids the pieces around an id are found with, still
