@@ -129,6 +129,7 @@ var leaves = map[string][]string{
 	"internal/beneath":     nil,
 	"internal/filecache":   nil,
 	"internal/consoletail": nil,
+	"internal/exepages":    nil,
 	"internal/proc":        {"internal/atomicfile"},
 	"internal/certs":       {"internal/atomicfile"},
 	// auth is read by the daemon and by the CLI (the first token).

@@ -21,6 +21,7 @@ import (
 	"github.com/mergenhq/mergen/internal/api"
 	"github.com/mergenhq/mergen/internal/auth"
 	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/exepages"
 	"github.com/mergenhq/mergen/internal/images"
 	"github.com/mergenhq/mergen/internal/logging"
 	"github.com/mergenhq/mergen/internal/manager"
@@ -177,6 +178,15 @@ func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, o Options) 
 	go func() { errc <- servers[1].Serve(api.Listen(sock, log, "unix")) }()
 	if o.Ready != nil {
 		o.Ready(ln.Addr().String())
+	}
+	// Start-up is over: the pages of the executable that only it touched
+	// (the initialisation of every linked package, the CLI's among them)
+	// need not stay resident for the daemon's life. Those the daemon uses
+	// come back on first use.
+	if kib, err := exepages.Release(); err != nil {
+		log.Warn("executable pages used at start stay resident", "err", err)
+	} else {
+		log.Debug("executable pages used at start released", "kib", kib)
 	}
 	var serveErr error
 	select {
