@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -32,7 +33,7 @@ func BenchmarkList(b *testing.B) {
 		d := h.startBinary(b, testenv.Build(b, "./cmd/mergen"), freePort(b))
 		base := d.base
 		// The baseline of the resident size: the same daemon before any VM.
-		idleKiB := vmRSS(b, d.cmd.Process.Pid)
+		idle := vmRSS(b, d.cmd.Process.Pid)
 		next := make(chan int, vms)
 		for j := 0; j < vms; j++ {
 			next <- j
@@ -94,25 +95,25 @@ func BenchmarkList(b *testing.B) {
 		}
 		sort.Slice(readLat, func(x, y int) bool { return readLat[x] < readLat[y] })
 
-		rssKiB := vmRSS(b, d.cmd.Process.Pid)
+		rss := vmRSS(b, d.cmd.Process.Pid)
 
 		b.ReportMetric(ms(listLat[lists/2]), "list1000-p50-ms")
 		b.ReportMetric(ms(listLat[lists*99/100]), "list1000-p99-ms")
 		b.ReportMetric(ms(perLat[perVM/2]), "get-each-1000-ms")
 		b.ReportMetric(ms(readLat[lists/2]), "records-1000-ms")
-		b.ReportMetric(float64(rssKiB)/1024, "daemon-rss-MiB")
-		b.ReportMetric(float64(idleKiB)/1024, "daemon-idle-rss-MiB")
-		fmt.Printf("list: GET /v1/vms with %d VMs (detached supervisor) p50 %.1f ms, p99 %.1f ms; baselines in the same run: a GET per VM for all %d %.1f ms (median of %d), the %d records alone from the store %.1f ms (p50); daemon VmRSS with %d VMs defined %.1f MiB, the same daemon before any VM %.1f MiB\n",
-			vms, ms(listLat[lists/2]), ms(listLat[lists*99/100]), vms, ms(perLat[perVM/2]), perVM, vms, ms(readLat[lists/2]), vms, float64(rssKiB)/1024, float64(idleKiB)/1024)
+		b.ReportMetric(float64(rss.total)/1024, "daemon-rss-MiB")
+		b.ReportMetric(float64(idle.total)/1024, "daemon-idle-rss-MiB")
+		fmt.Printf("list: GET /v1/vms with %d VMs (detached supervisor) p50 %.1f ms, p99 %.1f ms; baselines in the same run: a GET per VM for all %d %.1f ms (median of %d), the %d records alone from the store %.1f ms (p50); daemon VmRSS with %d VMs defined %s, the same daemon before any VM %s\n",
+			vms, ms(listLat[lists/2]), ms(listLat[lists*99/100]), vms, ms(perLat[perVM/2]), perVM, vms, ms(readLat[lists/2]), vms, rss, idle)
 	}
 }
 
-// daemonRSS is the resident size (KiB) of the built daemon (`mergen
+// daemonRSS is the resident size of the built daemon (`mergen
 // server`) over h's VMs after it answered GET /v1/vms lists times: a
 // daemon of its own, on an API socket of its own beside any daemon
 // serving h (one in the benchmark's process has no resident size of its
 // own). It is stopped after, its VMs left as they are.
-func daemonRSS(b *testing.B, h *host, lists int) int {
+func daemonRSS(b *testing.B, h *host, lists int) residentSize {
 	b.Helper()
 	own := &host{root: h.root, env: maps.Clone(h.env)}
 	own.env["MGR_API_SOCKET"] = h.env["MGR_API_SOCKET"] + ".rss"
@@ -126,22 +127,38 @@ func daemonRSS(b *testing.B, h *host, lists int) int {
 	return vmRSS(b, d.cmd.Process.Pid)
 }
 
-// vmRSS is the resident size of process pid in KiB (VmRSS).
-func vmRSS(t testing.TB, pid int) int {
+// residentSize is a process's resident size (VmRSS) and its two parts:
+// anonymous memory (the Go heap, stacks, the runtime's own) and pages of
+// files (the executable's), all in KiB.
+type residentSize struct{ total, anon, file int }
+
+func (r residentSize) String() string {
+	return fmt.Sprintf("%.1f MiB (anonymous %.1f, file %.1f)", float64(r.total)/1024, float64(r.anon)/1024, float64(r.file)/1024)
+}
+
+// vmRSS is the resident size of process pid, from /proc/PID/status.
+func vmRSS(t testing.TB, pid int) residentSize {
 	t.Helper()
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		t.Fatal(err)
 	}
+	var r residentSize
+	fields := map[string]*int{"VmRSS:": &r.total, "RssAnon:": &r.anon, "RssFile:": &r.file}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
-			if err != nil {
-				t.Fatalf("VmRSS of %d: %q", pid, line)
+		for name, dst := range fields {
+			if v, ok := strings.CutPrefix(line, name); ok {
+				kb, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+				if err != nil {
+					t.Fatalf("%s of %d: %q", name, pid, line)
+				}
+				*dst = kb
+				delete(fields, name)
 			}
-			return kb
 		}
 	}
-	t.Fatalf("no VmRSS in /proc/%d/status", pid)
-	return 0
+	if len(fields) > 0 {
+		t.Fatalf("/proc/%d/status lacks %v", pid, slices.Collect(maps.Keys(fields)))
+	}
+	return r
 }

@@ -63,7 +63,7 @@ func BenchmarkControlPlane(b *testing.B) {
 			creates, clients, total.Round(time.Millisecond), float64(creates)/total.Seconds(), ms(lat[creates/2]), ms(lat[creates*99/100]),
 			creates, ms(listLat[lists/2]), ms(listLat[lists-1]))
 		rss, idle := daemonRSS(b, h, lists), daemonRSS(b, newHost(b, nil), lists)
-		fmt.Printf("control plane: daemon VmRSS with %d VMs defined %.1f MiB; baseline in the same run: with no VMs %.1f MiB (the built daemon, after %d lists)\n", creates, float64(rss)/1024, float64(idle)/1024, lists)
+		fmt.Printf("control plane: daemon VmRSS with %d VMs defined %s; baseline in the same run: with no VMs %s (the built daemon, after %d lists)\n", creates, rss, idle, lists)
 	}
 }
 
