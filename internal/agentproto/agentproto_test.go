@@ -33,6 +33,8 @@ func TestIdentityValidateNamesTheBadField(t *testing.T) {
 		{"hostname with space", func(id *Identity) { id.Hostname = "a b" }, `hostname "a b"`},
 		{"hostname with newline", func(id *Identity) { id.Hostname = "a\n127.0.0.1 evil" }, "hostname"},
 		{"hostname too long", func(id *Identity) { id.Hostname = strings.Repeat("a.", 40) + "a" }, "longer than 64"},
+		{"label of 63 bytes", func(id *Identity) { id.Hostname = strings.Repeat("a", 63) }, ""},
+		{"label of 64 bytes", func(id *Identity) { id.Hostname = strings.Repeat("a", 64) }, "want dot-separated labels"},
 		{"device with slash", func(id *Identity) { id.Device = "../eth0" }, "device"},
 		{"addr without prefix", func(id *Identity) { id.Addr = "172.31.0.5" }, `addr "172.31.0.5" is not an IPv4 address in CIDR form`},
 		{"addr bad octet", func(id *Identity) { id.Addr = "172.31.0.300/24" }, "addr"},

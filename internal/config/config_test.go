@@ -90,6 +90,7 @@ func TestInvalidSettingsNameTheVariable(t *testing.T) {
 		want string
 	}{
 		{map[string]string{"MGR_PORT_START": "abc"}, `MGR_PORT_START: "abc" is not an integer`},
+		{map[string]string{"FWD_LABEL_TAGS": "name," + strings.Repeat("k", 64)}, "FWD_LABEL_TAGS: \"" + strings.Repeat("k", 64) + "\" is not a tag key"},
 		{map[string]string{"MGR_PORT_END": "70000"}, "MGR_PORT_END: 70000 is out of range 1..65535"},
 		{map[string]string{"MGR_PORT_START": "30000", "MGR_PORT_END": "20000"}, "MGR_PORT_START: 30000 is above MGR_PORT_END 20000"},
 		{map[string]string{"MGR_GUEST_CIDR": "10.0.0.1/24"}, "MGR_GUEST_CIDR: \"10.0.0.1/24\" has host bits set"},

@@ -178,13 +178,19 @@ func (r *reader) list(name string) []string {
 	return out
 }
 
-var tagKeyRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$`)
+// tagKeyRe takes a tag key of at most maxTagKey bytes.
+// A repetition with a bound ({1,64}) compiles to a copy of its
+// class per repetition, kept for the program's life (20 KB and more
+// per expression): the length is checked apart.
+var tagKeyRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]*$`)
+
+const maxTagKey = 63
 
 // labelTags is a non-empty list of tag keys.
 func (r *reader) labelTags(name string) []string {
 	keys := r.list(name)
 	for _, k := range keys {
-		if !tagKeyRe.MatchString(k) {
+		if len(k) > maxTagKey || !tagKeyRe.MatchString(k) {
 			r.fail(name, "%q is not a tag key", k)
 		}
 	}

@@ -35,8 +35,13 @@ const (
 var (
 	envKeyRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	tagKeyRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]*$`)
-	nameRe   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-	bridgeRe = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+	// nameRe and bridgeRe leave their bounds (63 and 15 bytes) to a
+	// length check.
+	// A repetition with a bound ({1,64}) compiles to a copy of its
+	// class per repetition, kept for the program's life (20 KB and more
+	// per expression): the length is checked apart.
+	nameRe   = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]*[a-z0-9])?$`)
+	bridgeRe = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 	macRe    = regexp.MustCompile(`^[0-9a-f]{2}(:[0-9a-f]{2}){5}$`)
 )
 
@@ -76,7 +81,7 @@ func normalize(r *wire.CreateRequest) error {
 			return errdefs.Invalid("tags.%s: value must be at most %d printable characters", k, maxTagValue)
 		}
 	}
-	if name, ok := r.Tags[NameTag]; ok && !nameRe.MatchString(name) {
+	if name, ok := r.Tags[NameTag]; ok && (len(name) > 63 || !nameRe.MatchString(name)) {
 		return errdefs.Invalid("tags.name: %q must be a DNS label: lowercase letters, digits and '-', 1..63 characters", name)
 	}
 	if len(r.Metadata) > maxMetadata {
@@ -169,7 +174,7 @@ func normalizePorts(ports []wire.Port) error {
 }
 
 func normalizeBridge(b *wire.BridgeRequest) error {
-	if !bridgeRe.MatchString(b.Name) {
+	if len(b.Name) > 15 || !bridgeRe.MatchString(b.Name) {
 		return errdefs.Invalid("bridge.name: %q is not a valid interface name", b.Name)
 	}
 	ip, err := netip.ParseAddr(b.GuestIP)

@@ -87,6 +87,8 @@ func TestCreateRefusesAnInvalidRequestNamingTheFieldAndKeepsNothing(t *testing.T
 		{"restart count not a number", wire.CreateRequest{Restart: "on-failure:x"}, "restart:"},
 		{"restart count on always", wire.CreateRequest{Restart: "always:3"}, "restart:"},
 		{"bridge name invalid", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.Name = "a-bridge-name-too-long" })}, "bridge.name:"},
+		{"bridge name of 16 bytes", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.Name = strings.Repeat("b", 16) })}, "bridge.name:"},
+		{"name of 63 bytes ending in a hyphen", wire.CreateRequest{Tags: map[string]string{"name": strings.Repeat("a", 62) + "-"}}, "tags.name:"},
 		{"bridge guest IP invalid", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GuestIP = "172.17.0" })}, "bridge.guestIP:"},
 		{"bridge gateway IPv6", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.GatewayIP = "fe80::1" })}, "bridge.gatewayIP:"},
 		{"bridge netmask not contiguous", wire.CreateRequest{Bridge: bridge(func(b *wire.BridgeRequest) { b.Netmask = "255.0.255.0" })}, "bridge.netmask:"},

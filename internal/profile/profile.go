@@ -47,11 +47,15 @@ type Config struct {
 	Profiles map[string]Profile `json:"profiles"`
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+// nameRE takes names of at most 64 bytes, checked apart.
+// A repetition with a bound ({1,64}) compiles to a copy of its
+// class per repetition, kept for the program's life (20 KB and more
+// per expression): the length is checked apart.
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
 
 // ValidName reports whether name can name a profile.
 func ValidName(name string) error {
-	if !nameRE.MatchString(name) {
+	if len(name) > 64 || !nameRE.MatchString(name) {
 		return fmt.Errorf("registry %q: must be 1-64 letters, digits, '.', '_' or '-'", name)
 	}
 	return nil

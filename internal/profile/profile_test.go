@@ -96,3 +96,16 @@ func TestResolveTakesTheOverridesConfigReads(t *testing.T) {
 		t.Fatalf("got %+v, want %+v", got, want)
 	}
 }
+
+// Profile names: 1 to 64 letters, digits, '.', '_' or '-', not starting
+// with a punctuation mark.
+func TestProfileNamesAreBoundedInLength(t *testing.T) {
+	for name, ok := range map[string]bool{
+		"a" + strings.Repeat(".", 63): true, strings.Repeat("a", 65): false,
+		"": false, ".a": false, "prod_1-x": true,
+	} {
+		if err := ValidName(name); (err == nil) != ok {
+			t.Errorf("ValidName(%q) = %v, want ok %v", name, err, ok)
+		}
+	}
+}

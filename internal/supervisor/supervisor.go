@@ -187,7 +187,7 @@ func (o Options) withDefaults() (Options, error) {
 	if o.UnitDir == "" {
 		o.UnitDir = DefaultUnitDir
 	}
-	if !unitPrefixRe.MatchString(o.UnitPrefix) {
+	if len(o.UnitPrefix) > 64 || !unitPrefixRe.MatchString(o.UnitPrefix) {
 		return o, fmt.Errorf("supervisor options: UnitPrefix %q: want letters, digits, '-', '_', '.' only", o.UnitPrefix)
 	}
 	for _, p := range []struct{ field, path string }{
@@ -218,7 +218,11 @@ func (o Options) withDefaults() (Options, error) {
 }
 
 var (
-	unitPrefixRe = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
+	// At most 64 bytes.
+	// A repetition with a bound ({1,64}) compiles to a copy of its
+	// class per repetition, kept for the program's life (20 KB and more
+	// per expression): the length is checked apart.
+	unitPrefixRe = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 	unitPathRe   = regexp.MustCompile(`^[A-Za-z0-9/._+@:-]+$`)
 )
 

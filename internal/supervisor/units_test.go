@@ -97,6 +97,7 @@ func TestOptionsAreValidated(t *testing.T) {
 	}{
 		{"prefix with @", supervisor.Options{UnitPrefix: "a@b"}, "UnitPrefix"},
 		{"prefix with slash", supervisor.Options{UnitPrefix: "a/b"}, "UnitPrefix"},
+		{"prefix of 65 bytes", supervisor.Options{UnitPrefix: strings.Repeat("a", 65)}, "UnitPrefix"},
 		{"relative lifecycle", supervisor.Options{LifecycleBin: "bin/mergen-lifecycle"}, "LifecycleBin"},
 		{"lifecycle not in PATH", supervisor.Options{LifecycleBin: "mergen-no-such-program"}, "LifecycleBin"},
 		{"blank in run root", supervisor.Options{RunRoot: "/run/my mergen"}, "RunRoot"},

@@ -390,7 +390,7 @@ func jailCgroup() []string {
 // VM's cgroup, which the jailer leaves behind: empty once the VMM has
 // exited, so rmdir suffices and refuses while a process remains.
 func (f *firecracker) Release(s Spec) error {
-	if !f.jailer || !idRe.MatchString(s.ID) {
+	if !f.jailer || !validID(s.ID) {
 		return nil
 	}
 	var errs []error

@@ -385,11 +385,20 @@ const (
 	MinMemMiB = 128
 )
 
-// idRe is what both VMMs accept as an instance id: the jailer takes
+// validID is what both VMMs accept as an instance id: the jailer takes
 // alphanumerics and hyphens up to 64 characters.
-var idRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]{0,63}$`)
+func validID(id string) bool { return len(id) <= 64 && idRe.MatchString(id) }
 
-var driveIDRe = regexp.MustCompile(`^[A-Za-z0-9_]{1,32}$`)
+// validDriveID: 1-32 letters, digits or underscores.
+func validDriveID(id string) bool { return len(id) <= 32 && driveIDRe.MatchString(id) }
+
+// 
+// class per repetition, kept for the program's life (20 KB and more per
+// expression): the length is checked apart.
+var (
+	idRe      = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]*$`)
+	driveIDRe = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
+)
 
 // maxSocketPath is the room in sockaddr_un.sun_path, less the NUL.
 const maxSocketPath = 107
@@ -403,7 +412,7 @@ func (s Spec) Validate() error { return s.validate(true) }
 // just resolved them). Command checks them itself, without following
 // links, as it opens them.
 func (s Spec) validate(files bool) error {
-	if !idRe.MatchString(s.ID) {
+	if !validID(s.ID) {
 		return fmt.Errorf("vm %q: id: must be 1-64 letters, digits or hyphens", s.ID)
 	}
 	fail := func(field, format string, a ...any) error {
@@ -430,7 +439,7 @@ func (s Spec) validate(files bool) error {
 	roots := 0
 	for i, d := range s.Drives {
 		field := fmt.Sprintf("drives[%d]", i)
-		if !driveIDRe.MatchString(d.ID) {
+		if !validDriveID(d.ID) {
 			return fail(field+".id", "%q must be 1-32 letters, digits or underscores", d.ID)
 		}
 		if seen[d.ID] {

@@ -121,7 +121,13 @@ var (
 // NSVeth is the name of the veth end inside the VM's namespace.
 const NSVeth = "veth0"
 
-var ifNameRe = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,15}$`)
+// validIfName: 1..15 letters, digits, '-', '_', '.' (IFNAMSIZ less the NUL).
+func validIfName(name string) bool { return len(name) <= 15 && ifNameRe.MatchString(name) }
+
+// 
+// class per repetition, kept for the program's life (20 KB and more per
+// expression): the length is checked apart.
+var ifNameRe = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 
 func (c Config) validate() error {
 	if c.ID == "" {
@@ -130,14 +136,14 @@ func (c Config) validate() error {
 	names := map[string]string{"tap": c.Tap}
 	if c.Bridge == nil {
 		names["veth"], names["netns"] = c.Veth, c.Netns
-		if !ifNameRe.MatchString(c.Netns) {
+		if !validIfName(c.Netns) {
 			return errdefs.Invalid("network of vm %s: netns %q is not a valid name", c.ID, c.Netns)
 		}
 	} else {
 		names["bridge"] = c.Bridge.Name
 	}
 	for field, n := range names {
-		if field != "netns" && !ifNameRe.MatchString(n) {
+		if field != "netns" && !validIfName(n) {
 			return errdefs.Invalid("network of vm %s: %s name %q must be 1..15 characters of letters, digits, '-', '_', '.'", c.ID, field, n)
 		}
 	}
@@ -242,7 +248,7 @@ func Teardown(ctx context.Context, c Config) error {
 	if err := deleteLink(nil, c.Veth, "veth"); err != nil {
 		errs = append(errs, err)
 	}
-	if c.Netns != "" && ifNameRe.MatchString(c.Netns) {
+	if c.Netns != "" && validIfName(c.Netns) {
 		// Unmounting does not destroy a namespace a process still runs in
 		// (a VMM that has not exited yet); the tap is removed explicitly so
 		// that it is gone now either way.
@@ -267,7 +273,7 @@ func Teardown(ctx context.Context, c Config) error {
 // tapExists tells whether a link named name is in the host namespace; an
 // error other than "not found" counts as yes, so that rules are not left.
 func tapExists(name string) bool {
-	if !ifNameRe.MatchString(name) {
+	if !validIfName(name) {
 		return false
 	}
 	_, err := netlink.LinkByName(name)
@@ -286,7 +292,7 @@ func joinf(id string, errs []error) error {
 // it is of the kind Setup makes; a link of another kind under the same name
 // was not made by mergen and stays.
 func deleteLink(h *netlink.Handle, name, kind string) error {
-	if !ifNameRe.MatchString(name) {
+	if !validIfName(name) {
 		return nil
 	}
 	if h == nil {
