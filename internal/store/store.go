@@ -55,6 +55,8 @@ type Store struct {
 	// only the records that changed since the last one, whoever wrote
 	// them. Nil (a Store not from Open) caches nothing.
 	metas *filecache.Cache[Meta]
+	// roots are the disk roots the cached records share (see share.go).
+	roots sharedRoots
 
 	// allocTurn (a one-slot semaphore) queues this process's takers of the
 	// allocation lock before they take the file lock: waiters in one
@@ -179,6 +181,10 @@ func (s *Store) readMeta(id, path string) (Meta, error) {
 	m, err := s.metas.Load(path, func(b []byte) (Meta, bool, error) {
 		m, upgraded, err := decodeMeta(b, func() ([]string, error) { return envfile.Read(s.Layout.VM(id).Env) })
 		// An upgraded record depends on its env file too: not cached.
+		if err == nil && !upgraded {
+			m.shareCommon()
+			m.DiskRoots = s.roots.share(m.DiskRoots)
+		}
 		return m, !upgraded, err
 	})
 	if errors.Is(err, fs.ErrNotExist) {

@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"unique"
 
 	"golang.org/x/sys/unix"
 
@@ -306,11 +307,14 @@ func decodeAccel(b []byte) (accelInfo, bool, error) {
 	if err := json.Unmarshal(b, &cfg); err != nil {
 		return accelInfo{}, false, err
 	}
+	// Kept for every QEMU VM while it exists, and the same for most VMs
+	// of a host: one copy of each string (unique), not one per VM.
 	if cfg.Accel == "tcg" {
-		return accelInfo{"tcg", cfg.AccelReason}, true, nil
+		return accelInfo{"tcg", unique.Make(cfg.AccelReason).Value()}, true, nil
 	}
-	return accelInfo{cfg.Accel, ""}, true, nil
+	return accelInfo{unique.Make(cfg.Accel).Value(), ""}, true, nil
 }
+
 
 // Names lists the drivers New knows.
 var Names = []string{"firecracker", "qemu"}
@@ -392,7 +396,6 @@ func validID(id string) bool { return len(id) <= 64 && idRe.MatchString(id) }
 // validDriveID: 1-32 letters, digits or underscores.
 func validDriveID(id string) bool { return len(id) <= 32 && driveIDRe.MatchString(id) }
 
-// 
 // class per repetition, kept for the program's life (20 KB and more per
 // expression): the length is checked apart.
 var (
