@@ -315,7 +315,6 @@ func decodeAccel(b []byte) (accelInfo, bool, error) {
 	return accelInfo{unique.Make(cfg.Accel).Value(), ""}, true, nil
 }
 
-
 // Names lists the drivers New knows.
 var Names = []string{"firecracker", "qemu"}
 
@@ -396,8 +395,9 @@ func validID(id string) bool { return len(id) <= 64 && idRe.MatchString(id) }
 // validDriveID: 1-32 letters, digits or underscores.
 func validDriveID(id string) bool { return len(id) <= 32 && driveIDRe.MatchString(id) }
 
-// class per repetition, kept for the program's life (20 KB and more per
-// expression): the length is checked apart.
+// A repetition with a bound ({1,64}) compiles to a copy of its class per
+// repetition, kept for the program's life (20 KB and more per
+// expression): the bounds are checked apart, by length.
 var (
 	idRe      = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9-]*$`)
 	driveIDRe = regexp.MustCompile(`^[A-Za-z0-9_]+$`)

@@ -124,9 +124,9 @@ const NSVeth = "veth0"
 // validIfName: 1..15 letters, digits, '-', '_', '.' (IFNAMSIZ less the NUL).
 func validIfName(name string) bool { return len(name) <= 15 && ifNameRe.MatchString(name) }
 
-// 
-// class per repetition, kept for the program's life (20 KB and more per
-// expression): the length is checked apart.
+// A repetition with a bound ({1,64}) compiles to a copy of its class per
+// repetition, kept for the program's life (20 KB and more per
+// expression): the bounds are checked apart, by length.
 var ifNameRe = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 
 func (c Config) validate() error {
