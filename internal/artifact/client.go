@@ -40,6 +40,10 @@ type Client struct {
 	prefix   string
 	endpoint string
 	opt      Options
+	// bufferedWrites makes pulls write through the page cache only, as
+	// they do on a file system without O_DIRECT (see target); tests set
+	// it to cover that path on any file system.
+	bufferedWrites bool
 }
 
 // New builds a client for p. It does not touch the network.

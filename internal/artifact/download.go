@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,7 +15,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
 
 	"github.com/mergenhq/mergen/internal/progress"
 )
@@ -33,17 +31,17 @@ import (
 // returned. On any error the file is left unsynced for the caller to
 // remove with the rest of its staging.
 func (c *Client) fetch(ctx context.Context, key, dst string, f File, ctr *progress.Counter, flushes *errgroup.Group) error {
-	fh, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	fh, err := createTarget(dst, c.bufferedWrites)
 	if err != nil {
 		return err
 	}
 	sum, err := c.receive(ctx, key, fh, f.Size, ctr)
 	if err == nil && sum != f.SHA256 {
-		fh.Close()
+		fh.close()
 		return fmt.Errorf("download %s: sha256 mismatch: manifest %s, received %s (object corrupt or changed; nothing installed)", f.Name, f.SHA256, sum)
 	}
 	if err != nil {
-		fh.Close()
+		fh.close()
 		var se sizeError
 		if errors.As(err, &se) {
 			return fmt.Errorf("download %s: size %d, manifest says %d", f.Name, se.got, f.Size)
@@ -51,11 +49,7 @@ func (c *Client) fetch(ctx context.Context, key, dst string, f File, ctr *progre
 		return c.explain(err, "download "+f.Name)
 	}
 	flushes.Go(func() error {
-		err := fh.Sync()
-		if cerr := fh.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
+		if err := fh.sync(); err != nil {
 			return fmt.Errorf("download %s: %w", f.Name, err)
 		}
 		return nil
@@ -70,8 +64,8 @@ func (e sizeError) Error() string { return fmt.Sprintf("object size %d", e.got) 
 
 // receive writes the object key (size bytes per the manifest) into fh and
 // returns its hex SHA-256.
-func (c *Client) receive(ctx context.Context, key string, fh *os.File, size int64, ctr *progress.Counter) (string, error) {
-	if err := fh.Truncate(size); err != nil {
+func (c *Client) receive(ctx context.Context, key string, fh *target, size int64, ctr *progress.Counter) (string, error) {
+	if err := fh.f.Truncate(size); err != nil {
 		return "", err
 	}
 	part := c.opt.PartSize
@@ -108,7 +102,7 @@ func (c *Client) receive(ctx context.Context, key string, fh *os.File, size int6
 			wg.Go(func() {
 				off := int64(i) * part
 				if buf == nil {
-					buf = make([]byte, min(part, size))
+					buf = alignedBuf(int(min(part, size)))
 				}
 				buf = buf[:min(part, size-off)]
 				results[i] <- result{buf, c.getRange(ctx, key, off, buf, size, ctr, fh)}
@@ -131,7 +125,7 @@ func (c *Client) receive(ctx context.Context, key string, fh *os.File, size int6
 		// In part order, one part behind the network: the disk writes
 		// while the rest arrives, and a disk slower than the network
 		// holds the buffers back instead of leaving it all to the fsync.
-		startWriteback(fh, int64(i)*part, int64(len(r.buf)))
+		fh.startWriteback(int64(i)*part, int64(len(r.buf)))
 		pool <- r.buf[:cap(r.buf)]
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
@@ -140,7 +134,7 @@ func (c *Client) receive(ctx context.Context, key string, fh *os.File, size int6
 // getRange fills buf with the object's bytes at off and writes them to fh
 // at off. The SDK retries the request; a body cut short is fetched again,
 // up to Attempts times in all.
-func (c *Client) getRange(ctx context.Context, key string, off int64, buf []byte, size int64, ctr *progress.Counter, fh *os.File) error {
+func (c *Client) getRange(ctx context.Context, key string, off int64, buf []byte, size int64, ctr *progress.Counter, fh *target) error {
 	in := &s3.GetObjectInput{Bucket: aws.String(c.bucket), Key: aws.String(key)}
 	if size > 0 {
 		in.Range = aws.String(fmt.Sprintf("bytes=%d-%d", off, off+int64(len(buf))-1))
@@ -161,17 +155,10 @@ func (c *Client) getRange(ctx context.Context, key string, off int64, buf []byte
 	return err
 }
 
-// writeChunk is how much of a part is read before it is written: small
-// enough to be copied into the page cache while still in the processor's
-// cache (a whole part written at once is copied from memory: a profile of
-// 512 MiB pulls put that copy at twice the cost), and large enough to keep
-// the writes few.
-const writeChunk = 256 << 10
-
 // getOnce makes one ranged GET into buf, writing each chunk to fh as it
 // comes in; body says the error came while reading the answer (worth
 // another attempt, which writes the range again from its start).
-func (c *Client) getOnce(ctx context.Context, in *s3.GetObjectInput, off int64, buf []byte, size int64, ctr *progress.Counter, fh *os.File) (got int64, body bool, err error) {
+func (c *Client) getOnce(ctx context.Context, in *s3.GetObjectInput, off int64, buf []byte, size int64, ctr *progress.Counter, fh *target) (got int64, body bool, err error) {
 	out, err := c.s3.GetObject(ctx, in)
 	if err != nil {
 		return 0, false, err
@@ -189,9 +176,10 @@ func (c *Client) getOnce(ctx context.Context, in *s3.GetObjectInput, off int64, 
 		return 0, false, sizeError{total}
 	}
 	src := io.TeeReader(out.Body, ctr)
+	chunk := fh.chunk()
 	n := 0
 	for n < len(buf) {
-		m, err := io.ReadFull(src, buf[n:min(n+writeChunk, len(buf))])
+		m, err := io.ReadFull(src, buf[n:min(n+chunk, len(buf))])
 		if m > 0 {
 			if err := writeData(fh, buf[n:n+m], off+int64(n)); err != nil {
 				return int64(n + m), false, err
@@ -215,7 +203,7 @@ var zeroBlock [4096]byte
 // writeData writes the blocks of p that hold data at off, skipping the
 // all-zero ones: the file was sized beforehand, so they read as zeros and
 // take no space.
-func writeData(f *os.File, p []byte, off int64) error {
+func writeData(f *target, p []byte, off int64) error {
 	blk := len(zeroBlock)
 	isZero := func(i int) bool { return bytes.Equal(p[i:min(i+blk, len(p))], zeroBlock[:min(blk, len(p)-i)]) }
 	for i := 0; i < len(p); {
@@ -228,26 +216,11 @@ func writeData(f *os.File, p []byte, off int64) error {
 		}
 		i, j = min(i, len(p)), min(j, len(p))
 		if j > i {
-			if _, err := f.WriteAt(p[i:j], off+int64(i)); err != nil {
+			if err := f.writeAt(p[i:j], off+int64(i)); err != nil {
 				return err
 			}
 		}
 		i = j
 	}
 	return nil
-}
-
-// startWriteback asks the kernel to start writing the range of f to disk
-// now, without waiting for it. It only moves work earlier: what makes the
-// file durable is still the fsync before install, which also reports any
-// write that failed, so an error here (a file system without the call) is
-// of no consequence.
-func startWriteback(f *os.File, off, n int64) {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return
-	}
-	rc.Control(func(fd uintptr) {
-		unix.SyncFileRange(int(fd), off, n, unix.SYNC_FILE_RANGE_WRITE)
-	})
 }

@@ -8,6 +8,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mergenhq/mergen/internal/progress"
 )
@@ -114,34 +117,99 @@ func TestPullRefusesAChangedPartOrLength(t *testing.T) {
 }
 
 // writeData leaves all-zero blocks as holes and writes everything else,
-// whatever the alignment of the data and of the buffer's end.
+// whatever the alignment of the data, of the buffer's end and of its
+// memory, directly or through the page cache.
 func TestWriteDataSkipsOnlyZeroBlocks(t *testing.T) {
-	p := make([]byte, 10*4096+123)
-	rand.Read(p[4096+7 : 4096+9])   // inside block 1
-	rand.Read(p[3*4096-1 : 3*4096]) // last byte of block 2
-	rand.Read(p[5*4096 : 7*4096])   // blocks 5 and 6
-	rand.Read(p[len(p)-1:])         // the short tail
+	const n = 10*4096 + 123
+	for _, tc := range []struct {
+		name     string
+		buffered bool
+		p        []byte
+	}{
+		{"direct", false, alignedBuf(n)},
+		{"direct, memory not aligned", false, alignedBuf(n + 1)[1:]},
+		{"buffered", true, alignedBuf(n)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := tc.p
+			rand.Read(p[4096+7 : 4096+9])   // inside block 1
+			rand.Read(p[3*4096-1 : 3*4096]) // last byte of block 2
+			rand.Read(p[5*4096 : 7*4096])   // blocks 5 and 6
+			rand.Read(p[len(p)-1:])         // the short tail
+			path := filepath.Join(t.TempDir(), "f")
+			f, err := createTarget(path, tc.buffered)
+			if err != nil {
+				t.Fatal(err)
+			}
+			const off = 3 * 4096
+			if err := f.f.Truncate(off + int64(len(p))); err != nil {
+				t.Fatal(err)
+			}
+			if err := writeData(f, p, off); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.sync(); err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got[off:], p) || !bytes.Equal(got[:off], make([]byte, off)) {
+				t.Fatal("content differs")
+			}
+			if a := allocated(t, path); a > 6*4096 {
+				t.Fatalf("%d bytes allocated for 5 blocks of data", a)
+			}
+		})
+	}
+}
+
+// On a file system with direct I/O, a pulled part's whole pages go to the
+// device without passing through the page cache; the short tail of the
+// file, which O_DIRECT cannot take, does.
+func TestDirectWritesBypassThePageCache(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "f")
-	f, err := os.Create(path)
+	f, err := createTarget(path, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	const off = 3 * 4096
-	if err := f.Truncate(off + int64(len(p))); err != nil {
+	defer f.close()
+	var st unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, path, 0, unix.STATX_DIOALIGN, &st); err != nil || st.Mask&unix.STATX_DIOALIGN == 0 || st.Dio_offset_align == 0 {
+		t.Skipf("SKIP: the file system of %s reports no direct I/O (statx dioalign); pulls write through its page cache here", path)
+	}
+	if f.direct == nil {
+		t.Fatal("the file system reports direct I/O but the target has no direct descriptor")
+	}
+	p := alignedBuf(8*4096 + 100)
+	rand.Read(p)
+	if err := f.f.Truncate(int64(len(p))); err != nil {
 		t.Fatal(err)
 	}
-	if err := writeData(f, p, off); err != nil {
+	if err := writeData(f, p, 0); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
-	got, err := os.ReadFile(path)
+	r, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(got[off:], p) || !bytes.Equal(got[:off], make([]byte, off)) {
-		t.Fatal("content differs")
+	defer r.Close()
+	m, err := unix.Mmap(int(r.Fd()), 0, len(p), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if a := allocated(t, path); a > 6*4096 {
-		t.Fatalf("%d bytes allocated for 5 blocks of data", a)
+	defer unix.Munmap(m)
+	vec := make([]byte, 9)
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		t.Fatal(e)
+	}
+	for i, v := range vec[:8] {
+		if v&1 != 0 {
+			t.Fatalf("page %d of the directly written pages is in the page cache", i)
+		}
+	}
+	if vec[8]&1 == 0 {
+		t.Fatal("the short tail did not go through the page cache")
 	}
 }
