@@ -192,6 +192,33 @@ func TestInterruptedPullLeavesOldAssets(t *testing.T) {
 	assertNoStaging(t, dst)
 }
 
+// A range whose answer is cut is asked for again from where it stopped,
+// not from its start: through connections that each carry 1.5 MiB, every
+// 4 MiB range arrives in pieces, and the pull installs the exact files.
+func TestPullResumesCutRanges(t *testing.T) {
+	srv := startS3(t)
+	c := srv.client(t, srv.Profile())
+	src := baseDir(t, "new")
+	if _, err := c.PushBase(ctxT(t), src, Base{"linux-amd64", "buildroot", "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	p := srv.Profile()
+	addr, cuts := shortProxy(t, strings.TrimPrefix(srv.Endpoint, "http://"), 1536<<10)
+	p.Endpoint = "http://" + addr
+	short := srv.client(t, p)
+	short.opt.PartSize = 4 << 20
+	short.opt.Concurrency = 2
+	short.opt.Attempts = 4
+	dst := t.TempDir()
+	if _, err := short.PullBase(ctxT(t), dst, Base{"linux-amd64", "buildroot", "v1"}); err != nil {
+		t.Fatalf("pull through connections of 1.5 MiB: %v", err)
+	}
+	sameFiles(t, src, dst, baseNames...)
+	if cuts.Load() < 6 { // each of the three 4 MiB ranges at least twice
+		t.Fatalf("%d answers cut; the proxy did not cut the ranges", cuts.Load())
+	}
+}
+
 func assertNoStaging(t *testing.T, dir string) {
 	t.Helper()
 	ents, _ := os.ReadDir(dir)

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -68,21 +69,17 @@ func (c *Client) receive(ctx context.Context, key string, fh *target, size int64
 	if err := fh.f.Truncate(size); err != nil {
 		return "", err
 	}
-	part := c.opt.PartSize
+	partSize := c.opt.PartSize
 	// An empty object is still fetched once: it must exist and be empty.
-	nparts := max(1, int((size+part-1)/part))
+	nparts := max(1, int((size+partSize-1)/partSize))
 	var wg sync.WaitGroup
 	defer wg.Wait() // after the cancel below; no write after return: the caller closes fh
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
-	type result struct {
-		buf []byte
-		err error
-	}
-	results := make([]chan result, nparts)
-	for i := range results {
-		results[i] = make(chan result, 1)
+	started := make([]chan *part, nparts)
+	for i := range started {
+		started[i] = make(chan *part, 1)
 	}
 	// Buffers are taken in part order and given back in part order, so
 	// the lowest part in flight always holds one: no deadlock, and never
@@ -99,102 +96,143 @@ func (c *Client) receive(ctx context.Context, key string, fh *target, size int64
 			case <-ctx.Done():
 				return
 			}
+			off := int64(i) * partSize
+			if buf == nil {
+				buf = alignedBuf(int(min(partSize, size)))
+			}
+			p := &part{off: off, buf: buf[:min(partSize, size-off)], more: make(chan struct{}, 1), done: make(chan error, 1)}
+			started[i] <- p
 			wg.Go(func() {
-				off := int64(i) * part
-				if buf == nil {
-					buf = alignedBuf(int(min(part, size)))
+				err := c.getRange(ctx, key, p, size, ctr, fh)
+				if err != nil {
+					cancel(err)
 				}
-				buf = buf[:min(part, size-off)]
-				results[i] <- result{buf, c.getRange(ctx, key, off, buf, size, ctr, fh)}
+				p.done <- err
 			})
 		}
 	})
+	// The digest follows the lowest part in flight as its bytes come in,
+	// while they are still in the processor's cache, instead of waiting
+	// for the whole part: hashing a part after it arrived held its buffer
+	// back from the next range, and on two cores it took longer than the
+	// network.
 	h := sha256.New()
 	for i := range nparts {
-		var r result
+		var p *part
 		select {
-		case r = <-results[i]:
+		case p = <-started[i]:
 		case <-ctx.Done():
 			return "", context.Cause(ctx)
 		}
-		if r.err != nil {
-			cancel(r.err)
-			return "", r.err
+		hashed := 0
+		for complete := false; !complete; {
+			select {
+			case err := <-p.done:
+				if err != nil {
+					return "", err
+				}
+				complete = true
+			case <-p.more:
+			case <-ctx.Done():
+				return "", context.Cause(ctx)
+			}
+			n := int(p.in.Load())
+			h.Write(p.buf[hashed:n])
+			hashed = n
 		}
-		h.Write(r.buf)
-		// In part order, one part behind the network: the disk writes
-		// while the rest arrives, and a disk slower than the network
-		// holds the buffers back instead of leaving it all to the fsync.
-		fh.startWriteback(int64(i)*part, int64(len(r.buf)))
-		pool <- r.buf[:cap(r.buf)]
+		// In part order: the disk writes while the rest arrives, and a
+		// disk slower than the network holds the buffers back instead of
+		// leaving it all to the fsync.
+		fh.startWriteback(p.off, int64(len(p.buf)))
+		pool <- p.buf[:cap(p.buf)]
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// getRange fills buf with the object's bytes at off and writes them to fh
-// at off. The SDK retries the request; a body cut short is fetched again,
-// up to Attempts times in all.
-func (c *Client) getRange(ctx context.Context, key string, off int64, buf []byte, size int64, ctr *progress.Counter, fh *target) error {
-	in := &s3.GetObjectInput{Bucket: aws.String(c.bucket), Key: aws.String(key)}
-	if size > 0 {
-		in.Range = aws.String(fmt.Sprintf("bytes=%d-%d", off, off+int64(len(buf))-1))
-	}
+// part is one range of the object on its way into the file.
+type part struct {
+	off int64  // in the object and the file
+	buf []byte // the range's bytes as they come in
+	// in counts the bytes of buf received. They are never fetched again:
+	// what was hashed is what is written.
+	in      atomic.Int64
+	more    chan struct{} // capacity 1: in moved
+	done    chan error    // the range's outcome
+	written int           // bytes of buf in the file; the receiving goroutine's
+}
+
+// getRange fills p.buf with the object's bytes at p.off, writing them to
+// fh as they come. The SDK retries the request; a body cut short is asked
+// for again from where it stopped, up to Attempts times in all.
+func (c *Client) getRange(ctx context.Context, key string, p *part, size int64, ctr *progress.Counter, fh *target) error {
 	var err error
 	for range c.opt.Attempts {
-		var got int64
 		var body bool
-		got, body, err = c.getOnce(ctx, in, off, buf, size, ctr, fh)
-		if err == nil {
-			return nil
-		}
-		ctr.Add(-got) // counted again by the next attempt, or not at all
-		if !body || ctx.Err() != nil {
+		body, err = c.getOnce(ctx, key, p, size, ctr, fh)
+		if err == nil || !body || ctx.Err() != nil {
 			return err
 		}
 	}
 	return err
 }
 
-// getOnce makes one ranged GET into buf, writing each chunk to fh as it
-// comes in; body says the error came while reading the answer (worth
-// another attempt, which writes the range again from its start).
-func (c *Client) getOnce(ctx context.Context, in *s3.GetObjectInput, off int64, buf []byte, size int64, ctr *progress.Counter, fh *target) (got int64, body bool, err error) {
+// getOnce makes one GET for the bytes of p not yet received, writing each
+// whole chunk to fh as it is complete; body says the error came while
+// reading the answer (worth another attempt).
+func (c *Client) getOnce(ctx context.Context, key string, p *part, size int64, ctr *progress.Counter, fh *target) (body bool, err error) {
+	n := int(p.in.Load())
+	from := p.off + int64(n)
+	in := &s3.GetObjectInput{Bucket: aws.String(c.bucket), Key: aws.String(key)}
+	if size > 0 {
+		in.Range = aws.String(fmt.Sprintf("bytes=%d-%d", from, p.off+int64(len(p.buf))-1))
+	}
 	out, err := c.s3.GetObject(ctx, in)
 	if err != nil {
-		return 0, false, err
+		return false, err
 	}
 	defer out.Body.Close()
-	total := aws.ToInt64(out.ContentLength) + off // no range asked, or none honoured
+	total := aws.ToInt64(out.ContentLength) + from // no range asked, or none honoured
 	if cr := aws.ToString(out.ContentRange); cr != "" {
 		if i := strings.LastIndexByte(cr, '/'); i >= 0 {
-			if n, perr := strconv.ParseInt(cr[i+1:], 10, 64); perr == nil {
-				total = n
+			if t, perr := strconv.ParseInt(cr[i+1:], 10, 64); perr == nil {
+				total = t
 			}
 		}
 	}
 	if total != size {
-		return 0, false, sizeError{total}
+		return false, sizeError{total}
 	}
-	src := io.TeeReader(out.Body, ctr)
 	chunk := fh.chunk()
-	n := 0
-	for n < len(buf) {
-		m, err := io.ReadFull(src, buf[n:min(n+chunk, len(buf))])
-		if m > 0 {
-			if err := writeData(fh, buf[n:n+m], off+int64(n)); err != nil {
-				return int64(n + m), false, err
-			}
-		}
+	for n < len(p.buf) {
+		m, rerr := out.Body.Read(p.buf[n:min(p.written+chunk, len(p.buf))])
 		n += m
-		if err != nil {
-			return int64(n), true, err
+		ctr.Add(int64(m))
+		p.in.Store(int64(n))
+		select {
+		case p.more <- struct{}{}:
+		default: // already told
+		}
+		if n == len(p.buf) || n == p.written+chunk {
+			if err := writeData(fh, p.buf[p.written:n], p.off+int64(p.written)); err != nil {
+				return false, err
+			}
+			p.written = n
+		}
+		if n == len(p.buf) {
+			break
+		}
+		if rerr == io.EOF {
+			rerr = io.ErrUnexpectedEOF
+		}
+		if rerr != nil {
+			return true, rerr
 		}
 	}
 	var one [1]byte
 	if m, _ := out.Body.Read(one[:]); m > 0 {
-		return int64(n), false, fmt.Errorf("range at %d: more than the %d bytes asked for", off, len(buf))
+		return false, fmt.Errorf("range at %d: more than the %d bytes asked for", p.off, len(p.buf))
 	}
-	return int64(n), false, nil
+	return false, nil
 }
 
 // zeroBlock is one file-system block of zeros.

@@ -1,6 +1,7 @@
 package artifact
 
 import (
+	"io"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -97,4 +98,44 @@ func watch(tr *progress.Tracker, cond func(progress.Stat) bool, fire func()) (st
 		}
 	}()
 	return func() { close(done); <-finished }
+}
+
+// shortProxy forwards loopback TCP to target and closes each connection
+// once it has carried perConn bytes from the server: every answer longer
+// than that is cut, every time. It returns its address and the number of
+// connections cut so far.
+func shortProxy(t *testing.T, target string, perConn int64) (string, *atomic.Int64) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cuts atomic.Int64
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			in, err := l.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			go func() {
+				io.Copy(out, in)
+				out.Close()
+			}()
+			go func() {
+				n, _ := io.Copy(in, io.LimitReader(out, perConn))
+				if n == perConn {
+					cuts.Add(1)
+				}
+				in.Close()
+				out.Close()
+			}()
+		}
+	}()
+	return l.Addr().String(), &cuts
 }
