@@ -158,17 +158,41 @@ type part struct {
 	in      atomic.Int64
 	more    chan struct{} // capacity 1: in moved
 	done    chan error    // the range's outcome
-	written int           // bytes of buf in the file; the receiving goroutine's
+	written int           // bytes of buf handed to be written; the receiving goroutine's
 }
 
 // getRange fills p.buf with the object's bytes at p.off, writing them to
 // fh as they come. The SDK retries the request; a body cut short is asked
 // for again from where it stopped, up to Attempts times in all.
 func (c *Client) getRange(ctx context.Context, key string, p *part, size int64, ctr *progress.Counter, fh *target) error {
+	// Whole chunks are written by a goroutine of their own, so the range
+	// is read on while the device takes the chunk before (a direct write
+	// returns once the device has it). They are regions of buf the
+	// reader is done with; all are written before the range is.
+	writes := make(chan [2]int, len(p.buf)/fh.chunk()+1)
+	written := make(chan error, 1)
+	go func() {
+		var err error
+		for w := range writes {
+			if err == nil {
+				err = writeData(fh, p.buf[w[0]:w[1]], p.off+int64(w[0]))
+			}
+		}
+		written <- err
+	}()
+	err := c.getAttempts(ctx, key, p, size, ctr, fh.chunk(), writes)
+	close(writes)
+	if werr := <-written; err == nil {
+		err = werr
+	}
+	return err
+}
+
+func (c *Client) getAttempts(ctx context.Context, key string, p *part, size int64, ctr *progress.Counter, chunk int, writes chan<- [2]int) error {
 	var err error
 	for range c.opt.Attempts {
 		var body bool
-		body, err = c.getOnce(ctx, key, p, size, ctr, fh)
+		body, err = c.getOnce(ctx, key, p, size, ctr, chunk, writes)
 		if err == nil || !body || ctx.Err() != nil {
 			return err
 		}
@@ -176,10 +200,10 @@ func (c *Client) getRange(ctx context.Context, key string, p *part, size int64, 
 	return err
 }
 
-// getOnce makes one GET for the bytes of p not yet received, writing each
-// whole chunk to fh as it is complete; body says the error came while
+// getOnce makes one GET for the bytes of p not yet received, handing each
+// whole chunk to writes as it is complete; body says the error came while
 // reading the answer (worth another attempt).
-func (c *Client) getOnce(ctx context.Context, key string, p *part, size int64, ctr *progress.Counter, fh *target) (body bool, err error) {
+func (c *Client) getOnce(ctx context.Context, key string, p *part, size int64, ctr *progress.Counter, chunk int, writes chan<- [2]int) (body bool, err error) {
 	n := int(p.in.Load())
 	from := p.off + int64(n)
 	in := &s3.GetObjectInput{Bucket: aws.String(c.bucket), Key: aws.String(key)}
@@ -202,7 +226,6 @@ func (c *Client) getOnce(ctx context.Context, key string, p *part, size int64, c
 	if total != size {
 		return false, sizeError{total}
 	}
-	chunk := fh.chunk()
 	for n < len(p.buf) {
 		m, rerr := out.Body.Read(p.buf[n:min(p.written+chunk, len(p.buf))])
 		n += m
@@ -213,9 +236,7 @@ func (c *Client) getOnce(ctx context.Context, key string, p *part, size int64, c
 		default: // already told
 		}
 		if n == len(p.buf) || n == p.written+chunk {
-			if err := writeData(fh, p.buf[p.written:n], p.off+int64(p.written)); err != nil {
-				return false, err
-			}
+			writes <- [2]int{p.written, n}
 			p.written = n
 		}
 		if n == len(p.buf) {
