@@ -43,26 +43,34 @@ func canonical(s string) string {
 
 // sharedRoots gives records with equal disk roots one map: the roots are
 // the same for every VM whose disks came from the same places, and a
-// small map costs about 300 bytes.
+// small map costs about 300 bytes. It remembers the few maps handed out
+// last, not all of them: records are decoded concurrently and in no set
+// order, so hosts with two or three disk sources would otherwise see the
+// maps alternate, and a bounded list forgets the roots of deleted VMs.
 type sharedRoots struct {
-	mu   sync.Mutex
-	last map[string]string // of the last record decoded with roots
+	mu     sync.Mutex
+	recent [8]map[string]string // most recently handed out first
 }
 
-// share returns the map that equals roots: the last one handed out when
-// equal, else roots itself (with its paths shared), which becomes it.
+// share returns the remembered map that equals roots, else roots itself
+// (with its paths shared), which is remembered in place of the oldest.
 func (r *sharedRoots) share(roots map[string]string) map[string]string {
 	if roots == nil {
 		return nil
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if maps.Equal(roots, r.last) {
-		return r.last
+	for i, m := range r.recent {
+		if m != nil && maps.Equal(roots, m) {
+			copy(r.recent[1:i+1], r.recent[:i])
+			r.recent[0] = m
+			return m
+		}
 	}
 	for k, v := range roots {
 		roots[k] = canonical(v)
 	}
-	r.last = roots
+	copy(r.recent[1:], r.recent[:len(r.recent)-1])
+	r.recent[0] = roots
 	return roots
 }
