@@ -362,3 +362,20 @@ func TestUploadProgressNeverExceedsTheFile(t *testing.T) {
 		t.Fatalf("progress went past the file size: %+v", over)
 	}
 }
+
+// Key segments and image references are bounded in length as well as in
+// shape: one over the bound is refused, naming the value's field.
+func TestKeySegmentsAndImageRefsHaveALengthBound(t *testing.T) {
+	if err := checkSegment("version", strings.Repeat("v", 128)); err != nil {
+		t.Errorf("a 128-byte version refused: %v", err)
+	}
+	if err := checkSegment("version", strings.Repeat("v", 129)); err == nil || !strings.Contains(err.Error(), "version") {
+		t.Errorf("a 129-byte version: err = %v, want a refusal naming the version", err)
+	}
+	if err := checkRef("registry.example/" + strings.Repeat("a", 255-len("registry.example/"))); err != nil {
+		t.Errorf("a 255-byte image reference refused: %v", err)
+	}
+	if err := checkRef(strings.Repeat("a", 256)); err == nil || !strings.Contains(err.Error(), "at most 255") {
+		t.Errorf("a 256-byte image reference: err = %v, want a refusal naming the bound", err)
+	}
+}

@@ -206,11 +206,14 @@ func (c *Client) exists(ctx context.Context, key string) (bool, error) {
 	return false, err
 }
 
-var versionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$`)
+// versionRE is the shape of a key segment; its length is checked apart
+// (a repetition bounded in the expression compiles into a program as long
+// as the bound, kept in the daemon's memory for its lifetime).
+var versionRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._+-]*$`)
 
 // checkSegment validates a value that becomes one element of an object key.
 func checkSegment(field, v string) error {
-	if !versionRE.MatchString(v) || v == "latest" && field != "version" {
+	if len(v) > 128 || !versionRE.MatchString(v) || v == "latest" && field != "version" {
 		return fmt.Errorf("%s %q: must be 1-128 letters, digits, '.', '_', '+' or '-'", field, v)
 	}
 	return nil

@@ -11,12 +11,13 @@ import (
 )
 
 // An image reference becomes part of the object key and of the local path
-// under the images root, so it is held to a strict shape.
-var refRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$`)
+// under the images root, so it is held to a strict shape (its length
+// checked apart from the expression, as for versionRE).
+var refRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$`)
 
 func checkRef(ref string) error {
-	if !refRE.MatchString(ref) {
-		return fmt.Errorf("image %q: not an image reference (letters, digits and . _ / : @ + -)", ref)
+	if len(ref) > 255 || !refRE.MatchString(ref) {
+		return fmt.Errorf("image %q: not an image reference (at most 255 letters, digits and . _ / : @ + -)", ref)
 	}
 	for _, el := range strings.Split(ref, "/") {
 		if el == "" || el == "." || el == ".." {
