@@ -100,17 +100,15 @@ func watch(tr *progress.Tracker, cond func(progress.Stat) bool, fire func()) (st
 	return func() { close(done); <-finished }
 }
 
-// shortProxy forwards loopback TCP to target and closes each connection
-// once it has carried perConn bytes from the server: every answer longer
-// than that is cut, every time. It returns its address and the number of
-// connections cut so far.
-func shortProxy(t *testing.T, target string, perConn int64) (string, *atomic.Int64) {
+// relay listens on loopback and, for every connection, dials target and
+// hands both ends to carry, which forwards the bytes and closes them. It
+// returns the listening address; the listener closes with the test.
+func relay(t *testing.T, target string, carry func(client, server net.Conn)) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var cuts atomic.Int64
 	t.Cleanup(func() { l.Close() })
 	go func() {
 		for {
@@ -123,19 +121,32 @@ func shortProxy(t *testing.T, target string, perConn int64) (string, *atomic.Int
 				in.Close()
 				continue
 			}
-			go func() {
-				io.Copy(out, in)
-				out.Close()
-			}()
-			go func() {
-				n, _ := io.Copy(in, io.LimitReader(out, perConn))
-				if n == perConn {
-					cuts.Add(1)
-				}
-				in.Close()
-				out.Close()
-			}()
+			carry(in, out)
 		}
 	}()
-	return l.Addr().String(), &cuts
+	return l.Addr().String()
+}
+
+// shortProxy forwards loopback TCP to target and closes each connection
+// once it has carried perConn bytes from the server: every answer longer
+// than that is cut, every time. It returns its address and the number of
+// connections cut so far.
+func shortProxy(t *testing.T, target string, perConn int64) (string, *atomic.Int64) {
+	t.Helper()
+	var cuts atomic.Int64
+	addr := relay(t, target, func(in, out net.Conn) {
+		go func() {
+			io.Copy(out, in)
+			out.Close()
+		}()
+		go func() {
+			n, _ := io.Copy(in, io.LimitReader(out, perConn))
+			if n == perConn {
+				cuts.Add(1)
+			}
+			in.Close()
+			out.Close()
+		}()
+	})
+	return addr, &cuts
 }

@@ -437,51 +437,36 @@ func TestSweepDuringAPullLeavesNothing(t *testing.T) {
 // then.
 func stallProxy(t *testing.T, target string, budget int64) (addr string, stalled <-chan struct{}, release func()) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var left atomic.Int64
 	left.Store(budget)
 	st, rel := make(chan struct{}), make(chan struct{})
 	var stallOnce, releaseOnce sync.Once
 	release = func() { releaseOnce.Do(func() { close(rel) }) }
-	t.Cleanup(func() { release(); l.Close() })
-	go func() {
+	t.Cleanup(release)
+	pipe := func(dst, src net.Conn) {
+		defer dst.Close()
+		buf := make([]byte, 32<<10)
 		for {
-			in, err := l.Accept()
+			n, err := src.Read(buf)
+			if n > 0 {
+				if left.Add(-int64(n)) < 0 {
+					stallOnce.Do(func() { close(st) })
+					<-rel
+				}
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
 			if err != nil {
 				return
 			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			pipe := func(dst, src net.Conn) {
-				defer dst.Close()
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := src.Read(buf)
-					if n > 0 {
-						if left.Add(-int64(n)) < 0 {
-							stallOnce.Do(func() { close(st) })
-							<-rel
-						}
-						if _, werr := dst.Write(buf[:n]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}
-			go pipe(out, in)
-			go pipe(in, out)
 		}
-	}()
-	return l.Addr().String(), st, release
+	}
+	addr = relay(t, target, func(in, out net.Conn) {
+		go pipe(out, in)
+		go pipe(in, out)
+	})
+	return addr, st, release
 }
 
 func TestSnapshotManifestNames(t *testing.T) {
