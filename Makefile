@@ -22,7 +22,7 @@ TEST_TIMEOUT ?= 25m
 export PATH := /usr/local/go/bin:$(BUILD)/tools:$(PATH)
 export MERGEN_TEST_ASSETS := $(ASSETS)
 
-.PHONY: all build deps deps-runtime assets kube test test-prepare test-unit bench run stop clean fmt vet
+.PHONY: all build deps deps-runtime assets kube test test-unit bench run stop clean fmt vet
 
 all: build
 
@@ -56,18 +56,9 @@ fmt:
 	gofmt -w $$(git ls-files '*.go')
 
 # The full suite. Root-only tests skip loudly when not root; CI runs as root.
-# The control plane's first build keeps both cores busy for many minutes,
-# while the assets mostly wait for downloads and the disk: after the
-# packages (the build's downloads need their certificates), the two run
-# side by side, then the tests.
-test: deps
-	$(MAKE) --no-print-directory -j2 kube test-prepare
-	$(GO) test -timeout $(TEST_TIMEOUT) -count=1 ./...
-
-# What `make test` builds and checks before the tests, besides the
-# control plane.
-test-prepare: assets
+test: deps build assets kube
 	$(GO) vet ./...
+	$(GO) test -timeout $(TEST_TIMEOUT) -count=1 ./...
 
 # Quick loop while developing: unit tests only (no assets).
 test-unit:
