@@ -234,8 +234,12 @@ func (m *Manager) finishCreate(ctx context.Context, meta store.Meta, req wire.Cr
 			}
 			return wire.VM{}, err
 		}
+		// Starting may have changed more than the live state.
+		return m.Get(ctx, id)
 	}
-	return m.Get(ctx, id)
+	// The VM as created, from the record as written: reading it back
+	// would only decode it again.
+	return m.document(ctx, meta), nil
 }
 
 // resolveDisks applies the MGR_DEFAULT_* fallbacks and checks every path

@@ -253,3 +253,44 @@ func TestAutoStartWithoutAServiceManagerKeepsNothing(t *testing.T) {
 		t.Fatalf("next create = %s, %v; want the name and the first address free again", vm.Network.GuestIP, err)
 	}
 }
+
+// A create answers with the VM as a GET of it answers right after, field
+// for field, whatever the request set or left out.
+func TestACreatesAnswerIsTheVMAsAGetSeesIt(t *testing.T) {
+	h := newHost(t, nil)
+	data := h.disk(t, "data.ext4")
+	requests := map[string]wire.CreateRequest{
+		"empty": {},
+		"everything": {
+			VCPU: 2, MemMiB: 256, DataDisk: data,
+			Ports:       []wire.Port{{Guest: 80}, {Guest: 53, Protocol: "udp"}},
+			HTTPPort:    80,
+			Tags:        map[string]string{"name": "answer", "team": "x"},
+			Metadata:    json.RawMessage(`{"owner":{"id":7}}`),
+			Restart:     "on-failure:2",
+			BootArgs:    "quiet",
+			ExtraEnv:    map[string]string{"A": "1"},
+			Argv:        []string{"/bin/app", "--flag"},
+			Hooks:       json.RawMessage(`{"onStart":[{"url":"http://127.0.0.1:9/hook"}]}`),
+			HealthCheck: &wire.HealthCheck{TCP: &wire.TCPHealthCheck{Port: 80}},
+		},
+		"empty collections": {Tags: map[string]string{}, ExtraEnv: map[string]string{}, Ports: []wire.Port{}, Argv: []string{}},
+	}
+	for name, req := range requests {
+		t.Run(name, func(t *testing.T) {
+			created, err := h.mgr.Create(context.Background(), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := h.mgr.Get(context.Background(), created.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a, _ := json.Marshal(created)
+			b, _ := json.Marshal(got)
+			if string(a) != string(b) {
+				t.Fatalf("create answered\n%s\nGET answers\n%s", a, b)
+			}
+		})
+	}
+}
