@@ -13,13 +13,18 @@ BUILD      := $(CURDIR)/.build
 BIN        := $(BUILD)/bin
 ASSETS     := $(BUILD)/assets
 KUBE       := $(BUILD)/kube
-GOFLAGS    ?=
 VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS    := -s -w -X github.com/mergenhq/mergen/internal/version.Version=$(VERSION)
 PROGRAMS   := $(notdir $(wildcard cmd/*))
 TEST_TIMEOUT ?= 25m
 
 export PATH := /usr/local/go/bin:$(BUILD)/tools:$(PATH)
+# One build configuration for the programs, go vet and the tests (static,
+# paths trimmed), so each package compiles once, not once per
+# configuration: from empty caches that saves 5 of 13 minutes of
+# compiling, most of it mergen-node's Kubernetes libraries.
+export CGO_ENABLED := 0
+export GOFLAGS := -trimpath $(filter-out -trimpath,$(GOFLAGS))
 export MERGEN_TEST_ASSETS := $(ASSETS)
 
 .PHONY: all build deps deps-runtime assets kube test test-unit bench run stop clean fmt vet
@@ -37,7 +42,7 @@ deps-runtime:
 
 build:
 	@mkdir -p $(BIN)
-	CGO_ENABLED=0 $(GO) build $(GOFLAGS) -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $(addprefix ./cmd/,$(PROGRAMS))
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN)/ $(addprefix ./cmd/,$(PROGRAMS))
 
 assets: build
 	scripts/build-assets.sh $(ASSETS)

@@ -12,7 +12,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -291,11 +290,10 @@ func (cp *ControlPlane) Kubectl(t testing.TB, args ...string) (string, error) {
 func BinDir() (string, error) {
 	dir := testenv.KubeBinOverride()
 	if dir == "" {
-		_, file, _, ok := runtime.Caller(0)
-		if !ok {
-			return "", errors.New("cannot locate the repository")
+		var err error
+		if dir, err = testenv.RepoPath(".build", "kube", "bin"); err != nil {
+			return "", err
 		}
-		dir = filepath.Join(filepath.Dir(file), "..", "..", ".build", "kube", "bin")
 	}
 	for _, b := range Binaries {
 		if _, err := exec.LookPath(filepath.Join(dir, b)); err != nil {

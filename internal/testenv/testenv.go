@@ -9,10 +9,11 @@ package testenv
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -29,14 +30,44 @@ func RequireRoot(t testing.TB) {
 	}
 }
 
-// RepoRoot is the directory holding go.mod.
+// RepoRoot is the directory holding go.mod: the nearest one above the
+// working directory, which go test sets to the package's own. (Not found
+// from the source file's path: built with -trimpath, as make test builds,
+// that is the import path.)
 func RepoRoot(t testing.TB) string {
 	t.Helper()
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("testenv: cannot locate source file")
+	root, err := repoRoot()
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
 	}
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+	return root
+}
+
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("locate the repository: %w", err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("locate the repository: no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// RepoPath is a path inside the repository, for code that cannot fail a
+// test (it returns the error instead).
+func RepoPath(elem ...string) (string, error) {
+	root, err := repoRoot()
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(append([]string{root}, elem...)...), nil
 }
 
 var (
