@@ -13,6 +13,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+
+	"github.com/mergenhq/mergen/internal/testenv"
 )
 
 // BenchmarkS3Transfer compares mergen's push and pull of a sparse disk
@@ -138,11 +140,7 @@ func reportCPU(b *testing.B) func() {
 	}
 }
 
-func processCPU() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
+func processCPU() time.Duration { return testenv.ProcessCPU().Total() }
 
 // untimedCPU is the processor time spent in untimed steps so far.
 var untimedCPU time.Duration

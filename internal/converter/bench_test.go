@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -148,13 +147,9 @@ func BenchmarkConvertAgainstTarAndMkfs(b *testing.B) {
 	}
 }
 
-// cpuTime is the CPU time, user and system, of this process and of its
-// children that ended: on a shared machine it moves less with the load than
-// the wall-clock figures.
+// cpuTime is the processor time of this process and of its children that
+// ended: on a shared machine it moves less with the load than the
+// wall-clock figures.
 func cpuTime() time.Duration {
-	var self, children syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &self)
-	syscall.Getrusage(syscall.RUSAGE_CHILDREN, &children)
-	tv := func(t syscall.Timeval) time.Duration { return time.Duration(t.Nano()) }
-	return tv(self.Utime) + tv(self.Stime) + tv(children.Utime) + tv(children.Stime)
+	return testenv.ProcessCPU().Total() + testenv.ChildrenCPU().Total()
 }

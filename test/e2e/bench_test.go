@@ -5,9 +5,10 @@ import (
 	"runtime"
 	"sort"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mergenhq/mergen/internal/testenv"
 )
 
 // BenchmarkControlPlane measures, through the real HTTP API of a daemon on
@@ -27,7 +28,7 @@ func BenchmarkControlPlane(b *testing.B) {
 			next <- j
 		}
 		close(next)
-		cpu0 := processCPU(b)
+		cpu0 := testenv.ProcessCPU()
 		start := time.Now()
 		for c := 0; c < clients; c++ {
 			wg.Add(1)
@@ -45,7 +46,7 @@ func BenchmarkControlPlane(b *testing.B) {
 		}
 		wg.Wait()
 		total := time.Since(start)
-		cpu := processCPU(b).sub(cpu0)
+		cpu := testenv.ProcessCPU().Sub(cpu0)
 		sort.Slice(lat, func(x, y int) bool { return lat[x] < lat[y] })
 
 		listLat := make([]time.Duration, lists)
@@ -70,24 +71,11 @@ func BenchmarkControlPlane(b *testing.B) {
 		// create costs them, apart from what it waits for (the disk's
 		// flushes), and the ceiling that puts on creates/s here.
 		fmt.Printf("control plane: processor time per create %.2f ms (user %.2f, system %.2f; daemon and clients), at most %.0f creates/s on %d processors\n",
-			ms(cpu.user+cpu.sys)/creates, ms(cpu.user)/creates, ms(cpu.sys)/creates,
-			float64(runtime.NumCPU())*creates/(cpu.user+cpu.sys).Seconds(), runtime.NumCPU())
+			ms(cpu.Total())/creates, ms(cpu.User)/creates, ms(cpu.System)/creates,
+			float64(runtime.NumCPU())*creates/cpu.Total().Seconds(), runtime.NumCPU())
 		rss, idle := daemonRSS(b, h, lists), daemonRSS(b, newHost(b, nil), lists)
 		fmt.Printf("control plane: daemon VmRSS with %d VMs defined %s; baseline in the same run: with no VMs %s (the built daemon, after %d lists)\n", creates, rss, idle, lists)
 	}
 }
-
-// cpuTime is the processor time this process has used.
-type cpuTime struct{ user, sys time.Duration }
-
-func processCPU(t testing.TB) cpuTime {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		t.Fatal(err)
-	}
-	return cpuTime{time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())}
-}
-
-func (c cpuTime) sub(o cpuTime) cpuTime { return cpuTime{c.user - o.user, c.sys - o.sys} }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
