@@ -86,6 +86,29 @@ func TestCreateRefusesDaemonStateAsADisk(t *testing.T) {
 	}
 }
 
+// The daemon's state is refused wherever its configured paths lead: here
+// its data root is a link, and the certificates' directory is made only
+// after the daemon started (the areas are resolved once, when the manager
+// is made, as far as they exist then). Offered by its real path, the key
+// is still daemon state, even with every directory an allowed root.
+func TestDaemonStateMadeAfterStartBehindALinkIsRefused(t *testing.T) {
+	real := t.TempDir()
+	link := filepath.Join(t.TempDir(), "data")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	h := newHost(t, map[string]string{"MGR_DATA_ROOT": link, "MGR_DISK_ROOTS": "/"})
+	key := filepath.Join(real, "certs", "wildcard.example.com.key")
+	if _, err := os.Stat(filepath.Dir(key)); !os.IsNotExist(err) {
+		t.Fatalf("the certificates' directory exists before the test makes it (%v)", err)
+	}
+	writeFile(t, key, "daemon state")
+	vm, err := h.mgr.Create(context.Background(), wire.CreateRequest{EnvDisk: key})
+	if !errdefs.IsInvalid(err) || !contains(err.Error(), "envDisk: ", "daemon's state") {
+		t.Fatalf("Create = %s, %v; want a refusal of envDisk as daemon state", vm.ID, err)
+	}
+}
+
 // Writable data disks come from the volumes dir or MGR_DISK_ROOTS: the base
 // assets and the images are every VM's read-only disks, and a guest writing
 // to one would change them for all.

@@ -41,6 +41,8 @@ type Manager struct {
 	life       context.Context
 	lifeCancel context.CancelFunc
 	probe      alloc.Probe
+	// disks say where a VM's kernel, initrd and disks may come from.
+	disks diskRules
 
 	// sup is nil when no supervisor can run on this host; supErr says why.
 	sup    supervisor.Supervisor
@@ -82,7 +84,7 @@ type Options struct {
 
 // New returns a manager over the store.
 func New(o Options) *Manager {
-	m := &Manager{cfg: o.Config, store: o.Store, snaps: snapshot.New(o.Store.Layout), log: o.Log, probe: o.Probe, sup: o.Supervisor, supErr: o.SupervisorErr, newID: store.NewID}
+	m := &Manager{cfg: o.Config, store: o.Store, snaps: snapshot.New(o.Store.Layout), log: o.Log, probe: o.Probe, disks: newDiskRules(o.Config), sup: o.Supervisor, supErr: o.SupervisorErr, newID: store.NewID}
 	if m.probe == nil {
 		m.probe = alloc.BindProbe
 	}
@@ -250,7 +252,7 @@ func (m *Manager) finishCreate(ctx context.Context, meta store.Meta, req wire.Cr
 // absent. roots maps each field set to the root its path was checked
 // below, for the record: the start stage opens the file there.
 func (m *Manager) resolveDisks(req wire.CreateRequest) (d store.Disks, kernel, initrd string, roots map[string]string, err error) {
-	rules := newDiskRules(m.cfg)
+	rules := m.disks
 	roots = map[string]string{}
 	fields := []struct {
 		name, given, def, env string
