@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Control-plane throughput and latency through the real HTTP API:
-# 1,000 creates (creates/s, p50, p99) and listing 1,000 VMs.
+# 1,000 creates (creates/s, p50, p99), listing 1,000 VMs, the daemon's
+# resident size, then 1,000 deletes (deletes/s, p50, p99; the baseline
+# commit's benchmark may predate them).
 #
 # The same benchmark runs on a baseline in the same run, alternating with
 # this tree: BASE (a commit; default 6d4deec, the last one before creates

@@ -48,8 +48,9 @@ type Manager struct {
 	sup    supervisor.Supervisor
 	supErr error
 
-	// creates writes new VMs into the store, concurrent ones together.
-	creates *store.Committer
+	// changes writes new VMs into the store and takes deleted ones out,
+	// concurrent ones together.
+	changes *store.Committer
 
 	// The allocation index, derived from the store and valid while the
 	// store's generation equals indexGen. Guarded by the store's
@@ -89,7 +90,7 @@ func New(o Options) *Manager {
 		m.probe = alloc.BindProbe
 	}
 	m.metrics = newMetrics(m)
-	m.creates = o.Store.NewCommitter(store.CommitterOptions{Committed: m.committed})
+	m.changes = o.Store.NewCommitter(store.CommitterOptions{Committed: m.committed})
 	m.health.ctx, m.health.stop = context.WithCancel(context.Background())
 	m.health.w = map[string]*healthWatcher{}
 	if m.log == nil {
@@ -317,7 +318,7 @@ func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wi
 			}
 		}()
 	}
-	_, err = m.creates.Create(ctx, func() (string, map[string][]byte, error) {
+	_, err = m.changes.Create(ctx, func() (string, map[string][]byte, error) {
 		files, err := m.allocate(meta, req, driver, vmHooks, prepare)
 		return meta.ID, files, err
 	})

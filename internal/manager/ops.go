@@ -442,22 +442,20 @@ func (m *Manager) remove(ctx context.Context, meta store.Meta) error {
 			m.log.Warn("forget unit state", "vm", id, "err", err)
 		}
 	}
-	unlock, err := m.store.LockAlloc(ctx)
+	// Under the allocation lock, with the group it is committed in: the
+	// index forgets the VM's allocations (Committed then records the
+	// generation it is valid for), or is dropped when it cannot be read
+	// (the next create builds it again).
+	err := m.changes.Remove(ctx, id, func() error {
+		if ix, err := m.indexLocked(); err == nil {
+			ix.Remove(meta)
+		} else {
+			m.index = nil
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("delete vm %s: %w", id, err)
-	}
-	defer unlock()
-	ix, ixErr := m.indexLocked()
-	gen, err := m.store.BumpGeneration()
-	if err != nil {
-		return fmt.Errorf("delete vm %s: %w", id, err)
-	}
-	if err := m.store.Delete(id); err != nil {
 		return err
-	}
-	if ixErr == nil {
-		ix.Remove(meta)
-		m.indexGen = gen
 	}
 	return m.store.RemoveLock(id)
 }

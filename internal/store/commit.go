@@ -41,8 +41,14 @@ import (
 // rename is what makes a VM appear whole; the flushes are for the host
 // losing power.
 //
-// The flushes are what a create waits for; a Committer shares them among the
-// creates that arrive together (group commit).
+// A VM leaves the store by one rename too: its config directory is renamed
+// to a hidden trash name (".trash-<id>-*", which Sweep removes) and the
+// config root is synced; only then are its directories deleted. A reader
+// sees the whole VM or none, and a VM whose delete was acknowledged stays
+// gone after a power failure.
+//
+// The flushes are what a create or delete waits for; a Committer shares
+// them among the changes that arrive together (group commit).
 
 // staged is a VM directory written under its staging name, its files
 // still open for the flush.
@@ -160,11 +166,11 @@ func (s *Store) stageFlushed(id string, files map[string][]byte) (*staged, error
 // place puts flushed staged directories into place and makes that
 // durable: rename, then one sync of the config root (a Committer runs the
 // two apart: see settle). errs[i] is the outcome of sts[i]; nothing is
-// left of a VM that failed. bumped says gen was placed.
-func (s *Store) place(sts []*staged, gen *atomicfile.Pending) (errs []error, bumped bool) {
-	errs, bumped, placed := s.rename(sts, gen)
-	if len(placed) == 0 && !bumped {
-		return errs, bumped
+// left of a VM that failed.
+func (s *Store) place(sts []*staged) []error {
+	errs, placed := s.rename(sts)
+	if len(placed) == 0 {
+		return errs
 	}
 	if err := atomicfile.SyncDir(s.Layout.ConfigRoot); err != nil {
 		s.unplace(sts, placed)
@@ -172,32 +178,16 @@ func (s *Store) place(sts []*staged, gen *atomicfile.Pending) (errs []error, bum
 			errs[i] = fmt.Errorf("create vm %s: %w", sts[i].id, err)
 		}
 	}
-	return errs, bumped
+	return errs
 }
 
-// rename puts flushed staged directories into place: gen first, when set
-// (the generation's replacement, already synced), then each directory by
-// its rename. errs[i] is the outcome of sts[i]; placed lists the indexes
-// of the ones renamed; a directory that was not placed is removed. Until
-// the config root is synced the renames may not survive a power failure.
-//
-// A VM whose rename fails (its id was taken) fails alone. A generation
-// that cannot be placed fails every VM, and none is renamed: the set of VMs
-// never changes behind a cache's back.
-func (s *Store) rename(sts []*staged, gen *atomicfile.Pending) (errs []error, bumped bool, placed []int) {
+// rename puts flushed staged directories into place, each by its rename.
+// errs[i] is the outcome of sts[i]; placed lists the indexes of the ones
+// renamed; a directory that was not placed is removed. A VM whose rename
+// fails (its id was taken) fails alone. Until the config root is synced
+// the renames may not survive a power failure.
+func (s *Store) rename(sts []*staged) (errs []error, placed []int) {
 	errs = make([]error, len(sts))
-	if gen != nil {
-		// Bumped before the set of VMs changes: a cache checked against
-		// the generation never holds a set older than the store's.
-		if err := gen.Place(); err != nil {
-			for i, st := range sts {
-				os.RemoveAll(st.dir)
-				errs[i] = fmt.Errorf("create vm %s: bump the store's generation: %w", st.id, err)
-			}
-			return errs, false, nil
-		}
-		bumped = true
-	}
 	for i, st := range sts {
 		if err := os.Rename(st.dir, s.Layout.VM(st.id).ConfigDir); err != nil {
 			os.RemoveAll(st.dir)
@@ -210,7 +200,7 @@ func (s *Store) rename(sts []*staged, gen *atomicfile.Pending) (errs []error, bu
 		}
 		placed = append(placed, i)
 	}
-	return errs, bumped, placed
+	return errs, placed
 }
 
 // unplace removes the VMs placed by rename whose sync failed: they were
@@ -252,20 +242,21 @@ var errBusy = errdefs.Conflict("allocation is busy: another operation holds its 
 // maxGroup bounds the creates committed together.
 const maxGroup = 128
 
-// Committer creates VMs for many concurrent callers, in groups: the creates
-// that arrive while a group is being written form the next one, which
-// takes the allocation lock once, runs its plans one after another while
-// the VMs already planned are staged and flushed at once (their fsyncs
-// share the filesystem's journal commits), bumps the generation once,
-// renames the VMs into place and releases the lock; the config root's one
-// sync then runs beside the next group. A create returns when its VM is
-// durable (or has failed); each member of a group gets its own outcome.
+// Committer changes the set of VMs for many concurrent callers, in groups:
+// the creates and removals that arrive while a group is being written form
+// the next one, which takes the allocation lock once, runs its plans one
+// after another while the VMs already planned are staged and flushed at
+// once (their fsyncs share the filesystem's journal commits), bumps the
+// generation once, renames the new VMs into place and the removed ones
+// away, and releases the lock; the config root's one sync then runs beside
+// the next group. A create or removal returns when it is durable (or has
+// failed); each member of a group gets its own outcome.
 //
-// The guarantees are Create's: allocations are decided and made visible
-// under the allocation lock (plans see earlier members; other processes see
-// the VMs, placed before the lock is released), and the order of flush and
-// rename (see the top of this file) makes every VM appear whole or not at
-// all.
+// The guarantees are Create's and Remove's: allocations are decided and
+// made visible under the allocation lock (plans see earlier members; other
+// processes see the VMs, placed before the lock is released), and the
+// order of flush and rename (see the top of this file) makes every VM
+// appear whole or not at all, and vanish in one rename.
 type Committer struct {
 	s         *Store
 	committed func(gen uint64, complete bool)
@@ -278,16 +269,24 @@ type Committer struct {
 	running bool      // a goroutine is committing groups
 }
 
-// member is one create in a Committer.
+// member is one create or removal in a Committer.
 type member struct {
-	ctx  context.Context
-	plan Plan
+	ctx     context.Context
+	plan    Plan     // a create's
+	removal *removal // or a removal
 	// taken (guarded by the Committer's mu) is set when the member leaves
 	// the queue: from then on its waiter waits for done, whatever ctx says.
 	taken bool
-	id    string
+	id    string // the created VM
 	err   error
 	done  chan struct{}
+}
+
+// removal is a VM to take out of the store.
+type removal struct {
+	id    string
+	drop  func() error // run under the allocation lock, before
+	trash string       // where its config directory went
 }
 
 // NewCommitter returns a Committer creating VMs in s.
@@ -303,6 +302,36 @@ func (s *Store) NewCommitter(o CommitterOptions) *Committer {
 // for the outcome, which takes no longer than the group's flush.
 func (c *Committer) Create(ctx context.Context, plan Plan) (string, error) {
 	m := &member{ctx: ctx, plan: plan, done: make(chan struct{})}
+	err := c.submit(m)
+	return m.id, err
+}
+
+// Remove takes VM id out of the store in the next group: drop runs first,
+// under the allocation lock, in the order of the group's plans (the caller
+// forgets the VM's allocations there; an error from drop keeps the VM);
+// then the VM's config directory is renamed away, so that readers see it
+// whole until it is gone, and the config root is synced. Once that is
+// durable, Remove deletes the VM's config, run and data directories,
+// outside the lock. A VM that is not in the store is not found. When ctx
+// ends before drop has run, Remove returns a conflict and the VM stays.
+func (c *Committer) Remove(ctx context.Context, id string, drop func() error) error {
+	if err := ValidateID(id); err != nil {
+		return err
+	}
+	m := &member{ctx: ctx, removal: &removal{id: id, drop: drop}, done: make(chan struct{})}
+	if err := c.submit(m); err != nil {
+		if err == errBusy {
+			return fmt.Errorf("delete vm %s: %w", id, err)
+		}
+		return err
+	}
+	return c.s.removeDirs(id, m.removal.trash)
+}
+
+// submit queues m for the next group and waits for its outcome: m.err, or
+// errBusy when ctx ended before m was taken into a group.
+func (c *Committer) submit(m *member) error {
+	ctx := m.ctx
 	c.mu.Lock()
 	c.queue = append(c.queue, m)
 	if !c.running {
@@ -312,18 +341,18 @@ func (c *Committer) Create(ctx context.Context, plan Plan) (string, error) {
 	c.mu.Unlock()
 	select {
 	case <-m.done:
-		return m.id, m.err
+		return m.err
 	case <-ctx.Done():
 	}
 	c.mu.Lock()
 	if !m.taken {
 		c.dequeue(m)
 		c.mu.Unlock()
-		return "", errBusy
+		return errBusy
 	}
 	c.mu.Unlock()
 	<-m.done
-	return m.id, m.err
+	return m.err
 }
 
 // dequeue removes m from the queue. Hold mu.
@@ -385,8 +414,12 @@ func (c *Committer) run() {
 }
 
 // settle syncs the config root after a group's renames. When that fails,
-// the group's VMs are removed again under the allocation lock (the set of
-// VMs changes: the generation is bumped first), and their creates fail.
+// the group's new VMs are removed again under the allocation lock (the set
+// of VMs changes: the generation is bumped first), and their creates fail.
+// The removals fail too, but their VMs stay out of the store: their config
+// directories are left where they were renamed, for the start-up sweep,
+// since after a power failure the rename may be undone and the directory
+// back under its id.
 func (c *Committer) settle(placed []placement) {
 	if len(placed) == 0 {
 		return
@@ -395,22 +428,32 @@ func (c *Committer) settle(placed []placement) {
 	if err == nil {
 		return
 	}
+	var sts []*staged
 	for _, p := range placed {
+		if p.st == nil {
+			p.m.err = fmt.Errorf("delete vm %s: sync the config root: %w (its config directory is left at %s)", p.m.removal.id, err, p.m.removal.trash)
+			continue
+		}
 		p.m.err, p.m.id = fmt.Errorf("create vm %s: sync the config root: %w", p.st.id, err), ""
+		sts = append(sts, p.st)
+	}
+	if len(sts) == 0 {
+		return
 	}
 	unlock, lerr := c.s.LockAlloc(context.Background())
 	if lerr != nil {
 		for _, p := range placed {
-			p.m.err = fmt.Errorf("%w; the VM is left in the store: %w", p.m.err, lerr)
+			if p.st != nil {
+				p.m.err = fmt.Errorf("%w; the VM is left in the store: %w", p.m.err, lerr)
+			}
 		}
 		return
 	}
 	defer unlock()
 	gen, gerr := c.s.BumpGeneration()
-	sts := make([]*staged, len(placed))
-	idx := make([]int, len(placed))
-	for i, p := range placed {
-		sts[i], idx[i] = p.st, i
+	idx := make([]int, len(sts))
+	for i := range sts {
+		idx[i] = i
 	}
 	c.s.unplace(sts, idx)
 	if gerr != nil {
@@ -421,19 +464,21 @@ func (c *Committer) settle(placed []placement) {
 	}
 }
 
-// placement is a member whose VM was renamed into place.
+// placement is a member whose VM was renamed: a new one into place (st),
+// or a removed one away (st nil).
 type placement struct {
 	m  *member
 	st *staged
 }
 
 // commit writes one group up to the renames, and returns the VMs renamed
-// into place, which settle makes durable. Hold the allocation lock.
+// into place or away, which settle makes durable. Hold the allocation
+// lock.
 func (c *Committer) commit(group []*member) (placed []placement) {
 	gen, err := c.s.Generation()
 	if err != nil {
 		for _, m := range group {
-			m.err = fmt.Errorf("create vm: %w", err)
+			m.err = fmt.Errorf("%s: %w", m.op(), err)
 		}
 		return nil
 	}
@@ -457,13 +502,20 @@ func (c *Committer) commit(group []*member) (placed []placement) {
 	// plan has run, beside the next plans: nothing in one VM's directory
 	// depends on another's.
 	var (
-		dirs  = make([]*staged, len(group))
-		wg    sync.WaitGroup
-		slots = make(chan struct{}, maxInFlight)
+		dirs     = make([]*staged, len(group))
+		removals []*member // whose drop ran
+		wg       sync.WaitGroup
+		slots    = make(chan struct{}, maxInFlight)
 	)
 	for i, m := range group {
 		if m.ctx.Err() != nil {
 			m.err = errBusy
+			continue
+		}
+		if r := m.removal; r != nil {
+			if m.err = runDrop(r); m.err == nil {
+				removals = append(removals, m)
+			}
 			continue
 		}
 		id, files, err := runPlan(m.plan)
@@ -494,30 +546,14 @@ func (c *Committer) commit(group []*member) (placed []placement) {
 			complete = false // planned, not stored
 		}
 	}
-	switch {
-	case len(sts) == 0:
+	if len(sts) == 0 && len(removals) == 0 {
 		if pending != nil {
 			pending.Discard()
 		}
-	case pending == nil:
-		for i, st := range sts {
-			st.discard()
-			owners[i].err = fmt.Errorf("create vm %s: bump the store's generation: %w", st.id, nextErr)
-		}
-		complete = false
-	default:
-		errs, bumped, renamed := c.s.rename(sts, pending)
-		for i, err := range errs {
-			if err != nil {
-				owners[i].err, complete = err, false
-			}
-		}
-		if bumped {
-			gen++
-		}
-		for _, i := range renamed {
-			placed = append(placed, placement{owners[i], sts[i]})
-		}
+	} else {
+		var ok bool
+		gen, placed, ok = c.change(gen, pending, nextErr, sts, owners, removals)
+		complete = complete && ok
 	}
 	for _, m := range group {
 		if m.err != nil {
@@ -530,6 +566,50 @@ func (c *Committer) commit(group []*member) (placed []placement) {
 	return placed
 }
 
+// change makes a group's changes to the set of VMs, once every new VM is
+// flushed: the generation's replacement (pending, or the error that kept
+// it from being written) is placed first, so that a cache checked against
+// the generation never holds a set older than the store's; then the new
+// VMs (sts, of owners) are renamed into place and the removed ones away.
+// Without the generation nothing changes and every member fails. It
+// returns the generation after, the VMs renamed, and whether every change
+// was made.
+func (c *Committer) change(gen uint64, pending *atomicfile.Pending, bumpErr error, sts []*staged, owners, removals []*member) (after uint64, placed []placement, complete bool) {
+	if pending != nil {
+		bumpErr = pending.Place()
+	}
+	if bumpErr != nil {
+		for i, st := range sts {
+			st.discard()
+			owners[i].err = fmt.Errorf("create vm %s: bump the store's generation: %w", st.id, bumpErr)
+		}
+		for _, m := range removals {
+			m.err = fmt.Errorf("delete vm %s: bump the store's generation: %w", m.removal.id, bumpErr)
+		}
+		return gen, nil, false
+	}
+	complete = true
+	errs, renamed := c.s.rename(sts)
+	for i, err := range errs {
+		if err != nil {
+			owners[i].err, complete = err, false
+		}
+	}
+	for _, i := range renamed {
+		placed = append(placed, placement{owners[i], sts[i]})
+	}
+	for _, m := range removals {
+		trash, err := c.s.toTrash(m.removal.id)
+		if err != nil {
+			m.err, complete = err, false
+			continue
+		}
+		m.removal.trash = trash
+		placed = append(placed, placement{m: m})
+	}
+	return gen + 1, placed, complete
+}
+
 // runPlan runs a plan, turning a panic into its member's error: the plan
 // runs in the Committer's goroutine, where a panic would end the daemon,
 // not one request.
@@ -540,4 +620,25 @@ func runPlan(p Plan) (id string, files map[string][]byte, err error) {
 		}
 	}()
 	return p()
+}
+
+// runDrop runs a removal's drop, as runPlan runs a plan.
+func runDrop(r *removal) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("delete vm %s: %v", r.id, p)
+		}
+	}()
+	if r.drop == nil {
+		return nil
+	}
+	return r.drop()
+}
+
+// op names what m does, for its errors.
+func (m *member) op() string {
+	if m.removal != nil {
+		return "delete vm " + m.removal.id
+	}
+	return "create vm"
 }

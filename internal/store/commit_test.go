@@ -276,19 +276,28 @@ func TestAGroupThatCannotCommitFailsEveryMemberClearly(t *testing.T) {
 }
 
 // When the generation cannot be bumped after the group was flushed, no
-// VM of the group is placed: the set of VMs never changes behind a
-// cache's back.
-func TestAGenerationThatCannotBeReplacedPlacesNoVM(t *testing.T) {
+// VM of the group is placed and none removed: the set of VMs never
+// changes behind a cache's back.
+func TestAGenerationThatCannotBeReplacedChangesNoVM(t *testing.T) {
 	s := newStore(t)
-	var sts []*staged
+	c := s.NewCommitter(CommitterOptions{})
+	kept := NewID()
+	if err := s.Create(kept, files(kept)); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		sts    []*staged
+		owners []*member
+	)
 	for range 3 {
 		id := NewID()
 		st, err := s.stageFlushed(id, files(id))
 		if err != nil {
 			t.Fatal(err)
 		}
-		sts = append(sts, st)
+		sts, owners = append(sts, st), append(owners, &member{id: id})
 	}
+	removal := &member{removal: &removal{id: kept}}
 	// A rename over a non-empty directory fails.
 	blocked := filepath.Join(s.Layout.ConfigRoot, "blocked")
 	if err := os.MkdirAll(filepath.Join(blocked, "x"), 0o755); err != nil {
@@ -298,17 +307,21 @@ func TestAGenerationThatCannotBeReplacedPlacesNoVM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	errs, bumped := s.place(sts, gen)
-	if bumped {
-		t.Error("place says it bumped the generation")
+	after, placed, complete := c.change(7, gen, nil, sts, owners, []*member{removal})
+	if after != 7 || len(placed) != 0 || complete {
+		t.Errorf("change = generation %d, %d placed, complete %v; want 7, none, false", after, len(placed), complete)
 	}
-	for i, err := range errs {
-		if err == nil || !strings.Contains(err.Error(), "generation") || !strings.Contains(err.Error(), sts[i].id) {
-			t.Errorf("vm %d: %v; want an error naming it and the generation", i, err)
+	for i, m := range append(owners, removal) {
+		id := m.id
+		if m.removal != nil {
+			id = m.removal.id
+		}
+		if m.err == nil || !strings.Contains(m.err.Error(), "generation") || !strings.Contains(m.err.Error(), id) {
+			t.Errorf("member %d: %v; want an error naming its VM and the generation", i, m.err)
 		}
 	}
-	if ids, _ := s.IDs(); len(ids) != 0 {
-		t.Errorf("stored %v; want nothing", ids)
+	if ids, _ := s.IDs(); len(ids) != 1 || ids[0] != kept {
+		t.Errorf("stored %v; want only %s, which was to be removed", ids, kept)
 	}
 	if left := hidden(t, s); len(left) != 0 {
 		t.Errorf("staging left behind: %v", left)

@@ -102,8 +102,7 @@ func (s *Store) Create(id string, files map[string][]byte) error {
 	if err != nil {
 		return err
 	}
-	errs, _ := s.place([]*staged{st}, nil)
-	return errs[0]
+	return s.place([]*staged{st})[0]
 }
 
 // filePerm: every stored file may carry secrets (extraEnv in the record
@@ -259,23 +258,42 @@ func (s *Store) List() ([]Meta, error) {
 
 // Delete removes the VM's config directory, run directory and data directory.
 // The config directory vanishes in one rename, so no reader sees half a VM.
+// The caller bumps the generation first, under the allocation lock; a
+// Committer's Remove does all of it, for many VMs at once.
 func (s *Store) Delete(id string) error {
 	if err := ValidateID(id); err != nil {
 		return err
 	}
-	p := s.Layout.VM(id)
-	dir := p.ConfigDir
-	trash := s.Layout.Trash(id, strconv.FormatInt(time.Now().UnixNano(), 36))
-	if err := os.Rename(dir, trash); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return errdefs.NotFound("vm %s not found", id)
-		}
-		return fmt.Errorf("delete vm %s: %w", id, err)
+	trash, err := s.toTrash(id)
+	if err != nil {
+		return err
 	}
-	s.metas.Forget(p.Meta)
 	if err := atomicfile.SyncDir(s.Layout.ConfigRoot); err != nil {
 		return fmt.Errorf("delete vm %s: %w", id, err)
 	}
+	return s.removeDirs(id, trash)
+}
+
+// toTrash renames the VM's config directory to a trash name (which Sweep
+// removes), taking the VM out of the store in one step. Until the config
+// root is synced the rename may not survive a power failure.
+func (s *Store) toTrash(id string) (string, error) {
+	p := s.Layout.VM(id)
+	trash := s.Layout.Trash(id, strconv.FormatInt(time.Now().UnixNano(), 36))
+	if err := os.Rename(p.ConfigDir, trash); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", errdefs.NotFound("vm %s not found", id)
+		}
+		return "", fmt.Errorf("delete vm %s: %w", id, err)
+	}
+	s.metas.Forget(p.Meta)
+	return trash, nil
+}
+
+// removeDirs deletes what is left of a VM taken out of the store: its
+// config directory at trash, its run and data directories.
+func (s *Store) removeDirs(id, trash string) error {
+	p := s.Layout.VM(id)
 	var errs []error
 	for _, d := range []string{trash, p.RunDir, p.DataDir} {
 		if err := os.RemoveAll(d); err != nil {

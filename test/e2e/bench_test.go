@@ -13,7 +13,8 @@ import (
 
 // BenchmarkControlPlane measures, through the real HTTP API of a daemon on
 // loopback: 1,000 creates (8 clients in parallel) as creates per second and
-// p50/p99 latency, then GET /v1/vms with those 1,000 VMs defined.
+// p50/p99 latency, then GET /v1/vms with those 1,000 VMs defined, the
+// daemon's resident size, and last the 1,000 deletes (the same clients).
 //
 //	go test -run '^$' -bench ControlPlane -benchtime 1x ./test/e2e/
 func BenchmarkControlPlane(b *testing.B) {
@@ -21,33 +22,14 @@ func BenchmarkControlPlane(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		h := newHost(b, map[string]string{"MGR_SUPERVISOR": "systemd", "MGR_GUEST_CIDR": "172.30.0.0/20", "MGR_PORT_START": "20000", "MGR_PORT_END": "40000"})
 		base := h.serve(b)
-		lat := make([]time.Duration, creates)
-		var wg sync.WaitGroup
-		next := make(chan int, creates)
-		for j := 0; j < creates; j++ {
-			next <- j
-		}
-		close(next)
 		cpu0 := testenv.ProcessCPU()
-		start := time.Now()
-		for c := 0; c < clients; c++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for j := range next {
-					t0 := time.Now()
-					code, body := call(b, "POST", base+"/v1/vms", map[string]any{"ports": []map[string]any{{"guest": 80}}}, nil)
-					lat[j] = time.Since(t0)
-					if code != 201 {
-						b.Errorf("create %d: %d %s", j, code, body)
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		total := time.Since(start)
+		total, lat := byClients(clients, creates, func(j int) {
+			code, body := call(b, "POST", base+"/v1/vms", map[string]any{"ports": []map[string]any{{"guest": 80}}}, nil)
+			if code != 201 {
+				b.Errorf("create %d: %d %s", j, code, body)
+			}
+		})
 		cpu := testenv.ProcessCPU().Sub(cpu0)
-		sort.Slice(lat, func(x, y int) bool { return lat[x] < lat[y] })
 
 		listLat := make([]time.Duration, lists)
 		for j := range listLat {
@@ -75,7 +57,52 @@ func BenchmarkControlPlane(b *testing.B) {
 			float64(runtime.NumCPU())*creates/cpu.Total().Seconds(), runtime.NumCPU())
 		rss, idle := daemonRSS(b, h, lists), daemonRSS(b, newHost(b, nil), lists)
 		fmt.Printf("control plane: daemon VmRSS with %d VMs defined %s; baseline in the same run: with no VMs %s (the built daemon, after %d lists)\n", creates, rss, idle, lists)
+
+		// Then the same clients delete the VMs.
+		var listed struct {
+			VMs []struct {
+				ID string `json:"id"`
+			} `json:"vms"`
+		}
+		if code, body := call(b, "GET", base+"/v1/vms", nil, &listed); code != 200 || len(listed.VMs) != creates {
+			b.Fatalf("list before the deletes: %d, %d VMs: %.200s", code, len(listed.VMs), body)
+		}
+		list := listed.VMs
+		total, lat = byClients(clients, len(list), func(j int) {
+			if code, body := call(b, "DELETE", base+"/v1/vms/"+list[j].ID, nil, nil); code != 200 {
+				b.Errorf("delete %s: %d %s", list[j].ID, code, body)
+			}
+		})
+		b.ReportMetric(float64(creates)/total.Seconds(), "deletes/s")
+		fmt.Printf("control plane: %d deletes by %d clients in %s = %.0f deletes/s; delete p50 %.2f ms, p99 %.2f ms\n",
+			creates, clients, total.Round(time.Millisecond), float64(creates)/total.Seconds(), ms(lat[creates/2]), ms(lat[creates*99/100]))
 	}
+}
+
+// byClients runs op for 0..n-1 from clients goroutines at once and returns
+// the time they took and each op's latency, sorted.
+func byClients(clients, n int, op func(j int)) (time.Duration, []time.Duration) {
+	lat := make([]time.Duration, n)
+	next := make(chan int, n)
+	for j := range n {
+		next <- j
+	}
+	close(next)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range clients {
+		wg.Go(func() {
+			for j := range next {
+				t0 := time.Now()
+				op(j)
+				lat[j] = time.Since(t0)
+			}
+		})
+	}
+	wg.Wait()
+	total := time.Since(start)
+	sort.Slice(lat, func(x, y int) bool { return lat[x] < lat[y] })
+	return total, lat
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
