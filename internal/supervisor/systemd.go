@@ -137,7 +137,7 @@ func (s *systemdSupervisor) job(ctx context.Context, op, id string) error {
 		if result == "done" {
 			return nil
 		}
-		st, _ := s.state(ctx, conn, unit)
+		st, _ := s.State(ctx, id)
 		return fmt.Errorf("%s vm %s: %s job %s (unit %s/%s; see journalctl -u %s)",
 			op, id, op, result, st.ActiveState, st.SubState, unit)
 	case <-ctx.Done():
@@ -163,57 +163,28 @@ func dbusErrorName(err error) string {
 	return ""
 }
 
+// State is States for one VM: its unit listed by its own name. Asked for
+// by its properties instead, systemd loads a unit that is not loaded (a
+// VM just created, or stopped a while ago) and answers with every one of
+// its properties: 5.7 ms per VM never started, against 0.22 ms listed
+// (BenchmarkSystemdStateOfANewVM).
 func (s *systemdSupervisor) State(ctx context.Context, id string) (State, error) {
-	unit := UnitName(s.o.UnitPrefix, id)
-	if err := checkID("state", id); err != nil {
-		return State{Unit: unit}, err
-	}
-	conn, err := s.connect(ctx)
-	if err != nil {
-		return State{Unit: unit}, fmt.Errorf("state vm %s: %w", id, err)
-	}
-	st, err := s.state(ctx, conn, unit)
-	if err != nil {
-		return st, fmt.Errorf("state vm %s: %w", id, err)
-	}
-	return st, nil
-}
-
-func (s *systemdSupervisor) state(ctx context.Context, conn *sddbus.Conn, unit string) (State, error) {
-	st := State{Unit: unit}
-	props, err := conn.GetUnitPropertiesContext(ctx, unit)
-	if err != nil {
-		return st, fmt.Errorf("%w: systemd: properties of %s: %w", ErrUnavailable, unit, err)
-	}
-	st.Available = true
-	st.ActiveState, _ = props["ActiveState"].(string)
-	st.SubState, _ = props["SubState"].(string)
-	st.Active = st.ActiveState == "active"
-	// MainPID (not ExecMainPID) is 0 once the main process is gone, which
-	// is what a caller asking "is the VMM running" wants.
-	if p, err := conn.GetServicePropertyContext(ctx, unit, "MainPID"); err == nil {
-		if pid, ok := p.Value.Value().(uint32); ok {
-			st.MainPID = int(pid)
-		}
-	}
-	if st.ActiveState != "inactive" {
-		st.Restarts = nRestarts(ctx, conn, unit, st.ActiveState, props)
-	}
-	return st, nil
+	states, err := s.query(ctx, "state vm "+id, "state", []string{id})
+	return states[id], err
 }
 
 // nRestarts is the unit's NRestarts: the automatic restarts since it was
 // last started by a job. Read only for a unit that is not inactive, as
-// States does: systemd unloads a stopped unit and forgets the count.
-// unitProps are the unit's properties when the caller has them; for a
-// failed unit they are read here otherwise.
-func nRestarts(ctx context.Context, conn *sddbus.Conn, unit, active string, unitProps map[string]any) int {
+// States does: systemd unloads a stopped unit and forgets the count. For
+// a failed unit its start limit is read too (see restartsMade).
+func nRestarts(ctx context.Context, conn *sddbus.Conn, unit, active string) int {
 	p, err := conn.GetServicePropertyContext(ctx, unit, "NRestarts")
 	if err != nil {
 		return 0
 	}
 	n, _ := p.Value.Value().(uint32)
-	if active == "failed" && unitProps == nil {
+	var unitProps map[string]any
+	if active == "failed" {
 		unitProps, _ = conn.GetUnitPropertiesContext(ctx, unit)
 	}
 	made, _ := restartsMade(active, n, unitProps)
@@ -236,30 +207,47 @@ func restartsMade(active string, nRestarts uint32, unitProps map[string]any) (in
 	return int(nRestarts), false
 }
 
-// States lists the VMs' units with one ListUnitsByPatterns call
-// (<prefix>@*.service), which gives ActiveState and SubState of every loaded
-// unit; a unit that is not loaded is inactive/dead, as systemd reports it
-// when asked alone. MainPID is not in that listing: it is read only for
-// units that can have a main process (active, activating, deactivating),
-// with concurrent calls on the one connection, so a list of stopped VMs
-// costs one round trip and one of running VMs a few.
+// States lists the VMs' units with one ListUnitsByPatterns call, which
+// gives ActiveState and SubState of every loaded unit and loads none; a
+// unit that is not loaded is inactive/dead, as systemd reports it when
+// asked alone. A few VMs are listed by their units' names, many by the
+// pattern <prefix>@*.service. MainPID is not in that listing: it is read
+// only for units that can have a main process (active, activating,
+// deactivating), with concurrent calls on the one connection, so a list of
+// stopped VMs costs one round trip and one of running VMs a few.
 func (s *systemdSupervisor) States(ctx context.Context, ids []string) (map[string]State, error) {
+	return s.query(ctx, "states", "states", ids)
+}
+
+// byName is the most VMs States lists by their units' names; systemd
+// matches every loaded unit against every pattern.
+const byName = 16
+
+// query is States; what prefixes its errors, op its id checks'.
+func (s *systemdSupervisor) query(ctx context.Context, what, op string, ids []string) (map[string]State, error) {
 	out := make(map[string]State, len(ids))
 	for _, id := range ids {
 		out[id] = State{Unit: UnitName(s.o.UnitPrefix, id)}
 	}
 	for _, id := range ids {
-		if err := checkID("states", id); err != nil {
+		if err := checkID(op, id); err != nil {
 			return out, err
 		}
 	}
 	conn, err := s.connect(ctx)
 	if err != nil {
-		return out, fmt.Errorf("states: %w", err)
+		return out, fmt.Errorf("%s: %w", what, err)
 	}
-	units, err := conn.ListUnitsByPatternsContext(ctx, nil, []string{UnitName(s.o.UnitPrefix, "*")})
+	patterns := []string{UnitName(s.o.UnitPrefix, "*")}
+	if len(ids) <= byName {
+		patterns = patterns[:0]
+		for _, id := range ids {
+			patterns = append(patterns, out[id].Unit)
+		}
+	}
+	units, err := conn.ListUnitsByPatternsContext(ctx, nil, patterns)
 	if err != nil {
-		return out, fmt.Errorf("states: %w: systemd: list units: %w", ErrUnavailable, err)
+		return out, fmt.Errorf("%s: %w: systemd: list units: %w", what, ErrUnavailable, err)
 	}
 	byUnit := make(map[string]sddbus.UnitStatus, len(units))
 	for _, u := range units {
@@ -289,7 +277,7 @@ func (s *systemdSupervisor) States(ctx context.Context, ids []string) (map[strin
 			defer wg.Done()
 			for i := range next {
 				unit := UnitName(s.o.UnitPrefix, withPID[i])
-				restarts[i] = nRestarts(ctx, conn, unit, out[withPID[i]].ActiveState, nil)
+				restarts[i] = nRestarts(ctx, conn, unit, out[withPID[i]].ActiveState)
 				if out[withPID[i]].ActiveState == "failed" {
 					continue // no main process
 				}
