@@ -211,11 +211,19 @@ func (m *Manager) List(ctx context.Context) ([]wire.VM, error) {
 
 // supervisorReady checks that the service manager can run VMs here.
 func (m *Manager) supervisorReady(ctx context.Context) error {
-	if m.sup == nil {
-		return errdefs.Unavailable("no service manager to run VMs: %w", m.supErr)
+	if err := m.supervisorErr(); err != nil {
+		return err
 	}
 	if err := m.sup.Check(ctx); err != nil {
 		return errdefs.Unavailable("service manager %s: %w", m.sup.Name(), err)
+	}
+	return nil
+}
+
+// supervisorErr says why there is no service manager, or nil.
+func (m *Manager) supervisorErr() error {
+	if m.sup == nil {
+		return errdefs.Unavailable("no service manager to run VMs: %w", m.supErr)
 	}
 	return nil
 }
@@ -411,12 +419,19 @@ func (m *Manager) Delete(ctx context.Context, id string) (err error) {
 	m.unwatchHealth(id, true)
 	// A VM that was never started (or whose VMM is gone) can be deleted even
 	// when no service manager is usable; a possibly running one cannot.
-	if err := m.supervisorReady(ctx); err == nil {
-		if err := m.sup.Stop(ctx, id); err != nil {
-			return fmt.Errorf("delete vm %s: stop: %w", id, err)
+	// The service manager is not checked first (a check of systemd lists
+	// its unit files): its stop says whether it is usable.
+	stopErr := m.supervisorErr()
+	if stopErr == nil {
+		stopErr = m.sup.Stop(ctx, id)
+		if stopErr != nil && !errors.Is(stopErr, supervisor.ErrUnavailable) {
+			return fmt.Errorf("delete vm %s: stop: %w", id, stopErr)
 		}
-	} else if vmmProc, _ := proc.ReadPIDFile(m.store.Paths(id).PIDFile); vmmProc.Alive() {
-		return fmt.Errorf("delete vm %s: cannot stop it: %w", id, err)
+	}
+	if stopErr != nil {
+		if vmmProc, _ := proc.ReadPIDFile(m.store.Paths(id).PIDFile); vmmProc.Alive() {
+			return fmt.Errorf("delete vm %s: cannot stop it: %w", id, stopErr)
+		}
 	}
 	if err := m.remove(ctx, meta); err != nil {
 		return err

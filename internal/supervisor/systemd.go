@@ -92,9 +92,40 @@ func (s *systemdSupervisor) Start(ctx context.Context, id string) error {
 }
 
 // Stop queues a stop job and waits for it; stopping a stopped or unknown
-// unit succeeds.
+// unit succeeds. A unit systemd does not hold loaded runs nothing (an
+// active unit stays loaded), so it gets no job: a stop job would load it
+// first (see State).
 func (s *systemdSupervisor) Stop(ctx context.Context, id string) error {
+	if err := checkID("stop", id); err != nil {
+		return err
+	}
+	conn, err := s.connect(ctx)
+	if err != nil {
+		return fmt.Errorf("stop vm %s: %w", id, err)
+	}
+	unit := UnitName(s.o.UnitPrefix, id)
+	loaded, err := s.loaded(ctx, conn, unit)
+	if err != nil {
+		return fmt.Errorf("stop vm %s: %w", id, err)
+	}
+	if _, ok := loaded[unit]; !ok {
+		return nil
+	}
 	return s.job(ctx, "stop", id)
+}
+
+// loaded lists which of units systemd holds loaded, with their states,
+// by their names: one ListUnitsByPatterns call, which loads nothing.
+func (s *systemdSupervisor) loaded(ctx context.Context, conn *sddbus.Conn, units ...string) (map[string]sddbus.UnitStatus, error) {
+	list, err := conn.ListUnitsByPatternsContext(ctx, nil, units)
+	if err != nil {
+		return nil, fmt.Errorf("%w: systemd: list units: %w", ErrUnavailable, err)
+	}
+	out := make(map[string]sddbus.UnitStatus, len(list))
+	for _, u := range list {
+		out[u.Name] = u
+	}
+	return out, nil
 }
 
 func (s *systemdSupervisor) job(ctx context.Context, op, id string) error {
@@ -245,13 +276,9 @@ func (s *systemdSupervisor) query(ctx context.Context, what, op string, ids []st
 			patterns = append(patterns, out[id].Unit)
 		}
 	}
-	units, err := conn.ListUnitsByPatternsContext(ctx, nil, patterns)
+	byUnit, err := s.loaded(ctx, conn, patterns...)
 	if err != nil {
-		return out, fmt.Errorf("%s: %w: systemd: list units: %w", what, ErrUnavailable, err)
-	}
-	byUnit := make(map[string]sddbus.UnitStatus, len(units))
-	for _, u := range units {
-		byUnit[u.Name] = u
+		return out, fmt.Errorf("%s: %w", what, err)
 	}
 	var withPID []string
 	for _, id := range ids {
@@ -317,8 +344,16 @@ func (s *systemdSupervisor) Forget(ctx context.Context, id string) error {
 	if err != nil {
 		return fmt.Errorf("forget vm %s: %w", id, err)
 	}
-	for _, unit := range []string{UnitName(s.o.UnitPrefix, id), FailureUnitName(s.o.UnitPrefix, id)} {
+	units := []string{UnitName(s.o.UnitPrefix, id), FailureUnitName(s.o.UnitPrefix, id)}
+	loaded, err := s.loaded(ctx, conn, units...)
+	if err != nil {
+		return fmt.Errorf("forget vm %s: %w", id, err)
+	}
+	for _, unit := range units {
 		// A unit that is not loaded or not failed has nothing to reset.
+		if loaded[unit].ActiveState != "failed" {
+			continue
+		}
 		if err := conn.ResetFailedUnitContext(ctx, unit); err != nil && !isNoSuchUnit(err) && !isNotFailed(err) {
 			return fmt.Errorf("forget vm %s: reset-failed %s: %w", id, unit, err)
 		}
@@ -344,7 +379,10 @@ func isNotFailed(err error) bool {
 	return false
 }
 
-// LastExit reads the service's Result and ExecMain* properties in one call.
+// LastExit reads the service's Result and ExecMain* properties of a loaded
+// unit. A unit systemd does not hold loaded (a VM never started, or
+// stopped and since unloaded) has no last exit to tell: it is not asked
+// for its properties, which would load it (see State).
 func (s *systemdSupervisor) LastExit(ctx context.Context, id string) (Exit, error) {
 	unit := UnitName(s.o.UnitPrefix, id)
 	if err := checkID("last exit", id); err != nil {
@@ -353,6 +391,13 @@ func (s *systemdSupervisor) LastExit(ctx context.Context, id string) (Exit, erro
 	conn, err := s.connect(ctx)
 	if err != nil {
 		return Exit{}, fmt.Errorf("last exit of vm %s: %w", id, err)
+	}
+	loaded, err := s.loaded(ctx, conn, unit)
+	if err != nil {
+		return Exit{}, fmt.Errorf("last exit of vm %s: %w", id, err)
+	}
+	if _, ok := loaded[unit]; !ok {
+		return Exit{}, nil
 	}
 	props, err := conn.GetUnitPropertiesContext(ctx, unit)
 	if err != nil {

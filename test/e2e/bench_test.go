@@ -1,82 +1,116 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
+	"path/filepath"
 	"runtime"
 	"sort"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/supervisor"
 	"github.com/mergenhq/mergen/internal/testenv"
+	"github.com/mergenhq/mergen/internal/testenv/nspawn"
 )
 
 // BenchmarkControlPlane measures, through the real HTTP API of a daemon on
 // loopback: 1,000 creates (8 clients in parallel) as creates per second and
 // p50/p99 latency, then GET /v1/vms with those 1,000 VMs defined, the
 // daemon's resident size, and last the 1,000 deletes (the same clients).
+// Its daemon has the systemd supervisor but no system bus, so it never
+// waits for systemd: BenchmarkControlPlaneSystemd gives it one.
 //
 //	go test -run '^$' -bench ControlPlane -benchtime 1x ./test/e2e/
 func BenchmarkControlPlane(b *testing.B) {
-	const creates, clients, lists = 1000, 8, 20
 	for i := 0; i < b.N; i++ {
-		h := newHost(b, map[string]string{"MGR_SUPERVISOR": "systemd", "MGR_GUEST_CIDR": "172.30.0.0/20", "MGR_PORT_START": "20000", "MGR_PORT_END": "40000"})
-		base := h.serve(b)
-		cpu0 := testenv.ProcessCPU()
-		total, lat := byClients(clients, creates, func(j int) {
-			code, body := call(b, "POST", base+"/v1/vms", map[string]any{"ports": []map[string]any{{"guest": 80}}}, nil)
-			if code != 201 {
-				b.Errorf("create %d: %d %s", j, code, body)
-			}
-		})
-		cpu := testenv.ProcessCPU().Sub(cpu0)
-
-		listLat := make([]time.Duration, lists)
-		for j := range listLat {
-			t0 := time.Now()
-			code, body := call(b, "GET", base+"/v1/vms", nil, nil)
-			listLat[j] = time.Since(t0)
-			if code != 200 {
-				b.Fatalf("list: %d %.200s", code, body)
-			}
-		}
-		sort.Slice(listLat, func(x, y int) bool { return listLat[x] < listLat[y] })
-
-		b.ReportMetric(float64(creates)/total.Seconds(), "creates/s")
-		b.ReportMetric(ms(lat[creates/2]), "create-p50-ms")
-		b.ReportMetric(ms(lat[creates*99/100]), "create-p99-ms")
-		b.ReportMetric(ms(listLat[lists/2]), "list1000-p50-ms")
-		fmt.Printf("control plane: %d creates by %d clients in %s = %.0f creates/s; create p50 %.2f ms, p99 %.2f ms; GET /v1/vms with %d VMs p50 %.1f ms, max %.1f ms\n",
-			creates, clients, total.Round(time.Millisecond), float64(creates)/total.Seconds(), ms(lat[creates/2]), ms(lat[creates*99/100]),
-			creates, ms(listLat[lists/2]), ms(listLat[lists-1]))
-		// Daemon and clients share this process and its processors: what a
-		// create costs them, apart from what it waits for (the disk's
-		// flushes), and the ceiling that puts on creates/s here.
-		fmt.Printf("control plane: processor time per create %.2f ms (user %.2f, system %.2f; daemon and clients), at most %.0f creates/s on %d processors\n",
-			ms(cpu.Total())/creates, ms(cpu.User)/creates, ms(cpu.System)/creates,
-			float64(runtime.NumCPU())*creates/cpu.Total().Seconds(), runtime.NumCPU())
-		rss, idle := daemonRSS(b, h, lists), daemonRSS(b, newHost(b, nil), lists)
-		fmt.Printf("control plane: daemon VmRSS with %d VMs defined %s; baseline in the same run: with no VMs %s (the built daemon, after %d lists)\n", creates, rss, idle, lists)
-
-		// Then the same clients delete the VMs.
-		var listed struct {
-			VMs []struct {
-				ID string `json:"id"`
-			} `json:"vms"`
-		}
-		if code, body := call(b, "GET", base+"/v1/vms", nil, &listed); code != 200 || len(listed.VMs) != creates {
-			b.Fatalf("list before the deletes: %d, %d VMs: %.200s", code, len(listed.VMs), body)
-		}
-		list := listed.VMs
-		total, lat = byClients(clients, len(list), func(j int) {
-			if code, body := call(b, "DELETE", base+"/v1/vms/"+list[j].ID, nil, nil); code != 200 {
-				b.Errorf("delete %s: %d %s", list[j].ID, code, body)
-			}
-		})
-		b.ReportMetric(float64(creates)/total.Seconds(), "deletes/s")
-		fmt.Printf("control plane: %d deletes by %d clients in %s = %.0f deletes/s; delete p50 %.2f ms, p99 %.2f ms\n",
-			creates, clients, total.Round(time.Millisecond), float64(creates)/total.Seconds(), ms(lat[creates/2]), ms(lat[creates*99/100]))
+		controlPlane(b, "control plane", nil)
 	}
+}
+
+// BenchmarkControlPlaneSystemd is BenchmarkControlPlane with a real
+// systemd (booted in a container, root) answering the daemon on its
+// system bus, as on a host: a create's answer carries the new VM's unit
+// state, a delete stops and forgets its unit.
+func BenchmarkControlPlaneSystemd(b *testing.B) {
+	testenv.RequireRoot(b)
+	for i := 0; i < b.N; i++ {
+		c := nspawn.Boot(b, nspawn.Config{})
+		c.UseBus(b)
+		controlPlane(b, "control plane (systemd)", func(cfg config.Config) {
+			if err := supervisor.InstallUnits(context.Background(), supervisor.OptionsFrom(cfg), filepath.Join(c.Root, "etc/systemd/system")); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
+
+// controlPlane runs the benchmark's steps and prints their figures after
+// label; prepare (optional) sees the daemon's configuration before it
+// starts.
+func controlPlane(b *testing.B, label string, prepare func(config.Config)) {
+	const creates, clients, lists = 1000, 8, 20
+	h := newHost(b, map[string]string{"MGR_SUPERVISOR": "systemd", "MGR_GUEST_CIDR": "172.30.0.0/20", "MGR_PORT_START": "20000", "MGR_PORT_END": "40000"})
+	if prepare != nil {
+		prepare(h.config(b))
+	}
+	base := h.serve(b)
+	cpu0 := testenv.ProcessCPU()
+	total, lat := byClients(clients, creates, func(j int) {
+		code, body := call(b, "POST", base+"/v1/vms", map[string]any{"ports": []map[string]any{{"guest": 80}}}, nil)
+		if code != 201 {
+			b.Errorf("create %d: %d %s", j, code, body)
+		}
+	})
+	cpu := testenv.ProcessCPU().Sub(cpu0)
+
+	listLat := make([]time.Duration, lists)
+	for j := range listLat {
+		t0 := time.Now()
+		code, body := call(b, "GET", base+"/v1/vms", nil, nil)
+		listLat[j] = time.Since(t0)
+		if code != 200 {
+			b.Fatalf("list: %d %.200s", code, body)
+		}
+	}
+	sort.Slice(listLat, func(x, y int) bool { return listLat[x] < listLat[y] })
+
+	b.ReportMetric(float64(creates)/total.Seconds(), "creates/s")
+	b.ReportMetric(ms(lat[creates/2]), "create-p50-ms")
+	b.ReportMetric(ms(lat[creates*99/100]), "create-p99-ms")
+	b.ReportMetric(ms(listLat[lists/2]), "list1000-p50-ms")
+	fmt.Printf(label+": %d creates by %d clients in %s = %.0f creates/s; create p50 %.2f ms, p99 %.2f ms; GET /v1/vms with %d VMs p50 %.1f ms, max %.1f ms\n",
+		creates, clients, total.Round(time.Millisecond), float64(creates)/total.Seconds(), ms(lat[creates/2]), ms(lat[creates*99/100]),
+		creates, ms(listLat[lists/2]), ms(listLat[lists-1]))
+	// Daemon and clients share this process and its processors: what a
+	// create costs them, apart from what it waits for (the disk's
+	// flushes), and the ceiling that puts on creates/s here.
+	fmt.Printf(label+": processor time per create %.2f ms (user %.2f, system %.2f; daemon and clients), at most %.0f creates/s on %d processors\n",
+		ms(cpu.Total())/creates, ms(cpu.User)/creates, ms(cpu.System)/creates,
+		float64(runtime.NumCPU())*creates/cpu.Total().Seconds(), runtime.NumCPU())
+	rss, idle := daemonRSS(b, h, lists), daemonRSS(b, newHost(b, nil), lists)
+	fmt.Printf(label+": daemon VmRSS with %d VMs defined %s; baseline in the same run: with no VMs %s (the built daemon, after %d lists)\n", creates, rss, idle, lists)
+
+	// Then the same clients delete the VMs.
+	var listed struct {
+		VMs []struct {
+			ID string `json:"id"`
+		} `json:"vms"`
+	}
+	if code, body := call(b, "GET", base+"/v1/vms", nil, &listed); code != 200 || len(listed.VMs) != creates {
+		b.Fatalf("list before the deletes: %d, %d VMs: %.200s", code, len(listed.VMs), body)
+	}
+	list := listed.VMs
+	total, lat = byClients(clients, len(list), func(j int) {
+		if code, body := call(b, "DELETE", base+"/v1/vms/"+list[j].ID, nil, nil); code != 200 {
+			b.Errorf("delete %s: %d %s", list[j].ID, code, body)
+		}
+	})
+	b.ReportMetric(float64(creates)/total.Seconds(), "deletes/s")
+	fmt.Printf(label+": %d deletes by %d clients in %s = %.0f deletes/s; delete p50 %.2f ms, p99 %.2f ms\n",
+		creates, clients, total.Round(time.Millisecond), float64(creates)/total.Seconds(), ms(lat[creates/2]), ms(lat[creates*99/100]))
 }
 
 // byClients runs op for 0..n-1 from clients goroutines at once and returns
