@@ -8,13 +8,23 @@
 # this tree: BASE (a commit; default 6d4deec, the last one before creates
 # were committed in groups), checked out in a temporary worktree.
 # BASE=none skips it. ROUNDS (default 1) repeats both, for a noisy host.
+#
+# SYSTEMD=1 (root) runs BenchmarkControlPlaneSystemd instead: the daemon
+# answered by a real systemd booted in a container, as on a host. Its
+# baseline (default ca46334, the last commit before systemd was asked
+# without loading units) runs this tree's benchmark file on its code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+name=BenchmarkControlPlane
 base_ref=${BASE:-6d4deec}
+if [ "${SYSTEMD:-}" = 1 ]; then
+	name=BenchmarkControlPlaneSystemd
+	base_ref=${BASE:-ca46334}
+fi
 rounds=${ROUNDS:-1}
 
 bench() {
-	(cd "$1" && go test -run '^$' -bench 'BenchmarkControlPlane$' -benchtime 1x -count 1 ./test/e2e/) |
+	(cd "$1" && go test -run '^$' -bench "^$name\$" -benchtime 1x -count 1 ./test/e2e/) |
 		grep -E '^control plane' || { echo "benchmark failed in $1" >&2; return 1; }
 }
 
@@ -22,6 +32,12 @@ if [ "$base_ref" != none ]; then
 	base=$(mktemp -d)
 	trap 'git worktree remove --force "$base" >/dev/null 2>&1 || rm -rf "$base"' EXIT
 	git worktree add --quiet --detach "$base" "$base_ref"
+	if [ "$name" = BenchmarkControlPlaneSystemd ]; then
+		cp test/e2e/bench_test.go "$base/test/e2e/bench_test.go"
+		# The container's root file system, built by make deps.
+		mkdir -p "$base/.build"
+		ln -s "$PWD/.build/cache" "$base/.build/cache"
+	fi
 fi
 for ((i = 1; i <= rounds; i++)); do
 	echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
