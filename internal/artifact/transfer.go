@@ -13,8 +13,10 @@ import (
 	"syscall"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/feature/s3/manager"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go/middleware"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/mergenhq/mergen/internal/atomicfile"
@@ -41,6 +43,26 @@ func (r *hashingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// unsignedBody sends a request's body with UNSIGNED-PAYLOAD in its
+// signature instead of the body's SHA-256. A file's bodies need none: the
+// SHA-256 of the whole file is in its manifest, which goes up signed with
+// its own body's hash (putSmall), and every pull checks each file against
+// it before installing, so a body changed on the way is refused as one
+// changed in the bucket is. Over plain HTTP the SDK would otherwise hash
+// every part for the signature beside the file's own hash (twice the
+// push's processor time); over HTTPS it already sends parts unsigned. The
+// SDK's CRC32 of each part, a signed header, still lets the server refuse
+// a part damaged in transit at once.
+func unsignedBody(o *s3.Options) {
+	o.APIOptions = append(o.APIOptions, func(st *middleware.Stack) error {
+		// Set before the finalize step, where the checksum and
+		// payload-hash middlewares look for a hash already given.
+		return st.Build.Add(middleware.BuildMiddlewareFunc("mergenUnsignedBody", func(ctx context.Context, in middleware.BuildInput, next middleware.BuildHandler) (middleware.BuildOutput, middleware.Metadata, error) {
+			return next.HandleBuild(v4.SetPayloadHash(ctx, "UNSIGNED-PAYLOAD"), in)
+		}), middleware.After)
+	})
+}
+
 // upload sends every file of m.Files from dir (multipart for large ones),
 // hashing each while it is read, then the manifest with the sizes and
 // SHA-256 of what was sent: a reader who sees the manifest sees complete
@@ -52,6 +74,7 @@ func (c *Client) upload(ctx context.Context, dir, keyDir string, m Manifest) (Ma
 	up := manager.NewUploader(c.s3, func(u *manager.Uploader) {
 		u.PartSize = c.opt.PartSize
 		u.Concurrency = c.opt.Concurrency
+		u.ClientOptions = append(u.ClientOptions, unsignedBody)
 	})
 	files := slices.Clone(m.Files)
 	for i, f := range files {

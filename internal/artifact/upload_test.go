@@ -1,9 +1,15 @@
 package artifact
 
 import (
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -55,5 +61,64 @@ func TestUploadRefusesAFileThatChanged(t *testing.T) {
 	}
 	if ok, err := c.exists(ctxT(t), keyDir+"/"+ManifestName); err != nil || ok {
 		t.Fatalf("manifest published after a refused upload: %v %v", ok, err)
+	}
+}
+
+// A push sends the files' bodies unsigned and the manifest signed with its
+// body's SHA-256: the files' digests are in that manifest, which every
+// pull checks (TestPullRefusesAChangedPartOrLength), so the signature
+// need not hash each part of them again.
+func TestPushSignsTheManifestAndNotTheFilesBodies(t *testing.T) {
+	srv := startS3(t)
+	target, err := url.Parse(srv.Endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type sent struct{ method, path, query, payloadHash string }
+	var mu sync.Mutex
+	var puts []sent
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	front := http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut {
+			mu.Lock()
+			puts = append(puts, sent{r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Get("X-Amz-Content-Sha256")})
+			mu.Unlock()
+		}
+		proxy.ServeHTTP(w, r)
+	})}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go front.Serve(l)
+	t.Cleanup(func() { front.Close() })
+	p := srv.Profile()
+	p.Endpoint = "http://" + l.Addr().String()
+	c := srv.client(t, p)
+	if _, err := c.PushBase(ctxT(t), sparseBaseDir(t), Base{"linux-amd64", "buildroot", "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	hexHash := regexp.MustCompile(`^[0-9a-f]{64}$`)
+	var bodies, signed int
+	for _, s := range puts {
+		fileBody := strings.Contains(s.query, "partNumber=") ||
+			strings.Contains(s.path, "/linux-amd64/buildroot/v1/") && !strings.HasSuffix(s.path, "/"+ManifestName)
+		switch {
+		case fileBody:
+			bodies++
+			if s.payloadHash != "UNSIGNED-PAYLOAD" {
+				t.Errorf("file body %s?%s sent with payload hash %q, want UNSIGNED-PAYLOAD", s.path, s.query, s.payloadHash)
+			}
+		default: // the manifest and the latest alias
+			signed++
+			if !hexHash.MatchString(s.payloadHash) {
+				t.Errorf("%s sent with payload hash %q, want its body's SHA-256", s.path, s.payloadHash)
+			}
+		}
+	}
+	// The 16 MiB disk in 5 MiB parts, the kernel and the agent disk; the
+	// manifest and the alias.
+	if bodies < 6 || signed != 2 {
+		t.Fatalf("saw %d file bodies and %d signed objects among the push's PUTs %+v", bodies, signed, puts)
 	}
 }
