@@ -16,8 +16,9 @@ import (
 	"github.com/fsnotify/fsnotify"
 )
 
-// ringSize is how many recent events the Bus keeps in memory: watchers
-// that are at most this far behind never read the file.
+// ringSize is how many recent events the Bus keeps in memory at least
+// (at most twice as many): watchers that are at most this far behind
+// never read the file.
 const ringSize = 1024
 
 // pollEvery is how often the Bus looks at the journal when no file
@@ -198,8 +199,13 @@ func (b *Bus) publish(evs []Event) {
 		b.last = ev.Seq
 		added = true
 	}
-	if len(b.ring) > ringSize {
-		b.ring = append([]Event(nil), b.ring[len(b.ring)-ringSize:]...)
+	if len(b.ring) >= 2*ringSize {
+		// Slide the newest ringSize to the front of the same array: an
+		// event is moved once per ringSize appends, where copying the
+		// ring on every append moved (and allocated) all of it each time.
+		n := copy(b.ring, b.ring[len(b.ring)-ringSize:])
+		clear(b.ring[n:]) // let go of the dropped events' strings and maps
+		b.ring = b.ring[:n]
 	}
 	if added {
 		close(b.wake)

@@ -188,6 +188,35 @@ func TestBusWakesWatchersForOtherWritersAndServesOldPositionsFromTheFile(t *test
 	}
 }
 
+// However many events went by, a watcher gets the ones after its
+// position, in order and without gaps, whether the Bus still holds them
+// in memory or reads them from the file.
+func TestBusServesEveryPositionAfterManyEvents(t *testing.T) {
+	j, _ := newJournal(t)
+	bus := events.NewBus(j, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx := context.Background()
+	const total = 5000 // well past twice the events the Bus keeps in memory
+	for i := range total {
+		if _, err := bus.Append(ctx, events.Event{Type: events.Created, VM: fmt.Sprintf("vm-%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for since := uint64(0); since < total; since += 97 {
+		evs, err := bus.Next(ctx, since, 5)
+		if err != nil {
+			t.Fatalf("after %d: %v", since, err)
+		}
+		if want := min(5, total-int(since)); len(evs) != want {
+			t.Fatalf("after %d: %d events, want %d", since, len(evs), want)
+		}
+		for i, ev := range evs {
+			if seq := since + 1 + uint64(i); ev.Seq != seq || ev.VM != fmt.Sprintf("vm-%d", seq-1) {
+				t.Fatalf("after %d: event %d is %d (%s), want %d", since, i, ev.Seq, ev.VM, seq)
+			}
+		}
+	}
+}
+
 func TestLastOfIsTheVMsNewestEvent(t *testing.T) {
 	j, _ := newJournal(t)
 	for _, ev := range []events.Event{{Type: events.Created, VM: "a"}, {Type: events.Failed, VM: "a"}, {Type: events.Created, VM: "ab"}} {
