@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"runtime"
 	"sort"
@@ -26,7 +27,7 @@ import (
 //	go test -run '^$' -bench ControlPlane -benchtime 1x ./test/e2e/
 func BenchmarkControlPlane(b *testing.B) {
 	for i := 0; i < b.N; i++ {
-		controlPlane(b, "control plane", nil)
+		controlPlane(b, "control plane", nil, nil)
 	}
 }
 
@@ -39,7 +40,10 @@ func BenchmarkControlPlaneSystemd(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		c := nspawn.Boot(b, nspawn.Config{})
 		c.UseBus(b)
-		controlPlane(b, "control plane (systemd)", func(cfg config.Config) {
+		// The units name the lifecycle binary by path: the one built
+		// here, not whichever an install put on PATH.
+		env := map[string]string{"MGR_LIFECYCLE_BIN": testenv.Build(b, "./cmd/mergen-lifecycle")}
+		controlPlane(b, "control plane (systemd)", env, func(cfg config.Config) {
 			if err := supervisor.InstallUnits(context.Background(), supervisor.OptionsFrom(cfg), filepath.Join(c.Root, "etc/systemd/system")); err != nil {
 				b.Fatal(err)
 			}
@@ -48,11 +52,13 @@ func BenchmarkControlPlaneSystemd(b *testing.B) {
 }
 
 // controlPlane runs the benchmark's steps and prints their figures after
-// label; prepare (optional) sees the daemon's configuration before it
-// starts.
-func controlPlane(b *testing.B, label string, prepare func(config.Config)) {
+// label; env (optional) adds to the daemon's environment, prepare
+// (optional) sees its configuration before it starts.
+func controlPlane(b *testing.B, label string, env map[string]string, prepare func(config.Config)) {
 	const creates, clients, lists = 1000, 8, 20
-	h := newHost(b, map[string]string{"MGR_SUPERVISOR": "systemd", "MGR_GUEST_CIDR": "172.30.0.0/20", "MGR_PORT_START": "20000", "MGR_PORT_END": "40000"})
+	all := map[string]string{"MGR_SUPERVISOR": "systemd", "MGR_GUEST_CIDR": "172.30.0.0/20", "MGR_PORT_START": "20000", "MGR_PORT_END": "40000"}
+	maps.Copy(all, env)
+	h := newHost(b, all)
 	if prepare != nil {
 		prepare(h.config(b))
 	}
