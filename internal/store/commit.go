@@ -386,7 +386,12 @@ func (c *Committer) run() {
 			gone := c.dequeue(head)
 			c.mu.Unlock()
 			if gone {
-				head.err = err
+				// Given up while waiting: the same answer as a caller
+				// that gave up in the queue (a removal's names its VM).
+				head.err = errBusy
+				if head.ctx.Err() == nil {
+					head.err = fmt.Errorf("%s: %w", head.op(), err)
+				}
 				close(head.done)
 			}
 			continue
