@@ -35,6 +35,14 @@ func BenchmarkDetachedStartStop(b *testing.B) {
 
 // The same against systemd in a container (root).
 func BenchmarkSystemdStartStop(b *testing.B) {
+	s, _ := systemdInContainer(b)
+	benchStartStop(b, s)
+}
+
+// systemdInContainer boots systemd in a container (root) with the units of
+// the test stages installed, and returns a systemd supervisor on its bus
+// and the options it was made with.
+func systemdInContainer(b *testing.B) (supervisor.Supervisor, supervisor.Options) {
 	bin := testStages(b)
 	root := b.TempDir()
 	c := nspawn.Boot(b, nspawn.Config{Binds: []string{filepath.Dir(bin), root}})
@@ -44,6 +52,7 @@ func BenchmarkSystemdStartStop(b *testing.B) {
 		RunRoot:      filepath.Join(root, "run"),
 		ConfigRoot:   filepath.Join(root, "config"),
 		StopTimeout:  5 * time.Second,
+		UnitPrefix:   "mergen",
 		Env:          []string{"TEST_STAGE_LOG=" + filepath.Join(root, "stages")},
 	}
 	if err := supervisor.InstallUnits(context.Background(), o, filepath.Join(c.Root, "etc/systemd/system")); err != nil {
@@ -53,7 +62,7 @@ func BenchmarkSystemdStartStop(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	benchStartStop(b, s)
+	return s, o
 }
 
 func benchStartStop(b *testing.B, s supervisor.Supervisor) {
@@ -87,24 +96,7 @@ func benchStartStop(b *testing.B, s supervisor.Supervisor) {
 //
 //	go test -run '^$' -bench SystemdStateOfANewVM ./internal/supervisor/
 func BenchmarkSystemdStateOfANewVM(b *testing.B) {
-	bin := testStages(b)
-	root := b.TempDir()
-	c := nspawn.Boot(b, nspawn.Config{Binds: []string{filepath.Dir(bin), root}})
-	c.UseBus(b)
-	o := supervisor.Options{
-		LifecycleBin: bin,
-		RunRoot:      filepath.Join(root, "run"),
-		ConfigRoot:   filepath.Join(root, "config"),
-		StopTimeout:  5 * time.Second,
-		UnitPrefix:   "mergen",
-	}
-	if err := supervisor.InstallUnits(context.Background(), o, filepath.Join(c.Root, "etc/systemd/system")); err != nil {
-		b.Fatal(err)
-	}
-	s, err := supervisor.New("systemd", o)
-	if err != nil {
-		b.Fatal(err)
-	}
+	s, o := systemdInContainer(b)
 	ctx := context.Background()
 	conn, err := sddbus.NewSystemConnectionContext(ctx)
 	if err != nil {
