@@ -5,12 +5,9 @@ import (
 	"maps"
 	"os"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/mergenhq/mergen/internal/testenv"
 	"github.com/mergenhq/mergen/internal/wire"
@@ -34,66 +31,35 @@ func BenchmarkList(b *testing.B) {
 		base := d.base
 		// The baseline of the resident size: the same daemon before any VM.
 		idle := vmRSS(b, d.cmd.Process.Pid)
-		next := make(chan int, vms)
-		for j := 0; j < vms; j++ {
-			next <- j
-		}
-		close(next)
-		var wg sync.WaitGroup
-		for c := 0; c < clients; c++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for j := range next {
-					if code, body := call(b, "POST", base+"/v1/vms", map[string]any{"ports": []map[string]any{{"guest": 80}}}, nil); code != 201 {
-						b.Errorf("create %d: %d %s", j, code, body)
-					}
-				}
-			}()
-		}
-		wg.Wait()
+		byClients(clients, vms, func(j int) {
+			if code, body := call(b, "POST", base+"/v1/vms", map[string]any{"ports": []map[string]any{{"guest": 80}}}, nil); code != 201 {
+				b.Errorf("create %d: %d %s", j, code, body)
+			}
+		})
 
 		// GET /v1/vms, batched; the body is decoded once, outside the timing.
 		var list wire.VMList
 		if code, body := call(b, "GET", base+"/v1/vms", nil, &list); code != 200 || len(list.VMs) != vms {
 			b.Fatalf("list: %d, %d VMs %.200s", code, len(list.VMs), body)
 		}
-		listLat := make([]time.Duration, lists)
-		for j := range listLat {
-			t0 := time.Now()
-			code, body := call(b, "GET", base+"/v1/vms", nil, nil)
-			listLat[j] = time.Since(t0)
-			if code != 200 {
-				b.Fatalf("list: %d %.200s", code, body)
-			}
-		}
-		sort.Slice(listLat, func(x, y int) bool { return listLat[x] < listLat[y] })
+		listLat := timedList(b, base, lists)
 
 		// Baseline 1: the per-VM path, one GET per VM.
-		perLat := make([]time.Duration, perVM)
-		for j := range perLat {
-			t0 := time.Now()
+		perLat := timed(perVM, func(int) {
 			for _, v := range list.VMs {
 				if code, body := call(b, "GET", base+"/v1/vms/"+v.ID, nil, nil); code != 200 {
 					b.Fatalf("get %s: %d %.200s", v.ID, code, body)
 				}
 			}
-			perLat[j] = time.Since(t0)
-		}
-		sort.Slice(perLat, func(x, y int) bool { return perLat[x] < perLat[y] })
+		})
 
 		// Baseline 2: the records alone, read from the store in-process.
 		st := h.store(b)
-		readLat := make([]time.Duration, lists)
-		for j := range readLat {
-			t0 := time.Now()
-			metas, err := st.List()
-			readLat[j] = time.Since(t0)
-			if err != nil || len(metas) != vms {
+		readLat := timed(lists, func(int) {
+			if metas, err := st.List(); err != nil || len(metas) != vms {
 				b.Fatalf("store list: %d records, %v", len(metas), err)
 			}
-		}
-		sort.Slice(readLat, func(x, y int) bool { return readLat[x] < readLat[y] })
+		})
 
 		rss := vmRSS(b, d.cmd.Process.Pid)
 

@@ -15,6 +15,7 @@ import (
 	"github.com/mergenhq/mergen/internal/supervisor"
 	"github.com/mergenhq/mergen/internal/testenv"
 	"github.com/mergenhq/mergen/internal/testenv/nspawn"
+	"github.com/mergenhq/mergen/internal/wire"
 )
 
 // BenchmarkControlPlane measures, through the real HTTP API of a daemon on
@@ -72,16 +73,7 @@ func controlPlane(b *testing.B, label string, env map[string]string, prepare fun
 	})
 	cpu := testenv.ProcessCPU().Sub(cpu0)
 
-	listLat := make([]time.Duration, lists)
-	for j := range listLat {
-		t0 := time.Now()
-		code, body := call(b, "GET", base+"/v1/vms", nil, nil)
-		listLat[j] = time.Since(t0)
-		if code != 200 {
-			b.Fatalf("list: %d %.200s", code, body)
-		}
-	}
-	sort.Slice(listLat, func(x, y int) bool { return listLat[x] < listLat[y] })
+	listLat := timedList(b, base, lists)
 
 	b.ReportMetric(float64(creates)/total.Seconds(), "creates/s")
 	b.ReportMetric(ms(lat[creates/2]), "create-p50-ms")
@@ -100,11 +92,7 @@ func controlPlane(b *testing.B, label string, env map[string]string, prepare fun
 	fmt.Printf(label+": daemon VmRSS with %d VMs defined %s; baseline in the same run: with no VMs %s (the built daemon, after %d lists)\n", creates, rss, idle, lists)
 
 	// Then the same clients delete the VMs.
-	var listed struct {
-		VMs []struct {
-			ID string `json:"id"`
-		} `json:"vms"`
-	}
+	var listed wire.VMList
 	if code, body := call(b, "GET", base+"/v1/vms", nil, &listed); code != 200 || len(listed.VMs) != creates {
 		b.Fatalf("list before the deletes: %d, %d VMs: %.200s", code, len(listed.VMs), body)
 	}
@@ -117,6 +105,22 @@ func controlPlane(b *testing.B, label string, env map[string]string, prepare fun
 	b.ReportMetric(float64(creates)/total.Seconds(), "deletes/s")
 	fmt.Printf(label+": %d deletes by %d clients in %s = %.0f deletes/s; delete p50 %.2f ms, p99 %.2f ms\n",
 		creates, clients, total.Round(time.Millisecond), float64(creates)/total.Seconds(), ms(lat[creates/2]), ms(lat[creates*99/100]))
+}
+
+// timedList asks for GET /v1/vms n times in a row and returns each
+// answer's latency, sorted.
+func timedList(b *testing.B, base string, n int) []time.Duration {
+	return timed(n, func(int) {
+		if code, body := call(b, "GET", base+"/v1/vms", nil, nil); code != 200 {
+			b.Fatalf("list: %d %.200s", code, body)
+		}
+	})
+}
+
+// timed runs op for 0..n-1 in turn and returns each run's latency, sorted.
+func timed(n int, op func(j int)) []time.Duration {
+	_, lat := byClients(1, n, op)
+	return lat
 }
 
 // byClients runs op for 0..n-1 from clients goroutines at once and returns
