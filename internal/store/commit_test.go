@@ -64,19 +64,26 @@ type result struct {
 func (h *groupHost) start(ctx context.Context, plan Plan) <-chan result {
 	h.t.Helper()
 	out := make(chan result, 1)
+	h.queued("create", func() {
+		id, err := h.c.Create(ctx, plan)
+		out <- result{id, err}
+	})
+	return out
+}
+
+// queued runs call (a Create or Remove) in the background and waits until
+// it has joined the Committer's queue.
+func (h *groupHost) queued(what string, call func()) {
+	h.t.Helper()
 	h.c.mu.Lock()
 	before := len(h.c.queue)
 	h.c.mu.Unlock()
-	go func() {
-		id, err := h.c.Create(ctx, plan)
-		out <- result{id, err}
-	}()
-	testenv.Eventually(h.t, 10*time.Second, "the create to queue", func() bool {
+	go call()
+	testenv.Eventually(h.t, 10*time.Second, "the "+what+" to queue", func() bool {
 		h.c.mu.Lock()
 		defer h.c.mu.Unlock()
 		return len(h.c.queue) > before
 	})
-	return out
 }
 
 func (h *groupHost) ends() []groupEnd {

@@ -8,25 +8,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
-	"github.com/mergenhq/mergen/internal/testenv"
 )
 
 // startRemove calls Remove in the background and waits until it is queued.
 func (h *groupHost) startRemove(ctx context.Context, id string, drop func() error) <-chan error {
 	h.t.Helper()
 	out := make(chan error, 1)
-	h.c.mu.Lock()
-	before := len(h.c.queue)
-	h.c.mu.Unlock()
-	go func() { out <- h.c.Remove(ctx, id, drop) }()
-	testenv.Eventually(h.t, 10*time.Second, "the removal to queue", func() bool {
-		h.c.mu.Lock()
-		defer h.c.mu.Unlock()
-		return len(h.c.queue) > before
-	})
+	h.queued("removal", func() { out <- h.c.Remove(ctx, id, drop) })
 	return out
 }
 
