@@ -22,16 +22,37 @@ type PortKey struct {
 }
 
 // Index is the set of guest IPs and host ports in use, each mapped to the VM
-// that holds it.
+// that holds it. Change it only through Add and Remove: they keep its
+// floors.
 type Index struct {
 	IPs   map[netip.Addr]string
 	Ports map[PortKey]string
 	UIDs  map[int]string // VMM uids (VMs' own ids)
+
+	// floors say, for each pool searched for its lowest free value (guest
+	// addresses, uids, each protocol's ports), up to where from the pool's
+	// start every value is held: the next search starts there. Without
+	// them every create scanned all the VMs' addresses, uids and ports
+	// from the start, under the allocation lock: quadratic in the VMs
+	// defined.
+	floors map[string]floor
 }
+
+// floor is where a search of the pool beginning at start begins: every
+// value from start up to at is held.
+type floor struct{ start, at int }
+
+// Pools of an Index's floors.
+const (
+	poolIPs  = "ip"
+	poolUIDs = "uid"
+)
+
+func portPool(protocol string) string { return "port/" + protocol }
 
 // NewIndex builds the index from stored VMs.
 func NewIndex(metas []store.Meta) *Index {
-	ix := &Index{IPs: map[netip.Addr]string{}, Ports: map[PortKey]string{}, UIDs: map[int]string{}}
+	ix := &Index{IPs: map[netip.Addr]string{}, Ports: map[PortKey]string{}, UIDs: map[int]string{}, floors: map[string]floor{}}
 	for _, m := range metas {
 		ix.Add(m)
 	}
@@ -55,25 +76,76 @@ func (ix *Index) Add(m store.Meta) {
 func (ix *Index) Remove(m store.Meta) {
 	if a, err := netip.ParseAddr(m.GuestIP); err == nil && ix.IPs[a] == m.ID {
 		delete(ix.IPs, a)
+		if a.Is4() {
+			ix.freed(poolIPs, addrNum(a))
+		}
 	}
 	for _, p := range m.Ports {
 		k := PortKey{p.Host, p.Protocol}
 		if ix.Ports[k] == m.ID {
 			delete(ix.Ports, k)
+			ix.freed(portPool(p.Protocol), p.Host)
 		}
 	}
 	if m.VMMUID != 0 && ix.UIDs[m.VMMUID] == m.ID {
 		delete(ix.UIDs, m.VMMUID)
+		ix.freed(poolUIDs, m.VMMUID)
 	}
 }
+
+// freed lowers pool's floor to v, free again.
+func (ix *Index) freed(pool string, v int) {
+	if f, ok := ix.floors[pool]; ok && v < f.at {
+		ix.floors[pool] = floor{f.start, max(v, f.start)}
+	}
+}
+
+// lowest returns the lowest v of [start, end] that the index does not hold
+// (held) and that ok accepts, searching from pool's floor. The floor moves
+// up over the values held from where it was, and stops at the first value
+// not held: one that ok refuses (a port bound on the host, or taken
+// earlier in the same request) is asked again next time.
+func (ix *Index) lowest(pool string, start, end int, held, ok func(int) bool) (int, bool) {
+	f, known := ix.floors[pool]
+	if !known || f.start != start {
+		f = floor{start, start}
+	}
+	defer func() { ix.floors[pool] = f }()
+	below := true // every value from the floor up to v is held
+	for v := f.at; v <= end; v++ {
+		if held(v) {
+			if below {
+				f.at = v + 1
+			}
+			continue
+		}
+		below = false
+		if ok(v) {
+			return v, true
+		}
+	}
+	return 0, false
+}
+
+// addrNum is an IPv4 address as a number, for the address pool's floor.
+func addrNum(a netip.Addr) int {
+	b := a.As4()
+	return int(b[0])<<24 | int(b[1])<<16 | int(b[2])<<8 | int(b[3])
+}
+
+// numAddr is addrNum's inverse.
+func numAddr(n int) netip.Addr {
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)})
+}
+
+func always(int) bool { return true }
 
 // VMMUID returns the lowest uid of [start, end] that no VM holds: a VM's
 // own uid, whose gid has the same number. Ids freed by deletes are reused.
 func (ix *Index) VMMUID(start, end int) (int, error) {
-	for uid := start; uid <= end; uid++ {
-		if _, used := ix.UIDs[uid]; !used {
-			return uid, nil
-		}
+	held := func(uid int) bool { _, used := ix.UIDs[uid]; return used }
+	if uid, ok := ix.lowest(poolUIDs, start, end, held, always); ok {
+		return uid, nil
 	}
 	return 0, errdefs.Conflict("vmm uid range %d-%d is exhausted: every id is in use (widen MGR_VMM_UID_RANGE or delete VMs)", start, end)
 }
@@ -102,11 +174,11 @@ func PoolSize(cidr netip.Prefix) int {
 // address, the gateway and the broadcast address. Addresses freed by deletes
 // are reused.
 func (ix *Index) GuestIP(cidr netip.Prefix) (netip.Addr, error) {
-	cidr = cidr.Masked()
-	gw := Gateway(cidr)
-	for a := gw.Next(); cidr.Contains(a) && cidr.Contains(a.Next()); a = a.Next() {
-		if _, used := ix.IPs[a]; !used {
-			return a, nil
+	if n := PoolSize(cidr); n > 0 {
+		first := addrNum(Gateway(cidr).Next())
+		held := func(v int) bool { _, used := ix.IPs[numAddr(v)]; return used }
+		if v, ok := ix.lowest(poolIPs, first, first+n-1, held, always); ok {
+			return numAddr(v), nil
 		}
 	}
 	return netip.Addr{}, errdefs.Conflict("guest network %s is exhausted: every address is in use (raise MGR_GUEST_CIDR or delete VMs)", cidr)
@@ -163,25 +235,16 @@ func (ix *Index) HostPorts(req []store.Port, pool Range, probe Probe) ([]store.P
 		taken[k] = true
 		out[i] = p
 	}
-	next := map[string]int{"tcp": pool.Start, "udp": pool.Start}
 	for i, p := range req {
 		if p.Host != 0 {
 			continue
 		}
-		found := false
-		for port := next[p.Protocol]; port <= pool.End; port++ {
-			k := PortKey{port, p.Protocol}
-			if _, used := ix.Ports[k]; used || taken[k] {
-				continue
-			}
-			if !probe(port, p.Protocol) {
-				continue
-			}
+		held := func(port int) bool { _, used := ix.Ports[PortKey{port, p.Protocol}]; return used }
+		free := func(port int) bool { return !taken[PortKey{port, p.Protocol}] && probe(port, p.Protocol) }
+		port, found := ix.lowest(portPool(p.Protocol), pool.Start, pool.End, held, free)
+		if found {
 			p.Host = port
-			taken[k] = true
-			next[p.Protocol] = port + 1
-			found = true
-			break
+			taken[PortKey{port, p.Protocol}] = true
 		}
 		if !found {
 			return nil, errdefs.Conflict("ports[%d].host: no free %s port left in %d..%d (MGR_PORT_START..MGR_PORT_END)", i, p.Protocol, pool.Start, pool.End)
