@@ -190,3 +190,56 @@ func TestCreateRefusesAnotherVMsDataDiskInAnyRole(t *testing.T) {
 		}
 	}
 }
+
+// A default disk is placed again whenever its path leads to another file
+// than at the last create: a link moved to another file is followed there,
+// and a link moved into the daemon's state is refused, however many
+// creates placed the default before.
+func TestADefaultDiskIsPlacedAgainWhenItsPathLeadsToAnotherFile(t *testing.T) {
+	outside := t.TempDir()
+	first, second := filepath.Join(outside, "a", "rootfs.ext4"), filepath.Join(outside, "b", "rootfs.ext4")
+	writeFile(t, first, "first")
+	writeFile(t, second, "second")
+	link := filepath.Join(outside, "current.ext4")
+	if err := os.Symlink(first, link); err != nil {
+		t.Fatal(err)
+	}
+	h := newHost(t, map[string]string{"MGR_DEFAULT_ROOTFS": link})
+	moveLink := func(to string) {
+		t.Helper()
+		tmp := link + ".new"
+		if err := os.Symlink(to, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, link); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rootfsOf := func() (path, root string, err error) {
+		t.Helper()
+		vm, err := h.mgr.Create(context.Background(), wire.CreateRequest{})
+		if err != nil {
+			return "", "", err
+		}
+		m, err := h.store.ReadMeta(vm.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m.Disks.Rootfs, m.DiskRoots["rootfs"], nil
+	}
+	for range 2 {
+		if path, root, err := rootfsOf(); err != nil || path != first || root != filepath.Dir(first) {
+			t.Fatalf("rootfs %s below %s (%v); want %s below its directory", path, root, err, first)
+		}
+	}
+	moveLink(second)
+	if path, root, err := rootfsOf(); err != nil || path != second || root != filepath.Dir(second) {
+		t.Fatalf("after the link moved: rootfs %s below %s (%v); want %s below its directory", path, root, err, second)
+	}
+	key := filepath.Join(h.cfg.DataRoot, "certs", "wildcard.example.com.key")
+	writeFile(t, key, "daemon state")
+	moveLink(key)
+	if path, _, err := rootfsOf(); !errdefs.IsInvalid(err) || !contains(err.Error(), "rootfs: ", "daemon's state") {
+		t.Fatalf("after the link moved into the daemon's state: rootfs %s, %v; want a refusal", path, err)
+	}
+}

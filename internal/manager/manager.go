@@ -286,7 +286,7 @@ func (m *Manager) resolveDisks(req wire.CreateRequest) (d store.Disks, kernel, i
 		st, err := os.Stat(f.def)
 		switch {
 		case err == nil && st.Mode().IsRegular():
-			p, root, err := rules.resolveDefault(f.name, f.env, f.def)
+			p, root, err := rules.placeDefault(f.name, f.env, f.def, st)
 			if err != nil {
 				return d, "", "", nil, err
 			}
