@@ -50,7 +50,25 @@ func NewBus(j *Journal, log *slog.Logger) *Bus {
 	if err := b.load(); err != nil {
 		log.Warn("read the event journal", "err", err)
 	}
+	j.written = b.wrote
 	return b
+}
+
+// wrote takes a batch the journal wrote in this process without reading
+// it back, when it follows what the Bus has read; otherwise lines of
+// another writer come first, and the next load reads them all.
+func (b *Bus) wrote(w batchWritten) {
+	b.loadMu.Lock()
+	defer b.loadMu.Unlock()
+	if w.ino != b.ino || w.from != b.off {
+		return
+	}
+	for i := range w.evs {
+		// As a watcher would have read it from the file.
+		w.evs[i].Time = w.evs[i].Time.Round(0)
+	}
+	b.off = w.to
+	b.publish(w.evs)
 }
 
 // Journal is the journal the Bus follows.
@@ -63,8 +81,10 @@ func (b *Bus) Append(ctx context.Context, ev Event) (Event, error) {
 	if err != nil {
 		return ev, err
 	}
-	if err := b.load(); err != nil {
-		b.log.Warn("read the event journal", "err", err)
+	if b.Last() < ev.Seq { // not taken as written: read it
+		if err := b.load(); err != nil {
+			b.log.Warn("read the event journal", "err", err)
+		}
 	}
 	return ev, nil
 }
@@ -160,7 +180,10 @@ func (b *Bus) load() error {
 	if err != nil {
 		return err
 	}
-	ino := fi.Sys().(*syscall.Stat_t).Ino
+	ino := inode(fi)
+	if ino == b.ino && fi.Size() == b.off {
+		return nil // nothing new (a notification of the Bus's own batch)
+	}
 	var fresh []Event
 	if ino != b.ino {
 		// Rotated (or first load): finish the file followed so far, which

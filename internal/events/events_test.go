@@ -231,3 +231,42 @@ func TestLastOfIsTheVMsNewestEvent(t *testing.T) {
 		t.Fatalf("LastOf(c) found one: %v %v", ok, err)
 	}
 }
+
+// The daemon's own batches reach its watchers without being read back
+// from the file; lines another writer (a lifecycle stage) put in between
+// are read from the file first, so that watchers still get every event in
+// order.
+func TestBusServesItsOwnAndOtherWritersEventsInOrder(t *testing.T) {
+	j, p := newJournal(t)
+	bus := events.NewBus(j, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	stage := events.NewJournal(p)
+	ctx := context.Background()
+	var want []string
+	for i := range 40 {
+		if i%3 == 2 {
+			_, err := stage.Append(ctx, events.Event{Type: events.Ready, VM: fmt.Sprintf("stage-%d", i), Source: events.SourceLifecycle})
+			if err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, fmt.Sprintf("stage-%d", i))
+			continue
+		}
+		ev, err := bus.Append(ctx, events.Event{Type: events.Created, VM: fmt.Sprintf("daemon-%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, fmt.Sprintf("daemon-%d", i))
+		if bus.Last() != ev.Seq {
+			t.Fatalf("after appending #%d the Bus is at %d", ev.Seq, bus.Last())
+		}
+	}
+	evs, err := bus.Next(ctx, 0, 100)
+	if err != nil || len(evs) != len(want) {
+		t.Fatalf("%d events (%v), want %d", len(evs), err, len(want))
+	}
+	for i, ev := range evs {
+		if ev.Seq != uint64(i+1) || ev.VM != want[i] {
+			t.Fatalf("event %d is #%d of %s, want #%d of %s", i, ev.Seq, ev.VM, i+1, want[i])
+		}
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"io/fs"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/layout"
@@ -127,6 +128,32 @@ type Journal struct {
 	mu      sync.Mutex
 	queue   []*appendReq
 	writing bool
+
+	// end is where this journal's last batch left the file; only the
+	// goroutine writing batches (drain) uses it.
+	end fileEnd
+	// written, when set (by the Bus following this journal, before the
+	// first Append), is told of every batch once its lines are in the
+	// file, before its appends return.
+	written func(b batchWritten)
+}
+
+// fileEnd is the journal file after a batch: its inode, its size and the
+// number of its last event. While the file under the lock is still that
+// inode and that size, nobody appended since, and the next number is
+// known without reading the file's tail.
+type fileEnd struct {
+	ino  uint64
+	size int64
+	seq  uint64
+}
+
+// batchWritten says where a batch's lines went: bytes [from, to) of the
+// file with inode ino, holding evs in order.
+type batchWritten struct {
+	ino      uint64
+	from, to int64
+	evs      []Event
 }
 
 // appendReq is one Append waiting for its batch.
@@ -196,7 +223,7 @@ func (j *Journal) write(batch []*appendReq) {
 	}
 	defer held.Release()
 
-	last, size, err := j.last()
+	last, size, err := j.lastKnown()
 	if err != nil {
 		failAll(batch, err)
 		return
@@ -207,6 +234,7 @@ func (j *Journal) write(batch []*appendReq) {
 			return
 		}
 	}
+	j.end = fileEnd{} // known again once this batch is written
 	var lines []byte
 	var written []*appendReq
 	for _, r := range batch {
@@ -239,13 +267,40 @@ func (j *Journal) write(batch []*appendReq) {
 		return
 	}
 	_, werr := f.Write(lines)
+	fi, serr := f.Stat()
 	if cerr := f.Close(); werr == nil {
 		werr = cerr
 	}
 	if werr != nil {
 		failAll(written, werr)
+		return
+	}
+	if serr != nil {
+		return
+	}
+	// Every writer holds the lock: the file ends with this batch.
+	j.end = fileEnd{ino: inode(fi), size: fi.Size(), seq: last}
+	if j.written != nil {
+		evs := make([]Event, len(written))
+		for i, r := range written {
+			evs[i] = r.ev
+		}
+		j.written(batchWritten{ino: j.end.ino, from: fi.Size() - int64(len(lines)), to: fi.Size(), evs: evs})
 	}
 }
+
+// lastKnown is last, without reading the file when it is as this
+// journal's last batch left it. Hold the file lock.
+func (j *Journal) lastKnown() (seq uint64, size int64, err error) {
+	if e := j.end; e.seq > 0 {
+		if fi, err := os.Stat(j.p.Journal); err == nil && inode(fi) == e.ino && fi.Size() == e.size {
+			return e.seq, e.size, nil
+		}
+	}
+	return j.last()
+}
+
+func inode(fi fs.FileInfo) uint64 { return fi.Sys().(*syscall.Stat_t).Ino }
 
 func failAll(rs []*appendReq, err error) {
 	for _, r := range rs {
