@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Control-plane throughput and latency through the real HTTP API:
-# 1,000 creates (creates/s, p50, p99), listing 1,000 VMs, the daemon's
-# resident size, then 1,000 deletes (deletes/s, p50, p99; the baseline
-# commit's benchmark may predate them).
+# Control-plane throughput and latency through the real HTTP API of the
+# built daemon: 1,000 creates (creates/s, p50, p99), listing 1,000 VMs, the
+# daemon's resident size, then 1,000 deletes (deletes/s, p50, p99).
 #
-# The same benchmark runs on a baseline in the same run, alternating with
-# this tree: BASE (a commit; default 6d4deec, the last one before creates
-# were committed in groups), checked out in a temporary worktree.
+# The same benchmark measures a baseline in the same run, alternating with
+# this tree: the daemon of BASE (a commit; default 6d4deec, the last one
+# before creates were committed in groups), built from a temporary
+# worktree and driven by this tree's benchmark (MERGEN_BENCH_DAEMON).
 # BASE=none skips it. ROUNDS (default 1) repeats both, for a noisy host.
 #
 # SYSTEMD=1 (root) runs BenchmarkControlPlaneSystemd instead: the daemon
 # answered by a real systemd booted in a container, as on a host. Its
-# baseline (default ca46334, the last commit before systemd was asked
-# without loading units) runs this tree's benchmark file on its code.
+# baseline defaults to ca46334, the last commit before systemd was asked
+# without loading units.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 name=BenchmarkControlPlane
@@ -24,25 +24,20 @@ fi
 rounds=${ROUNDS:-1}
 
 bench() {
-	(cd "$1" && go test -run '^$' -bench "^$name\$" -benchtime 1x -count 1 ./test/e2e/) |
-		grep -E '^control plane' || { echo "benchmark failed in $1" >&2; return 1; }
+	MERGEN_BENCH_DAEMON=$1 go test -run '^$' -bench "^$name\$" -benchtime 1x -count 1 ./test/e2e/ |
+		grep -E '^control plane' || { echo "benchmark failed with daemon ${1:-of this tree}" >&2; return 1; }
 }
 
 if [ "$base_ref" != none ]; then
 	base=$(mktemp -d)
 	trap 'git worktree remove --force "$base" >/dev/null 2>&1 || rm -rf "$base"' EXIT
 	git worktree add --quiet --detach "$base" "$base_ref"
-	if [ "$name" = BenchmarkControlPlaneSystemd ]; then
-		cp test/e2e/bench_test.go "$base/test/e2e/bench_test.go"
-		# The container's root file system, built by make deps.
-		mkdir -p "$base/.build"
-		ln -s "$PWD/.build/cache" "$base/.build/cache"
-	fi
+	(cd "$base" && CGO_ENABLED=0 go build -o "$base/mergen-base" ./cmd/mergen)
 fi
 for ((i = 1; i <= rounds; i++)); do
 	echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
 	if [ "$base_ref" != none ]; then
-		echo "baseline $base_ref: $(bench "$base")"
+		echo "baseline $base_ref: $(bench "$base/mergen-base")"
 	fi
-	echo "mergen $(git rev-parse --short HEAD): $(bench .)"
+	echo "mergen $(git rev-parse --short HEAD): $(bench "")"
 done

@@ -1,7 +1,12 @@
 package testenv
 
 import (
+	"bytes"
+	"os"
+	"strconv"
+	"strings"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -12,6 +17,9 @@ type CPU struct{ User, System time.Duration }
 
 // Total is user and system time together.
 func (c CPU) Total() time.Duration { return c.User + c.System }
+
+// Add is c and o together.
+func (c CPU) Add(o CPU) CPU { return CPU{c.User + o.User, c.System + o.System} }
 
 // Sub is the time spent since o.
 func (c CPU) Sub(o CPU) CPU { return CPU{c.User - o.User, c.System - o.System} }
@@ -29,4 +37,28 @@ func rusage(who int) CPU {
 		panic("getrusage: " + err.Error()) // only for an invalid who
 	}
 	return CPU{time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())}
+}
+
+// PidCPU is the processor time process pid has used so far, from
+// /proc/<pid>/stat (in the kernel's clock ticks, 100 a second).
+func PidCPU(t testing.TB, pid int) CPU {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	// The command (field 2) is in parentheses and may hold spaces: the
+	// fields counted from after it. utime and stime are fields 14 and 15.
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		t.Fatalf("testenv: /proc/%d/stat: %q", pid, b)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("testenv: /proc/%d/stat: %q", pid, b)
+	}
+	const tick = 10 * time.Millisecond // USER_HZ, 100 on Linux
+	return CPU{time.Duration(utime) * tick, time.Duration(stime) * tick}
 }

@@ -79,11 +79,11 @@ func BenchmarkList(b *testing.B) {
 // daemon of its own, on an API socket of its own beside any daemon
 // serving h (one in the benchmark's process has no resident size of its
 // own). It is stopped after, its VMs left as they are.
-func daemonRSS(b *testing.B, h *host, lists int) residentSize {
+func daemonRSS(b *testing.B, bin string, h *host, lists int) residentSize {
 	b.Helper()
 	own := &host{root: h.root, env: maps.Clone(h.env)}
 	own.env["MGR_API_SOCKET"] = h.env["MGR_API_SOCKET"] + ".rss"
-	d := own.startBinary(b, testenv.Build(b, "./cmd/mergen"), freePort(b))
+	d := own.startBinary(b, bin, freePort(b))
 	defer func() { d.cmd.Process.Kill(); d.cmd.Wait() }()
 	for j := 0; j < lists; j++ {
 		if code, body := call(b, "GET", d.base+"/v1/vms", nil, nil); code != 200 {

@@ -18,14 +18,18 @@ import (
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
-// BenchmarkControlPlane measures, through the real HTTP API of a daemon on
-// loopback: 1,000 creates (8 clients in parallel) as creates per second and
-// p50/p99 latency, then GET /v1/vms with those 1,000 VMs defined, the
+// BenchmarkControlPlane measures, through the real HTTP API of the built
+// daemon (`mergen server`, a process of its own, as on a host) on
+// loopback: 1,000 creates (8 clients in parallel) as creates per second
+// and p50/p99 latency, then GET /v1/vms with those 1,000 VMs defined, the
 // daemon's resident size, and last the 1,000 deletes (the same clients).
 // Its daemon has the systemd supervisor but no system bus, so it never
 // waits for systemd: BenchmarkControlPlaneSystemd gives it one.
 //
 //	go test -run '^$' -bench ControlPlane -benchtime 1x ./test/e2e/
+//
+// MERGEN_BENCH_DAEMON names another daemon binary to measure the same way
+// (bench/controlplane.sh builds a baseline commit's).
 func BenchmarkControlPlane(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		controlPlane(b, "control plane", nil, nil)
@@ -63,15 +67,17 @@ func controlPlane(b *testing.B, label string, env map[string]string, prepare fun
 	if prepare != nil {
 		prepare(h.config(b))
 	}
-	base := h.serve(b)
-	cpu0 := testenv.ProcessCPU()
+	bin := benchDaemon(b)
+	d := h.startBinary(b, bin, freePort(b))
+	base := d.base
+	cpu0, daemonCPU0 := testenv.ProcessCPU(), testenv.PidCPU(b, d.cmd.Process.Pid)
 	total, lat := byClients(clients, creates, func(j int) {
 		code, body := call(b, "POST", base+"/v1/vms", map[string]any{"ports": []map[string]any{{"guest": 80}}}, nil)
 		if code != 201 {
 			b.Errorf("create %d: %d %s", j, code, body)
 		}
 	})
-	cpu := testenv.ProcessCPU().Sub(cpu0)
+	clientCPU, daemonCPU := testenv.ProcessCPU().Sub(cpu0), testenv.PidCPU(b, d.cmd.Process.Pid).Sub(daemonCPU0)
 
 	listLat := timedList(b, base, lists)
 
@@ -82,14 +88,16 @@ func controlPlane(b *testing.B, label string, env map[string]string, prepare fun
 	fmt.Printf(label+": %d creates by %d clients in %s = %.0f creates/s; create p50 %.2f ms, p99 %.2f ms; GET /v1/vms with %d VMs p50 %.1f ms, max %.1f ms\n",
 		creates, clients, total.Round(time.Millisecond), float64(creates)/total.Seconds(), ms(lat[creates/2]), ms(lat[creates*99/100]),
 		creates, ms(listLat[lists/2]), ms(listLat[lists-1]))
-	// Daemon and clients share this process and its processors: what a
-	// create costs them, apart from what it waits for (the disk's
-	// flushes), and the ceiling that puts on creates/s here.
-	fmt.Printf(label+": processor time per create %.2f ms (user %.2f, system %.2f; daemon and clients), at most %.0f creates/s on %d processors\n",
-		ms(cpu.Total())/creates, ms(cpu.User)/creates, ms(cpu.System)/creates,
+	// Daemon and clients share the machine's processors: what a create
+	// costs them, apart from what it waits for (the disk's flushes), and
+	// the ceiling that puts on creates/s here.
+	cpu := daemonCPU.Add(clientCPU)
+	fmt.Printf(label+": processor time per create %.2f ms (daemon %.2f: user %.2f, system %.2f; clients %.2f), at most %.0f creates/s on %d processors\n",
+		ms(cpu.Total())/creates, ms(daemonCPU.Total())/creates, ms(daemonCPU.User)/creates, ms(daemonCPU.System)/creates, ms(clientCPU.Total())/creates,
 		float64(runtime.NumCPU())*creates/cpu.Total().Seconds(), runtime.NumCPU())
-	rss, idle := daemonRSS(b, h, lists), daemonRSS(b, newHost(b, nil), lists)
-	fmt.Printf(label+": daemon VmRSS with %d VMs defined %s; baseline in the same run: with no VMs %s (the built daemon, after %d lists)\n", creates, rss, idle, lists)
+	rss, idle := daemonRSS(b, bin, h, lists), daemonRSS(b, bin, newHost(b, nil), lists)
+	fmt.Printf(label+": daemon VmRSS with %d VMs defined %s; baseline in the same run: with no VMs %s (the built daemon started again, after %d lists); the daemon that made them %s\n",
+		creates, rss, idle, lists, vmRSS(b, d.cmd.Process.Pid))
 
 	// Then the same clients delete the VMs.
 	var listed wire.VMList
@@ -105,6 +113,15 @@ func controlPlane(b *testing.B, label string, env map[string]string, prepare fun
 	b.ReportMetric(float64(creates)/total.Seconds(), "deletes/s")
 	fmt.Printf(label+": %d deletes by %d clients in %s = %.0f deletes/s; delete p50 %.2f ms, p99 %.2f ms\n",
 		creates, clients, total.Round(time.Millisecond), float64(creates)/total.Seconds(), ms(lat[creates/2]), ms(lat[creates*99/100]))
+}
+
+// benchDaemon is the daemon binary the control-plane benchmarks run: this
+// tree's, or MERGEN_BENCH_DAEMON's.
+func benchDaemon(b *testing.B) string {
+	if bin := testenv.BenchDaemonOverride(); bin != "" {
+		return bin
+	}
+	return testenv.Build(b, "./cmd/mergen")
 }
 
 // timedList asks for GET /v1/vms n times in a row and returns each
