@@ -34,6 +34,10 @@ func Env() Source { return os.Getenv }
 // collector's target leaves the operator's alone.
 func GOGCSet(getenv Source) bool { return getenv("GOGC") != "" }
 
+// GOMAXPROCSSet reports whether Go's own GOMAXPROCS is set: a program that
+// picks its number of Ps leaves the operator's alone.
+func GOMAXPROCSSet(getenv Source) bool { return getenv("GOMAXPROCS") != "" }
+
 // Config is the configuration of the daemon and the lifecycle stages.
 // Field comments name the variable; Vars has the defaults.
 type Config struct {

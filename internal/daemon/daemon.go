@@ -12,9 +12,12 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"sync"
 	"syscall"
+	"time"
 
 	"golang.org/x/term"
 
@@ -47,9 +50,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("configuration: %w", err)
 	}
-	if !config.GOGCSet(config.Env()) {
-		debug.SetGCPercent(gcPercent)
-	}
+	TuneRuntime(config.Env())
 	log, err := logging.New(os.Stderr, cfg.LogLevel, cfg.LogFormat, term.IsTerminal(int(os.Stderr.Fd())))
 	if err != nil {
 		return err
@@ -59,18 +60,88 @@ func Run(ctx context.Context, o Options) error {
 	return Serve(ctx, cfg, log, o)
 }
 
-// gcPercent is the collector's target when GOGC is not set: the heap may
-// grow a quarter past what is live before a collection, not Go's default
-// of as much again. The daemon's live heap is small and grows with the
-// VMs defined (their records and list documents, a few KiB each), while
-// the program's own pages are most of its resident size; at the default
-// the collector's headroom would be as large as all the VMs' data. A
-// collection marks only the small live heap, and the daemon allocates
-// little per request: the cost is a few more short collections.
-// Measured with bash bench/list.sh, 1,000 VMs: see docs/performance.md.
-// Unlike a memory limit (GOMEMLIMIT), a target grows with the VMs: a host
-// of many more never finds the collector running without pause.
-const gcPercent = 25
+// TuneRuntime sets what the daemon's process runs with where the operator
+// did not (Go's GOGC, GOMAXPROCS): the collector's target, which then
+// follows the live heap (gcPercentFor), and the number of Ps (procs). Run
+// calls it; a test serving the daemon in its own process calls it too, to
+// measure the daemon as it runs.
+func TuneRuntime(getenv config.Source) {
+	if !config.GOGCSet(getenv) {
+		gcOnce.Do(func() { go followLiveHeap() })
+	}
+	if !config.GOMAXPROCSSet(getenv) {
+		procsOnce.Do(func() { runtime.GOMAXPROCS(procs(runtime.GOMAXPROCS(0))) })
+	}
+}
+
+var gcOnce, procsOnce sync.Once
+
+// procs is the daemon's number of Ps, given the runtime's own choice (one
+// per processor the process may use): twice that, and at least 4. Much of
+// a create or delete is spent in blocking file-system calls (a VM's
+// fsyncs, mkdir, rename), and a goroutine in one keeps its P until the
+// runtime's monitor hands the P on, tens of microseconds to milliseconds
+// later; with one P per processor the rest of the daemon waited that long
+// to run. In the control-plane benchmark on 2 processors, goroutines
+// waited to run p90 1.6 ms, p99 3.7 ms with 2 Ps, and 33 us, 1.3 ms with 4
+// (runtime/metrics /sched/latencies:seconds); creates/s rose by a tenth
+// or more (docs/performance.md, "Ps for blocking calls"). The processors
+// are still the kernel's to share: more Ps only let goroutines run while
+// others wait in the kernel.
+func procs(runtimeDefault int) int { return max(4, 2*runtimeDefault) }
+
+// The collector's target when GOGC is not set: the heap may grow past
+// what is live by a quarter (gcPercent), not Go's default of as much
+// again, but by minHeadroom at least, and never by more than Go's default
+// allows: a live heap under minHeadroom is collected as Go would.
+//
+// The daemon's live heap is small and grows with the VMs defined (their
+// records and list documents, a few KiB each), while the program's own
+// pages are most of its resident size; at Go's default the collector's
+// headroom would grow as large as all the VMs' data (bash bench/list.sh,
+// 1,000 VMs: see docs/performance.md). Unlike a memory limit (GOMEMLIMIT),
+// a target grows with the VMs: a host of many more never finds the
+// collector running without pause.
+//
+// A quarter of a small heap is little, though. With 1,000 VMs the live
+// heap is 2 to 3 MiB and a create allocates some 80 KiB: at 25 a burst of
+// 1,000 creates ran 209 collections against 52 at Go's default, and
+// managed 876 creates/s against 1,034 (docs/performance.md, "The
+// collector's headroom"), for 5 MiB less resident memory.
+const (
+	gcPercent   = 25
+	minHeadroom = 8 << 20
+)
+
+// gcPercentFor is the collector's target for a live heap of live bytes:
+// Go's default (100) up to minHeadroom, then as much as minHeadroom, down
+// to a quarter from four times minHeadroom. A live heap not yet measured
+// (before the first collection) is small.
+func gcPercentFor(live uint64) int {
+	if live == 0 {
+		return 100
+	}
+	return max(gcPercent, min(100, int(minHeadroom*100/live)))
+}
+
+// followLiveHeap sets the collector's target from the live heap after
+// each collection, looking once a second: the heap changes with the VMs
+// defined, slowly.
+func followLiveHeap() {
+	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
+	set := -1
+	for {
+		metrics.Read(live)
+		if live[0].Value.Kind() != metrics.KindUint64 {
+			return // not this runtime's: keep the last target
+		}
+		if p := gcPercentFor(live[0].Value.Uint64()); p != set {
+			debug.SetGCPercent(p)
+			set = p
+		}
+		time.Sleep(time.Second)
+	}
+}
 
 // Serve runs the daemon with an explicit configuration.
 func Serve(ctx context.Context, cfg config.Config, log *slog.Logger, o Options) error {
