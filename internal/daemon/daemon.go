@@ -50,7 +50,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return fmt.Errorf("configuration: %w", err)
 	}
-	TuneRuntime(config.Env())
+	tuneRuntime(config.Env())
 	log, err := logging.New(os.Stderr, cfg.LogLevel, cfg.LogFormat, term.IsTerminal(int(os.Stderr.Fd())))
 	if err != nil {
 		return err
@@ -60,12 +60,10 @@ func Run(ctx context.Context, o Options) error {
 	return Serve(ctx, cfg, log, o)
 }
 
-// TuneRuntime sets what the daemon's process runs with where the operator
+// tuneRuntime sets what the daemon's process runs with where the operator
 // did not (Go's GOGC, GOMAXPROCS): the collector's target, which then
-// follows the live heap (gcPercentFor), and the number of Ps (procs). Run
-// calls it; a test serving the daemon in its own process calls it too, to
-// measure the daemon as it runs.
-func TuneRuntime(getenv config.Source) {
+// follows the live heap (gcPercentFor), and the number of Ps (procs).
+func tuneRuntime(getenv config.Source) {
 	if !config.GOGCSet(getenv) {
 		gcOnce.Do(func() { go followLiveHeap() })
 	}
@@ -84,8 +82,9 @@ var gcOnce, procsOnce sync.Once
 // later; with one P per processor the rest of the daemon waited that long
 // to run. In the control-plane benchmark on 2 processors, goroutines
 // waited to run p90 1.6 ms, p99 3.7 ms with 2 Ps, and 33 us, 1.3 ms with 4
-// (runtime/metrics /sched/latencies:seconds); creates/s rose by a tenth
-// or more (docs/performance.md, "Ps for blocking calls"). The processors
+// (runtime/metrics /sched/latencies:seconds); the built daemon made a few
+// percent more creates/s for 1 to 2 MiB more resident (docs/performance.md,
+// "The collector's headroom, and Ps for blocking calls"). The processors
 // are still the kernel's to share: more Ps only let goroutines run while
 // others wait in the kernel.
 func procs(runtimeDefault int) int { return max(4, 2*runtimeDefault) }
@@ -107,7 +106,8 @@ func procs(runtimeDefault int) int { return max(4, 2*runtimeDefault) }
 // heap is 2 to 3 MiB and a create allocates some 80 KiB: at 25 a burst of
 // 1,000 creates ran 209 collections against 52 at Go's default, and
 // managed 876 creates/s against 1,034 (docs/performance.md, "The
-// collector's headroom"), for 5 MiB less resident memory.
+// collector's headroom, and Ps for blocking calls"), for 4 to 5 MiB less
+// resident memory.
 const (
 	gcPercent   = 25
 	minHeadroom = 8 << 20

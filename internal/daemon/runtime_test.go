@@ -22,7 +22,7 @@ func TestTheDaemonLeavesTheOperatorsRuntimeSettingsAlone(t *testing.T) {
 	gc := debug.SetGCPercent(77)
 	defer debug.SetGCPercent(gc)
 	set := map[string]string{"GOGC": "77", "GOMAXPROCS": "3"}
-	TuneRuntime(func(k string) string { return set[k] })
+	tuneRuntime(func(k string) string { return set[k] })
 	if now := debug.SetGCPercent(77); now != 77 {
 		t.Errorf("GOGC set: the collector's target became %d", now)
 	}
