@@ -62,7 +62,8 @@ func Run(ctx context.Context, o Options) error {
 
 // tuneRuntime sets what the daemon's process runs with where the operator
 // did not (Go's GOGC, GOMAXPROCS): the collector's target, which then
-// follows the live heap (gcPercentFor), and the number of Ps (procs).
+// follows the daemon's load and live heap (gcPolicy), and the number of
+// Ps (procs).
 func tuneRuntime(getenv config.Source) {
 	if !config.GOGCSet(getenv) {
 		gcOnce.Do(func() { go followLiveHeap() })
@@ -89,10 +90,11 @@ var gcOnce, procsOnce sync.Once
 // others wait in the kernel.
 func procs(runtimeDefault int) int { return max(4, 2*runtimeDefault) }
 
-// The collector's target when GOGC is not set: the heap may grow past
-// what is live by a quarter (gcPercent), not Go's default of as much
-// again, but by minHeadroom at least, and never by more than Go's default
-// allows: a live heap under minHeadroom is collected as Go would.
+// The collector's target when GOGC is not set. At rest the heap may grow
+// past what is live by a quarter (gcPercent), not Go's default of as much
+// again; while the daemon is busy (it allocated busyBytes within a tick),
+// by minHeadroom at least, never by more than Go's default, and by a
+// quarter again from four times minHeadroom on.
 //
 // The daemon's live heap is small and grows with the VMs defined (their
 // records and list documents, a few KiB each), while the program's own
@@ -102,44 +104,70 @@ func procs(runtimeDefault int) int { return max(4, 2*runtimeDefault) }
 // a target grows with the VMs: a host of many more never finds the
 // collector running without pause.
 //
-// A quarter of a small heap is little, though. With 1,000 VMs the live
-// heap is 2 to 3 MiB and a create allocates some 80 KiB: at 25 a burst of
-// 1,000 creates ran 209 collections against 52 at Go's default, and
-// managed 876 creates/s against 1,034 (docs/performance.md, "The
-// collector's headroom, and Ps for blocking calls"), for 4 to 5 MiB less
-// resident memory.
+// A quarter of a small heap is little for a burst, though. With 1,000 VMs
+// the live heap is a few MiB and a create allocates some 80 KiB: at 25 a
+// burst of 1,000 creates ran 209 collections against 52 at Go's default,
+// and managed 876 creates/s against 1,034, while the daemon at rest
+// afterwards held 4 to 5 MiB more at Go's default (docs/performance.md,
+// "The collector's headroom, and Ps for blocking calls"). So the
+// headroom grows while requests come and shrinks again once they stop
+// (restAfter), when one collection returns what is no longer needed.
 const (
 	gcPercent   = 25
 	minHeadroom = 8 << 20
+	busyBytes   = 1 << 20 // allocated in one gcTick: about a dozen creates
+	gcTick      = 100 * time.Millisecond
+	restAfter   = 2 * time.Second
 )
 
-// gcPercentFor is the collector's target for a live heap of live bytes:
-// Go's default (100) up to minHeadroom, then as much as minHeadroom, down
-// to a quarter from four times minHeadroom. A live heap not yet measured
-// (before the first collection) is small.
-func gcPercentFor(live uint64) int {
+// gcPolicy decides the collector's target, tick by tick.
+type gcPolicy struct {
+	lastBusy time.Time // zero: never busy
+}
+
+// percent is the target at now for a live heap of live bytes (0: not yet
+// measured), allocated the bytes allocated since the last tick.
+func (p *gcPolicy) percent(now time.Time, live, allocated uint64) int {
+	if allocated >= busyBytes {
+		p.lastBusy = now
+	}
+	if p.lastBusy.IsZero() || now.Sub(p.lastBusy) >= restAfter {
+		return gcPercent
+	}
 	if live == 0 {
 		return 100
 	}
 	return max(gcPercent, min(100, int(minHeadroom*100/live)))
 }
 
-// followLiveHeap sets the collector's target from the live heap after
-// each collection, looking once a second: the heap changes with the VMs
-// defined, slowly.
+// followLiveHeap sets the collector's target every gcTick from the live
+// heap and what was allocated since the tick before.
 func followLiveHeap() {
-	live := []metrics.Sample{{Name: "/gc/heap/live:bytes"}}
-	set := -1
+	samples := []metrics.Sample{{Name: "/gc/heap/live:bytes"}, {Name: "/gc/heap/allocs:bytes"}}
+	var (
+		policy gcPolicy
+		last   uint64
+		set    = -1
+	)
 	for {
-		metrics.Read(live)
-		if live[0].Value.Kind() != metrics.KindUint64 {
-			return // not this runtime's: keep the last target
+		metrics.Read(samples)
+		live, allocs := samples[0].Value, samples[1].Value
+		if live.Kind() != metrics.KindUint64 || allocs.Kind() != metrics.KindUint64 {
+			debug.SetGCPercent(gcPercent)
+			return // not this runtime's metrics: the rest target only
 		}
-		if p := gcPercentFor(live[0].Value.Uint64()); p != set {
+		if p := policy.percent(time.Now(), live.Uint64(), allocs.Uint64()-last); p != set {
 			debug.SetGCPercent(p)
+			if p == gcPercent && set > gcPercent {
+				// At rest again: nothing allocates, so no collection
+				// would come to shrink the heap to the new target.
+				// One now, and what is free goes back to the system.
+				debug.FreeOSMemory()
+			}
 			set = p
 		}
-		time.Sleep(time.Second)
+		last = allocs.Uint64()
+		time.Sleep(gcTick)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"testing"
+	"time"
 )
 
 // The daemon runs twice as many Ps as the runtime would give it, at least
@@ -31,17 +32,29 @@ func TestTheDaemonLeavesTheOperatorsRuntimeSettingsAlone(t *testing.T) {
 	}
 }
 
-// The collector may let the heap grow past what is live as Go's default
-// allows while the live heap is small, by 8 MiB as it grows, and by a
-// quarter from 32 MiB on.
-func TestTheCollectorsHeadroomFollowsTheLiveHeap(t *testing.T) {
+// At rest the collector lets the heap grow a quarter past what is live.
+// While requests allocate, as Go's default would while the live heap is
+// small, by 8 MiB as it grows, and by a quarter from 32 MiB on; and back
+// to a quarter once they stop.
+func TestTheCollectorsHeadroomFollowsLoadAndTheLiveHeap(t *testing.T) {
 	const mib = 1 << 20
+	t0 := time.Unix(1000, 0)
+	var p gcPolicy
+	if got := p.percent(t0, 0, 0); got != 25 {
+		t.Errorf("at start, at rest: GOGC %d, want 25", got)
+	}
 	for _, c := range []struct {
 		live uint64
 		want int
 	}{{0, 100}, {2 * mib, 100}, {8 * mib, 100}, {16 * mib, 50}, {32 * mib, 25}, {400 * mib, 25}} {
-		if got := gcPercentFor(c.live); got != c.want {
-			t.Errorf("live heap %d MiB: GOGC %d, want %d", c.live/mib, got, c.want)
+		if got := p.percent(t0, c.live, 4*mib); got != c.want {
+			t.Errorf("busy, live heap %d MiB: GOGC %d, want %d", c.live/mib, got, c.want)
 		}
+	}
+	if got := p.percent(t0.Add(time.Second), 2*mib, 0); got != 100 {
+		t.Errorf("1 s after the last busy tick: GOGC %d, want 100 still", got)
+	}
+	if got := p.percent(t0.Add(2*time.Second), 2*mib, 0); got != 25 {
+		t.Errorf("2 s after the last busy tick: GOGC %d, want 25 again", got)
 	}
 }
