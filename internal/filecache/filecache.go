@@ -81,7 +81,9 @@ func identityOfStat(st *syscall.Stat_t) Identity {
 	}
 }
 
-func identityOf(fi os.FileInfo) Identity {
+// IdentityOf is the Identity of the file a stat described (os.Stat's
+// FileInfo); the zero Identity when it is not a regular file.
+func IdentityOf(fi os.FileInfo) Identity {
 	st, ok := fi.Sys().(*syscall.Stat_t)
 	if !ok {
 		return Identity{}
@@ -140,7 +142,7 @@ func (c *Cache[T]) Load(path string, decode func([]byte) (T, bool, error)) (T, e
 		return zero, err
 	}
 	if c != nil {
-		id := identityOf(fi)
+		id := IdentityOf(fi)
 		c.mu.Lock()
 		if id != (Identity{}) && cacheable && id.size == int64(len(b)) {
 			if c.m == nil || len(c.m) >= Max {

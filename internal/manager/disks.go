@@ -9,12 +9,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
-	"time"
 
 	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/filecache"
 )
 
 // diskRules say where a VM's kernel, initrd and disks may come from: below
@@ -34,7 +33,8 @@ type diskRules struct {
 }
 
 // placedDefaults remember where each default (MGR_DEFAULT_*) was placed,
-// by the identity of the file its path led to then. Placing one follows
+// by the identity of the file its path led to then (filecache.Identity:
+// device, inode, size, modification and change times). Placing one follows
 // every link of its path, checks it against the daemon's areas and the
 // allowed roots, and opens it as the start stage will: about ten system
 // calls for each default of each create, a tenth of a create's processor
@@ -48,25 +48,8 @@ type placedDefaults struct {
 }
 
 type placedDefault struct {
-	file         fileID
+	file         filecache.Identity
 	stored, root string
-}
-
-// fileID tells a file apart from another one put at the same path, or the
-// same one changed.
-type fileID struct {
-	dev, ino uint64
-	size     int64
-	mtime    time.Time
-	mode     fs.FileMode
-}
-
-func fileIDOf(fi fs.FileInfo) (fileID, bool) {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fileID{}, false
-	}
-	return fileID{dev: uint64(st.Dev), ino: st.Ino, size: fi.Size(), mtime: fi.ModTime(), mode: fi.Mode()}, true
 }
 
 // newDiskRules builds the rules once, when the manager is made, and with
@@ -186,7 +169,8 @@ func (r diskRules) resolve(field, path string, writable bool) (stored, root stri
 // leads to now, answered from the last placement of the same path when it
 // led to the same file.
 func (r diskRules) placeDefault(field, env, path string, fi fs.FileInfo) (stored, root string, err error) {
-	id, ok := fileIDOf(fi)
+	id := filecache.IdentityOf(fi)
+	ok := id != (filecache.Identity{})
 	if ok {
 		r.placed.mu.Lock()
 		p, known := r.placed.byPath[path]
