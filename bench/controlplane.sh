@@ -6,7 +6,7 @@
 # The same benchmark measures a baseline in the same run, alternating with
 # this tree: the daemon of BASE (a commit; default 6d4deec, the last one
 # before creates were committed in groups), built from a temporary
-# worktree and driven by this tree's benchmark (MERGEN_BENCH_DAEMON).
+# worktree and driven by this tree's benchmark (its -daemon flag).
 # BASE=none skips it. ROUNDS (default 1) repeats both, for a noisy host.
 #
 # SYSTEMD=1 (root) runs BenchmarkControlPlaneSystemd instead: the daemon
@@ -24,7 +24,7 @@ fi
 rounds=${ROUNDS:-1}
 
 bench() {
-	MERGEN_BENCH_DAEMON=$1 go test -run '^$' -bench "^$name\$" -benchtime 1x -count 1 ./test/e2e/ |
+	go test -run '^$' -bench "^$name\$" -benchtime 1x -count 1 ./test/e2e/ -args -daemon="$1" |
 		grep -E '^control plane' || { echo "benchmark failed with daemon ${1:-of this tree}" >&2; return 1; }
 }
 

@@ -50,8 +50,11 @@ func PidCPU(t testing.TB, pid int) CPU {
 	// The command (field 2) is in parentheses and may hold spaces: the
 	// fields counted from after it. utime and stime are fields 14 and 15.
 	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		t.Fatalf("testenv: /proc/%d/stat: %q", pid, b)
+	}
 	f := strings.Fields(string(b[i+1:]))
-	if i < 0 || len(f) < 13 {
+	if len(f) < 13 {
 		t.Fatalf("testenv: /proc/%d/stat: %q", pid, b)
 	}
 	utime, err1 := strconv.ParseInt(f[11], 10, 64)

@@ -125,11 +125,6 @@ func Assets(t testing.TB) string {
 // .build/kube/bin (internal/kubetest). Test settings are read here only.
 func KubeBinOverride() string { return os.Getenv("MERGEN_KUBE_BIN") }
 
-// BenchDaemonOverride is MERGEN_BENCH_DAEMON: a daemon binary for the
-// control-plane benchmarks to run instead of building this tree's (a
-// baseline commit's, built by bench/controlplane.sh).
-func BenchDaemonOverride() string { return os.Getenv("MERGEN_BENCH_DAEMON") }
-
 // Tool returns the path of an external program, failing with the make target
 // that installs it when it is absent.
 func Tool(t testing.TB, name string) string {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"maps"
 	"path/filepath"
@@ -28,8 +29,8 @@ import (
 //
 //	go test -run '^$' -bench ControlPlane -benchtime 1x ./test/e2e/
 //
-// MERGEN_BENCH_DAEMON names another daemon binary to measure the same way
-// (bench/controlplane.sh builds a baseline commit's).
+// -daemon (after -args) names another daemon binary to measure the same
+// way (bench/controlplane.sh builds a baseline commit's).
 func BenchmarkControlPlane(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		controlPlane(b, "control plane", nil, nil)
@@ -136,11 +137,15 @@ func restingRSS(b *testing.B, pid int) (residentSize, time.Duration) {
 	return low, time.Since(start)
 }
 
+// daemonFlag names a daemon binary for the control-plane benchmarks to
+// run instead of this tree's.
+var daemonFlag = flag.String("daemon", "", "daemon binary the control-plane benchmarks measure (default: this tree's, built)")
+
 // benchDaemon is the daemon binary the control-plane benchmarks run: this
-// tree's, or MERGEN_BENCH_DAEMON's.
+// tree's, or -daemon's.
 func benchDaemon(b *testing.B) string {
-	if bin := testenv.BenchDaemonOverride(); bin != "" {
-		return bin
+	if *daemonFlag != "" {
+		return *daemonFlag
 	}
 	return testenv.Build(b, "./cmd/mergen")
 }
