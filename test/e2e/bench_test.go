@@ -97,10 +97,9 @@ func controlPlane(b *testing.B, label string, env map[string]string, prepare fun
 		ms(cpu.Total())/creates, ms(daemonCPU.Total())/creates, ms(daemonCPU.User)/creates, ms(daemonCPU.System)/creates, ms(clientCPU.Total())/creates,
 		float64(runtime.NumCPU())*creates/cpu.Total().Seconds(), runtime.NumCPU())
 	made := vmRSS(b, d.cmd.Process.Pid)
-	rest, after := restingRSS(b, d.cmd.Process.Pid)
 	rss, idle := daemonRSS(b, bin, h, lists), daemonRSS(b, bin, newHost(b, nil), lists)
-	fmt.Printf(label+": daemon VmRSS with %d VMs defined %s; baseline in the same run: with no VMs %s (the built daemon started again, after %d lists); the daemon that made them %s right after, %s at rest (%s later)\n",
-		creates, rss, idle, lists, made, rest, after.Round(10*time.Millisecond))
+	fmt.Printf(label+": daemon VmRSS with %d VMs defined %s; baseline in the same run: with no VMs %s (the built daemon started again, after %d lists); the daemon that made them, right after %s\n",
+		creates, rss, idle, lists, made)
 
 	// Then the same clients delete the VMs.
 	var listed wire.VMList
@@ -116,25 +115,6 @@ func controlPlane(b *testing.B, label string, env map[string]string, prepare fun
 	b.ReportMetric(float64(creates)/total.Seconds(), "deletes/s")
 	fmt.Printf(label+": %d deletes by %d clients in %s = %.0f deletes/s; delete p50 %.2f ms, p99 %.2f ms\n",
 		creates, clients, total.Round(time.Millisecond), float64(creates)/total.Seconds(), ms(lat[creates/2]), ms(lat[creates*99/100]))
-}
-
-// restingRSS is the resident size of process pid once it has stopped
-// falling, and how long that took: read every 250 ms until 3 s of
-// readings gave no less than the lowest before, at most 10 s. Two seconds
-// after a burst of requests the daemon shrinks its collector's headroom
-// again and gives back what it no longer needs.
-func restingRSS(b *testing.B, pid int) (residentSize, time.Duration) {
-	start := time.Now()
-	low, same := vmRSS(b, pid), 0
-	for same < 12 && time.Since(start) < 10*time.Second {
-		time.Sleep(250 * time.Millisecond)
-		if r := vmRSS(b, pid); r.total < low.total {
-			low, same = r, 0
-		} else {
-			same++
-		}
-	}
-	return low, time.Since(start)
 }
 
 // daemonFlag names a daemon binary for the control-plane benchmarks to
