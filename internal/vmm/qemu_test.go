@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -660,5 +661,27 @@ func TestAcceleratorIsReadFromVMJSON(t *testing.T) {
 	}
 	if a, _ := Accelerator("qemu", filepath.Join(dir, "missing.json")); a != "" {
 		t.Errorf("Accelerator of a missing vm.json = %q, want empty", a)
+	}
+}
+
+// The accelerator is read from the top of vm.json: a document without it
+// (rendered before it was recorded) or not a JSON object says nothing, and
+// one whose fields come in another order still says what they say.
+func TestAcceleratorOfOtherVMJSONs(t *testing.T) {
+	dir := t.TempDir()
+	for i, c := range []struct{ doc, accel, note string }{
+		{`{"vmm":"qemu","machine":"q35","argv":["qemu"]}`, "", ""},
+		{`{"argv":["a","b"],"drives":[{"id":"x"}],"accelReason":"no /dev/kvm","accel":"tcg"}`, "tcg", "no /dev/kvm"},
+		{`{"vmm":"qemu","accel":"kvm","accelReason":""}`, "kvm", ""},
+		{`["accel","tcg"]`, "", ""},
+		{`{"accel":`, "", ""},
+	} {
+		p := filepath.Join(dir, fmt.Sprintf("vm%d.json", i))
+		if err := os.WriteFile(p, []byte(c.doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if a, note := Accelerator("qemu", p); a != c.accel || note != c.note {
+			t.Errorf("Accelerator of %s = %q, %q; want %q, %q", c.doc, a, note, c.accel, c.note)
+		}
 	}
 }

@@ -15,6 +15,7 @@
 package vmm
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -302,10 +303,32 @@ var accels filecache.Cache[accelInfo]
 
 type accelInfo struct{ accel, note string }
 
+// decodeAccel reads the accelerator and its reason from a QEMU vm.json.
+// They are near its top (qemuConfig's order), so the decoder stops there:
+// every create answers with its VM's accelerator, read from the vm.json
+// just written, and decoding the whole document (argv, drives) cost most
+// of the time a create spent on it (BenchmarkAcceleratorDecode).
 func decodeAccel(b []byte) (accelInfo, bool, error) {
-	var cfg qemuConfig
-	if err := json.Unmarshal(b, &cfg); err != nil {
-		return accelInfo{}, false, err
+	var cfg struct{ Accel, AccelReason string }
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return accelInfo{}, false, fmt.Errorf("vm.json: not a JSON object")
+	}
+	for found := 0; found < 2 && dec.More(); {
+		t, err := dec.Token()
+		if err != nil {
+			return accelInfo{}, false, fmt.Errorf("vm.json: %w", err)
+		}
+		var dst any = &json.RawMessage{}
+		switch t {
+		case "accel":
+			dst, found = &cfg.Accel, found+1
+		case "accelReason":
+			dst, found = &cfg.AccelReason, found+1
+		}
+		if err := dec.Decode(dst); err != nil {
+			return accelInfo{}, false, fmt.Errorf("vm.json: %v: %w", t, err)
+		}
 	}
 	// Kept for every QEMU VM while it exists, and the same for most VMs
 	// of a host: one copy of each string (unique), not one per VM.

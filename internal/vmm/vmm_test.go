@@ -18,7 +18,7 @@ import (
 )
 
 // testSpec returns a valid spec whose files exist under dir.
-func testSpec(t *testing.T, dir string) Spec {
+func testSpec(t testing.TB, dir string) Spec {
 	t.Helper()
 	for _, f := range []string{"vmlinux", "initrd.img", "rootfs.ext4", "agent.ext4", "data.ext4"} {
 		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o644); err != nil {
