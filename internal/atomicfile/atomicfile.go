@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/mergenhq/mergen/internal/regfile"
 )
 
 // WriteFile atomically replaces path with data and the given permissions.
@@ -89,7 +91,7 @@ func (p *Pending) Discard() {
 
 // SyncDir makes a rename or create inside dir durable.
 func SyncDir(dir string) error {
-	d, err := os.Open(dir)
+	d, err := regfile.Open(dir, os.O_RDONLY, 0)
 	if err != nil {
 		return fmt.Errorf("sync dir %s: %w", dir, err)
 	}

@@ -25,6 +25,8 @@ import (
 	"os"
 	"sync"
 	"syscall"
+
+	"github.com/mergenhq/mergen/internal/regfile"
 )
 
 // Max bounds the number of entries of a cache; past it the cache starts over.
@@ -113,7 +115,7 @@ func (c *Cache[T]) Load(path string, decode func([]byte) (T, bool, error)) (T, e
 			}
 		}
 	}
-	f, err := os.Open(path)
+	f, err := regfile.Open(path, os.O_RDONLY, 0)
 	if err != nil {
 		c.Forget(path)
 		return zero, err

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mergenhq/mergen/internal/atomicfile"
 	"github.com/mergenhq/mergen/internal/errdefs"
+	"github.com/mergenhq/mergen/internal/regfile"
 )
 
 // A new VM reaches the store in three steps, each safe to be cut short by a
@@ -89,7 +90,7 @@ func (s *Store) stage(id string, files map[string][]byte) (*staged, error) {
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		f, err := os.OpenFile(filepath.Join(tmp, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm(name))
+		f, err := regfile.Open(filepath.Join(tmp, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, filePerm(name))
 		if err != nil {
 			st.discard()
 			return nil, fmt.Errorf("create vm %s: %w", id, err)
