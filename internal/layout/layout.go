@@ -85,7 +85,7 @@ type VM struct {
 // A list builds these for every VM several times: the three directories
 // are joined (and cleaned) once, the names below them are appended.
 func (l Layout) VM(id string) VM {
-	cfg := filepath.Join(l.ConfigRoot, id)
+	cfg := l.ConfigDir(id)
 	run := filepath.Join(l.RunRoot, id)
 	data := filepath.Join(l.DataRoot, "vms", id)
 	locks := l.LocksDir()
@@ -123,9 +123,13 @@ func (l Layout) VM(id string) VM {
 	}
 }
 
+// ConfigDir is VM(id).ConfigDir alone: a create or delete names it
+// several times and needs none of the VM's other paths there.
+func (l Layout) ConfigDir(id string) string { return filepath.Join(l.ConfigRoot, id) }
+
 // MetaFile is VM(id).Meta alone: a list reads every VM's record and needs
 // none of its other paths there.
-func (l Layout) MetaFile(id string) string { return under(filepath.Join(l.ConfigRoot, id), FileMeta) }
+func (l Layout) MetaFile(id string) string { return under(l.ConfigDir(id), FileMeta) }
 
 // SupervisorStateFile is VM(id).SupervisorState alone, for the detached
 // supervisor's state of every VM in a list.
@@ -136,7 +140,7 @@ func (l Layout) SupervisorStateFile(id string) string {
 // ListFiles are VM(id)'s Meta, VMConfig, Socket and Paused alone: what a
 // list looks at for every VM.
 func (l Layout) ListFiles(id string) (meta, vmConfig, socket, paused string) {
-	cfg, run := filepath.Join(l.ConfigRoot, id), filepath.Join(l.RunRoot, id)
+	cfg, run := l.ConfigDir(id), filepath.Join(l.RunRoot, id)
 	return under(cfg, FileMeta), under(cfg, FileVMConfig), under(run, "vmm.sock"), under(run, "paused")
 }
 

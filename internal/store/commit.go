@@ -72,7 +72,7 @@ func (s *Store) stage(id string, files map[string][]byte) (*staged, error) {
 			return nil, errdefs.Invalid("create vm %s: %q is not a stored file", id, name)
 		}
 	}
-	if _, err := os.Lstat(s.Layout.VM(id).ConfigDir); err == nil {
+	if _, err := os.Lstat(s.Layout.ConfigDir(id)); err == nil {
 		return nil, errdefs.Conflict("vm %s already exists", id)
 	}
 	tmp, err := os.MkdirTemp(s.Layout.ConfigRoot, s.Layout.StagingPattern(id))
@@ -192,7 +192,7 @@ func (s *Store) place(sts []*staged) []error {
 func (s *Store) rename(sts []*staged) (errs []error, placed []int) {
 	errs = make([]error, len(sts))
 	for i, st := range sts {
-		if err := os.Rename(st.dir, s.Layout.VM(st.id).ConfigDir); err != nil {
+		if err := os.Rename(st.dir, s.Layout.ConfigDir(st.id)); err != nil {
 			os.RemoveAll(st.dir)
 			if errors.Is(err, fs.ErrExist) || errors.Is(err, errNotEmpty) {
 				errs[i] = errdefs.Conflict("vm %s already exists", st.id)
@@ -212,7 +212,7 @@ func (s *Store) rename(sts []*staged) (errs []error, placed []int) {
 func (s *Store) unplace(sts []*staged, placed []int) {
 	for _, i := range placed {
 		trash := s.Layout.Trash(sts[i].id, strconv.FormatInt(time.Now().UnixNano(), 36))
-		if os.Rename(s.Layout.VM(sts[i].id).ConfigDir, trash) == nil {
+		if os.Rename(s.Layout.ConfigDir(sts[i].id), trash) == nil {
 			os.RemoveAll(trash)
 		}
 	}

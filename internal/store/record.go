@@ -153,7 +153,7 @@ func (s *Store) storedVersionOld(id string) (bool, error) {
 // privatize takes group and other permissions away from the VM's stored
 // files: earlier versions wrote meta.json (which holds extraEnv) 0644.
 func (s *Store) privatize(id string) error {
-	dir := s.Layout.VM(id).ConfigDir
+	dir := s.Layout.ConfigDir(id)
 	for _, name := range []string{FileMeta, FileVMConfig, FileHooks, FileLifecycleHooks, FileEnv} {
 		p := filepath.Join(dir, name)
 		st, err := os.Lstat(p)

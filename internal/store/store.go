@@ -128,7 +128,7 @@ func (s *Store) ReadFile(id, name string) ([]byte, error) {
 	if !storedFile(name) {
 		return nil, errdefs.Invalid("vm %s: %q is not a stored file", id, name)
 	}
-	b, err := os.ReadFile(filepath.Join(s.Layout.VM(id).ConfigDir, name))
+	b, err := os.ReadFile(filepath.Join(s.Layout.ConfigDir(id), name))
 	if errors.Is(err, fs.ErrNotExist) {
 		if !s.Exists(id) {
 			return nil, errdefs.NotFound("vm %s not found", id)
@@ -160,7 +160,7 @@ func (s *Store) WriteFile(id, name string, data []byte) error {
 	if !s.Exists(id) {
 		return errdefs.NotFound("vm %s not found", id)
 	}
-	return atomicfile.WriteFile(filepath.Join(s.Layout.VM(id).ConfigDir, name), data, filePerm(name))
+	return atomicfile.WriteFile(filepath.Join(s.Layout.ConfigDir(id), name), data, filePerm(name))
 }
 
 // ReadMeta loads the VM's record, in the current form whatever version is
@@ -352,7 +352,7 @@ func (s *Store) Sweep(ctx context.Context) error {
 		case strings.HasPrefix(n, layout.StagingPrefix), strings.HasPrefix(n, layout.TrashPrefix), isAtomicTemp(n):
 			remove(filepath.Join(root, n))
 		case e.IsDir() && ValidateID(n) == nil:
-			dir := s.Layout.VM(n).ConfigDir
+			dir := s.Layout.ConfigDir(n)
 			inner, _ := os.ReadDir(dir)
 			for _, f := range inner {
 				if isAtomicTemp(f.Name()) {
