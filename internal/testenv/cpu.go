@@ -65,3 +65,26 @@ func PidCPU(t testing.TB, pid int) CPU {
 	const tick = 10 * time.Millisecond // USER_HZ, 100 on Linux
 	return CPU{time.Duration(utime) * tick, time.Duration(stime) * tick}
 }
+
+// BootTicksTime is the wall-clock time of a moment given in clock ticks
+// since the machine booted (a process's start in /proc/<pid>/stat, as
+// proc.Process.Start records it), to the tick (10 ms), read against
+// /proc/uptime.
+func BootTicksTime(t testing.TB, ticks uint64) time.Time {
+	t.Helper()
+	now := time.Now()
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		t.Fatalf("testenv: %v", err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		t.Fatalf("testenv: /proc/uptime: %q", b)
+	}
+	up, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		t.Fatalf("testenv: /proc/uptime: %q", b)
+	}
+	const tick = 10 * time.Millisecond
+	return now.Add(-time.Duration(up*float64(time.Second)) + time.Duration(ticks)*tick)
+}
