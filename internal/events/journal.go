@@ -28,6 +28,7 @@ import (
 
 	"github.com/mergenhq/mergen/internal/layout"
 	"github.com/mergenhq/mergen/internal/lock"
+	"github.com/mergenhq/mergen/internal/regfile"
 )
 
 // Type names a transition.
@@ -261,7 +262,7 @@ func (j *Journal) write(batch []*appendReq) {
 	}
 	// One write of whole lines with O_APPEND: readers see whole lines or
 	// none (a reader takes a line only once its newline is there).
-	f, err := os.OpenFile(j.p.Journal, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := regfile.Open(j.p.Journal, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
 	if err != nil {
 		failAll(written, err)
 		return

@@ -1,4 +1,5 @@
-// Package regfile opens files the way the store and its caches use them:
+// Package regfile opens files the way the store, the event journal and the
+// file caches use them:
 // regular files and directories read, written and synced by blocking
 // system calls, never waited on by the runtime's poller.
 //
