@@ -1,7 +1,6 @@
 // Package regfile opens files the way the store, the event journal and the
-// file caches use them:
-// regular files and directories read, written and synced by blocking
-// system calls, never waited on by the runtime's poller.
+// file caches use them: regular files and directories read, written and
+// synced by blocking system calls, never waited on by the runtime's poller.
 //
 // os.OpenFile offers every descriptor it opens to the poller: it sets the
 // descriptor non-blocking, asks epoll to watch it, and for a regular file
