@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sort"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -71,6 +72,9 @@ func controlPlane(b *testing.B, label string, env map[string]string, prepare fun
 	bin := benchDaemon(b)
 	d := h.startBinary(b, bin, freePort(b))
 	base := d.base
+	// The binaries just built (tens of MB) are still being written back:
+	// flushed first, so that the creates' fsyncs do not wait behind them.
+	syscall.Sync()
 	cpu0, daemonCPU0 := testenv.ProcessCPU(), testenv.PidCPU(b, d.cmd.Process.Pid)
 	total, lat := byClients(clients, creates, func(j int) {
 		code, body := call(b, "POST", base+"/v1/vms", map[string]any{"ports": []map[string]any{{"guest": 80}}}, nil)
