@@ -124,6 +124,7 @@ var leaves = map[string][]string{
 	"internal/wire":        nil,
 	"internal/agentproto":  nil,
 	"internal/regfile":     nil,
+	"internal/jsondoc":     nil,
 	"internal/atomicfile":  {"internal/regfile"},
 	"internal/version":     nil,
 	"internal/logging":     nil,

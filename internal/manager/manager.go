@@ -7,7 +7,6 @@ package manager
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,6 +20,7 @@ import (
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/events"
 	"github.com/mergenhq/mergen/internal/hooks"
+	"github.com/mergenhq/mergen/internal/jsondoc"
 	"github.com/mergenhq/mergen/internal/snapshot"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/supervisor"
@@ -424,14 +424,14 @@ func (m *Manager) renderFiles(meta store.Meta, driver vmm.Driver, vmHooks hooks.
 	if err != nil {
 		return nil, fmt.Errorf("render env file of vm %s: %w", meta.ID, err)
 	}
-	hooksJSON, err := json.MarshalIndent(vmHooks, "", "  ")
+	hooksJSON, err := jsondoc.Encode(vmHooks)
 	if err != nil {
 		return nil, fmt.Errorf("encode hooks of vm %s: %w", meta.ID, err)
 	}
 	return map[string][]byte{
 		store.FileMeta:     metaJSON,
 		store.FileVMConfig: vmConfig,
-		store.FileHooks:    append(hooksJSON, '\n'),
+		store.FileHooks:    hooksJSON,
 		store.FileEnv:      envFile,
 	}, nil
 }

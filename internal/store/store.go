@@ -25,7 +25,6 @@ package store
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -41,6 +40,7 @@ import (
 	"github.com/mergenhq/mergen/internal/envfile"
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/filecache"
+	"github.com/mergenhq/mergen/internal/jsondoc"
 	"github.com/mergenhq/mergen/internal/layout"
 	"github.com/mergenhq/mergen/internal/lock"
 	"github.com/mergenhq/mergen/internal/proc"
@@ -201,11 +201,11 @@ func (s *Store) readMeta(id, path string) (Meta, error) {
 // MarshalMeta renders meta.json.
 func MarshalMeta(m Meta) ([]byte, error) {
 	m.Version = RecordVersion
-	b, err := json.MarshalIndent(m, "", "  ")
+	b, err := jsondoc.Encode(m)
 	if err != nil {
 		return nil, fmt.Errorf("encode meta of vm %s: %w", m.ID, err)
 	}
-	return append(b, '\n'), nil
+	return b, nil
 }
 
 // IDs lists the ids of all stored VMs, sorted.

@@ -18,6 +18,7 @@ import (
 	"github.com/mergenhq/mergen/internal/atomicfile"
 	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/jsondoc"
 )
 
 // firecracker runs VMs with Firecracker, configured through its
@@ -149,11 +150,11 @@ func (f *firecracker) Config(s Spec) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := json.MarshalIndent(cfg, "", "  ")
+	b, err := jsondoc.Encode(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: encode firecracker config: %w", s.ID, err)
 	}
-	return append(b, '\n'), nil
+	return b, nil
 }
 
 func (f *firecracker) config(s Spec) (fcConfig, error) {

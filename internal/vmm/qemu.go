@@ -15,6 +15,7 @@ import (
 	"github.com/mergenhq/mergen/internal/atomicfile"
 	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/jsondoc"
 )
 
 // qemu runs VMs with qemu-system-x86_64: the same spec rendered to flags,
@@ -165,11 +166,11 @@ func (q *qemu) Config(s Spec) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := json.MarshalIndent(cfg, "", "  ")
+	b, err := jsondoc.Encode(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: encode qemu config: %w", s.ID, err)
 	}
-	return append(b, '\n'), nil
+	return b, nil
 }
 
 func (q *qemu) config(s Spec) (qemuConfig, error) {
