@@ -6,7 +6,7 @@
 // descriptor non-blocking, asks epoll to watch it, and for a regular file
 // (which epoll refuses) sets it blocking again: four fcntl calls and a
 // failed epoll_ctl per open. A create opens about ten files; those five
-// calls were a fifth of all the system calls it made. Open makes one
+// calls were about a quarter of all the system calls it made. Open makes one
 // openat and, in os.NewFile, one fcntl.
 package regfile
 
