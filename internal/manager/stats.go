@@ -31,7 +31,7 @@ func (m *Manager) Stats(ctx context.Context, id string) (wire.Stats, error) {
 	}
 	s.Running, s.VMMPID = true, vmmProc.PID
 	if u, err := proc.UsageOf(vmmProc.PID); err == nil {
-		s.CPUSeconds, s.RSSBytes = u.CPUSeconds, u.RSSBytes
+		s.CPUSeconds, s.RSSBytes = u.CPUSeconds(), u.RSSBytes
 	}
 	if c, err := vmnet.Counters(meta.Netns, meta.TapName); err == nil {
 		s.NetRxBytes, s.NetTxBytes, s.NetRxPackets, s.NetTxPackets = c.RxBytes, c.TxBytes, c.RxPackets, c.TxPackets

@@ -5,12 +5,12 @@
 package proc
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/mergenhq/mergen/internal/atomicfile"
 )
@@ -67,9 +67,12 @@ func State(pid int) byte {
 	return st.state
 }
 
+// stat is what mergen reads of /proc/<pid>/stat.
 type stat struct {
-	state byte
-	start uint64
+	state        byte
+	start        uint64 // clock ticks since boot
+	user, system uint64 // clock ticks
+	rssPages     int64
 }
 
 func readStat(pid int) (stat, error) {
@@ -85,15 +88,19 @@ func readStat(pid int) (stat, error) {
 		return stat{}, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
 	}
 	f := strings.Fields(s[i+1:])
-	// f[0] is field 3 (state); field 22 is f[19].
-	if len(f) < 20 || len(f[0]) != 1 {
+	// f[0] is field 3 (state): field n is f[n-3]. utime and stime are
+	// fields 14 and 15, the start time 22, rss (pages) 24.
+	if len(f) < 22 || len(f[0]) != 1 {
 		return stat{}, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
 	}
-	start, err := strconv.ParseUint(f[19], 10, 64)
-	if err != nil {
+	st := stat{state: f[0][0]}
+	if st.start, err = strconv.ParseUint(f[19], 10, 64); err != nil {
 		return stat{}, fmt.Errorf("/proc/%d/stat: start time: %w", pid, err)
 	}
-	return stat{state: f[0][0], start: start}, nil
+	st.user, _ = strconv.ParseUint(f[11], 10, 64)
+	st.system, _ = strconv.ParseUint(f[12], 10, 64)
+	st.rssPages, _ = strconv.ParseInt(f[21], 10, 64)
+	return st, nil
 }
 
 // WritePIDFile records p as "<pid> <start>\n", atomically.
@@ -131,32 +138,26 @@ func ReadPIDFile(path string) (Process, error) {
 // Usage is what a process has used: CPU time (user and system) and its
 // resident memory.
 type Usage struct {
-	CPUSeconds float64
-	RSSBytes   int64
+	User, System time.Duration
+	RSSBytes     int64
 }
+
+// CPUSeconds is the CPU time, user and system together.
+func (u Usage) CPUSeconds() float64 { return (u.User + u.System).Seconds() }
 
 // UsageOf reads pid's usage from /proc.
 func UsageOf(pid int) (Usage, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	st, err := readStat(pid)
 	if err != nil {
 		return Usage{}, err
 	}
-	// Fields after the command (which may hold spaces) start after ")".
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return Usage{}, fmt.Errorf("/proc/%d/stat: no command field", pid)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 22 {
-		return Usage{}, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	// utime and stime are fields 14 and 15 of stat: 12 and 13 here; rss
-	// (pages) is field 24: 22 here.
-	utime, _ := strconv.ParseUint(f[11], 10, 64)
-	stime, _ := strconv.ParseUint(f[12], 10, 64)
-	rss, _ := strconv.ParseInt(f[21], 10, 64)
-	return Usage{CPUSeconds: float64(utime+stime) / clockTicks, RSSBytes: rss * int64(os.Getpagesize())}, nil
+	return Usage{
+		User:     time.Duration(st.user) * ClockTick,
+		System:   time.Duration(st.system) * ClockTick,
+		RSSBytes: st.rssPages * int64(os.Getpagesize()),
+	}, nil
 }
 
-// clockTicks is USER_HZ, 100 on every Linux architecture mergen runs on.
-const clockTicks = 100
+// ClockTick is the unit of /proc's process times and start times (USER_HZ,
+// 100 a second on every Linux architecture mergen runs on).
+const ClockTick = time.Second / 100

@@ -72,7 +72,7 @@ func TestUsageOfThisProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.RSSBytes < 1<<20 || u.CPUSeconds < 0 {
+	if u.RSSBytes < 1<<20 || u.CPUSeconds() < 0 {
 		t.Fatalf("usage %+v", u)
 	}
 	if _, err := UsageOf(1 << 30); err == nil {

@@ -1,13 +1,14 @@
 package testenv
 
 import (
-	"bytes"
 	"os"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mergenhq/mergen/internal/proc"
 )
 
 // CPU is processor time, user and system: what benchmarks print beside
@@ -39,37 +40,20 @@ func rusage(who int) CPU {
 	return CPU{time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())}
 }
 
-// PidCPU is the processor time process pid has used so far, from
-// /proc/<pid>/stat (in the kernel's clock ticks, 100 a second).
+// PidCPU is the processor time process pid has used so far (from
+// /proc/<pid>/stat, to the kernel's 10 ms tick).
 func PidCPU(t testing.TB, pid int) CPU {
 	t.Helper()
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	u, err := proc.UsageOf(pid)
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
 	}
-	// The command (field 2) is in parentheses and may hold spaces: the
-	// fields counted from after it. utime and stime are fields 14 and 15.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		t.Fatalf("testenv: /proc/%d/stat: %q", pid, b)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		t.Fatalf("testenv: /proc/%d/stat: %q", pid, b)
-	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		t.Fatalf("testenv: /proc/%d/stat: %q", pid, b)
-	}
-	const tick = 10 * time.Millisecond // USER_HZ, 100 on Linux
-	return CPU{time.Duration(utime) * tick, time.Duration(stime) * tick}
+	return CPU{u.User, u.System}
 }
 
 // BootTicksTime is the wall-clock time of a moment given in clock ticks
 // since the machine booted (a process's start in /proc/<pid>/stat, as
-// proc.Process.Start records it), to the tick (10 ms), read against
-// /proc/uptime.
+// proc.Process.Start records it), to the tick, read against /proc/uptime.
 func BootTicksTime(t testing.TB, ticks uint64) time.Time {
 	t.Helper()
 	now := time.Now()
@@ -85,6 +69,5 @@ func BootTicksTime(t testing.TB, ticks uint64) time.Time {
 	if err != nil {
 		t.Fatalf("testenv: /proc/uptime: %q", b)
 	}
-	const tick = 10 * time.Millisecond
-	return now.Add(-time.Duration(up*float64(time.Second)) + time.Duration(ticks)*tick)
+	return now.Add(-time.Duration(up*float64(time.Second)) + time.Duration(ticks)*proc.ClockTick)
 }
