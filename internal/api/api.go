@@ -6,7 +6,6 @@ package api
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	_ "embed"
 	"encoding/json"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/hooks"
+	"github.com/mergenhq/mergen/internal/jsondoc"
 	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/version"
@@ -123,47 +123,22 @@ func (s *Server) logged(next http.Handler) http.Handler {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	ab := answerBufs.Get().(*answerBuf)
-	defer ab.put()
-	ab.compact.Reset()
-	// Encode is json.Marshal's encoding and a newline, which Indent keeps.
-	if err := ab.enc.Encode(v); err != nil {
+	buf := jsondoc.Get()
+	defer buf.Put()
+	b, err := buf.Compact(v)
+	if err != nil {
 		http.Error(w, "encode answer: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
-	b := ab.compact.Bytes()
-	if len(b)-1 <= indentMax {
-		ab.indented.Reset()
-		if json.Indent(&ab.indented, b, "", "  ") == nil {
-			b = ab.indented.Bytes()
+	if len(b)-1 <= indentMax { // without its newline
+		if ind, err := buf.Indent(b); err == nil {
+			b = ind
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 	w.WriteHeader(status)
 	_, _ = w.Write(b)
-}
-
-// answerBuf is what writeJSON encodes an answer into. An answer is
-// written from it and the buffers serve the next one: encoded, copied out
-// and indented into new slices, every answer left three times its size
-// in garbage (a create's, 2–3 KB, was the largest of its documents).
-type answerBuf struct {
-	compact, indented bytes.Buffer
-	enc               *json.Encoder // into compact
-}
-
-var answerBufs = sync.Pool{New: func() any {
-	ab := &answerBuf{}
-	ab.enc = json.NewEncoder(&ab.compact)
-	return ab
-}}
-
-// put keeps ab for the next answer unless a large one grew it.
-func (ab *answerBuf) put() {
-	if ab.compact.Cap() <= 4*indentMax && ab.indented.Cap() <= 4*indentMax {
-		answerBufs.Put(ab)
-	}
 }
 
 // indentMax is the largest answer writeJSON indents for people reading it
