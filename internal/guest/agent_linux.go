@@ -127,11 +127,15 @@ func serveListener(l *os.File, h agentproto.Handler) {
 // one host connection after another.
 //
 // The port is always open in the guest; the host side connects and leaves.
-// While no host is connected the driver reports POLLHUP and read returns 0
-// at once, so waiting cannot be a blocking read or poll: the agent asks for
-// SIGIO (F_SETOWN, O_ASYNC), which the driver sends when the host connects
-// or leaves and when data arrives, and looks again every serialRecheck in
-// case a signal was lost.
+// While no host is connected the driver reports the port readable and hung
+// up at once, and read returns 0, so waiting cannot be a blocking read or
+// poll: the agent asks for SIGIO (F_SETOWN, O_ASYNC), which the driver
+// sends when the host connects or leaves and when data arrives, and looks
+// again every serialRecheck in case a signal was lost. Each look serves
+// what is there, until the port reads as ended: a host's requests until it
+// leaves, or nothing. (Serving again at once instead of waiting kept the
+// guest's only processor busy for as long as no host was connected: an
+// idle VM took a host CPU.)
 func serveSerial(h agentproto.Handler) {
 	path, err := waitSerialPort("/sys/class/virtio-ports", "/dev", agentproto.SerialName, serialPortWait)
 	if err != nil {
@@ -156,13 +160,10 @@ func serveSerial(h agentproto.Handler) {
 	port := serialPort{fd: fd, path: path}
 	recheck := time.NewTicker(serialRecheck)
 	for {
-		if port.hostConnected() {
-			// Each connection gets a fresh reader: a partial line from the
-			// one before is gone with it.
-			err := agentproto.Serve(port, h)
-			if err == nil {
-				continue // the host left; another may be there already
-			}
+		// Each look gets a fresh reader: a partial line from a host that
+		// left is gone with it. A host that connects while this one is
+		// served leaves its signal waiting below.
+		if err := agentproto.Serve(port, h); err != nil {
 			logf("agent: %s: %v", path, err)
 		}
 		select {
@@ -224,21 +225,6 @@ type serialPort struct {
 	path string
 }
 
-// hostConnected reports whether there is a host to serve: one is
-// connected, or data is waiting. The guest learns of a connection (a
-// control message, handled by a kernel worker) and of its data (the data
-// queue) on separate paths, so a host's first request can be readable
-// while the port still reports the host gone: that request is served, not
-// thrown away. Bytes a departed host left are harmless: every request
-// starts a fresh line and carries an id its answer echoes (agentproto).
-func (p serialPort) hostConnected() bool {
-	fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}}
-	if _, err := unix.Poll(fds, 0); err != nil {
-		return false
-	}
-	return fds[0].Revents&unix.POLLIN != 0 || fds[0].Revents&unix.POLLHUP == 0
-}
-
 // wait blocks until the port is ready for events or the host leaves, and
 // returns what poll reported.
 func (p serialPort) wait(events int16) (int16, error) {
@@ -284,8 +270,10 @@ func (p serialPort) Write(b []byte) (int, error) {
 		case errors.Is(err, unix.EINTR):
 		case errors.Is(err, unix.EAGAIN):
 			// The host's buffers are full, or the port does not know of
-			// the host (yet: its connection's control message may come
-			// after its request, see hostConnected; or any more).
+			// the host: not any more, or not yet (the guest learns of a
+			// connection from a control message a kernel worker handles,
+			// and of its data from the data queue, so a host's first
+			// request can be read before the port knows it is there).
 			ev, err := p.wait(unix.POLLOUT)
 			if err != nil {
 				return done, err

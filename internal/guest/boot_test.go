@@ -21,6 +21,7 @@ import (
 
 	"github.com/mergenhq/mergen/internal/agentproto"
 	"github.com/mergenhq/mergen/internal/imagemeta"
+	"github.com/mergenhq/mergen/internal/proc"
 	"github.com/mergenhq/mergen/internal/testenv"
 )
 
@@ -599,4 +600,46 @@ func TestGuestAgentGivesARunningGuestANewIdentity(t *testing.T) {
 		}
 	}
 	mustContain(t, console, "mergen-init: agent: serving org.mergen.agent on /dev/vport")
+}
+
+// A guest whose agent port has no host on it leaves the host's processor
+// alone: the agent waits for the port to signal a host, so a VM whose
+// payload sleeps costs its VMM next to nothing. (An agent that read its
+// port again as soon as it read as ended kept the guest's processor busy,
+// and QEMU took a whole host CPU, for as long as no host was connected.)
+func TestGuestAgentWithNoHostLeavesTheProcessorIdle(t *testing.T) {
+	skipShort(t)
+	dir := t.TempDir()
+	payload := filepath.Join(dir, "payload.ext4")
+	busyboxImage("#!/bin/sh\necho sleeping\nexec sleep 3600\n").disk(t, payload)
+	sockDir, err := os.MkdirTemp("", "mergen-agent-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+
+	v := boot(t, bootOpts{payload: payload, agentSock: filepath.Join(sockDir, "agent.sock")})
+	v.waitFor("mergen-init: agent: serving org.mergen.agent on /dev/vport")
+	v.waitFor("[payload] sleeping")
+
+	// Processor time, not elapsed time, is what is asserted: a busy host
+	// can only make an idle guest's share smaller.
+	const window = 3 * time.Second
+	pid := v.cmd.Process.Pid
+	before, err := proc.UsageOf(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-time.After(window)
+	after, err := proc.UsageOf(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	used := after.CPUSeconds() - before.CPUSeconds()
+	t.Logf("QEMU used %.2fs of processor time in %v with the guest idle", used, window)
+	if used > window.Seconds()/2 {
+		t.Errorf("an idle guest with no host on its agent port kept QEMU busy: %.2fs of processor time in %v", used, window)
+	}
+	ctrlAltDel(v)
+	v.wait()
 }
