@@ -4,8 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
+	"github.com/mdlayher/arp"
+	"github.com/mdlayher/ethernet"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -48,7 +51,54 @@ func configureNetwork(n *Net) error {
 		}
 	}
 	logf("network: %s %s gateway %v", n.Device, n.Prefix(), n.Gateway)
+	announce(link, n)
 	return nil
+}
+
+// announce tells the link where the guest's address now is: one broadcast
+// ARP request from that address and the interface's MAC, for the gateway
+// (for the guest's own address when there is none).
+//
+// Why: a connection to the guest that the host began before the guest's
+// network was up waits in the host's neighbour table, whose next ARP probe
+// may be up to a second away; the guest says nothing on its own until it
+// is spoken to. An ARP from the guest settles that entry at once, and the
+// waiting packets go out: a VM's first connection then comes as soon as
+// its service listens. A request for the gateway is the one every
+// neighbour takes, whatever its arp_accept: the gateway's side (the VM's
+// namespace, or the bridge) records the sender as it answers, and any
+// other neighbour holding an entry for the address updates it (after a
+// restore under a new MAC too). Best effort: without it the host finds the
+// guest by its own probes, as before.
+func announce(link netlink.Link, n *Net) {
+	if err := sendARP(link, n); err != nil {
+		logf("network: announce %s on %s: %v", n.Addr, n.Device, err)
+	}
+}
+
+func sendARP(link netlink.Link, n *Net) error {
+	self, ok := netip.AddrFromSlice(n.Addr.To4())
+	if !ok {
+		return fmt.Errorf("%s is not an IPv4 address", n.Addr)
+	}
+	target := self
+	if gw, ok := netip.AddrFromSlice(n.Gateway.To4()); ok {
+		target = gw
+	}
+	ifi, err := net.InterfaceByIndex(link.Attrs().Index)
+	if err != nil {
+		return err
+	}
+	c, err := arp.Dial(ifi)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	p, err := arp.NewPacket(arp.OperationRequest, ifi.HardwareAddr, self, ethernet.Broadcast, target)
+	if err != nil {
+		return err
+	}
+	return c.WriteTo(p, ethernet.Broadcast)
 }
 
 // writeNetFiles puts hostname, hosts and resolv.conf for a guest called
@@ -140,6 +190,7 @@ func reconfigureNetwork(n *Net, mac net.HardwareAddr) error {
 			return fmt.Errorf("network: forget neighbour %s on %s: %w", nb.IP, n.Device, err)
 		}
 	}
+	announce(link, n)
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mergenhq/mergen/internal/testenv"
 	"github.com/vishvananda/netlink"
@@ -136,5 +137,108 @@ func TestReconfigureNetworkReplacesAddressRouteMACAndNeighbours(t *testing.T) {
 		if err := reconfigureNetwork(&Net{Addr: none.Addr, Mask: none.Mask, Device: "eth9"}, nil); err == nil || !strings.HasPrefix(err.Error(), "network: interface eth9: ") {
 			t.Errorf("missing interface: %v", err)
 		}
+	})
+}
+
+// A guest whose network comes up tells its gateway where it is, unasked:
+// the host side of the link learns the guest's MAC at once (a connection
+// it began while the guest was booting goes out then, not at its next ARP
+// probe), and learns the new MAC of a guest restored under another.
+func TestConfigureNetworkAnnouncesTheGuestToItsGateway(t *testing.T) {
+	inNewNetns(t, func() {
+		// The host's end, peer0, in the test's namespace: the gateway's
+		// address, up, its neighbour table empty. The guest's end, eth0,
+		// in a namespace of its own (as in a VM, the two ends' addresses
+		// are not each other's local ones), left to configureNetwork.
+		host, err := netns.Get()
+		if err != nil {
+			t.Errorf("this namespace: %v", err)
+			return
+		}
+		defer host.Close()
+		guest, err := netns.New() // and the thread is in it
+		if err != nil {
+			t.Errorf("guest namespace: %v", err)
+			return
+		}
+		defer guest.Close()
+		if err := netns.Set(host); err != nil {
+			t.Errorf("back to the host's namespace: %v", err)
+			return
+		}
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0", Namespace: netlink.NsFd(guest)}, PeerName: "peer0"}); err != nil {
+			t.Errorf("veth: %v", err)
+			return
+		}
+		peer, _ := netlink.LinkByName("peer0")
+		gw := &net.IPNet{IP: net.IPv4(172, 31, 250, 1).To4(), Mask: net.CIDRMask(24, 32)}
+		if err := netlink.AddrAdd(peer, &netlink.Addr{IPNet: gw}); err != nil {
+			t.Errorf("gateway address: %v", err)
+			return
+		}
+		if err := netlink.LinkSetUp(peer); err != nil {
+			t.Errorf("peer up: %v", err)
+			return
+		}
+		updates := make(chan netlink.NeighUpdate, 64)
+		done := make(chan struct{})
+		defer close(done)
+		if err := netlink.NeighSubscribe(updates, done); err != nil {
+			t.Errorf("subscribe to neighbour changes: %v", err)
+			return
+		}
+		// inGuest runs f in the guest's namespace.
+		inGuest := func(f func() error) error {
+			if err := netns.Set(guest); err != nil {
+				return err
+			}
+			defer netns.Set(host)
+			return f()
+		}
+		// learnt waits until the host's end holds addr at mac.
+		learnt := func(what string, addr net.IP, mac string) {
+			t.Helper()
+			timeout := time.After(10 * time.Second)
+			for {
+				neigh, _ := netlink.NeighList(peer.Attrs().Index, netlink.FAMILY_V4)
+				for _, n := range neigh {
+					if n.IP.Equal(addr) && n.HardwareAddr.String() == mac {
+						return
+					}
+				}
+				select {
+				case <-updates:
+				case <-timeout:
+					t.Errorf("%s: the host's end never learnt %s at %s (its neighbours: %v)", what, addr, mac, neigh)
+					return
+				}
+			}
+		}
+
+		boot := &Net{Addr: net.IPv4(172, 31, 250, 2).To4(), Mask: net.CIDRMask(24, 32), Gateway: gw.IP, Device: "eth0"}
+		var mac string
+		if err := inGuest(func() error {
+			if err := configureNetwork(boot); err != nil {
+				return err
+			}
+			link, err := netlink.LinkByName("eth0")
+			if err == nil {
+				mac = link.Attrs().HardwareAddr.String()
+			}
+			return err
+		}); err != nil {
+			t.Errorf("boot network: %v", err)
+			return
+		}
+		learnt("boot", boot.Addr, mac)
+
+		// Restored into another VM: a new address and MAC on the same link.
+		newMAC, _ := net.ParseMAC("52:54:00:12:34:98")
+		restored := &Net{Addr: net.IPv4(172, 31, 250, 7).To4(), Mask: net.CIDRMask(24, 32), Gateway: gw.IP, Device: "eth0"}
+		if err := inGuest(func() error { return reconfigureNetwork(restored, newMAC) }); err != nil {
+			t.Errorf("restored network: %v", err)
+			return
+		}
+		learnt("restored", restored.Addr, newMAC.String())
 	})
 }
