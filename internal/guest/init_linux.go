@@ -350,8 +350,11 @@ func setupAndRun(stop chan os.Signal) (int, error) {
 	chld := make(chan os.Signal, 16)
 	signal.Notify(chld, unix.SIGCHLD)
 	startExecAgent(newExecServer(rootMnt, cred, wd, envFor, state.execSecret, execChildren))
-	startConsole(execChildren)
-	return supervise(&payload{exe: exe, argv: spec.Argv, env: envNow, dir: wd, cred: cred, root: rootMnt, start: uptime}, boot, stopSig, stop, chld)
+	// The rescue console's shell waits for the payload's first start: it
+	// is there when the payload or the network breaks, and its start
+	// (a fork and an exec, emulated) is not in every boot's way.
+	started := func() { startConsole(execChildren) }
+	return supervise(&payload{exe: exe, argv: spec.Argv, env: envNow, dir: wd, cred: cred, root: rootMnt, start: uptime, started: started}, boot, stopSig, stop, chld)
 }
 
 // execChildren are the exec agent's commands, whose statuses reap passes
@@ -497,6 +500,8 @@ type payload struct {
 	cred  Cred
 	root  string
 	start func() float64
+	// started runs once, after the first start (nil: nothing).
+	started func()
 }
 
 // run starts the payload in its own process group with stdout and stderr
@@ -567,6 +572,10 @@ func supervise(p *payload, boot Boot, stopSig unix.Signal, stop, chld chan os.Si
 			first = false
 		}
 		logf("payload started: pid %d, uid %d, gid %d, argv %q", pid, p.cred.UID, p.cred.GID, p.argv)
+		if p.started != nil {
+			p.started()
+			p.started = nil
+		}
 		stopping := false
 		var kill <-chan time.Time
 		status := -1
