@@ -569,13 +569,12 @@ func supervise(p *payload, boot Boot, stopSig unix.Signal, stop, chld chan os.Si
 		}
 		if first {
 			logf("boot timeline: kernel-start->payload-exec %.3fs", t)
-			first = false
 		}
 		logf("payload started: pid %d, uid %d, gid %d, argv %q", pid, p.cred.UID, p.cred.GID, p.argv)
-		if p.started != nil {
+		if first && p.started != nil {
 			p.started()
-			p.started = nil
 		}
+		first = false
 		stopping := false
 		var kill <-chan time.Time
 		status := -1
