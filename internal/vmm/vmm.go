@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -388,20 +387,6 @@ func Resolve(name string, d config.Driver) config.Driver {
 		return config.Driver{QEMUBin: abs(d.QEMUBin, qemuDefaultBin), QEMUMachine: d.QEMUMachine, QEMUAccel: d.QEMUAccel, Entropy: d.Entropy}
 	}
 	return d
-}
-
-// findBinary resolves an explicitly configured path, or else the default
-// name on PATH. The error wraps ErrUnavailable.
-func findBinary(configured, def string) (string, error) {
-	name := configured
-	if name == "" {
-		name = def
-	}
-	p, err := exec.LookPath(name)
-	if err != nil {
-		return "", fmt.Errorf("%w: %s binary %q not found: %w", ErrUnavailable, def, name, err)
-	}
-	return p, nil
 }
 
 // Limits of a spec. Firecracker allows at most 32 vCPUs; below 128 MiB a
