@@ -7,9 +7,9 @@ package alloc
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
-	"strconv"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/store"
@@ -192,26 +192,41 @@ type Range struct{ Start, End int }
 // the host already holds the port.
 type Probe func(port int, protocol string) bool
 
-// BindProbe is the real probe: it binds the port on all addresses and
-// releases it.
+// BindProbe is the real probe: it binds the port on every address as a
+// listener of the host would (dual-stack where the host has IPv6; for TCP
+// with SO_REUSEADDR, then listen), and closes the socket. It makes the
+// socket calls itself: a net listener also registers with the runtime's
+// poller and asks the kernel its address, twice the calls, and every
+// create that publishes a port probes at least once.
 func BindProbe(port int, protocol string) bool {
-	addr := ":" + strconv.Itoa(port)
-	switch protocol {
-	case "udp":
-		c, err := net.ListenPacket("udp", addr)
-		if err != nil {
-			return false
-		}
-		c.Close()
-		return true
-	default:
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			return false
-		}
-		l.Close()
-		return true
+	typ := unix.SOCK_STREAM
+	if protocol == "udp" {
+		typ = unix.SOCK_DGRAM
 	}
+	fd, sa, err := wildcardSocket(typ, port)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	if typ == unix.SOCK_DGRAM {
+		return unix.Bind(fd, sa) == nil
+	}
+	return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1) == nil &&
+		unix.Bind(fd, sa) == nil &&
+		unix.Listen(fd, 1) == nil
+}
+
+// wildcardSocket opens a socket of type typ for the wildcard address at
+// port: IPv6 taking IPv4 too, or IPv4 alone on a host without IPv6.
+func wildcardSocket(typ, port int) (int, unix.Sockaddr, error) {
+	if fd, err := unix.Socket(unix.AF_INET6, typ|unix.SOCK_CLOEXEC, 0); err == nil {
+		if unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0) == nil {
+			return fd, &unix.SockaddrInet6{Port: port}, nil
+		}
+		unix.Close(fd)
+	}
+	fd, err := unix.Socket(unix.AF_INET, typ|unix.SOCK_CLOEXEC, 0)
+	return fd, &unix.SockaddrInet4{Port: port}, err
 }
 
 // HostPorts fills in the host side of the requested ports. A port with Host
