@@ -17,6 +17,7 @@ import (
 	"github.com/mergenhq/mergen/internal/filecache"
 	"github.com/mergenhq/mergen/internal/layout"
 	"github.com/mergenhq/mergen/internal/supervisor"
+	"github.com/mergenhq/mergen/internal/vmm"
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
@@ -234,7 +235,7 @@ func (m *Manager) listDocs(ctx context.Context) ([]*listDoc, error) {
 func (m *Manager) listDoc(ctx context.Context, id string, kept *listDoc, svc supervisor.State) (*listDoc, error) {
 	// Only these of the VM's paths: a list needs no more.
 	metaFile, vmConfig, socket, paused := m.store.Layout.ListFiles(id)
-	lp := livePaths{vmConfig: vmConfig, socket: socket, paused: paused}
+	lp := livePaths{socket: socket, paused: paused}
 	record, err := filecache.Stat(metaFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, errdefs.NotFound("vm %s not found", id)
@@ -247,7 +248,8 @@ func (m *Manager) listDoc(ctx context.Context, id string, kept *listDoc, svc sup
 	// anew each time. One without a socket has nothing to ask, and its
 	// document is kept as any other.
 	if kept != nil && record != (filecache.Identity{}) && record == kept.record {
-		l := m.liveOf(id, kept.vmm, kept.hasCheck, lp, svc, nil)
+		accel, note := vmm.Accelerator(kept.vmm, vmConfig)
+		l := m.liveOf(id, kept.hasCheck, accelerator{accel, note}, lp, svc, nil)
 		if l == kept.live && (svc.Available || !l.vmm.SocketPresent) {
 			return kept, nil
 		}

@@ -205,7 +205,8 @@ func (m *Manager) fromRequest(req wire.CreateRequest) (store.Meta, vmm.Driver, e
 // final, under the allocation lock, to put files in its data directory.
 // Nothing is left behind when it fails.
 func (m *Manager) finishCreate(ctx context.Context, meta store.Meta, req wire.CreateRequest, driver vmm.Driver, vmHooks hooks.Set, prepare func(*store.Meta) error) (wire.VM, error) {
-	if err := m.allocateAndWrite(ctx, &meta, req, driver, vmHooks, prepare); err != nil {
+	vmConfig, err := m.allocateAndWrite(ctx, &meta, req, driver, vmHooks, prepare)
+	if err != nil {
 		return wire.VM{}, err
 	}
 	id := meta.ID
@@ -240,9 +241,9 @@ func (m *Manager) finishCreate(ctx context.Context, meta store.Meta, req wire.Cr
 		// Starting may have changed more than the live state.
 		return m.Get(ctx, id)
 	}
-	// The VM as created, from the record as written: reading it back
-	// would only decode it again.
-	return m.document(ctx, meta), nil
+	// The VM as created, from the record and vm.json as written: reading
+	// them back would only decode them again.
+	return m.created(meta, vmConfig), nil
 }
 
 // resolveDisks applies the MGR_DEFAULT_* fallbacks and checks every path
@@ -302,8 +303,9 @@ func (m *Manager) resolveDisks(req wire.CreateRequest) (d store.Disks, kernel, i
 // directory, through the Committer: the allocation runs under the
 // allocation lock, after those of the creates committed before it, and the
 // VM is in the store before the lock is released, so that the next
-// allocation, in this process or another, sees it.
-func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wire.CreateRequest, driver vmm.Driver, vmHooks hooks.Set, prepare func(*store.Meta) error) (err error) {
+// allocation, in this process or another, sees it. It returns the VM's
+// vm.json as written.
+func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wire.CreateRequest, driver vmm.Driver, vmHooks hooks.Set, prepare func(*store.Meta) error) (vmConfig []byte, err error) {
 	if prepare != nil {
 		// The data directory exists before the VM does: a failure removes
 		// it, and a crash leaves an orphan the start-up sweep removes.
@@ -318,11 +320,16 @@ func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wi
 			}
 		}()
 	}
+	var files map[string][]byte
 	_, err = m.changes.Create(ctx, func() (string, map[string][]byte, error) {
-		files, err := m.allocate(meta, req, driver, vmHooks, prepare)
+		var err error
+		files, err = m.allocate(meta, req, driver, vmHooks, prepare)
 		return meta.ID, files, err
 	})
-	return err
+	if err != nil {
+		return nil, err
+	}
+	return files[store.FileVMConfig], nil
 }
 
 // allocate decides the VM's guest IP, VMM uid and host ports, checks that

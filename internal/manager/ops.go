@@ -48,7 +48,22 @@ func (m *Manager) documentWith(ctx context.Context, meta store.Meta, svc supervi
 		// (statusTimeout): a document must not wait on a hung VMM.
 		ask = func() (vmm.State, bool) { return vmmStatus(ctx, meta, p.Socket) }
 	}
-	return docOf(meta, p, m.liveOf(meta.ID, meta.VMM, meta.HealthCheck != nil, livePathsOf(p), svc, ask))
+	accel, note := vmm.Accelerator(meta.VMM, p.VMConfig)
+	return docOf(meta, p, m.liveOf(meta.ID, meta.HealthCheck != nil, accelerator{accel, note}, livePathsOf(p), svc, ask))
+}
+
+// created is the document of a VM just created and not started: its record
+// as written, the accelerator of its vm.json as rendered (vmConfig), and a
+// unit never started. Nothing has run, so neither the service manager nor
+// the console log is asked, and vm.json is not read back.
+func (m *Manager) created(meta store.Meta, vmConfig []byte) wire.VM {
+	var svc supervisor.State
+	if m.sup != nil {
+		svc = m.sup.Unstarted(meta.ID)
+	}
+	p := m.store.Paths(meta.ID)
+	accel, note := vmm.AcceleratorIn(meta.VMM, vmConfig)
+	return docOf(meta, p, m.liveOf(meta.ID, meta.HealthCheck != nil, accelerator{accel, note}, livePathsOf(p), svc, nil))
 }
 
 // live is what a VM's document says beyond its record and its paths: what
@@ -65,21 +80,26 @@ type live struct {
 	health *wire.Health
 }
 
-// livePaths are the files the live part is read from.
-type livePaths struct{ vmConfig, socket, paused string }
+// livePaths are the files the live part is read from, beside vm.json (see
+// accelerator).
+type livePaths struct{ socket, paused string }
 
 func livePathsOf(p layout.VM) livePaths {
-	return livePaths{vmConfig: p.VMConfig, socket: p.Socket, paused: p.Paused}
+	return livePaths{socket: p.Socket, paused: p.Paused}
 }
 
-// liveOf reads the live part of VM id's document, whose record names the
-// VMM vmmName and has a health check or not, from the service state svc;
-// ask, when not nil, asks the VMM over its socket (see documentWith).
-func (m *Manager) liveOf(id, vmmName string, hasCheck bool, p livePaths, svc supervisor.State, ask func() (vmm.State, bool)) live {
+// accelerator is what a VM's vm.json says of its guest CPU (vmm.Accelerator).
+type accelerator struct{ name, note string }
+
+// liveOf reads the live part of VM id's document, whose record has a
+// health check or not, from its accelerator, the files p and the service
+// state svc; ask, when not nil, asks the VMM over its socket (see
+// documentWith).
+func (m *Manager) liveOf(id string, hasCheck bool, accel accelerator, p livePaths, svc supervisor.State, ask func() (vmm.State, bool)) live {
 	var v wire.VM // the fields stateWord reads
 	v.VMMState.SocketPath = p.socket
 	// Software emulation is never silent: the document says so.
-	v.VMMState.Accelerator, v.VMMState.AcceleratorNote = vmm.Accelerator(vmmName, p.vmConfig)
+	v.VMMState.Accelerator, v.VMMState.AcceleratorNote = accel.name, accel.note
 	if isSocket(p.socket) {
 		v.VMMState.SocketPresent = true
 		switch {

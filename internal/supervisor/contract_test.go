@@ -56,13 +56,17 @@ func testContract(t *testing.T, im implementation) {
 	t.Run("start runs the start stages, stop the stop stages, both idempotent", func(t *testing.T) {
 		s := im.sup(t, 5*time.Second)
 		f := im.vm(t, s)
-		if st := mustState(t, s, f.id); !st.Available || st.Active || st.ActiveState != "inactive" || st.MainPID != 0 {
+		st := mustState(t, s, f.id)
+		if !st.Available || st.Active || st.ActiveState != "inactive" || st.MainPID != 0 {
 			t.Fatalf("state before start = %+v, want available and inactive", st)
+		}
+		if u := s.Unstarted(f.id); u != st {
+			t.Fatalf("Unstarted = %+v; want what State says before the first start, %+v", u, st)
 		}
 		if err := s.Start(ctx, f.id); err != nil {
 			t.Fatalf("Start: %v", err)
 		}
-		st := mustState(t, s, f.id)
+		st = mustState(t, s, f.id)
 		start := f.waitStage(t, "start")
 		if !st.Active || st.ActiveState != "active" || st.SubState != "running" || st.Unit != "mergen@"+f.id+".service" {
 			t.Fatalf("state after start = %+v", st)

@@ -344,6 +344,10 @@ func (d *detachedSupervisor) State(ctx context.Context, id string) (State, error
 	return d.report(id, st), nil
 }
 
+func (d *detachedSupervisor) Unstarted(id string) State {
+	return d.report(id, neverRun)
+}
+
 func (d *detachedSupervisor) LastExit(ctx context.Context, id string) (Exit, error) {
 	if err := checkID("last exit", id); err != nil {
 		return Exit{}, err

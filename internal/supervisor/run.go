@@ -464,10 +464,14 @@ func readState(path string) (detachedState, error) {
 		return st, true, nil
 	})
 	if errors.Is(err, fs.ErrNotExist) {
-		return detachedState{ActiveState: "inactive", SubState: "dead"}, nil
+		return neverRun, nil
 	}
 	return st, err
 }
+
+// neverRun is the state of a VM with no recorded state: its unit was never
+// started, or it was forgotten.
+var neverRun = detachedState{ActiveState: "inactive", SubState: "dead"}
 
 // states keeps each VM's recorded state as last decoded, so that a list
 // of VMs under the detached supervisor pays one stat per VM while its

@@ -98,6 +98,11 @@ type Supervisor interface {
 	// record cannot be read) is reported with Available false, and the
 	// error says why.
 	States(ctx context.Context, ids []string) (map[string]State, error)
+	// Unstarted is what State reports of a VM whose unit has not been
+	// started since the VM was created, without asking the service
+	// manager: a create's answer describes the VM as created. Available
+	// says whether the service manager answered when it was last asked.
+	Unstarted(id string) State
 	// LastExit reports how the VM's last run ended: the unit's result and
 	// the main process's exit status or signal. It costs more than State
 	// (systemd: one more D-Bus call), so lists do not ask for it.

@@ -204,6 +204,18 @@ func (s *systemdSupervisor) State(ctx context.Context, id string) (State, error)
 	return states[id], err
 }
 
+func (s *systemdSupervisor) Unstarted(id string) State {
+	st := State{Unit: UnitName(s.o.UnitPrefix, id)}
+	s.mu.Lock()
+	answered := s.conn != nil && s.conn.Connected()
+	s.mu.Unlock()
+	if answered {
+		// What query reports of a unit systemd has not loaded.
+		st.Available, st.ActiveState, st.SubState = true, "inactive", "dead"
+	}
+	return st
+}
+
 // nRestarts is the unit's NRestarts: the automatic restarts since it was
 // last started by a job. Read only for a unit that is not inactive, as
 // States does: systemd unloads a stopped unit and forgets the count. For

@@ -283,11 +283,23 @@ func (o *opener) close() {
 // cannot be read. vm.json is read again only when it has changed (see
 // internal/filecache), so a list costs one stat per QEMU VM.
 func Accelerator(name, configPath string) (accel, note string) {
+	return accelerator(name, func() (accelInfo, error) { return accels.Load(configPath, decodeAccel) })
+}
+
+// AcceleratorIn is Accelerator for a vm.json in hand: one just rendered.
+func AcceleratorIn(name string, vmJSON []byte) (accel, note string) {
+	return accelerator(name, func() (accelInfo, error) {
+		a, _, err := decodeAccel(vmJSON)
+		return a, err
+	})
+}
+
+func accelerator(name string, qemuConfig func() (accelInfo, error)) (accel, note string) {
 	switch name {
 	case "firecracker":
 		return "kvm", ""
 	case "qemu":
-		a, err := accels.Load(configPath, decodeAccel)
+		a, err := qemuConfig()
 		if err != nil {
 			return "", ""
 		}
