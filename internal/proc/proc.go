@@ -80,6 +80,11 @@ func readStat(pid int) (stat, error) {
 	if err != nil {
 		return stat{}, err
 	}
+	return parseStat(pid, b)
+}
+
+// parseStat reads the fields stat keeps from the text of /proc/<pid>/stat.
+func parseStat(pid int, b []byte) (st stat, err error) {
 	// The command name (field 2) may hold spaces and parentheses; fields
 	// after the last ')' are plain.
 	s := string(b)
@@ -93,13 +98,19 @@ func readStat(pid int) (stat, error) {
 	if len(f) < 22 || len(f[0]) != 1 {
 		return stat{}, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
 	}
-	st := stat{state: f[0][0]}
-	if st.start, err = strconv.ParseUint(f[19], 10, 64); err != nil {
-		return stat{}, fmt.Errorf("/proc/%d/stat: start time: %w", pid, err)
+	st = stat{state: f[0][0]}
+	for _, field := range []struct {
+		name string
+		text string
+		to   *uint64
+	}{{"start time", f[19], &st.start}, {"user time", f[11], &st.user}, {"system time", f[12], &st.system}} {
+		if *field.to, err = strconv.ParseUint(field.text, 10, 64); err != nil {
+			return stat{}, fmt.Errorf("/proc/%d/stat: %s: %w", pid, field.name, err)
+		}
 	}
-	st.user, _ = strconv.ParseUint(f[11], 10, 64)
-	st.system, _ = strconv.ParseUint(f[12], 10, 64)
-	st.rssPages, _ = strconv.ParseInt(f[21], 10, 64)
+	if st.rssPages, err = strconv.ParseInt(f[21], 10, 64); err != nil {
+		return stat{}, fmt.Errorf("/proc/%d/stat: resident size: %w", pid, err)
+	}
 	return st, nil
 }
 

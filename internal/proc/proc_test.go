@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -77,5 +78,31 @@ func TestUsageOfThisProcess(t *testing.T) {
 	}
 	if _, err := UsageOf(1 << 30); err == nil {
 		t.Fatal("usage of a pid that does not exist")
+	}
+}
+
+// /proc/<pid>/stat is read past a command name holding spaces and
+// parentheses, and a field that does not parse is an error naming it,
+// never a zero taken for a measurement.
+func TestStatFieldsAreReadOrNamedAsUnreadable(t *testing.T) {
+	line := func(utime, rss string) []byte {
+		// Fields 3 to 24: state, then 10 others, utime, stime, 6 more,
+		// the start time, vsize, rss.
+		return []byte("42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 " + utime + " 7 0 0 20 0 1 0 123456 1000000 " + rss + " 18446744073709551615\n")
+	}
+	st, err := parseStat(42, line("5", "300"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.state != 'S' || st.user != 5 || st.system != 7 || st.start != 123456 || st.rssPages != 300 {
+		t.Fatalf("parsed %+v; want state S, user 5, system 7, start 123456, rss 300 pages", st)
+	}
+	for _, tc := range []struct{ utime, rss, want string }{
+		{"x5", "300", "user time"},
+		{"5", "-", "resident size"},
+	} {
+		if _, err := parseStat(42, line(tc.utime, tc.rss)); err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "/proc/42/stat") {
+			t.Errorf("utime %q, rss %q: %v; want an error naming %s in /proc/42/stat", tc.utime, tc.rss, err, tc.want)
+		}
 	}
 }
