@@ -321,9 +321,9 @@ func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wi
 		}()
 	}
 	var files map[string][]byte
-	_, err = m.changes.Create(ctx, func() (string, map[string][]byte, error) {
+	_, err = m.changes.Create(ctx, func(gen uint64) (string, map[string][]byte, error) {
 		var err error
-		files, err = m.allocate(meta, req, driver, vmHooks, prepare)
+		files, err = m.allocate(gen, meta, req, driver, vmHooks, prepare)
 		return meta.ID, files, err
 	})
 	if err != nil {
@@ -335,10 +335,10 @@ func (m *Manager) allocateAndWrite(ctx context.Context, meta *store.Meta, req wi
 // allocate decides the VM's guest IP, VMM uid and host ports, checks that
 // its name, routing labels, short id and data disk are its own, and renders
 // its files; the index then holds the VM, for the next plan of the group.
-// prepare (optional) runs once the VM's id is final. It is a store.Plan:
-// it runs under the allocation lock.
-func (m *Manager) allocate(meta *store.Meta, req wire.CreateRequest, driver vmm.Driver, vmHooks hooks.Set, prepare func(*store.Meta) error) (map[string][]byte, error) {
-	ix, err := m.indexLocked()
+// prepare (optional) runs once the VM's id is final. It is a store.Plan of
+// the store at generation gen: it runs under the allocation lock.
+func (m *Manager) allocate(gen uint64, meta *store.Meta, req wire.CreateRequest, driver vmm.Driver, vmHooks hooks.Set, prepare func(*store.Meta) error) (map[string][]byte, error) {
+	ix, err := m.indexAt(gen)
 	if err != nil {
 		return nil, fmt.Errorf("create vm %s: %w", meta.ID, err)
 	}
@@ -492,14 +492,11 @@ func (ix index) Remove(meta store.Meta) {
 	}
 }
 
-// indexLocked returns the allocation index, rebuilding it from the store
-// when another process changed the set of VMs. Hold the store's allocation
-// lock.
-func (m *Manager) indexLocked() (index, error) {
-	gen, err := m.store.Generation()
-	if err != nil {
-		return index{}, err
-	}
+// indexAt returns the allocation index of the store at generation gen,
+// rebuilding it from the store when another process changed the set of
+// VMs since it was made. Hold the store's allocation lock (a store.Plan or
+// store.Drop is given gen under it).
+func (m *Manager) indexAt(gen uint64) (index, error) {
 	if m.index != nil && gen == m.indexGen && m.names != nil {
 		return index{m.index, m.names, m.dataDisks, m.labels, m.shortIDs, m.cfg.LabelTags}, nil
 	}

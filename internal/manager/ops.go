@@ -481,8 +481,8 @@ func (m *Manager) remove(ctx context.Context, meta store.Meta) error {
 	// index forgets the VM's allocations (Committed then records the
 	// generation it is valid for), or is dropped when it cannot be read
 	// (the next create builds it again).
-	err := m.changes.Remove(ctx, id, func() error {
-		if ix, err := m.indexLocked(); err == nil {
+	err := m.changes.Remove(ctx, id, func(gen uint64) error {
+		if ix, err := m.indexAt(gen); err == nil {
 			ix.Remove(meta)
 		} else {
 			m.index = nil

@@ -225,8 +225,15 @@ const maxInFlight = 16
 // files of its directory (see Create). The plans of a group run one at a
 // time, in the order their Creates were called, and each must see what the
 // earlier ones decided (the caller keeps that in its own index: see
-// CommitterOptions.Committed).
-type Plan func() (id string, files map[string][]byte, err error)
+// CommitterOptions.Committed). gen is the store's generation as the group
+// found it under the lock: no other process changes the set of VMs before
+// the group is done, so a view of the store made at gen, with the earlier
+// plans' decisions on top, is current; the plan need not read it again.
+type Plan func(gen uint64) (id string, files map[string][]byte, err error)
+
+// A Drop forgets a VM's allocations under the allocation lock, before the
+// VM is taken out of the store (see Remove); gen is as a Plan's.
+type Drop func(gen uint64) error
 
 // CommitterOptions are a Committer's collaborators.
 type CommitterOptions struct {
@@ -288,8 +295,8 @@ type member struct {
 // removal is a VM to take out of the store.
 type removal struct {
 	id    string
-	drop  func() error // run under the allocation lock, before
-	trash string       // where its config directory went
+	drop  Drop   // run under the allocation lock, before
+	trash string // where its config directory went
 }
 
 // NewCommitter returns a Committer creating VMs in s.
@@ -317,7 +324,7 @@ func (c *Committer) Create(ctx context.Context, plan Plan) (string, error) {
 // durable, Remove deletes the VM's config, run and data directories,
 // outside the lock. A VM that is not in the store is not found. When ctx
 // ends before drop has run, Remove returns a conflict and the VM stays.
-func (c *Committer) Remove(ctx context.Context, id string, drop func() error) error {
+func (c *Committer) Remove(ctx context.Context, id string, drop Drop) error {
 	if err := ValidateID(id); err != nil {
 		return err
 	}
@@ -521,12 +528,12 @@ func (c *Committer) commit(group []*member) (placed []placement) {
 			continue
 		}
 		if r := m.removal; r != nil {
-			if m.err = runDrop(r); m.err == nil {
+			if m.err = runDrop(r, gen); m.err == nil {
 				removals = append(removals, m)
 			}
 			continue
 		}
-		id, files, err := runPlan(m.plan)
+		id, files, err := runPlan(m.plan, gen)
 		if err != nil {
 			m.err = err
 			continue
@@ -621,17 +628,17 @@ func (c *Committer) change(gen uint64, pending *atomicfile.Pending, bumpErr erro
 // runPlan runs a plan, turning a panic into its member's error: the plan
 // runs in the Committer's goroutine, where a panic would end the daemon,
 // not one request.
-func runPlan(p Plan) (id string, files map[string][]byte, err error) {
+func runPlan(p Plan, gen uint64) (id string, files map[string][]byte, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("create vm: plan failed: %v", r)
 		}
 	}()
-	return p()
+	return p(gen)
 }
 
 // runDrop runs a removal's drop, as runPlan runs a plan.
-func runDrop(r *removal) (err error) {
+func runDrop(r *removal, gen uint64) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("delete vm %s: %v", r.id, p)
@@ -640,7 +647,7 @@ func runDrop(r *removal) (err error) {
 	if r.drop == nil {
 		return nil
 	}
-	return r.drop()
+	return r.drop(gen)
 }
 
 // op names what m does, for its errors.

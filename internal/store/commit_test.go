@@ -94,7 +94,7 @@ func (h *groupHost) ends() []groupEnd {
 
 // planOf is a plan that stores VM id with the usual files.
 func planOf(id string) Plan {
-	return func() (string, map[string][]byte, error) { return id, files(id), nil }
+	return func(uint64) (string, map[string][]byte, error) { return id, files(id), nil }
 }
 
 // hidden lists the hidden staging and trash entries of the config root.
@@ -165,7 +165,7 @@ func TestPlansRunInOrderAndSeeEarlierDecisions(t *testing.T) {
 	const n = 5
 	outs := make([]<-chan result, n)
 	for i := range outs {
-		outs[i] = h.start(context.Background(), func() (string, map[string][]byte, error) {
+		outs[i] = h.start(context.Background(), func(uint64) (string, map[string][]byte, error) {
 			id := NewID()
 			order = append(order, i)
 			got[id] = next
@@ -190,6 +190,47 @@ func TestPlansRunInOrderAndSeeEarlierDecisions(t *testing.T) {
 	}
 }
 
+// Plans and drops are given the store's generation as their group found
+// it under the lock: the one the group before left, which another process
+// may have bumped in between (a rebuilt view is then due), and not the
+// one their own group will leave.
+func TestPlansAndDropsAreGivenTheStoresGeneration(t *testing.T) {
+	h := newGroupHost(t)
+	first := NewID()
+	if _, err := h.c.Create(context.Background(), planOf(first)); err != nil {
+		t.Fatal(err)
+	}
+	// Another process changes the set of VMs.
+	bumped, err := h.s.BumpGeneration()
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := h.hold()
+	var planned, dropped []uint64
+	created := h.start(context.Background(), func(gen uint64) (string, map[string][]byte, error) {
+		planned = append(planned, gen)
+		id := NewID()
+		return id, files(id), nil
+	})
+	removed := h.startRemove(context.Background(), first, func(gen uint64) error {
+		dropped = append(dropped, gen)
+		return nil
+	})
+	release()
+	if r := <-created; r.err != nil {
+		t.Fatal(r.err)
+	}
+	if err := <-removed; err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(planned, dropped) != fmt.Sprint([]uint64{bumped}, []uint64{bumped}) {
+		t.Fatalf("the plan was given %v, the drop %v; want the generation another process left, %d", planned, dropped, bumped)
+	}
+	if ends := h.ends(); len(ends) != 2 || ends[1].gen != bumped+1 {
+		t.Fatalf("groups ended at %+v; want the second one group after %d", ends, bumped)
+	}
+}
+
 // One member's failure is its own: a plan that refuses, a panicking plan,
 // a VM that cannot be staged and an id already taken within the group fail
 // those creates alone, with their own errors; the others are stored, and
@@ -200,11 +241,11 @@ func TestOneMembersFailureFailsItAlone(t *testing.T) {
 	good1, good2, dup := NewID(), NewID(), NewID()
 	outs := []<-chan result{
 		h.start(context.Background(), planOf(good1)),
-		h.start(context.Background(), func() (string, map[string][]byte, error) {
+		h.start(context.Background(), func(uint64) (string, map[string][]byte, error) {
 			return "", nil, errdefs.Conflict("tags.name: %q is already the name of vm x", "web")
 		}),
-		h.start(context.Background(), func() (string, map[string][]byte, error) { panic("a bug") }),
-		h.start(context.Background(), func() (string, map[string][]byte, error) {
+		h.start(context.Background(), func(uint64) (string, map[string][]byte, error) { panic("a bug") }),
+		h.start(context.Background(), func(uint64) (string, map[string][]byte, error) {
 			id := NewID()
 			f := files(id)
 			f["../escape"] = []byte("x")
@@ -355,7 +396,7 @@ func TestACreateIsAnsweredOnlyOnceTheRootIsSynced(t *testing.T) {
 	secondPlanned := make(chan struct{})
 	second := make(chan result, 1)
 	go func() {
-		id, err := h.c.Create(context.Background(), func() (string, map[string][]byte, error) {
+		id, err := h.c.Create(context.Background(), func(uint64) (string, map[string][]byte, error) {
 			close(secondPlanned)
 			id := NewID()
 			return id, files(id), nil
@@ -415,7 +456,7 @@ func TestACreateGivenUpBeforeItsPlanNeverRuns(t *testing.T) {
 	release := h.hold()
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := false
-	out := h.start(ctx, func() (string, map[string][]byte, error) {
+	out := h.start(ctx, func(uint64) (string, map[string][]byte, error) {
 		ran = true
 		id := NewID()
 		return id, files(id), nil

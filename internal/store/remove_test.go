@@ -13,7 +13,7 @@ import (
 )
 
 // startRemove calls Remove in the background and waits until it is queued.
-func (h *groupHost) startRemove(ctx context.Context, id string, drop func() error) <-chan error {
+func (h *groupHost) startRemove(ctx context.Context, id string, drop Drop) <-chan error {
 	h.t.Helper()
 	out := make(chan error, 1)
 	h.queued("removal", func() { out <- h.c.Remove(ctx, id, drop) })
@@ -61,13 +61,13 @@ func TestRemovalsAndCreatesThatArriveTogetherAreOneGroup(t *testing.T) {
 	h.stored(old2)
 	gen0, _ := h.s.Generation()
 	var order []string
-	drop := func(name string) func() error {
-		return func() error { order = append(order, name); return nil }
+	drop := func(name string) Drop {
+		return func(uint64) error { order = append(order, name); return nil }
 	}
 	release := h.hold()
 	r1 := h.startRemove(context.Background(), old1, drop("remove 1"))
 	fresh := NewID()
-	created := h.start(context.Background(), func() (string, map[string][]byte, error) {
+	created := h.start(context.Background(), func(uint64) (string, map[string][]byte, error) {
 		order = append(order, "create")
 		return fresh, files(fresh), nil
 	})
@@ -108,8 +108,8 @@ func TestARemovalsFailureIsItsOwn(t *testing.T) {
 	}
 	release := h.hold()
 	unknown := h.startRemove(context.Background(), NewID(), nil)
-	refused := h.startRemove(context.Background(), kept1, func() error { return errdefs.Conflict("vm %s is busy", kept1) })
-	panicked := h.startRemove(context.Background(), kept2, func() error { panic("a bug") })
+	refused := h.startRemove(context.Background(), kept1, func(uint64) error { return errdefs.Conflict("vm %s is busy", kept1) })
+	panicked := h.startRemove(context.Background(), kept2, func(uint64) error { panic("a bug") })
 	ok := h.startRemove(context.Background(), removed, nil)
 	release()
 	if err := <-unknown; !errdefs.IsNotFound(err) {
@@ -175,7 +175,7 @@ func TestARemovalGivenUpBeforeItsDropKeepsTheVM(t *testing.T) {
 	release := h.hold()
 	ctx, cancel := context.WithCancel(context.Background())
 	ran := false
-	out := h.startRemove(ctx, id, func() error { ran = true; return nil })
+	out := h.startRemove(ctx, id, func(uint64) error { ran = true; return nil })
 	cancel()
 	err := <-out
 	if !errdefs.IsConflict(err) || !strings.Contains(err.Error(), "allocation is busy") || !strings.Contains(err.Error(), id) {
