@@ -131,23 +131,14 @@ func TestVMMUIDsAreUniqueAndReused(t *testing.T) {
 }
 
 // The probe sees a port held on any address, by either protocol, and
-// leaves no socket of its own behind.
+// leaves no socket of its own behind. The ports are the kernel's choice,
+// so that nothing else on the host holds them.
 func TestBindProbeSeesEveryHolderAndReleasesThePort(t *testing.T) {
-	free := func(protocol string) int {
-		for p := 39100; p < 39200; p++ {
-			if BindProbe(p, protocol) {
-				return p
-			}
-		}
-		t.Fatalf("no free %s port found in 39100..39199", protocol)
-		return 0
-	}
-
-	port := free("udp")
-	c, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(port))
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	port := c.LocalAddr().(*net.UDPAddr).Port
 	if BindProbe(port, "udp") {
 		t.Errorf("probe says udp port %d is free while a socket holds it", port)
 	}
@@ -156,20 +147,27 @@ func TestBindProbeSeesEveryHolderAndReleasesThePort(t *testing.T) {
 		t.Errorf("udp port %d not free once its socket closed", port)
 	}
 
-	port = free("tcp")
-	if l, err := net.Listen("tcp6", "[::1]:"+strconv.Itoa(port)); err != nil {
+	if l, err := net.Listen("tcp6", "[::1]:0"); err != nil {
 		t.Logf("no IPv6 loopback here (%v): the IPv6 listener's case is not checked", err)
 	} else {
+		port := l.Addr().(*net.TCPAddr).Port
 		if BindProbe(port, "tcp") {
 			t.Errorf("probe says tcp port %d is free while an IPv6 listener holds it", port)
 		}
 		l.Close()
 	}
+
 	// What the probe bound is released: a listener takes the port at once.
+	l, err := net.Listen("tcp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port = l.Addr().(*net.TCPAddr).Port
+	l.Close()
 	if !BindProbe(port, "tcp") {
 		t.Fatalf("tcp port %d not free", port)
 	}
-	l, err := net.Listen("tcp", ":"+strconv.Itoa(port))
+	l, err = net.Listen("tcp", ":"+strconv.Itoa(port))
 	if err != nil {
 		t.Fatalf("listen on port %d after the probe: %v", port, err)
 	}
