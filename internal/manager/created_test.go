@@ -3,8 +3,10 @@ package manager_test
 import (
 	"context"
 	"encoding/json"
+	"strings"
 	"testing"
 
+	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/manager"
 	"github.com/mergenhq/mergen/internal/wire"
 )
@@ -44,5 +46,24 @@ func TestTheCreateAnswerIsWhatAGetSaysAfter(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// bootArgs, extraEnv and argv each within their limits can still make a
+// kernel command line Firecracker would refuse at boot: the create is
+// refused instead, naming them, and leaves nothing behind.
+func TestACommandLineFirecrackerWouldRefuseIsRefusedAtCreate(t *testing.T) {
+	h := newHost(t, nil)
+	_, err := h.mgr.Create(context.Background(), wire.CreateRequest{
+		VMM:      "firecracker",
+		BootArgs: "quiet " + strings.Repeat("a", 1000),
+		ExtraEnv: map[string]string{"CONFIG": strings.Repeat("x", 700)},
+		Argv:     []string{"/bin/app", strings.Repeat("y", 350)},
+	})
+	if !errdefs.IsInvalid(err) || !strings.Contains(err.Error(), "bootArgs, extraEnv and argv") {
+		t.Fatalf("create = %v; want it refused as invalid, naming bootArgs, extraEnv and argv", err)
+	}
+	if left := h.leftovers(t); len(left) > 0 {
+		t.Fatalf("the refused create left %v", left)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/mergenhq/mergen/internal/atomicfile"
 	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/config"
+	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/jsondoc"
 )
 
@@ -200,7 +201,42 @@ func (f *firecracker) config(s Spec) (fcConfig, error) {
 	if f.entropy {
 		cfg.Entropy = &fcEntropy{}
 	}
+	if err := cfg.checkCommandLine(s.ID); err != nil {
+		return fcConfig{}, err
+	}
 	return cfg, nil
+}
+
+// fcMaxCommandLine is the longest kernel command line Firecracker boots
+// (2,048 bytes with the terminating NUL, as an x86 kernel keeps).
+const fcMaxCommandLine = 2047
+
+// What Firecracker appends to the command line at boot, with margin: each
+// virtio-mmio device's announcement (" virtio_mmio.device=4K@0xd0000000:5")
+// and the root drive (" root=/dev/vda ro", or a partition's UUID).
+const (
+	fcDeviceArg = 40
+	fcRootArg   = 56
+)
+
+// checkCommandLine refuses, when vm.json is rendered, a kernel command line
+// that Firecracker would refuse at boot once its own arguments are added.
+// The manager's part of the line carries the request's bootArgs, extraEnv
+// and argv, so the error names them. (QEMU takes the line from its
+// configuration file, whose own, lower, limit bootFile checks.)
+func (cfg fcConfig) checkCommandLine(id string) error {
+	devices := len(cfg.Drives) + len(cfg.NetworkInterfaces)
+	if cfg.Vsock != nil {
+		devices++
+	}
+	if cfg.Entropy != nil {
+		devices++
+	}
+	appended := devices*fcDeviceArg + fcRootArg
+	if n := len(cfg.BootSource.BootArgs) + appended; n > fcMaxCommandLine {
+		return errdefs.Invalid("vm %s: bootArgs, extraEnv and argv: the kernel command line would be %d bytes with the %d Firecracker adds, at most %d (put large configuration on an env disk)", id, n, appended, fcMaxCommandLine)
+	}
+	return nil
 }
 
 // fcRunConfig is the configuration Firecracker boots from, in WorkDir:
