@@ -205,15 +205,21 @@ func (s *systemdSupervisor) State(ctx context.Context, id string) (State, error)
 }
 
 func (s *systemdSupervisor) Unstarted(id string) State {
-	st := State{Unit: UnitName(s.o.UnitPrefix, id)}
+	unit := UnitName(s.o.UnitPrefix, id)
 	s.mu.Lock()
 	answered := s.conn != nil && s.conn.Connected()
 	s.mu.Unlock()
-	if answered {
-		// What query reports of a unit systemd has not loaded.
-		st.Available, st.ActiveState, st.SubState = true, "inactive", "dead"
+	if !answered {
+		return State{Unit: unit}
 	}
-	return st
+	return notLoaded(unit)
+}
+
+// notLoaded is the state of a unit systemd has not loaded: one never
+// started, or stopped and unloaded since; it has no process and no
+// restarts to tell.
+func notLoaded(unit string) State {
+	return State{Available: true, Unit: unit, ActiveState: "inactive", SubState: "dead"}
 }
 
 // nRestarts is the unit's NRestarts: the automatic restarts since it was
@@ -294,9 +300,7 @@ func (s *systemdSupervisor) query(ctx context.Context, what, op string, ids []st
 	}
 	var withPID []string
 	for _, id := range ids {
-		st := out[id]
-		st.Available = true
-		st.ActiveState, st.SubState = "inactive", "dead"
+		st := notLoaded(out[id].Unit)
 		if u, ok := byUnit[st.Unit]; ok {
 			st.ActiveState, st.SubState = u.ActiveState, u.SubState
 		}
