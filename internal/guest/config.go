@@ -3,15 +3,13 @@ package guest
 import (
 	"bufio"
 	"bytes"
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"net"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/bootparam"
 	"github.com/mergenhq/mergen/internal/envfile"
 )
 
@@ -100,13 +98,13 @@ func ParseCmdline(s string) (Boot, error) {
 			}
 			b.Net = n
 		case "mergen.env":
-			env, err := decodeEnvParam(val)
+			env, err := bootparam.DecodeEnv(val)
 			if err != nil {
 				return Boot{}, fmt.Errorf("kernel command line: mergen.env: %w", err)
 			}
 			b.Env = env
 		case "mergen.argv":
-			argv, err := decodeArgvParam(val)
+			argv, err := bootparam.DecodeArgv(val)
 			if err != nil {
 				return Boot{}, fmt.Errorf("kernel command line: mergen.argv: %w", err)
 			}
@@ -177,53 +175,6 @@ func parseIP(v string) (*Net, error) {
 		n.DNS = append(n.DNS, ip)
 	}
 	return n, nil
-}
-
-// decodeArgvParam decodes base64url (padded or not) JSON ["prog", "arg", …].
-func decodeArgvParam(v string) ([]string, error) {
-	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(v, "="))
-	if err != nil {
-		return nil, fmt.Errorf("not base64url: %w", err)
-	}
-	var argv []string
-	if err := json.Unmarshal(raw, &argv); err != nil {
-		return nil, fmt.Errorf("not a JSON array of strings: %w", err)
-	}
-	if len(argv) == 0 || argv[0] == "" {
-		return nil, fmt.Errorf("the program to run is empty")
-	}
-	for i, a := range argv {
-		if strings.ContainsRune(a, 0) {
-			return nil, fmt.Errorf("argument %d contains NUL", i)
-		}
-	}
-	return argv, nil
-}
-
-// decodeEnvParam decodes base64url (padded or not) JSON {"KEY":"value"}.
-func decodeEnvParam(v string) ([]string, error) {
-	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(v, "="))
-	if err != nil {
-		return nil, fmt.Errorf("not base64url: %w", err)
-	}
-	var m map[string]string
-	if err := json.Unmarshal(raw, &m); err != nil {
-		return nil, fmt.Errorf("not a JSON object of strings: %w", err)
-	}
-	out := make([]string, 0, len(m))
-	for k, val := range m {
-		// The daemon accepts only shell names (extraEnv), and the guest
-		// writes them as shell assignments to /run/mergen/env.
-		if !envfile.ValidKey(k) {
-			return nil, fmt.Errorf("variable name %q is not a shell name ([A-Za-z_][A-Za-z0-9_]*)", k)
-		}
-		if strings.ContainsRune(val, 0) {
-			return nil, fmt.Errorf("value of %s contains NUL", k)
-		}
-		out = append(out, k+"="+val)
-	}
-	sort.Strings(out)
-	return out, nil
 }
 
 func checkEnvKey(k string) error {

@@ -8,9 +8,9 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/mergenhq/mergen/internal/bootparam"
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/health"
-	"github.com/mergenhq/mergen/internal/store"
 	"github.com/mergenhq/mergen/internal/supervisor"
 	"github.com/mergenhq/mergen/internal/wire"
 )
@@ -23,8 +23,6 @@ const (
 	MinMemMiB     = 128
 	MaxMemMiB     = 256 * 1024
 	maxBootArgs   = 1024
-	maxExtraEnv   = 1024 // bytes of the encoded mergen.env= kernel argument
-	maxArgv       = 512  // bytes of the encoded mergen.argv= kernel argument
 	maxMetadata   = 64 << 10
 	maxTags       = 64
 	maxTagKey     = 63
@@ -101,8 +99,8 @@ func normalize(r *wire.CreateRequest) error {
 			return errdefs.Invalid("extraEnv.%s: value must not contain NUL or newline", k)
 		}
 	}
-	if enc := store.EncodeEnv(r.ExtraEnv); len(enc) > maxExtraEnv {
-		return errdefs.Invalid("extraEnv: %d bytes once encoded for the kernel command line, at most %d (put large configuration on an env disk)", len(enc), maxExtraEnv)
+	if enc := bootparam.EncodeEnv(r.ExtraEnv); len(enc) > bootparam.MaxEnv {
+		return errdefs.Invalid("extraEnv: %d bytes once encoded for the kernel command line, at most %d (put large configuration on an env disk)", len(enc), bootparam.MaxEnv)
 	}
 	for i, a := range r.Argv {
 		if strings.ContainsRune(a, 0) {
@@ -112,8 +110,8 @@ func normalize(r *wire.CreateRequest) error {
 	if len(r.Argv) > 0 && r.Argv[0] == "" {
 		return errdefs.Invalid("argv[0]: the program to run is empty")
 	}
-	if enc := store.EncodeArgv(r.Argv); len(enc) > maxArgv {
-		return errdefs.Invalid("argv: %d bytes once encoded for the kernel command line, at most %d", len(enc), maxArgv)
+	if enc := bootparam.EncodeArgv(r.Argv); len(enc) > bootparam.MaxArgv {
+		return errdefs.Invalid("argv: %d bytes once encoded for the kernel command line, at most %d", len(enc), bootparam.MaxArgv)
 	}
 	if len(r.Argv) > 0 && (r.Snapshot != "" || r.Ready != nil) {
 		return errdefs.Invalid("argv: a VM restored from a snapshot runs what the snapshot's guest runs; argv goes only with a boot")

@@ -1,12 +1,11 @@
 package store
 
 import (
-	"encoding/base64"
-	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
 
+	"github.com/mergenhq/mergen/internal/bootparam"
 	"github.com/mergenhq/mergen/internal/layout"
 	"github.com/mergenhq/mergen/internal/vmm"
 )
@@ -22,10 +21,10 @@ func BootArgs(m Meta, extra string) string {
 		mask := netmask(m.PrefixLen)
 		args = append(args, fmt.Sprintf("ip=%s::%s:%s:%s:eth0:off", m.GuestIP, m.Gateway, mask, Hostname(m)))
 	}
-	if enc := EncodeEnv(m.ExtraEnv); enc != "" {
+	if enc := bootparam.EncodeEnv(m.ExtraEnv); enc != "" {
 		args = append(args, "mergen.env="+enc)
 	}
-	if enc := EncodeArgv(m.Argv); enc != "" {
+	if enc := bootparam.EncodeArgv(m.Argv); enc != "" {
 		args = append(args, "mergen.argv="+enc)
 	}
 	if extra = strings.TrimSpace(extra); extra != "" {
@@ -80,25 +79,4 @@ func Spec(m Meta, p layout.VM) vmm.Spec {
 	add("env", "envDisk", m.Disks.Env, true, false)
 	add("data", "dataDisk", m.Disks.Data, false, false)
 	return s
-}
-
-// EncodeArgv encodes a payload argv for the kernel command line
-// (mergen.argv=): base64url of its JSON array, so that no argument's spaces
-// or quotes can split or end the parameter.
-func EncodeArgv(argv []string) string {
-	if len(argv) == 0 {
-		return ""
-	}
-	b, _ := json.Marshal(argv) // a []string always encodes
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-// EncodeEnv renders extraEnv as the guest reads it from the kernel command
-// line: mergen.env=<base64url(JSON object)>. Empty for no variables.
-func EncodeEnv(env map[string]string) string {
-	if len(env) == 0 {
-		return ""
-	}
-	b, _ := json.Marshal(env) // a map[string]string always encodes
-	return base64.RawURLEncoding.EncodeToString(b)
 }

@@ -1,0 +1,95 @@
+// Package bootparam is how a VM's payload environment and argv travel to
+// its guest on the kernel command line: mergen.env= and mergen.argv=, each
+// base64url of JSON, so that no value's spaces or quotes can split or end
+// the parameter. The daemon encodes them when it renders a VM, mergen-init
+// decodes them at boot, and whoever builds a create request (the API, the
+// Kubernetes node) checks their sizes against the same bounds.
+//
+// It imports only the standard library and envfile's name rule, so the
+// guest and the node agent link nothing else of the daemon.
+package bootparam
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/mergenhq/mergen/internal/envfile"
+)
+
+// The bounds of the encoded parameters. A kernel command line holds about
+// 2 KB in all (Firecracker's 2,047 bytes with its own arguments; QEMU's
+// configuration file keeps 1,012), shared with the console, network and
+// the caller's boot arguments (docs/vmm.md).
+const (
+	MaxEnv  = 1024 // bytes of EncodeEnv's result
+	MaxArgv = 512  // bytes of EncodeArgv's result
+)
+
+// EncodeEnv is the value of mergen.env= for env; empty for none.
+func EncodeEnv(env map[string]string) string {
+	if len(env) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(env) // a map[string]string always encodes
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// EncodeArgv is the value of mergen.argv= for argv; empty for none.
+func EncodeArgv(argv []string) string {
+	if len(argv) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(argv) // a []string always encodes
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// DecodeEnv reads a mergen.env= value (padded base64url or not) into
+// sorted KEY=value assignments. Names must be shell names and values free
+// of NUL: the guest writes them as shell assignments.
+func DecodeEnv(v string) ([]string, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(v, "="))
+	if err != nil {
+		return nil, fmt.Errorf("not base64url: %w", err)
+	}
+	var m map[string]string
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, fmt.Errorf("not a JSON object of strings: %w", err)
+	}
+	out := make([]string, 0, len(m))
+	for k, val := range m {
+		if !envfile.ValidKey(k) {
+			return nil, fmt.Errorf("variable name %q is not a shell name ([A-Za-z_][A-Za-z0-9_]*)", k)
+		}
+		if strings.ContainsRune(val, 0) {
+			return nil, fmt.Errorf("value of %s contains NUL", k)
+		}
+		out = append(out, k+"="+val)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// DecodeArgv reads a mergen.argv= value (padded base64url or not): a
+// program and its arguments, none holding a NUL.
+func DecodeArgv(v string) ([]string, error) {
+	raw, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(v, "="))
+	if err != nil {
+		return nil, fmt.Errorf("not base64url: %w", err)
+	}
+	var argv []string
+	if err := json.Unmarshal(raw, &argv); err != nil {
+		return nil, fmt.Errorf("not a JSON array of strings: %w", err)
+	}
+	if len(argv) == 0 || argv[0] == "" {
+		return nil, fmt.Errorf("the program to run is empty")
+	}
+	for i, a := range argv {
+		if strings.ContainsRune(a, 0) {
+			return nil, fmt.Errorf("argument %d contains NUL", i)
+		}
+	}
+	return argv, nil
+}
