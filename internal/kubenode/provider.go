@@ -212,7 +212,10 @@ func (p *Provider) create(ctx context.Context, e *entry, plan Plan) {
 
 	req := plan.Request
 	req.PayloadDisk = conv.Ext4
-	req.Argv = Argv(conv.Meta.Entrypoint, conv.Meta.Cmd, plan.Command, plan.Args)
+	if req.Argv, err = plan.PayloadArgv(conv.Meta.Entrypoint, conv.Meta.Cmd); err != nil {
+		p.fail(e, ReasonUnsupported, err.Error())
+		return
+	}
 	if plan.ImageHTTPPort {
 		req.HTTPPort = conv.Runtime.HTTPPort
 	}

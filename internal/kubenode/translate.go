@@ -1,6 +1,7 @@
 package kubenode
 
 import (
+	"errors"
 	"fmt"
 	"regexp"
 	"sort"
@@ -10,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/mergenhq/mergen/internal/bootparam"
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
@@ -54,6 +56,9 @@ type Plan struct {
 	Notes []string
 }
 
+// container0 names the pod's one container in errors.
+const container0 = "spec.containers[0]"
+
 // labelRe is a DNS label: what the forwarder routes and the daemon accepts
 // as a VM name.
 var labelRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -82,7 +87,7 @@ func Translate(pod *corev1.Pod, node string) (Plan, error) {
 		}
 	}
 	c := &s.Containers[0]
-	field := "spec.containers[0]"
+	field := container0
 	if c.Image == "" {
 		return Plan{}, fmt.Errorf("%s.image: empty", field)
 	}
@@ -124,6 +129,9 @@ func Translate(pod *corev1.Pod, node string) (Plan, error) {
 		return Plan{}, err
 	}
 	if r.ExtraEnv, err = environment(c, field); err != nil {
+		return Plan{}, err
+	}
+	if err := envFits(r.ExtraEnv, s, field); err != nil {
 		return Plan{}, err
 	}
 	p.Command, p.Args = c.Command, c.Args
@@ -270,6 +278,34 @@ func environment(c *corev1.Container, field string) (map[string]string, error) {
 }
 
 var envNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// envFits refuses an environment the guest's kernel command line cannot
+// carry (bootparam.MaxEnv), before the image is converted for nothing. The
+// pod controller has added the variables Kubernetes gives every container:
+// the kubernetes service's and, unless the pod opts out, seven or more for
+// each service of its namespace, which alone can pass the bound.
+func envFits(env map[string]string, s *corev1.PodSpec, field string) error {
+	n := len(bootparam.EncodeEnv(env))
+	if n <= bootparam.MaxEnv {
+		return nil
+	}
+	msg := fmt.Sprintf("%s.env: %d variables, %d bytes once encoded for the microVM's kernel command line, at most %d", field, len(env), n, bootparam.MaxEnv)
+	if s.EnableServiceLinks == nil || *s.EnableServiceLinks {
+		msg += "; they include the variables Kubernetes adds for every service of the pod's namespace: set the pod's enableServiceLinks to false to leave those out"
+	}
+	return errors.New(msg)
+}
+
+// PayloadArgv is Argv for the image whose entrypoint and cmd are given,
+// refused when the guest's kernel command line cannot carry it
+// (bootparam.MaxArgv): it is known only once the image is.
+func (p Plan) PayloadArgv(entrypoint, cmd []string) ([]string, error) {
+	argv := Argv(entrypoint, cmd, p.Command, p.Args)
+	if n := len(bootparam.EncodeArgv(argv)); n > bootparam.MaxArgv {
+		return nil, fmt.Errorf("%s.command/args: the payload's command line (the image's entrypoint and cmd as the pod's command and args change them) is %d bytes once encoded for the microVM's kernel command line, at most %d", container0, n, bootparam.MaxArgv)
+	}
+	return argv, nil
+}
 
 // ports publishes every container port on the host (its hostPort, or a
 // free port of the daemon's pool) and picks the HTTP port: the first TCP

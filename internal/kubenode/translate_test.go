@@ -1,6 +1,7 @@
 package kubenode
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -111,6 +112,61 @@ func TestArgvCombinesCommandAndArgsAsKubernetesDoes(t *testing.T) {
 		if got := Argv(ep, cmd, c.command, c.args); !reflect.DeepEqual(got, c.want) {
 			t.Errorf("%s: %q, want %q", c.name, got, c.want)
 		}
+	}
+}
+
+// A payload command line the guest's kernel command line cannot carry is
+// refused once the image is known, naming the pod's command and args.
+func TestAPayloadArgvTooLongForTheGuestIsRefused(t *testing.T) {
+	ep := []string{"/docker-entrypoint.sh"}
+	plan := Plan{Args: []string{"-v"}}
+	if argv, err := plan.PayloadArgv(ep, nil); err != nil || !reflect.DeepEqual(argv, []string{"/docker-entrypoint.sh", "-v"}) {
+		t.Fatalf("PayloadArgv = %q, %v; want the image's entrypoint and the pod's args", argv, err)
+	}
+	plan.Args = []string{strings.Repeat("x", 400)}
+	if argv, err := plan.PayloadArgv(ep, nil); err == nil || !strings.Contains(err.Error(), "spec.containers[0].command/args") || !strings.Contains(err.Error(), "at most 512") {
+		t.Fatalf("PayloadArgv = %q, %v; want an error naming command/args and the bound", argv, err)
+	}
+}
+
+// serviceLinks is what the pod controller adds to a container's env for
+// one service of the pod's namespace with one TCP port, as Kubernetes
+// does.
+func serviceLinks(name, ip string, port int) []corev1.EnvVar {
+	n := strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+	p := fmt.Sprint(port)
+	url := "tcp://" + ip + ":" + p
+	return []corev1.EnvVar{
+		{Name: n + "_SERVICE_HOST", Value: ip}, {Name: n + "_SERVICE_PORT", Value: p},
+		{Name: n + "_PORT", Value: url}, {Name: n + "_PORT_" + p + "_TCP", Value: url},
+		{Name: n + "_PORT_" + p + "_TCP_PROTO", Value: "tcp"}, {Name: n + "_PORT_" + p + "_TCP_PORT", Value: p},
+		{Name: n + "_PORT_" + p + "_TCP_ADDR", Value: ip},
+	}
+}
+
+// An environment the guest's kernel command line cannot carry is refused
+// before the image is converted, naming the field and, while the pod lets
+// Kubernetes add its namespace's services, how to leave those out. The
+// kubernetes service and three more in the namespace are enough.
+func TestAnEnvironmentTooLargeForTheGuestIsRefusedBeforeConversion(t *testing.T) {
+	env := []corev1.EnvVar{{Name: "MODE", Value: "prod"}}
+	env = append(env, serviceLinks("kubernetes", "10.96.0.1", 443)...)
+	fits := func(p *corev1.Pod) { c0(p).Env = env }
+	if _, err := Translate(pod(fits), "n"); err != nil {
+		t.Fatalf("the kubernetes service's variables alone: %v", err)
+	}
+	for _, svc := range []string{"orders-api", "payments-api"} {
+		env = append(env, serviceLinks(svc, "10.96.12.34", 8080)...)
+	}
+	_, err := Translate(pod(func(p *corev1.Pod) { c0(p).Env = env }), "n")
+	if err == nil || !strings.Contains(err.Error(), "spec.containers[0].env: 22 variables") || !strings.Contains(err.Error(), "at most 1024") ||
+		!strings.Contains(err.Error(), "enableServiceLinks to false") {
+		t.Fatalf("error %v; want one naming spec.containers[0].env, its size, the bound and enableServiceLinks", err)
+	}
+	off := false
+	_, err = Translate(pod(func(p *corev1.Pod) { c0(p).Env = env; p.Spec.EnableServiceLinks = &off }), "n")
+	if err == nil || !strings.Contains(err.Error(), "spec.containers[0].env") || strings.Contains(err.Error(), "enableServiceLinks") {
+		t.Fatalf("with enableServiceLinks false: %v; want the size refused without the hint", err)
 	}
 }
 
