@@ -291,7 +291,7 @@ func envFits(env map[string]string, s *corev1.PodSpec, field string) error {
 	}
 	msg := fmt.Sprintf("%s.env: %d variables, %d bytes once encoded for the microVM's kernel command line, at most %d", field, len(env), n, bootparam.MaxEnv)
 	if s.EnableServiceLinks == nil || *s.EnableServiceLinks {
-		msg += "; they include the variables Kubernetes adds for every service of the pod's namespace: set the pod's enableServiceLinks to false to leave those out"
+		msg += "; Kubernetes adds seven or more for each service of the pod's namespace unless the pod sets enableServiceLinks to false"
 	}
 	return errors.New(msg)
 }

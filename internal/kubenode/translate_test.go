@@ -160,7 +160,7 @@ func TestAnEnvironmentTooLargeForTheGuestIsRefusedBeforeConversion(t *testing.T)
 	}
 	_, err := Translate(pod(func(p *corev1.Pod) { c0(p).Env = env }), "n")
 	if err == nil || !strings.Contains(err.Error(), "spec.containers[0].env: 22 variables") || !strings.Contains(err.Error(), "at most 1024") ||
-		!strings.Contains(err.Error(), "enableServiceLinks to false") {
+		!strings.Contains(err.Error(), "unless the pod sets enableServiceLinks to false") {
 		t.Fatalf("error %v; want one naming spec.containers[0].env, its size, the bound and enableServiceLinks", err)
 	}
 	off := false
