@@ -19,10 +19,11 @@ import (
 	"github.com/mergenhq/mergen/internal/envfile"
 )
 
-// The bounds of the encoded parameters. A kernel command line holds about
-// 2 KB in all (Firecracker's 2,047 bytes with its own arguments; QEMU's
-// configuration file keeps 1,012), shared with the console, network and
-// the caller's boot arguments (docs/vmm.md).
+// The bounds of the encoded parameters. They share one kernel command
+// line with the console, network and the caller's boot arguments: 2,047
+// bytes under Firecracker, its own arguments included, and 1,012 under
+// QEMU (its configuration file's line), which each driver checks when it
+// renders the VM (docs/vmm.md).
 const (
 	MaxEnv  = 1024 // bytes of EncodeEnv's result
 	MaxArgv = 512  // bytes of EncodeArgv's result
