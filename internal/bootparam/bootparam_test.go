@@ -56,7 +56,7 @@ func TestDecodingRefusesWhatTheGuestCannotCarry(t *testing.T) {
 	b64 := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
 	for _, c := range []struct {
 		name, value, want string
-		decode           func(string) ([]string, error)
+		decode            func(string) ([]string, error)
 	}{
 		{"env not base64", "!!", "not base64url", DecodeEnv},
 		{"env not an object", b64(`["A"]`), "not a JSON object", DecodeEnv},
