@@ -307,10 +307,12 @@ func (q *qemu) config(s Spec) (qemuConfig, error) {
 func (c qemuConfig) bootFile() ([]byte, error) {
 	var b strings.Builder
 	b.WriteString("# The kernel and its command line, read by QEMU (-readconfig); written by mergen from vm.json.\n[machine]\n")
-	for _, p := range []struct{ key, field, value string }{
-		{"kernel", "kernel", c.Kernel},
-		{"initrd", "initrd", c.Initrd},
-		{"append", "bootArgs", c.BootArgs},
+	for _, p := range []struct{ key, field, value, sized string }{
+		{"kernel", "kernel", c.Kernel, "kernel"},
+		{"initrd", "initrd", c.Initrd, "initrd"},
+		// The command line carries the request's bootArgs, extraEnv and
+		// argv: too long, it names them all, as Firecracker's check does.
+		{"append", "bootArgs", c.BootArgs, "bootArgs, extraEnv and argv: the kernel command line"},
 	} {
 		if p.value == "" {
 			// The parser wants at least one character between the
@@ -323,7 +325,7 @@ func (c qemuConfig) bootFile() ([]byte, error) {
 		line := p.key + ` = "` + p.value + `"`
 		if len(line) > qemuConfigLineMax {
 			return nil, fmt.Errorf("%s: %d bytes, at most %d fit QEMU's configuration file, which keeps them off the VMM's command line (put large configuration on an env disk)",
-				p.field, len(p.value), qemuConfigLineMax-len(line)+len(p.value))
+				p.sized, len(p.value), qemuConfigLineMax-len(line)+len(p.value))
 		}
 		b.WriteString(line + "\n")
 	}

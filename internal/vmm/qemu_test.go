@@ -167,6 +167,11 @@ func TestQEMUBootFileRefusesWhatItCannotCarry(t *testing.T) {
 			t.Errorf("boot args %.40q…: %v, want an error naming bootArgs", args, err)
 		}
 	}
+	// Too long, the line names every request field that goes into it.
+	s.BootArgs = fits + "b"
+	if _, err := d.Config(s); err == nil || !strings.Contains(err.Error(), "bootArgs, extraEnv and argv: the kernel command line: 1013 bytes, at most 1012") {
+		t.Errorf("boot args of 1013 bytes: %v, want an error naming bootArgs, extraEnv and argv", err)
+	}
 	s.BootArgs = "console=ttyS0"
 	s.WorkDir = ""
 	if _, err := d.Config(s); err == nil || !strings.Contains(err.Error(), "workDir") {
