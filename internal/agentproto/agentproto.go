@@ -56,6 +56,10 @@ const (
 	OpPing     = "ping"     // answers OK once the agent serves; the host waits with it
 	OpIdentity = "identity" // makes the guest the VM that Identity describes
 	OpSecret   = "secret"   // gives the guest the VM's exec-agent secret (internal/execproto)
+	// OpEnv gives a guest booted with mergen.env_from=agent the VM's
+	// extraEnv, too large for its kernel command line (internal/bootparam);
+	// it starts its payload once it has it.
+	OpEnv = "env"
 )
 
 // SecretLen is the length of the VM's exec-agent secret.
@@ -78,6 +82,8 @@ type Request struct {
 	// connection's answer with. This channel is the only one the guest
 	// takes it from: only the host reaches it.
 	Secret []byte `json:"secret,omitempty"`
+	// Env is OpEnv's: the VM's extraEnv, whole.
+	Env map[string]string `json:"env,omitempty"`
 }
 
 // MaxID bounds Request.ID.
@@ -143,10 +149,12 @@ func (r Request) Validate() error {
 			return fmt.Errorf("secret: %d bytes, want %d", len(r.Secret), SecretLen)
 		}
 		return nil
+	case OpEnv:
+		return validEnv("env", r.Env)
 	case "":
 		return errors.New("op: missing")
 	}
-	return fmt.Errorf("op %q: unknown (want %s, %s or %s)", r.Op, OpPing, OpIdentity, OpSecret)
+	return fmt.Errorf("op %q: unknown (want %s, %s, %s or %s)", r.Op, OpPing, OpIdentity, OpSecret, OpEnv)
 }
 
 // Validate reports the first field of id that the guest could not apply,
@@ -180,13 +188,8 @@ func (id Identity) Validate() error {
 			return fmt.Errorf("identity: mac %q is all zeros", id.MAC)
 		}
 	}
-	for _, k := range sortedKeys(id.Env) {
-		if !envKeyRe.MatchString(k) {
-			return fmt.Errorf("identity: env: %q is not a variable name ([A-Za-z_][A-Za-z0-9_]*)", k)
-		}
-		if strings.ContainsRune(id.Env[k], 0) {
-			return fmt.Errorf("identity: env.%s: value contains NUL", k)
-		}
+	if err := validEnv("identity: env", id.Env); err != nil {
+		return err
 	}
 	if id.UnixNano <= 0 {
 		return errors.New("identity: unixNano: missing (the host's wall clock in nanoseconds since 1970)")
@@ -210,6 +213,20 @@ func validHostname(h string) error {
 	for _, l := range strings.Split(h, ".") {
 		if len(l) > 63 || !hostLabelRe.MatchString(l) {
 			return fmt.Errorf("identity: hostname %q: want dot-separated labels of letters, digits and '-'", h)
+		}
+	}
+	return nil
+}
+
+// validEnv reports the first variable of env the guest could not write as
+// a shell assignment, naming it under field.
+func validEnv(field string, env map[string]string) error {
+	for _, k := range sortedKeys(env) {
+		if !envKeyRe.MatchString(k) {
+			return fmt.Errorf("%s: %q is not a variable name ([A-Za-z_][A-Za-z0-9_]*)", field, k)
+		}
+		if strings.ContainsRune(env[k], 0) {
+			return fmt.Errorf("%s.%s: value contains NUL", field, k)
 		}
 	}
 	return nil

@@ -1,9 +1,11 @@
 // Package bootparam is how a VM's payload environment and argv travel to
 // its guest on the kernel command line: mergen.env= and mergen.argv=, each
 // base64url of JSON, so that no value's spaces or quotes can split or end
-// the parameter. The daemon encodes them when it renders a VM, mergen-init
-// decodes them at boot, and whoever builds a create request (the API, the
-// Kubernetes node) checks their sizes against the same bounds.
+// the parameter; an environment too large for the line is announced there
+// (mergen.env_from=agent) and handed over the agent channel at start. The
+// daemon encodes them when it renders a VM, mergen-init decodes them at
+// boot, and whoever builds a create request (the API, the Kubernetes node)
+// checks their sizes against the same bounds.
 //
 // It imports only the standard library and envfile's name rule, so the
 // guest and the node agent link nothing else of the daemon.
@@ -19,15 +21,60 @@ import (
 	"github.com/mergenhq/mergen/internal/envfile"
 )
 
-// The bounds of the encoded parameters. They share one kernel command
-// line with the console, network and the caller's boot arguments: 2,047
-// bytes under Firecracker, its own arguments included, and 1,012 under
-// QEMU (its configuration file's line), which each driver checks when it
-// renders the VM (docs/vmm.md).
+// The bounds of the encoded parameters on the command line. They share
+// one kernel command line with the console, network and the caller's boot
+// arguments: 2,047 bytes under Firecracker, its own arguments included,
+// and 1,012 under QEMU (its configuration file's line), which each driver
+// checks when it renders the VM (docs/vmm.md). An environment past MaxEnv
+// goes over the agent channel instead (EnvArg), so that with the usual
+// arguments it never makes the line too long for either VMM.
 const (
-	MaxEnv  = 1024 // bytes of EncodeEnv's result
-	MaxArgv = 512  // bytes of EncodeArgv's result
+	MaxEnv  = 512 // bytes of EncodeEnv's result on the command line
+	MaxArgv = 512 // bytes of EncodeArgv's result
 )
+
+// The parameters' names, and EnvFromParam's one value.
+const (
+	EnvParam     = "mergen.env"
+	ArgvParam    = "mergen.argv"
+	EnvFromParam = "mergen.env_from"
+	FromAgent    = "agent"
+)
+
+// MaxAgentEnv bounds the environment (bytes of its JSON) that does not fit
+// the command line and goes over the agent channel instead (EnvArg); the
+// channel takes messages of 64 KiB (agentproto.MaxLine).
+const MaxAgentEnv = 32 << 10
+
+// EnvSize is the size MaxAgentEnv bounds: env's JSON.
+func EnvSize(env map[string]string) int {
+	if len(env) == 0 {
+		return 0
+	}
+	b, _ := json.Marshal(env) // a map[string]string always encodes
+	return len(b)
+}
+
+// EnvArg is the kernel argument that gives the guest env: mergen.env= with
+// EncodeEnv's value while that fits MaxEnv; else mergen.env_from=agent,
+// and the guest starts its payload only once the host has handed it env
+// over the agent channel (agentproto.OpEnv), which the post-start stage
+// does. Empty for no variables.
+func EnvArg(env map[string]string) string {
+	enc := EncodeEnv(env)
+	switch {
+	case enc == "":
+		return ""
+	case len(enc) <= MaxEnv:
+		return EnvParam + "=" + enc
+	}
+	return EnvFromParam + "=" + FromAgent
+}
+
+// EnvFromAgent reports whether EnvArg sends env over the agent channel.
+func EnvFromAgent(env map[string]string) bool {
+	return len(EncodeEnv(env)) > MaxEnv
+}
 
 // EncodeEnv is the value of mergen.env= for env; empty for none.
 func EncodeEnv(env map[string]string) string {

@@ -73,3 +73,22 @@ func TestDecodingRefusesWhatTheGuestCannotCarry(t *testing.T) {
 		}
 	}
 }
+
+// An environment that fits the command line goes there; a larger one is
+// left to the agent channel, and the command line says so.
+func TestAnEnvironmentTooLargeForTheCommandLineIsLeftToTheAgent(t *testing.T) {
+	small := map[string]string{"MODE": "prod"}
+	if got, want := EnvArg(small), EnvParam+"="+EncodeEnv(small); got != want || EnvFromAgent(small) {
+		t.Fatalf("EnvArg = %q, from agent %v; want %q", got, EnvFromAgent(small), want)
+	}
+	large := map[string]string{"CONFIG": strings.Repeat("x", MaxEnv)}
+	if got := EnvArg(large); got != "mergen.env_from=agent" || !EnvFromAgent(large) {
+		t.Fatalf("EnvArg = %q, from agent %v; want mergen.env_from=agent", got, EnvFromAgent(large))
+	}
+	if EnvArg(nil) != "" || EnvFromAgent(nil) {
+		t.Fatal("no variables must give no argument")
+	}
+	if n := EnvSize(large); n != MaxEnv+len(`{"CONFIG":""}`) {
+		t.Fatalf("EnvSize = %d; want the JSON's length", n)
+	}
+}

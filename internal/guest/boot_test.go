@@ -363,12 +363,7 @@ func TestGuestRunsImageAsItsUserAndStopsOnCtrlAltDel(t *testing.T) {
 	agent := filepath.Join(dir, "agent.ext4")
 	mkfs(t, agentDir, imagemeta.LabelAgent, agent, "16M")
 
-	sockDir, err := os.MkdirTemp("", "mergen-agent-") // short: a unix socket path
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	sock := filepath.Join(sockDir, "agent.sock")
+	sock := agentSocketPath(t)
 
 	// The NIC's only peer is an empty QEMU hub: the guest configures it but
 	// nothing it might send leaves QEMU.
@@ -500,6 +495,18 @@ while :; do
 done
 `
 
+// agentSocketPath is where QEMU is to listen for the agent's host side. A
+// unix socket's path must fit in 108 bytes: not under t.TempDir().
+func agentSocketPath(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "mergen-agent-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "agent.sock")
+}
+
 // dialAgent connects to the agent socket QEMU listens on.
 func dialAgent(t *testing.T, sock string) net.Conn {
 	t.Helper()
@@ -522,13 +529,7 @@ func TestGuestAgentGivesARunningGuestANewIdentity(t *testing.T) {
 	dir := t.TempDir()
 	payload := filepath.Join(dir, "payload.ext4")
 	busyboxImage(agentEntry).disk(t, payload)
-	// A unix socket's path must fit in 108 bytes: not under t.TempDir().
-	sockDir, err := os.MkdirTemp("", "mergen-agent-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-	sock := filepath.Join(sockDir, "agent.sock")
+	sock := agentSocketPath(t)
 
 	// The NIC's only peer is an empty QEMU hub: nothing the guest sends
 	// leaves QEMU.
@@ -602,6 +603,52 @@ func TestGuestAgentGivesARunningGuestANewIdentity(t *testing.T) {
 	mustContain(t, console, "mergen-init: agent: serving org.mergen.agent on /dev/vport")
 }
 
+// TestGuestWaitsForItsEnvironmentFromTheAgent plays the host of a VM whose
+// extraEnv was too large for the kernel command line
+// (mergen.env_from=agent): the guest does not start its payload until the
+// host hands the environment over the agent channel, and then the payload
+// and its env file have all of it.
+func TestGuestWaitsForItsEnvironmentFromTheAgent(t *testing.T) {
+	skipShort(t)
+	dir := t.TempDir()
+	payload := filepath.Join(dir, "payload.ext4")
+	busyboxImage(agentEntry).disk(t, payload)
+	sock := agentSocketPath(t)
+	v := boot(t, bootOpts{payload: payload, nic: true, agentSock: sock,
+		cmdline: "ip=172.31.250.2::172.31.250.1:255.255.255.0:guest1:eth0:off mergen.env_from=agent"})
+
+	v.waitFor("mergen-init: waiting for the VM's environment from the host (mergen.env_from=agent)")
+	conn := dialAgent(t, sock)
+	ctx, cancel := context.WithTimeout(context.Background(), bootLimit)
+	defer cancel()
+	if _, err := agentproto.Call(ctx, conn, agentproto.Request{Op: agentproto.OpPing}); err != nil {
+		t.Fatalf("ping: %v", err)
+	}
+	// Waiting, it has not started the payload: nothing the payload prints
+	// is on the console yet, however long the host takes.
+	time.Sleep(time.Second)
+	if c := v.log(); strings.Contains(c, "[payload]") || strings.Contains(c, "payload started") {
+		t.Fatalf("the payload started before its environment came:\n%s", c)
+	}
+
+	big := strings.Repeat("0123456789abcdef", 256) // 4 KiB: far more than the command line takes
+	env := map[string]string{"GREETING": "from the agent", "BIG": big}
+	if _, err := agentproto.Call(ctx, conn, agentproto.Request{Op: agentproto.OpEnv, Env: env}); err != nil {
+		t.Fatalf("env: %v", err)
+	}
+	v.waitFor("mergen-init: agent: environment received (2 variables)")
+	v.waitFor("[payload] run 1: GREETING=from the agent HOSTNAME=guest1")
+	v.waitFor("[payload] envfile: 600 1000:1000 BIG='" + big + "'|GREETING='from the agent'|")
+
+	ctrlAltDel(v)
+	console := v.wait()
+	for _, l := range strings.Split(console, "\n") {
+		if strings.Contains(l, "mergen-init:") && (strings.Contains(l, "from the agent") || strings.Contains(l, "0123456789abcdef")) {
+			t.Errorf("mergen-init printed an env value: %q", l)
+		}
+	}
+}
+
 // A guest whose agent port has no host on it leaves the host's processor
 // alone: the agent waits for the port to signal a host, so a VM whose
 // payload sleeps costs its VMM next to nothing. (An agent that read its
@@ -612,13 +659,7 @@ func TestGuestAgentWithNoHostLeavesTheProcessorIdle(t *testing.T) {
 	dir := t.TempDir()
 	payload := filepath.Join(dir, "payload.ext4")
 	busyboxImage("#!/bin/sh\necho sleeping\nexec sleep 3600\n").disk(t, payload)
-	sockDir, err := os.MkdirTemp("", "mergen-agent-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(sockDir) })
-
-	v := boot(t, bootOpts{payload: payload, agentSock: filepath.Join(sockDir, "agent.sock")})
+	v := boot(t, bootOpts{payload: payload, agentSock: agentSocketPath(t)})
 	v.waitFor("mergen-init: agent: serving org.mergen.agent on /dev/vport")
 	v.waitFor("[payload] sleeping")
 

@@ -43,10 +43,14 @@ type Net struct {
 
 // Boot is what the kernel command line tells mergen-init.
 type Boot struct {
-	Net     *Net     // nil: no `ip=`, no network configuration at all
-	Env     []string // KEY=VALUE from mergen.env, sorted by key
-	Argv    []string // mergen.argv: replaces the payload disk's argv; nil keeps it
-	Restart Restart
+	Net *Net     // nil: no `ip=`, no network configuration at all
+	Env []string // KEY=VALUE from mergen.env, sorted by key
+	// EnvFromAgent (mergen.env_from=agent): the VM's extraEnv was too
+	// large for the command line; the host hands it over the agent
+	// channel (agentproto.OpEnv), and the payload waits for it.
+	EnvFromAgent bool
+	Argv         []string // mergen.argv: replaces the payload disk's argv; nil keeps it
+	Restart      Restart
 	// StopTimeout is how long a stopping payload gets between the stop
 	// signal and SIGKILL (mergen.stop_timeout=<seconds>).
 	StopTimeout time.Duration
@@ -97,16 +101,21 @@ func ParseCmdline(s string) (Boot, error) {
 				return Boot{}, fmt.Errorf("kernel command line: ip=%s: %w", val, err)
 			}
 			b.Net = n
-		case "mergen.env":
+		case bootparam.EnvParam:
 			env, err := bootparam.DecodeEnv(val)
 			if err != nil {
-				return Boot{}, fmt.Errorf("kernel command line: mergen.env: %w", err)
+				return Boot{}, fmt.Errorf("kernel command line: %s: %w", key, err)
 			}
 			b.Env = env
-		case "mergen.argv":
+		case bootparam.EnvFromParam:
+			if val != bootparam.FromAgent {
+				return Boot{}, fmt.Errorf("kernel command line: %s=%q: want %s", key, val, bootparam.FromAgent)
+			}
+			b.EnvFromAgent = true
+		case bootparam.ArgvParam:
 			argv, err := bootparam.DecodeArgv(val)
 			if err != nil {
-				return Boot{}, fmt.Errorf("kernel command line: mergen.argv: %w", err)
+				return Boot{}, fmt.Errorf("kernel command line: %s: %w", key, err)
 			}
 			b.Argv = argv
 		case "mergen.stop_timeout":

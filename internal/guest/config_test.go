@@ -31,6 +31,8 @@ func TestParseCmdline(t *testing.T) {
 		{"env sorted by key", "mergen.env=" + env, Boot{StopTimeout: DefaultStopTimeout, Restart: RestartNo, Env: []string{"A=x=y", "B=2"}}, ""},
 		{"padded base64 accepted", "mergen.env=" + base64.URLEncoding.EncodeToString([]byte(`{"K":"v"}`)),
 			Boot{StopTimeout: DefaultStopTimeout, Restart: RestartNo, Env: []string{"K=v"}}, ""},
+		{"env from the agent", "mergen.env_from=agent", Boot{StopTimeout: DefaultStopTimeout, Restart: RestartNo, EnvFromAgent: true}, ""},
+		{"env from elsewhere", "mergen.env_from=disk", Boot{}, `mergen.env_from="disk": want agent`},
 		{"argv with spaces and quotes", "mergen.argv=" + base64.RawURLEncoding.EncodeToString([]byte(`["sh","-c","echo 'a b' \"c\""]`)),
 			Boot{StopTimeout: DefaultStopTimeout, Restart: RestartNo, Argv: []string{"sh", "-c", `echo 'a b' "c"`}}, ""},
 		{"argv empty program", "mergen.argv=" + base64.RawURLEncoding.EncodeToString([]byte(`[""]`)), Boot{}, "mergen.argv: the program to run is empty"},

@@ -36,10 +36,38 @@ type vmState struct {
 	// agent channel; nil until then. It lives in this process's memory
 	// only: no file, no command line, nothing the payload can read.
 	secret []byte
+	// envGiven is closed once the VM's extraEnv is known: at boot from the
+	// command line, or, with mergen.env_from=agent, when the host hands it
+	// over (OpEnv, or an identity). The payload does not start before.
+	envGiven chan struct{}
+	envOnce  sync.Once
 }
 
 func newVMState(boot Boot) *vmState {
-	return &vmState{hostname: hostname(boot.Net), net: boot.Net, extraEnv: boot.Env}
+	s := &vmState{hostname: hostname(boot.Net), net: boot.Net, extraEnv: boot.Env, envGiven: make(chan struct{})}
+	if !boot.EnvFromAgent {
+		s.gotEnv()
+	}
+	return s
+}
+
+// gotEnv marks the VM's extraEnv known.
+func (s *vmState) gotEnv() { s.envOnce.Do(func() { close(s.envGiven) }) }
+
+// setEnv takes the VM's extraEnv from the host (OpEnv): for every later
+// start of the payload, and into the env file once the root is ready.
+func (s *vmState) setEnv(env map[string]string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.extraEnv = envAssignments(env)
+	if s.root != "" {
+		if err := s.writeEnv(); err != nil {
+			return err
+		}
+	}
+	s.gotEnv()
+	logf("agent: environment received (%d variables)", len(env))
+	return nil
 }
 
 // rootReady writes the hostname, hosts and env files into the payload's
@@ -86,6 +114,12 @@ func (s *vmState) handle(req agentproto.Request) agentproto.Response {
 		if err := s.applyIdentity(*req.Identity); err != nil {
 			logf("identity: %v", err) // errors name fields, never env values
 			return agentproto.Response{Error: "identity: " + err.Error()}
+		}
+		return agentproto.Response{OK: true}
+	case agentproto.OpEnv:
+		if err := s.setEnv(req.Env); err != nil {
+			logf("env: %v", err)
+			return agentproto.Response{Error: "env: " + err.Error()}
 		}
 		return agentproto.Response{OK: true}
 	case agentproto.OpSecret:
@@ -144,6 +178,7 @@ func (s *vmState) applyIdentity(id agentproto.Identity) error {
 			return fmt.Errorf("env: %w", err)
 		}
 	}
+	s.gotEnv()
 	logf("identity applied: hostname %s, address %s", p.hostname, p.address())
 	return nil
 }

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mergenhq/mergen/internal/bootparam"
 	"github.com/mergenhq/mergen/internal/execproto"
 	"github.com/mergenhq/mergen/internal/imagemeta"
 	"golang.org/x/sys/unix"
@@ -354,6 +355,19 @@ func setupAndRun(stop chan os.Signal) (int, error) {
 	// is there when the payload or the network breaks, and its start
 	// (a fork and an exec, emulated) is not in every boot's way.
 	started := func() { startConsole(execChildren) }
+	if boot.EnvFromAgent {
+		// The VM's extraEnv did not fit the command line: the host's
+		// post-start stage hands it over the agent channel, and the
+		// payload must not start without it.
+		logf("waiting for the VM's environment from the host (%s=%s)", bootparam.EnvFromParam, bootparam.FromAgent)
+		select {
+		case <-state.envGiven:
+		case sig := <-stop:
+			stopRequested.Store(true)
+			logf("stop requested (%v) before the payload started", sig)
+			return 0, nil
+		}
+	}
 	return supervise(&payload{exe: exe, argv: spec.Argv, env: envNow, dir: wd, cred: cred, root: rootMnt, start: uptime, started: started}, boot, stopSig, stop, chld)
 }
 

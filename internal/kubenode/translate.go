@@ -279,17 +279,17 @@ func environment(c *corev1.Container, field string) (map[string]string, error) {
 
 var envNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-// envFits refuses an environment the guest's kernel command line cannot
-// carry (bootparam.MaxEnv), before the image is converted for nothing. The
+// envFits refuses an environment the guest cannot be given
+// (bootparam.MaxAgentEnv), before the image is converted for nothing. The
 // pod controller has added the variables Kubernetes gives every container:
 // the kubernetes service's and, unless the pod opts out, seven or more for
-// each service of its namespace, which alone can pass the bound.
+// each service of its namespace.
 func envFits(env map[string]string, s *corev1.PodSpec, field string) error {
-	n := len(bootparam.EncodeEnv(env))
-	if n <= bootparam.MaxEnv {
+	n := bootparam.EnvSize(env)
+	if n <= bootparam.MaxAgentEnv {
 		return nil
 	}
-	msg := fmt.Sprintf("%s.env: %d variables, %d bytes once encoded for the microVM's kernel command line, at most %d", field, len(env), n, bootparam.MaxEnv)
+	msg := fmt.Sprintf("%s.env: %d variables, %d bytes of JSON, at most %d for a microVM", field, len(env), n, bootparam.MaxAgentEnv)
 	if s.EnableServiceLinks == nil || *s.EnableServiceLinks {
 		msg += "; Kubernetes adds seven or more for each service of the pod's namespace unless the pod sets enableServiceLinks to false"
 	}

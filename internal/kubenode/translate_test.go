@@ -144,22 +144,22 @@ func serviceLinks(name, ip string, port int) []corev1.EnvVar {
 	}
 }
 
-// An environment the guest's kernel command line cannot carry is refused
-// before the image is converted, naming the field and, while the pod lets
-// Kubernetes add its namespace's services, how to leave those out. The
-// kubernetes service and three more in the namespace are enough.
+// An environment too large to give the guest is refused before the image
+// is converted, naming the field and, while the pod lets Kubernetes add
+// its namespace's services, how to leave those out. One that only passes
+// the kernel command line's bound is not: it goes over the agent channel.
 func TestAnEnvironmentTooLargeForTheGuestIsRefusedBeforeConversion(t *testing.T) {
 	env := []corev1.EnvVar{{Name: "MODE", Value: "prod"}}
 	env = append(env, serviceLinks("kubernetes", "10.96.0.1", 443)...)
-	fits := func(p *corev1.Pod) { c0(p).Env = env }
-	if _, err := Translate(pod(fits), "n"); err != nil {
-		t.Fatalf("the kubernetes service's variables alone: %v", err)
-	}
 	for _, svc := range []string{"orders-api", "payments-api"} {
 		env = append(env, serviceLinks(svc, "10.96.12.34", 8080)...)
 	}
+	if plan, err := Translate(pod(func(p *corev1.Pod) { c0(p).Env = env }), "n"); err != nil || len(plan.Request.ExtraEnv) != 22 {
+		t.Fatalf("three services' variables (past what the command line takes): %d variables, %v; want all 22 taken", len(plan.Request.ExtraEnv), err)
+	}
+	env = append(env, corev1.EnvVar{Name: "CONFIG", Value: strings.Repeat("x", 32<<10)})
 	_, err := Translate(pod(func(p *corev1.Pod) { c0(p).Env = env }), "n")
-	if err == nil || !strings.Contains(err.Error(), "spec.containers[0].env: 22 variables") || !strings.Contains(err.Error(), "at most 1024") ||
+	if err == nil || !strings.Contains(err.Error(), "spec.containers[0].env: 23 variables") || !strings.Contains(err.Error(), "at most 32768") ||
 		!strings.Contains(err.Error(), "unless the pod sets enableServiceLinks to false") {
 		t.Fatalf("error %v; want one naming spec.containers[0].env, its size, the bound and enableServiceLinks", err)
 	}

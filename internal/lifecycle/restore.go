@@ -42,44 +42,18 @@ func (r *Runner) restored(ctx context.Context, driver vmm.Driver, spec vmm.Spec,
 	if err != nil {
 		return err
 	}
-	var last error
-	for {
-		if last = tell(ctx, driver, spec, id); last == nil {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("restore: the guest's agent did not take the VM's identity: %w", last)
-		case <-time.After(50 * time.Millisecond):
-		}
+	err = untilTold(ctx, func(ctx context.Context) error {
+		id.UnixNano = time.Now().UnixNano()
+		return call(ctx, driver, spec, agentproto.Request{Op: agentproto.OpIdentity, Identity: &id})
+	})
+	if err != nil {
+		return fmt.Errorf("restore: the guest's agent did not take the VM's identity: %w", err)
 	}
 	r.Log.Info("restored from snapshot", "vm", m.ID, "snapshot", m.Snapshot, "guestIP", m.GuestIP)
 	if err := os.RemoveAll(spec.Restore.Dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("restore: consume %s: %w", spec.Restore.Dir, err)
 	}
 	return nil
-}
-
-// tellAttempt bounds one connection's wait for the guest's answer, which
-// normally comes in tens of milliseconds.
-const tellAttempt = 1500 * time.Millisecond
-
-// tell sends the identity over one agent connection.
-func tell(ctx context.Context, driver vmm.Driver, spec vmm.Spec, id agentproto.Identity) error {
-	// Short attempts: a guest that has not noticed this connection (its
-	// virtio-serial port's open event) notices the next one.
-	cctx, cancel := context.WithTimeout(ctx, tellAttempt)
-	defer cancel()
-	conn, err := driver.Agent(cctx, spec)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	id.UnixNano = time.Now().UnixNano()
-	// An answer that is not OK is an error too (agentproto.ErrRefused),
-	// naming the step the guest could not apply.
-	_, err = agentproto.Call(cctx, conn, agentproto.Request{Op: agentproto.OpIdentity, Identity: &id})
-	return err
 }
 
 // identity is what a restored guest must take on to be VM m, its exec

@@ -27,6 +27,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
+	"github.com/mergenhq/mergen/internal/bootparam"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/events"
@@ -369,8 +370,13 @@ func (r *Runner) postStart(ctx context.Context, id string) error {
 	defer cancel()
 	p := r.Store.Paths(id)
 	spec := restoreSpec(m, p)
-	if spec.Restore != nil {
+	switch {
+	case spec.Restore != nil:
 		if err := r.restored(wctx, driver, spec, m); err != nil {
+			return fmt.Errorf("post-start vm %s: %w", id, err)
+		}
+	case bootparam.EnvFromAgent(m.ExtraEnv):
+		if err := r.handEnv(wctx, driver, spec, m); err != nil {
 			return fmt.Errorf("post-start vm %s: %w", id, err)
 		}
 	}

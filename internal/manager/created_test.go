@@ -57,7 +57,7 @@ func TestACommandLineFirecrackerWouldRefuseIsRefusedAtCreate(t *testing.T) {
 	_, err := h.mgr.Create(context.Background(), wire.CreateRequest{
 		VMM:      "firecracker",
 		BootArgs: "quiet " + strings.Repeat("a", 1000),
-		ExtraEnv: map[string]string{"CONFIG": strings.Repeat("x", 700)},
+		ExtraEnv: map[string]string{"CONFIG": strings.Repeat("x", 350)}, // still on the command line
 		Argv:     []string{"/bin/app", strings.Repeat("y", 350)},
 	})
 	if !errdefs.IsInvalid(err) || !strings.Contains(err.Error(), "bootArgs, extraEnv and argv") {

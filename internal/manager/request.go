@@ -99,8 +99,8 @@ func normalize(r *wire.CreateRequest) error {
 			return errdefs.Invalid("extraEnv.%s: value must not contain NUL or newline", k)
 		}
 	}
-	if enc := bootparam.EncodeEnv(r.ExtraEnv); len(enc) > bootparam.MaxEnv {
-		return errdefs.Invalid("extraEnv: %d bytes once encoded for the kernel command line, at most %d (put large configuration on an env disk)", len(enc), bootparam.MaxEnv)
+	if n := bootparam.EnvSize(r.ExtraEnv); n > bootparam.MaxAgentEnv {
+		return errdefs.Invalid("extraEnv: %d bytes of JSON, at most %d (put large configuration on an env disk)", n, bootparam.MaxAgentEnv)
 	}
 	for i, a := range r.Argv {
 		if strings.ContainsRune(a, 0) {

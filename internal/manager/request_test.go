@@ -34,7 +34,9 @@ func TestCreateRefusesAnInvalidRequestNamingTheFieldAndKeepsNothing(t *testing.T
 	for i := 0; i <= 64; i++ {
 		manyTags["t"+itoa(i)] = "v"
 	}
-	bigEnv := map[string]string{"BIG": strings.Repeat("x", 1100)}
+	// Past what even the agent channel takes (bootparam.MaxAgentEnv); what
+	// only passes the command line's bound goes over that channel.
+	bigEnv := map[string]string{"BIG": strings.Repeat("x", 33<<10)}
 	bridge := func(mut func(*wire.BridgeRequest)) *wire.BridgeRequest {
 		b := &wire.BridgeRequest{Name: "docker0", GuestIP: "172.17.0.10", GatewayIP: "172.17.0.1", Netmask: "255.255.0.0"}
 		mut(b)
@@ -78,7 +80,7 @@ func TestCreateRefusesAnInvalidRequestNamingTheFieldAndKeepsNothing(t *testing.T
 		{"extraEnv key starting with a digit", wire.CreateRequest{ExtraEnv: map[string]string{"1A": "v"}}, "extraEnv:"},
 		{"extraEnv key with a dash", wire.CreateRequest{ExtraEnv: map[string]string{"A-B": "v"}}, "extraEnv:"},
 		{"extraEnv value with a newline", wire.CreateRequest{ExtraEnv: map[string]string{"K": "a\nb"}}, "extraEnv.K:"},
-		{"extraEnv too large for the command line", wire.CreateRequest{ExtraEnv: bigEnv}, "extraEnv:"},
+		{"extraEnv too large for the agent channel", wire.CreateRequest{ExtraEnv: bigEnv}, "extraEnv:"},
 		{"argv with an empty program", wire.CreateRequest{Argv: []string{"", "x"}}, "argv[0]:"},
 		{"argv with NUL", wire.CreateRequest{Argv: []string{"sh", "a\x00b"}}, "argv[1]:"},
 		{"argv too large for the command line", wire.CreateRequest{Argv: []string{"sh", "-c", strings.Repeat("x", 600)}}, "argv:"},

@@ -21,11 +21,11 @@ func BootArgs(m Meta, extra string) string {
 		mask := netmask(m.PrefixLen)
 		args = append(args, fmt.Sprintf("ip=%s::%s:%s:%s:eth0:off", m.GuestIP, m.Gateway, mask, Hostname(m)))
 	}
-	if enc := bootparam.EncodeEnv(m.ExtraEnv); enc != "" {
-		args = append(args, "mergen.env="+enc)
+	if a := bootparam.EnvArg(m.ExtraEnv); a != "" {
+		args = append(args, a)
 	}
 	if enc := bootparam.EncodeArgv(m.Argv); enc != "" {
-		args = append(args, "mergen.argv="+enc)
+		args = append(args, bootparam.ArgvParam+"="+enc)
 	}
 	if extra = strings.TrimSpace(extra); extra != "" {
 		args = append(args, extra)

@@ -248,7 +248,7 @@ func TestBadCreateRequestsNameTheFieldAndLeaveNothing(t *testing.T) {
 		{"name taken", map[string]any{"tags": map[string]string{"name": "taken"}}, 409, "tags.name"},
 		{"name not a DNS label", map[string]any{"tags": map[string]string{"name": "Bad Name"}}, 400, "tags.name"},
 		{"bad env key", map[string]any{"extraEnv": map[string]string{"1BAD": "x"}}, 400, "extraEnv"},
-		{"env too large", map[string]any{"extraEnv": map[string]string{"BIG": strings.Repeat("x", 2000)}}, 400, "extraEnv"},
+		{"env too large even for the agent channel", map[string]any{"extraEnv": map[string]string{"BIG": strings.Repeat("x", 33<<10)}}, 400, "extraEnv"},
 		{"boot args with newline", map[string]any{"bootArgs": "a\nb"}, 400, "bootArgs"},
 		{"unknown vmm", map[string]any{"vmm": "bochs"}, 400, "vmm"},
 		{"disk that does not exist", map[string]any{"payloadDisk": filepath.Join(baseDir, "missing.ext4")}, 400, "payloadDisk: " + filepath.Join(baseDir, "missing.ext4") + " does not exist"},
