@@ -368,13 +368,16 @@ func TestKubernetesPodLifeOnAMergenNode(t *testing.T) {
 	createPod(t, cp, demoPod("web", "oci:"+s.image, func(p *corev1.Pod) {
 		c := &p.Spec.Containers[0]
 		// command and args replace the image's entrypoint and cmd; env
-		// from a literal, a ConfigMap and a Secret reaches the payload.
+		// from a literal, a ConfigMap and a Secret reaches the payload,
+		// with a value too large for the guest's kernel command line
+		// (handed over the agent channel at start).
 		c.Command = []string{"/bin/busybox", "sh", "-c"}
-		c.Args = []string{`echo "started $GREETING $WORD $LITERAL"; exec /bin/busybox httpd -f -v -p 8080 -h /www`}
+		c.Args = []string{`echo "started $GREETING $WORD $LITERAL ${#LARGE}"; exec /bin/busybox httpd -f -v -p 8080 -h /www`}
 		c.Env = []corev1.EnvVar{
 			{Name: "GREETING", ValueFrom: &corev1.EnvVarSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "greeting"}, Key: "text"}}},
 			{Name: "WORD", ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "word"}, Key: "word"}}},
 			{Name: "LITERAL", Value: "literally"},
+			{Name: "LARGE", Value: strings.Repeat("k", 2000)},
 		}
 	}))
 	p := waitPodReady(t, cp, "web")
@@ -397,7 +400,7 @@ func TestKubernetesPodLifeOnAMergenNode(t *testing.T) {
 	// kubectl logs shows the payload's output; -f follows it.
 	testenv.Eventually(t, 30*time.Second, "kubectl logs to show the payload's first line", func() bool {
 		out, _ := cp.Kubectl(t, "logs", "web")
-		return strings.Contains(out, "started hello s3cret literally")
+		return strings.Contains(out, "started hello s3cret literally 2000")
 	})
 	follow := startFollow(t, cp, "web")
 	// The HTTP port answers through the forwarder, by the pod's name.
