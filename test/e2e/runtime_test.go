@@ -39,10 +39,14 @@ type vmHost interface {
 func runtimeScenario(t *testing.T, h vmHost, payload string) {
 	page := "hello from a mergen guest\n"
 	var vm wire.VM
+	// An environment too large for the kernel command line: every start
+	// below hands it over the agent channel before the payload may start
+	// and answer.
 	code, body := h.api(t, "POST", "/v1/vms", map[string]any{
 		"payloadDisk": payload, "memMiB": 256,
 		"ports":    []map[string]any{{"guest": 8080, "host": 0}},
 		"httpPort": 8080, "tags": map[string]string{"name": "e2e"},
+		"extraEnv": map[string]string{"LARGE": strings.Repeat("e", 2000)},
 	}, &vm)
 	mustStatus(t, code, body, 201)
 	short := vm.ID[:8]
