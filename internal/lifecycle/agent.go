@@ -15,8 +15,8 @@ import (
 // guest starts its payload only once it has it. A guest that cannot be
 // told fails the start, as a restored one does.
 func (r *Runner) handEnv(ctx context.Context, driver vmm.Driver, spec vmm.Spec, m store.Meta) error {
-	err := untilTold(ctx, func(ctx context.Context) error {
-		return call(ctx, driver, spec, agentproto.Request{Op: agentproto.OpEnv, Env: m.ExtraEnv})
+	err := tellUntilTaken(ctx, driver, spec, func() agentproto.Request {
+		return agentproto.Request{Op: agentproto.OpEnv, Env: m.ExtraEnv}
 	})
 	if err != nil {
 		return fmt.Errorf("the guest's agent did not take the VM's environment: %w", err)
@@ -25,11 +25,20 @@ func (r *Runner) handEnv(ctx context.Context, driver vmm.Driver, spec vmm.Spec, 
 	return nil
 }
 
-// untilTold runs tell until it succeeds or ctx ends, returning the last
-// error then: the guest's agent answers once mergen-init runs.
-func untilTold(ctx context.Context, tell func(context.Context) error) error {
+// tellAttempt bounds one connection's wait for the guest's answer, which
+// normally comes in tens of milliseconds.
+const tellAttempt = 1500 * time.Millisecond
+
+// tellUntilTaken sends the request next makes, over a new agent connection
+// per attempt, until the guest takes one or ctx ends (then the last error
+// is returned): the agent answers once mergen-init runs, and a guest that
+// has not noticed one connection (its virtio-serial port's open event)
+// notices the next.
+func tellUntilTaken(ctx context.Context, driver vmm.Driver, spec vmm.Spec, next func() agentproto.Request) error {
 	for {
-		last := tell(ctx)
+		actx, cancel := context.WithTimeout(ctx, tellAttempt)
+		last := vmm.CallAgent(actx, driver, spec, next())
+		cancel()
 		if last == nil {
 			return nil
 		}
@@ -39,25 +48,4 @@ func untilTold(ctx context.Context, tell func(context.Context) error) error {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// callAttempt bounds one connection's wait for the guest's answer, which
-// normally comes in tens of milliseconds.
-const callAttempt = 1500 * time.Millisecond
-
-// call sends one request over one agent connection.
-func call(ctx context.Context, driver vmm.Driver, spec vmm.Spec, req agentproto.Request) error {
-	// Short attempts: a guest that has not noticed this connection (its
-	// virtio-serial port's open event) notices the next one.
-	cctx, cancel := context.WithTimeout(ctx, callAttempt)
-	defer cancel()
-	conn, err := driver.Agent(cctx, spec)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	// An answer that is not OK is an error too (agentproto.ErrRefused),
-	// naming the step the guest could not apply.
-	_, err = agentproto.Call(cctx, conn, req)
-	return err
 }

@@ -42,9 +42,9 @@ func (r *Runner) restored(ctx context.Context, driver vmm.Driver, spec vmm.Spec,
 	if err != nil {
 		return err
 	}
-	err = untilTold(ctx, func(ctx context.Context) error {
-		id.UnixNano = time.Now().UnixNano()
-		return call(ctx, driver, spec, agentproto.Request{Op: agentproto.OpIdentity, Identity: &id})
+	err = tellUntilTaken(ctx, driver, spec, func() agentproto.Request {
+		id.UnixNano = time.Now().UnixNano() // a restored guest's clock is the snapshot's
+		return agentproto.Request{Op: agentproto.OpIdentity, Identity: &id}
 	})
 	if err != nil {
 		return fmt.Errorf("restore: the guest's agent did not take the VM's identity: %w", err)

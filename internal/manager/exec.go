@@ -75,13 +75,7 @@ func (m *Manager) ExecTarget(ctx context.Context, id string) (execclient.Target,
 			defer deliveries.Unlock()
 			ctx, cancel := context.WithTimeout(ctx, deliverTimeout)
 			defer cancel()
-			conn, err := driver.Agent(ctx, spec)
-			if err != nil {
-				return err
-			}
-			defer conn.Close()
-			_, err = agentproto.Call(ctx, conn, agentproto.Request{Op: agentproto.OpSecret, Secret: s})
-			return err
+			return vmm.CallAgent(ctx, driver, spec, agentproto.Request{Op: agentproto.OpSecret, Secret: s})
 		},
 	}, nil
 }

@@ -29,6 +29,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mergenhq/mergen/internal/agentproto"
 	"github.com/mergenhq/mergen/internal/beneath"
 	"github.com/mergenhq/mergen/internal/config"
 	"github.com/mergenhq/mergen/internal/errdefs"
@@ -175,6 +176,20 @@ type Driver interface {
 	// directory (the jailer's chroot and cgroup) once the VMM has exited;
 	// what is already gone is fine.
 	Release(s Spec) error
+}
+
+// CallAgent sends req to mergen-init's agent in the guest over a new
+// connection of d's host channel and waits for the answer, until ctx ends.
+// An answer that is not OK is an error too (agentproto.ErrRefused), naming
+// what the guest refused.
+func CallAgent(ctx context.Context, d Driver, s Spec, req agentproto.Request) error {
+	conn, err := d.Agent(ctx, s)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	_, err = agentproto.Call(ctx, conn, req)
+	return err
 }
 
 // Launch is a VMM process to exec: its argv, and the open files it must
