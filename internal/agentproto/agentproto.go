@@ -1,6 +1,7 @@
 // Package agentproto is the protocol between the host and mergen-init's
 // agent inside a guest: how a VM restored from a snapshot learns which VM
-// it now is.
+// it now is, how a guest gets an environment too large for its kernel
+// command line, and the exec agent's secret.
 //
 // The channel is a byte stream: a virtio-serial port named SerialName under
 // QEMU, a vsock connection to VsockPort under Firecracker. On it the host

@@ -61,11 +61,11 @@ func EnvSize(env map[string]string) int {
 // over the agent channel (agentproto.OpEnv), which the post-start stage
 // does. Empty for no variables.
 func EnvArg(env map[string]string) string {
-	enc := EncodeEnv(env)
+	enc, onLine := envOnLine(env)
 	switch {
 	case enc == "":
 		return ""
-	case len(enc) <= MaxEnv:
+	case onLine:
 		return EnvParam + "=" + enc
 	}
 	return EnvFromParam + "=" + FromAgent
@@ -73,7 +73,14 @@ func EnvArg(env map[string]string) string {
 
 // EnvFromAgent reports whether EnvArg sends env over the agent channel.
 func EnvFromAgent(env map[string]string) bool {
-	return len(EncodeEnv(env)) > MaxEnv
+	_, onLine := envOnLine(env)
+	return !onLine
+}
+
+// envOnLine is env encoded, and whether that goes on the command line.
+func envOnLine(env map[string]string) (enc string, onLine bool) {
+	enc = EncodeEnv(env)
+	return enc, len(enc) <= MaxEnv
 }
 
 // EncodeEnv is the value of mergen.env= for env; empty for none.
@@ -106,7 +113,6 @@ func DecodeEnv(v string) ([]string, error) {
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return nil, fmt.Errorf("not a JSON object of strings: %w", err)
 	}
-	out := make([]string, 0, len(m))
 	for k, val := range m {
 		if !envfile.ValidKey(k) {
 			return nil, fmt.Errorf("variable name %q is not a shell name ([A-Za-z_][A-Za-z0-9_]*)", k)
@@ -114,10 +120,18 @@ func DecodeEnv(v string) ([]string, error) {
 		if strings.ContainsRune(val, 0) {
 			return nil, fmt.Errorf("value of %s contains NUL", k)
 		}
-		out = append(out, k+"="+val)
+	}
+	return Assignments(m), nil
+}
+
+// Assignments is env as the guest keeps it: KEY=value, sorted by name.
+func Assignments(env map[string]string) []string {
+	out := make([]string, 0, len(env))
+	for k, v := range env {
+		out = append(out, k+"="+v)
 	}
 	sort.Strings(out)
-	return out, nil
+	return out
 }
 
 // DecodeArgv reads a mergen.argv= value (padded base64url or not): a

@@ -2,10 +2,10 @@ package guest
 
 import (
 	"net"
-	"sort"
 	"time"
 
 	"github.com/mergenhq/mergen/internal/agentproto"
+	"github.com/mergenhq/mergen/internal/bootparam"
 )
 
 // identityPlan is an identity message checked and parsed: what applying it
@@ -30,7 +30,7 @@ func planIdentity(id agentproto.Identity, cur *Net) (identityPlan, error) {
 	if err := id.Validate(); err != nil {
 		return identityPlan{}, err
 	}
-	p := identityPlan{clock: time.Unix(0, id.UnixNano), entropy: id.Entropy, hostname: id.Hostname, env: envAssignments(id.Env)}
+	p := identityPlan{clock: time.Unix(0, id.UnixNano), entropy: id.Entropy, hostname: id.Hostname, env: bootparam.Assignments(id.Env)}
 	switch {
 	case id.Addr != "":
 		ip, ipn, _ := net.ParseCIDR(id.Addr) // Validate checked it
@@ -54,17 +54,6 @@ func planIdentity(id agentproto.Identity, cur *Net) (identityPlan, error) {
 		p.net = &n
 	}
 	return p, nil
-}
-
-// envAssignments is env as KEY=VALUE, sorted by key (agentproto validated
-// the names and values).
-func envAssignments(env map[string]string) []string {
-	out := make([]string, 0, len(env))
-	for k, v := range env {
-		out = append(out, k+"="+v)
-	}
-	sort.Strings(out)
-	return out
 }
 
 // address is how the console names the guest's address.

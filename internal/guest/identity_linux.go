@@ -9,6 +9,7 @@ import (
 	"unsafe"
 
 	"github.com/mergenhq/mergen/internal/agentproto"
+	"github.com/mergenhq/mergen/internal/bootparam"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,7 +60,7 @@ func (s *vmState) gotEnv() { s.envOnce.Do(func() { close(s.envGiven) }) }
 func (s *vmState) setEnv(env map[string]string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.extraEnv = envAssignments(env)
+	s.extraEnv = bootparam.Assignments(env)
 	if s.root != "" {
 		if err := s.writeEnv(); err != nil {
 			return err

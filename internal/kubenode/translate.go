@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/mergenhq/mergen/internal/bootparam"
+	"github.com/mergenhq/mergen/internal/envfile"
 	"github.com/mergenhq/mergen/internal/wire"
 )
 
@@ -266,7 +267,7 @@ func environment(c *corev1.Container, field string) (map[string]string, error) {
 		if e.ValueFrom != nil {
 			return nil, fmt.Errorf("%s.env[%d] %s: its valueFrom was not resolved", field, i, e.Name)
 		}
-		if !envNameRe.MatchString(e.Name) {
+		if !envfile.ValidKey(e.Name) {
 			return nil, fmt.Errorf("%s.env[%d]: %q is not a shell variable name ([A-Za-z_][A-Za-z0-9_]*), which the guest needs", field, i, e.Name)
 		}
 		if strings.ContainsAny(e.Value, "\x00\n") {
@@ -276,8 +277,6 @@ func environment(c *corev1.Container, field string) (map[string]string, error) {
 	}
 	return env, nil
 }
-
-var envNameRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
 // envFits refuses an environment the guest cannot be given
 // (bootparam.MaxAgentEnv), before the image is converted for nothing. The

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/mergenhq/mergen/internal/bootparam"
+	"github.com/mergenhq/mergen/internal/envfile"
 	"github.com/mergenhq/mergen/internal/errdefs"
 	"github.com/mergenhq/mergen/internal/health"
 	"github.com/mergenhq/mergen/internal/supervisor"
@@ -31,7 +32,6 @@ const (
 )
 
 var (
-	envKeyRe = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	tagKeyRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._/-]*$`)
 	// nameRe and bridgeRe leave their bounds (63 and 15 bytes) to a
 	// length check.
@@ -92,7 +92,7 @@ func normalize(r *wire.CreateRequest) error {
 		return errdefs.Invalid("bootArgs: must be at most %d printable characters on one line", maxBootArgs)
 	}
 	for k, v := range r.ExtraEnv {
-		if !envKeyRe.MatchString(k) {
+		if !envfile.ValidKey(k) { // the guest writes it as a shell assignment
 			return errdefs.Invalid("extraEnv: %q is not a valid variable name", k)
 		}
 		if strings.ContainsAny(v, "\x00\n") {
