@@ -624,19 +624,19 @@ func TestGuestWaitsForItsEnvironmentFromTheAgent(t *testing.T) {
 	if _, err := agentproto.Call(ctx, conn, agentproto.Request{Op: agentproto.OpPing}); err != nil {
 		t.Fatalf("ping: %v", err)
 	}
-	// Waiting, it has not started the payload: nothing the payload prints
-	// is on the console yet, however long the host takes.
-	time.Sleep(time.Second)
-	if c := v.log(); strings.Contains(c, "[payload]") || strings.Contains(c, "payload started") {
-		t.Fatalf("the payload started before its environment came:\n%s", c)
-	}
-
 	big := strings.Repeat("0123456789abcdef", 256) // 4 KiB: far more than the command line takes
 	env := map[string]string{"GREETING": "from the agent", "BIG": big}
 	if _, err := agentproto.Call(ctx, conn, agentproto.Request{Op: agentproto.OpEnv, Env: env}); err != nil {
 		t.Fatalf("env: %v", err)
 	}
-	v.waitFor("mergen-init: agent: environment received (2 variables)")
+	// The payload started only once the environment had come: on the
+	// console, the one's line comes before the other's.
+	v.waitFor("mergen-init: payload started")
+	c := v.log()
+	received := strings.Index(c, "mergen-init: agent: environment received (2 variables)")
+	if started := strings.Index(c, "mergen-init: payload started"); received < 0 || started < received {
+		t.Fatalf("the payload started before its environment came:\n%s", c)
+	}
 	v.waitFor("[payload] run 1: GREETING=from the agent HOSTNAME=guest1")
 	v.waitFor("[payload] envfile: 600 1000:1000 BIG='" + big + "'|GREETING='from the agent'|")
 

@@ -38,12 +38,8 @@ func TestAnEnvironmentLargerThanTheCommandLineReachesThePayload(t *testing.T) {
 	if testing.Short() {
 		t.Skip("SKIPPED in -short mode: boots a QEMU guest")
 	}
-	vh := newVMHost(t, "detached", "172.31.231.0/24")
-	h := vh.host
-	b := &bareHost{h: h, bin: vh.mergen, port: freePort(t)}
-	b.d = h.startBinary(t, vh.mergen, b.port)
-	t.Cleanup(func() { dumpConsoles(t, h) })
-	payload := payloadDisk(t, h.path("data", "images", "env"), "env\n",
+	b := startBareHost(t, "172.31.231.0/24")
+	payload := payloadDisk(t, b.h.path("data", "images", "env"), "env\n",
 		map[string]string{"www/start.sh": envStart, "www/cgi-bin/env": envCGI},
 		[]string{"/bin/sh", "/www/start.sh"}, "web", "/www")
 
